@@ -1,0 +1,66 @@
+package identity
+
+import (
+	"time"
+
+	"github.com/agentauthz/agentauthz/internal/reason"
+)
+
+// Source says where an identity was taken from.
+type Source string
+
+const (
+	SourcePeerCertificate Source = "peer_certificate"
+	SourceXFCC            Source = "xfcc"
+	SourceSPIFFEID        Source = "spiffe_id"
+)
+
+// Profile names a certificate profile (see docs/identity.md).
+type Profile string
+
+const (
+	ProfileNative    Profile = "native"
+	ProfileAgentPass Profile = "agentpass"
+	ProfileSPIFFE    Profile = "spiffe"
+)
+
+// Agent is a verified agent identity. It is immutable once returned: the
+// verifier's cache hands the same *Agent to concurrent callers.
+type Agent struct {
+	ID         string    // agent id, e.g. "payments-bot-1"
+	SPIFFEID   string    // spiffe://<trust-domain>/agent/<id>
+	Tenant     string    // trust domain of the bundle that verified it
+	TrustLevel int       // 0..4
+	Scopes     []string  // sorted, de-duplicated "<resource>:<action>"
+	Owner      string    // accountable human or team, may be empty
+	Serial     string    // certificate serial, lowercase hex without leading zeros; empty for SPIFFE-only
+	CertSHA256 string    // lowercase hex SHA-256 of the leaf DER; empty for SPIFFE-only
+	Issuer     string    // issuer DN of the leaf (RFC 2253 string form)
+	NotBefore  time.Time // zero for SPIFFE-only
+	NotAfter   time.Time // zero for SPIFFE-only
+	Profile    Profile
+	Source     Source
+}
+
+// TrustLabel is the trust level in its "L<n>" form.
+func (a *Agent) TrustLabel() string { return "L" + string(rune('0'+a.TrustLevel)) }
+
+// Error is an identity failure. It carries a stable reason code and whatever
+// is known about the presented certificate, so that a denied request still
+// leaves an attributable decision record.
+type Error struct {
+	Reason     reason.Code
+	CertSHA256 string // set when a certificate was decoded
+	Issuer     string // set when a certificate was decoded
+	Subject    string // set when a certificate was decoded
+	Err        error  // detail for logs; never sent to the client
+}
+
+func (e *Error) Error() string {
+	if e.Err == nil {
+		return string(e.Reason)
+	}
+	return string(e.Reason) + ": " + e.Err.Error()
+}
+
+func (e *Error) Unwrap() error { return e.Err }

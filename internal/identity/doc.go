@@ -1,0 +1,10 @@
+// Package identity turns what Envoy forwards about a client (the peer
+// certificate, the x-forwarded-client-cert header or a SPIFFE principal) into
+// a verified Agent, or an Error with a stable reason code.
+//
+// It verifies the certificate chain against the trust bundle of the agent's
+// tenant, the validity window, the clientAuth extended key usage and the
+// certificate profile, and caches verified identities by certificate SHA-256.
+// Revocation is not checked here: the caller checks it on every request, so a
+// cached identity can never outlive its revocation.
+package identity
