@@ -1,0 +1,385 @@
+// Package config owns the serve configuration: the YAML file format, its
+// defaults, validation that reports every problem at once, and conversion to
+// typed runtime values.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the serve configuration file. Every key is documented here and in
+// docs/configuration.md; an unknown key is an error.
+type Config struct {
+	// DataDir holds all state: dev CA, decision log, signing keys.
+	DataDir string `yaml:"data_dir"`
+	// Dev creates a dev CA and sample agents under DataDir on first start and
+	// trusts that CA.
+	Dev bool `yaml:"dev"`
+	// LogLevel is trace, debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+	// LogFormat is auto (JSON unless stderr is a terminal), json or text.
+	LogFormat string `yaml:"log_format"`
+
+	GRPC         GRPC          `yaml:"grpc"`
+	HTTP         HTTP          `yaml:"http"`
+	Policy       Policy        `yaml:"policy"`
+	Identity     Identity      `yaml:"identity"`
+	TrustBundles []TrustBundle `yaml:"trust_bundles"`
+	DecisionLog  DecisionLog   `yaml:"decision_log"`
+}
+
+// GRPC is the ext_authz listener.
+type GRPC struct {
+	// Addr is the listen address of the ext_authz gRPC server.
+	Addr string `yaml:"addr"`
+	// TLS enables TLS on the listener when CertFile and KeyFile are set, and
+	// mutual TLS when ClientCAFile is also set.
+	TLS TLS `yaml:"tls"`
+	// MaxRecvMsgBytes bounds one CheckRequest.
+	MaxRecvMsgBytes int `yaml:"max_recv_msg_bytes"`
+	// MaxConcurrentStreams bounds streams per client connection.
+	MaxConcurrentStreams uint32 `yaml:"max_concurrent_streams"`
+	// CheckTimeout bounds one Check when the caller sets no shorter deadline.
+	CheckTimeout Duration `yaml:"check_timeout"`
+}
+
+// TLS is server-side TLS.
+type TLS struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
+
+// HTTP is the health, readiness, metrics and keys listener.
+type HTTP struct {
+	Addr string `yaml:"addr"`
+}
+
+// Policy says where the Rego policy comes from and which rule decides.
+type Policy struct {
+	// Dir holds .rego files and data.json / data.yaml.
+	Dir string `yaml:"dir"`
+	// Path is the rule queried, as in opa-envoy-plugin's `path`.
+	Path string `yaml:"path"`
+	// Bundle is an OPA bundle file or http(s) URL; it replaces Dir.
+	Bundle string `yaml:"bundle"`
+	// BundleVerificationKey is the PEM public key bundles must be signed with.
+	BundleVerificationKey string `yaml:"bundle_verification_key"`
+	// BundlePollInterval is how often a bundle URL is polled.
+	BundlePollInterval Duration `yaml:"bundle_poll_interval"`
+	// EvalTimeout bounds one policy evaluation.
+	EvalTimeout Duration `yaml:"eval_timeout"`
+}
+
+// Identity selects where identities are read from.
+type Identity struct {
+	// Sources in order of preference: peer_certificate, xfcc, spiffe_id.
+	// spiffe_id (Istio sidecars: identity without certificate) is off unless listed.
+	Sources []string `yaml:"sources"`
+	// CacheSize bounds the verified-identity cache.
+	CacheSize int `yaml:"cache_size"`
+}
+
+// TrustBundle is one tenant: a trust domain, its CA bundle and its profile.
+type TrustBundle struct {
+	TrustDomain string `yaml:"trust_domain"`
+	// File is a PEM file of CA certificates; not needed for profile spiffe.
+	File string `yaml:"file"`
+	// Profile is native (default), agentpass or spiffe.
+	Profile    string     `yaml:"profile"`
+	Revocation Revocation `yaml:"revocation"`
+}
+
+// Revocation lists one tenant's revocation sources.
+type Revocation struct {
+	CRLFiles []string `yaml:"crl_files"`
+	CRLURLs  []string `yaml:"crl_urls"`
+	// WatchURL is the push channel of `agentauthz ca serve`.
+	WatchURL string `yaml:"watch_url"`
+	// PollInterval is how often CRL URLs are polled (and the fallback when
+	// the push channel is down).
+	PollInterval Duration `yaml:"poll_interval"`
+	// Grace is how long past a CRL's nextUpdate its data is still used.
+	Grace Duration `yaml:"grace"`
+}
+
+// DecisionLog configures the signed decision log.
+type DecisionLog struct {
+	// Dir defaults to <data_dir>/log.
+	Dir string `yaml:"dir"`
+	// Name identifies this instance's log; defaults to the host name.
+	Name string `yaml:"name"`
+	// Mode is sync (answer after the record is on disk) or async.
+	Mode string `yaml:"mode"`
+	// AsyncBuffer bounds records waiting in async mode.
+	AsyncBuffer int `yaml:"async_buffer"`
+	// SegmentMaxBytes and SegmentMaxAge rotate segment files.
+	SegmentMaxBytes int64    `yaml:"segment_max_bytes"`
+	SegmentMaxAge   Duration `yaml:"segment_max_age"`
+}
+
+// Named defaults.
+const (
+	DefaultGRPCAddr             = ":9191"
+	DefaultHTTPAddr             = ":9192"
+	DefaultPolicyPath           = "agentauthz/authz/decision"
+	DefaultPoliciesDir          = "policies"
+	DefaultMaxRecvMsgBytes      = 1 << 20
+	DefaultMaxConcurrentStreams = 1024
+	DefaultCheckTimeout         = time.Second
+	DefaultEvalTimeout          = 100 * time.Millisecond
+	DefaultBundlePollInterval   = 30 * time.Second
+	DefaultCacheSize            = 10000
+	DefaultCRLPollInterval      = 30 * time.Second
+	DefaultCRLGrace             = time.Hour
+	DefaultAsyncBuffer          = 10000
+	DefaultSegmentMaxBytes      = 64 << 20
+	DefaultSegmentMaxAge        = 24 * time.Hour
+	DevTrustDomain              = "dev.agentauthz.local"
+)
+
+// Default returns the configuration used when no file is given.
+func Default() Config {
+	c := Config{}
+	c.applyDefaults()
+	return c
+}
+
+// Load reads a YAML file strictly: an unknown key is an error.
+func Load(path string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, err
+	}
+	defer f.Close()
+	c, err := Decode(io.LimitReader(f, 1<<20))
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Decode parses YAML strictly, without applying defaults.
+func Decode(r io.Reader) (Config, error) {
+	var c Config
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return c, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, err
+	}
+	return c, nil
+}
+
+// ApplyDefaults fills every unset key with its named default.
+func (c *Config) ApplyDefaults() { c.applyDefaults() }
+
+func (c *Config) applyDefaults() {
+	setStr := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	setDur := func(p *Duration, v time.Duration) {
+		if *p == 0 {
+			*p = Duration(v)
+		}
+	}
+	setStr(&c.LogLevel, "info")
+	setStr(&c.LogFormat, "auto")
+	setStr(&c.GRPC.Addr, DefaultGRPCAddr)
+	setStr(&c.HTTP.Addr, DefaultHTTPAddr)
+	if c.GRPC.MaxRecvMsgBytes == 0 {
+		c.GRPC.MaxRecvMsgBytes = DefaultMaxRecvMsgBytes
+	}
+	if c.GRPC.MaxConcurrentStreams == 0 {
+		c.GRPC.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	setDur(&c.GRPC.CheckTimeout, DefaultCheckTimeout)
+	if c.Policy.Bundle == "" {
+		setStr(&c.Policy.Dir, DefaultPoliciesDir)
+	}
+	setStr(&c.Policy.Path, DefaultPolicyPath)
+	setDur(&c.Policy.BundlePollInterval, DefaultBundlePollInterval)
+	setDur(&c.Policy.EvalTimeout, DefaultEvalTimeout)
+	if len(c.Identity.Sources) == 0 {
+		c.Identity.Sources = []string{"peer_certificate", "xfcc"}
+	}
+	if c.Identity.CacheSize == 0 {
+		c.Identity.CacheSize = DefaultCacheSize
+	}
+	for i := range c.TrustBundles {
+		tb := &c.TrustBundles[i]
+		setStr(&tb.Profile, "native")
+		setDur(&tb.Revocation.PollInterval, DefaultCRLPollInterval)
+		setDur(&tb.Revocation.Grace, DefaultCRLGrace)
+	}
+	if c.DataDir != "" {
+		setStr(&c.DecisionLog.Dir, filepath.Join(c.DataDir, "log"))
+	}
+	if c.DecisionLog.Name == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.DecisionLog.Name = h
+		}
+	}
+	setStr(&c.DecisionLog.Mode, "sync")
+	if c.DecisionLog.AsyncBuffer == 0 {
+		c.DecisionLog.AsyncBuffer = DefaultAsyncBuffer
+	}
+	if c.DecisionLog.SegmentMaxBytes == 0 {
+		c.DecisionLog.SegmentMaxBytes = DefaultSegmentMaxBytes
+	}
+	setDur(&c.DecisionLog.SegmentMaxAge, DefaultSegmentMaxAge)
+}
+
+var (
+	trustDomainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$`)
+	policyPathRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$`)
+)
+
+// Validate reports every problem at once, joined.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if c.DataDir == "" {
+		add("data_dir: required")
+	}
+	switch c.LogLevel {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		add("log_level: %q is not one of trace, debug, info, warn, error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "auto", "json", "text":
+	default:
+		add("log_format: %q is not one of auto, json, text", c.LogFormat)
+	}
+	for name, addr := range map[string]string{"grpc.addr": c.GRPC.Addr, "http.addr": c.HTTP.Addr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			add("%s: %q is not host:port: %v", name, addr, err)
+		}
+	}
+	if t := c.GRPC.TLS; t.Enabled() && (t.CertFile == "" || t.KeyFile == "") {
+		add("grpc.tls: cert_file and key_file are both required")
+	}
+	if c.GRPC.TLS.ClientCAFile != "" && !c.GRPC.TLS.Enabled() {
+		add("grpc.tls.client_ca_file: needs cert_file and key_file")
+	}
+	if c.GRPC.MaxRecvMsgBytes < 4096 || c.GRPC.MaxRecvMsgBytes > 64<<20 {
+		add("grpc.max_recv_msg_bytes: %d is outside 4096..67108864", c.GRPC.MaxRecvMsgBytes)
+	}
+	if c.GRPC.CheckTimeout < 0 {
+		add("grpc.check_timeout: must be positive")
+	}
+	if c.Policy.Dir == "" && c.Policy.Bundle == "" {
+		add("policy: dir or bundle is required")
+	}
+	if c.Policy.Dir != "" && c.Policy.Bundle != "" {
+		add("policy: dir and bundle are exclusive")
+	}
+	if !policyPathRE.MatchString(c.Policy.Path) {
+		add("policy.path: %q is not a rule path like agentauthz/authz/decision", c.Policy.Path)
+	}
+	if c.Policy.EvalTimeout <= 0 {
+		add("policy.eval_timeout: must be positive")
+	}
+	seen := map[string]bool{}
+	for _, s := range c.Identity.Sources {
+		switch s {
+		case "peer_certificate", "xfcc", "spiffe_id":
+		default:
+			add("identity.sources: %q is not one of peer_certificate, xfcc, spiffe_id", s)
+		}
+		if seen[s] {
+			add("identity.sources: %q listed twice", s)
+		}
+		seen[s] = true
+	}
+	if c.Identity.CacheSize < 0 {
+		add("identity.cache_size: must not be negative")
+	}
+	if len(c.TrustBundles) == 0 && !c.Dev {
+		add("trust_bundles: at least one is required (or run with --dev)")
+	}
+	domains := map[string]bool{}
+	for i, tb := range c.TrustBundles {
+		p := fmt.Sprintf("trust_bundles[%d]", i)
+		if !trustDomainRE.MatchString(tb.TrustDomain) {
+			add("%s.trust_domain: %q is not a trust domain (lowercase DNS name)", p, tb.TrustDomain)
+		}
+		if domains[tb.TrustDomain] {
+			add("%s.trust_domain: %q listed twice", p, tb.TrustDomain)
+		}
+		domains[tb.TrustDomain] = true
+		switch tb.Profile {
+		case "native", "agentpass":
+			if tb.File == "" {
+				add("%s.file: required for profile %s", p, tb.Profile)
+			}
+		case "spiffe":
+		default:
+			add("%s.profile: %q is not one of native, agentpass, spiffe", p, tb.Profile)
+		}
+		if tb.Profile == "spiffe" && !seen["spiffe_id"] {
+			add("%s.profile: spiffe needs identity.sources to include spiffe_id", p)
+		}
+		for _, u := range append(append([]string{}, tb.Revocation.CRLURLs...), tb.Revocation.WatchURL) {
+			if u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+				add("%s.revocation: %q is not an http(s) URL", p, u)
+			}
+		}
+		if tb.Revocation.PollInterval < Duration(100*time.Millisecond) {
+			add("%s.revocation.poll_interval: at least 100ms", p)
+		}
+	}
+	switch c.DecisionLog.Mode {
+	case "sync", "async":
+	default:
+		add("decision_log.mode: %q is not sync or async", c.DecisionLog.Mode)
+	}
+	if c.DecisionLog.AsyncBuffer < 1 {
+		add("decision_log.async_buffer: must be positive")
+	}
+	if c.DecisionLog.SegmentMaxBytes < 1<<16 {
+		add("decision_log.segment_max_bytes: at least 65536")
+	}
+	return errors.Join(errs...)
+}
+
+// Duration is a time.Duration written as "250ms", "30s", "1h".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D is the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }

@@ -1,0 +1,392 @@
+// Package extauthz owns the decision path of one Envoy ext_authz Check call:
+// identity, revocation, policy, the signed record and the answer, in that
+// order, failing closed at every step.
+package extauthz
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/google/uuid"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/identity"
+	"github.com/agentauthz/agentauthz/internal/reason"
+)
+
+// Headers set for the upstream on allow. Values a client sent under these
+// names are overwritten or removed, never passed on.
+const (
+	HeaderAgentID    = "x-agent-id"
+	HeaderSPIFFEID   = "x-agent-spiffe-id"
+	HeaderTrustLevel = "x-agent-trust-level"
+	HeaderScopes     = "x-agent-scopes"
+	HeaderOwner      = "x-agent-owner"
+	HeaderDecisionID = "x-decision-id"
+	HeaderReceipt    = "x-agent-receipt"
+)
+
+// identityHeaders are the headers only this service may set upstream.
+var identityHeaders = [...]string{HeaderAgentID, HeaderSPIFFEID, HeaderTrustLevel, HeaderScopes, HeaderOwner, HeaderDecisionID, HeaderReceipt}
+
+// Identifier verifies who is calling. It returns exactly one of agent or err.
+type Identifier interface {
+	Identify(attrs *authv3.AttributeContext) (*identity.Agent, *identity.Error)
+}
+
+// RevocationChecker reports whether an agent's certificate or id is revoked,
+// or revocation data is too stale to tell. "" means not revoked. It must be
+// cheap: it runs on every Check, also for cached identities.
+type RevocationChecker interface {
+	Check(tenant, serial, agentID string) reason.Code
+}
+
+// Policy evaluates the prepared policy for a verified agent.
+type Policy interface {
+	Decide(ctx context.Context, req *authv3.CheckRequest, agent *identity.Agent) (Verdict, error)
+}
+
+// Recorder appends a decision record durably (in sync mode) and returns the
+// signed record, which doubles as the receipt.
+type Recorder interface {
+	Append(ctx context.Context, rec *decisionlog.Record) (decisionlog.Receipt, error)
+}
+
+// Verdict is what the policy decided, in the opa-envoy-plugin result shape.
+type Verdict struct {
+	Allowed                 bool
+	Reason                  string
+	HTTPStatus              int
+	Body                    string
+	Headers                 []*corev3.HeaderValueOption
+	RequestHeadersToRemove  []string
+	ResponseHeadersToAdd    []*corev3.HeaderValueOption
+	QueryParametersToSet    []*corev3.QueryParameter
+	QueryParametersToRemove []string
+	DynamicMetadata         *structpb.Struct
+	Operation               string
+	Revision                string
+}
+
+// Service implements envoy.service.auth.v3.Authorization.
+type Service struct {
+	authv3.UnimplementedAuthorizationServer
+
+	ident   Identifier
+	revoked RevocationChecker
+	policy  Policy
+	log     Recorder
+	logger  hclog.Logger
+	metrics *Metrics
+	now     func() time.Time
+	timeout time.Duration
+}
+
+// Options configure a Service. Every dependency is required.
+type Options struct {
+	Identifier Identifier
+	Revocation RevocationChecker
+	Policy     Policy
+	Recorder   Recorder
+	Logger     hclog.Logger
+	Metrics    *Metrics
+	Now        func() time.Time
+	// Timeout bounds a Check when the caller's deadline is later or absent.
+	Timeout time.Duration
+}
+
+// New returns a Service.
+func New(o Options) (*Service, error) {
+	if o.Identifier == nil || o.Revocation == nil || o.Policy == nil || o.Recorder == nil || o.Metrics == nil {
+		return nil, errors.New("extauthz: identifier, revocation, policy, recorder and metrics are required")
+	}
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = time.Second
+	}
+	return &Service{
+		ident: o.Identifier, revoked: o.Revocation, policy: o.Policy, log: o.Recorder,
+		logger: o.Logger, metrics: o.Metrics, now: o.Now, timeout: o.Timeout,
+	}, nil
+}
+
+// outcome is one decision on its way to the record and the answer.
+type outcome struct {
+	id       string
+	reason   reason.Code
+	status   int
+	agent    *identity.Agent
+	identErr *identity.Error
+	verdict  Verdict
+	receipt  string
+}
+
+// Check decides one request. It never returns an error to Envoy for a
+// decision: every failure becomes a denial with a reason, so Envoy's
+// failure_mode_allow setting never comes into play.
+func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
+	start := s.now()
+	o := &outcome{id: newDecisionID()}
+	defer func() {
+		if p := recover(); p != nil {
+			s.logger.Error("panic in Check; denying", "decision_id", o.id, "panic", fmt.Sprint(p))
+			o.reason, o.status, o.verdict = reason.InternalError, reason.InternalError.HTTPStatus(), Verdict{}
+			resp, err = s.deny(o), nil
+		}
+		s.metrics.observe(o.reason, o.reason == reason.Allowed, time.Since(start))
+	}()
+
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+
+	s.decide(ctx, req, o)
+	s.record(ctx, req, o, start)
+	if o.reason == reason.Allowed {
+		return s.allow(o), nil
+	}
+	return s.deny(o), nil
+}
+
+// decide runs identity, revocation and policy, filling o.
+func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outcome) {
+	agent, ierr := s.ident.Identify(req.GetAttributes())
+	if ierr != nil {
+		o.identErr = ierr
+		o.reason, o.status = ierr.Reason, ierr.Reason.HTTPStatus()
+		return
+	}
+	o.agent = agent
+	if code := s.revoked.Check(agent.Tenant, agent.Serial, agent.ID); code != "" {
+		o.reason, o.status = code, code.HTTPStatus()
+		return
+	}
+	v, err := s.policy.Decide(ctx, req, agent)
+	if err != nil {
+		s.logger.Warn("policy evaluation failed; denying", "decision_id", o.id, "agent_id", agent.ID, "error", err)
+		o.reason, o.status = reason.PolicyError, reason.PolicyError.HTTPStatus()
+		o.verdict = Verdict{Operation: v.Operation, Revision: v.Revision}
+		return
+	}
+	o.verdict = v
+	if v.Allowed {
+		o.reason, o.status = reason.Allowed, 200
+		return
+	}
+	o.reason = reason.PolicyDenied
+	if v.Reason != "" {
+		o.reason = reason.Code(v.Reason)
+	}
+	o.status = v.HTTPStatus
+	if o.status < 400 || o.status > 599 {
+		o.status = reason.PolicyDenied.HTTPStatus()
+	}
+}
+
+// record appends the decision record. If an allowed decision cannot be
+// recorded it becomes a denial: nothing is allowed without its record.
+func (s *Service) record(ctx context.Context, req *authv3.CheckRequest, o *outcome, at time.Time) {
+	rec := buildRecord(req, o, at)
+	// A request Envoy cancels must still leave its record.
+	r, err := s.log.Append(context.WithoutCancel(ctx), rec)
+	if err != nil {
+		s.logger.Error("decision record not written; denying", "decision_id", o.id, "error", err)
+		s.metrics.recordErrors.Inc()
+		o.reason, o.status = reason.DecisionLogUnavailable, reason.DecisionLogUnavailable.HTTPStatus()
+		o.verdict = Verdict{}
+		return
+	}
+	o.receipt = r.JWS
+}
+
+func buildRecord(req *authv3.CheckRequest, o *outcome, at time.Time) *decisionlog.Record {
+	rec := &decisionlog.Record{DecisionID: o.id, Time: at.UTC()}
+	if a := o.agent; a != nil {
+		rec.Agent = decisionlog.Agent{
+			ID: a.ID, SPIFFEID: a.SPIFFEID, Tenant: a.Tenant, TrustLevel: a.TrustLabel(), Scopes: a.Scopes,
+			Owner: a.Owner, Serial: a.Serial, CertSHA256: a.CertSHA256, Issuer: a.Issuer, Source: string(a.Source),
+		}
+	} else if e := o.identErr; e != nil {
+		rec.Agent = decisionlog.Agent{CertSHA256: e.CertSHA256, Issuer: e.Issuer}
+	}
+	h := req.GetAttributes().GetRequest().GetHttp()
+	rec.Request = decisionlog.Request{
+		ID:        h.GetHeaders()["x-request-id"],
+		Method:    h.GetMethod(),
+		Host:      h.GetHost(),
+		Path:      pathOnly(h.GetPath()),
+		Operation: o.verdict.Operation,
+		Source:    sourceAddr(req.GetAttributes().GetSource()),
+	}
+	rec.Decision = decisionlog.Decision{
+		Allowed:        o.reason == reason.Allowed,
+		HTTPStatus:     o.status,
+		Reasons:        []string{string(o.reason)},
+		PolicyRevision: o.verdict.Revision,
+	}
+	return rec
+}
+
+// pathOnly drops the query string: it may carry credentials.
+func pathOnly(p string) string {
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		p = p[:i]
+	}
+	const max = 2048
+	if len(p) > max {
+		p = p[:max]
+	}
+	return p
+}
+
+func sourceAddr(p *authv3.AttributeContext_Peer) string {
+	sa := p.GetAddress().GetSocketAddress()
+	if sa == nil {
+		return ""
+	}
+	return fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue())
+}
+
+func (s *Service) allow(o *outcome) *authv3.CheckResponse {
+	a, v := o.agent, o.verdict
+	headers := make([]*corev3.HeaderValueOption, 0, len(v.Headers)+len(identityHeaders))
+	for _, h := range v.Headers {
+		// The policy may add headers, but never ones that speak for identity.
+		if !isIdentityHeader(h.GetHeader().GetKey()) {
+			headers = append(headers, h)
+		}
+	}
+	remove := append([]string(nil), v.RequestHeadersToRemove...)
+	set := func(k, val string) {
+		if val == "" {
+			remove = append(remove, k)
+			return
+		}
+		headers = append(headers, overwrite(k, val))
+	}
+	set(HeaderAgentID, a.ID)
+	set(HeaderSPIFFEID, a.SPIFFEID)
+	set(HeaderTrustLevel, a.TrustLabel())
+	set(HeaderScopes, strings.Join(a.Scopes, " "))
+	set(HeaderOwner, a.Owner)
+	set(HeaderDecisionID, o.id)
+	set(HeaderReceipt, o.receipt)
+
+	respHeaders := append(append([]*corev3.HeaderValueOption(nil), v.ResponseHeadersToAdd...), overwrite(HeaderDecisionID, o.id))
+	return &authv3.CheckResponse{
+		Status: &status.Status{Code: int32(codes.OK)},
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers:                 headers,
+			HeadersToRemove:         remove,
+			ResponseHeadersToAdd:    respHeaders,
+			QueryParametersToSet:    v.QueryParametersToSet,
+			QueryParametersToRemove: v.QueryParametersToRemove,
+		}},
+		DynamicMetadata: s.metadata(o),
+	}
+}
+
+func (s *Service) deny(o *outcome) *authv3.CheckResponse {
+	v := o.verdict
+	body := v.Body
+	if body == "" {
+		b, _ := json.Marshal(struct {
+			Error      string `json:"error"`
+			Reason     string `json:"reason"`
+			DecisionID string `json:"decision_id"`
+		}{o.reason.Error(), string(o.reason), o.id})
+		body = string(b)
+	}
+	headers := make([]*corev3.HeaderValueOption, 0, len(v.Headers)+2)
+	for _, h := range v.Headers {
+		if !isIdentityHeader(h.GetHeader().GetKey()) {
+			headers = append(headers, h)
+		}
+	}
+	if v.Body == "" {
+		headers = append(headers, overwrite("content-type", "application/json"))
+	}
+	headers = append(headers, overwrite(HeaderDecisionID, o.id))
+	code := codes.PermissionDenied
+	if o.status == 401 {
+		code = codes.Unauthenticated
+	}
+	return &authv3.CheckResponse{
+		Status: &status.Status{Code: int32(code)},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(o.status)},
+			Headers: headers,
+			Body:    body,
+		}},
+		DynamicMetadata: s.metadata(o),
+	}
+}
+
+// metadata is Envoy dynamic metadata: agent id and decision id for access
+// logs, plus whatever the policy added.
+func (s *Service) metadata(o *outcome) *structpb.Struct {
+	fields := map[string]*structpb.Value{
+		"decision_id": structpb.NewStringValue(o.id),
+		"reason":      structpb.NewStringValue(string(o.reason)),
+	}
+	if o.agent != nil {
+		fields["agent_id"] = structpb.NewStringValue(o.agent.ID)
+		fields["trust_level"] = structpb.NewStringValue(o.agent.TrustLabel())
+	}
+	if o.verdict.Operation != "" {
+		fields["operation"] = structpb.NewStringValue(o.verdict.Operation)
+	}
+	for k, v := range o.verdict.DynamicMetadata.GetFields() {
+		if _, taken := fields[k]; !taken {
+			fields[k] = v
+		}
+	}
+	return &structpb.Struct{Fields: fields}
+}
+
+func overwrite(k, v string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header: &corev3.HeaderValue{Key: k, Value: v},
+		// Envoy's default appends beside a client-sent value; identity
+		// headers must replace it.
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+func isIdentityHeader(k string) bool {
+	for _, h := range identityHeaders {
+		if strings.EqualFold(k, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// newDecisionID is a UUIDv7: unique, and ordered by time for log queries.
+func newDecisionID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		// crypto/rand does not fail on supported platforms; a random v4 is the
+		// documented fallback of the same library.
+		return uuid.NewString()
+	}
+	return id.String()
+}
+
+var reasonLabelRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)

@@ -1,0 +1,282 @@
+// Package server owns the serve process: it assembles the decision path from
+// the configuration, runs the gRPC and HTTP listeners and background loops as
+// one group, and shuts them down in order.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/agentauthz/agentauthz/internal/config"
+)
+
+// ReadyCheck is one condition of readiness; it returns nil when satisfied.
+type ReadyCheck struct {
+	Name  string
+	Check func() error
+}
+
+// Components are the assembled parts the server runs. Assemble builds them
+// from a configuration; tests may build them by hand.
+type Components struct {
+	Authorization authv3.AuthorizationServer
+	Registry      *prometheus.Registry
+	Ready         []ReadyCheck
+	// Handlers are extra HTTP handlers by pattern (e.g. the JWKS).
+	Handlers map[string]http.Handler
+	// Loops run in the background until their context ends, which happens
+	// after the gRPC server has drained.
+	Loops []func(ctx context.Context) error
+	// Reload is called on SIGHUP.
+	Reload func() error
+	// Closers run last, in order (e.g. flush and close the decision log).
+	Closers []func() error
+}
+
+// Server runs Components on two listeners.
+type Server struct {
+	cfg    config.Config
+	c      Components
+	logger hclog.Logger
+	grpc   *grpc.Server
+	health *health.Server
+	http   *http.Server
+}
+
+// New prepares the gRPC and HTTP servers.
+func New(cfg config.Config, c Components, logger hclog.Logger) (*Server, error) {
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(cfg.GRPC.MaxRecvMsgBytes),
+		grpc.MaxConcurrentStreams(cfg.GRPC.MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	}
+	if cfg.GRPC.TLS.Enabled() {
+		tc, err := serverTLS(cfg.GRPC.TLS)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	gs := grpc.NewServer(opts...)
+	hs := health.NewServer()
+	authv3.RegisterAuthorizationServer(gs, c.Authorization)
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+
+	s := &Server{cfg: cfg, c: c, logger: logger, grpc: gs, health: hs}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", s.serveReady)
+	if c.Registry != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(c.Registry, promhttp.HandlerOpts{Registry: c.Registry}))
+	}
+	for pattern, h := range c.Handlers {
+		mux.Handle(pattern, h)
+	}
+	s.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+	}
+	return s, nil
+}
+
+// NewRegistry returns a registry with the Go and process collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+func serverTLS(t config.TLS) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("grpc.tls: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if t.ClientCAFile != "" {
+		pemData, err := os.ReadFile(t.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("grpc.tls.client_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pemData) {
+			return nil, fmt.Errorf("grpc.tls.client_ca_file: %s holds no PEM certificate", t.ClientCAFile)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+// notReady lists the readiness checks that fail, sorted.
+func (s *Server) notReady() []string {
+	var out []string
+	for _, rc := range s.c.Ready {
+		if err := rc.Check(); err != nil {
+			out = append(out, rc.Name+": "+err.Error())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if bad := s.notReady(); len(bad) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "not ready:\n"+strings.Join(bad, "\n"))
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+// Serve runs until ctx ends or a component fails, then shuts down in order:
+// health NOT_SERVING, gRPC drain, HTTP shutdown, background loops, closers.
+func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener, hup <-chan os.Signal) error {
+	loopCtx, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLoops()
+	loops, loopCtx := errgroup.WithContext(loopCtx)
+	for _, loop := range s.c.Loops {
+		loops.Go(func() error { return guard(func() error { return loop(loopCtx) }) })
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := s.grpc.Serve(grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("grpc: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := s.http.Serve(httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return guard(func() error { return s.watchReady(gctx) }) })
+	g.Go(func() error {
+		select {
+		case <-gctx.Done():
+		case <-loopCtx.Done():
+			// A background loop failed; take the process down with it.
+		}
+		s.shutdown()
+		return nil
+	})
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-hup:
+				if s.c.Reload == nil {
+					continue
+				}
+				if err := s.c.Reload(); err != nil {
+					s.logger.Error("reload failed; previous configuration keeps serving", "error", err)
+				} else {
+					s.logger.Info("reloaded")
+				}
+			}
+		}
+	})
+	s.logger.Info("serving", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String())
+	err := g.Wait()
+	stopLoops()
+	if lerr := loops.Wait(); lerr != nil && !errors.Is(lerr, context.Canceled) {
+		err = errors.Join(err, lerr)
+	}
+	for _, c := range s.c.Closers {
+		if cerr := c(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}
+	return err
+}
+
+// shutdown stops taking new work and drains what is in flight.
+func (s *Server) shutdown() {
+	s.health.Shutdown() // every service NOT_SERVING: Envoy health checks move away
+	drained := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(15 * time.Second):
+		s.logger.Warn("gRPC drain timed out; closing connections")
+		s.grpc.Stop()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.http.Shutdown(ctx)
+}
+
+// watchReady keeps the gRPC health status in step with readiness.
+func (s *Server) watchReady(ctx context.Context) error {
+	last := healthpb.HealthCheckResponse_UNKNOWN
+	update := func() {
+		st := healthpb.HealthCheckResponse_SERVING
+		bad := s.notReady()
+		if len(bad) > 0 {
+			st = healthpb.HealthCheckResponse_NOT_SERVING
+		}
+		if st != last {
+			s.logger.Info("readiness changed", "serving", st == healthpb.HealthCheckResponse_SERVING, "not_ready", strings.Join(bad, "; "))
+			last = st
+		}
+		s.health.SetServingStatus("", st)
+		s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, st)
+	}
+	update()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			update()
+		}
+	}
+}
+
+// guard turns a panic in a background task into an error.
+func guard(f func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return f()
+}
