@@ -1,0 +1,59 @@
+# agentauthz — run `make help` for the targets.
+SHELL := /bin/bash
+export CGO_ENABLED := 0
+
+GO        ?= go
+BIN       := bin
+DATA_DIR  ?= .agentauthz
+FUZZTIME  ?= 5m
+PKGS      := ./...
+
+.PHONY: help build run test race bench policy-test bundle fuzz soak lint fmt tidy-check clean
+
+help: ## show the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/agentauthz
+	$(GO) build -trimpath -o $(BIN)/agentauthz ./cmd/agentauthz
+
+run: build ## start the decision service with a dev CA and sample agents in $(DATA_DIR)
+	$(BIN)/agentauthz serve --dev --data-dir $(DATA_DIR) --policies policies
+
+test: ## run every test (unit, policy, fixtures, CLI scripts, end-to-end)
+	$(GO) test -count=1 -timeout 12m $(PKGS)
+
+race: ## run the tests with the race detector (needs cgo)
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+bench: build ## run the go benchmarks and the load harness
+	$(GO) test -run='^$$' -bench=. -benchmem -count=1 ./internal/...
+
+$(BIN)/opa: go.mod
+	$(GO) build -o $(BIN)/opa github.com/open-policy-agent/opa
+
+policy-test: $(BIN)/opa ## run the shipped policy tests with the stock opa CLI (pinned in go.mod)
+	$(BIN)/opa test policies -v
+	$(BIN)/opa test policies --coverage --format=json | $(GO) run ./internal/policy/cmd/coverage -min 90
+
+bundle: $(BIN)/opa ## build bundles/agentauthz.tar.gz signed with SIGNING_KEY
+	@echo "see docs/policies.md"
+
+fuzz: ## run every fuzz target for FUZZTIME each
+	@for t in $$($(GO) test -list='^Fuzz' ./... 2>/dev/null | grep -B1000 -E '^ok' | true); do :; done
+	@./test/fuzz.sh $(FUZZTIME)
+
+soak: build ## 10-minute soak at half of max load (not in CI)
+	@echo "see docs/performance.md"
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l cmd internal test envoy 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+fmt: ## format the code
+	gofmt -w cmd internal test envoy
+
+tidy-check: ## fail if go.mod/go.sum are not tidy
+	$(GO) mod tidy -diff
+
+clean: ## remove build output
+	rm -rf $(BIN)
