@@ -136,6 +136,7 @@ type outcome struct {
 	identErr *identity.Error
 	verdict  Verdict
 	receipt  string
+	recorded bool // an append was attempted
 }
 
 // Check decides one request. It never returns an error to Envoy for a
@@ -148,6 +149,9 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 		if p := recover(); p != nil {
 			s.logger.Error("panic in Check; denying", "decision_id", o.id, "panic", fmt.Sprint(p))
 			o.reason, o.status, o.verdict = reason.InternalError, reason.InternalError.HTTPStatus(), Verdict{}
+			if !o.recorded {
+				s.recordAfterPanic(ctx, req, o, start)
+			}
 			resp, err = s.deny(o), nil
 		}
 		s.metrics.observe(o.reason, o.reason == reason.Allowed, time.Since(start))
@@ -202,6 +206,7 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outco
 // record appends the decision record. If an allowed decision cannot be
 // recorded it becomes a denial: nothing is allowed without its record.
 func (s *Service) record(ctx context.Context, req *authv3.CheckRequest, o *outcome, at time.Time) {
+	o.recorded = true
 	rec := buildRecord(req, o, at)
 	// A request Envoy cancels must still leave its record.
 	r, err := s.log.Append(context.WithoutCancel(ctx), rec)
@@ -213,6 +218,16 @@ func (s *Service) record(ctx context.Context, req *authv3.CheckRequest, o *outco
 		return
 	}
 	o.receipt = r.JWS
+}
+
+// recordAfterPanic records an internal_error denial, unless recording is
+// what panicked.
+func (s *Service) recordAfterPanic(ctx context.Context, req *authv3.CheckRequest, o *outcome, at time.Time) {
+	defer func() { _ = recover() }()
+	s.record(ctx, req, o, at)
+	if o.reason == reason.DecisionLogUnavailable {
+		o.reason, o.status = reason.InternalError, reason.InternalError.HTTPStatus()
+	}
 }
 
 func buildRecord(req *authv3.CheckRequest, o *outcome, at time.Time) *decisionlog.Record {

@@ -1,0 +1,227 @@
+package extauthz
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/identity"
+	"github.com/agentauthz/agentauthz/internal/reason"
+)
+
+type fakeIdent struct {
+	agent *identity.Agent
+	err   *identity.Error
+	panic bool
+}
+
+func (f fakeIdent) Identify(*authv3.AttributeContext) (*identity.Agent, *identity.Error) {
+	if f.panic {
+		panic("boom")
+	}
+	return f.agent, f.err
+}
+
+type fakeRevocation reason.Code
+
+func (f fakeRevocation) Check(string, string, string) reason.Code { return reason.Code(f) }
+
+type fakePolicy struct {
+	v   Verdict
+	err error
+}
+
+func (f fakePolicy) Decide(context.Context, *authv3.CheckRequest, *identity.Agent) (Verdict, error) {
+	return f.v, f.err
+}
+
+type fakeLog struct {
+	recs   []*decisionlog.Record
+	err    error
+	ctxErr error
+}
+
+func (f *fakeLog) Append(ctx context.Context, r *decisionlog.Record) (decisionlog.Receipt, error) {
+	f.ctxErr = ctx.Err()
+	if f.err != nil {
+		return decisionlog.Receipt{}, f.err
+	}
+	f.recs = append(f.recs, r)
+	return decisionlog.Receipt{Seq: uint64(len(f.recs)), JWS: "eyJhbGciOiJFZERTQSJ9.e30.sig"}, nil
+}
+
+var agent = &identity.Agent{
+	ID: "payments-agent", SPIFFEID: "spiffe://example.test/agent/payments-agent", Tenant: "example.test",
+	TrustLevel: 3, Scopes: []string{"payments:initiate", "payments:read"}, Serial: "3e9", CertSHA256: "ab",
+	Issuer: "CN=test CA", Profile: identity.ProfileNative, Source: identity.SourcePeerCertificate,
+}
+
+func request(headers map[string]string) *authv3.CheckRequest {
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
+		Http: &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/v1/payments?token=secret", Host: "api", Headers: headers},
+	}}}
+}
+
+func newService(t *testing.T, id Identifier, rev RevocationChecker, pol Policy, log Recorder) (*Service, *Metrics) {
+	t.Helper()
+	m := NewMetrics(prometheus.NewRegistry())
+	s, err := New(Options{Identifier: id, Revocation: rev, Policy: pol, Recorder: log, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, m
+}
+
+func TestCheckTable(t *testing.T) {
+	allow := fakePolicy{v: Verdict{Allowed: true, Operation: "payments:initiate", Revision: "r1"}}
+	tests := []struct {
+		name       string
+		ident      fakeIdent
+		rev        reason.Code
+		pol        fakePolicy
+		logErr     error
+		wantReason reason.Code
+		wantStatus int
+	}{
+		{"allowed", fakeIdent{agent: agent}, "", allow, nil, reason.Allowed, 200},
+		{"identity failure", fakeIdent{err: &identity.Error{Reason: reason.UntrustedIssuer, CertSHA256: "cd"}}, "", allow, nil, reason.UntrustedIssuer, 401},
+		{"revoked serial", fakeIdent{agent: agent}, reason.CertificateRevoked, allow, nil, reason.CertificateRevoked, 401},
+		{"stale revocation data", fakeIdent{agent: agent}, reason.RevocationStatusUnknown, allow, nil, reason.RevocationStatusUnknown, 401},
+		{"policy error", fakeIdent{agent: agent}, "", fakePolicy{err: errors.New("undefined decision")}, nil, reason.PolicyError, 403},
+		{"policy deny with reason", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{Reason: "scope_missing"}}, nil, reason.ScopeMissing, 403},
+		{"policy deny without reason", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{}}, nil, reason.PolicyDenied, 403},
+		{"policy deny with status", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{HTTPStatus: 429}}, nil, reason.PolicyDenied, 429},
+		{"policy deny with bogus status", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{HTTPStatus: 200}}, nil, reason.PolicyDenied, 403},
+		{"log unavailable turns allow into deny", fakeIdent{agent: agent}, "", allow, errors.New("disk full"), reason.DecisionLogUnavailable, 503},
+		{"panic denies", fakeIdent{panic: true}, "", allow, nil, reason.InternalError, 503},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			log := &fakeLog{err: tt.logErr}
+			s, m := newService(t, tt.ident, fakeRevocation(tt.rev), tt.pol, log)
+			resp, err := s.Check(context.Background(), request(nil))
+			if err != nil {
+				t.Fatalf("Check returned error %v; decisions must never be gRPC errors", err)
+			}
+			meta := resp.GetDynamicMetadata().GetFields()
+			if got := meta["reason"].GetStringValue(); got != string(tt.wantReason) {
+				t.Errorf("reason = %q, want %q", got, tt.wantReason)
+			}
+			if tt.wantReason == reason.Allowed {
+				if resp.GetOkResponse() == nil || resp.GetStatus().GetCode() != 0 {
+					t.Fatalf("want OkResponse, got %v", resp)
+				}
+			} else {
+				d := resp.GetDeniedResponse()
+				if d == nil || resp.GetStatus().GetCode() == 0 {
+					t.Fatalf("want DeniedResponse with non-OK status, got %v", resp)
+				}
+				if got := int(d.GetStatus().GetCode()); got != tt.wantStatus {
+					t.Errorf("status = %d, want %d", got, tt.wantStatus)
+				}
+				var body map[string]string
+				if err := json.Unmarshal([]byte(d.GetBody()), &body); err != nil {
+					t.Fatalf("deny body %q is not JSON: %v", d.GetBody(), err)
+				}
+				if body["reason"] != string(tt.wantReason) || body["decision_id"] != meta["decision_id"].GetStringValue() || body["error"] == "" {
+					t.Errorf("deny body = %v", body)
+				}
+				if strings.Contains(d.GetBody(), "boom") || strings.Contains(d.GetBody(), "undefined") {
+					t.Errorf("deny body leaks internals: %s", d.GetBody())
+				}
+			}
+			if tt.logErr == nil {
+				if len(log.recs) != 1 {
+					t.Fatalf("records = %d, want 1", len(log.recs))
+				}
+				r := log.recs[0]
+				if r.Decision.Allowed != (tt.wantReason == reason.Allowed) || r.Decision.Reasons[0] != string(tt.wantReason) {
+					t.Errorf("record decision = %+v", r.Decision)
+				}
+				if r.Request.Path != "/v1/payments" {
+					t.Errorf("record path = %q: the query string must not be recorded", r.Request.Path)
+				}
+			}
+			label := "false"
+			if tt.wantReason == reason.Allowed {
+				label = "true"
+			}
+			if got := testutil.ToFloat64(m.decisions.WithLabelValues(label, string(tt.wantReason))); got != 1 {
+				t.Errorf("decisions metric = %v, want 1", got)
+			}
+		})
+	}
+}
+
+func TestAllowOverwritesClientIdentityHeaders(t *testing.T) {
+	pol := fakePolicy{v: Verdict{Allowed: true, Headers: []*corev3.HeaderValueOption{
+		{Header: &corev3.HeaderValue{Key: "X-Agent-Id", Value: "policy-cannot-set-this"}},
+		{Header: &corev3.HeaderValue{Key: "x-operation", Value: "payments:initiate"}},
+	}}}
+	s, _ := newService(t, fakeIdent{agent: agent}, fakeRevocation(""), pol, &fakeLog{})
+	resp, _ := s.Check(context.Background(), request(map[string]string{"x-agent-id": "admin", "x-agent-owner": "root"}))
+	ok := resp.GetOkResponse()
+	got := map[string]*corev3.HeaderValueOption{}
+	for _, h := range ok.GetHeaders() {
+		if _, dup := got[strings.ToLower(h.GetHeader().GetKey())]; dup {
+			t.Errorf("header %s set twice", h.GetHeader().GetKey())
+		}
+		got[strings.ToLower(h.GetHeader().GetKey())] = h
+	}
+	for k, want := range map[string]string{
+		HeaderAgentID: "payments-agent", HeaderTrustLevel: "L3", HeaderScopes: "payments:initiate payments:read",
+		HeaderSPIFFEID: agent.SPIFFEID, "x-operation": "payments:initiate",
+	} {
+		h := got[k]
+		if h.GetHeader().GetValue() != want {
+			t.Errorf("%s = %q, want %q", k, h.GetHeader().GetValue(), want)
+		}
+		if strings.HasPrefix(k, "x-agent-") && h.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+			t.Errorf("%s append action = %v, want OVERWRITE_IF_EXISTS_OR_ADD", k, h.GetAppendAction())
+		}
+	}
+	// The agent has no owner: a client-sent x-agent-owner must be removed.
+	if !contains(ok.GetHeadersToRemove(), HeaderOwner) {
+		t.Errorf("headers_to_remove = %v, want %s", ok.GetHeadersToRemove(), HeaderOwner)
+	}
+	if got[HeaderReceipt].GetHeader().GetValue() == "" || got[HeaderDecisionID].GetHeader().GetValue() == "" {
+		t.Error("receipt and decision id must reach the upstream")
+	}
+	var downstream bool
+	for _, h := range ok.GetResponseHeadersToAdd() {
+		downstream = downstream || h.GetHeader().GetKey() == HeaderDecisionID
+	}
+	if !downstream {
+		t.Error("x-decision-id must reach the client too")
+	}
+}
+
+func TestCancelledRequestStillRecorded(t *testing.T) {
+	log := &fakeLog{}
+	s, _ := newService(t, fakeIdent{agent: agent}, fakeRevocation(""), fakePolicy{v: Verdict{Allowed: true}}, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Check(ctx, request(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if len(log.recs) != 1 || log.ctxErr != nil {
+		t.Fatalf("records = %d, append ctx err = %v: a cancelled request must still be recorded", len(log.recs), log.ctxErr)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
