@@ -1,0 +1,100 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDecodeRejectsUnknownKeys(t *testing.T) {
+	_, err := Decode(strings.NewReader("data_dir: x\ngrpc:\n  adress: \":1\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "adress") {
+		t.Fatalf("err = %v, want an error naming the unknown key", err)
+	}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	c, err := Decode(strings.NewReader(`
+log_level: loud
+grpc:
+  addr: "nope"
+  tls: {cert_file: a.pem}
+policy:
+  path: "not a path"
+identity:
+  sources: [xfcc, xfcc, carrier_pigeon]
+trust_bundles:
+  - trust_domain: "Bad Domain"
+    profile: weird
+decision_log:
+  mode: maybe
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ApplyDefaults()
+	err = c.Validate()
+	if err == nil {
+		t.Fatal("want errors")
+	}
+	for _, want := range []string{
+		"data_dir", "log_level", "grpc.addr", "grpc.tls", "policy.path", "listed twice", "carrier_pigeon",
+		"trust_domain", "profile", "decision_log.mode",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("errors do not mention %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestDefaultsValidate(t *testing.T) {
+	c := Default()
+	c.DataDir = t.TempDir()
+	c.Dev = true
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.GRPC.Addr != ":9191" || c.HTTP.Addr != ":9192" || c.Policy.Path != "agentauthz/authz/decision" {
+		t.Errorf("defaults: %+v", c)
+	}
+	if c.DecisionLog.Dir != filepath.Join(c.DataDir, "log") || c.DecisionLog.Mode != "sync" {
+		t.Errorf("decision log defaults: %+v", c.DecisionLog)
+	}
+	if got := c.Identity.Sources; len(got) != 2 || got[0] != "peer_certificate" || got[1] != "xfcc" {
+		t.Errorf("identity sources default %v: SPIFFE-only must be off by default", got)
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte(`
+data_dir: /tmp/x
+trust_bundles:
+  - trust_domain: acme.example
+    file: /etc/acme.pem
+    revocation: {grace: 2h, crl_urls: ["http://127.0.0.1:9193/v1/crl/acme.example"]}
+decision_log: {mode: async, segment_max_age: 1h}
+`), 0o644)
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	tb := c.TrustBundles[0]
+	if tb.Profile != "native" || tb.Revocation.Grace.D() != 2*time.Hour || c.DecisionLog.SegmentMaxAge.D() != time.Hour {
+		t.Errorf("loaded %+v", c)
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
+		t.Error("missing file must be an error")
+	}
+	os.WriteFile(p, []byte("grpc:\n  check_timeout: soon\n"), 0o644)
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "soon") {
+		t.Errorf("bad duration: err = %v", err)
+	}
+}
