@@ -1,0 +1,415 @@
+package revocation
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sync/errgroup"
+)
+
+var errCanceled = context.Canceled
+
+const (
+	fetchTimeout       = 30 * time.Second
+	watchIdleTimeout   = 45 * time.Second // 3 missed heartbeats of the default publisher
+	fileDebounce       = 50 * time.Millisecond
+	backoffMin         = 100 * time.Millisecond
+	backoffMax         = 5 * time.Second
+	watchStableReset   = 10 * time.Second // a stream up this long resets the backoff
+	maxSSELineOverhead = 64 << 10
+)
+
+func defaultHTTPClient() *http.Client {
+	// No overall Timeout: the watch stream is long-lived. Connects and
+	// response headers are bounded; fetches carry their own deadline.
+	return &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   5 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost:   4,
+		IdleConnTimeout:       90 * time.Second,
+		ForceAttemptHTTP2:     true,
+	}}
+}
+
+// Run keeps every configured source loaded until ctx is done. It returns nil
+// on cancellation; source failures are logged and counted, never fatal, since
+// the previous data stays in force until it goes stale.
+func (c *Checker) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for _, name := range c.order {
+		t := c.tenants[name]
+		for i, s := range t.sources {
+			switch s.kind {
+			case kindFile:
+				g.Go(func() error { c.runFile(ctx, name, i, s.where, t.cfg.PollInterval); return nil })
+			case kindURL:
+				g.Go(func() error { c.runURL(ctx, name, i, s.where, t.cfg.PollInterval); return nil })
+			case kindWatch:
+				g.Go(func() error { c.runWatch(ctx, name, i, s.where, t.cfg.PollInterval); return nil })
+			}
+		}
+	}
+	return g.Wait()
+}
+
+// runFile re-reads path on every fsnotify event for it (debounced, since a
+// writer produces several) and every interval, which also covers file
+// systems without notifications.
+func (c *Checker) runFile(ctx context.Context, tenant string, src int, path string, interval time.Duration) {
+	path = filepath.Clean(path)
+	var last [sha256.Size]byte
+	var lastOK bool
+	load := func() {
+		data, err := readFileLimited(path, c.maxBytes)
+		if err != nil {
+			c.sourceFailed(tenant, src, err)
+			return
+		}
+		sum := sha256.Sum256(data)
+		if sum == last {
+			if lastOK {
+				c.touch(tenant)
+			}
+			return
+		}
+		last = sum
+		lastOK = c.apply(tenant, src, data) == nil
+	}
+
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	if w, err := fsnotify.NewWatcher(); err != nil {
+		c.log.Warn("revocation: cannot watch crl file; re-reading periodically only", "file", path, "error", err)
+	} else {
+		defer w.Close()
+		// Watch the directory: writers replace the file by rename, which
+		// a watch on the file itself would lose.
+		if err := w.Add(filepath.Dir(path)); err != nil {
+			c.log.Warn("revocation: cannot watch crl file; re-reading periodically only", "file", path, "error", err)
+		} else {
+			events, errs = w.Events, w.Errors
+		}
+	}
+	load()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	defer debounce.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			load()
+		case <-debounce.C:
+			load()
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if filepath.Clean(ev.Name) == path {
+				debounce.Reset(fileDebounce)
+			}
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			c.log.Warn("revocation: file watch error", "file", path, "error", err)
+		}
+	}
+}
+
+func readFileLimited(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readLimited(f, max)
+}
+
+// conditional remembers the validators of the last CRL applied from a URL.
+type conditional struct {
+	etag, lastModified string
+}
+
+func (c *Checker) runURL(ctx context.Context, tenant string, src int, u string, interval time.Duration) {
+	var cond conditional
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		if err := c.fetchCRL(ctx, tenant, src, u, &cond); err != nil {
+			c.sourceFailed(tenant, src, err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// fetchCRL does one conditional GET. A 304 keeps the data in force; a 200 is
+// applied like any CRL. Apply errors are logged by apply, so only transport
+// and status errors are returned.
+func (c *Checker) fetchCRL(ctx context.Context, tenant string, src int, u string, cond *conditional) error {
+	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/pkix-crl")
+	if cond.etag != "" {
+		req.Header.Set("If-None-Match", cond.etag)
+	}
+	if cond.lastModified != "" {
+		req.Header.Set("If-Modified-Since", cond.lastModified)
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(context.Cause(ctx), context.Canceled) {
+			return errCanceled
+		}
+		return fmt.Errorf("fetch crl: %w", err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNotModified:
+		if cond.etag == "" && cond.lastModified == "" {
+			return errors.New("fetch crl: 304 without a conditional request")
+		}
+		c.touch(tenant)
+		return nil
+	case http.StatusOK:
+	default:
+		return fmt.Errorf("fetch crl: %s", resp.Status)
+	}
+	data, err := readLimited(resp.Body, c.maxBytes)
+	if err != nil {
+		return fmt.Errorf("fetch crl: %w", err)
+	}
+	if err := c.apply(tenant, src, data); err != nil && !errors.Is(err, ErrCRLOlder) {
+		// Forget the validators so the next poll fetches the CRL afresh.
+		*cond = conditional{}
+		return nil
+	}
+	*cond = conditional{etag: resp.Header.Get("ETag"), lastModified: resp.Header.Get("Last-Modified")}
+	return nil
+}
+
+// runWatch holds the watch stream open, reconnecting with jittered
+// exponential backoff. While it is down, the tenant's CRL on the same server
+// is polled every interval (and at once when the stream drops).
+func (c *Checker) runWatch(ctx context.Context, tenant string, src int, watchURL string, interval time.Duration) {
+	wu, crlURL, err := watchURLs(watchURL, tenant)
+	if err != nil {
+		c.sourceFailed(tenant, src, err)
+		return
+	}
+	kick := make(chan struct{}, 1)
+	var connected atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var cond conditional
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			if !connected.Load() {
+				if err := c.fetchCRL(ctx, tenant, src, crlURL, &cond); err != nil {
+					c.sourceFailed(tenant, src, err)
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			case <-kick:
+			}
+		}
+	}()
+	defer func() { <-done }()
+
+	backoff := backoffMin
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := c.stream(ctx, tenant, src, wu, &connected)
+		connected.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		c.setPush(tenant, false)
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+		if err != nil {
+			c.sourceFailed(tenant, src, fmt.Errorf("watch: %w", err))
+		}
+		if time.Since(start) > watchStableReset {
+			backoff = backoffMin
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(2*backoff, backoffMax)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// watchURLs returns the watch URL with the tenant parameter set and the
+// fallback CRL URL on the same server.
+func watchURLs(raw, tenant string) (watch, crl string, err error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", "", err
+	}
+	q := u.Query()
+	if q.Get("tenant") == "" {
+		q.Set("tenant", tenant)
+		u.RawQuery = q.Encode()
+	}
+	base := strings.TrimSuffix(strings.TrimSuffix(u.Path, "/"), WatchPath)
+	cu := url.URL{Scheme: u.Scheme, Host: u.Host, User: u.User, Path: base + CRLPath + tenant}
+	return u.String(), cu.String(), nil
+}
+
+// stream reads one watch connection until it fails or ctx is done.
+func (c *Checker) stream(ctx context.Context, tenant string, src int, u string, connected *atomic.Bool) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Cache-Control", "no-cache")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s", resp.Status)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		return fmt.Errorf("content type %q, want text/event-stream", ct)
+	}
+	// A silent connection (no heartbeat) is a dead one.
+	idle := time.AfterFunc(c.idleTimeout, cancel)
+	defer idle.Stop()
+	br := bufio.NewReaderSize(resp.Body, 64<<10)
+	maxLine := c.maxBytes*4/3 + maxSSELineOverhead
+	var event string
+	var data bytes.Buffer
+	for {
+		line, err := readLine(br, maxLine)
+		if err != nil {
+			return err
+		}
+		idle.Reset(c.idleTimeout)
+		switch {
+		case len(line) == 0:
+			if data.Len() > 0 && (event == "" || event == "revocation") {
+				if err := c.handleEvent(tenant, src, data.Bytes()); err != nil {
+					return err
+				}
+				if !connected.Load() {
+					connected.Store(true)
+					c.setPush(tenant, true)
+				}
+			}
+			event = ""
+			data.Reset()
+		case line[0] == ':':
+			// heartbeat comment
+		default:
+			field, value, _ := bytes.Cut(line, []byte(":"))
+			value = bytes.TrimPrefix(value, []byte(" "))
+			switch string(field) {
+			case "event":
+				event = string(value)
+			case "data":
+				if int64(data.Len()+len(value)) > maxLine {
+					return fmt.Errorf("event larger than %d bytes", maxLine)
+				}
+				if data.Len() > 0 {
+					data.WriteByte('\n')
+				}
+				data.Write(value)
+			}
+		}
+	}
+}
+
+// handleEvent applies one watch event. A CRL that fails verification is
+// refused (and logged by apply) and so is the agent list that came with it:
+// both come from the same server.
+func (c *Checker) handleEvent(tenant string, src int, data []byte) error {
+	var ev WatchEvent
+	if err := json.Unmarshal(data, &ev); err != nil {
+		return fmt.Errorf("decode event: %w", err)
+	}
+	if ev.Tenant != tenant {
+		return fmt.Errorf("event for tenant %q on the stream of %q", ev.Tenant, tenant)
+	}
+	if len(ev.CRL) == 0 {
+		return errors.New("event without crl")
+	}
+	if err := c.apply(tenant, src, ev.CRL); err != nil && !errors.Is(err, ErrCRLOlder) {
+		return nil
+	}
+	c.setAgents(tenant, ev.RevokedAgents)
+	return nil
+}
+
+// readLine reads one line without its terminator (\n or \r\n), at most max
+// bytes.
+func readLine(br *bufio.Reader, max int64) ([]byte, error) {
+	line, err := br.ReadSlice('\n')
+	if err == nil {
+		return bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r")), nil
+	}
+	if !errors.Is(err, bufio.ErrBufferFull) {
+		return nil, err
+	}
+	buf := append([]byte(nil), line...)
+	for {
+		line, err = br.ReadSlice('\n')
+		if int64(len(buf)+len(line)) > max {
+			return nil, fmt.Errorf("line longer than %d bytes", max)
+		}
+		buf = append(buf, line...)
+		if err == nil {
+			return bytes.TrimSuffix(bytes.TrimSuffix(buf, []byte("\n")), []byte("\r")), nil
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return nil, err
+		}
+	}
+}

@@ -1,0 +1,187 @@
+package revocation
+
+import (
+	"bytes"
+	"errors"
+	"math"
+	"time"
+)
+
+// Source kinds, also the "source" metric label.
+const (
+	kindFile  = "file"
+	kindURL   = "url"
+	kindWatch = "watch"
+)
+
+type sourceState struct {
+	kind   string
+	where  string // path or URL, for logs only
+	loaded bool   // delivered a verified CRL at least once
+}
+
+// tenantState is the mutable per-tenant state behind the snapshot; guarded by
+// Checker.mu.
+type tenantState struct {
+	name    string
+	cfg     TenantConfig
+	sources []*sourceState
+	held    []*CRL // newest verified CRL per CA index
+	agents  map[string]struct{}
+
+	lastRefresh   time.Time
+	pushConnected bool
+	fallback      bool // watch channel down, polling its CRL instead
+	errs          map[string]uint64
+
+	snap *tenantSnap // cached; nil after a change
+}
+
+func newTenantState(name string, tc TenantConfig) *tenantState {
+	t := &tenantState{name: name, cfg: tc, held: make([]*CRL, len(tc.CAs)), errs: map[string]uint64{}}
+	for _, f := range tc.CRLFiles {
+		t.sources = append(t.sources, &sourceState{kind: kindFile, where: f})
+	}
+	for _, u := range tc.CRLURLs {
+		t.sources = append(t.sources, &sourceState{kind: kindURL, where: u})
+	}
+	if tc.WatchURL != "" {
+		t.sources = append(t.sources, &sourceState{kind: kindWatch, where: tc.WatchURL})
+	}
+	return t
+}
+
+func (t *tenantState) snapLocked() *tenantSnap {
+	if t.snap != nil {
+		return t.snap
+	}
+	s := &tenantSnap{ready: true, staleAfter: math.MinInt64, agents: t.agents}
+	for _, src := range t.sources {
+		if !src.loaded {
+			s.ready = false
+		}
+	}
+	first := true
+	for _, crl := range t.held {
+		if crl == nil {
+			continue
+		}
+		s.serials = append(s.serials, crl.Serials)
+		stale := crl.NextUpdate.Add(t.cfg.Grace).UnixNano()
+		if first || stale < s.staleAfter {
+			s.staleAfter, first = stale, false
+		}
+	}
+	if first {
+		s.ready = false
+	}
+	t.snap = s
+	return s
+}
+
+// apply verifies data as a CRL of tenant delivered by source src and, when
+// it is valid and not older than what is held, makes it current.
+func (c *Checker) apply(tenant string, src int, data []byte) error {
+	t := c.tenants[tenant]
+	crl, err := ParseCRL(data, t.cfg.CAs, c.maxBytes)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := t.sources[src]
+	if err != nil {
+		t.errs[s.kind]++
+		c.log.Error("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where, "error", err)
+		return err
+	}
+	held := t.held[crl.CA]
+	if err := crl.newerThan(held); err != nil {
+		// The source works and its data verified; it is only behind.
+		t.errs[s.kind]++
+		c.log.Warn("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where, "error", err)
+		if !s.loaded {
+			s.loaded = true
+			t.snap = nil
+			c.publishLocked()
+		}
+		return err
+	}
+	t.lastRefresh = c.now()
+	if held != nil && bytes.Equal(held.Raw, crl.Raw) && s.loaded {
+		return nil
+	}
+	if held == nil || !bytes.Equal(held.Raw, crl.Raw) {
+		c.log.Info("revocation: crl applied", "tenant", tenant, "source", s.kind, "from", s.where,
+			"number", crl.Number, "revoked", len(crl.Serials), "next_update", crl.NextUpdate.UTC().Format(time.RFC3339))
+	}
+	t.held[crl.CA] = crl
+	s.loaded = true
+	t.snap = nil
+	c.publishLocked()
+	return nil
+}
+
+// touch records that src answered "unchanged" (HTTP 304).
+func (c *Checker) touch(tenant string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.tenants[tenant].lastRefresh = c.now()
+}
+
+// sourceFailed counts and logs a failed refresh; the previous data stays.
+func (c *Checker) sourceFailed(tenant string, src int, err error) {
+	if errors.Is(err, errCanceled) {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tenants[tenant]
+	s := t.sources[src]
+	t.errs[s.kind]++
+	c.log.Warn("revocation: refresh failed; keeping previous data", "tenant", tenant, "source", s.kind, "from", s.where, "error", err)
+}
+
+// setAgents replaces the tenant's agent-level revocations (from the push
+// channel).
+func (c *Checker) setAgents(tenant string, ids []string) {
+	m := make(map[string]struct{}, len(ids))
+	for _, id := range ids {
+		m[id] = struct{}{}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tenants[tenant]
+	if sameSet(t.agents, m) {
+		return
+	}
+	t.agents = m
+	t.snap = nil
+	c.publishLocked()
+}
+
+func sameSet(a, b map[string]struct{}) bool {
+	if len(a) != len(b) || (a == nil) != (b == nil) {
+		return false
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// setPush records the push channel's state and logs transitions.
+func (c *Checker) setPush(tenant string, connected bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tenants[tenant]
+	if t.pushConnected == connected && t.fallback == !connected {
+		return
+	}
+	t.pushConnected, t.fallback = connected, !connected
+	if connected {
+		c.log.Info("revocation: push channel connected", "tenant", tenant, "url", t.cfg.WatchURL)
+	} else {
+		c.log.Warn("revocation: push channel lost; falling back to polling the crl", "tenant", tenant,
+			"url", t.cfg.WatchURL, "interval", t.cfg.PollInterval)
+	}
+}

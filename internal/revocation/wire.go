@@ -1,0 +1,36 @@
+package revocation
+
+// Watch protocol (documented in docs/revocation.md):
+//
+//	GET /v1/watch?tenant=<trust-domain>   Accept: text/event-stream
+//
+// The server answers 200 text/event-stream and immediately sends the
+// tenant's current state as one event, then a new event whenever the state
+// changes, and a comment line (": ping") every heartbeat interval:
+//
+//	event: revocation
+//	id: <generation>
+//	data: {"generation":42,"tenant":"example.test","crl":"<base64 DER>","revoked_agents":["bot-1"]}
+//
+// Every event carries the full state (the whole CRL and the whole agent
+// list), so a replica never needs history: a reconnect is a resync.
+
+// Paths served by Publisher.
+const (
+	CRLPath   = "/v1/crl/"  // + <tenant>: DER CRL, application/pkix-crl
+	WatchPath = "/v1/watch" // ?tenant=<tenant>: SSE stream of WatchEvent
+)
+
+// WatchEvent is the data of one "revocation" event.
+type WatchEvent struct {
+	// Generation is the CA store's revocation generation when the state
+	// was read; it increases with every committed revocation.
+	Generation int64 `json:"generation"`
+	// Tenant is the trust domain the event is about.
+	Tenant string `json:"tenant"`
+	// CRL is the tenant's current CRL, DER, standard base64 in JSON. It is
+	// verified like any other CRL before use.
+	CRL []byte `json:"crl"`
+	// RevokedAgents lists agent ids under an agent-level revocation.
+	RevokedAgents []string `json:"revoked_agents"`
+}
