@@ -1,0 +1,359 @@
+package envoy
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Names the kit and agentauthz agree on.
+const (
+	// ExtAuthzFilterName is the HTTP filter name. Envoy stores the dynamic
+	// metadata agentauthz returns under this name, so the access log's
+	// %DYNAMIC_METADATA(...)% namespace must match it.
+	ExtAuthzFilterName = "envoy.filters.http.ext_authz"
+	// HeaderMutationFilterName is the filter that strips client-sent identity headers.
+	HeaderMutationFilterName = "envoy.filters.http.header_mutation"
+	// RouterFilterName is the terminal HTTP filter.
+	RouterFilterName = "envoy.filters.http.router"
+	// MaxExtAuthzTimeout is the longest Check deadline the invariants accept:
+	// a slower budget holds requests (and Envoy's buffers) for too long.
+	MaxExtAuthzTimeout = time.Second
+	// MaxCheckBodyBytes bounds with_request_body.max_request_bytes.
+	MaxCheckBodyBytes = 64 << 10
+)
+
+// IdentityHeaders are the request headers only agentauthz may set. A client
+// that sends them must not reach the upstream with them.
+var identityHeaders = []string{
+	"x-agent-id", "x-agent-spiffe-id", "x-agent-trust-level", "x-agent-scopes",
+	"x-agent-owner", "x-agent-receipt", "x-decision-id",
+}
+
+// IdentityHeaders returns the request headers only agentauthz may set.
+func IdentityHeaders() []string { return slices.Clone(identityHeaders) }
+
+// AccessLogFields are the access-log operators that tie an Envoy log line to
+// agentauthz's decision record.
+func AccessLogFields() []string {
+	return []string{
+		"%DYNAMIC_METADATA(" + ExtAuthzFilterName + ":agent_id)%",
+		"%DYNAMIC_METADATA(" + ExtAuthzFilterName + ":decision_id)%",
+	}
+}
+
+// CheckInvariants reports every way b departs from what agentauthz relies
+// on. For each listener filter chain with an HTTP connection manager:
+//
+//   - downstream TLS requires a client certificate and validates it against a CA;
+//   - x-forwarded-client-cert is SANITIZE_SET with cert, URI and subject;
+//   - identity headers are stripped before ext_authz, and ext_authz runs
+//     before the router, once, not disabled and not optional;
+//   - ext_authz is gRPC, V3, include_peer_certificate, fail-closed
+//     (failure_mode_allow false, status_on_error 503), with a timeout in
+//     (0, 1s] and a bounded request body;
+//   - its cluster exists and speaks HTTP/2;
+//   - routes are inline, ext_authz is never disabled for a whole virtual
+//     host, and a route that disables it matches one exact path;
+//   - the access log records agent_id and decision_id from ext_authz metadata.
+//
+// It assumes b passed ParseBootstrap; run Validate for the schema rules.
+func CheckInvariants(b *bootstrapv3.Bootstrap) error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	clusters := map[string]*clusterv3.Cluster{}
+	for _, c := range b.GetStaticResources().GetClusters() {
+		clusters[c.GetName()] = c
+	}
+	hcms := 0
+	for _, l := range b.GetStaticResources().GetListeners() {
+		for i, fc := range l.GetFilterChains() {
+			at := fmt.Sprintf("listener %s: filter_chains[%d]", l.GetName(), i)
+			for _, f := range fc.GetFilters() {
+				m, err := unpack(f.GetTypedConfig())
+				if err != nil {
+					add("%s: filter %s: %v", at, f.GetName(), err)
+					continue
+				}
+				hcm, ok := m.(*hcmv3.HttpConnectionManager)
+				if !ok {
+					continue
+				}
+				hcms++
+				errs = append(errs, checkDownstreamTLS(at, fc)...)
+				errs = append(errs, checkHCM(at, hcm, clusters)...)
+			}
+		}
+	}
+	if hcms == 0 {
+		add("no listener has an http_connection_manager")
+	}
+	return errors.Join(errs...)
+}
+
+func unpack(a *anypb.Any) (proto.Message, error) {
+	if a == nil {
+		return nil, errors.New("no typed_config")
+	}
+	return a.UnmarshalNew()
+}
+
+func checkDownstreamTLS(at string, fc *listenerv3.FilterChain) []error {
+	ts := fc.GetTransportSocket()
+	if ts == nil {
+		return []error{fmt.Errorf("%s: no transport_socket: agents must connect with mutual TLS", at)}
+	}
+	m, err := unpack(ts.GetTypedConfig())
+	if err != nil {
+		return []error{fmt.Errorf("%s: transport_socket: %w", at, err)}
+	}
+	tls, ok := m.(*tlsv3.DownstreamTlsContext)
+	if !ok {
+		return []error{fmt.Errorf("%s: transport_socket is %T, want DownstreamTlsContext", at, m)}
+	}
+	var errs []error
+	if !tls.GetRequireClientCertificate().GetValue() {
+		errs = append(errs, fmt.Errorf("%s: require_client_certificate must be true", at))
+	}
+	ctx := tls.GetCommonTlsContext()
+	if ctx.GetValidationContext().GetTrustedCa() == nil && ctx.GetValidationContextSdsSecretConfig() == nil &&
+		ctx.GetCombinedValidationContext() == nil {
+		errs = append(errs, fmt.Errorf("%s: common_tls_context has no validation context (trusted_ca): client certificates would not be verified", at))
+	}
+	return errs
+}
+
+func checkHCM(at string, hcm *hcmv3.HttpConnectionManager, clusters map[string]*clusterv3.Cluster) []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(at+": "+format, args...)) }
+
+	if got := hcm.GetForwardClientCertDetails(); got != hcmv3.HttpConnectionManager_SANITIZE_SET {
+		add("forward_client_cert_details is %s, want SANITIZE_SET (a client could forge x-forwarded-client-cert)", got)
+	}
+	set := hcm.GetSetCurrentClientCertDetails()
+	if !set.GetCert() || !set.GetUri() || !set.GetSubject().GetValue() {
+		add("set_current_client_cert_details must set cert, uri and subject")
+	}
+
+	// Filter order: header_mutation (strip) < ext_authz < router (last).
+	filters := hcm.GetHttpFilters()
+	idx := func(name string) []int {
+		var out []int
+		for i, f := range filters {
+			if f.GetName() == name {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	authz := idx(ExtAuthzFilterName)
+	if len(authz) != 1 {
+		add("want exactly one %s http filter, found %d", ExtAuthzFilterName, len(authz))
+		return errs
+	}
+	ai := authz[0]
+	if n := len(filters); n == 0 || filters[n-1].GetName() != RouterFilterName {
+		add("the last http filter must be %s", RouterFilterName)
+	}
+	if f := filters[ai]; f.GetDisabled() || f.GetIsOptional() {
+		add("%s must be neither disabled nor optional", ExtAuthzFilterName)
+	}
+	errs = append(errs, checkHeaderStrip(at, filters, ai)...)
+
+	m, err := unpack(filters[ai].GetTypedConfig())
+	if err != nil {
+		add("%s: %v", ExtAuthzFilterName, err)
+		return errs
+	}
+	ea, ok := m.(*extauthzv3.ExtAuthz)
+	if !ok {
+		add("%s typed_config is %T, want ExtAuthz", ExtAuthzFilterName, m)
+		return errs
+	}
+	errs = append(errs, checkExtAuthz(at, ea, clusters)...)
+	errs = append(errs, checkRoutes(at, hcm)...)
+
+	logged := ""
+	for _, al := range hcm.GetAccessLog() {
+		if inner, err := unpack(al.GetTypedConfig()); err == nil {
+			js, _ := protojson.Marshal(inner)
+			logged += string(js)
+		}
+	}
+	for _, want := range AccessLogFields() {
+		if !strings.Contains(logged, want) {
+			add("access_log must record %s", want)
+		}
+	}
+	return errs
+}
+
+func checkHeaderStrip(at string, filters []*hcmv3.HttpFilter, authzIdx int) []error {
+	removed := map[string]bool{}
+	for _, f := range filters[:authzIdx] {
+		if f.GetName() != HeaderMutationFilterName || f.GetDisabled() {
+			continue
+		}
+		m, err := unpack(f.GetTypedConfig())
+		if err != nil {
+			continue
+		}
+		hm, ok := m.(*headermutationv3.HeaderMutation)
+		if !ok {
+			continue
+		}
+		for _, rm := range hm.GetMutations().GetRequestMutations() {
+			if r := rm.GetRemove(); r != "" {
+				removed[strings.ToLower(r)] = true
+			}
+		}
+	}
+	var errs []error
+	for _, h := range identityHeaders {
+		if !removed[h] {
+			errs = append(errs, fmt.Errorf("%s: %s before %s must remove client-sent %s", at, HeaderMutationFilterName, ExtAuthzFilterName, h))
+		}
+	}
+	return errs
+}
+
+func checkExtAuthz(at string, ea *extauthzv3.ExtAuthz, clusters map[string]*clusterv3.Cluster) []error {
+	var errs []error
+	add := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf(at+": "+ExtAuthzFilterName+": "+format, args...))
+	}
+	gs := ea.GetGrpcService()
+	if gs == nil {
+		add("must use grpc_service (agentauthz speaks envoy.service.auth.v3.Authorization)")
+		return errs
+	}
+	if ea.GetTransportApiVersion().String() != "V3" {
+		add("transport_api_version must be V3")
+	}
+	if !ea.GetIncludePeerCertificate() {
+		add("include_peer_certificate must be true (agentauthz reads attributes.source.certificate first)")
+	}
+	if ea.GetFailureModeAllow() {
+		add("failure_mode_allow must be false: fail closed")
+	}
+	if got := int(ea.GetStatusOnError().GetCode()); got != 503 {
+		add("status_on_error must be 503, is %d", got)
+	}
+	if ea.GetFilterEnabled() != nil || ea.GetFilterEnabledMetadata() != nil {
+		add("filter_enabled / filter_enabled_metadata would skip the check for some requests")
+	}
+	if t := gs.GetTimeout(); t == nil {
+		add("grpc_service.timeout must be set")
+	} else if d := t.AsDuration(); d <= 0 || d > MaxExtAuthzTimeout {
+		add("grpc_service.timeout %s is outside (0, %s]", d, MaxExtAuthzTimeout)
+	}
+	if wb := ea.GetWithRequestBody(); wb != nil && (wb.GetMaxRequestBytes() == 0 || wb.GetMaxRequestBytes() > MaxCheckBodyBytes) {
+		add("with_request_body.max_request_bytes must be in 1..%d", MaxCheckBodyBytes)
+	}
+	name := gs.GetEnvoyGrpc().GetClusterName()
+	if name == "" {
+		add("grpc_service must use envoy_grpc with a cluster_name")
+		return errs
+	}
+	c, ok := clusters[name]
+	if !ok {
+		add("cluster %q is not defined", name)
+		return errs
+	}
+	if !http2(c) {
+		add("cluster %q must speak HTTP/2 (typed_extension_protocol_options explicit_http_config http2_protocol_options)", name)
+	}
+	return errs
+}
+
+func http2(c *clusterv3.Cluster) bool {
+	a, ok := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+	if !ok {
+		return false
+	}
+	m, err := unpack(a)
+	if err != nil {
+		return false
+	}
+	po, ok := m.(*upstreamhttpv3.HttpProtocolOptions)
+	return ok && po.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil
+}
+
+func checkRoutes(at string, hcm *hcmv3.HttpConnectionManager) []error {
+	rc := hcm.GetRouteConfig()
+	if rc == nil {
+		return []error{fmt.Errorf("%s: route_config must be inline so the ext_authz bypasses can be checked", at)}
+	}
+	var errs []error
+	for _, vh := range rc.GetVirtualHosts() {
+		if disablesAuthz(vh.GetTypedPerFilterConfig()) {
+			errs = append(errs, fmt.Errorf("%s: virtual_host %s disables %s for every route", at, vh.GetName(), ExtAuthzFilterName))
+		}
+		for _, r := range vh.GetRoutes() {
+			if !disablesAuthz(r.GetTypedPerFilterConfig()) {
+				continue
+			}
+			if _, exact := r.GetMatch().GetPathSpecifier().(*routev3.RouteMatch_Path); !exact {
+				errs = append(errs, fmt.Errorf("%s: route %s disables %s but does not match one exact path", at, r.GetName(), ExtAuthzFilterName))
+			}
+		}
+	}
+	return errs
+}
+
+// disablesAuthz reports whether a typed_per_filter_config turns ext_authz off.
+func disablesAuthz(cfg map[string]*anypb.Any) bool {
+	a, ok := cfg[ExtAuthzFilterName]
+	if !ok {
+		return false
+	}
+	m, err := unpack(a)
+	if err != nil {
+		return true // unreadable: treat as the worst case
+	}
+	pr, ok := m.(*extauthzv3.ExtAuthzPerRoute)
+	return ok && pr.GetDisabled()
+}
+
+// DisabledAuthzPaths lists the exact paths for which b turns ext_authz off.
+func DisabledAuthzPaths(b *bootstrapv3.Bootstrap) []string {
+	var out []string
+	for _, l := range b.GetStaticResources().GetListeners() {
+		for _, fc := range l.GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				m, err := unpack(f.GetTypedConfig())
+				if err != nil {
+					continue
+				}
+				hcm, ok := m.(*hcmv3.HttpConnectionManager)
+				if !ok {
+					continue
+				}
+				for _, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
+					for _, r := range vh.GetRoutes() {
+						if disablesAuthz(r.GetTypedPerFilterConfig()) {
+							out = append(out, r.GetMatch().GetPath())
+						}
+					}
+				}
+			}
+		}
+	}
+	return out
+}
