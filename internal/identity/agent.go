@@ -40,6 +40,7 @@ type Agent struct {
 	NotAfter   time.Time // zero for SPIFFE-only
 	Profile    Profile
 	Source     Source
+	IssuerID   string // AgentPass issuer id extension (1.3.6.1.4.1.99999.1.3); empty for other profiles
 }
 
 // TrustLabel is the trust level in its "L<n>" form.
