@@ -1,0 +1,183 @@
+# Reviewer tests for the shipped policy: agents × operations.
+# Run with `opa test policies -v` (stock OPA, pinned in go.mod) or `make policy-test`.
+package agentauthz.authz_test
+
+import data.agentauthz.authz
+
+# --- agents (what input.agent carries for a verified certificate) ---
+
+agent(id, trust, scopes) := {
+	"id": id,
+	"spiffe_id": concat("", ["spiffe://dev.agentauthz.local/agent/", id]),
+	"tenant": "dev.agentauthz.local",
+	"trust_level": sprintf("L%d", [trust]),
+	"trust": trust,
+	"scopes": scopes,
+	"owner": "team-test",
+	"profile": "native",
+	"source": "peer_certificate",
+}
+
+screener := agent("sanctions-screener", 1, ["sanctions:screen"])
+
+reader := agent("payments-reader", 1, ["payments:read"])
+
+onboarder := agent("merchant-onboarder", 2, ["merchants:onboard"])
+
+payer := agent("payments-bot", 3, ["payments:initiate", "payments:read"])
+
+collector := agent("loan-collector", 3, ["loans:repay"])
+
+l2_payer := agent("junior-payments-bot", 2, ["payments:initiate", "payments:read"])
+
+privileged := agent("ops-bot", 4, [
+	"sanctions:screen", "payments:read", "payments:initiate",
+	"merchants:onboard", "loans:repay",
+])
+
+operations := ["sanctions:screen", "payments:read", "merchants:onboard", "payments:initiate", "loans:repay"]
+
+decide(a, op) := d if {
+	d := authz.decision with input as {"agent": a, "operation": op}
+}
+
+allowed(a, op) if decide(a, op).allowed == true
+
+denied_with(a, op, reason) if {
+	d := decide(a, op)
+	d.allowed == false
+	d.reason == reason
+}
+
+# A fixed "now" (2026-01-01T00:00:00Z) for restriction expiry tests.
+now_ns := 1767225600000000000
+
+# --- the five operations, each by the agent made for it ---
+
+test_sanctions_screen_allowed if {
+	d := decide(screener, "sanctions:screen")
+	d.allowed == true
+	d.reason == "allowed"
+	d.headers["x-agent-operation"] == "sanctions:screen"
+}
+
+test_payments_read_allowed if allowed(reader, "payments:read")
+
+test_merchants_onboard_allowed if allowed(onboarder, "merchants:onboard")
+
+test_payments_initiate_allowed if allowed(payer, "payments:initiate")
+
+test_loans_repay_allowed if allowed(collector, "loans:repay")
+
+test_privileged_agent_allowed_everything if {
+	every op in operations {
+		allowed(privileged, op)
+	}
+}
+
+# --- least privilege ---
+
+test_read_only_agent_cannot_write if {
+	denied_with(reader, "payments:initiate", "insufficient_trust_level")
+	denied_with(reader, "merchants:onboard", "insufficient_trust_level")
+	denied_with(reader, "loans:repay", "insufficient_trust_level")
+}
+
+test_read_only_agent_with_enough_trust_still_needs_scope if {
+	denied_with(agent("reader-l3", 3, ["payments:read"]), "payments:initiate", "scope_missing")
+}
+
+test_sanctions_agent_cannot_pay if {
+	denied_with(screener, "payments:initiate", "insufficient_trust_level")
+	denied_with(screener, "payments:read", "scope_missing")
+}
+
+test_l2_agent_with_payments_scope_refused if {
+	denied_with(l2_payer, "payments:initiate", "insufficient_trust_level")
+	allowed(l2_payer, "payments:read")
+}
+
+test_payer_cannot_repay_loans if denied_with(payer, "loans:repay", "scope_missing")
+
+test_l0_agent_refused_everything if {
+	every op in operations {
+		denied_with(agent("untrusted", 0, ["payments:read", "sanctions:screen"]), op, "insufficient_trust_level")
+	}
+}
+
+test_unknown_operation_denied if {
+	denied_with(privileged, "admin:delete", "unknown_operation")
+	d := authz.decision with input as {"agent": privileged}
+	d.reason == "unknown_operation"
+}
+
+test_no_agent_denied if {
+	d := authz.decision with input as {"operation": "payments:read"}
+	d.allowed == false
+	d.reason == "insufficient_trust_level"
+}
+
+# --- restrictions overlay ---
+
+test_quarantined_agent_refused_everything if {
+	every op in operations {
+		d := decide(privileged, op) with data.agentauthz.restrictions as {"ops-bot": {"quarantined": true}}
+		d.allowed == false
+		d.reason == "agent_quarantined"
+	}
+	d := decide(privileged, "admin:delete") with data.agentauthz.restrictions as {"ops-bot": {"quarantined": true}}
+	d.reason == "agent_quarantined"
+}
+
+test_quarantine_is_per_agent if {
+	allowed(payer, "payments:initiate") with data.agentauthz.restrictions as {"ops-bot": {"quarantined": true}}
+}
+
+test_max_trust_downgrades if {
+	r := {"payments-bot": {"max_trust": 2}}
+	denied_with(payer, "payments:initiate", "insufficient_trust_level") with data.agentauthz.restrictions as r
+	allowed(payer, "payments:read") with data.agentauthz.restrictions as r
+}
+
+test_max_trust_cannot_escalate if {
+	denied_with(reader, "payments:initiate", "insufficient_trust_level") with data.agentauthz.restrictions as {"payments-reader": {"max_trust": 4}}
+}
+
+test_removed_scope if {
+	r := {"payments-bot": {"removed_scopes": ["payments:initiate"]}}
+	denied_with(payer, "payments:initiate", "scope_missing") with data.agentauthz.restrictions as r
+	allowed(payer, "payments:read") with data.agentauthz.restrictions as r
+}
+
+test_restriction_in_force_until_it_expires if {
+	r := {"payments-bot": {"quarantined": true, "until": "2026-01-02T00:00:00Z"}}
+	denied_with(payer, "payments:initiate", "agent_quarantined") with data.agentauthz.restrictions as r
+		with time.now_ns as now_ns
+}
+
+test_restriction_expires if {
+	r := {"payments-bot": {"quarantined": true, "max_trust": 0, "until": "2025-12-31T23:59:59Z"}}
+	allowed(payer, "payments:initiate") with data.agentauthz.restrictions as r
+		with time.now_ns as now_ns
+}
+
+test_restriction_with_unparsable_until_stays_in_force if {
+	r := {"payments-bot": {"quarantined": true, "until": "next tuesday"}}
+	denied_with(payer, "payments:initiate", "agent_quarantined") with data.agentauthz.restrictions as r
+		with time.now_ns as now_ns
+}
+
+# --- the shipped data is consistent ---
+
+test_every_route_names_a_known_operation if {
+	every r in data.agentauthz.routes {
+		data.agentauthz.operations[r.operation]
+	}
+}
+
+test_every_operation_has_a_trust_level_and_scope if {
+	every _, o in data.agentauthz.operations {
+		o.min_trust in numbers.range(0, 4)
+		contains(o.scope, ":")
+	}
+}
