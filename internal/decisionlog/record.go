@@ -1,6 +1,10 @@
 package decisionlog
 
-import "time"
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
 
 // Record is one decision as it is signed into the log. The JSON names are the
 // documented format (docs/decision-log.md); never rename one.
@@ -13,11 +17,65 @@ type Record struct {
 	Time       time.Time `json:"-"`
 	Log        string    `json:"log"`
 	KeyID      string    `json:"kid"`
-	Prev       string    `json:"prev"` // lowercase hex SHA-256 of the previous record's JWS; "" for the first
+	Prev       string    `json:"prev"` // lowercase hex SHA-256 of the previous record's JWS signing input; "" for the first
+
+	// Kind is "" (or KindDecision) for a decision and KindKeyRotation for
+	// the record that hands the log over to a new signing key.
+	Kind string `json:"kind,omitempty"`
+	// KeyRotation is set on KindKeyRotation records only.
+	KeyRotation *KeyRotation `json:"key_rotation,omitempty"`
 
 	Agent    Agent    `json:"agent"`
 	Request  Request  `json:"request"`
 	Decision Decision `json:"decision"`
+}
+
+// Record kinds.
+const (
+	KindDecision    = "decision"
+	KindKeyRotation = "key_rotation"
+)
+
+// KeyRotation announces the key that signs every record after this one. The
+// rotation record itself is signed by the old key, so a verifier that trusts
+// the first key of a log can follow every rotation.
+type KeyRotation struct {
+	NewKeyID string `json:"new_kid"`
+	NewKey   string `json:"new_key"` // base64url (no padding) of the 32-byte Ed25519 public key, as JWK "x"
+}
+
+// TimeLayout is the record time format: UTC, RFC 3339, exactly six
+// fractional digits (microseconds).
+const TimeLayout = "2006-01-02T15:04:05.000000Z"
+
+// recordFields has Record's fields without its methods, so MarshalJSON can
+// reuse the struct tags without recursing.
+type recordFields Record
+
+// MarshalJSON writes Record with its time as "time" in TimeLayout.
+func (r Record) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		recordFields
+		Time string `json:"time"`
+	}{recordFields(r), r.Time.UTC().Format(TimeLayout)})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes; "time" must be in TimeLayout.
+func (r *Record) UnmarshalJSON(b []byte) error {
+	var w struct {
+		recordFields
+		Time string `json:"time"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	t, err := time.Parse(TimeLayout, w.Time)
+	if err != nil {
+		return fmt.Errorf("record time: %w", err)
+	}
+	*r = Record(w.recordFields)
+	r.Time = t
+	return nil
 }
 
 // Agent is what is known of the caller. For identity failures only the

@@ -1,0 +1,731 @@
+package decisionlog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrUnavailable means the record was not (durably) written; the caller
+	// must deny with reason decision_log_unavailable.
+	ErrUnavailable = errors.New("decision log unavailable")
+	// ErrBufferFull (async mode) wraps ErrUnavailable.
+	ErrBufferFull = fmt.Errorf("%w: async buffer full", ErrUnavailable)
+	// ErrClosed is returned after Close; it wraps ErrUnavailable.
+	ErrClosed = fmt.Errorf("%w: log closed", ErrUnavailable)
+	// ErrCorrupt means Open found damage it must not repair by itself.
+	ErrCorrupt = errors.New("decision log corrupt")
+)
+
+// Mode is the durability mode.
+type Mode int
+
+const (
+	// Sync (default): Append returns after the record is fsynced.
+	Sync Mode = iota
+	// Async: Append returns once the record is signed and queued; records
+	// queued but not yet fsynced are lost on a crash or a write failure.
+	Async
+)
+
+// ParseMode parses "sync" or "async".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "", "sync":
+		return Sync, nil
+	case "async":
+		return Async, nil
+	}
+	return Sync, fmt.Errorf("decision log mode %q: want sync or async", s)
+}
+
+func (m Mode) String() string {
+	if m == Async {
+		return "async"
+	}
+	return "sync"
+}
+
+// Defaults for Options.
+const (
+	DefaultName            = "agentauthz"
+	DefaultAsyncBuffer     = 10000
+	DefaultSegmentMaxBytes = 64 << 20
+	DefaultSegmentMaxAge   = 24 * time.Hour
+)
+
+// Options configure Open.
+type Options struct {
+	Dir             string        // segment directory, e.g. <data>/log
+	KeyDir          string        // signing keys, e.g. <data>/keys
+	Name            string        // log/instance name written into every record; default DefaultName
+	Mode            Mode          // Sync (default) or Async
+	AsyncBuffer     int           // Async: max records queued but not yet durable; default DefaultAsyncBuffer
+	SegmentMaxBytes int64         // rotate when a segment would grow past this; default DefaultSegmentMaxBytes
+	SegmentMaxAge   time.Duration // rotate a segment older than this; default DefaultSegmentMaxAge
+	Logger          hclog.Logger  // default: a null logger
+	Registerer      prometheus.Registerer
+	Now             func() time.Time // default time.Now
+
+	// Test hooks.
+	openFile func(name string, flag int, perm os.FileMode) (segmentFile, error)
+	retryMin time.Duration
+}
+
+// segmentFile is what the writer needs of an open file; tests wrap it to
+// inject write and fsync failures.
+type segmentFile interface {
+	Write(p []byte) (int, error)
+	Sync() error
+	Truncate(size int64) error
+	Close() error
+}
+
+func osOpenFile(name string, flag int, perm os.FileMode) (segmentFile, error) {
+	return os.OpenFile(name, flag, perm)
+}
+
+// batch is a group of consecutive records committed by one fsync.
+type batch struct {
+	lines    [][]byte
+	firstSeq uint64
+	lastSeq  uint64
+	lastHash string
+	nextKey  *signingKey // the key that signs after lastSeq
+	unsigned int
+	done     chan struct{}
+	err      error
+}
+
+func newBatch() *batch { return &batch{done: make(chan struct{})} }
+
+// Log is an open decision log. It is safe for concurrent use.
+type Log struct {
+	opts    Options
+	logger  hclog.Logger
+	m       *metrics
+	lock    *os.File
+	closeCh chan struct{}
+	wdone   chan struct{}
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	next     uint64
+	prevHash string
+	key      *signingKey
+	keys     map[string]*signingKey
+	durSeq   uint64
+	durHash  string
+	durKey   *signingKey
+	open     *batch
+	inflight int
+	failed   error
+	closing  bool
+
+	// Owned by the writer goroutine (and Open before it starts).
+	seg        segmentFile
+	segName    string
+	segSize    int64
+	segDurable int64
+	segStart   time.Time
+	wbuf       []byte
+}
+
+// Open opens (creating if needed) the log in opts.Dir, recovers from a
+// crash (a torn last record is truncated and logged), and continues the
+// sequence and the hash chain.
+func Open(opts Options) (*Log, error) {
+	if opts.Dir == "" || opts.KeyDir == "" {
+		return nil, errors.New("decision log: Dir and KeyDir are required")
+	}
+	if opts.Name == "" {
+		opts.Name = DefaultName
+	}
+	if opts.AsyncBuffer <= 0 {
+		opts.AsyncBuffer = DefaultAsyncBuffer
+	}
+	if opts.SegmentMaxBytes <= 0 {
+		opts.SegmentMaxBytes = DefaultSegmentMaxBytes
+	}
+	if opts.SegmentMaxAge <= 0 {
+		opts.SegmentMaxAge = DefaultSegmentMaxAge
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.openFile == nil {
+		opts.openFile = osOpenFile
+	}
+	if opts.retryMin <= 0 {
+		opts.retryMin = 100 * time.Millisecond
+	}
+	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("decision log dir: %w", err)
+	}
+	if err := os.MkdirAll(opts.KeyDir, 0o700); err != nil {
+		return nil, fmt.Errorf("decision log key dir: %w", err)
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("decision log metrics: %w", err)
+	}
+	l := &Log{
+		opts:    opts,
+		logger:  opts.Logger,
+		m:       m,
+		closeCh: make(chan struct{}),
+		wdone:   make(chan struct{}),
+		open:    newBatch(),
+	}
+	l.cond = sync.NewCond(&l.mu)
+	if l.lock, err = lockDir(opts.Dir); err != nil {
+		return nil, err
+	}
+	if err := l.recoverOnOpen(); err != nil {
+		l.lock.Close()
+		if l.seg != nil {
+			l.seg.Close()
+		}
+		return nil, err
+	}
+	l.durSeq, l.durHash, l.durKey = l.next-1, l.prevHash, l.key
+	l.m.ready.Set(1)
+	go l.run()
+	return l, nil
+}
+
+// lockDir takes an exclusive advisory lock so two processes never append to
+// the same log.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("decision log lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("decision log %s is in use by another process: %w", dir, err)
+	}
+	return f, nil
+}
+
+// recoverOnOpen finds the last complete record, truncates a torn tail, and
+// sets next, prevHash, key and the open segment.
+func (l *Log) recoverOnOpen() error {
+	var err error
+	if l.keys, err = loadSigningKeys(l.opts.KeyDir); err != nil {
+		return err
+	}
+	segs, err := listSegments(l.opts.Dir)
+	if err != nil {
+		return fmt.Errorf("list segments: %w", err)
+	}
+	for i := len(segs) - 1; i >= 0; i-- {
+		name := segs[i]
+		path := filepath.Join(l.opts.Dir, name)
+		last, first, good, err := scanSegment(path, name)
+		var torn *tornTail
+		if errors.As(err, &torn) {
+			l.logger.Warn("decision log: truncated a torn record at the end of the log (crash during a write; that record was never acknowledged)", "segment", name, "bytes", torn.bytes, "offset", good)
+		} else if err != nil {
+			return err
+		}
+		if last == nil {
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("remove empty segment: %w", err)
+			}
+			if err := syncDir(l.opts.Dir); err != nil {
+				return fmt.Errorf("sync log dir: %w", err)
+			}
+			l.logger.Warn("removed segment without a complete record", "segment", name)
+			continue
+		}
+		rec, err := DecodeRecord(last.jws)
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
+		}
+		k, ok := l.keys[rec.KeyID]
+		if !ok {
+			return fmt.Errorf("signing key %s of log %s is not in %s", rec.KeyID, l.opts.Dir, l.opts.KeyDir)
+		}
+		if _, err := VerifyRecord(last.jws, KeySet{k.kid: k.public()}); err != nil {
+			return fmt.Errorf("%w: last record %d: %v", ErrCorrupt, rec.Seq, err)
+		}
+		if pub, ok := rotationKey(rec); ok {
+			if k, ok = l.keys[KeyID(pub)]; !ok {
+				return fmt.Errorf("signing key %s announced by record %d is not in %s", KeyID(pub), rec.Seq, l.opts.KeyDir)
+			}
+		}
+		f, err := l.opts.openFile(path, os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			return fmt.Errorf("open segment: %w", err)
+		}
+		l.seg, l.segName, l.segSize, l.segDurable, l.segStart = f, name, good, good, first
+		l.next, l.prevHash, l.key = rec.Seq+1, ChainHash(last.jws), k
+		return nil
+	}
+	// Empty log: use the current key, the only key, or a new one.
+	if b, err := os.ReadFile(filepath.Join(l.opts.KeyDir, currentKeyFile)); err == nil {
+		l.key = l.keys[strings.TrimSpace(string(b))]
+	}
+	if l.key == nil && len(l.keys) == 1 {
+		for _, k := range l.keys {
+			l.key = k
+		}
+	}
+	if l.key == nil {
+		k, err := generateSigningKey(l.opts.KeyDir)
+		if err != nil {
+			return err
+		}
+		l.keys[k.kid] = k
+		l.key = k
+		l.logger.Info("generated decision log signing key", "kid", k.kid)
+	}
+	if err := writeFileDurable(filepath.Join(l.opts.KeyDir, currentKeyFile), []byte(l.key.kid+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write current key id: %w", err)
+	}
+	l.next = 1
+	return nil
+}
+
+type scannedLine struct{ jws string }
+
+// scanSegment reads a segment, checks that its complete lines decode and
+// chain, and truncates a torn tail. It returns the last good record, the
+// time of the first one, and the good length. Damage followed by a
+// decodable record is not a torn tail: Open refuses it.
+func scanSegment(path, name string) (last *scannedLine, first time.Time, good int64, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, first, 0, fmt.Errorf("read segment: %w", err)
+	}
+	want, _ := parseSegmentName(name)
+	prev := ""
+	off := 0
+	for off < len(data) {
+		nl := bytes.IndexByte(data[off:], '\n')
+		if nl < 0 {
+			break
+		}
+		text := string(data[off : off+nl])
+		rec, derr := DecodeRecord(text)
+		if derr != nil || rec.Seq != want || (prev != "" && rec.Prev != prev) {
+			break
+		}
+		if last == nil {
+			first = rec.Time
+		}
+		last = &scannedLine{jws: text}
+		prev = ChainHash(text)
+		want++
+		off += nl + 1
+	}
+	if off == len(data) {
+		return last, first, int64(off), nil
+	}
+	// Anything after the last good line must be a crash artifact: no
+	// complete decodable record may follow.
+	for _, ln := range bytes.Split(data[off:], []byte("\n"))[1:] {
+		if _, derr := DecodeRecord(string(ln)); derr == nil {
+			return nil, first, 0, fmt.Errorf("%w: %s: damaged record at byte %d followed by valid records; run agentauthz audit verify", ErrCorrupt, name, off)
+		}
+	}
+	if err := truncateDurable(path, int64(off)); err != nil {
+		return nil, first, 0, err
+	}
+	return last, first, int64(off), &tornTail{name: name, bytes: len(data) - off}
+}
+
+type tornTail struct {
+	name  string
+	bytes int
+}
+
+func (t *tornTail) Error() string { return fmt.Sprintf("truncated torn tail of %d bytes", t.bytes) }
+
+func truncateDurable(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("truncate torn tail: %w", err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return fmt.Errorf("truncate torn tail: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("truncate torn tail: %w", err)
+	}
+	return nil
+}
+
+// Append signs rec, chains it, and appends it. It assigns rec.Seq, Log,
+// KeyID and Prev (and Time, when zero). In Sync mode it returns after the
+// record is on disk; in Async mode once it is queued. Cancelling ctx does
+// not abandon the record: callers pass context.WithoutCancel and Append
+// never drops a record it has sequenced because a context ended.
+// Failures wrap ErrUnavailable (deny with decision_log_unavailable).
+func (l *Log) Append(ctx context.Context, rec *Record) (Receipt, error) {
+	_ = ctx // deliberately not consulted, see above
+	return l.append(rec, nil, l.opts.Mode == Sync)
+}
+
+func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, error) {
+	start := time.Now()
+	if rec == nil {
+		l.m.appends.WithLabelValues("invalid").Inc()
+		return Receipt{}, errors.New("decision log: nil record")
+	}
+	if rec.Time.IsZero() {
+		rec.Time = l.opts.Now()
+	}
+	rec.Time = rec.Time.UTC().Truncate(time.Microsecond)
+	rec.Log = l.opts.Name
+
+	l.mu.Lock()
+	switch {
+	case l.closing:
+		l.mu.Unlock()
+		l.m.appends.WithLabelValues("closed").Inc()
+		return Receipt{}, ErrClosed
+	case l.failed != nil:
+		err := l.failed
+		l.mu.Unlock()
+		l.m.appends.WithLabelValues("unavailable").Inc()
+		return Receipt{}, err
+	case l.opts.Mode == Async && l.inflight >= l.opts.AsyncBuffer:
+		l.mu.Unlock()
+		l.m.appends.WithLabelValues("buffer_full").Inc()
+		return Receipt{}, ErrBufferFull
+	}
+	key := l.key
+	rec.Seq, rec.KeyID, rec.Prev = l.next, key.kid, l.prevHash
+	payload, err := json.Marshal(rec)
+	if err == nil && len(key.header)+2+b64.EncodedLen(len(payload))+86 > MaxRecordBytes {
+		err = fmt.Errorf("record longer than %d bytes", MaxRecordBytes)
+	}
+	if err != nil {
+		l.mu.Unlock()
+		l.m.appends.WithLabelValues("invalid").Inc()
+		return Receipt{}, fmt.Errorf("decision log: encode record: %w", err)
+	}
+	input := key.signingInput(payload)
+	hash := chainHashInput(input)
+	b := l.open
+	idx := len(b.lines)
+	b.lines = append(b.lines, nil)
+	b.unsigned++
+	if idx == 0 {
+		b.firstSeq = rec.Seq
+	}
+	b.lastSeq, b.lastHash = rec.Seq, hash
+	l.next++
+	l.prevHash = hash
+	if rotateTo != nil {
+		l.key = rotateTo
+		l.keys[rotateTo.kid] = rotateTo
+	}
+	b.nextKey = l.key
+	l.inflight++
+	if idx == 0 {
+		l.cond.Broadcast()
+	}
+	l.mu.Unlock()
+
+	// Signing is the expensive part and runs outside the lock, in parallel
+	// with other appenders; the chain does not include signatures.
+	jws := key.finish(input)
+	lineBytes := make([]byte, len(jws)+1)
+	copy(lineBytes, jws)
+	lineBytes[len(jws)] = '\n'
+
+	l.mu.Lock()
+	b.lines[idx] = lineBytes
+	b.unsigned--
+	if b.unsigned == 0 {
+		l.cond.Broadcast()
+	}
+	l.mu.Unlock()
+
+	if wait {
+		<-b.done
+		if b.err != nil {
+			l.m.appends.WithLabelValues("unavailable").Inc()
+			return Receipt{}, b.err
+		}
+	}
+	l.m.appends.WithLabelValues("ok").Inc()
+	l.m.latency.Observe(time.Since(start).Seconds())
+	return Receipt{Seq: rec.Seq, JWS: jws}, nil
+}
+
+// Rotate generates a new signing key and hands the log over to it with a
+// key_rotation record signed by the old key. It returns the new kid once
+// the rotation record is durable (in either mode).
+func (l *Log) Rotate() (string, error) {
+	k, err := generateSigningKey(l.opts.KeyDir)
+	if err != nil {
+		return "", err
+	}
+	rec := &Record{
+		Kind:        KindKeyRotation,
+		KeyRotation: &KeyRotation{NewKeyID: k.kid, NewKey: b64.EncodeToString(k.public())},
+		Decision:    Decision{Reasons: []string{}},
+	}
+	if _, err := l.append(rec, k, true); err != nil {
+		return "", fmt.Errorf("append key rotation record: %w", err)
+	}
+	if err := writeFileDurable(filepath.Join(l.opts.KeyDir, currentKeyFile), []byte(k.kid+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write current key id: %w", err)
+	}
+	l.logger.Info("rotated decision log signing key", "kid", k.kid, "seq", rec.Seq)
+	return k.kid, nil
+}
+
+// Ready reports whether the log accepts appends.
+func (l *Log) Ready() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.failed == nil && !l.closing
+}
+
+// Err returns why the log is not ready, or nil.
+func (l *Log) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closing {
+		return ErrClosed
+	}
+	return l.failed
+}
+
+// KeyID returns the kid of the key that signs new records.
+func (l *Log) KeyID() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.key.kid
+}
+
+// PublicKeys returns every key known to the log (all keys in KeyDir).
+func (l *Log) PublicKeys() KeySet {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ks := KeySet{}
+	for _, k := range l.keys {
+		ks.Add(k.public())
+	}
+	return ks
+}
+
+// JWKSHandler serves PublicKeys as an RFC 7517 JWK Set.
+func (l *Log) JWKSHandler() http.Handler { return jwksHandler(l.PublicKeys) }
+
+// Close flushes every queued record, stops the writer and closes files.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closing {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closing = true
+	close(l.closeCh)
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	<-l.wdone
+	var err error
+	if l.seg != nil {
+		err = l.seg.Close()
+	}
+	l.m.ready.Set(0)
+	if lerr := l.lock.Close(); err == nil {
+		err = lerr
+	}
+	l.mu.Lock()
+	failed := l.failed
+	l.mu.Unlock()
+	if failed != nil && err == nil {
+		err = failed
+	}
+	return err
+}
+
+// run is the single writer: it takes the open batch, waits until every
+// record in it is signed, writes it with one write and one fsync, and wakes
+// its appenders.
+func (l *Log) run() {
+	defer close(l.wdone)
+	for {
+		l.mu.Lock()
+		for len(l.open.lines) == 0 && !l.closing {
+			l.cond.Wait()
+		}
+		if len(l.open.lines) == 0 {
+			l.mu.Unlock()
+			return
+		}
+		b := l.open
+		l.open = newBatch()
+		for b.unsigned > 0 {
+			l.cond.Wait()
+		}
+		l.mu.Unlock()
+
+		err := l.write(b)
+		l.mu.Lock()
+		if err == nil {
+			l.durSeq, l.durHash, l.durKey = b.lastSeq, b.lastHash, b.nextKey
+			l.inflight -= len(b.lines)
+			l.mu.Unlock()
+			l.m.batch.Observe(float64(len(b.lines)))
+			close(b.done)
+			continue
+		}
+		// Fail this batch and everything sequenced after it, and roll
+		// the chain back to the last durable record: none of these was
+		// acknowledged in sync mode.
+		l.failed = fmt.Errorf("%w: %v", ErrUnavailable, err)
+		failed := []*batch{b}
+		if len(l.open.lines) > 0 {
+			failed = append(failed, l.open)
+			l.open = newBatch()
+		}
+		l.next, l.prevHash, l.key = l.durSeq+1, l.durHash, l.durKey
+		l.inflight = 0
+		ferr := l.failed
+		l.mu.Unlock()
+		l.m.ready.Set(0)
+		n := 0
+		for _, fb := range failed {
+			n += len(fb.lines)
+			fb.err = ferr
+			close(fb.done)
+		}
+		l.logger.Error("decision log write failed; denying until it recovers", "error", err, "records_failed", n, "last_durable_seq", l.durSeq)
+		l.recoverWriter()
+	}
+}
+
+// write appends b to the current segment (rotating first if due) and fsyncs.
+func (l *Log) write(b *batch) error {
+	size := 0
+	for _, ln := range b.lines {
+		size += len(ln)
+	}
+	now := l.opts.Now()
+	if l.seg != nil && l.segDurable > 0 &&
+		(l.segDurable+int64(size) > l.opts.SegmentMaxBytes || now.Sub(l.segStart) >= l.opts.SegmentMaxAge) {
+		if err := l.seg.Close(); err != nil {
+			l.logger.Warn("closing full segment", "segment", l.segName, "error", err)
+		}
+		l.seg = nil
+	}
+	if l.seg == nil {
+		name := segmentName(b.firstSeq)
+		// O_TRUNC: a file with this name can only hold unacknowledged
+		// bytes of a failed write, since its first seq is not durable.
+		f, err := l.opts.openFile(filepath.Join(l.opts.Dir, name), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o640)
+		if err != nil {
+			return fmt.Errorf("create segment: %w", err)
+		}
+		if err := syncDir(l.opts.Dir); err != nil {
+			f.Close()
+			return fmt.Errorf("sync log dir: %w", err)
+		}
+		l.seg, l.segName, l.segSize, l.segDurable, l.segStart = f, name, 0, 0, now
+	}
+	buf := l.wbuf[:0]
+	for _, ln := range b.lines {
+		buf = append(buf, ln...)
+	}
+	l.wbuf = buf
+	n, err := l.seg.Write(buf)
+	l.segSize += int64(n)
+	if err != nil {
+		return fmt.Errorf("write segment %s: %w", l.segName, err)
+	}
+	if err := l.seg.Sync(); err != nil {
+		return fmt.Errorf("fsync segment %s: %w", l.segName, err)
+	}
+	l.segDurable = l.segSize
+	return nil
+}
+
+// recoverWriter retries with backoff until the segment is back at its last
+// durable length and the directory takes a synced write, or Close.
+func (l *Log) recoverWriter() {
+	wait := l.opts.retryMin
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-l.closeCh:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		err := l.tryRecover()
+		if err == nil {
+			l.mu.Lock()
+			l.failed = nil
+			l.mu.Unlock()
+			l.m.ready.Set(1)
+			l.logger.Info("decision log writable again", "next_seq", l.durSeq+1)
+			return
+		}
+		l.logger.Debug("decision log still unavailable", "error", err)
+		if wait *= 2; wait > 5*time.Second {
+			wait = 5 * time.Second
+		}
+	}
+}
+
+func (l *Log) tryRecover() error {
+	if l.seg == nil && l.segName != "" {
+		f, err := l.opts.openFile(filepath.Join(l.opts.Dir, l.segName), os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			return err
+		}
+		l.seg = f
+	}
+	if l.seg != nil {
+		err := l.seg.Truncate(l.segDurable)
+		if err == nil {
+			err = l.seg.Sync()
+		}
+		if err != nil {
+			l.seg.Close()
+			l.seg = nil
+			return err
+		}
+		l.segSize = l.segDurable
+	}
+	probe := filepath.Join(l.opts.Dir, ".probe")
+	f, err := l.opts.openFile(probe, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(make([]byte, 4096))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	os.Remove(probe)
+	return err
+}

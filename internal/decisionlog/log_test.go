@@ -1,0 +1,609 @@
+package decisionlog
+
+import (
+	"context"
+	"crypto"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func testOptions(t testing.TB) Options {
+	t.Helper()
+	d := t.TempDir()
+	return Options{Dir: filepath.Join(d, "log"), KeyDir: filepath.Join(d, "keys"), Name: "test-1", retryMin: time.Millisecond}
+}
+
+func mustOpen(t testing.TB, o Options) *Log {
+	t.Helper()
+	l, err := Open(o)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return l
+}
+
+func sampleRecord(i int) *Record {
+	return &Record{
+		DecisionID: fmt.Sprintf("dec-%06d", i),
+		Time:       time.Date(2026, 11, 25, 12, 0, 0, 123456789, time.UTC).Add(time.Duration(i) * time.Millisecond),
+		Agent: Agent{ID: "payments-bot", SPIFFEID: "spiffe://acme.test/agent/payments-bot", Tenant: "acme.test",
+			TrustLevel: "L3", Scopes: []string{"payments:initiate"}, Owner: "team-pay", Serial: "1f", CertSHA256: strings.Repeat("ab", 32), Issuer: "CN=Acme CA"},
+		Request:  Request{ID: fmt.Sprintf("req-%d", i), Method: "POST", Host: "pay.internal", Path: "/v1/payments", Operation: "payments:initiate", Source: "10.0.0.7:41234"},
+		Decision: Decision{Allowed: i%3 != 0, HTTPStatus: 200, Reasons: []string{}, PolicyRevision: "rev-42"},
+	}
+}
+
+func appendN(t testing.TB, l *Log, from, n int) []Receipt {
+	t.Helper()
+	var out []Receipt
+	for i := from; i < from+n; i++ {
+		rc, err := l.Append(context.Background(), sampleRecord(i))
+		if err != nil {
+			t.Fatalf("Append %d: %v", i, err)
+		}
+		out = append(out, rc)
+	}
+	return out
+}
+
+func mustVerify(t *testing.T, o Options) *Result {
+	t.Helper()
+	ks, err := LoadKeySet(o.KeyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Verify(o.Dir, ks)
+	if err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	if res.Problem != nil {
+		t.Fatalf("Verify found %v", res.Problem)
+	}
+	return res
+}
+
+func TestAppendConcurrentVerifies(t *testing.T) {
+	o := testOptions(t)
+	o.SegmentMaxBytes = 8 << 10 // several segments
+	l := mustOpen(t, o)
+	const workers, each = 16, 25
+	var wg sync.WaitGroup
+	seqs := make(chan uint64, workers*each)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				rc, err := l.Append(context.Background(), sampleRecord(w*each+i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				seqs <- rc.Seq
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(seqs)
+	seen := map[uint64]bool{}
+	for s := range seqs {
+		if seen[s] {
+			t.Fatalf("seq %d assigned twice", s)
+		}
+		seen[s] = true
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	res := mustVerify(t, o)
+	if res.Records != workers*each || res.FirstSeq != 1 || res.LastSeq != workers*each {
+		t.Fatalf("result %+v", res)
+	}
+	if res.Segments < 3 {
+		t.Fatalf("want rotation into several segments, got %d", res.Segments)
+	}
+}
+
+func TestRecordTimeFormat(t *testing.T) {
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	defer l.Close()
+	rc := appendN(t, l, 0, 1)[0]
+	payload := strings.Split(rc.JWS, ".")[1]
+	raw, err := b64.DecodeString(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := m["time"], "2026-11-25T12:00:00.123456Z"; got != want {
+		t.Fatalf("time = %v, want %v", got, want)
+	}
+	for _, k := range []string{"seq", "decision_id", "log", "kid", "prev", "agent", "request", "decision"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("record JSON lacks %q: %s", k, raw)
+		}
+	}
+	rec, err := DecodeRecord(rc.JWS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Seq != 1 || rec.Prev != "" || rec.Log != "test-1" || !rec.Time.Equal(time.Date(2026, 11, 25, 12, 0, 0, 123456000, time.UTC)) {
+		t.Fatalf("decoded %+v", rec)
+	}
+}
+
+// A receipt verifies with go-jose given nothing but the served JWKS, and the
+// kid is the RFC 7638 thumbprint go-jose computes.
+func TestReceiptVerifiesWithGoJoseFromJWKS(t *testing.T) {
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	defer l.Close()
+	rc := appendN(t, l, 0, 1)[0]
+
+	rr := httptest.NewRecorder()
+	l.JWKSHandler().ServeHTTP(rr, httptest.NewRequest("GET", "/keys", nil))
+	if rr.Code != 200 || rr.Header().Get("Content-Type") != "application/jwk-set+json" {
+		t.Fatalf("JWKS response %d %q", rr.Code, rr.Header().Get("Content-Type"))
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(rr.Body.Bytes(), &set); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := jose.ParseSigned(rc.JWS, []jose.SignatureAlgorithm{jose.EdDSA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kid := obj.Signatures[0].Header.KeyID
+	keys := set.Key(kid)
+	if len(keys) != 1 {
+		t.Fatalf("JWKS has %d keys for kid %q", len(keys), kid)
+	}
+	payload, err := obj.Verify(keys[0].Key)
+	if err != nil {
+		t.Fatalf("go-jose verify: %v", err)
+	}
+	var rec Record
+	if err := json.Unmarshal(payload, &rec); err != nil || rec.DecisionID != "dec-000000" {
+		t.Fatalf("payload %s: %v", payload, err)
+	}
+	tp, err := keys[0].Thumbprint(crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b64.EncodeToString(tp) != kid {
+		t.Fatalf("kid %s is not the RFC 7638 thumbprint %s", kid, b64.EncodeToString(tp))
+	}
+	// Our own parser accepts the JWKS and the PEM form too.
+	for _, data := range [][]byte{rr.Body.Bytes(), l.PublicKeys().PEM()} {
+		ks, err := ParseKeySet(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := VerifyRecord(rc.JWS, ks); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestKeyFilePermissions(t *testing.T) {
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	kid := l.KeyID()
+	l.Close()
+	st, err := os.Stat(filepath.Join(o.KeyDir, kid+keyFileSuffix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("key mode %v", st.Mode().Perm())
+	}
+}
+
+func TestRestartContinuesChain(t *testing.T) {
+	o := testOptions(t)
+	for round := 0; round < 3; round++ {
+		l := mustOpen(t, o)
+		rcs := appendN(t, l, round*10, 10)
+		if want := uint64(round*10 + 1); rcs[0].Seq != want {
+			t.Fatalf("round %d starts at seq %d, want %d", round, rcs[0].Seq, want)
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if res := mustVerify(t, o); res.Records != 30 {
+		t.Fatalf("records %d", res.Records)
+	}
+}
+
+func TestSecondOpenIsRefused(t *testing.T) {
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	defer l.Close()
+	if _, err := Open(o); err == nil {
+		t.Fatal("second Open of the same dir succeeded")
+	}
+}
+
+func lastSegment(t *testing.T, dir string) string {
+	t.Helper()
+	segs, err := listSegments(dir)
+	if err != nil || len(segs) == 0 {
+		t.Fatalf("segments %v %v", segs, err)
+	}
+	return filepath.Join(dir, segs[len(segs)-1])
+}
+
+func TestTornTailRecovery(t *testing.T) {
+	for name, tail := range map[string]string{
+		"partial line": "eyJhbGciOiJFZERTQSIsImtpZCI6",
+		"zeros":        "\x00\x00\x00\x00\x00\x00\x00\x00",
+		"garbage line": "not a record\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := testOptions(t)
+			l := mustOpen(t, o)
+			appendN(t, l, 0, 5)
+			l.Close()
+			seg := lastSegment(t, o.Dir)
+			before, _ := os.ReadFile(seg)
+			f, err := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteString(tail)
+			f.Close()
+			l = mustOpen(t, o)
+			after, _ := os.ReadFile(seg)
+			if string(after) != string(before) {
+				t.Fatalf("torn tail not truncated: %d bytes, want %d", len(after), len(before))
+			}
+			if rc := appendN(t, l, 5, 1)[0]; rc.Seq != 6 {
+				t.Fatalf("seq after recovery %d", rc.Seq)
+			}
+			l.Close()
+			if res := mustVerify(t, o); res.Records != 6 {
+				t.Fatalf("records %d", res.Records)
+			}
+		})
+	}
+}
+
+func TestOpenRefusesMidLogDamage(t *testing.T) {
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	appendN(t, l, 0, 5)
+	l.Close()
+	seg := lastSegment(t, o.Dir)
+	data, _ := os.ReadFile(seg)
+	lines := strings.SplitAfter(string(data), "\n")
+	lines[1] = "garbage\n"
+	os.WriteFile(seg, []byte(strings.Join(lines, "")), 0o640)
+	if _, err := Open(o); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open = %v, want ErrCorrupt", err)
+	}
+}
+
+func TestRemovesEmptyLastSegment(t *testing.T) {
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	appendN(t, l, 0, 3)
+	l.Close()
+	// A crash right after creating the next segment leaves it empty.
+	os.WriteFile(filepath.Join(o.Dir, segmentName(4)), nil, 0o640)
+	l = mustOpen(t, o)
+	if rc := appendN(t, l, 3, 1)[0]; rc.Seq != 4 {
+		t.Fatalf("seq %d", rc.Seq)
+	}
+	l.Close()
+	mustVerify(t, o)
+}
+
+// faultyFS wraps the real files; while broken, opens, writes and fsyncs
+// fail with EIO (tests run as root, so permissions cannot simulate this).
+type faultyFS struct {
+	broken atomic.Bool
+	syncs  atomic.Int64
+	gate   chan struct{} // when non-nil, the first Sync waits for it
+	once   sync.Once
+}
+
+type faultyFile struct {
+	*os.File
+	fs *faultyFS
+}
+
+func (f *faultyFS) open(name string, flag int, perm os.FileMode) (segmentFile, error) {
+	if f.broken.Load() {
+		return nil, &os.PathError{Op: "open", Path: name, Err: syscall.EIO}
+	}
+	file, err := os.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return faultyFile{file, f}, nil
+}
+
+func (f faultyFile) Write(p []byte) (int, error) {
+	if f.fs.broken.Load() {
+		n, _ := f.File.Write(p[:len(p)/2]) // a torn write
+		return n, syscall.EIO
+	}
+	return f.File.Write(p)
+}
+
+func (f faultyFile) Sync() error {
+	if f.fs.gate != nil {
+		f.fs.once.Do(func() { <-f.fs.gate })
+	}
+	if f.fs.broken.Load() {
+		return syscall.EIO
+	}
+	f.fs.syncs.Add(1)
+	return f.File.Sync()
+}
+
+func (f faultyFile) Truncate(n int64) error {
+	if f.fs.broken.Load() {
+		return syscall.EIO
+	}
+	return f.File.Truncate(n)
+}
+
+func waitReady(t *testing.T, l *Log) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !l.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatalf("log did not recover: %v", l.Err())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestUnavailableThenRecovers(t *testing.T) {
+	o := testOptions(t)
+	fs := &faultyFS{}
+	o.openFile = fs.open
+	reg := prometheus.NewPedanticRegistry()
+	o.Registerer = reg
+	l := mustOpen(t, o)
+	defer l.Close()
+	appendN(t, l, 0, 3)
+
+	fs.broken.Store(true)
+	_, err := l.Append(context.Background(), sampleRecord(3))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Append on a failing disk = %v, want ErrUnavailable", err)
+	}
+	if l.Ready() || !errors.Is(l.Err(), ErrUnavailable) {
+		t.Fatalf("Ready=%v Err=%v while failing", l.Ready(), l.Err())
+	}
+	if _, err := l.Append(context.Background(), sampleRecord(4)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("second Append = %v", err)
+	}
+	if got := gaugeValue(t, reg, "agentauthz_decisionlog_ready"); got != 0 {
+		t.Fatalf("ready gauge %v while failing", got)
+	}
+
+	fs.broken.Store(false)
+	waitReady(t, l)
+	rc, err := l.Append(context.Background(), sampleRecord(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The failed records were never acknowledged: their seqs are reused
+	// and the torn bytes are gone.
+	if rc.Seq != 4 {
+		t.Fatalf("seq after recovery %d, want 4", rc.Seq)
+	}
+	l.Close()
+	if res := mustVerify(t, o); res.Records != 4 {
+		t.Fatalf("records %d", res.Records)
+	}
+}
+
+// The same with the real file system: the log directory is replaced by a
+// plain file, so creating the next segment fails.
+func TestUnavailableWhenDirIsAFile(t *testing.T) {
+	o := testOptions(t)
+	o.SegmentMaxBytes = 1 // every batch opens a new segment
+	l := mustOpen(t, o)
+	defer l.Close()
+	appendN(t, l, 0, 2)
+	moved := o.Dir + ".moved"
+	if err := os.Rename(o.Dir, moved); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(o.Dir, []byte("not a dir"), 0o600)
+	if _, err := l.Append(context.Background(), sampleRecord(2)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Append = %v, want ErrUnavailable", err)
+	}
+	if l.Ready() {
+		t.Fatal("ready while the log dir is a file")
+	}
+	os.Remove(o.Dir)
+	if err := os.Rename(moved, o.Dir); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, l)
+	appendN(t, l, 3, 2)
+	l.Close()
+	if res := mustVerify(t, o); res.Records != 4 {
+		t.Fatalf("records %d", res.Records)
+	}
+}
+
+// Many concurrent appends share fsyncs: the first fsync is held until every
+// other append is sequenced, so exactly one more fsync carries them all.
+func TestGroupCommit(t *testing.T) {
+	o := testOptions(t)
+	fs := &faultyFS{gate: make(chan struct{})}
+	o.openFile = fs.open
+	l := mustOpen(t, o)
+	const n = 100
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if _, err := l.Append(context.Background(), sampleRecord(i)); err != nil {
+				t.Error(err)
+			}
+		}(i)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		done := l.next == n+1
+		l.mu.Unlock()
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("appends not sequenced")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(fs.gate)
+	wg.Wait()
+	if got := fs.syncs.Load(); got != 2 {
+		t.Fatalf("%d fsyncs for %d records, want 2", got, n)
+	}
+	l.Close()
+	mustVerify(t, o)
+}
+
+func TestAsyncMode(t *testing.T) {
+	o := testOptions(t)
+	o.Mode = Async
+	fs := &faultyFS{gate: make(chan struct{})}
+	o.openFile = fs.open
+	o.AsyncBuffer = 1
+	l := mustOpen(t, o)
+	if _, err := l.Append(context.Background(), sampleRecord(0)); err != nil {
+		t.Fatal(err)
+	}
+	// The writer holds the first record in fsync: the buffer is full.
+	if _, err := l.Append(context.Background(), sampleRecord(1)); !errors.Is(err, ErrBufferFull) || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Append with a full buffer = %v", err)
+	}
+	close(fs.gate)
+	l.Close()
+	if res := mustVerify(t, o); res.Records != 1 {
+		t.Fatalf("records %d", res.Records)
+	}
+
+	o2 := testOptions(t)
+	o2.Mode = Async
+	l = mustOpen(t, o2)
+	appendN(t, l, 0, 200)
+	l.Close() // flushes
+	if res := mustVerify(t, o2); res.Records != 200 {
+		t.Fatalf("records %d after Close", res.Records)
+	}
+}
+
+func TestKeyRotation(t *testing.T) {
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	first := l.KeyID()
+	firstKeys := l.PublicKeys()
+	appendN(t, l, 0, 3)
+	kid, err := l.Rotate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kid == first || l.KeyID() != kid {
+		t.Fatalf("rotate: %s -> %s (current %s)", first, kid, l.KeyID())
+	}
+	rc := appendN(t, l, 3, 2)
+	if rec, _ := DecodeRecord(rc[0].JWS); rec.KeyID != kid {
+		t.Fatalf("record after rotation signed by %s", rec.KeyID)
+	}
+	if len(l.PublicKeys()) != 2 {
+		t.Fatalf("JWKS keys %d", len(l.PublicKeys()))
+	}
+	l.Close()
+	// Restart keeps the new key.
+	l = mustOpen(t, o)
+	if l.KeyID() != kid {
+		t.Fatalf("after restart kid %s, want %s", l.KeyID(), kid)
+	}
+	appendN(t, l, 5, 1)
+	l.Close()
+	// Only the first key is needed: the rotation record hands over.
+	res, err := Verify(o.Dir, firstKeys)
+	if err != nil || res.Problem != nil {
+		t.Fatalf("verify with first key: %v %v", err, res.Problem)
+	}
+	if res.Records != 7 || len(res.KeyIDs) != 2 || res.KeyIDs[1] != kid {
+		t.Fatalf("result %+v", res)
+	}
+}
+
+func TestReaderFollows(t *testing.T) {
+	o := testOptions(t)
+	o.SegmentMaxBytes = 2 << 10
+	l := mustOpen(t, o)
+	defer l.Close()
+	appendN(t, l, 0, 3)
+	r := NewReader(o.Dir)
+	defer r.Close()
+	var got []uint64
+	read := func() {
+		for {
+			e, err := r.Next()
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, e.Record.Seq)
+		}
+	}
+	read()
+	appendN(t, l, 3, 10) // crosses segments
+	read()
+	if len(got) != 13 {
+		t.Fatalf("read %v", got)
+	}
+	for i, s := range got {
+		if s != uint64(i+1) {
+			t.Fatalf("read %v", got)
+		}
+	}
+}
+
+func gaugeValue(t *testing.T, g prometheus.Gatherer, name string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}

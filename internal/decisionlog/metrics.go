@@ -1,0 +1,44 @@
+package decisionlog
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	appends *prometheus.CounterVec
+	batch   prometheus.Histogram
+	latency prometheus.Histogram
+	ready   prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		appends: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentauthz_decisionlog_appends_total",
+			Help: "Decision log appends by result (ok, unavailable, buffer_full, invalid, closed).",
+		}, []string{"result"}),
+		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "agentauthz_decisionlog_fsync_batch_records",
+			Help:    "Records made durable by one fsync (group commit batch size).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 14),
+		}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "agentauthz_decisionlog_append_duration_seconds",
+			Help:    "Time from Append to acknowledgement (durable in sync mode, enqueued in async mode).",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, 1},
+		}),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "agentauthz_decisionlog_ready",
+			Help: "1 while the decision log can be written, 0 while it is failing.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.appends, m.batch, m.latency, m.ready} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, r := range []string{"ok", "unavailable", "buffer_full", "invalid", "closed"} {
+		m.appends.WithLabelValues(r)
+	}
+	return m, nil
+}
