@@ -1,0 +1,258 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/agentauthz/agentauthz/internal/config"
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/extauthz"
+	"github.com/agentauthz/agentauthz/internal/identity"
+	"github.com/agentauthz/agentauthz/internal/policy"
+	"github.com/agentauthz/agentauthz/internal/revocation"
+)
+
+// Assemble builds the decision path from a validated configuration. The
+// returned Components own open resources (the decision log); they are
+// released by the server's closers, or by Close on the error path.
+func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) {
+	reg := NewRegistry()
+	c.Registry = reg
+	c.Handlers = map[string]http.Handler{}
+	defer func() {
+		if err != nil {
+			for _, cl := range c.Closers {
+				_ = cl()
+			}
+		}
+	}()
+
+	engine, err := policy.New(policy.Config{
+		Dir:                   cfg.Policy.Dir,
+		Path:                  cfg.Policy.Path,
+		Bundle:                cfg.Policy.Bundle,
+		BundleVerificationKey: cfg.Policy.BundleVerificationKey,
+		BundlePollInterval:    cfg.Policy.BundlePollInterval.D(),
+		EvalTimeout:           cfg.Policy.EvalTimeout.D(),
+		Logger:                logger.Named("policy"),
+		Registerer:            reg,
+	})
+	if err != nil {
+		return c, fmt.Errorf("policy: %w", err)
+	}
+	c.Loops = append(c.Loops, engine.Run)
+	c.Ready = append(c.Ready, ReadyCheck{"policy", func() error {
+		if !engine.Ready() {
+			return errors.New("no policy compiled yet")
+		}
+		return nil
+	}})
+
+	sources := make([]identity.Source, 0, len(cfg.Identity.Sources))
+	for _, s := range cfg.Identity.Sources {
+		src, err := identity.ParseSource(s)
+		if err != nil {
+			return c, err
+		}
+		sources = append(sources, src)
+	}
+	bundles, tenants, err := loadTrust(cfg)
+	if err != nil {
+		return c, err
+	}
+	verifier, err := identity.NewVerifier(identity.Config{
+		Sources:    sources,
+		Bundles:    bundles,
+		Registry:   registry{engine},
+		CacheSize:  cfg.Identity.CacheSize,
+		Registerer: reg,
+	})
+	if err != nil {
+		return c, fmt.Errorf("identity: %w", err)
+	}
+
+	revoked, err := revocation.New(revocation.Config{Tenants: tenants, Logger: logger.Named("revocation"), Registerer: reg})
+	if err != nil {
+		return c, fmt.Errorf("revocation: %w", err)
+	}
+	c.Loops = append(c.Loops, revoked.Run)
+	c.Ready = append(c.Ready, ReadyCheck{"revocation", func() error {
+		if !revoked.Ready() {
+			return errors.New("a revocation source has not loaded yet")
+		}
+		return nil
+	}})
+
+	mode, err := decisionlog.ParseMode(cfg.DecisionLog.Mode)
+	if err != nil {
+		return c, err
+	}
+	dlog, err := decisionlog.Open(decisionlog.Options{
+		Dir:             cfg.DecisionLog.Dir,
+		KeyDir:          filepath.Join(cfg.DataDir, "keys"),
+		Name:            cfg.DecisionLog.Name,
+		Mode:            mode,
+		AsyncBuffer:     cfg.DecisionLog.AsyncBuffer,
+		SegmentMaxBytes: cfg.DecisionLog.SegmentMaxBytes,
+		SegmentMaxAge:   cfg.DecisionLog.SegmentMaxAge.D(),
+		Logger:          logger.Named("decisionlog"),
+		Registerer:      reg,
+	})
+	if err != nil {
+		return c, fmt.Errorf("decision log: %w", err)
+	}
+	c.Closers = append(c.Closers, dlog.Close)
+	c.Ready = append(c.Ready, ReadyCheck{"decision_log", dlog.Err})
+	jwks := dlog.JWKSHandler()
+	c.Handlers["GET /v1/keys"] = jwks
+	c.Handlers["GET /.well-known/jwks.json"] = jwks
+
+	svc, err := extauthz.New(extauthz.Options{
+		Identifier: verifier,
+		Revocation: revoked,
+		Policy:     policyAdapter{engine},
+		Recorder:   dlog,
+		Logger:     logger.Named("extauthz"),
+		Metrics:    extauthz.NewMetrics(reg),
+		Timeout:    cfg.GRPC.CheckTimeout.D(),
+	})
+	if err != nil {
+		return c, err
+	}
+	c.Authorization = svc
+
+	c.Reload = func() error {
+		perr := engine.Reload()
+		b, _, terr := loadTrust(cfg)
+		if terr == nil {
+			verifier.SetBundles(b)
+		}
+		return errors.Join(perr, terr)
+	}
+	return c, nil
+}
+
+// loadTrust reads every trust bundle and the revocation sources of each tenant.
+func loadTrust(cfg config.Config) ([]identity.Bundle, map[string]revocation.TenantConfig, error) {
+	var bundles []identity.Bundle
+	tenants := map[string]revocation.TenantConfig{}
+	var errs []error
+	for _, tb := range cfg.TrustBundles {
+		profile, err := identity.ParseProfile(tb.Profile)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		b, err := identity.LoadBundle(tb.TrustDomain, tb.File, profile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("trust bundle %s: %w", tb.TrustDomain, err))
+			continue
+		}
+		bundles = append(bundles, b)
+		r := tb.Revocation
+		tenants[tb.TrustDomain] = revocation.TenantConfig{
+			CAs:          b.Roots,
+			CRLFiles:     r.CRLFiles,
+			CRLURLs:      r.CRLURLs,
+			WatchURL:     r.WatchURL,
+			PollInterval: r.PollInterval.D(),
+			Grace:        r.Grace.D(),
+		}
+	}
+	return bundles, tenants, errors.Join(errs...)
+}
+
+// registry serves SPIFFE-only identities from policy data.
+type registry struct{ e *policy.Engine }
+
+func (r registry) LookupAgent(spiffeID string) (identity.RegistryEntry, bool) {
+	rec, ok := r.e.LookupAgent(spiffeID)
+	if !ok {
+		return identity.RegistryEntry{}, false
+	}
+	return identity.RegistryEntry{TrustLevel: rec.TrustLevel, Scopes: rec.Scopes, Owner: rec.Owner}, true
+}
+
+// policyAdapter turns the engine's result into the Envoy shapes extauthz
+// answers with.
+type policyAdapter struct{ e *policy.Engine }
+
+func (p policyAdapter) Decide(ctx context.Context, req *authv3.CheckRequest, agent *identity.Agent) (extauthz.Verdict, error) {
+	r, err := p.e.Eval(ctx, req, agent)
+	if r == nil {
+		r = &policy.Result{}
+	}
+	v := extauthz.Verdict{Operation: r.Operation, Revision: r.Revision}
+	if err != nil {
+		return v, err
+	}
+	v.Allowed, v.Reason, v.HTTPStatus = r.Allowed, r.Reason, r.HTTPStatus
+	if r.HasBody {
+		v.Body = r.Body
+	}
+	v.Headers = headerOptions(r.Headers)
+	v.ResponseHeadersToAdd = headerOptions(r.ResponseHeadersToAdd)
+	v.RequestHeadersToRemove = r.RequestHeadersToRemove
+	v.QueryParametersToRemove = r.QueryParametersToRemove
+	for _, q := range r.QueryParametersToSet {
+		v.QueryParametersToSet = append(v.QueryParametersToSet, &corev3.QueryParameter{Key: q.Key, Value: q.Value})
+	}
+	if r.DynamicMetadata != nil {
+		md, err := structpb.NewStruct(jsonCompatible(r.DynamicMetadata).(map[string]any))
+		if err != nil {
+			return v, fmt.Errorf("dynamic_metadata: %w", err)
+		}
+		v.DynamicMetadata = md
+	}
+	return v, nil
+}
+
+// headerOptions keeps opa-envoy-plugin's semantics: a policy header replaces
+// what the client sent, several values for one key are all kept.
+func headerOptions(hs []policy.Header) []*corev3.HeaderValueOption {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make([]*corev3.HeaderValueOption, 0, len(hs))
+	for i, h := range hs {
+		action := corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		if i > 0 && hs[i-1].Key == h.Key {
+			action = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+		}
+		out = append(out, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Key, Value: h.Value},
+			AppendAction: action,
+		})
+	}
+	return out
+}
+
+// jsonCompatible converts json.Number values (as OPA returns them) to
+// float64 so structpb accepts them.
+func jsonCompatible(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, e := range t {
+			t[k] = jsonCompatible(e)
+		}
+		return t
+	case []any:
+		for i, e := range t {
+			t[i] = jsonCompatible(e)
+		}
+		return t
+	case interface{ Float64() (float64, error) }:
+		f, _ := t.Float64()
+		return f
+	default:
+		return v
+	}
+}
