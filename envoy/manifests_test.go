@@ -1,0 +1,454 @@
+package envoy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+var manifestDirs = []string{"istio", "kubernetes"}
+
+// grpcProviderFields are the fields Istio's EnvoyExternalAuthorizationGrpcProvider
+// has (istio.io/api mesh/v1alpha1). Istio rejects others, so do we; notably
+// there is no includePeerCertificate.
+var grpcProviderFields = []string{"service", "port", "timeout", "failOpen", "clearRouteCache", "statusOnError", "includeRequestBodyInCheck"}
+
+// checkManifests asserts what docs/istio.md relies on, across files.
+func checkManifests(ms []manifest) error {
+	var errs []error
+	add := func(m manifest, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s %s: %s", m.file, m.kind(), m.name(), fmt.Sprintf(format, args...)))
+	}
+	byKind := map[string][]manifest{}
+	for _, m := range ms {
+		if m.kind() == "" || m.name() == "" {
+			errs = append(errs, fmt.Errorf("%s: document without kind or metadata.name", m.file))
+			continue
+		}
+		byKind[m.kind()] = append(byKind[m.kind()], m)
+	}
+	one := func(kind, name string) (manifest, bool) {
+		for _, m := range byKind[kind] {
+			if m.name() == name {
+				return m, true
+			}
+		}
+		errs = append(errs, fmt.Errorf("no %s %s", kind, name))
+		return manifest{}, false
+	}
+
+	// Kubernetes: Service ports are the contract everything else points at.
+	svcPorts := map[string]map[string]int{} // "name.namespace" -> port name -> port
+	for _, m := range byKind["Service"] {
+		ports := map[string]int{}
+		for _, p := range asList(dig(m.doc, "spec", "ports")) {
+			name, _ := dig(p, "name").(string)
+			port, _ := dig(p, "port").(int)
+			ports[name] = port
+		}
+		if ports["grpc"] != 9191 || ports["http"] != 9192 {
+			add(m, "ports = %v, want grpc 9191 and http 9192", ports)
+		}
+		if dig(m.doc, "spec", "selector", "app.kubernetes.io/name") != "agentauthz" {
+			add(m, "selector does not select app.kubernetes.io/name=agentauthz")
+		}
+		svcPorts[m.name()+"."+m.namespace()] = ports
+	}
+	if h, ok := one("Service", "agentauthz-headless"); ok && dig(h.doc, "spec", "clusterIP") != "None" {
+		add(h, "must be headless (clusterIP: None) so STRICT_DNS sees every replica")
+	}
+
+	if d, ok := one("Deployment", "agentauthz"); ok {
+		errs = append(errs, checkDeployment(d, byKind)...)
+	}
+	if c, ok := one("ConfigMap", "agentauthz-config"); ok {
+		errs = append(errs, checkConfigMap(c)...)
+	}
+	if p, ok := one("PodDisruptionBudget", "agentauthz"); ok && dig(p.doc, "spec", "minAvailable") != 1 {
+		add(p, "minAvailable must be 1")
+	}
+
+	// Istio: the provider, the policies that use it, mTLS, the gateway.
+	providers := map[string]bool{}
+	if op, ok := one("IstioOperator", "agentauthz"); ok {
+		for _, p := range asList(dig(op.doc, "spec", "meshConfig", "extensionProviders")) {
+			name, _ := dig(p, "name").(string)
+			g, ok := dig(p, "envoyExtAuthzGrpc").(map[string]any)
+			if !ok {
+				add(op, "provider %s is not envoyExtAuthzGrpc", name)
+				continue
+			}
+			providers[name] = true
+			for _, k := range sortedKeys(g) {
+				if !slices.Contains(grpcProviderFields, k) {
+					add(op, "provider %s: unknown envoyExtAuthzGrpc field %q (Istio would reject it)", name, k)
+				}
+			}
+			svc, _ := g["service"].(string)
+			ports, known := svcPorts[strings.TrimSuffix(svc, ".svc.cluster.local")]
+			if !known {
+				add(op, "provider %s: service %q is not a Service of the kit", name, svc)
+			} else if g["port"] != ports["grpc"] {
+				add(op, "provider %s: port %v is not the Service's grpc port %d", name, g["port"], ports["grpc"])
+			}
+			if g["failOpen"] != false {
+				add(op, "provider %s: failOpen must be false", name)
+			}
+			if g["statusOnError"] != "503" {
+				add(op, "provider %s: statusOnError must be \"503\"", name)
+			}
+			ts, _ := g["timeout"].(string)
+			if d, err := time.ParseDuration(ts); err != nil || d <= 0 || d > MaxExtAuthzTimeout {
+				add(op, "provider %s: timeout %q must be in (0, %s]", name, ts, MaxExtAuthzTimeout)
+			}
+			if n, _ := dig(g, "includeRequestBodyInCheck", "maxRequestBytes").(int); n <= 0 || n > MaxCheckBodyBytes {
+				add(op, "provider %s: includeRequestBodyInCheck.maxRequestBytes must be in 1..%d", name, MaxCheckBodyBytes)
+			}
+		}
+	}
+	gatewayPolicy := false
+	for _, m := range byKind["AuthorizationPolicy"] {
+		if dig(m.doc, "spec", "action") != "CUSTOM" {
+			add(m, "action must be CUSTOM")
+		}
+		if p, _ := dig(m.doc, "spec", "provider", "name").(string); !providers[p] {
+			add(m, "provider %q is not registered in meshconfig", p)
+		}
+		if len(asList(dig(m.doc, "spec", "rules"))) == 0 {
+			add(m, "no rules: a CUSTOM policy without rules matches nothing")
+		}
+		if dig(m.doc, "spec", "selector", "matchLabels", "istio") == "ingressgateway" {
+			gatewayPolicy = true
+		}
+	}
+	if !gatewayPolicy {
+		errs = append(errs, errors.New("no AuthorizationPolicy selects the ingress gateway"))
+	}
+	strict := map[string]bool{}
+	for _, m := range byKind["PeerAuthentication"] {
+		if dig(m.doc, "spec", "mtls", "mode") != "STRICT" {
+			add(m, "mtls.mode must be STRICT")
+		} else {
+			strict[m.namespace()] = true
+		}
+	}
+	for _, ns := range []string{"agentauthz", "agents-api"} {
+		if !strict[ns] {
+			errs = append(errs, fmt.Errorf("namespace %s has no STRICT PeerAuthentication", ns))
+		}
+	}
+	if g, ok := one("Gateway", "agents"); ok {
+		for i, s := range asList(dig(g.doc, "spec", "servers")) {
+			if dig(s, "tls", "mode") != "MUTUAL" {
+				add(g, "servers[%d].tls.mode must be MUTUAL (client certificate required)", i)
+			}
+			if dig(s, "tls", "credentialName") == nil {
+				add(g, "servers[%d].tls.credentialName is missing", i)
+			}
+		}
+	}
+	if ef, ok := one("EnvoyFilter", "agents-gateway-xfcc"); ok {
+		errs = append(errs, checkXFCCFilter(ef)...)
+	}
+	return errors.Join(errs...)
+}
+
+func asList(v any) []any { l, _ := v.([]any); return l }
+
+func checkDeployment(d manifest, byKind map[string][]manifest) []error {
+	var errs []error
+	add := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: Deployment %s: %s", d.file, d.name(), fmt.Sprintf(format, args...)))
+	}
+	spec := dig(d.doc, "spec")
+	if dig(spec, "replicas") != 2 {
+		add("replicas must be 2")
+	}
+	pod := dig(spec, "template", "spec")
+	if dig(spec, "template", "metadata", "labels", "app.kubernetes.io/name") != "agentauthz" {
+		add("pod template lacks the label the Services select")
+	}
+	if dig(pod, "securityContext", "runAsNonRoot") != true {
+		add("securityContext.runAsNonRoot must be true")
+	}
+	containers := asList(dig(pod, "containers"))
+	if len(containers) != 1 {
+		add("want one container")
+		return errs
+	}
+	c := containers[0]
+	ports := map[string]int{}
+	for _, p := range asList(dig(c, "ports")) {
+		name, _ := dig(p, "name").(string)
+		n, _ := dig(p, "containerPort").(int)
+		ports[name] = n
+	}
+	if ports["grpc"] != 9191 || ports["http"] != 9192 {
+		add("container ports = %v, want grpc 9191, http 9192", ports)
+	}
+	for probe, path := range map[string]string{"livenessProbe": "/healthz", "readinessProbe": "/readyz"} {
+		if dig(c, probe, "httpGet", "path") != path || dig(c, probe, "httpGet", "port") != "http" {
+			add("%s must be httpGet %s on port http", probe, path)
+		}
+	}
+	for _, k := range []string{"requests", "limits"} {
+		for _, r := range []string{"cpu", "memory"} {
+			if dig(c, "resources", k, r) == nil {
+				add("resources.%s.%s is missing", k, r)
+			}
+		}
+	}
+	sc := dig(c, "securityContext")
+	if dig(sc, "readOnlyRootFilesystem") != true {
+		add("readOnlyRootFilesystem must be true")
+	}
+	if dig(sc, "allowPrivilegeEscalation") != false {
+		add("allowPrivilegeEscalation must be false")
+	}
+	if drop := asList(dig(sc, "capabilities", "drop")); !slices.Contains(drop, any("ALL")) {
+		add("capabilities.drop must include ALL")
+	}
+	// --config must point into the mounted agentauthz-config ConfigMap.
+	args := asList(dig(c, "args"))
+	cfgPath := ""
+	for i, a := range args {
+		if a == "--config" && i+1 < len(args) {
+			cfgPath, _ = args[i+1].(string)
+		}
+	}
+	mounts := map[string]string{} // volume -> mountPath
+	for _, m := range asList(dig(c, "volumeMounts")) {
+		n, _ := dig(m, "name").(string)
+		p, _ := dig(m, "mountPath").(string)
+		mounts[n] = p
+	}
+	cfgVolume := ""
+	for _, v := range asList(dig(pod, "volumes")) {
+		if dig(v, "configMap", "name") == "agentauthz-config" {
+			cfgVolume, _ = dig(v, "name").(string)
+		}
+	}
+	if cfgVolume == "" || mounts[cfgVolume] == "" || cfgPath != mounts[cfgVolume]+"/config.yaml" {
+		add("--config %q is not config.yaml inside the agentauthz-config volume", cfgPath)
+	}
+	return errs
+}
+
+// checkConfigMap reads the agentauthz configuration inside the ConfigMap and
+// checks it against the ports and mounts the rest of the kit uses.
+func checkConfigMap(m manifest) []error {
+	var errs []error
+	add := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: ConfigMap %s: config.yaml: %s", m.file, m.name(), fmt.Sprintf(format, args...)))
+	}
+	raw, _ := dig(m.doc, "data", "config.yaml").(string)
+	var cfg map[string]any
+	if err := yaml.Unmarshal([]byte(raw), &cfg); err != nil || cfg == nil {
+		add("not a YAML mapping: %v", err)
+		return errs
+	}
+	if dig(cfg, "grpc", "addr") != ":9191" || dig(cfg, "http", "addr") != ":9192" {
+		add("listen addresses must be :9191 (grpc) and :9192 (http)")
+	}
+	if dig(cfg, "data_dir") != "/var/lib/agentauthz" {
+		add("data_dir must be the writable data volume /var/lib/agentauthz")
+	}
+	if dig(cfg, "policy", "dir") != "/etc/agentauthz/policies" {
+		add("policy.dir must be the policies mount")
+	}
+	sources := asList(dig(cfg, "identity", "sources"))
+	if !slices.Equal(sources, []any{"peer_certificate", "xfcc"}) {
+		add("identity.sources = %v, docs describe [peer_certificate xfcc]", sources)
+	}
+	for i, tb := range asList(dig(cfg, "trust_bundles")) {
+		if f, _ := dig(tb, "file").(string); !strings.HasPrefix(f, "/etc/agentauthz/trust/") {
+			add("trust_bundles[%d].file %q is outside the trust-bundles mount", i, f)
+		}
+	}
+	return errs
+}
+
+// checkXFCCFilter decodes the EnvoyFilter patch with Envoy's own types, so a
+// misspelled field or enum fails here as it would in istiod.
+func checkXFCCFilter(m manifest) []error {
+	var errs []error
+	add := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: EnvoyFilter %s: %s", m.file, m.name(), fmt.Sprintf(format, args...)))
+	}
+	if dig(m.doc, "spec", "workloadSelector", "labels", "istio") != "ingressgateway" {
+		add("must select the ingress gateway")
+	}
+	patches := asList(dig(m.doc, "spec", "configPatches"))
+	if len(patches) != 1 {
+		add("want one config patch")
+		return errs
+	}
+	p := patches[0]
+	if dig(p, "applyTo") != "NETWORK_FILTER" || dig(p, "match", "context") != "GATEWAY" ||
+		dig(p, "match", "listener", "filterChain", "filter", "name") != "envoy.filters.network.http_connection_manager" ||
+		dig(p, "patch", "operation") != "MERGE" {
+		add("patch must MERGE into the gateway's http_connection_manager")
+	}
+	js, err := json.Marshal(dig(p, "patch", "value"))
+	if err != nil {
+		add("patch value: %v", err)
+		return errs
+	}
+	var f listenerv3.Filter
+	if err := protojson.Unmarshal(js, &f); err != nil {
+		add("patch value is not an Envoy Filter: %v", err)
+		return errs
+	}
+	inner, err := f.GetTypedConfig().UnmarshalNew()
+	if err != nil {
+		add("patch typed_config: %v", err)
+		return errs
+	}
+	h, ok := inner.(*hcmv3.HttpConnectionManager)
+	if !ok {
+		add("patch typed_config is %T", inner)
+		return errs
+	}
+	if h.GetForwardClientCertDetails() != hcmv3.HttpConnectionManager_SANITIZE_SET {
+		add("forward_client_cert_details must be SANITIZE_SET")
+	}
+	if s := h.GetSetCurrentClientCertDetails(); !s.GetCert() || !s.GetUri() || !s.GetSubject().GetValue() {
+		add("set_current_client_cert_details must set cert, uri and subject")
+	}
+	return errs
+}
+
+func TestManifests(t *testing.T) {
+	if err := checkManifests(loadManifests(t, manifestDirs...)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFrontProxyPointsAtHeadlessService ties envoy.yaml to service.yaml.
+func TestFrontProxyPointsAtHeadlessService(t *testing.T) {
+	b := readBootstrap(t, "envoy.yaml")
+	ep := cluster(b, "agentauthz").GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint()
+	var svc manifest
+	for _, m := range loadManifests(t, "kubernetes") {
+		if m.kind() == "Service" && m.name() == "agentauthz-headless" {
+			svc = m
+		}
+	}
+	want := fmt.Sprintf("%s.%s.svc.cluster.local", svc.name(), svc.namespace())
+	if got := ep.GetAddress().GetSocketAddress().GetAddress(); got != want {
+		t.Errorf("agentauthz cluster address %q, want the headless Service %q", got, want)
+	}
+}
+
+type manifestMutation struct {
+	name   string
+	kind   string // the first document of this kind is mutated…
+	target string // …or, when set, the one with this metadata.name
+	mutate func(doc map[string]any)
+	want   string
+}
+
+func set(doc map[string]any, v any, path ...any) {
+	parent := dig(doc, path[:len(path)-1]...)
+	switch k := path[len(path)-1].(type) {
+	case string:
+		parent.(map[string]any)[k] = v
+	case int:
+		parent.([]any)[k] = v
+	}
+}
+
+func del(doc map[string]any, path ...any) {
+	delete(dig(doc, path[:len(path)-1]...).(map[string]any), path[len(path)-1].(string))
+}
+
+func manifestMutations() []manifestMutation {
+	ctr := []any{"spec", "template", "spec", "containers", 0}
+	at := func(extra ...any) []any { return append(slices.Clone(ctr), extra...) }
+	provider := []any{"spec", "meshConfig", "extensionProviders", 0, "envoyExtAuthzGrpc"}
+	pv := func(extra ...any) []any { return append(slices.Clone(provider), extra...) }
+	cfgSet := func(old, new string) func(map[string]any) {
+		return func(d map[string]any) {
+			s := dig(d, "data", "config.yaml").(string)
+			set(d, strings.Replace(s, old, new, 1), "data", "config.yaml")
+		}
+	}
+	return []manifestMutation{
+		{"policy action ALLOW", "AuthorizationPolicy", "", func(d map[string]any) { set(d, "ALLOW", "spec", "action") }, "CUSTOM"},
+		{"policy names an unknown provider", "AuthorizationPolicy", "", func(d map[string]any) { set(d, "opa", "spec", "provider", "name") }, "not registered"},
+		{"policy without rules", "AuthorizationPolicy", "", func(d map[string]any) { del(d, "spec", "rules") }, "no rules"},
+		{"permissive mTLS", "PeerAuthentication", "", func(d map[string]any) { set(d, "PERMISSIVE", "spec", "mtls", "mode") }, "STRICT"},
+		{"fail open", "IstioOperator", "", func(d map[string]any) { set(d, true, pv("failOpen")...) }, "failOpen"},
+		{"status 403", "IstioOperator", "", func(d map[string]any) { set(d, "403", pv("statusOnError")...) }, "statusOnError"},
+		{"timeout too long", "IstioOperator", "", func(d map[string]any) { set(d, "600s", pv("timeout")...) }, "timeout"},
+		{"field Istio does not have", "IstioOperator", "", func(d map[string]any) { set(d, true, pv("includePeerCertificate")...) }, "includePeerCertificate"},
+		{"provider port is not the Service's", "IstioOperator", "", func(d map[string]any) { set(d, 9192, pv("port")...) }, "grpc port"},
+		{"provider service unknown", "IstioOperator", "", func(d map[string]any) { set(d, "authz.default.svc.cluster.local", pv("service")...) }, "not a Service"},
+		{"gateway TLS without client certificates", "Gateway", "", func(d map[string]any) { set(d, "SIMPLE", "spec", "servers", 0, "tls", "mode") }, "MUTUAL"},
+		{"gateway XFCC appended", "EnvoyFilter", "", func(d map[string]any) {
+			set(d, "APPEND_FORWARD", "spec", "configPatches", 0, "patch", "value", "typed_config", "forward_client_cert_details")
+		}, "SANITIZE_SET"},
+		{"gateway XFCC without Cert", "EnvoyFilter", "", func(d map[string]any) {
+			del(d, "spec", "configPatches", 0, "patch", "value", "typed_config", "set_current_client_cert_details", "cert")
+		}, "cert, uri and subject"},
+		{"gateway XFCC misspelled", "EnvoyFilter", "", func(d map[string]any) {
+			set(d, true, "spec", "configPatches", 0, "patch", "value", "typed_config", "set_current_client_cert_detail")
+		}, "unknown field"},
+		{"one replica", "Deployment", "", func(d map[string]any) { set(d, 1, "spec", "replicas") }, "replicas"},
+		{"readiness on /healthz", "Deployment", "", func(d map[string]any) { set(d, "/healthz", at("readinessProbe", "httpGet", "path")...) }, "readinessProbe"},
+		{"liveness on the grpc port", "Deployment", "", func(d map[string]any) { set(d, "grpc", at("livenessProbe", "httpGet", "port")...) }, "livenessProbe"},
+		{"no memory limit", "Deployment", "", func(d map[string]any) { del(d, at("resources", "limits", "memory")...) }, "limits.memory"},
+		{"root allowed", "Deployment", "", func(d map[string]any) { set(d, false, "spec", "template", "spec", "securityContext", "runAsNonRoot") }, "runAsNonRoot"},
+		{"writable root filesystem", "Deployment", "", func(d map[string]any) { set(d, false, at("securityContext", "readOnlyRootFilesystem")...) }, "readOnlyRootFilesystem"},
+		{"config path outside the mount", "Deployment", "", func(d map[string]any) { set(d, "/etc/agentauthz.yaml", at("args", 2)...) }, "--config"},
+		{"container grpc port moved", "Deployment", "", func(d map[string]any) { set(d, 8080, at("ports", 0, "containerPort")...) }, "container ports"},
+		{"service grpc port moved", "Service", "", func(d map[string]any) { set(d, 9000, "spec", "ports", 0, "port") }, "grpc 9191"},
+		{"headless Service with a cluster IP", "Service", "agentauthz-headless", func(d map[string]any) { del(d, "spec", "clusterIP") }, "headless"},
+		{"config listens elsewhere", "ConfigMap", "", cfgSet(`":9191"`, `":9000"`), "listen addresses"},
+		{"config sources reordered", "ConfigMap", "", cfgSet("[peer_certificate, xfcc]", "[xfcc, peer_certificate]"), "identity.sources"},
+		{"config not YAML", "ConfigMap", "", func(d map[string]any) { set(d, "grpc: [", "data", "config.yaml") }, "not a YAML mapping"},
+	}
+}
+
+// TestBrokenManifestsFail mutates a copy of the manifests, one change at a
+// time, and shows the checks reject each.
+func TestBrokenManifestsFail(t *testing.T) {
+	orig := loadManifests(t, manifestDirs...)
+	for _, mm := range manifestMutations() {
+		t.Run(mm.name, func(t *testing.T) {
+			changed := 0
+			var ms []manifest
+			for _, m := range orig {
+				c := manifest{file: m.file, doc: deepCopy(m.doc).(map[string]any)}
+				if c.kind() == mm.kind && (mm.target == "" || c.name() == mm.target) && changed == 0 {
+					mm.mutate(c.doc)
+					if reflect.DeepEqual(c.doc, m.doc) {
+						t.Fatal("mutation changed nothing: the manifest changed, update the mutation")
+					}
+					changed++
+				}
+				ms = append(ms, c)
+			}
+			if changed == 0 {
+				t.Fatalf("no %s to mutate", mm.kind)
+			}
+			err := checkManifests(ms)
+			if err == nil {
+				t.Fatal("broken copy passed")
+			}
+			if !errorsContain(err, mm.want) {
+				t.Fatalf("failed, but not for %q:\n%v", mm.want, err)
+			}
+		})
+	}
+}
