@@ -259,3 +259,9 @@ type atomicCounter struct{ v atomic.Int64 }
 
 func (c *atomicCounter) add()       { c.v.Add(1) }
 func (c *atomicCounter) get() int64 { return c.v.Load() }
+
+func newHTTPServer(t *testing.T, h http.Handler) *httptest.Server {
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
