@@ -34,9 +34,15 @@ const (
 var ErrInvalidProfile = errors.New("certificate violates its agent profile")
 
 // AgentPass extension OIDs (see DESIGN.md "Agent certificate profiles").
-func oidAgentPassTrust() asn1.ObjectIdentifier  { return asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1, 1} }
-func oidAgentPassScopes() asn1.ObjectIdentifier { return asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1, 2} }
-func oidAgentPassIssuer() asn1.ObjectIdentifier { return asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1, 3} }
+func oidAgentPassTrust() asn1.ObjectIdentifier {
+	return asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1, 1}
+}
+func oidAgentPassScopes() asn1.ObjectIdentifier {
+	return asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1, 2}
+}
+func oidAgentPassIssuer() asn1.ObjectIdentifier {
+	return asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1, 3}
+}
 
 // oidCommonName is the X.520 commonName attribute.
 func oidCommonName() asn1.ObjectIdentifier { return asn1.ObjectIdentifier{2, 5, 4, 3} }
