@@ -3,7 +3,6 @@ package decisionlog
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -416,7 +415,7 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 	}
 	key := l.key
 	rec.Seq, rec.KeyID, rec.Prev = l.next, key.kid, l.prevHash
-	payload, err := json.Marshal(rec)
+	payload, err := rec.MarshalJSON() // direct: json.Marshal would re-validate the output
 	if err == nil && len(key.header)+2+b64.EncodedLen(len(payload))+86 > MaxRecordBytes {
 		err = fmt.Errorf("record longer than %d bytes", MaxRecordBytes)
 	}

@@ -1,0 +1,222 @@
+package decisionlog
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// tamperLog builds a 15-record log in three segments of five records:
+// seqs 1-5, 6-10, 11-15.
+func tamperLog(t *testing.T) (Options, KeySet) {
+	t.Helper()
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	for seg := 0; seg < 3; seg++ {
+		appendN(t, l, seg*5, 5)
+		if seg < 2 {
+			forceRotate(t, l)
+		}
+	}
+	ks := l.PublicKeys()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := listSegments(o.Dir)
+	if len(segs) != 3 || segs[1] != segmentName(6) || segs[2] != segmentName(11) {
+		t.Fatalf("segments %v", segs)
+	}
+	return o, ks
+}
+
+// forceRotate makes the next batch start a new segment.
+func forceRotate(t *testing.T, l *Log) {
+	t.Helper()
+	// The writer is idle between appends (each Append waited for its
+	// fsync), so its state can be touched under the batch-free lock.
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.seg != nil {
+		l.seg.Close()
+		l.seg = nil
+	}
+}
+
+type segLines struct {
+	path  string
+	lines []string // each with its '\n'
+}
+
+func readSeg(t *testing.T, o Options, firstSeq uint64) *segLines {
+	t.Helper()
+	p := filepath.Join(o.Dir, segmentName(firstSeq))
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(string(b), "\n")
+	return &segLines{path: p, lines: lines[:len(lines)-1]} // drop the "" after the last newline
+}
+
+func (s *segLines) write(t *testing.T) {
+	t.Helper()
+	if err := os.WriteFile(s.path, []byte(strings.Join(s.lines, "")), 0o640); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func foreignLine(t *testing.T, seq uint64, prev string) string {
+	t.Helper()
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	k := newSigningKey(priv)
+	r := sampleRecord(99)
+	r.Seq, r.KeyID, r.Prev, r.Log = seq, k.kid, prev, "test-1"
+	b, err := r.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.finish(k.signingInput(b)) + "\n"
+}
+
+func TestVerifyDetectsTampering(t *testing.T) {
+	cases := []struct {
+		name   string
+		mutate func(t *testing.T, o Options)
+		kind   string
+		seq    uint64
+	}{
+		{"flip a payload byte", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 6)
+			b := []byte(s.lines[1]) // seq 7
+			i := strings.IndexByte(s.lines[1], '.') + 40
+			b[i] ^= 0x01
+			s.lines[1] = string(b)
+			s.write(t)
+		}, KindModified, 7},
+		{"flip a signature byte", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 6)
+			b := []byte(s.lines[1])
+			b[len(b)-10] = map[bool]byte{true: 'A', false: 'B'}[b[len(b)-10] != 'A']
+			s.lines[1] = string(b)
+			s.write(t)
+		}, KindModified, 7},
+		{"flip a header byte", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 6)
+			b := []byte(s.lines[1])
+			b[5] ^= 0x01
+			s.lines[1] = string(b)
+			s.write(t)
+		}, KindModified, 7},
+		{"delete a line", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 6)
+			s.lines = append(s.lines[:1], s.lines[2:]...) // seq 7
+			s.write(t)
+		}, KindMissing, 7},
+		{"delete the first line", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 1)
+			s.lines = s.lines[1:]
+			s.write(t)
+		}, KindMissing, 1},
+		{"swap two lines", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 6)
+			s.lines[1], s.lines[2] = s.lines[2], s.lines[1] // seqs 7, 8
+			s.write(t)
+		}, KindReordered, 7},
+		{"swap lines across segments", func(t *testing.T, o Options) {
+			a, b := readSeg(t, o, 1), readSeg(t, o, 6)
+			a.lines[4], b.lines[0] = b.lines[0], a.lines[4] // seqs 5, 6
+			a.write(t)
+			b.write(t)
+		}, KindReordered, 5},
+		{"truncate the last segment", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 11)
+			s.lines = s.lines[:3]
+			s.lines[2] = s.lines[2][:len(s.lines[2])/2] // seq 13 torn
+			s.write(t)
+		}, KindTruncated, 13},
+		{"truncate a middle segment mid-record", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 6)
+			s.lines = s.lines[:2]
+			s.lines[1] = s.lines[1][:100] // seq 7 torn
+			s.write(t)
+		}, KindTruncated, 7},
+		{"truncate a middle segment at a record boundary", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 6)
+			s.lines = s.lines[:3] // seqs 9, 10 gone
+			s.write(t)
+		}, KindMissing, 9},
+		{"drop a whole segment", func(t *testing.T, o Options) {
+			os.Remove(filepath.Join(o.Dir, segmentName(6)))
+		}, KindMissing, 6},
+		{"insert a foreign-signed line", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 6)
+			// After seq 7, claiming to be seq 8 and chaining onto 7.
+			fl := foreignLine(t, 8, ChainHash(strings.TrimSuffix(s.lines[1], "\n")))
+			s.lines = append(s.lines[:2], append([]string{fl}, s.lines[2:]...)...)
+			s.write(t)
+		}, KindInserted, 8},
+		{"append a foreign-signed line", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 11)
+			s.lines = append(s.lines, foreignLine(t, 3, "00"))
+			s.write(t)
+		}, KindInserted, 16},
+		{"replace a record with a foreign-signed one", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 6)
+			s.lines[1] = foreignLine(t, 7, ChainHash(strings.TrimSuffix(s.lines[0], "\n")))
+			s.write(t)
+		}, KindModified, 7},
+		{"duplicate a line", func(t *testing.T, o Options) {
+			s := readSeg(t, o, 6)
+			s.lines = append(s.lines[:3], append([]string{s.lines[2]}, s.lines[3:]...)...) // seq 8 twice
+			s.write(t)
+		}, KindInserted, 9},
+		{"rename a segment", func(t *testing.T, o Options) {
+			os.Rename(filepath.Join(o.Dir, segmentName(11)), filepath.Join(o.Dir, segmentName(12)))
+		}, KindSegmentName, 11},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o, ks := tamperLog(t)
+			tc.mutate(t, o)
+			res, err := Verify(o.Dir, ks)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Problem == nil {
+				t.Fatalf("tampering not detected: %+v", res)
+			}
+			if res.Problem.Kind != tc.kind || res.Problem.Seq != tc.seq {
+				t.Fatalf("got %v, want %s at seq %d", res.Problem, tc.kind, tc.seq)
+			}
+		})
+	}
+}
+
+func TestVerifyIntactAndWrongKey(t *testing.T) {
+	o, ks := tamperLog(t)
+	res, err := Verify(o.Dir, ks)
+	if err != nil || res.Problem != nil || res.Records != 15 || res.Segments != 3 {
+		t.Fatalf("intact log: %+v %v", res, err)
+	}
+	other := KeySet{}
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	other.Add(pub)
+	res, err = Verify(o.Dir, other)
+	if err != nil || res.Problem == nil || res.Problem.Seq != 1 || res.Problem.Kind != KindModified {
+		t.Fatalf("wrong key: %+v %v", res.Problem, err)
+	}
+}
+
+func TestVerifyEmptyLog(t *testing.T) {
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	ks := l.PublicKeys()
+	l.Close()
+	res, err := Verify(o.Dir, ks)
+	if err != nil || res.Problem != nil || res.Records != 0 {
+		t.Fatalf("%+v %v", res, err)
+	}
+}
