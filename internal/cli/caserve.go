@@ -24,7 +24,7 @@ import (
 // revocation.Publisher over the CA inventory. It is registered by ca.go.
 func newCAServeCmd() *cobra.Command {
 	var (
-		dataDir, addr   string
+		addr            string
 		poll, heartbeat time.Duration
 	)
 	cmd := &cobra.Command{
@@ -37,11 +37,15 @@ from any process, within about --poll). Decision replicas point their
 revocation.watch_url at it. Listens on loopback unless --addr says otherwise.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// --data-dir is the persistent flag of the parent "ca" command.
+			dataDir, err := cmd.Flags().GetString("data-dir")
+			if err != nil {
+				dataDir = caEnvDataDir()
+			}
 			return runCAServe(cmd.Context(), cmd, dataDir, addr, poll, heartbeat)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&dataDir, "data-dir", ".agentauthz", "data directory holding the CA inventory")
 	f.StringVar(&addr, "addr", "127.0.0.1:9193", "listen address (host:port)")
 	f.DurationVar(&poll, "poll", revocation.DefaultGenerationPoll, "how often the inventory is checked for new revocations")
 	f.DurationVar(&heartbeat, "heartbeat", revocation.DefaultHeartbeat, "interval of keep-alive comments on watch streams")
@@ -59,11 +63,7 @@ func runCAServe(ctx context.Context, cmd *cobra.Command, dataDir, addr string, p
 		return withHint(fmt.Errorf("open ca inventory: %w", err), "create a CA first: agentauthz ca init --data-dir %s", dataDir)
 	}
 	defer auth.Close()
-	// Asserted at run time while the CA package grows its revocation API.
-	store, ok := any(auth).(revocation.Store)
-	if !ok {
-		return errors.New("ca inventory does not support revocation publishing in this build")
-	}
+	var store revocation.Store = auth
 	reg := prometheus.NewRegistry()
 	pub, err := revocation.NewPublisher(revocation.PublisherConfig{
 		Store: store, Logger: log, Registerer: reg,
