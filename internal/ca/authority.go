@@ -28,7 +28,7 @@ type KeyPermissionError struct {
 }
 
 func (e *KeyPermissionError) Error() string {
-	return fmt.Sprintf("CA key %s has mode %04o: it must not be readable by group or others", e.Path, e.Mode.Perm())
+	return fmt.Sprintf("ca key %s has mode %04o: it must not be readable by group or others", e.Path, e.Mode.Perm())
 }
 func (e *KeyPermissionError) Unwrap() error { return ErrKeyPermissions }
 
@@ -124,7 +124,7 @@ func (a *Authority) Init(req InitRequest) (*CAInfo, error) {
 // matches it.
 func (a *Authority) Import(req ImportRequest) (*CAInfo, error) {
 	if len(req.CertPEM) > maxInputFileSize || len(req.KeyPEM) > maxInputFileSize {
-		return nil, invalidf("certificate or key input is larger than %d bytes", maxInputFileSize)
+		return nil, fieldf("ca", "certificate or key input is larger than %d bytes", maxInputFileSize)
 	}
 	certs, err := parseCertsPEM(req.CertPEM)
 	if err != nil {
@@ -132,14 +132,14 @@ func (a *Authority) Import(req ImportRequest) (*CAInfo, error) {
 	}
 	cert := certs[0]
 	if !cert.BasicConstraintsValid || !cert.IsCA {
-		return nil, invalidf("certificate %q is not a CA certificate (basicConstraints CA:TRUE missing)", cert.Subject.String())
+		return nil, fieldf("ca", "certificate %q is not a CA certificate (basicConstraints CA:TRUE missing)", cert.Subject.String())
 	}
 	if cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return nil, invalidf("CA certificate %q lacks the keyCertSign key usage", cert.Subject.String())
+		return nil, fieldf("ca", "ca certificate %q lacks the keyCertSign key usage", cert.Subject.String())
 	}
 	now := a.now()
 	if now.After(cert.NotAfter) || now.Before(cert.NotBefore) {
-		return nil, invalidf("CA certificate %q is not valid now (valid %s to %s)", cert.Subject.String(),
+		return nil, fieldf("ca", "ca certificate %q is not valid now (valid %s to %s)", cert.Subject.String(),
 			fmtTime(cert.NotBefore), fmtTime(cert.NotAfter))
 	}
 	key, err := parseKeyPEM(req.KeyPEM)
@@ -147,7 +147,7 @@ func (a *Authority) Import(req ImportRequest) (*CAInfo, error) {
 		return nil, err
 	}
 	if !publicKeysEqual(key.Public(), cert.PublicKey) {
-		return nil, invalidf("the private key does not match the CA certificate")
+		return nil, fieldf("ca", "the private key does not match the ca certificate")
 	}
 	if req.Org == "" && len(cert.Subject.Organization) > 0 {
 		req.Org = cert.Subject.Organization[0]
@@ -179,25 +179,25 @@ func (a *Authority) checkTDRequest(td, org, crlURL string, maxTTL *time.Duration
 	}
 	if crlURL != "" {
 		if len(crlURL) > maxCRLURLLen {
-			return invalidf("crl url is longer than %d characters", maxCRLURLLen)
+			return fieldf("crl_url", "crl url is longer than %d characters", maxCRLURLLen)
 		}
 		u, err := url.Parse(crlURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return invalidf("crl url %q must be an absolute http or https URL", crlURL)
+			return fieldf("crl_url", "crl url %q must be an absolute http or https URL", crlURL)
 		}
 	}
 	if *maxTTL == 0 {
 		*maxTTL = DefaultMaxTTL
 	}
 	if *maxTTL < time.Minute || *maxTTL > caValidity {
-		return invalidf("max ttl %s must be between 1m and %s", *maxTTL, caValidity)
+		return fieldf("max_ttl", "max ttl %s must be between 1m and %s", *maxTTL, caValidity)
 	}
 	return validateOperator(operator)
 }
 
 func validateOperator(op string) error {
 	if op == "" {
-		return invalidf("operator is empty")
+		return fieldf("operator", "operator is empty")
 	}
 	return validateText("operator", op, maxOperatorLen)
 }
@@ -293,29 +293,29 @@ func (a *Authority) loadCA(td string) (*signer, error) {
 	kp := a.KeyPath(td)
 	st, err := os.Stat(kp)
 	if err != nil {
-		return nil, fmt.Errorf("CA key for trust domain %q: %w", td, err)
+		return nil, fmt.Errorf("ca key for trust domain %q: %w", td, err)
 	}
 	if st.Mode().Perm()&0o077 != 0 {
 		return nil, &KeyPermissionError{Path: kp, Mode: st.Mode()}
 	}
 	keyPEM, err := readBounded(kp, maxInputFileSize)
 	if err != nil {
-		return nil, fmt.Errorf("CA key for trust domain %q: %w", td, err)
+		return nil, fmt.Errorf("ca key for trust domain %q: %w", td, err)
 	}
 	key, err := parseKeyPEM(keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("CA key %s: %w", kp, err)
+		return nil, fmt.Errorf("ca key %s: %w", kp, err)
 	}
 	certPEM, err := readBounded(a.CertPath(td), maxInputFileSize)
 	if err != nil {
-		return nil, fmt.Errorf("CA certificate for trust domain %q: %w", td, err)
+		return nil, fmt.Errorf("ca certificate for trust domain %q: %w", td, err)
 	}
 	certs, err := parseCertsPEM(certPEM)
 	if err != nil {
-		return nil, fmt.Errorf("CA certificate %s: %w", a.CertPath(td), err)
+		return nil, fmt.Errorf("ca certificate %s: %w", a.CertPath(td), err)
 	}
 	if !publicKeysEqual(key.Public(), certs[0].PublicKey) {
-		return nil, fmt.Errorf("CA key %s does not match %s", kp, a.CertPath(td))
+		return nil, fmt.Errorf("ca key %s does not match %s", kp, a.CertPath(td))
 	}
 	return &signer{cert: certs[0], chain: certs, key: key}, nil
 }
@@ -407,12 +407,12 @@ func parseCertsPEM(b []byte) ([]*x509.Certificate, error) {
 		}
 		c, err := x509.ParseCertificate(blk.Bytes)
 		if err != nil {
-			return nil, invalidf("parse certificate: %v", err)
+			return nil, fieldf("certificate", "parse certificate: %v", err)
 		}
 		out = append(out, c)
 	}
 	if len(out) == 0 {
-		return nil, invalidf("no PEM CERTIFICATE block found")
+		return nil, fieldf("certificate", "no PEM CERTIFICATE block found")
 	}
 	return out, nil
 }
@@ -422,7 +422,7 @@ func parseKeyPEM(b []byte) (crypto.Signer, error) {
 		var blk *pem.Block
 		blk, b = pem.Decode(b)
 		if blk == nil {
-			return nil, invalidf("no PEM private key block found")
+			return nil, fieldf("key", "no PEM private key block found")
 		}
 		var k any
 		var err error
@@ -437,17 +437,17 @@ func parseKeyPEM(b []byte) (crypto.Signer, error) {
 			continue // e.g. EC PARAMETERS before the key
 		}
 		if err != nil {
-			return nil, invalidf("parse private key: %v", err)
+			return nil, fieldf("key", "parse private key: %v", err)
 		}
 		s, ok := k.(crypto.Signer)
 		if !ok {
-			return nil, invalidf("unsupported private key type %T", k)
+			return nil, fieldf("key", "unsupported private key type %T", k)
 		}
 		switch s.(type) {
 		case *ecdsa.PrivateKey, ed25519.PrivateKey, *rsa.PrivateKey:
 			return s, nil
 		}
-		return nil, invalidf("unsupported private key type %T", k)
+		return nil, fieldf("key", "unsupported private key type %T", k)
 	}
 }
 

@@ -132,4 +132,3 @@ func (a *Authority) issueDev(ag DevAgent) error {
 	}
 	return writeFileDurable(ag.CertPath, iss.CertPEM, 0o644)
 }
-

@@ -66,7 +66,7 @@ func readBounded(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	if int64(len(b)) > limit {
-		return nil, invalidf("%s is larger than %d bytes", path, limit)
+		return nil, fieldf("file", "%s is larger than %d bytes", path, limit)
 	}
 	return b, nil
 }

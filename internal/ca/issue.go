@@ -36,7 +36,7 @@ func ParseKeyType(s string) (KeyType, error) {
 	case KeyEd25519:
 		return KeyEd25519, nil
 	}
-	return "", invalidf("key type %.40q must be ecdsa-p256 or ed25519", s)
+	return "", fieldf("key_type", "key type %.40q must be ecdsa-p256 or ed25519", s)
 }
 
 // IssueRequest asks for a native-profile agent certificate.
@@ -144,7 +144,7 @@ func (a *Authority) issue(req IssueRequest, mode issueMode) (*Issued, error) {
 		return nil, err
 	}
 	if req.Trust < 0 || req.Trust > 4 {
-		return nil, invalidf("trust level L%d must be one of L0, L1, L2, L3, L4", req.Trust)
+		return nil, fieldf("trust", "trust level L%d must be one of L0, L1, L2, L3, L4", req.Trust)
 	}
 	scopes, err := NormalizeScopes(req.Scopes)
 	if err != nil {
@@ -161,10 +161,10 @@ func (a *Authority) issue(req IssueRequest, mode issueMode) (*Issued, error) {
 		return nil, err
 	}
 	if req.TTL <= 0 {
-		return nil, invalidf("ttl must be positive")
+		return nil, fieldf("ttl", "ttl must be positive")
 	}
 	if req.TTL > cfg.maxTTL {
-		return nil, invalidf("ttl %s exceeds the maximum %s of trust domain %q", req.TTL, cfg.maxTTL, req.TrustDomain)
+		return nil, fieldf("ttl", "ttl %s exceeds the maximum %s of trust domain %q", req.TTL, cfg.maxTTL, req.TrustDomain)
 	}
 	s, err := a.loadCA(req.TrustDomain)
 	if err != nil {
@@ -173,7 +173,7 @@ func (a *Authority) issue(req IssueRequest, mode issueMode) (*Issued, error) {
 	now := a.now()
 	notAfter := now.Add(req.TTL)
 	if notAfter.After(s.cert.NotAfter) {
-		return nil, invalidf("ttl %s would outlive the CA certificate (valid until %s)", req.TTL, fmtTime(s.cert.NotAfter))
+		return nil, fieldf("ttl", "ttl %s would outlive the CA certificate (valid until %s)", req.TTL, fmtTime(s.cert.NotAfter))
 	}
 
 	// The key: from the CSR (the agent keeps its private key) or generated here.
@@ -363,30 +363,30 @@ func isSelfSigned(c *x509.Certificate) bool {
 // signature and checks that its key is ECDSA P-256 or Ed25519.
 func ParseCSR(b []byte) (*x509.CertificateRequest, error) {
 	if len(b) > maxInputFileSize {
-		return nil, invalidf("CSR is larger than %d bytes", maxInputFileSize)
+		return nil, fieldf("csr", "csr is larger than %d bytes", maxInputFileSize)
 	}
 	der := b
 	if blk, _ := pem.Decode(b); blk != nil {
 		if blk.Type != "CERTIFICATE REQUEST" && blk.Type != "NEW CERTIFICATE REQUEST" {
-			return nil, invalidf("CSR: PEM block is %q, want CERTIFICATE REQUEST", blk.Type)
+			return nil, fieldf("csr", "csr: PEM block is %q, want CERTIFICATE REQUEST", blk.Type)
 		}
 		der = blk.Bytes
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return nil, invalidf("CSR: %v", err)
+		return nil, fieldf("csr", "csr: %v", err)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return nil, invalidf("CSR signature does not verify: %v", err)
+		return nil, fieldf("csr", "csr signature does not verify: %v", err)
 	}
 	switch k := csr.PublicKey.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() {
-			return nil, invalidf("CSR key must be ECDSA P-256 or Ed25519, got ECDSA %s", k.Curve.Params().Name)
+			return nil, fieldf("csr", "csr key must be ECDSA P-256 or Ed25519, got ECDSA %s", k.Curve.Params().Name)
 		}
 	case ed25519.PublicKey:
 	default:
-		return nil, invalidf("CSR key must be ECDSA P-256 or Ed25519, got %T", k)
+		return nil, fieldf("csr", "csr key must be ECDSA P-256 or Ed25519, got %T", k)
 	}
 	return csr, nil
 }

@@ -18,7 +18,7 @@ func (a *Authority) Revoke(td, agentID string, reason Reason, operator string) (
 		return nil, err
 	}
 	if _, ok := reasonNames[reason]; !ok {
-		return nil, invalidf("unsupported revocation reason %d", int(reason))
+		return nil, fieldf("reason", "unsupported revocation reason %d", int(reason))
 	}
 	if err := validateOperator(operator); err != nil {
 		return nil, err
@@ -30,7 +30,7 @@ func (a *Authority) Revoke(td, agentID string, reason Reason, operator string) (
 			return err
 		}
 		if ag.Status == "revoked" {
-			return invalidf("agent %q is already revoked (%s)", agentID, ag.RevocationReason)
+			return fieldf("agent", "agent %q is already revoked (%s)", agentID, ag.RevocationReason)
 		}
 		rows, err := tx.Query(`SELECT serial FROM certificates WHERE tenant = ? AND agent_id = ? AND status = 'active' ORDER BY serial`, td, agentID)
 		if err != nil {
@@ -72,7 +72,7 @@ func (a *Authority) RevokeSerial(td, serial string, reason Reason, operator stri
 		return err
 	}
 	if _, ok := reasonNames[reason]; !ok {
-		return invalidf("unsupported revocation reason %d", int(reason))
+		return fieldf("reason", "unsupported revocation reason %d", int(reason))
 	}
 	if err := validateOperator(operator); err != nil {
 		return err
@@ -87,7 +87,7 @@ func (a *Authority) RevokeSerial(td, serial string, reason Reason, operator stri
 			return err
 		}
 		if status != "active" {
-			return invalidf("certificate %s is already revoked", s)
+			return fieldf("serial", "certificate %s is already revoked", s)
 		}
 		now := a.now()
 		if _, err := tx.Exec(`UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ? WHERE tenant = ? AND serial = ?`,
@@ -190,7 +190,7 @@ func (a *Authority) crl(td string, validity time.Duration, reuse bool) ([]byte, 
 		validity = DefaultCRLValidity
 	}
 	if validity < time.Minute || validity > 366*24*time.Hour {
-		return nil, invalidf("crl validity %s must be between 1m and 8784h", validity)
+		return nil, fieldf("crl_validity", "crl validity %s must be between 1m and 8784h", validity)
 	}
 	if reuse {
 		// Fast path without the write lock.

@@ -21,7 +21,7 @@ var (
 	ErrExists         = errors.New("already exists")
 	ErrNoStore        = errors.New("no inventory store")
 	ErrCorruptStore   = errors.New("inventory store is corrupted")
-	ErrKeyPermissions = errors.New("CA key file is readable by group or others")
+	ErrKeyPermissions = errors.New("ca key file is readable by group or others")
 )
 
 // StoreError reports an unusable inventory store and where it is.

@@ -26,23 +26,34 @@ const (
 // ErrInvalid marks invalid input: nothing was changed.
 var ErrInvalid = errors.New("invalid input")
 
-func invalidf(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+// InputError is ErrInvalid with the input field at fault ("agent_id",
+// "trust", "scope", "owner", "ttl", "csr", "serial", "reason", …), so that a
+// front end can point at the right flag.
+type InputError struct {
+	Field string
+	Msg   string
+}
+
+func (e *InputError) Error() string { return e.Msg }
+func (e *InputError) Unwrap() error { return ErrInvalid }
+
+func fieldf(field, format string, args ...any) error {
+	return &InputError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
 // ValidateAgentID checks an agent id against [a-z0-9][a-z0-9._-]{0,62}.
 func ValidateAgentID(id string) error {
 	if id == "" {
-		return invalidf("agent id is empty")
+		return fieldf("agent_id", "agent id is empty")
 	}
 	if len(id) > maxAgentIDLen {
-		return invalidf("agent id %.70q is longer than %d characters", id, maxAgentIDLen)
+		return fieldf("agent_id", "agent id %.70q is longer than %d characters", id, maxAgentIDLen)
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
 		ok := isLowerAlnum(c) || (i > 0 && (c == '.' || c == '_' || c == '-'))
 		if !ok {
-			return invalidf("agent id %q must match [a-z0-9][a-z0-9._-]{0,62}", id)
+			return fieldf("agent_id", "agent id %q must match [a-z0-9][a-z0-9._-]{0,62}", id)
 		}
 	}
 	return nil
@@ -52,19 +63,19 @@ func ValidateAgentID(id string) error {
 // digits, '.', '-' and '_', at most 255 characters.
 func ValidateTrustDomain(td string) error {
 	if td == "" {
-		return invalidf("trust domain is empty")
+		return fieldf("trust_domain", "trust domain is empty")
 	}
 	if len(td) > maxTrustDomainLen {
-		return invalidf("trust domain is longer than %d characters", maxTrustDomainLen)
+		return fieldf("trust_domain", "trust domain is longer than %d characters", maxTrustDomainLen)
 	}
 	for i := 0; i < len(td); i++ {
 		c := td[i]
 		if !isLowerAlnum(c) && c != '.' && c != '-' && c != '_' {
-			return invalidf("trust domain %q may contain only a-z, 0-9, '.', '-' and '_'", td)
+			return fieldf("trust_domain", "trust domain %q may contain only a-z, 0-9, '.', '-' and '_'", td)
 		}
 	}
 	if td[0] == '.' || td[len(td)-1] == '.' || strings.Contains(td, "..") {
-		return invalidf("trust domain %q has an empty label", td)
+		return fieldf("trust_domain", "trust domain %q has an empty label", td)
 	}
 	return nil
 }
@@ -73,7 +84,7 @@ func ValidateTrustDomain(td string) error {
 func ParseTrust(s string) (int, error) {
 	t := strings.TrimPrefix(strings.TrimPrefix(s, "L"), "l")
 	if len(t) != 1 || t[0] < '0' || t[0] > '4' {
-		return 0, invalidf("trust level %.20q must be one of L0, L1, L2, L3, L4", s)
+		return 0, fieldf("trust", "trust level %.20q must be one of L0, L1, L2, L3, L4", s)
 	}
 	return int(t[0] - '0'), nil
 }
@@ -85,20 +96,20 @@ func TrustLabel(level int) string { return fmt.Sprintf("L%d", level) }
 // [a-z0-9][a-z0-9._-]{0,62}. Exactly one ':' separates them.
 func ValidateScope(s string) error {
 	if s == "" {
-		return invalidf("scope is empty")
+		return fieldf("scope", "scope is empty")
 	}
 	res, act, ok := strings.Cut(s, ":")
 	if !ok || strings.Contains(act, ":") {
-		return invalidf("scope %.140q must have the form <resource>:<action>", s)
+		return fieldf("scope", "scope %.140q must have the form <resource>:<action>", s)
 	}
 	for _, p := range []string{res, act} {
 		if p == "" || len(p) > maxScopePartLen {
-			return invalidf("scope %.140q: resource and action must be 1..%d characters", s, maxScopePartLen)
+			return fieldf("scope", "scope %.140q: resource and action must be 1..%d characters", s, maxScopePartLen)
 		}
 		for i := 0; i < len(p); i++ {
 			c := p[i]
 			if !isLowerAlnum(c) && (i == 0 || (c != '.' && c != '_' && c != '-')) {
-				return invalidf("scope %.140q: resource and action must match [a-z0-9][a-z0-9._-]*", s)
+				return fieldf("scope", "scope %.140q: resource and action must match [a-z0-9][a-z0-9._-]*", s)
 			}
 		}
 	}
@@ -109,7 +120,7 @@ func ValidateScope(s string) error {
 // At least one scope is required.
 func NormalizeScopes(scopes []string) ([]string, error) {
 	if len(scopes) == 0 {
-		return nil, invalidf("at least one scope is required")
+		return nil, fieldf("scope", "at least one scope is required")
 	}
 	seen := make(map[string]bool, len(scopes))
 	out := make([]string, 0, len(scopes))
@@ -123,7 +134,7 @@ func NormalizeScopes(scopes []string) ([]string, error) {
 		}
 	}
 	if len(out) > maxScopes {
-		return nil, invalidf("at most %d scopes per certificate", maxScopes)
+		return nil, fieldf("scope", "at most %d scopes per certificate", maxScopes)
 	}
 	sort.Strings(out)
 	return out, nil
@@ -133,14 +144,14 @@ func NormalizeScopes(scopes []string) ([]string, error) {
 // be empty; otherwise [A-Za-z0-9][A-Za-z0-9._@+-]{0,127}.
 func ValidateOwner(o string) error {
 	if len(o) > maxOwnerLen {
-		return invalidf("owner is longer than %d characters", maxOwnerLen)
+		return fieldf("owner", "owner is longer than %d characters", maxOwnerLen)
 	}
 	for i := 0; i < len(o); i++ {
 		c := o[i]
 		ok := isLowerAlnum(c) || (c >= 'A' && c <= 'Z') ||
 			(i > 0 && (c == '.' || c == '_' || c == '@' || c == '+' || c == '-'))
 		if !ok {
-			return invalidf("owner %q must match [A-Za-z0-9][A-Za-z0-9._@+-]{0,127}", o)
+			return fieldf("owner", "owner %q must match [A-Za-z0-9][A-Za-z0-9._@+-]{0,127}", o)
 		}
 	}
 	return nil
@@ -148,11 +159,11 @@ func ValidateOwner(o string) error {
 
 func validateText(what, s string, max int) error {
 	if len(s) > max {
-		return invalidf("%s is longer than %d characters", what, max)
+		return fieldf(what, "%s is longer than %d characters", what, max)
 	}
 	for _, r := range s {
 		if r < 0x20 || r == 0x7f {
-			return invalidf("%s contains a control character", what)
+			return fieldf(what, "%s contains a control character", what)
 		}
 	}
 	return nil
@@ -212,7 +223,7 @@ func ParseReason(s string) (Reason, error) {
 			return r, nil
 		}
 	}
-	return 0, invalidf("unknown revocation reason %.40q (one of %s)", s, strings.Join(ReasonNames(), ", "))
+	return 0, fieldf("reason", "unknown revocation reason %.40q (one of %s)", s, strings.Join(ReasonNames(), ", "))
 }
 
 // ParseSerial normalises a certificate serial given as hex (optionally with
@@ -222,11 +233,11 @@ func ParseSerial(s string) (string, error) {
 	t := strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(s), "0x"), "0X")
 	t = strings.ReplaceAll(t, ":", "")
 	if t == "" || len(t) > 64 {
-		return "", invalidf("serial %.80q must be 1..64 hex digits", s)
+		return "", fieldf("serial", "serial %.80q must be 1..64 hex digits", s)
 	}
 	n, ok := new(big.Int).SetString(t, 16)
 	if !ok || n.Sign() <= 0 {
-		return "", invalidf("serial %.80q is not a positive hex number", s)
+		return "", fieldf("serial", "serial %.80q is not a positive hex number", s)
 	}
 	return n.Text(16), nil
 }
