@@ -42,7 +42,7 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		BundleVerificationKey: cfg.Policy.BundleVerificationKey,
 		BundlePollInterval:    cfg.Policy.BundlePollInterval.D(),
 		EvalTimeout:           cfg.Policy.EvalTimeout.D(),
-		Logger:                logger.Named("policy"),
+		Logger:                logger,
 		Registerer:            reg,
 	})
 	if err != nil {

@@ -223,11 +223,17 @@ func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener, hup <
 			err = errors.Join(err, cerr)
 		}
 	}
+	if err != nil {
+		s.logger.Error("stopped", "error", err)
+	} else {
+		s.logger.Info("stopped")
+	}
 	return err
 }
 
 // shutdown stops taking new work and drains what is in flight.
 func (s *Server) shutdown() {
+	s.logger.Info("shutting down: draining in-flight checks")
 	s.health.Shutdown() // every service NOT_SERVING: Envoy health checks move away
 	drained := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(drained) }()

@@ -1,0 +1,124 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer safe for the server goroutine and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestDevQuickStart is the README quick start: serve --dev prints one check
+// line that is allowed and one that is denied, and both work as printed.
+func TestDevQuickStart(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "data")
+	policies, err := filepath.Abs(filepath.Join("..", "..", "policies"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Run(ctx, []string{"serve", "--dev", "--data-dir", dataDir, "--policies", policies,
+			"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json"},
+			nil, &bytes.Buffer{}, &stderr)
+	}()
+	lineRE := regexp.MustCompile(`(?m)^\s+(allowed|denied):\s+\S+ (check .*)$`)
+	var lines [][]string
+	deadline := time.Now().Add(30 * time.Second)
+	for len(lines) < 2 {
+		select {
+		case code := <-done:
+			t.Fatalf("serve exited with %d:\n%s", code, stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve printed no check lines:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+		lines = lineRE.FindAllStringSubmatch(stderr.String(), -1)
+	}
+	for _, l := range lines {
+		want := map[string]int{"allowed": ExitOK, "denied": ExitNo}[l[1]]
+		var out, errOut bytes.Buffer
+		code := Run(context.Background(), strings.Fields(l[2]), nil, &out, &errOut)
+		if code != want {
+			t.Errorf("%s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", l[2], code, want, out.String(), errOut.String())
+		}
+		if l[1] == "allowed" && !strings.Contains(out.String(), "x-agent-id: payments-agent") {
+			t.Errorf("allowed output lacks the agent header:\n%s", out.String())
+		}
+		if l[1] == "denied" && !strings.Contains(out.String(), "insufficient_trust_level") {
+			t.Errorf("denied output lacks the reason:\n%s", out.String())
+		}
+	}
+	// A second start on the same data dir reuses the dev CA.
+	cancel()
+	if code := <-done; code != ExitOK {
+		t.Fatalf("serve exit %d after shutdown:\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), `"stopped"`) {
+		t.Errorf("no orderly stop logged:\n%s", stderr.String())
+	}
+	if fi, err := os.Stat(filepath.Join(dataDir, "keys")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("keys dir: %v %v", fi, err)
+	}
+}
+
+func TestCheckErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"check", "--via", "peer"}, "--cert is required"},
+		{[]string{"check", "--cert", "/nonexistent.pem"}, "no such file"},
+		{[]string{"check", "--via", "none", "--header", "novalue"}, "is not k=v"},
+		{[]string{"check", "--via", "none", "--addr", "127.0.0.1:1", "--timeout", "2s"}, "is `agentauthz serve` running"},
+	} {
+		var out, errOut bytes.Buffer
+		code := Run(context.Background(), tc.args, nil, &out, &errOut)
+		if code != ExitError || !strings.Contains(errOut.String(), tc.want) || !strings.HasPrefix(errOut.String(), "agentauthz: error: ") {
+			t.Errorf("%v: exit %d, stderr %q; want exit 2 mentioning %q", tc.args, code, errOut.String(), tc.want)
+		}
+	}
+}
+
+func TestServeRejectsBadConfig(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(cfg, []byte("data_dir: /tmp/x\nunknown_key: 1\n"), 0o644)
+	var errOut bytes.Buffer
+	if code := Run(context.Background(), []string{"serve", "--config", cfg}, nil, &bytes.Buffer{}, &errOut); code != ExitError {
+		t.Fatalf("exit %d", code)
+	}
+	if !strings.Contains(errOut.String(), "unknown_key") || !strings.Contains(errOut.String(), "agentauthz: hint:") {
+		t.Errorf("stderr = %s", errOut.String())
+	}
+	errOut.Reset()
+	code := Run(context.Background(), []string{"serve", "--data-dir", t.TempDir(), "--trust-bundle", "nodomain", "--decision-log-mode", "maybe"}, nil, &bytes.Buffer{}, &errOut)
+	if code != ExitError || !strings.Contains(errOut.String(), "TRUST_DOMAIN=PEM_FILE") {
+		t.Errorf("exit %d stderr = %s", code, errOut.String())
+	}
+}
