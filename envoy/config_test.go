@@ -1,0 +1,38 @@
+package envoy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/agentauthz/agentauthz/internal/config"
+)
+
+// TestConfigMapIsAValidServeConfig decodes the ConfigMap's config.yaml with
+// the server's own strict decoder and validation, so a renamed or removed
+// config key breaks this test rather than a deployment.
+func TestConfigMapIsAValidServeConfig(t *testing.T) {
+	var raw string
+	for _, m := range loadManifests(t, "kubernetes") {
+		if m.kind() == "ConfigMap" && m.name() == "agentauthz-config" {
+			raw, _ = dig(m.doc, "data", "config.yaml").(string)
+		}
+	}
+	if raw == "" {
+		t.Fatal("no config.yaml in ConfigMap agentauthz-config")
+	}
+	c, err := config.Decode(strings.NewReader(raw))
+	if err != nil {
+		t.Fatalf("strict decode: %v", err)
+	}
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	if c.GRPC.Addr != ":9191" || c.HTTP.Addr != ":9192" {
+		t.Errorf("addresses %s, %s", c.GRPC.Addr, c.HTTP.Addr)
+	}
+
+	if _, err := config.Decode(strings.NewReader(raw + "grpc_addr: \":9191\"\n")); err == nil {
+		t.Error("an unknown key was accepted; the strictness this test relies on is gone")
+	}
+}
