@@ -1,17 +1,597 @@
 package cli
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
 )
 
 func newAuditCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:    "audit",
-		Hidden: true,
-		RunE: func(*cobra.Command, []string) error {
-			return errors.New("audit: not implemented yet")
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Verify, query and follow the signed decision log",
+		Long: `The decision log is a chain of Ed25519-signed records (one compact JWS per line) in
+<data-dir>/log. These commands only read it; they work on a copy as well as on a live log.
+The format and the verification algorithm are in docs/decision-log.md.`,
+	}
+	cmd.AddCommand(newAuditVerifyCmd(), newAuditQueryCmd(), newAuditWhoCmd(), newAuditTailCmd(),
+		newAuditPubkeyCmd(), newAuditRotateKeyCmd(), newAuditSampleCmd())
+	return cmd
+}
+
+func defaultLogDir() string { return filepath.Join(caEnvDataDir(), "log") }
+
+// loadTrustedKeys reads --pubkey, or falls back to the keys next to the log
+// (<log>/../keys), which proves integrity only against someone who could
+// not also replace those keys.
+func loadTrustedKeys(pubkey, logDir string, stderr io.Writer) (decisionlog.KeySet, error) {
+	if pubkey != "" {
+		data, err := readArgFile(pubkey)
+		if err != nil {
+			return nil, fmt.Errorf("read public key: %w", err)
+		}
+		ks, err := decisionlog.ParseKeySet(data)
+		if err != nil {
+			return nil, withHint(fmt.Errorf("public key %s: %w", pubkey, err), "export one with: agentauthz audit pubkey --data-dir DIR > log-keys.jwks")
+		}
+		return ks, nil
+	}
+	keyDir := filepath.Join(filepath.Dir(filepath.Clean(logDir)), "keys")
+	ks, err := decisionlog.LoadKeySet(keyDir)
+	if err != nil || len(ks) == 0 {
+		return nil, withHint(errors.New("no public key given and no signing keys beside the log"), "pass the log's public key: --pubkey FILE (PEM or JWKS from agentauthz audit pubkey)")
+	}
+	fmt.Fprintf(stderr, "agentauthz: warning: trusting the keys in %s; pass --pubkey with an independently obtained key for an audit\n", keyDir)
+	return ks, nil
+}
+
+// readArgFile reads a key or receipt file, bounded to 1 MiB.
+func readArgFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, 1<<20+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > 1<<20 {
+		return nil, fmt.Errorf("%s: larger than 1 MiB", path)
+	}
+	return data, nil
+}
+
+func newAuditVerifyCmd() *cobra.Command {
+	var logDir, pubkey string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Check every signature, the hash chain, sequence and segments; name the first bad seq",
+		Long: `verify checks every record of the log: its Ed25519 signature, that it chains onto the
+previous record, that sequence numbers have no gap, and that each segment is named after its
+first record. It exits 0 when the log is intact, 1 naming the first bad sequence number and the
+kind of damage (modified, missing, inserted, reordered, truncated, segment_name), 2 on error.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ks, err := loadTrustedKeys(pubkey, logDir, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			if _, err := os.Stat(logDir); err != nil {
+				return withHint(fmt.Errorf("log directory: %w", err), "point --log at <data-dir>/log")
+			}
+			res, err := decisionlog.Verify(logDir, ks)
+			if err != nil {
+				return fmt.Errorf("verify: %w", err)
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(res); err != nil {
+					return err
+				}
+			} else if res.Problem != nil {
+				p := res.Problem
+				fmt.Fprintf(out, "FAIL seq %d: %s: %s (%s line %d)\n", p.Seq, p.Kind, p.Detail, p.Segment, p.Line)
+				if res.Records > 0 {
+					fmt.Fprintf(out, "records %d..%d verified before it\n", res.FirstSeq, res.LastSeq)
+				}
+			} else {
+				fmt.Fprintf(out, "ok: %d records, seq %d..%d, %d segments, head %s, keys %s\n",
+					res.Records, res.FirstSeq, res.LastSeq, res.Segments, res.LastHash, strings.Join(res.KeyIDs, ", "))
+			}
+			if res.Problem != nil {
+				return errNo
+			}
+			return nil
 		},
 	}
+	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
+	cmd.Flags().StringVar(&pubkey, "pubkey", "", "trusted public key(s) of the log: PEM or JWKS (default: <log>/../keys, with a warning)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+// recordFilter selects records for query and tail.
+type recordFilter struct {
+	agent, operation, reason string
+	since, until             string
+	allowed, denied          bool
+	sinceT, untilT           time.Time
+}
+
+func (f *recordFilter) flags(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.agent, "agent", "", "agent id or SPIFFE ID")
+	fl.StringVar(&f.since, "since", "", "from this time: RFC 3339, or a duration ago like 1h")
+	fl.StringVar(&f.until, "until", "", "up to this time: RFC 3339, or a duration ago")
+	fl.BoolVar(&f.allowed, "allowed", false, "only allowed decisions")
+	fl.BoolVar(&f.denied, "denied", false, "only denied decisions")
+	fl.StringVar(&f.operation, "operation", "", "operation, e.g. payments:initiate")
+	fl.StringVar(&f.reason, "reason", "", "reason code, e.g. scope_missing")
+}
+
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("time %q: want RFC 3339 (2026-01-02T15:04:05Z) or a duration like 1h", s)
+}
+
+func (f *recordFilter) prepare(now time.Time) error {
+	if f.allowed && f.denied {
+		return errors.New("--allowed and --denied exclude each other")
+	}
+	var err error
+	if f.sinceT, err = parseWhen(f.since, now); err != nil {
+		return err
+	}
+	f.untilT, err = parseWhen(f.until, now)
+	return err
+}
+
+func (f *recordFilter) match(r *decisionlog.Record) bool {
+	if r.Kind != "" && r.Kind != decisionlog.KindDecision {
+		return f.agent == "" && f.operation == "" && f.reason == "" && !f.allowed && !f.denied
+	}
+	switch {
+	case f.agent != "" && r.Agent.ID != f.agent && r.Agent.SPIFFEID != f.agent:
+		return false
+	case f.operation != "" && r.Request.Operation != f.operation:
+		return false
+	case f.allowed && !r.Decision.Allowed, f.denied && r.Decision.Allowed:
+		return false
+	case !f.sinceT.IsZero() && r.Time.Before(f.sinceT):
+		return false
+	case !f.untilT.IsZero() && r.Time.After(f.untilT):
+		return false
+	}
+	if f.reason != "" {
+		for _, c := range r.Decision.Reasons {
+			if c == f.reason {
+				return true
+			}
+		}
+		return false
+	}
+	return true
+}
+
+// recordPrinter writes records as a table or as JSON lines.
+type recordPrinter struct {
+	asJSON bool
+	tw     *tabwriter.Writer
+	out    io.Writer
+	header bool
+}
+
+func newRecordPrinter(out io.Writer, asJSON bool) *recordPrinter {
+	return &recordPrinter{asJSON: asJSON, out: out, tw: tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)}
+}
+
+func (p *recordPrinter) print(r *decisionlog.Record) error {
+	if p.asJSON {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(p.out, "%s\n", b)
+		return err
+	}
+	if !p.header {
+		fmt.Fprintln(p.tw, "SEQ\tTIME\tAGENT\tTRUST\tMETHOD\tPATH\tOPERATION\tDECISION\tREASONS\tDECISION ID")
+		p.header = true
+	}
+	if r.Kind == decisionlog.KindKeyRotation {
+		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\tkey_rotation\tnew kid %s\t-\n", r.Seq, r.Time.Format(decisionlog.TimeLayout), r.KeyRotation.NewKeyID)
+		return nil
+	}
+	dec := "deny"
+	if r.Decision.Allowed {
+		dec = "allow"
+	}
+	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s %d\t%s\t%s\n", r.Seq, r.Time.Format(decisionlog.TimeLayout),
+		dash(r.Agent.ID), dash(r.Agent.TrustLevel), dash(r.Request.Method), dash(r.Request.Path), dash(r.Request.Operation),
+		dec, r.Decision.HTTPStatus, dash(strings.Join(r.Decision.Reasons, ",")), dash(r.DecisionID))
+	return nil
+}
+
+func (p *recordPrinter) flush() error { return p.tw.Flush() }
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// scanLog calls fn for every record until the current end of the log. A
+// malformed line is reported on stderr and skipped: query is not
+// verification.
+func scanLog(r *decisionlog.Reader, stderr io.Writer, fn func(decisionlog.Entry) error) error {
+	for {
+		e, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if errors.Is(err, decisionlog.ErrMalformed) {
+			fmt.Fprintf(stderr, "agentauthz: warning: skipping %v (run agentauthz audit verify)\n", err)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+}
+
+func checkLogDir(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return withHint(fmt.Errorf("log directory: %w", err), "point --log at <data-dir>/log")
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("log directory %s is not a directory", dir)
+	}
+	return nil
+}
+
+func newAuditQueryCmd() *cobra.Command {
+	var logDir string
+	var asJSON bool
+	var limit int
+	var f recordFilter
+	cmd := &cobra.Command{
+		Use:   "query",
+		Short: "List decision records by agent, time, outcome, operation or reason",
+		Long: `query lists the records that match every given filter, oldest first, as a table or (--json)
+as one JSON record per line. It reads without checking signatures; use audit verify for that.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.prepare(time.Now()); err != nil {
+				return err
+			}
+			if err := checkLogDir(logDir); err != nil {
+				return err
+			}
+			r := decisionlog.NewReader(logDir)
+			defer r.Close()
+			p := newRecordPrinter(cmd.OutOrStdout(), asJSON)
+			n := 0
+			err := scanLog(r, cmd.ErrOrStderr(), func(e decisionlog.Entry) error {
+				if !f.match(e.Record) || (limit > 0 && n >= limit) {
+					return nil
+				}
+				n++
+				return p.print(e.Record)
+			})
+			if ferr := p.flush(); err == nil {
+				err = ferr
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON record per line")
+	cmd.Flags().IntVar(&limit, "limit", 0, "print at most this many records (0: all)")
+	f.flags(cmd)
+	return cmd
+}
+
+func newAuditWhoCmd() *cobra.Command {
+	var logDir string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "who DECISION_OR_REQUEST_ID",
+		Short: "Say which agent made a request, at what trust level, with which scopes, under which policy",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			if err := checkLogDir(logDir); err != nil {
+				return err
+			}
+			r := decisionlog.NewReader(logDir)
+			defer r.Close()
+			out := cmd.OutOrStdout()
+			found := 0
+			err := scanLog(r, cmd.ErrOrStderr(), func(e decisionlog.Entry) error {
+				rec := e.Record
+				if rec.DecisionID != id && rec.Request.ID != id {
+					return nil
+				}
+				found++
+				if asJSON {
+					b, err := json.Marshal(rec)
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(out, "%s\n", b)
+					return err
+				}
+				if found > 1 {
+					fmt.Fprintln(out)
+				}
+				printWho(out, rec)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if found == 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "agentauthz: no record with decision id or request id %q in %s\n", id, logDir)
+				return errNo
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the matching records as JSON lines")
+	return cmd
+}
+
+func printWho(out io.Writer, r *decisionlog.Record) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	dec := "denied"
+	if r.Decision.Allowed {
+		dec = "allowed"
+	}
+	rows := [][2]string{
+		{"decision", r.DecisionID},
+		{"request", r.Request.ID},
+		{"time", r.Time.Format(decisionlog.TimeLayout)},
+		{"agent", r.Agent.ID},
+		{"spiffe id", r.Agent.SPIFFEID},
+		{"tenant", r.Agent.Tenant},
+		{"trust level", r.Agent.TrustLevel},
+		{"scopes", strings.Join(r.Agent.Scopes, " ")},
+		{"owner", r.Agent.Owner},
+		{"certificate", strings.TrimSpace(fmt.Sprintf("serial %s sha256 %s", dash(r.Agent.Serial), dash(r.Agent.CertSHA256)))},
+		{"issuer", r.Agent.Issuer},
+		{"identity from", r.Agent.Source},
+		{"action", strings.TrimSpace(fmt.Sprintf("%s %s%s", r.Request.Method, r.Request.Host, r.Request.Path))},
+		{"operation", r.Request.Operation},
+		{"source", r.Request.Source},
+		{"outcome", fmt.Sprintf("%s (HTTP %d) %s", dec, r.Decision.HTTPStatus, strings.Join(r.Decision.Reasons, ","))},
+		{"policy revision", r.Decision.PolicyRevision},
+		{"record", fmt.Sprintf("seq %d of log %s, key %s", r.Seq, r.Log, r.KeyID)},
+	}
+	for _, row := range rows {
+		fmt.Fprintf(tw, "%s:\t%s\n", row[0], dash(strings.TrimSpace(row[1])))
+	}
+	tw.Flush()
+}
+
+func newAuditTailCmd() *cobra.Command {
+	var logDir string
+	var asJSON, follow bool
+	var n int
+	var poll time.Duration
+	var f recordFilter
+	cmd := &cobra.Command{
+		Use:   "tail",
+		Short: "Print the last records and, with -f, follow new ones",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.prepare(time.Now()); err != nil {
+				return err
+			}
+			if err := checkLogDir(logDir); err != nil {
+				return err
+			}
+			r := decisionlog.NewReader(logDir)
+			defer r.Close()
+			p := newRecordPrinter(cmd.OutOrStdout(), asJSON)
+			var last []*decisionlog.Record
+			err := scanLog(r, cmd.ErrOrStderr(), func(e decisionlog.Entry) error {
+				if f.match(e.Record) {
+					last = append(last, e.Record)
+					if len(last) > n {
+						last = last[1:]
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			for _, rec := range last {
+				if err := p.print(rec); err != nil {
+					return err
+				}
+			}
+			if err := p.flush(); err != nil || !follow {
+				return err
+			}
+			return followLog(cmd.Context(), r, poll, cmd.ErrOrStderr(), func(e decisionlog.Entry) error {
+				if !f.match(e.Record) {
+					return nil
+				}
+				if err := p.print(e.Record); err != nil {
+					return err
+				}
+				return p.flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing records as they are appended")
+	cmd.Flags().IntVarP(&n, "lines", "n", 10, "how many of the last records to print first")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON record per line")
+	cmd.Flags().DurationVar(&poll, "poll", 200*time.Millisecond, "how often to look for new records with -f")
+	f.flags(cmd)
+	return cmd
+}
+
+// followLog polls the reader until ctx ends (Ctrl-C exits 0).
+func followLog(ctx context.Context, r *decisionlog.Reader, poll time.Duration, stderr io.Writer, fn func(decisionlog.Entry) error) error {
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := scanLog(r, stderr, fn); err != nil {
+			return err
+		}
+	}
+}
+
+func newAuditPubkeyCmd() *cobra.Command {
+	var dataDir, format string
+	cmd := &cobra.Command{
+		Use:   "pubkey",
+		Short: "Print the decision log's public keys (JWKS or PEM) for auditors and receipt checkers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			keyDir := filepath.Join(dataDir, "keys")
+			ks, err := decisionlog.LoadKeySet(keyDir)
+			if err != nil {
+				return withHint(err, "the keys are created by the first agentauthz serve with --data-dir %s", dataDir)
+			}
+			if len(ks) == 0 {
+				return withHint(fmt.Errorf("no signing keys in %s", keyDir), "the keys are created by the first agentauthz serve with --data-dir %s", dataDir)
+			}
+			out := cmd.OutOrStdout()
+			switch format {
+			case "jwks":
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(ks.JWKS())
+			case "pem":
+				_, err := out.Write(ks.PEM())
+				return err
+			}
+			return fmt.Errorf("--format %q: want jwks or pem", format)
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "data directory (env AGENTAUTHZ_DATA_DIR)")
+	cmd.Flags().StringVar(&format, "format", "jwks", "jwks (RFC 7517) or pem (PKIX PUBLIC KEY blocks)")
+	return cmd
+}
+
+func newAuditRotateKeyCmd() *cobra.Command {
+	var dataDir string
+	cmd := &cobra.Command{
+		Use:   "rotate-key",
+		Short: "Hand the log over to a new signing key, recorded in the log (stop serve first)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dataDir, "log"), KeyDir: filepath.Join(dataDir, "keys")})
+			if err != nil {
+				return withHint(fmt.Errorf("open decision log: %w", err), "stop agentauthz serve on this data dir first")
+			}
+			old := l.KeyID()
+			kid, err := l.Rotate()
+			if cerr := l.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "rotated signing key %s -> %s\n", old, kid)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "data directory (env AGENTAUTHZ_DATA_DIR)")
+	return cmd
+}
+
+// newAuditSampleCmd writes made-up records: for trying the auditor commands
+// and for the CLI tests. Hidden because it is not an operator task.
+func newAuditSampleCmd() *cobra.Command {
+	var dataDir string
+	var count, rotateAfter int
+	var segBytes int64
+	cmd := &cobra.Command{
+		Use:    "sample",
+		Short:  "Append made-up decision records to a log (demos and tests)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dataDir, "log"), KeyDir: filepath.Join(dataDir, "keys"),
+				Name: "sample", SegmentMaxBytes: segBytes})
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			agents := []struct{ id, trust, scope string }{
+				{"payments-bot", "L3", "payments:initiate"}, {"reader-bot", "L1", "reports:read"}, {"ops-bot", "L2", "tickets:write"},
+			}
+			base := time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC)
+			for i := 0; i < count; i++ {
+				if rotateAfter > 0 && i == rotateAfter {
+					if _, err := l.Rotate(); err != nil {
+						return err
+					}
+				}
+				a := agents[i%len(agents)]
+				allowed := i%4 != 3
+				status, reasons := 200, []string{}
+				if !allowed {
+					status, reasons = 403, []string{"scope_missing"}
+				}
+				rec := &decisionlog.Record{
+					DecisionID: fmt.Sprintf("dec-%04d", i+1),
+					Time:       base.Add(time.Duration(i) * time.Minute),
+					Agent: decisionlog.Agent{ID: a.id, SPIFFEID: "spiffe://acme.example/agent/" + a.id, Tenant: "acme.example",
+						TrustLevel: a.trust, Scopes: []string{a.scope}, Owner: "team-" + a.id, Serial: fmt.Sprintf("%x", 4096+i%3),
+						Issuer: "CN=acme.example agent CA", Source: "peer_certificate"},
+					Request:  decisionlog.Request{ID: fmt.Sprintf("req-%04d", i+1), Method: "POST", Host: "api.acme.example", Path: "/v1/payments", Operation: "payments:initiate", Source: "10.0.0.7:40000"},
+					Decision: decisionlog.Decision{Allowed: allowed, HTTPStatus: status, Reasons: reasons, PolicyRevision: "rev-7"},
+				}
+				if _, err := l.Append(context.WithoutCancel(cmd.Context()), rec); err != nil {
+					return err
+				}
+			}
+			return l.Close()
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "data directory (env AGENTAUTHZ_DATA_DIR)")
+	cmd.Flags().IntVar(&count, "count", 10, "records to append")
+	cmd.Flags().IntVar(&rotateAfter, "rotate-after", 0, "rotate the signing key after this many records (0: never)")
+	cmd.Flags().Int64Var(&segBytes, "segment-max-bytes", 0, "segment size limit (0: default)")
+	return cmd
 }

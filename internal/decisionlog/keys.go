@@ -21,8 +21,12 @@ import (
 // maxKeyFileBytes bounds every key file and key set we read.
 const maxKeyFileBytes = 1 << 20
 
-// keyFileSuffix names private key files in KeyDir: "<kid>.key".
-const keyFileSuffix = ".key"
+// Private key files in KeyDir are "ed25519-<kid>.key" (the prefix keeps a
+// kid starting with '-' from looking like a command-line flag).
+const (
+	keyFilePrefix = "ed25519-"
+	keyFileSuffix = ".key"
+)
 
 // currentKeyFile holds the kid of the key that signs new records of an empty
 // log; a non-empty log names its own key (see Open).
@@ -103,6 +107,7 @@ func (ks KeySet) JWKS() JWKS {
 }
 
 // PEM returns every key as a PEM "PUBLIC KEY" (PKIX) block, sorted by kid.
+// No PEM headers: openssl would read them as encryption parameters.
 func (ks KeySet) PEM() []byte {
 	var out []byte
 	for _, kid := range ks.KIDs() {
@@ -110,7 +115,7 @@ func (ks KeySet) PEM() []byte {
 		if err != nil {
 			continue // cannot happen for a valid Ed25519 key
 		}
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Headers: map[string]string{"kid": kid}, Bytes: der})...)
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})...)
 	}
 	return out
 }
@@ -243,7 +248,7 @@ func generateSigningKey(dir string) (*signingKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode signing key: %w", err)
 	}
-	if err := writeFileDurable(filepath.Join(dir, k.kid+keyFileSuffix), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := writeFileDurable(filepath.Join(dir, keyFilePrefix+k.kid+keyFileSuffix), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		return nil, fmt.Errorf("write signing key: %w", err)
 	}
 	return k, nil

@@ -207,7 +207,7 @@ func TestKeyFilePermissions(t *testing.T) {
 	l := mustOpen(t, o)
 	kid := l.KeyID()
 	l.Close()
-	st, err := os.Stat(filepath.Join(o.KeyDir, kid+keyFileSuffix))
+	st, err := os.Stat(filepath.Join(o.KeyDir, keyFilePrefix+kid+keyFileSuffix))
 	if err != nil {
 		t.Fatal(err)
 	}
