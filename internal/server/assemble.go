@@ -129,14 +129,9 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	}
 	c.Authorization = svc
 
-	c.Reload = func() error {
-		perr := engine.Reload()
-		b, _, terr := loadTrust(cfg)
-		if terr == nil {
-			verifier.SetBundles(b)
-		}
-		return errors.Join(perr, terr)
-	}
+	trust := newTrustReloader(cfg, verifier, logger.Named("trust"), reg)
+	c.Loops = append(c.Loops, trust.Run)
+	c.Reload = func() error { return errors.Join(engine.Reload(), trust.Reload()) }
 	return c, nil
 }
 

@@ -1,0 +1,115 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agentauthz/agentauthz/internal/config"
+	"github.com/agentauthz/agentauthz/internal/identity"
+)
+
+// trustReloader keeps the verifier's trust bundles in step with their files.
+// A bundle file that is deleted or corrupted at runtime does not take trust
+// away: the last valid bundles stay in force, and the failure is logged at
+// error level and counted until the file is fixed.
+type trustReloader struct {
+	cfg      config.Config
+	verifier *identity.Verifier
+	logger   hclog.Logger
+	interval time.Duration
+	errors   prometheus.Counter
+	failing  prometheus.Gauge
+
+	mu   sync.Mutex
+	last [32]byte // digest of the files last applied
+}
+
+func newTrustReloader(cfg config.Config, v *identity.Verifier, logger hclog.Logger, reg prometheus.Registerer) *trustReloader {
+	r := &trustReloader{
+		cfg: cfg, verifier: v, logger: logger, interval: 2 * time.Second,
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "agentauthz_trust_bundle_reload_errors_total",
+			Help: "Trust bundle reloads refused because a file was missing or invalid; the last valid bundles stay.",
+		}),
+		failing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "agentauthz_trust_bundle_stale",
+			Help: "1 while a trust bundle file cannot be loaded and the last valid bundles are in force.",
+		}),
+	}
+	reg.MustRegister(r.errors, r.failing)
+	r.last, _ = r.digest()
+	return r
+}
+
+// digest hashes the contents of every bundle file.
+func (r *trustReloader) digest() ([32]byte, error) {
+	h := sha256.New()
+	var errs []error
+	for _, tb := range r.cfg.TrustBundles {
+		if tb.File == "" {
+			continue
+		}
+		data, err := os.ReadFile(tb.File)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		h.Write([]byte(tb.TrustDomain))
+		h.Write(data)
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum, errors.Join(errs...)
+}
+
+// Reload loads the bundle files and swaps them in if they all load.
+func (r *trustReloader) Reload() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sum, _ := r.digest()
+	bundles, _, err := loadTrust(r.cfg)
+	if err == nil {
+		err = r.verifier.SetBundles(bundles)
+	}
+	if err != nil {
+		r.errors.Inc()
+		r.failing.Set(1)
+		r.logger.Error("trust bundles not reloaded; the last valid bundles stay in force", "error", err)
+		return err
+	}
+	r.failing.Set(0)
+	if !bytes.Equal(sum[:], r.last[:]) {
+		r.logger.Info("trust bundles reloaded", "bundles", len(bundles))
+	}
+	r.last = sum
+	return nil
+}
+
+// Run polls the files and reloads when their contents change, and keeps
+// retrying (loudly) while they are broken.
+func (r *trustReloader) Run(ctx context.Context) error {
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		sum, err := r.digest()
+		r.mu.Lock()
+		changed := err != nil || !bytes.Equal(sum[:], r.last[:])
+		r.mu.Unlock()
+		if changed {
+			_ = r.Reload()
+		}
+	}
+}
