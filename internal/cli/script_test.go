@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"testing"
 
@@ -25,5 +27,23 @@ func TestScript(t *testing.T) {
 			env.Setenv("AGENTAUTHZ_DATA_DIR", env.WorkDir+"/data")
 			return nil
 		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"certserial": cmdCertSerial,
+		},
 	})
+}
+
+// cmdCertSerial sets an environment variable to the serial (lowercase hex) of
+// the first certificate in a PEM file: certserial VAR FILE.
+func cmdCertSerial(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: certserial VAR FILE")
+	}
+	blk, _ := pem.Decode([]byte(ts.ReadFile(args[1])))
+	if blk == nil {
+		ts.Fatalf("%s: no PEM block", args[1])
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	ts.Check(err)
+	ts.Setenv(args[0], c.SerialNumber.Text(16))
 }
