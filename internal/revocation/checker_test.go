@@ -21,10 +21,10 @@ func TestTenantWithoutSourcesNeedsNoData(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got := c.Check("quiet.test", "1f", "bot"); got != "" {
-		t.Errorf("tenant without sources: %q", got)
+		t.Errorf("tenant without sources: %q", string(got))
 	}
 	if got := c.Check("unconfigured.test", "1f", "bot"); got != "" {
-		t.Errorf("unconfigured tenant: %q", got)
+		t.Errorf("unconfigured tenant: %q", string(got))
 	}
 	if !c.Ready() {
 		t.Error("not ready without sources")
@@ -58,7 +58,7 @@ func TestUnloadedSourceFailsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got := c.Check(td, "1f", "bot"); got != reason.RevocationStatusUnknown {
-		t.Errorf("before any load: %q", got)
+		t.Errorf("before any load: %q", string(got))
 	}
 	if c.Ready() {
 		t.Error("ready before any load")
@@ -77,10 +77,10 @@ func TestFileSource(t *testing.T) {
 	}}})
 	waitFor(t, "ready", c.Ready)
 	if got := c.Check(td, serialOf(a), "bot-a"); got != reason.CertificateRevoked {
-		t.Errorf("revoked serial: %q", got)
+		t.Errorf("revoked serial: %q", string(got))
 	}
 	if got := c.Check(td, serialOf(b), "bot-b"); got != "" {
-		t.Errorf("good serial: %q", got)
+		t.Errorf("good serial: %q", string(got))
 	}
 
 	// A new CRL is picked up through fsnotify (the poll interval is an hour).
@@ -96,7 +96,7 @@ func TestFileSource(t *testing.T) {
 		return metric(t, reg, "agentauthz_revocation_refresh_errors_total", map[string]string{"tenant": td, "source": "file"}) >= 1
 	})
 	if got := c.Check(td, serialOf(b), "bot-b"); got != reason.CertificateRevoked {
-		t.Errorf("after older CRL: %q", got)
+		t.Errorf("after older CRL: %q", string(got))
 	}
 
 	// A tampered CRL is refused; data stays.
@@ -107,7 +107,7 @@ func TestFileSource(t *testing.T) {
 		return metric(t, reg, "agentauthz_revocation_refresh_errors_total", map[string]string{"tenant": td, "source": "file"}) >= 2
 	})
 	if got := c.Check(td, serialOf(b), "bot-b"); got != reason.CertificateRevoked {
-		t.Errorf("after tampered CRL: %q", got)
+		t.Errorf("after tampered CRL: %q", string(got))
 	}
 }
 
@@ -128,7 +128,7 @@ func TestTamperedCRLNeverLoads(t *testing.T) {
 		t.Error("ready with a tampered CRL")
 	}
 	if got := c.Check(td, "1234", "bot"); got != reason.RevocationStatusUnknown {
-		t.Errorf("Check = %q", got)
+		t.Errorf("Check = %q", string(got))
 	}
 }
 
@@ -145,7 +145,7 @@ func TestOtherTenantsCARefused(t *testing.T) {
 		return metric(t, reg, "agentauthz_revocation_refresh_errors_total", map[string]string{"tenant": "mine.test", "source": "url"}) >= 2
 	})
 	if got := c.Check("mine.test", serialOf(leaf), "bot"); got != reason.RevocationStatusUnknown {
-		t.Errorf("mine.test with only a foreign CRL: %q", got)
+		t.Errorf("mine.test with only a foreign CRL: %q", string(got))
 	}
 	// The same CRL is fine for the tenant whose CA signed it.
 	waitCheck(t, c, "theirs.test", serialOf(leaf), "bot", reason.CertificateRevoked)
@@ -164,7 +164,7 @@ func TestStaleThenRecovery(t *testing.T) {
 	}}})
 	waitFor(t, "ready", c.Ready)
 	if got := c.Check(td, serialOf(leaf), "bot"); got != "" {
-		t.Fatalf("fresh: %q", got)
+		t.Fatalf("fresh: %q", string(got))
 	}
 
 	// The source goes down. Within nextUpdate+grace the old data serves.
@@ -173,15 +173,15 @@ func TestStaleThenRecovery(t *testing.T) {
 	waitFor(t, "failed polls", func() bool { return srv.requests.Load() > before+1 })
 	clk.Set(t0.Add(time.Hour + 9*time.Minute))
 	if got := c.Check(td, serialOf(leaf), "bot"); got != "" {
-		t.Errorf("within grace: %q", got)
+		t.Errorf("within grace: %q", string(got))
 	}
 	// Past it, every check fails closed, except what is known revoked.
 	clk.Set(t0.Add(time.Hour + 10*time.Minute + time.Second))
 	if got := c.Check(td, serialOf(leaf), "bot"); got != reason.RevocationStatusUnknown {
-		t.Errorf("past nextUpdate+grace: %q", got)
+		t.Errorf("past nextUpdate+grace: %q", string(got))
 	}
 	if got := c.Check(td, serialOf(revoked), "gone"); got != reason.CertificateRevoked {
-		t.Errorf("revoked while stale: %q", got)
+		t.Errorf("revoked while stale: %q", string(got))
 	}
 	if got := metric(t, reg, "agentauthz_revocation_stale", map[string]string{"tenant": td}); got != 1 {
 		t.Errorf("stale metric = %v", got)
@@ -209,7 +209,7 @@ func TestURLNotModified(t *testing.T) {
 	}}})
 	waitFor(t, "two 304s", func() bool { return srv.notMod.Load() >= 2 })
 	if got := c.Check(td, serialOf(revoked), "gone"); got != reason.CertificateRevoked {
-		t.Errorf("after 304s: %q", got)
+		t.Errorf("after 304s: %q", string(got))
 	}
 	if srv.condition.Load() < 2 {
 		t.Errorf("conditional requests = %d", srv.condition.Load())
@@ -280,10 +280,10 @@ func TestPushAppliesRevocations(t *testing.T) {
 	// Agent-level revocation holds for a certificate not on the CRL (a
 	// renewal the CA has not yet published, or any other of its certs).
 	if got := c.Check(td, "abcdef", "bot-a"); got != reason.AgentRevoked {
-		t.Errorf("other cert of revoked agent: %q", got)
+		t.Errorf("other cert of revoked agent: %q", string(got))
 	}
 	if got := c.Check(td, serialOf(b), "bot-b"); got != "" {
-		t.Errorf("bot-b after bot-a's revocation: %q", got)
+		t.Errorf("bot-b after bot-a's revocation: %q", string(got))
 	}
 	// Agent-only revocation.
 	store.revokeAgent("bot-x")
@@ -390,5 +390,56 @@ func TestCheckDoesNotAllocate(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("Check allocates %v times per call", allocs)
+	}
+}
+
+func TestSetCAsRotation(t *testing.T) {
+	oldCA, newCA := testca.New(t), testca.New(t)
+	a := oldCA.Issue("bot-a")
+	now := time.Now()
+	path := tempFile(t, "ca.crl")
+	writeFile(t, path, oldCA.CRL(1, now, now.Add(time.Hour), a.Cert.SerialNumber))
+	c, reg := start(t, Config{Tenants: map[string]TenantConfig{td: {
+		CAs: []*x509.Certificate{oldCA.Cert}, CRLFiles: []string{path}, PollInterval: time.Hour,
+	}}})
+	waitCheck(t, c, td, serialOf(a), "bot-a", reason.CertificateRevoked)
+
+	// The new CA's CRL is refused until the bundle lists it. (testca
+	// numbers serials alike in every CA; skip ahead to avoid a collision.)
+	newCA.Issue("skip")
+	b := newCA.Issue("bot-b")
+	writeFile(t, path, newCA.CRL(1, now, now.Add(time.Hour), b.Cert.SerialNumber))
+	waitFor(t, "refusal counted", func() bool {
+		return metric(t, reg, "agentauthz_revocation_refresh_errors_total", map[string]string{"tenant": td, "source": "file"}) >= 1
+	})
+	if got := c.Check(td, serialOf(b), "bot-b"); got != "" {
+		t.Errorf("unlisted CA's CRL applied: %q", string(got))
+	}
+
+	// Both CAs: the old CA's CRL stays, the new one's is accepted.
+	if err := c.SetCAs(td, []*x509.Certificate{newCA.Cert, oldCA.Cert}); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Check(td, serialOf(a), "bot-a"); got != reason.CertificateRevoked {
+		t.Errorf("old CA's CRL lost on SetCAs: %q", string(got))
+	}
+	writeFile(t, path, newCA.CRL(2, now, now.Add(time.Hour), b.Cert.SerialNumber))
+	waitCheck(t, c, td, serialOf(b), "bot-b", reason.CertificateRevoked)
+	if got := c.Check(td, serialOf(a), "bot-a"); got != reason.CertificateRevoked {
+		t.Errorf("old CA's CRL replaced by the new CA's: %q", string(got))
+	}
+
+	// Old CA removed: its CRL goes, the new CA's stays.
+	if err := c.SetCAs(td, []*x509.Certificate{newCA.Cert}); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Check(td, serialOf(a), "bot-a"); got != "" {
+		t.Errorf("removed CA's CRL still applied: %q", string(got))
+	}
+	if got := c.Check(td, serialOf(b), "bot-b"); got != reason.CertificateRevoked {
+		t.Errorf("new CA's CRL lost: %q", string(got))
+	}
+	if err := c.SetCAs(td, nil); err == nil {
+		t.Error("SetCAs without CAs accepted")
 	}
 }

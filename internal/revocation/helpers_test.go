@@ -78,7 +78,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func waitCheck(t *testing.T, c *Checker, tenant, serial, agent string, want reason.Code) {
 	t.Helper()
 	var got reason.Code
-	waitFor(t, fmt.Sprintf("Check(%s, %s, %s) = %q (last %q)", tenant, serial, agent, want, got), func() bool {
+	waitFor(t, fmt.Sprintf("Check(%s, %s, %s) = %q (last %q)", tenant, serial, agent, string(want), string(got)), func() bool {
 		got = c.Check(tenant, serial, agent)
 		return got == want
 	})

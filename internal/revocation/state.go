@@ -2,8 +2,11 @@ package revocation
 
 import (
 	"bytes"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -83,10 +86,22 @@ func (t *tenantState) snapLocked() *tenantSnap {
 // it is valid and not older than what is held, makes it current.
 func (c *Checker) apply(tenant string, src int, data []byte) error {
 	t := c.tenants[tenant]
-	crl, err := ParseCRL(data, t.cfg.CAs, c.maxBytes)
+	c.mu.Lock()
+	cas := t.cfg.CAs
+	c.mu.Unlock()
+	// Parse and verify outside the lock: a large CRL takes a while, and
+	// metrics scrapes and other sources should not wait for it.
+	crl, err := ParseCRL(data, cas, c.maxBytes)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := t.sources[src]
+	if err == nil {
+		// SetCAs may have run meanwhile: find the verifying CA again.
+		crl.CA = slices.IndexFunc(t.cfg.CAs, func(ca *x509.Certificate) bool { return ca.Equal(cas[crl.CA]) })
+		if crl.CA < 0 {
+			err = ErrCRLSignature
+		}
+	}
 	if err != nil {
 		t.errs[s.kind]++
 		c.log.Error("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where, "error", err)
@@ -184,4 +199,37 @@ func (c *Checker) setPush(tenant string, connected bool) {
 		c.log.Warn("revocation: push channel lost; falling back to polling the crl", "tenant", tenant,
 			"url", t.cfg.WatchURL, "interval", t.cfg.PollInterval)
 	}
+}
+
+// SetCAs replaces the CA certificates that verify tenant's CRLs, for a trust
+// bundle reload. CRLs held from a CA that is still listed stay in force;
+// those of a removed CA are dropped, so if no CRL is left the tenant answers
+// revocation_status_unknown until a source delivers one from a listed CA
+// (CRL files and URLs within their poll interval; a watch stream on its next
+// event or reconnect). A tenant that had no sources cannot gain any here.
+func (c *Checker) SetCAs(tenant string, cas []*x509.Certificate) error {
+	if len(cas) == 0 || slices.Contains(cas, nil) {
+		return fmt.Errorf("revocation: tenant %q: no CA certificate to verify CRLs", tenant)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.tenants[tenant]
+	if !ok {
+		return nil
+	}
+	held := make([]*CRL, len(cas))
+	for i, ca := range cas {
+		for j, old := range t.cfg.CAs {
+			if ca.Equal(old) && t.held[j] != nil {
+				crl := *t.held[j]
+				crl.CA = i
+				held[i] = &crl
+			}
+		}
+	}
+	t.cfg.CAs = slices.Clone(cas)
+	t.held = held
+	t.snap = nil
+	c.publishLocked()
+	return nil
 }
