@@ -23,6 +23,23 @@ var manifestDirs = []string{"istio", "kubernetes"}
 // there is no includePeerCertificate.
 var grpcProviderFields = []string{"service", "port", "timeout", "failOpen", "clearRouteCache", "statusOnError", "includeRequestBodyInCheck"}
 
+// apiVersions pins each kind the kit uses to the API version it is written
+// for; a new kind must be added here, with assertions below.
+var apiVersions = map[string]string{
+	"Namespace":           "v1",
+	"ServiceAccount":      "v1",
+	"ConfigMap":           "v1",
+	"Service":             "v1",
+	"Deployment":          "apps/v1",
+	"PodDisruptionBudget": "policy/v1",
+	"IstioOperator":       "install.istio.io/v1alpha1",
+	"PeerAuthentication":  "security.istio.io/v1",
+	"AuthorizationPolicy": "security.istio.io/v1",
+	"Gateway":             "networking.istio.io/v1",
+	"VirtualService":      "networking.istio.io/v1",
+	"EnvoyFilter":         "networking.istio.io/v1alpha3",
+}
+
 // checkManifests asserts what docs/istio.md relies on, across files.
 func checkManifests(ms []manifest) error {
 	var errs []error
@@ -34,6 +51,11 @@ func checkManifests(ms []manifest) error {
 		if m.kind() == "" || m.name() == "" {
 			errs = append(errs, fmt.Errorf("%s: document without kind or metadata.name", m.file))
 			continue
+		}
+		if want, ok := apiVersions[m.kind()]; !ok {
+			add(m, "kind not known to the kit's checks")
+		} else if got := dig(m.doc, "apiVersion"); got != want {
+			add(m, "apiVersion %v, want %s", got, want)
 		}
 		byKind[m.kind()] = append(byKind[m.kind()], m)
 	}
@@ -384,6 +406,7 @@ func manifestMutations() []manifestMutation {
 		}
 	}
 	return []manifestMutation{
+		{"policy apiVersion typo", "AuthorizationPolicy", "", func(d map[string]any) { set(d, "security.istio.io/v1beta", "apiVersion") }, "apiVersion"},
 		{"policy action ALLOW", "AuthorizationPolicy", "", func(d map[string]any) { set(d, "ALLOW", "spec", "action") }, "CUSTOM"},
 		{"policy names an unknown provider", "AuthorizationPolicy", "", func(d map[string]any) { set(d, "opa", "spec", "provider", "name") }, "not registered"},
 		{"policy without rules", "AuthorizationPolicy", "", func(d map[string]any) { del(d, "spec", "rules") }, "no rules"},
