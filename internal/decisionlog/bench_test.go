@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"fmt"
 	"sort"
 	"sync"
 	"testing"
@@ -46,15 +47,21 @@ func BenchmarkRecordVerify(b *testing.B) {
 }
 
 // BenchmarkAppendSync measures sync-mode throughput (records/s, one fsync
-// per group commit) and Append latency percentiles with 64 concurrent
-// appenders per CPU, as the decision path would call it.
+// per group commit) and Append latency percentiles with 1, 8 and 64
+// concurrent appenders per CPU, as the decision path would call it.
 func BenchmarkAppendSync(b *testing.B) {
+	for _, p := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("appenders=%dxCPU", p), func(b *testing.B) { benchAppend(b, p) })
+	}
+}
+
+func benchAppend(b *testing.B, parallelism int) {
 	o := testOptions(b)
 	l := mustOpen(b, o)
 	defer l.Close()
 	var mu sync.Mutex
 	var lat []time.Duration
-	b.SetParallelism(64)
+	b.SetParallelism(parallelism)
 	b.ResetTimer()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
