@@ -227,10 +227,14 @@ func TestURLNotModified(t *testing.T) {
 
 // startPublisher serves a Publisher over store; the returned handler switch
 // takes the watch endpoint down while the CRL endpoint stays up.
-func startPublisher(t *testing.T, store Store) (*httptest.Server, *Publisher, func(down bool)) {
+func startPublisher(t *testing.T, store Store, inlineLimit ...int) (*httptest.Server, *Publisher, func(down bool)) {
 	t.Helper()
-	pub, err := NewPublisher(PublisherConfig{Store: store, Logger: testLogger(t), GenerationPoll: 5 * time.Millisecond,
-		Heartbeat: 50 * time.Millisecond, NotFound: errUnknownTenant})
+	cfg := PublisherConfig{Store: store, Logger: testLogger(t), GenerationPoll: 5 * time.Millisecond,
+		Heartbeat: 50 * time.Millisecond, NotFound: errUnknownTenant}
+	if len(inlineLimit) > 0 {
+		cfg.InlineCRLLimit = inlineLimit[0]
+	}
+	pub, err := NewPublisher(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,6 +294,56 @@ func TestPushAppliesRevocations(t *testing.T) {
 	waitCheck(t, c, td, serialOf(x), "bot-x", reason.AgentRevoked)
 	if got := metric(t, reg, "agentauthz_revocation_revoked_agents", map[string]string{"tenant": td}); got != 2 {
 		t.Errorf("revoked_agents = %v", got)
+	}
+}
+
+// TestPushLargeCRLFetched: a CRL above the inline limit is announced by
+// ETag and fetched from the CRL endpoint.
+func TestPushLargeCRLFetched(t *testing.T) {
+	ca := testca.New(t)
+	a := ca.Issue("bot-a")
+	store := newFakeStore(ca)
+	var fetches atomicCounter
+	srv, _, _ := startPublisher(t, store, 1)
+	proxy := newHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, CRLPath) {
+			fetches.add()
+		}
+		// Stream through to the publisher, flushing as it goes.
+		req, _ := http.NewRequestWithContext(r.Context(), r.Method, srv.URL+r.URL.RequestURI(), nil)
+		req.Header = r.Header.Clone()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			if n > 0 {
+				w.Write(buf[:n])
+				w.(http.Flusher).Flush()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}))
+	c, _ := start(t, Config{Tenants: map[string]TenantConfig{td: {
+		CAs: []*x509.Certificate{ca.Cert}, WatchURL: proxy.URL + WatchPath, PollInterval: time.Hour,
+	}}})
+	waitFor(t, "ready", c.Ready)
+	before := fetches.get()
+	store.revokeAgent("bot-a", a.Cert.SerialNumber)
+	waitCheck(t, c, td, serialOf(a), "", reason.CertificateRevoked)
+	waitCheck(t, c, td, "abcdef", "bot-a", reason.AgentRevoked)
+	if fetches.get() <= before {
+		t.Error("CRL was not fetched after an ETag-only event")
 	}
 }
 

@@ -37,6 +37,7 @@ const (
 	DefaultGenerationPoll  = 100 * time.Millisecond
 	DefaultHeartbeat       = 15 * time.Second
 	DefaultRefreshInterval = 30 * time.Second
+	DefaultInlineCRLLimit  = 1 << 20
 	maxPublishedTenants    = 4096
 )
 
@@ -56,6 +57,11 @@ type PublisherConfig struct {
 	// RefreshInterval re-reads every tenant's CRL even without a new
 	// generation, to pick up a CRL re-signed before its nextUpdate.
 	RefreshInterval time.Duration
+	// InlineCRLLimit is the largest CRL sent inside a watch event; larger
+	// ones are announced by ETag and fetched from the CRL endpoint, so a
+	// million-entry CRL is not copied into every event.
+	// DefaultInlineCRLLimit when zero.
+	InlineCRLLimit int
 	// NotFound is the store's "unknown tenant" sentinel (ca.ErrNotFound);
 	// such requests get 404 instead of 503.
 	NotFound error
@@ -68,6 +74,7 @@ type Publisher struct {
 	notFound                       error
 	log                            hclog.Logger
 	genPoll, heartbeat, refreshInt time.Duration
+	inlineLimit                    int
 	watchers                       prometheus.Gauge
 	events                         prometheus.Counter
 
@@ -99,14 +106,15 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		return nil, errors.New("revocation: publisher needs a store")
 	}
 	p := &Publisher{
-		store:      cfg.Store,
-		notFound:   cfg.NotFound,
-		log:        cfg.Logger,
-		genPoll:    cfg.GenerationPoll,
-		heartbeat:  cfg.Heartbeat,
-		refreshInt: cfg.RefreshInterval,
-		closing:    make(chan struct{}),
-		tenants:    map[string]*pubTenant{},
+		store:       cfg.Store,
+		notFound:    cfg.NotFound,
+		log:         cfg.Logger,
+		genPoll:     cfg.GenerationPoll,
+		heartbeat:   cfg.Heartbeat,
+		refreshInt:  cfg.RefreshInterval,
+		inlineLimit: cfg.InlineCRLLimit,
+		closing:     make(chan struct{}),
+		tenants:     map[string]*pubTenant{},
 		watchers: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "agentauthz_revocation_publisher_watchers", Help: "Open watch streams."}),
 		events: prometheus.NewCounter(prometheus.CounterOpts{
@@ -120,6 +128,9 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	}
 	if p.heartbeat <= 0 {
 		p.heartbeat = DefaultHeartbeat
+	}
+	if p.inlineLimit <= 0 {
+		p.inlineLimit = DefaultInlineCRLLimit
 	}
 	if p.refreshInt <= 0 {
 		p.refreshInt = DefaultRefreshInterval
@@ -214,11 +225,16 @@ func (p *Publisher) refresh(tenant string) (*pubState, error) {
 	if agents == nil {
 		agents = []string{}
 	}
-	data, err := json.Marshal(WatchEvent{Generation: gen, Tenant: tenant, CRL: crl, RevokedAgents: agents})
+	sum := sha256.Sum256(crl)
+	etag := `"` + hex.EncodeToString(sum[:16]) + `"`
+	ev := WatchEvent{Generation: gen, Tenant: tenant, CRL: crl, RevokedAgents: agents}
+	if len(crl) > p.inlineLimit {
+		ev.CRL, ev.CRLETag = nil, etag
+	}
+	data, err := json.Marshal(ev)
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(crl)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	t := p.tenants[tenant]
@@ -233,13 +249,13 @@ func (p *Publisher) refresh(tenant string) (*pubState, error) {
 	if old != nil && bytes.Equal(old.crl, crl) && slices.Equal(old.agents, agents) {
 		return old, nil
 	}
-	var ev bytes.Buffer
-	fmt.Fprintf(&ev, "event: revocation\nid: %d\ndata: %s\n\n", gen, data)
+	var sse bytes.Buffer
+	fmt.Fprintf(&sse, "event: revocation\nid: %d\ndata: %s\n\n", gen, data)
 	st := &pubState{
-		event:   ev.Bytes(),
+		event:   sse.Bytes(),
 		crl:     crl,
 		agents:  agents,
-		etag:    `"` + hex.EncodeToString(sum[:16]) + `"`,
+		etag:    etag,
 		modTime: time.Now(),
 		changed: make(chan struct{}),
 	}

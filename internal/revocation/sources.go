@@ -254,7 +254,7 @@ func (c *Checker) runWatch(ctx context.Context, tenant string, src int, watchURL
 	backoff := backoffMin
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := c.stream(ctx, tenant, src, wu, &connected)
+		err := c.stream(ctx, tenant, src, wu, crlURL, &connected)
 		connected.Store(false)
 		if ctx.Err() != nil {
 			return
@@ -300,7 +300,7 @@ func watchURLs(raw, tenant string) (watch, crl string, err error) {
 }
 
 // stream reads one watch connection until it fails or ctx is done.
-func (c *Checker) stream(ctx context.Context, tenant string, src int, u string, connected *atomic.Bool) error {
+func (c *Checker) stream(ctx context.Context, tenant string, src int, u, crlURL string, connected *atomic.Bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
@@ -327,6 +327,7 @@ func (c *Checker) stream(ctx context.Context, tenant string, src int, u string, 
 	maxLine := c.maxBytes*4/3 + maxSSELineOverhead
 	var event string
 	var data bytes.Buffer
+	var cond conditional // for CRLs announced by ETag
 	for {
 		line, err := readLine(br, maxLine)
 		if err != nil {
@@ -336,7 +337,7 @@ func (c *Checker) stream(ctx context.Context, tenant string, src int, u string, 
 		switch {
 		case len(line) == 0:
 			if data.Len() > 0 && (event == "" || event == "revocation") {
-				if err := c.handleEvent(tenant, src, data.Bytes()); err != nil {
+				if err := c.handleEvent(ctx, tenant, src, data.Bytes(), crlURL, &cond); err != nil {
 					return err
 				}
 				if !connected.Load() {
@@ -370,13 +371,23 @@ func (c *Checker) stream(ctx context.Context, tenant string, src int, u string, 
 // handleEvent applies one watch event. A CRL that fails verification is
 // refused (and logged by apply) and so is the agent list that came with it:
 // both come from the same server.
-func (c *Checker) handleEvent(tenant string, src int, data []byte) error {
+func (c *Checker) handleEvent(ctx context.Context, tenant string, src int, data []byte, crlURL string, cond *conditional) error {
 	var ev WatchEvent
 	if err := json.Unmarshal(data, &ev); err != nil {
 		return fmt.Errorf("decode event: %w", err)
 	}
 	if ev.Tenant != tenant {
 		return fmt.Errorf("event for tenant %q on the stream of %q", ev.Tenant, tenant)
+	}
+	if len(ev.CRL) == 0 && ev.CRLETag != "" {
+		// Too large to inline: fetch it unless it is the one applied last.
+		if ev.CRLETag != cond.etag {
+			if err := c.fetchCRL(ctx, tenant, src, crlURL, cond); err != nil {
+				return err
+			}
+		}
+		c.setAgents(tenant, ev.RevokedAgents)
+		return nil
 	}
 	if len(ev.CRL) == 0 {
 		return errors.New("event without crl")

@@ -13,7 +13,9 @@ package revocation
 //	data: {"generation":42,"tenant":"example.test","crl":"<base64 DER>","revoked_agents":["bot-1"]}
 //
 // Every event carries the full state (the whole CRL and the whole agent
-// list), so a replica never needs history: a reconnect is a resync.
+// list), so a replica never needs history: a reconnect is a resync. A CRL
+// larger than the publisher's inline limit is not inlined: the event carries
+// "crl_etag" instead and the replica fetches GET /v1/crl/<tenant>.
 
 // Paths served by Publisher.
 const (
@@ -30,7 +32,10 @@ type WatchEvent struct {
 	Tenant string `json:"tenant"`
 	// CRL is the tenant's current CRL, DER, standard base64 in JSON. It is
 	// verified like any other CRL before use.
-	CRL []byte `json:"crl"`
+	CRL []byte `json:"crl,omitempty"`
+	// CRLETag is set instead of CRL when the CRL is too large to inline:
+	// the ETag of the CRL now served at CRLPath+Tenant.
+	CRLETag string `json:"crl_etag,omitempty"`
 	// RevokedAgents lists agent ids under an agent-level revocation.
 	RevokedAgents []string `json:"revoked_agents"`
 }
