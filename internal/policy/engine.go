@@ -388,4 +388,3 @@ func watchDir(w interface{ Add(string) error }, dir string) error {
 		return nil
 	})
 }
-
