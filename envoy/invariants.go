@@ -38,15 +38,15 @@ const (
 	MaxCheckBodyBytes = 64 << 10
 )
 
-// IdentityHeaders are the request headers only agentauthz may set. A client
+// identityHeaders are the request headers only agentauthz may set. A client
 // that sends them must not reach the upstream with them.
-var identityHeaders = []string{
+var identityHeaders = [...]string{
 	"x-agent-id", "x-agent-spiffe-id", "x-agent-trust-level", "x-agent-scopes",
 	"x-agent-owner", "x-agent-receipt", "x-decision-id",
 }
 
 // IdentityHeaders returns the request headers only agentauthz may set.
-func IdentityHeaders() []string { return slices.Clone(identityHeaders) }
+func IdentityHeaders() []string { return slices.Clone(identityHeaders[:]) }
 
 // AccessLogFields are the access-log operators that tie an Envoy log line to
 // agentauthz's decision record.
