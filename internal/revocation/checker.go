@@ -83,7 +83,8 @@ type Checker struct {
 	// heartbeat) for this long; a field so tests can shorten it.
 	idleTimeout time.Duration
 
-	snap atomic.Pointer[snapshot]
+	snap    atomic.Pointer[snapshot]
+	running atomic.Bool
 
 	mu      sync.Mutex // guards tenants and serialises snapshot rebuilds
 	tenants map[string]*tenantState

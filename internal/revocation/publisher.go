@@ -261,6 +261,11 @@ func (p *Publisher) refresh(tenant string) (*pubState, error) {
 	}
 	if old != nil && bytes.Equal(old.crl, crl) {
 		st.modTime = old.modTime
+	} else if old != nil && !st.modTime.Truncate(time.Second).After(old.modTime.Truncate(time.Second)) {
+		// Last-Modified has one-second resolution: a client holding only
+		// If-Modified-Since must still see a CRL that changed within the
+		// same second.
+		st.modTime = old.modTime.Truncate(time.Second).Add(time.Second)
 	}
 	t.state = st
 	if old != nil {

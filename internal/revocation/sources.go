@@ -48,10 +48,14 @@ func defaultHTTPClient() *http.Client {
 	}}
 }
 
-// Run keeps every configured source loaded until ctx is done. It returns nil
-// on cancellation; source failures are logged and counted, never fatal, since
+// Run keeps every configured source loaded until ctx is done; call it once.
+// It returns nil on cancellation; source failures are logged and counted, never fatal, since
 // the previous data stays in force until it goes stale.
 func (c *Checker) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("revocation: Run called twice")
+	}
+	defer c.running.Store(false)
 	g, ctx := errgroup.WithContext(ctx)
 	for _, name := range c.order {
 		t := c.tenants[name]
