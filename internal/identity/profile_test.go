@@ -349,3 +349,50 @@ func TestValidators(t *testing.T) {
 		}
 	}
 }
+
+// TestDocsAgentPassRecipe runs the openssl recipe in docs/identity.md as
+// written and checks that its certificate is accepted under an agentpass
+// bundle, so the documentation cannot drift from the code.
+func TestDocsAgentPassRecipe(t *testing.T) {
+	openssl, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Skip("openssl not installed")
+	}
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("bash not installed")
+	}
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "identity.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const first = "openssl ecparam -name prime256v1 -genkey -noout -out ca.key"
+	start := strings.Index(string(doc), first)
+	end := strings.Index(string(doc), "openssl asn1parse")
+	if start < 0 || end < start {
+		t.Fatal("openssl recipe not found in docs/identity.md")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(bash, "-e", "-c", string(doc[start:end]))
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(openssl)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("recipe: %v\n%s", err, out)
+	}
+	b, err := LoadBundle("acme.example", filepath.Join(dir, "ca.pem"), ProfileAgentPass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier(Config{Bundles: []Bundle{b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemData, err := os.ReadFile(filepath.Join(dir, "agent.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := allowed(t, v, peerAttrs(url.QueryEscape(string(pemData))))
+	if a.ID != "payments-bot-1" || a.TrustLevel != 3 || !reflect.DeepEqual(a.Scopes, []string{"accounts:read", "payments:initiate"}) {
+		t.Fatalf("agent %+v", a)
+	}
+}
