@@ -215,6 +215,13 @@ func newAgentReissueCmd(dataDir *string) *cobra.Command {
 			if req.TrustDomain, err = caResolveTrustDomain(a, af.td, req.AgentID); err != nil {
 				return caError(err, *dataDir)
 			}
+			if !cmd.Flags().Changed("owner") { // the owner carries over unless changed
+				d, err := a.Show(req.TrustDomain, req.AgentID)
+				if err != nil {
+					return caError(err, *dataDir)
+				}
+				req.Owner = d.Agent.Owner
+			}
 			iss, err := a.Reissue(req)
 			if err != nil {
 				return caError(err, *dataDir)

@@ -73,6 +73,9 @@ func newCAInitCmd(dataDir *string) *cobra.Command {
 			}
 			defer a.Close()
 			info, err := a.Init(req)
+			if errors.Is(err, ca.ErrExists) {
+				return withHint(err, "agentauthz ca list shows the existing CAs; choose another --trust-domain")
+			}
 			if err != nil {
 				return caError(err, *dataDir)
 			}
@@ -121,6 +124,9 @@ func newCAImportCmd(dataDir *string) *cobra.Command {
 			}
 			defer a.Close()
 			info, err := a.Import(req)
+			if errors.Is(err, ca.ErrExists) {
+				return withHint(err, "agentauthz ca list shows the existing CAs; choose another --trust-domain")
+			}
 			if err != nil {
 				return caError(err, *dataDir)
 			}
