@@ -208,6 +208,12 @@ func newRecordPrinter(out io.Writer, asJSON bool) *recordPrinter {
 	return &recordPrinter{asJSON: asJSON, out: out, tw: tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)}
 }
 
+// following switches to fixed minimum column widths, so rows printed one
+// at a time (tail -f) still line up with the header.
+func (p *recordPrinter) following() {
+	p.tw = tabwriter.NewWriter(p.out, 14, 4, 2, ' ', 0)
+}
+
 func (p *recordPrinter) print(r *decisionlog.Record) error {
 	if p.asJSON {
 		b, err := json.Marshal(r)
@@ -422,6 +428,9 @@ func newAuditTailCmd() *cobra.Command {
 			r := decisionlog.NewReader(logDir)
 			defer r.Close()
 			p := newRecordPrinter(cmd.OutOrStdout(), asJSON)
+			if follow {
+				p.following()
+			}
 			var last []*decisionlog.Record
 			err := scanLog(r, cmd.ErrOrStderr(), func(e decisionlog.Entry) error {
 				if f.match(e.Record) {

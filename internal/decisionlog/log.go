@@ -382,6 +382,12 @@ func truncateDurable(path string, size int64) error {
 // Failures wrap ErrUnavailable (deny with decision_log_unavailable).
 func (l *Log) Append(ctx context.Context, rec *Record) (Receipt, error) {
 	_ = ctx // deliberately not consulted, see above
+	if rec != nil && rec.Kind != "" && rec.Kind != KindDecision {
+		// Only Rotate writes other kinds: a forged hand-over would send
+		// verifiers to a key the log does not sign with.
+		l.m.appends.WithLabelValues("invalid").Inc()
+		return Receipt{}, fmt.Errorf("decision log: Append takes decision records, not %q", rec.Kind)
+	}
 	return l.append(rec, nil, l.opts.Mode == Sync)
 }
 
@@ -396,6 +402,9 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 	}
 	rec.Time = rec.Time.UTC().Truncate(time.Microsecond)
 	rec.Log = l.opts.Name
+	if rec.Decision.Reasons == nil {
+		rec.Decision.Reasons = []string{} // "reasons": [] rather than null
+	}
 
 	l.mu.Lock()
 	switch {

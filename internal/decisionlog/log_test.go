@@ -607,3 +607,34 @@ func gaugeValue(t *testing.T, g prometheus.Gatherer, name string) float64 {
 	t.Fatalf("metric %s not found", name)
 	return 0
 }
+
+func TestAppendIgnoresCancellationAndRejectsForgedKinds(t *testing.T) {
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	rc, err := l.Append(ctx, sampleRecord(0))
+	if err != nil || rc.Seq != 1 {
+		t.Fatalf("Append with a cancelled context: %v %+v", err, rc)
+	}
+	forged := sampleRecord(1)
+	forged.Kind = KindKeyRotation
+	forged.KeyRotation = &KeyRotation{NewKeyID: "x", NewKey: "y"}
+	if _, err := l.Append(context.Background(), forged); err == nil {
+		t.Fatal("Append accepted a key_rotation record")
+	}
+	r := sampleRecord(2)
+	r.Decision.Reasons = nil
+	rc, err = l.Append(context.Background(), r)
+	if err != nil || rc.Seq != 2 || !strings.Contains(rc.JWS, ".") {
+		t.Fatalf("%v %+v", err, rc)
+	}
+	if rec, _ := DecodeRecord(rc.JWS); rec.Decision.Reasons == nil {
+		t.Fatal(`reasons encoded as null, want []`)
+	}
+	l.Close()
+	if _, err := l.Append(context.Background(), sampleRecord(3)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Append after Close = %v", err)
+	}
+	mustVerify(t, o)
+}
