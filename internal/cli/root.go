@@ -92,6 +92,7 @@ func newRoot() *cobra.Command {
 		newAuditCmd(),
 		newReceiptCmd(),
 		newDemoCmd(),
+		newBenchCmd(),
 	)
 	return root
 }

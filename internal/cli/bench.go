@@ -1,0 +1,164 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/agentauthz/agentauthz/internal/loadtest"
+)
+
+// newBenchCmd is `agentauthz bench`: the load harness (internal/loadtest).
+func newBenchCmd() *cobra.Command {
+	var (
+		o                              loadtest.Options
+		concurrencies, routes, revoked string
+		mix, out, jsonOut              string
+		quick                          bool
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load-test the decision path against a no-op and a naive server and print a Markdown report",
+		Long: `Generate a CA, agents, CRLs and policy data, start the real decision service,
+a no-op Check server and the naive protojson reference path as separate
+processes, drive gRPC Check calls at each over loopback with one client, and
+print requests/s, latency percentiles, server CPU, allocations and RSS per
+Check, scaling curves (concurrency, route-table size, revoked serials), p99 at
+half of the maximum throughput and revocation propagation time. See
+docs/performance.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if quick {
+				o.Warmup, o.Duration = 300*time.Millisecond, time.Second
+				if !cmd.Flags().Changed("concurrencies") {
+					concurrencies = "1,16"
+				}
+				if !cmd.Flags().Changed("routes") {
+					routes = "10,1000"
+				}
+				if !cmd.Flags().Changed("revoked") {
+					revoked = "0,10000"
+				}
+				if !cmd.Flags().Changed("propagation-rounds") {
+					o.PropagationRounds = 3
+				}
+			}
+			if o.Concurrencies, err = parseInts("concurrencies", concurrencies); err != nil {
+				return err
+			}
+			if o.RouteTables, err = parseInts("routes", routes); err != nil {
+				return err
+			}
+			if o.RevokedSerials, err = parseInts("revoked", revoked); err != nil {
+				return err
+			}
+			if o.Mix, err = loadtest.ParseMix(mix); err != nil {
+				return withHint(err, "the default is %s", loadtest.DefaultMix)
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find own executable: %w", err)
+			}
+			o.Command = func(ctx context.Context, args ...string) *exec.Cmd {
+				return exec.CommandContext(ctx, exe, args...)
+			}
+			o.Progress = cmd.ErrOrStderr()
+			rep, err := loadtest.Run(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			var md bytes.Buffer
+			if err := rep.Markdown(&md); err != nil {
+				return err
+			}
+			if _, err := cmd.OutOrStdout().Write(md.Bytes()); err != nil {
+				return err
+			}
+			if out != "" {
+				if err := os.WriteFile(out, md.Bytes(), 0o644); err != nil {
+					return err
+				}
+			}
+			if jsonOut != "" {
+				b, err := json.MarshalIndent(rep, "", "  ")
+				if err != nil {
+					return err
+				}
+				if err := os.WriteFile(jsonOut, append(b, '\n'), 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&o.Duration, "duration", 10*time.Second, "measured window of each run")
+	f.DurationVar(&o.Warmup, "warmup", 2*time.Second, "warm-up before each measured window")
+	f.IntVar(&o.Concurrency, "concurrency", 16, "concurrency of the headline comparison")
+	f.StringVar(&concurrencies, "concurrencies", "1,4,16,64", "concurrency curve")
+	f.StringVar(&routes, "routes", "10,100,1000", "route-table sizes (the first is used by the other runs)")
+	f.StringVar(&revoked, "revoked", "0,10000,1000000", "revoked serials in the CRL (the first is used by the other runs)")
+	f.StringVar(&mix, "mix", loadtest.DefaultMix, "request mix, kind=weight,…")
+	f.StringVar(&o.PoliciesDir, "policies", "policies", "shipped policy directory (authz.rego, data.json)")
+	f.IntVar(&o.PropagationRounds, "propagation-rounds", 20, "revocations timed through ca serve and a replica (0 skips)")
+	f.BoolVar(&o.SkipRateLimited, "skip-rate-limited", false, "skip the run at half of the maximum throughput")
+	f.StringVar(&o.ProfileDir, "profile-dir", "", "write a CPU profile of each server mode here")
+	f.StringVar(&o.WorkDir, "work-dir", "", "keep generated files here instead of a temporary directory")
+	f.StringVar(&out, "out", "", "also write the Markdown report to this file")
+	f.StringVar(&jsonOut, "json", "", "also write the report as JSON to this file")
+	f.BoolVar(&quick, "quick", false, "short runs (1 s) and fewer points, for a smoke test")
+	cmd.AddCommand(newBenchServerCmd())
+	return cmd
+}
+
+// newBenchServerCmd is the hidden server half of the harness, re-executed by
+// `agentauthz bench` so that servers run in their own processes.
+func newBenchServerCmd() *cobra.Command {
+	var mode, configFile string
+	cmd := &cobra.Command{
+		Use:    "server",
+		Short:  "Run one bench server (used by agentauthz bench)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			m, err := loadtest.ParseMode(mode)
+			if err != nil {
+				return err
+			}
+			return loadtest.RunServer(cmd.Context(), loadtest.ServerOptions{
+				Mode: m, ConfigFile: configFile, Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr(),
+			})
+		},
+	}
+	cmd.Flags().StringVar(&mode, "mode", "real", "real, noop or naive")
+	cmd.Flags().StringVar(&configFile, "config", "", "serve configuration file")
+	return cmd
+}
+
+func parseInts(name, s string) ([]int, error) {
+	var out []int
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("--%s: %q is not a non-negative integer", name, p)
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--%s: empty list", name)
+	}
+	return out, nil
+}

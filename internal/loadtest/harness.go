@@ -1,0 +1,505 @@
+package loadtest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Options configure a harness run. Zero values take the defaults noted.
+type Options struct {
+	// Command returns a command that runs the agentauthz binary with args;
+	// the harness uses it to start `bench server` and `ca serve` processes.
+	Command func(ctx context.Context, args ...string) *exec.Cmd
+	// PoliciesDir is the shipped policy directory (authz.rego, data.json).
+	PoliciesDir string
+	// WorkDir holds generated certificates, CRLs, policies and decision
+	// logs; a temporary directory (removed afterwards) when empty.
+	WorkDir string
+	// Warmup precedes every measured window; default 2s.
+	Warmup time.Duration
+	// Duration of every measured window; default 10s.
+	Duration time.Duration
+	// Concurrency of the headline comparison; default 16.
+	Concurrency int
+	// Concurrencies of the scaling curve; default 1, 4, 16, 64.
+	Concurrencies []int
+	// RouteTables are the route-table sizes measured; default 10, 100, 1000.
+	// The first is the size used by every other run.
+	RouteTables []int
+	// RevokedSerials are the CRL sizes measured (beyond the mix's own
+	// revoked agents); default 0, 10000, 1000000. The first is used by
+	// every other run.
+	RevokedSerials []int
+	// Mix is the request mix; default DefaultMix.
+	Mix Mix
+	// SkipRateLimited skips the run at half of the maximum throughput.
+	SkipRateLimited bool
+	// PropagationRounds is how many revocations are timed; 0 skips.
+	PropagationRounds int
+	// ProfileDir, when set, receives a CPU profile of each mode at the
+	// headline concurrency (from a separate, unreported run).
+	ProfileDir string
+	// Progress receives one line per step; nil is silent.
+	Progress io.Writer
+}
+
+func (o *Options) defaults() error {
+	if o.Command == nil {
+		return errors.New("loadtest: Options.Command is required")
+	}
+	if o.PoliciesDir == "" {
+		o.PoliciesDir = "policies"
+	}
+	if o.Warmup <= 0 {
+		o.Warmup = 2 * time.Second
+	}
+	if o.Duration <= 0 {
+		o.Duration = 10 * time.Second
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 16
+	}
+	if len(o.Concurrencies) == 0 {
+		o.Concurrencies = []int{1, 4, 16, 64}
+	}
+	if len(o.RouteTables) == 0 {
+		o.RouteTables = []int{10, 100, 1000}
+	}
+	if len(o.RevokedSerials) == 0 {
+		o.RevokedSerials = []int{0, 10_000, 1_000_000}
+	}
+	if o.Mix == nil {
+		o.Mix, _ = ParseMix(DefaultMix)
+	}
+	for _, c := range append([]int{o.Concurrency}, o.Concurrencies...) {
+		if c < 1 || c > 4096 {
+			return fmt.Errorf("concurrency %d: want 1..4096", c)
+		}
+	}
+	return nil
+}
+
+func (o *Options) progress(format string, args ...any) {
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, "bench: "+format+"\n", args...)
+	}
+}
+
+// harness holds what one Run shares between steps.
+type harness struct {
+	o      Options
+	dir    string
+	pki    *pki
+	bundle string
+	pool   []request
+	serial []*big.Int
+}
+
+// Run executes the whole benchmark and returns the report.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	h := &harness{o: o, dir: o.WorkDir}
+	if h.dir == "" {
+		d, err := os.MkdirTemp("", "agentauthz-bench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		h.dir = d
+	}
+	var err error
+	if h.pki, err = newPKI(time.Now()); err != nil {
+		return nil, err
+	}
+	h.bundle = filepath.Join(h.dir, "ca.pem")
+	if err := os.WriteFile(h.bundle, h.pki.caPEM, 0o644); err != nil {
+		return nil, err
+	}
+	if h.pool, h.serial, err = buildRequests(h.pki, o.Mix); err != nil {
+		return nil, err
+	}
+
+	rep := &Report{Machine: readMachine(), Duration: o.Duration, Warmup: o.Warmup, Mix: o.Mix.String(),
+		Concurrency: o.Concurrency, Profiles: map[Mode]string{}}
+	baseRoutes, baseRevoked := o.RouteTables[0], o.RevokedSerials[0]
+	rep.BaseRoutes, rep.BaseRevoked = baseRoutes, baseRevoked+len(h.serial)
+
+	concs := uniqueInts(append(append([]int{}, o.Concurrencies...), o.Concurrency))
+	for _, mode := range []Mode{ModeNoop, ModeNaive, ModeReal} {
+		cfg, err := h.variant(string(mode), baseRoutes, baseRevoked)
+		if err != nil {
+			return nil, err
+		}
+		err = h.withServer(ctx, mode, cfg, func(sp *serverProc) error {
+			for _, c := range concs {
+				r, err := h.measure(ctx, sp, mode, loadSpec{Concurrency: c, Warmup: o.Warmup, Duration: o.Duration})
+				if err != nil {
+					return err
+				}
+				r.Routes, r.RevokedSerials = baseRoutes, baseRevoked+len(h.serial)
+				rep.Curve = append(rep.Curve, r)
+				if c == o.Concurrency {
+					rep.Headline = append(rep.Headline, r)
+				}
+			}
+			if mode == ModeReal && !o.SkipRateLimited {
+				max := 0.0
+				for _, r := range rep.Curve {
+					if r.Mode == ModeReal && r.RPS > max {
+						max = r.RPS
+					}
+				}
+				spec := loadSpec{Concurrency: 64, Warmup: o.Warmup, Duration: o.Duration, Rate: max / 2}
+				r, err := h.measure(ctx, sp, mode, spec)
+				if err != nil {
+					return err
+				}
+				r.Routes, r.RevokedSerials = baseRoutes, baseRevoked+len(h.serial)
+				rep.RateLimited, rep.MaxRPS = &r, max
+			}
+			if o.ProfileDir != "" {
+				path, err := h.profile(ctx, sp, mode)
+				if err != nil {
+					return err
+				}
+				rep.Profiles[mode] = path
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%s server: %w", mode, err)
+		}
+	}
+	for _, n := range o.RouteTables {
+		r, err := h.single(ctx, fmt.Sprintf("routes-%d", n), n, baseRevoked)
+		if err != nil {
+			return nil, err
+		}
+		rep.Routes = append(rep.Routes, r)
+	}
+	for _, n := range o.RevokedSerials {
+		r, err := h.single(ctx, fmt.Sprintf("revoked-%d", n), baseRoutes, n)
+		if err != nil {
+			return nil, err
+		}
+		rep.Revoked = append(rep.Revoked, r)
+	}
+	if o.PropagationRounds > 0 {
+		p, err := h.propagation(ctx, o.PropagationRounds)
+		if err != nil {
+			return nil, fmt.Errorf("revocation propagation: %w", err)
+		}
+		rep.Propagation = p
+	}
+	rep.finish()
+	return rep, nil
+}
+
+// single measures the real service at the headline concurrency with one
+// route-table size and CRL size.
+func (h *harness) single(ctx context.Context, name string, routes, revoked int) (RunResult, error) {
+	var out RunResult
+	cfg, err := h.variant(name, routes, revoked)
+	if err != nil {
+		return out, err
+	}
+	err = h.withServer(ctx, ModeReal, cfg, func(sp *serverProc) error {
+		r, err := h.measure(ctx, sp, ModeReal, loadSpec{Concurrency: h.o.Concurrency, Warmup: h.o.Warmup, Duration: h.o.Duration})
+		r.Routes, r.RevokedSerials = routes, revoked+len(h.serial)
+		out = r
+		return err
+	})
+	if err != nil {
+		return out, fmt.Errorf("%s: %w", name, err)
+	}
+	return out, nil
+}
+
+// variant writes a policy directory, CRL and configuration for one server.
+func (h *harness) variant(name string, routes, revoked int) (string, error) {
+	dir := filepath.Join(h.dir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	policyDir := filepath.Join(dir, "policies")
+	if err := writePolicyDir(policyDir, h.o.PoliciesDir, routes); err != nil {
+		return "", err
+	}
+	crl := filepath.Join(dir, "ca.crl")
+	start := time.Now()
+	if err := h.pki.writeCRL(crl, h.serial, revoked); err != nil {
+		return "", err
+	}
+	if revoked >= 100_000 {
+		h.o.progress("signed a CRL of %d serials in %v", revoked+len(h.serial), time.Since(start).Round(time.Millisecond))
+	}
+	return writeServerConfig(dir, policyDir, h.bundle, []string{crl}, "", TrustDomain)
+}
+
+// serverProc is one running `bench server` process.
+type serverProc struct {
+	cmd      *exec.Cmd
+	grpcAddr string
+	httpAddr string
+	stderr   *syncBuffer
+	done     chan error
+}
+
+// syncBuffer collects a child's stderr for error messages.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.b.Len() > 64<<10 {
+		return len(p), nil // keep the beginning; it says what went wrong
+	}
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.TrimSpace(s.b.String())
+}
+
+func (h *harness) withServer(ctx context.Context, mode Mode, configFile string, f func(*serverProc) error) error {
+	h.o.progress("starting %s server (%s)", mode, filepath.Base(filepath.Dir(configFile)))
+	sp, err := startProcess(ctx, h.o.Command, "ready ", "bench", "server", "--mode", string(mode), "--config", configFile)
+	if err != nil {
+		return err
+	}
+	defer sp.stop()
+	for _, f := range strings.Fields(sp.firstLine) {
+		if v, ok := strings.CutPrefix(f, "grpc="); ok {
+			sp.grpcAddr = v
+		}
+		if v, ok := strings.CutPrefix(f, "http="); ok {
+			sp.httpAddr = v
+		}
+	}
+	if sp.grpcAddr == "" || sp.httpAddr == "" {
+		return fmt.Errorf("unexpected ready line %q", sp.firstLine)
+	}
+	if err := waitReady(ctx, sp.httpAddr, 2*time.Minute); err != nil {
+		return fmt.Errorf("%w (server stderr: %s)", err, sp.stderr.String())
+	}
+	if err := f(&sp.serverProc); err != nil {
+		return fmt.Errorf("%w (server stderr: %s)", err, sp.stderr.String())
+	}
+	return nil
+}
+
+// process is a child started by startProcess.
+type process struct {
+	serverProc
+	firstLine string
+}
+
+// startProcess starts the binary with args and waits for a stdout line
+// starting with prefix (a `bench server` ready line or the `ca serve`
+// listening line).
+func startProcess(ctx context.Context, command func(context.Context, ...string) *exec.Cmd, prefix string, args ...string) (*process, error) {
+	cmd := command(ctx, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	p := &process{serverProc: serverProc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}}
+	cmd.Stderr = p.stderr
+	// Terminate gracefully so decision logs close cleanly.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", strings.Join(args, " "), err)
+	}
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		found := false
+		for sc.Scan() {
+			if !found && strings.HasPrefix(sc.Text(), prefix) {
+				found = true
+				lines <- sc.Text()
+			}
+		}
+		close(lines)
+	}()
+	go func() { p.done <- cmd.Wait() }()
+	select {
+	case l, ok := <-lines:
+		if !ok {
+			p.stop()
+			return nil, fmt.Errorf("%s exited before it was ready: %s", strings.Join(args[:2], " "), p.stderr.String())
+		}
+		p.firstLine = l
+		return p, nil
+	case <-time.After(2 * time.Minute):
+		p.stop()
+		return nil, fmt.Errorf("%s not ready after 2m: %s", strings.Join(args[:2], " "), p.stderr.String())
+	case <-ctx.Done():
+		p.stop()
+		return nil, ctx.Err()
+	}
+}
+
+// stop terminates the child with SIGTERM, then SIGKILL after 10 s.
+func (s *serverProc) stop() {
+	if s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+var httpClient = &http.Client{Timeout: 60 * time.Second}
+
+func waitReady(ctx context.Context, httpAddr string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		resp, err := httpClient.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("readyz %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("server not ready: %w", err)
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func fetchStats(httpAddr string) (ServerStats, error) {
+	var st ServerStats
+	resp, err := httpClient.Get("http://" + httpAddr + statsPath)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("stats: %s", resp.Status)
+	}
+	return st, json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&st)
+}
+
+// measure runs one load spec against a server and combines what the client
+// saw with what the server reports about itself.
+func (h *harness) measure(ctx context.Context, sp *serverProc, mode Mode, spec loadSpec) (RunResult, error) {
+	r := RunResult{Mode: mode, Concurrency: spec.Concurrency, Rate: spec.Rate}
+	conn, err := dial(sp.grpcAddr)
+	if err != nil {
+		return r, err
+	}
+	defer conn.Close()
+	var before, after ServerStats
+	res, err := drive(ctx, conn, mode, h.pool, spec, func(start bool) error {
+		st, err := fetchStats(sp.httpAddr)
+		if start {
+			before = st
+		} else {
+			after = st
+		}
+		return err
+	})
+	if err != nil {
+		return r, err
+	}
+	r.fill(res, before, after)
+	h.o.progress("%-5s c=%-3d %s", mode, spec.Concurrency, r.summary())
+	return r, nil
+}
+
+// profile takes a CPU profile of the server under load at the headline
+// concurrency, from a run that is not reported.
+func (h *harness) profile(ctx context.Context, sp *serverProc, mode Mode) (string, error) {
+	if err := os.MkdirAll(h.o.ProfileDir, 0o755); err != nil {
+		return "", err
+	}
+	secs := int(h.o.Duration / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	path := filepath.Join(h.o.ProfileDir, fmt.Sprintf("cpu-%s.pprof", mode))
+	conn, err := dial(sp.grpcAddr)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	var data []byte
+	var perr error
+	spec := loadSpec{Concurrency: h.o.Concurrency, Warmup: h.o.Warmup, Duration: time.Duration(secs)*time.Second + 500*time.Millisecond}
+	var wg sync.WaitGroup
+	_, err = drive(ctx, conn, mode, h.pool, spec, func(start bool) error {
+		if start {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := httpClient.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", sp.httpAddr, secs))
+				if err != nil {
+					perr = err
+					return
+				}
+				defer resp.Body.Close()
+				data, perr = io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+			}()
+		}
+		return nil
+	})
+	wg.Wait()
+	if err != nil {
+		return "", err
+	}
+	if perr != nil {
+		return "", fmt.Errorf("cpu profile: %w", perr)
+	}
+	h.o.progress("wrote %s", path)
+	return path, os.WriteFile(path, data, 0o644)
+}
+
+func uniqueInts(in []int) []int {
+	seen := map[int]bool{}
+	var out []int
+	for _, v := range in {
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	// Ascending, so the curve reads top to bottom.
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j] < out[j-1]; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}

@@ -1,0 +1,337 @@
+package loadtest
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Targets from issue 9.
+const (
+	TargetRPSRatio   = 0.5  // (a) ≥ 0.5 × (b) req/s at concurrency 16
+	TargetCPURatio   = 0.75 // (a) ≤ 0.75 × (c) server CPU per Check
+	TargetP99AtHalf  = 2 * time.Millisecond
+	TargetRSSBytes   = 150 << 20
+	targetHeadlineCC = 16
+)
+
+// RunResult is one measured run.
+type RunResult struct {
+	Mode           Mode    `json:"mode"`
+	Concurrency    int     `json:"concurrency"`
+	Rate           float64 `json:"rate,omitempty"` // requested req/s of a paced run
+	Routes         int     `json:"routes"`
+	RevokedSerials int     `json:"revoked_serials"`
+
+	Requests   int64          `json:"requests"`
+	Errors     int64          `json:"errors"`
+	Mismatches int64          `json:"mismatches"`
+	FirstError string         `json:"first_error,omitempty"`
+	ByKind     map[Kind]int64 `json:"by_kind"`
+	RPS        float64        `json:"rps"`
+	P50        time.Duration  `json:"p50_ns"`
+	P90        time.Duration  `json:"p90_ns"`
+	P99        time.Duration  `json:"p99_ns"`
+	P999       time.Duration  `json:"p999_ns"`
+	Max        time.Duration  `json:"max_ns"`
+
+	// Server-side figures over the measured window (server's own counts).
+	ServerChecks   int64   `json:"server_checks"`
+	ServerAllowed  int64   `json:"server_allowed"`
+	CPUPerCheck    float64 `json:"cpu_ns_per_check"`
+	AllocsPerCheck float64 `json:"allocs_per_check"`
+	ServerCPUUtil  float64 `json:"server_cpu_cores"` // CPU seconds per wall second
+	RSSBytes       int64   `json:"rss_bytes"`
+	MaxRSSBytes    int64   `json:"max_rss_bytes"`
+	GCCycles       uint64  `json:"gc_cycles"`
+}
+
+func (r *RunResult) fill(res *loadResult, before, after ServerStats) {
+	r.Requests, r.Errors, r.Mismatches, r.FirstError = res.Requests, res.Errors, res.Mismatches, res.FirstError
+	r.ByKind = res.ByKind
+	r.RPS = res.RPS()
+	r.P50, r.P90, r.P99, r.P999 = res.Percentile(50), res.Percentile(90), res.Percentile(99), res.Percentile(99.9)
+	if n := len(res.Latencies); n > 0 {
+		r.Max = res.Latencies[n-1]
+	}
+	r.ServerChecks = after.Checks - before.Checks
+	r.ServerAllowed = after.Allowed - before.Allowed
+	if r.ServerChecks > 0 {
+		r.CPUPerCheck = float64(after.CPUNanos-before.CPUNanos) / float64(r.ServerChecks)
+		r.AllocsPerCheck = float64(after.Mallocs-before.Mallocs) / float64(r.ServerChecks)
+	}
+	if res.Elapsed > 0 {
+		r.ServerCPUUtil = float64(after.CPUNanos-before.CPUNanos) / float64(res.Elapsed)
+	}
+	r.RSSBytes, r.MaxRSSBytes, r.GCCycles = after.RSSBytes, after.MaxRSSBytes, after.GCCycles-before.GCCycles
+}
+
+func (r *RunResult) summary() string {
+	first := ""
+	if r.FirstError != "" {
+		first = "  first: " + r.FirstError
+	}
+	return fmt.Sprintf("%8.0f req/s  p50 %s  p99 %s  cpu/check %s  allocs/check %.0f  rss %s  errors %d  mismatches %d",
+		r.RPS, fmtDur(r.P50), fmtDur(r.P99), fmtNanos(r.CPUPerCheck), r.AllocsPerCheck, fmtMiB(r.RSSBytes), r.Errors, r.Mismatches) + first
+}
+
+// Machine describes where the numbers came from.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	Model     string `json:"model"`
+	MemTotal  string `json:"mem_total"`
+	GoVersion string `json:"go_version"`
+	OSArch    string `json:"os_arch"`
+	Kernel    string `json:"kernel"`
+}
+
+func readMachine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OSArch: runtime.GOOS + "/" + runtime.GOARCH}
+	m.Model = procField("/proc/cpuinfo", "model name")
+	if kb := procField("/proc/meminfo", "MemTotal"); kb != "" {
+		f := strings.Fields(kb)
+		if n, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+			m.MemTotal = fmt.Sprintf("%.1f GiB", float64(n)/(1<<20))
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	return m
+}
+
+func procField(path, key string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// Propagation is the revocation propagation measurement.
+type Propagation struct {
+	Rounds         int             `json:"rounds"`
+	Samples        []time.Duration `json:"samples_ns"`
+	P50            time.Duration   `json:"p50_ns"`
+	P99            time.Duration   `json:"p99_ns"`
+	Max            time.Duration   `json:"max_ns"`
+	ControlChecks  int64           `json:"control_checks"`
+	ControlDenials int64           `json:"control_denials"`
+	GenerationPoll time.Duration   `json:"generation_poll_ns"`
+	DeniedWith     map[string]int  `json:"denied_with"`
+}
+
+// Report is the whole benchmark.
+type Report struct {
+	Machine     Machine       `json:"machine"`
+	Duration    time.Duration `json:"duration_ns"`
+	Warmup      time.Duration `json:"warmup_ns"`
+	Mix         string        `json:"mix"`
+	Concurrency int           `json:"concurrency"`
+	BaseRoutes  int           `json:"base_routes"`
+	BaseRevoked int           `json:"base_revoked"`
+
+	Headline    []RunResult     `json:"headline"`
+	Curve       []RunResult     `json:"curve"`
+	Routes      []RunResult     `json:"routes"`
+	Revoked     []RunResult     `json:"revoked"`
+	RateLimited *RunResult      `json:"rate_limited,omitempty"`
+	MaxRPS      float64         `json:"max_rps"`
+	Propagation *Propagation    `json:"propagation,omitempty"`
+	Profiles    map[Mode]string `json:"profiles,omitempty"`
+
+	// Ratios at the headline concurrency.
+	RatioRPS float64 `json:"ratio_rps_a_over_b"`
+	RatioCPU float64 `json:"ratio_cpu_a_over_c"`
+}
+
+// Result returns the headline run of mode, or nil.
+func (r *Report) Result(mode Mode) *RunResult {
+	for i := range r.Headline {
+		if r.Headline[i].Mode == mode {
+			return &r.Headline[i]
+		}
+	}
+	return nil
+}
+
+func (r *Report) finish() {
+	a, b, c := r.Result(ModeReal), r.Result(ModeNoop), r.Result(ModeNaive)
+	if a != nil && b != nil && b.RPS > 0 {
+		r.RatioRPS = a.RPS / b.RPS
+	}
+	if a != nil && c != nil && c.CPUPerCheck > 0 {
+		r.RatioCPU = a.CPUPerCheck / c.CPUPerCheck
+	}
+}
+
+// Markdown writes the report as Markdown tables.
+func (r *Report) Markdown(w io.Writer) error {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	m := r.Machine
+	p("# agentauthz load benchmark\n\n")
+	p("Machine: %d CPUs (`nproc`), %s, %s RAM, %s, %s, kernel %s.  \n", m.CPUs, orDash(m.Model), orDash(m.MemTotal), m.GoVersion, m.OSArch, orDash(m.Kernel))
+	p("Each run: %s warm-up, then %s measured. Client and servers share the machine; servers run in their own processes. ", r.Warmup, r.Duration)
+	p("Request mix: `%s`. Unless stated otherwise: %d routes in the policy data, %d revoked serials in the CRL, decision log in sync mode.\n\n", r.Mix, r.BaseRoutes, r.BaseRevoked)
+	p("(a) real = the full decision path (identity cache, revocation, prepared Rego with a direct `ast.Value` input, signed record durably appended). ")
+	p("(b) noop = the same gRPC server answering OK without looking. ")
+	p("(c) naive = certificate decoded and chain-verified per request (no cache), protojson → map → `rego.EvalInput`, same policy, no revocation, no log.\n\n")
+
+	p("## Headline (concurrency %d)\n\n", r.Concurrency)
+	runTable(&b, r.Headline, false)
+	p("\n")
+	p("## Targets\n\n| target | measured | met |\n|---|---|---|\n")
+	a := r.Result(ModeReal)
+	if r.RatioRPS > 0 {
+		p("| (a) ≥ %.2f × (b) req/s at concurrency %d | %.2f | %s |\n", TargetRPSRatio, r.Concurrency, r.RatioRPS, yesNo(r.RatioRPS >= TargetRPSRatio))
+	}
+	if r.RatioCPU > 0 {
+		p("| (a) server CPU per Check ≤ %.2f × (c) | %.2f (%s vs %s) | %s |\n", TargetCPURatio, r.RatioCPU,
+			fmtNanos(a.CPUPerCheck), fmtNanos(r.Result(ModeNaive).CPUPerCheck), yesNo(r.RatioCPU <= TargetCPURatio))
+	}
+	if rl := r.RateLimited; rl != nil {
+		p("| p99 of (a) ≤ %s at half of max throughput (%.0f of %.0f req/s) | %s | %s |\n", fmtDur(TargetP99AtHalf), rl.Rate, r.MaxRPS, fmtDur(rl.P99), yesNo(rl.P99 <= TargetP99AtHalf))
+	}
+	if maxRSS := r.maxRealRSS(); maxRSS > 0 {
+		p("| steady RSS of (a) under load ≤ %s (base configuration, all concurrencies) | %s | %s |\n", fmtMiB(TargetRSSBytes), fmtMiB(maxRSS), yesNo(maxRSS <= TargetRSSBytes))
+	}
+	if a != nil {
+		p("| allocations per Check reported | %.0f (a), %.0f (c) | reported |\n", a.AllocsPerCheck, r.Result(ModeNaive).allocsOrZero())
+	}
+	p("\n")
+
+	p("## Concurrency\n\n")
+	runTable(&b, r.Curve, false)
+	p("\n")
+	if rl := r.RateLimited; rl != nil {
+		p("## Half of maximum throughput\n\n")
+		p("Open-loop run paced at %.0f req/s (half of the best (a) rate, %.0f req/s) with 64 workers; latency counts from each request's scheduled start.\n\n", rl.Rate, r.MaxRPS)
+		runTable(&b, []RunResult{*rl}, false)
+		p("\n")
+	}
+	if len(r.Routes) > 0 {
+		p("## Route-table size (real, concurrency %d)\n\n", r.Concurrency)
+		runTable(&b, r.Routes, true)
+		p("\n")
+	}
+	if len(r.Revoked) > 0 {
+		p("## Revoked serials in the CRL (real, concurrency %d)\n\n", r.Concurrency)
+		runTable(&b, r.Revoked, true)
+		p("\n")
+	}
+	if pr := r.Propagation; pr != nil {
+		p("## Revocation propagation\n\n")
+		p("`agentauthz ca serve` (generation poll %s) and one replica with `watch_url`, as separate processes. Each round issues a fresh agent, keeps Check calls flowing for it and for a control agent, runs `Revoke` on the CA inventory and times the first deny on the replica.\n\n", pr.GenerationPoll)
+		p("| rounds | p50 | p99 | max | denied with | control agent checks | control agent denials |\n|---|---|---|---|---|---|---|\n")
+		var with []string
+		for k, v := range pr.DeniedWith {
+			with = append(with, fmt.Sprintf("%s × %d", k, v))
+		}
+		p("| %d | %s | %s | %s | %s | %d | %d |\n\n", pr.Rounds, fmtDur(pr.P50), fmtDur(pr.P99), fmtDur(pr.Max), strings.Join(with, ", "), pr.ControlChecks, pr.ControlDenials)
+	}
+	if len(r.Profiles) > 0 {
+		p("## CPU profiles\n\n")
+		for _, mode := range []Mode{ModeReal, ModeNoop, ModeNaive} {
+			if path := r.Profiles[mode]; path != "" {
+				p("- %s: `%s` (`go tool pprof -top %s`)\n", mode, path, path)
+			}
+		}
+		p("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func (r *RunResult) allocsOrZero() float64 {
+	if r == nil {
+		return 0
+	}
+	return r.AllocsPerCheck
+}
+
+func (r *Report) maxRealRSS() int64 {
+	var max int64
+	for _, x := range r.Curve {
+		if x.Mode == ModeReal && x.RSSBytes > max {
+			max = x.RSSBytes
+		}
+	}
+	return max
+}
+
+func runTable(b *strings.Builder, runs []RunResult, variant bool) {
+	if variant {
+		b.WriteString("| routes | revoked serials ")
+	} else {
+		b.WriteString("| mode | concurrency ")
+	}
+	b.WriteString("| req/s | p50 | p90 | p99 | p99.9 | server CPU/Check | allocs/Check | server cores | RSS | errors | wrong answers |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range runs {
+		if variant {
+			fmt.Fprintf(b, "| %d | %d ", r.Routes, r.RevokedSerials)
+		} else {
+			fmt.Fprintf(b, "| %s | %d ", modeLabel(r.Mode), r.Concurrency)
+		}
+		fmt.Fprintf(b, "| %.0f | %s | %s | %s | %s | %s | %.0f | %.2f | %s | %d | %d |\n",
+			r.RPS, fmtDur(r.P50), fmtDur(r.P90), fmtDur(r.P99), fmtDur(r.P999), fmtNanos(r.CPUPerCheck),
+			r.AllocsPerCheck, r.ServerCPUUtil, fmtMiB(r.RSSBytes), r.Errors, r.Mismatches)
+	}
+}
+
+func modeLabel(m Mode) string {
+	switch m {
+	case ModeReal:
+		return "(a) real"
+	case ModeNoop:
+		return "(b) noop"
+	case ModeNaive:
+		return "(c) naive"
+	}
+	return string(m)
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	case d >= time.Millisecond:
+		return fmt.Sprintf("%.2f ms", float64(d)/1e6)
+	default:
+		return fmt.Sprintf("%.0f µs", float64(d)/1e3)
+	}
+}
+
+func fmtNanos(ns float64) string {
+	return fmt.Sprintf("%.1f µs", ns/1e3)
+}
+
+func fmtMiB(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+func yesNo(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "**no**"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
