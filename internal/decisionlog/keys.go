@@ -217,6 +217,28 @@ func loadSigningKeys(dir string) (map[string]*signingKey, error) {
 	return out, nil
 }
 
+// checkKeyPerms refuses signing keys readable by group or others: whoever
+// can read one can forge records.
+func checkKeyPerms(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read key dir: %w", err)
+	}
+	for _, e := range ents {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), keyFileSuffix) {
+			continue
+		}
+		st, err := os.Stat(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return fmt.Errorf("stat signing key: %w", err)
+		}
+		if st.Mode().Perm()&0o077 != 0 {
+			return fmt.Errorf("signing key %s has mode %04o, want 0600 (chmod 600 %s)", filepath.Join(dir, e.Name()), st.Mode().Perm(), filepath.Join(dir, e.Name()))
+		}
+	}
+	return nil
+}
+
 func readSigningKey(path string) (*signingKey, error) {
 	data, err := readFileLimited(path, maxKeyFileBytes)
 	if err != nil {

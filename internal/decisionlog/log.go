@@ -231,6 +231,9 @@ func (l *Log) recoverOnOpen() error {
 	if l.keys, err = loadSigningKeys(l.opts.KeyDir); err != nil {
 		return err
 	}
+	if err := checkKeyPerms(l.opts.KeyDir); err != nil {
+		return err
+	}
 	segs, err := listSegments(l.opts.Dir)
 	if err != nil {
 		return fmt.Errorf("list segments: %w", err)

@@ -214,6 +214,10 @@ func TestKeyFilePermissions(t *testing.T) {
 	if st.Mode().Perm() != 0o600 {
 		t.Fatalf("key mode %v", st.Mode().Perm())
 	}
+	os.Chmod(filepath.Join(o.KeyDir, keyFilePrefix+kid+keyFileSuffix), 0o644)
+	if _, err := Open(o); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("Open with a 0644 key = %v", err)
+	}
 }
 
 func TestRestartContinuesChain(t *testing.T) {

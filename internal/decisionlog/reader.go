@@ -64,6 +64,7 @@ type line struct {
 	text     string
 	complete bool // ended by '\n'
 	tooLong  bool
+	pre      *preVerified // Verify's background signature check, if started
 }
 
 // Reader reads a log directory as a stream of records in log order, across

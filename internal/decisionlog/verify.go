@@ -1,10 +1,12 @@
 package decisionlog
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 )
 
 // Damage kinds reported by Verify. See docs/decision-log.md for the exact
@@ -70,10 +72,12 @@ func Verify(dir string, trusted KeySet) (*Result, error) {
 		return nil, fmt.Errorf("list segments: %w", err)
 	}
 	res := &Result{Segments: len(segs)}
-	v := &verifier{src: NewReader(dir), known: KeySet{}}
+	v := &verifier{src: NewReader(dir), known: KeySet{}, cand: KeySet{}, sem: make(chan struct{}, runtime.GOMAXPROCS(0))}
 	defer v.src.Close()
+	defer v.drain()
 	for k, p := range trusted {
 		v.known[k] = p
+		v.cand[k] = p
 	}
 	var (
 		gSeq  uint64
@@ -166,11 +170,27 @@ type verifier struct {
 	ahead []line
 	eof   bool
 	known KeySet // trusted keys plus keys announced by verified rotations
+	cand  KeySet // known plus keys announced by any rotation read so far: for prefetching only
+	sem   chan struct{}
+}
+
+// prefetch is how many lines ahead signatures are checked in parallel.
+const prefetch = 256
+
+// preVerified is a signature check run ahead of the chain walk. It records
+// which key it used, so the walk accepts it only when that is the key the
+// chain requires at that point.
+type preVerified struct {
+	done chan struct{}
+	kid  string
+	pub  ed25519.PublicKey
+	rec  *Record
+	err  error
 }
 
 // peek returns the k-th line ahead (0 = current).
 func (v *verifier) peek(k int) (line, bool, error) {
-	for len(v.ahead) <= k && !v.eof {
+	for len(v.ahead) <= k+prefetch && !v.eof {
 		l, err := v.src.nextLine(true)
 		if errors.Is(err, io.EOF) {
 			v.eof = true
@@ -179,6 +199,7 @@ func (v *verifier) peek(k int) (line, bool, error) {
 		if err != nil {
 			return line{}, false, err
 		}
+		v.startCheck(&l)
 		v.ahead = append(v.ahead, l)
 	}
 	if k < len(v.ahead) {
@@ -189,11 +210,68 @@ func (v *verifier) peek(k int) (line, bool, error) {
 
 func (v *verifier) advance() { v.ahead = v.ahead[1:] }
 
+// startCheck verifies l's signature in the background under the key its
+// header names, if that key is known or announced.
+func (v *verifier) startCheck(l *line) {
+	if !l.complete || l.tooLong {
+		return
+	}
+	rec, h, err := decode(l.text)
+	if err != nil {
+		return
+	}
+	if pub, ok := rotationKey(rec); ok {
+		v.cand[rec.KeyRotation.NewKeyID] = pub
+	}
+	pub, ok := v.cand[h.Kid]
+	if !ok {
+		return
+	}
+	pv := &preVerified{done: make(chan struct{}), kid: h.Kid, pub: pub}
+	l.pre = pv
+	text := l.text
+	v.sem <- struct{}{}
+	go func() {
+		defer func() { <-v.sem; close(pv.done) }()
+		pv.rec, pv.err = VerifyRecord(text, KeySet{pv.kid: pv.pub})
+	}()
+}
+
+// drain waits for background checks still running.
+func (v *verifier) drain() {
+	for _, l := range v.ahead {
+		if l.pre != nil {
+			<-l.pre.done
+		}
+	}
+}
+
+// preOK returns the background result if it was made with want (kid, key).
+func preOK(l line, kid string, want ed25519.PublicKey) (*Record, bool) {
+	if l.pre == nil || want == nil {
+		return nil, false
+	}
+	<-l.pre.done
+	if l.pre.err == nil && l.pre.kid == kid && bytes.Equal(l.pre.pub, want) {
+		return l.pre.rec, true
+	}
+	return nil, false
+}
+
 // check verifies l as the next record of the chain: it must be signed by the
 // current key (or, for the first record, by a trusted key).
 func (v *verifier) check(l line, cur ed25519.PublicKey, curID string, first bool) (*Record, error) {
 	if l.tooLong {
 		return nil, fmt.Errorf("%w: longer than %d bytes", ErrMalformed, MaxRecordBytes)
+	}
+	if first {
+		if l.pre != nil {
+			if r, ok := preOK(l, l.pre.kid, v.known[l.pre.kid]); ok {
+				return r, nil
+			}
+		}
+	} else if r, ok := preOK(l, curID, cur); ok {
+		return r, nil
 	}
 	ks := v.known
 	if !first {
@@ -209,6 +287,11 @@ func (v *verifier) check(l line, cur ed25519.PublicKey, curID string, first bool
 func (v *verifier) verifyAny(l line) (*Record, error) {
 	if l.tooLong || !l.complete {
 		return nil, ErrMalformed
+	}
+	if l.pre != nil {
+		if r, ok := preOK(l, l.pre.kid, v.known[l.pre.kid]); ok {
+			return r, nil
+		}
 	}
 	return VerifyRecord(l.text, v.known)
 }
