@@ -84,6 +84,7 @@ type Engine struct {
 	metrics *metrics
 	cur     atomic.Pointer[state]
 	bundle  *bundleSource // nil when serving a directory
+	agents  agentTermCache
 
 	reloadMu sync.Mutex // serialises Reload
 }
@@ -188,7 +189,7 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 	h := req.GetAttributes().GetRequest().GetHttp()
 	op := s.routes.Match(h.GetMethod(), h.GetPath())
 	partial := &Result{Revision: s.revision, Operation: op}
-	input, err := BuildInput(req, agent, op)
+	input, err := buildInput(req, e.agents.term(agent), op)
 	if err != nil {
 		return partial, err
 	}

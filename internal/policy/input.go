@@ -83,16 +83,26 @@ var ErrInput = errors.New("cannot build policy input")
 // The attributes value equals what protojson.Marshal → JSON → ast would give,
 // without the round trip.
 func BuildInput(req *authv3.CheckRequest, agent *identity.Agent, operation string) (ast.Value, error) {
+	var agentTerm *ast.Term
+	if agent != nil {
+		agentTerm = ast.NewTerm(agentValue(agent))
+	}
+	return buildInput(req, agentTerm, operation)
+}
+
+// buildInput is BuildInput with input.agent already converted (the engine
+// caches it per *identity.Agent).
+func buildInput(req *authv3.CheckRequest, agentTerm *ast.Term, operation string) (ast.Value, error) {
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	input := ast.NewObject()
 
 	attrs := ast.NewObject()
 	if a := req.GetAttributes(); a != nil {
-		v, err := messageToValue(a.ProtoReflect(), 0)
+		v, err := attributesValue(a)
 		if err != nil {
 			return nil, fmt.Errorf("%w: attributes: %w", ErrInput, err)
 		}
-		attrs = v.(ast.Object)
+		attrs = v
 	}
 	input.Insert(keyAttributes, ast.NewTerm(attrs))
 
@@ -115,8 +125,8 @@ func BuildInput(req *authv3.CheckRequest, agent *identity.Agent, operation strin
 	}
 	input.Insert(keyVersion, versionTerm)
 
-	if agent != nil {
-		input.Insert(keyAgent, ast.NewTerm(agentValue(agent)))
+	if agentTerm != nil {
+		input.Insert(keyAgent, agentTerm)
 	}
 	if operation != "" {
 		input.Insert(keyOperation, ast.StringTerm(operation))

@@ -282,3 +282,52 @@ func BenchmarkBuildInputNaive(b *testing.B) {
 		}
 	}
 }
+
+// TestFastPathCoversAllFields fails when a go-control-plane upgrade adds a
+// field to a message the hand-written converter handles.
+func TestFastPathCoversAllFields(t *testing.T) {
+	for _, m := range []proto.Message{
+		&authv3.AttributeContext{}, &authv3.AttributeContext_Peer{}, &authv3.AttributeContext_Request{},
+		&authv3.AttributeContext_HttpRequest{}, &corev3.SocketAddress{},
+	} {
+		d := m.ProtoReflect().Descriptor()
+		want, ok := fastpathFieldCounts[string(d.FullName())]
+		if !ok || d.Fields().Len() != want {
+			t.Errorf("%s has %d fields, the fast path handles %d: update fastpath.go", d.FullName(), d.Fields().Len(), want)
+		}
+	}
+}
+
+// BenchmarkBuildInputCachedAgent is the input build as Eval does it: the
+// agent object comes from the per-certificate cache.
+func BenchmarkBuildInputCachedAgent(b *testing.B) {
+	req, agent := sampleRequest("POST", "/v1/payments", "", ""), testAgent()
+	var c agentTermCache
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := buildInput(req, c.term(agent), "payments:initiate"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestAgentTermCache(t *testing.T) {
+	var c agentTermCache
+	a := testAgent()
+	if c.term(nil) != nil {
+		t.Fatal("nil agent gave a term")
+	}
+	first := c.term(a)
+	if c.term(a) != first {
+		t.Fatal("same *Agent not served from the cache")
+	}
+	if first.Value.Compare(agentValue(a)) != 0 {
+		t.Fatal("cached agent differs")
+	}
+	for i := 0; i < maxCachedAgents+10; i++ {
+		c.term(testAgent())
+	}
+	if len(c.m) > maxCachedAgents {
+		t.Fatalf("cache holds %d agents, bound %d", len(c.m), maxCachedAgents)
+	}
+}
