@@ -76,6 +76,7 @@ type Reader struct {
 	dir     string
 	segs    []string
 	idx     int
+	name    string // the open segment
 	f       *os.File
 	br      *bufio.Reader
 	partial []byte
@@ -137,7 +138,7 @@ func (r *Reader) nextLine(final bool) (line, error) {
 				r.lineNo++
 				r.partial = r.partial[:0]
 				r.skip = err != nil
-				return line{seg: r.segs[r.idx], segIdx: r.idx, num: r.lineNo, tooLong: true, complete: err == nil}, nil
+				return line{seg: r.name, segIdx: r.idx, num: r.lineNo, tooLong: true, complete: err == nil}, nil
 			}
 		}
 		switch {
@@ -145,7 +146,7 @@ func (r *Reader) nextLine(final bool) (line, error) {
 			r.lineNo++
 			text := string(r.partial[:len(r.partial)-1])
 			r.partial = r.partial[:0]
-			return line{seg: r.segs[r.idx], segIdx: r.idx, num: r.lineNo, text: text, complete: true}, nil
+			return line{seg: r.name, segIdx: r.idx, num: r.lineNo, text: text, complete: true}, nil
 		case errors.Is(err, bufio.ErrBufferFull):
 			continue
 		case errors.Is(err, io.EOF):
@@ -163,7 +164,7 @@ func (r *Reader) nextLine(final bool) (line, error) {
 				r.lineNo++
 				text := string(r.partial)
 				r.partial = r.partial[:0]
-				l := line{seg: r.segs[r.idx], segIdx: r.idx, num: r.lineNo, text: text}
+				l := line{seg: r.name, segIdx: r.idx, num: r.lineNo, text: text}
 				r.closeCur()
 				return l, nil
 			}
@@ -172,7 +173,7 @@ func (r *Reader) nextLine(final bool) (line, error) {
 			}
 			r.closeCur()
 		default:
-			return line{}, fmt.Errorf("read %s: %w", r.segs[r.idx], err)
+			return line{}, fmt.Errorf("read %s: %w", r.name, err)
 		}
 	}
 }
@@ -191,11 +192,22 @@ func (r *Reader) refresh() (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("list segments: %w", err)
 	}
-	r.segs = segs
-	if r.idx >= 0 && r.idx < len(segs) {
-		// keep position; names only grow
+	// Keep the position by name: new segments only ever sort last.
+	cur := ""
+	if r.idx >= 0 && r.idx < len(r.segs) {
+		cur = r.segs[r.idx]
 	}
-	return r.idx+1 < len(r.segs), nil
+	r.segs = segs
+	if cur == "" {
+		return len(segs) > 0 && r.idx < 0, nil
+	}
+	i := sort.SearchStrings(segs, cur)
+	if i < len(segs) && segs[i] == cur {
+		r.idx = i
+		return i+1 < len(segs), nil
+	}
+	r.idx = i - 1 // current segment vanished; continue after its place
+	return i < len(segs), nil
 }
 
 func (r *Reader) openNext() error {
@@ -226,6 +238,7 @@ func (r *Reader) openNext() error {
 		return fmt.Errorf("open segment: %w", err)
 	}
 	r.idx = next
+	r.name = r.segs[next]
 	r.f = f
 	if r.br == nil {
 		r.br = bufio.NewReaderSize(f, 64<<10)
