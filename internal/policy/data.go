@@ -6,15 +6,14 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/agentauthz/agentauthz/internal/identity"
 )
 
-// AgentRecord is the registry entry for a SPIFFE-only identity (an Istio or
-// SPIRE workload that forwards no certificate): data.agentauthz.agents[<spiffe id>].
-type AgentRecord struct {
-	TrustLevel int      // 0..4
-	Scopes     []string // "<resource>:<action>"
-	Owner      string
-}
+// The engine is the identity verifier's registry for SPIFFE-only identities
+// (Istio or SPIRE workloads that forward no certificate), read from
+// data.agentauthz.agents[<spiffe id>].
+var _ identity.Registry = (*Engine)(nil)
 
 // maxRoutes and maxAgents bound what policy data may carry.
 const (
@@ -25,10 +24,10 @@ const (
 // LookupAgent returns the registry entry for a SPIFFE ID from the policy
 // serving now. An unknown ID gives ok=false: the caller treats it as L0 with
 // no scopes (DESIGN.md).
-func (e *Engine) LookupAgent(spiffeID string) (AgentRecord, bool) {
+func (e *Engine) LookupAgent(spiffeID string) (identity.RegistryEntry, bool) {
 	s := e.cur.Load()
 	if s == nil {
-		return AgentRecord{}, false
+		return identity.RegistryEntry{}, false
 	}
 	r, ok := s.agents[spiffeID]
 	return r, ok
@@ -36,7 +35,7 @@ func (e *Engine) LookupAgent(spiffeID string) (AgentRecord, bool) {
 
 // parseAgentauthzData reads data.agentauthz.routes and data.agentauthz.agents
 // (both optional: an opa-envoy-plugin policy has neither).
-func parseAgentauthzData(data map[string]any) (*routeTable, map[string]AgentRecord, error) {
+func parseAgentauthzData(data map[string]any) (*routeTable, map[string]identity.RegistryEntry, error) {
 	root, _ := data["agentauthz"].(map[string]any)
 	var routes []Route
 	if raw, ok := root["routes"]; ok {
@@ -74,7 +73,7 @@ func parseAgentauthzData(data map[string]any) (*routeTable, map[string]AgentReco
 	if err != nil {
 		return nil, nil, err
 	}
-	agents := map[string]AgentRecord{}
+	agents := map[string]identity.RegistryEntry{}
 	if raw, ok := root["agents"]; ok {
 		m, ok := raw.(map[string]any)
 		if !ok {
@@ -94,13 +93,15 @@ func parseAgentauthzData(data map[string]any) (*routeTable, map[string]AgentReco
 	return table, agents, nil
 }
 
-// parseAgentRecord accepts {"trust_level": "L2" | "trust": 2, "scopes": [...], "owner": "..."}.
-func parseAgentRecord(v any) (AgentRecord, error) {
+// parseAgentRecord accepts {"id": "...", "trust_level": "L2" | "trust": 2,
+// "scopes": [...], "owner": "..."}; the identity verifier validates the
+// values like a certificate's.
+func parseAgentRecord(v any) (identity.RegistryEntry, error) {
 	m, ok := v.(map[string]any)
 	if !ok {
-		return AgentRecord{}, fmt.Errorf("want object, got %s", typeName(v))
+		return identity.RegistryEntry{}, fmt.Errorf("want object, got %s", typeName(v))
 	}
-	var r AgentRecord
+	var r identity.RegistryEntry
 	level := -1
 	if tl, ok := m["trust_level"]; ok {
 		s, ok := tl.(string)
@@ -136,6 +137,11 @@ func parseAgentRecord(v any) (AgentRecord, error) {
 	}
 	sort.Strings(r.Scopes)
 	r.Scopes = slices.Compact(r.Scopes)
+	if id, ok := m["id"]; ok {
+		if r.ID, ok = id.(string); !ok {
+			return r, fmt.Errorf("id: want string, got %s", typeName(id))
+		}
+	}
 	if o, ok := m["owner"]; ok {
 		if r.Owner, ok = o.(string); !ok {
 			return r, fmt.Errorf("owner: want string, got %s", typeName(o))

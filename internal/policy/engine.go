@@ -71,7 +71,7 @@ type Config struct {
 type state struct {
 	query    rego.PreparedEvalQuery
 	routes   *routeTable
-	agents   map[string]AgentRecord
+	agents   map[string]identity.RegistryEntry
 	revision string
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/agentauthz/agentauthz/internal/identity"
 )
@@ -160,7 +161,7 @@ allow := {
 	"response_headers_to_add": [{"x-resp": "1"}],
 	"query_parameters_to_set": {"q": ["1", "2"], "r": "3"},
 	"query_parameters_to_remove": ["debug"],
-	"dynamic_metadata": {"checked": true, "n": 2},
+	"dynamic_metadata": {"checked": true, "n": 2, "list": [1, {"x": 0.5}]},
 } if {
 	input.attributes.request.http.method == "GET"
 	input.parsed_path == ["v1", "payments", "p-1"]
@@ -194,8 +195,11 @@ func TestEnvoyPluginObjectPolicy(t *testing.T) {
 	if !equalHeaders(r.Headers, wantHeaders) || !equalHeaders(r.ResponseHeadersToAdd, []Header{{"x-resp", "1"}}) ||
 		!equalHeaders(r.QueryParametersToSet, []Header{{"q", "1"}, {"q", "2"}, {"r", "3"}}) ||
 		len(r.RequestHeadersToRemove) != 1 || len(r.QueryParametersToRemove) != 1 ||
-		r.DynamicMetadata["checked"] != true || r.DynamicMetadata["n"] != json.Number("2") {
+		r.DynamicMetadata["checked"] != true || r.DynamicMetadata["n"] != 2.0 {
 		t.Fatalf("allowed result %+v", r)
+	}
+	if _, err := structpb.NewStruct(r.DynamicMetadata); err != nil {
+		t.Fatalf("dynamic metadata not convertible to a Struct: %v", err)
 	}
 	r, err = e.Eval(context.Background(), sampleRequest("GET", "/v1/payments/p-2", "", ""), nil)
 	if err != nil || r.Allowed || r.HTTPStatus != 401 || !r.HasBody || r.Body != "Unauthorized Request" ||

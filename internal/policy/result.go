@@ -27,8 +27,8 @@ type Result struct {
 	// Body is the denial body the policy chose; HasBody tells "" from unset.
 	Body    string
 	HasBody bool
-	// DynamicMetadata is a JSON-compatible object (numbers as json.Number),
-	// ready for structpb.NewStruct after conversion; nil when unset.
+	// DynamicMetadata is the policy's dynamic_metadata object with numbers as
+	// float64, ready for structpb.NewStruct; nil when unset.
 	DynamicMetadata map[string]any
 	// Revision is the policy revision that decided (bundle manifest revision or
 	// directory content hash).
@@ -116,9 +116,14 @@ func parseDecisionObject(d map[string]any) (*Result, error) {
 		r.HasBody = true
 	}
 	if v, ok := d["dynamic_metadata"]; ok {
-		if r.DynamicMetadata, ok = v.(map[string]any); !ok {
+		m, ok := v.(map[string]any)
+		if !ok {
 			return nil, fmt.Errorf("%w: \"dynamic_metadata\" is %s, want object", ErrInvalidResult, typeName(v))
 		}
+		if err := numbersToFloat(m); err != nil {
+			return nil, err
+		}
+		r.DynamicMetadata = m
 	}
 	return r, nil
 }
@@ -230,4 +235,40 @@ func typeName(v any) string {
 		return "object"
 	}
 	return fmt.Sprintf("%T", v)
+}
+
+// numbersToFloat converts json.Number values in place (recursively) to
+// float64, the number type google.protobuf.Struct carries.
+func numbersToFloat(v any) error {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			if n, ok := e.(json.Number); ok {
+				f, err := n.Float64()
+				if err != nil {
+					return fmt.Errorf("%w: dynamic_metadata number %s: %w", ErrInvalidResult, n, err)
+				}
+				x[k] = f
+				continue
+			}
+			if err := numbersToFloat(e); err != nil {
+				return err
+			}
+		}
+	case []any:
+		for i, e := range x {
+			if n, ok := e.(json.Number); ok {
+				f, err := n.Float64()
+				if err != nil {
+					return fmt.Errorf("%w: dynamic_metadata number %s: %w", ErrInvalidResult, n, err)
+				}
+				x[i] = f
+				continue
+			}
+			if err := numbersToFloat(e); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
