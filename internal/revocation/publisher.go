@@ -39,6 +39,7 @@ const (
 	DefaultRefreshInterval = 30 * time.Second
 	DefaultInlineCRLLimit  = 1 << 20
 	maxPublishedTenants    = 4096
+	watchWriteTimeout      = 30 * time.Second
 )
 
 // PublisherConfig configures a Publisher.
@@ -333,15 +334,20 @@ func (p *Publisher) serveWatch(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	p.watchers.Inc()
 	defer p.watchers.Dec()
+	// A watcher that stops reading must not pin this goroutine forever.
+	write := func(b []byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+		if _, err := w.Write(b); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
 	beat := time.NewTicker(p.heartbeat)
 	defer beat.Stop()
 	for {
 		// Slow watchers skip straight to the latest state: each event is
 		// the full state, so nothing is lost.
-		if _, err := w.Write(st.event); err != nil {
-			return
-		}
-		if err := rc.Flush(); err != nil {
+		if !write(st.event) {
 			return
 		}
 	wait:
@@ -352,10 +358,7 @@ func (p *Publisher) serveWatch(w http.ResponseWriter, r *http.Request) {
 			case <-p.closing:
 				return
 			case <-beat.C:
-				if _, err := w.Write([]byte(": ping\n\n")); err != nil {
-					return
-				}
-				if err := rc.Flush(); err != nil {
+				if !write([]byte(": ping\n\n")) {
 					return
 				}
 			case <-st.changed:
