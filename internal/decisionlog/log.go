@@ -598,6 +598,11 @@ func (l *Log) run() {
 		l.mu.Unlock()
 
 		err := l.write(b)
+		if err != nil && l.opts.Mode == Async {
+			// Async records were acknowledged when queued: keep them and
+			// retry until the disk takes them (or Close gives up).
+			err = l.retryAsync(b, err)
+		}
 		l.mu.Lock()
 		if err == nil {
 			l.durSeq, l.durHash, l.durKey = b.lastSeq, b.lastHash, b.nextKey
@@ -630,6 +635,25 @@ func (l *Log) run() {
 		l.logger.Error("decision log write failed; denying until it recovers", "error", err, "records_failed", n, "last_durable_seq", l.durSeq)
 		l.recoverWriter()
 	}
+}
+
+// retryAsync marks the log failed (new appends are refused), waits for the
+// disk to recover and writes b again, until it succeeds or the log closes.
+func (l *Log) retryAsync(b *batch, err error) error {
+	for err != nil {
+		l.mu.Lock()
+		l.failed = fmt.Errorf("%w: %v", ErrUnavailable, err)
+		closing := l.closing
+		l.mu.Unlock()
+		l.m.ready.Set(0)
+		if closing {
+			return err
+		}
+		l.logger.Error("decision log write failed; holding queued records and refusing new ones until it recovers", "error", err, "records_held", len(b.lines))
+		l.recoverWriter()
+		err = l.write(b)
+	}
+	return nil
 }
 
 // write appends b to the current segment (rotating first if due) and fsyncs.

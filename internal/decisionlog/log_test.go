@@ -642,3 +642,51 @@ func TestAppendIgnoresCancellationAndRejectsForgedKinds(t *testing.T) {
 	}
 	mustVerify(t, o)
 }
+
+// In async mode a write failure keeps the queued (already acknowledged)
+// records and writes them once the disk recovers; new appends are refused
+// meanwhile.
+func TestAsyncKeepsQueuedRecordsAcrossFailure(t *testing.T) {
+	o := testOptions(t)
+	o.Mode = Async
+	fs := &faultyFS{}
+	o.openFile = fs.open
+	l := mustOpen(t, o)
+	appendN(t, l, 0, 2)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		durable := l.durSeq
+		l.mu.Unlock()
+		if durable == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("first records not written")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	fs.broken.Store(true)
+	if _, err := l.Append(context.Background(), sampleRecord(2)); err != nil {
+		t.Fatalf("async Append is acknowledged when queued: %v", err)
+	}
+	for l.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("log stayed ready on a failing disk")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := l.Append(context.Background(), sampleRecord(3)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Append while failing = %v", err)
+	}
+	fs.broken.Store(false)
+	waitReady(t, l)
+	appendN(t, l, 4, 1)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	res := mustVerify(t, o)
+	if res.Records != 4 {
+		t.Fatalf("records %d, want 4 (2 before, the queued one, 1 after)", res.Records)
+	}
+}
