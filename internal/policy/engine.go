@@ -237,6 +237,9 @@ func (e *Engine) Reload() error {
 	if !changed {
 		return nil
 	}
+	if cur := e.cur.Load(); cur != nil && cur.revision == s.revision {
+		return nil // same content (e.g. a file touched without change)
+	}
 	old := e.cur.Swap(s)
 	e.metrics.reloads.WithLabelValues("success").Inc()
 	e.metrics.setRevision(s.revision)

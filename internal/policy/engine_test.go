@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -315,6 +316,9 @@ func TestBadPolicyChangeRefused(t *testing.T) {
 		}
 		if !errors.Is(err, ErrPolicyRejected) {
 			t.Fatalf("Reload(%d) = %v, want ErrPolicyRejected", i, err)
+		}
+		if i == 2 && !strings.Contains(err.Error(), "eval_conflict_error") {
+			t.Fatalf("conflict refused for another reason: %v", err)
 		}
 		check()
 		if got := testutil.ToFloat64(e.metrics.reloads.WithLabelValues("failure")); got != float64(i+1) {
