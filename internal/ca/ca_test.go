@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -490,5 +491,88 @@ func TestValidators(t *testing.T) {
 	}
 	if _, err := ParseReason("certificateHold"); err == nil {
 		t.Error("certificateHold accepted")
+	}
+}
+
+func TestConcurrentWritersShareTheStore(t *testing.T) {
+	a, c := newTestAuthority(t)
+	b, err := Open(a.DataDir(), WithClock(c.now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	errs := make(chan error, 2)
+	for i, auth := range []*Authority{a, b} {
+		go func() {
+			for j := 0; j < 10; j++ {
+				iss, err := auth.Issue(issueReq(fmt.Sprintf("bot-%d-%d", i, j)))
+				if err == nil && j%2 == 0 {
+					err = auth.RevokeSerial(td, iss.Record.Serial, ReasonSuperseded, "x")
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, _ := a.List(ListFilter{TrustDomain: td})
+	if len(recs) != 20 {
+		t.Fatalf("%d records, want 20", len(recs))
+	}
+	der, err := b.CRL(td, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if crl, err := a.ParseCRL(td, der); err != nil || len(crl.RevokedCertificateEntries) != 10 {
+		t.Fatalf("CRL: %v (want 10 entries)", err)
+	}
+}
+
+func TestSchemaVersion(t *testing.T) {
+	a, _ := newTestAuthority(t)
+	var v int
+	if err := a.db.QueryRow("PRAGMA user_version").Scan(&v); err != nil || v != schemaVersion {
+		t.Fatalf("user_version %d %v", v, err)
+	}
+	if _, err := a.db.Exec("PRAGMA user_version = 99"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(a.DataDir()); err == nil || !strings.Contains(err.Error(), "newer than this binary") {
+		t.Fatalf("newer schema: %v", err)
+	}
+}
+
+func TestTenantsAreIsolated(t *testing.T) {
+	a, _ := newTestAuthority(t)
+	if _, err := a.Init(InitRequest{TrustDomain: "globex.example", Operator: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	req := issueReq("bot")
+	req.TrustDomain = "globex.example"
+	g, err := a.Issue(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Issue(issueReq("bot")); err != nil { // same id, other tenant
+		t.Fatal(err)
+	}
+	if _, err := a.Revoke(td, "bot", ReasonKeyCompromise, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := a.List(ListFilter{Serial: g.Record.Serial}); r[0].Status != "active" {
+		t.Fatal("revoking acme's bot touched globex's bot")
+	}
+	if ra, _ := a.RevokedAgents("globex.example"); len(ra) != 0 {
+		t.Fatalf("globex revoked agents %v", ra)
+	}
+	if err := a.RevokeSerial(td, g.Record.Serial, ReasonKeyCompromise, "x"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("serial of another tenant: %v", err)
 	}
 }

@@ -91,7 +91,8 @@ func (o *agentOutput) write(cmd *cobra.Command, a *ca.Authority, iss *ca.Issued,
 			return fmt.Errorf("write certificate: %w (and revoking the undelivered serial %s failed: %v)", err, r.Serial, rerr)
 		}
 		return withHint(fmt.Errorf("write certificate: %w", err),
-			"the undelivered certificate %s was revoked; fix --out-dir and run the command again", r.Serial)
+			"the undelivered certificate %s was revoked; fix --out-dir, then agentauthz agent renew %s --trust-domain %s",
+			r.Serial, r.AgentID, r.TrustDomain)
 	}
 	w := cmd.OutOrStdout()
 	fmt.Fprintf(w, "%s: trust %s, scopes %s\n", r.SPIFFEID, r.Trust, strings.Join(r.Scopes, " "))
