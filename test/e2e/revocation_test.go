@@ -246,14 +246,19 @@ func (r *replica) check(ctx context.Context, a agent) (codes.Code, string) {
 
 func startReplica(t testing.TB, bin string, i int, caDir, caURL, policyDir string) *replica {
 	dir := t.TempDir()
+	// Generous evaluation budgets: this test is about revocation, and on a
+	// CPU-starved CI box the default 100 ms policy budget can expire and
+	// deny (policy_error) an agent that was never revoked.
 	cfg := fmt.Sprintf(`data_dir: %q
 log_format: json
 grpc:
   addr: 127.0.0.1:0
+  check_timeout: 10s
 http:
   addr: 127.0.0.1:0
 policy:
   dir: %q
+  eval_timeout: 5s
 decision_log:
   name: replica-%d
 trust_bundles:
