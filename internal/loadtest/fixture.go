@@ -4,7 +4,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
@@ -270,5 +269,3 @@ func writePolicyDir(dst, shippedDir string, routes int) error {
 	}
 	return os.WriteFile(filepath.Join(dst, "data.json"), data, 0o644)
 }
-
-func certSHA256(c *x509.Certificate) [32]byte { return sha256.Sum256(c.Raw) }

@@ -1,0 +1,136 @@
+package loadtest_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentauthz/agentauthz/internal/cli"
+	"github.com/agentauthz/agentauthz/internal/loadtest"
+)
+
+// childEnv makes the test binary act as the agentauthz binary, so the
+// harness can start `bench server` and `ca serve` as real processes.
+const childEnv = "AGENTAUTHZ_LOADTEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(cli.Main())
+	}
+	os.Exit(m.Run())
+}
+
+func command(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, os.Args[0], args...)
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	return cmd
+}
+
+// TestHarnessShort runs the whole harness briefly at low concurrency and
+// checks the report is complete and every answer was the right one. It
+// asserts no timings.
+func TestHarnessShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts several server processes")
+	}
+	mix, err := loadtest.ParseMix(loadtest.DefaultMix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var progress strings.Builder
+	rep, err := loadtest.Run(ctx, loadtest.Options{
+		Command:           command,
+		PoliciesDir:       "../../policies",
+		WorkDir:           t.TempDir(),
+		Warmup:            150 * time.Millisecond,
+		Duration:          500 * time.Millisecond,
+		Concurrency:       2,
+		Concurrencies:     []int{2},
+		RouteTables:       []int{10, 50},
+		RevokedSerials:    []int{0},
+		Mix:               mix,
+		PropagationRounds: 2,
+		Progress:          &progress,
+	})
+	t.Log(progress.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, mode := range []loadtest.Mode{loadtest.ModeReal, loadtest.ModeNoop, loadtest.ModeNaive} {
+		r := rep.Result(mode)
+		if r == nil {
+			t.Fatalf("no headline result for %s", mode)
+		}
+		checkRun(t, string(mode), r)
+	}
+	if rep.RatioRPS <= 0 || rep.RatioCPU <= 0 {
+		t.Errorf("ratios a/b=%v a/c=%v, want both > 0", rep.RatioRPS, rep.RatioCPU)
+	}
+	if len(rep.Curve) != 3 || len(rep.Routes) != 2 || len(rep.Revoked) != 1 {
+		t.Errorf("curve/routes/revoked runs = %d/%d/%d, want 3/2/1", len(rep.Curve), len(rep.Routes), len(rep.Revoked))
+	}
+	for _, r := range rep.Routes {
+		checkRun(t, "routes", &r)
+	}
+	if rep.Routes[1].Routes != 50 {
+		t.Errorf("second route table has %d routes, want 50", rep.Routes[1].Routes)
+	}
+	if rl := rep.RateLimited; rl == nil {
+		t.Error("no rate-limited run")
+	} else {
+		checkRun(t, "rate-limited", rl)
+		if rl.Rate <= 0 {
+			t.Errorf("rate-limited run has rate %v", rl.Rate)
+		}
+	}
+	p := rep.Propagation
+	if p == nil {
+		t.Fatal("no revocation propagation result")
+	}
+	if len(p.Samples) != 2 || p.P50 <= 0 || p.P99 < p.P50 {
+		t.Errorf("propagation samples %v p50 %v p99 %v", p.Samples, p.P50, p.P99)
+	}
+	for reason := range p.DeniedWith {
+		if reason != "certificate_revoked" && reason != "agent_revoked" {
+			t.Errorf("revoked agent denied with %q", reason)
+		}
+	}
+	if p.ControlChecks == 0 || p.ControlDenials != 0 {
+		t.Errorf("control agent: %d checks, %d denials; want some checks and no denial", p.ControlChecks, p.ControlDenials)
+	}
+
+	var md strings.Builder
+	if err := rep.Markdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	out := md.String()
+	for _, want := range []string{"## Headline", "| (a) real | 2 |", "| (b) noop | 2 |", "| (c) naive | 2 |",
+		"## Targets", "## Concurrency", "## Half of maximum throughput", "## Route-table size",
+		"## Revoked serials", "## Revocation propagation", "nproc"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func checkRun(t *testing.T, name string, r *loadtest.RunResult) {
+	t.Helper()
+	if r.Requests == 0 || r.RPS <= 0 || r.ServerChecks == 0 {
+		t.Errorf("%s: requests %d rps %v server checks %d, want > 0", name, r.Requests, r.RPS, r.ServerChecks)
+	}
+	if r.Errors != 0 || r.Mismatches != 0 {
+		t.Errorf("%s: %d errors, %d wrong answers (first: %s)", name, r.Errors, r.Mismatches, r.FirstError)
+	}
+	if r.P50 <= 0 || r.P99 < r.P50 || r.P999 < r.P99 {
+		t.Errorf("%s: percentiles p50 %v p99 %v p99.9 %v not ordered", name, r.P50, r.P99, r.P999)
+	}
+	if r.CPUPerCheck <= 0 || r.AllocsPerCheck <= 0 || r.RSSBytes <= 0 {
+		t.Errorf("%s: cpu/check %v allocs/check %v rss %d, want > 0", name, r.CPUPerCheck, r.AllocsPerCheck, r.RSSBytes)
+	}
+}
