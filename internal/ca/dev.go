@@ -121,6 +121,9 @@ func (a *Authority) issueDev(ag DevAgent) error {
 	switch {
 	case errors.Is(err, ErrNotFound):
 		iss, err = a.Issue(req)
+		if errors.Is(err, ErrExists) { // another process bootstrapping at the same time
+			iss, err = a.Reissue(req)
+		}
 	case err == nil:
 		iss, err = a.Reissue(req) // also resets attributes someone changed by hand
 	}

@@ -20,7 +20,7 @@ var (
 	ErrNotFound       = errors.New("not found")
 	ErrExists         = errors.New("already exists")
 	ErrNoStore        = errors.New("no inventory store")
-	ErrCorruptStore   = errors.New("inventory store is corrupted")
+	ErrCorruptStore   = errors.New("database is corrupted")
 	ErrKeyPermissions = errors.New("ca key file is readable by group or others")
 )
 
