@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -327,32 +328,50 @@ func (c *Checker) stream(ctx context.Context, tenant string, src int, u, crlURL 
 	// A silent connection (no heartbeat) is a dead one.
 	idle := time.AfterFunc(c.idleTimeout, cancel)
 	defer idle.Stop()
-	br := bufio.NewReaderSize(resp.Body, 64<<10)
-	maxLine := c.maxBytes*4/3 + maxSSELineOverhead
+	var cond conditional // for CRLs announced by ETag
+	return readSSE(resp.Body, c.maxBytes*4/3+maxSSELineOverhead, idle.Reset, c.idleTimeout, func(event string, data []byte) error {
+		if event != "" && event != "revocation" {
+			return nil // unknown event types are for newer replicas
+		}
+		if err := c.handleEvent(ctx, tenant, src, data, crlURL, &cond); err != nil {
+			return err
+		}
+		if !connected.Load() {
+			connected.Store(true)
+			c.setPush(tenant, true)
+		}
+		return nil
+	})
+}
+
+// readSSE parses a server-sent event stream, calling onEvent for each event
+// that has data, until r fails or onEvent returns an error. Lines and event
+// data are bounded by max bytes. alive(idle) is called on every line so a
+// caller can run an idle timer; it may be nil.
+func readSSE(r io.Reader, max int64, alive func(time.Duration) bool, idle time.Duration, onEvent func(event string, data []byte) error) error {
+	br := bufio.NewReaderSize(r, 64<<10)
 	var event string
 	var data bytes.Buffer
-	var cond conditional // for CRLs announced by ETag
+	hasData := false
 	for {
-		line, err := readLine(br, maxLine)
+		line, err := readLine(br, max)
 		if err != nil {
 			return err
 		}
-		idle.Reset(c.idleTimeout)
+		if alive != nil {
+			alive(idle)
+		}
 		switch {
 		case len(line) == 0:
-			if data.Len() > 0 && (event == "" || event == "revocation") {
-				if err := c.handleEvent(ctx, tenant, src, data.Bytes(), crlURL, &cond); err != nil {
+			if hasData {
+				if err := onEvent(event, data.Bytes()); err != nil {
 					return err
 				}
-				if !connected.Load() {
-					connected.Store(true)
-					c.setPush(tenant, true)
-				}
 			}
-			event = ""
+			event, hasData = "", false
 			data.Reset()
 		case line[0] == ':':
-			// heartbeat comment
+			// comment: the heartbeat
 		default:
 			field, value, _ := bytes.Cut(line, []byte(":"))
 			value = bytes.TrimPrefix(value, []byte(" "))
@@ -360,13 +379,14 @@ func (c *Checker) stream(ctx context.Context, tenant string, src int, u, crlURL 
 			case "event":
 				event = string(value)
 			case "data":
-				if int64(data.Len()+len(value)) > maxLine {
-					return fmt.Errorf("event larger than %d bytes", maxLine)
+				if int64(data.Len()+len(value)+1) > max {
+					return fmt.Errorf("event larger than %d bytes", max)
 				}
-				if data.Len() > 0 {
+				if hasData {
 					data.WriteByte('\n')
 				}
 				data.Write(value)
+				hasData = true
 			}
 		}
 	}
