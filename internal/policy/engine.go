@@ -34,6 +34,9 @@ const (
 	// reloadDebounce collapses the burst of events an editor or `git checkout`
 	// produces into one reload.
 	reloadDebounce = 200 * time.Millisecond
+	// smokeTimeout is the least time a smoke evaluation gets: a busy machine
+	// at reload time must not refuse a good policy.
+	smokeTimeout = 10 * time.Second
 )
 
 // Config configures an Engine. Exactly one of Dir and Bundle is set.
@@ -197,14 +200,18 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 }
 
 func (e *Engine) evalState(ctx context.Context, s *state, input rego.EvalOption, partial *Result) (*Result, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.cfg.EvalTimeout)
+	return e.evalStateTimeout(ctx, s, input, partial, e.cfg.EvalTimeout)
+}
+
+func (e *Engine) evalStateTimeout(ctx context.Context, s *state, input rego.EvalOption, partial *Result, timeout time.Duration) (*Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
 	rs, err := s.query.Eval(ctx, input, rego.EvalTime(e.now()))
 	e.metrics.evalDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		if ctx.Err() != nil {
-			return partial, fmt.Errorf("%w after %v: %w", ErrEvalTimeout, e.cfg.EvalTimeout, err)
+			return partial, fmt.Errorf("%w after %v: %w", ErrEvalTimeout, timeout, err)
 		}
 		return partial, fmt.Errorf("policy evaluation: %w", err)
 	}
@@ -369,7 +376,7 @@ func (e *Engine) smoke(ctx context.Context, s *state) error {
 		if err != nil {
 			return err
 		}
-		_, err = e.evalState(ctx, s, rego.EvalParsedInput(input), &Result{})
+		_, err = e.evalStateTimeout(ctx, s, rego.EvalParsedInput(input), &Result{}, max(e.cfg.EvalTimeout, smokeTimeout))
 		if err != nil && !errors.Is(err, ErrUndefined) {
 			return fmt.Errorf("%s: %w", sample.name, err)
 		}

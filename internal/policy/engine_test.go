@@ -39,6 +39,11 @@ func newTestEngine(t *testing.T, cfg Config) *Engine {
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
+	if cfg.EvalTimeout == 0 {
+		// Generous: a loaded CI machine under -race must not turn into a
+		// timeout failure. TestEvalTimeout sets its own.
+		cfg.EvalTimeout = 30 * time.Second
+	}
 	e, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
