@@ -21,7 +21,7 @@ func newBenchCmd() *cobra.Command {
 	var (
 		o                              loadtest.Options
 		concurrencies, routes, revoked string
-		mix, out, jsonOut              string
+		mix, out, jsonOut, modes       string
 		quick                          bool
 	)
 	cmd := &cobra.Command{
@@ -63,6 +63,13 @@ docs/performance.md.`,
 			}
 			if o.Mix, err = loadtest.ParseMix(mix); err != nil {
 				return withHint(err, "the default is %s", loadtest.DefaultMix)
+			}
+			for _, m := range strings.Split(modes, ",") {
+				mode, err := loadtest.ParseMode(strings.TrimSpace(m))
+				if err != nil {
+					return err
+				}
+				o.Modes = append(o.Modes, mode)
 			}
 			exe, err := os.Executable()
 			if err != nil {
@@ -108,6 +115,7 @@ docs/performance.md.`,
 	f.StringVar(&routes, "routes", "10,100,1000", "route-table sizes (the first is used by the other runs)")
 	f.StringVar(&revoked, "revoked", "0,10000,1000000", "revoked serials in the CRL (the first is used by the other runs)")
 	f.StringVar(&mix, "mix", loadtest.DefaultMix, "request mix, kind=weight,…")
+	f.StringVar(&modes, "modes", "noop,naive,real", "server modes to measure (the ratios need all three)")
 	f.StringVar(&o.PoliciesDir, "policies", "policies", "shipped policy directory (authz.rego, data.json)")
 	f.IntVar(&o.PropagationRounds, "propagation-rounds", 20, "revocations timed through ca serve and a replica (0 skips)")
 	f.BoolVar(&o.SkipRateLimited, "skip-rate-limited", false, "skip the run at half of the maximum throughput")

@@ -46,6 +46,9 @@ type Options struct {
 	RevokedSerials []int
 	// Mix is the request mix; default DefaultMix.
 	Mix Mix
+	// Modes to measure; default real, noop and naive. The ratios need all
+	// three; fewer is for quick comparisons while optimising.
+	Modes []Mode
 	// SkipRateLimited skips the run at half of the maximum throughput.
 	SkipRateLimited bool
 	// PropagationRounds is how many revocations are timed; 0 skips.
@@ -81,6 +84,9 @@ func (o *Options) defaults() error {
 	}
 	if len(o.RevokedSerials) == 0 {
 		o.RevokedSerials = []int{0, 10_000, 1_000_000}
+	}
+	if len(o.Modes) == 0 {
+		o.Modes = []Mode{ModeNoop, ModeNaive, ModeReal}
 	}
 	if o.Mix == nil {
 		o.Mix, _ = ParseMix(DefaultMix)
@@ -141,7 +147,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep.BaseRoutes, rep.BaseRevoked = baseRoutes, baseRevoked+len(h.serial)
 
 	concs := uniqueInts(append(append([]int{}, o.Concurrencies...), o.Concurrency))
-	for _, mode := range []Mode{ModeNoop, ModeNaive, ModeReal} {
+	for _, mode := range o.Modes {
 		cfg, err := h.variant(string(mode), baseRoutes, baseRevoked)
 		if err != nil {
 			return nil, err
