@@ -158,7 +158,7 @@ func Run(ctx context.Context, w io.Writer, opts Options) (out *Outcome, err erro
 	if err != nil {
 		return nil, err
 	}
-	out = &Outcome{DataDir: dataDir, Kept: opts.DataDir != "" || opts.Keep, TrustDomain: TrustDomain}
+	out = &Outcome{DataDir: dataDir, Kept: opts.DataDir != "" || opts.Keep, TrustDomain: TrustDomain, Unexpected: []string{}}
 	defer func() {
 		if cerr := cleanup(); cerr != nil && err == nil {
 			err = cerr
