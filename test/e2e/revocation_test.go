@@ -191,6 +191,17 @@ func runPropagation(t testing.TB, rounds int, renew bool) []time.Duration {
 		}
 	}
 	if renew {
+		renewAndLoseChannel(t, bin, caDir, caOut, agents, rounds, replicas)
+	}
+	return lat
+}
+
+// renewAndLoseChannel renews the first victim (the new certificate must work
+// on every replica, the old one stay denied), then stops ca serve: replicas
+// must report the lost channel in metrics and keep serving from the data
+// they hold.
+func renewAndLoseChannel(t testing.TB, bin, caDir string, caOut *proc, agents []agent, rounds int, replicas []*replica) {
+	{
 		old := agents[0]
 		renewDir := t.TempDir()
 		run(t, bin, "agent", "renew", "--data-dir", caDir, old.id, "--out-dir", renewDir)
@@ -216,11 +227,47 @@ func runPropagation(t testing.TB, rounds int, renew bool) []time.Duration {
 			}
 		}
 	}
-	return lat
+
+	caOut.stop(t)
+	unrevoked := agents[rounds]
+	for ri, r := range replicas {
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.HasSuffix(r.metric(t, "agentauthz_revocation_push_connected"), " 0") ||
+			!strings.HasSuffix(r.metric(t, "agentauthz_revocation_push_fallback_polling"), " 1") {
+			if time.Now().After(deadline) {
+				t.Fatalf("replica %d does not report the lost push channel: %q %q", ri,
+					r.metric(t, "agentauthz_revocation_push_connected"), r.metric(t, "agentauthz_revocation_push_fallback_polling"))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if code, rc := r.check(context.Background(), unrevoked); code != codes.OK {
+			t.Errorf("replica %d denies %s after losing the push channel: %v %s", ri, unrevoked.id, code, rc)
+		}
+		if code, _ := r.check(context.Background(), agents[1]); code == codes.OK {
+			t.Errorf("replica %d allows revoked %s after losing the push channel", ri, agents[1].id)
+		}
+	}
 }
 
 type replica struct {
-	client authv3.AuthorizationClient
+	client  authv3.AuthorizationClient
+	metrics string // URL of /metrics
+}
+
+// metric returns the text exposition line of name{tenant} from /metrics.
+func (r *replica) metric(t testing.TB, name string) string {
+	resp, err := http.Get(r.metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, name+"{") && strings.Contains(line, `tenant="`+tenant+`"`) {
+			return line
+		}
+	}
+	return ""
 }
 
 // check sends one CheckRequest and returns the status code and the denial
@@ -288,7 +335,7 @@ trust_bundles:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &replica{client: authv3.NewAuthorizationClient(conn)}
+	return &replica{client: authv3.NewAuthorizationClient(conn), metrics: "http://" + serving.HTTP + "/metrics"}
 }
 
 func waitReady(t testing.TB, url string) {
@@ -365,6 +412,8 @@ func run(t testing.TB, bin string, args ...string) string {
 
 // proc is a running agentauthz whose stdout and stderr lines are collected.
 type proc struct {
+	cmd   *exec.Cmd
+	done  chan struct{} // closed when the process has exited
 	mu    sync.Mutex
 	lines []string
 	cond  chan struct{} // closed and replaced on every new line
@@ -385,7 +434,7 @@ func start(t testing.TB, bin string, args ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cond: make(chan struct{})}
+	p := &proc{cmd: cmd, done: make(chan struct{}), cond: make(chan struct{})}
 	var readers sync.WaitGroup
 	for _, r := range []io.Reader{stdout, stderr} {
 		readers.Add(1)
@@ -402,16 +451,9 @@ func start(t testing.TB, bin string, args ...string) *proc {
 			}
 		}()
 	}
+	go func() { readers.Wait(); cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		done := make(chan error, 1)
-		go func() { readers.Wait(); done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
+		p.stop(t)
 		if t.Failed() {
 			p.mu.Lock()
 			t.Logf("agentauthz %s output:\n%s", strings.Join(args, " "), strings.Join(p.lines, "\n"))
@@ -419,6 +461,24 @@ func start(t testing.TB, bin string, args ...string) *proc {
 		}
 	})
 	return p
+}
+
+// stop interrupts the process and waits for it to exit (killing it after
+// 10 s).
+func (p *proc) stop(t testing.TB) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Errorf("%s did not stop on interrupt; killing it", p.cmd.Path)
+		p.cmd.Process.Kill()
+		<-p.done
+	}
 }
 
 // waitFor returns the first submatch of re in the process output.
