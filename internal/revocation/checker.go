@@ -20,7 +20,7 @@ import (
 // Defaults applied to zero values.
 const (
 	DefaultPollInterval = 30 * time.Second
-	DefaultGrace        = 5 * time.Minute
+	DefaultGrace        = time.Hour
 )
 
 // Config configures a Checker. Tenants maps a trust domain to its sources; a
