@@ -163,6 +163,10 @@ func Run(ctx context.Context, w io.Writer, opts Options) (out *Outcome, err erro
 		if cerr := cleanup(); cerr != nil && err == nil {
 			err = cerr
 		}
+		if err != nil && ctx.Err() != nil {
+			// Whatever failed, it failed because the run was cut short.
+			err = fmt.Errorf("interrupted: %w", ctx.Err())
+		}
 	}()
 	p := &printer{w: w}
 	p.title("agentauthz demo: Acme Payments and five AI agents")

@@ -125,19 +125,22 @@ func closeAll(closers []func() error) {
 // waitReady polls /readyz: ready means policy compiled, revocation data
 // loaded from the push channel, decision log open.
 func (r *replica) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	tctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	var last error
 	for {
-		if _, err := r.get(ctx, "/readyz"); err == nil {
+		if _, err := r.get(tctx, "/readyz"); err == nil {
 			return nil
 		} else {
 			last = err
 		}
 		select {
-		case <-ctx.Done():
+		case <-tctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			return fmt.Errorf("%s: not ready after %s: %w", r.Name, readyTimeout, last)
 		case <-tick.C:
 		case <-r.stopped:
