@@ -360,6 +360,15 @@ var buildOnce struct {
 	path string
 }
 
+// TestMain removes the binary built for the tests in this process.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildOnce.path != "" {
+		os.RemoveAll(filepath.Dir(buildOnce.path))
+	}
+	os.Exit(code)
+}
+
 func buildBinary(t testing.TB) string {
 	buildOnce.Lock()
 	defer buildOnce.Unlock()
