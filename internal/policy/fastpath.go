@@ -220,7 +220,26 @@ func requestValue(r *authv3.AttributeContext_Request) (ast.Object, error) {
 func stringMap(m map[string]string) ast.Object {
 	obj := ast.NewObject()
 	for k, v := range m {
-		obj.Insert(ast.StringTerm(k), ast.StringTerm(v))
+		kt, ok := commonKeys[k]
+		if !ok {
+			kt = ast.StringTerm(k)
+		}
+		obj.Insert(kt, ast.StringTerm(v))
 	}
 	return obj
 }
+
+// commonKeys are header names (and the like) almost every request carries;
+// their terms are shared instead of allocated per request. Read-only.
+var commonKeys = func() map[string]*ast.Term {
+	m := map[string]*ast.Term{}
+	for _, k := range []string{
+		":authority", ":method", ":path", ":scheme", "accept", "accept-encoding", "authorization",
+		"content-length", "content-type", "user-agent", "x-request-id", "x-forwarded-for",
+		"x-forwarded-proto", "x-forwarded-client-cert", "x-envoy-expected-rq-timeout-ms",
+		"x-envoy-internal", "traceparent", "tracestate", "idempotency-key",
+	} {
+		m[k] = ast.StringTerm(k)
+	}
+	return m
+}()
