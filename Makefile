@@ -25,8 +25,9 @@ test: ## run every test (unit, policy, fixtures, CLI scripts, end-to-end)
 race: ## run the tests with the race detector (needs cgo)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-bench: build ## run the go benchmarks and the load harness
+bench: build ## run the go benchmarks, revocation propagation and the load harness
 	$(GO) test -run='^$$' -bench=. -benchmem -count=1 ./internal/...
+	$(GO) test -run='^$$' -bench=RevocationPropagation -benchtime=1x ./test/e2e
 
 $(BIN)/opa: go.mod
 	$(GO) build -o $(BIN)/opa github.com/open-policy-agent/opa
@@ -35,8 +36,15 @@ policy-test: $(BIN)/opa ## run the shipped policy tests with the stock opa CLI (
 	$(BIN)/opa test policies -v
 	$(BIN)/opa test policies --coverage --format=json | $(GO) run ./internal/policy/cmd/coverage -min 90
 
-bundle: $(BIN)/opa ## build bundles/agentauthz.tar.gz signed with SIGNING_KEY
-	@echo "see docs/policies.md"
+SIGNING_KEY ?= $(DATA_DIR)/bundle-signing.key
+
+bundle: $(BIN)/opa ## build bundles/agentauthz.tar.gz, revision = git commit, signed with SIGNING_KEY (a dev key is made if missing)
+	@test -f $(SIGNING_KEY) || { mkdir -p $(dir $(SIGNING_KEY)) && umask 077 && \
+	  openssl ecparam -name prime256v1 -genkey -noout -out $(SIGNING_KEY) && \
+	  openssl ec -in $(SIGNING_KEY) -pubout -out $(SIGNING_KEY:.key=.pub.pem) 2>/dev/null && \
+	  echo "made dev signing key $(SIGNING_KEY), public key $(SIGNING_KEY:.key=.pub.pem)"; }
+	$(BIN)/opa build -b policies --ignore '*_test.rego' --revision "$$(git rev-parse HEAD)" \
+	  --signing-alg ES256 --signing-key $(SIGNING_KEY) -o bundles/agentauthz.tar.gz
 
 fuzz: ## run every fuzz target for FUZZTIME each (default 5m); make test replays the committed corpora
 	./test/fuzz.sh $(FUZZTIME)

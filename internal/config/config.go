@@ -141,7 +141,7 @@ const (
 	DefaultMaxRecvMsgBytes      = 1 << 20
 	DefaultMaxConcurrentStreams = 1024
 	DefaultCheckTimeout         = time.Second
-	DefaultEvalTimeout          = 100 * time.Millisecond
+	DefaultEvalTimeout          = 500 * time.Millisecond
 	DefaultBundlePollInterval   = 30 * time.Second
 	DefaultCacheSize            = 10000
 	DefaultCRLPollInterval      = 30 * time.Second

@@ -71,7 +71,7 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	verifier, err := identity.NewVerifier(identity.Config{
 		Sources:    sources,
 		Bundles:    bundles,
-		Registry:   registry{engine},
+		Registry:   engine,
 		CacheSize:  cfg.Identity.CacheSize,
 		Registerer: reg,
 	})
@@ -129,7 +129,7 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	}
 	c.Authorization = svc
 
-	trust := newTrustReloader(cfg, verifier, logger.Named("trust"), reg)
+	trust := newTrustReloader(cfg, verifier, revoked, logger.Named("trust"), reg)
 	c.Loops = append(c.Loops, trust.Run)
 	c.Reload = func() error { return errors.Join(engine.Reload(), trust.Reload()) }
 	return c, nil
@@ -165,17 +165,6 @@ func loadTrust(cfg config.Config) ([]identity.Bundle, map[string]revocation.Tena
 	return bundles, tenants, errors.Join(errs...)
 }
 
-// registry serves SPIFFE-only identities from policy data.
-type registry struct{ e *policy.Engine }
-
-func (r registry) LookupAgent(spiffeID string) (identity.RegistryEntry, bool) {
-	rec, ok := r.e.LookupAgent(spiffeID)
-	if !ok {
-		return identity.RegistryEntry{}, false
-	}
-	return identity.RegistryEntry{TrustLevel: rec.TrustLevel, Scopes: rec.Scopes, Owner: rec.Owner}, true
-}
-
 // policyAdapter turns the engine's result into the Envoy shapes extauthz
 // answers with.
 type policyAdapter struct{ e *policy.Engine }
@@ -201,7 +190,7 @@ func (p policyAdapter) Decide(ctx context.Context, req *authv3.CheckRequest, age
 		v.QueryParametersToSet = append(v.QueryParametersToSet, &corev3.QueryParameter{Key: q.Key, Value: q.Value})
 	}
 	if r.DynamicMetadata != nil {
-		md, err := structpb.NewStruct(jsonCompatible(r.DynamicMetadata).(map[string]any))
+		md, err := structpb.NewStruct(r.DynamicMetadata)
 		if err != nil {
 			return v, fmt.Errorf("dynamic_metadata: %w", err)
 		}
@@ -228,26 +217,4 @@ func headerOptions(hs []policy.Header) []*corev3.HeaderValueOption {
 		})
 	}
 	return out
-}
-
-// jsonCompatible converts json.Number values (as OPA returns them) to
-// float64 so structpb accepts them.
-func jsonCompatible(v any) any {
-	switch t := v.(type) {
-	case map[string]any:
-		for k, e := range t {
-			t[k] = jsonCompatible(e)
-		}
-		return t
-	case []any:
-		for i, e := range t {
-			t[i] = jsonCompatible(e)
-		}
-		return t
-	case interface{ Float64() (float64, error) }:
-		f, _ := t.Float64()
-		return f
-	default:
-		return v
-	}
 }

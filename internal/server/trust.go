@@ -14,6 +14,7 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/config"
 	"github.com/agentauthz/agentauthz/internal/identity"
+	"github.com/agentauthz/agentauthz/internal/revocation"
 )
 
 // trustReloader keeps the verifier's trust bundles in step with their files.
@@ -23,6 +24,7 @@ import (
 type trustReloader struct {
 	cfg      config.Config
 	verifier *identity.Verifier
+	revoked  *revocation.Checker
 	logger   hclog.Logger
 	interval time.Duration
 	errors   prometheus.Counter
@@ -32,9 +34,9 @@ type trustReloader struct {
 	last [32]byte // digest of the files last applied
 }
 
-func newTrustReloader(cfg config.Config, v *identity.Verifier, logger hclog.Logger, reg prometheus.Registerer) *trustReloader {
+func newTrustReloader(cfg config.Config, v *identity.Verifier, rc *revocation.Checker, logger hclog.Logger, reg prometheus.Registerer) *trustReloader {
 	r := &trustReloader{
-		cfg: cfg, verifier: v, logger: logger, interval: 2 * time.Second,
+		cfg: cfg, verifier: v, revoked: rc, logger: logger, interval: 2 * time.Second,
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "agentauthz_trust_bundle_reload_errors_total",
 			Help: "Trust bundle reloads refused because a file was missing or invalid; the last valid bundles stay.",
@@ -78,6 +80,14 @@ func (r *trustReloader) Reload() error {
 	bundles, _, err := loadTrust(r.cfg)
 	if err == nil {
 		err = r.verifier.SetBundles(bundles)
+	}
+	if err == nil {
+		// CRLs of a rotated CA must verify against the new roots.
+		for _, b := range bundles {
+			if serr := r.revoked.SetCAs(b.TrustDomain, b.Roots); serr != nil {
+				err = errors.Join(err, serr)
+			}
+		}
 	}
 	if err != nil {
 		r.errors.Inc()
