@@ -1,4 +1,19 @@
 // Package decisionlog owns the signed, hash-chained, append-only log of
 // decision records: group-committed appends, segment files, signing keys and
 // verification.
+//
+// Each record is a compact JWS (alg EdDSA, kid = RFC 7638 thumbprint) over
+// the record's JSON, one per line in segment files named by their first
+// sequence number. Each record's "prev" is the SHA-256 of the previous
+// record's JWS signing input, across segments and key rotations.
+//
+//   - Open / (*Log).Append / Close: the writer. Sync mode acknowledges a
+//     record only after fsync, with one fsync per batch of concurrent
+//     appends; Async acknowledges once queued. Failures wrap ErrUnavailable
+//     and the writer recovers by itself.
+//   - (*Log).Rotate, JWKSHandler, PublicKeys, LoadKeySet, ParseKeySet: keys.
+//   - NewReader: the log as a stream, for query, tail -f and consumers.
+//   - Verify, VerifyRecord, DecodeRecord, ChainHash: verification.
+//
+// docs/decision-log.md is the format contract.
 package decisionlog
