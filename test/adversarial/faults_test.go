@@ -163,7 +163,9 @@ func TestFaultCRLSourceGoesAway(t *testing.T) {
 			Grace:        config.Duration(time.Millisecond),
 		}
 	}))
-	reasonOf := func(l *testca.Leaf) string { return reduce(mustCheck(t, svc, readerRequest(t, l, "/v1/payments/p-1"))).Reason }
+	reasonOf := func(l *testca.Leaf) string {
+		return reduce(mustCheck(t, svc, readerRequest(t, l, "/v1/payments/p-1"))).Reason
+	}
 	eventually(t, "CRL loaded", func() bool { return reasonOf(good) == "allowed" })
 	if r := reasonOf(gone); r != "certificate_revoked" {
 		t.Fatalf("revoked serial: %s", r)
