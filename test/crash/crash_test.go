@@ -1,0 +1,61 @@
+package crash
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/agentauthz/agentauthz/test/process"
+)
+
+// TestCrashKill9 drives concurrent Check load against a real serve
+// process, kills it with SIGKILL after a random short time, restarts it
+// and checks that the log verifies and holds every decision id a client
+// got an answer for. Five cycles by default (a few seconds);
+// AGENTAUTHZ_CRASH_LONG=1 runs 25 cycles with longer load.
+func TestCrashKill9(t *testing.T) {
+	bin := binary(t)
+	cycles, minLoad, maxLoad := 5, 100*time.Millisecond, 600*time.Millisecond
+	if os.Getenv("AGENTAUTHZ_CRASH_LONG") == "1" {
+		cycles, minLoad, maxLoad = 25, time.Second, 5*time.Second
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	data := t.TempDir()
+	acked := map[string]bool{}
+	for cycle := 0; cycle < cycles; cycle++ {
+		p := process.Start(t, process.Options{Binary: bin, DataDir: data})
+		// The restart recovered the log: it verifies and lost nothing.
+		records := verifyLog(t, data, acked)
+		var answered atomic.Int64
+		stop := loadUntil(t, p, 8, &answered)
+		waitCount(t, &answered, 20, p)
+		time.Sleep(minLoad + time.Duration(rng.Int64N(int64(maxLoad-minLoad))))
+		p.Kill()
+		res := stop()
+		for _, id := range res.Acked {
+			acked[id] = true
+		}
+		t.Logf("cycle %d: %d records at start, %d answered (%d allowed, %d denied), %d errors after kill -9",
+			cycle, records, len(res.Acked), res.Allowed, res.Denied, res.Errors)
+		if res.Allowed == 0 || res.Denied == 0 {
+			t.Fatalf("cycle %d: the load must mix allowed and denied decisions", cycle)
+		}
+	}
+	// A last restart recovers; a clean stop; then the auditor's checks.
+	p := process.Start(t, process.Options{Binary: bin, DataDir: data})
+	p.Signal(syscall.SIGTERM)
+	ctx, cancel := context.WithTimeout(context.Background(), process.StartTimeout)
+	defer cancel()
+	if err := p.Wait(ctx); err != nil {
+		t.Fatalf("clean stop after recovery: %v", err)
+	}
+	n := verifyLog(t, data, acked)
+	auditVerify(t, bin, data)
+	t.Logf("%d cycles: %d acknowledged decisions, all among %d records", cycles, len(acked), n)
+}
