@@ -7,6 +7,7 @@ package crash
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -161,4 +162,14 @@ func waitCount(t *testing.T, c *atomic.Int64, n int64, p *process.Proc) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+func readyz(t *testing.T, p *process.Proc) int {
+	t.Helper()
+	resp, err := http.Get("http://" + p.HTTPAddr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
