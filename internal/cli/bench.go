@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -91,11 +92,17 @@ docs/performance.md.`,
 				return err
 			}
 			if out != "" {
+				if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+					return err
+				}
 				if err := os.WriteFile(out, md.Bytes(), 0o644); err != nil {
 					return err
 				}
 			}
 			if jsonOut != "" {
+				if err := os.MkdirAll(filepath.Dir(jsonOut), 0o755); err != nil {
+					return err
+				}
 				b, err := json.MarshalIndent(rep, "", "  ")
 				if err != nil {
 					return err
