@@ -416,9 +416,13 @@ func waitReady(ctx context.Context, httpAddr string, limit time.Duration) error 
 	}
 }
 
-func fetchStats(httpAddr string) (ServerStats, error) {
+func fetchStats(httpAddr string, gc bool) (ServerStats, error) {
 	var st ServerStats
-	resp, err := httpClient.Get("http://" + httpAddr + statsPath)
+	u := "http://" + httpAddr + statsPath
+	if gc {
+		u += "?gc=1"
+	}
+	resp, err := httpClient.Get(u)
 	if err != nil {
 		return st, err
 	}
@@ -440,7 +444,7 @@ func (h *harness) measure(ctx context.Context, sp *serverProc, mode Mode, spec l
 	defer conn.Close()
 	var before, after ServerStats
 	res, err := drive(ctx, conn, mode, h.pool, spec, func(start bool) error {
-		st, err := fetchStats(sp.httpAddr)
+		st, err := fetchStats(sp.httpAddr, false)
 		if start {
 			before = st
 		} else {
@@ -452,6 +456,10 @@ func (h *harness) measure(ctx context.Context, sp *serverProc, mode Mode, spec l
 		return r, err
 	}
 	r.fill(res, before, after)
+	// After the window: what the server holds once garbage is collected.
+	if st, err := fetchStats(sp.httpAddr, true); err == nil {
+		r.HeapAfterGC, r.RSSAfterGC = st.HeapBytes, st.RSSBytes
+	}
 	h.o.progress("%-5s c=%-3d %s", mode, spec.Concurrency, r.summary())
 	return r, nil
 }

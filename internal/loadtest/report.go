@@ -49,7 +49,10 @@ type RunResult struct {
 	RSSBytes       int64   `json:"rss_bytes"`
 	MaxRSSBytes    int64   `json:"max_rss_bytes"`
 	HeapBytes      uint64  `json:"heap_bytes"` // live and not yet swept heap objects
-	GCCycles       uint64  `json:"gc_cycles"`
+	// After the window, once debug.FreeOSMemory has run in the server.
+	HeapAfterGC uint64 `json:"heap_after_gc_bytes"`
+	RSSAfterGC  int64  `json:"rss_after_gc_bytes"`
+	GCCycles    uint64 `json:"gc_cycles"`
 }
 
 func (r *RunResult) fill(res *loadResult, before, after ServerStats) {
@@ -281,17 +284,18 @@ func runTable(b *strings.Builder, runs []RunResult, variant bool) {
 	} else {
 		b.WriteString("| mode | concurrency ")
 	}
-	b.WriteString("| req/s | p50 | p90 | p99 | p99.9 | server CPU/Check | allocs/Check | server cores | RSS | heap | errors | wrong answers |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| req/s | p50 | p90 | p99 | p99.9 | server CPU/Check | allocs/Check | server cores | RSS | heap | live heap / RSS after GC | errors | wrong answers |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range runs {
 		if variant {
 			fmt.Fprintf(b, "| %d | %d ", r.Routes, r.RevokedSerials)
 		} else {
 			fmt.Fprintf(b, "| %s | %d ", modeLabel(r.Mode), r.Concurrency)
 		}
-		fmt.Fprintf(b, "| %.0f | %s | %s | %s | %s | %s | %.0f | %.2f | %s | %s | %d | %d |\n",
+		fmt.Fprintf(b, "| %.0f | %s | %s | %s | %s | %s | %.0f | %.2f | %s | %s | %s / %s | %d | %d |\n",
 			r.RPS, fmtDur(r.P50), fmtDur(r.P90), fmtDur(r.P99), fmtDur(r.P999), fmtNanos(r.CPUPerCheck),
-			r.AllocsPerCheck, r.ServerCPUUtil, fmtMiB(r.RSSBytes), fmtMiB(int64(r.HeapBytes)), r.Errors, r.Mismatches)
+			r.AllocsPerCheck, r.ServerCPUUtil, fmtMiB(r.RSSBytes), fmtMiB(int64(r.HeapBytes)),
+			fmtMiB(int64(r.HeapAfterGC)), fmtMiB(r.RSSAfterGC), r.Errors, r.Mismatches)
 	}
 }
 
