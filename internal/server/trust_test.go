@@ -54,7 +54,9 @@ func TestTrustBundleCorruptedAtRuntime(t *testing.T) {
 			cl()
 		}
 	}()
-	reader := func(ca *testca.CA) *testca.Leaf { return ca.Issue("reader", testca.Trust(1), testca.Scopes("payments:read")) }
+	reader := func(ca *testca.CA) *testca.Leaf {
+		return ca.Issue("reader", testca.Trust(1), testca.Scopes("payments:read"))
+	}
 
 	if got := checkLeaf(t, c, reader(oldCA)); got != "allowed" {
 		t.Fatalf("before: %s", got)
@@ -149,4 +151,3 @@ func gatherValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("metric %s not found", name)
 	return 0
 }
-
