@@ -3,6 +3,7 @@ package process
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -39,22 +40,23 @@ func (l Load) Run(ctx context.Context) LoadResult {
 	}
 	var mu sync.Mutex
 	var res LoadResult
-	var tick <-chan time.Time
-	if l.Rate > 0 {
-		tk := time.NewTicker(time.Duration(float64(time.Second) / l.Rate))
-		defer tk.Stop()
-		tick = tk.C
-	}
+	// Paced by a shared sequence: send n is due at start + n/Rate, so the
+	// offered rate holds however the workers are scheduled.
+	var seq atomic.Int64
+	start := time.Now()
 	var wg sync.WaitGroup
 	for w := 0; w < l.Workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := w; ctx.Err() == nil; i += l.Workers {
-				if tick != nil {
+				if l.Rate > 0 {
+					due := start.Add(time.Duration(float64(seq.Add(1)) / l.Rate * float64(time.Second)))
+					t := time.NewTimer(time.Until(due))
 					select {
-					case <-tick:
+					case <-t.C:
 					case <-ctx.Done():
+						t.Stop()
 						return
 					}
 				}
