@@ -284,17 +284,21 @@ func runTable(b *strings.Builder, runs []RunResult, variant bool) {
 	} else {
 		b.WriteString("| mode | concurrency ")
 	}
-	b.WriteString("| req/s | p50 | p90 | p99 | p99.9 | server CPU/Check | allocs/Check | server cores | RSS | heap | live heap / RSS after GC | errors | wrong answers |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| req/s | p50 | p90 | p99 | p99.9 | server CPU/Check | allocs/Check | server cores | GC cycles per 1k Checks | RSS | heap | live heap / RSS after GC | errors | wrong answers |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range runs {
 		if variant {
 			fmt.Fprintf(b, "| %d | %d ", r.Routes, r.RevokedSerials)
 		} else {
 			fmt.Fprintf(b, "| %s | %d ", modeLabel(r.Mode), r.Concurrency)
 		}
-		fmt.Fprintf(b, "| %.0f | %s | %s | %s | %s | %s | %.0f | %.2f | %s | %s | %s / %s | %d | %d |\n",
+		gcs := 0.0
+		if r.ServerChecks > 0 {
+			gcs = float64(r.GCCycles) * 1000 / float64(r.ServerChecks)
+		}
+		fmt.Fprintf(b, "| %.0f | %s | %s | %s | %s | %s | %.0f | %.2f | %.1f | %s | %s | %s / %s | %d | %d |\n",
 			r.RPS, fmtDur(r.P50), fmtDur(r.P90), fmtDur(r.P99), fmtDur(r.P999), fmtNanos(r.CPUPerCheck),
-			r.AllocsPerCheck, r.ServerCPUUtil, fmtMiB(r.RSSBytes), fmtMiB(int64(r.HeapBytes)),
+			r.AllocsPerCheck, r.ServerCPUUtil, gcs, fmtMiB(r.RSSBytes), fmtMiB(int64(r.HeapBytes)),
 			fmtMiB(int64(r.HeapAfterGC)), fmtMiB(r.RSSAfterGC), r.Errors, r.Mismatches)
 	}
 }
