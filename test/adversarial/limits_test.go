@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -324,4 +325,50 @@ func mustCheck(t *testing.T, svc *service, req *authv3.CheckRequest) *authv3.Che
 	}
 	checkNoLeak(t, resp)
 	return resp
+}
+
+// TestLargeInputsAreAnswered: inputs that fit in one CheckRequest but are
+// hostile in shape (60,000 headers, 400,000-deep or -wide JSON bodies, 100,000 query or
+// 200,000 form fields) are answered with a decision, never a
+// transport error, a panic or a leak. What the policy cannot be given
+// (a JSON body nested deeper than the decoder allows, a form with more
+// fields than Go's parser accepts) is a policy_error denial.
+func TestLargeInputsAreAnswered(t *testing.T) {
+	ca := testca.New(t)
+	svc := startService(t, newConfig(t, ca.WriteBundle(), nil))
+	leaf := issueSpec(ca, catalogueAgents()["reader"])
+	for _, c := range []struct {
+		name, path, contentType, body, want string
+		headers                             int
+	}{
+		{name: "60000 headers", headers: 60000, want: "allowed"},
+		{name: "deep json", contentType: "application/json", body: strings.Repeat("[", 400000) + strings.Repeat("]", 400000), want: "policy_error"},
+		{name: "wide json", contentType: "application/json", body: "[" + strings.Repeat("0,", 400000) + "0]", want: "allowed"},
+		{name: "100000 query fields", path: "?" + strings.Repeat("a=1&", 100000), want: "allowed"},
+		{name: "200000 form fields", contentType: "application/x-www-form-urlencoded", body: strings.Repeat("a=1&", 200000), want: "policy_error"},
+		{name: "bad content-length", contentType: "application/json", body: "{}", want: "policy_error"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req := readerRequest(t, leaf, "/v1/payments/p-1"+c.path)
+			h := req.Attributes.Request.Http
+			for i := 0; i < c.headers; i++ {
+				h.Headers[fmt.Sprintf("x-h%d", i)] = "v"
+			}
+			if c.contentType != "" {
+				h.Headers["content-type"] = c.contentType
+			}
+			if c.name == "bad content-length" {
+				h.Headers["content-length"] = "twelve"
+			}
+			h.Body = c.body
+			resp, err := svc.client.Check(context.Background(), req)
+			if err != nil {
+				t.Fatalf("Check: %v", err)
+			}
+			checkNoLeak(t, resp)
+			if v := reduce(resp); v.Reason != c.want {
+				t.Errorf("reason %s, want %s", v.Reason, c.want)
+			}
+		})
+	}
 }
