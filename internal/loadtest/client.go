@@ -42,9 +42,11 @@ func (rawCodec) Unmarshal(data []byte, v any) error {
 func (rawCodec) Name() string { return "proto" }
 
 // statusCode reads CheckResponse.status.code (field 1, then field 1) without
-// decoding the rest; -1 when absent or malformed. An absent code is 0 (OK)
-// in proto3, so a present status without a code field reads as 0.
+// decoding the rest; -1 when there is no status or the bytes are malformed.
+// It follows proto's merge rules: several status fields merge, the last code
+// wins, and a status without a code field is 0 (OK).
 func statusCode(b []byte) int32 {
+	code, seen := int32(0), false
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -56,7 +58,8 @@ func statusCode(b []byte) int32 {
 			if n < 0 {
 				return -1
 			}
-			code := int32(0)
+			b = b[n:]
+			seen = true
 			for len(st) > 0 {
 				num, typ, n := protowire.ConsumeTag(st)
 				if n < 0 {
@@ -78,7 +81,7 @@ func statusCode(b []byte) int32 {
 				}
 				st = st[n:]
 			}
-			return code
+			continue
 		}
 		n = protowire.ConsumeFieldValue(num, typ, b)
 		if n < 0 {
@@ -86,7 +89,10 @@ func statusCode(b []byte) int32 {
 		}
 		b = b[n:]
 	}
-	return -1
+	if !seen {
+		return -1
+	}
+	return code
 }
 
 // dial opens the one client connection every load run uses.
