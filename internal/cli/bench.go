@@ -39,7 +39,12 @@ docs/performance.md.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
 			if quick {
-				o.Warmup, o.Duration = 300*time.Millisecond, time.Second
+				if !cmd.Flags().Changed("warmup") {
+					o.Warmup = 300 * time.Millisecond
+				}
+				if !cmd.Flags().Changed("duration") {
+					o.Duration = time.Second
+				}
 				if !cmd.Flags().Changed("concurrencies") {
 					concurrencies = "1,16"
 				}

@@ -129,6 +129,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		defer os.RemoveAll(d)
 		h.dir = d
 	}
+	if err := os.MkdirAll(h.dir, 0o755); err != nil {
+		return nil, err
+	}
 	var err error
 	if h.pki, err = newPKI(time.Now()); err != nil {
 		return nil, err
