@@ -463,7 +463,11 @@ func (h *harness) measure(ctx context.Context, sp *serverProc, mode Mode, spec l
 	if st, err := fetchStats(sp.httpAddr, true); err == nil {
 		r.HeapAfterGC, r.RSSAfterGC = st.HeapBytes, st.RSSBytes
 	}
-	h.o.progress("%-5s c=%-3d %s", mode, spec.Concurrency, r.summary())
+	label := fmt.Sprintf("c=%d", spec.Concurrency)
+	if spec.Rate > 0 {
+		label += fmt.Sprintf(" paced at %.0f/s", spec.Rate)
+	}
+	h.o.progress("%-5s %-6s %s", mode, label, r.summary())
 	return r, nil
 }
 
