@@ -58,11 +58,12 @@ func loadPolicyData(t *testing.T) policyData {
 var ambiguousSegment = regexp.MustCompile(`[/\\%\x00-\x1f\x7f]`)
 
 // unambiguous reports whether the decoded segment names one thing: not
-// empty, not a dot segment, also once ";parameters" (which servlet
-// containers strip) are removed.
+// empty and not a dot segment, also once ";parameters" (which servlet
+// containers strip) and trailing dots and spaces (which Windows file APIs
+// strip) are removed.
 func unambiguous(seg string) bool {
 	head, _, _ := strings.Cut(seg, ";")
-	return !ambiguousSegment.MatchString(seg) && head != "" && head != "." && head != ".."
+	return !ambiguousSegment.MatchString(seg) && strings.TrimRight(head, ". ") != ""
 }
 
 // oracleRoute is an independent, deliberately strict route matcher: it
@@ -203,7 +204,7 @@ func mutate(rng *rand.Rand, env *catalogueEnv, foreign *testca.Leaf) mutant {
 		case 1, 2:
 			segs := strings.Split(m.path[1:], "/")
 			at := rng.IntN(len(segs) + 1)
-			ins := pick("..", ".", "", "%2e%2e", "%2E.", "..;", ";", "%252e%252e", "..%2Fadmin", "%2F", "%5C", "admin", "%00", "p%0d%0a", "PAYMENTS", "payments.", "%70ayments", "x;y", "~", "%7e")
+			ins := pick("..", ".", "", "%2e%2e", "%2E.", "..;", ";", "...", "..%20", "%252e%252e", "..%2Fadmin", "%2F", "%5C", "admin", "%00", "p%0d%0a", "PAYMENTS", "payments.", "%70ayments", "x;y", "~", "%7e")
 			segs = slices.Insert(segs, at, ins)
 			m.path = "/" + strings.Join(segs, "/")
 			m.steps = append(m.steps, "insert-seg="+ins)
