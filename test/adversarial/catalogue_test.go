@@ -16,6 +16,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
 	"github.com/agentauthz/agentauthz/internal/checkreq"
+	"github.com/agentauthz/agentauthz/internal/config"
 	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/testca"
 )
@@ -35,7 +36,13 @@ type catalogueCase struct {
 	Path     string            `json:"path"`
 	Headers  map[string]string `json:"headers"` // {{XFCC}} and {{FORGED_XFCC}} are replaced
 	Gen      string            `json:"gen"`
-	Expect   struct {
+	// Config is "" (native tenant example.test, sources peer_certificate
+	// and xfcc) or "spiffe" (also SPIFFE-only identities for the trust
+	// domain dev.agentauthz.local, attributes from the shipped registry).
+	Config string `json:"config"`
+	// Principal, when set, replaces attributes.source.principal.
+	Principal *string `json:"principal"`
+	Expect    struct {
 		Allowed   bool              `json:"allowed"`
 		Status    int               `json:"status"`
 		Reason    string            `json:"reason"`
@@ -118,6 +125,9 @@ func (e *catalogueEnv) build(c *catalogueCase) *authv3.CheckRequest {
 	req, err := checkreq.Build(r)
 	if err != nil {
 		t.Fatalf("%s: %v", c.Name, err)
+	}
+	if c.Principal != nil {
+		req.Attributes.Source.Principal = *c.Principal
 	}
 	if c.Gen != "" {
 		gen := generators()[c.Gen]
@@ -327,10 +337,24 @@ func generators() map[string]generator {
 // in the log, which verifies.
 func TestCatalogue(t *testing.T) {
 	e := newCatalogueEnv(t)
-	svc := startService(t, newConfig(t, e.trusted.WriteBundle(), nil))
+	bundle := e.trusted.WriteBundle()
+	services := map[string]*service{
+		"": startService(t, newConfig(t, bundle, nil)),
+		"spiffe": startService(t, newConfig(t, bundle, func(c *config.Config) {
+			c.Identity.Sources = []string{"peer_certificate", "xfcc", "spiffe_id"}
+			c.TrustBundles = append(c.TrustBundles, config.TrustBundle{TrustDomain: "dev.agentauthz.local", Profile: "spiffe"})
+		})),
+	}
 	cases := loadCatalogue(t)
-	ids := map[string]string{}
+	ids := map[string]map[string]string{}
 	for _, c := range cases {
+		svc := services[c.Config]
+		if svc == nil {
+			t.Fatalf("%s: unknown config %q", c.Name, c.Config)
+		}
+		if ids[c.Config] == nil {
+			ids[c.Config] = map[string]string{}
+		}
 		for _, via := range []string{"direct", "grpc"} {
 			t.Run(c.Category+"/"+c.Name+"/"+via, func(t *testing.T) {
 				e.t = t
@@ -347,25 +371,27 @@ func TestCatalogue(t *testing.T) {
 				}
 				checkNoLeak(t, resp)
 				v := reduce(resp)
-				ids[v.DecisionID] = c.Name
+				ids[c.Config][v.DecisionID] = c.Name
 				assertExpect(t, c, v)
 			})
 		}
 	}
 	e.t = t
-	logged := svc.verifyLog(t)
-	for id, name := range ids {
-		rec := logged[id]
-		if rec == nil {
-			t.Errorf("%s: decision %s is not in the log", name, id)
-			continue
+	for cfg, svc := range services {
+		logged := svc.verifyLog(t)
+		for id, name := range ids[cfg] {
+			rec := logged[id]
+			if rec == nil {
+				t.Errorf("%s: decision %s is not in the log", name, id)
+				continue
+			}
+			if strings.ContainsAny(rec.Request.Path+rec.Request.ID+rec.Agent.ID, "\r\n") && !json.Valid(mustJSON(t, rec)) {
+				t.Errorf("%s: record with control characters does not encode", name)
+			}
 		}
-		if strings.ContainsAny(rec.Request.Path+rec.Request.ID+rec.Agent.ID, "\r\n") && !json.Valid(mustJSON(t, rec)) {
-			t.Errorf("%s: record with control characters does not encode", name)
+		if len(logged) != len(ids[cfg]) {
+			t.Errorf("config %q: %d records for %d decisions", cfg, len(logged), len(ids[cfg]))
 		}
-	}
-	if len(logged) != len(ids) {
-		t.Errorf("%d records for %d decisions", len(logged), len(ids))
 	}
 }
 
@@ -417,7 +443,7 @@ func TestCatalogueCoversTheBrief(t *testing.T) {
 	for _, c := range loadCatalogue(t) {
 		n[c.Category]++
 	}
-	for _, cat := range []string{"xfcc", "certificate", "path", "method_override", "crlf", "duplicate_identity"} {
+	for _, cat := range []string{"xfcc", "certificate", "path", "method_override", "crlf", "duplicate_identity", "spiffe_only"} {
 		if n[cat] == 0 {
 			t.Errorf("no %s cases", cat)
 		}
