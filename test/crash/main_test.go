@@ -6,6 +6,7 @@ package crash
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -27,7 +28,8 @@ import (
 // TestMain builds the binary once for every test of the package and hands
 // its path to them through process.BinaryEnv.
 func TestMain(m *testing.M) {
-	if os.Getenv(process.BinaryEnv) == "" {
+	flag.Parse()
+	if os.Getenv(process.BinaryEnv) == "" && !testing.Short() {
 		dir, err := os.MkdirTemp("", "agentauthz-crash-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -133,6 +135,7 @@ func auditVerify(t *testing.T, bin, dataDir string) {
 // loadUntil runs load against p in the background. stop ends it and
 // returns the result.
 func loadUntil(t *testing.T, p *process.Proc, workers int, answered *atomic.Int64) (stop func() process.LoadResult) {
+	client, reqs := p.Client(t), devRequests(t, p)
 	ctx, cancel := context.WithCancel(context.Background())
 	var res process.LoadResult
 	var wg sync.WaitGroup
@@ -140,7 +143,7 @@ func loadUntil(t *testing.T, p *process.Proc, workers int, answered *atomic.Int6
 	go func() {
 		defer wg.Done()
 		res = process.Load{
-			Client: p.Client(t), Requests: devRequests(t, p), Workers: workers,
+			Client: client, Requests: reqs, Workers: workers,
 			CallTimeout: 10 * time.Second,
 			OnAnswer:    func(string, bool) { answered.Add(1) },
 		}.Run(ctx)
