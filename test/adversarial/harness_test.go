@@ -39,7 +39,7 @@ func shippedPolicies() string { return filepath.Join("..", "..", "policies") }
 
 // newConfig is a valid configuration trusting bundle for example.test with
 // the shipped policy; mutate adjusts it before defaults and validation.
-func newConfig(t *testing.T, bundle string, mutate func(*config.Config)) config.Config {
+func newConfig(t testing.TB, bundle string, mutate func(*config.Config)) config.Config {
 	t.Helper()
 	cfg := config.Config{DataDir: t.TempDir(), GRPC: config.GRPC{Addr: "127.0.0.1:0"}, HTTP: config.HTTP{Addr: "127.0.0.1:0"}}
 	cfg.Policy.Dir = shippedPolicies()
@@ -56,7 +56,7 @@ func newConfig(t *testing.T, bundle string, mutate func(*config.Config)) config.
 }
 
 // startService assembles cfg exactly as `agentauthz serve` does and serves it.
-func startService(t *testing.T, cfg config.Config) *service {
+func startService(t testing.TB, cfg config.Config) *service {
 	t.Helper()
 	logger := hclog.NewNullLogger()
 	if *verbose {

@@ -39,7 +39,7 @@ type policyData struct {
 	} `json:"agentauthz"`
 }
 
-func loadPolicyData(t *testing.T) policyData {
+func loadPolicyData(t testing.TB) policyData {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(shippedPolicies(), "data.json"))
 	if err != nil {
