@@ -130,6 +130,7 @@ func New(o Options) (*Service, error) {
 // outcome is one decision on its way to the record and the answer.
 type outcome struct {
 	id       string
+	allowed  bool // set only when every step allowed; never derived from a reason
 	reason   reason.Code
 	status   int
 	agent    *identity.Agent
@@ -148,13 +149,13 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 	defer func() {
 		if p := recover(); p != nil {
 			s.logger.Error("panic in Check; denying", "decision_id", o.id, "panic", fmt.Sprint(p))
-			o.reason, o.status, o.verdict = reason.InternalError, reason.InternalError.HTTPStatus(), Verdict{}
+			o.allowed, o.reason, o.status, o.verdict = false, reason.InternalError, reason.InternalError.HTTPStatus(), Verdict{}
 			if !o.recorded {
 				s.recordAfterPanic(ctx, req, o, start)
 			}
 			resp, err = s.deny(o), nil
 		}
-		s.metrics.observe(o.reason, o.reason == reason.Allowed, time.Since(start))
+		s.metrics.observe(o.reason, o.allowed, time.Since(start))
 	}()
 
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
@@ -162,7 +163,7 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 
 	s.decide(ctx, req, o)
 	s.record(ctx, req, o, start)
-	if o.reason == reason.Allowed {
+	if o.allowed {
 		return s.allow(o), nil
 	}
 	return s.deny(o), nil
@@ -190,11 +191,12 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outco
 	}
 	o.verdict = v
 	if v.Allowed {
-		o.reason, o.status = reason.Allowed, 200
+		o.allowed, o.reason, o.status = true, reason.Allowed, 200
 		return
 	}
 	o.reason = reason.PolicyDenied
-	if v.Reason != "" {
+	// A denial keeps the policy's reason, except one that would read as an allow.
+	if v.Reason != "" && reason.Code(v.Reason) != reason.Allowed {
 		o.reason = reason.Code(v.Reason)
 	}
 	o.status = v.HTTPStatus
@@ -213,7 +215,7 @@ func (s *Service) record(ctx context.Context, req *authv3.CheckRequest, o *outco
 	if err != nil {
 		s.logger.Error("decision record not written; denying", "decision_id", o.id, "error", err)
 		s.metrics.recordErrors.Inc()
-		o.reason, o.status = reason.DecisionLogUnavailable, reason.DecisionLogUnavailable.HTTPStatus()
+		o.allowed, o.reason, o.status = false, reason.DecisionLogUnavailable, reason.DecisionLogUnavailable.HTTPStatus()
 		o.verdict = Verdict{}
 		return
 	}
@@ -250,7 +252,7 @@ func buildRecord(req *authv3.CheckRequest, o *outcome, at time.Time) *decisionlo
 		Source:    sourceAddr(req.GetAttributes().GetSource()),
 	}
 	rec.Decision = decisionlog.Decision{
-		Allowed:        o.reason == reason.Allowed,
+		Allowed:        o.allowed,
 		HTTPStatus:     o.status,
 		Reasons:        []string{string(o.reason)},
 		PolicyRevision: o.verdict.Revision,

@@ -97,6 +97,7 @@ func TestCheckTable(t *testing.T) {
 		{"stale revocation data", fakeIdent{agent: agent}, reason.RevocationStatusUnknown, allow, nil, reason.RevocationStatusUnknown, 401},
 		{"policy error", fakeIdent{agent: agent}, "", fakePolicy{err: errors.New("undefined decision")}, nil, reason.PolicyError, 403},
 		{"policy deny with reason", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{Reason: "scope_missing"}}, nil, reason.ScopeMissing, 403},
+		{"policy deny that claims reason allowed", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{Reason: "allowed"}}, nil, reason.PolicyDenied, 403},
 		{"policy deny without reason", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{}}, nil, reason.PolicyDenied, 403},
 		{"policy deny with status", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{HTTPStatus: 429}}, nil, reason.PolicyDenied, 429},
 		{"policy deny with bogus status", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{HTTPStatus: 200}}, nil, reason.PolicyDenied, 403},
