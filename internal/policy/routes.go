@@ -102,8 +102,11 @@ func splitPattern(p string) ([]string, bool) {
 // the query and fragment are dropped; the path must start with "/"; it is
 // split on "/" BEFORE percent-decoding, so an encoded slash (%2F) stays inside
 // its segment; each segment is then percent-decoded once and must not be
-// empty ("//" or a trailing "/"), "." or "..", and must not contain "/", "\",
-// NUL or other control characters after decoding. Such paths match no route
+// empty ("//" or a trailing "/"), made only of dots and spaces (".", "..",
+// "...", ". "), and must not contain "/", "\", ";" (path parameters: "..;"
+// is ".." to servlet containers), "%" (a double encoding that an upstream
+// decoding twice would read differently), NUL or other control characters
+// after decoding. Such paths match no route
 // rather than being rewritten: Envoy (normalize_path, merge_slashes) should
 // already have produced the canonical form, so a non-canonical path reaching
 // us is suspicious. Matching is case-sensitive; "*" matches exactly one
@@ -159,12 +162,12 @@ func cleanSegment(raw string) (string, bool) {
 			return "", false
 		}
 	}
-	if seg == "" || seg == "." || seg == ".." {
-		return "", false
+	if strings.Trim(seg, ". ") == "" {
+		return "", false // empty, ".", "..", "...", ". " and the like
 	}
 	for i := 0; i < len(seg); i++ {
-		c := seg[i]
-		if c < 0x20 || c == 0x7f || c == '/' || c == '\\' {
+		switch c := seg[i]; {
+		case c < 0x20, c == 0x7f, c == '/', c == '\\', c == ';', c == '%':
 			return "", false
 		}
 	}
