@@ -156,6 +156,14 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 			resp, err = s.deny(o), nil
 		}
 		s.metrics.observe(o.reason, o.allowed, time.Since(start))
+		if s.logger.IsDebug() {
+			agentID := ""
+			if o.agent != nil {
+				agentID = o.agent.ID
+			}
+			s.logger.Debug("decision", "decision_id", o.id, "allowed", o.allowed, "reason", o.reason,
+				"status", o.status, "agent_id", agentID, "operation", o.verdict.Operation)
+		}
 	}()
 
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
