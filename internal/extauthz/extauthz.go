@@ -297,7 +297,13 @@ func (s *Service) allow(o *outcome) *authv3.CheckResponse {
 			headers = append(headers, h)
 		}
 	}
-	remove := append([]string(nil), v.RequestHeadersToRemove...)
+	remove := make([]string, 0, len(v.RequestHeadersToRemove)+2)
+	for _, h := range v.RequestHeadersToRemove {
+		// Nor may it strip the identity headers this service sets.
+		if !isIdentityHeader(h) {
+			remove = append(remove, h)
+		}
+	}
 	set := func(k, val string) {
 		if val == "" {
 			remove = append(remove, k)

@@ -163,7 +163,7 @@ func TestCheckTable(t *testing.T) {
 }
 
 func TestAllowOverwritesClientIdentityHeaders(t *testing.T) {
-	pol := fakePolicy{v: Verdict{Allowed: true, Headers: []*corev3.HeaderValueOption{
+	pol := fakePolicy{v: Verdict{Allowed: true, RequestHeadersToRemove: []string{"X-Agent-Scopes", "x-debug"}, Headers: []*corev3.HeaderValueOption{
 		{Header: &corev3.HeaderValue{Key: "X-Agent-Id", Value: "policy-cannot-set-this"}},
 		{Header: &corev3.HeaderValue{Key: "x-operation", Value: "payments:initiate"}},
 	}}}
@@ -192,6 +192,9 @@ func TestAllowOverwritesClientIdentityHeaders(t *testing.T) {
 	// The agent has no owner: a client-sent x-agent-owner must be removed.
 	if !contains(ok.GetHeadersToRemove(), HeaderOwner) {
 		t.Errorf("headers_to_remove = %v, want %s", ok.GetHeadersToRemove(), HeaderOwner)
+	}
+	if contains(ok.GetHeadersToRemove(), "X-Agent-Scopes") || !contains(ok.GetHeadersToRemove(), "x-debug") {
+		t.Errorf("headers_to_remove = %v: the policy may remove its own headers, never identity headers", ok.GetHeadersToRemove())
 	}
 	if got[HeaderReceipt].GetHeader().GetValue() == "" || got[HeaderDecisionID].GetHeader().GetValue() == "" {
 		t.Error("receipt and decision id must reach the upstream")
