@@ -379,7 +379,23 @@ func TestLookupAgent(t *testing.T) {
 func TestWatchReloadsOnChange(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{"policy.rego": envoyBoolPolicy})
-	e := newTestEngine(t, Config{Dir: dir, Path: "envoy/authz/allow"})
+	testWatchReloads(t, dir, dir)
+}
+
+// TestWatchFollowsSymlinkedRoot: --policies may be a symbolic link to the
+// directory (as deployment tooling often makes it).
+func TestWatchFollowsSymlinkedRoot(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"policy.rego": envoyBoolPolicy})
+	link := filepath.Join(t.TempDir(), "policies")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	testWatchReloads(t, link, dir)
+}
+
+func testWatchReloads(t *testing.T, configured, dir string) {
+	e := newTestEngine(t, Config{Dir: configured, Path: "envoy/authz/allow"})
 	first := e.Revision()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

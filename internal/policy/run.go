@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -37,7 +38,13 @@ func (e *Engine) watchDir(ctx context.Context) error {
 		return fmt.Errorf("policy: watch %s: %w", e.cfg.Dir, err)
 	}
 	defer w.Close()
-	if err := watchDir(w, e.cfg.Dir); err != nil {
+	// WalkDir does not descend into a symlinked root (--policies pointing at a
+	// link): watch what it points to. Swapping the link itself is seen on SIGHUP.
+	root, err := filepath.EvalSymlinks(e.cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("policy: watch %s: %w", e.cfg.Dir, err)
+	}
+	if err := watchDir(w, root); err != nil {
 		return fmt.Errorf("policy: watch %s: %w", e.cfg.Dir, err)
 	}
 	debounce := time.NewTimer(time.Hour)
