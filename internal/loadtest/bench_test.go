@@ -72,6 +72,9 @@ func assemble(tb testing.TB, cfgPath, logMode string) authv3.AuthorizationServer
 	}
 	cfg.DecisionLog.Mode = logMode
 	cfg.DataDir, cfg.DecisionLog.Dir = tb.TempDir(), "" // one log per instance
+	// A starved machine must not turn a slow evaluation into a denial that
+	// fails the benchmark: it measures cost, not deadlines.
+	cfg.Policy.EvalTimeout, cfg.GRPC.CheckTimeout = config.Duration(10*time.Second), config.Duration(10*time.Second)
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		tb.Fatal(err)
