@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/loader"
+	opametrics "github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/prometheus/client_golang/prometheus"
@@ -88,6 +89,9 @@ type Engine struct {
 	cur     atomic.Pointer[state]
 	bundle  *bundleSource // nil when serving a directory
 	agents  agentTermCache
+	// opaMetrics is a no-op registry: without it every evaluation
+	// allocates OPA metrics and timers that nobody reads.
+	opaMetrics opametrics.Metrics
 
 	reloadMu sync.Mutex // serialises Reload
 }
@@ -122,7 +126,7 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, log: cfg.Logger.Named("policy"), now: cfg.Now, query: query, metrics: m}
+	e := &Engine{cfg: cfg, log: cfg.Logger.Named("policy"), now: cfg.Now, query: query, metrics: m, opaMetrics: opametrics.NoOp()}
 	if cfg.Bundle != "" {
 		e.bundle, err = newBundleSource(cfg)
 		if err != nil {
@@ -207,7 +211,7 @@ func (e *Engine) evalStateTimeout(ctx context.Context, s *state, input rego.Eval
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	rs, err := s.query.Eval(ctx, input, rego.EvalTime(e.now()))
+	rs, err := s.query.Eval(ctx, input, rego.EvalTime(e.now()), rego.EvalMetrics(e.opaMetrics))
 	e.metrics.evalDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		if ctx.Err() != nil {
