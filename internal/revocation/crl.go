@@ -2,6 +2,7 @@ package revocation
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -41,8 +42,11 @@ type CRL struct {
 	// Serials holds every revoked serial in identity.Agent.Serial form:
 	// lowercase hex without leading zeros.
 	Serials map[string]struct{}
-	// Raw is the DER the CRL was parsed from.
+	// Raw is the DER the CRL was parsed from. The checker drops it once the
+	// CRL is held (a million-entry CRL is 40 MB) and compares Digest.
 	Raw []byte
+	// Digest is the SHA-256 of Raw.
+	Digest [sha256.Size]byte
 }
 
 // ParseCRL decodes a CRL (DER, or PEM "X509 CRL"), checks it is a complete
@@ -116,6 +120,7 @@ func ParseCRL(data []byte, cas []*x509.Certificate, maxBytes int64) (*CRL, error
 		CA:         verifiedBy,
 		Serials:    serials,
 		Raw:        der,
+		Digest:     sha256.Sum256(der),
 	}, nil
 }
 

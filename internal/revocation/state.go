@@ -1,11 +1,11 @@
 package revocation
 
 import (
-	"bytes"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"math"
+	"runtime/debug"
 	"slices"
 	"time"
 )
@@ -120,19 +120,31 @@ func (c *Checker) apply(tenant string, src int, data []byte) error {
 		return err
 	}
 	t.lastRefresh = c.now()
-	if held != nil && bytes.Equal(held.Raw, crl.Raw) && s.loaded {
+	if held != nil && held.Digest == crl.Digest && s.loaded {
 		return nil
 	}
-	if held == nil || !bytes.Equal(held.Raw, crl.Raw) {
+	if held == nil || held.Digest != crl.Digest {
 		c.log.Info("revocation: crl applied", "tenant", tenant, "source", s.kind, "from", s.where,
 			"number", crl.Number, "revoked", len(crl.Serials), "next_update", crl.NextUpdate.UTC().Format(time.RFC3339))
 	}
-	t.held[crl.CA] = crl
+	kept := *crl
+	kept.Raw = nil // compared by Digest from now on
+	t.held[crl.CA] = &kept
 	s.loaded = true
 	t.snap = nil
 	c.publishLocked()
+	if len(crl.Serials) >= bigCRL {
+		// Parsing a large CRL leaves several times its size in garbage
+		// (one x509 entry per serial); without this the heap only
+		// shrinks once it has doubled again, which can take hours.
+		go debug.FreeOSMemory()
+	}
 	return nil
 }
+
+// bigCRL is the number of entries from which a CRL's parse garbage is
+// returned to the operating system right away.
+const bigCRL = 100_000
 
 // touch records that src answered "unchanged" (HTTP 304).
 func (c *Checker) touch(tenant string) {
