@@ -67,77 +67,77 @@ var fastpathFieldCounts = map[string]int{
 }
 
 func attributesValue(a *authv3.AttributeContext) (ast.Object, error) {
-	obj := ast.NewObject()
+	kv := make([][2]*ast.Term, 0, 7) // built at once, see buildInput
 	if a.Source != nil {
 		v, err := peerValue(a.Source)
 		if err != nil {
 			return nil, err
 		}
-		obj.Insert(kSource, ast.NewTerm(v))
+		kv = append(kv, ast.Item(kSource, ast.NewTerm(v)))
 	}
 	if a.Destination != nil {
 		v, err := peerValue(a.Destination)
 		if err != nil {
 			return nil, err
 		}
-		obj.Insert(kDestination, ast.NewTerm(v))
+		kv = append(kv, ast.Item(kDestination, ast.NewTerm(v)))
 	}
 	if a.Request != nil {
 		v, err := requestValue(a.Request)
 		if err != nil {
 			return nil, err
 		}
-		obj.Insert(kRequest, ast.NewTerm(v))
+		kv = append(kv, ast.Item(kRequest, ast.NewTerm(v)))
 	}
 	if len(a.ContextExtensions) > 0 {
-		obj.Insert(kContextExtensions, ast.NewTerm(stringMap(a.ContextExtensions)))
+		kv = append(kv, ast.Item(kContextExtensions, ast.NewTerm(stringMap(a.ContextExtensions))))
 	}
 	if a.MetadataContext != nil {
 		v, err := messageToValue(a.MetadataContext.ProtoReflect(), 1)
 		if err != nil {
 			return nil, err
 		}
-		obj.Insert(kMetadataContext, ast.NewTerm(v))
+		kv = append(kv, ast.Item(kMetadataContext, ast.NewTerm(v)))
 	}
 	if a.RouteMetadataContext != nil {
 		v, err := messageToValue(a.RouteMetadataContext.ProtoReflect(), 1)
 		if err != nil {
 			return nil, err
 		}
-		obj.Insert(kRouteMetadataContext, ast.NewTerm(v))
+		kv = append(kv, ast.Item(kRouteMetadataContext, ast.NewTerm(v)))
 	}
 	if a.TlsSession != nil {
 		v, err := messageToValue(a.TlsSession.ProtoReflect(), 1)
 		if err != nil {
 			return nil, err
 		}
-		obj.Insert(kTLSSession, ast.NewTerm(v))
+		kv = append(kv, ast.Item(kTLSSession, ast.NewTerm(v)))
 	}
-	return obj, nil
+	return ast.NewObject(kv...), nil
 }
 
 func peerValue(p *authv3.AttributeContext_Peer) (ast.Object, error) {
-	obj := ast.NewObject()
+	kv := make([][2]*ast.Term, 0, 5)
 	if p.Address != nil {
 		v, err := addressValue(p.Address)
 		if err != nil {
 			return nil, err
 		}
-		obj.Insert(kAddress, ast.NewTerm(v))
+		kv = append(kv, ast.Item(kAddress, ast.NewTerm(v)))
 	}
 	if p.Service != "" {
-		obj.Insert(kService, ast.StringTerm(p.Service))
+		kv = append(kv, ast.Item(kService, ast.StringTerm(p.Service)))
 	}
 	if len(p.Labels) > 0 {
-		obj.Insert(kLabels, ast.NewTerm(stringMap(p.Labels)))
+		kv = append(kv, ast.Item(kLabels, ast.NewTerm(stringMap(p.Labels))))
 	}
 	if p.Principal != "" {
-		obj.Insert(kPrincipal, ast.StringTerm(p.Principal))
+		kv = append(kv, ast.Item(kPrincipal, ast.StringTerm(p.Principal)))
 	}
 	if p.Certificate != "" {
-		obj.Insert(kCertificate, ast.StringTerm(p.Certificate))
+		kv = append(kv, ast.Item(kCertificate, ast.StringTerm(p.Certificate)))
 	}
-	return obj, nil
+	return ast.NewObject(kv...), nil
 }
 
 func addressValue(a *corev3.Address) (ast.Value, error) {
@@ -146,58 +146,58 @@ func addressValue(a *corev3.Address) (ast.Value, error) {
 		return messageToValue(a.ProtoReflect(), 2) // pipe, internal address, unset
 	}
 	s := sa.SocketAddress
-	so := ast.NewObject()
+	kv := make([][2]*ast.Term, 0, 7)
 	if s.Protocol != 0 {
-		so.Insert(kProtocol, ast.StringTerm(s.Protocol.String()))
+		kv = append(kv, ast.Item(kProtocol, ast.StringTerm(s.Protocol.String())))
 	}
 	if s.Address != "" {
-		so.Insert(kAddress, ast.StringTerm(s.Address))
+		kv = append(kv, ast.Item(kAddress, ast.StringTerm(s.Address)))
 	}
 	switch ps := s.PortSpecifier.(type) {
 	case *corev3.SocketAddress_PortValue:
-		so.Insert(kPortValue, ast.UIntNumberTerm(uint64(ps.PortValue)))
+		kv = append(kv, ast.Item(kPortValue, ast.UIntNumberTerm(uint64(ps.PortValue))))
 	case *corev3.SocketAddress_NamedPort:
-		so.Insert(kNamedPort, ast.StringTerm(ps.NamedPort))
+		kv = append(kv, ast.Item(kNamedPort, ast.StringTerm(ps.NamedPort)))
 	}
 	if s.ResolverName != "" {
-		so.Insert(kResolverName, ast.StringTerm(s.ResolverName))
+		kv = append(kv, ast.Item(kResolverName, ast.StringTerm(s.ResolverName)))
 	}
 	if s.Ipv4Compat {
-		so.Insert(kIpv4Compat, trueTerm)
+		kv = append(kv, ast.Item(kIpv4Compat, trueTerm))
 	}
 	if s.NetworkNamespaceFilepath != "" {
-		so.Insert(kNetworkNamespaceFilepath, ast.StringTerm(s.NetworkNamespaceFilepath))
+		kv = append(kv, ast.Item(kNetworkNamespaceFilepath, ast.StringTerm(s.NetworkNamespaceFilepath)))
 	}
-	return ast.NewObject(ast.Item(kSocketAddress, ast.NewTerm(so))), nil
+	return ast.NewObject(ast.Item(kSocketAddress, ast.NewTerm(ast.NewObject(kv...)))), nil
 }
 
 func requestValue(r *authv3.AttributeContext_Request) (ast.Object, error) {
-	obj := ast.NewObject()
+	kv := make([][2]*ast.Term, 0, 2)
 	if r.Time != nil {
 		s, err := formatTimestamp(r.Time.Seconds, int64(r.Time.Nanos))
 		if err != nil {
 			return nil, err
 		}
-		obj.Insert(kTime, ast.StringTerm(s))
+		kv = append(kv, ast.Item(kTime, ast.StringTerm(s)))
 	}
 	if h := r.Http; h != nil {
-		ho := ast.NewObject()
+		hkv := make([][2]*ast.Term, 0, 13)
 		str := func(k *ast.Term, v string) {
 			if v != "" {
-				ho.Insert(k, ast.StringTerm(v))
+				hkv = append(hkv, ast.Item(k, ast.StringTerm(v)))
 			}
 		}
 		str(kID, h.Id)
 		str(kMethod, h.Method)
 		if len(h.Headers) > 0 {
-			ho.Insert(kHeaders, ast.NewTerm(stringMap(h.Headers)))
+			hkv = append(hkv, ast.Item(kHeaders, ast.NewTerm(stringMap(h.Headers))))
 		}
 		if h.HeaderMap != nil {
 			v, err := messageToValue(h.HeaderMap.ProtoReflect(), 3)
 			if err != nil {
 				return nil, err
 			}
-			ho.Insert(kHeaderMap, ast.NewTerm(v))
+			hkv = append(hkv, ast.Item(kHeaderMap, ast.NewTerm(v)))
 		}
 		str(kPath, h.Path)
 		str(kHost, h.Host)
@@ -205,28 +205,28 @@ func requestValue(r *authv3.AttributeContext_Request) (ast.Object, error) {
 		str(kQuery, h.Query)
 		str(kFragment, h.Fragment)
 		if h.Size != 0 {
-			ho.Insert(kSize, ast.StringTerm(strconv.FormatInt(h.Size, 10)))
+			hkv = append(hkv, ast.Item(kSize, ast.StringTerm(strconv.FormatInt(h.Size, 10))))
 		}
 		str(kProtocol, h.Protocol)
 		str(kBody, h.Body)
 		if len(h.RawBody) > 0 {
-			ho.Insert(kRawBody, ast.StringTerm(base64.StdEncoding.EncodeToString(h.RawBody)))
+			hkv = append(hkv, ast.Item(kRawBody, ast.StringTerm(base64.StdEncoding.EncodeToString(h.RawBody))))
 		}
-		obj.Insert(kHTTP, ast.NewTerm(ho))
+		kv = append(kv, ast.Item(kHTTP, ast.NewTerm(ast.NewObject(hkv...))))
 	}
-	return obj, nil
+	return ast.NewObject(kv...), nil
 }
 
 func stringMap(m map[string]string) ast.Object {
-	obj := ast.NewObject()
+	kv := make([][2]*ast.Term, 0, len(m))
 	for k, v := range m {
 		kt, ok := commonKeys[k]
 		if !ok {
 			kt = ast.StringTerm(k)
 		}
-		obj.Insert(kt, ast.StringTerm(v))
+		kv = append(kv, ast.Item(kt, ast.StringTerm(v)))
 	}
-	return obj
+	return ast.NewObject(kv...)
 }
 
 // commonKeys are header names (and the like) almost every request carries;

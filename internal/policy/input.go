@@ -94,7 +94,9 @@ func BuildInput(req *authv3.CheckRequest, agent *identity.Agent, operation strin
 // caches it per *identity.Agent).
 func buildInput(req *authv3.CheckRequest, agentTerm *ast.Term, operation string) (ast.Value, error) {
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
-	input := ast.NewObject()
+	// Collected first and built in one ast.NewObject call: one block for
+	// all elements instead of an allocation per Insert (and regrowth).
+	kv := make([][2]*ast.Term, 0, 8)
 
 	attrs := ast.NewObject()
 	if a := req.GetAttributes(); a != nil {
@@ -104,34 +106,33 @@ func buildInput(req *authv3.CheckRequest, agentTerm *ast.Term, operation string)
 		}
 		attrs = v
 	}
-	input.Insert(keyAttributes, ast.NewTerm(attrs))
+	kv = append(kv, ast.Item(keyAttributes, ast.NewTerm(attrs)))
 
 	path, query, err := parsePathAndQuery(httpReq.GetPath())
 	if err != nil {
 		return nil, fmt.Errorf("%w: path: %w", ErrInput, err)
 	}
-	input.Insert(keyParsedPath, path)
-	input.Insert(keyParsedQuery, query)
+	kv = append(kv, ast.Item(keyParsedPath, path), ast.Item(keyParsedQuery, query))
 
 	body, truncated, err := parseBody(httpReq.GetHeaders(), httpReq.GetBody(), httpReq.GetRawBody())
 	if err != nil {
 		return nil, fmt.Errorf("%w: body: %w", ErrInput, err)
 	}
-	input.Insert(keyParsedBody, body)
+	kv = append(kv, ast.Item(keyParsedBody, body))
 	if truncated {
-		input.Insert(keyTruncatedBody, trueTerm)
+		kv = append(kv, ast.Item(keyTruncatedBody, trueTerm))
 	} else {
-		input.Insert(keyTruncatedBody, falseTerm)
+		kv = append(kv, ast.Item(keyTruncatedBody, falseTerm))
 	}
-	input.Insert(keyVersion, versionTerm)
+	kv = append(kv, ast.Item(keyVersion, versionTerm))
 
 	if agentTerm != nil {
-		input.Insert(keyAgent, agentTerm)
+		kv = append(kv, ast.Item(keyAgent, agentTerm))
 	}
 	if operation != "" {
-		input.Insert(keyOperation, ast.StringTerm(operation))
+		kv = append(kv, ast.Item(keyOperation, ast.StringTerm(operation)))
 	}
-	return input, nil
+	return ast.NewObject(kv...), nil
 }
 
 // agentValue is input.agent. Times are RFC 3339 in UTC; zero times (SPIFFE-only
