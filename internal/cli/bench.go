@@ -127,6 +127,7 @@ docs/performance.md.`,
 	f.StringVar(&routes, "routes", "10,100,1000", "route-table sizes (the first is used by the other runs)")
 	f.StringVar(&revoked, "revoked", "0,10000,1000000", "revoked serials in the CRL (the first is used by the other runs)")
 	f.StringVar(&mix, "mix", loadtest.DefaultMix, "request mix, kind=weight,…")
+	f.StringVar(&o.LogMode, "log-mode", "sync", "decision-log mode of the real server: sync (the target configuration) or async")
 	f.StringVar(&modes, "modes", "noop,naive,real", "server modes to measure (the ratios need all three)")
 	f.StringVar(&o.PoliciesDir, "policies", "policies", "shipped policy directory (authz.rego, data.json)")
 	f.IntVar(&o.PropagationRounds, "propagation-rounds", 20, "revocations timed through ca serve and a replica (0 skips)")

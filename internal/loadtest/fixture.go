@@ -212,8 +212,8 @@ type trustBundleConfig struct {
 }
 
 // writeServerConfig writes a serve configuration with every feature on and
-// the decision log in sync mode.
-func writeServerConfig(dir, policyDir, bundle string, crlFiles []string, watchURL, trustDomain string) (string, error) {
+// the decision log in logMode (sync unless measuring the trade-off).
+func writeServerConfig(dir, policyDir, bundle string, crlFiles []string, watchURL, trustDomain, logMode string) (string, error) {
 	var c serverConfig
 	c.DataDir = filepath.Join(dir, "data")
 	c.LogLevel, c.LogFormat = "error", "text"
@@ -222,7 +222,7 @@ func writeServerConfig(dir, policyDir, bundle string, crlFiles []string, watchUR
 	tb.Revocation.CRLFiles = crlFiles
 	tb.Revocation.WatchURL = watchURL
 	c.TrustBundles = []trustBundleConfig{tb}
-	c.DecisionLog.Mode, c.DecisionLog.Name = "sync", "bench"
+	c.DecisionLog.Mode, c.DecisionLog.Name = logMode, "bench"
 	out, err := yaml.Marshal(c)
 	if err != nil {
 		return "", err

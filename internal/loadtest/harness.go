@@ -46,6 +46,9 @@ type Options struct {
 	RevokedSerials []int
 	// Mix is the request mix; default DefaultMix.
 	Mix Mix
+	// LogMode is the decision-log mode of the real server: sync (default,
+	// the issue's configuration) or async.
+	LogMode string
 	// Modes to measure; default real, noop and naive. The ratios need all
 	// three; fewer is for quick comparisons while optimising.
 	Modes []Mode
@@ -84,6 +87,12 @@ func (o *Options) defaults() error {
 	}
 	if len(o.RevokedSerials) == 0 {
 		o.RevokedSerials = []int{0, 10_000, 1_000_000}
+	}
+	if o.LogMode == "" {
+		o.LogMode = "sync"
+	}
+	if o.LogMode != "sync" && o.LogMode != "async" {
+		return fmt.Errorf("log mode %q: want sync or async", o.LogMode)
 	}
 	if len(o.Modes) == 0 {
 		o.Modes = []Mode{ModeNoop, ModeNaive, ModeReal}
@@ -145,7 +154,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 
 	rep := &Report{Machine: readMachine(), Duration: o.Duration, Warmup: o.Warmup, Mix: o.Mix.String(),
-		Concurrency: o.Concurrency, Profiles: map[Mode]string{}}
+		Concurrency: o.Concurrency, LogMode: o.LogMode, Profiles: map[Mode]string{}}
 	baseRoutes, baseRevoked := o.RouteTables[0], o.RevokedSerials[0]
 	rep.BaseRoutes, rep.BaseRevoked = baseRoutes, baseRevoked+len(h.serial)
 
@@ -269,7 +278,7 @@ func (h *harness) variant(name string, routes, revoked int) (string, error) {
 	if revoked >= 100_000 {
 		h.o.progress("signed a CRL of %d serials in %v", revoked+len(h.serial), time.Since(start).Round(time.Millisecond))
 	}
-	return writeServerConfig(dir, policyDir, h.bundle, []string{crl}, "", TrustDomain)
+	return writeServerConfig(dir, policyDir, h.bundle, []string{crl}, "", TrustDomain, h.o.LogMode)
 }
 
 // serverProc is one running `bench server` process.

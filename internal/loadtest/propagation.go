@@ -57,7 +57,7 @@ func (h *harness) propagation(ctx context.Context, rounds int) (*Propagation, er
 		return nil, err
 	}
 	cfg, err := writeServerConfig(dir, policyDir, auth.CertPath(propTrustDomain), nil,
-		pubURL+"/v1/watch?tenant="+propTrustDomain, propTrustDomain)
+		pubURL+"/v1/watch?tenant="+propTrustDomain, propTrustDomain, h.o.LogMode)
 	if err != nil {
 		return nil, err
 	}

@@ -146,6 +146,7 @@ type Report struct {
 	Warmup      time.Duration `json:"warmup_ns"`
 	Mix         string        `json:"mix"`
 	Concurrency int           `json:"concurrency"`
+	LogMode     string        `json:"log_mode"`
 	BaseRoutes  int           `json:"base_routes"`
 	BaseRevoked int           `json:"base_revoked"`
 
@@ -191,7 +192,7 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("# agentauthz load benchmark\n\n")
 	p("Machine: %d CPUs (`nproc`), %s, %s RAM, %s, %s, kernel %s.  \n", m.CPUs, orDash(m.Model), orDash(m.MemTotal), m.GoVersion, m.OSArch, orDash(m.Kernel))
 	p("Each run: %s warm-up, then %s measured. Client and servers share the machine; servers run in their own processes. ", r.Warmup, r.Duration)
-	p("Request mix: `%s`. Unless stated otherwise: %d routes in the policy data, %d revoked serials in the CRL, decision log in sync mode.\n\n", r.Mix, r.BaseRoutes, r.BaseRevoked)
+	p("Request mix: `%s`. Unless stated otherwise: %d routes in the policy data, %d revoked serials in the CRL, decision log in %s mode.\n\n", r.Mix, r.BaseRoutes, r.BaseRevoked, r.LogMode)
 	p("(a) real = the full decision path (identity cache, revocation, prepared Rego with a direct `ast.Value` input, signed record durably appended). ")
 	p("(b) noop = the same gRPC server answering OK without looking. ")
 	p("(c) naive = certificate decoded and chain-verified per request (no cache), protojson → map → `rego.EvalInput`, same policy, no revocation, no log.\n\n")
