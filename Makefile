@@ -28,6 +28,8 @@ race: ## run the tests with the race detector (needs cgo)
 bench: build ## run the go benchmarks, revocation propagation and the load harness
 	$(GO) test -run='^$$' -bench=. -benchmem -count=1 ./internal/...
 	$(GO) test -run='^$$' -bench=RevocationPropagation -benchtime=1x ./test/e2e
+	$(BIN)/agentauthz bench --policies policies --duration 10s --warmup 2s --profile-dir $(BIN)/bench \
+	  --out $(BIN)/bench/report.md --json $(BIN)/bench/report.json
 
 $(BIN)/opa: go.mod
 	$(GO) build -o $(BIN)/opa github.com/open-policy-agent/opa
