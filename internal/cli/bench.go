@@ -155,6 +155,9 @@ func newBenchServerCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if m == loadtest.ModeReal {
+				tuneGC() // measure the real server as serve runs it
+			}
 			return loadtest.RunServer(cmd.Context(), loadtest.ServerOptions{
 				Mode: m, ConfigFile: configFile, Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr(),
 			})
