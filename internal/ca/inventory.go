@@ -188,7 +188,12 @@ func (a *Authority) Events(td, agentID string) ([]Event, error) {
 // FindAgent returns the trust domains that hold an agent with this id, so a
 // caller can resolve an id given without a trust domain.
 func (a *Authority) FindAgent(id string) ([]string, error) {
-	rows, err := a.db.Query(`SELECT tenant FROM agents WHERE agent_id = ? ORDER BY tenant`, id)
+	return a.tenants(`SELECT tenant FROM agents WHERE agent_id = ? ORDER BY tenant`, id)
+}
+
+// tenants runs a query whose single column is a trust domain.
+func (a *Authority) tenants(query string, arg any) ([]string, error) {
+	rows, err := a.db.Query(query, arg)
 	if err != nil {
 		return nil, &StoreError{Path: a.dbPath, Err: err}
 	}

@@ -107,20 +107,7 @@ func (a *Authority) FindSerial(serial string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	rows, err := a.db.Query(`SELECT tenant FROM certificates WHERE serial = ? ORDER BY tenant`, s)
-	if err != nil {
-		return nil, &StoreError{Path: a.dbPath, Err: err}
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var td string
-		if err := rows.Scan(&td); err != nil {
-			return nil, &StoreError{Path: a.dbPath, Err: err}
-		}
-		out = append(out, td)
-	}
-	return out, rows.Err()
+	return a.tenants(`SELECT tenant FROM certificates WHERE serial = ? ORDER BY tenant`, s)
 }
 
 // revokeActive revokes all active certificates of an agent inside tx and
