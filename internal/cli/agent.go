@@ -159,63 +159,48 @@ func caOpenInventory(dataDir string) (*ca.Authority, error) {
 }
 
 func newAgentIssueCmd(dataDir *string) *cobra.Command {
-	var af attrFlags
-	var out agentOutput
-	cmd := &cobra.Command{
+	return newAgentIssuingCmd(dataDir, false, &cobra.Command{
 		Use:   "issue AGENT_ID --trust L<n> --scope <resource>:<action>... [--owner O] [--ttl D]",
 		Short: "Issue the first native-profile certificate of a new agent",
-		Args:  caExactArgs(1, "AGENT_ID"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			req, err := af.request(args[0])
-			if err != nil {
-				return err
-			}
-			if req.KeyType, req.CSR, err = out.load(); err != nil {
-				return err
-			}
-			a, err := caOpenInventory(*dataDir)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
-			if req.TrustDomain, err = caResolveTrustDomain(a, af.td, ""); err != nil {
-				return caError(err, *dataDir)
-			}
-			iss, err := a.Issue(req)
-			if err != nil {
-				return caError(err, *dataDir)
-			}
-			return out.write(cmd, a, iss, af.operator)
-		},
-	}
-	af.register(cmd, true)
-	out.flags(cmd)
-	return cmd
+	})
 }
 
 func newAgentReissueCmd(dataDir *string) *cobra.Command {
-	var af attrFlags
-	var out agentOutput
-	cmd := &cobra.Command{
+	return newAgentIssuingCmd(dataDir, true, &cobra.Command{
 		Use:   "reissue AGENT_ID --trust L<n> --scope <resource>:<action>...",
 		Short: "Issue a certificate with new attributes and revoke the agent's active ones (reason superseded)",
-		Args:  caExactArgs(1, "AGENT_ID"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			req, err := af.request(args[0])
-			if err != nil {
-				return err
-			}
-			if req.KeyType, req.CSR, err = out.load(); err != nil {
-				return err
-			}
-			a, err := caOpenInventory(*dataDir)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
-			if req.TrustDomain, err = caResolveTrustDomain(a, af.td, req.AgentID); err != nil {
-				return caError(err, *dataDir)
-			}
+	})
+}
+
+// newAgentIssuingCmd completes issue (a new agent) and reissue (new
+// attributes for an existing agent, its active certificates superseded).
+func newAgentIssuingCmd(dataDir *string, reissue bool, cmd *cobra.Command) *cobra.Command {
+	var af attrFlags
+	var out agentOutput
+	cmd.Args = caExactArgs(1, "AGENT_ID")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		req, err := af.request(args[0])
+		if err != nil {
+			return err
+		}
+		if req.KeyType, req.CSR, err = out.load(); err != nil {
+			return err
+		}
+		a, err := caOpenInventory(*dataDir)
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		existing := ""
+		if reissue {
+			existing = req.AgentID // resolve the trust domain from the agent it names
+		}
+		if req.TrustDomain, err = caResolveTrustDomain(a, af.td, existing); err != nil {
+			return caError(err, *dataDir)
+		}
+		issue := a.Issue
+		if reissue {
+			issue = a.Reissue
 			if !cmd.Flags().Changed("owner") { // the owner carries over unless changed
 				d, err := a.Show(req.TrustDomain, req.AgentID)
 				if err != nil {
@@ -223,12 +208,12 @@ func newAgentReissueCmd(dataDir *string) *cobra.Command {
 				}
 				req.Owner = d.Agent.Owner
 			}
-			iss, err := a.Reissue(req)
-			if err != nil {
-				return caError(err, *dataDir)
-			}
-			return out.write(cmd, a, iss, af.operator)
-		},
+		}
+		iss, err := issue(req)
+		if err != nil {
+			return caError(err, *dataDir)
+		}
+		return out.write(cmd, a, iss, af.operator)
 	}
 	af.register(cmd, true)
 	out.flags(cmd)
