@@ -83,6 +83,20 @@ type Policy struct {
 	BundlePollInterval Duration `yaml:"bundle_poll_interval"`
 	// EvalTimeout bounds one policy evaluation.
 	EvalTimeout Duration `yaml:"eval_timeout"`
+	// DecisionCache memoises decisions of policies that read only a few
+	// input paths (docs/policies.md, "Decision cache").
+	DecisionCache DecisionCache `yaml:"decision_cache"`
+}
+
+// DecisionCache configures the policy decision cache.
+type DecisionCache struct {
+	// Disabled evaluates every request.
+	Disabled bool `yaml:"disabled"`
+	// MaxEntries bounds the cache; it is emptied when full.
+	MaxEntries int `yaml:"max_entries"`
+	// TimeGranularity is the resolution of time.now_ns() in policy while the
+	// cache is on, and how long an entry lives.
+	TimeGranularity Duration `yaml:"time_granularity"`
 }
 
 // Identity selects where identities are read from.
@@ -143,6 +157,8 @@ const (
 	DefaultCheckTimeout         = time.Second
 	DefaultEvalTimeout          = 500 * time.Millisecond
 	DefaultBundlePollInterval   = 30 * time.Second
+	DefaultDecisionCacheEntries = 10000
+	DefaultTimeGranularity      = time.Second
 	DefaultCacheSize            = 10000
 	DefaultCRLPollInterval      = 30 * time.Second
 	DefaultCRLGrace             = time.Hour
@@ -219,6 +235,10 @@ func (c *Config) applyDefaults() {
 	setStr(&c.Policy.Path, DefaultPolicyPath)
 	setDur(&c.Policy.BundlePollInterval, DefaultBundlePollInterval)
 	setDur(&c.Policy.EvalTimeout, DefaultEvalTimeout)
+	if c.Policy.DecisionCache.MaxEntries == 0 {
+		c.Policy.DecisionCache.MaxEntries = DefaultDecisionCacheEntries
+	}
+	setDur(&c.Policy.DecisionCache.TimeGranularity, DefaultTimeGranularity)
 	if len(c.Identity.Sources) == 0 {
 		c.Identity.Sources = []string{"peer_certificate", "xfcc"}
 	}
@@ -300,6 +320,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Policy.EvalTimeout <= 0 {
 		add("policy.eval_timeout: must be positive")
+	}
+	if n := c.Policy.DecisionCache.MaxEntries; n < 1 || n > 1000000 {
+		add("policy.decision_cache.max_entries: %d is outside 1..1000000", n)
+	}
+	if g := c.Policy.DecisionCache.TimeGranularity.D(); g < time.Millisecond || g > time.Minute {
+		add("policy.decision_cache.time_granularity: %v is outside 1ms..1m", g)
 	}
 	seen := map[string]bool{}
 	for _, s := range c.Identity.Sources {

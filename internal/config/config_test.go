@@ -23,6 +23,7 @@ grpc:
   tls: {cert_file: a.pem}
 policy:
   path: "not a path"
+  decision_cache: {max_entries: -1, time_granularity: 2h}
 identity:
   sources: [xfcc, xfcc, carrier_pigeon]
 trust_bundles:
@@ -41,7 +42,7 @@ decision_log:
 	}
 	for _, want := range []string{
 		"data_dir", "log_level", "grpc.addr", "grpc.tls", "policy.path", "listed twice", "carrier_pigeon",
-		"trust_domain", "profile", "decision_log.mode",
+		"trust_domain", "profile", "decision_log.mode", "decision_cache.max_entries", "decision_cache.time_granularity",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("errors do not mention %q:\n%v", want, err)
@@ -65,6 +66,9 @@ func TestDefaultsValidate(t *testing.T) {
 	}
 	if got := c.Identity.Sources; len(got) != 2 || got[0] != "peer_certificate" || got[1] != "xfcc" {
 		t.Errorf("identity sources default %v: SPIFFE-only must be off by default", got)
+	}
+	if dc := c.Policy.DecisionCache; dc.Disabled || dc.MaxEntries != 10000 || dc.TimeGranularity.D() != time.Second {
+		t.Errorf("decision cache defaults: %+v", dc)
 	}
 }
 

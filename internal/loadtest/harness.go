@@ -496,22 +496,37 @@ func (h *harness) profile(ctx context.Context, sp *serverProc, mode Mode) (strin
 		return "", err
 	}
 	defer conn.Close()
-	var data []byte
-	var perr error
+	// An execution trace of the same window shows what the CPU profile
+	// cannot: where a Check waits (fsync, scheduling, GC) rather than runs.
+	tracePath := filepath.Join(h.o.ProfileDir, fmt.Sprintf("trace-%s.out", mode))
+	traceSecs := min(secs, 2)
+	var data, trace []byte
+	var perr, terr error
+	fetch := func(url string, out *[]byte, errp *error) {
+		resp, err := httpClient.Get(url)
+		if err != nil {
+			*errp = err
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			*errp = fmt.Errorf("%s: %s", url, resp.Status)
+			return
+		}
+		*out, *errp = io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	}
 	spec := loadSpec{Concurrency: h.o.Concurrency, Warmup: h.o.Warmup, Duration: time.Duration(secs)*time.Second + 500*time.Millisecond}
 	var wg sync.WaitGroup
 	_, err = drive(ctx, conn, mode, h.pool, spec, func(start bool) error {
 		if start {
-			wg.Add(1)
+			wg.Add(2)
 			go func() {
 				defer wg.Done()
-				resp, err := httpClient.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", sp.httpAddr, secs))
-				if err != nil {
-					perr = err
-					return
-				}
-				defer resp.Body.Close()
-				data, perr = io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+				fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", sp.httpAddr, secs), &data, &perr)
+			}()
+			go func() {
+				defer wg.Done()
+				fetch(fmt.Sprintf("http://%s/debug/pprof/trace?seconds=%d", sp.httpAddr, traceSecs), &trace, &terr)
 			}()
 		}
 		return nil
@@ -523,7 +538,13 @@ func (h *harness) profile(ctx context.Context, sp *serverProc, mode Mode) (strin
 	if perr != nil {
 		return "", fmt.Errorf("cpu profile: %w", perr)
 	}
-	h.o.progress("wrote %s", path)
+	if terr != nil {
+		return "", fmt.Errorf("execution trace: %w", terr)
+	}
+	if err := os.WriteFile(tracePath, trace, 0o644); err != nil {
+		return "", err
+	}
+	h.o.progress("wrote %s and %s", path, tracePath)
 	return path, os.WriteFile(path, data, 0o644)
 }
 

@@ -169,6 +169,7 @@ func RunServer(ctx context.Context, o ServerOptions) error {
 		_ = json.NewEncoder(w).Encode(st)
 	})
 	comps.Handlers["GET /debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)
+	comps.Handlers["GET /debug/pprof/trace"] = http.HandlerFunc(pprof.Trace)
 	comps.Handlers["GET /debug/pprof/heap"] = pprof.Handler("heap")
 	comps.Handlers["GET /debug/pprof/allocs"] = pprof.Handler("allocs")
 

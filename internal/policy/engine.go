@@ -69,6 +69,15 @@ type Config struct {
 	Now func() time.Time
 	// HTTPClient fetches bundle URLs; default a client with a 30 s timeout.
 	HTTPClient HTTPDoer
+	// DecisionCache is how many decisions are memoised for a policy whose
+	// decision provably depends only on a few input paths (see planCache);
+	// 0 turns memoising off.
+	DecisionCache int
+	// TimeGranularity is, with the decision cache on, the resolution of the
+	// policy's clock: time.now_ns() returns the start of the current
+	// interval, and cached decisions live for one interval. Default
+	// DefaultTimeGranularity.
+	TimeGranularity time.Duration
 }
 
 // state is one compiled, prepared policy. It is never mutated after swap.
@@ -77,6 +86,8 @@ type state struct {
 	routes   *routeTable
 	agents   map[string]identity.RegistryEntry
 	revision string
+	plan     cachePlan
+	cache    *decisionCache // nil: every request is evaluated
 }
 
 // Engine evaluates the current policy. It is safe for concurrent use.
@@ -117,6 +128,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.TimeGranularity <= 0 {
+		cfg.TimeGranularity = DefaultTimeGranularity
 	}
 	query, err := queryForPath(cfg.Path)
 	if err != nil {
@@ -195,23 +209,60 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 	}
 	h := req.GetAttributes().GetRequest().GetHttp()
 	op := s.routes.Match(h.GetMethod(), h.GetPath())
+	now := e.now()
+	c := s.cache
+	var key cacheKey
+	if c != nil {
+		key.bucket, now = c.bucketOf(now)
+		if c.plan.agent {
+			key.agent = agent
+		}
+		if c.plan.op {
+			key.op = op
+		}
+		if len(c.plan.byKey) == 0 {
+			// input.agent and input.operation are all the policy reads:
+			// answer without building the input.
+			if r, ok := c.get(key); ok {
+				e.metrics.cacheHits.Inc()
+				return r, nil
+			}
+		}
+	}
 	partial := &Result{Revision: s.revision, Operation: op}
 	input, err := buildInput(req, e.agents.term(agent), op)
 	if err != nil {
 		return partial, err
 	}
-	return e.evalState(ctx, s, rego.EvalParsedInput(input), partial)
+	if c != nil && len(c.plan.byKey) > 0 {
+		var ok bool
+		if key.rest, ok = c.restKey(input); !ok {
+			c = nil
+		} else if r, ok := c.get(key); ok {
+			e.metrics.cacheHits.Inc()
+			return r, nil
+		}
+	}
+	r, err := e.evalStateTimeout(ctx, s, rego.EvalParsedInput(input), partial, e.cfg.EvalTimeout, now)
+	if c != nil {
+		e.metrics.cacheMisses.Inc()
+		if err == nil {
+			c.put(key, r)
+		}
+	}
+	return r, err
 }
 
 func (e *Engine) evalState(ctx context.Context, s *state, input rego.EvalOption, partial *Result) (*Result, error) {
-	return e.evalStateTimeout(ctx, s, input, partial, e.cfg.EvalTimeout)
+	return e.evalStateTimeout(ctx, s, input, partial, e.cfg.EvalTimeout, e.now())
 }
 
-func (e *Engine) evalStateTimeout(ctx context.Context, s *state, input rego.EvalOption, partial *Result, timeout time.Duration) (*Result, error) {
+// evalStateTimeout evaluates with the policy's clock (time.now_ns) at now.
+func (e *Engine) evalStateTimeout(ctx context.Context, s *state, input rego.EvalOption, partial *Result, timeout time.Duration, now time.Time) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	rs, err := s.query.Eval(ctx, input, rego.EvalTime(e.now()), rego.EvalMetrics(e.opaMetrics))
+	rs, err := s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics))
 	e.metrics.evalDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		if ctx.Err() != nil {
@@ -258,7 +309,7 @@ func (e *Engine) Reload() error {
 	if old != nil {
 		oldRev = old.revision
 	}
-	e.log.Info("policy loaded", "revision", s.revision, "previous_revision", oldRev)
+	e.log.Info("policy loaded", "revision", s.revision, "previous_revision", oldRev, "decision_cache", e.cacheState(s))
 	return nil
 }
 
@@ -362,11 +413,28 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	if err != nil {
 		return nil, fmt.Errorf("%w: prepare: %w", ErrPolicyRejected, err)
 	}
-	s := &state{query: pq, routes: routes, agents: agents, revision: revision}
+	s := &state{query: pq, routes: routes, agents: agents, revision: revision, plan: planCache(c.Modules)}
 	if err := e.smoke(ctx, s); err != nil {
 		return nil, fmt.Errorf("%w: smoke evaluation: %w", ErrPolicyRejected, err)
 	}
+	if e.cfg.DecisionCache > 0 && s.plan.cacheable() {
+		s.cache = newDecisionCache(s.plan, e.cfg.DecisionCache, e.cfg.TimeGranularity)
+	}
 	return s, nil
+}
+
+// DecisionCache says whether the serving policy's decisions are memoised
+// and on which input paths, or why not.
+func (e *Engine) DecisionCache() string { return e.cacheState(e.cur.Load()) }
+
+func (e *Engine) cacheState(s *state) string {
+	switch {
+	case s == nil:
+		return "no policy loaded"
+	case e.cfg.DecisionCache <= 0:
+		return "off: disabled in the configuration"
+	}
+	return s.plan.describe()
 }
 
 // smoke evaluates the sample inputs: an evaluation error (a rule conflict, a
@@ -380,7 +448,7 @@ func (e *Engine) smoke(ctx context.Context, s *state) error {
 		if err != nil {
 			return err
 		}
-		_, err = e.evalStateTimeout(ctx, s, rego.EvalParsedInput(input), &Result{}, max(e.cfg.EvalTimeout, smokeTimeout))
+		_, err = e.evalStateTimeout(ctx, s, rego.EvalParsedInput(input), &Result{}, max(e.cfg.EvalTimeout, smokeTimeout), e.now())
 		if err != nil && !errors.Is(err, ErrUndefined) {
 			return fmt.Errorf("%s: %w", sample.name, err)
 		}

@@ -10,6 +10,9 @@ type metrics struct {
 	reloads      *prometheus.CounterVec
 	revision     *prometheus.GaugeVec
 	evalDuration prometheus.Histogram
+	cache        *prometheus.CounterVec
+	cacheHits    prometheus.Counter
+	cacheMisses  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -27,14 +30,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to evaluate the prepared policy query for one request.",
 			Buckets: prometheus.ExponentialBuckets(10e-6, 2, 16), // 10 µs .. ~330 ms
 		}),
+		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentauthz_policy_decision_cache_total",
+			Help: "Decisions answered from the decision cache (hit) or evaluated and cached (miss). Requests of a policy that is not cacheable are not counted.",
+		}, []string{"result"}),
 	}
+	m.cacheHits = m.cache.WithLabelValues("hit")
+	m.cacheMisses = m.cache.WithLabelValues("miss")
 	// Both series exist from the start so that a failure rate can be computed.
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.reloads, m.revision, m.evalDuration} {
+	for _, c := range []prometheus.Collector{m.reloads, m.revision, m.evalDuration, m.cache} {
 		if err := reg.Register(c); err != nil {
 			return nil, errors.Join(errors.New("policy: register metrics"), err)
 		}

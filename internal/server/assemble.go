@@ -42,6 +42,8 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		BundleVerificationKey: cfg.Policy.BundleVerificationKey,
 		BundlePollInterval:    cfg.Policy.BundlePollInterval.D(),
 		EvalTimeout:           cfg.Policy.EvalTimeout.D(),
+		DecisionCache:         decisionCacheSize(cfg.Policy.DecisionCache),
+		TimeGranularity:       cfg.Policy.DecisionCache.TimeGranularity.D(),
 		Logger:                logger,
 		Registerer:            reg,
 	})
@@ -163,6 +165,13 @@ func loadTrust(cfg config.Config) ([]identity.Bundle, map[string]revocation.Tena
 		}
 	}
 	return bundles, tenants, errors.Join(errs...)
+}
+
+func decisionCacheSize(c config.DecisionCache) int {
+	if c.Disabled {
+		return 0
+	}
+	return c.MaxEntries
 }
 
 // policyAdapter turns the engine's result into the Envoy shapes extauthz

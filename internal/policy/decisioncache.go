@@ -1,0 +1,325 @@
+package policy
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/agentauthz/agentauthz/internal/identity"
+)
+
+// Decision cache defaults.
+const (
+	DefaultTimeGranularity = time.Second
+	// maxCacheKeyBytes bounds the part of a key taken from input values
+	// (e.g. a policy that reads all headers): a larger key is not cached.
+	maxCacheKeyBytes = 4096
+)
+
+// cachePlan is what a compiled policy's decision depends on, found by
+// reading every rule: the input paths it reads. A policy is cacheable only
+// when each read of input starts with a constant path (input.agent.trust,
+// object.get(input, ["agent", "trust"], 0)), nothing replaces input with
+// `with`, and no builtin other than the clock is nondeterministic. The clock
+// is pinned per time bucket (see Engine.Eval), so time-dependent rules are
+// deterministic within a bucket.
+type cachePlan struct {
+	paths  []ast.Ref // input paths read, without the leading input
+	agent  bool      // reads under input.agent: the agent is in the key
+	op     bool      // reads input.operation: the operation is in the key
+	byKey  []ast.Ref // the other paths, whose values are in the key
+	reason string    // why the policy is not cacheable; "" when it is
+}
+
+func (p cachePlan) cacheable() bool { return p.reason == "" }
+
+// describe says in one line what the cache keys on, or why there is none.
+func (p cachePlan) describe() string {
+	if !p.cacheable() {
+		return "off: " + p.reason
+	}
+	s := make([]string, len(p.paths))
+	for i, r := range p.paths {
+		s[i] = ast.Ref(append(ast.Ref{ast.InputRootDocument}, r...)).String()
+	}
+	return "keyed on " + strings.Join(s, ", ")
+}
+
+// planCache reads the rules of the compiled modules (imports are already
+// rewritten into the rules; reading them too would only widen the key).
+func planCache(modules map[string]*ast.Module) cachePlan {
+	names := make([]string, 0, len(modules))
+	for name := range modules {
+		names = append(names, name)
+	}
+	sort.Strings(names) // the first reason found is stable
+	a := &cacheAnalysis{}
+	a.vis = ast.NewGenericVisitor(a.visit)
+	for _, name := range names {
+		for _, r := range modules[name].Rules {
+			// The compiler passes input to a call through a local
+			// (`__local1__ = input; object.get(__local1__, …)`): such
+			// locals are input too. Local names are unique in a rule.
+			a.aliases = map[ast.Var]bool{}
+			ast.WalkExprs(r, func(e *ast.Expr) bool {
+				if v, ok := inputAlias(e); ok {
+					a.aliases[v] = true
+				}
+				return false
+			})
+			a.vis.Walk(r)
+		}
+	}
+	p := cachePlan{reason: a.reason}
+	if !p.cacheable() {
+		return p
+	}
+	p.paths = minimalPaths(a.paths)
+	for _, r := range p.paths {
+		switch {
+		case r[0].Equal(keyAgent):
+			p.agent = true
+		case r[0].Equal(keyOperation):
+			p.op = true
+		default:
+			p.byKey = append(p.byKey, r)
+		}
+	}
+	return p
+}
+
+type cacheAnalysis struct {
+	vis     *ast.GenericVisitor
+	aliases map[ast.Var]bool
+	paths   []ast.Ref
+	reason  string
+}
+
+func (a *cacheAnalysis) fail(loc *ast.Location, format string, args ...any) {
+	if a.reason == "" {
+		a.reason = fmt.Sprintf(format, args...)
+		if loc != nil {
+			a.reason += " at " + loc.String()
+		}
+	}
+}
+
+// isInput: the input document itself, or a local holding it.
+func (a *cacheAnalysis) isInput(t *ast.Term) bool {
+	v, ok := t.Value.(ast.Var)
+	return ok && a.aliases[v] || isInputRoot(t)
+}
+
+// isInputRoot: input, as a variable or as the one-element ref the compiler
+// makes of it.
+func isInputRoot(t *ast.Term) bool {
+	switch v := t.Value.(type) {
+	case ast.Var:
+		return v.Equal(ast.InputRootDocument.Value)
+	case ast.Ref:
+		return len(v) == 1 && v[0].Equal(ast.InputRootDocument)
+	}
+	return false
+}
+
+func (a *cacheAnalysis) visit(x any) bool {
+	if a.reason != "" {
+		return true
+	}
+	switch x := x.(type) {
+	case *ast.Expr:
+		if _, ok := inputAlias(x); ok {
+			return true // checked where the local is used
+		}
+		for _, w := range x.With {
+			if w.Target.Value.(ast.Ref).HasPrefix(ast.InputRootRef) {
+				a.fail(x.Location, "replaces input with `with`")
+				return true
+			}
+		}
+		if x.IsCall() {
+			return a.call(x.Operator(), x.Operands(), x.Location)
+		}
+	case *ast.Term:
+		switch v := x.Value.(type) {
+		case ast.Call:
+			return a.call(v[0].Value.(ast.Ref), v[1:], x.Location)
+		case ast.Ref:
+			if !a.isInput(v[0]) {
+				return false // data refs: their dynamic parts are walked
+			}
+			n := 1
+			for n < len(v) && v[n].IsGround() {
+				n++
+			}
+			if n == 1 {
+				a.fail(x.Location, "reads the whole input")
+				return true
+			}
+			a.paths = append(a.paths, v[1:n].Copy())
+			for _, t := range v[n:] {
+				a.vis.Walk(t)
+			}
+			return true
+		case ast.Var:
+			if a.isInput(x) {
+				a.fail(x.Location, "reads the whole input")
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// call checks a builtin or function call; it reports whether it has walked
+// the operands itself.
+func (a *cacheAnalysis) call(op ast.Ref, operands []*ast.Term, loc *ast.Location) bool {
+	name := op.String()
+	if b, ok := ast.BuiltinMap[name]; ok && b.Nondeterministic && name != ast.NowNanos.Name {
+		a.fail(loc, "calls the nondeterministic builtin %s", name)
+		return true
+	}
+	if name != ast.ObjectGet.Name || len(operands) < 3 || !a.isInput(operands[0]) {
+		return false
+	}
+	path, ok := constPath(operands[1])
+	if !ok {
+		return false // walked: a read of the whole input
+	}
+	a.paths = append(a.paths, path)
+	for _, t := range operands[2:] {
+		a.vis.Walk(t)
+	}
+	return true
+}
+
+// inputAlias recognises `v = input`.
+func inputAlias(e *ast.Expr) (ast.Var, bool) {
+	if !e.IsEquality() || len(e.With) > 0 || e.Negated {
+		return "", false
+	}
+	l, r := e.Operand(0), e.Operand(1)
+	if isInputRoot(r) {
+		l, r = r, l
+	}
+	v, ok := r.Value.(ast.Var)
+	if !ok || !isInputRoot(l) || isInputRoot(r) {
+		return "", false
+	}
+	return v, true
+}
+
+// constPath turns object.get's path operand into a ref: a string or an
+// array of ground terms.
+func constPath(t *ast.Term) (ast.Ref, bool) {
+	switch v := t.Value.(type) {
+	case ast.String:
+		return ast.Ref{t}, true
+	case *ast.Array:
+		if v.Len() == 0 || !v.IsGround() {
+			return nil, false
+		}
+		r := make(ast.Ref, 0, v.Len())
+		v.Foreach(func(e *ast.Term) { r = append(r, e) })
+		return r, true
+	}
+	return nil, false
+}
+
+// minimalPaths sorts and removes duplicates and paths under another path.
+func minimalPaths(paths []ast.Ref) []ast.Ref {
+	sort.Slice(paths, func(i, j int) bool { return paths[i].Compare(paths[j]) < 0 })
+	out := paths[:0]
+	for _, r := range paths {
+		if len(out) > 0 && r.HasPrefix(out[len(out)-1]) {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// cacheKey identifies a decision: the time bucket the policy's clock is
+// pinned to, the agent (input.agent is built from it alone), the operation,
+// and the values of every other input path the policy reads.
+type cacheKey struct {
+	bucket int64
+	agent  *identity.Agent
+	op     string
+	rest   string
+}
+
+// decisionCache memoises results of one compiled policy (a reload starts a
+// new one). Results are shared: callers never modify a *Result.
+type decisionCache struct {
+	plan        cachePlan
+	granularity time.Duration
+	max         int
+
+	mu     sync.RWMutex
+	bucket int64
+	m      map[cacheKey]*Result
+}
+
+func newDecisionCache(plan cachePlan, maxEntries int, granularity time.Duration) *decisionCache {
+	return &decisionCache{plan: plan, granularity: granularity, max: maxEntries}
+}
+
+// bucketOf returns the time bucket of now and the time the policy sees in it.
+func (c *decisionCache) bucketOf(now time.Time) (int64, time.Time) {
+	b := now.UnixNano() / int64(c.granularity)
+	return b, time.Unix(0, b*int64(c.granularity))
+}
+
+// restKey renders the values at the paths not covered by agent and
+// operation. Values are printed as Rego terms, which tells every two
+// different values apart (strings are quoted, so the separators cannot
+// occur unquoted). ok is false when the key would be too long.
+func (c *decisionCache) restKey(input ast.Value) (string, bool) {
+	if len(c.plan.byKey) == 0 {
+		return "", true
+	}
+	var b strings.Builder
+	for _, r := range c.plan.byKey {
+		v, err := input.Find(r)
+		if err != nil {
+			b.WriteByte(1) // undefined
+		} else {
+			b.WriteString(v.String())
+		}
+		b.WriteByte(0)
+		if b.Len() > maxCacheKeyBytes {
+			return "", false
+		}
+	}
+	return b.String(), true
+}
+
+func (c *decisionCache) get(k cacheKey) (*Result, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if k.bucket != c.bucket {
+		return nil, false
+	}
+	r, ok := c.m[k]
+	return r, ok
+}
+
+// put keeps r for k. Entries of an older bucket can never be hit again, so a
+// new bucket starts an empty map; so does a full one.
+func (c *decisionCache) put(k cacheKey, r *Result) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case k.bucket < c.bucket:
+		return
+	case k.bucket > c.bucket || c.m == nil || len(c.m) >= c.max:
+		c.bucket = k.bucket
+		c.m = make(map[cacheKey]*Result, min(c.max, 1024))
+	}
+	c.m[k] = r
+}

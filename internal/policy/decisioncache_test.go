@@ -1,0 +1,255 @@
+package policy
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/agentauthz/agentauthz/internal/identity"
+)
+
+func compiledPlan(t *testing.T, rego string) cachePlan {
+	t.Helper()
+	c := ast.NewCompiler()
+	c.Compile(map[string]*ast.Module{"p.rego": ast.MustParseModule(rego)})
+	if c.Failed() {
+		t.Fatalf("compile: %v", c.Errors)
+	}
+	return planCache(c.Modules)
+}
+
+func TestPlanCache(t *testing.T) {
+	shipped, err := os.ReadFile(filepath.Join(shippedPolicies, "authz.rego"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, rego string
+		want       string // describe(), or the start of the reason
+	}{
+		{"shipped policy", string(shipped),
+			"keyed on input.agent.id, input.agent.scopes, input.agent.trust, input.operation"},
+		{"envoy boolean policy", envoyBoolPolicy,
+			`keyed on input.attributes.request.http.method, input.parsed_path[0], input.parsed_path[1]`},
+		{"dynamic index keys on the constant prefix", `package p
+allow if input.attributes.request.http.headers[h] == "x"`,
+			"keyed on input.attributes.request.http.headers"},
+		{"object.get with a constant path", `package p
+t := object.get(input, ["agent", "trust"], 0)
+s := object.get(input, "operation", "")`,
+			"keyed on input.agent.trust, input.operation"},
+		{"a path under another is covered by it", `package p
+a if input.agent
+b if input.agent.trust > 1`,
+			"keyed on input.agent"},
+		{"clock is allowed", `package p
+allow if time.now_ns() > 0`,
+			"keyed on "},
+		{"whole input", `package p
+x := input`, "off: reads the whole input"},
+		{"iteration over input", `package p
+allow if { some k, _ in input; k == "a" }`, "off: reads the whole input"},
+		{"object.get with a variable path", `package p
+f(k) := object.get(input, k, 0)`, "off: reads the whole input"},
+		{"input passed to a builtin", `package p
+s := json.marshal(input)`, "off: reads the whole input"},
+		{"input passed to a function", `package p
+f(x) := x.agent
+allow if f(input)`, "off: reads the whole input"},
+		{"dynamic first element", `package p
+allow if input[k] == 1`, "off: reads the whole input"},
+		{"with replaces input", `package p
+a if input.x
+b if a with input as {"x": true}`, "off: replaces input with `with`"},
+		{"http.send", `package p
+r := http.send({"method": "get", "url": "http://x"})`, "off: calls the nondeterministic builtin http.send"},
+		{"rand.intn", `package p
+r := rand.intn("x", 10)`, "off: calls the nondeterministic builtin rand.intn"},
+		{"nested call term", `package p
+r := count([rand.intn("x", 10)])`, "off: calls the nondeterministic builtin rand.intn"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := compiledPlan(t, tc.rego).describe()
+			if !strings.HasPrefix(got, tc.want) {
+				t.Fatalf("describe() = %q, want prefix %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func cachedEngine(t *testing.T, dir string, now func() time.Time) (*Engine, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	e := newTestEngine(t, Config{Dir: dir, DecisionCache: 100, Now: now, Registerer: reg})
+	return e, reg
+}
+
+func cacheCount(t *testing.T, e *Engine, result string) float64 {
+	t.Helper()
+	return testutil.ToFloat64(e.metrics.cache.WithLabelValues(result))
+}
+
+// The cache answers exactly what evaluation answers, for the shipped policy
+// over agents and routes, and does answer from memory.
+func TestDecisionCacheMatchesEvaluation(t *testing.T) {
+	cached, _ := cachedEngine(t, shippedPolicies, nil)
+	plain := newTestEngine(t, Config{Dir: shippedPolicies})
+	if got := cached.DecisionCache(); !strings.HasPrefix(got, "keyed on input.agent.id") {
+		t.Fatalf("DecisionCache() = %q", got)
+	}
+	if got := plain.DecisionCache(); got != "off: disabled in the configuration" {
+		t.Fatalf("DecisionCache() without cache = %q", got)
+	}
+	agents := []*identity.Agent{
+		agentWith(3, "payments:initiate"), agentWith(2, "payments:initiate"),
+		agentWith(1, "payments:read"), agentWith(4), nil,
+	}
+	routes := [][2]string{{"POST", "/v1/payments"}, {"GET", "/v1/payments/p-1"}, {"DELETE", "/v1/payments/p-1"}, {"POST", "/v1/merchants"}}
+	ctx := context.Background()
+	for round := range 3 {
+		for _, a := range agents {
+			for _, rt := range routes {
+				req := sampleRequest(rt[0], rt[1], "", "")
+				want, werr := plain.Eval(ctx, req, a)
+				got, gerr := cached.Eval(ctx, req, a)
+				if (werr == nil) != (gerr == nil) || werr == nil &&
+					(got.Allowed != want.Allowed || got.Reason != want.Reason || got.Operation != want.Operation ||
+						got.Revision != want.Revision || !equalHeaders(got.Headers, want.Headers)) {
+					t.Fatalf("round %d, agent %v, %v: cached %+v, %v; evaluated %+v, %v", round, a, rt, got, gerr, want, werr)
+				}
+			}
+		}
+	}
+	n := float64(len(agents) * len(routes))
+	if hits, misses := cacheCount(t, cached, "hit"), cacheCount(t, cached, "miss"); misses != n || hits != 2*n {
+		t.Fatalf("hits %v, misses %v; want %v and %v", hits, misses, 2*n, n)
+	}
+}
+
+// A policy that reads a header is keyed on it: a different value is never
+// answered from another request's entry.
+func TestDecisionCacheKeysOnInputValues(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"p.rego": `package agentauthz.authz
+default decision := false
+decision if {
+	input.attributes.request.http.headers["x-mode"] == "ok"
+	input.parsed_path[1] == "payments"
+}`})
+	e, _ := cachedEngine(t, dir, nil)
+	ctx := context.Background()
+	withMode := func(path, mode string) bool {
+		t.Helper()
+		req := sampleRequest("GET", path, "", "")
+		req.Attributes.Request.Http.Headers["x-mode"] = mode
+		r, err := e.Eval(ctx, req, testAgent())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Allowed
+	}
+	for range 2 {
+		if !withMode("/v1/payments", "ok") || withMode("/v1/payments", "no") ||
+			withMode("/v1/loans", "ok") || withMode("/v1/payments", `"ok"`) {
+			t.Fatal("a cached decision answered a request with different input values")
+		}
+	}
+	if hits := cacheCount(t, e, "hit"); hits != 4 {
+		t.Fatalf("hits = %v, want 4", hits)
+	}
+}
+
+// Time-dependent policies see the clock pinned to the start of the current
+// interval, and entries do not outlive it.
+func TestDecisionCacheTimeBuckets(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"p.rego": `package agentauthz.authz
+until := time.parse_rfc3339_ns("2026-02-01T00:00:00Z")
+decision := {"allowed": false, "reason": "agent_quarantined"} if time.now_ns() < until
+else := {"allowed": true}`})
+	until := time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)
+	now := until.Add(-1500 * time.Millisecond)
+	e, _ := cachedEngine(t, dir, func() time.Time { return now })
+	allowed := func() bool {
+		t.Helper()
+		r, err := e.Eval(context.Background(), sampleRequest("GET", "/", "", ""), testAgent())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Allowed
+	}
+	if allowed() {
+		t.Fatal("allowed 1.5 s before the end of the quarantine")
+	}
+	now = until.Add(-1100 * time.Millisecond) // same 1 s interval: served from the cache
+	if allowed() || cacheCount(t, e, "hit") != 1 {
+		t.Fatal("expected a cached denial within the interval")
+	}
+	now = until.Add(300 * time.Millisecond) // next interval: the clock reads `until`
+	if !allowed() {
+		t.Fatal("still denied after the quarantine ended: a stale entry was served")
+	}
+}
+
+// A reload starts from an empty cache.
+func TestDecisionCacheReload(t *testing.T) {
+	dir := t.TempDir()
+	policy := `package agentauthz.authz
+decision := input.agent.trust >= %d`
+	writeFiles(t, dir, map[string]string{"p.rego": strings.Replace(policy, "%d", "1", 1)})
+	e, _ := cachedEngine(t, dir, nil)
+	ctx, req, agent := context.Background(), sampleRequest("GET", "/", "", ""), agentWith(2)
+	for range 2 {
+		if r, err := e.Eval(ctx, req, agent); err != nil || !r.Allowed {
+			t.Fatalf("before reload: %+v, %v", r, err)
+		}
+	}
+	writeFiles(t, dir, map[string]string{"p.rego": strings.Replace(policy, "%d", "3", 1)})
+	if err := e.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := e.Eval(ctx, req, agent); err != nil || r.Allowed {
+		t.Fatalf("after reload: %+v, %v", r, err)
+	}
+}
+
+func TestDecisionCacheBounded(t *testing.T) {
+	c := newDecisionCache(cachePlan{}, 2, time.Second)
+	r := &Result{}
+	for i, op := range []string{"a", "b", "c"} {
+		c.put(cacheKey{bucket: 1, op: op}, r)
+		if len(c.m) > 2 {
+			t.Fatalf("after %d puts the cache holds %d entries", i+1, len(c.m))
+		}
+	}
+	if _, ok := c.get(cacheKey{bucket: 1, op: "c"}); !ok {
+		t.Fatal("the newest entry is missing")
+	}
+	c.put(cacheKey{bucket: 0, op: "old"}, r) // an older interval is never stored
+	if _, ok := c.get(cacheKey{bucket: 0, op: "old"}); ok {
+		t.Fatal("entry of an older interval served")
+	}
+}
+
+func BenchmarkEvalCached(b *testing.B) {
+	e, err := New(Config{Dir: shippedPolicies, DecisionCache: 1000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	req, agent := sampleRequest("POST", "/v1/payments", "", ""), testAgent()
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := e.Eval(ctx, req, agent)
+		if err != nil || !r.Allowed {
+			b.Fatal(r, err)
+		}
+	}
+}
