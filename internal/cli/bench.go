@@ -132,6 +132,7 @@ docs/performance.md.`,
 	f.StringVar(&o.PoliciesDir, "policies", "policies", "shipped policy directory (authz.rego, data.json)")
 	f.IntVar(&o.PropagationRounds, "propagation-rounds", 20, "revocations timed through ca serve and a replica (0 skips)")
 	f.BoolVar(&o.SkipRateLimited, "skip-rate-limited", false, "skip the run at half of the maximum throughput")
+	f.BoolVar(&o.SkipNoCache, "skip-no-cache", false, "skip the run of the real server with the policy decision cache off")
 	f.StringVar(&o.ProfileDir, "profile-dir", "", "write a CPU profile of each server mode here")
 	f.StringVar(&o.WorkDir, "work-dir", "", "keep generated files here instead of a temporary directory")
 	f.StringVar(&out, "out", "", "also write the Markdown report to this file")

@@ -44,7 +44,7 @@ func benchSetup(tb testing.TB) (string, map[Kind]*authv3.CheckRequest) {
 	if err := p.writeCRL(crl, serials, 0); err != nil {
 		tb.Fatal(err)
 	}
-	cfg, err := writeServerConfig(dir, policyDir, bundle, []string{crl}, "", TrustDomain, "sync")
+	cfg, err := writeServerConfig(dir, serverSpec{PolicyDir: policyDir, Bundle: bundle, CRLFiles: []string{crl}, TrustDomain: TrustDomain, LogMode: "sync"})
 	if err != nil {
 		tb.Fatal(err)
 	}

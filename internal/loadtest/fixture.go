@@ -193,7 +193,10 @@ type serverConfig struct {
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
 	Policy    struct {
-		Dir string `yaml:"dir"`
+		Dir           string `yaml:"dir"`
+		DecisionCache struct {
+			Disabled bool `yaml:"disabled"`
+		} `yaml:"decision_cache"`
 	} `yaml:"policy"`
 	TrustBundles []trustBundleConfig `yaml:"trust_bundles"`
 	DecisionLog  struct {
@@ -211,18 +214,29 @@ type trustBundleConfig struct {
 	} `yaml:"revocation"`
 }
 
-// writeServerConfig writes a serve configuration with every feature on and
-// the decision log in logMode (sync unless measuring the trade-off).
-func writeServerConfig(dir, policyDir, bundle string, crlFiles []string, watchURL, trustDomain, logMode string) (string, error) {
+// serverSpec is what differs between the bench servers' configurations.
+type serverSpec struct {
+	PolicyDir       string
+	Bundle          string // the tenant's CA bundle
+	CRLFiles        []string
+	WatchURL        string
+	TrustDomain     string
+	LogMode         string // sync unless measuring the trade-off
+	NoDecisionCache bool   // measure every request evaluated
+}
+
+// writeServerConfig writes a serve configuration with every feature on.
+func writeServerConfig(dir string, s serverSpec) (string, error) {
 	var c serverConfig
 	c.DataDir = filepath.Join(dir, "data")
 	c.LogLevel, c.LogFormat = "error", "text"
-	c.Policy.Dir = policyDir
-	tb := trustBundleConfig{TrustDomain: trustDomain, File: bundle}
-	tb.Revocation.CRLFiles = crlFiles
-	tb.Revocation.WatchURL = watchURL
+	c.Policy.Dir = s.PolicyDir
+	c.Policy.DecisionCache.Disabled = s.NoDecisionCache
+	tb := trustBundleConfig{TrustDomain: s.TrustDomain, File: s.Bundle}
+	tb.Revocation.CRLFiles = s.CRLFiles
+	tb.Revocation.WatchURL = s.WatchURL
 	c.TrustBundles = []trustBundleConfig{tb}
-	c.DecisionLog.Mode, c.DecisionLog.Name = logMode, "bench"
+	c.DecisionLog.Mode, c.DecisionLog.Name = s.LogMode, "bench"
 	out, err := yaml.Marshal(c)
 	if err != nil {
 		return "", err

@@ -54,6 +54,9 @@ type Options struct {
 	Modes []Mode
 	// SkipRateLimited skips the run at half of the maximum throughput.
 	SkipRateLimited bool
+	// SkipNoCache skips the run of the real server with the policy
+	// decision cache off.
+	SkipNoCache bool
 	// PropagationRounds is how many revocations are timed; 0 skips.
 	PropagationRounds int
 	// ProfileDir, when set, receives a CPU profile of each mode at the
@@ -160,7 +163,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 
 	concs := uniqueInts(append(append([]int{}, o.Concurrencies...), o.Concurrency))
 	for _, mode := range o.Modes {
-		cfg, err := h.variant(string(mode), baseRoutes, baseRevoked)
+		cfg, err := h.variant(string(mode), baseRoutes, baseRevoked, false)
 		if err != nil {
 			return nil, err
 		}
@@ -204,6 +207,14 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			return nil, fmt.Errorf("%s server: %w", mode, err)
 		}
 	}
+	if base := rep.Result(ModeReal); base != nil && !o.SkipNoCache {
+		r, err := h.single(ctx, "no-decision-cache", baseRoutes, baseRevoked, true)
+		if err != nil {
+			return nil, err
+		}
+		r.NoDecisionCache = true
+		rep.NoCache = &r
+	}
 	// The base configuration was measured above at the headline
 	// concurrency; reuse that run rather than measure it twice.
 	base := rep.Result(ModeReal)
@@ -212,7 +223,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			rep.Routes = append(rep.Routes, *base)
 			continue
 		}
-		r, err := h.single(ctx, fmt.Sprintf("routes-%d", n), n, baseRevoked)
+		r, err := h.single(ctx, fmt.Sprintf("routes-%d", n), n, baseRevoked, false)
 		if err != nil {
 			return nil, err
 		}
@@ -223,7 +234,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			rep.Revoked = append(rep.Revoked, *base)
 			continue
 		}
-		r, err := h.single(ctx, fmt.Sprintf("revoked-%d", n), baseRoutes, n)
+		r, err := h.single(ctx, fmt.Sprintf("revoked-%d", n), baseRoutes, n, false)
 		if err != nil {
 			return nil, err
 		}
@@ -242,9 +253,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 
 // single measures the real service at the headline concurrency with one
 // route-table size and CRL size.
-func (h *harness) single(ctx context.Context, name string, routes, revoked int) (RunResult, error) {
+func (h *harness) single(ctx context.Context, name string, routes, revoked int, noCache bool) (RunResult, error) {
 	var out RunResult
-	cfg, err := h.variant(name, routes, revoked)
+	cfg, err := h.variant(name, routes, revoked, noCache)
 	if err != nil {
 		return out, err
 	}
@@ -261,7 +272,7 @@ func (h *harness) single(ctx context.Context, name string, routes, revoked int) 
 }
 
 // variant writes a policy directory, CRL and configuration for one server.
-func (h *harness) variant(name string, routes, revoked int) (string, error) {
+func (h *harness) variant(name string, routes, revoked int, noCache bool) (string, error) {
 	dir := filepath.Join(h.dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
@@ -278,7 +289,8 @@ func (h *harness) variant(name string, routes, revoked int) (string, error) {
 	if revoked >= 100_000 {
 		h.o.progress("signed a CRL of %d serials in %v", revoked+len(h.serial), time.Since(start).Round(time.Millisecond))
 	}
-	return writeServerConfig(dir, policyDir, h.bundle, []string{crl}, "", TrustDomain, h.o.LogMode)
+	return writeServerConfig(dir, serverSpec{PolicyDir: policyDir, Bundle: h.bundle, CRLFiles: []string{crl},
+		TrustDomain: TrustDomain, LogMode: h.o.LogMode, NoDecisionCache: noCache})
 }
 
 // serverProc is one running `bench server` process.

@@ -56,8 +56,8 @@ func (h *harness) propagation(ctx context.Context, rounds int) (*Propagation, er
 	if err := writePolicyDir(policyDir, h.o.PoliciesDir, 0); err != nil {
 		return nil, err
 	}
-	cfg, err := writeServerConfig(dir, policyDir, auth.CertPath(propTrustDomain), nil,
-		pubURL+"/v1/watch?tenant="+propTrustDomain, propTrustDomain, h.o.LogMode)
+	cfg, err := writeServerConfig(dir, serverSpec{PolicyDir: policyDir, Bundle: auth.CertPath(propTrustDomain),
+		WatchURL: pubURL + "/v1/watch?tenant=" + propTrustDomain, TrustDomain: propTrustDomain, LogMode: h.o.LogMode})
 	if err != nil {
 		return nil, err
 	}

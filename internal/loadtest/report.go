@@ -27,6 +27,8 @@ type RunResult struct {
 	Rate           float64 `json:"rate,omitempty"` // requested req/s of a paced run
 	Routes         int     `json:"routes"`
 	RevokedSerials int     `json:"revoked_serials"`
+	// NoDecisionCache: the real server with the policy decision cache off.
+	NoDecisionCache bool `json:"no_decision_cache,omitempty"`
 
 	Requests   int64          `json:"requests"`
 	Errors     int64          `json:"errors"`
@@ -155,6 +157,7 @@ type Report struct {
 	Routes      []RunResult     `json:"routes"`
 	Revoked     []RunResult     `json:"revoked"`
 	RateLimited *RunResult      `json:"rate_limited,omitempty"`
+	NoCache     *RunResult      `json:"no_decision_cache,omitempty"`
 	MaxRPS      float64         `json:"max_rps"`
 	Propagation *Propagation    `json:"propagation,omitempty"`
 	Profiles    map[Mode]string `json:"profiles,omitempty"`
@@ -229,6 +232,12 @@ func (r *Report) Markdown(w io.Writer) error {
 		runTable(&b, []RunResult{*rl}, false)
 		p("\n")
 	}
+	if nc, base := r.NoCache, r.Result(ModeReal); nc != nil && base != nil {
+		p("## Policy decision cache (real, concurrency %d)\n\n", r.Concurrency)
+		p("The same server with `policy.decision_cache.disabled: true`: every request evaluates the Rego policy. The mix's agents repeat, so with the cache on nearly every decision is a hit; real traffic with many distinct agents and operations lies between the two rows.\n\n")
+		runTable(&b, []RunResult{*base, *nc}, false)
+		p("\n")
+	}
 	if len(r.Routes) > 0 {
 		p("## Route-table size (real, concurrency %d)\n\n", r.Concurrency)
 		runTable(&b, r.Routes, true)
@@ -291,7 +300,11 @@ func runTable(b *strings.Builder, runs []RunResult, variant bool) {
 		if variant {
 			fmt.Fprintf(b, "| %d | %d ", r.Routes, r.RevokedSerials)
 		} else {
-			fmt.Fprintf(b, "| %s | %d ", modeLabel(r.Mode), r.Concurrency)
+			label := modeLabel(r.Mode)
+			if r.NoDecisionCache {
+				label += ", decision cache off"
+			}
+			fmt.Fprintf(b, "| %s | %d ", label, r.Concurrency)
 		}
 		gcs := 0.0
 		if r.ServerChecks > 0 {
