@@ -82,7 +82,8 @@ func newAuditVerifyCmd() *cobra.Command {
 		Long: `verify checks every record of the log: its Ed25519 signature, that it chains onto the
 previous record, that sequence numbers have no gap, and that each segment is named after its
 first record. It exits 0 when the log is intact, 1 naming the first bad sequence number and the
-kind of damage (modified, missing, inserted, reordered, truncated, segment_name), 2 on error.`,
+kind of damage (modified, missing, inserted, reordered, truncated, segment_name, nul_bytes), 2 on
+error. The segment being written ends in zero padding (preallocated space); that is not damage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ks, err := loadTrustedKeys(pubkey, logDir, cmd.ErrOrStderr())

@@ -2,6 +2,7 @@ package decisionlog
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // segmentSuffix and segmentNameLen define segment file names: the first seq
@@ -61,17 +63,42 @@ type line struct {
 	seg      string
 	segIdx   int
 	num      int
+	off      int64 // byte offset of the line in its segment
 	text     string
 	complete bool // ended by '\n'
 	tooLong  bool
+	hasNUL   bool         // a NUL byte where only padding may have one: damage
+	nulAt    int64        // offset of that NUL in the segment
+	sealed   bool         // the segment was known to be sealed (not the last)
 	pre      *preVerified // Verify's background signature check, if started
 }
+
+// How the Reader tells the end of the data from damage. A segment is
+// sealed once a later segment exists: the writer cuts a segment's zero
+// padding off before it starts the next one, so a sealed segment is final
+// and a NUL byte in it is damage. In the last segment, the writer may be
+// writing: the data ends, for now, at the first NUL byte (the start of the
+// preallocated zeros it has not yet overwritten), and a following Next
+// reads again from the start of that line, so new records are found by
+// their content, not by the file's size (which does not grow).
+//
+// Verify (final) needs more: the end of the last segment must be a run of
+// NULs to the end of the file, after complete lines, for the log to be
+// intact. A partial line before it is a torn or truncated tail; NULs
+// followed by data are damage. Because a record being written can be seen
+// half copied, such an end is read again a few times, settleWait apart,
+// before it is reported.
+const (
+	settleRetries = 3
+	settleWait    = 10 * time.Millisecond
+)
 
 // Reader reads a log directory as a stream of records in log order, across
 // segments. At the current end of the log Next returns io.EOF; calling Next
 // again later continues with whatever was appended since (tail -f), so a
-// consumer can follow a live log. Reader does not check signatures or the
-// chain: use Verify for that.
+// consumer can follow a live log. The last segment's data ends at its zero
+// padding. Reader does not check signatures or the chain: use Verify for
+// that.
 type Reader struct {
 	dir     string
 	segs    []string
@@ -79,13 +106,21 @@ type Reader struct {
 	name    string // the open segment
 	f       *os.File
 	br      *bufio.Reader
+	pos     int64 // offset of the next byte br returns
+	start   int64 // offset of the line being read (of partial)
 	partial []byte
 	lineNo  int
-	skip    bool // discarding the rest of an over-long line
+	skip    bool  // discarding the rest of an over-long line
+	sealed  bool  // a later segment existed before this one was (re)read from start
+	nulAt   int64 // >= 0: the line being read holds damage, a NUL byte here
+
+	settleSeg  string // the end being read again (final mode)
+	settleAt   int64
+	settleLeft int
 }
 
 // NewReader returns a Reader positioned at the start of the log in dir.
-func NewReader(dir string) *Reader { return &Reader{dir: dir, idx: -1} }
+func NewReader(dir string) *Reader { return &Reader{dir: dir, idx: -1, nulAt: -1} }
 
 // Close releases the open segment.
 func (r *Reader) Close() error {
@@ -97,13 +132,16 @@ func (r *Reader) Close() error {
 	return nil
 }
 
-// Next returns the next record. A line that does not decode yields an error
-// wrapping ErrMalformed; the Reader has moved past it, so Next may be called
-// again.
+// Next returns the next record. A line that does not decode, or that holds
+// a NUL byte outside the last segment's padding, yields an error wrapping
+// ErrMalformed; the Reader has moved past it, so Next may be called again.
 func (r *Reader) Next() (Entry, error) {
 	l, err := r.nextLine(false)
 	if err != nil {
 		return Entry{}, err
+	}
+	if l.hasNUL {
+		return Entry{Segment: l.seg, Line: l.num}, fmt.Errorf("%s line %d: %w: %s", l.seg, l.num, ErrMalformed, nulDetail(l))
 	}
 	if l.tooLong {
 		return Entry{Segment: l.seg, Line: l.num}, fmt.Errorf("%s line %d: %w: longer than %d bytes", l.seg, l.num, ErrMalformed, MaxRecordBytes)
@@ -115,9 +153,18 @@ func (r *Reader) Next() (Entry, error) {
 	return Entry{Record: rec, JWS: l.text, Segment: l.seg, Line: l.num}, nil
 }
 
-// nextLine returns the next complete line. With final set, a partial last
-// line of a segment is returned too (complete=false) instead of waiting for
-// its end.
+func nulDetail(l line) string {
+	where := "the last segment, followed by data"
+	if l.sealed {
+		where = "sealed segment " + l.seg
+	}
+	return fmt.Sprintf("NUL byte at offset %d of %s (only the unwritten end of the last segment may be NUL padding)", l.nulAt, where)
+}
+
+// nextLine returns the next complete line. With final set, the end of the
+// last segment is judged as it stands (after settling): a partial last line
+// is returned too (complete=false), and NULs followed by data are returned
+// as damage, instead of waiting for the writer.
 func (r *Reader) nextLine(final bool) (line, error) {
 	for {
 		if r.f == nil {
@@ -126,27 +173,44 @@ func (r *Reader) nextLine(final bool) (line, error) {
 			}
 		}
 		chunk, err := r.br.ReadSlice('\n')
+		if r.nulAt < 0 && !(r.skip && r.sealed) {
+			if i := bytes.IndexByte(chunk, 0); i >= 0 {
+				act, l, nerr := r.atNUL(final, r.pos+int64(i), chunk[:i])
+				switch act {
+				case nulReturn:
+					return l, nerr
+				case nulReread:
+					if nerr != nil {
+						return line{}, nerr
+					}
+					continue
+				}
+				// nulDamage: the chunk is part of a damaged line.
+			}
+		}
+		r.pos += int64(len(chunk))
 		if len(chunk) > 0 {
 			if r.skip {
 				if err == nil {
 					r.skip = false
 				}
+				r.start = r.pos
 				continue
 			}
 			r.partial = append(r.partial, chunk...)
 			if len(r.partial) > MaxRecordBytes+1 {
 				r.lineNo++
-				r.partial = r.partial[:0]
+				l := r.take(false)
+				l.tooLong, l.complete = true, err == nil
 				r.skip = err != nil
-				return line{seg: r.name, segIdx: r.idx, num: r.lineNo, tooLong: true, complete: err == nil}, nil
+				return l, nil
 			}
 		}
 		switch {
 		case err == nil:
 			r.lineNo++
-			text := string(r.partial[:len(r.partial)-1])
-			r.partial = r.partial[:0]
-			return line{seg: r.name, segIdx: r.idx, num: r.lineNo, text: text, complete: true}, nil
+			r.partial = r.partial[:len(r.partial)-1]
+			return r.take(true), nil
 		case errors.Is(err, bufio.ErrBufferFull):
 			continue
 		case errors.Is(err, io.EOF):
@@ -157,19 +221,31 @@ func (r *Reader) nextLine(final bool) (line, error) {
 			if lerr != nil {
 				return line{}, lerr
 			}
-			if !more && !final {
-				return line{}, io.EOF
+			if more && !r.sealed {
+				// Sealed since it was read: read its final bytes.
+				r.sealed = true
+				if err := r.rewind(); err != nil {
+					return line{}, err
+				}
+				continue
 			}
-			if len(r.partial) > 0 {
+			if !more && !final {
+				return line{}, r.rewindEOF()
+			}
+			if len(r.partial) > 0 || r.nulAt >= 0 {
+				if !more && r.nulAt < 0 && r.settle() {
+					if err := r.rewind(); err != nil {
+						return line{}, err
+					}
+					continue
+				}
 				r.lineNo++
-				text := string(r.partial)
-				r.partial = r.partial[:0]
-				l := line{seg: r.name, segIdx: r.idx, num: r.lineNo, text: text}
+				l := r.take(false)
 				r.closeCur()
 				return l, nil
 			}
 			if !more {
-				return line{}, io.EOF
+				return line{}, r.rewindEOF()
 			}
 			r.closeCur()
 		default:
@@ -178,12 +254,117 @@ func (r *Reader) nextLine(final bool) (line, error) {
 	}
 }
 
+// take returns the line in r.partial (which starts at r.start) and starts
+// the next one at r.pos.
+func (r *Reader) take(complete bool) line {
+	l := line{seg: r.name, segIdx: r.idx, num: r.lineNo, off: r.start, text: string(r.partial), complete: complete, sealed: r.sealed}
+	if r.nulAt >= 0 {
+		l.hasNUL, l.nulAt = true, r.nulAt
+		r.nulAt = -1
+	}
+	r.partial = r.partial[:0]
+	r.start = r.pos
+	return l
+}
+
+// What atNUL decided.
+const (
+	nulReturn = iota // return its line and error
+	nulReread        // read on (from the position it set)
+	nulDamage        // the chunk belongs to a damaged line: consume it
+)
+
+// atNUL handles a NUL byte at offset nulAt of the chunk just read, after
+// the chunk's bytes before (which are not yet consumed).
+func (r *Reader) atNUL(final bool, nulAt int64, before []byte) (int, line, error) {
+	if !r.sealed {
+		more, err := r.refresh()
+		if err != nil {
+			return nulReturn, line{}, err
+		}
+		if more {
+			// The writer has sealed this segment since we read it
+			// (sealing cuts the padding off before the next segment
+			// exists): read its final bytes again.
+			r.sealed = true
+			return nulReread, line{}, r.rewind()
+		}
+	}
+	if r.sealed {
+		r.nulAt = nulAt // damage: read on to the end of the line
+		return nulDamage, line{}, nil
+	}
+	// The last segment, possibly being written: the data ends here.
+	if !final {
+		return nulReturn, line{}, r.rewindEOF()
+	}
+	clean, _, err := zerosFrom(r.f, nulAt)
+	if err != nil {
+		return nulReturn, line{}, fmt.Errorf("read %s: %w", r.name, err)
+	}
+	partial := len(r.partial)+len(before) > 0 || r.skip
+	if clean && !partial {
+		return nulReturn, line{}, r.rewindEOF()
+	}
+	if r.settle() {
+		return nulReread, line{}, r.rewind()
+	}
+	if !clean {
+		r.nulAt = nulAt // NULs followed by data: damage
+		return nulDamage, line{}, nil
+	}
+	// Complete lines, then a partial one, then the padding: a torn tail.
+	r.partial = append(r.partial, before...)
+	r.lineNo++
+	l := r.take(false)
+	r.closeCur()
+	return nulReturn, l, nil
+}
+
+// settle reports whether the end of the last segment at r.start should be
+// read again (after a pause) before it is judged: a record being written
+// can be seen half copied.
+func (r *Reader) settle() bool {
+	if r.settleSeg != r.name || r.settleAt != r.start {
+		r.settleSeg, r.settleAt, r.settleLeft = r.name, r.start, settleRetries
+	}
+	if r.settleLeft == 0 {
+		return false
+	}
+	r.settleLeft--
+	time.Sleep(settleWait)
+	return true
+}
+
+// rewind positions the reader at the start of the line being read, to read
+// it again.
+func (r *Reader) rewind() error {
+	r.partial = r.partial[:0]
+	r.nulAt = -1
+	if _, err := r.f.Seek(r.start, io.SeekStart); err != nil {
+		return fmt.Errorf("read %s: %w", r.name, err)
+	}
+	r.br.Reset(r.f)
+	r.pos = r.start
+	return nil
+}
+
+// rewindEOF is the current end of the log: the next call reads again from
+// the start of the line that is not complete yet.
+func (r *Reader) rewindEOF() error {
+	if err := r.rewind(); err != nil {
+		return err
+	}
+	return io.EOF
+}
+
 func (r *Reader) closeCur() {
 	if r.f != nil {
 		r.f.Close()
 		r.f = nil
 	}
 	r.skip = false
+	r.nulAt = -1
 }
 
 // refresh re-lists segments and reports whether one follows the current one.
@@ -240,6 +421,8 @@ func (r *Reader) openNext() error {
 	r.idx = next
 	r.name = r.segs[next]
 	r.f = f
+	r.sealed = next+1 < len(r.segs) // listed before it was opened
+	r.pos, r.start = 0, 0
 	if r.br == nil {
 		r.br = bufio.NewReaderSize(f, 64<<10)
 	} else {
@@ -248,4 +431,28 @@ func (r *Reader) openNext() error {
 	r.lineNo = 0
 	r.partial = r.partial[:0]
 	return nil
+}
+
+// zerosFrom reports whether every byte of r from off to its end is NUL, and
+// otherwise the offset of the first byte that is not.
+func zerosFrom(r io.ReaderAt, off int64) (bool, int64, error) {
+	buf := make([]byte, 64<<10)
+	zeros := make([]byte, len(buf))
+	for {
+		n, err := r.ReadAt(buf, off)
+		if n > 0 && !bytes.Equal(buf[:n], zeros[:n]) {
+			for i, c := range buf[:n] {
+				if c != 0 {
+					return false, off + int64(i), nil
+				}
+			}
+		}
+		off += int64(n)
+		if errors.Is(err, io.EOF) {
+			return true, 0, nil
+		}
+		if err != nil {
+			return false, 0, err
+		}
+	}
 }

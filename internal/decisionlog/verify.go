@@ -31,6 +31,10 @@ const (
 	// KindSegmentName: a segment's file name is not the seq of its first
 	// record.
 	KindSegmentName = "segment_name"
+	// KindNULBytes: a NUL byte where only the unwritten padding at the end
+	// of the last segment may have one: in a sealed segment, or followed by
+	// data. Problem.Offset is the byte offset of that NUL.
+	KindNULBytes = "nul_bytes"
 )
 
 // lookahead bounds how far Verify searches ahead to tell reordering from
@@ -43,6 +47,7 @@ type Problem struct {
 	Seq     uint64 `json:"seq"` // the first bad sequence number
 	Segment string `json:"segment"`
 	Line    int    `json:"line"`
+	Offset  int64  `json:"offset"` // byte offset in the segment of the line (of the NUL for nul_bytes)
 	Detail  string `json:"detail"`
 }
 
@@ -94,8 +99,13 @@ func Verify(dir string, trusted KeySet) (*Result, error) {
 			break
 		}
 		problem := func(kind string, seq uint64, format string, args ...any) (*Result, error) {
-			res.Problem = &Problem{Kind: kind, Seq: seq, Segment: l.seg, Line: l.num, Detail: fmt.Sprintf(format, args...)}
+			res.Problem = &Problem{Kind: kind, Seq: seq, Segment: l.seg, Line: l.num, Offset: l.off, Detail: fmt.Sprintf(format, args...)}
 			return res, nil
+		}
+		if l.hasNUL {
+			pr, err := problem(KindNULBytes, gSeq+1, "%s", nulDetail(l))
+			pr.Problem.Offset = l.nulAt
+			return pr, err
 		}
 		if !l.complete {
 			where := "the last segment ends inside a record (torn or truncated tail)"
@@ -213,7 +223,7 @@ func (v *verifier) advance() { v.ahead = v.ahead[1:] }
 // startCheck verifies l's signature in the background under the key its
 // header names, if that key is known or announced.
 func (v *verifier) startCheck(l *line) {
-	if !l.complete || l.tooLong {
+	if !l.complete || l.tooLong || l.hasNUL {
 		return
 	}
 	rec, h, err := decode(l.text)
@@ -285,7 +295,7 @@ func (v *verifier) check(l line, cur ed25519.PublicKey, curID string, first bool
 }
 
 func (v *verifier) verifyAny(l line) (*Record, error) {
-	if l.tooLong || !l.complete {
+	if l.tooLong || !l.complete || l.hasNUL {
 		return nil, ErrMalformed
 	}
 	if l.pre != nil {
