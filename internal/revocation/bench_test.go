@@ -24,17 +24,18 @@ func benchChecker(tb testing.TB, n int) *Checker {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	serials := make(map[string]struct{}, n)
+	serials := make([]*big.Int, n, n+1)
 	for i := range n {
-		serials[big.NewInt(int64(i)*7919+1).Text(16)] = struct{}{}
+		serials[i] = big.NewInt(int64(i)*7919 + 1)
 	}
 	if n > 0 {
-		serials[revoked16] = struct{}{}
+		r, _ := new(big.Int).SetString(revoked16, 16)
+		serials = append(serials, r)
 	}
 	now := time.Now()
 	c.mu.Lock()
 	t := c.tenants[td]
-	t.held[0] = &CRL{Number: big.NewInt(1), ThisUpdate: now, NextUpdate: now.Add(time.Hour), Serials: serials}
+	t.held[0] = &CRL{Number: big.NewInt(1), ThisUpdate: now, NextUpdate: now.Add(time.Hour), Serials: NewSerialSet(serials...)}
 	t.agents = map[string]struct{}{"revoked-bot": {}}
 	t.sources[0].loaded = true
 	t.snap = nil
@@ -136,8 +137,8 @@ func BenchmarkCRLHeap(b *testing.B) {
 		runtime.ReadMemStats(&parsed)
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		if len(crl.Serials) != n {
-			b.Fatalf("%d serials, want %d", len(crl.Serials), n)
+		if crl.Serials.Len() != n {
+			b.Fatalf("%d serials, want %d", crl.Serials.Len(), n)
 		}
 		held += float64(after.HeapAlloc) - float64(before.HeapAlloc)
 		allocated += float64(parsed.TotalAlloc - before.TotalAlloc)

@@ -105,7 +105,7 @@ type tenantSnap struct {
 	staleAfter int64
 	// serials has one set per CA that published a CRL: usually one, two
 	// during a CA rotation, so lookups stay O(1).
-	serials []map[string]struct{}
+	serials []*SerialSet
 	agents  map[string]struct{}
 }
 
@@ -231,7 +231,7 @@ func (c *Checker) Check(tenant, serial, agentID string) reason.Code {
 	// the data is stale.
 	if serial != "" {
 		for _, set := range t.serials {
-			if _, revoked := set[serial]; revoked {
+			if set.Contains(serial) {
 				return reason.CertificateRevoked
 			}
 		}

@@ -437,10 +437,16 @@ func TestCheckDoesNotAllocate(t *testing.T) {
 	if c.Check(td, revoked, "bot") == "" {
 		t.Fatal("revoked serial allowed")
 	}
+	// Serials outside the compact table are looked up in the fallback map.
+	negative, oversized := "-"+good16, good16+good16+good16[:10]
 	allocs := testing.AllocsPerRun(1000, func() {
 		c.Check(td, "deadbeef", "bot")
 		c.Check(td, revoked, "bot")
 		c.Check(td, "deadbeef", "revoked-bot")
+		c.Check(td, revoked16, "bot")
+		c.Check(td, good16, "bot")
+		c.Check(td, negative, "bot")
+		c.Check(td, oversized, "bot")
 	})
 	if allocs != 0 {
 		t.Errorf("Check allocates %v times per call", allocs)

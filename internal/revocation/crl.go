@@ -39,9 +39,9 @@ type CRL struct {
 	// CA is the index into the tenant's CA list of the certificate that
 	// verified the signature; CRLs are ordered per CA.
 	CA int
-	// Serials holds every revoked serial in identity.Agent.Serial form:
-	// lowercase hex without leading zeros.
-	Serials map[string]struct{}
+	// Serials holds every revoked serial; it is never nil in a CRL returned
+	// by ParseCRL.
+	Serials *SerialSet
 	// Raw is the DER the CRL was parsed from. The checker drops it once the
 	// CRL is held (a million-entry CRL is 40 MB) and compares Digest.
 	Raw []byte
@@ -101,8 +101,8 @@ func ParseCRL(data []byte, cas []*x509.Certificate, maxBytes int64) (*CRL, error
 			return nil, fmt.Errorf("%w: unsupported critical extension %s", ErrCRLInvalid, ext.Id)
 		}
 	}
-	serials := make(map[string]struct{}, len(rl.RevokedCertificateEntries))
-	for _, e := range rl.RevokedCertificateEntries {
+	entries := rl.RevokedCertificateEntries
+	for _, e := range entries {
 		for _, ext := range e.Extensions {
 			if ext.Critical {
 				return nil, fmt.Errorf("%w: unsupported critical entry extension %s", ErrCRLInvalid, ext.Id)
@@ -111,8 +111,8 @@ func ParseCRL(data []byte, cas []*x509.Certificate, maxBytes int64) (*CRL, error
 		if e.SerialNumber == nil {
 			return nil, fmt.Errorf("%w: entry without serial", ErrCRLInvalid)
 		}
-		serials[e.SerialNumber.Text(16)] = struct{}{}
 	}
+	serials := newSerialSet(len(entries), func(i int) *big.Int { return entries[i].SerialNumber })
 	return &CRL{
 		Number:     rl.Number,
 		ThisUpdate: rl.ThisUpdate,

@@ -39,13 +39,73 @@ func FuzzParseCRL(f *testing.F) {
 		}
 		// Whatever verified must verify again from its own DER.
 		again, err := ParseCRL(crl.Raw, cas, 1<<20)
-		if err != nil || len(again.Serials) != len(crl.Serials) {
+		if err != nil || again.Serials.Len() != crl.Serials.Len() {
 			t.Fatalf("round trip: %v", err)
 		}
-		for s := range crl.Serials {
-			if s == "" || (len(s) > 1 && s[0] == '0') {
-				t.Fatalf("serial %q not in canonical form", s)
+		// Every entry x509 sees is revoked, in identity.Agent.Serial form.
+		rl, err := x509.ParseRevocationList(crl.Raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]bool{}
+		for _, e := range rl.RevokedCertificateEntries {
+			want[e.SerialNumber.Text(16)] = true
+		}
+		checkSerialSet(t, crl.Serials, want)
+	})
+}
+
+// checkSerialSet checks that set holds exactly the serials in want (in
+// Text(16) form), and that any other spelling of them is not found.
+func checkSerialSet(t *testing.T, set *SerialSet, want map[string]bool) {
+	t.Helper()
+	if set.Len() != len(want) {
+		t.Fatalf("Len = %d, want %d", set.Len(), len(want))
+	}
+	got := map[string]bool{}
+	for s := range set.All() {
+		if got[s] || !want[s] {
+			t.Fatalf("All yields %q (again: %v), want %v", s, got[s], want)
+		}
+		got[s] = true
+	}
+	for s := range want {
+		if !set.Contains(s) {
+			t.Fatalf("%q missing", s)
+		}
+		for _, other := range []string{"0" + s, strings.ToUpper(s), "0x" + s, s + "0", s[1:], "-" + s, strings.TrimPrefix(s, "-")} {
+			if set.Contains(other) != want[other] {
+				t.Fatalf("Contains(%q) = %v, want %v (set of %q)", other, !want[other], want[other], s)
 			}
+		}
+	}
+}
+
+// FuzzSerialSet builds a SerialSet from arbitrary serials (zero, negative,
+// oversized, duplicated) and checks it against a set of Text(16) strings,
+// the representation it replaced. Each serial in data is one length byte
+// (bit 7: negative, bits 0-4: up to 31 magnitude bytes) and its magnitude.
+func FuzzSerialSet(f *testing.F) {
+	f.Add([]byte{1, 0xab, 2, 0, 0xab, 0x81, 0xab, 0}, "ab")
+	f.Add(append(append([]byte{20}, bytes.Repeat([]byte{0xff}, 20)...), append([]byte{21, 1}, make([]byte, 20)...)...), "1"+strings.Repeat("00", 20))
+	f.Add([]byte{16, 0x5c, 0x1e, 0x0f, 0x3a, 0x9d, 0x2b, 0x7e, 0x44, 0x11, 0xa0, 0xc3, 0xd5, 0xe6, 0xf7, 0x08, 0x19}, "-5c1e")
+	f.Fuzz(func(t *testing.T, data []byte, probe string) {
+		var serials []*big.Int
+		want := map[string]bool{}
+		for len(data) > 0 {
+			n := min(int(data[0]&0x1f), len(data)-1)
+			v := new(big.Int).SetBytes(data[1 : 1+n])
+			if data[0]&0x80 != 0 {
+				v.Neg(v)
+			}
+			serials = append(serials, v)
+			want[v.Text(16)] = true
+			data = data[1+n:]
+		}
+		set := NewSerialSet(serials...)
+		checkSerialSet(t, set, want)
+		if set.Contains(probe) != want[probe] {
+			t.Fatalf("Contains(%q) = %v", probe, !want[probe])
 		}
 	})
 }

@@ -61,7 +61,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			if first || age > oldest {
 				oldest, first = age, false
 			}
-			n += float64(len(crl.Serials))
+			n += float64(crl.Serials.Len())
 		}
 		if !first {
 			ch <- prometheus.MustNewConstMetric(m.age, prometheus.GaugeValue, oldest, name)

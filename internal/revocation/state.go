@@ -125,7 +125,7 @@ func (c *Checker) apply(tenant string, src int, data []byte) error {
 	}
 	if held == nil || held.Digest != crl.Digest {
 		c.log.Info("revocation: crl applied", "tenant", tenant, "source", s.kind, "from", s.where,
-			"number", crl.Number, "revoked", len(crl.Serials), "next_update", crl.NextUpdate.UTC().Format(time.RFC3339))
+			"number", crl.Number, "revoked", crl.Serials.Len(), "next_update", crl.NextUpdate.UTC().Format(time.RFC3339))
 	}
 	kept := *crl
 	kept.Raw = nil // compared by Digest from now on
@@ -133,7 +133,7 @@ func (c *Checker) apply(tenant string, src int, data []byte) error {
 	s.loaded = true
 	t.snap = nil
 	c.publishLocked()
-	if len(crl.Serials) >= bigCRL {
+	if crl.Serials.Len() >= bigCRL {
 		// Parsing a large CRL leaves several times its size in garbage
 		// (one x509 entry per serial); without this the heap only
 		// shrinks once it has doubled again, which can take hours.
