@@ -2,12 +2,14 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -130,6 +132,25 @@ func TestDecisionCacheMatchesEvaluation(t *testing.T) {
 	n := float64(len(agents) * len(routes))
 	if hits, misses := cacheCount(t, cached, "hit"), cacheCount(t, cached, "miss"); misses != n || hits != 2*n {
 		t.Fatalf("hits %v, misses %v; want %v and %v", hits, misses, 2*n, n)
+	}
+}
+
+// A request whose input cannot be built is refused even when an entry for
+// its agent and operation exists: the cache never skips input validation.
+func TestDecisionCacheStillRefusesBadInput(t *testing.T) {
+	e, _ := cachedEngine(t, shippedPolicies, nil)
+	ctx, agent := context.Background(), agentWith(3, "payments:initiate")
+	if r, err := e.Eval(ctx, sampleRequest("POST", "/v1/payments", "application/json", `{"amount": 1}`), agent); err != nil || !r.Allowed {
+		t.Fatalf("good request: %+v, %v", r, err)
+	}
+	for name, req := range map[string]*authv3.CheckRequest{
+		"malformed JSON body": sampleRequest("POST", "/v1/payments", "application/json", `{"amount":`),
+		"oversized body":      sampleRequest("POST", "/v1/payments", "application/json", `"`+strings.Repeat("x", MaxBodyBytes)+`"`),
+		"bad path escape":     sampleRequest("POST", "/v1/payments%zz", "", ""),
+	} {
+		if r, err := e.Eval(ctx, req, agent); !errors.Is(err, ErrInput) {
+			t.Errorf("%s: got %+v, %v; want ErrInput", name, r, err)
+		}
 	}
 }
 

@@ -210,6 +210,14 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 	h := req.GetAttributes().GetRequest().GetHttp()
 	op := s.routes.Match(h.GetMethod(), h.GetPath())
 	now := e.now()
+	partial := &Result{Revision: s.revision, Operation: op}
+	// The input is built even when the cache will answer: a request whose
+	// input cannot be built (unparsable path, malformed or oversized body)
+	// is denied with policy_error, exactly as without the cache.
+	input, err := buildInput(req, e.agents.term(agent), op)
+	if err != nil {
+		return partial, err
+	}
 	c := s.cache
 	var key cacheKey
 	if c != nil {
@@ -220,21 +228,6 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 		if c.plan.op {
 			key.op = op
 		}
-		if len(c.plan.byKey) == 0 {
-			// input.agent and input.operation are all the policy reads:
-			// answer without building the input.
-			if r, ok := c.get(key); ok {
-				e.metrics.cacheHits.Inc()
-				return r, nil
-			}
-		}
-	}
-	partial := &Result{Revision: s.revision, Operation: op}
-	input, err := buildInput(req, e.agents.term(agent), op)
-	if err != nil {
-		return partial, err
-	}
-	if c != nil && len(c.plan.byKey) > 0 {
 		var ok bool
 		if key.rest, ok = c.restKey(input); !ok {
 			c = nil
