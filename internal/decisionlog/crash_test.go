@@ -8,14 +8,18 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestCrashKill9 runs a real writer process under concurrent load, kills it
 // with SIGKILL five times, and checks after each restart that the log
-// verifies and holds every record whose Append had returned.
+// verifies and holds every record whose Append had returned. The writer
+// uses preallocated segments, so a kill leaves the last one with zero
+// padding after its records (and maybe a torn record before it).
 func TestCrashKill9(t *testing.T) {
 	if dir := os.Getenv("DECISIONLOG_CRASH_CHILD"); dir != "" {
 		crashChild(dir, os.Getenv("DECISIONLOG_CRASH_KEYS"))
@@ -25,8 +29,9 @@ func TestCrashKill9(t *testing.T) {
 		t.Skip("spawns processes")
 	}
 	o := testOptions(t)
-	o.SegmentMaxBytes = 64 << 10 // cross segment boundaries too
+	o.SegmentMaxBytes = crashSegmentBytes
 	acked := map[string]bool{}
+	padded := 0
 	for round := 0; round < 5; round++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashKill9$")
 		cmd.Env = append(os.Environ(), "DECISIONLOG_CRASH_CHILD="+o.Dir, "DECISIONLOG_CRASH_KEYS="+o.KeyDir)
@@ -56,6 +61,12 @@ func TestCrashKill9(t *testing.T) {
 		if !killed {
 			t.Fatalf("round %d: child exited after %d acks", round, n)
 		}
+		if segs, _ := listSegments(o.Dir); len(segs) > 0 {
+			data, _ := os.ReadFile(filepath.Join(o.Dir, segs[len(segs)-1]))
+			if len(data) > 0 && data[len(data)-1] == 0 {
+				padded++
+			}
+		}
 		// Restart: recovery must succeed and the chain continue.
 		l := mustOpen(t, o)
 		if err := l.Close(); err != nil {
@@ -81,13 +92,24 @@ func TestCrashKill9(t *testing.T) {
 			}
 		}
 	}
+	t.Logf("%d of 5 kills left the last segment with zero padding", padded)
+	if padded == 0 {
+		t.Error("no kill left a padded segment: the padded-tail recovery was not exercised")
+	}
 }
 
+// crashSegmentBytes: every round crosses a segment boundary, and the next
+// segment is prepared long before it is needed.
+const crashSegmentBytes = 256 << 10
+
 func crashChild(dir, keyDir string) {
-	l, err := Open(Options{Dir: dir, KeyDir: keyDir, Name: "crash", SegmentMaxBytes: 64 << 10})
+	l, err := Open(Options{Dir: dir, KeyDir: keyDir, Name: "crash", SegmentMaxBytes: crashSegmentBytes})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child open:", err)
 		os.Exit(3)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !l.prep.isReady() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond) // start in a preallocated segment
 	}
 	pid := os.Getpid()
 	var mu sync.Mutex

@@ -8,9 +8,11 @@
 // record's JWS signing input, across segments and key rotations.
 //
 //   - Open / (*Log).Append / Close: the writer. Sync mode acknowledges a
-//     record only after fsync, with one fsync per batch of concurrent
-//     appends; Async acknowledges once queued. Failures wrap ErrUnavailable
-//     and the writer recovers by itself.
+//     record only after it is flushed, with one fdatasync per batch of
+//     concurrent appends, written in place over a segment preallocated with
+//     zeros (the last segment may end in zero padding); Async acknowledges
+//     once queued. Failures wrap ErrUnavailable and the writer recovers by
+//     itself.
 //   - (*Log).Rotate, JWKSHandler, PublicKeys, LoadKeySet, ParseKeySet: keys.
 //   - NewReader: the log as a stream, for query, tail -f and consumers.
 //   - Verify, VerifyRecord, DecodeRecord, ChainHash: verification.

@@ -74,7 +74,7 @@ type Options struct {
 	Name            string        // log/instance name written into every record; default DefaultName
 	Mode            Mode          // Sync (default) or Async
 	AsyncBuffer     int           // Async: max records queued but not yet durable; default DefaultAsyncBuffer
-	SegmentMaxBytes int64         // rotate when a segment would grow past this; default DefaultSegmentMaxBytes
+	SegmentMaxBytes int64         // rotate when a segment would grow past this; also the size preallocated (twice: the segment written and the next); default DefaultSegmentMaxBytes
 	SegmentMaxAge   time.Duration // rotate a segment older than this; default DefaultSegmentMaxAge
 	Logger          hclog.Logger  // default: a null logger
 	Registerer      prometheus.Registerer
@@ -83,19 +83,7 @@ type Options struct {
 	// Test hooks.
 	openFile func(name string, flag int, perm os.FileMode) (segmentFile, error)
 	retryMin time.Duration
-}
-
-// segmentFile is what the writer needs of an open file; tests wrap it to
-// inject write and fsync failures.
-type segmentFile interface {
-	Write(p []byte) (int, error)
-	Sync() error
-	Truncate(size int64) error
-	Close() error
-}
-
-func osOpenFile(name string, flag int, perm os.FileMode) (segmentFile, error) {
-	return os.OpenFile(name, flag, perm)
+	prepHook func(stop <-chan struct{}) error // before each preparation of a segment
 }
 
 // batch is a group of consecutive records committed by one fsync.
@@ -120,6 +108,7 @@ type Log struct {
 	lock    *os.File
 	closeCh chan struct{}
 	wdone   chan struct{}
+	prep    *preparer
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -135,11 +124,15 @@ type Log struct {
 	failed   error
 	closing  bool
 
-	// Owned by the writer goroutine (and Open before it starts).
+	// Owned by the writer goroutine (and Close after it ends). Records are
+	// written in place at segSize; a preallocated segment holds zeros from
+	// there to segAlloc.
 	seg        segmentFile
 	segName    string
-	segSize    int64
-	segDurable int64
+	segSize    int64 // bytes of records written
+	segDurable int64 // bytes of records flushed
+	segAlloc   int64 // preallocated length (the file's size when taken); 0 when appended to
+	segDirty   int64 // end of the furthest write attempted (a failed write may have left bytes up to here)
 	segStart   time.Time
 	wbuf       []byte
 }
@@ -199,12 +192,11 @@ func Open(opts Options) (*Log, error) {
 	}
 	if err := l.recoverOnOpen(); err != nil {
 		l.lock.Close()
-		if l.seg != nil {
-			l.seg.Close()
-		}
 		return nil, err
 	}
 	l.durSeq, l.durHash, l.durKey = l.next-1, l.prevHash, l.key
+	l.prep = newPreparer(opts, l.logger)
+	l.prep.start()
 	l.m.ready.Set(1)
 	go l.run()
 	return l, nil
@@ -224,8 +216,10 @@ func lockDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// recoverOnOpen finds the last complete record, truncates a torn tail, and
-// sets next, prevHash, key and the open segment.
+// recoverOnOpen finds the last complete record, cuts the last segment back
+// to its end (dropping a torn record and the zero padding: the segment is
+// sealed), and sets next, prevHash and key. The first batch after Open
+// starts a new segment.
 func (l *Log) recoverOnOpen() error {
 	var err error
 	if l.keys, err = loadSigningKeys(l.opts.KeyDir); err != nil {
@@ -241,10 +235,15 @@ func (l *Log) recoverOnOpen() error {
 	for i := len(segs) - 1; i >= 0; i-- {
 		name := segs[i]
 		path := filepath.Join(l.opts.Dir, name)
-		last, first, good, err := scanSegment(path, name)
-		var torn *tornTail
-		if errors.As(err, &torn) {
-			l.logger.Warn("decision log: truncated a torn record at the end of the log (crash during a write; that record was never acknowledged)", "segment", name, "bytes", torn.bytes, "offset", good)
+		last, good, err := scanSegment(path, name)
+		var tail *segmentTail
+		if errors.As(err, &tail) {
+			if tail.torn > 0 {
+				l.logger.Warn("decision log: truncated a torn record at the end of the log (crash during a write; that record was never acknowledged)", "segment", name, "bytes", tail.torn, "offset", good)
+			}
+			if tail.padding > 0 {
+				l.logger.Info("decision log: sealed the last segment (removed its unwritten zero padding)", "segment", name, "bytes", tail.padding, "offset", good)
+			}
 		} else if err != nil {
 			return err
 		}
@@ -274,11 +273,6 @@ func (l *Log) recoverOnOpen() error {
 				return fmt.Errorf("signing key %s announced by record %d is not in %s", KeyID(pub), rec.Seq, l.opts.KeyDir)
 			}
 		}
-		f, err := l.opts.openFile(path, os.O_WRONLY|os.O_APPEND, 0o640)
-		if err != nil {
-			return fmt.Errorf("open segment: %w", err)
-		}
-		l.seg, l.segName, l.segSize, l.segDurable, l.segStart = f, name, good, good, first
 		l.next, l.prevHash, l.key = rec.Seq+1, ChainHash(last.jws), k
 		return nil
 	}
@@ -309,14 +303,17 @@ func (l *Log) recoverOnOpen() error {
 
 type scannedLine struct{ jws string }
 
-// scanSegment reads a segment, checks that its complete lines decode and
-// chain, and truncates a torn tail. It returns the last good record, the
-// time of the first one, and the good length. Damage followed by a
-// decodable record is not a torn tail: Open refuses it.
-func scanSegment(path, name string) (last *scannedLine, first time.Time, good int64, err error) {
+// scanSegment reads the last segment, checks that its complete lines decode
+// and chain, and cuts it back to the end of the last good record (sealing
+// it). What follows that record may only be a crash artifact: a torn record
+// (a partial or undecodable line, possibly with zeros where its pages never
+// reached the disk) and then the unwritten zero padding of a preallocated
+// segment. It returns the last good record and the good length. Damage
+// followed by a decodable record is not a crash artifact: Open refuses it.
+func scanSegment(path, name string) (last *scannedLine, good int64, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, first, 0, fmt.Errorf("read segment: %w", err)
+		return nil, 0, fmt.Errorf("read segment: %w", err)
 	}
 	want, _ := parseSegmentName(name)
 	prev := ""
@@ -327,12 +324,9 @@ func scanSegment(path, name string) (last *scannedLine, first time.Time, good in
 			break
 		}
 		text := string(data[off : off+nl])
-		rec, derr := DecodeRecord(text)
+		rec, derr := DecodeRecord(text) // a line with a NUL byte never decodes
 		if derr != nil || rec.Seq != want || (prev != "" && rec.Prev != prev) {
 			break
-		}
-		if last == nil {
-			first = rec.Time
 		}
 		last = &scannedLine{jws: text}
 		prev = ChainHash(text)
@@ -340,39 +334,52 @@ func scanSegment(path, name string) (last *scannedLine, first time.Time, good in
 		off += nl + 1
 	}
 	if off == len(data) {
-		return last, first, int64(off), nil
+		return last, int64(off), nil
 	}
-	// Anything after the last good line must be a crash artifact: no
-	// complete decodable record may follow.
-	for _, ln := range bytes.Split(data[off:], []byte("\n"))[1:] {
+	rest := data[off:]
+	torn := bytes.TrimRight(rest, "\x00") // the zero padding is not torn
+	// A complete, decodable record after the damage means it is not a
+	// torn tail. Where a line holds NULs (pages that never reached the
+	// disk, or zeroed damage), what follows the last NUL is looked at.
+	lines := bytes.Split(torn, []byte("\n"))
+	for i, ln := range lines[:len(lines)-1] {
+		if z := bytes.LastIndexByte(ln, 0); z >= 0 {
+			ln = ln[z+1:]
+		} else if i == 0 {
+			continue // the line that broke the chain
+		}
 		if _, derr := DecodeRecord(string(ln)); derr == nil {
-			return nil, first, 0, fmt.Errorf("%w: %s: damaged record at byte %d followed by valid records; run agentauthz audit verify", ErrCorrupt, name, off)
+			return nil, 0, fmt.Errorf("%w: %s: damaged record at byte %d followed by valid records; run agentauthz audit verify", ErrCorrupt, name, off)
 		}
 	}
 	if err := truncateDurable(path, int64(off)); err != nil {
-		return nil, first, 0, err
+		return nil, 0, err
 	}
-	return last, first, int64(off), &tornTail{name: name, bytes: len(data) - off}
+	return last, int64(off), &segmentTail{name: name, torn: len(torn), padding: len(rest) - len(torn)}
 }
 
-type tornTail struct {
-	name  string
-	bytes int
+// segmentTail says what scanSegment cut off the end of a segment.
+type segmentTail struct {
+	name    string
+	torn    int // bytes of a torn record (a crash during a write)
+	padding int // zero bytes after it (unwritten preallocation)
 }
 
-func (t *tornTail) Error() string { return fmt.Sprintf("truncated torn tail of %d bytes", t.bytes) }
+func (t *segmentTail) Error() string {
+	return fmt.Sprintf("cut %d torn bytes and %d bytes of padding", t.torn, t.padding)
+}
 
 func truncateDurable(path string, size int64) error {
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
-		return fmt.Errorf("truncate torn tail: %w", err)
+		return fmt.Errorf("seal last segment: %w", err)
 	}
 	defer f.Close()
 	if err := f.Truncate(size); err != nil {
-		return fmt.Errorf("truncate torn tail: %w", err)
+		return fmt.Errorf("seal last segment: %w", err)
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("truncate torn tail: %w", err)
+		return fmt.Errorf("seal last segment: %w", err)
 	}
 	return nil
 }
@@ -547,7 +554,9 @@ func (l *Log) PublicKeys() KeySet {
 // JWKSHandler serves PublicKeys as an RFC 7517 JWK Set.
 func (l *Log) JWKSHandler() http.Handler { return jwksHandler(l.PublicKeys) }
 
-// Close flushes every queued record, stops the writer and closes files.
+// Close flushes every queued record, stops the writer, seals the segment
+// (cuts its zero padding off and fsyncs it) and closes files. A prepared
+// next segment stays on disk for the next Open.
 func (l *Log) Close() error {
 	l.mu.Lock()
 	if l.closing {
@@ -559,9 +568,14 @@ func (l *Log) Close() error {
 	l.cond.Broadcast()
 	l.mu.Unlock()
 	<-l.wdone
+	l.prep.close()
 	var err error
 	if l.seg != nil {
-		err = l.seg.Close()
+		if err = l.seal(); err != nil {
+			l.logger.Error("decision log: could not seal the last segment; the next Open will", "segment", l.segName, "error", err)
+			l.seg.Close()
+			l.seg = nil
+		}
 	}
 	l.m.ready.Set(0)
 	if lerr := l.lock.Close(); err == nil {
@@ -656,7 +670,8 @@ func (l *Log) retryAsync(b *batch, err error) error {
 	return nil
 }
 
-// write appends b to the current segment (rotating first if due) and fsyncs.
+// write writes b at the end of the records of the current segment (rotating
+// first if due) and flushes it with one fdatasync.
 func (l *Log) write(b *batch) error {
 	size := 0
 	for _, ln := range b.lines {
@@ -664,40 +679,92 @@ func (l *Log) write(b *batch) error {
 	}
 	now := l.opts.Now()
 	if l.seg != nil && l.segDurable > 0 &&
-		(l.segDurable+int64(size) > l.opts.SegmentMaxBytes || now.Sub(l.segStart) >= l.opts.SegmentMaxAge) {
-		if err := l.seg.Close(); err != nil {
-			l.logger.Warn("closing full segment", "segment", l.segName, "error", err)
+		(l.segDurable+int64(size) > l.segLimit() || now.Sub(l.segStart) >= l.opts.SegmentMaxAge) {
+		if err := l.seal(); err != nil {
+			return fmt.Errorf("seal segment %s: %w", l.segName, err)
 		}
-		l.seg = nil
 	}
 	if l.seg == nil {
-		name := segmentName(b.firstSeq)
-		// O_TRUNC: a file with this name can only hold unacknowledged
-		// bytes of a failed write, since its first seq is not durable.
-		f, err := l.opts.openFile(filepath.Join(l.opts.Dir, name), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o640)
-		if err != nil {
-			return fmt.Errorf("create segment: %w", err)
+		if err := l.startSegment(b.firstSeq, now); err != nil {
+			return err
 		}
-		if err := syncDir(l.opts.Dir); err != nil {
-			f.Close()
-			return fmt.Errorf("sync log dir: %w", err)
-		}
-		l.seg, l.segName, l.segSize, l.segDurable, l.segStart = f, name, 0, 0, now
 	}
 	buf := l.wbuf[:0]
 	for _, ln := range b.lines {
 		buf = append(buf, ln...)
 	}
 	l.wbuf = buf
-	n, err := l.seg.Write(buf)
+	off := l.segSize
+	l.segDirty = max(l.segDirty, off+int64(len(buf)))
+	n, err := l.seg.WriteAt(buf, off)
 	l.segSize += int64(n)
 	if err != nil {
 		return fmt.Errorf("write segment %s: %w", l.segName, err)
 	}
-	if err := l.seg.Sync(); err != nil {
+	if err := l.seg.Datasync(); err != nil {
 		return fmt.Errorf("fsync segment %s: %w", l.segName, err)
 	}
 	l.segDurable = l.segSize
+	return nil
+}
+
+// segLimit is the size at which the current segment rotates.
+func (l *Log) segLimit() int64 {
+	if l.segAlloc == 0 {
+		return min(l.opts.SegmentMaxBytes, fallbackSegmentBytes)
+	}
+	return l.opts.SegmentMaxBytes
+}
+
+// startSegment opens the segment whose first record is firstSeq: the
+// prepared file if one is ready, else a new empty file that is appended to.
+// Any file already under that name holds only bytes of a failed write (its
+// first seq is not durable), so it is replaced.
+func (l *Log) startSegment(firstSeq uint64, now time.Time) error {
+	name := segmentName(firstSeq)
+	path := filepath.Join(l.opts.Dir, name)
+	f, alloc, err := l.prep.take(path)
+	if err != nil {
+		l.logger.Warn("decision log: could not use the prepared segment; appending without preallocation", "segment", name, "error", err)
+	}
+	if f == nil {
+		if f, err = l.opts.openFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640); err != nil {
+			return fmt.Errorf("create segment: %w", err)
+		}
+		alloc = 0
+	}
+	if err := syncDir(l.opts.Dir); err != nil {
+		f.Close()
+		return fmt.Errorf("sync log dir: %w", err)
+	}
+	kind := "preallocated"
+	if alloc == 0 {
+		kind = "appended"
+	}
+	l.m.segments.WithLabelValues(kind).Inc()
+	l.seg, l.segName, l.segStart = f, name, now
+	l.segSize, l.segDurable, l.segAlloc, l.segDirty = 0, 0, alloc, 0
+	return nil
+}
+
+// seal ends the current segment: it cuts the file back to its records
+// (dropping the zero padding, and any bytes of a failed write), fsyncs it
+// and closes it. Only the segment being written, or the last one after a
+// crash, ever ends in padding.
+func (l *Log) seal() error {
+	if max(l.segAlloc, l.segDirty) > l.segDurable {
+		if err := l.seg.Truncate(l.segDurable); err != nil {
+			return err
+		}
+		if err := l.seg.Sync(); err != nil {
+			return err
+		}
+		l.segAlloc, l.segDirty, l.segSize = 0, l.segDurable, l.segDurable
+	}
+	if err := l.seg.Close(); err != nil {
+		l.logger.Warn("closing sealed segment", "segment", l.segName, "error", err)
+	}
+	l.seg, l.segName = nil, ""
 	return nil
 }
 
@@ -731,30 +798,25 @@ func (l *Log) recoverWriter() {
 
 func (l *Log) tryRecover() error {
 	if l.seg == nil && l.segName != "" {
-		f, err := l.opts.openFile(filepath.Join(l.opts.Dir, l.segName), os.O_WRONLY|os.O_APPEND, 0o640)
+		f, err := l.opts.openFile(filepath.Join(l.opts.Dir, l.segName), os.O_WRONLY, 0o640)
 		if err != nil {
 			return err
 		}
 		l.seg = f
 	}
 	if l.seg != nil {
-		err := l.seg.Truncate(l.segDurable)
-		if err == nil {
-			err = l.seg.Sync()
-		}
-		if err != nil {
+		if err := l.restoreTail(); err != nil {
 			l.seg.Close()
 			l.seg = nil
 			return err
 		}
-		l.segSize = l.segDurable
 	}
 	probe := filepath.Join(l.opts.Dir, ".probe")
 	f, err := l.opts.openFile(probe, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(make([]byte, 4096))
+	_, err = f.WriteAt(make([]byte, 4096), 0)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -763,4 +825,27 @@ func (l *Log) tryRecover() error {
 	}
 	os.Remove(probe)
 	return err
+}
+
+// restoreTail puts the segment back as it was after its last durable batch:
+// where a failed write may have left bytes, a preallocated segment gets its
+// zeros back and an appended one is cut back; then it is fsynced.
+func (l *Log) restoreTail() error {
+	if l.segDirty > l.segDurable {
+		if l.segAlloc > l.segDurable {
+			if err := zeroFill(l.seg, l.segDurable, min(l.segDirty, l.segAlloc)); err != nil {
+				return err
+			}
+		}
+		if end := max(l.segAlloc, l.segDurable); l.segDirty > end {
+			if err := l.seg.Truncate(end); err != nil {
+				return err
+			}
+		}
+	}
+	if err := l.seg.Sync(); err != nil {
+		return err
+	}
+	l.segSize, l.segDirty = l.segDurable, l.segDurable
+	return nil
 }

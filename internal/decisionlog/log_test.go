@@ -1,6 +1,7 @@
 package decisionlog
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"encoding/json"
@@ -320,17 +321,18 @@ func TestRemovesEmptyLastSegment(t *testing.T) {
 	mustVerify(t, o)
 }
 
-// faultyFS wraps the real files; while broken, opens, writes and fsyncs
+// faultyFS wraps the real files; while broken, opens, writes and flushes
 // fail with EIO (tests run as root, so permissions cannot simulate this).
 type faultyFS struct {
-	broken atomic.Bool
-	syncs  atomic.Int64
-	gate   chan struct{} // when non-nil, the first Sync waits for it
-	once   sync.Once
+	broken    atomic.Bool
+	datasyncs atomic.Int64  // the writer's per-batch flushes
+	gate      chan struct{} // when non-nil, the first Datasync waits for it
+	entered   chan struct{} // when non-nil, closed once the first Datasync waits
+	once      sync.Once
 }
 
 type faultyFile struct {
-	*os.File
+	osSegment
 	fs *faultyFS
 }
 
@@ -342,25 +344,40 @@ func (f *faultyFS) open(name string, flag int, perm os.FileMode) (segmentFile, e
 	if err != nil {
 		return nil, err
 	}
-	return faultyFile{file, f}, nil
+	return faultyFile{osSegment{file}, f}, nil
 }
 
-func (f faultyFile) Write(p []byte) (int, error) {
+func (f faultyFile) WriteAt(p []byte, off int64) (int, error) {
 	if f.fs.broken.Load() {
-		n, _ := f.File.Write(p[:len(p)/2]) // a torn write
+		n := 0
+		if len(bytes.Trim(p, "\x00")) > 0 {
+			n, _ = f.File.WriteAt(p[:len(p)/2], off) // a torn write of records
+		}
 		return n, syscall.EIO
 	}
-	return f.File.Write(p)
+	return f.File.WriteAt(p, off)
 }
 
-func (f faultyFile) Sync() error {
+func (f faultyFile) Datasync() error {
 	if f.fs.gate != nil {
-		f.fs.once.Do(func() { <-f.fs.gate })
+		f.fs.once.Do(func() {
+			if f.fs.entered != nil {
+				close(f.fs.entered)
+			}
+			<-f.fs.gate
+		})
 	}
 	if f.fs.broken.Load() {
 		return syscall.EIO
 	}
-	f.fs.syncs.Add(1)
+	f.fs.datasyncs.Add(1)
+	return f.osSegment.Datasync()
+}
+
+func (f faultyFile) Sync() error {
+	if f.fs.broken.Load() {
+		return syscall.EIO
+	}
 	return f.File.Sync()
 }
 
@@ -455,16 +472,25 @@ func TestUnavailableWhenDirIsAFile(t *testing.T) {
 	}
 }
 
-// Many concurrent appends share fsyncs: the first fsync is held until every
-// other append is sequenced, so exactly one more fsync carries them all.
+// Many concurrent appends share fsyncs: the first record's fsync is held
+// until every other append is sequenced, so exactly one more fsync carries
+// them all.
 func TestGroupCommit(t *testing.T) {
 	o := testOptions(t)
-	fs := &faultyFS{gate: make(chan struct{})}
+	fs := &faultyFS{gate: make(chan struct{}), entered: make(chan struct{})}
 	o.openFile = fs.open
 	l := mustOpen(t, o)
 	const n = 100
 	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if _, err := l.Append(context.Background(), sampleRecord(0)); err != nil {
+			t.Error(err)
+		}
+	}()
+	<-fs.entered
+	for i := 1; i < n; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
@@ -488,7 +514,7 @@ func TestGroupCommit(t *testing.T) {
 	}
 	close(fs.gate)
 	wg.Wait()
-	if got := fs.syncs.Load(); got != 2 {
+	if got := fs.datasyncs.Load(); got != 2 {
 		t.Fatalf("%d fsyncs for %d records, want 2", got, n)
 	}
 	l.Close()

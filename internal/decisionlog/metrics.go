@@ -7,6 +7,9 @@ type metrics struct {
 	batch   prometheus.Histogram
 	latency prometheus.Histogram
 	ready   prometheus.Gauge
+	// segments counts segments started, by whether a preallocated file
+	// was ready ("preallocated") or the segment is appended to ("appended").
+	segments *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -29,9 +32,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "agentauthz_decisionlog_ready",
 			Help: "1 while the decision log can be written, 0 while it is failing.",
 		}),
+		segments: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentauthz_decisionlog_segments_total",
+			Help: "Segments started: preallocated (zeros written ahead, data-only flushes) or appended (none was ready).",
+		}, []string{"kind"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.appends, m.batch, m.latency, m.ready} {
+		for _, c := range []prometheus.Collector{m.appends, m.batch, m.latency, m.ready, m.segments} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -40,5 +47,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"ok", "unavailable", "buffer_full", "invalid", "closed"} {
 		m.appends.WithLabelValues(r)
 	}
+	m.segments.WithLabelValues("preallocated")
+	m.segments.WithLabelValues("appended")
 	return m, nil
 }

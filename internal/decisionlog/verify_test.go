@@ -40,8 +40,9 @@ func forceRotate(t *testing.T, l *Log) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.seg != nil {
-		l.seg.Close()
-		l.seg = nil
+		if err := l.seal(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

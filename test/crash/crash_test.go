@@ -4,6 +4,8 @@ import (
 	"context"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
+	"sort"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -15,8 +17,11 @@ import (
 // TestCrashKill9 drives concurrent Check load against a real serve
 // process, kills it with SIGKILL after a random short time, restarts it
 // and checks that the log verifies and holds every decision id a client
-// got an answer for. Five cycles by default (a few seconds);
-// AGENTAUTHZ_CRASH_LONG=1 runs 25 cycles with longer load.
+// got an answer for. The load starts once the writer has a preallocated
+// segment ready, so every kill leaves the last segment with zero padding
+// after its records, which the restart must recover. Five cycles by
+// default (a few seconds); AGENTAUTHZ_CRASH_LONG=1 runs 25 cycles with
+// longer load.
 func TestCrashKill9(t *testing.T) {
 	bin := binary(t)
 	cycles, minLoad, maxLoad := 5, 100*time.Millisecond, 600*time.Millisecond
@@ -32,6 +37,7 @@ func TestCrashKill9(t *testing.T) {
 		p := process.Start(t, process.Options{Binary: bin, DataDir: data})
 		// The restart recovered the log: it verifies and lost nothing.
 		records := verifyLog(t, data, acked)
+		waitPreparedSegment(t, data)
 		var answered atomic.Int64
 		stop := loadUntil(t, p, 8, &answered)
 		waitCount(t, &answered, 20, p)
@@ -40,6 +46,9 @@ func TestCrashKill9(t *testing.T) {
 		res := stop()
 		for _, id := range res.Acked {
 			acked[id] = true
+		}
+		if !lastSegmentPadded(t, data) {
+			t.Errorf("cycle %d: the killed writer's last segment has no zero padding", cycle)
 		}
 		t.Logf("cycle %d: %d records at start, %d answered (%d allowed, %d denied), %d errors after kill -9",
 			cycle, records, len(res.Acked), res.Allowed, res.Denied, res.Errors)
@@ -58,4 +67,35 @@ func TestCrashKill9(t *testing.T) {
 	n := verifyLog(t, data, acked)
 	auditVerify(t, bin, data)
 	t.Logf("%d cycles: %d acknowledged decisions, all among %d records", cycles, len(acked), n)
+}
+
+// waitPreparedSegment waits until serve has a zero-filled segment ready
+// (<log>/.next-segment), which the first batch then takes.
+func waitPreparedSegment(t *testing.T, dataDir string) {
+	t.Helper()
+	deadline := time.Now().Add(process.StartTimeout)
+	for {
+		if _, err := os.Stat(filepath.Join(dataDir, "log", ".next-segment")); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("serve prepared no segment")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// lastSegmentPadded reports whether the newest segment ends in NUL bytes.
+func lastSegmentPadded(t *testing.T, dataDir string) bool {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(dataDir, "log", "[0-9]*.log"))
+	if err != nil || len(names) == 0 {
+		t.Fatalf("segments: %v %v", names, err)
+	}
+	sort.Strings(names)
+	data, err := os.ReadFile(names[len(names)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(data) > 0 && data[len(data)-1] == 0
 }

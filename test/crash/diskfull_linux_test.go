@@ -1,6 +1,7 @@
 package crash
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -36,28 +37,30 @@ func setFileSizeLimit(pid int, limit uint64) error {
 	return nil
 }
 
-// lastSegmentSize is the size of the newest segment file of the log.
-func lastSegmentSize(t *testing.T, logDir string) int64 {
+// lastSegmentData is the length of the records in the newest segment of
+// the log: its size, or where its zero padding starts when it was
+// preallocated (the writer overwrites zeros in place, so a file size limit
+// must sit at the end of the records, not of the file).
+func lastSegmentData(t *testing.T, logDir string) int64 {
 	t.Helper()
-	names, err := filepath.Glob(filepath.Join(logDir, "*"))
+	names, err := filepath.Glob(filepath.Join(logDir, "[0-9]*.log"))
+	if err != nil || len(names) == 0 {
+		t.Fatalf("segments: %v %v", names, err)
+	}
+	sort.Strings(names)
+	data, err := os.ReadFile(names[len(names)-1])
 	if err != nil {
 		t.Fatal(err)
 	}
-	sort.Strings(names)
-	var size int64
-	for _, n := range names {
-		if fi, err := os.Stat(n); err == nil && fi.Mode().IsRegular() && filepath.Base(n)[0] != '.' {
-			size = max(size, fi.Size())
-		}
-	}
-	return size
+	return int64(len(bytes.TrimRight(data, "\x00")))
 }
 
 // TestDiskFullThenRecovers: a real serve process whose writes start
-// failing with EFBIG (RLIMIT_FSIZE just above its segment's size) denies
-// every Check with decision_log_unavailable and reports not ready; when
-// space is back it recovers by itself, and the log verifies with every
-// answered decision in it.
+// failing with EFBIG (RLIMIT_FSIZE just past the records of its segment;
+// the limit applies to the write offset, also inside a preallocated file)
+// denies every Check with decision_log_unavailable and reports not ready;
+// when space is back it recovers by itself, and the log verifies with
+// every answered decision in it.
 func TestDiskFullThenRecovers(t *testing.T) {
 	bin := binary(t)
 	data := t.TempDir()
@@ -71,7 +74,7 @@ func TestDiskFullThenRecovers(t *testing.T) {
 		acked[id] = true
 	}
 
-	limit := uint64(lastSegmentSize(t, filepath.Join(data, "log"))) + 1
+	limit := uint64(lastSegmentData(t, filepath.Join(data, "log"))) + 1
 	if err := setFileSizeLimit(p.Cmd.Process.Pid, limit); err != nil {
 		t.Skipf("prlimit(RLIMIT_FSIZE) not permitted here: %v", err)
 	}
