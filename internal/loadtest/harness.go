@@ -207,6 +207,20 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			return nil, fmt.Errorf("%s server: %w", mode, err)
 		}
 	}
+	if rl := rep.RateLimited; rl != nil && rep.Result(ModeNoop) != nil {
+		cfg, err := h.variant("noop-paced", baseRoutes, baseRevoked, false)
+		if err != nil {
+			return nil, err
+		}
+		err = h.withServer(ctx, ModeNoop, cfg, func(sp *serverProc) error {
+			r, err := h.measure(ctx, sp, ModeNoop, loadSpec{Concurrency: 64, Warmup: o.Warmup, Duration: o.Duration, Rate: rl.Rate})
+			rep.RateLimitedNoop = &r
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("noop server, paced: %w", err)
+		}
+	}
 	if base := rep.Result(ModeReal); base != nil && !o.SkipNoCache {
 		r, err := h.single(ctx, "no-decision-cache", baseRoutes, baseRevoked, true)
 		if err != nil {
