@@ -152,18 +152,18 @@ type Report struct {
 	BaseRoutes  int           `json:"base_routes"`
 	BaseRevoked int           `json:"base_revoked"`
 
-	Headline    []RunResult     `json:"headline"`
-	Curve       []RunResult     `json:"curve"`
-	Routes      []RunResult     `json:"routes"`
-	Revoked     []RunResult     `json:"revoked"`
-	RateLimited *RunResult      `json:"rate_limited,omitempty"`
+	Headline    []RunResult `json:"headline"`
+	Curve       []RunResult `json:"curve"`
+	Routes      []RunResult `json:"routes"`
+	Revoked     []RunResult `json:"revoked"`
+	RateLimited *RunResult  `json:"rate_limited,omitempty"`
 	// RateLimitedNoop is (b) paced at the same rate: the latency floor of
 	// this client on this machine.
-	RateLimitedNoop *RunResult `json:"rate_limited_noop,omitempty"`
-	NoCache     *RunResult      `json:"no_decision_cache,omitempty"`
-	MaxRPS      float64         `json:"max_rps"`
-	Propagation *Propagation    `json:"propagation,omitempty"`
-	Profiles    map[Mode]string `json:"profiles,omitempty"`
+	RateLimitedNoop *RunResult      `json:"rate_limited_noop,omitempty"`
+	NoCache         *RunResult      `json:"no_decision_cache,omitempty"`
+	MaxRPS          float64         `json:"max_rps"`
+	Propagation     *Propagation    `json:"propagation,omitempty"`
+	Profiles        map[Mode]string `json:"profiles,omitempty"`
 
 	// Ratios at the headline concurrency.
 	RatioRPS float64 `json:"ratio_rps_a_over_b"`
