@@ -137,20 +137,78 @@ func TestDecisionCacheMatchesEvaluation(t *testing.T) {
 
 // A request whose input cannot be built is refused even when an entry for
 // its agent and operation exists: the cache never skips input validation.
+// Every kind of bad input of TestValidateInput is tried, on the operation
+// of a cached allow; valid but unusual inputs are still answered from it.
 func TestDecisionCacheStillRefusesBadInput(t *testing.T) {
 	e, _ := cachedEngine(t, shippedPolicies, nil)
 	ctx, agent := context.Background(), agentWith(3, "payments:initiate")
-	if r, err := e.Eval(ctx, sampleRequest("POST", "/v1/payments", "application/json", `{"amount": 1}`), agent); err != nil || !r.Allowed {
+	const op = "payments:initiate"
+	good := sampleRequest("POST", "/v1/payments", "application/json", `{"amount": 1}`)
+	if r, err := e.Eval(ctx, good, agent); err != nil || !r.Allowed {
 		t.Fatalf("good request: %+v, %v", r, err)
 	}
-	for name, req := range map[string]*authv3.CheckRequest{
+	if r, err := e.Eval(ctx, good, agent); err != nil || !r.Allowed || cacheCount(t, e, "hit") != 1 {
+		t.Fatalf("good request not answered from the cache: %+v, %v", r, err)
+	}
+	bad := map[string]*authv3.CheckRequest{
 		"malformed JSON body": sampleRequest("POST", "/v1/payments", "application/json", `{"amount":`),
 		"oversized body":      sampleRequest("POST", "/v1/payments", "application/json", `"`+strings.Repeat("x", MaxBodyBytes)+`"`),
-		"bad path escape":     sampleRequest("POST", "/v1/payments%zz", "", ""),
-	} {
-		if r, err := e.Eval(ctx, req, agent); !errors.Is(err, ErrInput) {
-			t.Errorf("%s: got %+v, %v; want ErrInput", name, r, err)
+		"bad path escape":     sampleRequest("POST", "/v1/payments%zz", "", ""), // routes nowhere
+		// bad paths that still route to the operation
+		"CR LF in the query":         sampleRequest("POST", "/v1/payments?x=1\r\nx-injected: 1", "", ""),
+		"bad escape in the fragment": sampleRequest("POST", "/v1/payments#%zz", "", ""),
+	}
+	for _, tc := range validateCases() {
+		if tc.ok {
+			continue
 		}
+		c := tc.c
+		c.method, c.path = "POST", "/v1/payments"
+		req := c.request()
+		if _, err := buildInput(req, nil, ""); err == nil {
+			continue // the path was the bad part: covered above
+		}
+		bad[tc.name] = req
+	}
+	if len(bad) < 45 {
+		t.Fatalf("only %d bad inputs", len(bad))
+	}
+	for name, req := range bad {
+		h := req.Attributes.Request.Http
+		wantOp := op
+		if name == "bad path escape" {
+			wantOp = ""
+		}
+		if got := e.Operation(h.Method, h.Path); got != wantOp {
+			t.Fatalf("%s: operation %q, want %q", name, got, wantOp)
+		}
+		r, err := e.Eval(ctx, req, agent)
+		if !errors.Is(err, ErrInput) {
+			t.Errorf("%s: got %+v, %v; want ErrInput", name, r, err)
+			continue
+		}
+		if r == nil || r.Allowed || r.Operation != wantOp || r.Revision != e.Revision() {
+			t.Errorf("%s: result with the error %+v", name, r)
+		}
+	}
+	if hits := cacheCount(t, e, "hit"); hits != 1 {
+		t.Fatalf("hits = %v after the bad inputs, want 1", hits)
+	}
+	truncated := sampleRequest("POST", "/v1/payments", "application/json", `{"amount":`)
+	truncated.Attributes.Request.Http.Headers["content-length"] = "100"
+	for name, req := range map[string]*authv3.CheckRequest{
+		"truncated malformed body":   truncated,
+		"malformed text body":        sampleRequest("POST", "/v1/payments", "text/plain", `{"amount":`),
+		"bad escape in the query":    sampleRequest("POST", "/v1/payments?x=%zz", "", ""),
+		"NUL in the fragment":        sampleRequest("POST", "/v1/payments#\x00", "", ""), // url.Parse allows it
+		"huge number, then replaced": sampleRequest("POST", "/v1/payments", "application/json", `{"n": 1e999999, "n": 1}`),
+	} {
+		if r, err := e.Eval(ctx, req, agent); err != nil || !r.Allowed {
+			t.Errorf("%s: %+v, %v; want the cached allow", name, r, err)
+		}
+	}
+	if hits := cacheCount(t, e, "hit"); hits != 6 {
+		t.Fatalf("hits = %v, want 6", hits)
 	}
 }
 
@@ -256,6 +314,24 @@ func TestDecisionCacheBounded(t *testing.T) {
 	c.put(cacheKey{bucket: 0, op: "old"}, r) // an older interval is never stored
 	if _, ok := c.get(cacheKey{bucket: 0, op: "old"}); ok {
 		t.Fatal("entry of an older interval served")
+	}
+}
+
+// BenchmarkEvalCachedJSON is BenchmarkEvalCached with a small JSON body
+// (validated on every request, parsed only on a miss).
+func BenchmarkEvalCachedJSON(b *testing.B) {
+	e, err := New(Config{Dir: shippedPolicies, DecisionCache: 1000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := sampleRequest("POST", "/v1/payments", "application/json", `{"amount": 125.5, "currency": "EUR", "reference": "inv-2026-0042"}`)
+	agent, ctx := testAgent(), context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := e.Eval(ctx, req, agent)
+		if err != nil || !r.Allowed {
+			b.Fatal(r, err)
+		}
 	}
 }
 

@@ -210,14 +210,6 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 	h := req.GetAttributes().GetRequest().GetHttp()
 	op := s.routes.Match(h.GetMethod(), h.GetPath())
 	now := e.now()
-	partial := &Result{Revision: s.revision, Operation: op}
-	// The input is built even when the cache will answer: a request whose
-	// input cannot be built (unparsable path, malformed or oversized body)
-	// is denied with policy_error, exactly as without the cache.
-	input, err := buildInput(req, e.agents.term(agent), op)
-	if err != nil {
-		return partial, err
-	}
 	c := s.cache
 	var key cacheKey
 	if c != nil {
@@ -228,6 +220,27 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 		if c.plan.op {
 			key.op = op
 		}
+	}
+	if c != nil && len(c.plan.byKey) == 0 {
+		// The key is agent and operation only: the cache can answer
+		// before the input is built. It is still validated first: a
+		// request whose input cannot be built (unparsable path, malformed
+		// or oversized body, …) is denied with policy_error, exactly as
+		// without the cache.
+		if err := validateInput(req); err != nil {
+			return &Result{Revision: s.revision, Operation: op}, err
+		}
+		if r, ok := c.get(key); ok {
+			e.metrics.cacheHits.Inc()
+			return r, nil
+		}
+	}
+	partial := &Result{Revision: s.revision, Operation: op}
+	input, err := buildInput(req, e.agents.term(agent), op)
+	if err != nil {
+		return partial, err
+	}
+	if c != nil && len(c.plan.byKey) > 0 {
 		var ok bool
 		if key.rest, ok = c.restKey(input); !ok {
 			c = nil

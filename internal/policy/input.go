@@ -201,38 +201,75 @@ func parsePathAndQuery(raw string) (*ast.Term, *ast.Term, error) {
 	return ast.ArrayTerm(segs...), ast.NewTerm(q), nil
 }
 
+// bodyKind is what parseBody does with a request body.
+type bodyKind uint8
+
+const (
+	bodyNull      bodyKind = iota // not parsed: parsed_body is null
+	bodyTruncated                 // shorter than content-length: null, truncated_body true
+	bodyForm                      // application/x-www-form-urlencoded
+	bodyJSON                      // application/json
+)
+
+// classifyBody is the part of parseBody that looks at the headers and the
+// body length only (n is len(body), or len(raw) when body is empty); input
+// validation shares it. Its errors are parseBody's.
+func classifyBody(headers map[string]string, n int) (bodyKind, error) {
+	ct, ok := headers["content-type"]
+	if !ok {
+		return bodyNull, nil
+	}
+	kind := bodyNull
+	switch {
+	case strings.Contains(ct, "application/json"):
+		kind = bodyJSON
+	case strings.Contains(ct, "application/x-www-form-urlencoded"):
+		kind = bodyForm
+	}
+	if kind == bodyNull || n == 0 {
+		return bodyNull, nil
+	}
+	if n > MaxBodyBytes {
+		return bodyNull, fmt.Errorf("body of %d bytes exceeds %d", n, MaxBodyBytes)
+	}
+	if cl, ok := headers["content-length"]; ok {
+		l, err := strconv.ParseInt(cl, 10, 64)
+		if err != nil {
+			return bodyNull, fmt.Errorf("content-length: %w", err)
+		}
+		if l != -1 && l > int64(n) {
+			return bodyTruncated, nil
+		}
+	}
+	return kind, nil
+}
+
+// bodyLen is the length of the body parseBody looks at: body, or raw when
+// body is empty.
+func bodyLen(body string, raw []byte) int {
+	if body != "" {
+		return len(body)
+	}
+	return len(raw)
+}
+
 // parseBody mirrors opa-envoy-plugin for JSON and form bodies: parsed only
 // when content-type says so; a body shorter than content-length is truncated
 // and not parsed. Other content types give null.
 func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, bool, error) {
-	ct, ok := headers["content-type"]
-	if !ok {
+	kind, err := classifyBody(headers, bodyLen(body, raw))
+	switch {
+	case err != nil:
+		return nil, false, err
+	case kind == bodyNull:
 		return nullTerm, false, nil
-	}
-	isJSON := strings.Contains(ct, "application/json")
-	isForm := !isJSON && strings.Contains(ct, "application/x-www-form-urlencoded")
-	if !isJSON && !isForm {
-		return nullTerm, false, nil
+	case kind == bodyTruncated:
+		return nullTerm, true, nil
 	}
 	if body == "" {
-		if len(raw) == 0 {
-			return nullTerm, false, nil
-		}
 		body = string(raw)
 	}
-	if len(body) > MaxBodyBytes {
-		return nil, false, fmt.Errorf("body of %d bytes exceeds %d", len(body), MaxBodyBytes)
-	}
-	if cl, ok := headers["content-length"]; ok {
-		n, err := strconv.ParseInt(cl, 10, 64)
-		if err != nil {
-			return nil, false, fmt.Errorf("content-length: %w", err)
-		}
-		if n != -1 && n > int64(len(body)) {
-			return nullTerm, true, nil
-		}
-	}
-	if isForm {
+	if kind == bodyForm {
 		vals, err := url.ParseQuery(body)
 		if err != nil {
 			return nil, false, err
@@ -483,12 +520,21 @@ const (
 	maxTimestampSeconds = 253402300799
 )
 
-func formatTimestamp(secs, nanos int64) (string, error) {
+// checkTimestamp is the range check of formatTimestamp, shared with input
+// validation.
+func checkTimestamp(secs, nanos int64) error {
 	if secs < minTimestampSeconds || secs > maxTimestampSeconds {
-		return "", fmt.Errorf("google.protobuf.Timestamp: seconds out of range %v", secs)
+		return fmt.Errorf("google.protobuf.Timestamp: seconds out of range %v", secs)
 	}
 	if nanos < 0 || nanos > 999999999 {
-		return "", fmt.Errorf("google.protobuf.Timestamp: nanos out of range %v", nanos)
+		return fmt.Errorf("google.protobuf.Timestamp: nanos out of range %v", nanos)
+	}
+	return nil
+}
+
+func formatTimestamp(secs, nanos int64) (string, error) {
+	if err := checkTimestamp(secs, nanos); err != nil {
+		return "", err
 	}
 	x := time.Unix(secs, nanos).UTC().Format("2006-01-02T15:04:05.000000000")
 	x = strings.TrimSuffix(x, "000")
