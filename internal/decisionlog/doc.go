@@ -9,10 +9,12 @@
 //
 //   - Open / (*Log).Append / Close: the writer. Sync mode acknowledges a
 //     record only after it is flushed, with one fdatasync per batch of
-//     concurrent appends, written in place over a segment preallocated with
-//     zeros (the last segment may end in zero padding); Async acknowledges
-//     once queued. Failures wrap ErrUnavailable and the writer recovers by
-//     itself.
+//     concurrent appends (per 4 MiB of it), written in place over a segment
+//     preallocated with zeros (the last segment may end in zero padding);
+//     Async acknowledges once queued. Failures wrap ErrUnavailable and the
+//     writer recovers by itself. Open cuts a torn record, or a batch torn by
+//     a power loss (kept in a .torn-* side file), off the last segment and
+//     refuses other damage (ErrCorrupt).
 //   - (*Log).Rotate, JWKSHandler, PublicKeys, LoadKeySet, ParseKeySet: keys.
 //   - NewReader: the log as a stream, for query, tail -f and consumers.
 //   - Verify, VerifyRecord, DecodeRecord, ChainHash: verification.

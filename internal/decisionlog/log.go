@@ -1,7 +1,6 @@
 package decisionlog
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -67,6 +66,16 @@ const (
 	DefaultSegmentMaxAge   = 24 * time.Hour
 )
 
+// maxWriteBytes caps one write+fdatasync cycle of the writer. A batch
+// larger than this is written in several consecutive cycles (split between
+// records) before its appenders are woken. The cap bounds what a power loss
+// can leave torn: the bytes of the one write in flight, which Open may then
+// cut off as a torn batch (see scanSegment). A record (MaxRecordBytes and
+// its LF) always fits in one cycle.
+const maxWriteBytes = 4 << 20
+
+var _ [maxWriteBytes - MaxRecordBytes - 1]struct{} // compile-time check: a record fits in one write
+
 // Options configure Open.
 type Options struct {
 	Dir             string        // segment directory, e.g. <data>/log
@@ -84,6 +93,7 @@ type Options struct {
 	openFile func(name string, flag int, perm os.FileMode) (segmentFile, error)
 	retryMin time.Duration
 	prepHook func(stop <-chan struct{}) error // before each preparation of a segment
+	maxWrite int                              // bytes per write+fdatasync cycle (and torn batch bound); default maxWriteBytes
 }
 
 // batch is a group of consecutive records committed by one fsync.
@@ -168,6 +178,9 @@ func Open(opts Options) (*Log, error) {
 	if opts.retryMin <= 0 {
 		opts.retryMin = 100 * time.Millisecond
 	}
+	if opts.maxWrite <= 0 {
+		opts.maxWrite = maxWriteBytes
+	}
 	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("decision log dir: %w", err)
 	}
@@ -217,9 +230,9 @@ func lockDir(dir string) (*os.File, error) {
 }
 
 // recoverOnOpen finds the last complete record, cuts the last segment back
-// to its end (dropping a torn record and the zero padding: the segment is
-// sealed), and sets next, prevHash and key. The first batch after Open
-// starts a new segment.
+// to its end (dropping a torn record or a torn batch, and the zero padding:
+// the segment is sealed), and sets next, prevHash and key. The first batch
+// after Open starts a new segment.
 func (l *Log) recoverOnOpen() error {
 	var err error
 	if l.keys, err = loadSigningKeys(l.opts.KeyDir); err != nil {
@@ -235,10 +248,21 @@ func (l *Log) recoverOnOpen() error {
 	for i := len(segs) - 1; i >= 0; i-- {
 		name := segs[i]
 		path := filepath.Join(l.opts.Dir, name)
-		last, good, err := scanSegment(path, name)
+		// Only the last segment can have been torn by a crash: a segment
+		// is sealed (cut back to its records and fsynced) before the next
+		// one is created.
+		last, good, err := scanSegment(path, name, i == len(segs)-1, l.opts.maxWrite)
 		var tail *segmentTail
 		if errors.As(err, &tail) {
-			if tail.torn > 0 {
+			switch {
+			case tail.batch != nil:
+				b := tail.batch
+				l.m.recovered.WithLabelValues("torn_batch").Inc()
+				l.logger.Error("decision log: cut a torn batch off the end of the log (power loss during a write: zeros where pages never reached the disk, then records of the same write); the cut bytes are kept in side_file",
+					"note", "these records were never acknowledged in sync mode (in async mode they were, and are within its loss window) unless the disk itself lost acknowledged data: receipts held by upstreams are the outside check (see docs/decision-log.md)",
+					"segment", name, "offset", good, "bytes", tail.torn, "records", b.records, "first_seq", b.firstSeq, "last_seq", b.lastSeq, "side_file", b.sideFile)
+			case tail.torn > 0:
+				l.m.recovered.WithLabelValues("torn_record").Inc()
 				l.logger.Warn("decision log: truncated a torn record at the end of the log (crash during a write; that record was never acknowledged)", "segment", name, "bytes", tail.torn, "offset", good)
 			}
 			if tail.padding > 0 {
@@ -298,89 +322,6 @@ func (l *Log) recoverOnOpen() error {
 		return fmt.Errorf("write current key id: %w", err)
 	}
 	l.next = 1
-	return nil
-}
-
-type scannedLine struct{ jws string }
-
-// scanSegment reads the last segment, checks that its complete lines decode
-// and chain, and cuts it back to the end of the last good record (sealing
-// it). What follows that record may only be a crash artifact: a torn record
-// (a partial or undecodable line, possibly with zeros where its pages never
-// reached the disk) and then the unwritten zero padding of a preallocated
-// segment. It returns the last good record and the good length. Damage
-// followed by a decodable record is not a crash artifact: Open refuses it.
-func scanSegment(path, name string) (last *scannedLine, good int64, err error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, 0, fmt.Errorf("read segment: %w", err)
-	}
-	want, _ := parseSegmentName(name)
-	prev := ""
-	off := 0
-	for off < len(data) {
-		nl := bytes.IndexByte(data[off:], '\n')
-		if nl < 0 {
-			break
-		}
-		text := string(data[off : off+nl])
-		rec, derr := DecodeRecord(text) // a line with a NUL byte never decodes
-		if derr != nil || rec.Seq != want || (prev != "" && rec.Prev != prev) {
-			break
-		}
-		last = &scannedLine{jws: text}
-		prev = ChainHash(text)
-		want++
-		off += nl + 1
-	}
-	if off == len(data) {
-		return last, int64(off), nil
-	}
-	rest := data[off:]
-	torn := bytes.TrimRight(rest, "\x00") // the zero padding is not torn
-	// A complete, decodable record after the damage means it is not a
-	// torn tail. Where a line holds NULs (pages that never reached the
-	// disk, or zeroed damage), what follows the last NUL is looked at.
-	lines := bytes.Split(torn, []byte("\n"))
-	for i, ln := range lines[:len(lines)-1] {
-		if z := bytes.LastIndexByte(ln, 0); z >= 0 {
-			ln = ln[z+1:]
-		} else if i == 0 {
-			continue // the line that broke the chain
-		}
-		if _, derr := DecodeRecord(string(ln)); derr == nil {
-			return nil, 0, fmt.Errorf("%w: %s: damaged record at byte %d followed by valid records; run agentauthz audit verify", ErrCorrupt, name, off)
-		}
-	}
-	if err := truncateDurable(path, int64(off)); err != nil {
-		return nil, 0, err
-	}
-	return last, int64(off), &segmentTail{name: name, torn: len(torn), padding: len(rest) - len(torn)}
-}
-
-// segmentTail says what scanSegment cut off the end of a segment.
-type segmentTail struct {
-	name    string
-	torn    int // bytes of a torn record (a crash during a write)
-	padding int // zero bytes after it (unwritten preallocation)
-}
-
-func (t *segmentTail) Error() string {
-	return fmt.Sprintf("cut %d torn bytes and %d bytes of padding", t.torn, t.padding)
-}
-
-func truncateDurable(path string, size int64) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("seal last segment: %w", err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		return fmt.Errorf("seal last segment: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("seal last segment: %w", err)
-	}
 	return nil
 }
 
@@ -591,8 +532,8 @@ func (l *Log) Close() error {
 }
 
 // run is the single writer: it takes the open batch, waits until every
-// record in it is signed, writes it with one write and one fsync, and wakes
-// its appenders.
+// record in it is signed, writes it (one write and one fdatasync per
+// maxWrite bytes), and wakes its appenders.
 func (l *Log) run() {
 	defer close(l.wdone)
 	for {
@@ -671,7 +612,11 @@ func (l *Log) retryAsync(b *batch, err error) error {
 }
 
 // write writes b at the end of the records of the current segment (rotating
-// first if due) and flushes it with one fdatasync.
+// first if due): one write and one fdatasync per at most maxWrite bytes,
+// each write issued only after the previous fdatasync returned, so at most
+// one write is ever in flight. The batch is durable (segDurable moves) only
+// once all of it is; on a failure the whole batch fails, and restoreTail
+// takes back whatever of it reached the segment.
 func (l *Log) write(b *batch) error {
 	size := 0
 	for _, ln := range b.lines {
@@ -689,20 +634,22 @@ func (l *Log) write(b *batch) error {
 			return err
 		}
 	}
-	buf := l.wbuf[:0]
-	for _, ln := range b.lines {
-		buf = append(buf, ln...)
-	}
-	l.wbuf = buf
-	off := l.segSize
-	l.segDirty = max(l.segDirty, off+int64(len(buf)))
-	n, err := l.seg.WriteAt(buf, off)
-	l.segSize += int64(n)
-	if err != nil {
-		return fmt.Errorf("write segment %s: %w", l.segName, err)
-	}
-	if err := l.seg.Datasync(); err != nil {
-		return fmt.Errorf("fsync segment %s: %w", l.segName, err)
+	for i := 0; i < len(b.lines); {
+		buf := l.wbuf[:0]
+		for ; i < len(b.lines) && (len(buf) == 0 || len(buf)+len(b.lines[i]) <= l.opts.maxWrite); i++ {
+			buf = append(buf, b.lines[i]...)
+		}
+		l.wbuf = buf
+		off := l.segSize
+		l.segDirty = max(l.segDirty, off+int64(len(buf)))
+		n, err := l.seg.WriteAt(buf, off)
+		l.segSize += int64(n)
+		if err != nil {
+			return fmt.Errorf("write segment %s: %w", l.segName, err)
+		}
+		if err := l.seg.Datasync(); err != nil {
+			return fmt.Errorf("fsync segment %s: %w", l.segName, err)
+		}
 	}
 	l.segDurable = l.segSize
 	return nil

@@ -10,6 +10,10 @@ type metrics struct {
 	// segments counts segments started, by whether a preallocated file
 	// was ready ("preallocated") or the segment is appended to ("appended").
 	segments *prometheus.CounterVec
+	// recovered counts tails Open cut off the last segment after a crash:
+	// "torn_record" (a partial record) or "torn_batch" (a write torn by a
+	// power loss, kept in a side file).
+	recovered *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -36,9 +40,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "agentauthz_decisionlog_segments_total",
 			Help: "Segments started: preallocated (zeros written ahead, data-only flushes) or appended (none was ready).",
 		}, []string{"kind"}),
+		recovered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentauthz_decisionlog_recovered_tails_total",
+			Help: "Crash damage Open cut off the end of the log: torn_record (a partial record) or torn_batch (a write torn by a power loss; its bytes are kept in a .torn-* side file).",
+		}, []string{"kind"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.appends, m.batch, m.latency, m.ready, m.segments} {
+		for _, c := range []prometheus.Collector{m.appends, m.batch, m.latency, m.ready, m.segments, m.recovered} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -49,5 +57,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.segments.WithLabelValues("preallocated")
 	m.segments.WithLabelValues("appended")
+	m.recovered.WithLabelValues("torn_record")
+	m.recovered.WithLabelValues("torn_batch")
 	return m, nil
 }

@@ -323,7 +323,10 @@ func crashImage(t *testing.T, o Options) Options {
 // maybe a torn record before the padding. Verify reads that image as the
 // live log it was (or a torn tail); Open seals the segment (cuts both off),
 // continues the chain in a new segment, and loses no acknowledged record.
-// NULs followed by a record are damage: Open refuses, Verify names them.
+// NULs followed by a record that does not continue the log (here a copy of
+// seq 2) are damage: Open refuses, Verify names them. (NULs followed by
+// records of the write in flight, a batch torn by a power loss, are cut:
+// see TestOpenCutsTornBatch.)
 func TestRecoverPaddedTail(t *testing.T) {
 	o := testOptions(t)
 	o.SegmentMaxBytes = 128 << 10
@@ -347,7 +350,7 @@ func TestRecoverPaddedTail(t *testing.T) {
 		{name: "padding only"},
 		{name: "torn record", tail: nextLine[:300], verify: KindTruncated},
 		{name: "torn record with a lost page", tail: nextLine[:100] + strings.Repeat("\x00", 200) + nextLine[300:500], verify: KindNULBytes},
-		{name: "zeros then a record", tail: strings.Repeat("\x00", 64) + nextLine, verify: KindNULBytes, corrupt: true},
+		{name: "zeros then an earlier record", tail: strings.Repeat("\x00", 64) + nextLine, verify: KindNULBytes, corrupt: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := crashImage(t, o)

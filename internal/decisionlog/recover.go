@@ -1,0 +1,279 @@
+package decisionlog
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// Recovery of the last segment on Open.
+//
+// The writer commits each batch with one positioned write of at most
+// maxWriteBytes at the end of the segment's records, followed by
+// fdatasync, and never starts the next write before that fdatasync has
+// returned (a larger batch is written in several such cycles before its
+// appenders are woken). So after a crash the bytes that were not durable
+// are those of at most one write, and they lie within maxWriteBytes of the
+// last durable byte:
+//
+//   - after a process crash (kill -9, out of memory) the page cache
+//     survives: the write is there in whole or in part, in order — a torn
+//     record, then the zero padding;
+//   - after a power loss its pages may have reached the disk in any order:
+//     zeros where a page was lost (the segment's preallocated content),
+//     followed by pieces of records and complete records of the same
+//     batch — a torn batch. None of them was acknowledged in sync mode.
+//
+// Open cuts the first kind off as before. It cuts the second off too, but
+// only when the damage has exactly that shape (tornBatch) and only in the
+// last segment, and it first keeps the cut bytes in a side file. Anything
+// else followed by a decodable record — a changed byte, garbage, zeros in a
+// sealed segment, damage reaching further than one write — is refused.
+
+// tornFilePrefix starts the name of a side file that keeps the bytes of a
+// torn batch cut off a segment: .torn-<segment>-<offset>. Readers and
+// listSegments ignore it (it is not a segment name).
+const tornFilePrefix = ".torn-"
+
+type scannedLine struct{ jws string }
+
+// segmentTail says what scanSegment cut off the end of a segment.
+type segmentTail struct {
+	name    string
+	torn    int           // bytes of a torn record or batch (up to the last non-NUL byte)
+	padding int           // zero bytes after it (unwritten preallocation)
+	batch   *tornBatchCut // set when a torn batch was cut (and kept)
+}
+
+// tornBatchCut describes a torn batch that Open cut off (and kept).
+type tornBatchCut struct {
+	records  int // complete, decodable records in the cut bytes
+	firstSeq uint64
+	lastSeq  uint64
+	sideFile string // where the cut bytes were kept
+}
+
+func (t *segmentTail) Error() string {
+	return fmt.Sprintf("cut %d torn bytes and %d bytes of padding", t.torn, t.padding)
+}
+
+// scanSegment reads a segment, checks that its complete lines decode and
+// chain, and cuts it back to the end of the last good record (sealing it).
+// What follows that record may only be a crash artifact: a torn record (a
+// partial or undecodable line, possibly with zeros where its pages never
+// reached the disk) and then the unwritten zero padding of a preallocated
+// segment; or, in the last segment (isLast) only, a torn batch of at most
+// maxTorn bytes (see tornBatch), whose bytes are kept in a side file
+// before the cut. It returns the last good record and the good length;
+// when it cut something the error is a *segmentTail saying what. Any other
+// damage followed by a decodable record is not a crash artifact: it
+// returns ErrCorrupt and leaves the file as it is.
+func scanSegment(path, name string, isLast bool, maxTorn int) (last *scannedLine, good int64, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read segment: %w", err)
+	}
+	want, _ := parseSegmentName(name)
+	prev := ""
+	off := 0
+	for off < len(data) {
+		nl := bytes.IndexByte(data[off:], '\n')
+		if nl < 0 {
+			break
+		}
+		text := string(data[off : off+nl])
+		rec, derr := DecodeRecord(text) // a line with a NUL byte never decodes
+		if derr != nil || rec.Seq != want || (prev != "" && rec.Prev != prev) {
+			break
+		}
+		last = &scannedLine{jws: text}
+		prev = ChainHash(text)
+		want++
+		off += nl + 1
+	}
+	if off == len(data) {
+		return last, int64(off), nil
+	}
+	rest := data[off:]
+	torn := bytes.TrimRight(rest, "\x00") // the zero padding is not torn
+	tail := &segmentTail{name: name, torn: len(torn), padding: len(rest) - len(torn)}
+	ts := scanTail(torn)
+	if len(ts.records) > 0 {
+		// A complete, decodable record after the damage: not a torn
+		// record. Only a torn batch may be cut.
+		if why := ts.notTornBatch(want, isLast, len(torn), maxTorn); why != "" {
+			return nil, 0, fmt.Errorf("%w: %s: damaged record at byte %d followed by valid records (%s); run agentauthz audit verify", ErrCorrupt, name, off, why)
+		}
+		side, err := keepTornBytes(filepath.Dir(path), name, int64(off), torn)
+		if err != nil {
+			return nil, 0, fmt.Errorf("keep the torn batch of %s before cutting it: %w", name, err)
+		}
+		tail.batch = &tornBatchCut{
+			records:  len(ts.records),
+			firstSeq: ts.records[0].seq,
+			lastSeq:  ts.records[len(ts.records)-1].seq,
+			sideFile: side,
+		}
+	}
+	if err := truncateDurable(path, int64(off)); err != nil {
+		return nil, 0, err
+	}
+	return last, int64(off), tail
+}
+
+// tailRecord is a complete, decodable record found after the damage.
+type tailRecord struct {
+	seq      uint64
+	prev     string
+	hash     string
+	adjacent bool // directly after the previous tail record (the line before it)
+}
+
+// tailScan is what scanTail finds in the bytes after the last good record.
+type tailScan struct {
+	records []tailRecord
+	// firstHasNUL: the line that broke the chain (the first bad spot)
+	// holds a NUL byte, i.e. a page of it never reached the disk.
+	firstHasNUL bool
+	// garbage: a complete line without NUL bytes, after the first, that
+	// does not decode. A torn write cannot make one: where a page is
+	// lost the preallocated zeros show, so every complete line free of
+	// NULs is a whole record as written.
+	garbage int // 1-based line number within the tail, 0 if none
+	// foreign: a byte that is neither NUL, LF nor in the alphabet of a
+	// JWS (base64url and '.'): not a piece of a record.
+	foreign int // offset within the tail, -1 if none
+}
+
+// scanTail splits the bytes after the last good record (the padding cut
+// off) into lines. In a line holding NULs only what follows its last NUL
+// can be a complete record; a line without NULs is one as a whole, except
+// the first (it broke the chain). The part after the last LF is a partial
+// line.
+func scanTail(torn []byte) tailScan {
+	ts := tailScan{foreign: -1}
+	for i, c := range torn {
+		if c != 0 && c != '\n' && !isJWSByte(c) {
+			ts.foreign = i
+			break
+		}
+	}
+	lines := bytes.Split(torn, []byte("\n"))
+	prevRecord := -1 // line index of the last tail record
+	for i, ln := range lines[:len(lines)-1] {
+		z := bytes.LastIndexByte(ln, 0)
+		if i == 0 {
+			ts.firstHasNUL = z >= 0
+		}
+		switch {
+		case z >= 0:
+			ln = ln[z+1:]
+		case i == 0:
+			continue // the line that broke the chain
+		}
+		rec, err := DecodeRecord(string(ln))
+		if err != nil {
+			if z < 0 && ts.garbage == 0 {
+				ts.garbage = i + 1
+			}
+			continue
+		}
+		ts.records = append(ts.records, tailRecord{
+			seq:      rec.Seq,
+			prev:     rec.Prev,
+			hash:     ChainHash(string(ln)),
+			adjacent: z < 0 && prevRecord == i-1,
+		})
+		prevRecord = i
+	}
+	return ts
+}
+
+func isJWSByte(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+}
+
+// notTornBatch says why the tail is not a torn batch, or "" when it is:
+// the segment is the last one; the first bad spot is a run of NULs (the
+// line that broke the chain holds NUL bytes); what follows is only NUL
+// runs, pieces of records and complete records that continue the log
+// (seqs after want, the seq the damaged line was to hold, increasing, and
+// chained where one directly follows another); and it all lies within
+// maxTorn bytes of the last good record (one write of the writer). want is
+// the seq expected at the damage.
+func (ts tailScan) notTornBatch(want uint64, isLast bool, tornBytes, maxTorn int) string {
+	switch {
+	case !isLast:
+		return "not the last segment: a sealed segment is never torn"
+	case !ts.firstHasNUL:
+		return "the damaged line holds no zero bytes: not a lost page"
+	case ts.garbage > 0:
+		return fmt.Sprintf("line %d after the damage is complete but not a record", ts.garbage)
+	case ts.foreign >= 0:
+		return fmt.Sprintf("byte %d after the damage is not part of a record", ts.foreign)
+	case tornBytes > maxTorn:
+		return fmt.Sprintf("%d bytes from the damage to the last record byte, more than one write (%d bytes) can leave", tornBytes, maxTorn)
+	}
+	after := want // a record in the tail comes after the damaged one
+	var prev *tailRecord
+	for i := range ts.records {
+		r := &ts.records[i]
+		if r.seq <= after {
+			return fmt.Sprintf("a record after the damage has seq %d, not after %d", r.seq, after)
+		}
+		if r.adjacent && prev != nil && (r.seq != prev.seq+1 || r.prev != prev.hash) {
+			return fmt.Sprintf("records %d and %d after the damage do not chain", prev.seq, r.seq)
+		}
+		after, prev = r.seq, r
+	}
+	return ""
+}
+
+// keepTornBytes writes b durably (file and directory fsynced) to the side
+// file .torn-<segment>-<offset> in dir and returns its path. A file of that
+// name left by an earlier attempt with the same bytes is reused; one with
+// other bytes is kept, and a numbered name is used.
+func keepTornBytes(dir, seg string, off int64, b []byte) (string, error) {
+	base := fmt.Sprintf("%s%s-%d", tornFilePrefix, seg, off)
+	for i := 0; i < 100; i++ {
+		name := base
+		if i > 0 {
+			name = fmt.Sprintf("%s.%d", base, i)
+		}
+		path := filepath.Join(dir, name)
+		old, err := os.ReadFile(path)
+		switch {
+		case err == nil && bytes.Equal(old, b):
+			// Complete (it got its name after its fsync); the
+			// directory entry may not have been synced.
+			return path, syncDir(dir)
+		case err == nil:
+			continue
+		case !errors.Is(err, fs.ErrNotExist):
+			return "", err
+		}
+		if err := writeFileDurable(path, b, 0o600); err != nil {
+			return "", err
+		}
+		return path, nil
+	}
+	return "", fmt.Errorf("too many side files named %s*", base)
+}
+
+func truncateDurable(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("seal last segment: %w", err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return fmt.Errorf("seal last segment: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("seal last segment: %w", err)
+	}
+	return nil
+}
