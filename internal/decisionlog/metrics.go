@@ -3,7 +3,8 @@ package decisionlog
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	appends *prometheus.CounterVec
+	appends   *prometheus.CounterVec
+	appendsOK prometheus.Counter // every successful append: resolved once
 	batch   prometheus.Histogram
 	latency prometheus.Histogram
 	ready   prometheus.Gauge
@@ -55,6 +56,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"ok", "unavailable", "buffer_full", "invalid", "closed"} {
 		m.appends.WithLabelValues(r)
 	}
+	m.appendsOK = m.appends.WithLabelValues("ok")
 	m.segments.WithLabelValues("preallocated")
 	m.segments.WithLabelValues("appended")
 	m.recovered.WithLabelValues("torn_record")
