@@ -5,9 +5,9 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	appends   *prometheus.CounterVec
 	appendsOK prometheus.Counter // every successful append: resolved once
-	batch   prometheus.Histogram
-	latency prometheus.Histogram
-	ready   prometheus.Gauge
+	batch     prometheus.Histogram
+	latency   prometheus.Histogram
+	ready     prometheus.Gauge
 	// segments counts segments started, by whether a preallocated file
 	// was ready ("preallocated") or the segment is appended to ("appended").
 	segments *prometheus.CounterVec
