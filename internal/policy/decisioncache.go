@@ -16,8 +16,9 @@ import (
 const (
 	DefaultTimeGranularity = time.Second
 	// maxCacheKeyBytes bounds the part of a key taken from input values
-	// (e.g. a policy that reads all headers): a larger key is not cached.
-	maxCacheKeyBytes = 4096
+	// (e.g. a policy that reads all headers): a larger key is not cached,
+	// so a full cache holds at most max_entries KiB of keys.
+	maxCacheKeyBytes = 1024
 )
 
 // cachePlan is what a compiled policy's decision depends on, found by
