@@ -243,6 +243,16 @@ decision if {
 	if hits := cacheCount(t, e, "hit"); hits != 4 {
 		t.Fatalf("hits = %v, want 4", hits)
 	}
+	// Key values over the bound are evaluated every time, never stored.
+	long := strings.Repeat("x", maxCacheKeyBytes)
+	for range 2 {
+		if withMode("/v1/payments", long) {
+			t.Fatal("a long header value was allowed")
+		}
+	}
+	if hits, misses := cacheCount(t, e, "hit"), cacheCount(t, e, "miss"); hits != 4 || misses != 4 {
+		t.Fatalf("after long keys: hits %v, misses %v; want 4 and 4", hits, misses)
+	}
 }
 
 // Time-dependent policies see the clock pinned to the start of the current
