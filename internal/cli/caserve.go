@@ -58,37 +58,84 @@ func runCAServe(ctx context.Context, cmd *cobra.Command, dataDir, addr string, p
 		Output:     cmd.ErrOrStderr(),
 		JSONFormat: !caServeTTY(cmd.ErrOrStderr()),
 	})
-	auth, err := ca.Open(dataDir, ca.MustExist())
-	if err != nil {
-		return withHint(fmt.Errorf("open ca inventory: %w", err), "create a CA first: agentauthz ca init --data-dir %s", dataDir)
-	}
-	defer auth.Close()
-	var store revocation.Store = auth
-	reg := prometheus.NewRegistry()
-	pub, err := revocation.NewPublisher(revocation.PublisherConfig{
-		Store: store, Logger: log, Registerer: reg,
-		GenerationPoll: poll, Heartbeat: heartbeat, NotFound: ca.ErrNotFound,
-	})
+	rs, err := newRevocationServer(dataDir, addr, log, prometheus.NewRegistry(), poll, heartbeat)
 	if err != nil {
 		return err
 	}
+	defer rs.Close()
+	if !rs.Loopback() {
+		log.Warn("listening beyond loopback over plain HTTP: CRLs are signed, the revoked-agent list is not; put TLS in front")
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "agentauthz ca serve: listening on %s\n", rs.URL())
+	if err := rs.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("ca serve stopped")
+	return nil
+}
+
+// revocationServer is a revocation.Publisher over the CA inventory of a data
+// directory, served over HTTP: the body of `ca serve`, which `serve --dev`
+// also runs in-process for the dev tenant.
+type revocationServer struct {
+	auth *ca.Authority
+	pub  *revocation.Publisher
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// newRevocationServer opens the inventory of dataDir and listens on addr.
+// reg, when not nil, receives the publisher metrics and is served on
+// /metrics. Run serves; Close releases the inventory (and the listener if
+// Run never ran).
+func newRevocationServer(dataDir, addr string, log hclog.Logger, reg *prometheus.Registry, poll, heartbeat time.Duration) (*revocationServer, error) {
+	auth, err := ca.Open(dataDir, ca.MustExist())
+	if err != nil {
+		return nil, withHint(fmt.Errorf("open ca inventory: %w", err), "create a CA first: agentauthz ca init --data-dir %s", dataDir)
+	}
+	var registerer prometheus.Registerer
+	if reg != nil {
+		registerer = reg
+	}
+	pub, err := revocation.NewPublisher(revocation.PublisherConfig{
+		Store: auth, Logger: log, Registerer: registerer,
+		GenerationPoll: poll, Heartbeat: heartbeat, NotFound: ca.ErrNotFound,
+	})
+	if err != nil {
+		auth.Close()
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return withHint(fmt.Errorf("listen: %w", err), "choose another address with --addr")
-	}
-	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
-		log.Warn("listening beyond loopback over plain HTTP: CRLs are signed, the revoked-agent list is not; put TLS in front")
+		auth.Close()
+		return nil, withHint(fmt.Errorf("listen: %w", err), "choose another address with --addr")
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", pub.Handler())
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if reg != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	fmt.Fprintf(cmd.OutOrStdout(), "agentauthz ca serve: listening on http://%s\n", ln.Addr())
+	return &revocationServer{auth: auth, pub: pub, ln: ln, srv: srv}, nil
+}
 
+// URL is the base URL the server listens on: <URL>/v1/watch is the watch
+// stream, <URL>/v1/crl/<trust-domain> a tenant's CRL.
+func (r *revocationServer) URL() string { return "http://" + r.ln.Addr().String() }
+
+// Loopback reports whether the listener is on a loopback address.
+func (r *revocationServer) Loopback() bool {
+	tcp, ok := r.ln.Addr().(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
+}
+
+// Run serves until ctx ends, then ends every watch stream and waits (at most
+// 5 s) for other requests to finish.
+func (r *revocationServer) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return pub.Run(gctx) })
+	g.Go(func() error { return r.pub.Run(gctx) })
 	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := r.srv.Serve(r.ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
@@ -99,13 +146,18 @@ func runCAServe(ctx context.Context, cmd *cobra.Command, dataDir, addr string, p
 		// themselves, so Shutdown only waits for short requests.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		return r.srv.Shutdown(sctx)
 	})
-	if err := g.Wait(); err != nil {
-		return err
+	return g.Wait()
+}
+
+// Close closes the listener (a no-op after Run) and the inventory.
+func (r *revocationServer) Close() error {
+	lerr := r.ln.Close()
+	if errors.Is(lerr, net.ErrClosed) {
+		lerr = nil
 	}
-	log.Info("ca serve stopped")
-	return nil
+	return errors.Join(lerr, r.auth.Close())
 }
 
 func caServeTTY(w any) bool {

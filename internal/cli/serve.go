@@ -20,6 +20,7 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/config"
+	"github.com/agentauthz/agentauthz/internal/revocation"
 	"github.com/agentauthz/agentauthz/internal/server"
 )
 
@@ -39,7 +40,9 @@ func newServeCmd() *cobra.Command {
 public keys over HTTP on --http-addr.
 
 With --dev it creates a dev CA (trust domain dev.agentauthz.local) and sample agents under
---data-dir on first start, trusts that CA, and prints check commands to try.`,
+--data-dir on first start, trusts that CA, publishes its revocations in-process (so
+"agentauthz agent revoke" on the same --data-dir takes effect within about a second), and
+prints check commands to try.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := serveConfig(cmd.Flags(), f, c)
@@ -165,22 +168,15 @@ func runServe(ctx context.Context, stderr io.Writer, cfg config.Config) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	var dev *ca.DevEnv
+	var dev *devMode
 	if cfg.Dev {
 		var err error
-		if dev, err = ca.EnsureDev(cfg.DataDir, time.Now()); err != nil {
-			return fmt.Errorf("dev environment: %w", err)
+		if dev, err = startDev(&cfg, logger); err != nil {
+			return err
 		}
-		if !hasTrustDomain(cfg, dev.TrustDomain) {
-			cfg.TrustBundles = append(cfg.TrustBundles, config.TrustBundle{TrustDomain: dev.TrustDomain, File: dev.BundlePath})
-			cfg.ApplyDefaults()
-		}
+		defer dev.Close()
 	}
 	components, err := server.Assemble(cfg, logger)
-	if err != nil {
-		return err
-	}
-	srv, err := server.New(cfg, components, logger)
 	if err != nil {
 		return err
 	}
@@ -194,12 +190,101 @@ func runServe(ctx context.Context, stderr io.Writer, cfg config.Config) error {
 		return withHint(fmt.Errorf("http listener: %w", err), "another process holds %s; pass --http-addr", cfg.HTTP.Addr)
 	}
 	if dev != nil {
-		printDevHints(stderr, dev, grpcLis.Addr().String())
+		dev.attach(&components, stderr, grpcLis.Addr().String())
+	}
+	srv, err := server.New(cfg, components, logger)
+	if err != nil {
+		grpcLis.Close()
+		httpLis.Close()
+		return err
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	return srv.Serve(ctx, grpcLis, httpLis, hup)
+}
+
+// devMode is what `serve --dev` adds: the dev CA and sample agents, trusted
+// as a tenant, with their revocations published in-process.
+type devMode struct {
+	env     *ca.DevEnv
+	dataDir string
+	// rev publishes the inventory's revocations to this process, as
+	// `ca serve` does for replicas; nil when the configuration already has a
+	// trust bundle for the dev trust domain (its revocation is the user's).
+	rev *revocationServer
+}
+
+// startDev prepares the dev environment in cfg.DataDir and, unless cfg
+// already trusts the dev trust domain, adds it as a tenant whose revocation
+// watch_url is a publisher over the data dir's inventory on an ephemeral
+// loopback port. Close releases what it opened.
+func startDev(cfg *config.Config, logger hclog.Logger) (*devMode, error) {
+	env, err := ca.EnsureDev(cfg.DataDir, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("dev environment: %w", err)
+	}
+	d := &devMode{env: env, dataDir: cfg.DataDir}
+	if hasTrustDomain(*cfg, env.TrustDomain) {
+		return d, nil
+	}
+	d.rev, err = newRevocationServer(cfg.DataDir, "127.0.0.1:0", logger.Named("revocation-publisher"), nil,
+		revocation.DefaultGenerationPoll, revocation.DefaultHeartbeat)
+	if err != nil {
+		return nil, fmt.Errorf("dev revocation publisher: %w", err)
+	}
+	cfg.TrustBundles = append(cfg.TrustBundles, config.TrustBundle{
+		TrustDomain: env.TrustDomain, File: env.BundlePath,
+		// As a replica of `ca serve`: the stream, and its /v1/crl/<td>
+		// while the stream is down. Stale data denies, as for any tenant.
+		Revocation: config.Revocation{WatchURL: d.rev.URL() + "/v1/watch"},
+	})
+	cfg.ApplyDefaults()
+	return d, nil
+}
+
+// devHintWait bounds how long the dev hints wait for readiness.
+const devHintWait = 10 * time.Second
+
+// attach runs the publisher with the server's background loops (they stop
+// after the gRPC drain) and prints the dev hints once the server is ready,
+// so the printed commands answer as printed.
+func (d *devMode) attach(c *server.Components, w io.Writer, grpcAddr string) {
+	if d.rev != nil {
+		c.Loops = append(c.Loops, d.rev.Run)
+	}
+	ready := c.Ready
+	c.Loops = append(c.Loops, func(ctx context.Context) error {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		deadline := time.Now().Add(devHintWait)
+		for !allReady(ready) && time.Now().Before(deadline) {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+			}
+		}
+		printDevHints(w, d.env, d.dataDir, grpcAddr)
+		return nil
+	})
+}
+
+// Close releases the publisher's inventory and listener.
+func (d *devMode) Close() error {
+	if d.rev == nil {
+		return nil
+	}
+	return d.rev.Close()
+}
+
+func allReady(checks []server.ReadyCheck) bool {
+	for _, rc := range checks {
+		if rc.Check() != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func hasTrustDomain(cfg config.Config, td string) bool {
@@ -211,8 +296,9 @@ func hasTrustDomain(cfg config.Config, td string) bool {
 	return false
 }
 
-// printDevHints prints one check line that is allowed and one that is denied.
-func printDevHints(w io.Writer, dev *ca.DevEnv, addr string) {
+// printDevHints prints one check line that is allowed, one that is denied,
+// and the revoke command that turns the allowed one into a denial.
+func printDevHints(w io.Writer, dev *ca.DevEnv, dataDir, addr string) {
 	exe := os.Args[0]
 	if !strings.Contains(exe, string(filepath.Separator)) {
 		exe = "agentauthz"
@@ -233,8 +319,12 @@ agentauthz dev mode: CA for %s and sample agents in %s
 Try, from another terminal:
   allowed: %s check --addr %s --cert %s --method POST --path /v1/payments
   denied:  %s check --addr %s --cert %s --method POST --path /v1/payments
+  revoke:  %s agent revoke --data-dir %s --trust-domain %s payments-agent
+Within about a second of the revoke, the allowed check is denied (certificate_revoked);
+the other agents are untouched. Restarting serve --dev issues payments-agent again.
 
 `, dev.TrustDomain, filepath.Dir(certOf("payments-agent")),
 		exe, addr, certOf("payments-agent"),
-		exe, addr, certOf("sanctions-screener"))
+		exe, addr, certOf("sanctions-screener"),
+		exe, dataDir, dev.TrustDomain)
 }

@@ -75,6 +75,58 @@ func TestDevQuickStart(t *testing.T) {
 			t.Errorf("denied output lacks the reason:\n%s", out.String())
 		}
 	}
+	// The printed revoke denies payments-agent within seconds, through the
+	// in-process publisher, and leaves the other agents alone.
+	revokeRE := regexp.MustCompile(`(?m)^\s+revoke:\s+\S+ (agent revoke .*)$`)
+	rl := revokeRE.FindStringSubmatch(stderr.String())
+	if rl == nil {
+		t.Fatalf("serve printed no revoke line:\n%s", stderr.String())
+	}
+	if !strings.Contains(rl[1], "--data-dir "+dataDir) || !strings.HasSuffix(rl[1], " payments-agent") {
+		t.Errorf("revoke line = %q", rl[1])
+	}
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), strings.Fields(rl[1]), nil, &out, &errOut); code != ExitOK {
+		t.Fatalf("%s: exit %d\n%s%s", rl[1], code, out.String(), errOut.String())
+	}
+	allowedArgs := strings.Fields(lines[0][2])
+	if lines[0][1] != "allowed" {
+		allowedArgs = strings.Fields(lines[1][2])
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		out.Reset()
+		errOut.Reset()
+		code := Run(context.Background(), allowedArgs, nil, &out, &errOut)
+		if code == ExitNo {
+			if !regexp.MustCompile(`reason:\s+(agent_revoked|certificate_revoked)\b`).MatchString(out.String()) {
+				t.Fatalf("revoked agent denied for another reason:\n%s", out.String())
+			}
+			break
+		}
+		if code != ExitOK {
+			t.Fatalf("check after revoke: exit %d\n%s%s", code, out.String(), errOut.String())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("payments-agent still allowed 10s after the revoke:\n%s\nserve:\n%s", out.String(), stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	other := append([]string(nil), allowedArgs...)
+	for i, a := range other {
+		switch {
+		case strings.HasSuffix(a, "payments-agent.pem"):
+			other[i] = strings.TrimSuffix(a, "payments-agent.pem") + "reader.pem"
+		case a == "POST":
+			other[i] = "GET"
+		}
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := Run(context.Background(), other, nil, &out, &errOut); code != ExitOK || !strings.Contains(out.String(), "x-agent-id: reader") {
+		t.Errorf("reader after revoking payments-agent: exit %d\n%s%s", code, out.String(), errOut.String())
+	}
+
 	// A second start on the same data dir reuses the dev CA.
 	cancel()
 	if code := <-done; code != ExitOK {
