@@ -182,11 +182,13 @@ func runServe(ctx context.Context, stderr io.Writer, cfg config.Config) error {
 	}
 	grpcLis, err := net.Listen("tcp", cfg.GRPC.Addr)
 	if err != nil {
+		components.Close()
 		return withHint(fmt.Errorf("grpc listener: %w", err), "another process holds %s; pass --grpc-addr", cfg.GRPC.Addr)
 	}
 	httpLis, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
 		grpcLis.Close()
+		components.Close()
 		return withHint(fmt.Errorf("http listener: %w", err), "another process holds %s; pass --http-addr", cfg.HTTP.Addr)
 	}
 	if dev != nil {
@@ -196,6 +198,7 @@ func runServe(ctx context.Context, stderr io.Writer, cfg config.Config) error {
 	if err != nil {
 		grpcLis.Close()
 		httpLis.Close()
+		components.Close()
 		return err
 	}
 	hup := make(chan os.Signal, 1)

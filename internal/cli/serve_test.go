@@ -127,7 +127,7 @@ func TestDevQuickStart(t *testing.T) {
 		t.Errorf("reader after revoking payments-agent: exit %d\n%s%s", code, out.String(), errOut.String())
 	}
 
-	// A second start on the same data dir reuses the dev CA.
+	// Shutdown is orderly and leaves the key directory private.
 	cancel()
 	if code := <-done; code != ExitOK {
 		t.Fatalf("serve exit %d after shutdown:\n%s", code, stderr.String())

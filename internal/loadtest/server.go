@@ -175,9 +175,7 @@ func RunServer(ctx context.Context, o ServerOptions) error {
 
 	srv, err := server.New(cfg, comps, logger)
 	if err != nil {
-		for _, c := range comps.Closers {
-			_ = c()
-		}
+		comps.Close()
 		return err
 	}
 	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -29,9 +29,7 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	c.Handlers = map[string]http.Handler{}
 	defer func() {
 		if err != nil {
-			for _, cl := range c.Closers {
-				_ = cl()
-			}
+			_ = c.Close()
 		}
 	}()
 

@@ -55,6 +55,16 @@ type Components struct {
 	Closers []func() error
 }
 
+// Close runs the closers; for the error paths before Serve, which runs them
+// itself.
+func (c Components) Close() error {
+	var errs []error
+	for _, cl := range c.Closers {
+		errs = append(errs, cl())
+	}
+	return errors.Join(errs...)
+}
+
 // Server runs Components on two listeners.
 type Server struct {
 	cfg    config.Config
