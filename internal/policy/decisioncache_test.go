@@ -11,7 +11,6 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/agentauthz/agentauthz/internal/identity"
@@ -86,11 +85,9 @@ r := count([rand.intn("x", 10)])`, "off: calls the nondeterministic builtin rand
 	}
 }
 
-func cachedEngine(t *testing.T, dir string, now func() time.Time) (*Engine, *prometheus.Registry) {
+func cachedEngine(t *testing.T, dir string, now func() time.Time) *Engine {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	e := newTestEngine(t, Config{Dir: dir, DecisionCache: 100, Now: now, Registerer: reg})
-	return e, reg
+	return newTestEngine(t, Config{Dir: dir, DecisionCache: 100, Now: now})
 }
 
 func cacheCount(t *testing.T, e *Engine, result string) float64 {
@@ -101,7 +98,7 @@ func cacheCount(t *testing.T, e *Engine, result string) float64 {
 // The cache answers exactly what evaluation answers, for the shipped policy
 // over agents and routes, and does answer from memory.
 func TestDecisionCacheMatchesEvaluation(t *testing.T) {
-	cached, _ := cachedEngine(t, shippedPolicies, nil)
+	cached := cachedEngine(t, shippedPolicies, nil)
 	plain := newTestEngine(t, Config{Dir: shippedPolicies})
 	if got := cached.DecisionCache(); !strings.HasPrefix(got, "keyed on input.agent.id") {
 		t.Fatalf("DecisionCache() = %q", got)
@@ -140,7 +137,7 @@ func TestDecisionCacheMatchesEvaluation(t *testing.T) {
 // Every kind of bad input of TestValidateInput is tried, on the operation
 // of a cached allow; valid but unusual inputs are still answered from it.
 func TestDecisionCacheStillRefusesBadInput(t *testing.T) {
-	e, _ := cachedEngine(t, shippedPolicies, nil)
+	e := cachedEngine(t, shippedPolicies, nil)
 	ctx, agent := context.Background(), agentWith(3, "payments:initiate")
 	const op = "payments:initiate"
 	good := sampleRequest("POST", "/v1/payments", "application/json", `{"amount": 1}`)
@@ -222,7 +219,7 @@ decision if {
 	input.attributes.request.http.headers["x-mode"] == "ok"
 	input.parsed_path[1] == "payments"
 }`})
-	e, _ := cachedEngine(t, dir, nil)
+	e := cachedEngine(t, dir, nil)
 	ctx := context.Background()
 	withMode := func(path, mode string) bool {
 		t.Helper()
@@ -265,7 +262,7 @@ decision := {"allowed": false, "reason": "agent_quarantined"} if time.now_ns() <
 else := {"allowed": true}`})
 	until := time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)
 	now := until.Add(-1500 * time.Millisecond)
-	e, _ := cachedEngine(t, dir, func() time.Time { return now })
+	e := cachedEngine(t, dir, func() time.Time { return now })
 	allowed := func() bool {
 		t.Helper()
 		r, err := e.Eval(context.Background(), sampleRequest("GET", "/", "", ""), testAgent())
@@ -293,7 +290,7 @@ func TestDecisionCacheReload(t *testing.T) {
 	policy := `package agentauthz.authz
 decision := input.agent.trust >= %d`
 	writeFiles(t, dir, map[string]string{"p.rego": strings.Replace(policy, "%d", "1", 1)})
-	e, _ := cachedEngine(t, dir, nil)
+	e := cachedEngine(t, dir, nil)
 	ctx, req, agent := context.Background(), sampleRequest("GET", "/", "", ""), agentWith(2)
 	for range 2 {
 		if r, err := e.Eval(ctx, req, agent); err != nil || !r.Allowed {
