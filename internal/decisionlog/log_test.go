@@ -499,19 +499,7 @@ func TestGroupCommit(t *testing.T) {
 			}
 		}(i)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		l.mu.Lock()
-		done := l.next == n+1
-		l.mu.Unlock()
-		if done {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("appends not sequenced")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitSequenced(t, l, uint64(n))
 	close(fs.gate)
 	wg.Wait()
 	if got := fs.datasyncs.Load(); got != 2 {
@@ -714,5 +702,24 @@ func TestAsyncKeepsQueuedRecordsAcrossFailure(t *testing.T) {
 	res := mustVerify(t, o)
 	if res.Records != 4 {
 		t.Fatalf("records %d, want 4 (2 before, the queued one, 1 after)", res.Records)
+	}
+}
+
+// waitSequenced waits until n appends have been sequenced (they may still
+// be waiting for their flush).
+func waitSequenced(t *testing.T, l *Log, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		done := l.next == n+1
+		l.mu.Unlock()
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("appends not sequenced")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

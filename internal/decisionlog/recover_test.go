@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
@@ -525,19 +524,7 @@ func bigBatch(t *testing.T, l *Log, fs *cycleFS, n int) ([]Receipt, []error) {
 		wg.Add(1)
 		go run(i)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		l.mu.Lock()
-		queued := l.next == uint64(n)+1
-		l.mu.Unlock()
-		if queued {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("appends not sequenced")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitSequenced(t, l, uint64(n))
 	close(fs.gate)
 	wg.Wait()
 	return rcs, errs
