@@ -227,6 +227,7 @@ func drive(ctx context.Context, conn *grpc.ClientConn, mode Mode, pool []request
 		go func() {
 			defer close(pacerDone)
 			defer close(tokens)
+			precisePacing()
 			interval := time.Duration(float64(time.Second) / spec.Rate)
 			next := time.Now()
 			for phase.Load() != phaseStop {
@@ -240,7 +241,7 @@ func drive(ctx context.Context, conn *grpc.ClientConn, mode Mode, pool []request
 					}
 					next = next.Add(interval)
 				}
-				time.Sleep(time.Until(next))
+				sleepUntil(next)
 			}
 		}()
 	} else {

@@ -193,9 +193,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				}
 				r.Routes, r.RevokedSerials = baseRoutes, baseRevoked+len(h.serial)
 				rep.RateLimited, rep.MaxRPS = &r, max
+				if o.ProfileDir != "" {
+					// The p99 at half load is a tail: the trace shows what stalls it.
+					if _, err := h.profile(ctx, sp, mode, spec, string(mode)+"-paced"); err != nil {
+						return err
+					}
+				}
 			}
 			if o.ProfileDir != "" {
-				path, err := h.profile(ctx, sp, mode)
+				spec := loadSpec{Concurrency: o.Concurrency, Warmup: o.Warmup}
+				path, err := h.profile(ctx, sp, mode, spec, string(mode))
 				if err != nil {
 					return err
 				}
@@ -506,9 +513,10 @@ func (h *harness) measure(ctx context.Context, sp *serverProc, mode Mode, spec l
 	return r, nil
 }
 
-// profile takes a CPU profile of the server under load at the headline
-// concurrency, from a run that is not reported.
-func (h *harness) profile(ctx context.Context, sp *serverProc, mode Mode) (string, error) {
+// profile takes a CPU profile and an execution trace of the server under
+// the load spec describes (its duration is set here), from a run that is not
+// reported. name goes into the file names.
+func (h *harness) profile(ctx context.Context, sp *serverProc, mode Mode, spec loadSpec, name string) (string, error) {
 	if err := os.MkdirAll(h.o.ProfileDir, 0o755); err != nil {
 		return "", err
 	}
@@ -516,7 +524,7 @@ func (h *harness) profile(ctx context.Context, sp *serverProc, mode Mode) (strin
 	if secs < 1 {
 		secs = 1
 	}
-	path := filepath.Join(h.o.ProfileDir, fmt.Sprintf("cpu-%s.pprof", mode))
+	path := filepath.Join(h.o.ProfileDir, fmt.Sprintf("cpu-%s.pprof", name))
 	conn, err := dial(sp.grpcAddr)
 	if err != nil {
 		return "", err
@@ -524,7 +532,7 @@ func (h *harness) profile(ctx context.Context, sp *serverProc, mode Mode) (strin
 	defer conn.Close()
 	// An execution trace of the same window shows what the CPU profile
 	// cannot: where a Check waits (fsync, scheduling, GC) rather than runs.
-	tracePath := filepath.Join(h.o.ProfileDir, fmt.Sprintf("trace-%s.out", mode))
+	tracePath := filepath.Join(h.o.ProfileDir, fmt.Sprintf("trace-%s.out", name))
 	traceSecs := min(secs, 2)
 	var data, trace []byte
 	var perr, terr error
@@ -541,7 +549,7 @@ func (h *harness) profile(ctx context.Context, sp *serverProc, mode Mode) (strin
 		}
 		*out, *errp = io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	}
-	spec := loadSpec{Concurrency: h.o.Concurrency, Warmup: h.o.Warmup, Duration: time.Duration(secs)*time.Second + 500*time.Millisecond}
+	spec.Duration = time.Duration(secs)*time.Second + 500*time.Millisecond
 	var wg sync.WaitGroup
 	_, err = drive(ctx, conn, mode, h.pool, spec, func(start bool) error {
 		if start {
