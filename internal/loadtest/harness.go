@@ -488,12 +488,13 @@ func (h *harness) measure(ctx context.Context, sp *serverProc, mode Mode, spec l
 	}
 	defer conn.Close()
 	var before, after ServerStats
+	var cpu0, cpu1 cpuSnapshot
 	res, err := drive(ctx, conn, mode, h.pool, spec, func(start bool) error {
 		st, err := fetchStats(sp.httpAddr, false)
 		if start {
-			before = st
+			before, cpu0 = st, takeCPU()
 		} else {
-			after = st
+			after, cpu1 = st, takeCPU()
 		}
 		return err
 	})
@@ -501,6 +502,7 @@ func (h *harness) measure(ctx context.Context, sp *serverProc, mode Mode, spec l
 		return r, err
 	}
 	r.fill(res, before, after)
+	r.fillHost(res, cpu0, cpu1)
 	// After the window: what the server holds once garbage is collected.
 	if st, err := fetchStats(sp.httpAddr, true); err == nil {
 		r.HeapAfterGC, r.RSSAfterGC = st.HeapBytes, st.RSSBytes

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -132,5 +133,11 @@ func checkRun(t *testing.T, name string, r *loadtest.RunResult) {
 	}
 	if r.CPUPerCheck <= 0 || r.AllocsPerCheck <= 0 || r.RSSBytes <= 0 {
 		t.Errorf("%s: cpu/check %v allocs/check %v rss %d, want > 0", name, r.CPUPerCheck, r.AllocsPerCheck, r.RSSBytes)
+	}
+	if r.ClientCPUPerCheck <= 0 {
+		t.Errorf("%s: client cpu/check %v, want > 0", name, r.ClientCPUPerCheck)
+	}
+	if runtime.GOOS == "linux" && (r.MachineIdle < 0 || r.MachineIdle > 1) {
+		t.Errorf("%s: machine idle %v, want a share in [0, 1]", name, r.MachineIdle)
 	}
 }

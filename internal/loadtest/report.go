@@ -55,6 +55,20 @@ type RunResult struct {
 	HeapAfterGC uint64 `json:"heap_after_gc_bytes"`
 	RSSAfterGC  int64  `json:"rss_after_gc_bytes"`
 	GCCycles    uint64 `json:"gc_cycles"`
+
+	// The client (this process) and the whole machine over the same window.
+	ClientCPUPerCheck float64 `json:"client_cpu_ns_per_check"` // per answered request
+	MachineIdle       float64 `json:"machine_idle"`            // idle+iowait share of all CPUs; -1 when unknown
+}
+
+func (r *RunResult) fillHost(res *loadResult, before, after cpuSnapshot) {
+	if res.Requests > 0 {
+		r.ClientCPUPerCheck = float64(after.procNanos-before.procNanos) / float64(res.Requests)
+	}
+	r.MachineIdle = -1
+	if before.total > 0 && after.total > before.total {
+		r.MachineIdle = float64(after.idle-before.idle) / float64(after.total-before.total)
+	}
 }
 
 func (r *RunResult) fill(res *loadResult, before, after ServerStats) {
@@ -303,8 +317,8 @@ func runTable(b *strings.Builder, runs []RunResult, variant bool) {
 	} else {
 		b.WriteString("| mode | concurrency ")
 	}
-	b.WriteString("| req/s | p50 | p90 | p99 | p99.9 | server CPU/Check | allocs/Check | server cores | GC cycles per 1k Checks | RSS | heap | live heap / RSS after GC | errors | wrong answers |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| req/s | p50 | p90 | p99 | p99.9 | server CPU/Check | allocs/Check | server cores | client CPU/Check | machine idle | GC cycles per 1k Checks | RSS | heap | live heap / RSS after GC | errors | wrong answers |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range runs {
 		if variant {
 			fmt.Fprintf(b, "| %d | %d ", r.Routes, r.RevokedSerials)
@@ -319,9 +333,13 @@ func runTable(b *strings.Builder, runs []RunResult, variant bool) {
 		if r.ServerChecks > 0 {
 			gcs = float64(r.GCCycles) * 1000 / float64(r.ServerChecks)
 		}
-		fmt.Fprintf(b, "| %.0f | %s | %s | %s | %s | %s | %.0f | %.2f | %.1f | %s | %s | %s / %s | %d | %d |\n",
+		idle := "n/a"
+		if r.MachineIdle >= 0 {
+			idle = fmt.Sprintf("%.0f %%", 100*r.MachineIdle)
+		}
+		fmt.Fprintf(b, "| %.0f | %s | %s | %s | %s | %s | %.0f | %.2f | %s | %s | %.1f | %s | %s | %s / %s | %d | %d |\n",
 			r.RPS, fmtDur(r.P50), fmtDur(r.P90), fmtDur(r.P99), fmtDur(r.P999), fmtNanos(r.CPUPerCheck),
-			r.AllocsPerCheck, r.ServerCPUUtil, gcs, fmtMiB(r.RSSBytes), fmtMiB(int64(r.HeapBytes)),
+			r.AllocsPerCheck, r.ServerCPUUtil, fmtNanos(r.ClientCPUPerCheck), idle, gcs, fmtMiB(r.RSSBytes), fmtMiB(int64(r.HeapBytes)),
 			fmtMiB(int64(r.HeapAfterGC)), fmtMiB(r.RSSAfterGC), r.Errors, r.Mismatches)
 	}
 }

@@ -1,0 +1,62 @@
+package loadtest
+
+import (
+	"bufio"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// cpuSnapshot is the harness process's own CPU time and the machine's CPU
+// counters at one moment. Over a measured window they say what the client
+// costs and whether the machine had cycles left: the context for every
+// throughput figure when client and server share the cores.
+type cpuSnapshot struct {
+	procNanos int64  // user+system of this process (the client)
+	idle      uint64 // machine idle+iowait ticks, all CPUs
+	total     uint64 // all machine ticks, all CPUs; 0 when /proc/stat is unreadable
+}
+
+func takeCPU() cpuSnapshot {
+	var s cpuSnapshot
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		s.procNanos = ru.Utime.Nano() + ru.Stime.Nano()
+	}
+	s.idle, s.total = readProcStat()
+	return s
+}
+
+// readProcStat sums the aggregate "cpu" line of /proc/stat: user nice
+// system idle iowait irq softirq steal (guest time is inside user).
+func readProcStat() (idle, total uint64) {
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	if !sc.Scan() {
+		return 0, 0
+	}
+	return parseCPULine(sc.Text())
+}
+
+func parseCPULine(line string) (idle, total uint64) {
+	fields := strings.Fields(line)
+	if len(fields) < 9 || fields[0] != "cpu" {
+		return 0, 0
+	}
+	for i, f := range fields[1:9] {
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return 0, 0
+		}
+		total += v
+		if i == 3 || i == 4 { // idle, iowait
+			idle += v
+		}
+	}
+	return idle, total
+}
