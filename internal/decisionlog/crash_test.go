@@ -2,6 +2,7 @@ package decisionlog
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,7 +20,8 @@ import (
 // with SIGKILL five times, and checks after each restart that the log
 // verifies and holds every record whose Append had returned. The writer
 // uses preallocated segments, so a kill leaves the last one with zero
-// padding after its records (and maybe a torn record before it).
+// padding after its records (and maybe a torn record before it, which the
+// restart keeps in a side file).
 func TestCrashKill9(t *testing.T) {
 	if dir := os.Getenv("DECISIONLOG_CRASH_CHILD"); dir != "" {
 		crashChild(dir, os.Getenv("DECISIONLOG_CRASH_KEYS"))
@@ -31,7 +33,7 @@ func TestCrashKill9(t *testing.T) {
 	o := testOptions(t)
 	o.SegmentMaxBytes = crashSegmentBytes
 	acked := map[string]bool{}
-	padded := 0
+	padded, torn := 0, 0
 	for round := 0; round < 5; round++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashKill9$")
 		cmd.Env = append(os.Environ(), "DECISIONLOG_CRASH_CHILD="+o.Dir, "DECISIONLOG_CRASH_KEYS="+o.KeyDir)
@@ -61,16 +63,38 @@ func TestCrashKill9(t *testing.T) {
 		if !killed {
 			t.Fatalf("round %d: child exited after %d acks", round, n)
 		}
+		// A kill leaves the write in flight in order: any torn record is
+		// what follows the last LF before the padding.
+		var side string
+		var tornBytes []byte
 		if segs, _ := listSegments(o.Dir); len(segs) > 0 {
-			data, _ := os.ReadFile(filepath.Join(o.Dir, segs[len(segs)-1]))
+			last := segs[len(segs)-1]
+			data, _ := os.ReadFile(filepath.Join(o.Dir, last))
 			if len(data) > 0 && data[len(data)-1] == 0 {
 				padded++
 			}
+			data = bytes.TrimRight(data, "\x00")
+			if cut := bytes.LastIndexByte(data, '\n') + 1; cut < len(data) {
+				side = filepath.Join(o.Dir, fmt.Sprintf("%s%s-%d", tornFilePrefix, last, cut))
+				tornBytes = data[cut:]
+			}
 		}
+		sideFiles := len(tornFiles(t, o.Dir))
 		// Restart: recovery must succeed and the chain continue.
 		l := mustOpen(t, o)
 		if err := l.Close(); err != nil {
 			t.Fatal(err)
+		}
+		// A torn record is kept, exactly; nothing else is.
+		if side != "" {
+			torn++
+			sideFiles++
+			if got, err := os.ReadFile(side); err != nil || !bytes.Equal(got, tornBytes) {
+				t.Fatalf("round %d: side file %s: %d bytes, %v; want the %d torn bytes", round, side, len(got), err, len(tornBytes))
+			}
+		}
+		if got := tornFiles(t, o.Dir); len(got) != sideFiles {
+			t.Fatalf("round %d: side files %v, want %d", round, got, sideFiles)
 		}
 		mustVerify(t, o)
 		inLog := map[string]bool{}
@@ -92,7 +116,7 @@ func TestCrashKill9(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d of 5 kills left the last segment with zero padding", padded)
+	t.Logf("%d of 5 kills left the last segment with zero padding, %d a torn record", padded, torn)
 	if padded == 0 {
 		t.Error("no kill left a padded segment: the padded-tail recovery was not exercised")
 	}

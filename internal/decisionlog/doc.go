@@ -13,8 +13,8 @@
 //     preallocated with zeros (the last segment may end in zero padding);
 //     Async acknowledges once queued. Failures wrap ErrUnavailable and the
 //     writer recovers by itself. Open cuts a torn record, or a batch torn by
-//     a power loss (kept in a .torn-* side file), off the last segment and
-//     refuses other damage (ErrCorrupt).
+//     a power loss, off the last segment (keeping the cut bytes in a .torn-*
+//     side file) and refuses other damage (ErrCorrupt).
 //   - (*Log).Rotate, JWKSHandler, PublicKeys, LoadKeySet, ParseKeySet: keys.
 //   - NewReader: the log as a stream, for query, tail -f and consumers.
 //   - Verify, VerifyRecord, DecodeRecord, ChainHash: verification.

@@ -90,7 +90,7 @@ type Options struct {
 	Now             func() time.Time // default time.Now
 
 	// Test hooks.
-	openFile func(name string, flag int, perm os.FileMode) (segmentFile, error)
+	openFile openFunc // segments (and the prepared one), the probe and side files
 	retryMin time.Duration
 	prepHook func(stop <-chan struct{}) error // before each preparation of a segment
 	maxWrite int                              // bytes per write+fdatasync cycle (and torn batch bound); default maxWriteBytes
@@ -148,8 +148,9 @@ type Log struct {
 }
 
 // Open opens (creating if needed) the log in opts.Dir, recovers from a
-// crash (a torn last record is truncated and logged), and continues the
-// sequence and the hash chain.
+// crash (a torn last record or batch is cut off, its bytes kept in a
+// .torn-* side file, and logged), and continues the sequence and the hash
+// chain.
 func Open(opts Options) (*Log, error) {
 	if opts.Dir == "" || opts.KeyDir == "" {
 		return nil, errors.New("decision log: Dir and KeyDir are required")
@@ -230,9 +231,9 @@ func lockDir(dir string) (*os.File, error) {
 }
 
 // recoverOnOpen finds the last complete record, cuts the last segment back
-// to its end (dropping a torn record or a torn batch, and the zero padding:
-// the segment is sealed), and sets next, prevHash and key. The first batch
-// after Open starts a new segment.
+// to its end (dropping a torn record or a torn batch, kept in a side file,
+// and the zero padding: the segment is sealed), and sets next, prevHash and
+// key. The first batch after Open starts a new segment.
 func (l *Log) recoverOnOpen() error {
 	var err error
 	if l.keys, err = loadSigningKeys(l.opts.KeyDir); err != nil {
@@ -251,7 +252,7 @@ func (l *Log) recoverOnOpen() error {
 		// Only the last segment can have been torn by a crash: a segment
 		// is sealed (cut back to its records and fsynced) before the next
 		// one is created.
-		last, good, err := scanSegment(path, name, i == len(segs)-1, l.opts.maxWrite)
+		last, good, err := scanSegment(path, name, i == len(segs)-1, l.opts.maxWrite, l.opts.openFile)
 		var tail *segmentTail
 		if errors.As(err, &tail) {
 			switch {
@@ -260,10 +261,14 @@ func (l *Log) recoverOnOpen() error {
 				l.m.recovered.WithLabelValues("torn_batch").Inc()
 				l.logger.Error("decision log: cut a torn batch off the end of the log (power loss during a write: zeros where pages never reached the disk, then records of the same write); the cut bytes are kept in side_file",
 					"note", "these records were never acknowledged in sync mode (in async mode they were, and are within its loss window) unless the disk itself lost acknowledged data: receipts held by upstreams are the outside check (see docs/decision-log.md)",
-					"segment", name, "offset", good, "bytes", tail.torn, "records", b.records, "first_seq", b.firstSeq, "last_seq", b.lastSeq, "side_file", b.sideFile)
+					"segment", name, "offset", good, "bytes", tail.torn, "records", b.records, "first_seq", b.firstSeq, "last_seq", b.lastSeq, "side_file", tail.sideFile)
 			case tail.torn > 0:
+				// An ERROR like the torn batch: bytes were removed from the
+				// log, and an operator should know where they went.
 				l.m.recovered.WithLabelValues("torn_record").Inc()
-				l.logger.Warn("decision log: truncated a torn record at the end of the log (crash during a write; that record was never acknowledged)", "segment", name, "bytes", tail.torn, "offset", good)
+				l.logger.Error("decision log: cut a torn record off the end of the log (crash during a write: a partial or undecodable last line); the cut bytes are kept in side_file",
+					"note", "that record was never acknowledged in sync mode (in async mode it was, and is within its loss window)",
+					"segment", name, "offset", good, "bytes", tail.torn, "side_file", tail.sideFile)
 			}
 			if tail.padding > 0 {
 				l.logger.Info("decision log: sealed the last segment (removed its unwritten zero padding)", "segment", name, "bytes", tail.padding, "offset", good)

@@ -280,6 +280,15 @@ func TestTornTailRecovery(t *testing.T) {
 			if string(after) != string(before) {
 				t.Fatalf("torn tail not truncated: %d bytes, want %d", len(after), len(before))
 			}
+			// What was cut is kept; zeros alone are padding, not kept.
+			kept := strings.TrimRight(tail, "\x00")
+			side := filepath.Join(o.Dir, fmt.Sprintf("%s%s-%d", tornFilePrefix, filepath.Base(seg), len(before)))
+			if got, err := os.ReadFile(side); kept != "" && (err != nil || string(got) != kept) {
+				t.Fatalf("side file: %q, %v; want %q", got, err, kept)
+			}
+			if got := tornFiles(t, o.Dir); (kept == "") != (len(got) == 0) {
+				t.Fatalf("side files %v", got)
+			}
 			if rc := appendN(t, l, 5, 1)[0]; rc.Seq != 6 {
 				t.Fatalf("seq after recovery %d", rc.Seq)
 			}

@@ -12,8 +12,8 @@ type metrics struct {
 	// was ready ("preallocated") or the segment is appended to ("appended").
 	segments *prometheus.CounterVec
 	// recovered counts tails Open cut off the last segment after a crash:
-	// "torn_record" (a partial record) or "torn_batch" (a write torn by a
-	// power loss, kept in a side file).
+	// "torn_record" (a partial or undecodable last record) or "torn_batch"
+	// (a write torn by a power loss); either is kept in a side file.
 	recovered *prometheus.CounterVec
 }
 
@@ -43,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"kind"}),
 		recovered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "agentauthz_decisionlog_recovered_tails_total",
-			Help: "Crash damage Open cut off the end of the log: torn_record (a partial record) or torn_batch (a write torn by a power loss; its bytes are kept in a .torn-* side file).",
+			Help: "Crash damage Open cut off the end of the log: torn_record (a partial or undecodable last record) or torn_batch (a write torn by a power loss); the cut bytes are kept in a .torn-* side file.",
 		}, []string{"kind"}),
 	}
 	if reg != nil {

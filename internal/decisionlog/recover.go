@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -27,33 +28,39 @@ import (
 //     followed by pieces of records and complete records of the same
 //     batch — a torn batch. None of them was acknowledged in sync mode.
 //
-// Open cuts the first kind off as before. It cuts the second off too, but
-// only when the damage has exactly that shape (tornBatch) and only in the
-// last segment, and it first keeps the cut bytes in a side file. Anything
-// else followed by a decodable record — a changed byte, garbage, zeros in a
-// sealed segment, damage reaching further than one write — is refused.
+// Open cuts the first kind off. It cuts the second off too, but only when
+// the damage has exactly that shape (tornBatch) and only in the last
+// segment. Anything else followed by a decodable record — a changed byte,
+// garbage, zeros in a sealed segment, damage reaching further than one
+// write — is refused, and so is a torn record reaching further than one
+// write (no crash leaves that much).
+//
+// Whoever cuts a tail leaves a trace: before either cut, Open keeps the
+// bytes it is about to remove in a side file, durably, and refuses to cut
+// when it cannot. So a crash during recovery loses nothing, and an auditor
+// can look at what was removed (see docs/decision-log.md).
 
 // tornFilePrefix starts the name of a side file that keeps the bytes of a
-// torn batch cut off a segment: .torn-<segment>-<offset>. Readers and
-// listSegments ignore it (it is not a segment name).
+// torn record or batch cut off a segment: .torn-<segment>-<offset>.
+// Readers and listSegments ignore it (it is not a segment name).
 const tornFilePrefix = ".torn-"
 
 type scannedLine struct{ jws string }
 
 // segmentTail says what scanSegment cut off the end of a segment.
 type segmentTail struct {
-	name    string
-	torn    int           // bytes of a torn record or batch (up to the last non-NUL byte)
-	padding int           // zero bytes after it (unwritten preallocation)
-	batch   *tornBatchCut // set when a torn batch was cut (and kept)
+	name     string
+	torn     int           // bytes of a torn record or batch (up to the last non-NUL byte)
+	padding  int           // zero bytes after it (unwritten preallocation)
+	sideFile string        // where the torn bytes were kept; "" when torn is 0
+	batch    *tornBatchCut // set when the torn bytes were a torn batch
 }
 
-// tornBatchCut describes a torn batch that Open cut off (and kept).
+// tornBatchCut describes a torn batch that Open cut off.
 type tornBatchCut struct {
 	records  int // complete, decodable records in the cut bytes
 	firstSeq uint64
 	lastSeq  uint64
-	sideFile string // where the cut bytes were kept
 }
 
 func (t *segmentTail) Error() string {
@@ -65,13 +72,14 @@ func (t *segmentTail) Error() string {
 // What follows that record may only be a crash artifact: a torn record (a
 // partial or undecodable line, possibly with zeros where its pages never
 // reached the disk) and then the unwritten zero padding of a preallocated
-// segment; or, in the last segment (isLast) only, a torn batch of at most
-// maxTorn bytes (see tornBatch), whose bytes are kept in a side file
-// before the cut. It returns the last good record and the good length;
-// when it cut something the error is a *segmentTail saying what. Any other
-// damage followed by a decodable record is not a crash artifact: it
-// returns ErrCorrupt and leaves the file as it is.
-func scanSegment(path, name string, isLast bool, maxTorn int) (last *scannedLine, good int64, err error) {
+// segment; or, in the last segment (isLast) only, a torn batch (see
+// notTornBatch). Either lies within maxTorn bytes of the last good record,
+// and its bytes are kept in a side file (created through open) before the
+// cut; the padding is not kept. It returns the last good record and the
+// good length; when it cut something the error is a *segmentTail saying
+// what. Any other damage is not a crash artifact: it returns ErrCorrupt and
+// leaves the file as it is; so does a failure to keep the bytes.
+func scanSegment(path, name string, isLast bool, maxTorn int, open openFunc) (last *scannedLine, good int64, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read segment: %w", err)
@@ -100,23 +108,30 @@ func scanSegment(path, name string, isLast bool, maxTorn int) (last *scannedLine
 	rest := data[off:]
 	torn := bytes.TrimRight(rest, "\x00") // the zero padding is not torn
 	tail := &segmentTail{name: name, torn: len(torn), padding: len(rest) - len(torn)}
-	ts := scanTail(torn)
-	if len(ts.records) > 0 {
-		// A complete, decodable record after the damage: not a torn
-		// record. Only a torn batch may be cut.
-		if why := ts.notTornBatch(want, isLast, len(torn), maxTorn); why != "" {
-			return nil, 0, fmt.Errorf("%w: %s: damaged record at byte %d followed by valid records (%s); run agentauthz audit verify", ErrCorrupt, name, off, why)
+	if len(torn) > 0 {
+		ts := scanTail(torn)
+		switch {
+		case len(ts.records) > 0:
+			// A complete, decodable record after the damage: not a torn
+			// record. Only a torn batch may be cut.
+			if why := ts.notTornBatch(want, isLast, len(torn), maxTorn); why != "" {
+				return nil, 0, fmt.Errorf("%w: %s: damaged record at byte %d followed by valid records (%s); run agentauthz audit verify", ErrCorrupt, name, off, why)
+			}
+			tail.batch = &tornBatchCut{
+				records:  len(ts.records),
+				firstSeq: ts.records[0].seq,
+				lastSeq:  ts.records[len(ts.records)-1].seq,
+			}
+		case len(torn) > maxTorn:
+			// A crash tears at most the one write in flight, so this is
+			// not a torn record; and the side file stays bounded.
+			return nil, 0, fmt.Errorf("%w: %s: %d bytes after the last good record at byte %d, more than one write (%d bytes) can leave; run agentauthz audit verify", ErrCorrupt, name, len(torn), off, maxTorn)
 		}
-		side, err := keepTornBytes(filepath.Dir(path), name, int64(off), torn)
+		side, err := keepTornBytes(open, filepath.Dir(path), name, int64(off), torn)
 		if err != nil {
-			return nil, 0, fmt.Errorf("keep the torn batch of %s before cutting it: %w", name, err)
+			return nil, 0, fmt.Errorf("keep the %d torn bytes at the end of %s before cutting them (nothing was cut): %w", len(torn), name, err)
 		}
-		tail.batch = &tornBatchCut{
-			records:  len(ts.records),
-			firstSeq: ts.records[0].seq,
-			lastSeq:  ts.records[len(ts.records)-1].seq,
-			sideFile: side,
-		}
+		tail.sideFile = side
 	}
 	if err := truncateDurable(path, int64(off)); err != nil {
 		return nil, 0, err
@@ -234,9 +249,12 @@ func (ts tailScan) notTornBatch(want uint64, isLast bool, tornBytes, maxTorn int
 
 // keepTornBytes writes b durably (file and directory fsynced) to the side
 // file .torn-<segment>-<offset> in dir and returns its path. A file of that
-// name left by an earlier attempt with the same bytes is reused; one with
-// other bytes is kept, and a numbered name is used.
-func keepTornBytes(dir, seg string, off int64, b []byte) (string, error) {
+// name left by an earlier attempt with the same bytes (a crash between
+// keeping and cutting) is reused; anything else under that name is left
+// alone, and a numbered name (.1, .2, …) is used: a side file is never
+// overwritten. The caller holds the log's lock, so nobody else creates
+// these names meanwhile.
+func keepTornBytes(open openFunc, dir, seg string, off int64, b []byte) (string, error) {
 	base := fmt.Sprintf("%s%s-%d", tornFilePrefix, seg, off)
 	for i := 0; i < 100; i++ {
 		name := base
@@ -244,23 +262,78 @@ func keepTornBytes(dir, seg string, off int64, b []byte) (string, error) {
 			name = fmt.Sprintf("%s.%d", base, i)
 		}
 		path := filepath.Join(dir, name)
-		old, err := os.ReadFile(path)
-		switch {
-		case err == nil && bytes.Equal(old, b):
-			// Complete (it got its name after its fsync); the
-			// directory entry may not have been synced.
-			return path, syncDir(dir)
-		case err == nil:
-			continue
-		case !errors.Is(err, fs.ErrNotExist):
+		fi, err := os.Lstat(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			if err := writeSideFile(open, path, b); err != nil {
+				return "", fmt.Errorf("side file %s: %w", path, err)
+			}
+			return path, nil
+		}
+		if err != nil {
 			return "", err
 		}
-		if err := writeFileDurable(path, b, 0o600); err != nil {
-			return "", err
+		if fi.Mode().IsRegular() && fi.Size() == int64(len(b)) {
+			same, err := fileHolds(path, b)
+			if err != nil {
+				return "", err
+			}
+			if same {
+				// Complete (it got its name after its fsync); the
+				// directory entry may not have been synced.
+				return path, syncDir(dir)
+			}
 		}
-		return path, nil
 	}
 	return "", fmt.Errorf("too many side files named %s*", base)
+}
+
+// writeSideFile writes b to a temporary file (through open, 0600), fsyncs
+// it, renames it to path and fsyncs the directory: the file has its name
+// only once it is complete and durable.
+func writeSideFile(open openFunc, path string, b []byte) (err error) {
+	dir := filepath.Dir(path)
+	// Not matched by .torn-*: a leftover is not taken for a side file.
+	tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp")
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	f, err := open(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = f.WriteAt(b, 0); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// fileHolds reports whether the file at path holds exactly b. It reads at
+// most len(b)+1 bytes, however large the file is.
+func fileHolds(path string, b []byte) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	got, err := io.ReadAll(io.LimitReader(f, int64(len(b))+1))
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(got, b), nil
 }
 
 func truncateDurable(path string, size int64) error {

@@ -417,6 +417,354 @@ func TestTornBatchRuleOnlyInLastSegment(t *testing.T) {
 	}
 }
 
+// tornRecordLog makes a crash image of a live log of n records whose last
+// one was torn by tear (given the segment and where that record starts and
+// ends). It returns the image, its segment's path and bytes, where the cut
+// falls (the end of seq n-1) and where the torn bytes end (the last
+// non-NUL byte).
+func tornRecordLog(t *testing.T, n int, tear func(t *testing.T, seg string, start, end int)) (c Options, seg string, image []byte, cut, end int) {
+	t.Helper()
+	c, seg, ends := tornLog(t, n)
+	cut = ends[n-2]
+	tear(t, seg, cut, ends[n-1])
+	image, end = dataEnd(t, seg)
+	if end <= cut {
+		t.Fatalf("test setup: nothing torn (end %d, cut %d)", end, cut)
+	}
+	return c, seg, image, cut, end
+}
+
+// A crash in the middle of the last write leaves a torn record: Open cuts
+// it off as before, but first keeps the cut bytes in a side file, logs an
+// error that names them (not their contents) and counts them; the chain
+// continues and the log verifies.
+func TestOpenKeepsTornRecord(t *testing.T) {
+	const n = 8
+	for _, tc := range []struct {
+		name     string
+		tear     func(t *testing.T, seg string, start, end int)
+		verified string // Verify's verdict on the crash image (at seq n)
+	}{
+		{
+			name: "partial line (process crash)",
+			tear: func(t *testing.T, seg string, start, end int) {
+				zeroAt(t, seg, int64(start+300), int64(end-start-300))
+			},
+			verified: KindTruncated,
+		},
+		{
+			name: "lost page inside the record (power loss)",
+			tear: func(t *testing.T, seg string, start, end int) {
+				zeroAt(t, seg, int64(start+100), 200)
+			},
+			verified: KindNULBytes,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, seg, image, cut, end := tornRecordLog(t, n, tc.tear)
+			torn := image[cut:end]
+			ks, _ := LoadKeySet(c.KeyDir)
+			if res, err := Verify(c.Dir, ks); err != nil || res.Problem == nil || res.Problem.Kind != tc.verified || res.Problem.Seq != n {
+				t.Fatalf("verify of the crash image: %v %+v, want %s at %d", err, res.Problem, tc.verified, n)
+			}
+
+			reg := prometheus.NewPedanticRegistry()
+			c.Registerer = reg
+			var logs bytes.Buffer
+			c.Logger = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
+			l, err := Open(c)
+			if err != nil {
+				t.Fatalf("Open of a torn record: %v", err)
+			}
+			// Cut as before: back to the last complete record.
+			if sealed, _ := os.ReadFile(seg); !bytes.Equal(sealed, image[:cut]) {
+				t.Fatalf("segment after recovery: %d bytes, want the %d bytes up to seq %d", len(sealed), cut, n-1)
+			}
+			// The cut bytes, exactly (the padding after them is not kept).
+			side := filepath.Join(c.Dir, fmt.Sprintf(".torn-%s-%d", segmentName(1), cut))
+			got, err := os.ReadFile(side)
+			if err != nil {
+				t.Fatalf("side file: %v (have %v)", err, tornFiles(t, c.Dir))
+			}
+			if !bytes.Equal(got, torn) {
+				t.Fatalf("side file holds %d bytes, want the %d cut bytes", len(got), len(torn))
+			}
+			if fi, _ := os.Stat(side); fi.Mode().Perm() != 0o600 {
+				t.Fatalf("side file mode %v", fi.Mode())
+			}
+			out := logs.String()
+			for _, want := range []string{
+				"[ERROR]", "torn record", "segment=" + segmentName(1), fmt.Sprintf("offset=%d", cut),
+				fmt.Sprintf("bytes=%d", len(torn)), "side_file=", filepath.Base(side), "never acknowledged",
+			} {
+				if !strings.Contains(out, want) {
+					t.Fatalf("log lacks %q:\n%s", want, out)
+				}
+			}
+			if piece := string(torn[len(torn)-40:]); strings.Contains(out, piece) {
+				t.Fatalf("the log shows the torn bytes:\n%s", out)
+			}
+			if v := counterValue(t, reg, "agentauthz_decisionlog_recovered_tails_total", "torn_record"); v != 1 {
+				t.Fatalf("recovered_tails_total{torn_record} = %v", v)
+			}
+			if v := counterValue(t, reg, "agentauthz_decisionlog_recovered_tails_total", "torn_batch"); v != 0 {
+				t.Fatalf("recovered_tails_total{torn_batch} = %v", v)
+			}
+			// The torn record's seq is reused; the log verifies.
+			if rc := appendN(t, l, 100, 1)[0]; rc.Seq != n {
+				t.Fatalf("seq after recovery %d, want %d", rc.Seq, n)
+			}
+			l.Close()
+			if res := mustVerify(t, c); res.Records != n || res.Segments != 2 {
+				t.Fatalf("after recovery: %+v", res)
+			}
+			// A second Open finds nothing more to cut or keep.
+			c.Registerer, c.Logger = nil, nil
+			l = mustOpen(t, c)
+			l.Close()
+			if got := tornFiles(t, c.Dir); len(got) != 1 {
+				t.Fatalf("side files %v", got)
+			}
+		})
+	}
+}
+
+// A torn record that was the first record of its segment: the segment is
+// left without a record and removed, as before, and the cut bytes are kept
+// under offset 0. The next run starts a segment of the same name, and a
+// crash can tear it at the same spot again: that side file gets a numbered
+// name, the first one is left as it was.
+func TestOpenKeepsTornFirstRecordOfSegment(t *testing.T) {
+	o := testOptions(t)
+	o.SegmentMaxBytes = 256 << 10
+	l := mustOpen(t, o)
+	appendN(t, l, 0, 5)
+	l.Close()
+	// crashAfterTearingSeq6 starts a run, writes sampleRecord(i) as seq 6
+	// (the first record of a new segment), and returns a crash image in
+	// which only the first 300 bytes of it reached the segment.
+	crashAfterTearingSeq6 := func(o Options, i int) (Options, []byte) {
+		l := mustOpen(t, o)
+		defer l.Close()
+		waitPrepared(t, l)
+		if rc := appendN(t, l, i, 1)[0]; rc.Seq != 6 {
+			t.Fatalf("seq %d, want 6", rc.Seq)
+		}
+		c := crashImage(t, o)
+		seg := filepath.Join(c.Dir, segmentName(6))
+		data, end := dataEnd(t, seg)
+		zeroAt(t, seg, 300, int64(end-300))
+		return c, data[:300]
+	}
+	side := func(c Options) string { return filepath.Join(c.Dir, ".torn-"+segmentName(6)+"-0") }
+
+	c, torn := crashAfterTearingSeq6(o, 5)
+	mustOpen(t, c).Close()
+	if got, err := os.ReadFile(side(c)); err != nil || !bytes.Equal(got, torn) {
+		t.Fatalf("side file: %d bytes, %v; want the %d torn bytes", len(got), err, len(torn))
+	}
+	if segs, _ := listSegments(c.Dir); len(segs) != 1 {
+		t.Fatalf("segments %v, want the segment without a record removed", segs)
+	}
+	mustVerify(t, c)
+
+	c2, torn2 := crashAfterTearingSeq6(c, 6)
+	mustOpen(t, c2).Close()
+	if got, _ := os.ReadFile(side(c2)); !bytes.Equal(got, torn) {
+		t.Fatal("the first side file was overwritten")
+	}
+	if got, err := os.ReadFile(side(c2) + ".1"); err != nil || !bytes.Equal(got, torn2) {
+		t.Fatalf("second side file: %d bytes, %v; want the %d torn bytes", len(got), err, len(torn2))
+	}
+	if bytes.Equal(torn, torn2) {
+		t.Fatal("test setup: the two torn records are the same")
+	}
+	if res := mustVerify(t, c2); res.Records != 5 {
+		t.Fatalf("after recovery: %+v", res)
+	}
+}
+
+// A torn record is cut only within one write of the last good record, the
+// bound of torn batches: no crash leaves more, and it bounds the side file.
+// Beyond it Open refuses and leaves the log as it is.
+func TestTornRecordBoundIsTheWriteCap(t *testing.T) {
+	const n = 8
+	for _, tc := range []struct {
+		name  string
+		slack int // maxWrite minus the torn bytes
+	}{
+		{"at the cap", 0},
+		{"one byte over", -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, seg, image, cut, end := tornRecordLog(t, n, func(t *testing.T, seg string, start, end int) {
+				zeroAt(t, seg, int64(start+300), int64(end-start-300))
+			})
+			c.maxWrite = end - cut + tc.slack
+			l, err := Open(c)
+			if tc.slack >= 0 {
+				if err != nil {
+					t.Fatalf("Open: %v", err)
+				}
+				l.Close()
+				if got := tornFiles(t, c.Dir); len(got) != 1 {
+					t.Fatalf("side files %v", got)
+				}
+				return
+			}
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Open = %v, want ErrCorrupt", err)
+			}
+			if after, _ := os.ReadFile(seg); !bytes.Equal(after, image) {
+				t.Fatal("Open changed the segment it refused")
+			}
+			if got := tornFiles(t, c.Dir); len(got) != 0 {
+				t.Fatalf("side files %v", got)
+			}
+		})
+	}
+}
+
+// A side file is never overwritten. One with the same bytes is what a
+// crash between keeping and cutting leaves: it is reused. Anything else
+// under the name is left alone and the bytes go to a numbered name.
+func TestOpenNeverOverwritesASideFile(t *testing.T) {
+	const n = 8
+	tear := func(t *testing.T, seg string, start, end int) {
+		zeroAt(t, seg, int64(start+300), int64(end-start-300))
+	}
+	for _, tc := range []struct {
+		name     string
+		existing func(torn []byte) []byte // what is already under the name
+		want     string                   // the side file that gets the torn bytes
+	}{
+		{"same bytes (a crash during recovery)", func(torn []byte) []byte { return torn }, ""},
+		{"other bytes", func([]byte) []byte { return []byte("an earlier recovery\n") }, ".1"},
+		{"a longer file", func(torn []byte) []byte { return append(append([]byte{}, torn...), torn...) }, ".1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _, image, cut, end := tornRecordLog(t, n, tear)
+			torn := image[cut:end]
+			base := filepath.Join(c.Dir, fmt.Sprintf(".torn-%s-%d", segmentName(1), cut))
+			existing := tc.existing(torn)
+			if err := os.WriteFile(base, existing, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			l := mustOpen(t, c)
+			l.Close()
+			if got, _ := os.ReadFile(base); !bytes.Equal(got, existing) {
+				t.Fatal("Open overwrote an existing side file")
+			}
+			if got, err := os.ReadFile(base + tc.want); err != nil || !bytes.Equal(got, torn) {
+				t.Fatalf("side file %s: %d bytes, %v; want the %d cut bytes", base+tc.want, len(got), err, len(torn))
+			}
+			want := 1
+			if tc.want != "" {
+				want = 2
+			}
+			if got := tornFiles(t, c.Dir); len(got) != want {
+				t.Fatalf("side files %v", got)
+			}
+			mustVerify(t, c)
+		})
+	}
+}
+
+// sideFileFault makes one step of writing a side file fail with EIO:
+// "open", "write" (half the bytes written) or "sync". Other files pass
+// through.
+type sideFileFault string
+
+type faultySideFile struct {
+	osSegment
+	step sideFileFault
+}
+
+func (s sideFileFault) open(name string, flag int, perm os.FileMode) (segmentFile, error) {
+	if !strings.Contains(filepath.Base(name), tornFilePrefix) {
+		return osOpenFile(name, flag, perm)
+	}
+	if s == "open" {
+		return nil, &os.PathError{Op: "open", Path: name, Err: syscall.EIO}
+	}
+	f, err := os.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return faultySideFile{osSegment{f}, s}, nil
+}
+
+func (f faultySideFile) WriteAt(p []byte, off int64) (int, error) {
+	if f.step == "write" {
+		n, _ := f.File.WriteAt(p[:len(p)/2], off)
+		return n, syscall.EIO
+	}
+	return f.File.WriteAt(p, off)
+}
+
+func (f faultySideFile) Sync() error {
+	if f.step == "sync" {
+		return syscall.EIO
+	}
+	return f.File.Sync()
+}
+
+// When the cut bytes cannot be kept, Open fails and cuts nothing: the
+// segment is as the crash left it, no side file (nor a piece of one) is
+// left, nothing is counted. Once the disk takes the side file, Open
+// recovers as usual.
+func TestOpenFailsClosedWhenTornBytesCannotBeKept(t *testing.T) {
+	const n = 24
+	images := map[string]func(t *testing.T) (Options, string){
+		"torn record": func(t *testing.T) (Options, string) {
+			c, seg, _, _, _ := tornRecordLog(t, n, func(t *testing.T, seg string, start, end int) {
+				zeroAt(t, seg, int64(start+300), int64(end-start-300))
+			})
+			return c, seg
+		},
+		"torn batch": func(t *testing.T) (Options, string) {
+			c, seg, e := tornLog(t, n)
+			zeroAt(t, seg, int64(e[6]), int64(pageAfter(e[6])-e[6]))
+			return c, seg
+		},
+	}
+	for kind, image := range images {
+		for _, step := range []sideFileFault{"open", "write", "sync"} {
+			t.Run(kind+"/"+string(step), func(t *testing.T) {
+				c, seg := image(t)
+				before, _ := os.ReadFile(seg)
+				reg := prometheus.NewPedanticRegistry()
+				c.Registerer = reg
+				c.openFile = step.open
+				_, err := Open(c)
+				if err == nil || !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "nothing was cut") {
+					t.Fatalf("Open = %v, want the EIO of the side file, nothing cut", err)
+				}
+				t.Log(err)
+				if after, _ := os.ReadFile(seg); !bytes.Equal(after, before) {
+					t.Fatal("Open cut the segment without keeping the bytes")
+				}
+				if m, _ := filepath.Glob(filepath.Join(c.Dir, "*"+tornFilePrefix+"*")); len(m) != 0 {
+					t.Fatalf("left behind: %v", m)
+				}
+				for _, k := range []string{"torn_record", "torn_batch"} {
+					if v := counterValue(t, reg, "agentauthz_decisionlog_recovered_tails_total", k); v != 0 {
+						t.Fatalf("recovered_tails_total{%s} = %v", k, v)
+					}
+				}
+
+				c.Registerer, c.openFile = nil, nil
+				l := mustOpen(t, c)
+				l.Close()
+				if got := tornFiles(t, c.Dir); len(got) != 1 {
+					t.Fatalf("side files %v", got)
+				}
+				mustVerify(t, c)
+			})
+		}
+	}
+}
+
 func writeAt(t *testing.T, path string, off int64, s string) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)

@@ -24,6 +24,10 @@ type segmentFile interface {
 	Close() error
 }
 
+// openFunc opens a file the log writes in its directory (os.OpenFile by
+// default; tests inject failures).
+type openFunc func(name string, flag int, perm os.FileMode) (segmentFile, error)
+
 // osSegment is a segmentFile on the real file system.
 type osSegment struct{ *os.File }
 
@@ -69,7 +73,7 @@ const (
 type preparer struct {
 	dir      string
 	size     int64
-	open     func(name string, flag int, perm os.FileMode) (segmentFile, error)
+	open     openFunc
 	logger   hclog.Logger
 	hook     func(stop <-chan struct{}) error // test hook, before each preparation
 	retryMin time.Duration
