@@ -21,7 +21,8 @@ func fuzzSeedJWS() string {
 	r := sampleRecord(1)
 	r.Seq, r.KeyID, r.Log = 1, k.kid, "fuzz"
 	p, _ := r.MarshalJSON()
-	return k.finish(k.signingInput(p))
+	_, jws := k.finish(k.signingInput(p))
+	return jws
 }
 
 func FuzzDecodeRecord(f *testing.F) {
@@ -73,7 +74,7 @@ func fuzzLines(n int) []string {
 		r := sampleRecord(i)
 		r.Seq, r.KeyID, r.Log, r.Prev = uint64(i), k.kid, "fuzz", prev
 		p, _ := r.MarshalJSON()
-		jws := k.finish(k.signingInput(p))
+		_, jws := k.finish(k.signingInput(p))
 		prev = ChainHash(jws)
 		out = append(out, jws+"\n")
 	}

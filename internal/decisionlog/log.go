@@ -133,6 +133,7 @@ type Log struct {
 	inflight int
 	failed   error
 	closing  bool
+	payload  []byte // scratch for the record being sequenced
 
 	// Owned by the writer goroutine (and Close after it ends). Records are
 	// written in place at segSize; a preallocated segment holds zeros from
@@ -361,6 +362,11 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 	if rec.Decision.Reasons == nil {
 		rec.Decision.Reasons = []string{} // "reasons": [] rather than null
 	}
+	prep, err := prepareRecord(rec)
+	if err != nil {
+		l.m.appends.WithLabelValues("invalid").Inc()
+		return Receipt{}, fmt.Errorf("decision log: encode record: %w", err)
+	}
 
 	l.mu.Lock()
 	switch {
@@ -380,16 +386,15 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 	}
 	key := l.key
 	rec.Seq, rec.KeyID, rec.Prev = l.next, key.kid, l.prevHash
-	payload, err := rec.MarshalJSON() // direct: json.Marshal would re-validate the output
-	if err == nil && len(key.header)+2+b64.EncodedLen(len(payload))+86 > MaxRecordBytes {
-		err = fmt.Errorf("record longer than %d bytes", MaxRecordBytes)
-	}
-	if err != nil {
+	// The payload is only needed until it is base64 encoded into the
+	// signing input, so one buffer guarded by mu serves every append.
+	l.payload = prep.appendPayload(l.payload[:0], rec.Seq, rec.Log, key.kid, rec.Prev)
+	if len(key.header)+2+b64.EncodedLen(len(l.payload))+86 > MaxRecordBytes {
 		l.mu.Unlock()
 		l.m.appends.WithLabelValues("invalid").Inc()
-		return Receipt{}, fmt.Errorf("decision log: encode record: %w", err)
+		return Receipt{}, fmt.Errorf("decision log: encode record: record longer than %d bytes", MaxRecordBytes)
 	}
-	input := key.signingInput(payload)
+	input := key.signingInput(l.payload)
 	hash := chainHashInput(input)
 	b := l.open
 	idx := len(b.lines)
@@ -414,13 +419,10 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 
 	// Signing is the expensive part and runs outside the lock, in parallel
 	// with other appenders; the chain does not include signatures.
-	jws := key.finish(input)
-	lineBytes := make([]byte, len(jws)+1)
-	copy(lineBytes, jws)
-	lineBytes[len(jws)] = '\n'
+	line, jws := key.finish(input)
 
 	l.mu.Lock()
-	b.lines[idx] = lineBytes
+	b.lines[idx] = line
 	b.unsigned--
 	if b.unsigned == 0 {
 		l.cond.Broadcast()

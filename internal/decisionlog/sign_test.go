@@ -38,7 +38,10 @@ func TestFinishVerifiesWithStdlib(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := newSigningKey(priv)
-	jws := k.finish(k.signingInput([]byte(`{"seq":1}`)))
+	line, jws := k.finish(k.signingInput([]byte(`{"seq":1}`)))
+	if string(line) != jws+"\n" {
+		t.Fatalf("line %q is not the JWS %q and its LF", line, jws)
+	}
 	i := strings.LastIndexByte(jws, '.')
 	sig, err := b64.DecodeString(jws[i+1:])
 	if err != nil {

@@ -79,7 +79,8 @@ func foreignLine(t *testing.T, seq uint64, prev string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return k.finish(k.signingInput(b)) + "\n"
+	line, _ := k.finish(k.signingInput(b))
+	return string(line)
 }
 
 func TestVerifyDetectsTampering(t *testing.T) {
