@@ -3,6 +3,9 @@ package identity
 import (
 	"crypto/x509"
 	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
 	"github.com/agentauthz/agentauthz/internal/testca"
 )
@@ -108,6 +111,54 @@ func BenchmarkIdentifyCacheMiss(b *testing.B) {
 		st.cache.mu.Unlock()
 		if _, e := v.Identify(attrs); e != nil {
 			b.Fatal(e)
+		}
+	}
+}
+
+// BenchmarkIdentifyUntrustedCA is a certificate from a CA outside the bundle:
+// never cached, so every request pays for decoding and a failed verification.
+func BenchmarkIdentifyUntrustedCA(b *testing.B) {
+	v, _, _ := newBenchVerifier(b)
+	attrs := peerAttrs(testca.New(b).Issue("payments-bot-1").URLEncodedPEM())
+	benchDenied(b, v, attrs)
+}
+
+// BenchmarkIdentifyUntrustedCAStaleBundle is the same with an expired CA
+// certificate in the bundle that the leaf's issuer does not lead to: the
+// denial must cost what it costs without one.
+func BenchmarkIdentifyUntrustedCAStaleBundle(b *testing.B) {
+	ca := testca.New(b)
+	now := time.Now()
+	old, _ := newTestCA(b, "retired CA", nil, nil, now.Add(-48*time.Hour), now.Add(-24*time.Hour))
+	v, err := NewVerifier(Config{Bundles: []Bundle{{TrustDomain: ca.TrustDomain, Roots: []*x509.Certificate{ca.Cert, old}}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	attrs := peerAttrs(testca.New(b).Issue("payments-bot-1").URLEncodedPEM())
+	benchDenied(b, v, attrs)
+}
+
+// BenchmarkIdentifyExpiredIntermediate is a leaf under an expired
+// intermediate of the bundle: the one failure that is verified a second time,
+// to tell certificate_expired from untrusted_issuer.
+func BenchmarkIdentifyExpiredIntermediate(b *testing.B) {
+	ca := testca.New(b)
+	now := time.Now()
+	inter, key := newTestCA(b, "expired intermediate", ca.Cert, ca.Key, now.Add(-48*time.Hour), now.Add(-24*time.Hour))
+	v, err := NewVerifier(Config{Bundles: []Bundle{{TrustDomain: ca.TrustDomain, Roots: []*x509.Certificate{ca.Cert, inter}}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	attrs := peerAttrs(urlPEM(newTestLeaf(b, inter, key, "payments-bot-1", now.Add(-time.Minute), now.Add(time.Hour))))
+	benchDenied(b, v, attrs)
+}
+
+func benchDenied(b *testing.B, v *Verifier, attrs *authv3.AttributeContext) {
+	b.Helper()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, e := v.Identify(attrs); e == nil {
+			b.Fatal("allowed")
 		}
 	}
 }

@@ -1,22 +1,45 @@
 package identity
 
 import (
+	"crypto/sha256"
 	"sync"
 	"time"
+	"unsafe"
 )
 
-// cacheKey is the source plus the certificate string exactly as forwarded
-// (URL-encoded PEM). Keying by the forwarded string rather than by the SHA-256
-// of the DER, as DESIGN.md suggests, lets a hit skip URL decoding, PEM
-// decoding and hashing altogether: Envoy forwards a byte-identical string for
-// the same certificate, so the hit rate is the same. Only certificates that
-// verified are stored, so an attacker cannot fill the cache with garbage,
-// and the map compares whole strings, so a hit is an exact match. The source
+// cacheKey identifies a forwarded identity: the source plus the SHA-256 of
+// the certificate string and of the Chain= string exactly as forwarded
+// (URL-encoded PEM), as DESIGN.md asks. Hashing the forwarded bytes rather
+// than the DER lets a hit skip URL decoding, PEM decoding and parsing; it
+// costs one SHA-256 pass over the ~1.5 KB string, and the cache holds 64
+// bytes of digest per entry instead of the string. The key keeps the
+// exact-match semantics of the strings themselves: two strings with one
+// digest cannot be found, so a string that differs in any byte, or comes with
+// another Chain=, is another key, and a hit answers what verifying the same
+// strings would. The two strings are hashed separately so that moving bytes
+// from one to the other cannot give the same key. Only verified identities
+// are stored, so an attacker cannot fill the cache with garbage. The source
 // is part of the key because Agent.Source differs.
 type cacheKey struct {
-	src  Source
-	cert string
+	src   Source
+	cert  [sha256.Size]byte // SHA-256 of the forwarded certificate string
+	chain [sha256.Size]byte // SHA-256 of the forwarded Chain=; zero when there is none
 }
+
+// newCacheKey hashes the forwarded strings. It is on the hit path, so it
+// must not copy them: a forwarded certificate is ~1.5 KB.
+func newCacheKey(src Source, cert, chain string) cacheKey {
+	k := cacheKey{src: src, cert: sha256.Sum256(stringBytes(cert))}
+	if chain != "" {
+		k.chain = sha256.Sum256(stringBytes(chain))
+	}
+	return k
+}
+
+// stringBytes views s as a byte slice without copying ([]byte(s) allocates a
+// copy of anything over 32 bytes). The slice must only be read: sha256.Sum256
+// reads it and does not keep it.
+func stringBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 type cacheEntry struct {
 	agent     *Agent

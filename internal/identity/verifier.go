@@ -1,11 +1,13 @@
 package identity
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -275,7 +277,14 @@ func xfccHeader(attrs *authv3.AttributeContext) string {
 }
 
 func (v *Verifier) identifyCert(st *trustState, now time.Time, src Source, certStr, chainStr string) (*Agent, *Error) {
-	key := cacheKey{src: src, cert: certStr}
+	if len(certStr) > MaxCertificateBytes {
+		// decodeCerts would refuse it, so it cannot be cached: refuse it
+		// before hashing it. (Chain= comes only from XFCC, which is bounded
+		// by MaxXFCCBytes.)
+		return nil, &Error{Reason: reason.MalformedClientCertificate,
+			Err: fmt.Errorf("%w: %d bytes, limit %d", ErrMalformedCertificate, len(certStr), MaxCertificateBytes)}
+	}
+	key := newCacheKey(src, certStr, chainStr)
 	if e, ok := st.cache.get(key, now); ok {
 		v.hits.Inc()
 		if e.agent.Profile == ProfileSPIFFE {
@@ -294,20 +303,19 @@ func (v *Verifier) identifyCert(st *trustState, now time.Time, src Source, certS
 		return nil, &Error{Reason: code, CertSHA256: hex.EncodeToString(sum[:]),
 			Issuer: leaf.Issuer.String(), Subject: leaf.Subject.String(), Err: err}
 	}
-	var inter *x509.CertPool
+	var inters []*x509.Certificate
 	if chainStr != "" {
 		chain, err := decodeCerts(chainStr, MaxChainCerts)
 		if err != nil {
 			return fail(reason.MalformedClientCertificate, fmt.Errorf("chain: %w", err))
 		}
-		inter = x509.NewCertPool()
 		for _, c := range chain {
 			if !c.Equal(leaf) {
-				inter.AddCert(c)
+				inters = append(inters, c)
 			}
 		}
 	}
-	b, chain, code, err := verifyChain(st, leaf, inter, now)
+	b, chain, code, err := verifyChain(st, leaf, inters, now)
 	if err != nil {
 		return fail(code, err)
 	}
@@ -328,7 +336,7 @@ func (v *Verifier) identifyCert(st *trustState, now time.Time, src Source, certS
 	}
 	agent.Source = src
 	// The entry lives only while every certificate of the verified chain is
-	// valid; the key is cloned so that it does not pin the request's header.
+	// valid.
 	e := cacheEntry{agent: agent, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter}
 	for _, c := range chain {
 		if c.NotAfter.Before(e.notAfter) {
@@ -338,7 +346,7 @@ func (v *Verifier) identifyCert(st *trustState, now time.Time, src Source, certS
 			e.notBefore = c.NotBefore
 		}
 	}
-	st.cache.put(cacheKey{src: src, cert: strings.Clone(certStr)}, e, now)
+	st.cache.put(key, e, now)
 	if agent.Profile == ProfileSPIFFE {
 		return v.withRegistry(agent)
 	}
@@ -350,8 +358,11 @@ func (v *Verifier) identifyCert(st *trustState, now time.Time, src Source, certS
 // cannot speak for another tenant; a leaf without one (AgentPass) is tried
 // against every bundle in order. Trust is established before the validity
 // window is judged, so that an expired certificate from an unknown CA is
-// untrusted_issuer, not certificate_expired.
-func verifyChain(st *trustState, leaf *x509.Certificate, inter *x509.CertPool, now time.Time) (*trustBundle, []*x509.Certificate, reason.Code, error) {
+// untrusted_issuer, not certificate_expired; for the same reason a CA
+// certificate of the bundle outside its window is reported only once the
+// chain is shown to be signed up to the bundle (see staleCA). inters are the
+// forwarded intermediates.
+func verifyChain(st *trustState, leaf *x509.Certificate, inters []*x509.Certificate, now time.Time) (*trustBundle, []*x509.Certificate, reason.Code, error) {
 	cands := candidates(st, leaf)
 	if len(cands) == 0 {
 		return nil, nil, reason.UntrustedIssuer, errors.New("no trust bundle for the certificate's trust domain")
@@ -368,11 +379,17 @@ func verifyChain(st *trustState, leaf *x509.Certificate, inter *x509.CertPool, n
 		timeErr = fmt.Errorf("certificate expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	opts := x509.VerifyOptions{
-		Intermediates: inter,
-		CurrentTime:   vt,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		CurrentTime: vt,
+		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	var profileErr, lastErr error
+	if len(inters) > 0 {
+		opts.Intermediates = x509.NewCertPool()
+		for _, c := range inters {
+			opts.Intermediates.AddCert(c)
+		}
+	}
+	var profileErr, caErr, lastErr error
+	var caCode reason.Code
 	for _, b := range cands {
 		if b.pool == nil {
 			continue
@@ -389,12 +406,19 @@ func verifyChain(st *trustState, leaf *x509.Certificate, inter *x509.CertPool, n
 			profileErr = fmt.Errorf("%w: trusted by %s but: %w", ErrInvalidProfile, b.TrustDomain, err)
 			continue
 		}
+		if caErr == nil {
+			caCode, caErr = staleCA(b, leaf, inters, opts)
+		}
 		lastErr = err
 	}
-	if profileErr != nil {
-		if timeErr != nil {
-			return nil, nil, timeCode, timeErr
-		}
+	// Every branch below is a denial; they only choose its reason. A
+	// validity problem, the leaf's first, outranks a profile problem.
+	switch {
+	case timeErr != nil && (caErr != nil || profileErr != nil):
+		return nil, nil, timeCode, timeErr
+	case caErr != nil:
+		return nil, nil, caCode, caErr
+	case profileErr != nil:
 		return nil, nil, reason.InvalidAgentProfile, profileErr
 	}
 	if lastErr == nil {
@@ -420,6 +444,128 @@ func trustedButUnusable(leaf *x509.Certificate, opts x509.VerifyOptions, err err
 		return err2 == nil || (errors.As(err2, &cie) && cie.Reason == x509.IncompatibleUsage)
 	}
 	return false
+}
+
+// staleCA explains a failure to verify leaf against b that is due only to CA
+// certificates of b outside their validity window at opts.CurrentTime. Go's
+// chain builder skips such a CA and reports an unknown authority, which would
+// read as untrusted_issuer and send an auditor after the wrong problem. It
+// returns certificate_expired or certificate_not_yet_valid naming the CA
+// nearest the leaf, or a nil error when that is not the explanation.
+//
+// It runs on the failure path only, and verifies a second time only when the
+// leaf's issuer name leads (directly or through the forwarded intermediates)
+// to an out-of-window certificate of b, so a leaf from an unrelated CA costs a
+// scan of b, not a second verification. The second verification widens those
+// certificates' windows to include the verification time and checks neither
+// extended key usages nor the leaf's critical extensions (profile problems,
+// which rank below validity), so it succeeds only if the signatures hold from
+// the leaf up to a certificate of b. Its chain is never used to accept
+// anything: the caller denies either way.
+func staleCA(b *trustBundle, leaf *x509.Certificate, inters []*x509.Certificate, opts x509.VerifyOptions) (reason.Code, error) {
+	t := opts.CurrentTime
+	if !slices.ContainsFunc(b.Roots, func(c *x509.Certificate) bool { return !validAt(c, t) }) {
+		return "", nil // the common case: nothing in b is out of its window
+	}
+	issuers := issuersInBundle(leaf, inters, b.Roots)
+	var stale []*x509.Certificate
+	for _, c := range issuers {
+		if !validAt(c, t) {
+			stale = append(stale, c)
+		}
+	}
+	if len(stale) == 0 {
+		return "", nil
+	}
+	roots := x509.NewCertPool()
+	for _, c := range issuers {
+		if validAt(c, t) {
+			roots.AddCert(c)
+			continue
+		}
+		widened := *c
+		widened.NotBefore = minTime(widened.NotBefore, t)
+		widened.NotAfter = maxTime(widened.NotAfter, t)
+		roots.AddCert(&widened)
+	}
+	l := *leaf
+	l.UnhandledCriticalExtensions = nil
+	opts.Roots = roots
+	opts.KeyUsages = []x509.ExtKeyUsage{x509.ExtKeyUsageAny}
+	chains, err := l.Verify(opts)
+	if err != nil {
+		return "", nil
+	}
+	for _, c := range chains[0][1:] {
+		for _, s := range stale {
+			if bytes.Equal(c.Raw, s.Raw) {
+				return caValidityError(s, b.TrustDomain, t)
+			}
+		}
+	}
+	return "", nil // unreachable: the first verification would have succeeded
+}
+
+// issuersInBundle returns the certificates of roots that a chain from leaf
+// can run through: those reached from leaf's issuer name by following issuer
+// names through inters and roots, which is how Go's chain builder finds
+// candidate parents. Each certificate is reached at most once, so the walk
+// ends after at most len(inters)+len(roots) rounds.
+func issuersInBundle(leaf *x509.Certificate, inters, roots []*x509.Certificate) []*x509.Certificate {
+	all := slices.Concat(inters, roots)
+	reached := make([]bool, len(all))
+	names := [][]byte{leaf.RawIssuer}
+	var out []*x509.Certificate
+	for len(names) > 0 {
+		var next [][]byte
+		for i, c := range all {
+			if reached[i] || !slices.ContainsFunc(names, func(n []byte) bool { return bytes.Equal(n, c.RawSubject) }) {
+				continue
+			}
+			reached[i] = true
+			next = append(next, c.RawIssuer)
+			if i >= len(inters) {
+				out = append(out, c)
+			}
+		}
+		names = next
+	}
+	return out
+}
+
+// caValidityError names a CA certificate of the trust bundle of td that is
+// outside its validity window at t.
+func caValidityError(c *x509.Certificate, td string, t time.Time) (reason.Code, error) {
+	name := c.Subject.CommonName
+	if name == "" {
+		name = c.Subject.String()
+	}
+	if t.Before(c.NotBefore) {
+		return reason.CertificateNotYetValid, fmt.Errorf("CA certificate %.80q (serial %s) in the trust bundle of %s is not valid before %s",
+			name, c.SerialNumber.Text(16), td, c.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return reason.CertificateExpired, fmt.Errorf("CA certificate %.80q (serial %s) in the trust bundle of %s expired at %s",
+		name, c.SerialNumber.Text(16), td, c.NotAfter.UTC().Format(time.RFC3339))
+}
+
+// validAt reports whether t is inside c's validity window, bounds included,
+// as crypto/x509 judges it.
+func validAt(c *x509.Certificate, t time.Time) bool {
+	return !t.Before(c.NotBefore) && !t.After(c.NotAfter)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func candidates(st *trustState, leaf *x509.Certificate) []*trustBundle {

@@ -10,6 +10,7 @@ import (
 	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net/url"
 	"os"
@@ -236,6 +237,7 @@ func TestIdentifyReasons(t *testing.T) {
 		{"xfcc too big", xfccAttrs("Cert=" + strings.Repeat("A", MaxXFCCBytes)), reason.MalformedXFCC, ""},
 		{"xfcc too many elements", xfccAttrs(strings.Repeat(xfccElement(valid)+",", 40) + xfccElement(valid)), reason.MalformedXFCC, ""},
 		{"garbage", peerAttrs("not a certificate"), reason.MalformedClientCertificate, ""},
+		{"oversized peer certificate", peerAttrs(strings.Repeat("A", MaxCertificateBytes+1)), reason.MalformedClientCertificate, ""},
 		{"bad URL encoding", peerAttrs("%zz" + valid.URLEncodedPEM()), reason.MalformedClientCertificate, ""},
 		{"two certs in Cert=", xfccAttrs(`Cert="` + twoPEM + `"`), reason.MalformedClientCertificate, ""},
 		{"private key block", peerAttrs(keyPEM), reason.MalformedClientCertificate, ""},
@@ -513,6 +515,87 @@ func TestCache(t *testing.T) {
 	allowed(t, f.v, attrs)
 	if m := f.counter(t, "agentauthz_identity_cache_misses_total"); m != before+1 {
 		t.Fatalf("misses %v -> %v, want one more", before, m)
+	}
+}
+
+// The key holds digests, never the forwarded strings: every field is the
+// Source or a fixed-size byte array, so no entry can pin a request's header.
+func TestCacheKeyHoldsNoCertificate(t *testing.T) {
+	typ := reflect.TypeOf(cacheKey{})
+	for i := 0; i < typ.NumField(); i++ {
+		ft := typ.Field(i).Type
+		if ft != reflect.TypeOf(Source("")) && (ft.Kind() != reflect.Array || ft.Elem().Kind() != reflect.Uint8) {
+			t.Errorf("cacheKey.%s is a %s: it could hold the forwarded certificate", typ.Field(i).Name, ft)
+		}
+	}
+	if size := typ.Size(); size > 96 {
+		t.Errorf("cacheKey is %d bytes", size)
+	}
+
+	f := newFixture(t)
+	leaf := f.ca.Issue("bot-1")
+	allowed(t, f.v, peerAttrs(leaf.URLEncodedPEM()))
+	want := cacheKey{src: SourcePeerCertificate, cert: sha256.Sum256([]byte(leaf.URLEncodedPEM()))}
+	if _, ok := f.v.state.Load().cache.m[want]; !ok || f.v.state.Load().cache.len() != 1 {
+		t.Fatalf("cache keys %v, want only %v", f.v.state.Load().cache.m, want)
+	}
+}
+
+// Two different forwarded strings never share an entry, even when they carry
+// the same certificate: a hit answers exactly what verifying the very same
+// strings would.
+func TestCacheKeyIsExact(t *testing.T) {
+	f := newFixture(t)
+	leaf := f.ca.Issue("bot-1")
+	plain := leaf.URLEncodedPEM()
+	// The same certificate with its first base64 character percent-encoded:
+	// it decodes to the same DER but is another string.
+	i := strings.Index(plain, "%0A") + len("%0A")
+	escaped := plain[:i] + fmt.Sprintf("%%%02X", plain[i]) + plain[i+1:]
+	misses := func() float64 { return f.counter(t, "agentauthz_identity_cache_misses_total") }
+
+	a1 := allowed(t, f.v, peerAttrs(plain))
+	a2 := allowed(t, f.v, peerAttrs(escaped))
+	if a1 == a2 || misses() != 2 || f.v.state.Load().cache.len() != 2 {
+		t.Fatalf("re-encoded certificate shared an entry: misses=%v entries=%d", misses(), f.v.state.Load().cache.len())
+	}
+
+	// A different Chain= is a different key too. A leaf under an intermediate
+	// the bundle lacks verifies only with the intermediate forwarded; the
+	// same Cert= without it must not be answered from the entry the chained
+	// request left.
+	inter, interKey := intermediate(t, f.ca)
+	cert := url.QueryEscape(string(pemCert(issueUnder(t, inter, interKey, "chained-bot"))))
+	chained := `Cert="` + cert + `";Chain="` + url.QueryEscape(string(pemCert(inter.Raw))) + `"`
+	allowed(t, f.v, xfccAttrs(chained))
+	allowed(t, f.v, xfccAttrs(chained)) // a hit
+	denied(t, f.v, xfccAttrs(`Cert="`+cert+`"`), reason.UntrustedIssuer)
+	denied(t, f.v, xfccAttrs(`Cert="`+cert+`";Chain="garbage"`), reason.MalformedClientCertificate)
+	if h := f.counter(t, "agentauthz_identity_cache_hits_total"); h != 1 {
+		t.Fatalf("hits = %v, want 1", h)
+	}
+}
+
+func TestNewCacheKey(t *testing.T) {
+	keys := map[cacheKey]string{}
+	for _, k := range []struct{ name, cert, chain string }{
+		{"cert", "ab", ""},
+		{"cert with chain", "ab", "c"},
+		{"boundary moved", "a", "bc"},
+		{"other cert", "ba", ""},
+		{"chain as cert", "", "ab"},
+	} {
+		key := newCacheKey(SourceXFCC, k.cert, k.chain)
+		if prev, ok := keys[key]; ok {
+			t.Fatalf("%s and %s share a key", k.name, prev)
+		}
+		keys[key] = k.name
+	}
+	if newCacheKey(SourceXFCC, "ab", "c") != newCacheKey(SourceXFCC, "ab", "c") {
+		t.Fatal("same strings, different keys")
+	}
+	if newCacheKey(SourceXFCC, "ab", "") == newCacheKey(SourcePeerCertificate, "ab", "") {
+		t.Fatal("the source is not part of the key")
 	}
 }
 
