@@ -248,8 +248,8 @@ func generators() map[string]generator {
 			setXFCC(req, element(url.QueryEscape(string(l.PEM())), `;Chain="`+url.QueryEscape(string(chain))+`"`))
 		},
 		"chain_loop_beside_trusted_leaf": func(e *catalogueEnv, req *authv3.CheckRequest, leaf *testca.Leaf) {
-			// A fresh leaf: the identity cache is keyed by Cert= alone, so
-			// a leaf verified earlier would not be verified again.
+			// A fresh leaf, so that the chain is what this case exercises
+			// even if a cache keyed on the leaf alone came back.
 			leaf = issueWith(e)
 			b, c := testca.New(e.t), testca.New(e.t)
 			chain := append(append(leaf.PEM(), pemOf(crossSign(e.t, b, c).Raw)...), pemOf(crossSign(e.t, c, b).Raw)...)
