@@ -12,7 +12,7 @@ import (
 // critical section also means a lock holder descheduled by a busy machine
 // stalls fewer appenders.
 type preparedRecord struct {
-	id   []byte // decision_id as a JSON string
+	id   string // decision_id
 	tail []byte // `,"kind":…,"time":"…"}`: everything after "prev"
 }
 
@@ -27,10 +27,6 @@ type recordTail struct {
 }
 
 func prepareRecord(r *Record) (preparedRecord, error) {
-	id, err := json.Marshal(r.DecisionID)
-	if err != nil {
-		return preparedRecord{}, err
-	}
 	tail, err := json.Marshal(recordTail{
 		Kind: r.Kind, KeyRotation: r.KeyRotation, Agent: r.Agent, Request: r.Request, Decision: r.Decision,
 		Time: r.Time.UTC().Format(TimeLayout),
@@ -39,7 +35,7 @@ func prepareRecord(r *Record) (preparedRecord, error) {
 		return preparedRecord{}, err
 	}
 	tail[0] = ',' // the object continues after "prev"
-	return preparedRecord{id: id, tail: tail}, nil
+	return preparedRecord{id: r.DecisionID, tail: tail}, nil
 }
 
 // appendPayload appends the record's JSON with the log-assigned fields:
@@ -49,7 +45,7 @@ func (p preparedRecord) appendPayload(buf []byte, seq uint64, log, kid, prev str
 	buf = append(buf, `{"seq":`...)
 	buf = strconv.AppendUint(buf, seq, 10)
 	buf = append(buf, `,"decision_id":`...)
-	buf = append(buf, p.id...)
+	buf = appendJSONString(buf, p.id)
 	buf = append(buf, `,"log":`...)
 	buf = appendJSONString(buf, log)
 	buf = append(buf, `,"kid":`...)
@@ -61,7 +57,8 @@ func (p preparedRecord) appendPayload(buf []byte, seq uint64, log, kid, prev str
 
 // appendJSONString appends s as encoding/json writes it. kid and prev are
 // base64url and hex, and log names are plain, so the copy is the common
-// case; anything that needs escaping goes through encoding/json.
+// case, as are decision ids (UUIDs); anything that needs escaping goes
+// through encoding/json.
 func appendJSONString(buf []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
