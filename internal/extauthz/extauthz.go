@@ -162,8 +162,14 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 			if o.agent != nil {
 				agentID = o.agent.ID
 			}
-			s.logger.Debug("decision", "decision_id", o.id, "allowed", o.allowed, "reason", o.reason,
-				"status", o.status, "agent_id", agentID, "operation", o.verdict.Operation)
+			args := []any{"decision_id", o.id, "allowed", o.allowed, "reason", o.reason,
+				"status", o.status, "agent_id", agentID, "operation", o.verdict.Operation}
+			if o.identErr != nil {
+				// Why identity failed (which CA expired, what did not
+				// parse): for operators only, never in the answer.
+				args = append(args, "identity_error", truncate(o.identErr.Error(), maxLoggedDetail))
+			}
+			s.logger.Debug("decision", args...)
 		}
 	}()
 
@@ -446,6 +452,17 @@ func isIdentityHeader(k string) bool {
 		}
 	}
 	return false
+}
+
+// maxLoggedDetail bounds an error detail in a log line: it may quote parts
+// of what the client sent.
+const maxLoggedDetail = 512
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "…"
 }
 
 // newDecisionID is a UUIDv7: unique, and ordered by time for log queries.

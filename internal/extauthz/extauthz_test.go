@@ -9,6 +9,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -228,4 +229,45 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestDebugLogNamesIdentityError: the identity failure's detail reaches the
+// operator's debug log, bounded, and never the answer.
+func TestDebugLogNamesIdentityError(t *testing.T) {
+	detail := "bundle CA CN=Acme Agents CA expired at 2026-01-01T00:00:00Z"
+	long := strings.Repeat("x", 5000)
+	for _, tc := range []struct {
+		name, err, want string
+	}{
+		{"detail", detail, detail},
+		{"bounded", long, strings.Repeat("x", maxLoggedDetail-len(reason.CertificateExpired)-2) + "…"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf strings.Builder
+			logger := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Debug, JSONFormat: true})
+			ident := fakeIdent{err: &identity.Error{Reason: reason.CertificateExpired, Err: errors.New(tc.err)}}
+			s, err := New(Options{Identifier: ident, Revocation: fakeRevocation(""), Policy: fakePolicy{},
+				Recorder: &fakeLog{}, Metrics: NewMetrics(prometheus.NewRegistry()), Logger: logger})
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := s.Check(context.Background(), request(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body := resp.GetDeniedResponse().GetBody(); strings.Contains(body, tc.err[:20]) {
+				t.Fatalf("the answer carries the detail: %s", body)
+			}
+			var line struct {
+				Reason        string `json:"reason"`
+				IdentityError string `json:"identity_error"`
+			}
+			if err := json.Unmarshal([]byte(strings.TrimSpace(buf.String())), &line); err != nil {
+				t.Fatalf("log line %q: %v", buf.String(), err)
+			}
+			if want := string(reason.CertificateExpired) + ": " + tc.want; line.IdentityError != want {
+				t.Fatalf("identity_error = %q, want %q", line.IdentityError, want)
+			}
+		})
+	}
 }
