@@ -317,7 +317,7 @@ func runTable(b *strings.Builder, runs []RunResult, variant bool) {
 	} else {
 		b.WriteString("| mode | concurrency ")
 	}
-	b.WriteString("| req/s | p50 | p90 | p99 | p99.9 | server CPU/Check | allocs/Check | server cores | client CPU/Check | machine idle | GC cycles per 1k Checks | RSS | heap | live heap / RSS after GC | errors | wrong answers |\n")
+	b.WriteString("| req/s | p50 | p90 | p99 | p99.9 | server CPU/Check | allocs/Check | server cores | client CPU/Check | machine idle | GC cycles per 1k Checks | RSS / peak RSS | heap | live heap / RSS after GC | errors | wrong answers |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range runs {
 		if variant {
@@ -337,9 +337,9 @@ func runTable(b *strings.Builder, runs []RunResult, variant bool) {
 		if r.MachineIdle >= 0 {
 			idle = fmt.Sprintf("%.0f %%", 100*r.MachineIdle)
 		}
-		fmt.Fprintf(b, "| %.0f | %s | %s | %s | %s | %s | %.0f | %.2f | %s | %s | %.1f | %s | %s | %s / %s | %d | %d |\n",
+		fmt.Fprintf(b, "| %.0f | %s | %s | %s | %s | %s | %.0f | %.2f | %s | %s | %.1f | %s / %s | %s | %s / %s | %d | %d |\n",
 			r.RPS, fmtDur(r.P50), fmtDur(r.P90), fmtDur(r.P99), fmtDur(r.P999), fmtNanos(r.CPUPerCheck),
-			r.AllocsPerCheck, r.ServerCPUUtil, fmtNanos(r.ClientCPUPerCheck), idle, gcs, fmtMiB(r.RSSBytes), fmtMiB(int64(r.HeapBytes)),
+			r.AllocsPerCheck, r.ServerCPUUtil, fmtNanos(r.ClientCPUPerCheck), idle, gcs, fmtMiB(r.RSSBytes), fmtMiB(r.MaxRSSBytes), fmtMiB(int64(r.HeapBytes)),
 			fmtMiB(int64(r.HeapAfterGC)), fmtMiB(r.RSSAfterGC), r.Errors, r.Mismatches)
 	}
 }
