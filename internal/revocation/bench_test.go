@@ -6,7 +6,12 @@ import (
 	"fmt"
 	"math/big"
 	"math/rand/v2"
+	"os"
 	"runtime"
+	"runtime/debug"
+	rtmetrics "runtime/metrics"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,26 +120,38 @@ func randomSerials(n int) []*big.Int {
 }
 
 // BenchmarkCRLHeap parses a signed CRL of a million ca-shaped serials and
-// reports what the held CRL (without its DER, as the checker keeps it) costs
-// on the heap after GC, and what the parse allocated in total, per serial.
-// Run it once: go test -run '^$' -bench CRLHeap -benchtime 1x.
+// reports, per serial, what the held CRL (without its DER, as the checker
+// keeps it) costs on the heap after GC and what the parse allocated in total;
+// and, for the whole parse, its time, the most heap in use while it ran
+// (sampled every millisecond, garbage included), and the process's peak RSS
+// during it (Linux only: VmHWM after resetting it). Run it once:
+// go test -run '^$' -bench CRLHeap -benchtime 1x.
 func BenchmarkCRLHeap(b *testing.B) {
 	const n = 1_000_000
 	ca := testca.New(b)
 	now := time.Now()
 	der := ca.CRL(1, now, now.Add(time.Hour), randomSerials(n)...)
 	cas := []*x509.Certificate{ca.Cert}
-	var held, allocated float64
+	var held, allocated, peakHeap, peakRSS, secs float64
 	for b.Loop() {
 		var before, parsed, after runtime.MemStats
 		runtime.GC()
+		debug.FreeOSMemory() // so the RSS peak is the parse's, not the setup's
 		runtime.ReadMemStats(&before)
+		rssReset := resetPeakRSS()
+		stop := sampleHeapInUse()
+		start := time.Now()
 		crl, err := ParseCRL(der, cas, 0)
+		secs += time.Since(start).Seconds()
+		peakHeap += float64(stop())
 		if err != nil {
 			b.Fatal(err)
 		}
 		crl.Raw = nil
 		runtime.ReadMemStats(&parsed)
+		if rssReset {
+			peakRSS += float64(peakRSSBytes())
+		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		if crl.Serials.Len() != n {
@@ -144,7 +161,73 @@ func BenchmarkCRLHeap(b *testing.B) {
 		allocated += float64(parsed.TotalAlloc - before.TotalAlloc)
 		runtime.KeepAlive(crl)
 	}
-	b.ReportMetric(held/float64(b.N)/n, "heap-B/serial")
-	b.ReportMetric(allocated/float64(b.N)/n, "parse-alloc-B/serial")
+	const mib = 1 << 20
+	perOp := float64(b.N)
+	b.ReportMetric(held/perOp/n, "heap-B/serial")
+	b.ReportMetric(allocated/perOp/n, "parse-alloc-B/serial")
+	b.ReportMetric(allocated/perOp/mib, "parse-alloc-MiB")
+	b.ReportMetric(peakHeap/perOp/mib, "peak-heap-inuse-MiB")
+	if peakRSS > 0 {
+		b.ReportMetric(peakRSS/perOp/mib, "peak-RSS-MiB")
+	}
+	b.ReportMetric(float64(len(der))/mib, "der-MiB")
+	b.ReportMetric(secs/perOp, "parse-s")
 	b.ReportMetric(0, "ns/op")
+}
+
+// sampleHeapInUse samples the heap in use (objects, live or not yet swept,
+// plus the free space of spans holding them: MemStats.HeapInuse) every
+// millisecond until the returned function is called, which returns the
+// largest sample. runtime/metrics does not stop the world, unlike
+// ReadMemStats.
+func sampleHeapInUse() (stop func() uint64) {
+	samples := []rtmetrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
+	}
+	read := func() uint64 {
+		rtmetrics.Read(samples)
+		return samples[0].Value.Uint64() + samples[1].Value.Uint64()
+	}
+	done := make(chan struct{})
+	peak := make(chan uint64)
+	go func() {
+		m := read()
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				m = max(m, read())
+			case <-done:
+				peak <- max(m, read())
+				return
+			}
+		}
+	}()
+	return func() uint64 { close(done); return <-peak }
+}
+
+// resetPeakRSS resets the process's peak resident set size (Linux: writing
+// 5 to /proc/self/clear_refs); it reports whether it could.
+func resetPeakRSS() bool {
+	return os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
+}
+
+// peakRSSBytes returns VmHWM from /proc/self/status, 0 when unavailable.
+func peakRSSBytes() uint64 {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(status)) {
+		if kb, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			v, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(kb), " kB"), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return v << 10
+		}
+	}
+	return 0
 }

@@ -50,33 +50,45 @@ type SerialSet struct {
 
 // NewSerialSet returns the set of serials; nil entries are skipped.
 func NewSerialSet(serials ...*big.Int) *SerialSet {
-	return newSerialSet(len(serials), func(i int) *big.Int { return serials[i] })
+	s, _ := newSerialSet(func(yield func(*big.Int)) error {
+		for _, v := range serials {
+			if v != nil {
+				yield(v)
+			}
+		}
+		return nil
+	})
+	return s
 }
 
-// newSerialSet builds the set of serial(0) .. serial(n-1), skipping nils.
-// Apart from the set itself it allocates only the per-bucket write cursors
-// (2 bytes per serial): keys are written straight into their final place
-// with big.Int.FillBytes, and hashed from a stack buffer.
-func newSerialSet(n int, serial func(i int) *big.Int) *SerialSet {
+// newSerialSet builds the set of the serials each yields. It calls each
+// three times (to size the set, count each bucket, then fill it), and each
+// must yield the same serials every time; it may yield one big.Int
+// overwritten each time, as nothing yielded is kept. So a CRL's serials go
+// from its DER to the set without a big.Int per entry. An error from each is
+// returned as is. Apart from the set itself it allocates only the
+// per-bucket write cursors (2 bytes per serial): keys are written straight
+// into their final place with big.Int.FillBytes, and hashed from a stack
+// buffer.
+func newSerialSet(each func(yield func(*big.Int)) error) (*SerialSet, error) {
 	s := &SerialSet{seed: maphash.MakeSeed()}
 	compact := 0
-	for i := range n {
-		v := serial(i)
-		if v == nil {
-			continue
-		}
+	err := each(func(v *big.Int) {
 		if !fitsCompact(v) {
 			if s.other == nil {
 				s.other = map[string]struct{}{}
 			}
 			s.other[v.Text(16)] = struct{}{}
-			continue
+			return
 		}
 		compact++
 		s.width = max(s.width, (v.BitLen()+7)/8, 1)
+	})
+	if err != nil {
+		return nil, err
 	}
 	if compact == 0 {
-		return s
+		return s, nil
 	}
 	w := s.width
 	buckets := compact/serialsPerBucket + 1
@@ -91,21 +103,27 @@ func newSerialSet(n int, serial func(i int) *big.Int) *SerialSet {
 		return int(hi)
 	}
 	// Counting sort by bucket: count, prefix-sum, then place.
-	for i := range n {
-		if v := serial(i); v != nil && fitsCompact(v) {
+	err = each(func(v *big.Int) {
+		if fitsCompact(v) {
 			s.start[bucket(v)+1]++
 		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	for b := 1; b <= buckets; b++ {
 		s.start[b] += s.start[b-1]
 	}
 	next := slices.Clone(s.start[:buckets])
-	for i := range n {
-		if v := serial(i); v != nil && fitsCompact(v) {
+	err = each(func(v *big.Int) {
+		if fitsCompact(v) {
 			b := bucket(v)
 			copy(s.keys[int(next[b])*w:], key)
 			next[b]++
 		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	// A CRL may list a serial twice; keep each once so Len counts serials.
 	kept := 0
@@ -129,7 +147,7 @@ func newSerialSet(n int, serial func(i int) *big.Int) *SerialSet {
 	if kept < compact {
 		s.keys = slices.Clone(s.keys[:kept*w])
 	}
-	return s
+	return s, nil
 }
 
 // fitsCompact reports whether v belongs in the compact table.
