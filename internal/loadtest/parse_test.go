@@ -112,3 +112,22 @@ func TestParseCPULine(t *testing.T) {
 		}
 	}
 }
+
+func TestParseVmHWM(t *testing.T) {
+	for _, tc := range []struct {
+		status string
+		want   int64
+	}{
+		{"Name:\tagentauthz\nVmPeak:\t 1000 kB\nVmHWM:\t  107336 kB\nVmRSS:\t 5 kB\n", 107336 * 1024},
+		{"VmHWM: 1 kB", 1024},
+		{"VmRSS:\t 5 kB\n", 0},
+		{"VmHWM:\t 12 MB\n", 0},
+		{"VmHWM:\t -3 kB\n", 0},
+		{"VmHWM:\t x kB\n", 0},
+		{"", 0},
+	} {
+		if got := parseVmHWM(tc.status); got != tc.want {
+			t.Errorf("parseVmHWM(%q) = %d, want %d", tc.status, got, tc.want)
+		}
+	}
+}

@@ -199,7 +199,6 @@ func readStats() ServerStats {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		st.CPUNanos = ru.Utime.Nano() + ru.Stime.Nano()
-		st.MaxRSSBytes = ru.Maxrss * 1024 // kilobytes on Linux
 	}
 	samples := []metrics.Sample{
 		{Name: "/gc/heap/allocs:objects"},
@@ -218,8 +217,41 @@ func readStats() ServerStats {
 	st.Mallocs = u(0) + u(1)
 	st.HeapBytes, st.GCCycles = u(2), u(3)
 	st.RSSBytes = currentRSS()
+	st.MaxRSSBytes = peakRSS()
 	st.GOMAXPROCS = runtime.GOMAXPROCS(0)
 	return st
+}
+
+// peakRSS reads this process's resident high-water mark (VmHWM in
+// /proc/self/status). Not getrusage's ru_maxrss: Linux carries that over
+// exec from the forked copy of the parent, so a server started by a harness
+// that had just built a million-entry CRL reported the harness's 600 MiB.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	return parseVmHWM(string(b))
+}
+
+// parseVmHWM returns the "VmHWM:   1234 kB" value in bytes, 0 if absent.
+func parseVmHWM(status string) int64 {
+	for line := range strings.Lines(status) {
+		rest, ok := strings.CutPrefix(line, "VmHWM:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil || kb < 0 {
+			return 0
+		}
+		return kb * 1024
+	}
+	return 0
 }
 
 // currentRSS reads the resident set from /proc/self/statm (pages).
