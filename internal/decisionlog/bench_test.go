@@ -5,7 +5,10 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -147,4 +150,84 @@ func BenchmarkVerifyLog(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(2000*b.N)/b.Elapsed().Seconds(), "records/s")
+}
+
+// crashedSegment makes a log whose last (only) segment holds n records,
+// and returns its options, the segment's path and the length of its
+// records. Before each scan, os.Truncate adds the padding a crash leaves
+// (a sparse hole): scanning cuts it off.
+func crashedSegment(b *testing.B, n int) (o Options, seg string, size int64) {
+	b.Helper()
+	o = testOptions(b)
+	holdPreparation(&o) // Open and Close only: no segment is prepared
+	mustOpen(b, o).Close()
+	keys, err := loadSigningKeys(o.KeyDir)
+	if err != nil || len(keys) != 1 {
+		b.Fatalf("keys %v %v", keys, err)
+	}
+	var data []byte
+	for _, k := range keys {
+		data = []byte(strings.Join(signedLines(k, o.Name, n), ""))
+	}
+	seg = filepath.Join(o.Dir, segmentName(1))
+	if err := os.WriteFile(seg, data, 0o640); err != nil {
+		b.Fatal(err)
+	}
+	return o, seg, int64(len(data))
+}
+
+// BenchmarkOpen is Open (and Close) after a crash that left 50,000
+// records and then the default 64 MiB of padding in the last segment:
+// Open scans the segment and seals it.
+func BenchmarkOpen(b *testing.B) {
+	o, seg, size := crashedSegment(b, 50000)
+	b.ReportAllocs()
+	b.ResetTimer()
+	var cpu time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		if err := os.Truncate(seg, size+DefaultSegmentMaxBytes); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		cpu0 := cpuTime()
+		l := mustOpen(b, o)
+		if err := l.Close(); err != nil {
+			b.Fatal(err)
+		}
+		cpu += cpuTime() - cpu0
+	}
+	b.ReportMetric(float64(size)/(1<<20), "MiB-of-records")
+	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op") // steadier than ns/op on a shared machine
+}
+
+// BenchmarkScanSegment is the scan alone, on the same segment, streamed and
+// as it was (scanSegmentReference reads the whole file).
+func BenchmarkScanSegment(b *testing.B) {
+	_, seg, size := crashedSegment(b, 50000)
+	for _, impl := range []struct {
+		name string
+		scan func(path, name string, isLast bool, maxTorn int, open openFunc) (*scannedLine, int64, error)
+	}{
+		{"stream", scanSegment},
+		{"reference", scanSegmentReference},
+	} {
+		b.Run(impl.name, func(b *testing.B) {
+			b.ReportAllocs()
+			var cpu time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				if err := os.Truncate(seg, size+DefaultSegmentMaxBytes); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				cpu0 := cpuTime()
+				if _, good, err := impl.scan(seg, segmentName(1), true, maxWriteBytes, osOpenFile); good != size || err == nil {
+					b.Fatalf("scan: %d bytes, %v", good, err)
+				}
+				cpu += cpuTime() - cpu0
+			}
+			b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op")
+		})
+	}
 }

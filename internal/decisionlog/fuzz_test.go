@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -66,13 +67,16 @@ func FuzzDecodeRecord(f *testing.F) {
 
 // fuzzLines returns n records (seq 1..n) signed by fuzzKey and chained,
 // each with its LF.
-func fuzzLines(n int) []string {
-	k := fuzzKey()
+func fuzzLines(n int) []string { return signedLines(fuzzKey(), "fuzz", n) }
+
+// signedLines returns n records (seq 1..n) of log name signed by k and
+// chained, each with its LF.
+func signedLines(k *signingKey, name string, n int) []string {
 	var out []string
 	prev := ""
 	for i := 1; i <= n; i++ {
 		r := sampleRecord(i)
-		r.Seq, r.KeyID, r.Log, r.Prev = uint64(i), k.kid, "fuzz", prev
+		r.Seq, r.KeyID, r.Log, r.Prev = uint64(i), k.kid, name, prev
 		p, _ := r.MarshalJSON()
 		_, jws := k.finish(k.signingInput(p))
 		prev = ChainHash(jws)
@@ -146,4 +150,150 @@ func FuzzRecoverTail(f *testing.F) {
 			t.Fatalf("the %d bytes cut after the side file's are not all padding", len(rest))
 		}
 	})
+}
+
+// FuzzScanSegment compares scanSegment, which streams the segment, with
+// scanSegmentReference, the implementation it replaced (it read the whole
+// file): on the same bytes, whether the segment is the last one and the
+// same bound on torn bytes, both must return the same last record, good
+// length, tail and error, and leave the same files behind.
+func FuzzScanSegment(f *testing.F) {
+	lines := fuzzLines(5)
+	clean := strings.Join(lines, "")
+	good := strings.Join(lines[:2], "")
+	pad := strings.Repeat("\x00", 3000)
+	long := strings.Repeat("A", MaxRecordBytes+1) // one byte too long for a record
+	other := signedLines(fuzzKey(), "other", 5)   // a chain of other records
+	longest := longestLine(3, ChainHash(strings.TrimSuffix(lines[1], "\n")))
+	batch := pad[:64] + lines[3] + lines[4] // a torn batch: a lost page, then records
+	for _, s := range []struct {
+		data    string
+		isLast  bool
+		maxTorn uint16
+	}{
+		{"", true, 4096}, // empty file
+		{clean, true, 4096},
+		{clean + pad, true, 4096},                                        // zero padding
+		{good + lines[2][:300] + pad, true, 4096},                        // torn record
+		{good + lines[2][:300] + pad, true, 100},                         // ... beyond the bound
+		{good + lines[2][:300] + pad, true, 300},                         // ... at the bound
+		{good + lines[2][:300] + pad, true, 299},                         // ... one byte over
+		{good + lines[2][:100] + pad[:200] + lines[2][300:], true, 4096}, // torn record, a lost page
+		{good + batch + pad, true, 4096},                                 // torn batch
+		{good + batch + pad, false, 4096},                                // ... in a sealed segment
+		{good + batch + pad, true, 1000},                                 // ... beyond the bound
+		{good + batch + pad, true, uint16(len(batch))},                   // ... at the bound
+		{good + batch + pad, true, uint16(len(batch) - 1)},               // ... one byte over
+		{good + pad[:64] + lines[4] + lines[3] + pad, true, 4096},        // ... out of order
+		{good + pad[:64] + lines[1] + pad, true, 4096},                   // ... an earlier record
+		// ... a torn record, then pieces of records and records.
+		{good + lines[2][:50] + pad[:64] + lines[3][:40] + pad[:10] + lines[3][40:] + lines[4], true, 4096},
+		{lines[0] + pad[:100] + strings.Join(lines[2:], ""), true, 4096},         // NUL damage in the middle
+		{good + pad[:64] + "not a record\n" + lines[3] + pad, true, 4096},        // garbage after the damage
+		{good + pad[:64] + "\x01" + lines[3] + pad, true, 4096},                  // a foreign byte
+		{good + pad[:64] + lines[2][:50] + "\ngarbage\n" + lines[3], true, 4096}, // a garbage line
+		{good + pad[:64] + lines[3] + other[4], true, 4096},                      // records that do not chain
+		{clean + pad + "garbage after padding\n" + pad, true, 4096},              // garbage after padding
+		{clean + pad + lines[3] + pad, true, 4096},                               // a record after padding
+		{good + long + "\n" + lines[2], true, 4096},                              // a line longer than MaxRecordBytes
+		{good + long[1:] + "\n" + lines[2], true, 4096},                          // ... exactly MaxRecordBytes
+		{good + pad[:10] + long + "\x00" + lines[2], true, 4096},                 // ... in the tail, after a NUL
+		{good + pad[:10] + long + lines[2], true, 65535},                         // ... running into a record
+		{good + long, true, 4096},                                                // ... without its LF
+		{good + longest + pad, true, 4096},                                       // a record of MaxRecordBytes
+		{good + pad[:10] + longest[:len(longest)-1] + "A\n", true, 4096},         // ... and one byte more, after a NUL
+		// With a 16-byte buffer, a NUL run that starts a piece.
+		{good + lines[2][:16] + pad[:32] + lines[3] + lines[4], true, 4096},
+	} {
+		f.Add([]byte(s.data), s.isLast, s.maxTorn, uint8(0))
+		f.Add([]byte(s.data), s.isLast, s.maxTorn, uint8(47))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, isLast bool, maxTorn uint16, buf uint8) {
+		want := scanOnce(t, scanSegmentReference, data, isLast, int(maxTorn))
+		// The buffer's size as used, and a small one (bufio's least is
+		// 16 bytes): the pieces of lines and of NUL runs fall anywhere.
+		for _, size := range []int{scanBufBytes, 16 + int(buf)} {
+			got := scanOnce(t, func(path, name string, isLast bool, maxTorn int, open openFunc) (*scannedLine, int64, error) {
+				return scanSegmentBuf(path, name, isLast, maxTorn, open, size)
+			}, data, isLast, int(maxTorn))
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("streaming scan (%d-byte buffer) differs from the reference:\n got %+v\nwant %+v", size, got, want)
+			}
+		}
+	})
+}
+
+// longestLine returns the record seq (chained to prev) signed by fuzzKey
+// whose JWS is exactly MaxRecordBytes long, the longest a line can be, with
+// its LF.
+func longestLine(seq uint64, prev string) string {
+	k := fuzzKey()
+	sign := func(idLen int) string {
+		r := sampleRecord(int(seq))
+		r.Seq, r.KeyID, r.Log, r.Prev = seq, k.kid, "fuzz", prev
+		r.DecisionID = strings.Repeat("x", idLen)
+		p, _ := r.MarshalJSON()
+		_, jws := k.finish(k.signingInput(p))
+		return jws
+	}
+	// Each byte of the id adds 4/3 of a byte of base64.
+	n := len(sign(0))
+	n = (MaxRecordBytes - n) * 3 / 4
+	for i := n - 3; i <= n+3; i++ {
+		if jws := sign(i); len(jws) == MaxRecordBytes {
+			return jws + "\n"
+		}
+	}
+	panic("no record of MaxRecordBytes")
+}
+
+// scanOutcome is what a scan returned and left in its directory, with the
+// directory's path taken out.
+type scanOutcome struct {
+	Last    *string
+	Good    int64
+	Tail    *segmentTail
+	Batch   *tornBatchCut
+	Err     string
+	Corrupt bool
+	Files   map[string]string // every file left in the directory: name → contents
+}
+
+func scanOnce(t *testing.T, scan func(path, name string, isLast bool, maxTorn int, open openFunc) (*scannedLine, int64, error), data []byte, isLast bool, maxTorn int) scanOutcome {
+	t.Helper()
+	dir := t.TempDir()
+	name := segmentName(1)
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	last, good, err := scan(path, name, isLast, maxTorn, osOpenFile)
+	var out scanOutcome
+	out.Good = good
+	if last != nil {
+		out.Last = &last.jws
+	}
+	var tail *segmentTail
+	if errors.As(err, &tail) {
+		c := *tail
+		c.sideFile = strings.TrimPrefix(c.sideFile, dir)
+		out.Tail, out.Batch, c.batch = &c, c.batch, nil
+	}
+	if err != nil {
+		out.Err = strings.ReplaceAll(err.Error(), dir, "DIR")
+		out.Corrupt = errors.Is(err, ErrCorrupt)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Files = map[string]string{}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out.Files[e.Name()] = string(b)
+	}
+	return out
 }

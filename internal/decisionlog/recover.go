@@ -1,6 +1,7 @@
 package decisionlog
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -67,6 +68,9 @@ func (t *segmentTail) Error() string {
 	return fmt.Sprintf("cut %d torn bytes and %d bytes of padding", t.torn, t.padding)
 }
 
+// scanBufBytes is the read buffer of scanSegment (as large as Reader's).
+const scanBufBytes = 64 << 10
+
 // scanSegment reads a segment, checks that its complete lines decode and
 // chain, and cuts it back to the end of the last good record (sealing it).
 // What follows that record may only be a crash artifact: a torn record (a
@@ -79,77 +83,127 @@ func (t *segmentTail) Error() string {
 // good length; when it cut something the error is a *segmentTail saying
 // what. Any other damage is not a crash artifact: it returns ErrCorrupt and
 // leaves the file as it is; so does a failure to keep the bytes.
+//
+// It streams the file, because nothing Open validates bounds its size
+// (segment_max_bytes may have been lowered since it was written, or the
+// file grown by other means) and its padding alone is normally tens of MiB
+// of zeros. It holds at most one line, MaxRecordBytes+1 bytes (a longer
+// line is damage, not a reason to hold more); the torn bytes and the
+// padding are counted, and the torn bytes read again only once they are
+// known to be within maxTorn, to be kept.
 func scanSegment(path, name string, isLast bool, maxTorn int, open openFunc) (last *scannedLine, good int64, err error) {
-	data, err := os.ReadFile(path)
+	return scanSegmentBuf(path, name, isLast, maxTorn, open, scanBufBytes)
+}
+
+// scanSegmentBuf is scanSegment reading bufSize bytes at a time (tests use
+// small buffers, to put piece boundaries anywhere in lines and NUL runs).
+func scanSegmentBuf(path, name string, isLast bool, maxTorn int, open openFunc, bufSize int) (last *scannedLine, good int64, err error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read segment: %w", err)
 	}
-	want, _ := parseSegmentName(name)
-	prev := ""
-	off := 0
-	for off < len(data) {
-		nl := bytes.IndexByte(data[off:], '\n')
-		if nl < 0 {
-			break
+	defer f.Close()
+	br := bufio.NewReaderSize(f, bufSize)
+	first, _ := parseSegmentName(name)
+	last, good, want, err := scanRecords(br, first)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read segment: %w", err)
+	}
+	// The tail starts with the line scanRecords stopped at: read it again.
+	if _, err := f.Seek(good, io.SeekStart); err != nil {
+		return nil, 0, fmt.Errorf("read segment: %w", err)
+	}
+	br.Reset(f)
+	ts := tailScan{want: want, foreign: -1, prevLine: -1}
+	if err := ts.read(br); err != nil {
+		return nil, 0, fmt.Errorf("read segment: %w", err)
+	}
+	if ts.size == 0 {
+		return last, good, nil
+	}
+	tail := &segmentTail{name: name, torn: ts.torn, padding: ts.size - ts.torn}
+	if ts.torn > 0 {
+		switch {
+		case ts.records > 0:
+			// A complete, decodable record after the damage: not a torn
+			// record. Only a torn batch may be cut.
+			if why := ts.notTornBatch(isLast, maxTorn); why != "" {
+				return nil, 0, fmt.Errorf("%w: %s: damaged record at byte %d followed by valid records (%s); run agentauthz audit verify", ErrCorrupt, name, good, why)
+			}
+			tail.batch = &tornBatchCut{records: ts.records, firstSeq: ts.firstSeq, lastSeq: ts.lastSeq}
+		case ts.torn > maxTorn:
+			// A crash tears at most the one write in flight, so this is
+			// not a torn record; and the side file stays bounded.
+			return nil, 0, fmt.Errorf("%w: %s: %d bytes after the last good record at byte %d, more than one write (%d bytes) can leave; run agentauthz audit verify", ErrCorrupt, name, ts.torn, good, maxTorn)
 		}
-		text := string(data[off : off+nl])
+		// Both cases above refuse more than maxTorn torn bytes: read
+		// them again (the scan only counted them) to keep them.
+		torn := make([]byte, ts.torn)
+		if _, err := f.ReadAt(torn, good); err != nil {
+			return nil, 0, fmt.Errorf("read segment: %w", err)
+		}
+		side, err := keepTornBytes(open, filepath.Dir(path), name, good, torn)
+		if err != nil {
+			return nil, 0, fmt.Errorf("keep the %d torn bytes at the end of %s before cutting them (nothing was cut): %w", ts.torn, name, err)
+		}
+		tail.sideFile = side
+	}
+	if err := truncateDurable(path, good); err != nil {
+		return nil, 0, err
+	}
+	return last, good, tail
+}
+
+// scanRecords reads the segment's lines from its start while they are
+// complete records holding the seqs from want on, each chained to the one
+// before. It returns the last of them, the offset after it, and the seq the
+// next line was to hold. A line longer than MaxRecordBytes stops it as soon
+// as that shows: it never decodes, so it is not read further.
+func scanRecords(br *bufio.Reader, want uint64) (last *scannedLine, off int64, next uint64, err error) {
+	var buf []byte
+	prev := ""
+	for {
+		buf = buf[:0]
+		for done := false; !done; {
+			chunk, err := br.ReadSlice('\n')
+			if len(buf)+len(chunk) > MaxRecordBytes+1 {
+				return last, off, want, nil // too long to be a record (and its LF)
+			}
+			buf = append(buf, chunk...)
+			switch {
+			case err == nil:
+				done = true
+			case errors.Is(err, io.EOF):
+				return last, off, want, nil // the end, or a partial line
+			case !errors.Is(err, bufio.ErrBufferFull):
+				return nil, 0, 0, err
+			}
+		}
+		text := string(buf[:len(buf)-1])
 		rec, derr := DecodeRecord(text) // a line with a NUL byte never decodes
 		if derr != nil || rec.Seq != want || (prev != "" && rec.Prev != prev) {
-			break
+			return last, off, want, nil
 		}
 		last = &scannedLine{jws: text}
 		prev = ChainHash(text)
 		want++
-		off += nl + 1
+		off += int64(len(buf))
 	}
-	if off == len(data) {
-		return last, int64(off), nil
-	}
-	rest := data[off:]
-	torn := bytes.TrimRight(rest, "\x00") // the zero padding is not torn
-	tail := &segmentTail{name: name, torn: len(torn), padding: len(rest) - len(torn)}
-	if len(torn) > 0 {
-		ts := scanTail(torn)
-		switch {
-		case len(ts.records) > 0:
-			// A complete, decodable record after the damage: not a torn
-			// record. Only a torn batch may be cut.
-			if why := ts.notTornBatch(want, isLast, len(torn), maxTorn); why != "" {
-				return nil, 0, fmt.Errorf("%w: %s: damaged record at byte %d followed by valid records (%s); run agentauthz audit verify", ErrCorrupt, name, off, why)
-			}
-			tail.batch = &tornBatchCut{
-				records:  len(ts.records),
-				firstSeq: ts.records[0].seq,
-				lastSeq:  ts.records[len(ts.records)-1].seq,
-			}
-		case len(torn) > maxTorn:
-			// A crash tears at most the one write in flight, so this is
-			// not a torn record; and the side file stays bounded.
-			return nil, 0, fmt.Errorf("%w: %s: %d bytes after the last good record at byte %d, more than one write (%d bytes) can leave; run agentauthz audit verify", ErrCorrupt, name, len(torn), off, maxTorn)
-		}
-		side, err := keepTornBytes(open, filepath.Dir(path), name, int64(off), torn)
-		if err != nil {
-			return nil, 0, fmt.Errorf("keep the %d torn bytes at the end of %s before cutting them (nothing was cut): %w", len(torn), name, err)
-		}
-		tail.sideFile = side
-	}
-	if err := truncateDurable(path, int64(off)); err != nil {
-		return nil, 0, err
-	}
-	return last, int64(off), tail
 }
 
-// tailRecord is a complete, decodable record found after the damage.
-type tailRecord struct {
-	seq      uint64
-	prev     string
-	hash     string
-	adjacent bool // directly after the previous tail record (the line before it)
-}
-
-// tailScan is what scanTail finds in the bytes after the last good record.
+// tailScan is what read finds in the tail: the bytes from the end of the
+// last good record to the end of the file. It splits them into lines. In a
+// line holding NULs only what follows its last NUL can be a complete
+// record; a line without NULs is one as a whole, except the first (it
+// broke the chain). The part after the last LF is a partial line.
 type tailScan struct {
-	records []tailRecord
+	want uint64 // the seq the damaged line was to hold
+
+	size int // bytes in the tail
+	torn int // bytes up to its last non-NUL byte; the rest is padding
+
+	records           int // complete, decodable records after the damage
+	firstSeq, lastSeq uint64
 	// firstHasNUL: the line that broke the chain (the first bad spot)
 	// holds a NUL byte, i.e. a page of it never reached the disk.
 	firstHasNUL bool
@@ -161,50 +215,106 @@ type tailScan struct {
 	// foreign: a byte that is neither NUL, LF nor in the alphabet of a
 	// JWS (base64url and '.'): not a piece of a record.
 	foreign int // offset within the tail, -1 if none
+	// disorder: why the records do not continue the log (the first
+	// reason), "" while they do: seqs after want, increasing, and chained
+	// where one directly follows another.
+	disorder string
+
+	// The line being read, and the last record.
+	line     int    // its 0-based index in the tail
+	lineNUL  bool   // it holds a NUL byte
+	afterNUL []byte // its bytes after its last NUL (all, if none), at most MaxRecordBytes+1
+	prevLine int    // line of the last record, -1 if none
+	prevHash string // chain hash of the last record
 }
 
-// scanTail splits the bytes after the last good record (the padding cut
-// off) into lines. In a line holding NULs only what follows its last NUL
-// can be a complete record; a line without NULs is one as a whole, except
-// the first (it broke the chain). The part after the last LF is a partial
-// line.
-func scanTail(torn []byte) tailScan {
-	ts := tailScan{foreign: -1}
-	for i, c := range torn {
-		if c != 0 && c != '\n' && !isJWSByte(c) {
-			ts.foreign = i
-			break
+// read reads the tail from br to the end of the file.
+func (ts *tailScan) read(br *bufio.Reader) error {
+	zeros := make([]byte, br.Size())
+	for {
+		chunk, err := br.ReadSlice('\n')
+		ts.add(chunk, zeros, err == nil)
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil
+		case err != nil && !errors.Is(err, bufio.ErrBufferFull):
+			return err
 		}
 	}
-	lines := bytes.Split(torn, []byte("\n"))
-	prevRecord := -1 // line index of the last tail record
-	for i, ln := range lines[:len(lines)-1] {
-		z := bytes.LastIndexByte(ln, 0)
-		if i == 0 {
-			ts.firstHasNUL = z >= 0
+}
+
+// add takes the next piece of the tail: a line up to its LF (eol), or part
+// of a line. zeros is at least as long as chunk, all NUL.
+func (ts *tailScan) add(chunk, zeros []byte, eol bool) {
+	start := ts.size
+	ts.size += len(chunk)
+	if bytes.Equal(chunk, zeros[:len(chunk)]) {
+		// Padding or a lost page: counted, not held.
+		if len(chunk) > 0 {
+			ts.lineNUL, ts.afterNUL = true, ts.afterNUL[:0]
+		}
+		return
+	}
+	if ts.foreign < 0 {
+		for i, c := range chunk {
+			if c != 0 && c != '\n' && !isJWSByte(c) {
+				ts.foreign = start + i
+				break
+			}
+		}
+	}
+	ts.torn = start + len(bytes.TrimRight(chunk, "\x00"))
+	b := chunk
+	if eol {
+		b = chunk[:len(chunk)-1]
+	}
+	if z := bytes.LastIndexByte(b, 0); z >= 0 {
+		ts.lineNUL, ts.afterNUL = true, ts.afterNUL[:0]
+		b = b[z+1:]
+	}
+	ts.afterNUL = append(ts.afterNUL, b[:min(len(b), MaxRecordBytes+1-len(ts.afterNUL))]...)
+	if eol {
+		ts.endLine()
+	}
+}
+
+// endLine judges the complete line just read and starts the next one.
+func (ts *tailScan) endLine() {
+	i, nul := ts.line, ts.lineNUL
+	text := ts.afterNUL
+	ts.line, ts.lineNUL, ts.afterNUL = i+1, false, ts.afterNUL[:0]
+	if i == 0 {
+		ts.firstHasNUL = nul
+		if !nul {
+			return // the line that broke the chain
+		}
+	}
+	jws := string(text) // more than MaxRecordBytes never decodes
+	rec, err := DecodeRecord(jws)
+	if err != nil {
+		if !nul && ts.garbage == 0 {
+			ts.garbage = i + 1
+		}
+		return
+	}
+	adjacent := !nul && ts.prevLine == i-1 // directly after the last record
+	if ts.disorder == "" {
+		after := ts.want // a record in the tail comes after the damaged one
+		if ts.records > 0 {
+			after = ts.lastSeq
 		}
 		switch {
-		case z >= 0:
-			ln = ln[z+1:]
-		case i == 0:
-			continue // the line that broke the chain
+		case rec.Seq <= after:
+			ts.disorder = fmt.Sprintf("a record after the damage has seq %d, not after %d", rec.Seq, after)
+		case adjacent && (rec.Seq != ts.lastSeq+1 || rec.Prev != ts.prevHash):
+			ts.disorder = fmt.Sprintf("records %d and %d after the damage do not chain", ts.lastSeq, rec.Seq)
 		}
-		rec, err := DecodeRecord(string(ln))
-		if err != nil {
-			if z < 0 && ts.garbage == 0 {
-				ts.garbage = i + 1
-			}
-			continue
-		}
-		ts.records = append(ts.records, tailRecord{
-			seq:      rec.Seq,
-			prev:     rec.Prev,
-			hash:     ChainHash(string(ln)),
-			adjacent: z < 0 && prevRecord == i-1,
-		})
-		prevRecord = i
 	}
-	return ts
+	if ts.records == 0 {
+		ts.firstSeq = rec.Seq
+	}
+	ts.records++
+	ts.lastSeq, ts.prevLine, ts.prevHash = rec.Seq, i, ChainHash(jws)
 }
 
 func isJWSByte(c byte) bool {
@@ -217,9 +327,8 @@ func isJWSByte(c byte) bool {
 // runs, pieces of records and complete records that continue the log
 // (seqs after want, the seq the damaged line was to hold, increasing, and
 // chained where one directly follows another); and it all lies within
-// maxTorn bytes of the last good record (one write of the writer). want is
-// the seq expected at the damage.
-func (ts tailScan) notTornBatch(want uint64, isLast bool, tornBytes, maxTorn int) string {
+// maxTorn bytes of the last good record (one write of the writer).
+func (ts *tailScan) notTornBatch(isLast bool, maxTorn int) string {
 	switch {
 	case !isLast:
 		return "not the last segment: a sealed segment is never torn"
@@ -229,22 +338,10 @@ func (ts tailScan) notTornBatch(want uint64, isLast bool, tornBytes, maxTorn int
 		return fmt.Sprintf("line %d after the damage is complete but not a record", ts.garbage)
 	case ts.foreign >= 0:
 		return fmt.Sprintf("byte %d after the damage is not part of a record", ts.foreign)
-	case tornBytes > maxTorn:
-		return fmt.Sprintf("%d bytes from the damage to the last record byte, more than one write (%d bytes) can leave", tornBytes, maxTorn)
+	case ts.torn > maxTorn:
+		return fmt.Sprintf("%d bytes from the damage to the last record byte, more than one write (%d bytes) can leave", ts.torn, maxTorn)
 	}
-	after := want // a record in the tail comes after the damaged one
-	var prev *tailRecord
-	for i := range ts.records {
-		r := &ts.records[i]
-		if r.seq <= after {
-			return fmt.Sprintf("a record after the damage has seq %d, not after %d", r.seq, after)
-		}
-		if r.adjacent && prev != nil && (r.seq != prev.seq+1 || r.prev != prev.hash) {
-			return fmt.Sprintf("records %d and %d after the damage do not chain", prev.seq, r.seq)
-		}
-		after, prev = r.seq, r
-	}
-	return ""
+	return ts.disorder
 }
 
 // keepTornBytes writes b durably (file and directory fsynced) to the side

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -986,5 +987,83 @@ func TestFailedCycleFailsTheWholeBatch(t *testing.T) {
 	l.Close()
 	if res := mustVerify(t, o); res.Records != 2 {
 		t.Fatalf("records %d", res.Records)
+	}
+}
+
+// Open streams the last segment: what it holds stays within about one
+// record and one write however large the file is. Here 200 MiB of padding
+// after a few records, a record 200 MiB further, and a 32 MiB line. (The
+// zeros are a hole in a sparse file: they cost no disk.)
+func TestScanSegmentMemoryIsBounded(t *testing.T) {
+	const size = 200 << 20
+	lines := fuzzLines(4)
+	good := strings.Join(lines[:3], "")
+	for _, tc := range []struct {
+		name  string
+		write func(t *testing.T, f *os.File)
+		cut   bool // cut the padding; else refused (ErrCorrupt)
+	}{
+		{"200 MiB of padding", func(t *testing.T, f *os.File) {
+			if err := f.Truncate(size); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"a record after 200 MiB of zeros", func(t *testing.T, f *os.File) {
+			if _, err := f.WriteAt([]byte(lines[3]), size); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"a 32 MiB line", func(t *testing.T, f *os.File) {
+			if _, err := f.WriteAt(bytes.Repeat([]byte("x"), 32<<20), int64(len(good))); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := segmentName(1)
+			path := filepath.Join(t.TempDir(), name)
+			f, err := os.Create(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteString(good); err != nil {
+				t.Fatal(err)
+			}
+			tc.write(t, f)
+			fi, err := f.Stat()
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+
+			var m0, m1 runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&m0)
+			last, n, err := scanSegment(path, name, true, maxWriteBytes, osOpenFile)
+			runtime.ReadMemStats(&m1)
+			alloc := m1.TotalAlloc - m0.TotalAlloc
+			t.Logf("%d MiB file: %d KiB allocated; %v", fi.Size()>>20, alloc>>10, err)
+			if alloc > 16<<20 {
+				t.Fatalf("scanning a %d MiB segment allocated %d MiB", fi.Size()>>20, alloc>>20)
+			}
+
+			after, serr := os.Stat(path)
+			if serr != nil {
+				t.Fatal(serr)
+			}
+			var tail *segmentTail
+			if !tc.cut {
+				if !errors.Is(err, ErrCorrupt) || after.Size() != fi.Size() {
+					t.Fatalf("scan = %v, segment %d bytes; want ErrCorrupt and the segment as it was", err, after.Size())
+				}
+				return
+			}
+			if !errors.As(err, &tail) || tail.torn != 0 || tail.padding != size-len(good) {
+				t.Fatalf("scan = %v, want the padding cut", err)
+			}
+			if last == nil || last.jws+"\n" != lines[2] || n != int64(len(good)) || after.Size() != n {
+				t.Fatalf("scan: last %v, good %d, segment %d bytes; want seq 3 and %d", last, n, after.Size(), len(good))
+			}
+		})
 	}
 }
