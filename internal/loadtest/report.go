@@ -56,6 +56,10 @@ type RunResult struct {
 	RSSAfterGC  int64  `json:"rss_after_gc_bytes"`
 	GCCycles    uint64 `json:"gc_cycles"`
 
+	// Decision-log segments the real server started during the window.
+	SegmentsPreallocated int64 `json:"segments_preallocated"`
+	SegmentsAppended     int64 `json:"segments_appended"`
+
 	// The client (this process) and the whole machine over the same window.
 	ClientCPUPerCheck float64 `json:"client_cpu_ns_per_check"` // per answered request
 	MachineIdle       float64 `json:"machine_idle"`            // idle+iowait share of all CPUs; -1 when unknown
@@ -90,6 +94,8 @@ func (r *RunResult) fill(res *loadResult, before, after ServerStats) {
 	}
 	r.RSSBytes, r.MaxRSSBytes, r.GCCycles = after.RSSBytes, after.MaxRSSBytes, after.GCCycles-before.GCCycles
 	r.HeapBytes = after.HeapBytes
+	r.SegmentsPreallocated = after.SegmentsPreallocated - before.SegmentsPreallocated
+	r.SegmentsAppended = after.SegmentsAppended - before.SegmentsAppended
 }
 
 func (r *RunResult) summary() string {
@@ -97,8 +103,12 @@ func (r *RunResult) summary() string {
 	if r.FirstError != "" {
 		first = "  first: " + r.FirstError
 	}
+	segs := ""
+	if r.SegmentsPreallocated+r.SegmentsAppended > 0 {
+		segs = fmt.Sprintf("  segments %d preallocated, %d appended", r.SegmentsPreallocated, r.SegmentsAppended)
+	}
 	return fmt.Sprintf("%8.0f req/s  p50 %s  p99 %s  cpu/check %s  allocs/check %.0f  rss %s  errors %d  mismatches %d",
-		r.RPS, fmtDur(r.P50), fmtDur(r.P99), fmtNanos(r.CPUPerCheck), r.AllocsPerCheck, fmtMiB(r.RSSBytes), r.Errors, r.Mismatches) + first
+		r.RPS, fmtDur(r.P50), fmtDur(r.P99), fmtNanos(r.CPUPerCheck), r.AllocsPerCheck, fmtMiB(r.RSSBytes), r.Errors, r.Mismatches) + segs + first
 }
 
 // Machine describes where the numbers came from.
@@ -341,6 +351,12 @@ func runTable(b *strings.Builder, runs []RunResult, variant bool) {
 			r.RPS, fmtDur(r.P50), fmtDur(r.P90), fmtDur(r.P99), fmtDur(r.P999), fmtNanos(r.CPUPerCheck),
 			r.AllocsPerCheck, r.ServerCPUUtil, fmtNanos(r.ClientCPUPerCheck), idle, gcs, fmtMiB(r.RSSBytes), fmtMiB(r.MaxRSSBytes), fmtMiB(int64(r.HeapBytes)),
 			fmtMiB(int64(r.HeapAfterGC)), fmtMiB(r.RSSAfterGC), r.Errors, r.Mismatches)
+	}
+	for _, r := range runs {
+		if r.SegmentsAppended > 0 {
+			fmt.Fprintf(b, "\nDuring the %s run at concurrency %d the decision log started %d of %d segments without preallocation: the background preparation fell behind, and those segments' flushes are the slower ones of a growing file.\n",
+				modeLabel(r.Mode), r.Concurrency, r.SegmentsAppended, r.SegmentsAppended+r.SegmentsPreallocated)
+		}
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 
@@ -69,6 +70,38 @@ type ServerStats struct {
 	HeapBytes   uint64 `json:"heap_bytes"`
 	GCCycles    uint64 `json:"gc_cycles"`
 	GOMAXPROCS  int    `json:"gomaxprocs"`
+	// Decision-log segments started so far, by kind (real mode only): an
+	// appended one means the background preparation fell behind, and its
+	// flushes are the slower ones of a growing file.
+	SegmentsPreallocated int64 `json:"segments_preallocated"`
+	SegmentsAppended     int64 `json:"segments_appended"`
+}
+
+// readSegments reads agentauthz_decisionlog_segments_total{kind} from reg.
+func readSegments(reg prometheus.Gatherer, st *ServerStats) {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "agentauthz_decisionlog_segments_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() != "kind" {
+					continue
+				}
+				n := int64(m.GetCounter().GetValue())
+				switch l.GetValue() {
+				case "preallocated":
+					st.SegmentsPreallocated = n
+				case "appended":
+					st.SegmentsAppended = n
+				}
+			}
+		}
+	}
 }
 
 // counting wraps the Check server to count answers; two atomic adds are
@@ -165,6 +198,9 @@ func RunServer(ctx context.Context, o ServerOptions) error {
 		}
 		st := readStats()
 		st.Mode, st.Checks, st.Allowed = o.Mode, cnt.checks.Load(), cnt.allowed.Load()
+		if comps.Registry != nil {
+			readSegments(comps.Registry, &st)
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(st)
 	})
