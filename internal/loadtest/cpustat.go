@@ -15,6 +15,7 @@ import (
 type cpuSnapshot struct {
 	procNanos int64  // user+system of this process (the client)
 	idle      uint64 // machine idle+iowait ticks, all CPUs
+	steal     uint64 // ticks the hypervisor ran something else on our vCPUs
 	total     uint64 // all machine ticks, all CPUs; 0 when /proc/stat is unreadable
 }
 
@@ -24,39 +25,44 @@ func takeCPU() cpuSnapshot {
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		s.procNanos = ru.Utime.Nano() + ru.Stime.Nano()
 	}
-	s.idle, s.total = readProcStat()
+	s.idle, s.steal, s.total = readProcStat()
 	return s
 }
 
 // readProcStat sums the aggregate "cpu" line of /proc/stat: user nice
-// system idle iowait irq softirq steal (guest time is inside user).
-func readProcStat() (idle, total uint64) {
+// system idle iowait irq softirq steal (guest time is inside user). Steal
+// is time our vCPUs were ready but the host did not run them: on a VM
+// whose host caps its CPU it is where the whole machine stalls.
+func readProcStat() (idle, steal, total uint64) {
 	f, err := os.Open("/proc/stat")
 	if err != nil {
-		return 0, 0
+		return 0, 0, 0
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	if !sc.Scan() {
-		return 0, 0
+		return 0, 0, 0
 	}
 	return parseCPULine(sc.Text())
 }
 
-func parseCPULine(line string) (idle, total uint64) {
+func parseCPULine(line string) (idle, steal, total uint64) {
 	fields := strings.Fields(line)
 	if len(fields) < 9 || fields[0] != "cpu" {
-		return 0, 0
+		return 0, 0, 0
 	}
 	for i, f := range fields[1:9] {
 		v, err := strconv.ParseUint(f, 10, 64)
 		if err != nil {
-			return 0, 0
+			return 0, 0, 0
 		}
 		total += v
-		if i == 3 || i == 4 { // idle, iowait
+		switch i {
+		case 3, 4: // idle, iowait
 			idle += v
+		case 7:
+			steal = v
 		}
 	}
-	return idle, total
+	return idle, steal, total
 }

@@ -137,7 +137,7 @@ func checkRun(t *testing.T, name string, r *loadtest.RunResult) {
 	if r.ClientCPUPerCheck <= 0 {
 		t.Errorf("%s: client cpu/check %v, want > 0", name, r.ClientCPUPerCheck)
 	}
-	if runtime.GOOS == "linux" && (r.MachineIdle < 0 || r.MachineIdle > 1) {
-		t.Errorf("%s: machine idle %v, want a share in [0, 1]", name, r.MachineIdle)
+	if runtime.GOOS == "linux" && (r.MachineIdle < 0 || r.MachineIdle > 1 || r.MachineSteal < 0 || r.MachineIdle+r.MachineSteal > 1) {
+		t.Errorf("%s: machine idle %v, steal %v, want shares in [0, 1]", name, r.MachineIdle, r.MachineSteal)
 	}
 }

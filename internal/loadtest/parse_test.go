@@ -95,20 +95,20 @@ func FuzzStatusCode(f *testing.F) {
 
 func TestParseCPULine(t *testing.T) {
 	for _, tc := range []struct {
-		line        string
-		idle, total uint64
+		line               string
+		idle, steal, total uint64
 	}{
 		// user nice system idle iowait irq softirq steal guest guest_nice
-		{"cpu  100 2 30 400 5 6 7 8 9 0", 405, 558},
-		{"cpu 1 2 3 4 5 6 7 8", 9, 36},
-		{"cpu0 1 2 3 4 5 6 7 8", 0, 0}, // a single CPU's line is not the aggregate
-		{"cpu 1 2 3", 0, 0},
-		{"cpu 1 2 3 x 5 6 7 8", 0, 0},
-		{"", 0, 0},
+		{"cpu  100 2 30 400 5 6 7 8 9 0", 405, 8, 558},
+		{"cpu 1 2 3 4 5 6 7 8", 9, 8, 36},
+		{"cpu0 1 2 3 4 5 6 7 8", 0, 0, 0}, // a single CPU's line is not the aggregate
+		{"cpu 1 2 3", 0, 0, 0},
+		{"cpu 1 2 3 x 5 6 7 8", 0, 0, 0},
+		{"", 0, 0, 0},
 	} {
-		idle, total := parseCPULine(tc.line)
-		if idle != tc.idle || total != tc.total {
-			t.Errorf("parseCPULine(%q) = %d, %d; want %d, %d", tc.line, idle, total, tc.idle, tc.total)
+		idle, steal, total := parseCPULine(tc.line)
+		if idle != tc.idle || steal != tc.steal || total != tc.total {
+			t.Errorf("parseCPULine(%q) = %d, %d, %d; want %d, %d, %d", tc.line, idle, steal, total, tc.idle, tc.steal, tc.total)
 		}
 	}
 }

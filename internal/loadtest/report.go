@@ -63,15 +63,18 @@ type RunResult struct {
 	// The client (this process) and the whole machine over the same window.
 	ClientCPUPerCheck float64 `json:"client_cpu_ns_per_check"` // per answered request
 	MachineIdle       float64 `json:"machine_idle"`            // idle+iowait share of all CPUs; -1 when unknown
+	MachineSteal      float64 `json:"machine_steal"`           // steal share of all CPUs; -1 when unknown
 }
 
 func (r *RunResult) fillHost(res *loadResult, before, after cpuSnapshot) {
 	if res.Requests > 0 {
 		r.ClientCPUPerCheck = float64(after.procNanos-before.procNanos) / float64(res.Requests)
 	}
-	r.MachineIdle = -1
+	r.MachineIdle, r.MachineSteal = -1, -1
 	if before.total > 0 && after.total > before.total {
-		r.MachineIdle = float64(after.idle-before.idle) / float64(after.total-before.total)
+		total := float64(after.total - before.total)
+		r.MachineIdle = float64(after.idle-before.idle) / total
+		r.MachineSteal = float64(after.steal-before.steal) / total
 	}
 }
 
@@ -327,7 +330,7 @@ func runTable(b *strings.Builder, runs []RunResult, variant bool) {
 	} else {
 		b.WriteString("| mode | concurrency ")
 	}
-	b.WriteString("| req/s | p50 | p90 | p99 | p99.9 | server CPU/Check | allocs/Check | server cores | client CPU/Check | machine idle | GC cycles per 1k Checks | RSS / peak RSS | heap | live heap / RSS after GC | errors | wrong answers |\n")
+	b.WriteString("| req/s | p50 | p90 | p99 | p99.9 | server CPU/Check | allocs/Check | server cores | client CPU/Check | machine idle / steal | GC cycles per 1k Checks | RSS / peak RSS | heap | live heap / RSS after GC | errors | wrong answers |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range runs {
 		if variant {
@@ -345,7 +348,7 @@ func runTable(b *strings.Builder, runs []RunResult, variant bool) {
 		}
 		idle := "n/a"
 		if r.MachineIdle >= 0 {
-			idle = fmt.Sprintf("%.0f %%", 100*r.MachineIdle)
+			idle = fmt.Sprintf("%.0f %% / %.1f %%", 100*r.MachineIdle, 100*r.MachineSteal)
 		}
 		fmt.Fprintf(b, "| %.0f | %s | %s | %s | %s | %s | %.0f | %.2f | %s | %s | %.1f | %s / %s | %s | %s / %s | %d | %d |\n",
 			r.RPS, fmtDur(r.P50), fmtDur(r.P90), fmtDur(r.P99), fmtDur(r.P999), fmtNanos(r.CPUPerCheck),
