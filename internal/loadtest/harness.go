@@ -59,6 +59,12 @@ type Options struct {
 	SkipNoCache bool
 	// PropagationRounds is how many revocations are timed; 0 skips.
 	PropagationRounds int
+	// PairedRounds is how many times (a) and (b) are measured back to back
+	// at the headline concurrency, both servers running and the order
+	// alternating, after the curves; 0 skips. The host's speed drifts over
+	// minutes, and the curves measure (b) and (a) minutes apart: the
+	// median of these pairs is the (a)/(b) figure to trust.
+	PairedRounds int
 	// ProfileDir, when set, receives a CPU profile of each mode at the
 	// headline concurrency (from a separate, unreported run).
 	ProfileDir string
@@ -214,6 +220,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			return nil, fmt.Errorf("%s server: %w", mode, err)
 		}
 	}
+	if o.PairedRounds > 0 && rep.Result(ModeNoop) != nil && rep.Result(ModeReal) != nil {
+		if rep.Paired, err = h.paired(ctx, baseRoutes, baseRevoked); err != nil {
+			return nil, fmt.Errorf("paired runs: %w", err)
+		}
+	}
 	if rl := rep.RateLimited; rl != nil && rep.Result(ModeNoop) != nil {
 		cfg, err := h.variant("noop-paced", baseRoutes, baseRevoked, false)
 		if err != nil {
@@ -270,6 +281,48 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep.finish()
 	return rep, nil
+}
+
+// paired measures (b) and (a) at the headline concurrency back to back,
+// PairedRounds times, alternating which goes first so that a drift of the
+// host's speed does not favour either.
+func (h *harness) paired(ctx context.Context, routes, revoked int) ([]PairedRound, error) {
+	noopCfg, err := h.variant("paired-noop", routes, revoked, false)
+	if err != nil {
+		return nil, err
+	}
+	realCfg, err := h.variant("paired-real", routes, revoked, false)
+	if err != nil {
+		return nil, err
+	}
+	var out []PairedRound
+	spec := loadSpec{Concurrency: h.o.Concurrency, Warmup: h.o.Warmup, Duration: h.o.Duration}
+	err = h.withServer(ctx, ModeNoop, noopCfg, func(noop *serverProc) error {
+		return h.withServer(ctx, ModeReal, realCfg, func(real *serverProc) error {
+			for i := range h.o.PairedRounds {
+				pr := PairedRound{Round: i + 1, RealFirst: i%2 == 1}
+				var err error
+				if pr.RealFirst {
+					if pr.Real, err = h.measure(ctx, real, ModeReal, spec); err == nil {
+						pr.Noop, err = h.measure(ctx, noop, ModeNoop, spec)
+					}
+				} else {
+					if pr.Noop, err = h.measure(ctx, noop, ModeNoop, spec); err == nil {
+						pr.Real, err = h.measure(ctx, real, ModeReal, spec)
+					}
+				}
+				if err != nil {
+					return err
+				}
+				if pr.Noop.RPS > 0 {
+					pr.Ratio = pr.Real.RPS / pr.Noop.RPS
+				}
+				out = append(out, pr)
+			}
+			return nil
+		})
+	})
+	return out, err
 }
 
 // single measures the real service at the headline concurrency with one

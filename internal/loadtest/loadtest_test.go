@@ -56,6 +56,7 @@ func TestHarnessShort(t *testing.T) {
 		RevokedSerials:    []int{0},
 		Mix:               mix,
 		PropagationRounds: 2,
+		PairedRounds:      2,
 		Progress:          &progress,
 	})
 	t.Log(progress.String())
@@ -72,6 +73,13 @@ func TestHarnessShort(t *testing.T) {
 	}
 	if rep.RatioRPS <= 0 || rep.RatioCPU <= 0 {
 		t.Errorf("ratios a/b=%v a/c=%v, want both > 0", rep.RatioRPS, rep.RatioCPU)
+	}
+	if len(rep.Paired) != 2 || rep.RatioRPSPaired <= 0 || rep.Paired[0].RealFirst || !rep.Paired[1].RealFirst {
+		t.Errorf("paired rounds %+v, median ratio %v: want 2 rounds, (b) first then (a) first, ratio > 0", rep.Paired, rep.RatioRPSPaired)
+	}
+	for _, pr := range rep.Paired {
+		checkRun(t, "paired noop", &pr.Noop)
+		checkRun(t, "paired real", &pr.Real)
 	}
 	if len(rep.Curve) != 3 || len(rep.Routes) != 2 || len(rep.Revoked) != 1 {
 		t.Errorf("curve/routes/revoked runs = %d/%d/%d, want 3/2/1", len(rep.Curve), len(rep.Routes), len(rep.Revoked))
@@ -112,7 +120,7 @@ func TestHarnessShort(t *testing.T) {
 	}
 	out := md.String()
 	for _, want := range []string{"## Headline", "| (a) real | 2 |", "| (b) noop | 2 |", "| (c) naive | 2 |",
-		"## Targets", "## Concurrency", "## Half of maximum throughput", "## Route-table size",
+		"## Targets", "the median of 2 back-to-back pairs", "## (a) and (b) back to back", "## Concurrency", "## Half of maximum throughput", "## Route-table size",
 		"## Revoked serials", "## Revocation propagation", "nproc"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)

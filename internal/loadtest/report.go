@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -192,9 +193,24 @@ type Report struct {
 	Propagation     *Propagation    `json:"propagation,omitempty"`
 	Profiles        map[Mode]string `json:"profiles,omitempty"`
 
-	// Ratios at the headline concurrency.
-	RatioRPS float64 `json:"ratio_rps_a_over_b"`
-	RatioCPU float64 `json:"ratio_cpu_a_over_c"`
+	// Paired are (a) and (b) measured back to back at the headline
+	// concurrency; the (a)/(b) target is read from their median.
+	Paired []PairedRound `json:"paired,omitempty"`
+
+	// Ratios at the headline concurrency: from the headline runs, and the
+	// median of the paired rounds (0 without them).
+	RatioRPS       float64 `json:"ratio_rps_a_over_b"`
+	RatioRPSPaired float64 `json:"ratio_rps_a_over_b_paired_median"`
+	RatioCPU       float64 `json:"ratio_cpu_a_over_c"`
+}
+
+// PairedRound is one back-to-back measurement of (b) and (a).
+type PairedRound struct {
+	Round     int       `json:"round"`
+	RealFirst bool      `json:"real_first"`
+	Noop      RunResult `json:"noop"`
+	Real      RunResult `json:"real"`
+	Ratio     float64   `json:"ratio_rps_a_over_b"`
 }
 
 // Result returns the headline run of mode, or nil.
@@ -215,6 +231,39 @@ func (r *Report) finish() {
 	if a != nil && c != nil && c.CPUPerCheck > 0 {
 		r.RatioCPU = a.CPUPerCheck / c.CPUPerCheck
 	}
+	r.RatioRPSPaired = 0
+	if n := len(r.Paired); n > 0 {
+		ratios := make([]float64, n)
+		for i, p := range r.Paired {
+			ratios[i] = p.Ratio
+		}
+		slices.Sort(ratios)
+		r.RatioRPSPaired = ratios[n/2]
+		if n%2 == 0 {
+			r.RatioRPSPaired = (ratios[n/2-1] + ratios[n/2]) / 2
+		}
+	}
+}
+
+// pairedRange is the lowest and highest ratio of the paired rounds.
+func (r *Report) pairedRange() (lo, hi float64) {
+	for i, p := range r.Paired {
+		if i == 0 || p.Ratio < lo {
+			lo = p.Ratio
+		}
+		if i == 0 || p.Ratio > hi {
+			hi = p.Ratio
+		}
+	}
+	return lo, hi
+}
+
+// idleSteal is the machine's idle and steal shares over the run.
+func (r *RunResult) idleSteal() string {
+	if r.MachineIdle < 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.0f %% / %.1f %%", 100*r.MachineIdle, 100*r.MachineSteal)
 }
 
 // Markdown writes the report as Markdown tables.
@@ -235,7 +284,12 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("\n")
 	p("## Targets\n\n| target | measured | met |\n|---|---|---|\n")
 	a := r.Result(ModeReal)
-	if r.RatioRPS > 0 {
+	switch {
+	case r.RatioRPSPaired > 0:
+		lo, hi := r.pairedRange()
+		p("| (a) ≥ %.2f × (b) req/s at concurrency %d | %.2f, the median of %d back-to-back pairs (%.2f–%.2f); %.2f from the headline runs above | %s |\n",
+			TargetRPSRatio, r.Concurrency, r.RatioRPSPaired, len(r.Paired), lo, hi, r.RatioRPS, yesNo(r.RatioRPSPaired >= TargetRPSRatio))
+	case r.RatioRPS > 0:
 		p("| (a) ≥ %.2f × (b) req/s at concurrency %d | %.2f | %s |\n", TargetRPSRatio, r.Concurrency, r.RatioRPS, yesNo(r.RatioRPS >= TargetRPSRatio))
 	}
 	if r.RatioCPU > 0 {
@@ -252,6 +306,22 @@ func (r *Report) Markdown(w io.Writer) error {
 		p("| allocations per Check reported | %.0f (a), %.0f (c) | reported |\n", a.AllocsPerCheck, r.Result(ModeNaive).allocsOrZero())
 	}
 	p("\n")
+
+	if len(r.Paired) > 0 {
+		p("## (a) and (b) back to back (concurrency %d)\n\n", r.Concurrency)
+		p("Both servers running; each round measures one after the other, the order alternating, so that a drift of the host's speed between the runs above does not decide the ratio.\n\n")
+		p("| round | first | (b) req/s | (a) req/s | (a)/(b) | (b) server CPU/Check | (a) server CPU/Check | (b) client CPU/Check | (a) client CPU/Check | (b) idle / steal | (a) idle / steal |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, pr := range r.Paired {
+			first := "(b)"
+			if pr.RealFirst {
+				first = "(a)"
+			}
+			p("| %d | %s | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s |\n", pr.Round, first, pr.Noop.RPS, pr.Real.RPS, pr.Ratio,
+				fmtNanos(pr.Noop.CPUPerCheck), fmtNanos(pr.Real.CPUPerCheck), fmtNanos(pr.Noop.ClientCPUPerCheck), fmtNanos(pr.Real.ClientCPUPerCheck),
+				pr.Noop.idleSteal(), pr.Real.idleSteal())
+		}
+		p("\n")
+	}
 
 	p("## Concurrency\n\n")
 	runTable(&b, r.Curve, false)
@@ -346,10 +416,7 @@ func runTable(b *strings.Builder, runs []RunResult, variant bool) {
 		if r.ServerChecks > 0 {
 			gcs = float64(r.GCCycles) * 1000 / float64(r.ServerChecks)
 		}
-		idle := "n/a"
-		if r.MachineIdle >= 0 {
-			idle = fmt.Sprintf("%.0f %% / %.1f %%", 100*r.MachineIdle, 100*r.MachineSteal)
-		}
+		idle := r.idleSteal()
 		fmt.Fprintf(b, "| %.0f | %s | %s | %s | %s | %s | %.0f | %.2f | %s | %s | %.1f | %s / %s | %s | %s / %s | %d | %d |\n",
 			r.RPS, fmtDur(r.P50), fmtDur(r.P90), fmtDur(r.P99), fmtDur(r.P999), fmtNanos(r.CPUPerCheck),
 			r.AllocsPerCheck, r.ServerCPUUtil, fmtNanos(r.ClientCPUPerCheck), idle, gcs, fmtMiB(r.RSSBytes), fmtMiB(r.MaxRSSBytes), fmtMiB(int64(r.HeapBytes)),
