@@ -51,9 +51,11 @@ type CRL struct {
 
 // ParseCRL decodes a CRL (DER, or PEM "X509 CRL"), checks it is a complete
 // CRL with a nextUpdate, and verifies that one of cas signed it. maxBytes
-// bounds the input (DefaultMaxCRLBytes when <= 0). It accepts and refuses
-// what crypto/x509 does, but needs memory for the DER and the SerialSet
-// only, not x509's 1.2 KB per entry (see parseRevocationList).
+// bounds the input (DefaultMaxCRLBytes when <= 0). It refuses what
+// crypto/x509 refuses and, unlike x509, bytes RFC 5280 does not allow after
+// the CRL, its signature, its crlExtensions or an entry's extensions; it
+// needs memory for the DER and the SerialSet only, not x509's 1.2 KB per
+// entry (see parseRevocationList).
 func ParseCRL(data []byte, cas []*x509.Certificate, maxBytes int64) (*CRL, error) {
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxCRLBytes
@@ -144,11 +146,41 @@ func (c *CRL) newerThan(held *CRL) error {
 }
 
 // readLimited reads at most max bytes from r, failing with ErrCRLTooLarge
-// when there is more.
-func readLimited(r io.Reader, max int64) ([]byte, error) {
-	b, err := io.ReadAll(io.LimitReader(r, max+1))
-	if err != nil {
-		return nil, err
+// when there is more. size is how many bytes r is expected to hold (a
+// file's size, a Content-Length), or -1 when unknown.
+//
+// io.ReadAll grows its buffer in steps and copies the steps into a final
+// slice, so it holds about twice the CRL for a moment (about 94 MiB for a
+// million-entry CRL). With a size, the buffer is allocated once, with one
+// spare byte in which the read that ends the input sees EOF; a source that
+// holds more than it said (a file that grew) still reads correctly, only
+// with the buffer growing. max bounds the input either way.
+func readLimited(r io.Reader, max, size int64) ([]byte, error) {
+	if size > max {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrCRLTooLarge, size, max)
+	}
+	lr := io.LimitReader(r, max+1)
+	var b []byte
+	if size < 0 {
+		var err error
+		if b, err = io.ReadAll(lr); err != nil {
+			return nil, err
+		}
+	} else {
+		b = make([]byte, 0, size+1)
+		for {
+			n, err := lr.Read(b[len(b):cap(b)])
+			b = b[:len(b)+n]
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return nil, err
+			}
+			if len(b) == cap(b) {
+				b = append(b, 0)[:len(b)] // more than size: let append grow it
+			}
+		}
 	}
 	if int64(len(b)) > max {
 		return nil, fmt.Errorf("%w: more than %d bytes", ErrCRLTooLarge, max)

@@ -1,12 +1,18 @@
 package revocation
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"io"
 	"math/big"
+	"os"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/agentauthz/agentauthz/internal/testca"
@@ -111,5 +117,88 @@ func TestNewerThan(t *testing.T) {
 		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrCRLOlder)) {
 			t.Errorf("%s: err = %v, want ok=%v", tc.name, err, tc.ok)
 		}
+	}
+}
+
+// shortReader returns at most n bytes per Read, like a network body.
+type shortReader struct {
+	r io.Reader
+	n int
+}
+
+func (s shortReader) Read(p []byte) (int, error) { return s.r.Read(p[:min(len(p), s.n)]) }
+
+func TestReadLimited(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
+	n := int64(len(data))
+	cases := []struct {
+		name      string
+		max, size int64
+		want      error
+	}{
+		{"unknown size", n, -1, nil},
+		{"exact size", n, n, nil},
+		{"size understated", n, n / 3, nil},        // a file that grew after its Stat
+		{"size overstated", n + 100, n + 100, nil}, // a file that shrank after its Stat
+		{"empty size", n, 0, nil},
+		{"unknown size, over max", n - 1, -1, ErrCRLTooLarge},
+		{"size over max", n - 1, n, ErrCRLTooLarge},
+		{"size understated, over max", n - 1, 10, ErrCRLTooLarge},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := readLimited(shortReader{bytes.NewReader(data), 1000}, tc.max, tc.size)
+			if !errors.Is(err, tc.want) || tc.want == nil && err != nil {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if err == nil && !bytes.Equal(got, data) {
+				t.Fatalf("read %d bytes, not the %d written", len(got), len(data))
+			}
+		})
+	}
+	// A reader error is returned as it is.
+	broken := io.MultiReader(bytes.NewReader(data[:10]), iotest.ErrReader(io.ErrUnexpectedEOF))
+	if _, err := readLimited(broken, n, n); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("err = %v", err)
+	}
+	// A regular file is read with its size.
+	path := filepath.Join(t.TempDir(), "ca.crl")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readFileLimited(path, n); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("readFileLimited: %d bytes, %v", len(got), err)
+	}
+	if _, err := readFileLimited(path, n-1); !errors.Is(err, ErrCRLTooLarge) {
+		t.Fatalf("readFileLimited over max: %v", err)
+	}
+}
+
+// TestReadLimitedAllocatesOnce checks that a CRL of known size is read into
+// one buffer of its size, where io.ReadAll allocates about twice it.
+// Allocation is deterministic up to the odd runtime allocation; the least
+// of three runs is taken.
+func TestReadLimitedAllocatesOnce(t *testing.T) {
+	data := make([]byte, 8<<20)
+	n := int64(len(data))
+	alloc := func(size int64) uint64 {
+		least := uint64(1 << 63)
+		for range 3 {
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			b, err := readLimited(shortReader{bytes.NewReader(data), 64 << 10}, DefaultMaxCRLBytes, size)
+			runtime.ReadMemStats(&after)
+			if err != nil || len(b) != len(data) {
+				t.Fatalf("%d bytes, %v", len(b), err)
+			}
+			least = min(least, after.TotalAlloc-before.TotalAlloc)
+		}
+		return least
+	}
+	known, unknown := alloc(n), alloc(-1)
+	t.Logf("reading %d bytes allocated %d bytes with the size known, %d without", n, known, unknown)
+	if known > uint64(n)+uint64(n)/16 {
+		t.Errorf("size known: allocated %d bytes for %d", known, n)
 	}
 }

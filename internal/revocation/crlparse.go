@@ -23,8 +23,23 @@ import (
 //
 // The entries are read with the same cryptobyte calls, in the same order,
 // as crypto/x509 reads them (Go 1.26 parser.go; the std vendored copy of
-// cryptobyte is the same code as golang.org/x/crypto's), so exactly the same
-// CRLs are refused. FuzzParseCRLEquivalent holds the two to it.
+// cryptobyte is the same code as golang.org/x/crypto's), so the same
+// entries are refused.
+//
+// On top of crypto/x509, parseRevocationList refuses the shapes RFC 5280
+// does not allow and x509 lets through by ignoring bytes (errCRL* below):
+// data after the CertificateList, or after its signatureValue; in the
+// TBSCertList, anything after revokedCertificates (after nextUpdate when
+// there is no list) but one [0] EXPLICIT crlExtensions holding one
+// SEQUENCE; in an entry, anything after crlEntryExtensions. A CRL is signed,
+// so only its CA can produce these, but x509 skipping the [0]
+// crlExtensions behind a second SEQUENCE (or a second SEQUENCE inside
+// [0]) would hide a critical extension such as a delta CRL indicator
+// (RFC 5280 5.2.4) and make a delta CRL pass for a complete one; and an
+// entry's second extensions SEQUENCE would hide a critical
+// certificateIssuer. Fail closed on all of them. FuzzParseCRLEquivalent
+// holds parseRevocationList to x509.ParseRevocationList plus the same
+// checks written independently (parseRevocationListReference).
 
 // crlEntries is the revokedCertificates of a CRL, checked but not decoded.
 type crlEntries struct {
@@ -39,10 +54,22 @@ type crlEntries struct {
 // bytes is comparing OIDs.
 const reasonCodeOID = "\x06\x03\x55\x1d\x15"
 
+// Structural errors: shapes crypto/x509 accepts by ignoring bytes, and RFC
+// 5280 does not allow. ParseCRL wraps them in ErrCRLInvalid, like any
+// malformed CRL.
+var (
+	errCRLTrailingData = errors.New("malformed crl: data after the CertificateList")
+	errCRLExtraField   = errors.New("malformed crl: field after signatureValue")
+	errCRLTBSField     = errors.New("malformed tbs crl: field where only [0] crlExtensions may be")
+	errCRLExtensions   = errors.New("malformed crlExtensions: [0] must hold exactly one SEQUENCE")
+	errCRLEntryField   = errors.New("malformed crl entry: field after crlEntryExtensions")
+)
+
 // parseRevocationList parses der as x509.ParseRevocationList does and
-// refuses exactly what it refuses, but returns the revoked certificates
-// undecoded: the list it returns has none, and its RawTBSRevocationList is
-// the TBSCertList of der (entries included), as signed.
+// refuses what it refuses, and the shapes it ignores (errCRL*), but returns
+// the revoked certificates undecoded: the list it returns has none, and its
+// RawTBSRevocationList is the TBSCertList of der (entries included), as
+// signed.
 func parseRevocationList(der []byte) (*x509.RevocationList, crlEntries, error) {
 	malformed := func(what string) (*x509.RevocationList, crlEntries, error) {
 		return nil, crlEntries{}, errors.New("malformed " + what)
@@ -50,12 +77,20 @@ func parseRevocationList(der []byte) (*x509.RevocationList, crlEntries, error) {
 	// Find revokedCertificates by reading, with x509's framing, the elements
 	// x509 reads before it: CertificateList, TBSCertList, version,
 	// signature, issuer, thisUpdate, nextUpdate when present. The content of
-	// most is left to x509, which sees the same bytes in the copy. Like
-	// x509, this ignores bytes after the CRL and after the signature.
+	// most is left to x509, which sees the same bytes in the copy.
 	input := cryptobyte.String(der)
 	var crl, tbs cryptobyte.String
 	if !input.ReadASN1(&crl, cbasn1.SEQUENCE) || !crl.ReadASN1Element(&tbs, cbasn1.SEQUENCE) {
 		return malformed("crl")
+	}
+	// x509 ignores both of these; refuse them (see errCRL*).
+	if !input.Empty() {
+		return nil, crlEntries{}, errCRLTrailingData
+	}
+	if tail := crl; !tail.SkipASN1(cbasn1.SEQUENCE) || !tail.SkipASN1(cbasn1.BIT_STRING) {
+		return malformed("crl") // no signatureAlgorithm or signatureValue: x509 refuses it too
+	} else if !tail.Empty() {
+		return nil, crlEntries{}, errCRLExtraField
 	}
 	fields := tbs
 	if !fields.ReadASN1(&fields, cbasn1.SEQUENCE) {
@@ -71,6 +106,9 @@ func parseRevocationList(der []byte) (*x509.RevocationList, crlEntries, error) {
 	}
 	if !fields.PeekASN1Tag(cbasn1.SEQUENCE) {
 		// revokedCertificates is absent: nothing to take out.
+		if err := checkCRLExtensions(fields); err != nil {
+			return nil, crlEntries{}, err
+		}
 		rl, err := x509.ParseRevocationList(der)
 		return rl, crlEntries{}, err
 	}
@@ -78,6 +116,9 @@ func parseRevocationList(der []byte) (*x509.RevocationList, crlEntries, error) {
 	var list cryptobyte.String
 	if !fields.ReadASN1(&list, cbasn1.SEQUENCE) {
 		return malformed("revokedCertificates")
+	}
+	if err := checkCRLExtensions(fields); err != nil {
+		return nil, crlEntries{}, err
 	}
 	// The copy: the same CRL with revokedCertificates an empty SEQUENCE,
 	// not absent, so x509 reads every other field at the same place. Its
@@ -87,9 +128,9 @@ func parseRevocationList(der []byte) (*x509.RevocationList, crlEntries, error) {
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 			b.AddBytes(prefix)
 			b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
-			b.AddBytes(fields) // crlExtensions and whatever x509 ignores
+			b.AddBytes(fields) // crlExtensions, if any
 		})
-		b.AddBytes(crl) // signatureAlgorithm, signatureValue, …
+		b.AddBytes(crl) // signatureAlgorithm, signatureValue
 	})
 	stripped, err := b.Bytes()
 	if err != nil {
@@ -111,8 +152,29 @@ func parseRevocationList(der []byte) (*x509.RevocationList, crlEntries, error) {
 	return rl, entries, nil
 }
 
+// checkCRLExtensions checks rest, what follows revokedCertificates (or
+// nextUpdate, or thisUpdate) in a TBSCertList: nothing, or one
+// [0] EXPLICIT Extensions. x509 reads [0] only when it comes next, and
+// only the first element inside it, and ignores the rest: a second
+// SEQUENCE before [0], or inside it, would hide crlExtensions from it.
+// The extensions themselves are left to x509.
+func checkCRLExtensions(rest cryptobyte.String) error {
+	if rest.Empty() {
+		return nil
+	}
+	var exts cryptobyte.String
+	if !rest.ReadASN1(&exts, cbasn1.Tag(0).Constructed().ContextSpecific()) || !rest.Empty() {
+		return errCRLTBSField
+	}
+	if !exts.SkipASN1(cbasn1.SEQUENCE) || !exts.Empty() {
+		return errCRLExtensions
+	}
+	return nil
+}
+
 // checkEntries reads every entry of list, the content of revokedCertificates,
-// as x509.ParseRevocationList does, and keeps only the first critical
+// as x509.ParseRevocationList does (but refusing a field after an entry's
+// extensions, which x509 ignores), and keeps only the first critical
 // extension.
 func checkEntries(list cryptobyte.String) (crlEntries, error) {
 	e := crlEntries{der: list}
@@ -128,9 +190,14 @@ func checkEntries(list cryptobyte.String) (crlEntries, error) {
 		if !readTime(&entry) {
 			return e, errors.New("malformed revocation time")
 		}
-		// Like x509, ignore anything after the extensions.
 		if !entry.ReadOptionalASN1(&exts, nil, cbasn1.SEQUENCE) {
 			return e, errors.New("malformed entry extensions")
+		}
+		// x509 ignores anything after the extensions, a second
+		// extensions SEQUENCE included (which would hide a critical
+		// certificateIssuer); refuse it.
+		if !entry.Empty() {
+			return e, errCRLEntryField
 		}
 		for !exts.Empty() {
 			var ext, oid, value cryptobyte.String

@@ -150,7 +150,11 @@ func readFileLimited(path string, max int64) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	return readLimited(f, max)
+	size := int64(-1)
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+		size = fi.Size() // if the file changes meanwhile, readLimited still reads it right
+	}
+	return readLimited(f, max, size)
 }
 
 // conditional remembers the validators of the last CRL applied from a URL.
@@ -210,7 +214,10 @@ func (c *Checker) fetchCRL(ctx context.Context, tenant string, src int, u string
 	default:
 		return fmt.Errorf("fetch crl: %s", resp.Status)
 	}
-	data, err := readLimited(resp.Body, c.maxBytes)
+	// ContentLength is -1 when unknown (chunked, or decompressed by the
+	// transport); when known, the transport delivers exactly that many
+	// bytes or an error.
+	data, err := readLimited(resp.Body, c.maxBytes, resp.ContentLength)
 	if err != nil {
 		return fmt.Errorf("fetch crl: %w", err)
 	}
