@@ -20,6 +20,7 @@ type DevAgent struct {
 	Owner    string
 	CertPath string // PEM certificate
 	KeyPath  string // PEM PKCS#8 key, 0600
+	Serial   string // of the certificate in CertPath, lowercase hex
 }
 
 // DevEnv is what EnsureDev prepared.
@@ -51,7 +52,18 @@ const (
 // <data>/dev/agents/<id>.pem and .key. A sample whose files are missing,
 // unreadable, not from the current CA, revoked or within a day of expiry is
 // issued again; everything else is left alone.
+//
+// Concurrent callers on one data directory, in this process or others (two
+// `serve --dev` started together), are serialised by an exclusive lock on
+// <data>/dev.lock held for the whole check-and-create: the first creates, the
+// others find its result valid and return it unchanged. A caller that cannot
+// take the lock within 30 s fails with an error naming the lock file.
 func EnsureDev(dataDir string, now time.Time) (*DevEnv, error) {
+	unlock, err := lockDev(dataDir, devLockTimeout)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	a, err := Open(dataDir, WithClock(func() time.Time { return now }))
 	if err != nil {
 		return nil, err
@@ -77,8 +89,8 @@ func EnsureDev(dataDir string, now time.Time) (*DevEnv, error) {
 		ag.SPIFFEID = SPIFFEID(DevTrustDomain, ag.ID)
 		ag.CertPath = filepath.Join(dir, ag.ID+".pem")
 		ag.KeyPath = filepath.Join(dir, ag.ID+".key")
-		if !a.devAgentOK(s, ag, now) {
-			if err := a.issueDev(ag); err != nil {
+		if ag.Serial = a.devAgentOK(s, ag, now); ag.Serial == "" {
+			if ag.Serial, err = a.issueDev(ag); err != nil {
 				return nil, fmt.Errorf("dev agent %s: %w", ag.ID, err)
 			}
 		}
@@ -87,33 +99,40 @@ func EnsureDev(dataDir string, now time.Time) (*DevEnv, error) {
 	return env, nil
 }
 
-// devAgentOK says whether the files of a sample agent can be used as they are.
-func (a *Authority) devAgentOK(s *signer, ag DevAgent, now time.Time) bool {
+// devAgentOK returns the serial of a sample agent's certificate if its files
+// can be used as they are, else "".
+func (a *Authority) devAgentOK(s *signer, ag DevAgent, now time.Time) string {
 	b, err := readBounded(ag.CertPath, maxInputFileSize)
 	if err != nil {
-		return false
+		return ""
 	}
 	certs, err := parseCertsPEM(b)
 	if err != nil {
-		return false
+		return ""
 	}
 	c := certs[0]
 	if c.CheckSignatureFrom(s.cert) != nil || now.Add(devMargin).After(c.NotAfter) || now.Before(c.NotBefore) {
-		return false
+		return ""
 	}
 	kb, err := readBounded(ag.KeyPath, maxInputFileSize)
 	if err != nil {
-		return false
+		return ""
 	}
 	k, err := parseKeyPEM(kb)
 	if err != nil || !publicKeysEqual(k.Public(), c.PublicKey) {
-		return false
+		return ""
 	}
-	recs, err := a.List(ListFilter{TrustDomain: DevTrustDomain, AgentID: ag.ID, Serial: serialString(c.SerialNumber)})
-	return err == nil && len(recs) == 1 && recs[0].Status == "active"
+	serial := serialString(c.SerialNumber)
+	recs, err := a.List(ListFilter{TrustDomain: DevTrustDomain, AgentID: ag.ID, Serial: serial})
+	if err != nil || len(recs) != 1 || recs[0].Status != "active" {
+		return ""
+	}
+	return serial
 }
 
-func (a *Authority) issueDev(ag DevAgent) error {
+// issueDev issues a sample agent's certificate and key again and returns the
+// new serial.
+func (a *Authority) issueDev(ag DevAgent) (string, error) {
 	req := IssueRequest{TrustDomain: DevTrustDomain, AgentID: ag.ID, Trust: ag.Trust, Scopes: ag.Scopes, Owner: ag.Owner,
 		TTL: devTTL, KeyType: KeyECDSAP256, Operator: devOperator}
 	var iss *Issued
@@ -121,17 +140,20 @@ func (a *Authority) issueDev(ag DevAgent) error {
 	switch {
 	case errors.Is(err, ErrNotFound):
 		iss, err = a.Issue(req)
-		if errors.Is(err, ErrExists) { // another process bootstrapping at the same time
+		if errors.Is(err, ErrExists) { // issued meanwhile outside the dev lock (agent issue, an older binary)
 			iss, err = a.Reissue(req)
 		}
 	case err == nil:
 		iss, err = a.Reissue(req) // also resets attributes someone changed by hand
 	}
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := writeFileDurable(ag.KeyPath, iss.KeyPEM, 0o600); err != nil {
-		return err
+		return "", err
 	}
-	return writeFileDurable(ag.CertPath, iss.CertPEM, 0o644)
+	if err := writeFileDurable(ag.CertPath, iss.CertPEM, 0o644); err != nil {
+		return "", err
+	}
+	return iss.Record.Serial, nil
 }

@@ -1,0 +1,276 @@
+package ca
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentauthz/agentauthz/internal/identity"
+)
+
+// devChildEnv names the data directory in which TestEnsureDevChild, re-run
+// as a child process, calls EnsureDev.
+const devChildEnv = "AGENTAUTHZ_TEST_ENSUREDEV_CHILD_DIR"
+
+// Lines the child prints: once it is ready to start, and its outcome.
+const (
+	devChildReady  = "ensuredev-child: ready"
+	devChildResult = "ensuredev-child: result "
+)
+
+var devTestNow = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
+// devOutcome is one EnsureDev caller's result.
+type devOutcome struct {
+	Who string  `json:"who"`
+	Env *DevEnv `json:"env"`
+	Err string  `json:"err"`
+}
+
+// TestEnsureDevChild is the other process of TestEnsureDevConcurrent: it
+// prints devChildReady, waits for a line on stdin, calls EnsureDev and
+// prints its outcome.
+func TestEnsureDevChild(t *testing.T) {
+	dir := os.Getenv(devChildEnv)
+	if dir == "" {
+		t.Skip("helper process of TestEnsureDevConcurrent")
+	}
+	fmt.Println(devChildReady)
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		t.Fatalf("child: no start line: %v", err)
+	}
+	out := devOutcome{Who: fmt.Sprintf("process %d", os.Getpid())}
+	env, err := EnsureDev(dir, devTestNow)
+	out.Env = env
+	if err != nil {
+		out.Err = err.Error()
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(devChildResult + string(b))
+}
+
+// TestEnsureDevConcurrent runs EnsureDev on one fresh data directory from
+// several goroutines and two other processes at once: every caller must
+// get the same environment, with one CA and one certificate per sample
+// agent (nobody re-issued what another had just issued), matching what is
+// on disk and verifying against the CA.
+func TestEnsureDevConcurrent(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data") // created by the callers
+	const goroutines, children = 4, 2
+	results := make(chan devOutcome, goroutines+children)
+
+	type child struct {
+		cmd    *exec.Cmd
+		stdin  io.WriteCloser
+		stderr bytes.Buffer
+	}
+	var kids []*child
+	for i := range children {
+		c := &child{cmd: exec.Command(os.Args[0], "-test.run=^TestEnsureDevChild$", "-test.count=1")}
+		c.cmd.Env = append(os.Environ(), devChildEnv+"="+dir)
+		c.cmd.Stderr = &c.stderr
+		var err error
+		if c.stdin, err = c.cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
+		stdout, err := c.cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.cmd.Process.Kill(); c.cmd.Wait() })
+		sc := bufio.NewScanner(stdout)
+		ready := false
+		for !ready && sc.Scan() {
+			ready = sc.Text() == devChildReady
+		}
+		if !ready {
+			c.cmd.Wait()
+			t.Fatalf("child %d did not start: %s", i, c.stderr.String())
+		}
+		kids = append(kids, c)
+		go func() {
+			var lines []string
+			out := devOutcome{Who: fmt.Sprintf("child %d", i), Err: "no result"}
+			for sc.Scan() {
+				if r, ok := strings.CutPrefix(sc.Text(), devChildResult); ok {
+					if err := json.Unmarshal([]byte(r), &out); err != nil {
+						out.Err = err.Error()
+					}
+					continue
+				}
+				lines = append(lines, sc.Text())
+			}
+			if err := c.cmd.Wait(); err != nil && out.Err == "" {
+				out.Err = fmt.Sprintf("%v\nstdout: %s\nstderr: %s", err, strings.Join(lines, "\n"), c.stderr.String())
+			}
+			results <- out
+		}()
+	}
+
+	start := make(chan struct{})
+	for i := range goroutines {
+		go func() {
+			<-start
+			out := devOutcome{Who: fmt.Sprintf("goroutine %d", i)}
+			env, err := EnsureDev(dir, devTestNow)
+			out.Env = env
+			if err != nil {
+				out.Err = err.Error()
+			}
+			results <- out
+		}()
+	}
+	// Everyone is waiting: release them together.
+	close(start)
+	for _, c := range kids {
+		if _, err := io.WriteString(c.stdin, "go\n"); err != nil {
+			t.Fatal(err)
+		}
+		c.stdin.Close()
+	}
+
+	var first devOutcome
+	for i := range goroutines + children {
+		r := <-results
+		if r.Err != "" || r.Env == nil {
+			t.Fatalf("%s: EnsureDev failed: %s", r.Who, r.Err)
+		}
+		if i == 0 {
+			first = r
+			continue
+		}
+		if !reflect.DeepEqual(r.Env, first.Env) {
+			t.Errorf("%s got another environment than %s:\n%+v\n%+v", r.Who, first.Who, r.Env, first.Env)
+		}
+	}
+	checkDevEnv(t, dir, first.Env)
+
+	if fi, err := os.Stat(filepath.Join(dir, devLockName)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("lock file: %v %v", fi, err)
+	}
+}
+
+// checkDevEnv checks that env is the environment in dir: one dev CA, and for
+// each sample agent one active certificate, the one in its file, issued by
+// that CA for clientAuth, with the key beside it.
+func checkDevEnv(t *testing.T, dir string, env *DevEnv) {
+	t.Helper()
+	a, err := Open(dir, WithClock(func() time.Time { return devTestNow }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if cas, err := a.ListCAs(); err != nil || len(cas) != 1 || cas[0].TrustDomain != DevTrustDomain {
+		t.Fatalf("CAs: %+v %v", cas, err)
+	}
+	if env.BundlePath != a.CertPath(DevTrustDomain) {
+		t.Errorf("bundle %s, want %s", env.BundlePath, a.CertPath(DevTrustDomain))
+	}
+	b, err := os.ReadFile(env.BundlePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(b) {
+		t.Fatalf("bundle %s holds no certificate", env.BundlePath)
+	}
+	if len(env.Agents) != len(devAgents()) {
+		t.Fatalf("%d agents, want %d", len(env.Agents), len(devAgents()))
+	}
+	for _, ag := range env.Agents {
+		recs, err := a.List(ListFilter{TrustDomain: DevTrustDomain, AgentID: ag.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) != 1 || recs[0].Serial != ag.Serial || recs[0].Status != "active" {
+			t.Errorf("%s: inventory %+v, want one active certificate %s", ag.ID, recs, ag.Serial)
+			continue
+		}
+		cb, err := os.ReadFile(ag.CertPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs, err := parseCertsPEM(cb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := certs[0]
+		if got := serialString(c.SerialNumber); got != ag.Serial {
+			t.Errorf("%s: file holds serial %s, env says %s", ag.ID, got, ag.Serial)
+		}
+		if _, err := c.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: devTestNow,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			t.Errorf("%s: does not verify against the dev CA: %v", ag.ID, err)
+		}
+		if _, err := identity.ParseNative(c, DevTrustDomain); err != nil {
+			t.Errorf("%s: %v", ag.ID, err)
+		}
+		kb, err := os.ReadFile(ag.KeyPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k, err := parseKeyPEM(kb); err != nil || !publicKeysEqual(k.Public(), c.PublicKey) {
+			t.Errorf("%s: key does not match the certificate (%v)", ag.ID, err)
+		}
+	}
+}
+
+// TestEnsureDevLockTimeout: a caller that cannot take the lock in time gives
+// up with an error naming the lock file, whoever holds it.
+func TestEnsureDevLockTimeout(t *testing.T) {
+	dir := t.TempDir()
+	lockPath := filepath.Join(dir, devLockName)
+	defer func(d time.Duration) { devLockTimeout = d }(devLockTimeout)
+	devLockTimeout = 20 * time.Millisecond
+
+	// Held by another caller in this process.
+	unlock, err := lockDev(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := EnsureDev(dir, devTestNow); err == nil || !strings.Contains(err.Error(), lockPath) {
+		t.Fatalf("EnsureDev while locked in-process: %v, want an error naming %s", err, lockPath)
+	}
+	unlock()
+
+	// Held through another open file description, as another process
+	// would hold it.
+	if haveFlock {
+		f, err := os.OpenFile(lockPath, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := tryLockFile(f); !ok || err != nil {
+			t.Fatalf("flock: %v %v", ok, err)
+		}
+		_, err = EnsureDev(dir, devTestNow)
+		if err == nil || !strings.Contains(err.Error(), lockPath) || !strings.Contains(err.Error(), "another process") {
+			t.Fatalf("EnsureDev while locked elsewhere: %v, want an error naming %s", err, lockPath)
+		}
+		f.Close()
+	}
+
+	// Released: it works, and nothing was left half done.
+	devLockTimeout = time.Minute
+	env, err := EnsureDev(dir, devTestNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDevEnv(t, dir, env)
+}
