@@ -58,7 +58,8 @@ func runCAServe(ctx context.Context, cmd *cobra.Command, dataDir, addr string, p
 		Output:     cmd.ErrOrStderr(),
 		JSONFormat: !caServeTTY(cmd.ErrOrStderr()),
 	})
-	rs, err := newRevocationServer(dataDir, addr, log, prometheus.NewRegistry(), poll, heartbeat)
+	reg := prometheus.NewRegistry()
+	rs, err := newRevocationServer(dataDir, addr, log, reg, reg, poll, heartbeat)
 	if err != nil {
 		return err
 	}
@@ -85,20 +86,19 @@ type revocationServer struct {
 }
 
 // newRevocationServer opens the inventory of dataDir and listens on addr.
-// reg, when not nil, receives the publisher metrics and is served on
-// /metrics. Run serves; Close releases the inventory (and the listener if
-// Run never ran).
-func newRevocationServer(dataDir, addr string, log hclog.Logger, reg *prometheus.Registry, poll, heartbeat time.Duration) (*revocationServer, error) {
+// reg, when not nil, receives the publisher metrics
+// (agentauthz_revocation_publisher_*); metrics, when not nil, is served on
+// /metrics. `ca serve` passes its own registry as both; `serve --dev` passes
+// a lateRegisterer for serve's registry and serves no /metrics here. Run
+// serves; Close releases the inventory (and the listener if Run never ran).
+func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.Registerer, metrics prometheus.Gatherer,
+	poll, heartbeat time.Duration) (*revocationServer, error) {
 	auth, err := ca.Open(dataDir, ca.MustExist())
 	if err != nil {
 		return nil, withHint(fmt.Errorf("open ca inventory: %w", err), "create a CA first: agentauthz ca init --data-dir %s", dataDir)
 	}
-	var registerer prometheus.Registerer
-	if reg != nil {
-		registerer = reg
-	}
 	pub, err := revocation.NewPublisher(revocation.PublisherConfig{
-		Store: auth, Logger: log, Registerer: registerer,
+		Store: auth, Logger: log, Registerer: reg,
 		GenerationPoll: poll, Heartbeat: heartbeat, NotFound: ca.ErrNotFound,
 	})
 	if err != nil {
@@ -112,8 +112,8 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg *prometheus
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", pub.Handler())
-	if reg != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if metrics != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return &revocationServer{auth: auth, pub: pub, ln: ln, srv: srv}, nil

@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/mattn/go-isatty"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -192,7 +194,12 @@ func runServe(ctx context.Context, stderr io.Writer, cfg config.Config) error {
 		return withHint(fmt.Errorf("http listener: %w", err), "another process holds %s; pass --http-addr", cfg.HTTP.Addr)
 	}
 	if dev != nil {
-		dev.attach(&components, stderr, grpcLis.Addr().String())
+		if err := dev.attach(&components, stderr, grpcLis.Addr().String()); err != nil {
+			grpcLis.Close()
+			httpLis.Close()
+			components.Close()
+			return err
+		}
 	}
 	srv, err := server.New(cfg, components, logger)
 	if err != nil {
@@ -216,6 +223,9 @@ type devMode struct {
 	// `ca serve` does for replicas; nil when the configuration already has a
 	// trust bundle for the dev trust domain (its revocation is the user's).
 	rev *revocationServer
+	// revMetrics holds rev's collectors until attach registers them on
+	// serve's registry, which server.Assemble creates after startDev.
+	revMetrics *lateRegisterer
 }
 
 // startDev prepares the dev environment in cfg.DataDir and, unless cfg
@@ -231,7 +241,8 @@ func startDev(cfg *config.Config, logger hclog.Logger) (*devMode, error) {
 	if hasTrustDomain(*cfg, env.TrustDomain) {
 		return d, nil
 	}
-	d.rev, err = newRevocationServer(cfg.DataDir, "127.0.0.1:0", logger.Named("revocation-publisher"), nil,
+	d.revMetrics = &lateRegisterer{}
+	d.rev, err = newRevocationServer(cfg.DataDir, "127.0.0.1:0", logger.Named("revocation-publisher"), d.revMetrics, nil,
 		revocation.DefaultGenerationPoll, revocation.DefaultHeartbeat)
 	if err != nil {
 		return nil, fmt.Errorf("dev revocation publisher: %w", err)
@@ -249,11 +260,18 @@ func startDev(cfg *config.Config, logger hclog.Logger) (*devMode, error) {
 // devHintWait bounds how long the dev hints wait for readiness.
 const devHintWait = 10 * time.Second
 
-// attach runs the publisher with the server's background loops (they stop
-// after the gRPC drain) and prints the dev hints once the server is ready,
-// so the printed commands answer as printed.
-func (d *devMode) attach(c *server.Components, w io.Writer, grpcAddr string) {
+// attach registers the publisher's metrics on the server's registry (so
+// serve's /metrics has them, as `ca serve`'s has), runs the publisher with
+// the server's background loops (they stop after the gRPC drain) and prints
+// the dev hints once the server is ready, so the printed commands answer as
+// printed.
+func (d *devMode) attach(c *server.Components, w io.Writer, grpcAddr string) error {
 	if d.rev != nil {
+		if c.Registry != nil {
+			if err := d.revMetrics.registerOn(c.Registry); err != nil {
+				return fmt.Errorf("dev revocation publisher metrics: %w", err)
+			}
+		}
 		c.Loops = append(c.Loops, d.rev.Run)
 	}
 	ready := c.Ready
@@ -271,6 +289,56 @@ func (d *devMode) attach(c *server.Components, w io.Writer, grpcAddr string) {
 		printDevHints(w, d.env, d.dataDir, grpcAddr)
 		return nil
 	})
+	return nil
+}
+
+// lateRegisterer is a prometheus.Registerer that keeps what is registered
+// until registerOn hands it to the real registry: the dev publisher is made
+// before serve's registry exists. Its metric names
+// (agentauthz_revocation_publisher_*) differ from the replica side's
+// agentauthz_revocation_*, so both live in one registry without a label to
+// tell them apart.
+type lateRegisterer struct {
+	mu sync.Mutex
+	cs []prometheus.Collector
+}
+
+func (l *lateRegisterer) Register(c prometheus.Collector) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cs = append(l.cs, c)
+	return nil
+}
+
+func (l *lateRegisterer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		_ = l.Register(c)
+	}
+}
+
+func (l *lateRegisterer) Unregister(c prometheus.Collector) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, have := range l.cs {
+		if have == c {
+			l.cs = append(l.cs[:i], l.cs[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// registerOn registers everything held on r, stopping at the first error
+// (a name r already has).
+func (l *lateRegisterer) registerOn(r prometheus.Registerer) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.cs {
+		if err := r.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Close releases the publisher's inventory and listener.
