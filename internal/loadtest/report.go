@@ -231,7 +231,6 @@ func (r *Report) finish() {
 	if a != nil && c != nil && c.CPUPerCheck > 0 {
 		r.RatioCPU = a.CPUPerCheck / c.CPUPerCheck
 	}
-	r.RatioRPSPaired = 0
 	if n := len(r.Paired); n > 0 {
 		ratios := make([]float64, n)
 		for i, p := range r.Paired {
