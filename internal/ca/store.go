@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +13,8 @@ import (
 	"path/filepath"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
+	"modernc.org/sqlite" // also registers the pure-Go "sqlite" driver
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // Sentinel errors callers branch on.
@@ -21,6 +23,7 @@ var (
 	ErrExists         = errors.New("already exists")
 	ErrNoStore        = errors.New("no inventory store")
 	ErrCorruptStore   = errors.New("database is corrupted")
+	ErrStoreBusy      = errors.New("database is in use by another process")
 	ErrKeyPermissions = errors.New("ca key file is readable by group or others")
 )
 
@@ -109,6 +112,11 @@ INSERT INTO meta (key, value) VALUES ('revocation_generation', 0);
 `,
 }
 
+// defaultBusyTimeout is how long a connection waits for a lock another
+// connection (usually another process) holds on the inventory before giving
+// up with ErrStoreBusy.
+const defaultBusyTimeout = 10 * time.Second
+
 // Option configures Open.
 type Option func(*Authority)
 
@@ -122,20 +130,25 @@ func WithRand(r io.Reader) Option { return func(a *Authority) { a.rand = r } }
 // inventory, so read-only commands change nothing in a fresh directory.
 func MustExist() Option { return func(a *Authority) { a.mustExist = true } }
 
+// withBusyTimeout overrides defaultBusyTimeout (tests only).
+func withBusyTimeout(d time.Duration) Option { return func(a *Authority) { a.busyTimeout = d } }
+
 // Authority is the CA tooling over one data directory. It is safe for
 // concurrent use; Close releases the store.
 type Authority struct {
-	dir       string
-	dbPath    string
-	db        *sql.DB
-	now       func() time.Time
-	rand      io.Reader
-	mustExist bool
+	dir         string
+	dbPath      string
+	db          *sql.DB
+	now         func() time.Time
+	rand        io.Reader
+	mustExist   bool
+	busyTimeout time.Duration
 }
 
 // Open opens (creating if needed) the inventory of dataDir.
 func Open(dataDir string, opts ...Option) (*Authority, error) {
-	a := &Authority{dir: dataDir, dbPath: filepath.Join(dataDir, "inventory.db"), now: time.Now, rand: rand.Reader}
+	a := &Authority{dir: dataDir, dbPath: filepath.Join(dataDir, "inventory.db"), now: time.Now, rand: rand.Reader,
+		busyTimeout: defaultBusyTimeout}
 	for _, o := range opts {
 		o(a)
 	}
@@ -150,15 +163,12 @@ func Open(dataDir string, opts ...Option) (*Authority, error) {
 		return nil, &StoreError{Path: a.dbPath, Err: err}
 	}
 	q := url.Values{}
-	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", a.busyTimeout.Milliseconds()))
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous(FULL)")
 	q.Set("_txlock", "immediate") // writers take the lock up front: no upgrade deadlocks between processes
-	db, err := sql.Open("sqlite", "file:"+a.dbPath+"?"+q.Encode())
-	if err != nil {
-		return nil, &StoreError{Path: a.dbPath, Err: err}
-	}
+	db := sql.OpenDB(&connector{dsn: "file:" + a.dbPath + "?" + q.Encode(), timeout: a.busyTimeout})
 	a.db = db
 	if err := a.migrate(context.Background()); err != nil {
 		db.Close()
@@ -177,64 +187,146 @@ func (a *Authority) corrupt(err error) error {
 	return &StoreError{Path: a.dbPath, Err: fmt.Errorf("%w: %v", ErrCorruptStore, err)}
 }
 
+// storeErr reports a failed operation on the inventory database, classified
+// by its SQLite result code: only SQLITE_CORRUPT and SQLITE_NOTADB mean a
+// damaged store; SQLITE_BUSY and SQLITE_LOCKED (still, after the busy
+// timeout) mean that another connection holds the lock.
+func (a *Authority) storeErr(err error) error {
+	switch sqliteCode(err) {
+	case sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB:
+		return a.corrupt(err)
+	case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+		return &StoreError{Path: a.dbPath, Err: fmt.Errorf("%w (still locked after %s): %w", ErrStoreBusy, a.busyTimeout, err)}
+	}
+	return &StoreError{Path: a.dbPath, Err: err}
+}
+
+// sqliteCode is the primary SQLite result code in err, or 0.
+func sqliteCode(err error) int {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code() & 0xff // connections report extended codes
+	}
+	return 0
+}
+
+// isBusy says whether err is SQLite's "another connection holds the lock".
+func isBusy(err error) bool {
+	c := sqliteCode(err)
+	return c == sqlite3.SQLITE_BUSY || c == sqlite3.SQLITE_LOCKED
+}
+
+// connector opens inventory connections, retrying a connection whose setup
+// failed with SQLITE_BUSY or SQLITE_LOCKED until timeout has passed. The busy
+// timeout alone does not cover that setup: PRAGMA journal_mode=WAL on a
+// database not yet in WAL mode (a new one) takes the write lock while holding
+// a read lock, and SQLite refuses that upgrade at once, without calling the
+// busy handler, if another connection has the write lock, as it does when it
+// is setting up the same new database. Once that connection has committed,
+// the database is in WAL mode and a retry only has to read that.
+type connector struct {
+	dsn     string
+	timeout time.Duration
+}
+
+// sqliteDriver is the registered "sqlite" driver.
+var sqliteDriver = func() driver.Driver {
+	db, err := sql.Open("sqlite", "")
+	if err != nil {
+		panic(err)
+	}
+	defer db.Close()
+	return db.Driver()
+}()
+
+func (c *connector) Driver() driver.Driver { return sqliteDriver }
+
+func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
+	deadline := time.Now().Add(c.timeout)
+	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
+		conn, err := sqliteDriver.Open(c.dsn)
+		if err == nil || !isBusy(err) {
+			return conn, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, err
+		}
+		t := time.NewTimer(min(wait, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+	}
+}
+
+// migrate checks the store and brings its schema to schemaVersion. Several
+// processes may migrate a new store at once: each migration step runs in a
+// BEGIN IMMEDIATE transaction (the DSN's _txlock) that re-reads the version,
+// so they take turns and each step is applied once.
 func (a *Authority) migrate(ctx context.Context) error {
 	var v int
 	if err := a.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
-		return a.corrupt(err)
+		return a.storeErr(err)
 	}
 	var check string
 	if err := a.db.QueryRowContext(ctx, "PRAGMA quick_check").Scan(&check); err != nil {
-		return a.corrupt(err)
+		return a.storeErr(err)
 	}
 	if check != "ok" {
 		return a.corrupt(errors.New(check))
 	}
-	if v > schemaVersion {
-		return &StoreError{Path: a.dbPath, Err: fmt.Errorf("schema version %d is newer than this binary supports (%d)", v, schemaVersion)}
-	}
-	for ; v < schemaVersion; v++ {
+	for {
+		if v > schemaVersion {
+			return &StoreError{Path: a.dbPath, Err: fmt.Errorf("schema version %d is newer than this binary supports (%d)", v, schemaVersion)}
+		}
+		if v == schemaVersion {
+			return nil
+		}
 		tx, err := a.db.BeginTx(ctx, nil)
 		if err != nil {
-			return &StoreError{Path: a.dbPath, Err: err}
+			return a.storeErr(err)
 		}
 		// Re-read inside the write lock: another process may have migrated.
 		var cur int
 		if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&cur); err != nil {
 			tx.Rollback()
-			return a.corrupt(err)
+			return a.storeErr(err)
 		}
 		if cur != v {
 			tx.Rollback()
-			v = cur - 1
+			v = cur
 			continue
 		}
 		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
 			tx.Rollback()
-			return &StoreError{Path: a.dbPath, Err: fmt.Errorf("migrate schema to version %d: %w", v+1, err)}
+			return a.storeErr(fmt.Errorf("migrate schema to version %d: %w", v+1, err))
 		}
 		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v+1)); err != nil {
 			tx.Rollback()
-			return &StoreError{Path: a.dbPath, Err: err}
+			return a.storeErr(err)
 		}
 		if err := tx.Commit(); err != nil {
-			return &StoreError{Path: a.dbPath, Err: err}
+			return a.storeErr(fmt.Errorf("migrate schema to version %d: commit: %w", v+1, err))
 		}
+		v++
 	}
-	return nil
 }
 
 // tx runs f in one IMMEDIATE write transaction.
 func (a *Authority) tx(ctx context.Context, f func(*sql.Tx) error) error {
 	tx, err := a.db.BeginTx(ctx, nil)
 	if err != nil {
-		return &StoreError{Path: a.dbPath, Err: err}
+		return a.storeErr(err)
 	}
 	if err := f(tx); err != nil {
 		tx.Rollback()
 		return err
 	}
 	if err := tx.Commit(); err != nil {
-		return &StoreError{Path: a.dbPath, Err: fmt.Errorf("commit: %w", err)}
+		return a.storeErr(fmt.Errorf("commit: %w", err))
 	}
 	return nil
 }
