@@ -210,6 +210,7 @@ func (a *Authority) storeCA(td, org, crlURL string, maxTTL time.Duration, import
 		return fmt.Errorf("%w: a CA for trust domain %q already exists in %s", ErrExists, td, dir)
 	}
 	now := a.now()
+	wrote := false // our files are on disk: only then may a failed commit remove them
 	err := a.tx(context.Background(), func(tx *sql.Tx) error {
 		var n int
 		if err := tx.QueryRow(`SELECT count(*) FROM trust_domains WHERE name = ?`, td).Scan(&n); err != nil {
@@ -241,11 +242,15 @@ func (a *Authority) storeCA(td, org, crlURL string, maxTTL time.Duration, import
 			os.Remove(a.KeyPath(td))
 			return err
 		}
+		wrote = true
 		return nil
 	})
 	if err != nil {
+		// A commit that failed after our files were written. A transaction
+		// that never began (the store busy with another process's ca init
+		// for the same trust domain) must not remove that process's files.
 		var se *StoreError
-		if errors.As(err, &se) { // commit failed after the files were written
+		if wrote && errors.As(err, &se) {
 			os.Remove(a.KeyPath(td))
 			os.Remove(a.CertPath(td))
 		}

@@ -325,3 +325,50 @@ func TestOpenNotADatabase(t *testing.T) {
 		t.Fatalf("the file was changed (%v)", err)
 	}
 }
+
+// TestInitBusyKeepsOtherFiles covers two ca init runs for one trust domain
+// in two processes: the one whose transaction never began (the store stayed
+// locked past the busy timeout) must not remove the CA files the other wrote
+// meanwhile. The other process is simulated: a lock held from another
+// connection, and its files written while Init waits for the lock.
+func TestInitBusyKeepsOtherFiles(t *testing.T) {
+	a, _ := newTestAuthority(t)
+	b, err := Open(a.DataDir(), withBusyTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	path := filepath.Join(a.DataDir(), "inventory.db")
+	for attempt, other := 1, "other.example"; ; attempt++ {
+		release := holdLock(t, path, "BEGIN IMMEDIATE", "UPDATE meta SET value = value")
+		done := make(chan error, 1)
+		go func() { _, err := b.Init(InitRequest{TrustDomain: other, Operator: "bob"}); done <- err }()
+		// Past Init's check that no key exists, it waits for the lock; the
+		// other process writes its files now.
+		time.Sleep(200 * time.Millisecond)
+		if err := os.MkdirAll(filepath.Dir(b.KeyPath(other)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		key, cert := []byte("the other process's key"), []byte("the other process's certificate")
+		if err := os.WriteFile(b.KeyPath(other), key, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(b.CertPath(other), cert, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		err := <-done
+		release()
+		if errors.Is(err, ErrExists) && attempt < 3 {
+			// Init had not passed its check yet: not the case under test.
+			other = fmt.Sprintf("other%d.example", attempt)
+			continue
+		}
+		checkBusy(t, err, path)
+		for p, want := range map[string][]byte{b.KeyPath(other): key, b.CertPath(other): cert} {
+			if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("%s after the busy Init: %q, %v; want the other process's file kept", p, got, err)
+			}
+		}
+		return
+	}
+}
