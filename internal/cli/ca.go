@@ -276,6 +276,8 @@ func caError(err error, dataDir string) error {
 	case errors.Is(err, ca.ErrCorruptStore):
 		return withHint(err, "the inventory is not a readable SQLite database: restore %s from a backup; nothing was changed",
 			filepath.Join(dataDir, "inventory.db"))
+	case errors.Is(err, ca.ErrStoreBusy):
+		return withHint(err, "another agentauthz process is writing to %s; retry when it has finished; nothing was changed", dataDir)
 	case errors.Is(err, ca.ErrNoStore):
 		return withHint(err, "create a CA first: agentauthz ca init --trust-domain TD --data-dir %s", dataDir)
 	case errors.Is(err, ca.ErrNotFound):
