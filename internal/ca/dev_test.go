@@ -1,14 +1,10 @@
 package ca
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -22,12 +18,6 @@ import (
 // as a child process, calls EnsureDev.
 const devChildEnv = "AGENTAUTHZ_TEST_ENSUREDEV_CHILD_DIR"
 
-// Lines the child prints: once it is ready to start, and its outcome.
-const (
-	devChildReady  = "ensuredev-child: ready"
-	devChildResult = "ensuredev-child: result "
-)
-
 var devTestNow = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 
 // devOutcome is one EnsureDev caller's result.
@@ -38,17 +28,13 @@ type devOutcome struct {
 }
 
 // TestEnsureDevChild is the other process of TestEnsureDevConcurrent: it
-// prints devChildReady, waits for a line on stdin, calls EnsureDev and
-// prints its outcome.
+// calls EnsureDev when released and prints its outcome as JSON.
 func TestEnsureDevChild(t *testing.T) {
 	dir := os.Getenv(devChildEnv)
 	if dir == "" {
 		t.Skip("helper process of TestEnsureDevConcurrent")
 	}
-	fmt.Println(devChildReady)
-	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
-		t.Fatalf("child: no start line: %v", err)
-	}
+	raceChildWait(t)
 	out := devOutcome{Who: fmt.Sprintf("process %d", os.Getpid())}
 	env, err := EnsureDev(dir, devTestNow)
 	out.Env = env
@@ -59,7 +45,7 @@ func TestEnsureDevChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Println(devChildResult + string(b))
+	fmt.Println(raceResult + string(b))
 }
 
 // TestEnsureDevConcurrent runs EnsureDev on one fresh data directory from
@@ -72,52 +58,18 @@ func TestEnsureDevConcurrent(t *testing.T) {
 	const goroutines, children = 4, 2
 	results := make(chan devOutcome, goroutines+children)
 
-	type child struct {
-		cmd    *exec.Cmd
-		stdin  io.WriteCloser
-		stderr bytes.Buffer
-	}
-	var kids []*child
+	var kids []*raceChild
 	for i := range children {
-		c := &child{cmd: exec.Command(os.Args[0], "-test.run=^TestEnsureDevChild$", "-test.count=1")}
-		c.cmd.Env = append(os.Environ(), devChildEnv+"="+dir)
-		c.cmd.Stderr = &c.stderr
-		var err error
-		if c.stdin, err = c.cmd.StdinPipe(); err != nil {
-			t.Fatal(err)
-		}
-		stdout, err := c.cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.cmd.Process.Kill(); c.cmd.Wait() })
-		sc := bufio.NewScanner(stdout)
-		ready := false
-		for !ready && sc.Scan() {
-			ready = sc.Text() == devChildReady
-		}
-		if !ready {
-			c.cmd.Wait()
-			t.Fatalf("child %d did not start: %s", i, c.stderr.String())
-		}
+		c := startRaceChild(t, "TestEnsureDevChild", devChildEnv+"="+dir)
 		kids = append(kids, c)
 		go func() {
-			var lines []string
-			out := devOutcome{Who: fmt.Sprintf("child %d", i), Err: "no result"}
-			for sc.Scan() {
-				if r, ok := strings.CutPrefix(sc.Text(), devChildResult); ok {
-					if err := json.Unmarshal([]byte(r), &out); err != nil {
-						out.Err = err.Error()
-					}
-					continue
-				}
-				lines = append(lines, sc.Text())
+			r := <-c.done
+			out := devOutcome{Who: fmt.Sprintf("child %d", i)}
+			if r.err == nil {
+				r.err = json.Unmarshal([]byte(r.text), &out)
 			}
-			if err := c.cmd.Wait(); err != nil && out.Err == "" {
-				out.Err = fmt.Sprintf("%v\nstdout: %s\nstderr: %s", err, strings.Join(lines, "\n"), c.stderr.String())
+			if r.err != nil {
+				out.Err = r.err.Error()
 			}
 			results <- out
 		}()
@@ -139,10 +91,7 @@ func TestEnsureDevConcurrent(t *testing.T) {
 	// Everyone is waiting: release them together.
 	close(start)
 	for _, c := range kids {
-		if _, err := io.WriteString(c.stdin, "go\n"); err != nil {
-			t.Fatal(err)
-		}
-		c.stdin.Close()
+		c.release(t)
 	}
 
 	var first devOutcome

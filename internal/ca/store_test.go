@@ -1,16 +1,13 @@
 package ca
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -26,12 +23,6 @@ const (
 	openChildTDEnv = "AGENTAUTHZ_TEST_OPEN_CHILD_TD"
 )
 
-// Lines the child prints: once it is ready to start, and its outcome.
-const (
-	openChildReady  = "open-child: ready"
-	openChildResult = "open-child: result "
-)
-
 // openAndInit opens the inventory of dir and creates a CA for trustDomain:
 // one opener's write.
 func openAndInit(dir, trustDomain string) error {
@@ -45,22 +36,19 @@ func openAndInit(dir, trustDomain string) error {
 }
 
 // TestOpenFreshStoreChild is the other process of
-// TestOpenFreshStoreConcurrently: it prints openChildReady, waits for a line
-// on stdin, runs openAndInit and prints its outcome.
+// TestOpenFreshStoreConcurrently: it runs openAndInit when released and
+// prints "ok" or its error.
 func TestOpenFreshStoreChild(t *testing.T) {
 	dir := os.Getenv(openChildEnv)
 	if dir == "" {
 		t.Skip("helper process of TestOpenFreshStoreConcurrently")
 	}
-	fmt.Println(openChildReady)
-	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
-		t.Fatalf("child: no start line: %v", err)
-	}
+	raceChildWait(t)
 	result := "ok"
 	if err := openAndInit(dir, os.Getenv(openChildTDEnv)); err != nil {
 		result = err.Error()
 	}
-	fmt.Println(openChildResult + result)
+	fmt.Println(raceResult + result)
 }
 
 // TestOpenFreshStoreConcurrently opens one inventory that does not exist yet
@@ -74,54 +62,19 @@ func TestOpenFreshStoreConcurrently(t *testing.T) {
 	type outcome struct{ who, td, err string }
 	results := make(chan outcome, goroutines+children)
 
-	type child struct {
-		cmd    *exec.Cmd
-		stdin  io.WriteCloser
-		stderr bytes.Buffer
-	}
-	var kids []*child
+	var kids []*raceChild
 	for i := range children {
 		td := fmt.Sprintf("child-%d.example", i)
-		c := &child{cmd: exec.Command(os.Args[0], "-test.run=^TestOpenFreshStoreChild$", "-test.count=1")}
-		c.cmd.Env = append(os.Environ(), openChildEnv+"="+dir, openChildTDEnv+"="+td)
-		c.cmd.Stderr = &c.stderr
-		var err error
-		if c.stdin, err = c.cmd.StdinPipe(); err != nil {
-			t.Fatal(err)
-		}
-		stdout, err := c.cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.cmd.Process.Kill(); c.cmd.Wait() })
-		sc := bufio.NewScanner(stdout)
-		ready := false
-		for !ready && sc.Scan() {
-			ready = sc.Text() == openChildReady
-		}
-		if !ready {
-			c.cmd.Wait()
-			t.Fatalf("child %d did not start: %s", i, c.stderr.String())
-		}
+		c := startRaceChild(t, "TestOpenFreshStoreChild", openChildEnv+"="+dir, openChildTDEnv+"="+td)
 		kids = append(kids, c)
 		go func() {
-			var lines []string
-			out := outcome{who: fmt.Sprintf("child %d", i), td: td, err: "no result"}
-			for sc.Scan() {
-				if r, ok := strings.CutPrefix(sc.Text(), openChildResult); ok {
-					out.err = r
-					if r == "ok" {
-						out.err = ""
-					}
-					continue
-				}
-				lines = append(lines, sc.Text())
-			}
-			if err := c.cmd.Wait(); err != nil && out.err == "" {
-				out.err = fmt.Sprintf("%v\nstdout: %s\nstderr: %s", err, strings.Join(lines, "\n"), c.stderr.String())
+			r := <-c.done
+			out := outcome{who: fmt.Sprintf("child %d", i), td: td}
+			switch {
+			case r.err != nil:
+				out.err = r.err.Error()
+			case r.text != "ok":
+				out.err = r.text
 			}
 			results <- out
 		}()
@@ -141,10 +94,7 @@ func TestOpenFreshStoreConcurrently(t *testing.T) {
 	// Everyone is waiting: release them together.
 	close(start)
 	for _, c := range kids {
-		if _, err := io.WriteString(c.stdin, "go\n"); err != nil {
-			t.Fatal(err)
-		}
-		c.stdin.Close()
+		c.release(t)
 	}
 
 	var want []string
