@@ -134,6 +134,7 @@ docs/performance.md.`,
 	f.StringVar(&modes, "modes", "noop,naive,real", "server modes to measure (the ratios need all three)")
 	f.StringVar(&o.PoliciesDir, "policies", "policies", "shipped policy directory (authz.rego, data.json)")
 	f.IntVar(&o.PropagationRounds, "propagation-rounds", 20, "revocations timed through ca serve and a replica (0 skips)")
+	f.IntVar(&o.Connections, "connections", 1, "gRPC connections the client spreads its workers over (Envoy opens one per worker thread)")
 	f.IntVar(&o.PairedRounds, "paired-rounds", 3, "rounds of (b) and (a) measured back to back at --concurrency, whose median ratio the (a)/(b) target reads (0 skips)")
 	f.BoolVar(&o.SkipRateLimited, "skip-rate-limited", false, "skip the run at half of the maximum throughput")
 	f.BoolVar(&o.SkipNoCache, "skip-no-cache", false, "skip the run of the real server with the policy decision cache off")

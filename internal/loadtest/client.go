@@ -95,12 +95,28 @@ func statusCode(b []byte) int32 {
 	return code
 }
 
-// dial opens the one client connection every load run uses.
-func dial(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient("passthrough:///"+addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})),
-	)
+// dial opens the n client connections a load run spreads its workers over
+// (as Envoy opens one per worker thread to an ext_authz cluster).
+func dial(addr string, n int) ([]*grpc.ClientConn, error) {
+	conns := make([]*grpc.ClientConn, 0, n)
+	for range n {
+		c, err := grpc.NewClient("passthrough:///"+addr,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})),
+		)
+		if err != nil {
+			closeAll(conns)
+			return nil, err
+		}
+		conns = append(conns, c)
+	}
+	return conns, nil
+}
+
+func closeAll(conns []*grpc.ClientConn) {
+	for _, c := range conns {
+		c.Close()
+	}
 }
 
 // loadSpec is one measured run.
@@ -160,7 +176,7 @@ type worker struct {
 
 // drive runs spec against conn. onMeasure is called when the warmup ends and
 // when the measured window ends (to snapshot server stats).
-func drive(ctx context.Context, conn *grpc.ClientConn, mode Mode, pool []request, spec loadSpec, onMeasure func(start bool) error) (*loadResult, error) {
+func drive(ctx context.Context, conns []*grpc.ClientConn, mode Mode, pool []request, spec loadSpec, onMeasure func(start bool) error) (*loadResult, error) {
 	if spec.Concurrency < 1 {
 		return nil, errors.New("concurrency must be at least 1")
 	}
@@ -175,6 +191,7 @@ func drive(ctx context.Context, conn *grpc.ClientConn, mode Mode, pool []request
 		wk := &worker{byKind: map[Kind]int64{}}
 		workers[w] = wk
 		wg.Add(1)
+		conn := conns[w%len(conns)]
 		go func() {
 			defer wg.Done()
 			var resp []byte

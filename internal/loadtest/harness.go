@@ -59,6 +59,9 @@ type Options struct {
 	SkipNoCache bool
 	// PropagationRounds is how many revocations are timed; 0 skips.
 	PropagationRounds int
+	// Connections is how many gRPC connections the client spreads its
+	// workers over; default 1. Envoy opens one per worker thread.
+	Connections int
 	// PairedRounds is how many times (a) and (b) are measured back to back
 	// at the headline concurrency, both servers running and the order
 	// alternating, after the curves; 0 skips. The host's speed drifts over
@@ -87,6 +90,9 @@ func (o *Options) defaults() error {
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 16
+	}
+	if o.Connections <= 0 {
+		o.Connections = 1
 	}
 	if len(o.Concurrencies) == 0 {
 		o.Concurrencies = []int{1, 4, 16, 64}
@@ -535,14 +541,14 @@ func fetchStats(httpAddr string, gc bool) (ServerStats, error) {
 // saw with what the server reports about itself.
 func (h *harness) measure(ctx context.Context, sp *serverProc, mode Mode, spec loadSpec) (RunResult, error) {
 	r := RunResult{Mode: mode, Concurrency: spec.Concurrency, Rate: spec.Rate}
-	conn, err := dial(sp.grpcAddr)
+	conns, err := dial(sp.grpcAddr, h.o.Connections)
 	if err != nil {
 		return r, err
 	}
-	defer conn.Close()
+	defer closeAll(conns)
 	var before, after ServerStats
 	var cpu0, cpu1 cpuSnapshot
-	res, err := drive(ctx, conn, mode, h.pool, spec, func(start bool) error {
+	res, err := drive(ctx, conns, mode, h.pool, spec, func(start bool) error {
 		st, err := fetchStats(sp.httpAddr, false)
 		if start {
 			before, cpu0 = st, takeCPU()
@@ -580,11 +586,11 @@ func (h *harness) profile(ctx context.Context, sp *serverProc, mode Mode, spec l
 		secs = 1
 	}
 	path := filepath.Join(h.o.ProfileDir, fmt.Sprintf("cpu-%s.pprof", name))
-	conn, err := dial(sp.grpcAddr)
+	conns, err := dial(sp.grpcAddr, h.o.Connections)
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close()
+	defer closeAll(conns)
 	// An execution trace of the same window shows what the CPU profile
 	// cannot: where a Check waits (fsync, scheduling, GC) rather than runs.
 	tracePath := filepath.Join(h.o.ProfileDir, fmt.Sprintf("trace-%s.out", name))
@@ -606,7 +612,7 @@ func (h *harness) profile(ctx context.Context, sp *serverProc, mode Mode, spec l
 	}
 	spec.Duration = time.Duration(secs)*time.Second + 500*time.Millisecond
 	var wg sync.WaitGroup
-	_, err = drive(ctx, conn, mode, h.pool, spec, func(start bool) error {
+	_, err = drive(ctx, conns, mode, h.pool, spec, func(start bool) error {
 		if start {
 			wg.Add(2)
 			go func() {

@@ -57,6 +57,7 @@ func TestHarnessShort(t *testing.T) {
 		Mix:               mix,
 		PropagationRounds: 2,
 		PairedRounds:      2,
+		Connections:       2, // one per worker at concurrency 2
 		Progress:          &progress,
 	})
 	t.Log(progress.String())
