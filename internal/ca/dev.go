@@ -59,7 +59,12 @@ const (
 // others find its result valid and return it unchanged. A caller that cannot
 // take the lock within 30 s fails with an error naming the lock file.
 func EnsureDev(dataDir string, now time.Time) (*DevEnv, error) {
-	unlock, err := lockDev(dataDir, devLockTimeout)
+	return ensureDev(dataDir, now, devLockTimeout)
+}
+
+// ensureDev is EnsureDev waiting at most lockTimeout for the lock.
+func ensureDev(dataDir string, now time.Time, lockTimeout time.Duration) (*DevEnv, error) {
+	unlock, err := lockDev(dataDir, lockTimeout)
 	if err != nil {
 		return nil, err
 	}

@@ -4,8 +4,8 @@ package ca
 
 import "os"
 
-// tryLockFile has no cross-process lock to take where flock(2) is not
-// available: EnsureDev is then serialised within one process only.
+// tryLockFile has no lock to take where flock(2) is not available:
+// EnsureDev callers are then not serialised.
 func tryLockFile(*os.File) (bool, error) { return true, nil }
 
 func unlockFile(*os.File) error { return nil }
