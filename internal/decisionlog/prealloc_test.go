@@ -151,6 +151,7 @@ func TestPreallocatedSegmentWrittenInPlace(t *testing.T) {
 		t.Fatalf("reader after more appends read %v", got)
 	}
 
+	waitPrepared(t, l) // the next segment, started when this one was taken
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -308,6 +309,9 @@ func crashImage(t *testing.T, o Options) Options {
 				continue
 			}
 			b, err := os.ReadFile(filepath.Join(d[0], e.Name()))
+			if errors.Is(err, os.ErrNotExist) {
+				continue // the preparer renamed or removed it meanwhile: not in the image
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
