@@ -74,8 +74,12 @@ const (
 	// segment's fill fraction of the next segment, plus prepLead.
 	prepAhead = 4.0 / 3
 	prepLead  = 2 << 20
-	// prepPoll is how often a preparer that is ahead looks again.
-	prepPoll = 5 * time.Millisecond
+	// A preparer that is ahead looks again after prepPoll, then ever less
+	// often while it stays ahead, up to prepPollMax: an idle log does not
+	// wake it 200 times a second, and a burst that follows is met well
+	// before the current segment fills (and by catch-up pieces if not).
+	prepPoll    = 5 * time.Millisecond
+	prepPollMax = 500 * time.Millisecond
 	// prepPauseMin is the least the preparer rests after each piece; it
 	// rests as long as the piece took, so it holds the disk at most about
 	// half of the time.
@@ -287,8 +291,10 @@ func (p *preparer) prepare() (err error) {
 		}
 	}()
 	zeros := make([]byte, min(p.size, prepChunk))
+	poll := prepPoll
 	for off := int64(0); off < p.size; {
-		rest := prepPoll
+		rest := poll
+		poll = min(2*poll, prepPollMax)
 		if target, catchUp := p.target(off); off < target {
 			n := min(int64(prepPiece), int64(len(zeros)), p.size-off)
 			if catchUp {
@@ -304,7 +310,7 @@ func (p *preparer) prepare() (err error) {
 				return fmt.Errorf("fsync %s: %w", prepTmpName, err)
 			}
 			off += n
-			rest = max(time.Since(t0), prepPauseMin)
+			rest, poll = max(time.Since(t0), prepPauseMin), prepPoll
 		}
 		t := time.NewTimer(rest)
 		select {
