@@ -2,12 +2,10 @@ package cli
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"net/http"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -55,53 +53,26 @@ func servingHTTPAddr(log string) string {
 // replica-side revocation metrics; the publisher's watchers gauge counts the
 // server's own watch stream.
 func TestDevPublisherMetrics(t *testing.T) {
-	dataDir := filepath.Join(t.TempDir(), "data")
-	policies, err := filepath.Abs(filepath.Join("..", "..", "policies"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- Run(ctx, []string{"serve", "--dev", "--data-dir", dataDir, "--policies", policies,
-			"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json"},
-			nil, &bytes.Buffer{}, &stderr)
-	}()
-	defer func() {
-		cancel()
-		if code := <-done; code != ExitOK {
-			t.Errorf("serve exit %d after shutdown:\n%s", code, stderr.String())
-		}
-	}()
-
+	s := startDevServe(t)
+	defer s.stop(t)
 	var addr string
-	deadline := time.Now().Add(30 * time.Second)
-	for addr == "" {
-		select {
-		case code := <-done:
-			done <- code
-			t.Fatalf("serve exited with %d:\n%s", code, stderr.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serve logged no serving line:\n%s", stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-		addr = servingHTTPAddr(stderr.String())
-	}
+	s.waitFor(t, "serving line", 30*time.Second, func(log string) bool {
+		addr = servingHTTPAddr(log)
+		return addr != ""
+	})
 
 	// The replica's revocation checker connects to the publisher's watch
 	// stream once it starts: wait for the gauge to say so.
 	watchers := regexp.MustCompile(`(?m)^agentauthz_revocation_publisher_watchers ([0-9.e+]+)$`)
 	var body string
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		body = scrape(t, "http://"+addr+"/metrics")
 		if m := watchers.FindStringSubmatch(body); m != nil && m[1] != "0" {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no watch stream counted by agentauthz_revocation_publisher_watchers within 30s:\n%s\nserve:\n%s", body, stderr.String())
+			t.Fatalf("no watch stream counted by agentauthz_revocation_publisher_watchers within 30s:\n%s\nserve:\n%s", body, s.stderr.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

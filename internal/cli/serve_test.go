@@ -30,37 +30,70 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestDevQuickStart is the README quick start: serve --dev prints one check
-// line that is allowed and one that is denied, and both work as printed.
-func TestDevQuickStart(t *testing.T) {
-	dataDir := filepath.Join(t.TempDir(), "data")
+// devServe is `serve --dev` running in this process, on loopback ports the
+// kernel picks, logging JSON to stderr.
+type devServe struct {
+	dataDir string
+	stderr  syncBuffer
+	done    chan int
+	cancel  context.CancelFunc
+}
+
+func startDevServe(t *testing.T) *devServe {
+	t.Helper()
 	policies, err := filepath.Abs(filepath.Join("..", "..", "policies"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
-	done := make(chan int, 1)
+	s := &devServe{dataDir: filepath.Join(t.TempDir(), "data"), done: make(chan int, 1), cancel: cancel}
 	go func() {
-		done <- Run(ctx, []string{"serve", "--dev", "--data-dir", dataDir, "--policies", policies,
+		s.done <- Run(ctx, []string{"serve", "--dev", "--data-dir", s.dataDir, "--policies", policies,
 			"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json"},
-			nil, &bytes.Buffer{}, &stderr)
+			nil, &bytes.Buffer{}, &s.stderr)
 	}()
-	lineRE := regexp.MustCompile(`(?m)^\s+(allowed|denied):\s+\S+ (check .*)$`)
-	var lines [][]string
-	deadline := time.Now().Add(30 * time.Second)
-	for len(lines) < 2 {
+	return s
+}
+
+// waitFor polls serve's log until ok holds, failing the test if serve
+// exits first or within limit it does not hold.
+func (s *devServe) waitFor(t *testing.T, what string, limit time.Duration, ok func(log string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !ok(s.stderr.String()) {
 		select {
-		case code := <-done:
-			t.Fatalf("serve exited with %d:\n%s", code, stderr.String())
+		case code := <-s.done:
+			s.done <- code
+			t.Fatalf("serve exited with %d:\n%s", code, s.stderr.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("serve printed no check lines:\n%s", stderr.String())
+			t.Fatalf("serve logged no %s:\n%s", what, s.stderr.String())
 		}
-		time.Sleep(50 * time.Millisecond)
-		lines = lineRE.FindAllStringSubmatch(stderr.String(), -1)
+		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// stop cancels serve and checks that it exits cleanly.
+func (s *devServe) stop(t *testing.T) {
+	t.Helper()
+	s.cancel()
+	if code := <-s.done; code != ExitOK {
+		t.Errorf("serve exit %d after shutdown:\n%s", code, s.stderr.String())
+	}
+}
+
+// TestDevQuickStart is the README quick start: serve --dev prints one check
+// line that is allowed and one that is denied, and both work as printed.
+func TestDevQuickStart(t *testing.T) {
+	s := startDevServe(t)
+	dataDir, stderr := s.dataDir, &s.stderr
+	lineRE := regexp.MustCompile(`(?m)^\s+(allowed|denied):\s+\S+ (check .*)$`)
+	var lines [][]string
+	s.waitFor(t, "check lines", 30*time.Second, func(log string) bool {
+		lines = lineRE.FindAllStringSubmatch(log, -1)
+		return len(lines) >= 2
+	})
 	for _, l := range lines {
 		want := map[string]int{"allowed": ExitOK, "denied": ExitNo}[l[1]]
 		var out, errOut bytes.Buffer
@@ -93,7 +126,7 @@ func TestDevQuickStart(t *testing.T) {
 	if lines[0][1] != "allowed" {
 		allowedArgs = strings.Fields(lines[1][2])
 	}
-	deadline = time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		out.Reset()
 		errOut.Reset()
@@ -128,10 +161,7 @@ func TestDevQuickStart(t *testing.T) {
 	}
 
 	// Shutdown is orderly and leaves the key directory private.
-	cancel()
-	if code := <-done; code != ExitOK {
-		t.Fatalf("serve exit %d after shutdown:\n%s", code, stderr.String())
-	}
+	s.stop(t)
 	if !strings.Contains(stderr.String(), `"stopped"`) {
 		t.Errorf("no orderly stop logged:\n%s", stderr.String())
 	}
