@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
 )
 
 // Recovery of the last segment on Open.
@@ -159,35 +161,101 @@ func scanSegmentBuf(path, name string, isLast bool, maxTorn int, open openFunc, 
 // before. It returns the last of them, the offset after it, and the seq the
 // next line was to hold. A line longer than MaxRecordBytes stops it as soon
 // as that shows: it never decodes, so it is not read further.
+//
+// Lines are read scanBatchLines at a time and decoded and hashed on every
+// CPU (a record's JSON decoding is most of Open's time); the checks then run
+// in order, so the result is the one line-by-line reading would give.
 func scanRecords(br *bufio.Reader, want uint64) (last *scannedLine, off int64, next uint64, err error) {
-	var buf []byte
 	prev := ""
+	lines := make([]scanLine, 0, scanBatchLines)
 	for {
+		var end bool
+		lines, end, err = readLines(br, lines[:0])
+		decodeLines(lines)
+		for _, ln := range lines {
+			if ln.err != nil || ln.rec.Seq != want || (prev != "" && ln.rec.Prev != prev) {
+				return last, off, want, nil
+			}
+			last = &scannedLine{jws: ln.text}
+			prev = ln.hash
+			want++
+			off += int64(len(ln.text)) + 1
+		}
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		if end {
+			return last, off, want, nil
+		}
+	}
+}
+
+// scanBatchLines is how many lines scanRecords reads before decoding them:
+// at most that many times MaxRecordBytes held at once, ~1.5 MB for records
+// of a usual size.
+const scanBatchLines = 1024
+
+// scanLine is one complete line (without its LF) and what decoding it gave.
+type scanLine struct {
+	text string
+	rec  *Record
+	hash string // its chain hash, when it decodes
+	err  error
+}
+
+// readLines appends up to scanBatchLines complete lines from br to lines.
+// end says reading stopped for good: a line too long to be a record, the
+// end of the file (after a partial line or none); err is a read error.
+func readLines(br *bufio.Reader, lines []scanLine) (_ []scanLine, end bool, err error) {
+	var buf []byte
+	for len(lines) < scanBatchLines {
 		buf = buf[:0]
 		for done := false; !done; {
 			chunk, err := br.ReadSlice('\n')
 			if len(buf)+len(chunk) > MaxRecordBytes+1 {
-				return last, off, want, nil // too long to be a record (and its LF)
+				return lines, true, nil // too long to be a record (and its LF)
 			}
 			buf = append(buf, chunk...)
 			switch {
 			case err == nil:
 				done = true
 			case errors.Is(err, io.EOF):
-				return last, off, want, nil // the end, or a partial line
+				return lines, true, nil // the end, or a partial line
 			case !errors.Is(err, bufio.ErrBufferFull):
-				return nil, 0, 0, err
+				return lines, true, err
 			}
 		}
-		text := string(buf[:len(buf)-1])
-		rec, derr := DecodeRecord(text) // a line with a NUL byte never decodes
-		if derr != nil || rec.Seq != want || (prev != "" && rec.Prev != prev) {
-			return last, off, want, nil
+		lines = append(lines, scanLine{text: string(buf[:len(buf)-1])})
+	}
+	return lines, false, nil
+}
+
+// decodeLines decodes and hashes lines, spread over the CPUs.
+func decodeLines(lines []scanLine) {
+	workers := min(runtime.GOMAXPROCS(0), (len(lines)+63)/64)
+	if workers <= 1 {
+		for i := range lines {
+			decodeLine(&lines[i])
 		}
-		last = &scannedLine{jws: text}
-		prev = ChainHash(text)
-		want++
-		off += int64(len(buf))
+		return
+	}
+	var wg sync.WaitGroup
+	per := (len(lines) + workers - 1) / workers
+	for start := 0; start < len(lines); start += per {
+		part := lines[start:min(start+per, len(lines))]
+		wg.Go(func() {
+			for i := range part {
+				decodeLine(&part[i])
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func decodeLine(ln *scanLine) {
+	ln.rec, ln.err = DecodeRecord(ln.text) // a line with a NUL byte never decodes
+	if ln.err == nil {
+		ln.hash = ChainHash(ln.text)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -1063,6 +1064,48 @@ func TestScanSegmentMemoryIsBounded(t *testing.T) {
 			}
 			if last == nil || last.jws+"\n" != lines[2] || n != int64(len(good)) || after.Size() != n {
 				t.Fatalf("scan: last %v, good %d, segment %d bytes; want seq 3 and %d", last, n, after.Size(), len(good))
+			}
+		})
+	}
+}
+
+// TestScanSegmentAcrossBatches compares the scan with the reference on
+// segments longer than one batch of lines (scanRecords decodes
+// scanBatchLines at a time, in parallel), damaged on both sides of batch
+// boundaries: the parallel decoding must stop exactly where reading line by
+// line does.
+func TestScanSegmentAcrossBatches(t *testing.T) {
+	const n = 2*scanBatchLines + 500
+	lines := fuzzLines(n)
+	other := signedLines(fuzzKey(), "other", n)
+	pad := strings.Repeat("\x00", 5000)
+	join := func(ls []string) string { return strings.Join(ls, "") }
+	// corrupt flips one base64 character near the start of line i's
+	// payload: still a line, no longer a record.
+	corrupt := func(i int) string {
+		l := []byte(lines[i])
+		p := bytes.IndexByte(l, '.') + 10
+		l[p] ^= 'A' ^ 'B'
+		return string(l)
+	}
+	cases := map[string]string{
+		"clean":           join(lines),
+		"padded":          join(lines) + pad,
+		"torn at the end": join(lines[:n-1]) + lines[n-1][:200] + pad,
+	}
+	for _, i := range []int{scanBatchLines - 1, scanBatchLines, scanBatchLines + 1, 2 * scanBatchLines, n - 2} {
+		cases[fmt.Sprintf("damaged line %d", i)] = join(lines[:i]) + corrupt(i) + join(lines[i+1:])
+		// The right seq, but chained to another log's records.
+		cases[fmt.Sprintf("foreign record at line %d", i)] = join(lines[:i]) + other[i] + join(lines[i+1:])
+		cases[fmt.Sprintf("torn at line %d", i)] = join(lines[:i]) + lines[i][:100] + pad
+		cases[fmt.Sprintf("too long at line %d", i)] = join(lines[:i]) + strings.Repeat("A", MaxRecordBytes+1) + "\n" + join(lines[i:])
+	}
+	for name, data := range cases {
+		t.Run(name, func(t *testing.T) {
+			want := scanOnce(t, scanSegmentReference, []byte(data), true, 1<<20)
+			got := scanOnce(t, scanSegment, []byte(data), true, 1<<20)
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("scan differs from the reference:\n got %+v\nwant %+v", got, want)
 			}
 		})
 	}
