@@ -190,10 +190,13 @@ func scanRecords(br *bufio.Reader, want uint64) (last *scannedLine, off int64, n
 	}
 }
 
-// scanBatchLines is how many lines scanRecords reads before decoding them:
-// at most that many times MaxRecordBytes held at once, ~1.5 MB for records
-// of a usual size.
-const scanBatchLines = 1024
+// scanRecords reads up to scanBatchLines lines, or until they hold
+// scanBatchBytes, before decoding them: ~1.5 MB for records of a usual size,
+// at most scanBatchBytes + MaxRecordBytes whatever the lines.
+const (
+	scanBatchLines = 1024
+	scanBatchBytes = 4 << 20
+)
 
 // scanLine is one complete line (without its LF) and what decoding it gave.
 type scanLine struct {
@@ -203,12 +206,13 @@ type scanLine struct {
 	err  error
 }
 
-// readLines appends up to scanBatchLines complete lines from br to lines.
-// end says reading stopped for good: a line too long to be a record, the
-// end of the file (after a partial line or none); err is a read error.
+// readLines appends complete lines from br to lines, up to scanBatchLines
+// or scanBatchBytes. end says reading stopped for good: a line too long to
+// be a record, the end of the file (after a partial line or none); err is a
+// read error.
 func readLines(br *bufio.Reader, lines []scanLine) (_ []scanLine, end bool, err error) {
 	var buf []byte
-	for len(lines) < scanBatchLines {
+	for size := 0; len(lines) < scanBatchLines && size < scanBatchBytes; {
 		buf = buf[:0]
 		for done := false; !done; {
 			chunk, err := br.ReadSlice('\n')
@@ -226,6 +230,7 @@ func readLines(br *bufio.Reader, lines []scanLine) (_ []scanLine, end bool, err 
 			}
 		}
 		lines = append(lines, scanLine{text: string(buf[:len(buf)-1])})
+		size += len(buf)
 	}
 	return lines, false, nil
 }

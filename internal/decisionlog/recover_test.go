@@ -1100,6 +1100,14 @@ func TestScanSegmentAcrossBatches(t *testing.T) {
 		cases[fmt.Sprintf("torn at line %d", i)] = join(lines[:i]) + lines[i][:100] + pad
 		cases[fmt.Sprintf("too long at line %d", i)] = join(lines[:i]) + strings.Repeat("A", MaxRecordBytes+1) + "\n" + join(lines[i:])
 	}
+	// Lines of the longest a record may be: batches end on their bytes.
+	longest := []string{lines[0], lines[1]}
+	for i := 2; i < 2+2*scanBatchBytes/MaxRecordBytes+3; i++ {
+		longest = append(longest, longestLine(uint64(i+1), ChainHash(strings.TrimSuffix(longest[i-1], "\n"))))
+	}
+	cases["longest records"] = join(longest) + pad
+	// The first line of the second batch (two short lines, then 16 of 256 KiB fill the first).
+	cases["longest records, one foreign"] = join(longest[:scanBatchBytes/MaxRecordBytes+2]) + other[scanBatchBytes/MaxRecordBytes+2] + pad
 	for name, data := range cases {
 		t.Run(name, func(t *testing.T) {
 			want := scanOnce(t, scanSegmentReference, []byte(data), true, 1<<20)
