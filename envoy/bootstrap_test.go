@@ -373,7 +373,7 @@ func bootstrapMutations() []mutation {
 		}), "x-agent-operation"},
 		{"header strip overridden on the health route", named("upstream_health", func(m map[string]any) {
 			m["typed_per_filter_config"].(map[string]any)[HeaderMutationFilterName] = map[string]any{
-				"@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+				"@type":     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
 				"mutations": map[string]any{"request_mutations": []any{map[string]any{"remove": "x-unrelated"}}},
 			}
 		}), "the header strip must hold on every route"},
