@@ -219,8 +219,8 @@ func TestBootstrapFieldsDocsRelyOn(t *testing.T) {
 			if d := ea.GetGrpcService().GetTimeout().AsDuration(); d != 250*time.Millisecond {
 				t.Errorf("grpc_service.timeout = %s, docs say 0.25s", d)
 			}
-			if wb := ea.GetWithRequestBody(); wb.GetMaxRequestBytes() != 8192 || !wb.GetAllowPartialMessage() {
-				t.Errorf("with_request_body = %v, docs say 8 KiB, partial allowed", wb)
+			if wb := ea.GetWithRequestBody(); wb.GetMaxRequestBytes() != 8192 || !wb.GetAllowPartialMessage() || !wb.GetPackAsBytes() {
+				t.Errorf("with_request_body = %v, docs say 8 KiB, partial allowed, as bytes", wb)
 			}
 			if !ea.GetValidateMutations() {
 				t.Error("validate_mutations is not true")
@@ -337,6 +337,7 @@ func bootstrapMutations() []mutation {
 		{"unbounded body", extAuthz(func(m map[string]any) {
 			m["with_request_body"] = map[string]any{"max_request_bytes": 10 << 20}
 		}), "max_request_bytes"},
+		{"body as a string", extAuthz(func(m map[string]any) { delete(m["with_request_body"].(map[string]any), "pack_as_bytes") }), "pack_as_bytes"},
 		{"runtime-sampled check", extAuthz(func(m map[string]any) {
 			m["filter_enabled"] = map[string]any{"default_value": map[string]any{"numerator": 50}}
 		}), "filter_enabled"},

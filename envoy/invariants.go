@@ -94,7 +94,7 @@ func AccessLogFields() []string {
 //     before the router, once, not disabled and not optional;
 //   - ext_authz is gRPC, V3, include_peer_certificate, fail-closed
 //     (failure_mode_allow false, status_on_error 503), with a timeout in
-//     (0, 1s] and a bounded request body;
+//     (0, 1s] and a bounded request body sent as bytes (pack_as_bytes);
 //   - its cluster exists and speaks HTTP/2;
 //   - routes are inline, ext_authz is never disabled for a whole virtual
 //     host, and a route that disables it matches one exact path;
@@ -289,8 +289,13 @@ func checkExtAuthz(at string, ea *extauthzv3.ExtAuthz, clusters map[string]*clus
 	} else if d := t.AsDuration(); d <= 0 || d > MaxExtAuthzTimeout {
 		add("grpc_service.timeout %s is outside (0, %s]", d, MaxExtAuthzTimeout)
 	}
-	if wb := ea.GetWithRequestBody(); wb != nil && (wb.GetMaxRequestBytes() == 0 || wb.GetMaxRequestBytes() > MaxCheckBodyBytes) {
-		add("with_request_body.max_request_bytes must be in 1..%d", MaxCheckBodyBytes)
+	if wb := ea.GetWithRequestBody(); wb != nil {
+		if wb.GetMaxRequestBytes() == 0 || wb.GetMaxRequestBytes() > MaxCheckBodyBytes {
+			add("with_request_body.max_request_bytes must be in 1..%d", MaxCheckBodyBytes)
+		}
+		if !wb.GetPackAsBytes() {
+			add("with_request_body.pack_as_bytes must be true: as a string, a binary or cut-off UTF-8 body is not what the client sent")
+		}
 	}
 	name := gs.GetEnvoyGrpc().GetClusterName()
 	if name == "" {

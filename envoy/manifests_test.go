@@ -20,9 +20,15 @@ import (
 var manifestDirs = []string{"istio", "kubernetes"}
 
 // grpcProviderFields are the fields Istio's EnvoyExternalAuthorizationGrpcProvider
-// has (istio.io/api mesh/v1alpha1). Istio rejects others, so do we; notably
-// there is no includePeerCertificate.
-var grpcProviderFields = []string{"service", "port", "timeout", "failOpen", "clearRouteCache", "statusOnError", "includeRequestBodyInCheck"}
+// has, and requestBodyFields those of its EnvoyExternalAuthorizationRequestBody
+// (istio/api mesh/v1alpha1/config.proto). istiod does not refuse an unknown
+// field: it retries the mesh config allowing unknown fields, so a misspelt
+// one is silently ignored. The test refuses them instead. Notably there is no
+// includePeerCertificate.
+var (
+	grpcProviderFields = []string{"service", "port", "timeout", "failOpen", "clearRouteCache", "statusOnError", "includeRequestBodyInCheck"}
+	requestBodyFields  = []string{"maxRequestBytes", "allowPartialMessage", "packAsBytes"}
+)
 
 // apiVersions pins each kind the kit uses to the API version it is written
 // for; a new kind must be added here, with assertions below.
@@ -114,8 +120,17 @@ func checkManifests(ms []manifest) error {
 			providers[name] = true
 			for _, k := range sortedKeys(g) {
 				if !slices.Contains(grpcProviderFields, k) {
-					add(op, "provider %s: unknown envoyExtAuthzGrpc field %q (Istio would reject it)", name, k)
+					add(op, "provider %s: unknown envoyExtAuthzGrpc field %q (istiod would silently ignore it)", name, k)
 				}
+			}
+			body, _ := g["includeRequestBodyInCheck"].(map[string]any)
+			for _, k := range sortedKeys(body) {
+				if !slices.Contains(requestBodyFields, k) {
+					add(op, "provider %s: unknown includeRequestBodyInCheck field %q (istiod would silently ignore it)", name, k)
+				}
+			}
+			if body["packAsBytes"] != true {
+				add(op, "provider %s: includeRequestBodyInCheck.packAsBytes must be true (raw_body: the bytes as sent)", name)
 			}
 			svc, _ := g["service"].(string)
 			ports, known := svcPorts[strings.TrimSuffix(svc, ".svc.cluster.local")]
@@ -137,6 +152,13 @@ func checkManifests(ms []manifest) error {
 			if n, _ := dig(g, "includeRequestBodyInCheck", "maxRequestBytes").(int); n <= 0 || n > MaxCheckBodyBytes {
 				add(op, "provider %s: includeRequestBodyInCheck.maxRequestBytes must be in 1..%d", name, MaxCheckBodyBytes)
 			}
+		}
+	}
+	if op, ok := one("IstioOperator", "agentauthz"); ok {
+		// The same path for policy and API: Istio's DECODE_AND_MERGE_SLASHES is
+		// normalize_path, merge_slashes and UNESCAPE_AND_FORWARD for %2F and %5C.
+		if n := dig(op.doc, "spec", "meshConfig", "pathNormalization", "normalization"); n != "DECODE_AND_MERGE_SLASHES" {
+			add(op, "meshConfig.pathNormalization.normalization is %v, want DECODE_AND_MERGE_SLASHES (merge slashes, decode escaped slashes)", n)
 		}
 	}
 	gatewayPolicy := false
@@ -506,6 +528,13 @@ func manifestMutations() []manifestMutation {
 		{"status 403", "IstioOperator", "", func(d map[string]any) { set(d, "403", pv("statusOnError")...) }, "statusOnError"},
 		{"timeout too long", "IstioOperator", "", func(d map[string]any) { set(d, "600s", pv("timeout")...) }, "timeout"},
 		{"field Istio does not have", "IstioOperator", "", func(d map[string]any) { set(d, true, pv("includePeerCertificate")...) }, "includePeerCertificate"},
+		{"body field misspelt", "IstioOperator", "", func(d map[string]any) {
+			body := dig(d, pv("includeRequestBodyInCheck")...).(map[string]any)
+			body["packAsByte"] = body["packAsBytes"]
+			delete(body, "packAsBytes")
+		}, "packAsByte"},
+		{"body as a string", "IstioOperator", "", func(d map[string]any) { del(d, pv("includeRequestBodyInCheck", "packAsBytes")...) }, "packAsBytes"},
+		{"paths not merged", "IstioOperator", "", func(d map[string]any) { set(d, "BASE", "spec", "meshConfig", "pathNormalization", "normalization") }, "DECODE_AND_MERGE_SLASHES"},
 		{"provider port is not the Service's", "IstioOperator", "", func(d map[string]any) { set(d, 9192, pv("port")...) }, "grpc port"},
 		{"provider service unknown", "IstioOperator", "", func(d map[string]any) { set(d, "authz.default.svc.cluster.local", pv("service")...) }, "not a Service"},
 		{"gateway TLS without client certificates", "Gateway", "", func(d map[string]any) { set(d, "SIMPLE", "spec", "servers", 0, "tls", "mode") }, "MUTUAL"},
