@@ -365,6 +365,7 @@ func bootstrapMutations() []mutation {
 			m["filter_enabled"] = map[string]any{"default_value": map[string]any{"numerator": 50}}
 		}), "filter_enabled", ""},
 		{"xfcc appended, not sanitized", hcmT(func(m map[string]any) { m["forward_client_cert_details"] = "APPEND_FORWARD" }), "forward_client_cert_details", ""},
+		{"two-tier inner proxy forwarding the client's xfcc", hcmT(func(m map[string]any) { m["forward_client_cert_details"] = "FORWARD_ONLY" }), "forward_client_cert_details", ""},
 		{"xfcc without Cert", hcmT(func(m map[string]any) {
 			delete(m["set_current_client_cert_details"].(map[string]any), "cert")
 		}), "set_current_client_cert_details", ""},

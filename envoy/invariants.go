@@ -24,9 +24,9 @@ import (
 
 // Names the kit and agentauthz agree on.
 const (
-	// ExtAuthzFilterName is the HTTP filter name. Envoy stores the dynamic
-	// metadata agentauthz returns under this name, so the access log's
-	// %DYNAMIC_METADATA(...)% namespace must match it.
+	// ExtAuthzFilterName is the HTTP filter's canonical name, and the fixed
+	// namespace Envoy's ext_authz filter stores agentauthz's dynamic metadata
+	// under (whatever the filter is named in a configuration).
 	ExtAuthzFilterName = "envoy.filters.http.ext_authz"
 	// HeaderMutationFilterName is the filter that strips client-sent identity headers.
 	HeaderMutationFilterName = "envoy.filters.http.header_mutation"

@@ -810,6 +810,9 @@ func manifestMutations() []manifestMutation {
 		{"gateway XFCC appended", "EnvoyFilter", "", func(d map[string]any) {
 			set(d, "APPEND_FORWARD", "spec", "configPatches", 0, "patch", "value", "typed_config", "forward_client_cert_details")
 		}, "SANITIZE_SET"},
+		{"gateway XFCC forwarded as the client sent it", "EnvoyFilter", "agents-gateway-xfcc", func(d map[string]any) {
+			set(d, "FORWARD_ONLY", "spec", "configPatches", 0, "patch", "value", "typed_config", "forward_client_cert_details")
+		}, "SANITIZE_SET"},
 		{"gateway XFCC without Cert", "EnvoyFilter", "", func(d map[string]any) {
 			del(d, "spec", "configPatches", 0, "patch", "value", "typed_config", "set_current_client_cert_details", "cert")
 		}, "cert, uri and subject"},
