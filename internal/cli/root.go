@@ -91,6 +91,7 @@ func newRoot() *cobra.Command {
 		newAgentCmd(),
 		newAuditCmd(),
 		newReceiptCmd(),
+		newResponseCmd(),
 		newDemoCmd(),
 		newBenchCmd(),
 	)
