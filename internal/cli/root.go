@@ -93,6 +93,7 @@ func newRoot() *cobra.Command {
 		newReceiptCmd(),
 		newDemoCmd(),
 		newBenchCmd(),
+		newPolicyCmd(),
 	)
 	return root
 }
