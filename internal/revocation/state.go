@@ -4,7 +4,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"math"
 	"runtime/debug"
 	"slices"
 	"time"
@@ -58,7 +57,7 @@ func (t *tenantState) snapLocked() *tenantSnap {
 	if t.snap != nil {
 		return t.snap
 	}
-	s := &tenantSnap{ready: true, staleAfter: math.MinInt64, agents: t.agents}
+	s := &tenantSnap{ready: true, agents: t.agents}
 	for _, src := range t.sources {
 		if !src.loaded {
 			s.ready = false
@@ -70,8 +69,8 @@ func (t *tenantState) snapLocked() *tenantSnap {
 			continue
 		}
 		s.serials = append(s.serials, crl.Serials)
-		stale := crl.NextUpdate.Add(t.cfg.Grace).UnixNano()
-		if first || stale < s.staleAfter {
+		stale := crl.NextUpdate.Add(t.cfg.Grace)
+		if first || stale.Before(s.staleAfter) {
 			s.staleAfter, first = stale, false
 		}
 	}
