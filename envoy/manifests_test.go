@@ -152,6 +152,9 @@ func checkManifests(ms []manifest) error {
 		if dig(m.doc, "spec", "selector", "matchLabels", "istio") == "ingressgateway" {
 			gatewayPolicy = true
 		}
+		for _, err := range checkPolicyHosts(m) {
+			add(m, "%v", err)
+		}
 	}
 	if !gatewayPolicy {
 		errs = append(errs, errors.New("no AuthorizationPolicy selects the ingress gateway"))
@@ -186,6 +189,33 @@ func checkManifests(ms []manifest) error {
 }
 
 func asList(v any) []any { l, _ := v.([]any); return l }
+
+// checkPolicyHosts refuses a hosts or notHosts entry without its ":*" form.
+// Istio compiles each entry into an exact (or prefix/suffix) match on
+// :authority, while routes ignore the port: "Host: agents.example.com:443"
+// reaches the API route but not a rule listing only "agents.example.com", so
+// a CUSTOM rule is skipped and nothing decides. Istio's guidance is to list
+// "host" and "host:*" (or not to match on hosts at all).
+func checkPolicyHosts(m manifest) []error {
+	var errs []error
+	for i, r := range asList(dig(m.doc, "spec", "rules")) {
+		for j, to := range asList(dig(r, "to")) {
+			for _, field := range []string{"hosts", "notHosts"} {
+				list := asList(dig(to, "operation", field))
+				for _, h := range list {
+					s, _ := h.(string)
+					if s == "*" || strings.Contains(s, ":") {
+						continue
+					}
+					if !slices.Contains(list, any(s+":*")) {
+						errs = append(errs, fmt.Errorf("rules[%d].to[%d].operation.%s lists %q without %q: a Host with a port would not match", i, j, field, s, s+":*"))
+					}
+				}
+			}
+		}
+	}
+	return errs
+}
 
 func checkDeployment(d manifest, byKind map[string][]manifest) []error {
 	var errs []error
@@ -409,6 +439,9 @@ func manifestMutations() []manifestMutation {
 		{"policy apiVersion typo", "AuthorizationPolicy", "", func(d map[string]any) { set(d, "security.istio.io/v1beta", "apiVersion") }, "apiVersion"},
 		{"policy action ALLOW", "AuthorizationPolicy", "", func(d map[string]any) { set(d, "ALLOW", "spec", "action") }, "CUSTOM"},
 		{"policy names an unknown provider", "AuthorizationPolicy", "", func(d map[string]any) { set(d, "opa", "spec", "provider", "name") }, "not registered"},
+		{"policy host without its port form", "AuthorizationPolicy", "agentauthz-gateway", func(d map[string]any) {
+			set(d, []any{"agents.example.com"}, "spec", "rules", 0, "to", 0, "operation", "hosts")
+		}, `without "agents.example.com:*"`},
 		{"policy without rules", "AuthorizationPolicy", "", func(d map[string]any) { del(d, "spec", "rules") }, "no rules"},
 		{"permissive mTLS", "PeerAuthentication", "", func(d map[string]any) { set(d, "PERMISSIVE", "spec", "mtls", "mode") }, "STRICT"},
 		{"fail open", "IstioOperator", "", func(d map[string]any) { set(d, true, pv("failOpen")...) }, "failOpen"},
