@@ -39,12 +39,9 @@ rule := data.agentauthz.operations[input.operation]
 `
 
 // data builds data.json: routes for reads and payments, the payments rule
-// with the given minimum trust and required scope ("" for none).
+// with the given minimum trust and required scope.
 func data(payTrust int, payScope string) string {
-	scope := `"scope": "payments:initiate"`
-	if payScope == "" {
-		scope = `"scope": false`
-	}
+	scope := `"scope": "` + payScope + `"`
 	return `{"agentauthz": {
   "operations": {
     "payments:read": {"min_trust": 1, "scope": "payments:read"},
@@ -190,9 +187,10 @@ func TestUnchangedPolicyReportsNothing(t *testing.T) {
 	}
 }
 
-func TestRemovedScopeRequirementIsNewlyAllowed(t *testing.T) {
+func TestLoosenedScopeRequirementIsNewlyAllowed(t *testing.T) {
 	logDir := record(t)
-	rep := simulateDir(t, logDir, writePolicy(t, testPolicy, data(3, "")), time.Time{}, time.Time{})
+	// Payments need only payments:read: reader (L3) may now pay.
+	rep := simulateDir(t, logDir, writePolicy(t, testPolicy, data(3, "payments:read")), time.Time{}, time.Time{})
 	if len(rep.NewlyAllowed) != 1 {
 		t.Fatalf("newly allowed %+v, want one group", rep.NewlyAllowed)
 	}
