@@ -107,3 +107,33 @@ func TestServeRevocationFlagErrors(t *testing.T) {
 		}
 	}
 }
+
+// Dev mode serves a dev CA's agents, so it listens on loopback unless told
+// otherwise; production keeps every interface, and flags win over both.
+func TestServeListenDefaults(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args       []string
+		grpc, http string
+	}{
+		{[]string{"--dev"}, "127.0.0.1:9191", "127.0.0.1:9192"},
+		{[]string{"--trust-bundle", "acme.example=acme-ca.pem"}, ":9191", ":9192"},
+		{[]string{"--dev", "--grpc-addr", ":7000", "--http-addr", "0.0.0.0:7001"}, ":7000", "0.0.0.0:7001"},
+	} {
+		cfg, msg, ok := resolveServe(t, append([]string{"--data-dir", dir}, tc.args...)...)
+		if !ok {
+			t.Fatalf("serve %v refused: %s", tc.args, msg)
+		}
+		if cfg.GRPC.Addr != tc.grpc || cfg.HTTP.Addr != tc.http {
+			t.Errorf("serve %v listens on %s and %s, want %s and %s", tc.args, cfg.GRPC.Addr, cfg.HTTP.Addr, tc.grpc, tc.http)
+		}
+	}
+	file := filepath.Join(dir, "dev.yaml")
+	if err := os.WriteFile(file, []byte("dev: true\ndata_dir: "+dir+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, msg, ok := resolveServe(t, "--config", file)
+	if !ok || cfg.GRPC.Addr != "127.0.0.1:9191" {
+		t.Errorf("dev: true in a file: listens on %q (%s), want 127.0.0.1:9191", cfg.GRPC.Addr, msg)
+	}
+}
