@@ -11,6 +11,7 @@ import (
 	"time"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -184,6 +185,9 @@ func checkManifests(ms []manifest) error {
 	}
 	if ef, ok := one("EnvoyFilter", "agents-gateway-xfcc"); ok {
 		errs = append(errs, checkXFCCFilter(ef)...)
+	}
+	if ef, ok := one("EnvoyFilter", "agents-gateway-strip-headers"); ok {
+		errs = append(errs, checkStripFilter(ef)...)
 	}
 	return errors.Join(errs...)
 }
@@ -380,6 +384,60 @@ func checkXFCCFilter(m manifest) []error {
 	return errs
 }
 
+// checkStripFilter: the gateway removes every header of StrippedHeaders
+// first in its HTTP filter chain, so before Istio's ext_authz filter and on
+// the routes that skip it. The patch is decoded with Envoy's own types.
+func checkStripFilter(m manifest) []error {
+	var errs []error
+	add := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: EnvoyFilter %s: %s", m.file, m.name(), fmt.Sprintf(format, args...)))
+	}
+	if dig(m.doc, "spec", "workloadSelector", "labels", "istio") != "ingressgateway" {
+		add("must select the ingress gateway")
+	}
+	patches := asList(dig(m.doc, "spec", "configPatches"))
+	if len(patches) != 1 {
+		add("want one config patch")
+		return errs
+	}
+	p := patches[0]
+	if dig(p, "applyTo") != "HTTP_FILTER" || dig(p, "match", "context") != "GATEWAY" ||
+		dig(p, "match", "listener", "filterChain", "filter", "name") != "envoy.filters.network.http_connection_manager" ||
+		dig(p, "patch", "operation") != "INSERT_FIRST" {
+		add("patch must INSERT_FIRST an HTTP filter into the gateway's http_connection_manager (before ext_authz)")
+	}
+	js, err := json.Marshal(dig(p, "patch", "value"))
+	if err != nil {
+		add("patch value: %v", err)
+		return errs
+	}
+	var f hcmv3.HttpFilter
+	if err := protojson.Unmarshal(js, &f); err != nil {
+		add("patch value is not an Envoy HttpFilter: %v", err)
+		return errs
+	}
+	if f.GetName() != HeaderMutationFilterName || f.GetDisabled() || f.GetIsOptional() {
+		add("patch must add an enabled %s", HeaderMutationFilterName)
+	}
+	inner, err := f.GetTypedConfig().UnmarshalNew()
+	if err != nil {
+		add("patch typed_config: %v", err)
+		return errs
+	}
+	hm, ok := inner.(*headermutationv3.HeaderMutation)
+	if !ok {
+		add("patch typed_config is %T", inner)
+		return errs
+	}
+	removed := RemovedHeaders(hm)
+	for _, h := range StrippedHeaders() {
+		if !removed[h] {
+			add("does not remove client-sent %s", h)
+		}
+	}
+	return errs
+}
+
 func TestManifests(t *testing.T) {
 	if err := checkManifests(loadManifests(t, manifestDirs...)); err != nil {
 		t.Fatal(err)
@@ -459,6 +517,18 @@ func manifestMutations() []manifestMutation {
 		}, "cert, uri and subject"},
 		{"gateway XFCC misspelled", "EnvoyFilter", "", func(d map[string]any) {
 			set(d, true, "spec", "configPatches", 0, "patch", "value", "typed_config", "set_current_client_cert_detail")
+		}, "unknown field"},
+		{"gateway keeps a client's x-agent-id", "EnvoyFilter", "agents-gateway-strip-headers", func(d map[string]any) {
+			rm := dig(d, "spec", "configPatches", 0, "patch", "value", "typed_config", "mutations").(map[string]any)
+			rm["request_mutations"] = slices.DeleteFunc(slices.Clone(rm["request_mutations"].([]any)), func(e any) bool {
+				return dig(e, "remove") == "x-agent-id"
+			})
+		}, "x-agent-id"},
+		{"gateway strips after ext_authz", "EnvoyFilter", "agents-gateway-strip-headers", func(d map[string]any) {
+			set(d, "INSERT_LAST", "spec", "configPatches", 0, "patch", "operation")
+		}, "INSERT_FIRST"},
+		{"gateway strip misspelled", "EnvoyFilter", "agents-gateway-strip-headers", func(d map[string]any) {
+			set(d, []any{}, "spec", "configPatches", 0, "patch", "value", "typed_config", "mutation")
 		}, "unknown field"},
 		{"one replica", "Deployment", "", func(d map[string]any) { set(d, 1, "spec", "replicas") }, "replicas"},
 		{"readiness on /healthz", "Deployment", "", func(d map[string]any) { set(d, "/healthz", at("readinessProbe", "httpGet", "path")...) }, "readinessProbe"},
