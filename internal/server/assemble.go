@@ -182,6 +182,9 @@ func (p policyAdapter) Decide(ctx context.Context, req *authv3.CheckRequest, age
 		r = &policy.Result{}
 	}
 	v := extauthz.Verdict{Operation: r.Operation, Revision: r.Revision}
+	if errors.Is(err, policy.ErrInput) {
+		return v, fmt.Errorf("%w: %w", extauthz.ErrRequestParse, err)
+	}
 	if err != nil {
 		return v, err
 	}
@@ -225,3 +228,7 @@ func headerOptions(hs []policy.Header) []*corev3.HeaderValueOption {
 	}
 	return out
 }
+
+// PolicyAdapter is the policy step of the decision path over e, for callers
+// that drive extauthz outside a server (policy simulation).
+func PolicyAdapter(e *policy.Engine) extauthz.Policy { return policyAdapter{e} }
