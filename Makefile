@@ -16,8 +16,13 @@ help: ## show the targets
 build: ## build bin/agentauthz
 	$(GO) build -trimpath -o $(BIN)/agentauthz ./cmd/agentauthz
 
-run: build ## start the decision service with a dev CA and sample agents in $(DATA_DIR)
-	$(BIN)/agentauthz serve --dev --data-dir $(DATA_DIR) --policies policies
+# make run listens on loopback only (it serves a dev CA's agents); e.g.
+# make run GRPC_ADDR=:9191 to accept other hosts.
+GRPC_ADDR ?= 127.0.0.1:9191
+HTTP_ADDR ?= 127.0.0.1:9192
+
+run: build ## start the decision service with a dev CA and sample agents in $(DATA_DIR), on GRPC_ADDR/HTTP_ADDR (loopback)
+	$(BIN)/agentauthz serve --dev --data-dir $(DATA_DIR) --policies policies --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
 test: ## run every test (unit, policy, fixtures, CLI scripts, end-to-end)
 	$(GO) test -count=1 -timeout 12m $(PKGS)

@@ -225,3 +225,7 @@ func headerOptions(hs []policy.Header) []*corev3.HeaderValueOption {
 	}
 	return out
 }
+
+// PolicyAdapter is the policy step of the decision path over e, for callers
+// that drive extauthz outside a server (policy simulation).
+func PolicyAdapter(e *policy.Engine) extauthz.Policy { return policyAdapter{e} }
