@@ -97,6 +97,7 @@ func newRoot() *cobra.Command {
 		newAgentCmd(),
 		newAuditCmd(),
 		newReceiptCmd(),
+		newResponseCmd(),
 		newDemoCmd(),
 		newBenchCmd(),
 		newPolicyCmd(),
