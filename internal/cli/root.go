@@ -88,6 +88,7 @@ func newRoot() *cobra.Command {
 		newServeCmd(),
 		newCheckCmd(),
 		newCACmd(),
+		newControlCmd(),
 		newAgentCmd(),
 		newAuditCmd(),
 		newReceiptCmd(),
