@@ -359,6 +359,24 @@ func bootstrapMutations() []mutation {
 				return dig(e, "remove") == "x-agent-receipt"
 			})
 		}), "x-agent-receipt"},
+		{"method override not stripped", typed("envoy.extensions.filters.http.header_mutation.v3.HeaderMutation", func(m map[string]any) {
+			rm := dig(m, "mutations").(map[string]any)
+			rm["request_mutations"] = slices.DeleteFunc(rm["request_mutations"].([]any), func(e any) bool {
+				return dig(e, "remove") == "x-http-method-override"
+			})
+		}), "x-http-method-override"},
+		{"policy header not stripped", typed("envoy.extensions.filters.http.header_mutation.v3.HeaderMutation", func(m map[string]any) {
+			rm := dig(m, "mutations").(map[string]any)
+			rm["request_mutations"] = slices.DeleteFunc(rm["request_mutations"].([]any), func(e any) bool {
+				return dig(e, "remove") == "x-agent-operation"
+			})
+		}), "x-agent-operation"},
+		{"header strip overridden on the health route", named("upstream_health", func(m map[string]any) {
+			m["typed_per_filter_config"].(map[string]any)[HeaderMutationFilterName] = map[string]any{
+				"@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+				"mutations": map[string]any{"request_mutations": []any{map[string]any{"remove": "x-unrelated"}}},
+			}
+		}), "the header strip must hold on every route"},
 		{"access log without decision id", typed("envoy.extensions.access_loggers.file.v3.FileAccessLog", func(m map[string]any) {
 			delete(dig(m, "log_format", "json_format").(map[string]any), "decision_id")
 		}), "decision_id"},

@@ -48,6 +48,33 @@ var identityHeaders = [...]string{
 // IdentityHeaders returns the request headers only agentauthz may set.
 func IdentityHeaders() []string { return slices.Clone(identityHeaders[:]) }
 
+// policyHeaders are request headers the shipped policy sets on allow
+// (policies/authz.rego); a client-sent copy must not reach the upstream on a
+// route where ext_authz is off.
+var policyHeaders = [...]string{"x-agent-operation"}
+
+// methodOverrideHeaders make some frameworks act on a method other than the
+// one agentauthz authorized (a POST with x-http-method-override: DELETE).
+var methodOverrideHeaders = [...]string{"x-http-method-override", "x-method-override", "x-http-method"}
+
+// StrippedHeaders returns every request header a proxy must remove from the
+// client's request before ext_authz runs: the identity headers, the headers
+// the shipped policy sets, and the method-override headers.
+func StrippedHeaders() []string {
+	return slices.Concat(identityHeaders[:], policyHeaders[:], methodOverrideHeaders[:])
+}
+
+// RemovedHeaders returns the request headers hm removes, lower-cased.
+func RemovedHeaders(hm *headermutationv3.HeaderMutation) map[string]bool {
+	removed := map[string]bool{}
+	for _, rm := range hm.GetMutations().GetRequestMutations() {
+		if r := rm.GetRemove(); r != "" {
+			removed[strings.ToLower(r)] = true
+		}
+	}
+	return removed
+}
+
 // AccessLogFields are the access-log operators that tie an Envoy log line to
 // agentauthz's decision record.
 func AccessLogFields() []string {
@@ -62,7 +89,8 @@ func AccessLogFields() []string {
 //
 //   - downstream TLS requires a client certificate and validates it against a CA;
 //   - x-forwarded-client-cert is SANITIZE_SET with cert, URI and subject;
-//   - identity headers are stripped before ext_authz, and ext_authz runs
+//   - identity, policy-set and method-override headers (StrippedHeaders) are
+//     stripped before ext_authz, with no per-route override, and ext_authz runs
 //     before the router, once, not disabled and not optional;
 //   - ext_authz is gRPC, V3, include_peer_certificate, fail-closed
 //     (failure_mode_allow false, status_on_error 503), with a timeout in
@@ -218,14 +246,12 @@ func checkHeaderStrip(at string, filters []*hcmv3.HttpFilter, authzIdx int) []er
 		if !ok {
 			continue
 		}
-		for _, rm := range hm.GetMutations().GetRequestMutations() {
-			if r := rm.GetRemove(); r != "" {
-				removed[strings.ToLower(r)] = true
-			}
+		for h := range RemovedHeaders(hm) {
+			removed[h] = true
 		}
 	}
 	var errs []error
-	for _, h := range identityHeaders {
+	for _, h := range StrippedHeaders() {
 		if !removed[h] {
 			errs = append(errs, fmt.Errorf("%s: %s before %s must remove client-sent %s", at, HeaderMutationFilterName, ExtAuthzFilterName, h))
 		}
@@ -302,6 +328,14 @@ func checkRoutes(at string, hcm *hcmv3.HttpConnectionManager) []error {
 	}
 	var errs []error
 	for _, vh := range rc.GetVirtualHosts() {
+		if _, ok := vh.GetTypedPerFilterConfig()[HeaderMutationFilterName]; ok {
+			errs = append(errs, fmt.Errorf("%s: virtual_host %s overrides %s: the header strip must hold on every route", at, vh.GetName(), HeaderMutationFilterName))
+		}
+		for _, r := range vh.GetRoutes() {
+			if _, ok := r.GetTypedPerFilterConfig()[HeaderMutationFilterName]; ok {
+				errs = append(errs, fmt.Errorf("%s: route %s overrides %s: the header strip must hold on every route", at, r.GetName(), HeaderMutationFilterName))
+			}
+		}
 		if disablesAuthz(vh.GetTypedPerFilterConfig()) {
 			errs = append(errs, fmt.Errorf("%s: virtual_host %s disables %s for every route", at, vh.GetName(), ExtAuthzFilterName))
 		}

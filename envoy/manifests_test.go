@@ -11,6 +11,7 @@ import (
 	"time"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -152,6 +153,9 @@ func checkManifests(ms []manifest) error {
 		if dig(m.doc, "spec", "selector", "matchLabels", "istio") == "ingressgateway" {
 			gatewayPolicy = true
 		}
+		for _, err := range checkPolicyHosts(m) {
+			add(m, "%v", err)
+		}
 	}
 	if !gatewayPolicy {
 		errs = append(errs, errors.New("no AuthorizationPolicy selects the ingress gateway"))
@@ -182,10 +186,40 @@ func checkManifests(ms []manifest) error {
 	if ef, ok := one("EnvoyFilter", "agents-gateway-xfcc"); ok {
 		errs = append(errs, checkXFCCFilter(ef)...)
 	}
+	if ef, ok := one("EnvoyFilter", "agents-gateway-strip-headers"); ok {
+		errs = append(errs, checkStripFilter(ef)...)
+	}
 	return errors.Join(errs...)
 }
 
 func asList(v any) []any { l, _ := v.([]any); return l }
+
+// checkPolicyHosts refuses a hosts or notHosts entry without its ":*" form.
+// Istio compiles each entry into an exact (or prefix/suffix) match on
+// :authority, while routes ignore the port: "Host: agents.example.com:443"
+// reaches the API route but not a rule listing only "agents.example.com", so
+// a CUSTOM rule is skipped and nothing decides. Istio's guidance is to list
+// "host" and "host:*" (or not to match on hosts at all).
+func checkPolicyHosts(m manifest) []error {
+	var errs []error
+	for i, r := range asList(dig(m.doc, "spec", "rules")) {
+		for j, to := range asList(dig(r, "to")) {
+			for _, field := range []string{"hosts", "notHosts"} {
+				list := asList(dig(to, "operation", field))
+				for _, h := range list {
+					s, _ := h.(string)
+					if s == "*" || strings.Contains(s, ":") {
+						continue
+					}
+					if !slices.Contains(list, any(s+":*")) {
+						errs = append(errs, fmt.Errorf("rules[%d].to[%d].operation.%s lists %q without %q: a Host with a port would not match", i, j, field, s, s+":*"))
+					}
+				}
+			}
+		}
+	}
+	return errs
+}
 
 func checkDeployment(d manifest, byKind map[string][]manifest) []error {
 	var errs []error
@@ -350,6 +384,60 @@ func checkXFCCFilter(m manifest) []error {
 	return errs
 }
 
+// checkStripFilter: the gateway removes every header of StrippedHeaders
+// first in its HTTP filter chain, so before Istio's ext_authz filter and on
+// the routes that skip it. The patch is decoded with Envoy's own types.
+func checkStripFilter(m manifest) []error {
+	var errs []error
+	add := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: EnvoyFilter %s: %s", m.file, m.name(), fmt.Sprintf(format, args...)))
+	}
+	if dig(m.doc, "spec", "workloadSelector", "labels", "istio") != "ingressgateway" {
+		add("must select the ingress gateway")
+	}
+	patches := asList(dig(m.doc, "spec", "configPatches"))
+	if len(patches) != 1 {
+		add("want one config patch")
+		return errs
+	}
+	p := patches[0]
+	if dig(p, "applyTo") != "HTTP_FILTER" || dig(p, "match", "context") != "GATEWAY" ||
+		dig(p, "match", "listener", "filterChain", "filter", "name") != "envoy.filters.network.http_connection_manager" ||
+		dig(p, "patch", "operation") != "INSERT_FIRST" {
+		add("patch must INSERT_FIRST an HTTP filter into the gateway's http_connection_manager (before ext_authz)")
+	}
+	js, err := json.Marshal(dig(p, "patch", "value"))
+	if err != nil {
+		add("patch value: %v", err)
+		return errs
+	}
+	var f hcmv3.HttpFilter
+	if err := protojson.Unmarshal(js, &f); err != nil {
+		add("patch value is not an Envoy HttpFilter: %v", err)
+		return errs
+	}
+	if f.GetName() != HeaderMutationFilterName || f.GetDisabled() || f.GetIsOptional() {
+		add("patch must add an enabled %s", HeaderMutationFilterName)
+	}
+	inner, err := f.GetTypedConfig().UnmarshalNew()
+	if err != nil {
+		add("patch typed_config: %v", err)
+		return errs
+	}
+	hm, ok := inner.(*headermutationv3.HeaderMutation)
+	if !ok {
+		add("patch typed_config is %T", inner)
+		return errs
+	}
+	removed := RemovedHeaders(hm)
+	for _, h := range StrippedHeaders() {
+		if !removed[h] {
+			add("does not remove client-sent %s", h)
+		}
+	}
+	return errs
+}
+
 func TestManifests(t *testing.T) {
 	if err := checkManifests(loadManifests(t, manifestDirs...)); err != nil {
 		t.Fatal(err)
@@ -409,6 +497,9 @@ func manifestMutations() []manifestMutation {
 		{"policy apiVersion typo", "AuthorizationPolicy", "", func(d map[string]any) { set(d, "security.istio.io/v1beta", "apiVersion") }, "apiVersion"},
 		{"policy action ALLOW", "AuthorizationPolicy", "", func(d map[string]any) { set(d, "ALLOW", "spec", "action") }, "CUSTOM"},
 		{"policy names an unknown provider", "AuthorizationPolicy", "", func(d map[string]any) { set(d, "opa", "spec", "provider", "name") }, "not registered"},
+		{"policy host without its port form", "AuthorizationPolicy", "agentauthz-gateway", func(d map[string]any) {
+			set(d, []any{"agents.example.com"}, "spec", "rules", 0, "to", 0, "operation", "hosts")
+		}, `without "agents.example.com:*"`},
 		{"policy without rules", "AuthorizationPolicy", "", func(d map[string]any) { del(d, "spec", "rules") }, "no rules"},
 		{"permissive mTLS", "PeerAuthentication", "", func(d map[string]any) { set(d, "PERMISSIVE", "spec", "mtls", "mode") }, "STRICT"},
 		{"fail open", "IstioOperator", "", func(d map[string]any) { set(d, true, pv("failOpen")...) }, "failOpen"},
@@ -426,6 +517,18 @@ func manifestMutations() []manifestMutation {
 		}, "cert, uri and subject"},
 		{"gateway XFCC misspelled", "EnvoyFilter", "", func(d map[string]any) {
 			set(d, true, "spec", "configPatches", 0, "patch", "value", "typed_config", "set_current_client_cert_detail")
+		}, "unknown field"},
+		{"gateway keeps a client's x-agent-id", "EnvoyFilter", "agents-gateway-strip-headers", func(d map[string]any) {
+			rm := dig(d, "spec", "configPatches", 0, "patch", "value", "typed_config", "mutations").(map[string]any)
+			rm["request_mutations"] = slices.DeleteFunc(slices.Clone(rm["request_mutations"].([]any)), func(e any) bool {
+				return dig(e, "remove") == "x-agent-id"
+			})
+		}, "x-agent-id"},
+		{"gateway strips after ext_authz", "EnvoyFilter", "agents-gateway-strip-headers", func(d map[string]any) {
+			set(d, "INSERT_LAST", "spec", "configPatches", 0, "patch", "operation")
+		}, "INSERT_FIRST"},
+		{"gateway strip misspelled", "EnvoyFilter", "agents-gateway-strip-headers", func(d map[string]any) {
+			set(d, []any{}, "spec", "configPatches", 0, "patch", "value", "typed_config", "mutation")
 		}, "unknown field"},
 		{"one replica", "Deployment", "", func(d map[string]any) { set(d, 1, "spec", "replicas") }, "replicas"},
 		{"readiness on /healthz", "Deployment", "", func(d map[string]any) { set(d, "/healthz", at("readinessProbe", "httpGet", "path")...) }, "readinessProbe"},

@@ -34,7 +34,7 @@ type Restriction struct {
 // PolicyEntry is the restriction as the shipped policy reads it (see
 // docs/policies.md, "Restrictions").
 func (r *Restriction) PolicyEntry() map[string]any {
-	e := map[string]any{"quarantined": r.Quarantined, "removed_scopes": r.RemovedScopes}
+	e := map[string]any{"quarantined": r.Quarantined, "removed_scopes": r.RemovedScopes, "note": r.Reason}
 	if e["removed_scopes"] == nil {
 		e["removed_scopes"] = []string{}
 	}

@@ -86,12 +86,12 @@ kind of damage (modified, missing, inserted, reordered, truncated, segment_name,
 error. The segment being written ends in zero padding (preallocated space); that is not damage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkLogDir(logDir); err != nil {
+				return err
+			}
 			ks, err := loadTrustedKeys(pubkey, logDir, cmd.ErrOrStderr())
 			if err != nil {
 				return err
-			}
-			if _, err := os.Stat(logDir); err != nil {
-				return withHint(fmt.Errorf("log directory: %w", err), "point --log at <data-dir>/log")
 			}
 			res, err := decisionlog.Verify(logDir, ks)
 			if err != nil {
@@ -273,15 +273,38 @@ func scanLog(r *decisionlog.Reader, stderr io.Writer, fn func(decisionlog.Entry)
 	}
 }
 
+// checkLogDir refuses a directory that is not a decision log before any
+// audit command reads it, so an auditor never gets "ok: 0 records" or an
+// empty listing about the wrong directory. A log holds segment files
+// (<first seq>.log); one that has none yet is still a log when its signing
+// keys are beside it (<log>/../keys), as after the first serve.
 func checkLogDir(dir string) error {
 	st, err := os.Stat(dir)
 	if err != nil {
 		return withHint(fmt.Errorf("log directory: %w", err), "point --log at <data-dir>/log")
 	}
 	if !st.IsDir() {
-		return fmt.Errorf("log directory %s is not a directory", dir)
+		return withHint(fmt.Errorf("log directory %s is not a directory", dir), "point --log at <data-dir>/log")
 	}
-	return nil
+	if hasSegments(dir) {
+		return nil
+	}
+	if hasSegments(filepath.Join(dir, "log")) {
+		return withHint(fmt.Errorf("%s is not a decision log: it holds no segment files (NNNNNNNNNNNNNNNNNNNN.log)", dir),
+			"%s looks like a data directory; pass --log %s", dir, filepath.Join(dir, "log"))
+	}
+	keys := filepath.Join(filepath.Dir(filepath.Clean(dir)), "keys")
+	if st, err := os.Stat(keys); err == nil && st.IsDir() {
+		return nil
+	}
+	return withHint(fmt.Errorf("%s is not a decision log: no segment files (NNNNNNNNNNNNNNNNNNNN.log) and no signing keys in %s", dir, keys),
+		"point --log at <data-dir>/log of an agentauthz serve")
+}
+
+// hasSegments reports whether dir holds at least one segment file.
+func hasSegments(dir string) bool {
+	m, _ := filepath.Glob(filepath.Join(dir, "[0-9]*.log"))
+	return len(m) > 0
 }
 
 func newAuditQueryCmd() *cobra.Command {

@@ -162,7 +162,7 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 			if o.agent != nil {
 				agentID = o.agent.ID
 			}
-			args := []any{"decision_id", o.id, "allowed", o.allowed, "reason", o.reason,
+			args := []any{"decision_id", o.id, "allowed", o.allowed, "reason", string(o.reason),
 				"status", o.status, "agent_id", agentID, "operation", o.verdict.Operation}
 			if o.identErr != nil {
 				// Why identity failed (which CA expired, what did not

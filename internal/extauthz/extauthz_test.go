@@ -271,3 +271,41 @@ func TestDebugLogNamesIdentityError(t *testing.T) {
 		})
 	}
 }
+
+// TestDebugLogCarriesReasonCode: the debug decision line names the reason
+// code itself. reason.Code has an Error method, which hclog prefers to the
+// value, so a bare code logged "forbidden" or "unauthenticated" (#28.6).
+func TestDebugLogCarriesReasonCode(t *testing.T) {
+	for _, tc := range []struct {
+		code  reason.Code
+		ident Identifier
+		rev   reason.Code
+	}{
+		{reason.CertificateRevoked, fakeIdent{agent: agent}, reason.CertificateRevoked},
+		{reason.RevocationStatusUnknown, fakeIdent{agent: agent}, reason.RevocationStatusUnknown},
+		{reason.UntrustedIssuer, fakeIdent{err: &identity.Error{Reason: reason.UntrustedIssuer, Err: errors.New("x")}}, ""},
+		{reason.PolicyDenied, fakeIdent{agent: agent}, ""},
+	} {
+		t.Run(string(tc.code), func(t *testing.T) {
+			var buf strings.Builder
+			logger := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Debug, JSONFormat: true})
+			s, err := New(Options{Identifier: tc.ident, Revocation: fakeRevocation(tc.rev), Policy: fakePolicy{},
+				Recorder: &fakeLog{}, Metrics: NewMetrics(prometheus.NewRegistry()), Logger: logger})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Check(context.Background(), request(nil)); err != nil {
+				t.Fatal(err)
+			}
+			var line struct {
+				Reason string `json:"reason"`
+			}
+			if err := json.Unmarshal([]byte(strings.TrimSpace(buf.String())), &line); err != nil {
+				t.Fatalf("log line %q: %v", buf.String(), err)
+			}
+			if line.Reason != string(tc.code) {
+				t.Fatalf("reason = %q, want %q (line %s)", line.Reason, string(tc.code), buf.String())
+			}
+		})
+	}
+}

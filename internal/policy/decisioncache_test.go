@@ -36,7 +36,7 @@ func TestPlanCache(t *testing.T) {
 		want       string // describe(), or the start of the reason
 	}{
 		{"shipped policy", string(shipped),
-			"keyed on input.agent.id, input.agent.scopes, input.agent.trust, input.operation"},
+			"keyed on input.agent.scopes, input.agent.spiffe_id, input.agent.tenant, input.agent.trust, input.operation"},
 		{"envoy boolean policy", envoyBoolPolicy,
 			`keyed on input.attributes.request.http.method, input.parsed_path[0], input.parsed_path[1]`},
 		{"dynamic index keys on the constant prefix", `package p
@@ -100,7 +100,7 @@ func cacheCount(t *testing.T, e *Engine, result string) float64 {
 func TestDecisionCacheMatchesEvaluation(t *testing.T) {
 	cached := cachedEngine(t, shippedPolicies, nil)
 	plain := newTestEngine(t, Config{Dir: shippedPolicies})
-	if got := cached.DecisionCache(); !strings.HasPrefix(got, "keyed on input.agent.id") {
+	if got := cached.DecisionCache(); !strings.HasPrefix(got, "keyed on input.agent.scopes, input.agent.spiffe_id") {
 		t.Fatalf("DecisionCache() = %q", got)
 	}
 	if got := plain.DecisionCache(); got != "off: disabled in the configuration" {

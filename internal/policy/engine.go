@@ -304,6 +304,9 @@ func (e *Engine) Reload() error {
 	s, changed, err := e.load(context.Background())
 	if err != nil {
 		e.metrics.reloads.WithLabelValues("failure").Inc()
+		if errors.Is(err, ErrInvalidData) {
+			e.metrics.dataRefused.Inc()
+		}
 		e.log.Error("policy refused; previous policy keeps serving", "previous_revision", e.Revision(), "error", err)
 		return err
 	}
@@ -411,7 +414,7 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	data, revision, remergeAt := e.withOverlay(data, revision)
 	routes, agents, err := parseAgentauthzData(data)
 	if err != nil {
-		return nil, fmt.Errorf("%w: data.agentauthz: %w", ErrPolicyRejected, err)
+		return nil, fmt.Errorf("%w: %w", ErrPolicyRejected, err)
 	}
 	c := ast.NewCompiler()
 	c.Compile(modules)

@@ -28,17 +28,30 @@ type baseDoc struct {
 }
 
 // RestrictionKey is the key of an agent's entry in
-// data.agentauthz.restrictions (docs/policies.md, "Restrictions").
-func RestrictionKey(tenant, agentID string) string { return agentID }
+// data.agentauthz.restrictions: its SPIFFE ID (docs/policies.md,
+// "Restrictions").
+func RestrictionKey(tenant, agentID string) string { return "spiffe://" + tenant + "/agent/" + agentID }
 
 // SetRestrictions replaces one tenant's restrictions from the control plane
 // (a JSON object by agent id, entries as in data.agentauthz.restrictions) and
-// recompiles the serving policy with them. On error the previous policy,
-// with the previous restrictions, keeps serving.
+// recompiles the serving policy with them. Restrictions that do not pass
+// ValidateRestrictions are refused; on any error the previous policy, with
+// the previous restrictions, keeps serving.
 func (e *Engine) SetRestrictions(tenant string, restrictions json.RawMessage) error {
-	var m map[string]any
-	if err := json.Unmarshal(restrictions, &m); err != nil {
+	var byID map[string]any
+	if err := json.Unmarshal(restrictions, &byID); err != nil {
+		e.metrics.reloads.WithLabelValues("failure").Inc()
+		e.log.Error("restrictions from the control plane refused; previous ones stay in force", "tenant", tenant, "error", err)
 		return fmt.Errorf("policy: restrictions of %s: %w", tenant, err)
+	}
+	m := make(map[string]any, len(byID))
+	for id, r := range byID {
+		m[RestrictionKey(tenant, id)] = r
+	}
+	if err := ValidateRestrictions(m); err != nil {
+		e.metrics.reloads.WithLabelValues("failure").Inc()
+		e.log.Error("restrictions from the control plane refused; previous ones stay in force", "tenant", tenant, "error", err)
+		return err
 	}
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
@@ -83,8 +96,7 @@ func (e *Engine) withOverlay(data map[string]any, revision string) (map[string]a
 	}
 	pushed := map[string]any{}
 	for _, tenant := range slices.Sorted(maps.Keys(e.overlay)) {
-		for id, entry := range e.overlay[tenant] {
-			k := RestrictionKey(tenant, id)
+		for k, entry := range e.overlay[tenant] {
 			if prev, ok := pushed[k]; ok {
 				entry, _ = mergeRestriction(prev, entry)
 			}

@@ -50,7 +50,7 @@ func TestSetRestrictionsReachesPolicy(t *testing.T) {
 		t.Fatalf("before: %+v", r)
 	}
 	base := e.Revision()
-	if err := e.SetRestrictions("dev.agentauthz.local", json.RawMessage(`{"payments-bot":{"quarantined":true,"removed_scopes":[]}}`)); err != nil {
+	if err := e.SetRestrictions("dev.agentauthz.local", json.RawMessage(`{"payments-bot":{"quarantined":true,"removed_scopes":[],"note":"INC-1"}}`)); err != nil {
 		t.Fatal(err)
 	}
 	if r := eval(); r.Allowed || r.Reason != "agent_quarantined" {
@@ -75,15 +75,17 @@ func TestSetRestrictionsReachesPolicy(t *testing.T) {
 	if e.Revision() != base {
 		t.Errorf("revision %q after lift, want %q", e.Revision(), base)
 	}
-	if err := e.SetRestrictions("dev.agentauthz.local", json.RawMessage(`[1]`)); err == nil {
-		t.Error("a non-object was accepted")
+	for _, bad := range []string{`[1]`, `{"payments-bot":{"max_trust":"L1"}}`, `{"payments-bot":{"quarantined":"true"}}`, `{"Bad Id":{"quarantined":true}}`} {
+		if err := e.SetRestrictions("dev.agentauthz.local", json.RawMessage(bad)); err == nil {
+			t.Errorf("%s was accepted", bad)
+		}
 	}
 }
 
 func TestOverlayMergesStricterWins(t *testing.T) {
 	now := time.Date(2026, 1, 15, 0, 0, 0, 0, time.UTC)
 	local := map[string]any{
-		"payments-bot": map[string]any{"max_trust": 2, "removed_scopes": []any{"payments:read"}},
+		"spiffe://dev.agentauthz.local/agent/payments-bot": map[string]any{"max_trust": 2, "removed_scopes": []any{"payments:read"}},
 	}
 	e := newTestEngine(t, Config{Dir: shippedWithRestrictions(t, local), Now: func() time.Time { return now }})
 	req := sampleRequest("POST", "/v1/payments", "", "")
@@ -93,7 +95,7 @@ func TestOverlayMergesStricterWins(t *testing.T) {
 		t.Fatalf("local max_trust: %+v %v", r, err)
 	}
 	// A pushed max_trust above the local one does not raise it.
-	if err := e.SetRestrictions("t", json.RawMessage(`{"payments-bot":{"quarantined":false,"max_trust":3,"removed_scopes":["payments:initiate"]}}`)); err != nil {
+	if err := e.SetRestrictions("dev.agentauthz.local", json.RawMessage(`{"payments-bot":{"quarantined":false,"max_trust":3,"removed_scopes":["payments:initiate"]}}`)); err != nil {
 		t.Fatal(err)
 	}
 	got := e.cur.Load().base.data // the base stays unmerged
@@ -101,7 +103,7 @@ func TestOverlayMergesStricterWins(t *testing.T) {
 		t.Errorf("base data changed: %v", got["agentauthz"])
 	}
 	merged, _, _ := e.withOverlay(got, "r")
-	entry := merged["agentauthz"].(map[string]any)["restrictions"].(map[string]any)["payments-bot"]
+	entry := merged["agentauthz"].(map[string]any)["restrictions"].(map[string]any)["spiffe://dev.agentauthz.local/agent/payments-bot"]
 	want := map[string]any{"quarantined": false, "max_trust": 2, "removed_scopes": []any{"payments:initiate", "payments:read"}}
 	if js(entry) != js(want) {
 		t.Errorf("merged entry %#v, want %#v", entry, want)

@@ -106,9 +106,10 @@ type tenantSnap struct {
 	// ready is false until every configured source delivered a verified
 	// CRL once; Check then fails closed.
 	ready bool
-	// staleAfter is the earliest nextUpdate+grace over the held CRLs, in
-	// Unix nanoseconds.
-	staleAfter int64
+	// staleAfter is the earliest nextUpdate+grace over the held CRLs. A
+	// time.Time, not Unix nanoseconds: a CA's final CRL has nextUpdate
+	// 9999-12-31, past what int64 nanoseconds can hold (2262).
+	staleAfter time.Time
 	// serials has one set per CA that published a CRL: usually one, two
 	// during a CA rotation, so lookups stay O(1).
 	serials []*SerialSet
@@ -248,7 +249,7 @@ func (c *Checker) Check(tenant, serial, agentID string) reason.Code {
 			return reason.AgentRevoked
 		}
 	}
-	if !t.ready || c.now().UnixNano() > t.staleAfter {
+	if !t.ready || c.now().After(t.staleAfter) {
 		return reason.RevocationStatusUnknown
 	}
 	return ""

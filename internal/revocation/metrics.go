@@ -87,7 +87,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		ch <- prometheus.MustNewConstMetric(m.stale, prometheus.GaugeValue,
-			b2f(!s.ready || now.UnixNano() > s.staleAfter), name)
+			b2f(!s.ready || now.After(s.staleAfter)), name)
 		ch <- prometheus.MustNewConstMetric(m.ready, prometheus.GaugeValue, b2f(s.ready), name)
 		for _, kind := range []string{kindFile, kindURL, kindWatch} {
 			ch <- prometheus.MustNewConstMetric(m.errs, prometheus.CounterValue, float64(t.errs[kind]), name, kind)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"runtime/debug"
 	"slices"
 	"time"
@@ -65,7 +64,7 @@ func (t *tenantState) snapLocked() *tenantSnap {
 	if t.snap != nil {
 		return t.snap
 	}
-	s := &tenantSnap{ready: true, staleAfter: math.MinInt64, agents: t.agents}
+	s := &tenantSnap{ready: true, agents: t.agents}
 	for _, src := range t.sources {
 		if !src.loaded {
 			s.ready = false
@@ -77,8 +76,8 @@ func (t *tenantState) snapLocked() *tenantSnap {
 			continue
 		}
 		s.serials = append(s.serials, crl.Serials)
-		stale := crl.NextUpdate.Add(t.cfg.Grace).UnixNano()
-		if first || stale < s.staleAfter {
+		stale := crl.NextUpdate.Add(t.cfg.Grace)
+		if first || stale.Before(s.staleAfter) {
 			s.staleAfter, first = stale, false
 		}
 	}
@@ -89,8 +88,10 @@ func (t *tenantState) snapLocked() *tenantSnap {
 	return s
 }
 
-// apply verifies data as a CRL of tenant delivered by source src and, when
-// it is valid and not older than what is held, makes it current.
+// apply verifies data as the CRLs of tenant delivered by source src (one,
+// or several in a PEM file: see ParseCRLs) and, when every one is valid and
+// none is older than what is held for its CA, makes them current. A file
+// is applied whole or not at all.
 func (c *Checker) apply(tenant string, src int, data []byte) error {
 	t := c.tenants[tenant]
 	c.mu.Lock()
@@ -98,13 +99,17 @@ func (c *Checker) apply(tenant string, src int, data []byte) error {
 	c.mu.Unlock()
 	// Parse and verify outside the lock: a large CRL takes a while, and
 	// metrics scrapes and other sources should not wait for it.
-	crl, err := ParseCRL(data, cas, c.maxBytes)
+	crls, err := ParseCRLs(data, cas, c.maxBytes)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := t.sources[src]
-	if err == nil {
+	for _, crl := range crls {
+		if err != nil {
+			break
+		}
 		// SetCAs may have run meanwhile: find the verifying CA again.
-		crl.CA = slices.IndexFunc(t.cfg.CAs, func(ca *x509.Certificate) bool { return ca.Equal(cas[crl.CA]) })
+		ca := cas[crl.CA]
+		crl.CA = slices.IndexFunc(t.cfg.CAs, func(c *x509.Certificate) bool { return c.Equal(ca) })
 		if crl.CA < 0 {
 			err = ErrCRLSignature
 		}
@@ -114,33 +119,42 @@ func (c *Checker) apply(tenant string, src int, data []byte) error {
 		c.log.Error("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where, "error", err)
 		return err
 	}
-	held := t.held[crl.CA]
-	if err := crl.newerThan(held); err != nil {
-		// The source works and its data verified; it is only behind.
-		t.errs[s.kind]++
-		c.log.Warn("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where, "error", err)
-		if !s.loaded {
-			s.loaded = true
-			t.snap = nil
-			c.publishLocked()
+	for _, crl := range crls {
+		if err := crl.newerThan(t.held[crl.CA]); err != nil {
+			// The source works and its data verified; it is only behind.
+			t.errs[s.kind]++
+			c.log.Warn("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where,
+				"issuer", caName(t.cfg.CAs[crl.CA]), "error", err)
+			if !s.loaded {
+				s.loaded = true
+				t.snap = nil
+				c.publishLocked()
+			}
+			return err
 		}
-		return err
 	}
 	t.lastRefresh = c.now()
-	if held != nil && held.Digest == crl.Digest && s.loaded {
+	changed, entries := false, 0
+	for _, crl := range crls {
+		entries += crl.Serials.Len()
+		if held := t.held[crl.CA]; held != nil && held.Digest == crl.Digest {
+			continue
+		}
+		c.log.Info("revocation: crl applied", "tenant", tenant, "source", s.kind, "from", s.where,
+			"issuer", caName(t.cfg.CAs[crl.CA]), "number", crl.Number, "revoked", crl.Serials.Len(),
+			"next_update", crl.NextUpdate.UTC().Format(time.RFC3339))
+		kept := *crl
+		kept.Raw = nil // compared by Digest from now on
+		t.held[crl.CA] = &kept
+		changed = true
+	}
+	if !changed && s.loaded {
 		return nil
 	}
-	if held == nil || held.Digest != crl.Digest {
-		c.log.Info("revocation: crl applied", "tenant", tenant, "source", s.kind, "from", s.where,
-			"number", crl.Number, "revoked", crl.Serials.Len(), "next_update", crl.NextUpdate.UTC().Format(time.RFC3339))
-	}
-	kept := *crl
-	kept.Raw = nil // compared by Digest from now on
-	t.held[crl.CA] = &kept
 	s.loaded = true
 	t.snap = nil
 	c.publishLocked()
-	if crl.Serials.Len() >= bigCRL {
+	if entries >= bigCRL {
 		// A large CRL leaves its DER behind as garbage (47 MiB for a
 		// million entries, more than twice its SerialSet); without this
 		// the heap only shrinks once it has doubled again, which can

@@ -253,3 +253,7 @@ func pushNotes(st []revocation.PushStatus, now time.Time) []string {
 	}
 	return out
 }
+
+// PolicyAdapter is the policy step of the decision path over e, for callers
+// that drive extauthz outside a server (policy simulation).
+func PolicyAdapter(e *policy.Engine) extauthz.Policy { return policyAdapter{e} }
