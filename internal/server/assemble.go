@@ -190,6 +190,9 @@ func (p policyAdapter) Decide(ctx context.Context, req *authv3.CheckRequest, age
 		r = &policy.Result{}
 	}
 	v := extauthz.Verdict{Operation: r.Operation, Revision: r.Revision}
+	if errors.Is(err, policy.ErrInput) {
+		return v, fmt.Errorf("%w: %w", extauthz.ErrRequestParse, err)
+	}
 	if err != nil {
 		return v, err
 	}
