@@ -98,6 +98,7 @@ func newRoot() *cobra.Command {
 		newAgentCmd(),
 		newAuditCmd(),
 		newReceiptCmd(),
+		newResponseCmd(),
 		newDemoCmd(),
 		newBenchCmd(),
 		newPolicyCmd(),
