@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -49,6 +50,9 @@ type Components struct {
 	// Loops run in the background until their context ends, which happens
 	// after the gRPC server has drained.
 	Loops []func(ctx context.Context) error
+	// Notes add lines to /readyz that do not make the server unready, e.g.
+	// a lost control plane whose last state stays in force.
+	Notes []func() []string
 	// Reload is called on SIGHUP.
 	Reload func() error
 	// Closers run last, in order (e.g. flush and close the decision log).
@@ -186,9 +190,19 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	if bad := s.notReady(); len(bad) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, "not ready:\n"+strings.Join(bad, "\n"))
+		s.writeNotes(w)
 		return
 	}
 	fmt.Fprintln(w, "ready")
+	s.writeNotes(w)
+}
+
+func (s *Server) writeNotes(w io.Writer) {
+	for _, n := range s.c.Notes {
+		for _, line := range n() {
+			fmt.Fprintln(w, line)
+		}
+	}
 }
 
 // Serve runs until ctx ends or a component fails, then shuts down in order:
