@@ -257,7 +257,12 @@ func checkPolicyHosts(m manifest) []error {
 				list := asList(dig(to, "operation", field))
 				for _, h := range list {
 					s, _ := h.(string)
-					if s == "*" || strings.Contains(s, ":") {
+					switch {
+					case s == "*" || strings.HasSuffix(s, "*") || strings.Contains(s, ":"):
+						continue // presence, a prefix match (covers any port), or a port form
+					case strings.HasPrefix(s, "*"):
+						// A suffix match cannot have a ":*" form (one wildcard per entry).
+						errs = append(errs, fmt.Errorf("rules[%d].to[%d].operation.%s lists the suffix match %q, which a Host with a port never matches: list exact hosts with their \":*\" forms", i, j, field, s))
 						continue
 					}
 					if !slices.Contains(list, any(s+":*")) {
@@ -788,6 +793,9 @@ func manifestMutations() []manifestMutation {
 		{"policy host without its port form", "AuthorizationPolicy", "agentauthz-gateway", func(d map[string]any) {
 			set(d, []any{"agents.example.com"}, "spec", "rules", 0, "to", 0, "operation", "hosts")
 		}, `without "agents.example.com:*"`},
+		{"policy host as a suffix match", "AuthorizationPolicy", "agentauthz-gateway", func(d map[string]any) {
+			set(d, []any{"*.example.com"}, "spec", "rules", 0, "to", 0, "operation", "hosts")
+		}, "suffix match"},
 		{"mesh policy skips another caller", "AuthorizationPolicy", "agentauthz-mesh", func(d map[string]any) {
 			set(d, []any{"cluster.local/ns/agents/sa/payments-agent"}, "spec", "rules", 0, "from", 0, "source", "notPrincipals")
 		}, "only the gateway"},
