@@ -16,8 +16,13 @@ help: ## show the targets
 build: ## build bin/agentauthz
 	$(GO) build -trimpath -o $(BIN)/agentauthz ./cmd/agentauthz
 
-run: build ## start the decision service with a dev CA and sample agents in $(DATA_DIR)
-	$(BIN)/agentauthz serve --dev --data-dir $(DATA_DIR) --policies policies
+# make run listens on loopback only (it serves a dev CA's agents); e.g.
+# make run GRPC_ADDR=:9191 to accept other hosts.
+GRPC_ADDR ?= 127.0.0.1:9191
+HTTP_ADDR ?= 127.0.0.1:9192
+
+run: build ## start the decision service with a dev CA and sample agents in $(DATA_DIR), on GRPC_ADDR/HTTP_ADDR (loopback)
+	$(BIN)/agentauthz serve --dev --data-dir $(DATA_DIR) --policies policies --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
 test: ## run every test (unit, policy, fixtures, CLI scripts, end-to-end)
 	$(GO) test -count=1 -timeout 12m $(PKGS)
@@ -31,21 +36,22 @@ bench: build ## run the go benchmarks, revocation propagation and the load harne
 	$(BIN)/agentauthz bench --policies policies --duration 10s --warmup 2s --profile-dir $(BIN)/bench \
 	  --out $(BIN)/bench/report.md --json $(BIN)/bench/report.json
 
-$(BIN)/opa: go.mod
-	$(GO) build -o $(BIN)/opa github.com/open-policy-agent/opa
+# The stock opa CLI, pinned by the tool directive in go.mod: the same OPA
+# version that serve embeds, built on first use from a fresh clone.
+OPA := $(GO) tool opa
 
-policy-test: $(BIN)/opa ## run the shipped policy tests with the stock opa CLI (pinned in go.mod)
-	$(BIN)/opa test policies -v
-	$(BIN)/opa test policies --coverage --format=json | $(GO) run ./internal/policy/cmd/coverage -min 90
+policy-test: ## run the shipped policy tests with the stock opa CLI (pinned in go.mod)
+	$(OPA) test policies -v
+	$(OPA) test policies --coverage --format=json | $(GO) run ./internal/policy/cmd/coverage -min 90
 
 SIGNING_KEY ?= $(DATA_DIR)/bundle-signing.key
 
-bundle: $(BIN)/opa ## build bundles/agentauthz.tar.gz, revision = git commit, signed with SIGNING_KEY (a dev key is made if missing)
+bundle: ## build bundles/agentauthz.tar.gz, revision = git commit, signed with SIGNING_KEY (a dev key is made if missing)
 	@test -f $(SIGNING_KEY) || { mkdir -p $(dir $(SIGNING_KEY)) && umask 077 && \
 	  openssl ecparam -name prime256v1 -genkey -noout -out $(SIGNING_KEY) && \
 	  openssl ec -in $(SIGNING_KEY) -pubout -out $(SIGNING_KEY:.key=.pub.pem) 2>/dev/null && \
 	  echo "made dev signing key $(SIGNING_KEY), public key $(SIGNING_KEY:.key=.pub.pem)"; }
-	$(BIN)/opa build -b policies --ignore '*_test.rego' --revision "$$(git rev-parse HEAD)" \
+	$(OPA) build -b policies --ignore '*_test.rego' --revision "$$(git rev-parse HEAD)" \
 	  --signing-alg ES256 --signing-key $(SIGNING_KEY) -o bundles/agentauthz.tar.gz
 
 fuzz: ## run every fuzz target for FUZZTIME each (default 5m); make test replays the committed corpora

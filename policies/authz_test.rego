@@ -117,54 +117,162 @@ test_no_agent_denied if {
 	d.reason == "insufficient_trust_level"
 }
 
-# --- restrictions overlay ---
+# --- restrictions overlay (keyed by SPIFFE ID) ---
+
+restricted(a, r) := {a.spiffe_id: r}
 
 test_quarantined_agent_refused_everything if {
+	r := restricted(privileged, {"quarantined": true})
 	every op in operations {
-		d := decide(privileged, op) with data.agentauthz.restrictions as {"ops-bot": {"quarantined": true}}
+		d := decide(privileged, op) with data.agentauthz.restrictions as r
 		d.allowed == false
 		d.reason == "agent_quarantined"
 	}
-	d := decide(privileged, "admin:delete") with data.agentauthz.restrictions as {"ops-bot": {"quarantined": true}}
+	d := decide(privileged, "admin:delete") with data.agentauthz.restrictions as r
 	d.reason == "agent_quarantined"
 }
 
 test_quarantine_is_per_agent if {
-	allowed(payer, "payments:initiate") with data.agentauthz.restrictions as {"ops-bot": {"quarantined": true}}
+	allowed(payer, "payments:initiate") with data.agentauthz.restrictions as restricted(privileged, {"quarantined": true})
+}
+
+test_quarantined_false_restricts_nothing if {
+	allowed(payer, "payments:initiate") with data.agentauthz.restrictions as restricted(payer, {"quarantined": false, "note": "INC-42"})
+}
+
+# Two tenants may each have an agent called payments-bot: a quarantine names
+# one of them by SPIFFE ID and neither hits nor misses the other.
+other_tenant_payer := object.union(payer, {
+	"spiffe_id": "spiffe://acme.example/agent/payments-bot",
+	"tenant": "acme.example",
+})
+
+test_quarantine_is_per_tenant if {
+	r := restricted(other_tenant_payer, {"quarantined": true})
+	allowed(payer, "payments:initiate") with data.agentauthz.restrictions as r
+	denied_with(other_tenant_payer, "payments:initiate", "agent_quarantined") with data.agentauthz.restrictions as r
+}
+
+test_restriction_by_bare_agent_id_is_not_applied if {
+	# agentauthz refuses such data at load; the policy never matches it.
+	allowed(payer, "payments:initiate") with data.agentauthz.restrictions as {"payments-bot": {"quarantined": true}}
 }
 
 test_max_trust_downgrades if {
-	r := {"payments-bot": {"max_trust": 2}}
+	r := restricted(payer, {"max_trust": 2})
 	denied_with(payer, "payments:initiate", "insufficient_trust_level") with data.agentauthz.restrictions as r
 	allowed(payer, "payments:read") with data.agentauthz.restrictions as r
 }
 
 test_max_trust_cannot_escalate if {
-	denied_with(reader, "payments:initiate", "insufficient_trust_level") with data.agentauthz.restrictions as {"payments-reader": {"max_trust": 4}}
+	denied_with(reader, "payments:initiate", "insufficient_trust_level") with data.agentauthz.restrictions as restricted(reader, {"max_trust": 4})
 }
 
 test_removed_scope if {
-	r := {"payments-bot": {"removed_scopes": ["payments:initiate"]}}
+	r := restricted(payer, {"removed_scopes": ["payments:initiate"]})
 	denied_with(payer, "payments:initiate", "scope_missing") with data.agentauthz.restrictions as r
 	allowed(payer, "payments:read") with data.agentauthz.restrictions as r
 }
 
 test_restriction_in_force_until_it_expires if {
-	r := {"payments-bot": {"quarantined": true, "until": "2026-01-02T00:00:00Z"}}
+	r := restricted(payer, {"quarantined": true, "until": "2026-01-02T00:00:00Z"})
 	denied_with(payer, "payments:initiate", "agent_quarantined") with data.agentauthz.restrictions as r
 		with time.now_ns as now_ns
 }
 
 test_restriction_expires if {
-	r := {"payments-bot": {"quarantined": true, "max_trust": 0, "until": "2025-12-31T23:59:59Z"}}
+	r := restricted(payer, {"quarantined": true, "max_trust": 0, "until": "2025-12-31T23:59:59Z"})
 	allowed(payer, "payments:initiate") with data.agentauthz.restrictions as r
 		with time.now_ns as now_ns
 }
 
 test_restriction_with_unparsable_until_stays_in_force if {
-	r := {"payments-bot": {"quarantined": true, "until": "next tuesday"}}
+	r := restricted(payer, {"quarantined": true, "until": "next tuesday"})
 	denied_with(payer, "payments:initiate", "agent_quarantined") with data.agentauthz.restrictions as r
 		with time.now_ns as now_ns
+}
+
+# --- malformed policy data denies (issue 15.5) ---
+
+# Each of these was silently ignored, and the L3 payer kept moving money.
+test_malformed_restriction_quarantines if {
+	every bad in [
+		{"quarantined": "true"},
+		{"quarantined": 1},
+		{"max_trust": "L1"},
+		{"max_trust": 1.5},
+		{"max_trust": 7},
+		{"removed_scopes": "payments:initiate"},
+		{"removed_scopes": [1]},
+		{"until": 1767225600},
+		{"quarantine": true},
+		{"max-trust": 0},
+	] {
+		denied_with(payer, "payments:initiate", "agent_quarantined") with data.agentauthz.restrictions as restricted(payer, bad)
+	}
+}
+
+test_restriction_that_is_not_an_object_quarantines if {
+	every bad in [true, "quarantined", 0, ["payments:initiate"]] {
+		denied_with(payer, "payments:read", "agent_quarantined") with data.agentauthz.restrictions as restricted(payer, bad)
+	}
+}
+
+test_restrictions_that_are_not_an_object_quarantine_everyone if {
+	every bad in [[], "x", true] {
+		denied_with(payer, "payments:read", "agent_quarantined") with data.agentauthz.restrictions as bad
+	}
+}
+
+pay_op(fields) := {"payments:initiate": object.union({"scope": "payments:initiate"}, fields)}
+
+test_missing_or_malformed_min_trust_denies if {
+	every bad in [
+		{},
+		{"min-trust": 3},
+		{"min_trust": "3"},
+		{"min_trust": "L3"},
+		{"min_trust": null},
+		{"min_trust": 2.5},
+		{"min_trust": -1},
+		{"min_trust": 5},
+		{"min_trust": [3]},
+	] {
+		denied_with(privileged, "payments:initiate", "insufficient_trust_level") with data.agentauthz.operations as pay_op(bad)
+		denied_with(agent("untrusted", 0, ["payments:initiate"]), "payments:initiate", "insufficient_trust_level") with data.agentauthz.operations as pay_op(bad)
+	}
+	allowed(payer, "payments:initiate") with data.agentauthz.operations as pay_op({"min_trust": 3})
+}
+
+test_missing_or_malformed_scope_denies if {
+	every bad in [
+		{"min_trust": 0},
+		{"min_trust": 0, "scope": ["payments:initiate"]},
+		{"min_trust": 0, "scope": true},
+	] {
+		denied_with(privileged, "payments:initiate", "scope_missing") with data.agentauthz.operations as {"payments:initiate": bad}
+	}
+}
+
+test_operation_that_is_not_an_object_is_unknown if {
+	denied_with(privileged, "payments:initiate", "unknown_operation") with data.agentauthz.operations as {"payments:initiate": 3}
+}
+
+# --- tenants ---
+
+acme_only := pay_op({"min_trust": 3, "tenants": ["acme.example"]})
+
+test_operation_limited_to_tenants if {
+	allowed(other_tenant_payer, "payments:initiate") with data.agentauthz.operations as acme_only
+	denied_with(payer, "payments:initiate", "unknown_operation") with data.agentauthz.operations as acme_only
+	d := authz.decision with input as {"operation": "payments:initiate"} with data.agentauthz.operations as acme_only
+	d.reason == "unknown_operation"
+}
+
+test_malformed_tenants_is_no_tenant if {
+	every bad in ["acme.example", {"acme.example": true}, null] {
+		denied_with(other_tenant_payer, "payments:initiate", "unknown_operation") with data.agentauthz.operations as pay_op({"min_trust": 3, "tenants": bad})
+	}
 }
 
 # --- the shipped data is consistent ---

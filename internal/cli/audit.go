@@ -11,6 +11,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -86,12 +88,12 @@ kind of damage (modified, missing, inserted, reordered, truncated, segment_name,
 error. The segment being written ends in zero padding (preallocated space); that is not damage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkLogDir(logDir); err != nil {
+				return err
+			}
 			ks, err := loadTrustedKeys(pubkey, logDir, cmd.ErrOrStderr())
 			if err != nil {
 				return err
-			}
-			if _, err := os.Stat(logDir); err != nil {
-				return withHint(fmt.Errorf("log directory: %w", err), "point --log at <data-dir>/log")
 			}
 			res, err := decisionlog.Verify(logDir, ks)
 			if err != nil {
@@ -229,7 +231,7 @@ func (p *recordPrinter) print(r *decisionlog.Record) error {
 		p.header = true
 	}
 	if r.Kind == decisionlog.KindKeyRotation {
-		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\tkey_rotation\tnew kid %s\t-\n", r.Seq, r.Time.Format(decisionlog.TimeLayout), r.KeyRotation.NewKeyID)
+		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\tkey_rotation\tnew kid %s\t-\n", r.Seq, r.Time.Format(decisionlog.TimeLayout), cell(r.KeyRotation.NewKeyID))
 		return nil
 	}
 	dec := "deny"
@@ -237,8 +239,8 @@ func (p *recordPrinter) print(r *decisionlog.Record) error {
 		dec = "allow"
 	}
 	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s %d\t%s\t%s\n", r.Seq, r.Time.Format(decisionlog.TimeLayout),
-		dash(r.Agent.ID), dash(r.Agent.TrustLevel), dash(r.Request.Method), dash(r.Request.Path), dash(r.Request.Operation),
-		dec, r.Decision.HTTPStatus, dash(strings.Join(r.Decision.Reasons, ",")), dash(r.DecisionID))
+		cell(r.Agent.ID), cell(r.Agent.TrustLevel), cell(r.Request.Method), cell(r.Request.Path), cell(r.Request.Operation),
+		dec, r.Decision.HTTPStatus, cell(strings.Join(r.Decision.Reasons, ",")), cell(r.DecisionID))
 	return nil
 }
 
@@ -249,6 +251,48 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// cell is a record's value as human output shows it: "-" when empty, and
+// escaped so that it cannot drive the terminal (see escapeControl).
+func cell(s string) string { return dash(escapeControl(s)) }
+
+// escapeControl makes a value from a record safe to print on a terminal.
+// Request ids, paths and hosts come from clients: a raw ESC, CR or BEL could
+// rewrite what the operator sees, a tab would shift the table's columns, and
+// a bidirectional override (U+202E) reorders text. Control and format
+// characters and invalid UTF-8 become Go escapes (, ‮); a backslash
+// is doubled so that the escapes are unambiguous. JSON output needs none of
+// this: encoding/json escapes control characters itself.
+func escapeControl(s string) string {
+	clean := true
+	for _, r := range s {
+		if r == '\\' || r == utf8.RuneError || unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == '\\':
+			b.WriteString(`\\`)
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r < 0x80 && unicode.IsControl(r):
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case unicode.IsControl(r) || unicode.Is(unicode.Cf, r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }
 
 // scanLog calls fn for every record until the current end of the log. A
@@ -273,15 +317,38 @@ func scanLog(r *decisionlog.Reader, stderr io.Writer, fn func(decisionlog.Entry)
 	}
 }
 
+// checkLogDir refuses a directory that is not a decision log before any
+// audit command reads it, so an auditor never gets "ok: 0 records" or an
+// empty listing about the wrong directory. A log holds segment files
+// (<first seq>.log); one that has none yet is still a log when its signing
+// keys are beside it (<log>/../keys), as after the first serve.
 func checkLogDir(dir string) error {
 	st, err := os.Stat(dir)
 	if err != nil {
 		return withHint(fmt.Errorf("log directory: %w", err), "point --log at <data-dir>/log")
 	}
 	if !st.IsDir() {
-		return fmt.Errorf("log directory %s is not a directory", dir)
+		return withHint(fmt.Errorf("log directory %s is not a directory", dir), "point --log at <data-dir>/log")
 	}
-	return nil
+	if hasSegments(dir) {
+		return nil
+	}
+	if hasSegments(filepath.Join(dir, "log")) {
+		return withHint(fmt.Errorf("%s is not a decision log: it holds no segment files (NNNNNNNNNNNNNNNNNNNN.log)", dir),
+			"%s looks like a data directory; pass --log %s", dir, filepath.Join(dir, "log"))
+	}
+	keys := filepath.Join(filepath.Dir(filepath.Clean(dir)), "keys")
+	if st, err := os.Stat(keys); err == nil && st.IsDir() {
+		return nil
+	}
+	return withHint(fmt.Errorf("%s is not a decision log: no segment files (NNNNNNNNNNNNNNNNNNNN.log) and no signing keys in %s", dir, keys),
+		"point --log at <data-dir>/log of an agentauthz serve")
+}
+
+// hasSegments reports whether dir holds at least one segment file.
+func hasSegments(dir string) bool {
+	m, _ := filepath.Glob(filepath.Join(dir, "[0-9]*.log"))
+	return len(m) > 0
 }
 
 func newAuditQueryCmd() *cobra.Command {
@@ -404,7 +471,7 @@ func printWho(out io.Writer, r *decisionlog.Record) {
 		{"record", fmt.Sprintf("seq %d of log %s, key %s", r.Seq, r.Log, r.KeyID)},
 	}
 	for _, row := range rows {
-		fmt.Fprintf(tw, "%s:\t%s\n", row[0], dash(strings.TrimSpace(row[1])))
+		fmt.Fprintf(tw, "%s:\t%s\n", row[0], cell(strings.TrimSpace(row[1])))
 	}
 	tw.Flush()
 }

@@ -65,6 +65,12 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err == nil {
 		return ExitOK
 	}
+	return reportError(stderr, err)
+}
+
+// reportError prints err (and its hint) the one way every command does and
+// returns the exit code.
+func reportError(stderr io.Writer, err error) int {
 	var ee exitError
 	if errors.As(err, &ee) {
 		return ee.code
@@ -88,11 +94,14 @@ func newRoot() *cobra.Command {
 		newServeCmd(),
 		newCheckCmd(),
 		newCACmd(),
+		newControlCmd(),
 		newAgentCmd(),
 		newAuditCmd(),
 		newReceiptCmd(),
+		newResponseCmd(),
 		newDemoCmd(),
 		newBenchCmd(),
+		newPolicyCmd(),
 	)
 	return root
 }

@@ -30,9 +30,15 @@ type serveFlags struct {
 	configFile   string
 	trustBundles []string
 	sources      []string
+	crls         []string
+	watches      []string
 }
 
-func newServeCmd() *cobra.Command {
+func newServeCmd() *cobra.Command { return newServeCmdWith(runServe) }
+
+// newServeCmdWith is serve with run in place of runServe, so tests can see
+// the configuration that the flags and file resolve to.
+func newServeCmdWith(run func(context.Context, io.Writer, config.Config) error) *cobra.Command {
 	var f serveFlags
 	c := config.Config{}
 	cmd := &cobra.Command{
@@ -51,19 +57,21 @@ prints check commands to try.`,
 			if err != nil {
 				return err
 			}
-			return runServe(cmd.Context(), cmd.ErrOrStderr(), cfg)
+			return run(cmd.Context(), cmd.ErrOrStderr(), cfg)
 		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.configFile, "config", "", "YAML configuration file (see docs/configuration.md)")
 	fl.StringVar(&c.DataDir, "data-dir", "", "state directory: decision log, keys, dev CA")
-	fl.StringVar(&c.GRPC.Addr, "grpc-addr", config.DefaultGRPCAddr, "ext_authz gRPC listen address")
-	fl.StringVar(&c.HTTP.Addr, "http-addr", config.DefaultHTTPAddr, "health, metrics and keys HTTP listen address")
+	fl.StringVar(&c.GRPC.Addr, "grpc-addr", "", "ext_authz gRPC listen address (default "+config.DefaultGRPCAddr+", with --dev "+config.DefaultDevGRPCAddr+")")
+	fl.StringVar(&c.HTTP.Addr, "http-addr", "", "health, metrics and keys HTTP listen address (default "+config.DefaultHTTPAddr+", with --dev "+config.DefaultDevHTTPAddr+")")
 	fl.StringVar(&c.Policy.Dir, "policies", config.DefaultPoliciesDir, "directory of .rego and data.json/data.yaml files")
 	fl.StringVar(&c.Policy.Path, "policy-path", config.DefaultPolicyPath, "rule to query, as opa-envoy-plugin's path")
 	fl.StringVar(&c.Policy.Bundle, "bundle", "", "OPA bundle file or URL (instead of --policies)")
 	fl.StringVar(&c.Policy.BundleVerificationKey, "bundle-verification-key", "", "PEM public key that bundles must be signed with")
 	fl.StringArrayVar(&f.trustBundles, "trust-bundle", nil, "TRUST_DOMAIN=PEM_FILE, one CA bundle per tenant (repeatable)")
+	fl.StringArrayVar(&f.crls, "crl", nil, "TRUST_DOMAIN=FILE or TRUST_DOMAIN=URL, a CRL of that tenant's CA (repeatable)")
+	fl.StringArrayVar(&f.watches, "revocation-watch", nil, "TRUST_DOMAIN=URL, the revocation push channel of agentauthz ca serve (URL ending in /v1/watch)")
 	fl.StringArrayVar(&f.sources, "identity-source", nil, "identity sources in order: peer_certificate, xfcc, spiffe_id (repeatable)")
 	fl.BoolVar(&c.Dev, "dev", false, "create and trust a dev CA with sample agents in --data-dir")
 	fl.StringVar(&c.DecisionLog.Mode, "decision-log-mode", "sync", "sync (answer after the record is on disk) or async")
@@ -119,6 +127,9 @@ func serveConfig(fl *pflag.FlagSet, f serveFlags, flags config.Config) (config.C
 		}
 		cfg.TrustBundles = append(cfg.TrustBundles, config.TrustBundle{TrustDomain: td, File: file})
 	}
+	if err := addRevocationFlags(&cfg, f); err != nil {
+		return cfg, err
+	}
 	if cfg.DataDir == "" && cfg.Dev {
 		cfg.DataDir = ".agentauthz"
 	}
@@ -127,6 +138,47 @@ func serveConfig(fl *pflag.FlagSet, f serveFlags, flags config.Config) (config.C
 		return cfg, withHint(fmt.Errorf("invalid configuration:\n%w", err), "every key is documented in docs/configuration.md")
 	}
 	return cfg, nil
+}
+
+// addRevocationFlags gives the tenants named by --crl and --revocation-watch
+// their sources, on top of what the config file lists. A flag for a trust
+// domain that no --trust-bundle or config file names is an error, not a
+// tenant of its own.
+func addRevocationFlags(cfg *config.Config, f serveFlags) error {
+	tenant := func(flag, v, want, example string) (*config.TrustBundle, string, error) {
+		td, src, ok := strings.Cut(v, "=")
+		if !ok || td == "" || src == "" {
+			return nil, "", withHint(fmt.Errorf("--%s %q is not TRUST_DOMAIN=%s", flag, v, want), "e.g. --%s %s", flag, example)
+		}
+		for i := range cfg.TrustBundles {
+			if cfg.TrustBundles[i].TrustDomain == td {
+				return &cfg.TrustBundles[i], src, nil
+			}
+		}
+		return nil, "", withHint(fmt.Errorf("--%s %s: no tenant %q", flag, v, td), "give its CA first: --trust-bundle %s=CA_PEM_FILE", td)
+	}
+	for _, v := range f.crls {
+		tb, src, err := tenant("crl", v, "FILE or TRUST_DOMAIN=URL", "acme.example=acme.crl")
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
+			tb.Revocation.CRLURLs = append(tb.Revocation.CRLURLs, src)
+		} else {
+			tb.Revocation.CRLFiles = append(tb.Revocation.CRLFiles, src)
+		}
+	}
+	for _, v := range f.watches {
+		tb, src, err := tenant("revocation-watch", v, "URL", "acme.example=http://127.0.0.1:9193/v1/watch")
+		if err != nil {
+			return err
+		}
+		if tb.Revocation.WatchURL != "" && tb.Revocation.WatchURL != src {
+			return fmt.Errorf("--revocation-watch %s: tenant %s already watches %s (one push channel per tenant)", v, tb.TrustDomain, tb.Revocation.WatchURL)
+		}
+		tb.Revocation.WatchURL = src
+	}
+	return nil
 }
 
 func newLogger(cfg config.Config, w io.Writer) hclog.Logger {

@@ -148,8 +148,11 @@ type DecisionLog struct {
 
 // Named defaults.
 const (
-	DefaultGRPCAddr             = ":9191"
-	DefaultHTTPAddr             = ":9192"
+	DefaultGRPCAddr = ":9191"
+	DefaultHTTPAddr = ":9192"
+	// Dev mode serves a dev CA's agents: loopback only, like ca serve.
+	DefaultDevGRPCAddr          = "127.0.0.1:9191"
+	DefaultDevHTTPAddr          = "127.0.0.1:9192"
 	DefaultPolicyPath           = "agentauthz/authz/decision"
 	DefaultPoliciesDir          = "policies"
 	DefaultMaxRecvMsgBytes      = 1 << 20
@@ -220,6 +223,10 @@ func (c *Config) applyDefaults() {
 	}
 	setStr(&c.LogLevel, "info")
 	setStr(&c.LogFormat, "auto")
+	if c.Dev {
+		setStr(&c.GRPC.Addr, DefaultDevGRPCAddr)
+		setStr(&c.HTTP.Addr, DefaultDevHTTPAddr)
+	}
 	setStr(&c.GRPC.Addr, DefaultGRPCAddr)
 	setStr(&c.HTTP.Addr, DefaultHTTPAddr)
 	if c.GRPC.MaxRecvMsgBytes == 0 {

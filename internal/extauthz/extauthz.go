@@ -54,6 +54,11 @@ type RevocationChecker interface {
 	Check(tenant, serial, agentID string) reason.Code
 }
 
+// ErrRequestParse, wrapped in a Policy error, means the request could not
+// be turned into policy input: the denial is request_parse_error (400),
+// as opa-envoy-plugin answers, not policy_error.
+var ErrRequestParse = errors.New("request cannot be parsed")
+
 // Policy evaluates the prepared policy for a verified agent.
 type Policy interface {
 	Decide(ctx context.Context, req *authv3.CheckRequest, agent *identity.Agent) (Verdict, error)
@@ -162,7 +167,7 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 			if o.agent != nil {
 				agentID = o.agent.ID
 			}
-			args := []any{"decision_id", o.id, "allowed", o.allowed, "reason", o.reason,
+			args := []any{"decision_id", o.id, "allowed", o.allowed, "reason", string(o.reason),
 				"status", o.status, "agent_id", agentID, "operation", o.verdict.Operation}
 			if o.identErr != nil {
 				// Why identity failed (which CA expired, what did not
@@ -199,8 +204,13 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outco
 	}
 	v, err := s.policy.Decide(ctx, req, agent)
 	if err != nil {
-		s.logger.Warn("policy evaluation failed; denying", "decision_id", o.id, "agent_id", agent.ID, "error", err)
-		o.reason, o.status = reason.PolicyError, reason.PolicyError.HTTPStatus()
+		code := reason.PolicyError
+		if errors.Is(err, ErrRequestParse) {
+			code = reason.RequestParseError
+		}
+		s.logger.Warn("policy evaluation failed; denying", "decision_id", o.id, "agent_id", agent.ID,
+			"reason", code, "error", truncate(err.Error(), maxLoggedDetail))
+		o.reason, o.status = code, code.HTTPStatus()
 		o.verdict = Verdict{Operation: v.Operation, Revision: v.Revision}
 		return
 	}

@@ -324,3 +324,21 @@ func (c *decisionCache) put(k cacheKey, r *Result) {
 	}
 	c.m[k] = r
 }
+
+// InputReads lists the input paths the serving policy reads (such as
+// "input.agent.trust"), or says why they cannot be known statically (a
+// policy that reads input through a computed key, say). Policy simulation
+// uses it to tell which recorded decisions can be replayed exactly.
+func (e *Engine) InputReads() (paths []string, unknown string) {
+	s := e.cur.Load()
+	if s == nil {
+		return nil, "no policy loaded"
+	}
+	if !s.plan.cacheable() {
+		return nil, s.plan.reason
+	}
+	for _, r := range s.plan.paths {
+		paths = append(paths, ast.Ref(append(ast.Ref{ast.InputRootDocument}, r...)).String())
+	}
+	return paths, ""
+}

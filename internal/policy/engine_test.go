@@ -122,7 +122,7 @@ func TestRestrictionUsesInjectedClock(t *testing.T) {
 		t.Fatal(err)
 	}
 	d["agentauthz"].(map[string]any)["restrictions"] = map[string]any{
-		"payments-bot": map[string]any{"quarantined": true, "until": "2026-02-01T00:00:00Z"},
+		"spiffe://dev.agentauthz.local/agent/payments-bot": map[string]any{"quarantined": true, "until": "2026-02-01T00:00:00Z"},
 	}
 	data, _ = json.Marshal(d)
 	writeFiles(t, dir, map[string]string{"authz.rego": string(pol), "data.json": string(data)})

@@ -13,6 +13,7 @@ type metrics struct {
 	cache        *prometheus.CounterVec
 	cacheHits    prometheus.Counter
 	cacheMisses  prometheus.Counter
+	dataRefused  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -34,6 +35,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "agentauthz_policy_decision_cache_total",
 			Help: "Decisions answered from the decision cache (hit) or evaluated and cached (miss). Requests of a policy that is not cacheable are not counted.",
 		}, []string{"result"}),
+		dataRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "agentauthz_policy_data_refused_total",
+			Help: "Policy loads refused because data.agentauthz does not follow its schema (also counted as a reload failure). The previous policy and data keep serving.",
+		}),
 	}
 	m.cacheHits = m.cache.WithLabelValues("hit")
 	m.cacheMisses = m.cache.WithLabelValues("miss")
@@ -43,7 +48,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.reloads, m.revision, m.evalDuration, m.cache} {
+	for _, c := range []prometheus.Collector{m.reloads, m.revision, m.evalDuration, m.cache, m.dataRefused} {
 		if err := reg.Register(c); err != nil {
 			return nil, errors.Join(errors.New("policy: register metrics"), err)
 		}

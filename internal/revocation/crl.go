@@ -49,28 +49,110 @@ type CRL struct {
 	Digest [sha256.Size]byte
 }
 
-// ParseCRL decodes a CRL (DER, or PEM "X509 CRL"), checks it is a complete
-// CRL with a nextUpdate, and verifies that one of cas signed it. maxBytes
-// bounds the input (DefaultMaxCRLBytes when <= 0). It refuses what
-// crypto/x509 refuses and, unlike x509, bytes RFC 5280 does not allow after
-// the CRL, its signature, its crlExtensions or an entry's extensions; it
-// needs memory for the DER and the SerialSet only, not x509's 1.2 KB per
-// entry (see parseRevocationList).
+// MaxCRLsPerFile bounds the CRLs in one PEM file or response.
+const MaxCRLsPerFile = 64
+
+// ParseCRL is ParseCRLs for input that must hold exactly one CRL.
 func ParseCRL(data []byte, cas []*x509.Certificate, maxBytes int64) (*CRL, error) {
+	crls, err := ParseCRLs(data, cas, maxBytes)
+	if err != nil {
+		return nil, err
+	}
+	if len(crls) != 1 {
+		return nil, fmt.Errorf("%w: %d CRLs where one was expected", ErrCRLInvalid, len(crls))
+	}
+	return crls[0], nil
+}
+
+// ParseCRLs decodes the CRLs in data: one DER CRL, or every PEM "X509 CRL"
+// block of a PEM file (`cat root.crl issuing.crl`, the form openssl verify
+// -CRLfile, nginx and Envoy read; text around the blocks, such as `openssl
+// crl -text` output, is ignored, as in trust bundles). Each CRL is checked
+// on its own (parseOneCRL) and matched to the CA of cas that signed it; a
+// file in which any CRL fails, any PEM block is not a CRL, or two CRLs come
+// from the same CA is refused as a whole, with the number of the CRL at
+// fault: applying only part of a file would silently drop revocations.
+// maxBytes bounds the input (DefaultMaxCRLBytes when <= 0).
+func ParseCRLs(data []byte, cas []*x509.Certificate, maxBytes int64) ([]*CRL, error) {
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxCRLBytes
 	}
 	if int64(len(data)) > maxBytes {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrCRLTooLarge, len(data), maxBytes)
 	}
-	der := data
-	if bytes.HasPrefix(bytes.TrimLeft(data, " \t\r\n"), []byte("-----BEGIN")) {
-		block, _ := pem.Decode(data)
-		if block == nil || block.Type != "X509 CRL" {
-			return nil, fmt.Errorf("%w: pem input without an X509 CRL block", ErrCRLInvalid)
-		}
-		der = block.Bytes
+	ders, err := crlBlocks(data)
+	if err != nil {
+		return nil, err
 	}
+	crls := make([]*CRL, 0, len(ders))
+	for i, der := range ders {
+		crl, err := parseOneCRL(der, cas)
+		if err == nil {
+			for j, prev := range crls {
+				if prev.CA == crl.CA {
+					err = fmt.Errorf("%w: CRLs %d and %d are both from CA %s; a file holds one CRL per CA",
+						ErrCRLInvalid, j+1, i+1, caName(cas[crl.CA]))
+				}
+			}
+		}
+		if err != nil {
+			if len(ders) > 1 {
+				err = fmt.Errorf("crl %d of %d in the file: %w", i+1, len(ders), err)
+			}
+			return nil, err
+		}
+		crls = append(crls, crl)
+	}
+	return crls, nil
+}
+
+// crlBlocks splits data into the DER of each CRL it holds.
+func crlBlocks(data []byte) ([][]byte, error) {
+	if len(data) > 0 && data[0] == 0x30 { // a DER SEQUENCE: binary CRL
+		return [][]byte{data}, nil
+	}
+	var out [][]byte
+	rest := data
+	for n := 1; ; n++ {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "X509 CRL" {
+			return nil, fmt.Errorf("%w: PEM block %d is %.40q, not X509 CRL (a CRL file holds CRLs only)", ErrCRLInvalid, n, block.Type)
+		}
+		if len(out) == MaxCRLsPerFile {
+			return nil, fmt.Errorf("%w: more than %d CRLs in one file", ErrCRLInvalid, MaxCRLsPerFile)
+		}
+		out = append(out, block.Bytes)
+	}
+	// A BEGIN line that did not decode is a truncated or corrupt file:
+	// refuse it rather than use the blocks before it.
+	if bytes.Contains(rest, []byte("-----BEGIN")) {
+		return nil, fmt.Errorf("%w: truncated or corrupt PEM block after CRL %d", ErrCRLInvalid, len(out))
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: neither a DER CRL nor PEM with an X509 CRL block", ErrCRLInvalid)
+	}
+	return out, nil
+}
+
+// caName names a CA certificate in messages.
+func caName(c *x509.Certificate) string {
+	if c.Subject.CommonName != "" {
+		return fmt.Sprintf("%.80q", c.Subject.CommonName)
+	}
+	return fmt.Sprintf("%.120q", c.Subject.String())
+}
+
+// parseOneCRL checks one DER CRL: a complete CRL with a nextUpdate,
+// signed by one of cas. It refuses what crypto/x509 refuses and, unlike
+// x509, bytes RFC 5280 does not allow after the CRL, its signature, its
+// crlExtensions or an entry's extensions; it needs memory for the DER and
+// the SerialSet only, not x509's 1.2 KB per entry (see
+// parseRevocationList).
+func parseOneCRL(der []byte, cas []*x509.Certificate) (*CRL, error) {
 	rl, entries, err := parseRevocationList(der)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCRLInvalid, err)

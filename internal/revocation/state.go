@@ -2,9 +2,9 @@ package revocation
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"runtime/debug"
 	"slices"
 	"time"
@@ -36,12 +36,18 @@ type tenantState struct {
 	pushConnected bool
 	fallback      bool // watch channel down, polling its CRL instead
 	errs          map[string]uint64
+	// Push channel: the generation and expiry of the last applied signed
+	// event, when it was applied, and refusals by reason.
+	pushGen     int64
+	pushExpires time.Time
+	pushAt      time.Time
+	pushRefused map[string]uint64
 
 	snap *tenantSnap // cached; nil after a change
 }
 
 func newTenantState(name string, tc TenantConfig) *tenantState {
-	t := &tenantState{name: name, cfg: tc, held: make([]*CRL, len(tc.CAs)), errs: map[string]uint64{}}
+	t := &tenantState{name: name, cfg: tc, held: make([]*CRL, len(tc.CAs)), errs: map[string]uint64{}, pushRefused: map[string]uint64{}}
 	for _, f := range tc.CRLFiles {
 		t.sources = append(t.sources, &sourceState{kind: kindFile, where: f})
 	}
@@ -58,7 +64,7 @@ func (t *tenantState) snapLocked() *tenantSnap {
 	if t.snap != nil {
 		return t.snap
 	}
-	s := &tenantSnap{ready: true, staleAfter: math.MinInt64, agents: t.agents}
+	s := &tenantSnap{ready: true, agents: t.agents}
 	for _, src := range t.sources {
 		if !src.loaded {
 			s.ready = false
@@ -70,8 +76,8 @@ func (t *tenantState) snapLocked() *tenantSnap {
 			continue
 		}
 		s.serials = append(s.serials, crl.Serials)
-		stale := crl.NextUpdate.Add(t.cfg.Grace).UnixNano()
-		if first || stale < s.staleAfter {
+		stale := crl.NextUpdate.Add(t.cfg.Grace)
+		if first || stale.Before(s.staleAfter) {
 			s.staleAfter, first = stale, false
 		}
 	}
@@ -82,8 +88,10 @@ func (t *tenantState) snapLocked() *tenantSnap {
 	return s
 }
 
-// apply verifies data as a CRL of tenant delivered by source src and, when
-// it is valid and not older than what is held, makes it current.
+// apply verifies data as the CRLs of tenant delivered by source src (one,
+// or several in a PEM file: see ParseCRLs) and, when every one is valid and
+// none is older than what is held for its CA, makes them current. A file
+// is applied whole or not at all.
 func (c *Checker) apply(tenant string, src int, data []byte) error {
 	t := c.tenants[tenant]
 	c.mu.Lock()
@@ -91,13 +99,17 @@ func (c *Checker) apply(tenant string, src int, data []byte) error {
 	c.mu.Unlock()
 	// Parse and verify outside the lock: a large CRL takes a while, and
 	// metrics scrapes and other sources should not wait for it.
-	crl, err := ParseCRL(data, cas, c.maxBytes)
+	crls, err := ParseCRLs(data, cas, c.maxBytes)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := t.sources[src]
-	if err == nil {
+	for _, crl := range crls {
+		if err != nil {
+			break
+		}
 		// SetCAs may have run meanwhile: find the verifying CA again.
-		crl.CA = slices.IndexFunc(t.cfg.CAs, func(ca *x509.Certificate) bool { return ca.Equal(cas[crl.CA]) })
+		ca := cas[crl.CA]
+		crl.CA = slices.IndexFunc(t.cfg.CAs, func(c *x509.Certificate) bool { return c.Equal(ca) })
 		if crl.CA < 0 {
 			err = ErrCRLSignature
 		}
@@ -107,33 +119,42 @@ func (c *Checker) apply(tenant string, src int, data []byte) error {
 		c.log.Error("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where, "error", err)
 		return err
 	}
-	held := t.held[crl.CA]
-	if err := crl.newerThan(held); err != nil {
-		// The source works and its data verified; it is only behind.
-		t.errs[s.kind]++
-		c.log.Warn("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where, "error", err)
-		if !s.loaded {
-			s.loaded = true
-			t.snap = nil
-			c.publishLocked()
+	for _, crl := range crls {
+		if err := crl.newerThan(t.held[crl.CA]); err != nil {
+			// The source works and its data verified; it is only behind.
+			t.errs[s.kind]++
+			c.log.Warn("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where,
+				"issuer", caName(t.cfg.CAs[crl.CA]), "error", err)
+			if !s.loaded {
+				s.loaded = true
+				t.snap = nil
+				c.publishLocked()
+			}
+			return err
 		}
-		return err
 	}
 	t.lastRefresh = c.now()
-	if held != nil && held.Digest == crl.Digest && s.loaded {
+	changed, entries := false, 0
+	for _, crl := range crls {
+		entries += crl.Serials.Len()
+		if held := t.held[crl.CA]; held != nil && held.Digest == crl.Digest {
+			continue
+		}
+		c.log.Info("revocation: crl applied", "tenant", tenant, "source", s.kind, "from", s.where,
+			"issuer", caName(t.cfg.CAs[crl.CA]), "number", crl.Number, "revoked", crl.Serials.Len(),
+			"next_update", crl.NextUpdate.UTC().Format(time.RFC3339))
+		kept := *crl
+		kept.Raw = nil // compared by Digest from now on
+		t.held[crl.CA] = &kept
+		changed = true
+	}
+	if !changed && s.loaded {
 		return nil
 	}
-	if held == nil || held.Digest != crl.Digest {
-		c.log.Info("revocation: crl applied", "tenant", tenant, "source", s.kind, "from", s.where,
-			"number", crl.Number, "revoked", crl.Serials.Len(), "next_update", crl.NextUpdate.UTC().Format(time.RFC3339))
-	}
-	kept := *crl
-	kept.Raw = nil // compared by Digest from now on
-	t.held[crl.CA] = &kept
 	s.loaded = true
 	t.snap = nil
 	c.publishLocked()
-	if crl.Serials.Len() >= bigCRL {
+	if entries >= bigCRL {
 		// A large CRL leaves its DER behind as garbage (47 MiB for a
 		// million entries, more than twice its SerialSet); without this
 		// the heap only shrinks once it has doubled again, which can
@@ -245,4 +266,68 @@ func (c *Checker) SetCAs(tenant string, cas []*x509.Certificate) error {
 	t.snap = nil
 	c.publishLocked()
 	return nil
+}
+
+// checkPush verifies a watch event before any of it is applied: signed by
+// a CA of the tenant, not expired, not older than the last one applied.
+func (c *Checker) checkPush(tenant string, ev *WatchEvent) error {
+	c.mu.Lock()
+	t := c.tenants[tenant]
+	cas, last := t.cfg.CAs, t.pushGen
+	c.mu.Unlock()
+	err := VerifyPush(cas, ev, c.now())
+	if err == nil && ev.Generation < last {
+		err = &PushError{PushOlder, fmt.Errorf("generation %d is older than %d, applied before", ev.Generation, last)}
+	}
+	if err != nil {
+		var pe *PushError
+		reason := PushBadSignature
+		if errors.As(err, &pe) {
+			reason = pe.Reason
+		}
+		c.mu.Lock()
+		t.pushRefused[reason]++
+		c.mu.Unlock()
+		c.log.Error("revocation: watch event refused; keeping previous state", "tenant", tenant, "reason", reason, "error", err)
+	}
+	return err
+}
+
+// pushApplied records an applied event and hands its restrictions on.
+func (c *Checker) pushApplied(tenant string, ev *WatchEvent) {
+	c.mu.Lock()
+	t := c.tenants[tenant]
+	t.pushGen, t.pushExpires, t.pushAt = ev.Generation, time.Unix(ev.Expires, 0), c.now()
+	c.mu.Unlock()
+	if c.onRestr != nil {
+		r := ev.Restrictions
+		if len(r) == 0 {
+			r = json.RawMessage("{}")
+		}
+		c.onRestr(tenant, r)
+	}
+}
+
+// PushStatus is the state of one tenant's push channel.
+type PushStatus struct {
+	Tenant    string
+	Connected bool
+	// Applied is when the last signed event was applied (zero: never);
+	// Expires is when its signature stops being fresh.
+	Applied, Expires time.Time
+}
+
+// PushStatuses lists the tenants that have a watch source.
+func (c *Checker) PushStatuses() []PushStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []PushStatus
+	for _, name := range c.order {
+		t := c.tenants[name]
+		if t.cfg.WatchURL == "" {
+			continue
+		}
+		out = append(out, PushStatus{Tenant: name, Connected: t.pushConnected, Applied: t.pushAt, Expires: t.pushExpires})
+	}
+	return out
 }

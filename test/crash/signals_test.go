@@ -104,7 +104,7 @@ func TestSIGHUPReloadsPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	quarantined := strings.Replace(string(data), `"restrictions": {}`, `"restrictions": {"reader": {"quarantined": true}}`, 1)
+	quarantined := strings.Replace(string(data), `"restrictions": {}`, `"restrictions": {"spiffe://dev.agentauthz.local/agent/reader": {"quarantined": true}}`, 1)
 	if quarantined == string(data) {
 		t.Fatal("shipped data.json has no empty restrictions object to edit")
 	}

@@ -1,0 +1,310 @@
+// Package simulate replays recorded decisions under a proposed policy: each
+// record's request is decided again through the real decision path (the
+// extauthz service with the policy engine), with the identity and the time
+// the original decision had, and the differences are reported.
+//
+// What a record keeps is what can be replayed: the agent's attributes, the
+// method, host, path (without its query), x-request-id, operation and source
+// address. A policy that reads anything else (a header, the query, the body,
+// the certificate's validity window) cannot be replayed exactly; the
+// simulator says so for every decision it changes instead of guessing.
+package simulate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/hashicorp/go-hclog"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/extauthz"
+	"github.com/agentauthz/agentauthz/internal/identity"
+	"github.com/agentauthz/agentauthz/internal/reason"
+)
+
+// Outcome is what one decision came to.
+type Outcome struct {
+	Allowed   bool   `json:"allowed"`
+	Status    int    `json:"http_status,omitempty"`
+	Reason    string `json:"reason"`
+	Operation string `json:"operation,omitempty"`
+}
+
+func (o Outcome) String() string {
+	if o.Allowed {
+		return "allow"
+	}
+	return fmt.Sprintf("deny %d %s", o.Status, o.Reason)
+}
+
+// Replayer decides recorded requests again. It is not safe for concurrent
+// use: it owns the clock of the policy it drives.
+type Replayer struct {
+	svc    *extauthz.Service
+	ident  *fixedIdentity
+	rec    *captureRecorder
+	clock  *time.Time
+	agents map[agentKey]*identity.Agent
+}
+
+// NewReplayer returns a Replayer deciding through pol, whose clock (what
+// time.now_ns returns in Rego) must read *clock: the Replayer sets it to each
+// record's time before deciding.
+func NewReplayer(pol extauthz.Policy, clock *time.Time) (*Replayer, error) {
+	r := &Replayer{ident: &fixedIdentity{}, rec: &captureRecorder{}, clock: clock, agents: map[agentKey]*identity.Agent{}}
+	svc, err := extauthz.New(extauthz.Options{
+		Identifier: r.ident,
+		Revocation: notRevoked{},
+		Policy:     pol,
+		Recorder:   r.rec,
+		Logger:     hclog.NewNullLogger(),
+		Metrics:    extauthz.NewMetrics(prometheus.NewRegistry()),
+		Now:        func() time.Time { return *clock },
+		Timeout:    10 * time.Second,
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.svc = svc
+	return r, nil
+}
+
+// ErrNotReplayable marks a record the policy never decided (identity or
+// revocation refused it first, or it is not a decision) or whose identity
+// cannot be rebuilt.
+var ErrNotReplayable = errors.New("not replayable")
+
+// Replay decides rec's request again and returns the new outcome.
+func (r *Replayer) Replay(ctx context.Context, rec *decisionlog.Record) (Outcome, error) {
+	if why := beforePolicy(rec); why != "" {
+		return Outcome{}, fmt.Errorf("%w: %s", ErrNotReplayable, why)
+	}
+	agent, err := r.agent(&rec.Agent)
+	if err != nil {
+		return Outcome{}, fmt.Errorf("%w: %w", ErrNotReplayable, err)
+	}
+	req, err := checkRequest(&rec.Request)
+	if err != nil {
+		return Outcome{}, fmt.Errorf("%w: %w", ErrNotReplayable, err)
+	}
+	*r.clock = rec.Time
+	r.ident.agent = agent
+	r.rec.last = nil
+	if _, err := r.svc.Check(ctx, req); err != nil {
+		return Outcome{}, err
+	}
+	if r.rec.last == nil {
+		return Outcome{}, errors.New("the replayed decision left no record")
+	}
+	return Recorded(r.rec.last), nil
+}
+
+// Recorded is the outcome a record states.
+func Recorded(rec *decisionlog.Record) Outcome {
+	o := Outcome{Allowed: rec.Decision.Allowed, Status: rec.Decision.HTTPStatus, Operation: rec.Request.Operation}
+	// An allow is an allow: its status and reason carry nothing more (older
+	// records leave the reason of an allow empty).
+	if o.Allowed {
+		o.Status = 0
+		return o
+	}
+	if len(rec.Decision.Reasons) > 0 {
+		o.Reason = rec.Decision.Reasons[0]
+	}
+	return o
+}
+
+// beforePolicy says why a record was not decided by the policy, or "".
+func beforePolicy(rec *decisionlog.Record) string {
+	if rec.Kind != "" && rec.Kind != decisionlog.KindDecision {
+		return "a " + rec.Kind + " record, not a decision"
+	}
+	if rec.Agent.ID == "" {
+		return "no verified agent: identity was refused before policy"
+	}
+	for _, c := range rec.Decision.Reasons {
+		switch reason.Code(c) {
+		case reason.CertificateRevoked, reason.AgentRevoked, reason.RevocationStatusUnknown:
+			return "decided by revocation (" + c + ") before policy"
+		}
+	}
+	return ""
+}
+
+// agentKey is what a record says of its agent; equal keys share one
+// *identity.Agent so that the engine's per-agent caches hit as in serving.
+type agentKey struct {
+	id, spiffe, tenant, trust, scopes, owner, serial, cert, issuer, source string
+}
+
+func (r *Replayer) agent(a *decisionlog.Agent) (*identity.Agent, error) {
+	k := agentKey{a.ID, a.SPIFFEID, a.Tenant, a.TrustLevel, strings.Join(a.Scopes, "\x00"), a.Owner, a.Serial, a.CertSHA256, a.Issuer, a.Source}
+	if ag, ok := r.agents[k]; ok {
+		return ag, nil
+	}
+	level, ok := parseTrust(a.TrustLevel)
+	if !ok {
+		return nil, fmt.Errorf("record trust level %q is not L0..L4", a.TrustLevel)
+	}
+	ag := &identity.Agent{
+		ID: a.ID, SPIFFEID: a.SPIFFEID, Tenant: a.Tenant, TrustLevel: level,
+		Scopes: slices.Clone(a.Scopes), Owner: a.Owner, Serial: a.Serial, CertSHA256: a.CertSHA256,
+		Issuer: a.Issuer, Source: identity.Source(a.Source),
+	}
+	if len(r.agents) >= maxAgents {
+		clear(r.agents)
+	}
+	r.agents[k] = ag
+	return ag, nil
+}
+
+// maxAgents bounds the Replayer's agent table.
+const maxAgents = 1 << 16
+
+func parseTrust(s string) (int, bool) {
+	if len(s) != 2 || s[0] != 'L' || s[1] < '0' || s[1] > '4' {
+		return 0, false
+	}
+	return int(s[1] - '0'), true
+}
+
+// checkRequest rebuilds the CheckRequest Envoy sent, as far as the record
+// keeps it.
+func checkRequest(q *decisionlog.Request) (*authv3.CheckRequest, error) {
+	if q.Method == "" || q.Path == "" {
+		return nil, errors.New("the record has no method or path")
+	}
+	headers := map[string]string{":method": q.Method, ":path": q.Path}
+	if q.Host != "" {
+		headers[":authority"] = q.Host
+	}
+	if q.ID != "" {
+		headers["x-request-id"] = q.ID
+	}
+	attrs := &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+		Id: q.ID, Method: q.Method, Host: q.Host, Path: q.Path, Headers: headers, Scheme: "https", Protocol: "HTTP/1.1",
+	}}}
+	if q.Source != "" {
+		host, port, err := net.SplitHostPort(q.Source)
+		if err != nil {
+			return nil, fmt.Errorf("record source address %q: %w", q.Source, err)
+		}
+		p, err := strconv.ParseUint(port, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("record source port %q: %w", port, err)
+		}
+		attrs.Source = &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+			SocketAddress: &corev3.SocketAddress{Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(p)}},
+		}}}
+	}
+	return &authv3.CheckRequest{Attributes: attrs}, nil
+}
+
+type fixedIdentity struct{ agent *identity.Agent }
+
+func (f *fixedIdentity) Identify(*authv3.AttributeContext) (*identity.Agent, *identity.Error) {
+	return f.agent, nil
+}
+
+// notRevoked: records decided by revocation are not replayed (beforePolicy),
+// so every replayed agent passed revocation when it was decided.
+type notRevoked struct{}
+
+func (notRevoked) Check(string, string, string) reason.Code { return "" }
+
+type captureRecorder struct{ last *decisionlog.Record }
+
+func (c *captureRecorder) Append(_ context.Context, rec *decisionlog.Record) (decisionlog.Receipt, error) {
+	c.last = rec
+	return decisionlog.Receipt{}, nil
+}
+
+// replayable are the input paths a record lets the simulator rebuild: a read
+// at or below one of them sees what the original decision saw.
+var replayable = []string{
+	"input.agent.id", "input.agent.spiffe_id", "input.agent.tenant", "input.agent.trust_level", "input.agent.trust",
+	"input.agent.scopes", "input.agent.owner", "input.agent.serial", "input.agent.cert_sha256", "input.agent.issuer",
+	"input.agent.source", "input.operation", "input.parsed_path", "input.version",
+	"input.attributes.request.http.method", "input.attributes.request.http.host", "input.attributes.request.http.id",
+	`input.attributes.request.http.headers[":method"]`, `input.attributes.request.http.headers[":authority"]`,
+	`input.attributes.request.http.headers["x-request-id"]`,
+	"input.attributes.source.address.socketAddress.address", "input.attributes.source.address.socketAddress.portValue",
+}
+
+// Gaps lists what a policy that reads paths reads that records do not keep.
+// unknown, when set, is why the policy's reads could not be determined; every
+// read is then a possible gap.
+func Gaps(paths []string, unknown string) []string {
+	if unknown != "" {
+		return []string{"the policy's reads of input could not be determined (" + unknown + ")"}
+	}
+	var gaps []string
+	for _, p := range paths {
+		if !covered(p) {
+			gaps = append(gaps, p)
+		}
+	}
+	return gaps
+}
+
+func covered(p string) bool {
+	pr, err := ast.ParseRef(p)
+	if err != nil {
+		return false
+	}
+	for _, s := range replayable {
+		r := ast.MustParseRef(s)
+		if pr.HasPrefix(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// Source yields recorded entries in log order; *decisionlog.Reader is one.
+// Next returns io.EOF at the end and an error wrapping
+// decisionlog.ErrMalformed for a line that does not decode.
+type Source interface {
+	Next() (decisionlog.Entry, error)
+}
+
+// Run replays every decision of src recorded in [from, to] (a zero bound is
+// open) into acc. Lines that do not decode are counted, never skipped
+// silently.
+func Run(ctx context.Context, src Source, rp *Replayer, acc *Accumulator, from, to time.Time) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		e, err := src.Next()
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil
+		case errors.Is(err, decisionlog.ErrMalformed):
+			acc.Malformed()
+			continue
+		case err != nil:
+			return err
+		}
+		rec := e.Record
+		if rec.Kind != "" && rec.Kind != decisionlog.KindDecision {
+			continue // key rotations and other kinds are not requests
+		}
+		if !from.IsZero() && rec.Time.Before(from) || !to.IsZero() && rec.Time.After(to) {
+			continue
+		}
+		out, err := rp.Replay(ctx, rec)
+		acc.Add(rec, out, err)
+	}
+}
