@@ -109,7 +109,7 @@ const (
 	offHoursEvents = 2
 	driftRatio     = 2.5
 	driftFloor     = 50
-	dropMinPerHour = 60
+	dropMinPerHour = 30
 	slotAlpha      = 0.3 // EWMA weight of the newest hour in a slot's rate
 	maxIDs         = 10
 )
@@ -221,20 +221,26 @@ func (d *Detector) burst(a *agentState, e Event, baselined bool) {
 }
 
 // firstUse: an operation, route or source network the baselined agent never
-// used before.
+// used before. Operations and routes count when they were allowed: a denied
+// request took nothing (many denials are the probing rule's), and what it
+// asked for stays unlearned, so its first allowed use still raises. A new
+// operation is not also reported as a new route.
 func (d *Detector) firstUse(a *agentState, e Event, baselined bool) {
+	newOp := false
 	for _, f := range []struct {
 		rule, val, what string
 		set             *valueSet
+		learn           bool
 	}{
-		{RuleNewOperation, e.Operation, "operation", &a.Ops},
-		{RuleNewRoute, e.Route, "route", &a.Routes},
-		{RuleNewNetwork, e.Network, "source network", &a.Networks},
+		{RuleNewOperation, e.Operation, "operation", &a.Ops, e.Allowed},
+		{RuleNewRoute, e.Route, "route", &a.Routes, e.Allowed},
+		{RuleNewNetwork, e.Network, "source network", &a.Networks, true},
 	} {
-		if f.val == "" || f.set.has(f.val) {
+		if f.val == "" || !f.learn || f.set.has(f.val) {
 			continue
 		}
-		if baselined && !f.set.full(d.cfg.MaxValues) {
+		if baselined && !f.set.full(d.cfg.MaxValues) && !(f.rule == RuleNewRoute && newOp) {
+			newOp = newOp || f.rule == RuleNewOperation
 			d.raise(Alert{Rule: f.rule, Time: e.Time, Since: e.Time, Agent: a.Agent, AgentID: a.AgentID, Tenant: a.Tenant, Key: f.val,
 				Baseline:    fmt.Sprintf("%d %ss seen since %s: %s", f.set.len(), f.what, a.FirstSeen.Format(time.DateOnly), f.set.summary(5)),
 				Observed:    fmt.Sprintf("first request with %s %q (%s)", f.what, f.val, outcome(e)),
@@ -372,8 +378,8 @@ func (d *Detector) sweep(now time.Time) {
 	}
 	st.SweptHour = hour
 	for _, a := range st.Agents {
+		d.drop(a, now) // before roll learns the silent hours
 		a.roll(d, now)
-		d.drop(a, now)
 	}
 	for k, until := range st.Quiet {
 		if now.After(until) {
@@ -392,25 +398,27 @@ func (d *Detector) sweep(now time.Time) {
 	}
 }
 
-// drop: a baselined agent that works steadily in this hour of the week went
-// silent for the last two full hours.
+// drop: a baselined agent went silent for the last full hour, where that
+// hour of the week and the one before have never had fewer than
+// dropMinPerHour requests.
 func (d *Detector) drop(a *agentState, now time.Time) {
-	if !a.baselined(&d.cfg, now) || len(a.Hours) < 2 {
+	hour := now.Truncate(time.Hour)
+	if !a.baselined(&d.cfg, now) || !a.LastSeen.Before(hour.Add(-time.Hour)) {
 		return
 	}
-	prev := now.Truncate(time.Hour).Add(-time.Hour)
-	for i := range 2 {
-		h := prev.Add(-time.Duration(i) * time.Hour)
-		lambda, ok := a.Rate.perHour(slotOf(h))
-		if !ok || lambda < dropMinPerHour || a.Hours[len(a.Hours)-1-i] != 0 {
+	for i := 1; i <= 2; i++ {
+		least, ok := a.Rate.always(slotOf(hour.Add(-time.Duration(i) * time.Hour)))
+		if !ok || least < dropMinPerHour {
 			return
 		}
 	}
+	prev := hour.Add(-time.Hour)
+	least, _ := a.Rate.always(slotOf(prev))
 	lambda, _ := a.Rate.perHour(slotOf(prev))
 	d.raise(Alert{Rule: RuleRateDrop, Time: now, Since: prev.Add(-time.Hour), Agent: a.Agent, AgentID: a.AgentID, Tenant: a.Tenant,
-		Baseline:  fmt.Sprintf("%.0f requests/hour on %s", lambda, slotName(slotOf(prev))),
+		Baseline:  fmt.Sprintf("%.0f requests/hour on %s, never fewer than %d", lambda, slotName(slotOf(prev)), least),
 		Observed:  fmt.Sprintf("no requests since %s", a.LastSeen.Format(time.RFC3339)),
-		Deviation: "silent for two hours in which it always works",
+		Deviation: "silent for a full hour in which it always works",
 		Score:     lambda})
 }
 

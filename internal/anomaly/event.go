@@ -99,8 +99,9 @@ func Network(addr string) string {
 	return p.String()
 }
 
-// Route is the method and the path with its identifiers (segments holding a
-// digit, or longer than 24 bytes) folded to "*", and at most four segments.
+// Route is the method and the path with its identifiers folded to "*" (a
+// segment of digits, a hex or UUID-like segment of 8 bytes or more, or one
+// longer than 24 bytes), and at most four segments.
 func Route(method, path string) string {
 	if method == "" && path == "" {
 		return ""
@@ -115,7 +116,7 @@ func Route(method, path string) string {
 			break
 		}
 		b.WriteByte('/')
-		if len(seg) > 24 || strings.ContainsAny(seg, "0123456789") {
+		if isIdentifier(seg) {
 			b.WriteByte('*')
 		} else {
 			b.WriteString(seg)
@@ -123,4 +124,21 @@ func Route(method, path string) string {
 		n++
 	}
 	return b.String()
+}
+
+func isIdentifier(seg string) bool {
+	if len(seg) > 24 {
+		return true
+	}
+	digits, hex := 0, 0
+	for _, c := range []byte(seg) {
+		switch {
+		case c >= '0' && c <= '9':
+			digits++
+			hex++
+		case c >= 'a' && c <= 'f', c >= 'A' && c <= 'F', c == '-':
+			hex++
+		}
+	}
+	return seg != "" && (digits == len(seg) || len(seg) >= 8 && hex == len(seg))
 }

@@ -66,7 +66,7 @@ const maxStateBytes = 1 << 30
 
 // Load reads a state written by Save.
 func Load(r io.Reader) (*State, error) {
-	s := newState()
+	s := &State{seenSet: map[string]struct{}{}}
 	dec := json.NewDecoder(io.LimitReader(r, maxStateBytes))
 	if err := dec.Decode(s); err != nil {
 		return nil, fmt.Errorf("anomaly state: %w", err)
@@ -343,17 +343,26 @@ type rate struct {
 
 type slotRate struct {
 	Mean float64 `json:"mean"`
+	Min  int     `json:"min"` // the quietest hour the slot has seen
 	N    int     `json:"n"`
 }
 
 func (r *rate) update(slot, count int) {
 	s := &r.Slots[slot]
 	if s.N == 0 {
-		s.Mean = float64(count)
+		s.Mean, s.Min = float64(count), count
 	} else {
 		s.Mean = slotAlpha*float64(count) + (1-slotAlpha)*s.Mean
+		s.Min = min(s.Min, count)
 	}
 	s.N++
+}
+
+// always is the fewest requests the slot has had in any of its hours, once
+// it has three or more behind it.
+func (r *rate) always(slot int) (int, bool) {
+	s := r.Slots[slot]
+	return s.Min, s.N >= 3
 }
 
 // perHour is the slot's rate once it has two or more hours behind it.

@@ -167,6 +167,12 @@ func Generate(c TrafficConfig) *Traffic {
 				n := poisson(rng, a.peak*shape*dayFactor)
 				for range n {
 					at := date.Add(time.Duration(m)*time.Minute + time.Duration(rng.IntN(60000))*time.Millisecond)
+					if rng.IntN(500) == 0 {
+						// Now and then a misconfigured client asks for the
+						// one operation it lacks the scope for.
+						request(a, at, a.lacks[0], a.nets[0], false, "scope_missing")
+						continue
+					}
 					request(a, at, a.pick(rng), a.nets[rng.IntN(len(a.nets))], true, "allowed")
 				}
 			}
@@ -187,13 +193,14 @@ func Generate(c TrafficConfig) *Traffic {
 		}
 		panic("anomaly: not enough agents for the incidents")
 	}
+	// workTime is a time the agent works on day, or on the weekday before.
 	workTime := func(a *simAgent, day int) time.Time {
 		for {
 			d := epoch.AddDate(0, 0, day)
 			if a.kind != 0 || (d.Weekday() != time.Saturday && d.Weekday() != time.Sunday) {
 				return d.Add(time.Duration(10+rng.IntN(5))*time.Hour + time.Duration(rng.IntN(60))*time.Minute)
 			}
-			day++
+			day--
 		}
 	}
 	incidentDay := func() int { return 5 + rng.IntN(c.Days-6) }

@@ -100,6 +100,8 @@ func newRoot() *cobra.Command {
 		newDemoCmd(),
 		newBenchCmd(),
 		newPolicyCmd(),
+		newAnomalyCmd(),
+		newAlertsCmd(),
 	)
 	return root
 }
