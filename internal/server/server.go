@@ -136,6 +136,22 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
+// unauthenticatedCallers says why a Check caller on addr is not
+// authenticated, or "" when it is. A record attests what the caller of Check
+// reported, so anyone who reaches a listener without client certificates can
+// obtain signed decisions for any agent whose certificate they hold. Loopback
+// (a sidecar layout) and non-TCP listeners are not warned about.
+func unauthenticatedCallers(addr net.Addr, t config.TLS) string {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok || tcp.IP.IsLoopback() || t.ClientCAFile != "" {
+		return ""
+	}
+	if !t.Enabled() {
+		return "gRPC listener is plaintext on a non-loopback address: anyone who reaches it can obtain signed decisions"
+	}
+	return "gRPC listener takes no client certificates on a non-loopback address: anyone who reaches it can obtain signed decisions"
+}
+
 func serverTLS(t config.TLS) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 	if err != nil {
@@ -240,6 +256,10 @@ func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener, hup <
 		}
 	})
 	s.logger.Info("serving", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String())
+	if w := unauthenticatedCallers(grpcLis.Addr(), s.cfg.GRPC.TLS); w != "" {
+		s.logger.Warn(w, "grpc", grpcLis.Addr().String(),
+			"hint", "set grpc.tls.client_ca_file to a CA that issues only proxy certificates, or listen on 127.0.0.1 (docs/security.md, trust boundary)")
+	}
 	err := g.Wait()
 	stopLoops()
 	if lerr := loops.Wait(); lerr != nil && !errors.Is(lerr, context.Canceled) {
