@@ -103,6 +103,8 @@ func newRoot() *cobra.Command {
 		newDemoCmd(),
 		newBenchCmd(),
 		newPolicyCmd(),
+		newAnomalyCmd(),
+		newAlertsCmd(),
 	)
 	return root
 }
