@@ -29,7 +29,9 @@ const (
 //   - CheckInvariants never accepts a fail-open ext_authz filter (anywhere),
 //     a virtual host that turns ext_authz off, or an ext_authz bypass on a
 //     route that does not match one exact path;
-//   - DisabledAuthzPaths lists exactly the routes that turn ext_authz off.
+//   - UndecidedPaths lists exactly the routes that reach an upstream
+//     without a decision: those that turn ext_authz off, and those of a
+//     connection manager without it.
 func FuzzParseBootstrap(f *testing.F) {
 	for _, name := range bootstrapFiles {
 		data, err := os.ReadFile(name)
@@ -46,7 +48,7 @@ func FuzzParseBootstrap(f *testing.F) {
 	}
 	for _, edit := range [][2]string{
 		{"failure_mode_allow: false", "failure_mode_allow: true"},
-		{"match: { path: /healthz }", "match: { prefix: /healthz }"},
+		{"path: /healthz", "prefix: /healthz"},
 		{`domains: ["*"]`, `domains: ["*"]
               typed_per_filter_config:
                 envoy.filters.http.ext_authz:
@@ -65,7 +67,7 @@ func FuzzParseBootstrap(f *testing.F) {
 			return
 		}
 		before := proto.Clone(b)
-		verr, ierr, paths := Validate(b), CheckInvariants(b), DisabledAuthzPaths(b)
+		verr, ierr, paths := Validate(b), CheckInvariants(b), UndecidedPaths(b)
 		if !proto.Equal(b, before) {
 			t.Fatal("the checks changed the bootstrap")
 		}
@@ -81,7 +83,7 @@ func FuzzParseBootstrap(f *testing.F) {
 			t.Fatal("round trip changed the bootstrap")
 		}
 		if errText(Validate(&again)) != errText(verr) || errText(CheckInvariants(&again)) != errText(ierr) ||
-			!slices.Equal(DisabledAuthzPaths(&again), paths) {
+			!slices.Equal(UndecidedPaths(&again), paths) {
 			t.Fatal("the checks answer differently on an equal bootstrap")
 		}
 
@@ -101,10 +103,14 @@ func FuzzParseBootstrap(f *testing.F) {
 			if o["@type"] != typeHCM {
 				return
 			}
+			deciding := false
+			for _, hf := range jsonObjects(o["httpFilters"]) {
+				deciding = deciding || hf["name"] == ExtAuthzFilterName
+			}
 			for _, vh := range jsonObjects(jsonAt(o, "routeConfig", "virtualHosts")) {
 				vhostOff = vhostOff || turnsAuthzOff(vh)
 				for _, r := range jsonObjects(vh["routes"]) {
-					if !turnsAuthzOff(r) {
+					if _, direct := r["directResponse"]; direct || (deciding && !turnsAuthzOff(r)) {
 						continue
 					}
 					p, _ := jsonAt(r, "match", "path").(string)
@@ -114,17 +120,14 @@ func FuzzParseBootstrap(f *testing.F) {
 			}
 		})
 		if ierr == nil && (failOpen || vhostOff || inexactBypass) {
-			t.Fatalf("CheckInvariants accepted: fail-open ext_authz %v, virtual host without ext_authz %v, bypass without an exact path %v",
+			t.Fatalf("CheckInvariants accepted: fail-open ext_authz %v, virtual host without ext_authz %v, undecided route without an exact path %v",
 				failOpen, vhostOff, inexactBypass)
 		}
-		// Only listeners' inline routes are read, and listeners are the
-		// only place an HCM can be in a static bootstrap's JSON outside
-		// other filters' configs, which carry no routes.
 		slices.Sort(want)
 		got := slices.Clone(paths)
 		slices.Sort(got)
 		if !slices.Equal(got, want) {
-			t.Fatalf("DisabledAuthzPaths = %q, the JSON has %q", got, want)
+			t.Fatalf("UndecidedPaths = %q, the JSON has %q", got, want)
 		}
 	})
 }

@@ -94,6 +94,7 @@ func newRoot() *cobra.Command {
 		newServeCmd(),
 		newCheckCmd(),
 		newCACmd(),
+		newControlCmd(),
 		newAgentCmd(),
 		newAuditCmd(),
 		newReceiptCmd(),

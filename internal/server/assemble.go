@@ -2,10 +2,12 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -79,7 +81,12 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		return c, fmt.Errorf("identity: %w", err)
 	}
 
-	revoked, err := revocation.New(revocation.Config{Tenants: tenants, Logger: logger.Named("revocation"), Registerer: reg})
+	revoked, err := revocation.New(revocation.Config{Tenants: tenants, Logger: logger.Named("revocation"), Registerer: reg,
+		// Restrictions from the control plane's signed watch events;
+		// a refused overlay is logged and counted by the engine, and the
+		// previous restrictions stay in force.
+		OnRestrictions: func(tenant string, r json.RawMessage) { _ = engine.SetRestrictions(tenant, r) },
+	})
 	if err != nil {
 		return c, fmt.Errorf("revocation: %w", err)
 	}
@@ -90,6 +97,7 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		}
 		return nil
 	}})
+	c.Notes = append(c.Notes, func() []string { return pushNotes(revoked.PushStatuses(), time.Now()) })
 
 	mode, err := decisionlog.ParseMode(cfg.DecisionLog.Mode)
 	if err != nil {
@@ -225,6 +233,26 @@ func headerOptions(hs []policy.Header) []*corev3.HeaderValueOption {
 			Header:       &corev3.HeaderValue{Key: h.Key, Value: h.Value},
 			AppendAction: action,
 		})
+	}
+	return out
+}
+
+// pushNotes says, for /readyz, which tenants' push channels are down or
+// stale: the replica keeps deciding with the last revocations and
+// restrictions it verified (fail closed: it never forgets a quarantine).
+func pushNotes(st []revocation.PushStatus, now time.Time) []string {
+	var out []string
+	for _, p := range st {
+		switch {
+		case p.Applied.IsZero():
+			out = append(out, fmt.Sprintf("control_plane %s: no signed state received yet", p.Tenant))
+		case !p.Connected:
+			out = append(out, fmt.Sprintf("control_plane %s: disconnected; keeping the restrictions and agent revocations verified %s ago",
+				p.Tenant, now.Sub(p.Applied).Round(time.Second)))
+		case now.After(p.Expires):
+			out = append(out, fmt.Sprintf("control_plane %s: signed state expired %s ago; keeping the last restrictions and agent revocations",
+				p.Tenant, now.Sub(p.Expires).Round(time.Second)))
+		}
 	}
 	return out
 }
