@@ -33,7 +33,9 @@ func (f fakeIdent) Identify(*authv3.AttributeContext) (*identity.Agent, *identit
 
 type fakeRevocation reason.Code
 
-func (f fakeRevocation) Check(string, string, string) reason.Code { return reason.Code(f) }
+func (f fakeRevocation) Check(string, []identity.ChainCert, string) reason.Code {
+	return reason.Code(f)
+}
 
 type fakePolicy struct {
 	v   Verdict

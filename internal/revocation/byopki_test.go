@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/reason"
 	"github.com/agentauthz/agentauthz/internal/testca"
 )
@@ -34,9 +37,38 @@ func opensslSays(t *testing.T, p *testca.OpenSSLPKI, cert string, args ...string
 	return ""
 }
 
-// checkFile answers Check for the certificate in file cert of p.
-func checkFile(c *Checker, p *testca.OpenSSLPKI, cert string) reason.Code {
-	return c.Check(byoTD, p.Cert(cert).SerialNumber.Text(16), "bot")
+// identify verifies cert (with the certificates in chain forwarded as an
+// XFCC Chain=, as Envoy forwards them) against the trust bundle file bundle,
+// as serve does, and returns the agent, whose Chain is what Check checks.
+func identify(t *testing.T, p *testca.OpenSSLPKI, bundle, cert string, chain ...string) *identity.Agent {
+	t.Helper()
+	b, err := identity.LoadBundle(byoTD, p.Path(bundle), identity.ProfileNative)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := identity.NewVerifier(identity.Config{Bundles: []identity.Bundle{b}, Sources: []identity.Source{identity.SourceXFCC}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	xfcc := `Hash=00;Cert="` + p.URLEncoded(cert) + `"`
+	if len(chain) > 0 {
+		xfcc += `;Chain="` + p.URLEncoded(append([]string{cert}, chain...)...) + `"`
+	}
+	a, ierr := v.Identify(&authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
+		Http: &authv3.AttributeContext_HttpRequest{Headers: map[string]string{"x-forwarded-client-cert": xfcc}},
+	}})
+	if ierr != nil {
+		t.Fatalf("identify %s: %v", cert, ierr)
+	}
+	return a
+}
+
+// checkFile answers Check for the certificate in file cert of p, verified
+// against the trust bundle file bundle with the forwarded chain.
+func checkFile(t *testing.T, c *Checker, p *testca.OpenSSLPKI, bundle, cert string, chain ...string) reason.Code {
+	t.Helper()
+	a := identify(t, p, bundle, cert, chain...)
+	return c.Check(byoTD, a.Chain, a.ID)
 }
 
 // TestFinalCRLNextUpdate9999: a CA's final CRL has nextUpdate
@@ -56,11 +88,11 @@ func TestFinalCRLNextUpdate9999(t *testing.T) {
 	waitFor(t, "ready", c.Ready)
 	for _, cert := range []string{"good.pem", "gone.pem"} {
 		want := opensslSays(t, p, cert, "-CAfile", "root.pem", "-CRLfile", "root.crl", "-crl_check")
-		if got := checkFile(c, p, cert); got != want {
+		if got := checkFile(t, c, p, "root.pem", cert); got != want {
 			t.Errorf("%s: Check = %q, openssl says %q", cert, string(got), string(want))
 		}
 	}
-	if checkFile(c, p, "gone.pem") != reason.CertificateRevoked {
+	if checkFile(t, c, p, "root.pem", "gone.pem") != reason.CertificateRevoked {
 		t.Error("the revoked agent is not revoked")
 	}
 }
@@ -97,11 +129,11 @@ func TestPEMFileWithSeveralCRLs(t *testing.T) {
 			for _, cert := range []string{"bot.pem", "gone.pem"} {
 				want := opensslSays(t, p, cert, "-CAfile", "root.pem", "-untrusted", "issuing.pem",
 					"-CRLfile", file, "-crl_check_all")
-				if got := checkFile(c, p, cert); got != want {
+				if got := checkFile(t, c, p, "root.pem", cert, "issuing.pem"); got != want {
 					t.Errorf("%s: Check = %q, openssl says %q", cert, string(got), string(want))
 				}
 			}
-			if checkFile(c, p, "gone.pem") != reason.CertificateRevoked {
+			if checkFile(t, c, p, "root.pem", "gone.pem", "issuing.pem") != reason.CertificateRevoked {
 				t.Error("the agent revoked in the second CRL of the file is allowed")
 			}
 		})

@@ -32,10 +32,14 @@ import (
 	"github.com/agentauthz/agentauthz/internal/config"
 )
 
-// ReadyCheck is one condition of readiness; it returns nil when satisfied.
+// ReadyCheck is one condition of readiness; Check returns nil when
+// satisfied. Notes, when set, returns lines /readyz shows whatever the
+// outcome: what an operator must know although the instance serves (a
+// tenant without revocation checking, say).
 type ReadyCheck struct {
 	Name  string
 	Check func() error
+	Notes func() []string
 }
 
 // Components are the assembled parts the server runs. Assemble builds them
@@ -167,9 +171,21 @@ func (s *Server) notReady() []string {
 
 func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	var notes []string
+	for _, rc := range s.c.Ready {
+		if rc.Notes != nil {
+			for _, n := range rc.Notes() {
+				notes = append(notes, rc.Name+": "+n)
+			}
+		}
+	}
 	if bad := s.notReady(); len(bad) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintln(w, "not ready:\n"+strings.Join(bad, "\n"))
+		fmt.Fprintln(w, "not ready:\n"+strings.Join(append(bad, notes...), "\n"))
+		return
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w, "ready, with warnings:\n"+strings.Join(notes, "\n"))
 		return
 	}
 	fmt.Fprintln(w, "ready")
