@@ -20,8 +20,21 @@ import (
 	"github.com/agentauthz/agentauthz/internal/revocation"
 )
 
-// newCAServeCmd is `agentauthz ca serve`: a thin wrapper that runs a
-// revocation.Publisher over the CA inventory. It is registered by ca.go.
+// newControlCmd is `agentauthz control`: the control plane of a fleet of
+// replicas. `ca serve` is the same server under its older name.
+func newControlCmd() *cobra.Command {
+	var dataDir string
+	cmd := &cobra.Command{
+		Use:   "control",
+		Short: "Run the control plane: revocations and restrictions for every replica",
+	}
+	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "data directory (env AGENTAUTHZ_DATA_DIR)")
+	cmd.AddCommand(newCAServeCmd())
+	return cmd
+}
+
+// newCAServeCmd is `agentauthz control serve` (and its alias `ca serve`): a
+// thin wrapper that runs a revocation.Publisher over the CA inventory.
 func newCAServeCmd() *cobra.Command {
 	var (
 		addr            string
@@ -29,12 +42,14 @@ func newCAServeCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Publish each tenant's CRL and a revocation watch stream over HTTP",
+		Short: "Serve the control plane: CRLs and a signed watch stream of revocations and restrictions",
 		Long: `Serve GET /v1/crl/<trust-domain> (the current DER CRL, with ETag and
 Last-Modified) and GET /v1/watch?tenant=<trust-domain> (a server-sent event
-stream that pushes every revocation committed by "agentauthz agent revoke",
-from any process, within about --poll). Decision replicas point their
-revocation.watch_url at it. Listens on loopback unless --addr says otherwise.`,
+stream that pushes every revocation and restriction committed by "agentauthz
+agent revoke|restrict|lift", from any process, within about --poll). Every
+event is signed by the trust domain's CA, and replicas refuse one that is not.
+Decision replicas point their revocation.watch_url at it. Listens on loopback
+unless --addr says otherwise. "agentauthz ca serve" is the same command.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// --data-dir is the persistent flag of the parent "ca" command.
@@ -65,13 +80,13 @@ func runCAServe(ctx context.Context, cmd *cobra.Command, dataDir, addr string, p
 	}
 	defer rs.Close()
 	if !rs.Loopback() {
-		log.Warn("listening beyond loopback over plain HTTP: CRLs are signed, the revoked-agent list is not; put TLS in front")
+		log.Warn("listening beyond loopback over plain HTTP: every event is signed, but anyone on the path can drop the stream; put TLS in front")
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "agentauthz ca serve: listening on %s\n", rs.URL())
+	fmt.Fprintf(cmd.OutOrStdout(), "agentauthz %s: listening on %s\n", cmd.CommandPath()[len(cmd.Root().Name())+1:], rs.URL())
 	if err := rs.Run(ctx); err != nil {
 		return err
 	}
-	log.Info("ca serve stopped")
+	log.Info("control plane stopped")
 	return nil
 }
 

@@ -21,16 +21,14 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/reason"
 	"github.com/agentauthz/agentauthz/internal/testca"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // TestAgentPassOpenSSL makes an AgentPass certificate with the openssl CLI,
 // not with this project's code, and checks that it is accepted when its
 // bundle's profile is agentpass and rejected when the profile is native.
 func TestAgentPassOpenSSL(t *testing.T) {
-	openssl, err := exec.LookPath("openssl")
-	if err != nil {
-		t.Skip("openssl not installed")
-	}
+	openssl := testenv.LookPath(t, "openssl", "openssl")
 	dir := t.TempDir()
 	run := func(args ...string) {
 		t.Helper()
@@ -354,14 +352,8 @@ func TestValidators(t *testing.T) {
 // written and checks that its certificate is accepted under an agentpass
 // bundle, so the documentation cannot drift from the code.
 func TestDocsAgentPassRecipe(t *testing.T) {
-	openssl, err := exec.LookPath("openssl")
-	if err != nil {
-		t.Skip("openssl not installed")
-	}
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Skip("bash not installed")
-	}
+	openssl := testenv.LookPath(t, "openssl", "openssl")
+	bash := testenv.LookPath(t, "bash", "bash")
 	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "identity.md"))
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package revocation
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -48,6 +49,10 @@ type Config struct {
 	// restart does not accept an older CRL; usually <data dir>/revocation.
 	// Empty keeps them in memory only.
 	StateDir string
+	// OnRestrictions receives each tenant's restrictions (a JSON object by
+	// agent id) from every verified, applied watch event; nil ignores them.
+	// It is called from the watch goroutine and must not block for long.
+	OnRestrictions func(tenant string, restrictions json.RawMessage)
 }
 
 // TenantConfig lists one tenant's revocation sources.
@@ -91,6 +96,7 @@ type Checker struct {
 	maxBytes int64
 	stateDir string
 	metrics  *metrics
+	onRestr  func(string, json.RawMessage)
 	// idleTimeout drops a watch stream that sent nothing (not even a
 	// heartbeat) for this long; a field so tests can shorten it.
 	idleTimeout time.Duration
@@ -149,6 +155,7 @@ func New(cfg Config) (*Checker, error) {
 		client:   cfg.HTTPClient,
 		maxBytes: cfg.MaxCRLBytes,
 		stateDir: cfg.StateDir,
+		onRestr:  cfg.OnRestrictions,
 		tenants:  map[string]*tenantState{},
 
 		idleTimeout: watchIdleTimeout,

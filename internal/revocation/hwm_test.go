@@ -116,6 +116,13 @@ func TestRefusedEventKeepsAgentRevocations(t *testing.T) {
 			case <-r.Context().Done():
 				return
 			case ev := <-events:
+				ev.Expires = time.Now().Add(time.Hour).Unix()
+				sig, err := SignPush(ca.Key, PushMessage(&ev))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ev.Signature = sig
 				data, _ := json.Marshal(ev)
 				fmt.Fprintf(w, "event: revocation\nid: %d\ndata: %s\n\n", ev.Generation, data)
 				w.(http.Flusher).Flush()
@@ -134,7 +141,9 @@ func TestRefusedEventKeepsAgentRevocations(t *testing.T) {
 		return metric(t, reg, "agentauthz_revocation_refresh_errors_total", map[string]string{"tenant": td, "source": "watch"})
 	}
 	before := refused()
-	// The replay: CRL 1, validly signed but older, with no agent revoked.
+	// An event with CRL 1, validly signed but older than the CRL held, and
+	// no agent revoked (a replica's CRL can be ahead of the channel's: it
+	// may have another source).
 	events <- WatchEvent{Generation: 3, Tenant: td, CRL: ca.CRL(1, now.Add(-time.Hour), now.Add(time.Hour)), RevokedAgents: []string{}}
 	waitFor(t, "the replayed crl refused", func() bool { return refused() > before })
 	if got := c.Check(td, bot, "bot-a"); got != reason.AgentRevoked {

@@ -418,6 +418,9 @@ func (c *Checker) handleEvent(ctx context.Context, tenant string, src int, data 
 	if ev.Tenant != tenant {
 		return fmt.Errorf("event for tenant %q on the stream of %q", ev.Tenant, tenant)
 	}
+	if err := c.checkPush(tenant, &ev); err != nil {
+		return err
+	}
 	if len(ev.CRL) == 0 && ev.CRLETag != "" {
 		// Too large to inline: fetch it unless it is the one applied last.
 		if ev.CRLETag != cond.etag {
@@ -432,6 +435,7 @@ func (c *Checker) handleEvent(ctx context.Context, tenant string, src int, data 
 			}
 		}
 		c.setAgents(tenant, ev.RevokedAgents)
+		c.pushApplied(tenant, &ev)
 		return nil
 	}
 	if len(ev.CRL) == 0 {
@@ -445,6 +449,7 @@ func (c *Checker) handleEvent(ctx context.Context, tenant string, src int, data 
 		return nil
 	}
 	c.setAgents(tenant, ev.RevokedAgents)
+	c.pushApplied(tenant, &ev)
 	return nil
 }
 

@@ -2,12 +2,14 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"net/http"
 	"path/filepath"
 	"slices"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -82,7 +84,12 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	}
 
 	revoked, err := revocation.New(revocation.Config{Tenants: tenants, Logger: logger.Named("revocation"), Registerer: reg,
-		StateDir: filepath.Join(cfg.DataDir, "revocation")})
+		StateDir: filepath.Join(cfg.DataDir, "revocation"),
+		// Restrictions from the control plane's signed watch events;
+		// a refused overlay is logged and counted by the engine, and the
+		// previous restrictions stay in force.
+		OnRestrictions: func(tenant string, r json.RawMessage) { _ = engine.SetRestrictions(tenant, r) },
+	})
 	if err != nil {
 		return c, err
 	}
@@ -92,7 +99,9 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 			return errors.New("a revocation source has not loaded yet")
 		}
 		return nil
-	}, Notes: func() []string { return revocationNotes(revoked.Status()) }})
+	}})
+	c.Notes = append(c.Notes, func() []string { return revocationNotes(revoked.Status()) },
+		func() []string { return pushNotes(revoked.PushStatuses(), time.Now()) })
 
 	mode, err := decisionlog.ParseMode(cfg.DecisionLog.Mode)
 	if err != nil {
@@ -177,7 +186,7 @@ func revocationNotes(st map[string]revocation.TenantStatus) []string {
 	var out []string
 	for _, td := range slices.Sorted(maps.Keys(st)) {
 		if s := st[td]; s.Disabled || !s.Ready {
-			out = append(out, "tenant "+td+": "+s.Detail)
+			out = append(out, "revocation: tenant "+td+": "+s.Detail)
 		}
 	}
 	return out
@@ -200,6 +209,9 @@ func (p policyAdapter) Decide(ctx context.Context, req *authv3.CheckRequest, age
 		r = &policy.Result{}
 	}
 	v := extauthz.Verdict{Operation: r.Operation, Revision: r.Revision}
+	if errors.Is(err, policy.ErrInput) {
+		return v, fmt.Errorf("%w: %w", extauthz.ErrRequestParse, err)
+	}
 	if err != nil {
 		return v, err
 	}
@@ -240,6 +252,26 @@ func headerOptions(hs []policy.Header) []*corev3.HeaderValueOption {
 			Header:       &corev3.HeaderValue{Key: h.Key, Value: h.Value},
 			AppendAction: action,
 		})
+	}
+	return out
+}
+
+// pushNotes says, for /readyz, which tenants' push channels are down or
+// stale: the replica keeps deciding with the last revocations and
+// restrictions it verified (fail closed: it never forgets a quarantine).
+func pushNotes(st []revocation.PushStatus, now time.Time) []string {
+	var out []string
+	for _, p := range st {
+		switch {
+		case p.Applied.IsZero():
+			out = append(out, fmt.Sprintf("control_plane %s: no signed state received yet", p.Tenant))
+		case !p.Connected:
+			out = append(out, fmt.Sprintf("control_plane %s: disconnected; keeping the restrictions and agent revocations verified %s ago",
+				p.Tenant, now.Sub(p.Applied).Round(time.Second)))
+		case now.After(p.Expires):
+			out = append(out, fmt.Sprintf("control_plane %s: signed state expired %s ago; keeping the last restrictions and agent revocations",
+				p.Tenant, now.Sub(p.Expires).Round(time.Second)))
+		}
 	}
 	return out
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // OpenSSLPKI is a PKI made with the openssl CLI, the way an organisation
@@ -26,13 +28,7 @@ type OpenSSLPKI struct {
 // test when openssl is missing, and fails it instead under CI=true.
 func NewOpenSSLPKI(t testing.TB) *OpenSSLPKI {
 	t.Helper()
-	bin, err := exec.LookPath("openssl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("openssl not installed (CI=true): apt-get install -y openssl")
-		}
-		t.Skip("openssl not installed; skipping the openssl interoperability test")
-	}
+	bin := testenv.LookPath(t, "openssl", "openssl")
 	p := &OpenSSLPKI{t: t, bin: bin, Dir: t.TempDir()}
 	p.write("empty.cnf", "[req]\ndistinguished_name = dn\n[dn]\n")
 	return p
