@@ -57,6 +57,12 @@ func (c *Checker) Run(ctx context.Context) error {
 		return errors.New("revocation: Run called twice")
 	}
 	defer c.running.Store(false)
+	// A fetch cancelled while dialling leaves the dial running, and the
+	// transport parks the new connection as idle: it never sends a request,
+	// and the server's graceful shutdown waits 5 s on such a connection
+	// (TestRunLeavesNoIdleConnection). Closing idle connections on the way
+	// out also makes the transport close any that arrive later.
+	defer c.client.CloseIdleConnections()
 	g, ctx := errgroup.WithContext(ctx)
 	for _, name := range c.order {
 		t := c.tenants[name]
