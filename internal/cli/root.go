@@ -102,6 +102,8 @@ func newRoot() *cobra.Command {
 		newDemoCmd(),
 		newBenchCmd(),
 		newPolicyCmd(),
+		newAnomalyCmd(),
+		newAlertsCmd(),
 	)
 	return root
 }
