@@ -95,6 +95,7 @@ func newRoot() *cobra.Command {
 		newCheckCmd(),
 		newCACmd(),
 		newControlCmd(),
+		newOperatorCmd(),
 		newAgentCmd(),
 		newAuditCmd(),
 		newReceiptCmd(),

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,10 +36,16 @@ const (
 	maxSSELineOverhead = 64 << 10
 )
 
-func defaultHTTPClient() *http.Client {
+func defaultHTTPClient() *http.Client { return NewHTTPClient(nil) }
+
+// NewHTTPClient is the client a Checker uses by default, with tc (may be
+// nil) as its TLS configuration, e.g. a replica certificate for the control
+// plane's mTLS.
+func NewHTTPClient(tc *tls.Config) *http.Client {
 	// No overall Timeout: the watch stream is long-lived. Connects and
 	// response headers are bounded; fetches carry their own deadline.
 	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig:       tc,
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   5 * time.Second,

@@ -2,11 +2,14 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -83,8 +86,17 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		return c, fmt.Errorf("identity: %w", err)
 	}
 
+	var httpClient *http.Client
+	if cfg.ControlPlane.Enabled() {
+		tc, err := controlPlaneTLS(cfg.ControlPlane)
+		if err != nil {
+			return c, err
+		}
+		httpClient = revocation.NewHTTPClient(tc)
+	}
 	revoked, err := revocation.New(revocation.Config{Tenants: tenants, Logger: logger.Named("revocation"), Registerer: reg,
-		StateDir: filepath.Join(cfg.DataDir, "revocation"),
+		StateDir:   filepath.Join(cfg.DataDir, "revocation"),
+		HTTPClient: httpClient,
 		// Restrictions from the control plane's signed watch events;
 		// a refused overlay is logged and counted by the engine, and the
 		// previous restrictions stay in force.
@@ -279,3 +291,31 @@ func pushNotes(st []revocation.PushStatus, now time.Time) []string {
 // PolicyAdapter is the policy step of the decision path over e, for callers
 // that drive extauthz outside a server (policy simulation).
 func PolicyAdapter(e *policy.Engine) extauthz.Policy { return policyAdapter{e} }
+
+// controlPlaneTLS is the replica's client side of the control plane's mTLS.
+// The certificate is read again at every handshake, so a renewed replica
+// certificate is used without a restart.
+func controlPlaneTLS(cp config.ControlPlane) (*tls.Config, error) {
+	caPEM, err := os.ReadFile(cp.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("control_plane.ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("control_plane.ca_file: %s holds no PEM certificate", cp.CAFile)
+	}
+	if _, err := tls.LoadX509KeyPair(cp.CertFile, cp.KeyFile); err != nil {
+		return nil, fmt.Errorf("control_plane: %w", err)
+	}
+	return &tls.Config{
+		RootCAs:    pool,
+		MinVersion: tls.VersionTLS13,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c, err := tls.LoadX509KeyPair(cp.CertFile, cp.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("control_plane: %w", err)
+			}
+			return &c, nil
+		},
+	}, nil
+}
