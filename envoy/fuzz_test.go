@@ -28,7 +28,7 @@ func FuzzParseBootstrap(f *testing.F) {
 		}
 		_ = Validate(b)
 		_ = CheckInvariants(b)
-		_ = DisabledAuthzPaths(b)
+		_ = UndecidedPaths(b)
 		js, err := protojson.Marshal(b)
 		if err != nil {
 			t.Fatalf("marshal accepted bootstrap: %v", err)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/config"
+	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/revocation"
 	"github.com/agentauthz/agentauthz/internal/server"
 	"github.com/agentauthz/agentauthz/policies"
@@ -79,6 +80,9 @@ prints check commands to try.`,
 	fl.StringVar(&c.GRPC.TLS.CertFile, "grpc-tls-cert", "", "serve gRPC over TLS with this certificate")
 	fl.StringVar(&c.GRPC.TLS.KeyFile, "grpc-tls-key", "", "key of --grpc-tls-cert")
 	fl.StringVar(&c.GRPC.TLS.ClientCAFile, "grpc-tls-client-ca", "", "require client certificates from this CA (mTLS)")
+	fl.StringVar(&c.ControlPlane.CAFile, "control-plane-ca", "", "operator CA that verifies an https control plane (its <data>/operator/ca.pem)")
+	fl.StringVar(&c.ControlPlane.CertFile, "control-plane-cert", "", "this replica's certificate for the control plane (operator issue NAME --role replica)")
+	fl.StringVar(&c.ControlPlane.KeyFile, "control-plane-key", "", "key of --control-plane-cert")
 	fl.StringVar(&c.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fl.StringVar(&c.LogFormat, "log-format", "auto", "auto, json or text")
 	return cmd
@@ -113,6 +117,9 @@ func serveConfig(fl *pflag.FlagSet, f serveFlags, flags config.Config) (config.C
 	set("grpc-tls-cert", &cfg.GRPC.TLS.CertFile, flags.GRPC.TLS.CertFile)
 	set("grpc-tls-key", &cfg.GRPC.TLS.KeyFile, flags.GRPC.TLS.KeyFile)
 	set("grpc-tls-client-ca", &cfg.GRPC.TLS.ClientCAFile, flags.GRPC.TLS.ClientCAFile)
+	set("control-plane-ca", &cfg.ControlPlane.CAFile, flags.ControlPlane.CAFile)
+	set("control-plane-cert", &cfg.ControlPlane.CertFile, flags.ControlPlane.CertFile)
+	set("control-plane-key", &cfg.ControlPlane.KeyFile, flags.ControlPlane.KeyFile)
 	set("log-level", &cfg.LogLevel, flags.LogLevel)
 	set("log-format", &cfg.LogFormat, flags.LogFormat)
 	if fl.Changed("dev") {
@@ -313,9 +320,17 @@ func startDev(cfg *config.Config, logger hclog.Logger) (*devMode, error) {
 	}
 	d.revMetrics = &lateRegisterer{}
 	d.rev, err = newRevocationServer(cfg.DataDir, "127.0.0.1:0", logger.Named("revocation-publisher"), d.revMetrics, nil,
-		revocation.DefaultGenerationPoll, revocation.DefaultHeartbeat)
+		revocation.DefaultGenerationPoll, revocation.DefaultHeartbeat, controlOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("dev revocation publisher: %w", err)
+	}
+	if !cfg.ControlPlane.Enabled() {
+		// This process is a replica of its own control plane, over the
+		// same mTLS as any other: a replica certificate, made afresh.
+		if cfg.ControlPlane, err = devReplicaCert(cfg.DataDir, d.rev.op); err != nil {
+			d.rev.Close()
+			return nil, fmt.Errorf("dev replica certificate: %w", err)
+		}
 	}
 	cfg.TrustBundles = append(cfg.TrustBundles, config.TrustBundle{
 		TrustDomain: env.TrustDomain, File: env.BundlePath,
@@ -468,4 +483,24 @@ the other agents are untouched. Restarting serve --dev issues payments-agent aga
 		exe, addr, certOf("payments-agent"),
 		exe, addr, certOf("sanctions-screener"),
 		exe, dataDir, dev.TrustDomain)
+}
+
+// devReplicaCert issues the dev replica's certificate into
+// <data>/operator/dev-replica.{pem,key}, replacing an earlier one.
+func devReplicaCert(dataDir string, op *control.OperatorCA) (config.ControlPlane, error) {
+	dir := control.OperatorDir(dataDir)
+	for _, ext := range []string{".pem", ".key"} {
+		if err := os.Remove(filepath.Join(dir, "dev-replica"+ext)); err != nil && !os.IsNotExist(err) {
+			return config.ControlPlane{}, err
+		}
+	}
+	is, err := op.Issue("dev-replica", control.RoleReplica, control.DefaultOperatorTTL)
+	if err != nil {
+		return config.ControlPlane{}, err
+	}
+	certPath, keyPath, err := control.WriteIssued(dir, "dev-replica", is)
+	if err != nil {
+		return config.ControlPlane{}, err
+	}
+	return config.ControlPlane{CAFile: control.OperatorCAPath(dataDir), CertFile: certPath, KeyFile: keyPath}, nil
 }

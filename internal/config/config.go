@@ -37,7 +37,24 @@ type Config struct {
 	Identity     Identity      `yaml:"identity"`
 	TrustBundles []TrustBundle `yaml:"trust_bundles"`
 	DecisionLog  DecisionLog   `yaml:"decision_log"`
+	// ControlPlane is how this replica authenticates to `agentauthz control
+	// serve` for https watch URLs (mTLS with a replica certificate).
+	ControlPlane ControlPlane `yaml:"control_plane"`
 }
+
+// ControlPlane is this replica's client side of the control plane's mTLS.
+type ControlPlane struct {
+	// CAFile verifies the control plane's server certificate: its operator
+	// CA, <control data dir>/operator/ca.pem.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are this replica's client certificate, from
+	// `agentauthz operator issue NAME --role replica`.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled reports whether any control-plane TLS setting is given.
+func (c ControlPlane) Enabled() bool { return c.CAFile != "" || c.CertFile != "" || c.KeyFile != "" }
 
 // GRPC is the ext_authz listener.
 type GRPC struct {
@@ -125,7 +142,8 @@ type TrustBundle struct {
 type Revocation struct {
 	CRLFiles []string `yaml:"crl_files"`
 	CRLURLs  []string `yaml:"crl_urls"`
-	// WatchURL is the push channel of `agentauthz ca serve`.
+	// WatchURL is the push channel of `agentauthz control serve`; https
+	// URLs authenticate with control_plane.
 	WatchURL string `yaml:"watch_url"`
 	// PollInterval is how often CRL URLs are polled (and the fallback when
 	// the push channel is down).
@@ -316,6 +334,9 @@ func (c *Config) Validate() error {
 	if c.GRPC.TLS.ClientCAFile != "" && !c.GRPC.TLS.Enabled() {
 		add("grpc.tls.client_ca_file: needs cert_file and key_file")
 	}
+	if cp := c.ControlPlane; cp.Enabled() && (cp.CAFile == "" || cp.CertFile == "" || cp.KeyFile == "") {
+		add("control_plane: ca_file, cert_file and key_file are all required")
+	}
 	if c.GRPC.MaxRecvMsgBytes < 4096 || c.GRPC.MaxRecvMsgBytes > 64<<20 {
 		add("grpc.max_recv_msg_bytes: %d is outside 4096..67108864", c.GRPC.MaxRecvMsgBytes)
 	}
@@ -384,6 +405,9 @@ func (c *Config) Validate() error {
 			if u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
 				add("%s.revocation: %q is not an http(s) URL", p, u)
 			}
+		}
+		if w := tb.Revocation.WatchURL; strings.HasPrefix(w, "https://") && !c.ControlPlane.Enabled() {
+			add("%s.revocation.watch_url: %q needs control_plane.ca_file, cert_file and key_file (a replica certificate: agentauthz operator issue NAME --role replica)", p, w)
 		}
 		if tb.Revocation.PollInterval < Duration(100*time.Millisecond) {
 			add("%s.revocation.poll_interval: at least 100ms", p)

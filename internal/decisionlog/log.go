@@ -362,6 +362,9 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 	if rec.Decision.Reasons == nil {
 		rec.Decision.Reasons = []string{} // "reasons": [] rather than null
 	}
+	if boundRecord(rec) {
+		rec.Truncated = true
+	}
 	prep, err := prepareRecord(rec)
 	if err != nil {
 		l.m.appends.WithLabelValues("invalid").Inc()

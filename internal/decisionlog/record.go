@@ -28,6 +28,10 @@ type Record struct {
 	Agent    Agent    `json:"agent"`
 	Request  Request  `json:"request"`
 	Decision Decision `json:"decision"`
+	// Truncated says the log cut at least one field to its bound
+	// (fieldLimits) so that the record could be written: a denial is
+	// always recorded, whatever the request carried.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // Record kinds.
@@ -54,7 +58,7 @@ type recordFields Record
 
 // MarshalJSON writes Record with its time as "time" in TimeLayout.
 func (r Record) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
+	return marshalJSON(struct {
 		recordFields
 		Time string `json:"time"`
 	}{recordFields(r), r.Time.UTC().Format(TimeLayout)})

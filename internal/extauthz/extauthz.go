@@ -54,6 +54,11 @@ type RevocationChecker interface {
 	Check(tenant, serial, agentID string) reason.Code
 }
 
+// ErrRequestParse, wrapped in a Policy error, means the request could not
+// be turned into policy input: the denial is request_parse_error (400),
+// as opa-envoy-plugin answers, not policy_error.
+var ErrRequestParse = errors.New("request cannot be parsed")
+
 // Policy evaluates the prepared policy for a verified agent.
 type Policy interface {
 	Decide(ctx context.Context, req *authv3.CheckRequest, agent *identity.Agent) (Verdict, error)
@@ -199,8 +204,13 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outco
 	}
 	v, err := s.policy.Decide(ctx, req, agent)
 	if err != nil {
-		s.logger.Warn("policy evaluation failed; denying", "decision_id", o.id, "agent_id", agent.ID, "error", err)
-		o.reason, o.status = reason.PolicyError, reason.PolicyError.HTTPStatus()
+		code := reason.PolicyError
+		if errors.Is(err, ErrRequestParse) {
+			code = reason.RequestParseError
+		}
+		s.logger.Warn("policy evaluation failed; denying", "decision_id", o.id, "agent_id", agent.ID,
+			"reason", code, "error", truncate(err.Error(), maxLoggedDetail))
+		o.reason, o.status = code, code.HTTPStatus()
 		o.verdict = Verdict{Operation: v.Operation, Revision: v.Revision}
 		return
 	}

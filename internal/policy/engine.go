@@ -88,6 +88,7 @@ type state struct {
 	revision string
 	plan     cachePlan
 	cache    *decisionCache // nil: every request is evaluated
+	base     baseDoc        // before the restrictions overlay
 }
 
 // Engine evaluates the current policy. It is safe for concurrent use.
@@ -104,7 +105,11 @@ type Engine struct {
 	// allocates OPA metrics and timers that nobody reads.
 	opaMetrics opametrics.Metrics
 
-	reloadMu sync.Mutex // serialises Reload
+	reloadMu sync.Mutex // serialises Reload and guards overlay and remerge
+	// overlay holds the control plane's restrictions by tenant, merged
+	// into data.agentauthz.restrictions at every compile (overlay.go).
+	overlay map[string]map[string]any
+	remerge *time.Timer
 }
 
 // New loads the policy and prepares the query. A directory or bundle file that
@@ -405,6 +410,8 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	if data == nil {
 		data = map[string]any{}
 	}
+	base := baseDoc{modules: modules, data: data, revision: revision}
+	data, revision, remergeAt := e.withOverlay(data, revision)
 	routes, agents, err := parseAgentauthzData(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrPolicyRejected, err)
@@ -422,10 +429,11 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	if err != nil {
 		return nil, fmt.Errorf("%w: prepare: %w", ErrPolicyRejected, err)
 	}
-	s := &state{query: pq, routes: routes, agents: agents, revision: revision, plan: planCache(c.Modules)}
+	s := &state{query: pq, routes: routes, agents: agents, revision: revision, plan: planCache(c.Modules), base: base}
 	if err := e.smoke(ctx, s); err != nil {
 		return nil, fmt.Errorf("%w: smoke evaluation: %w", ErrPolicyRejected, err)
 	}
+	e.scheduleRemergeLocked(remergeAt)
 	if e.cfg.DecisionCache > 0 && s.plan.cacheable() {
 		s.cache = newDecisionCache(s.plan, e.cfg.DecisionCache, e.cfg.TimeGranularity)
 	}

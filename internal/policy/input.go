@@ -169,36 +169,18 @@ func agentValue(a *identity.Agent) ast.Object {
 	return obj
 }
 
-// parsePathAndQuery mirrors opa-envoy-plugin: parsed_path is the decoded URL
-// path without leading slashes split on "/", parsed_query maps each query key
-// to the array of its values.
+// parsePathAndQuery returns parsed_path and parsed_query (see path.go).
 func parsePathAndQuery(raw string) (*ast.Term, *ast.Term, error) {
-	u, err := url.Parse(raw)
+	p, q := cutTarget(raw)
+	path, err := parsedPathTerm(p)
 	if err != nil {
 		return nil, nil, err
 	}
-	p := strings.TrimLeft(u.Path, "/")
-	segs := make([]*ast.Term, 0, strings.Count(p, "/")+1)
-	for {
-		i := strings.IndexByte(p, '/')
-		if i < 0 {
-			segs = append(segs, ast.StringTerm(p))
-			break
-		}
-		segs = append(segs, ast.StringTerm(p[:i]))
-		p = p[i+1:]
+	query, err := parsedQueryTerm(q)
+	if err != nil {
+		return nil, nil, fmt.Errorf("query: %w", err)
 	}
-	q := ast.NewObject()
-	if u.RawQuery != "" {
-		for k, vs := range u.Query() {
-			arr := make([]*ast.Term, len(vs))
-			for i, v := range vs {
-				arr[i] = ast.StringTerm(v)
-			}
-			q.Insert(ast.StringTerm(k), ast.ArrayTerm(arr...))
-		}
-	}
-	return ast.ArrayTerm(segs...), ast.NewTerm(q), nil
+	return path, query, nil
 }
 
 // bodyKind is what parseBody does with a request body.
@@ -274,15 +256,7 @@ func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, b
 		if err != nil {
 			return nil, false, err
 		}
-		obj := ast.NewObject()
-		for k, vs := range vals {
-			arr := make([]*ast.Term, len(vs))
-			for i, v := range vs {
-				arr[i] = ast.StringTerm(v)
-			}
-			obj.Insert(ast.StringTerm(k), ast.ArrayTerm(arr...))
-		}
-		return ast.NewTerm(obj), false, nil
+		return ast.NewTerm(valuesObject(vals)), false, nil
 	}
 	var data any
 	if err := util.UnmarshalJSON([]byte(body), &data); err != nil {

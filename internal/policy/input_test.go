@@ -92,7 +92,7 @@ func testRequests() map[string]*authv3.CheckRequest {
 		"raw body only": rawOnly,
 		"no http":       {Attributes: &authv3.AttributeContext{Source: &authv3.AttributeContext_Peer{Principal: "p"}}},
 		"empty":         {},
-		"encoded path":  sampleRequest("GET", "/v1/payments/a%2Fb/%2e%2e//x?q=%ZZ", "", ""),
+		"encoded path":  sampleRequest("GET", "//v1/payments/a%2Fb/%2e%2e//x?q=%2F&r=a+b#frag", "", ""),
 	}
 }
 
@@ -183,13 +183,15 @@ func TestBuildInputFields(t *testing.T) {
 func TestBuildInputErrors(t *testing.T) {
 	badJSON := sampleRequest("POST", "/v1/payments", "application/json", `{"amount":`)
 	badPath := sampleRequest("GET", "/v1/%zz", "", "")
+	badQuery := sampleRequest("GET", "/v1?a=%zz&b=1", "", "")
+	semicolon := sampleRequest("GET", "/v1?a=1;b=2", "", "")
 	badLen := sampleRequest("POST", "/v1/payments", "application/json", `{}`)
 	badLen.Attributes.Request.Http.Headers["content-length"] = "many"
 	badTime := sampleRequest("GET", "/", "", "")
 	badTime.Attributes.Request.Time = &timestamppb.Timestamp{Seconds: -1 << 40}
 	huge := sampleRequest("POST", "/v1/payments", "application/json", `"`+string(make([]byte, MaxBodyBytes))+`"`)
 	for name, req := range map[string]*authv3.CheckRequest{
-		"malformed json body": badJSON, "bad path escape": badPath, "bad content-length": badLen,
+		"malformed json body": badJSON, "bad path escape": badPath, "bad query escape": badQuery, "semicolon in query": semicolon, "bad content-length": badLen,
 		"timestamp out of range": badTime, "body too large": huge,
 	} {
 		if _, err := BuildInput(req, nil, ""); err == nil {

@@ -33,18 +33,23 @@ func NaiveInput(req *authv3.CheckRequest, agent *identity.Agent, operation strin
 	}
 	input["attributes"] = attrs
 	h := req.GetAttributes().GetRequest().GetHttp()
-	u, err := url.Parse(h.GetPath())
+	rawPath, rawQuery, _ := strings.Cut(h.GetPath(), "?")
+	decoded, err := url.PathUnescape(rawPath)
 	if err != nil {
 		return nil, fmt.Errorf("%w: path: %w", ErrInput, err)
 	}
-	segs := strings.Split(strings.TrimLeft(u.Path, "/"), "/")
+	segs := strings.Split(strings.TrimLeft(decoded, "/"), "/")
 	path := make([]any, len(segs))
 	for i, s := range segs {
 		path[i] = s
 	}
 	input["parsed_path"] = path
+	vals, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("%w: query: %w", ErrInput, err)
+	}
 	query := map[string]any{}
-	for k, vs := range u.Query() {
+	for k, vs := range vals {
 		arr := make([]any, len(vs))
 		for i, v := range vs {
 			arr[i] = v

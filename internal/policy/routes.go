@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"unicode/utf8"
 )
 
 // Route maps a method and a path pattern to an operation. It is one element
@@ -98,19 +99,23 @@ func splitPattern(p string) ([]string, bool) {
 // Match returns the operation for method and the request path (as Envoy
 // sends it in :path, query included), or "" when no route matches.
 //
-// Normalisation rule (fail closed: anything ambiguous matches nothing):
-// the query and fragment are dropped; the path must start with "/"; it is
-// split on "/" BEFORE percent-decoding, so an encoded slash (%2F) stays inside
-// its segment; each segment is then percent-decoded once and must not be
-// empty ("//" or a trailing "/"), made only of dots and spaces (".", "..",
-// "...", ". "), and must not contain "/", "\", ";" (path parameters: "..;"
-// is ".." to servlet containers), "%" (a double encoding that an upstream
-// decoding twice would read differently), NUL or other control characters
-// after decoding. Such paths match no route
-// rather than being rewritten: Envoy (normalize_path, merge_slashes) should
-// already have produced the canonical form, so a non-canonical path reaching
-// us is suspicious. Matching is case-sensitive; "*" matches exactly one
-// segment and a literal segment is preferred over "*".
+// The segments are parsed_path's (path.go): the query is cut at the first
+// "?", leading slashes are dropped, the rest is split on "/" and each
+// segment percent-decoded. On top of that the rule fails closed: a path
+// that does not start with "/", or has a segment that parsed_path would
+// read differently from an upstream, matches nothing instead of being
+// rewritten. Such a segment is empty ("a//b", a trailing "/"), made only of
+// dots and spaces (".", "..", "%2e%2e", ". ", and the fullwidth and leader
+// dots some normalisers fold to "."), or contains after decoding "/" (an
+// encoded %2F: one segment upstream, two in parsed_path), "\", ";" (path
+// parameters: servlet containers read "..;" as ".."), "%" (a double
+// encoding an upstream decoding twice reads differently), "#" (a fragment
+// Envoy should have rejected), a control character, or bytes that are not
+// UTF-8 (an overlong "%C0%AE" is "." to a lax decoder). Envoy
+// (normalize_path, merge_slashes) should already have produced the
+// canonical form, so a non-canonical path reaching us is suspicious.
+// Matching is case-sensitive; "*" matches exactly one segment and a literal
+// segment is preferred over "*".
 func (t *routeTable) Match(method, path string) string {
 	if t == nil {
 		return ""
@@ -119,18 +124,16 @@ func (t *routeTable) Match(method, path string) string {
 	if root == nil {
 		return ""
 	}
-	if i := strings.IndexAny(path, "?#"); i >= 0 {
-		path = path[:i]
-	}
+	path, _ = cutTarget(path)
 	if len(path) > maxRoutePathBytes || !strings.HasPrefix(path, "/") {
 		return ""
 	}
-	if path == "/" {
-		return root.operation
+	rest := strings.TrimLeft(path, "/")
+	if rest == "" {
+		return root.operation // parsed_path [""]
 	}
 	var buf [16]string
 	segs := buf[:0]
-	rest := path[1:]
 	for {
 		if len(segs) == maxRouteSegments {
 			return ""
@@ -162,16 +165,31 @@ func cleanSegment(raw string) (string, bool) {
 			return "", false
 		}
 	}
-	if strings.Trim(seg, ". ") == "" {
-		return "", false // empty, ".", "..", "...", ". " and the like
+	if !utf8.ValidString(seg) || onlyDots(seg) {
+		return "", false
 	}
 	for i := 0; i < len(seg); i++ {
 		switch c := seg[i]; {
-		case c < 0x20, c == 0x7f, c == '/', c == '\\', c == ';', c == '%':
+		case c < 0x20, c == 0x7f, c == '/', c == '\\', c == ';', c == '%', c == '#':
 			return "", false
 		}
 	}
 	return seg, true
+}
+
+// onlyDots reports a segment that is empty or made only of spaces and
+// characters that read as dots: ".", and the ones Unicode compatibility
+// normalisation (NFKC) turns into dots (fullwidth "．", one-dot leader,
+// two-dot leader, ellipsis, small full stop).
+func onlyDots(seg string) bool {
+	for _, r := range seg {
+		switch r {
+		case '.', ' ', '\uFF0E', '\u2024', '\u2025', '\u2026', '\uFE52':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // match walks the trie, preferring literal segments and backtracking to "*".

@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func shippedRoutes(t testing.TB) *routeTable {
@@ -29,7 +30,8 @@ func TestRouteMatch(t *testing.T) {
 	for _, tc := range []struct{ method, path, want string }{
 		{"POST", "/v1/payments", "payments:initiate"},
 		{"POST", "/v1/payments?idempotency=1", "payments:initiate"},
-		{"POST", "/v1/payments#x", "payments:initiate"},
+		{"POST", "//v1/payments", "payments:initiate"}, // parsed_path ["v1","payments"]
+		{"POST", "///v1/payments?a=b", "payments:initiate"},
 		{"GET", "/v1/payments/p-1", "payments:read"},
 		{"GET", "/v1/payments/p%2D1", "payments:read"},  // decoded "-" is fine
 		{"GET", "/v1/payments/stats", "payments:stats"}, // literal beats "*"
@@ -57,7 +59,21 @@ func TestRouteMatch(t *testing.T) {
 		{"GET", "/v1/payments/a%5Cb", ""},
 		{"GET", "/v1/payments/a%00", ""},
 		{"GET", "/v1/payments/%zz", ""},
-		{"POST", "//v1/payments", ""},
+		{"POST", "/v1/payments#x", ""}, // parsed_path ["v1","payments#x"]
+		{"GET", "/v1/payments/p-1#frag", ""},
+		{"GET", "/v1/payments/%23", ""},
+		// overlong and fullwidth dots (#15.9), invalid UTF-8
+		{"GET", "/v1/payments/%C0%AE%C0%AE", ""},
+		{"GET", "/v1/payments/%C0%AE", ""},
+		{"GET", "/v1/payments/%EF%BC%8E%EF%BC%8E", ""},
+		{"GET", "/v1/payments/\uff0e\uff0e", ""},
+		{"GET", "/v1/payments/%E2%80%A5", ""},
+		{"GET", "/v1/payments/%E2%80%A6", ""},
+		{"GET", "/v1/payments/a%FFb", ""},
+		{"GET", "/v1/payments/caf%C3%A9", "payments:read"}, // valid UTF-8 is fine
+		// absolute form: parsed_path ["http:","","example.com",...]
+		{"POST", "http://example.com/v1/payments", ""},
+		{"POST", "%2Fv1%2Fpayments", ""},
 		{"POST", "/v1//payments", ""},
 		{"POST", "/v1/payments/", ""},
 		{"GET", "/v1/payments//", ""},
@@ -102,7 +118,8 @@ func TestRouteTableRejectsBadRoutes(t *testing.T) {
 // never involves a dot segment, an empty segment or an encoded separator.
 func FuzzRouteMatch(f *testing.F) {
 	for _, p := range []string{"/v1/payments", "/v1/payments/p-1", "/v1/loans/x/repayments", "/v1/payments/../admin",
-		"/v1/payments/%2e%2e", "//v1/payments", "/v1/loans/a%2Fb/repayments", "/?a=b", "/v1/payments/%zz"} {
+		"/v1/payments/%2e%2e", "//v1/payments", "/v1/loans/a%2Fb/repayments", "/?a=b", "/v1/payments/%zz",
+		"/v1/payments/%C0%AE%C0%AE", "/v1/payments/%EF%BC%8E%EF%BC%8E", "/v1/payments/x#y"} {
 		f.Add("GET", p)
 		f.Add("POST", p)
 	}
@@ -112,16 +129,22 @@ func FuzzRouteMatch(f *testing.F) {
 		if op == "" {
 			return
 		}
-		p := path
-		if i := strings.IndexAny(p, "?#"); i >= 0 {
-			p = p[:i]
+		// The segments are parsed_path's, and none is ambiguous.
+		p, _, _ := strings.Cut(path, "?")
+		decoded, err := url.PathUnescape(p)
+		if err != nil || !strings.HasPrefix(p, "/") {
+			t.Fatalf("Match(%q %q) = %q for a path parsed_path refuses", method, path, op)
 		}
-		if p == "/" {
+		if strings.TrimLeft(p, "/") == "" {
 			return
 		}
-		for _, raw := range strings.Split(p[1:], "/") {
+		raws := strings.Split(strings.TrimLeft(p, "/"), "/")
+		if len(raws) != len(strings.Split(strings.TrimLeft(decoded, "/"), "/")) {
+			t.Fatalf("Match(%q %q) = %q: segments differ from parsed_path", method, path, op)
+		}
+		for _, raw := range raws {
 			seg, err := url.PathUnescape(raw)
-			if err != nil || seg == "" || seg == "." || seg == ".." || strings.ContainsAny(seg, "/\\") {
+			if err != nil || strings.Trim(seg, ". \uff0e") == "" || !utf8.ValidString(seg) || strings.ContainsAny(seg, "/\\#;%") {
 				t.Fatalf("Match(%q %q) = %q through segment %q", method, path, op, raw)
 			}
 		}

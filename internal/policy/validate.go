@@ -3,6 +3,8 @@ package policy
 import (
 	"encoding/json"
 	"net/url"
+	"os"
+	"strings"
 	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -21,9 +23,9 @@ import (
 //
 // The design keeps it exact: inputBuildable is a sound shortcut ("certainly
 // builds") made of the checks buildInput itself runs (classifyBody,
-// checkTimestamp, url.Parse, url.ParseQuery, messageToValue,
+// checkTimestamp, url.PathUnescape, url.ParseQuery, messageToValue,
 // ast.NumberChecked) plus allocation-free predicates that imply success of
-// the parsers (simplePath, jsonBuildable). Whenever it cannot vouch for a
+// the parsers (validEscapes, simpleQuery, jsonBuildable). Whenever it cannot vouch for a
 // request, validateInput runs buildInput itself, so the verdict and the
 // error message are buildInput's. A shortcut that says "unsure" too often
 // costs time, never correctness; FuzzValidateInput checks the converse.
@@ -128,40 +130,41 @@ func infallible(md protoreflect.MessageDescriptor, depth int) bool {
 	return true
 }
 
-// pathBuildable: parsePathAndQuery fails exactly when url.Parse does.
+// pathBuildable: parsePathAndQuery fails exactly when url.PathUnescape
+// fails on the path part or url.ParseQuery on the query part.
 func pathBuildable(raw string) bool {
-	if simplePath(raw) {
+	p, q := cutTarget(raw)
+	if !validEscapes(p) {
+		return false
+	}
+	if simpleQuery(q) {
 		return true
 	}
-	_, err := url.Parse(raw)
+	_, err := url.ParseQuery(q)
 	return err == nil
 }
 
-// simplePath reports, without allocating, that url.Parse(raw) succeeds for
-// the usual shape of an HTTP :path: empty, or one leading slash (no "//"
-// authority), no ASCII control character, and every '%' starting a valid
-// escape. For such a string url.Parse finds no scheme, parses no authority,
-// and unescapes path and fragment without error (the query is not
-// unescaped by url.Parse at all, so this is stricter than needed there).
-func simplePath(raw string) bool {
-	if raw == "" {
-		return true
-	}
-	if raw[0] != '/' || len(raw) > 1 && raw[1] == '/' {
-		return false
-	}
-	for i := 0; i < len(raw); i++ {
-		switch c := raw[i]; {
-		case c < 0x20 || c == 0x7f:
-			return false
-		case c == '%':
-			if i+2 >= len(raw) || !isHex(raw[i+1]) || !isHex(raw[i+2]) {
+// validEscapes reports that every '%' in s starts a valid escape: then
+// url.PathUnescape and url.QueryUnescape succeed on s.
+func validEscapes(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' {
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
 				return false
 			}
 			i += 2
 		}
 	}
 	return true
+}
+
+// simpleQuery reports, without allocating, that url.ParseQuery(q)
+// succeeds: no ';' (refused as a separator), valid escapes, and fewer
+// parameters than its limit. The limit is 10000 unless GODEBUG sets
+// urlmaxqueryparams; then ParseQuery itself decides.
+func simpleQuery(q string) bool {
+	return q == "" || !strings.Contains(q, ";") && validEscapes(q) &&
+		strings.Count(q, "&") < 1000 && !strings.Contains(os.Getenv("GODEBUG"), "urlmaxqueryparams")
 }
 
 func isHex(c byte) bool {

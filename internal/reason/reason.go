@@ -32,6 +32,11 @@ const (
 	PolicyError            Code = "policy_error"
 )
 
+// The request could not be turned into policy input (HTTP 400): a path or
+// query that does not decode, a malformed body, header values that are not
+// UTF-8. opa-envoy-plugin answers the same requests with 400 and this code.
+const RequestParseError Code = "request_parse_error"
+
 // Service failures.
 const (
 	DecisionLogUnavailable Code = "decision_log_unavailable"
@@ -51,12 +56,15 @@ func (c Code) IsIdentity() bool {
 }
 
 // HTTPStatus is the status a denial with this code carries by default:
-// 401 for identity failures, 503 when the service cannot record or decide,
-// 403 for everything the policy refused.
+// 401 for identity failures, 400 for a request that cannot be parsed, 503
+// when the service cannot record or decide, 403 for everything the policy
+// refused.
 func (c Code) HTTPStatus() int {
 	switch {
 	case c == Allowed:
 		return 200
+	case c == RequestParseError:
+		return 400
 	case c.IsIdentity():
 		return 401
 	case c == DecisionLogUnavailable || c == InternalError:
@@ -69,6 +77,8 @@ func (c Code) HTTPStatus() int {
 // Error is a one-word description used in denial bodies.
 func (c Code) Error() string {
 	switch c.HTTPStatus() {
+	case 400:
+		return "bad_request"
 	case 401:
 		return "unauthenticated"
 	case 503:
@@ -85,7 +95,7 @@ func Known() []Code {
 		NoClientCertificate, MalformedClientCertificate, MalformedXFCC, UntrustedIssuer,
 		CertificateExpired, CertificateNotYetValid, InvalidAgentProfile, CertificateRevoked,
 		AgentRevoked, RevocationStatusUnknown, Allowed, InsufficientTrustLevel, ScopeMissing,
-		UnknownOperation, AgentQuarantined, PolicyDenied, PolicyError, DecisionLogUnavailable,
-		InternalError,
+		UnknownOperation, AgentQuarantined, PolicyDenied, PolicyError, RequestParseError,
+		DecisionLogUnavailable, InternalError,
 	}
 }

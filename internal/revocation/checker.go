@@ -2,6 +2,7 @@ package revocation
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -42,6 +43,10 @@ type Config struct {
 	HTTPClient *http.Client
 	// MaxCRLBytes bounds one CRL; DefaultMaxCRLBytes when zero.
 	MaxCRLBytes int64
+	// OnRestrictions receives each tenant's restrictions (a JSON object by
+	// agent id) from every verified, applied watch event; nil ignores them.
+	// It is called from the watch goroutine and must not block for long.
+	OnRestrictions func(tenant string, restrictions json.RawMessage)
 }
 
 // TenantConfig lists one tenant's revocation sources.
@@ -79,6 +84,7 @@ type Checker struct {
 	client   *http.Client
 	maxBytes int64
 	metrics  *metrics
+	onRestr  func(string, json.RawMessage)
 	// idleTimeout drops a watch stream that sent nothing (not even a
 	// heartbeat) for this long; a field so tests can shorten it.
 	idleTimeout time.Duration
@@ -121,6 +127,7 @@ func New(cfg Config) (*Checker, error) {
 		log:      cfg.Logger,
 		client:   cfg.HTTPClient,
 		maxBytes: cfg.MaxCRLBytes,
+		onRestr:  cfg.OnRestrictions,
 		tenants:  map[string]*tenantState{},
 
 		idleTimeout: watchIdleTimeout,

@@ -2,6 +2,7 @@ package revocation
 
 import (
 	"context"
+	"crypto"
 	"fmt"
 	"math/big"
 	"net/http"
@@ -182,6 +183,9 @@ type fakeStore struct {
 	crl    []byte
 	revs   []*big.Int
 	agents map[string]bool
+	restr  []byte
+	// signer, when set, signs watch events instead of the tenant's CA.
+	signer crypto.Signer
 }
 
 var errUnknownTenant = fmt.Errorf("not found")
@@ -236,6 +240,36 @@ func (s *fakeStore) RevokedAgents(td string) ([]string, error) {
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+func (s *fakeStore) PushRestrictions(td string) ([]byte, error) {
+	if td != s.ca.TrustDomain {
+		return nil, fmt.Errorf("tenant %q: %w", td, errUnknownTenant)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.restr == nil {
+		return []byte("{}"), nil
+	}
+	return s.restr, nil
+}
+
+// setRestrictions replaces the restrictions and bumps the generation.
+func (s *fakeStore) setRestrictions(js string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.restr = []byte(js)
+	s.gen++
+}
+
+func (s *fakeStore) SignPush(td string, msg []byte) ([]byte, error) {
+	if td != s.ca.TrustDomain {
+		return nil, fmt.Errorf("tenant %q: %w", td, errUnknownTenant)
+	}
+	if s.signer != nil {
+		return SignPush(s.signer, msg)
+	}
+	return SignPush(s.ca.Key, msg)
 }
 
 func (s *fakeStore) RevocationGeneration() (int64, error) {

@@ -9,7 +9,7 @@ import (
 type metrics struct {
 	c *Checker
 
-	age, lastRefresh, entries, agents, push, fallback, stale, ready, errs *prometheus.Desc
+	age, lastRefresh, entries, agents, push, fallback, stale, ready, errs, refused, pushAge *prometheus.Desc
 }
 
 func newMetrics(c *Checker) *metrics {
@@ -34,11 +34,15 @@ func newMetrics(c *Checker) *metrics {
 			"1 once every configured source of the tenant has loaded once.", t, nil),
 		errs: prometheus.NewDesc("agentauthz_revocation_refresh_errors_total",
 			"Failed or refused refreshes by source kind (file, url, watch).", []string{"tenant", "source"}, nil),
+		refused: prometheus.NewDesc("agentauthz_revocation_push_refused_total",
+			"Watch events refused by reason (unsigned, bad_signature, expired, older_generation, bad_restrictions).", []string{"tenant", "reason"}, nil),
+		pushAge: prometheus.NewDesc("agentauthz_revocation_push_state_age_seconds",
+			"Seconds since the last verified watch event was applied; the restrictions and agent revocations it carried stay in force meanwhile.", t, nil),
 	}
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.age, m.lastRefresh, m.entries, m.agents, m.push, m.fallback, m.stale, m.ready, m.errs} {
+	for _, d := range []*prometheus.Desc{m.age, m.lastRefresh, m.entries, m.agents, m.push, m.fallback, m.stale, m.ready, m.errs, m.refused, m.pushAge} {
 		ch <- d
 	}
 }
@@ -75,6 +79,12 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		if t.cfg.WatchURL != "" {
 			ch <- prometheus.MustNewConstMetric(m.push, prometheus.GaugeValue, b2f(t.pushConnected), name)
 			ch <- prometheus.MustNewConstMetric(m.fallback, prometheus.GaugeValue, b2f(t.fallback), name)
+			for _, r := range []string{PushUnsigned, PushBadSignature, PushExpired, PushOlder, PushBadRestriction} {
+				ch <- prometheus.MustNewConstMetric(m.refused, prometheus.CounterValue, float64(t.pushRefused[r]), name, r)
+			}
+			if !t.pushAt.IsZero() {
+				ch <- prometheus.MustNewConstMetric(m.pushAge, prometheus.GaugeValue, now.Sub(t.pushAt).Seconds(), name)
+			}
 		}
 		ch <- prometheus.MustNewConstMetric(m.stale, prometheus.GaugeValue,
 			b2f(!s.ready || now.After(s.staleAfter)), name)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,10 +36,16 @@ const (
 	maxSSELineOverhead = 64 << 10
 )
 
-func defaultHTTPClient() *http.Client {
+func defaultHTTPClient() *http.Client { return NewHTTPClient(nil) }
+
+// NewHTTPClient is the client a Checker uses by default, with tc (may be
+// nil) as its TLS configuration, e.g. a replica certificate for the control
+// plane's mTLS.
+func NewHTTPClient(tc *tls.Config) *http.Client {
 	// No overall Timeout: the watch stream is long-lived. Connects and
 	// response headers are bounded; fetches carry their own deadline.
 	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig:       tc,
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   5 * time.Second,
@@ -57,6 +64,12 @@ func (c *Checker) Run(ctx context.Context) error {
 		return errors.New("revocation: Run called twice")
 	}
 	defer c.running.Store(false)
+	// A fetch cancelled while dialling leaves the dial running, and the
+	// transport parks the new connection as idle: it never sends a request,
+	// and the server's graceful shutdown waits 5 s on such a connection
+	// (TestRunLeavesNoIdleConnection). Closing idle connections on the way
+	// out also makes the transport close any that arrive later.
+	defer c.client.CloseIdleConnections()
 	g, ctx := errgroup.WithContext(ctx)
 	for _, name := range c.order {
 		t := c.tenants[name]
@@ -410,6 +423,9 @@ func (c *Checker) handleEvent(ctx context.Context, tenant string, src int, data 
 	if ev.Tenant != tenant {
 		return fmt.Errorf("event for tenant %q on the stream of %q", ev.Tenant, tenant)
 	}
+	if err := c.checkPush(tenant, &ev); err != nil {
+		return err
+	}
 	if len(ev.CRL) == 0 && ev.CRLETag != "" {
 		// Too large to inline: fetch it unless it is the one applied last.
 		if ev.CRLETag != cond.etag {
@@ -418,6 +434,7 @@ func (c *Checker) handleEvent(ctx context.Context, tenant string, src int, data 
 			}
 		}
 		c.setAgents(tenant, ev.RevokedAgents)
+		c.pushApplied(tenant, &ev)
 		return nil
 	}
 	if len(ev.CRL) == 0 {
@@ -427,6 +444,7 @@ func (c *Checker) handleEvent(ctx context.Context, tenant string, src int, data 
 		return nil
 	}
 	c.setAgents(tenant, ev.RevokedAgents)
+	c.pushApplied(tenant, &ev)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package revocation
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -35,12 +36,18 @@ type tenantState struct {
 	pushConnected bool
 	fallback      bool // watch channel down, polling its CRL instead
 	errs          map[string]uint64
+	// Push channel: the generation and expiry of the last applied signed
+	// event, when it was applied, and refusals by reason.
+	pushGen     int64
+	pushExpires time.Time
+	pushAt      time.Time
+	pushRefused map[string]uint64
 
 	snap *tenantSnap // cached; nil after a change
 }
 
 func newTenantState(name string, tc TenantConfig) *tenantState {
-	t := &tenantState{name: name, cfg: tc, held: make([]*CRL, len(tc.CAs)), errs: map[string]uint64{}}
+	t := &tenantState{name: name, cfg: tc, held: make([]*CRL, len(tc.CAs)), errs: map[string]uint64{}, pushRefused: map[string]uint64{}}
 	for _, f := range tc.CRLFiles {
 		t.sources = append(t.sources, &sourceState{kind: kindFile, where: f})
 	}
@@ -259,4 +266,68 @@ func (c *Checker) SetCAs(tenant string, cas []*x509.Certificate) error {
 	t.snap = nil
 	c.publishLocked()
 	return nil
+}
+
+// checkPush verifies a watch event before any of it is applied: signed by
+// a CA of the tenant, not expired, not older than the last one applied.
+func (c *Checker) checkPush(tenant string, ev *WatchEvent) error {
+	c.mu.Lock()
+	t := c.tenants[tenant]
+	cas, last := t.cfg.CAs, t.pushGen
+	c.mu.Unlock()
+	err := VerifyPush(cas, ev, c.now())
+	if err == nil && ev.Generation < last {
+		err = &PushError{PushOlder, fmt.Errorf("generation %d is older than %d, applied before", ev.Generation, last)}
+	}
+	if err != nil {
+		var pe *PushError
+		reason := PushBadSignature
+		if errors.As(err, &pe) {
+			reason = pe.Reason
+		}
+		c.mu.Lock()
+		t.pushRefused[reason]++
+		c.mu.Unlock()
+		c.log.Error("revocation: watch event refused; keeping previous state", "tenant", tenant, "reason", reason, "error", err)
+	}
+	return err
+}
+
+// pushApplied records an applied event and hands its restrictions on.
+func (c *Checker) pushApplied(tenant string, ev *WatchEvent) {
+	c.mu.Lock()
+	t := c.tenants[tenant]
+	t.pushGen, t.pushExpires, t.pushAt = ev.Generation, time.Unix(ev.Expires, 0), c.now()
+	c.mu.Unlock()
+	if c.onRestr != nil {
+		r := ev.Restrictions
+		if len(r) == 0 {
+			r = json.RawMessage("{}")
+		}
+		c.onRestr(tenant, r)
+	}
+}
+
+// PushStatus is the state of one tenant's push channel.
+type PushStatus struct {
+	Tenant    string
+	Connected bool
+	// Applied is when the last signed event was applied (zero: never);
+	// Expires is when its signature stops being fresh.
+	Applied, Expires time.Time
+}
+
+// PushStatuses lists the tenants that have a watch source.
+func (c *Checker) PushStatuses() []PushStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []PushStatus
+	for _, name := range c.order {
+		t := c.tenants[name]
+		if t.cfg.WatchURL == "" {
+			continue
+		}
+		out = append(out, PushStatus{Tenant: name, Connected: t.pushConnected, Applied: t.pushAt, Expires: t.pushExpires})
+	}
+	return out
 }

@@ -2,10 +2,15 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -79,7 +84,21 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		return c, fmt.Errorf("identity: %w", err)
 	}
 
-	revoked, err := revocation.New(revocation.Config{Tenants: tenants, Logger: logger.Named("revocation"), Registerer: reg})
+	var httpClient *http.Client
+	if cfg.ControlPlane.Enabled() {
+		tc, err := controlPlaneTLS(cfg.ControlPlane)
+		if err != nil {
+			return c, err
+		}
+		httpClient = revocation.NewHTTPClient(tc)
+	}
+	revoked, err := revocation.New(revocation.Config{Tenants: tenants, Logger: logger.Named("revocation"), Registerer: reg,
+		HTTPClient: httpClient,
+		// Restrictions from the control plane's signed watch events;
+		// a refused overlay is logged and counted by the engine, and the
+		// previous restrictions stay in force.
+		OnRestrictions: func(tenant string, r json.RawMessage) { _ = engine.SetRestrictions(tenant, r) },
+	})
 	if err != nil {
 		return c, fmt.Errorf("revocation: %w", err)
 	}
@@ -90,6 +109,7 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		}
 		return nil
 	}})
+	c.Notes = append(c.Notes, func() []string { return pushNotes(revoked.PushStatuses(), time.Now()) })
 
 	mode, err := decisionlog.ParseMode(cfg.DecisionLog.Mode)
 	if err != nil {
@@ -182,6 +202,9 @@ func (p policyAdapter) Decide(ctx context.Context, req *authv3.CheckRequest, age
 		r = &policy.Result{}
 	}
 	v := extauthz.Verdict{Operation: r.Operation, Revision: r.Revision}
+	if errors.Is(err, policy.ErrInput) {
+		return v, fmt.Errorf("%w: %w", extauthz.ErrRequestParse, err)
+	}
 	if err != nil {
 		return v, err
 	}
@@ -226,6 +249,54 @@ func headerOptions(hs []policy.Header) []*corev3.HeaderValueOption {
 	return out
 }
 
+// pushNotes says, for /readyz, which tenants' push channels are down or
+// stale: the replica keeps deciding with the last revocations and
+// restrictions it verified (fail closed: it never forgets a quarantine).
+func pushNotes(st []revocation.PushStatus, now time.Time) []string {
+	var out []string
+	for _, p := range st {
+		switch {
+		case p.Applied.IsZero():
+			out = append(out, fmt.Sprintf("control_plane %s: no signed state received yet", p.Tenant))
+		case !p.Connected:
+			out = append(out, fmt.Sprintf("control_plane %s: disconnected; keeping the restrictions and agent revocations verified %s ago",
+				p.Tenant, now.Sub(p.Applied).Round(time.Second)))
+		case now.After(p.Expires):
+			out = append(out, fmt.Sprintf("control_plane %s: signed state expired %s ago; keeping the last restrictions and agent revocations",
+				p.Tenant, now.Sub(p.Expires).Round(time.Second)))
+		}
+	}
+	return out
+}
+
 // PolicyAdapter is the policy step of the decision path over e, for callers
 // that drive extauthz outside a server (policy simulation).
 func PolicyAdapter(e *policy.Engine) extauthz.Policy { return policyAdapter{e} }
+
+// controlPlaneTLS is the replica's client side of the control plane's mTLS.
+// The certificate is read again at every handshake, so a renewed replica
+// certificate is used without a restart.
+func controlPlaneTLS(cp config.ControlPlane) (*tls.Config, error) {
+	caPEM, err := os.ReadFile(cp.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("control_plane.ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("control_plane.ca_file: %s holds no PEM certificate", cp.CAFile)
+	}
+	if _, err := tls.LoadX509KeyPair(cp.CertFile, cp.KeyFile); err != nil {
+		return nil, fmt.Errorf("control_plane: %w", err)
+	}
+	return &tls.Config{
+		RootCAs:    pool,
+		MinVersion: tls.VersionTLS13,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c, err := tls.LoadX509KeyPair(cp.CertFile, cp.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("control_plane: %w", err)
+			}
+			return &c, nil
+		},
+	}, nil
+}

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -49,6 +50,9 @@ type Components struct {
 	// Loops run in the background until their context ends, which happens
 	// after the gRPC server has drained.
 	Loops []func(ctx context.Context) error
+	// Notes add lines to /readyz that do not make the server unready, e.g.
+	// a lost control plane whose last state stays in force.
+	Notes []func() []string
 	// Reload is called on SIGHUP.
 	Reload func() error
 	// Closers run last, in order (e.g. flush and close the decision log).
@@ -132,6 +136,22 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
+// unauthenticatedCallers says why a Check caller on addr is not
+// authenticated, or "" when it is. A record attests what the caller of Check
+// reported, so anyone who reaches a listener without client certificates can
+// obtain signed decisions for any agent whose certificate they hold. Loopback
+// (a sidecar layout) and non-TCP listeners are not warned about.
+func unauthenticatedCallers(addr net.Addr, t config.TLS) string {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok || tcp.IP.IsLoopback() || t.ClientCAFile != "" {
+		return ""
+	}
+	if !t.Enabled() {
+		return "gRPC listener is plaintext on a non-loopback address: anyone who reaches it can obtain signed decisions"
+	}
+	return "gRPC listener takes no client certificates on a non-loopback address: anyone who reaches it can obtain signed decisions"
+}
+
 func serverTLS(t config.TLS) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 	if err != nil {
@@ -170,9 +190,19 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	if bad := s.notReady(); len(bad) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, "not ready:\n"+strings.Join(bad, "\n"))
+		s.writeNotes(w)
 		return
 	}
 	fmt.Fprintln(w, "ready")
+	s.writeNotes(w)
+}
+
+func (s *Server) writeNotes(w io.Writer) {
+	for _, n := range s.c.Notes {
+		for _, line := range n() {
+			fmt.Fprintln(w, line)
+		}
+	}
 }
 
 // Serve runs until ctx ends or a component fails, then shuts down in order:
@@ -226,6 +256,10 @@ func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener, hup <
 		}
 	})
 	s.logger.Info("serving", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String())
+	if w := unauthenticatedCallers(grpcLis.Addr(), s.cfg.GRPC.TLS); w != "" {
+		s.logger.Warn(w, "grpc", grpcLis.Addr().String(),
+			"hint", "set grpc.tls.client_ca_file to a CA that issues only proxy certificates, or listen on 127.0.0.1 (docs/security.md, trust boundary)")
+	}
 	err := g.Wait()
 	stopLoops()
 	if lerr := loops.Wait(); lerr != nil && !errors.Is(lerr, context.Canceled) {

@@ -331,8 +331,9 @@ func mustCheck(t *testing.T, svc *service, req *authv3.CheckRequest) *authv3.Che
 // hostile in shape (60,000 headers, 400,000-deep or -wide JSON bodies, 100,000 query or
 // 200,000 form fields) are answered with a decision, never a
 // transport error, a panic or a leak. What the policy cannot be given
-// (a JSON body nested deeper than the decoder allows, a form with more
-// fields than Go's parser accepts) is a policy_error denial.
+// (a JSON body nested deeper than the decoder allows, a query or form with
+// more fields than Go's parser accepts) is a request_parse_error denial
+// (400), as opa-envoy-plugin answers.
 func TestLargeInputsAreAnswered(t *testing.T) {
 	ca := testca.New(t)
 	svc := startService(t, newConfig(t, ca.WriteBundle(), nil))
@@ -342,11 +343,12 @@ func TestLargeInputsAreAnswered(t *testing.T) {
 		headers                             int
 	}{
 		{name: "60000 headers", headers: 60000, want: "allowed"},
-		{name: "deep json", contentType: "application/json", body: strings.Repeat("[", 400000) + strings.Repeat("]", 400000), want: "policy_error"},
+		{name: "deep json", contentType: "application/json", body: strings.Repeat("[", 400000) + strings.Repeat("]", 400000), want: "request_parse_error"},
 		{name: "wide json", contentType: "application/json", body: "[" + strings.Repeat("0,", 400000) + "0]", want: "allowed"},
-		{name: "100000 query fields", path: "?" + strings.Repeat("a=1&", 100000), want: "allowed"},
-		{name: "200000 form fields", contentType: "application/x-www-form-urlencoded", body: strings.Repeat("a=1&", 200000), want: "policy_error"},
-		{name: "bad content-length", contentType: "application/json", body: "{}", want: "policy_error"},
+		{name: "9999 query fields", path: "?" + strings.Repeat("a=1&", 9999), want: "allowed"},
+		{name: "100000 query fields", path: "?" + strings.Repeat("a=1&", 100000), want: "request_parse_error"},
+		{name: "200000 form fields", contentType: "application/x-www-form-urlencoded", body: strings.Repeat("a=1&", 200000), want: "request_parse_error"},
+		{name: "bad content-length", contentType: "application/json", body: "{}", want: "request_parse_error"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			req := readerRequest(t, leaf, "/v1/payments/p-1"+c.path)
@@ -370,5 +372,34 @@ func TestLargeInputsAreAnswered(t *testing.T) {
 				t.Errorf("reason %s, want %s", v.Reason, c.want)
 			}
 		})
+	}
+}
+
+// TestHugeHostAndRequestIDAreRecorded (#15.4): a 33 KB Host of '&' (six
+// bytes each under HTML escaping) and a 40 KB x-request-id used to make the
+// record exceed its limit: the Check was denied decision_log_unavailable and
+// nothing was written. The decision is now made as usual and recorded,
+// each field cut to its bound and the record flagged truncated.
+func TestHugeHostAndRequestIDAreRecorded(t *testing.T) {
+	ca := testca.New(t)
+	svc := startService(t, newConfig(t, ca.WriteBundle(), nil))
+	leaf := issueSpec(ca, catalogueAgents()["reader"])
+	req := readerRequest(t, leaf, "/v1/payments/p-1")
+	req.Attributes.Request.Http.Host = strings.Repeat("&", 33<<10)
+	req.Attributes.Request.Http.Headers["x-request-id"] = strings.Repeat("r", 40<<10)
+	resp, err := svc.client.Check(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := reduce(resp)
+	if v.Reason == "decision_log_unavailable" || v.DecisionID == "" {
+		t.Fatalf("the decision was not recorded: %+v", v)
+	}
+	rec := svc.verifyLog(t)[v.DecisionID]
+	if rec == nil {
+		t.Fatalf("decision %s not in the log", v.DecisionID)
+	}
+	if !rec.Truncated || len(rec.Request.Host) > 1024 || len(rec.Request.ID) > 256 || !strings.HasPrefix(rec.Request.Host, "&&&") {
+		t.Errorf("record: truncated=%v host %d bytes, request id %d bytes", rec.Truncated, len(rec.Request.Host), len(rec.Request.ID))
 	}
 }

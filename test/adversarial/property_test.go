@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
@@ -55,27 +56,29 @@ func loadPolicyData(t testing.TB) policyData {
 // ambiguousSegment matches a percent-decoded path segment that some upstream
 // might read as something else than one opaque name: separators, escapes
 // still present after one decoding, control characters.
-var ambiguousSegment = regexp.MustCompile(`[/\\%\x00-\x1f\x7f]`)
+var ambiguousSegment = regexp.MustCompile(`[/\\%#\x00-\x1f\x7f]`)
 
 // unambiguous reports whether the decoded segment names one thing: not
 // empty and not a dot segment, also once ";parameters" (which servlet
 // containers strip) and trailing dots and spaces (which Windows file APIs
-// strip) are removed.
+// strip) are removed, and not bytes a lax UTF-8 decoder or Unicode
+// normalisation could read as dots (overlong "%C0%AE", fullwidth "．").
 func unambiguous(seg string) bool {
 	head, _, _ := strings.Cut(seg, ";")
-	return !ambiguousSegment.MatchString(seg) && strings.TrimRight(head, ". ") != ""
+	return utf8.ValidString(seg) && !ambiguousSegment.MatchString(seg) &&
+		strings.TrimRight(head, ". \uff0e\u2024\u2025\u2026\ufe52") != ""
 }
 
 // oracleRoute is an independent, deliberately strict route matcher: it
 // returns the operation only for canonical paths.
 func (d policyData) oracleRoute(method, path string) string {
-	if i := strings.IndexAny(path, "?#"); i >= 0 {
-		path = path[:i]
-	}
+	// The segments are parsed_path's (opa-envoy-plugin): cut at the first
+	// "?", leading slashes dropped.
+	path, _, _ = strings.Cut(path, "?")
 	if !strings.HasPrefix(path, "/") {
 		return ""
 	}
-	segs := strings.Split(path[1:], "/")
+	segs := strings.Split(strings.TrimLeft(path, "/"), "/")
 	for i, s := range segs {
 		dec, err := url.PathUnescape(s)
 		if err != nil || !unambiguous(dec) {
