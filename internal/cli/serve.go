@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,6 +35,7 @@ type serveFlags struct {
 	sources      []string
 	crls         []string
 	watches      []string
+	noRevocation []string
 }
 
 func newServeCmd() *cobra.Command { return newServeCmdWith(runServe) }
@@ -74,6 +76,7 @@ prints check commands to try.`,
 	fl.StringArrayVar(&f.trustBundles, "trust-bundle", nil, "TRUST_DOMAIN=PEM_FILE, one CA bundle per tenant (repeatable)")
 	fl.StringArrayVar(&f.crls, "crl", nil, "TRUST_DOMAIN=FILE or TRUST_DOMAIN=URL, a CRL of that tenant's CA (repeatable)")
 	fl.StringArrayVar(&f.watches, "revocation-watch", nil, "TRUST_DOMAIN=URL, the revocation push channel of agentauthz ca serve (URL ending in /v1/watch)")
+	fl.StringArrayVar(&f.noRevocation, "no-revocation", nil, "TRUST_DOMAIN: run that tenant WITHOUT revocation checking (its revoked certificates are accepted); every tenant needs a --crl, a --revocation-watch or this (repeatable)")
 	fl.StringArrayVar(&f.sources, "identity-source", nil, "identity sources in order: peer_certificate, xfcc, spiffe_id (repeatable)")
 	fl.BoolVar(&c.Dev, "dev", false, "create and trust a dev CA with sample agents in --data-dir")
 	fl.StringVar(&c.DecisionLog.Mode, "decision-log-mode", "sync", "sync (answer after the record is on disk) or async")
@@ -185,6 +188,13 @@ func addRevocationFlags(cfg *config.Config, f serveFlags) error {
 			return fmt.Errorf("--revocation-watch %s: tenant %s already watches %s (one push channel per tenant)", v, tb.TrustDomain, tb.Revocation.WatchURL)
 		}
 		tb.Revocation.WatchURL = src
+	}
+	for _, td := range f.noRevocation {
+		i := slices.IndexFunc(cfg.TrustBundles, func(tb config.TrustBundle) bool { return tb.TrustDomain == td })
+		if i < 0 {
+			return withHint(fmt.Errorf("--no-revocation %s: no tenant %q", td, td), "give its CA first: --trust-bundle %s=CA_PEM_FILE", td)
+		}
+		cfg.TrustBundles[i].Revocation.Disabled = true
 	}
 	return nil
 }

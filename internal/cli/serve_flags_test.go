@@ -72,6 +72,19 @@ func TestServeRevocationFlags(t *testing.T) {
 	}
 }
 
+// --no-revocation is the explicit opt-out a tenant without a source needs
+// (#15.1).
+func TestServeNoRevocationFlag(t *testing.T) {
+	cfg, msg, ok := resolveServe(t, "--data-dir", t.TempDir(), "--trust-bundle", "acme.example=acme-ca.pem",
+		"--no-revocation", "acme.example")
+	if !ok {
+		t.Fatalf("serve refused: %s", msg)
+	}
+	if !cfg.TrustBundles[0].Revocation.Disabled {
+		t.Errorf("revocation = %+v, want disabled", cfg.TrustBundles[0].Revocation)
+	}
+}
+
 // The flags add to the tenants of a config file.
 func TestServeRevocationFlagsOverConfigFile(t *testing.T) {
 	dir := t.TempDir()
@@ -100,6 +113,8 @@ func TestServeRevocationFlagErrors(t *testing.T) {
 		{[]string{"--revocation-watch", "acme.example="}, `is not TRUST_DOMAIN=URL`},
 		{[]string{"--revocation-watch", "acme.example=ftp://x/v1/watch"}, `is not an http(s) URL`},
 		{[]string{"--revocation-watch", "acme.example=http://a/v1/watch", "--revocation-watch", "acme.example=http://b/v1/watch"}, `one push channel per tenant`},
+		{[]string{"--no-revocation", "globex.example"}, `--no-revocation globex.example: no tenant "globex.example"`},
+		{[]string{"--no-revocation", "acme.example", "--crl", "acme.example=a.crl"}, `revocation.disabled: true, but sources are listed`},
 	} {
 		_, msg, ok := resolveServe(t, append(append([]string{}, base...), tc.args...)...)
 		if ok || !strings.Contains(msg, tc.want) {

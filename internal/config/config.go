@@ -150,6 +150,11 @@ type Revocation struct {
 	PollInterval Duration `yaml:"poll_interval"`
 	// Grace is how long past a CRL's nextUpdate its data is still used.
 	Grace Duration `yaml:"grace"`
+	// Disabled runs the tenant without revocation checking: its revoked
+	// certificates are accepted. A tenant must list a source or say this;
+	// it is logged at start, shown on /readyz and by
+	// agentauthz_revocation_disabled.
+	Disabled bool `yaml:"disabled"`
 }
 
 // DecisionLog configures the signed decision log.
@@ -405,6 +410,9 @@ func (c *Config) Validate() error {
 			if u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
 				add("%s.revocation: %q is not an http(s) URL", p, u)
 			}
+		}
+		if r := tb.Revocation; r.Disabled && (len(r.CRLFiles) > 0 || len(r.CRLURLs) > 0 || r.WatchURL != "") {
+			add("%s.revocation.disabled: true, but sources are listed; remove one or the other", p)
 		}
 		if w := tb.Revocation.WatchURL; strings.HasPrefix(w, "https://") && !c.ControlPlane.Enabled() {
 			add("%s.revocation.watch_url: %q needs control_plane.ca_file, cert_file and key_file (a replica certificate: agentauthz operator issue NAME --role replica)", p, w)
