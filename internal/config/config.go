@@ -37,9 +37,31 @@ type Config struct {
 	Identity     Identity      `yaml:"identity"`
 	TrustBundles []TrustBundle `yaml:"trust_bundles"`
 	DecisionLog  DecisionLog   `yaml:"decision_log"`
+	// ResponseSigning is the ext_proc processor that signs upstream
+	// responses (docs/responses.md).
+	ResponseSigning ResponseSigning `yaml:"response_signing"`
 	// ControlPlane is how this replica authenticates to `agentauthz control
 	// serve` for https watch URLs (mTLS with a replica certificate).
 	ControlPlane ControlPlane `yaml:"control_plane"`
+}
+
+// ResponseSigning configures the envoy.service.ext_proc.v3 processor served
+// on the gRPC port beside ext_authz.
+type ResponseSigning struct {
+	// Disabled leaves the processor unregistered (Envoy's ext_proc filter
+	// then fails closed) and says so at startup.
+	Disabled bool `yaml:"disabled"`
+	// MaxBodyBytes is the largest body signed with a Content-Digest; it must
+	// not exceed the buffer limit Envoy is configured with.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxHeaderBytes bounds a response's header block; a larger one is
+	// replaced by a 502.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// DecisionTTL is how long after an allowed decision its response can
+	// still be bound to it.
+	DecisionTTL Duration `yaml:"decision_ttl"`
+	// MaxPending bounds allowed decisions waiting for their response.
+	MaxPending int `yaml:"max_pending"`
 }
 
 // ControlPlane is this replica's client side of the control plane's mTLS.
@@ -194,6 +216,10 @@ const (
 	DefaultAsyncBuffer          = 10000
 	DefaultSegmentMaxBytes      = 64 << 20
 	DefaultSegmentMaxAge        = 24 * time.Hour
+	DefaultResponseMaxBody      = 4 << 20
+	DefaultResponseMaxHeader    = 64 << 10
+	DefaultResponseDecisionTTL  = 5 * time.Minute
+	DefaultResponseMaxPending   = 100000
 	DevTrustDomain              = "dev.agentauthz.local"
 )
 
@@ -303,6 +329,16 @@ func (c *Config) applyDefaults() {
 		c.DecisionLog.SegmentMaxBytes = DefaultSegmentMaxBytes
 	}
 	setDur(&c.DecisionLog.SegmentMaxAge, DefaultSegmentMaxAge)
+	if c.ResponseSigning.MaxBodyBytes == 0 {
+		c.ResponseSigning.MaxBodyBytes = DefaultResponseMaxBody
+	}
+	if c.ResponseSigning.MaxHeaderBytes == 0 {
+		c.ResponseSigning.MaxHeaderBytes = DefaultResponseMaxHeader
+	}
+	setDur(&c.ResponseSigning.DecisionTTL, DefaultResponseDecisionTTL)
+	if c.ResponseSigning.MaxPending == 0 {
+		c.ResponseSigning.MaxPending = DefaultResponseMaxPending
+	}
 }
 
 var (
@@ -431,6 +467,19 @@ func (c *Config) Validate() error {
 	}
 	if c.DecisionLog.SegmentMaxBytes < 1<<16 {
 		add("decision_log.segment_max_bytes: at least 65536")
+	}
+	rs := c.ResponseSigning
+	if rs.MaxBodyBytes < 1 || rs.MaxBodyBytes > 1<<30 {
+		add("response_signing.max_body_bytes: %d is outside 1..1073741824", rs.MaxBodyBytes)
+	}
+	if rs.MaxHeaderBytes < 1024 || rs.MaxHeaderBytes > 16<<20 {
+		add("response_signing.max_header_bytes: %d is outside 1024..16777216", rs.MaxHeaderBytes)
+	}
+	if d := rs.DecisionTTL.D(); d < time.Second || d > time.Hour {
+		add("response_signing.decision_ttl: %v is outside 1s..1h", d)
+	}
+	if rs.MaxPending < 1 || rs.MaxPending > 10000000 {
+		add("response_signing.max_pending: %d is outside 1..10000000", rs.MaxPending)
 	}
 	return errors.Join(errs...)
 }

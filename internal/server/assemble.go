@@ -22,6 +22,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/config"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/extauthz"
+	"github.com/agentauthz/agentauthz/internal/extproc"
 	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/policy"
 	"github.com/agentauthz/agentauthz/internal/revocation"
@@ -139,11 +140,32 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	c.Handlers["GET /v1/keys"] = jwks
 	c.Handlers["GET /.well-known/jwks.json"] = jwks
 
+	var recorder extauthz.Recorder = dlog
+	if rs := cfg.ResponseSigning; rs.Disabled {
+		logger.Warn("response signing is off (response_signing.disabled): ext_proc is not served, responses are not signed")
+	} else {
+		table := extproc.NewTable(rs.MaxPending, rs.DecisionTTL.D(), dlog.PublicKeys, nil)
+		recorder = extproc.NoteAllowed(dlog, table)
+		proc, err := extproc.New(extproc.Options{
+			Decisions:      table,
+			Signer:         dlog.ResponseSigner,
+			Log:            extproc.DecisionLog{Log: dlog},
+			MaxBodyBytes:   rs.MaxBodyBytes,
+			MaxHeaderBytes: rs.MaxHeaderBytes,
+			Logger:         logger.Named("extproc"),
+			Metrics:        extproc.NewMetrics(reg),
+		})
+		if err != nil {
+			return c, err
+		}
+		c.ExternalProcessor = proc
+	}
+
 	svc, err := extauthz.New(extauthz.Options{
 		Identifier: verifier,
 		Revocation: revoked,
 		Policy:     policyAdapter{engine},
-		Recorder:   dlog,
+		Recorder:   recorder,
 		Logger:     logger.Named("extauthz"),
 		Metrics:    extauthz.NewMetrics(reg),
 		Timeout:    cfg.GRPC.CheckTimeout.D(),
