@@ -120,6 +120,9 @@ type Policy struct {
 	Path string `yaml:"path"`
 	// Bundle is an OPA bundle file or http(s) URL; it replaces Dir.
 	Bundle string `yaml:"bundle"`
+	// Builtin serves the shipped policy compiled into the binary instead of
+	// Dir or Bundle; the default in dev mode when neither is set.
+	Builtin bool `yaml:"builtin"`
 	// BundleVerificationKey is the PEM public key bundles must be signed with.
 	BundleVerificationKey string `yaml:"bundle_verification_key"`
 	// BundlePollInterval is how often a bundle URL is polled.
@@ -289,7 +292,10 @@ func (c *Config) applyDefaults() {
 		c.GRPC.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
 	setDur(&c.GRPC.CheckTimeout, DefaultCheckTimeout)
-	if c.Policy.Bundle == "" {
+	if c.Policy.Bundle == "" && c.Policy.Dir == "" && c.Dev {
+		c.Policy.Builtin = true
+	}
+	if c.Policy.Bundle == "" && !c.Policy.Builtin {
 		setStr(&c.Policy.Dir, DefaultPoliciesDir)
 	}
 	setStr(&c.Policy.Path, DefaultPolicyPath)
@@ -382,11 +388,11 @@ func (c *Config) Validate() error {
 	if c.GRPC.CheckTimeout < 0 {
 		add("grpc.check_timeout: must be positive")
 	}
-	if c.Policy.Dir == "" && c.Policy.Bundle == "" {
-		add("policy: dir or bundle is required")
-	}
-	if c.Policy.Dir != "" && c.Policy.Bundle != "" {
-		add("policy: dir and bundle are exclusive")
+	switch n := btoi(c.Policy.Dir != "") + btoi(c.Policy.Bundle != "") + btoi(c.Policy.Builtin); {
+	case n == 0:
+		add("policy: dir, bundle or builtin is required")
+	case n > 1:
+		add("policy: dir, bundle and builtin are exclusive")
 	}
 	if !policyPathRE.MatchString(c.Policy.Path) {
 		add("policy.path: %q is not a rule path like agentauthz/authz/decision", c.Policy.Path)
@@ -480,6 +486,13 @@ func (c *Config) Validate() error {
 		add("response_signing.max_pending: %d is outside 1..10000000", rs.MaxPending)
 	}
 	return errors.Join(errs...)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Duration is a time.Duration written as "250ms", "30s", "1h".
