@@ -97,6 +97,7 @@ type preparedRecord struct {
 type recordTail struct {
 	Kind        string       `json:"kind,omitempty"`
 	KeyRotation *KeyRotation `json:"key_rotation,omitempty"`
+	Response    *Response    `json:"response,omitempty"`
 	Agent       Agent        `json:"agent"`
 	Request     Request      `json:"request"`
 	Decision    Decision     `json:"decision"`
@@ -106,7 +107,7 @@ type recordTail struct {
 
 func prepareRecord(r *Record) (preparedRecord, error) {
 	tail, err := marshalJSON(recordTail{
-		Kind: r.Kind, KeyRotation: r.KeyRotation, Agent: r.Agent, Request: r.Request, Decision: r.Decision,
+		Kind: r.Kind, KeyRotation: r.KeyRotation, Response: r.Response, Agent: r.Agent, Request: r.Request, Decision: r.Decision,
 		Truncated: r.Truncated, Time: r.Time.UTC().Format(TimeLayout),
 	})
 	if err != nil {
