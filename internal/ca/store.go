@@ -368,7 +368,6 @@ func parseTime(s string) time.Time {
 	return t
 }
 
-
 // RecordEvent appends a control-plane change that is not a certificate
 // lifecycle step (e.g. an operator certificate issued) to the event log.
 func (a *Authority) RecordEvent(tenant, agentID, serial, event, operator, detail string) error {
