@@ -243,6 +243,12 @@ func (p policyAdapter) Decide(ctx context.Context, req *authv3.CheckRequest, age
 		r = &policy.Result{}
 	}
 	v := extauthz.Verdict{Operation: r.Operation, Revision: r.Revision}
+	if m := r.MCP; m != nil {
+		v.MCP = &extauthz.MCPVerdict{Call: m.Call, Operations: m.Operations, Decisive: m.Decisive, Tools: m.Tools}
+	}
+	if errors.Is(err, policy.ErrMCPInvalid) {
+		return v, fmt.Errorf("%w: %w", extauthz.ErrInvalidJSONRPC, err)
+	}
 	if errors.Is(err, policy.ErrInput) {
 		return v, fmt.Errorf("%w: %w", extauthz.ErrRequestParse, err)
 	}
