@@ -72,10 +72,13 @@ type Recorder interface {
 
 // Verdict is what the policy decided, in the opa-envoy-plugin result shape.
 type Verdict struct {
-	Allowed                 bool
-	Reason                  string
-	HTTPStatus              int
+	Allowed    bool
+	Reason     string
+	HTTPStatus int
+	// Body is the denial body the policy chose; HasBody tells an explicit
+	// "" (sent as an empty body) from none (the JSON denial body).
 	Body                    string
+	HasBody                 bool
 	Headers                 []*corev3.HeaderValueOption
 	RequestHeadersToRemove  []string
 	ResponseHeadersToAdd    []*corev3.HeaderValueOption
@@ -224,8 +227,10 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outco
 	if v.Reason != "" && reason.Code(v.Reason) != reason.Allowed {
 		o.reason = reason.Code(v.Reason)
 	}
+	// The policy's status is passed through, below 400 too (a 302 to a
+	// login page, as opa-envoy-plugin allows); none is 403.
 	o.status = v.HTTPStatus
-	if o.status < 400 || o.status > 599 {
+	if o.status < 100 || o.status > 599 {
 		o.status = reason.PolicyDenied.HTTPStatus()
 	}
 }
@@ -357,7 +362,7 @@ func (s *Service) allow(o *outcome) *authv3.CheckResponse {
 func (s *Service) deny(o *outcome) *authv3.CheckResponse {
 	v := o.verdict
 	body := v.Body
-	if body == "" {
+	if !v.HasBody {
 		b, _ := json.Marshal(struct {
 			Error      string `json:"error"`
 			Reason     string `json:"reason"`
@@ -371,7 +376,7 @@ func (s *Service) deny(o *outcome) *authv3.CheckResponse {
 			headers = append(headers, h)
 		}
 	}
-	if v.Body == "" {
+	if !v.HasBody {
 		headers = append(headers, overwrite("content-type", "application/json"))
 	}
 	headers = append(headers, overwrite(HeaderDecisionID, o.id))
