@@ -55,7 +55,9 @@ type compatCase struct {
 }
 
 // denied is a denial with agentauthz's JSON body.
-func denied(status int, reason string) answer { return answer{Status: status, Reason: reason, JSON: true} }
+func denied(status int, reason string) answer {
+	return answer{Status: status, Reason: reason, JSON: true}
+}
 
 func cases() []compatCase {
 	unset := "APPEND_IF_EXISTS_OR_ADD" // append and append_action unset on the wire
