@@ -147,14 +147,30 @@ type outcome struct {
 	verdict  Verdict
 	receipt  string
 	recorded bool // an append was attempted
+	// invalidUTF8: the request arrived with strings that are not UTF-8
+	// (replaced before it got here); it is refused.
+	invalidUTF8 bool
 }
 
 // Check decides one request. It never returns an error to Envoy for a
 // decision: every failure becomes a denial with a reason, so Envoy's
 // failure_mode_allow setting never comes into play.
-func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
+func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return s.check(ctx, req, false)
+}
+
+// CheckInvalidUTF8 answers a request whose strings were not all valid
+// UTF-8: Envoy forwards header bytes as the client sent them, and protobuf
+// refuses to decode such a string. The gRPC server decodes it with each bad
+// sequence replaced by U+FFFD and calls this instead of Check: the request
+// is denied with request_parse_error (400) and recorded like any decision.
+func (s *Service) CheckInvalidUTF8(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return s.check(ctx, req, true)
+}
+
+func (s *Service) check(ctx context.Context, req *authv3.CheckRequest, invalidUTF8 bool) (resp *authv3.CheckResponse, err error) {
 	start := s.now()
-	o := &outcome{id: newDecisionID()}
+	o := &outcome{id: newDecisionID(), invalidUTF8: invalidUTF8}
 	defer func() {
 		if p := recover(); p != nil {
 			s.logger.Error("panic in Check; denying", "decision_id", o.id, "panic", fmt.Sprint(p))
@@ -195,6 +211,15 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 // decide runs identity, revocation and policy, filling o.
 func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outcome) {
 	agent, ierr := s.ident.Identify(req.GetAttributes())
+	if o.invalidUTF8 {
+		// Refused whoever sent it; the record names the agent when its
+		// certificate still verifies.
+		if ierr == nil {
+			o.agent = agent
+		}
+		o.reason, o.status = reason.RequestParseError, reason.RequestParseError.HTTPStatus()
+		return
+	}
 	if ierr != nil {
 		o.identErr = ierr
 		o.reason, o.status = ierr.Reason, ierr.Reason.HTTPStatus()
