@@ -12,7 +12,6 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -57,8 +56,8 @@ func checkKitBootstrap(b *bootstrapv3.Bootstrap) error {
 	if a := b.GetAdmin().GetAddress().GetSocketAddress().GetAddress(); a != "127.0.0.1" {
 		return fmt.Errorf("admin listens on %q, want 127.0.0.1", a)
 	}
-	if p := DisabledAuthzPaths(b); !slices.Equal(p, []string{"/healthz"}) {
-		return fmt.Errorf("ext_authz disabled for %v, want exactly [/healthz]", p)
+	if p := UndecidedPaths(b); !slices.Equal(p, []string{"/healthz"}) {
+		return fmt.Errorf("requests reach the upstream undecided on %v, want exactly [/healthz]", p)
 	}
 	c := cluster(b, "agentauthz")
 	if c == nil {
@@ -68,12 +67,9 @@ func checkKitBootstrap(b *bootstrapv3.Bootstrap) error {
 	if p := ep.GetAddress().GetSocketAddress().GetPortValue(); p != 9191 {
 		return fmt.Errorf("agentauthz endpoint port %d, want 9191", p)
 	}
-	if p := ep.GetHealthCheckConfig().GetPortValue(); p != 9192 {
-		return fmt.Errorf("agentauthz health check port %d, want 9192", p)
-	}
 	hc := c.GetHealthChecks()
-	if len(hc) != 1 || hc[0].GetHttpHealthCheck().GetPath() != "/readyz" {
-		return fmt.Errorf("agentauthz cluster must health-check /readyz")
+	if len(hc) != 1 || hc[0].GetGrpcHealthCheck().GetServiceName() != "envoy.service.auth.v3.Authorization" {
+		return fmt.Errorf("agentauthz cluster must health-check the Authorization service over gRPC (SERVING only when ready)")
 	}
 	vh := hcm(b).GetRouteConfig().GetVirtualHosts()[0]
 	found := false
@@ -162,8 +158,8 @@ func TestBootstrapFieldsDocsRelyOn(t *testing.T) {
 		t.Run(f, func(t *testing.T) {
 			b := readBootstrap(t, f)
 			l := b.GetStaticResources().GetListeners()
-			if len(l) != 1 || len(l[0].GetFilterChains()) != 1 {
-				t.Fatalf("want one listener with one filter chain")
+			if len(l) != 2 || len(l[0].GetFilterChains()) != 1 || l[1].GetName() != "health" {
+				t.Fatalf("want the agent listener with one filter chain, then the health listener")
 			}
 			fc := l[0].GetFilterChains()[0]
 			tls := mustUnpack[*tlsv3.DownstreamTlsContext](t, fc.GetTransportSocket().GetTypedConfig())
@@ -219,28 +215,42 @@ func TestBootstrapFieldsDocsRelyOn(t *testing.T) {
 			if d := ea.GetGrpcService().GetTimeout().AsDuration(); d != 250*time.Millisecond {
 				t.Errorf("grpc_service.timeout = %s, docs say 0.25s", d)
 			}
-			if wb := ea.GetWithRequestBody(); wb.GetMaxRequestBytes() != 8192 || !wb.GetAllowPartialMessage() {
-				t.Errorf("with_request_body = %v, docs say 8 KiB, partial allowed", wb)
+			if wb := ea.GetWithRequestBody(); wb.GetMaxRequestBytes() != 8192 || !wb.GetAllowPartialMessage() || !wb.GetPackAsBytes() {
+				t.Errorf("with_request_body = %v, docs say 8 KiB, partial allowed, as bytes", wb)
 			}
 			if !ea.GetValidateMutations() {
 				t.Error("validate_mutations is not true")
 			}
 
-			var health *routev3.Route
-			for _, r := range h.GetRouteConfig().GetVirtualHosts()[0].GetRoutes() {
-				if r.GetName() == "upstream_health" {
-					health = r
+			for _, vh := range h.GetRouteConfig().GetVirtualHosts() {
+				if vh.GetTypedPerFilterConfig() != nil {
+					t.Errorf("virtual host %s has a per-filter override", vh.GetName())
 				}
-			}
-			if health == nil || health.GetMatch().GetPath() != "/healthz" {
-				t.Fatal("no exact /healthz route")
-			}
-			pr := mustUnpack[*extauthzv3.ExtAuthzPerRoute](t, health.GetTypedPerFilterConfig()[ExtAuthzFilterName])
-			if !pr.GetDisabled() {
-				t.Error("ext_authz is not disabled on the health route")
+				for _, r := range vh.GetRoutes() {
+					if r.GetTypedPerFilterConfig() != nil {
+						t.Errorf("route %s has a per-filter override: every request on the agent listener is decided", r.GetName())
+					}
+				}
 			}
 			if len(h.GetAccessLog()) != 1 {
 				t.Error("want one access log")
+			}
+
+			// The health listener: plaintext, no ext_authz, GET /healthz only.
+			hl := l[1]
+			if hl.GetFilterChains()[0].GetTransportSocket() != nil {
+				t.Error("the health listener must not ask for client certificates (load balancers have none)")
+			}
+			hh := mustUnpack[*hcmv3.HttpConnectionManager](t, hl.GetFilterChains()[0].GetFilters()[0].GetTypedConfig())
+			routes := hh.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()
+			if len(routes) != 2 || routes[0].GetMatch().GetPath() != "/healthz" ||
+				len(routes[0].GetMatch().GetHeaders()) != 1 || routes[0].GetMatch().GetHeaders()[0].GetStringMatch().GetExact() != "GET" ||
+				routes[1].GetDirectResponse().GetStatus() != 404 {
+				t.Errorf("health listener routes = %v, want GET /healthz then 404", routes)
+			}
+			if !hh.GetNormalizePath().GetValue() || !hh.GetMergeSlashes() ||
+				hh.GetPathWithEscapedSlashesAction() != hcmv3.HttpConnectionManager_REJECT_REQUEST {
+				t.Error("health listener: path normalisation is not on")
 			}
 		})
 	}
@@ -270,7 +280,7 @@ func TestValidateUnpacksNestedAny(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()[0].TypedPerFilterConfig[ExtAuthzFilterName] = empty
+	h.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()[0].TypedPerFilterConfig = map[string]*anypb.Any{ExtAuthzFilterName: empty}
 	hAny, err := anypb.New(h)
 	if err != nil {
 		t.Fatal(err)
@@ -290,14 +300,25 @@ type mutation struct {
 	name   string
 	mutate func(root any) int // returns how many places it changed
 	want   string
+	only   string // when set, the one bootstrap file the mutation applies to
 }
 
 func bootstrapMutations() []mutation {
 	extAuthz := func(fn func(m map[string]any)) func(any) int {
 		return typed("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz", fn)
 	}
+	// hcmT changes the agent listener's connection manager (stat_prefix agents).
 	hcmT := func(fn func(m map[string]any)) func(any) int {
-		return typed("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", fn)
+		const hcmType = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+		return func(root any) int {
+			return eachMap(root, func(m map[string]any) bool {
+				if m["@type"] == hcmType && m["stat_prefix"] == "agents" {
+					fn(m)
+					return true
+				}
+				return false
+			})
+		}
 	}
 	tlsT := func(fn func(m map[string]any)) func(any) int {
 		return typed("envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", fn)
@@ -307,105 +328,169 @@ func bootstrapMutations() []mutation {
 		{"misspelled field", extAuthz(func(m map[string]any) {
 			m["include_peer_certificates"] = m["include_peer_certificate"]
 			delete(m, "include_peer_certificate")
-		}), "unknown field"},
-		{"misspelled enum", hcmT(func(m map[string]any) { m["forward_client_cert_details"] = "SANITISE_SET" }), "enum"},
+		}), "unknown field", ""},
+		{"misspelled enum", hcmT(func(m map[string]any) { m["forward_client_cert_details"] = "SANITISE_SET" }), "enum", ""},
 		{"unresolvable @type", extAuthz(func(m map[string]any) {
 			m["@type"] = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzz"
-		}), "unable to resolve"},
+		}), "unable to resolve", ""},
 		{"duration that is not one", extAuthz(func(m map[string]any) {
 			dig(m, "grpc_service").(map[string]any)["timeout"] = "250ms" // proto JSON wants "0.25s"
-		}), "Duration"},
+		}), "Duration", ""},
 		// Schema: validation rules, some only reachable by unpacking Any.
 		{"port out of range", named("agents_mtls", func(m map[string]any) {
 			dig(m, "address", "socket_address").(map[string]any)["port_value"] = 70000
-		}), "PortValue"},
+		}), "PortValue", ""},
 		{"empty cluster_name", extAuthz(func(m map[string]any) {
 			dig(m, "grpc_service", "envoy_grpc").(map[string]any)["cluster_name"] = ""
-		}), "ClusterName"},
+		}), "ClusterName", ""},
 		{"undefined status code", extAuthz(func(m map[string]any) {
 			m["status_on_error"] = map[string]any{"code": 999}
-		}), "StatusOnError"},
-		{"per-route override that sets nothing", typed("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute", func(m map[string]any) {
-			delete(m, "disabled")
-		}), "ExtAuthzPerRoute"},
+		}), "StatusOnError", ""},
+		{"per-route override that sets nothing", agentRoute(func(m map[string]any) {
+			m["typed_per_filter_config"] = map[string]any{ExtAuthzFilterName: map[string]any{
+				"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+			}}
+		}), "ExtAuthzPerRoute", ""},
 		// Invariants: fail closed and identity.
-		{"failure_mode_allow true", extAuthz(func(m map[string]any) { m["failure_mode_allow"] = true }), "failure_mode_allow"},
-		{"include_peer_certificate off", extAuthz(func(m map[string]any) { delete(m, "include_peer_certificate") }), "include_peer_certificate"},
-		{"status_on_error 403", extAuthz(func(m map[string]any) { m["status_on_error"] = map[string]any{"code": "Forbidden"} }), "status_on_error"},
-		{"no timeout", extAuthz(func(m map[string]any) { delete(dig(m, "grpc_service").(map[string]any), "timeout") }), "timeout"},
-		{"timeout too long", extAuthz(func(m map[string]any) { dig(m, "grpc_service").(map[string]any)["timeout"] = "5s" }), "timeout"},
+		{"failure_mode_allow true", extAuthz(func(m map[string]any) { m["failure_mode_allow"] = true }), "failure_mode_allow", ""},
+		{"include_peer_certificate off", extAuthz(func(m map[string]any) { delete(m, "include_peer_certificate") }), "include_peer_certificate", ""},
+		{"status_on_error 403", extAuthz(func(m map[string]any) { m["status_on_error"] = map[string]any{"code": "Forbidden"} }), "status_on_error", ""},
+		{"no timeout", extAuthz(func(m map[string]any) { delete(dig(m, "grpc_service").(map[string]any), "timeout") }), "timeout", ""},
+		{"timeout too long", extAuthz(func(m map[string]any) { dig(m, "grpc_service").(map[string]any)["timeout"] = "5s" }), "timeout", ""},
 		{"unbounded body", extAuthz(func(m map[string]any) {
 			m["with_request_body"] = map[string]any{"max_request_bytes": 10 << 20}
-		}), "max_request_bytes"},
+		}), "max_request_bytes", ""},
+		{"body as a string", extAuthz(func(m map[string]any) { delete(m["with_request_body"].(map[string]any), "pack_as_bytes") }), "pack_as_bytes", ""},
 		{"runtime-sampled check", extAuthz(func(m map[string]any) {
 			m["filter_enabled"] = map[string]any{"default_value": map[string]any{"numerator": 50}}
-		}), "filter_enabled"},
-		{"xfcc appended, not sanitized", hcmT(func(m map[string]any) { m["forward_client_cert_details"] = "APPEND_FORWARD" }), "forward_client_cert_details"},
+		}), "filter_enabled", ""},
+		{"xfcc appended, not sanitized", hcmT(func(m map[string]any) { m["forward_client_cert_details"] = "APPEND_FORWARD" }), "forward_client_cert_details", ""},
+		{"two-tier inner proxy forwarding the client's xfcc", hcmT(func(m map[string]any) { m["forward_client_cert_details"] = "FORWARD_ONLY" }), "forward_client_cert_details", ""},
 		{"xfcc without Cert", hcmT(func(m map[string]any) {
 			delete(m["set_current_client_cert_details"].(map[string]any), "cert")
-		}), "set_current_client_cert_details"},
-		{"client certificate optional", tlsT(func(m map[string]any) { m["require_client_certificate"] = false }), "require_client_certificate"},
+		}), "set_current_client_cert_details", ""},
+		{"client certificate optional", tlsT(func(m map[string]any) { m["require_client_certificate"] = false }), "require_client_certificate", ""},
 		{"client certificate not verified", tlsT(func(m map[string]any) {
 			delete(m["common_tls_context"].(map[string]any), "validation_context")
-		}), "validation context"},
+		}), "validation context", ""},
 		{"router before ext_authz", hcmT(func(m map[string]any) {
 			fs := m["http_filters"].([]any)
 			fs[1], fs[2] = fs[2], fs[1]
-		}), "last http filter"},
-		{"ext_authz filter disabled", named(ExtAuthzFilterName, func(m map[string]any) { m["disabled"] = true }), "neither disabled nor optional"},
+		}), "last http filter", ""},
+		{"ext_authz filter disabled", named(ExtAuthzFilterName, func(m map[string]any) { m["disabled"] = true }), "neither disabled nor optional", ""},
 		{"receipt header not stripped", typed("envoy.extensions.filters.http.header_mutation.v3.HeaderMutation", func(m map[string]any) {
 			rm := dig(m, "mutations").(map[string]any)
 			rm["request_mutations"] = slices.DeleteFunc(rm["request_mutations"].([]any), func(e any) bool {
 				return dig(e, "remove") == "x-agent-receipt"
 			})
-		}), "x-agent-receipt"},
+		}), "x-agent-receipt", ""},
 		{"method override not stripped", typed("envoy.extensions.filters.http.header_mutation.v3.HeaderMutation", func(m map[string]any) {
 			rm := dig(m, "mutations").(map[string]any)
 			rm["request_mutations"] = slices.DeleteFunc(rm["request_mutations"].([]any), func(e any) bool {
 				return dig(e, "remove") == "x-http-method-override"
 			})
-		}), "x-http-method-override"},
+		}), "x-http-method-override", ""},
 		{"policy header not stripped", typed("envoy.extensions.filters.http.header_mutation.v3.HeaderMutation", func(m map[string]any) {
 			rm := dig(m, "mutations").(map[string]any)
 			rm["request_mutations"] = slices.DeleteFunc(rm["request_mutations"].([]any), func(e any) bool {
 				return dig(e, "remove") == "x-agent-operation"
 			})
-		}), "x-agent-operation"},
-		{"header strip overridden on the health route", named("upstream_health", func(m map[string]any) {
-			m["typed_per_filter_config"].(map[string]any)[HeaderMutationFilterName] = map[string]any{
-				"@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
-				"mutations": map[string]any{"request_mutations": []any{map[string]any{"remove": "x-unrelated"}}},
-			}
-		}), "the header strip must hold on every route"},
+		}), "x-agent-operation", ""},
 		{"access log without decision id", typed("envoy.extensions.access_loggers.file.v3.FileAccessLog", func(m map[string]any) {
 			delete(dig(m, "log_format", "json_format").(map[string]any), "decision_id")
-		}), "decision_id"},
+		}), "decision_id", ""},
 		{"ext_authz cluster without HTTP/2", named("agentauthz", func(m map[string]any) {
 			delete(m, "typed_extension_protocol_options")
-		}), "HTTP/2"},
+		}), "HTTP/2", ""},
 		{"ext_authz cluster missing", extAuthz(func(m map[string]any) {
 			dig(m, "grpc_service", "envoy_grpc").(map[string]any)["cluster_name"] = "authz"
-		}), "not defined"},
-		{"bypass by prefix", named("upstream_health", func(m map[string]any) {
+		}), "not defined", ""},
+		{"undecided prefix on the health listener", named("upstream_health", func(m map[string]any) {
 			m["match"] = map[string]any{"prefix": "/healthz"}
-		}), "exact path"},
+		}), "does not match one exact path", ""},
+		{"bypass by prefix on the agent listener", agentRoute(func(m map[string]any) {
+			m["typed_per_filter_config"] = disabledAuthz()
+		}), "exact path", ""},
 		{"bypass for the whole virtual host", named("agent_api", func(m map[string]any) {
 			if _, isVHost := m["domains"]; isVHost {
-				m["typed_per_filter_config"] = deepCopy(dig(m, "routes", 0, "typed_per_filter_config"))
+				m["typed_per_filter_config"] = disabledAuthz()
 			}
-		}), "every route"},
+		}), "every route", ""},
+		{"health listener keeps client identity headers", named("health", func(m map[string]any) {
+			if _, isListener := m["filter_chains"]; isListener {
+				hc := dig(m, "filter_chains", 0, "filters", 0, "typed_config").(map[string]any)
+				hc["http_filters"] = hc["http_filters"].([]any)[1:]
+			}
+		}), "must remove client-sent x-agent-id", ""},
+		{"health listener strip overridden", named("upstream_health", func(m map[string]any) {
+			m["typed_per_filter_config"] = map[string]any{HeaderMutationFilterName: map[string]any{
+				"@type":     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+				"mutations": map[string]any{"request_mutations": []any{map[string]any{"remove": "x-unrelated"}}},
+			}}
+		}), "the header strip must hold on every route", ""},
+		{"no deciding listener", named(ExtAuthzFilterName, func(m map[string]any) {
+			m["name"] = "envoy.filters.http.ext_authz_off"
+		}), "no listener has an http_connection_manager with", ""},
+		// The channel to agentauthz.
+		{"plaintext to a remote agentauthz", named("agentauthz", func(m map[string]any) {
+			if _, isCluster := m["load_assignment"]; isCluster {
+				delete(m, "transport_socket")
+			}
+		}), "need a transport_socket with mutual TLS", "envoy.yaml"},
+		{"sidecar agentauthz moved off loopback", named("agentauthz", func(m map[string]any) {
+			if _, isCluster := m["load_assignment"]; isCluster {
+				dig(m, "load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint", "address", "socket_address").(map[string]any)["address"] = "10.0.0.5"
+			}
+		}), "need a transport_socket with mutual TLS", "envoy-sidecar.yaml"},
+		{"no client certificate to agentauthz", typed("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", func(m map[string]any) {
+			delete(dig(m, "common_tls_context").(map[string]any), "tls_certificates")
+		}), "no client certificate", "envoy.yaml"},
+		{"agentauthz's certificate name not checked", typed("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", func(m map[string]any) {
+			delete(dig(m, "common_tls_context", "validation_context").(map[string]any), "match_typed_subject_alt_names")
+		}), "match_typed_subject_alt_names", "envoy.yaml"},
+		{"panic mode sends Checks to unhealthy replicas", named("agentauthz", func(m map[string]any) {
+			if _, isCluster := m["load_assignment"]; isCluster {
+				delete(m, "common_lb_config")
+			}
+		}), "healthy_panic_threshold", ""},
+		{"agentauthz not health-checked", named("agentauthz", func(m map[string]any) {
+			if _, isCluster := m["load_assignment"]; isCluster {
+				delete(m, "health_checks")
+			}
+		}), "no health_checks", ""},
 		// Kit specifics.
-		{"health path checked after all", named("upstream_health", func(m map[string]any) { delete(m, "typed_per_filter_config") }), "[/healthz]"},
+		{"a second undecided path", named("health", func(m map[string]any) {
+			if _, isVHost := m["domains"]; isVHost {
+				rs := m["routes"].([]any)
+				m["routes"] = append([]any{map[string]any{"name": "admin", "match": map[string]any{"path": "/admin"}, "route": map[string]any{"cluster": "agent_api"}}}, rs...)
+			}
+		}), "[/healthz]", ""},
 		{"admin on every interface", func(root any) int {
 			dig(root, "admin", "address", "socket_address").(map[string]any)["address"] = "0.0.0.0"
 			return 1
-		}, "admin"},
-		{"readiness not checked", named("agentauthz", func(m map[string]any) {
+		}, "admin", ""},
+		{"readiness not checked over gRPC", named("agentauthz", func(m map[string]any) {
 			if hc, ok := m["health_checks"].([]any); ok {
-				dig(hc, 0, "http_health_check").(map[string]any)["path"] = "/healthz"
+				dig(hc, 0).(map[string]any)["grpc_health_check"] = map[string]any{}
 			}
-		}), "/readyz"},
+		}), "Authorization service over gRPC", ""},
 	}
+}
+
+// agentRoute selects the catch-all route of the agent listener.
+func agentRoute(fn func(m map[string]any)) func(any) int {
+	return named("agent_api", func(m map[string]any) {
+		if _, isRoute := m["match"]; isRoute {
+			fn(m)
+		}
+	})
+}
+
+func disabledAuthz() map[string]any {
+	return map[string]any{ExtAuthzFilterName: map[string]any{
+		"@type":    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+		"disabled": true,
+	}}
 }
 
 // TestBrokenBootstrapsFail applies each mutation to a copy of each bootstrap
@@ -421,6 +506,9 @@ func TestBrokenBootstrapsFail(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, m := range bootstrapMutations() {
+			if m.only != "" && m.only != f {
+				continue
+			}
 			t.Run(f+"/"+m.name, func(t *testing.T) {
 				tree := deepCopy(orig)
 				if n := m.mutate(tree); n == 0 {

@@ -13,16 +13,18 @@ import (
 // config key breaks this test rather than a deployment.
 func TestConfigMapIsAValidServeConfig(t *testing.T) {
 	var raw string
-	for _, m := range loadManifests(t, "kubernetes") {
+	n := 0
+	for _, m := range loadManifests(t, manifestDirs...) {
 		if m.kind() == "ConfigMap" && m.name() == "agentauthz-config" {
+			n++
 			raw, _ = dig(m.doc, "data", "config.yaml").(string)
+			if err := validServeConfig(raw); err != nil {
+				t.Errorf("%s: %v", m.file, err)
+			}
 		}
 	}
-	if raw == "" {
-		t.Fatal("no config.yaml in ConfigMap agentauthz-config")
-	}
-	if err := validServeConfig(raw); err != nil {
-		t.Fatal(err)
+	if n != 2 || raw == "" {
+		t.Fatalf("want config.yaml in two ConfigMaps agentauthz-config (kubernetes/, istio/), found %d", n)
 	}
 
 	if _, err := config.Decode(strings.NewReader(raw + "grpc_addr: \":9191\"\n")); err == nil {

@@ -119,8 +119,13 @@ func TestDocsQuoteTheKit(t *testing.T) {
 		for _, q := range qs {
 			total++
 			if q.file == "agentauthz config" {
-				if err := validServeConfig(strings.Join(q.lines, "\n")); err != nil {
+				raw := strings.Join(q.lines, "\n")
+				if err := validServeConfig(raw); err != nil {
 					t.Errorf("%s:%d: configuration: %v", q.doc, q.line, err)
+				}
+				// envoy.md's configuration is the sidecar layout's: Check on loopback only.
+				if strings.HasSuffix(q.doc, "envoy.md") && !strings.Contains(raw, `addr: "127.0.0.1:9191"`) {
+					t.Errorf("%s:%d: the sidecar layout's agentauthz must listen on 127.0.0.1:9191", q.doc, q.line)
 				}
 				continue
 			}

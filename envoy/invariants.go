@@ -3,6 +3,7 @@ package envoy
 import (
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -23,9 +24,9 @@ import (
 
 // Names the kit and agentauthz agree on.
 const (
-	// ExtAuthzFilterName is the HTTP filter name. Envoy stores the dynamic
-	// metadata agentauthz returns under this name, so the access log's
-	// %DYNAMIC_METADATA(...)% namespace must match it.
+	// ExtAuthzFilterName is the HTTP filter's canonical name, and the fixed
+	// namespace Envoy's ext_authz filter stores agentauthz's dynamic metadata
+	// under (whatever the filter is named in a configuration).
 	ExtAuthzFilterName = "envoy.filters.http.ext_authz"
 	// HeaderMutationFilterName is the filter that strips client-sent identity headers.
 	HeaderMutationFilterName = "envoy.filters.http.header_mutation"
@@ -85,20 +86,28 @@ func AccessLogFields() []string {
 }
 
 // CheckInvariants reports every way b departs from what agentauthz relies
-// on. For each listener filter chain with an HTTP connection manager:
+// on. Each listener filter chain with an HTTP connection manager either
+// decides (it has the ext_authz filter) or is a health listener (it has none).
+// A deciding one must have:
 //
-//   - downstream TLS requires a client certificate and validates it against a CA;
-//   - x-forwarded-client-cert is SANITIZE_SET with cert, URI and subject;
-//   - identity, policy-set and method-override headers (StrippedHeaders) are
-//     stripped before ext_authz, with no per-route override, and ext_authz runs
+//   - downstream TLS that requires a client certificate and validates it against a CA;
+//   - x-forwarded-client-cert SANITIZE_SET with cert, URI and subject;
+//   - identity, policy-set and method-override headers (StrippedHeaders)
+//     stripped before ext_authz, with no per-route override, and ext_authz
 //     before the router, once, not disabled and not optional;
-//   - ext_authz is gRPC, V3, include_peer_certificate, fail-closed
+//   - ext_authz over gRPC, V3, include_peer_certificate, fail-closed
 //     (failure_mode_allow false, status_on_error 503), with a timeout in
-//     (0, 1s] and a bounded request body;
-//   - its cluster exists and speaks HTTP/2;
-//   - routes are inline, ext_authz is never disabled for a whole virtual
-//     host, and a route that disables it matches one exact path;
-//   - the access log records agent_id and decision_id from ext_authz metadata.
+//     (0, 1s] and a bounded request body sent as bytes (pack_as_bytes);
+//   - an ext_authz cluster that exists, speaks HTTP/2, is health-checked with
+//     healthy_panic_threshold 0, and is reached over mutual TLS with a SAN
+//     match unless every endpoint is loopback;
+//   - inline routes; ext_authz never disabled for a whole virtual host, and
+//     a route that disables it matching one exact path;
+//   - an access log recording agent_id and decision_id from ext_authz metadata.
+//
+// A health listener strips the same headers and routes to an upstream only
+// on exact paths; everything else is a direct response. At least one
+// listener must decide.
 //
 // It assumes b passed ParseBootstrap; run Validate for the schema rules.
 func CheckInvariants(b *bootstrapv3.Bootstrap) error {
@@ -109,7 +118,7 @@ func CheckInvariants(b *bootstrapv3.Bootstrap) error {
 	for _, c := range b.GetStaticResources().GetClusters() {
 		clusters[c.GetName()] = c
 	}
-	hcms := 0
+	deciding := 0
 	for _, l := range b.GetStaticResources().GetListeners() {
 		for i, fc := range l.GetFilterChains() {
 			at := fmt.Sprintf("listener %s: filter_chains[%d]", l.GetName(), i)
@@ -123,16 +132,58 @@ func CheckInvariants(b *bootstrapv3.Bootstrap) error {
 				if !ok {
 					continue
 				}
-				hcms++
+				if !hasFilter(hcm, ExtAuthzFilterName) {
+					errs = append(errs, checkHealthHCM(at, hcm)...)
+					continue
+				}
+				deciding++
 				errs = append(errs, checkDownstreamTLS(at, fc)...)
 				errs = append(errs, checkHCM(at, hcm, clusters)...)
 			}
 		}
 	}
-	if hcms == 0 {
-		add("no listener has an http_connection_manager")
+	if deciding == 0 {
+		add("no listener has an http_connection_manager with %s", ExtAuthzFilterName)
 	}
 	return errors.Join(errs...)
+}
+
+func hasFilter(hcm *hcmv3.HttpConnectionManager, name string) bool {
+	for _, f := range hcm.GetHttpFilters() {
+		if f.GetName() == name {
+			return true
+		}
+	}
+	return false
+}
+
+// checkHealthHCM: a connection manager without ext_authz decides nothing, so
+// it may reach an upstream only on exact paths (a health probe), and strips
+// the same headers as a deciding one.
+func checkHealthHCM(at string, hcm *hcmv3.HttpConnectionManager) []error {
+	at += " (no " + ExtAuthzFilterName + ")"
+	filters := hcm.GetHttpFilters()
+	n := len(filters)
+	if n == 0 || filters[n-1].GetName() != RouterFilterName {
+		return []error{fmt.Errorf("%s: the last http filter must be %s", at, RouterFilterName)}
+	}
+	errs := checkHeaderStrip(at, filters, n-1)
+	rc := hcm.GetRouteConfig()
+	if rc == nil {
+		return append(errs, fmt.Errorf("%s: route_config must be inline so what it serves without a decision can be checked", at))
+	}
+	errs = append(errs, checkStripOverrides(at, rc)...)
+	for _, vh := range rc.GetVirtualHosts() {
+		for _, r := range vh.GetRoutes() {
+			if r.GetDirectResponse() != nil {
+				continue
+			}
+			if _, exact := r.GetMatch().GetPathSpecifier().(*routev3.RouteMatch_Path); !exact {
+				errs = append(errs, fmt.Errorf("%s: route %s reaches an upstream without a decision and does not match one exact path", at, r.GetName()))
+			}
+		}
+	}
+	return errs
 }
 
 func unpack(a *anypb.Any) (proto.Message, error) {
@@ -289,8 +340,13 @@ func checkExtAuthz(at string, ea *extauthzv3.ExtAuthz, clusters map[string]*clus
 	} else if d := t.AsDuration(); d <= 0 || d > MaxExtAuthzTimeout {
 		add("grpc_service.timeout %s is outside (0, %s]", d, MaxExtAuthzTimeout)
 	}
-	if wb := ea.GetWithRequestBody(); wb != nil && (wb.GetMaxRequestBytes() == 0 || wb.GetMaxRequestBytes() > MaxCheckBodyBytes) {
-		add("with_request_body.max_request_bytes must be in 1..%d", MaxCheckBodyBytes)
+	if wb := ea.GetWithRequestBody(); wb != nil {
+		if wb.GetMaxRequestBytes() == 0 || wb.GetMaxRequestBytes() > MaxCheckBodyBytes {
+			add("with_request_body.max_request_bytes must be in 1..%d", MaxCheckBodyBytes)
+		}
+		if !wb.GetPackAsBytes() {
+			add("with_request_body.pack_as_bytes must be true: as a string, a binary or cut-off UTF-8 body is not what the client sent")
+		}
 	}
 	name := gs.GetEnvoyGrpc().GetClusterName()
 	if name == "" {
@@ -305,7 +361,64 @@ func checkExtAuthz(at string, ea *extauthzv3.ExtAuthz, clusters map[string]*clus
 	if !http2(c) {
 		add("cluster %q must speak HTTP/2 (typed_extension_protocol_options explicit_http_config http2_protocol_options)", name)
 	}
+	if len(c.GetHealthChecks()) == 0 {
+		add("cluster %q has no health_checks: Checks would go to replicas that are not ready", name)
+	}
+	if pt := c.GetCommonLbConfig().GetHealthyPanicThreshold(); pt == nil || pt.GetValue() != 0 {
+		add("cluster %q: common_lb_config.healthy_panic_threshold must be 0: in panic mode Envoy sends Checks to unhealthy replicas too", name)
+	}
+	if err := checkAuthzChannel(c); err != nil {
+		add("cluster %q: %v", name, err)
+	}
 	return errs
+}
+
+// checkAuthzChannel: whoever reaches agentauthz's gRPC port can obtain signed
+// decisions, so agentauthz must know its caller is this proxy (a client
+// certificate) and the proxy that it talks to agentauthz (a SAN match).
+// Loopback endpoints (a sidecar layout) need neither.
+func checkAuthzChannel(c *clusterv3.Cluster) error {
+	if loopbackOnly(c) {
+		return nil
+	}
+	ts := c.GetTransportSocket()
+	if ts == nil {
+		return errors.New("non-loopback endpoints need a transport_socket with mutual TLS (UpstreamTlsContext)")
+	}
+	m, err := unpack(ts.GetTypedConfig())
+	if err != nil {
+		return fmt.Errorf("transport_socket: %w", err)
+	}
+	up, ok := m.(*tlsv3.UpstreamTlsContext)
+	if !ok {
+		return fmt.Errorf("transport_socket is %T, want UpstreamTlsContext", m)
+	}
+	ctx := up.GetCommonTlsContext()
+	if len(ctx.GetTlsCertificates()) == 0 && len(ctx.GetTlsCertificateSdsSecretConfigs()) == 0 {
+		return errors.New("UpstreamTlsContext has no client certificate: agentauthz could not tell this proxy from anyone else")
+	}
+	vc := ctx.GetValidationContext()
+	if vc.GetTrustedCa() == nil {
+		return errors.New("UpstreamTlsContext has no validation_context.trusted_ca: agentauthz's certificate would not be verified")
+	}
+	if len(vc.GetMatchTypedSubjectAltNames()) == 0 {
+		return errors.New("UpstreamTlsContext has no match_typed_subject_alt_names: any certificate from the CA would pass as agentauthz")
+	}
+	return nil
+}
+
+func loopbackOnly(c *clusterv3.Cluster) bool {
+	n := 0
+	for _, e := range c.GetLoadAssignment().GetEndpoints() {
+		for _, lb := range e.GetLbEndpoints() {
+			ip := net.ParseIP(lb.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+			if ip == nil || !ip.IsLoopback() {
+				return false
+			}
+			n++
+		}
+	}
+	return n > 0
 }
 
 func http2(c *clusterv3.Cluster) bool {
@@ -326,16 +439,8 @@ func checkRoutes(at string, hcm *hcmv3.HttpConnectionManager) []error {
 	if rc == nil {
 		return []error{fmt.Errorf("%s: route_config must be inline so the ext_authz bypasses can be checked", at)}
 	}
-	var errs []error
+	errs := checkStripOverrides(at, rc)
 	for _, vh := range rc.GetVirtualHosts() {
-		if _, ok := vh.GetTypedPerFilterConfig()[HeaderMutationFilterName]; ok {
-			errs = append(errs, fmt.Errorf("%s: virtual_host %s overrides %s: the header strip must hold on every route", at, vh.GetName(), HeaderMutationFilterName))
-		}
-		for _, r := range vh.GetRoutes() {
-			if _, ok := r.GetTypedPerFilterConfig()[HeaderMutationFilterName]; ok {
-				errs = append(errs, fmt.Errorf("%s: route %s overrides %s: the header strip must hold on every route", at, r.GetName(), HeaderMutationFilterName))
-			}
-		}
 		if disablesAuthz(vh.GetTypedPerFilterConfig()) {
 			errs = append(errs, fmt.Errorf("%s: virtual_host %s disables %s for every route", at, vh.GetName(), ExtAuthzFilterName))
 		}
@@ -345,6 +450,23 @@ func checkRoutes(at string, hcm *hcmv3.HttpConnectionManager) []error {
 			}
 			if _, exact := r.GetMatch().GetPathSpecifier().(*routev3.RouteMatch_Path); !exact {
 				errs = append(errs, fmt.Errorf("%s: route %s disables %s but does not match one exact path", at, r.GetName(), ExtAuthzFilterName))
+			}
+		}
+	}
+	return errs
+}
+
+// checkStripOverrides refuses a per-virtual-host or per-route
+// header_mutation config: it would replace the strip on those routes.
+func checkStripOverrides(at string, rc *routev3.RouteConfiguration) []error {
+	var errs []error
+	for _, vh := range rc.GetVirtualHosts() {
+		if _, ok := vh.GetTypedPerFilterConfig()[HeaderMutationFilterName]; ok {
+			errs = append(errs, fmt.Errorf("%s: virtual_host %s overrides %s: the header strip must hold on every route", at, vh.GetName(), HeaderMutationFilterName))
+		}
+		for _, r := range vh.GetRoutes() {
+			if _, ok := r.GetTypedPerFilterConfig()[HeaderMutationFilterName]; ok {
+				errs = append(errs, fmt.Errorf("%s: route %s overrides %s: the header strip must hold on every route", at, r.GetName(), HeaderMutationFilterName))
 			}
 		}
 	}
@@ -365,8 +487,10 @@ func disablesAuthz(cfg map[string]*anypb.Any) bool {
 	return ok && pr.GetDisabled()
 }
 
-// DisabledAuthzPaths lists the exact paths for which b turns ext_authz off.
-func DisabledAuthzPaths(b *bootstrapv3.Bootstrap) []string {
+// UndecidedPaths lists the exact paths b sends to an upstream without an
+// ext_authz decision: routes that disable ext_authz, and the routes of a
+// connection manager without it (a health listener).
+func UndecidedPaths(b *bootstrapv3.Bootstrap) []string {
 	var out []string
 	for _, l := range b.GetStaticResources().GetListeners() {
 		for _, fc := range l.GetFilterChains() {
@@ -379,9 +503,13 @@ func DisabledAuthzPaths(b *bootstrapv3.Bootstrap) []string {
 				if !ok {
 					continue
 				}
+				deciding := hasFilter(hcm, ExtAuthzFilterName)
 				for _, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
 					for _, r := range vh.GetRoutes() {
-						if disablesAuthz(r.GetTypedPerFilterConfig()) {
+						if r.GetDirectResponse() != nil {
+							continue
+						}
+						if !deciding || disablesAuthz(r.GetTypedPerFilterConfig()) {
 							out = append(out, r.GetMatch().GetPath())
 						}
 					}

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,9 +22,15 @@ import (
 var manifestDirs = []string{"istio", "kubernetes"}
 
 // grpcProviderFields are the fields Istio's EnvoyExternalAuthorizationGrpcProvider
-// has (istio.io/api mesh/v1alpha1). Istio rejects others, so do we; notably
-// there is no includePeerCertificate.
-var grpcProviderFields = []string{"service", "port", "timeout", "failOpen", "clearRouteCache", "statusOnError", "includeRequestBodyInCheck"}
+// has, and requestBodyFields those of its EnvoyExternalAuthorizationRequestBody
+// (istio/api mesh/v1alpha1/config.proto). istiod does not refuse an unknown
+// field: it retries the mesh config allowing unknown fields, so a misspelt
+// one is silently ignored. The test refuses them instead. Notably there is no
+// includePeerCertificate.
+var (
+	grpcProviderFields = []string{"service", "port", "timeout", "failOpen", "clearRouteCache", "statusOnError", "includeRequestBodyInCheck"}
+	requestBodyFields  = []string{"maxRequestBytes", "allowPartialMessage", "packAsBytes"}
+)
 
 // apiVersions pins each kind the kit uses to the API version it is written
 // for; a new kind must be added here, with assertions below.
@@ -39,7 +47,15 @@ var apiVersions = map[string]string{
 	"Gateway":             "networking.istio.io/v1",
 	"VirtualService":      "networking.istio.io/v1",
 	"EnvoyFilter":         "networking.istio.io/v1alpha3",
+	"NetworkPolicy":       "networking.k8s.io/v1",
 }
+
+// The only callers of Check in the kit: the Istio ingress gateway and the
+// API's sidecars (service accounts), the standalone front proxy (pods).
+const (
+	gatewayPrincipal = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+	apiPrincipal     = "cluster.local/ns/agents-api/sa/agent-api"
+)
 
 // checkManifests asserts what docs/istio.md relies on, across files.
 func checkManifests(ms []manifest) error {
@@ -94,8 +110,9 @@ func checkManifests(ms []manifest) error {
 	if d, ok := one("Deployment", "agentauthz"); ok {
 		errs = append(errs, checkDeployment(d, byKind)...)
 	}
-	if c, ok := one("ConfigMap", "agentauthz-config"); ok {
-		errs = append(errs, checkConfigMap(c)...)
+	errs = append(errs, checkConfigMaps(byKind["ConfigMap"])...)
+	if np, ok := one("NetworkPolicy", "agentauthz"); ok {
+		errs = append(errs, checkNetworkPolicy(np)...)
 	}
 	if p, ok := one("PodDisruptionBudget", "agentauthz"); ok && dig(p.doc, "spec", "minAvailable") != 1 {
 		add(p, "minAvailable must be 1")
@@ -114,8 +131,17 @@ func checkManifests(ms []manifest) error {
 			providers[name] = true
 			for _, k := range sortedKeys(g) {
 				if !slices.Contains(grpcProviderFields, k) {
-					add(op, "provider %s: unknown envoyExtAuthzGrpc field %q (Istio would reject it)", name, k)
+					add(op, "provider %s: unknown envoyExtAuthzGrpc field %q (istiod would silently ignore it)", name, k)
 				}
+			}
+			body, _ := g["includeRequestBodyInCheck"].(map[string]any)
+			for _, k := range sortedKeys(body) {
+				if !slices.Contains(requestBodyFields, k) {
+					add(op, "provider %s: unknown includeRequestBodyInCheck field %q (istiod would silently ignore it)", name, k)
+				}
+			}
+			if body["packAsBytes"] != true {
+				add(op, "provider %s: includeRequestBodyInCheck.packAsBytes must be true (raw_body: the bytes as sent)", name)
 			}
 			svc, _ := g["service"].(string)
 			ports, known := svcPorts[strings.TrimSuffix(svc, ".svc.cluster.local")]
@@ -139,8 +165,24 @@ func checkManifests(ms []manifest) error {
 			}
 		}
 	}
+	if op, ok := one("IstioOperator", "agentauthz"); ok {
+		// The same path for policy and API: Istio's DECODE_AND_MERGE_SLASHES is
+		// normalize_path, merge_slashes and UNESCAPE_AND_FORWARD for %2F and %5C.
+		if n := dig(op.doc, "spec", "meshConfig", "pathNormalization", "normalization"); n != "DECODE_AND_MERGE_SLASHES" {
+			add(op, "meshConfig.pathNormalization.normalization is %v, want DECODE_AND_MERGE_SLASHES (merge slashes, decode escaped slashes)", n)
+		}
+	}
 	gatewayPolicy := false
+	if cp, ok := one("AuthorizationPolicy", "agentauthz-callers"); ok {
+		errs = append(errs, checkCallersPolicy(cp)...)
+	}
 	for _, m := range byKind["AuthorizationPolicy"] {
+		for _, err := range checkPolicyHosts(m) {
+			add(m, "%v", err)
+		}
+		if m.name() == "agentauthz-callers" {
+			continue
+		}
 		if dig(m.doc, "spec", "action") != "CUSTOM" {
 			add(m, "action must be CUSTOM")
 		}
@@ -153,8 +195,15 @@ func checkManifests(ms []manifest) error {
 		if dig(m.doc, "spec", "selector", "matchLabels", "istio") == "ingressgateway" {
 			gatewayPolicy = true
 		}
-		for _, err := range checkPolicyHosts(m) {
-			add(m, "%v", err)
+		// A CUSTOM policy may skip only the gateway, whose requests were decided there.
+		for i, r := range asList(dig(m.doc, "spec", "rules")) {
+			for _, f := range asList(dig(r, "from")) {
+				for _, p := range asList(dig(f, "source", "notPrincipals")) {
+					if p != gatewayPrincipal {
+						add(m, "rules[%d] skips %v: only the gateway (%s) may be skipped", i, p, gatewayPrincipal)
+					}
+				}
+			}
 		}
 	}
 	if !gatewayPolicy {
@@ -208,7 +257,12 @@ func checkPolicyHosts(m manifest) []error {
 				list := asList(dig(to, "operation", field))
 				for _, h := range list {
 					s, _ := h.(string)
-					if s == "*" || strings.Contains(s, ":") {
+					switch {
+					case s == "*" || strings.HasSuffix(s, "*") || strings.Contains(s, ":"):
+						continue // presence, a prefix match (covers any port), or a port form
+					case strings.HasPrefix(s, "*"):
+						// A suffix match cannot have a ":*" form (one wildcard per entry).
+						errs = append(errs, fmt.Errorf("rules[%d].to[%d].operation.%s lists the suffix match %q, which a Host with a port never matches: list exact hosts with their \":*\" forms", i, j, field, s))
 						continue
 					}
 					if !slices.Contains(list, any(s+":*")) {
@@ -297,12 +351,118 @@ func checkDeployment(d manifest, byKind map[string][]manifest) []error {
 	if cfgVolume == "" || mounts[cfgVolume] == "" || cfgPath != mounts[cfgVolume]+"/config.yaml" {
 		add("--config %q is not config.yaml inside the agentauthz-config volume", cfgPath)
 	}
+
+	image, _ := dig(c, "image").(string)
+	if _, tag, _ := strings.Cut(image[strings.LastIndex(image, "/")+1:], ":"); !strings.Contains(image, "@sha256:") && (tag == "" || tag == "latest") {
+		add("image %q is not pinned: use a release tag or a digest, never :latest", image)
+	}
+	limit, err := quantityBytes(fmt.Sprint(dig(c, "resources", "limits", "memory")))
+	if err != nil {
+		add("limits.memory: %v", err)
+	}
+	goLimit := int64(-1)
+	for _, e := range asList(dig(c, "env")) {
+		if dig(e, "name") == "GOMEMLIMIT" {
+			if v, ok := dig(e, "value").(string); ok {
+				goLimit, err = quantityBytes(strings.TrimSuffix(v, "B"))
+				if err != nil {
+					add("GOMEMLIMIT: %v", err)
+				}
+			}
+		}
+	}
+	if goLimit <= 0 || goLimit > limit*9/10 {
+		add("GOMEMLIMIT must be a literal at most 90%% of limits.memory (%d bytes): at the limit itself the kernel kills before the Go runtime collects", limit)
+	}
+	volumes := map[string]any{}
+	for _, v := range asList(dig(pod, "volumes")) {
+		n, _ := dig(v, "name").(string)
+		volumes[n] = v
+	}
+	dataVolume := ""
+	for n, p := range mounts {
+		if p == "/var/lib/agentauthz" {
+			dataVolume = n
+		}
+	}
+	if v := volumes[dataVolume]; dig(v, "persistentVolumeClaim") == nil && dig(v, "emptyDir", "sizeLimit") == nil {
+		add("the decision log's volume %q needs emptyDir.sizeLimit or a persistent volume", dataVolume)
+	}
+	tlsVolume := ""
+	for n, v := range volumes {
+		if dig(v, "secret", "secretName") == "agentauthz-grpc-tls" {
+			tlsVolume = n
+		}
+	}
+	if tlsVolume == "" || mounts[tlsVolume] != grpcTLSMount {
+		add("the Secret agentauthz-grpc-tls must be mounted at %s (the gRPC listener's certificate and proxy CA)", grpcTLSMount)
+	}
 	return errs
 }
 
+// quantityBytes parses the Kubernetes quantities the kit uses (Ki, Mi, Gi).
+func quantityBytes(q string) (int64, error) {
+	for suffix, mult := range map[string]int64{"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30} {
+		if n, ok := strings.CutSuffix(q, suffix); ok {
+			v, err := strconv.ParseInt(n, 10, 64)
+			if err != nil || v <= 0 {
+				return 0, fmt.Errorf("quantity %q", q)
+			}
+			return v * mult, nil
+		}
+	}
+	return 0, fmt.Errorf("quantity %q: want Ki, Mi or Gi", q)
+}
+
+// checkConfigMaps checks every agentauthz-config: the standalone kit's
+// (kubernetes/) and the mesh variant (istio/), which must differ only in the
+// gRPC listener's TLS.
+func checkConfigMaps(cms []manifest) []error {
+	var errs []error
+	byDir := map[string]map[string]any{}
+	for _, m := range cms {
+		if m.name() != "agentauthz-config" {
+			continue
+		}
+		cfg, cerrs := checkConfigMap(m)
+		errs = append(errs, cerrs...)
+		if cfg != nil {
+			byDir[filepath.Dir(m.file)] = cfg
+		}
+	}
+	k, i := byDir["kubernetes"], byDir["istio"]
+	if k == nil || i == nil {
+		return append(errs, errors.New("want an agentauthz-config ConfigMap in kubernetes/ and one in istio/"))
+	}
+	// Standalone: mutual TLS, files from the Secret the Deployment mounts.
+	for key, want := range map[string]string{
+		"cert_file": grpcTLSMount + "/tls.crt", "key_file": grpcTLSMount + "/tls.key", "client_ca_file": grpcTLSMount + "/ca.crt",
+	} {
+		if got := dig(k, "grpc", "tls", key); got != want {
+			errs = append(errs, fmt.Errorf("kubernetes/configmap.yaml: grpc.tls.%s is %v, want %s: only proxies with a certificate from the proxy CA may call Check", key, got, want))
+		}
+	}
+	// Mesh: no TLS of its own (the sidecar terminates mTLS), otherwise equal.
+	if dig(i, "grpc", "tls") != nil {
+		errs = append(errs, errors.New("istio/agentauthz-config.yaml: grpc.tls must be unset: the mesh's mTLS ends at the sidecar, which forwards plaintext"))
+	}
+	kc, ic := deepCopy(k).(map[string]any), deepCopy(i).(map[string]any)
+	delete(kc["grpc"].(map[string]any), "tls")
+	if g, ok := ic["grpc"].(map[string]any); ok {
+		delete(g, "tls")
+	}
+	if !reflect.DeepEqual(kc, ic) {
+		errs = append(errs, errors.New("istio/agentauthz-config.yaml differs from kubernetes/configmap.yaml in more than grpc.tls"))
+	}
+	return errs
+}
+
+// grpcTLSMount is where the Deployment mounts the Secret agentauthz-grpc-tls.
+const grpcTLSMount = "/etc/agentauthz/grpc-tls"
+
 // checkConfigMap reads the agentauthz configuration inside the ConfigMap and
 // checks it against the ports and mounts the rest of the kit uses.
-func checkConfigMap(m manifest) []error {
+func checkConfigMap(m manifest) (map[string]any, []error) {
 	var errs []error
 	add := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: ConfigMap %s: config.yaml: %s", m.file, m.name(), fmt.Sprintf(format, args...)))
@@ -311,7 +471,7 @@ func checkConfigMap(m manifest) []error {
 	var cfg map[string]any
 	if err := yaml.Unmarshal([]byte(raw), &cfg); err != nil || cfg == nil {
 		add("not a YAML mapping: %v", err)
-		return errs
+		return nil, errs
 	}
 	if dig(cfg, "grpc", "addr") != ":9191" || dig(cfg, "http", "addr") != ":9192" {
 		add("listen addresses must be :9191 (grpc) and :9192 (http)")
@@ -330,6 +490,139 @@ func checkConfigMap(m manifest) []error {
 		if f, _ := dig(tb, "file").(string); !strings.HasPrefix(f, "/etc/agentauthz/trust/") {
 			add("trust_bundles[%d].file %q is outside the trust-bundles mount", i, f)
 		}
+		if len(asList(dig(tb, "revocation", "crl_files"))) == 0 && len(asList(dig(tb, "revocation", "crl_urls"))) == 0 &&
+			dig(tb, "revocation", "watch_url") == nil {
+			add("trust_bundles[%d] has no revocation source (crl_files, crl_urls or watch_url): a revoked agent would get in", i)
+		}
+	}
+	return cfg, errs
+}
+
+// checkNetworkPolicy: the gRPC port admits only the kit's proxies, each named
+// by namespace and pod labels; every rule names its ports.
+func checkNetworkPolicy(m manifest) []error {
+	var errs []error
+	add := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: NetworkPolicy %s: %s", m.file, m.name(), fmt.Sprintf(format, args...)))
+	}
+	if dig(m.doc, "spec", "podSelector", "matchLabels", "app.kubernetes.io/name") != "agentauthz" {
+		add("must select the agentauthz pods")
+	}
+	if !slices.Contains(asList(dig(m.doc, "spec", "policyTypes")), any("Ingress")) {
+		add("policyTypes must include Ingress")
+	}
+	want := map[string]bool{
+		"agents-edge/app.kubernetes.io/name=agentauthz-front-proxy": false,
+		"istio-system/istio=ingressgateway":                         false,
+		"agents-api/app=agent-api":                                  false,
+	}
+	grpcRule := false
+	for i, r := range asList(dig(m.doc, "spec", "ingress")) {
+		ports := asList(dig(r, "ports"))
+		if len(ports) == 0 {
+			add("ingress[%d] names no ports: it would admit its sources to the gRPC port", i)
+			continue
+		}
+		grpc := false
+		for _, p := range ports {
+			if dig(p, "port") == 9191 || dig(p, "port") == "grpc" {
+				grpc = true
+			}
+		}
+		if !grpc {
+			continue
+		}
+		grpcRule = true
+		from := asList(dig(r, "from"))
+		if len(from) == 0 {
+			add("ingress[%d] admits anyone to the gRPC port 9191 (no from)", i)
+		}
+		for j, peer := range from {
+			ns, _ := dig(peer, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name").(string)
+			pods, _ := dig(peer, "podSelector", "matchLabels").(map[string]any)
+			if ns == "" || len(pods) != 1 || dig(peer, "ipBlock") != nil {
+				add("ingress[%d].from[%d] must name one namespace and one pod label, nothing wider", i, j)
+				continue
+			}
+			for k, v := range pods {
+				key := fmt.Sprintf("%s/%s=%v", ns, k, v)
+				if _, known := want[key]; !known {
+					add("ingress[%d].from[%d] admits %s, which is not a proxy of the kit", i, j, key)
+				}
+				want[key] = true
+			}
+		}
+	}
+	if !grpcRule {
+		add("no rule for the gRPC port 9191: the proxies could not reach it")
+	}
+	for _, k := range sortedKeys(anyMap(want)) {
+		if !want[k] {
+			add("the proxy %s cannot reach the gRPC port", k)
+		}
+	}
+	return errs
+}
+
+func anyMap(m map[string]bool) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// checkCallersPolicy: in the mesh, agentauthz's sidecar admits Checks only
+// from the gateway's and the API's service accounts.
+func checkCallersPolicy(m manifest) []error {
+	var errs []error
+	add := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: AuthorizationPolicy %s: %s", m.file, m.name(), fmt.Sprintf(format, args...)))
+	}
+	if dig(m.doc, "spec", "action") != "ALLOW" || m.namespace() != "agentauthz" ||
+		dig(m.doc, "spec", "selector", "matchLabels", "app.kubernetes.io/name") != "agentauthz" {
+		add("must be an ALLOW policy selecting app.kubernetes.io/name=agentauthz in namespace agentauthz")
+	}
+	allowed := []any{gatewayPrincipal, apiPrincipal}
+	grpcRule := false
+	for i, r := range asList(dig(m.doc, "spec", "rules")) {
+		tos := asList(dig(r, "to"))
+		if len(tos) == 0 {
+			add("rules[%d] has no to: it admits its sources on every port, the gRPC port included", i)
+		}
+		grpc := false
+		for j, to := range tos {
+			ports := asList(dig(to, "operation", "ports"))
+			if len(ports) == 0 {
+				add("rules[%d].to[%d] names no ports: it admits the gRPC port", i, j)
+			}
+			if slices.Contains(ports, any("9191")) {
+				grpc = true
+			}
+		}
+		if !grpc {
+			continue
+		}
+		grpcRule = true
+		from := asList(dig(r, "from"))
+		if len(from) == 0 {
+			add("rules[%d] admits anyone to the gRPC port (no from)", i)
+		}
+		for j, f := range from {
+			src, _ := dig(f, "source").(map[string]any)
+			ps := asList(src["principals"])
+			if len(src) != 1 || len(ps) == 0 {
+				add("rules[%d].from[%d] must name principals and nothing else", i, j)
+			}
+			for _, p := range ps {
+				if !slices.Contains(allowed, p) {
+					add("rules[%d].from[%d] admits %v: only the gateway and the API may call Check", i, j, p)
+				}
+			}
+		}
+	}
+	if !grpcRule {
+		add("no rule admits the gateway and the API to the gRPC port 9191")
 	}
 	return errs
 }
@@ -463,7 +756,7 @@ func TestFrontProxyPointsAtHeadlessService(t *testing.T) {
 type manifestMutation struct {
 	name   string
 	kind   string // the first document of this kind is mutated…
-	target string // …or, when set, the one with this metadata.name
+	target string // …or, when set, the one with this metadata.name or file
 	mutate func(doc map[string]any)
 	want   string
 }
@@ -500,17 +793,33 @@ func manifestMutations() []manifestMutation {
 		{"policy host without its port form", "AuthorizationPolicy", "agentauthz-gateway", func(d map[string]any) {
 			set(d, []any{"agents.example.com"}, "spec", "rules", 0, "to", 0, "operation", "hosts")
 		}, `without "agents.example.com:*"`},
+		{"policy host as a suffix match", "AuthorizationPolicy", "agentauthz-gateway", func(d map[string]any) {
+			set(d, []any{"*.example.com"}, "spec", "rules", 0, "to", 0, "operation", "hosts")
+		}, "suffix match"},
+		{"mesh policy skips another caller", "AuthorizationPolicy", "agentauthz-mesh", func(d map[string]any) {
+			set(d, []any{"cluster.local/ns/agents/sa/payments-agent"}, "spec", "rules", 0, "from", 0, "source", "notPrincipals")
+		}, "only the gateway"},
 		{"policy without rules", "AuthorizationPolicy", "", func(d map[string]any) { del(d, "spec", "rules") }, "no rules"},
 		{"permissive mTLS", "PeerAuthentication", "", func(d map[string]any) { set(d, "PERMISSIVE", "spec", "mtls", "mode") }, "STRICT"},
 		{"fail open", "IstioOperator", "", func(d map[string]any) { set(d, true, pv("failOpen")...) }, "failOpen"},
 		{"status 403", "IstioOperator", "", func(d map[string]any) { set(d, "403", pv("statusOnError")...) }, "statusOnError"},
 		{"timeout too long", "IstioOperator", "", func(d map[string]any) { set(d, "600s", pv("timeout")...) }, "timeout"},
 		{"field Istio does not have", "IstioOperator", "", func(d map[string]any) { set(d, true, pv("includePeerCertificate")...) }, "includePeerCertificate"},
+		{"body field misspelt", "IstioOperator", "", func(d map[string]any) {
+			body := dig(d, pv("includeRequestBodyInCheck")...).(map[string]any)
+			body["packAsByte"] = body["packAsBytes"]
+			delete(body, "packAsBytes")
+		}, "packAsByte"},
+		{"body as a string", "IstioOperator", "", func(d map[string]any) { del(d, pv("includeRequestBodyInCheck", "packAsBytes")...) }, "packAsBytes"},
+		{"paths not merged", "IstioOperator", "", func(d map[string]any) { set(d, "BASE", "spec", "meshConfig", "pathNormalization", "normalization") }, "DECODE_AND_MERGE_SLASHES"},
 		{"provider port is not the Service's", "IstioOperator", "", func(d map[string]any) { set(d, 9192, pv("port")...) }, "grpc port"},
 		{"provider service unknown", "IstioOperator", "", func(d map[string]any) { set(d, "authz.default.svc.cluster.local", pv("service")...) }, "not a Service"},
 		{"gateway TLS without client certificates", "Gateway", "", func(d map[string]any) { set(d, "SIMPLE", "spec", "servers", 0, "tls", "mode") }, "MUTUAL"},
 		{"gateway XFCC appended", "EnvoyFilter", "", func(d map[string]any) {
 			set(d, "APPEND_FORWARD", "spec", "configPatches", 0, "patch", "value", "typed_config", "forward_client_cert_details")
+		}, "SANITIZE_SET"},
+		{"gateway XFCC forwarded as the client sent it", "EnvoyFilter", "agents-gateway-xfcc", func(d map[string]any) {
+			set(d, "FORWARD_ONLY", "spec", "configPatches", 0, "patch", "value", "typed_config", "forward_client_cert_details")
 		}, "SANITIZE_SET"},
 		{"gateway XFCC without Cert", "EnvoyFilter", "", func(d map[string]any) {
 			del(d, "spec", "configPatches", 0, "patch", "value", "typed_config", "set_current_client_cert_details", "cert")
@@ -543,6 +852,52 @@ func manifestMutations() []manifestMutation {
 		{"config listens elsewhere", "ConfigMap", "", cfgSet(`":9191"`, `":9000"`), "listen addresses"},
 		{"config sources reordered", "ConfigMap", "", cfgSet("[peer_certificate, xfcc]", "[xfcc, peer_certificate]"), "identity.sources"},
 		{"config not YAML", "ConfigMap", "", func(d map[string]any) { set(d, "grpc: [", "data", "config.yaml") }, "not a YAML mapping"},
+		{"standalone Check port without client certificates", "ConfigMap", "kubernetes/configmap.yaml",
+			cfgSet("    client_ca_file: /etc/agentauthz/grpc-tls/ca.crt\n", ""), "grpc.tls.client_ca_file"},
+		{"mesh config with TLS the sidecar cannot speak", "ConfigMap", "istio/agentauthz-config.yaml",
+			cfgSet(`  addr: ":9191"`, "  addr: \":9191\"\n  tls: {cert_file: /c, key_file: /k}"), "grpc.tls must be unset"},
+		{"mesh config drifts from the standalone one", "ConfigMap", "istio/agentauthz-config.yaml", cfgSet("mode: sync", "mode: async"), "more than grpc.tls"},
+		{"tenant without a revocation source", "ConfigMap", "kubernetes/configmap.yaml", func(d map[string]any) {
+			s := dig(d, "data", "config.yaml").(string)
+			i := strings.Index(s, "  # Every tenant needs")
+			j := strings.Index(s, "decision_log:")
+			set(d, s[:i]+s[j:], "data", "config.yaml")
+		}, "no revocation source"},
+		{"image :latest", "Deployment", "", func(d map[string]any) { set(d, "ghcr.io/agentauthz/agentauthz:latest", at("image")...) }, "not pinned"},
+		{"image without a tag", "Deployment", "", func(d map[string]any) { set(d, "ghcr.io/agentauthz/agentauthz", at("image")...) }, "not pinned"},
+		{"GOMEMLIMIT equal to the limit", "Deployment", "", func(d map[string]any) {
+			set(d, map[string]any{"name": "GOMEMLIMIT", "valueFrom": map[string]any{"resourceFieldRef": map[string]any{"resource": "limits.memory"}}}, at("env", 0)...)
+		}, "GOMEMLIMIT"},
+		{"GOMEMLIMIT without headroom", "Deployment", "", func(d map[string]any) { set(d, "500MiB", at("env", 0, "value")...) }, "GOMEMLIMIT"},
+		{"unbounded decision log volume", "Deployment", "", func(d map[string]any) {
+			for _, v := range asList(dig(d, "spec", "template", "spec", "volumes")) {
+				if dig(v, "name") == "data" {
+					v.(map[string]any)["emptyDir"] = map[string]any{}
+				}
+			}
+		}, "sizeLimit"},
+		{"gRPC TLS secret not mounted", "Deployment", "", func(d map[string]any) {
+			mounts := asList(dig(d, at("volumeMounts")...))
+			set(d, slices.DeleteFunc(slices.Clone(mounts), func(m any) bool { return dig(m, "name") == "grpc-tls" }), at("volumeMounts")...)
+		}, "agentauthz-grpc-tls"},
+		{"network policy admits anyone to 9191", "NetworkPolicy", "", func(d map[string]any) { del(d, "spec", "ingress", 0, "from") }, "admits anyone"},
+		{"network policy admits a CIDR", "NetworkPolicy", "", func(d map[string]any) {
+			set(d, map[string]any{"ipBlock": map[string]any{"cidr": "0.0.0.0/0"}}, "spec", "ingress", 0, "from", 0)
+		}, "nothing wider"},
+		{"network policy rule without ports", "NetworkPolicy", "", func(d map[string]any) { del(d, "spec", "ingress", 1, "ports") }, "names no ports"},
+		{"network policy forgets the gateway", "NetworkPolicy", "", func(d map[string]any) {
+			from := asList(dig(d, "spec", "ingress", 0, "from"))
+			set(d, from[:1], "spec", "ingress", 0, "from")
+		}, "istio-system/istio=ingressgateway cannot reach"},
+		{"callers policy admits the default account", "AuthorizationPolicy", "agentauthz-callers", func(d map[string]any) {
+			ps := dig(d, "spec", "rules", 0, "from", 0, "source", "principals").([]any)
+			set(d, append(slices.Clone(ps), "cluster.local/ns/default/sa/default"), "spec", "rules", 0, "from", 0, "source", "principals")
+		}, "only the gateway and the API"},
+		{"callers policy admits a namespace", "AuthorizationPolicy", "agentauthz-callers", func(d map[string]any) {
+			set(d, []any{"agents-api"}, "spec", "rules", 0, "from", 0, "source", "namespaces")
+		}, "principals and nothing else"},
+		{"callers policy rule on every port", "AuthorizationPolicy", "agentauthz-callers", func(d map[string]any) { del(d, "spec", "rules", 1, "to", 0, "operation", "ports") }, "names no ports"},
+		{"callers policy missing", "AuthorizationPolicy", "agentauthz-callers", func(d map[string]any) { set(d, "agentauthz-callerz", "metadata", "name") }, "no AuthorizationPolicy agentauthz-callers"},
 	}
 }
 
@@ -556,7 +911,7 @@ func TestBrokenManifestsFail(t *testing.T) {
 			var ms []manifest
 			for _, m := range orig {
 				c := manifest{file: m.file, doc: deepCopy(m.doc).(map[string]any)}
-				if c.kind() == mm.kind && (mm.target == "" || c.name() == mm.target) && changed == 0 {
+				if c.kind() == mm.kind && (mm.target == "" || c.name() == mm.target || c.file == mm.target) && changed == 0 {
 					mm.mutate(c.doc)
 					if reflect.DeepEqual(c.doc, m.doc) {
 						t.Fatal("mutation changed nothing: the manifest changed, update the mutation")

@@ -44,6 +44,8 @@ type AgentDetail struct {
 	Agent        Agent         `json:"agent"`
 	Certificates []Certificate `json:"certificates"`
 	Events       []Event       `json:"events"`
+	// Restriction is the agent's restriction in force, if any.
+	Restriction *Restriction `json:"restriction,omitempty"`
 }
 
 type queryer interface {
@@ -157,7 +159,11 @@ func (a *Authority) Show(td, id string) (*AgentDetail, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &AgentDetail{Agent: *ag, Certificates: certs, Events: events}, nil
+	restr, err := a.AgentRestriction(td, id)
+	if err != nil {
+		return nil, err
+	}
+	return &AgentDetail{Agent: *ag, Certificates: certs, Events: events, Restriction: restr}, nil
 }
 
 // Events returns lifecycle events in order; an empty agentID means every

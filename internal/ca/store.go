@@ -38,7 +38,7 @@ func (e *StoreError) Unwrap() error { return e.Err }
 
 // schemaVersion is PRAGMA user_version of the current schema. Version 0 is an
 // empty database; migrations[i] moves version i to i+1.
-const schemaVersion = 1
+const schemaVersion = 2
 
 var migrations = []string{
 	// 0 → 1
@@ -109,6 +109,22 @@ CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
 	BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta (key, value) VALUES ('revocation_generation', 0);
+`,
+	// 1 → 2: fleet-wide restrictions, one per agent, pushed to replicas.
+	`
+CREATE TABLE restrictions (
+	tenant         TEXT NOT NULL,
+	agent_id       TEXT NOT NULL,
+	quarantined    INTEGER NOT NULL CHECK (quarantined IN (0, 1)),
+	max_trust      INTEGER CHECK (max_trust BETWEEN 0 AND 4),
+	removed_scopes TEXT NOT NULL,
+	until          TEXT,
+	reason         TEXT NOT NULL,
+	operator       TEXT NOT NULL,
+	set_at         TEXT NOT NULL,
+	PRIMARY KEY (tenant, agent_id),
+	FOREIGN KEY (tenant, agent_id) REFERENCES agents(tenant, agent_id)
+);
 `,
 }
 
@@ -351,6 +367,20 @@ func addEvent(tx *sql.Tx, at time.Time, tenant, agentID, serial, event, operator
 		return fmt.Errorf("record event %s: %w", event, err)
 	}
 	return nil
+}
+
+// RecordEvent appends a control-plane change that is not a certificate
+// lifecycle step (e.g. an operator certificate issued) to the event log.
+func (a *Authority) RecordEvent(tenant, agentID, serial, event, operator, detail string) error {
+	if err := validateOperator(operator); err != nil {
+		return err
+	}
+	if err := validateText("detail", detail, 1024); err != nil {
+		return err
+	}
+	return a.tx(context.Background(), func(tx *sql.Tx) error {
+		return addEvent(tx, a.now(), tenant, agentID, serial, event, operator, detail)
+	})
 }
 
 // bumpRevocation records that the revocation state of tenant changed.

@@ -19,7 +19,7 @@ func newAgentCmd() *cobra.Command {
 	var dataDir string
 	cmd := &cobra.Command{
 		Use:   "agent",
-		Short: "Issue, renew, reissue, revoke and list agent certificates",
+		Short: "Issue, renew, reissue, revoke, restrict and list agent certificates",
 	}
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "data directory (env AGENTAUTHZ_DATA_DIR)")
 	cmd.AddCommand(
@@ -27,6 +27,8 @@ func newAgentCmd() *cobra.Command {
 		newAgentRenewCmd(&dataDir),
 		newAgentReissueCmd(&dataDir),
 		newAgentRevokeCmd(&dataDir),
+		newAgentRestrictCmd(&dataDir),
+		newAgentLiftCmd(&dataDir),
 		newAgentListCmd(&dataDir),
 		newAgentShowCmd(&dataDir),
 	)
@@ -405,6 +407,9 @@ func newAgentShowCmd(dataDir *string) *cobra.Command {
 				ag.ID, ag.SPIFFEID, ag.TrustLabel, strings.Join(ag.Scopes, " "), caDash(ag.Owner), ag.Status)
 			if ag.RevokedAt != nil {
 				fmt.Fprintf(w, "revoked:   %s (%s)\n", ag.RevokedAt.UTC().Format(time.RFC3339), ag.RevocationReason)
+			}
+			if r := d.Restriction; r != nil {
+				fmt.Fprintf(w, "restricted: %s (by %s: %s)\n", describeRestriction(r), r.Operator, r.Reason)
 			}
 			fmt.Fprintln(w, "\ncertificates:")
 			caPrintCerts(w, d.Certificates)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -229,7 +231,13 @@ func (p *recordPrinter) print(r *decisionlog.Record) error {
 		p.header = true
 	}
 	if r.Kind == decisionlog.KindKeyRotation {
-		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\tkey_rotation\tnew kid %s\t-\n", r.Seq, r.Time.Format(decisionlog.TimeLayout), r.KeyRotation.NewKeyID)
+		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\tkey_rotation\tnew kid %s\t-\n", r.Seq, r.Time.Format(decisionlog.TimeLayout), cell(r.KeyRotation.NewKeyID))
+		return nil
+	}
+	if r.Kind == decisionlog.KindResponse && r.Response != nil {
+		fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\tresponse %d\t%s\t%s\n", r.Seq, r.Time.Format(decisionlog.TimeLayout),
+			cell(r.Agent.ID), cell(r.Agent.TrustLevel), cell(r.Request.Method), cell(r.Request.Path), cell(r.Request.Operation),
+			r.Response.Status, cell(r.Response.Body), cell(r.DecisionID))
 		return nil
 	}
 	dec := "deny"
@@ -237,8 +245,8 @@ func (p *recordPrinter) print(r *decisionlog.Record) error {
 		dec = "allow"
 	}
 	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s %d\t%s\t%s\n", r.Seq, r.Time.Format(decisionlog.TimeLayout),
-		dash(r.Agent.ID), dash(r.Agent.TrustLevel), dash(r.Request.Method), dash(r.Request.Path), dash(r.Request.Operation),
-		dec, r.Decision.HTTPStatus, dash(strings.Join(r.Decision.Reasons, ",")), dash(r.DecisionID))
+		cell(r.Agent.ID), cell(r.Agent.TrustLevel), cell(r.Request.Method), cell(r.Request.Path), cell(r.Request.Operation),
+		dec, r.Decision.HTTPStatus, cell(strings.Join(r.Decision.Reasons, ",")), cell(r.DecisionID))
 	return nil
 }
 
@@ -249,6 +257,48 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// cell is a record's value as human output shows it: "-" when empty, and
+// escaped so that it cannot drive the terminal (see escapeControl).
+func cell(s string) string { return dash(escapeControl(s)) }
+
+// escapeControl makes a value from a record safe to print on a terminal.
+// Request ids, paths and hosts come from clients: a raw ESC, CR or BEL could
+// rewrite what the operator sees, a tab would shift the table's columns, and
+// a bidirectional override (U+202E) reorders text. Control and format
+// characters and invalid UTF-8 become Go escapes (, ‮); a backslash
+// is doubled so that the escapes are unambiguous. JSON output needs none of
+// this: encoding/json escapes control characters itself.
+func escapeControl(s string) string {
+	clean := true
+	for _, r := range s {
+		if r == '\\' || r == utf8.RuneError || unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == '\\':
+			b.WriteString(`\\`)
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r < 0x80 && unicode.IsControl(r):
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case unicode.IsControl(r) || unicode.Is(unicode.Cf, r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }
 
 // scanLog calls fn for every record until the current end of the log. A
@@ -402,6 +452,23 @@ func newAuditWhoCmd() *cobra.Command {
 
 func printWho(out io.Writer, r *decisionlog.Record) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	if r.Kind == decisionlog.KindResponse && r.Response != nil {
+		// The signed response a decision let through (docs/responses.md).
+		rs := r.Response
+		for _, row := range [][2]string{
+			{"response to", r.DecisionID},
+			{"time", r.Time.Format(decisionlog.TimeLayout)},
+			{"status", fmt.Sprint(rs.Status)},
+			{"body", fmt.Sprintf("%s, %d bytes", rs.Body, rs.Bytes)},
+			{"content digest", rs.ContentDigest},
+			{"signature input", rs.SignatureInput},
+			{"record", fmt.Sprintf("seq %d of log %s, key %s", r.Seq, r.Log, r.KeyID)},
+		} {
+			fmt.Fprintf(tw, "%s:\t%s\n", row[0], dash(cell(strings.TrimSpace(row[1]))))
+		}
+		tw.Flush()
+		return
+	}
 	dec := "denied"
 	if r.Decision.Allowed {
 		dec = "allowed"
@@ -427,7 +494,7 @@ func printWho(out io.Writer, r *decisionlog.Record) {
 		{"record", fmt.Sprintf("seq %d of log %s, key %s", r.Seq, r.Log, r.KeyID)},
 	}
 	for _, row := range rows {
-		fmt.Fprintf(tw, "%s:\t%s\n", row[0], dash(strings.TrimSpace(row[1])))
+		fmt.Fprintf(tw, "%s:\t%s\n", row[0], cell(strings.TrimSpace(row[1])))
 	}
 	tw.Flush()
 }

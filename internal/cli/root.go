@@ -94,12 +94,17 @@ func newRoot() *cobra.Command {
 		newServeCmd(),
 		newCheckCmd(),
 		newCACmd(),
+		newControlCmd(),
+		newOperatorCmd(),
 		newAgentCmd(),
 		newAuditCmd(),
 		newReceiptCmd(),
+		newResponseCmd(),
 		newDemoCmd(),
 		newBenchCmd(),
 		newPolicyCmd(),
+		newAnomalyCmd(),
+		newAlertsCmd(),
 	)
 	return root
 }

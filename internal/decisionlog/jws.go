@@ -58,6 +58,14 @@ func decode(jws string) (*Record, jwsHeader, error) {
 	if len(jws) > MaxRecordBytes {
 		return nil, h, fmt.Errorf("%w: longer than %d bytes", ErrMalformed, MaxRecordBytes)
 	}
+	// base64.Strict() still skips CR and LF; a record holds neither (and
+	// the chain hashes the bytes as found), so any byte outside the JWS
+	// alphabet is refused before decoding.
+	for i := 0; i < len(jws); i++ {
+		if !isJWSByte(jws[i]) {
+			return nil, h, fmt.Errorf("%w: byte 0x%02x at offset %d is not base64url or '.'", ErrMalformed, jws[i], i)
+		}
+	}
 	parts := strings.Split(jws, ".")
 	if len(parts) != 3 {
 		return nil, h, fmt.Errorf("%w: want 3 dot-separated parts, got %d", ErrMalformed, len(parts))
@@ -89,6 +97,9 @@ func decode(jws string) (*Record, jwsHeader, error) {
 	}
 	if r.Seq == 0 {
 		return nil, h, fmt.Errorf("%w: seq 0", ErrMalformed)
+	}
+	if (r.Kind == KindResponse) != (r.Response != nil) {
+		return nil, h, fmt.Errorf("%w: a response record without its response, or a response on another kind", ErrMalformed)
 	}
 	if r.Kind == KindKeyRotation {
 		if r.KeyRotation == nil {

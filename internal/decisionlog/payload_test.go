@@ -2,8 +2,11 @@ package decisionlog
 
 import (
 	"bytes"
+	"context"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func samplePayloadRecords() []Record {
@@ -56,4 +59,88 @@ func FuzzPreparedRecord(f *testing.F) {
 			Agent: Agent{ID: agent, Scopes: []string{agent, path}}, Request: Request{Path: path},
 			Decision: Decision{Allowed: allowed, Reasons: []string{path}}})
 	})
+}
+
+// TestHugeFieldsAreRecordedTruncated (#15.4): a 33 KB Host full of '&' (six
+// bytes each under HTML escaping), a huge x-request-id and scope list: the
+// record is still written, every field within its bound, flagged
+// truncated, and without HTML escapes.
+func TestHugeFieldsAreRecordedTruncated(t *testing.T) {
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	defer l.Close()
+	r := sampleRecord(1)
+	r.Decision = Decision{Allowed: false, HTTPStatus: 403, Reasons: []string{"policy_denied"}}
+	r.Request.Host = strings.Repeat("&", 33<<10)
+	r.Request.ID = strings.Repeat("é", 40<<10) // cut at a rune boundary
+	r.Request.Path = "/a<b>&c"
+	scopes := make([]string, 1000)
+	for i := range scopes {
+		scopes[i] = strings.Repeat("s", 300)
+	}
+	r.Agent.Scopes = scopes
+	rc, err := l.Append(context.Background(), r)
+	if err != nil {
+		t.Fatalf("a denial must be recorded whatever its size: %v", err)
+	}
+	got, err := VerifyRecord(rc.JWS, l.PublicKeys())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Truncated {
+		t.Error("record not flagged truncated")
+	}
+	if len(got.Request.Host) != limitLong || len(got.Request.ID) > limitID || !utf8.ValidString(got.Request.ID) {
+		t.Errorf("host %d bytes, request id %d bytes (valid UTF-8: %v)", len(got.Request.Host), len(got.Request.ID), utf8.ValidString(got.Request.ID))
+	}
+	if len(got.Agent.Scopes) != limitScopes || len(got.Agent.Scopes[0]) != limitScope || len(scopes[0]) != 300 {
+		t.Errorf("scopes: %d of %d bytes (caller's slice: %d bytes)", len(got.Agent.Scopes), len(got.Agent.Scopes[0]), len(scopes[0]))
+	}
+	if got.Request.Path != "/a<b>&c" {
+		t.Errorf("path %q", got.Request.Path)
+	}
+	payload, _ := b64.DecodeString(strings.Split(rc.JWS, ".")[1])
+	if bytes.Contains(payload, []byte(`\u0026`)) || bytes.Contains(payload, []byte(`\u003c`)) {
+		t.Error("record JSON is HTML-escaped")
+	}
+	if !bytes.Contains(payload, []byte(`"truncated":true`)) {
+		t.Errorf("no truncated flag in %s", payload[:200])
+	}
+	// The worst case: every field at its bound and every byte a control
+	// character (a six-byte JSON escape) still fits in one record.
+	w := sampleRecord(3)
+	ctl := strings.Repeat("\x01", limitPath)
+	for _, f := range []*string{&w.DecisionID, &w.Agent.ID, &w.Agent.SPIFFEID, &w.Agent.Tenant, &w.Agent.TrustLevel, &w.Agent.Owner,
+		&w.Agent.Serial, &w.Agent.CertSHA256, &w.Agent.Issuer, &w.Agent.Source, &w.Request.ID, &w.Request.Method, &w.Request.Host,
+		&w.Request.Path, &w.Request.Operation, &w.Request.Source, &w.Decision.PolicyRevision} {
+		*f = ctl
+	}
+	w.Agent.Scopes = make([]string, limitScopes+1)
+	w.Decision.Reasons = make([]string, limitReasons+1)
+	for i := range w.Agent.Scopes {
+		w.Agent.Scopes[i] = ctl
+	}
+	for i := range w.Decision.Reasons {
+		w.Decision.Reasons[i] = ctl
+	}
+	if _, err := l.Append(context.Background(), w); err != nil {
+		t.Fatalf("worst-case record: %v", err)
+	}
+	// An ordinary record carries no flag.
+	rc, err = l.Append(context.Background(), sampleRecord(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mustB64(t, strings.Split(rc.JWS, ".")[1])), "truncated") {
+		t.Error("an ordinary record is flagged truncated")
+	}
+}
+
+func mustB64(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := b64.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -19,22 +19,47 @@ type Record struct {
 	KeyID      string    `json:"kid"`
 	Prev       string    `json:"prev"` // lowercase hex SHA-256 of the previous record's JWS signing input; "" for the first
 
-	// Kind is "" (or KindDecision) for a decision and KindKeyRotation for
-	// the record that hands the log over to a new signing key.
+	// Kind is "" (or KindDecision) for a decision, KindKeyRotation for
+	// the record that hands the log over to a new signing key, and
+	// KindResponse for the signed response a decision let through.
 	Kind string `json:"kind,omitempty"`
 	// KeyRotation is set on KindKeyRotation records only.
 	KeyRotation *KeyRotation `json:"key_rotation,omitempty"`
+	// Response is set on KindResponse records only.
+	Response *Response `json:"response,omitempty"`
 
 	Agent    Agent    `json:"agent"`
 	Request  Request  `json:"request"`
 	Decision Decision `json:"decision"`
+	// Truncated says the log cut at least one field to its bound
+	// (fieldLimits) so that the record could be written: a denial is
+	// always recorded, whatever the request carried.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // Record kinds.
 const (
 	KindDecision    = "decision"
 	KindKeyRotation = "key_rotation"
+	KindResponse    = "response"
 )
+
+// Response is what the upstream answered to an allowed request, as
+// agentauthz signed it (docs/responses.md). A response record repeats the
+// decision's agent, request and outcome and carries the same decision_id.
+type Response struct {
+	Status int `json:"status"`
+	// Body says how the body is covered: "signed" (ContentDigest is in the
+	// signature), or "unsigned: too-large", "unsigned: streamed" (the
+	// digest of the whole streamed body is here, not in the signature),
+	// "unsigned: not-sent", or "incomplete" (the stream ended early).
+	Body          string `json:"body"`
+	ContentDigest string `json:"content_digest,omitempty"` // RFC 9530 value, sha-256
+	Bytes         int64  `json:"bytes"`                    // body bytes seen
+	// SignatureInput and Signature are the fields added to the response.
+	SignatureInput string `json:"signature_input,omitempty"`
+	Signature      string `json:"signature,omitempty"`
+}
 
 // KeyRotation announces the key that signs every record after this one. The
 // rotation record itself is signed by the old key, so a verifier that trusts
@@ -54,7 +79,7 @@ type recordFields Record
 
 // MarshalJSON writes Record with its time as "time" in TimeLayout.
 func (r Record) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
+	return marshalJSON(struct {
 		recordFields
 		Time string `json:"time"`
 	}{recordFields(r), r.Time.UTC().Format(TimeLayout)})

@@ -3,6 +3,7 @@ package decisionlog
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -220,5 +221,137 @@ func TestVerifyEmptyLog(t *testing.T) {
 	res, err := Verify(o.Dir, ks)
 	if err != nil || res.Problem != nil || res.Records != 0 {
 		t.Fatalf("%+v %v", res, err)
+	}
+}
+
+// TestVerifyRejectsCRLFInsideARecord (#15.6): base64.Strict() skips CR and
+// LF, so a CR inside a signature (or the payload) decoded to the same
+// bytes and verified; a record line holds neither.
+func TestVerifyRejectsCRLFInsideARecord(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		at   func(line string) int
+	}{
+		{"signature", func(l string) int { return len(l) - 20 }},
+		{"payload", func(l string) int { return strings.IndexByte(l, '.') + 8 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, ks := tamperLog(t)
+			s := readSeg(t, o, 6)
+			l := strings.TrimSuffix(s.lines[1], "\n") // seq 7
+			i := tc.at(l)
+			s.lines[1] = l[:i] + "\r" + l[i:] + "\n"
+			if _, err := DecodeRecord(l[:i] + "\r" + l[i:]); !errors.Is(err, ErrMalformed) {
+				t.Fatalf("DecodeRecord accepted a CR: %v", err)
+			}
+			s.write(t)
+			res, err := Verify(o.Dir, ks)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Problem == nil || res.Problem.Kind != KindModified || res.Problem.Seq != 7 {
+				t.Fatalf("CR inside record 7: got %+v, want modified at 7", res.Problem)
+			}
+		})
+	}
+}
+
+// resign returns line's record with change applied, signed by k: a record
+// that is validly signed but not the one the log wrote.
+func resign(t *testing.T, line string, k *signingKey, change func(*Record)) string {
+	t.Helper()
+	r, err := DecodeRecord(strings.TrimSuffix(line, "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	change(r)
+	r.KeyID = k.kid
+	b, err := r.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := k.finish(k.signingInput(b))
+	return string(out)
+}
+
+// logKey returns the log's signing key with the given kid.
+func logKey(t *testing.T, o Options, kid string) *signingKey {
+	t.Helper()
+	keys, err := loadSigningKeys(o.KeyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, ok := keys[kid]
+	if !ok {
+		t.Fatalf("no key %s", kid)
+	}
+	return k
+}
+
+// TestVerifyChainCatchesWrongPredecessor (#29.1) is the case only the
+// hash chain catches: record 8 is correctly signed with the log's own key
+// and holds the right seq, but commits to record 6 instead of record 7.
+// Kills the mutation that drops the prev comparison from Verify.
+func TestVerifyChainCatchesWrongPredecessor(t *testing.T) {
+	o, ks := tamperLog(t)
+	s := readSeg(t, o, 6)
+	first, err := DecodeRecord(strings.TrimSuffix(s.lines[0], "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := logKey(t, o, first.KeyID)
+	s.lines[2] = resign(t, s.lines[2], k, func(r *Record) { // seq 8
+		r.Prev = ChainHash(strings.TrimSuffix(s.lines[0], "\n")) // record 6's hash, not 7's
+	})
+	if _, err := VerifyRecord(strings.TrimSuffix(s.lines[2], "\n"), ks); err != nil {
+		t.Fatalf("the forged record must verify on its own: %v", err)
+	}
+	s.write(t)
+	res, err := Verify(o.Dir, ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Problem == nil || res.Problem.Kind != KindModified || res.Problem.Seq != 7 {
+		t.Fatalf("got %+v, want modified at 7 (record 8 commits to another predecessor)", res.Problem)
+	}
+}
+
+// TestVerifyRefusesRetiredKeyAfterRotation (#29.2): the records after a
+// key rotation re-signed with the retired key, chained correctly (so only
+// the key check can catch them), fail even when the verifier is given
+// both keys. Kills the mutation that accepts any known key after the
+// first record.
+func TestVerifyRefusesRetiredKeyAfterRotation(t *testing.T) {
+	o := testOptions(t)
+	l := mustOpen(t, o)
+	oldKID := l.KeyID()
+	appendN(t, l, 0, 3)
+	if _, err := l.Rotate(); err != nil { // seq 4
+		t.Fatal(err)
+	}
+	appendN(t, l, 3, 3) // seqs 5-7
+	both := l.PublicKeys()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(both) != 2 {
+		t.Fatalf("keys %v", both.KIDs())
+	}
+	if res, err := Verify(o.Dir, both); err != nil || res.Problem != nil {
+		t.Fatalf("intact: %+v %v", res, err)
+	}
+	s := readSeg(t, o, 1)
+	old := logKey(t, o, oldKID)
+	for i := 5; i < 7; i++ { // seqs 6 and 7
+		prev := ChainHash(strings.TrimSuffix(s.lines[i-1], "\n"))
+		s.lines[i] = resign(t, s.lines[i], old, func(r *Record) { r.Prev = prev })
+	}
+	s.write(t)
+	res, err := Verify(o.Dir, both)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Problem == nil || res.Problem.Kind != KindModified || res.Problem.Seq != 6 {
+		t.Fatalf("got %+v, want modified at 6 (signed by the retired key)", res.Problem)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/identity"
@@ -31,9 +32,48 @@ func (f fakeIdent) Identify(*authv3.AttributeContext) (*identity.Agent, *identit
 	return f.agent, f.err
 }
 
-type fakeRevocation reason.Code
+// fakeRevocation answers from what it is asked, as the real checker does: a
+// serial revoked by one tenant's CA, an agent id revoked in that tenant, or
+// stale data for that tenant. A Check that passes another tenant, serial or
+// agent id (or swaps them) is told "not revoked", and the test that expects
+// a denial fails (#29.4).
+type fakeRevocation struct {
+	tenant, serial, agentID string
+	stale                   bool
+}
 
-func (f fakeRevocation) Check(string, string, string) reason.Code { return reason.Code(f) }
+func (f fakeRevocation) Check(tenant string, chain []identity.ChainCert, agentID string) reason.Code {
+	serial := ""
+	if len(chain) > 0 {
+		serial = chain[0].Serial
+	}
+	switch {
+	case f.tenant == "" || tenant != f.tenant:
+		return ""
+	case f.serial != "" && serial == f.serial:
+		return reason.CertificateRevoked
+	case f.agentID != "" && agentID == f.agentID:
+		return reason.AgentRevoked
+	case f.stale:
+		return reason.RevocationStatusUnknown
+	}
+	return ""
+}
+
+// revocationOf is a checker that answers code for the test agent.
+func revocationOf(code reason.Code) fakeRevocation {
+	switch code {
+	case reason.CertificateRevoked:
+		return fakeRevocation{tenant: agent.Tenant, serial: agent.Serial}
+	case reason.AgentRevoked:
+		return fakeRevocation{tenant: agent.Tenant, agentID: agent.ID}
+	case reason.RevocationStatusUnknown:
+		return fakeRevocation{tenant: agent.Tenant, stale: true}
+	case "":
+		return fakeRevocation{}
+	}
+	panic("revocationOf: " + code)
+}
 
 type fakePolicy struct {
 	v   Verdict
@@ -63,6 +103,7 @@ var agent = &identity.Agent{
 	ID: "payments-agent", SPIFFEID: "spiffe://example.test/agent/payments-agent", Tenant: "example.test",
 	TrustLevel: 3, Scopes: []string{"payments:initiate", "payments:read"}, Serial: "3e9", CertSHA256: "ab",
 	Issuer: "CN=test CA", Profile: identity.ProfileNative, Source: identity.SourcePeerCertificate,
+	Chain: []identity.ChainCert{{Serial: "3e9"}},
 }
 
 func request(headers map[string]string) *authv3.CheckRequest {
@@ -86,31 +127,34 @@ func TestCheckTable(t *testing.T) {
 	tests := []struct {
 		name       string
 		ident      fakeIdent
-		rev        reason.Code
+		rev        fakeRevocation
 		pol        fakePolicy
 		logErr     error
 		wantReason reason.Code
 		wantStatus int
 	}{
-		{"allowed", fakeIdent{agent: agent}, "", allow, nil, reason.Allowed, 200},
-		{"identity failure", fakeIdent{err: &identity.Error{Reason: reason.UntrustedIssuer, CertSHA256: "cd"}}, "", allow, nil, reason.UntrustedIssuer, 401},
-		{"revoked serial", fakeIdent{agent: agent}, reason.CertificateRevoked, allow, nil, reason.CertificateRevoked, 401},
-		{"stale revocation data", fakeIdent{agent: agent}, reason.RevocationStatusUnknown, allow, nil, reason.RevocationStatusUnknown, 401},
-		{"policy error", fakeIdent{agent: agent}, "", fakePolicy{err: errors.New("undefined decision")}, nil, reason.PolicyError, 403},
-		{"policy deny with reason", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{Reason: "scope_missing"}}, nil, reason.ScopeMissing, 403},
-		{"policy deny that claims reason allowed", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{Reason: "allowed"}}, nil, reason.PolicyDenied, 403},
-		{"policy deny without reason", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{}}, nil, reason.PolicyDenied, 403},
-		{"policy deny with status", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{HTTPStatus: 429}}, nil, reason.PolicyDenied, 429},
-		{"policy deny with status 200 passes it through", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{HTTPStatus: 200}}, nil, reason.PolicyDenied, 200},
-		{"policy deny with a redirect", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{HTTPStatus: 302}}, nil, reason.PolicyDenied, 302},
-		{"policy deny with an out-of-range status", fakeIdent{agent: agent}, "", fakePolicy{v: Verdict{HTTPStatus: 999}}, nil, reason.PolicyDenied, 403},
-		{"log unavailable turns allow into deny", fakeIdent{agent: agent}, "", allow, errors.New("disk full"), reason.DecisionLogUnavailable, 503},
-		{"panic denies", fakeIdent{panic: true}, "", allow, nil, reason.InternalError, 503},
+		{"allowed", fakeIdent{agent: agent}, fakeRevocation{}, allow, nil, reason.Allowed, 200},
+		{"identity failure", fakeIdent{err: &identity.Error{Reason: reason.UntrustedIssuer, CertSHA256: "cd"}}, fakeRevocation{}, allow, nil, reason.UntrustedIssuer, 401},
+		{"revoked serial", fakeIdent{agent: agent}, revocationOf(reason.CertificateRevoked), allow, nil, reason.CertificateRevoked, 401},
+		{"revoked agent id", fakeIdent{agent: agent}, revocationOf(reason.AgentRevoked), allow, nil, reason.AgentRevoked, 401},
+		{"stale revocation data", fakeIdent{agent: agent}, revocationOf(reason.RevocationStatusUnknown), allow, nil, reason.RevocationStatusUnknown, 401},
+		{"another serial revoked", fakeIdent{agent: agent}, fakeRevocation{tenant: agent.Tenant, serial: "3ea"}, allow, nil, reason.Allowed, 200},
+		{"the same serial revoked in another tenant", fakeIdent{agent: agent}, fakeRevocation{tenant: "other.test", serial: agent.Serial, agentID: agent.ID, stale: true}, allow, nil, reason.Allowed, 200},
+		{"policy error", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{err: errors.New("undefined decision")}, nil, reason.PolicyError, 403},
+		{"policy deny with reason", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{Reason: "scope_missing"}}, nil, reason.ScopeMissing, 403},
+		{"policy deny that claims reason allowed", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{Reason: "allowed"}}, nil, reason.PolicyDenied, 403},
+		{"policy deny without reason", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{}}, nil, reason.PolicyDenied, 403},
+		{"policy deny with status", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 429}}, nil, reason.PolicyDenied, 429},
+		{"policy deny with status 200 passes it through", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 200}}, nil, reason.PolicyDenied, 200},
+		{"policy deny with a redirect", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 302}}, nil, reason.PolicyDenied, 302},
+		{"policy deny with an out-of-range status", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 999}}, nil, reason.PolicyDenied, 403},
+		{"log unavailable turns allow into deny", fakeIdent{agent: agent}, fakeRevocation{}, allow, errors.New("disk full"), reason.DecisionLogUnavailable, 503},
+		{"panic denies", fakeIdent{panic: true}, fakeRevocation{}, allow, nil, reason.InternalError, 503},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			log := &fakeLog{err: tt.logErr}
-			s, m := newService(t, tt.ident, fakeRevocation(tt.rev), tt.pol, log)
+			s, m := newService(t, tt.ident, tt.rev, tt.pol, log)
 			resp, err := s.Check(context.Background(), request(nil))
 			if err != nil {
 				t.Fatalf("Check returned error %v; decisions must never be gRPC errors", err)
@@ -170,7 +214,7 @@ func TestAllowOverwritesClientIdentityHeaders(t *testing.T) {
 		{Header: &corev3.HeaderValue{Key: "X-Agent-Id", Value: "policy-cannot-set-this"}},
 		{Header: &corev3.HeaderValue{Key: "x-operation", Value: "payments:initiate"}},
 	}}}
-	s, _ := newService(t, fakeIdent{agent: agent}, fakeRevocation(""), pol, &fakeLog{})
+	s, _ := newService(t, fakeIdent{agent: agent}, fakeRevocation{}, pol, &fakeLog{})
 	resp, _ := s.Check(context.Background(), request(map[string]string{"x-agent-id": "admin", "x-agent-owner": "root"}))
 	ok := resp.GetOkResponse()
 	got := map[string]*corev3.HeaderValueOption{}
@@ -213,7 +257,7 @@ func TestAllowOverwritesClientIdentityHeaders(t *testing.T) {
 
 func TestCancelledRequestStillRecorded(t *testing.T) {
 	log := &fakeLog{}
-	s, _ := newService(t, fakeIdent{agent: agent}, fakeRevocation(""), fakePolicy{v: Verdict{Allowed: true}}, log)
+	s, _ := newService(t, fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{Allowed: true}}, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := s.Check(ctx, request(nil)); err != nil {
@@ -248,7 +292,7 @@ func TestDebugLogNamesIdentityError(t *testing.T) {
 			var buf strings.Builder
 			logger := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Debug, JSONFormat: true})
 			ident := fakeIdent{err: &identity.Error{Reason: reason.CertificateExpired, Err: errors.New(tc.err)}}
-			s, err := New(Options{Identifier: ident, Revocation: fakeRevocation(""), Policy: fakePolicy{},
+			s, err := New(Options{Identifier: ident, Revocation: fakeRevocation{}, Policy: fakePolicy{},
 				Recorder: &fakeLog{}, Metrics: NewMetrics(prometheus.NewRegistry()), Logger: logger})
 			if err != nil {
 				t.Fatal(err)
@@ -291,7 +335,7 @@ func TestDebugLogCarriesReasonCode(t *testing.T) {
 		t.Run(string(tc.code), func(t *testing.T) {
 			var buf strings.Builder
 			logger := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Debug, JSONFormat: true})
-			s, err := New(Options{Identifier: tc.ident, Revocation: fakeRevocation(tc.rev), Policy: fakePolicy{},
+			s, err := New(Options{Identifier: tc.ident, Revocation: revocationOf(tc.rev), Policy: fakePolicy{},
 				Recorder: &fakeLog{}, Metrics: NewMetrics(prometheus.NewRegistry()), Logger: logger})
 			if err != nil {
 				t.Fatal(err)
@@ -309,5 +353,45 @@ func TestDebugLogCarriesReasonCode(t *testing.T) {
 				t.Fatalf("reason = %q, want %q (line %s)", line.Reason, string(tc.code), buf.String())
 			}
 		})
+	}
+}
+
+// TestPolicyCannotOverwriteServiceMetadata (#29.3): the dynamic metadata
+// Envoy logs and passes on names the decision as the service made it. A
+// policy's own dynamic_metadata is merged in, but decision_id, reason,
+// agent_id, trust_level and operation are the service's: a policy that sets
+// them (to hide a denial, or blame another agent) does not change them.
+func TestPolicyCannotOverwriteServiceMetadata(t *testing.T) {
+	forged, err := structpb.NewStruct(map[string]any{
+		"decision_id": "forged-decision", "reason": "allowed", "agent_id": "admin-agent",
+		"trust_level": "L4", "operation": "admin:everything", "team": "payments",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []Verdict{
+		{Allowed: true, Operation: "payments:initiate", DynamicMetadata: forged},
+		{Reason: "scope_missing", Operation: "payments:initiate", DynamicMetadata: forged},
+	} {
+		log := &fakeLog{}
+		s, _ := newService(t, fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: v}, log)
+		resp, err := s.Check(context.Background(), request(nil))
+		if err != nil || len(log.recs) != 1 {
+			t.Fatalf("Check = %v, %d records", err, len(log.recs))
+		}
+		rec := log.recs[0]
+		want := map[string]string{
+			"decision_id": rec.DecisionID, "reason": rec.Decision.Reasons[0], "agent_id": agent.ID,
+			"trust_level": "L3", "operation": "payments:initiate", "team": "payments",
+		}
+		meta := resp.GetDynamicMetadata().GetFields()
+		for k, w := range want {
+			if got := meta[k].GetStringValue(); got != w {
+				t.Errorf("allowed=%v: dynamic_metadata %s = %q, want %q", v.Allowed, k, got, w)
+			}
+		}
+		if rec.DecisionID == "forged-decision" || (!v.Allowed && rec.Decision.Reasons[0] != "scope_missing") {
+			t.Errorf("record took the policy's metadata: %+v", rec)
+		}
 	}
 }

@@ -85,10 +85,12 @@ type Config struct {
 type state struct {
 	query    rego.PreparedEvalQuery
 	routes   *routeTable
+	mcp      *mcpTable // nil: no MCP endpoint declared
 	agents   map[string]identity.RegistryEntry
 	revision string
 	plan     cachePlan
 	cache    *decisionCache // nil: every request is evaluated
+	base     baseDoc        // before the restrictions overlay
 }
 
 // Engine evaluates the current policy. It is safe for concurrent use.
@@ -105,7 +107,11 @@ type Engine struct {
 	// allocates OPA metrics and timers that nobody reads.
 	opaMetrics opametrics.Metrics
 
-	reloadMu sync.Mutex // serialises Reload
+	reloadMu sync.Mutex // serialises Reload and guards overlay and remerge
+	// overlay holds the control plane's restrictions by tenant, merged
+	// into data.agentauthz.restrictions at every compile (overlay.go).
+	overlay map[string]map[string]any
+	remerge *time.Timer
 }
 
 // New loads the policy and prepares the query. A directory or bundle file that
@@ -214,7 +220,15 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 		return nil, ErrNotReady
 	}
 	h := req.GetAttributes().GetRequest().GetHttp()
-	op := s.routes.Match(h.GetMethod(), h.GetPath())
+	if h.GetMethod() == "POST" && s.mcp.endpoint(h.GetHost(), h.GetPath()) {
+		return e.evalMCP(ctx, s, req, agent)
+	}
+	return e.evalOp(ctx, s, req, agent, s.routes.Match(h.GetMethod(), h.GetPath()), nil)
+}
+
+// evalOp decides req as operation op; mcpTerm, when not nil, is input.mcp.
+// The Result may be shared through the decision cache: never modify it.
+func (e *Engine) evalOp(ctx context.Context, s *state, req *authv3.CheckRequest, agent *identity.Agent, op string, mcpTerm *ast.Term) (*Result, error) {
 	now := e.now()
 	c := s.cache
 	var key cacheKey
@@ -245,6 +259,9 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 	input, err := buildInput(req, e.agents.term(agent), op)
 	if err != nil {
 		return partial, err
+	}
+	if mcpTerm != nil {
+		input.(ast.Object).Insert(keyMCP, mcpTerm)
 	}
 	if c != nil && len(c.plan.byKey) > 0 {
 		var ok bool
@@ -411,7 +428,9 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	if data == nil {
 		data = map[string]any{}
 	}
-	routes, agents, err := parseAgentauthzData(data)
+	base := baseDoc{modules: modules, data: data, revision: revision}
+	data, revision, remergeAt := e.withOverlay(data, revision)
+	routes, agents, mcpt, err := parseAgentauthzData(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrPolicyRejected, err)
 	}
@@ -428,10 +447,11 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	if err != nil {
 		return nil, fmt.Errorf("%w: prepare: %w", ErrPolicyRejected, err)
 	}
-	s := &state{query: pq, routes: routes, agents: agents, revision: revision, plan: planCache(c.Modules)}
+	s := &state{query: pq, routes: routes, mcp: mcpt, agents: agents, revision: revision, plan: planCache(c.Modules), base: base}
 	if err := e.smoke(ctx, s); err != nil {
 		return nil, fmt.Errorf("%w: smoke evaluation: %w", ErrPolicyRejected, err)
 	}
+	e.scheduleRemergeLocked(remergeAt)
 	if e.cfg.DecisionCache > 0 && s.plan.cacheable() {
 		s.cache = newDecisionCache(s.plan, e.cfg.DecisionCache, e.cfg.TimeGranularity)
 	}

@@ -2,6 +2,7 @@ package revocation
 
 import (
 	"context"
+	"crypto"
 	"fmt"
 	"math/big"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/reason"
 	"github.com/agentauthz/agentauthz/internal/testca"
 )
@@ -75,11 +77,21 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func waitCheck(t *testing.T, c *Checker, tenant, serial, agent string, want reason.Code) {
+// issuedBy is the verified chain of a certificate with serial issued directly
+// by ca (a trust anchor).
+func issuedBy(ca *testca.CA, serial string) []identity.ChainCert {
+	return []identity.ChainCert{{Serial: serial, Issuer: ca.Cert, IssuerKey: identity.CAKeyOf(ca.Cert)}}
+}
+
+func waitCheck(t *testing.T, c *Checker, tenant string, chain []identity.ChainCert, agent string, want reason.Code) {
 	t.Helper()
 	var got reason.Code
+	serial := ""
+	if len(chain) > 0 {
+		serial = chain[0].Serial
+	}
 	waitFor(t, fmt.Sprintf("Check(%s, %s, %s) = %q (last %q)", tenant, serial, agent, string(want), string(got)), func() bool {
-		got = c.Check(tenant, serial, agent)
+		got = c.Check(tenant, chain, agent)
 		return got == want
 	})
 }
@@ -182,6 +194,9 @@ type fakeStore struct {
 	crl    []byte
 	revs   []*big.Int
 	agents map[string]bool
+	restr  []byte
+	// signer, when set, signs watch events instead of the tenant's CA.
+	signer crypto.Signer
 }
 
 var errUnknownTenant = fmt.Errorf("not found")
@@ -236,6 +251,36 @@ func (s *fakeStore) RevokedAgents(td string) ([]string, error) {
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+func (s *fakeStore) PushRestrictions(td string) ([]byte, error) {
+	if td != s.ca.TrustDomain {
+		return nil, fmt.Errorf("tenant %q: %w", td, errUnknownTenant)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.restr == nil {
+		return []byte("{}"), nil
+	}
+	return s.restr, nil
+}
+
+// setRestrictions replaces the restrictions and bumps the generation.
+func (s *fakeStore) setRestrictions(js string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.restr = []byte(js)
+	s.gen++
+}
+
+func (s *fakeStore) SignPush(td string, msg []byte) ([]byte, error) {
+	if td != s.ca.TrustDomain {
+		return nil, fmt.Errorf("tenant %q: %w", td, errUnknownTenant)
+	}
+	if s.signer != nil {
+		return SignPush(s.signer, msg)
+	}
+	return SignPush(s.ca.Key, msg)
 }
 
 func (s *fakeStore) RevocationGeneration() (int64, error) {

@@ -30,6 +30,12 @@ type Store interface {
 	// RevocationGeneration changes on every committed revocation, by any
 	// process; cheap enough to poll every 100 ms.
 	RevocationGeneration() (int64, error)
+	// PushRestrictions returns the tenant's restrictions in force as a JSON
+	// object by agent id (data.agentauthz.restrictions); a change bumps
+	// RevocationGeneration too.
+	PushRestrictions(tenant string) ([]byte, error)
+	// SignPush signs msg (a PushMessage) with the tenant's CA key.
+	SignPush(tenant string, msg []byte) ([]byte, error)
 }
 
 // Publisher defaults.
@@ -91,6 +97,8 @@ type pubState struct {
 	event   []byte // one complete SSE event
 	crl     []byte
 	agents  []string
+	restr   []byte
+	expires time.Time
 	etag    string
 	modTime time.Time
 	changed chan struct{}
@@ -226,11 +234,27 @@ func (p *Publisher) refresh(tenant string) (*pubState, error) {
 	if agents == nil {
 		agents = []string{}
 	}
+	restr, err := p.store.PushRestrictions(tenant)
+	if err != nil {
+		return nil, err
+	}
 	sum := sha256.Sum256(crl)
 	etag := `"` + hex.EncodeToString(sum[:16]) + `"`
-	ev := WatchEvent{Generation: gen, Tenant: tenant, CRL: crl, RevokedAgents: agents}
+	p.mu.Lock()
+	if t := p.tenants[tenant]; t != nil && t.state != nil && bytes.Equal(t.state.crl, crl) && slices.Equal(t.state.agents, agents) &&
+		bytes.Equal(t.state.restr, restr) && time.Until(t.state.expires) > PushValidity/2 {
+		st := t.state
+		p.mu.Unlock()
+		return st, nil // unchanged, and its signature is still fresh
+	}
+	p.mu.Unlock()
+	expires := time.Now().Add(PushValidity).Truncate(time.Second)
+	ev := WatchEvent{Generation: gen, Tenant: tenant, CRL: crl, RevokedAgents: agents, Restrictions: restr, Expires: expires.Unix()}
 	if len(crl) > p.inlineLimit {
 		ev.CRL, ev.CRLETag = nil, etag
+	}
+	if ev.Signature, err = p.store.SignPush(tenant, PushMessage(&ev)); err != nil {
+		return nil, fmt.Errorf("sign watch event: %w", err)
 	}
 	data, err := json.Marshal(ev)
 	if err != nil {
@@ -247,8 +271,8 @@ func (p *Publisher) refresh(tenant string) (*pubState, error) {
 		p.tenants[tenant] = t
 	}
 	old := t.state
-	if old != nil && bytes.Equal(old.crl, crl) && slices.Equal(old.agents, agents) {
-		return old, nil
+	if old != nil && old.expires.After(expires) {
+		return old, nil // a concurrent refresh published newer state
 	}
 	var sse bytes.Buffer
 	fmt.Fprintf(&sse, "event: revocation\nid: %d\ndata: %s\n\n", gen, data)
@@ -256,6 +280,8 @@ func (p *Publisher) refresh(tenant string) (*pubState, error) {
 		event:   sse.Bytes(),
 		crl:     crl,
 		agents:  agents,
+		restr:   restr,
+		expires: expires,
 		etag:    etag,
 		modTime: time.Now(),
 		changed: make(chan struct{}),

@@ -1,5 +1,7 @@
 package revocation
 
+import "encoding/json"
+
 // Watch protocol (documented in docs/revocation.md):
 //
 //	GET /v1/watch?tenant=<trust-domain>   Accept: text/event-stream
@@ -10,7 +12,12 @@ package revocation
 //
 //	event: revocation
 //	id: <generation>
-//	data: {"generation":42,"tenant":"example.test","crl":"<base64 DER>","revoked_agents":["bot-1"]}
+//	data: {"generation":42,"tenant":"example.test","crl":"<base64 DER>","revoked_agents":["bot-1"],
+//	       "restrictions":{"bot-2":{"quarantined":true,"removed_scopes":[]}},"expires":1796000000,
+//	       "signature":"<base64>"}
+//
+// The signature is the tenant CA's over PushMessage (push.go); replicas
+// refuse an unsigned, wrongly signed, expired or older event.
 //
 // Every event carries the full state (the whole CRL and the whole agent
 // list), so a replica never needs history: a reconnect is a resync. A CRL
@@ -38,4 +45,13 @@ type WatchEvent struct {
 	CRLETag string `json:"crl_etag,omitempty"`
 	// RevokedAgents lists agent ids under an agent-level revocation.
 	RevokedAgents []string `json:"revoked_agents"`
+	// Restrictions is the tenant's restrictions in force, a JSON object by
+	// agent id in the shape of data.agentauthz.restrictions.
+	Restrictions json.RawMessage `json:"restrictions,omitempty"`
+	// Expires is when this signed state stops being applied (Unix seconds);
+	// the publisher re-signs unchanged state before then.
+	Expires int64 `json:"expires"`
+	// Signature is the tenant CA's signature over PushMessage(event),
+	// standard base64 in JSON.
+	Signature []byte `json:"signature"`
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -42,13 +44,19 @@ type ReadyCheck struct {
 // from a configuration; tests may build them by hand.
 type Components struct {
 	Authorization authv3.AuthorizationServer
-	Registry      *prometheus.Registry
-	Ready         []ReadyCheck
+	// ExternalProcessor signs responses (Envoy ext_proc); nil when
+	// response signing is off.
+	ExternalProcessor extprocv3.ExternalProcessorServer
+	Registry          *prometheus.Registry
+	Ready             []ReadyCheck
 	// Handlers are extra HTTP handlers by pattern (e.g. the JWKS).
 	Handlers map[string]http.Handler
 	// Loops run in the background until their context ends, which happens
 	// after the gRPC server has drained.
 	Loops []func(ctx context.Context) error
+	// Notes add lines to /readyz that do not make the server unready, e.g.
+	// a lost control plane whose last state stays in force.
+	Notes []func() []string
 	// Reload is called on SIGHUP.
 	Reload func() error
 	// Closers run last, in order (e.g. flush and close the decision log).
@@ -102,6 +110,10 @@ func New(cfg config.Config, c Components, logger hclog.Logger) (*Server, error) 
 	gs := grpc.NewServer(opts...)
 	hs := health.NewServer()
 	gs.RegisterService(authorizationDesc(), c.Authorization)
+	if c.ExternalProcessor != nil {
+		extprocv3.RegisterExternalProcessorServer(gs, c.ExternalProcessor)
+		hs.SetServingStatus(extprocv3.ExternalProcessor_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	}
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -136,6 +148,22 @@ func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
+}
+
+// unauthenticatedCallers says why a Check caller on addr is not
+// authenticated, or "" when it is. A record attests what the caller of Check
+// reported, so anyone who reaches a listener without client certificates can
+// obtain signed decisions for any agent whose certificate they hold. Loopback
+// (a sidecar layout) and non-TCP listeners are not warned about.
+func unauthenticatedCallers(addr net.Addr, t config.TLS) string {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok || tcp.IP.IsLoopback() || t.ClientCAFile != "" {
+		return ""
+	}
+	if !t.Enabled() {
+		return "gRPC listener is plaintext on a non-loopback address: anyone who reaches it can obtain signed decisions"
+	}
+	return "gRPC listener takes no client certificates on a non-loopback address: anyone who reaches it can obtain signed decisions"
 }
 
 func serverTLS(t config.TLS) (*tls.Config, error) {
@@ -176,9 +204,19 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	if bad := s.notReady(); len(bad) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, "not ready:\n"+strings.Join(bad, "\n"))
+		s.writeNotes(w)
 		return
 	}
 	fmt.Fprintln(w, "ready")
+	s.writeNotes(w)
+}
+
+func (s *Server) writeNotes(w io.Writer) {
+	for _, n := range s.c.Notes {
+		for _, line := range n() {
+			fmt.Fprintln(w, line)
+		}
+	}
 }
 
 // Serve runs until ctx ends or a component fails, then shuts down in order:
@@ -232,6 +270,10 @@ func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener, hup <
 		}
 	})
 	s.logger.Info("serving", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String())
+	if w := unauthenticatedCallers(grpcLis.Addr(), s.cfg.GRPC.TLS); w != "" {
+		s.logger.Warn(w, "grpc", grpcLis.Addr().String(),
+			"hint", "set grpc.tls.client_ca_file to a CA that issues only proxy certificates, or listen on 127.0.0.1 (docs/security.md, trust boundary)")
+	}
 	err := g.Wait()
 	stopLoops()
 	if lerr := loops.Wait(); lerr != nil && !errors.Is(lerr, context.Canceled) {
@@ -282,6 +324,9 @@ func (s *Server) watchReady(ctx context.Context) error {
 		}
 		s.health.SetServingStatus("", st)
 		s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, st)
+		if s.c.ExternalProcessor != nil {
+			s.health.SetServingStatus(extprocv3.ExternalProcessor_ServiceDesc.ServiceName, st)
+		}
 	}
 	update()
 	t := time.NewTicker(250 * time.Millisecond)

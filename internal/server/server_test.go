@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,7 +91,7 @@ func TestHTTPEndpointsAndHealth(t *testing.T) {
 	r := start(t, config.Config{DataDir: t.TempDir()}, Components{
 		Authorization: &stubAuthz{},
 		Registry:      reg,
-		Ready: []ReadyCheck{{"policy", func() error {
+		Ready: []ReadyCheck{{Name: "policy", Check: func() error {
 			if !ready.Load() {
 				return errors.New("no policy compiled yet")
 			}
@@ -223,4 +225,77 @@ func TestTLSAndMutualTLS(t *testing.T) {
 			t.Error("client without certificate accepted by an mTLS listener")
 		}
 	})
+}
+
+func TestUnauthenticatedCallersWarning(t *testing.T) {
+	mtls := config.TLS{CertFile: "c", KeyFile: "k", ClientCAFile: "ca"}
+	serverOnly := config.TLS{CertFile: "c", KeyFile: "k"}
+	for _, c := range []struct {
+		addr net.Addr
+		tls  config.TLS
+		want string // substring; "" for no warning
+	}{
+		{&net.TCPAddr{IP: net.IPv6unspecified, Port: 9191}, config.TLS{}, "plaintext"},
+		{&net.TCPAddr{IP: net.IPv4zero, Port: 9191}, config.TLS{}, "plaintext"},
+		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 9191}, serverOnly, "no client certificates"},
+		{&net.TCPAddr{IP: net.IPv4zero, Port: 9191}, mtls, ""},
+		{&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 9191}, config.TLS{}, ""},
+		{&net.TCPAddr{IP: net.IPv6loopback, Port: 9191}, config.TLS{}, ""},
+		{&net.UnixAddr{Name: "/run/agentauthz.sock", Net: "unix"}, config.TLS{}, ""},
+	} {
+		got := unauthenticatedCallers(c.addr, c.tls)
+		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
+			t.Errorf("%v, tls %+v: %q, want %q", c.addr, c.tls, got, c.want)
+		}
+	}
+}
+
+// TestServeWarnsAboutPlaintextOnAllInterfaces: the warning reaches the log
+// when serve starts on a wildcard address without client certificates.
+func TestServeWarnsAboutPlaintextOnAllInterfaces(t *testing.T) {
+	var buf syncBuffer
+	cfg := config.Config{DataDir: t.TempDir()}
+	cfg.ApplyDefaults()
+	srv, err := New(cfg, Components{Authorization: &stubAuthz{}}, hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gl, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, gl, hl, nil) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(buf.String(), "gRPC listener is plaintext") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if out := buf.String(); !strings.Contains(out, "[WARN]") || !strings.Contains(out, "gRPC listener is plaintext") ||
+		!strings.Contains(out, "grpc.tls.client_ca_file") {
+		t.Fatalf("no plaintext warning in the log:\n%s", out)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -374,3 +374,32 @@ func TestLargeInputsAreAnswered(t *testing.T) {
 		})
 	}
 }
+
+// TestHugeHostAndRequestIDAreRecorded (#15.4): a 33 KB Host of '&' (six
+// bytes each under HTML escaping) and a 40 KB x-request-id used to make the
+// record exceed its limit: the Check was denied decision_log_unavailable and
+// nothing was written. The decision is now made as usual and recorded,
+// each field cut to its bound and the record flagged truncated.
+func TestHugeHostAndRequestIDAreRecorded(t *testing.T) {
+	ca := testca.New(t)
+	svc := startService(t, newConfig(t, ca.WriteBundle(), nil))
+	leaf := issueSpec(ca, catalogueAgents()["reader"])
+	req := readerRequest(t, leaf, "/v1/payments/p-1")
+	req.Attributes.Request.Http.Host = strings.Repeat("&", 33<<10)
+	req.Attributes.Request.Http.Headers["x-request-id"] = strings.Repeat("r", 40<<10)
+	resp, err := svc.client.Check(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := reduce(resp)
+	if v.Reason == "decision_log_unavailable" || v.DecisionID == "" {
+		t.Fatalf("the decision was not recorded: %+v", v)
+	}
+	rec := svc.verifyLog(t)[v.DecisionID]
+	if rec == nil {
+		t.Fatalf("decision %s not in the log", v.DecisionID)
+	}
+	if !rec.Truncated || len(rec.Request.Host) > 1024 || len(rec.Request.ID) > 256 || !strings.HasPrefix(rec.Request.Host, "&&&") {
+		t.Errorf("record: truncated=%v host %d bytes, request id %d bytes", rec.Truncated, len(rec.Request.Host), len(rec.Request.ID))
+	}
+}

@@ -1,0 +1,357 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/checkreq"
+)
+
+// proc is an agentauthz command running in this process.
+type proc struct {
+	out, err syncBuffer
+	done     chan int
+}
+
+func startProc(ctx context.Context, args ...string) *proc {
+	p := &proc{done: make(chan int, 1)}
+	go func() { p.done <- Run(ctx, args, nil, &p.out, &p.err) }()
+	return p
+}
+
+// waitLog polls the process's stdout+stderr until re matches, returning the
+// first submatch.
+func (p *proc) waitLog(t *testing.T, re *regexp.Regexp, limit time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		if m := re.FindStringSubmatch(p.out.String() + p.err.String()); m != nil {
+			return m[1]
+		}
+		select {
+		case code := <-p.done:
+			p.done <- code
+			t.Fatalf("exited with %d:\n%s%s", code, p.out.String(), p.err.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %v:\n%s%s", re, limit, p.out.String(), p.err.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// controlFleet is a control plane over a dev CA and two replicas watching it.
+type controlFleet struct {
+	cpDir    string
+	url      string // the control plane's base URL
+	certs    string // operator and replica certificates
+	env      *ca.DevEnv
+	replicas []*replica
+}
+
+type replica struct {
+	proc   *proc
+	client authv3.AuthorizationClient
+	http   string
+}
+
+func startControlFleet(t *testing.T, n int) *controlFleet {
+	t.Helper()
+	policies, err := filepath.Abs(filepath.Join("..", "..", "policies"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	f := &controlFleet{cpDir: filepath.Join(root, "control")}
+	if f.env, err = ca.EnsureDev(f.cpDir, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cp := startProc(ctx, "control", "serve", "--data-dir", f.cpDir, "--addr", "127.0.0.1:0")
+	t.Cleanup(func() {
+		cancel()
+		for _, p := range append([]*proc{cp}, f.procs()...) {
+			if code := <-p.done; code != ExitOK {
+				t.Errorf("exit %d after shutdown:\n%s", code, p.err.String())
+			}
+		}
+	})
+	f.url = cp.waitLog(t, regexp.MustCompile(`listening on (https://\S+)`), 30*time.Second)
+	f.certs = filepath.Join(root, "certs")
+	for i := range n {
+		name := fmt.Sprintf("replica-%d", i)
+		cli(t, "operator", "issue", name, "--role", "replica", "--data-dir", f.cpDir, "--out-dir", f.certs)
+		dir := filepath.Join(root, name)
+		cfg := fmt.Sprintf(`data_dir: %s
+grpc: {addr: "127.0.0.1:0"}
+http: {addr: "127.0.0.1:0"}
+policy: {dir: %s}
+decision_log: {name: %s}
+control_plane: {ca_file: %s, cert_file: %s, key_file: %s}
+trust_bundles:
+  - trust_domain: %s
+    file: %s
+    revocation: {watch_url: "%s/v1/watch"}
+`, dir, policies, name, filepath.Join(f.cpDir, "operator", "ca.pem"), filepath.Join(f.certs, name+".pem"), filepath.Join(f.certs, name+".key"),
+			f.env.TrustDomain, f.env.BundlePath, f.url)
+		cfgPath := filepath.Join(root, fmt.Sprintf("replica-%d.yaml", i))
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p := startProc(ctx, "serve", "--config", cfgPath, "--log-format", "json")
+		r := &replica{proc: p}
+		f.replicas = append(f.replicas, r)
+		serving := regexp.MustCompile(`"@message":"serving"[^\n]*"grpc":"([^"]+)"`)
+		grpcAddr := p.waitLog(t, serving, 30*time.Second)
+		r.http = p.waitLog(t, regexp.MustCompile(`"@message":"serving"[^\n]*"http":"([^"]+)"`), time.Second)
+		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		r.client = authv3.NewAuthorizationClient(conn)
+		p.waitLog(t, regexp.MustCompile(`("readiness changed"[^\n]*"serving":true)`), 30*time.Second)
+	}
+	return f
+}
+
+func (f *controlFleet) procs() []*proc {
+	var out []*proc
+	for _, r := range f.replicas {
+		out = append(out, r.proc)
+	}
+	return out
+}
+
+// check asks a replica whether agent may POST /v1/payments; it returns the
+// decision's reason ("allowed" when allowed).
+func (f *controlFleet) check(t *testing.T, r *replica, agent string) string {
+	t.Helper()
+	var certPath string
+	for _, a := range f.env.Agents {
+		if a.ID == agent {
+			certPath = a.CertPath
+		}
+	}
+	pemData, err := os.ReadFile(certPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := checkreq.Build(checkreq.Request{Method: "POST", Path: "/v1/payments", CertPEM: pemData, Via: checkreq.ViaPeer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := r.client.Check(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetStatus().GetCode() == 0 {
+		return "allowed"
+	}
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	if err := json.Unmarshal([]byte(resp.GetDeniedResponse().GetBody()), &body); err != nil {
+		t.Fatalf("denied body %q: %v", resp.GetDeniedResponse().GetBody(), err)
+	}
+	return body.Reason
+}
+
+// cli runs one agentauthz command and fails the test unless it exits 0.
+func cli(t *testing.T, args ...string) string {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), args, nil, &out, &errOut); code != ExitOK {
+		t.Fatalf("%s: exit %d\n%s%s", strings.Join(args, " "), code, out.String(), errOut.String())
+	}
+	return out.String()
+}
+
+// awaitAll polls every replica until each answers want for agent, and
+// returns how long after start the last one did.
+func (f *controlFleet) awaitAll(t *testing.T, agent, want string, start time.Time) time.Duration {
+	t.Helper()
+	var last time.Duration
+	for i, r := range f.replicas {
+		for {
+			got := f.check(t, r, agent)
+			if got == want {
+				last = max(last, time.Since(start))
+				break
+			}
+			if time.Since(start) > 20*time.Second {
+				t.Fatalf("replica %d still answers %q 20 s after the change, want %q\n%s", i, got, want, r.proc.err.String())
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	return last
+}
+
+// TestRestrictionReachesTwoReplicas: `agent restrict` on the control plane's
+// data directory is in force on two replicas shortly after it returns, and
+// `agent lift` ends it. AGENTAUTHZ_PROPAGATION_ROUNDS (default 3) sets how
+// many restrict/lift rounds run; docs/control-plane.md reports a run of 50.
+// The times are logged, never asserted (they depend on the machine).
+func TestRestrictionReachesTwoReplicas(t *testing.T) {
+	f := startControlFleet(t, 2)
+	for i, r := range f.replicas {
+		if got := f.check(t, r, "payments-agent"); got != "allowed" {
+			t.Fatalf("replica %d before any restriction: %s", i, got)
+		}
+	}
+	rounds := 3
+	if s := os.Getenv("AGENTAUTHZ_PROPAGATION_ROUNDS"); s != "" {
+		rounds, _ = strconv.Atoi(s)
+	}
+	var times []time.Duration
+	for range rounds {
+		cli(t, "agent", "restrict", "payments-agent", "--quarantine", "--reason", "INC-1 test", "--data-dir", f.cpDir)
+		times = append(times, f.awaitAll(t, "payments-agent", "agent_quarantined", time.Now()))
+		// Other agents are untouched.
+		if got := f.check(t, f.replicas[0], "sanctions-screener"); got != "insufficient_trust_level" {
+			t.Errorf("sanctions-screener during the quarantine: %s", got)
+		}
+		cli(t, "agent", "lift", "payments-agent", "--reason", "INC-1 closed", "--data-dir", f.cpDir)
+		times = append(times, f.awaitAll(t, "payments-agent", "allowed", time.Now()))
+	}
+	slices.Sort(times)
+	t.Logf("propagation to %d replicas over %d changes: p50 %v p99 %v max %v", len(f.replicas), len(times),
+		times[len(times)/2], times[min(len(times)-1, len(times)*99/100)], times[len(times)-1])
+
+	// The readiness page and metrics say the replica is on the signed channel.
+	resp, err := http.Get("http://" + f.replicas[0].http + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("readyz %d", resp.StatusCode)
+	}
+	if m := scrape(t, "http://"+f.replicas[0].http+"/metrics"); !strings.Contains(m, `agentauthz_revocation_push_refused_total{reason="bad_signature",tenant="dev.agentauthz.local"} 0`) {
+		t.Errorf("metrics lack the push refusal counter:\n%s", m)
+	}
+	// agent show has the history.
+	out := cli(t, "agent", "show", "payments-agent", "--data-dir", f.cpDir)
+	if !strings.Contains(out, "restrict") || !strings.Contains(out, "lift") || !strings.Contains(out, "INC-1 closed") {
+		t.Errorf("agent show lacks the restriction history:\n%s", out)
+	}
+}
+
+// cliFails runs one agentauthz command that must fail and returns its
+// stderr.
+func cliFails(t *testing.T, args ...string) string {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), args, nil, &out, &errOut); code == ExitOK {
+		t.Fatalf("%s: succeeded\n%s", strings.Join(args, " "), out.String())
+	}
+	return errOut.String()
+}
+
+// TestControlPlaneAPIRoles: restrictions through the control plane's API
+// need an operator certificate of the right role; every refusal is clear
+// and counted, and the change log names the operator.
+func TestControlPlaneAPIRoles(t *testing.T) {
+	f := startControlFleet(t, 1)
+	for _, c := range [][2]string{{"alice", "responder"}, {"audrey", "auditor"}} {
+		cli(t, "operator", "issue", c[0], "--role", c[1], "--data-dir", f.cpDir, "--out-dir", f.certs)
+	}
+	cli(t, "operator", "issue", "old", "--role", "responder", "--ttl", "1ms", "--data-dir", f.cpDir, "--out-dir", f.certs)
+	as := func(name string, args ...string) []string {
+		return append(args, "--server", f.url, "--trust-domain", f.env.TrustDomain, "--data-dir", f.cpDir,
+			"--cert", filepath.Join(f.certs, name+".pem"), "--key", filepath.Join(f.certs, name+".key"))
+	}
+	start := time.Now()
+	cli(t, as("alice", "agent", "restrict", "payments-agent", "--max-trust", "L1", "--reason", "INC-9")...)
+	f.awaitAll(t, "payments-agent", "insufficient_trust_level", start)
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"auditor may not restrict", as("audrey", "agent", "restrict", "payments-agent", "--quarantine", "--reason", "x"), "(wrong_role)"},
+		{"expired certificate", as("old", "agent", "lift", "payments-agent", "--reason", "x"), "(expired)"},
+		{"unknown agent", as("alice", "agent", "restrict", "ghost", "--quarantine", "--reason", "x"), "(unknown_agent)"},
+		{"max trust above the certificate's", as("alice", "agent", "restrict", "payments-agent", "--max-trust", "L4", "--reason", "x"), "(invalid_input)"},
+		{"scope not held", as("alice", "agent", "restrict", "payments-agent", "--remove-scope", "admin:delete", "--reason", "x"), "(invalid_input)"},
+		{"until in the past", as("alice", "agent", "restrict", "payments-agent", "--quarantine", "--until", "2020-01-01T00:00:00Z", "--reason", "x"), "not in the future"},
+		{"until unparsable", as("alice", "agent", "restrict", "payments-agent", "--quarantine", "--until", "soon", "--reason", "x"), "neither a duration"},
+		{"no reason", as("alice", "agent", "restrict", "payments-agent", "--quarantine"), "--reason is required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := cliFails(t, tc.args...); !strings.Contains(got, tc.want) || !strings.Contains(got, "agentauthz: hint:") {
+				t.Errorf("stderr %q lacks %q or a hint", got, tc.want)
+			}
+		})
+	}
+	// Nothing refused changed anything: still max trust L1 only.
+	if got := f.check(t, f.replicas[0], "payments-agent"); got != "insufficient_trust_level" {
+		t.Errorf("after refusals: %s", got)
+	}
+	// Without a client certificate the watch stream and the API are
+	// refused; CRLs stay public.
+	caPEM, err := os.ReadFile(filepath.Join(f.cpDir, "operator", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := anon.Get(f.url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/v1/watch?tenant=" + f.env.TrustDomain); code != http.StatusUnauthorized || !strings.Contains(body, "no_certificate") {
+		t.Errorf("anonymous watch: %d %s", code, body)
+	}
+	if code, _ := get("/v1/crl/" + f.env.TrustDomain); code != http.StatusOK {
+		t.Errorf("anonymous CRL: %d", code)
+	}
+	_, m := get("/metrics")
+	for _, want := range []string{
+		`agentauthz_control_auth_refused_total{reason="wrong_role"} 1`,
+		`agentauthz_control_auth_refused_total{reason="expired"} 1`,
+		`agentauthz_control_auth_refused_total{reason="no_certificate"} 1`,
+		`agentauthz_control_refused_total{reason="unknown_agent"} 1`,
+		`agentauthz_control_refused_total{reason="invalid_input"} 2`,
+		`agentauthz_control_changes_total{kind="restrict"} 1`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("control plane metrics lack %s", want)
+		}
+	}
+	out := cli(t, "agent", "show", "payments-agent", "--data-dir", f.cpDir)
+	if !strings.Contains(out, "alice (responder)") {
+		t.Errorf("change log does not name the operator:\n%s", out)
+	}
+}
