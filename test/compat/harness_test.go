@@ -61,7 +61,8 @@ func (e *env) service(t *testing.T, policy, data, decisionPath string) server.Co
 	}
 	cfg := config.Config{DataDir: e.t.TempDir(), GRPC: config.GRPC{Addr: "127.0.0.1:0"}, HTTP: config.HTTP{Addr: "127.0.0.1:0"}}
 	cfg.Policy.Dir, cfg.Policy.Path = dir, decisionPath
-	cfg.TrustBundles = []config.TrustBundle{{TrustDomain: "example.test", File: e.bundle}}
+	// Revocation is not what this suite compares: an explicit opt-out.
+	cfg.TrustBundles = []config.TrustBundle{{TrustDomain: "example.test", File: e.bundle, Revocation: config.Revocation{Disabled: true}}}
 	cfg.DecisionLog.Name = "compat"
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -120,7 +121,7 @@ func (h header) String() string { return h.Key + ": " + h.Value + " (" + h.Actio
 
 var ownHeaders = map[string]bool{
 	"x-agent-id": true, "x-agent-spiffe-id": true, "x-agent-trust-level": true, "x-agent-scopes": true,
-	"x-agent-owner": true, "x-decision-id": true, "x-agent-receipt": true,
+	"x-agent-owner": true, "x-decision-id": true, "x-agent-receipt": true, "x-agent-mcp-tools": true,
 }
 
 func options(opts []*corev3.HeaderValueOption, own map[string]header) []header {
