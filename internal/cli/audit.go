@@ -76,7 +76,7 @@ func readArgFile(path string) ([]byte, error) {
 }
 
 func newAuditVerifyCmd() *cobra.Command {
-	var logDir, pubkey string
+	var logDir, pubkey, changeLog string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -88,6 +88,9 @@ kind of damage (modified, missing, inserted, reordered, truncated, segment_name,
 error. The segment being written ends in zero padding (preallocated space); that is not damage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if changeLog != "" {
+				return verifyChangeLog(cmd, changeLog, pubkey, asJSON)
+			}
 			if err := checkLogDir(logDir); err != nil {
 				return err
 			}
@@ -123,6 +126,7 @@ error. The segment being written ends in zero padding (preallocated space); that
 		},
 	}
 	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
+	cmd.Flags().StringVar(&changeLog, "changelog", "", "verify the control plane's signed change log in this data directory instead")
 	cmd.Flags().StringVar(&pubkey, "pubkey", "", "trusted public key(s) of the log: PEM or JWKS (default: <log>/../keys, with a warning)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
