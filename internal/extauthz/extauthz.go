@@ -340,6 +340,16 @@ func buildRecord(req *authv3.CheckRequest, o *outcome, at time.Time) *decisionlo
 		Operation: o.verdict.Operation,
 		Source:    sourceAddr(req.GetAttributes().GetSource()),
 	}
+	if v := o.verdict.MCP; v != nil && v.Call != nil {
+		rec.Request.MCP = make([]decisionlog.MCPMessage, len(v.Call.Messages))
+		for i, m := range v.Call.Messages {
+			r := &rec.Request.MCP[i]
+			r.Kind, r.Method, r.Tool, r.URI, r.ArgumentsSHA256 = m.Kind.String(), m.Method, m.Tool, m.URI, m.ArgumentsSHA256
+			if i < len(v.Operations) {
+				r.Operation = v.Operations[i]
+			}
+		}
+	}
 	rec.Decision = decisionlog.Decision{
 		Allowed:        o.allowed,
 		HTTPStatus:     o.status,
