@@ -76,7 +76,7 @@ func readArgFile(path string) ([]byte, error) {
 }
 
 func newAuditVerifyCmd() *cobra.Command {
-	var logDir, pubkey string
+	var logDir, pubkey, changeLog string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -88,6 +88,9 @@ kind of damage (modified, missing, inserted, reordered, truncated, segment_name,
 error. The segment being written ends in zero padding (preallocated space); that is not damage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if changeLog != "" {
+				return verifyChangeLog(cmd, changeLog, pubkey, asJSON)
+			}
 			if err := checkLogDir(logDir); err != nil {
 				return err
 			}
@@ -123,6 +126,7 @@ error. The segment being written ends in zero padding (preallocated space); that
 		},
 	}
 	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
+	cmd.Flags().StringVar(&changeLog, "changelog", "", "verify the control plane's signed change log in this data directory instead")
 	cmd.Flags().StringVar(&pubkey, "pubkey", "", "trusted public key(s) of the log: PEM or JWKS (default: <log>/../keys, with a warning)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
@@ -232,6 +236,12 @@ func (p *recordPrinter) print(r *decisionlog.Record) error {
 	}
 	if r.Kind == decisionlog.KindKeyRotation {
 		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\tkey_rotation\tnew kid %s\t-\n", r.Seq, r.Time.Format(decisionlog.TimeLayout), cell(r.KeyRotation.NewKeyID))
+		return nil
+	}
+	if r.Kind == decisionlog.KindResponse && r.Response != nil {
+		fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\tresponse %d\t%s\t%s\n", r.Seq, r.Time.Format(decisionlog.TimeLayout),
+			cell(r.Agent.ID), cell(r.Agent.TrustLevel), cell(r.Request.Method), cell(r.Request.Path), cell(r.Request.Operation),
+			r.Response.Status, cell(r.Response.Body), cell(r.DecisionID))
 		return nil
 	}
 	dec := "deny"
@@ -446,6 +456,23 @@ func newAuditWhoCmd() *cobra.Command {
 
 func printWho(out io.Writer, r *decisionlog.Record) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	if r.Kind == decisionlog.KindResponse && r.Response != nil {
+		// The signed response a decision let through (docs/responses.md).
+		rs := r.Response
+		for _, row := range [][2]string{
+			{"response to", r.DecisionID},
+			{"time", r.Time.Format(decisionlog.TimeLayout)},
+			{"status", fmt.Sprint(rs.Status)},
+			{"body", fmt.Sprintf("%s, %d bytes", rs.Body, rs.Bytes)},
+			{"content digest", rs.ContentDigest},
+			{"signature input", rs.SignatureInput},
+			{"record", fmt.Sprintf("seq %d of log %s, key %s", r.Seq, r.Log, r.KeyID)},
+		} {
+			fmt.Fprintf(tw, "%s:\t%s\n", row[0], dash(cell(strings.TrimSpace(row[1]))))
+		}
+		tw.Flush()
+		return
+	}
 	dec := "denied"
 	if r.Decision.Allowed {
 		dec = "allowed"

@@ -26,6 +26,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/revocation"
 	"github.com/agentauthz/agentauthz/internal/server"
+	"github.com/agentauthz/agentauthz/policies"
 )
 
 type serveFlags struct {
@@ -68,7 +69,7 @@ prints check commands to try.`,
 	fl.StringVar(&c.DataDir, "data-dir", "", "state directory: decision log, keys, dev CA")
 	fl.StringVar(&c.GRPC.Addr, "grpc-addr", "", "ext_authz gRPC listen address (default "+config.DefaultGRPCAddr+", with --dev "+config.DefaultDevGRPCAddr+")")
 	fl.StringVar(&c.HTTP.Addr, "http-addr", "", "health, metrics and keys HTTP listen address (default "+config.DefaultHTTPAddr+", with --dev "+config.DefaultDevHTTPAddr+")")
-	fl.StringVar(&c.Policy.Dir, "policies", config.DefaultPoliciesDir, "directory of .rego and data.json/data.yaml files")
+	fl.StringVar(&c.Policy.Dir, "policies", "", "directory of .rego and data.json/data.yaml files (default "+config.DefaultPoliciesDir+"; with --dev the built-in policies)")
 	fl.StringVar(&c.Policy.Path, "policy-path", config.DefaultPolicyPath, "rule to query, as opa-envoy-plugin's path")
 	fl.StringVar(&c.Policy.Bundle, "bundle", "", "OPA bundle file or URL (instead of --policies)")
 	fl.StringVar(&c.Policy.BundleVerificationKey, "bundle-verification-key", "", "PEM public key that bundles must be signed with")
@@ -108,10 +109,10 @@ func serveConfig(fl *pflag.FlagSet, f serveFlags, flags config.Config) (config.C
 	set("grpc-addr", &cfg.GRPC.Addr, flags.GRPC.Addr)
 	set("http-addr", &cfg.HTTP.Addr, flags.HTTP.Addr)
 	if fl.Changed("bundle") {
-		cfg.Policy.Bundle, cfg.Policy.Dir = flags.Policy.Bundle, ""
+		cfg.Policy.Bundle, cfg.Policy.Dir, cfg.Policy.Builtin = flags.Policy.Bundle, "", false
 	}
-	if cfg.Policy.Bundle == "" {
-		set("policies", &cfg.Policy.Dir, flags.Policy.Dir)
+	if fl.Changed("policies") {
+		cfg.Policy.Dir, cfg.Policy.Bundle, cfg.Policy.Builtin = flags.Policy.Dir, "", false
 	}
 	set("policy-path", &cfg.Policy.Path, flags.Policy.Path)
 	set("bundle-verification-key", &cfg.Policy.BundleVerificationKey, flags.Policy.BundleVerificationKey)
@@ -247,6 +248,23 @@ func runServe(ctx context.Context, stderr io.Writer, cfg config.Config) error {
 		}
 		defer dev.Close()
 	}
+	policySource := cfg.Policy.Dir
+	switch {
+	case cfg.Policy.Builtin:
+		dir, err := os.MkdirTemp("", "agentauthz-policies-")
+		if err != nil {
+			return fmt.Errorf("built-in policies: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		if err := policies.WriteTo(dir); err != nil {
+			return err
+		}
+		cfg.Policy.Dir, cfg.Policy.Builtin = dir, false
+		policySource = policies.Embedded
+	case cfg.Policy.Bundle != "":
+		policySource = "bundle " + cfg.Policy.Bundle
+	}
+	logger.Info("policy", "source", policySource, "path", cfg.Policy.Path)
 	components, err := server.Assemble(cfg, logger)
 	if err != nil {
 		return err

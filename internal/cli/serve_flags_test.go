@@ -152,3 +152,35 @@ func TestServeListenDefaults(t *testing.T) {
 		t.Errorf("dev: true in a file: listens on %q (%s), want 127.0.0.1:9191", cfg.GRPC.Addr, msg)
 	}
 }
+
+// serve --dev with no policy named serves the built-in policies; naming a
+// directory or a bundle (by flag or file) replaces them, and production
+// serve keeps its policies directory default.
+func TestServePolicyDefaults(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "dev.yaml")
+	if err := os.WriteFile(file, []byte("dev: true\ndata_dir: "+dir+"\npolicy:\n  dir: mine\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args    []string
+		builtin bool
+		dir     string
+		bundle  string
+	}{
+		{[]string{"--dev"}, true, "", ""},
+		{[]string{"--dev", "--policies", "policies"}, false, "policies", ""},
+		{[]string{"--dev", "--bundle", "b.tar.gz"}, false, "", "b.tar.gz"},
+		{[]string{"--trust-bundle", "acme.example=acme-ca.pem"}, false, config.DefaultPoliciesDir, ""},
+		{[]string{"--config", file}, false, "mine", ""},
+		{[]string{"--config", file, "--bundle", "b.tar.gz"}, false, "", "b.tar.gz"},
+	} {
+		cfg, msg, ok := resolveServe(t, append([]string{"--data-dir", dir}, tc.args...)...)
+		if !ok {
+			t.Fatalf("serve %v refused: %s", tc.args, msg)
+		}
+		if p := cfg.Policy; p.Builtin != tc.builtin || p.Dir != tc.dir || p.Bundle != tc.bundle {
+			t.Errorf("serve %v: policy builtin=%v dir=%q bundle=%q, want %v %q %q", tc.args, p.Builtin, p.Dir, p.Bundle, tc.builtin, tc.dir, tc.bundle)
+		}
+	}
+}

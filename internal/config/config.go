@@ -37,9 +37,35 @@ type Config struct {
 	Identity     Identity      `yaml:"identity"`
 	TrustBundles []TrustBundle `yaml:"trust_bundles"`
 	DecisionLog  DecisionLog   `yaml:"decision_log"`
+	// ResponseSigning is the ext_proc processor that signs upstream
+	// responses (docs/responses.md).
+	ResponseSigning ResponseSigning `yaml:"response_signing"`
 	// ControlPlane is how this replica authenticates to `agentauthz control
 	// serve` for https watch URLs (mTLS with a replica certificate).
 	ControlPlane ControlPlane `yaml:"control_plane"`
+}
+
+// ResponseSigning configures the envoy.service.ext_proc.v3 processor served
+// on the gRPC port beside ext_authz.
+type ResponseSigning struct {
+	// Disabled leaves the processor unregistered (Envoy's ext_proc filter
+	// then fails closed) and says so at startup.
+	Disabled bool `yaml:"disabled"`
+	// MaxBodyBytes is the largest body signed with a Content-Digest; it must
+	// not exceed the buffer limit Envoy is configured with.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxHeaderBytes bounds a response's header block; a larger one is
+	// replaced by a 502.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// DecisionTTL is how long after an allowed decision its response can
+	// still be bound to it.
+	DecisionTTL Duration `yaml:"decision_ttl"`
+	// MaxPending bounds allowed decisions waiting for their response.
+	MaxPending int `yaml:"max_pending"`
+	// TrustedReceiptKeys are JWKS or PEM files of the other replicas' log
+	// keys: a response whose decision another replica made is bound through
+	// the decision's receipt, which must be signed by a trusted key.
+	TrustedReceiptKeys []string `yaml:"trusted_receipt_keys"`
 }
 
 // ControlPlane is this replica's client side of the control plane's mTLS.
@@ -94,6 +120,9 @@ type Policy struct {
 	Path string `yaml:"path"`
 	// Bundle is an OPA bundle file or http(s) URL; it replaces Dir.
 	Bundle string `yaml:"bundle"`
+	// Builtin serves the shipped policy compiled into the binary instead of
+	// Dir or Bundle; the default in dev mode when neither is set.
+	Builtin bool `yaml:"builtin"`
 	// BundleVerificationKey is the PEM public key bundles must be signed with.
 	BundleVerificationKey string `yaml:"bundle_verification_key"`
 	// BundlePollInterval is how often a bundle URL is polled.
@@ -191,6 +220,10 @@ const (
 	DefaultAsyncBuffer          = 10000
 	DefaultSegmentMaxBytes      = 64 << 20
 	DefaultSegmentMaxAge        = 24 * time.Hour
+	DefaultResponseMaxBody      = 4 << 20
+	DefaultResponseMaxHeader    = 64 << 10
+	DefaultResponseDecisionTTL  = 5 * time.Minute
+	DefaultResponseMaxPending   = 100000
 	DevTrustDomain              = "dev.agentauthz.local"
 )
 
@@ -259,7 +292,10 @@ func (c *Config) applyDefaults() {
 		c.GRPC.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
 	setDur(&c.GRPC.CheckTimeout, DefaultCheckTimeout)
-	if c.Policy.Bundle == "" {
+	if c.Policy.Bundle == "" && c.Policy.Dir == "" && c.Dev {
+		c.Policy.Builtin = true
+	}
+	if c.Policy.Bundle == "" && !c.Policy.Builtin {
 		setStr(&c.Policy.Dir, DefaultPoliciesDir)
 	}
 	setStr(&c.Policy.Path, DefaultPolicyPath)
@@ -297,6 +333,16 @@ func (c *Config) applyDefaults() {
 		c.DecisionLog.SegmentMaxBytes = DefaultSegmentMaxBytes
 	}
 	setDur(&c.DecisionLog.SegmentMaxAge, DefaultSegmentMaxAge)
+	if c.ResponseSigning.MaxBodyBytes == 0 {
+		c.ResponseSigning.MaxBodyBytes = DefaultResponseMaxBody
+	}
+	if c.ResponseSigning.MaxHeaderBytes == 0 {
+		c.ResponseSigning.MaxHeaderBytes = DefaultResponseMaxHeader
+	}
+	setDur(&c.ResponseSigning.DecisionTTL, DefaultResponseDecisionTTL)
+	if c.ResponseSigning.MaxPending == 0 {
+		c.ResponseSigning.MaxPending = DefaultResponseMaxPending
+	}
 }
 
 var (
@@ -342,11 +388,11 @@ func (c *Config) Validate() error {
 	if c.GRPC.CheckTimeout < 0 {
 		add("grpc.check_timeout: must be positive")
 	}
-	if c.Policy.Dir == "" && c.Policy.Bundle == "" {
-		add("policy: dir or bundle is required")
-	}
-	if c.Policy.Dir != "" && c.Policy.Bundle != "" {
-		add("policy: dir and bundle are exclusive")
+	switch n := btoi(c.Policy.Dir != "") + btoi(c.Policy.Bundle != "") + btoi(c.Policy.Builtin); {
+	case n == 0:
+		add("policy: dir, bundle or builtin is required")
+	case n > 1:
+		add("policy: dir, bundle and builtin are exclusive")
 	}
 	if !policyPathRE.MatchString(c.Policy.Path) {
 		add("policy.path: %q is not a rule path like agentauthz/authz/decision", c.Policy.Path)
@@ -426,7 +472,27 @@ func (c *Config) Validate() error {
 	if c.DecisionLog.SegmentMaxBytes < 1<<16 {
 		add("decision_log.segment_max_bytes: at least 65536")
 	}
+	rs := c.ResponseSigning
+	if rs.MaxBodyBytes < 1 || rs.MaxBodyBytes > 1<<30 {
+		add("response_signing.max_body_bytes: %d is outside 1..1073741824", rs.MaxBodyBytes)
+	}
+	if rs.MaxHeaderBytes < 1024 || rs.MaxHeaderBytes > 16<<20 {
+		add("response_signing.max_header_bytes: %d is outside 1024..16777216", rs.MaxHeaderBytes)
+	}
+	if d := rs.DecisionTTL.D(); d < time.Second || d > time.Hour {
+		add("response_signing.decision_ttl: %v is outside 1s..1h", d)
+	}
+	if rs.MaxPending < 1 || rs.MaxPending > 10000000 {
+		add("response_signing.max_pending: %d is outside 1..10000000", rs.MaxPending)
+	}
 	return errors.Join(errs...)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Duration is a time.Duration written as "250ms", "30s", "1h".

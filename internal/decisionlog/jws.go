@@ -98,6 +98,9 @@ func decode(jws string) (*Record, jwsHeader, error) {
 	if r.Seq == 0 {
 		return nil, h, fmt.Errorf("%w: seq 0", ErrMalformed)
 	}
+	if (r.Kind == KindResponse) != (r.Response != nil) {
+		return nil, h, fmt.Errorf("%w: a response record without its response, or a response on another kind", ErrMalformed)
+	}
 	if r.Kind == KindKeyRotation {
 		if r.KeyRotation == nil {
 			return nil, h, fmt.Errorf("%w: key_rotation record without key_rotation", ErrMalformed)

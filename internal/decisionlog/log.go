@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -339,11 +340,15 @@ func (l *Log) recoverOnOpen() error {
 // Failures wrap ErrUnavailable (deny with decision_log_unavailable).
 func (l *Log) Append(ctx context.Context, rec *Record) (Receipt, error) {
 	_ = ctx // deliberately not consulted, see above
-	if rec != nil && rec.Kind != "" && rec.Kind != KindDecision {
+	if rec != nil && rec.Kind != "" && rec.Kind != KindDecision && rec.Kind != KindResponse {
 		// Only Rotate writes other kinds: a forged hand-over would send
 		// verifiers to a key the log does not sign with.
 		l.m.appends.WithLabelValues("invalid").Inc()
-		return Receipt{}, fmt.Errorf("decision log: Append takes decision records, not %q", rec.Kind)
+		return Receipt{}, fmt.Errorf("decision log: Append takes decision and response records, not %q", rec.Kind)
+	}
+	if rec != nil && (rec.Kind == KindResponse) != (rec.Response != nil) {
+		l.m.appends.WithLabelValues("invalid").Inc()
+		return Receipt{}, errors.New("decision log: a response record needs its response, and only it may carry one")
 	}
 	return l.append(rec, nil, l.opts.Mode == Sync)
 }
@@ -489,6 +494,24 @@ func (l *Log) KeyID() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.key.kid
+}
+
+// ResponseSigner returns the id of the key that signs new records and a
+// function that signs an RFC 9421 signature base (a signed response,
+// docs/responses.md) with that key, so responses carry the published key's
+// id. The two uses cannot be confused: a JWS signing input is base64url and
+// '.' only, while a signature base always starts with '"' (a quoted
+// component name); anything else is refused.
+func (l *Log) ResponseSigner() (kid string, sign func(base []byte) ([]byte, error)) {
+	l.mu.Lock()
+	k := l.key
+	l.mu.Unlock()
+	return k.kid, func(base []byte) ([]byte, error) {
+		if len(base) == 0 || base[0] != '"' {
+			return nil, errors.New("decision log: not an HTTP message signature base")
+		}
+		return voi.Sign(voi.PrivateKey(k.priv), base), nil
+	}
 }
 
 // PublicKeys returns every key known to the log (all keys in KeyDir).

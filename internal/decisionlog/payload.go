@@ -33,6 +33,9 @@ const (
 	limitScope   = 128
 	limitReasons = 16 // entries, of limitReason bytes each
 	limitReason  = 64
+	limitMCP     = 8 // messages of an MCP batch recorded,
+	limitTool    = 128
+	limitURI     = 512
 )
 
 // boundRecord cuts every field of r to its limit (at a UTF-8 boundary) and
@@ -77,6 +80,25 @@ func boundRecord(r *Record) bool {
 	str(&q.Method, limitMethod)
 	str(&q.Host, limitLong)
 	str(&q.Path, limitPath)
+	if len(q.MCP) > limitMCP {
+		q.MCP, cut = q.MCP[:limitMCP:limitMCP], true
+	}
+	copied := false
+	for i := range q.MCP {
+		m := q.MCP[i]
+		for _, f := range []*string{&m.Kind, &m.Method, &m.Operation} {
+			str(f, limitID)
+		}
+		str(&m.Tool, limitTool)
+		str(&m.ArgumentsSHA256, 64)
+		str(&m.URI, limitURI)
+		if m != q.MCP[i] {
+			if !copied {
+				q.MCP, copied = append([]MCPMessage(nil), q.MCP...), true // never write into the caller's slice
+			}
+			q.MCP[i] = m
+		}
+	}
 	list(&r.Decision.Reasons, limitReasons, limitReason)
 	str(&r.Decision.PolicyRevision, limitID)
 	return cut
@@ -97,6 +119,7 @@ type preparedRecord struct {
 type recordTail struct {
 	Kind        string       `json:"kind,omitempty"`
 	KeyRotation *KeyRotation `json:"key_rotation,omitempty"`
+	Response    *Response    `json:"response,omitempty"`
 	Agent       Agent        `json:"agent"`
 	Request     Request      `json:"request"`
 	Decision    Decision     `json:"decision"`
@@ -106,7 +129,7 @@ type recordTail struct {
 
 func prepareRecord(r *Record) (preparedRecord, error) {
 	tail, err := marshalJSON(recordTail{
-		Kind: r.Kind, KeyRotation: r.KeyRotation, Agent: r.Agent, Request: r.Request, Decision: r.Decision,
+		Kind: r.Kind, KeyRotation: r.KeyRotation, Response: r.Response, Agent: r.Agent, Request: r.Request, Decision: r.Decision,
 		Truncated: r.Truncated, Time: r.Time.UTC().Format(TimeLayout),
 	})
 	if err != nil {

@@ -19,11 +19,14 @@ type Record struct {
 	KeyID      string    `json:"kid"`
 	Prev       string    `json:"prev"` // lowercase hex SHA-256 of the previous record's JWS signing input; "" for the first
 
-	// Kind is "" (or KindDecision) for a decision and KindKeyRotation for
-	// the record that hands the log over to a new signing key.
+	// Kind is "" (or KindDecision) for a decision, KindKeyRotation for
+	// the record that hands the log over to a new signing key, and
+	// KindResponse for the signed response a decision let through.
 	Kind string `json:"kind,omitempty"`
 	// KeyRotation is set on KindKeyRotation records only.
 	KeyRotation *KeyRotation `json:"key_rotation,omitempty"`
+	// Response is set on KindResponse records only.
+	Response *Response `json:"response,omitempty"`
 
 	Agent    Agent    `json:"agent"`
 	Request  Request  `json:"request"`
@@ -38,7 +41,25 @@ type Record struct {
 const (
 	KindDecision    = "decision"
 	KindKeyRotation = "key_rotation"
+	KindResponse    = "response"
 )
+
+// Response is what the upstream answered to an allowed request, as
+// agentauthz signed it (docs/responses.md). A response record repeats the
+// decision's agent, request and outcome and carries the same decision_id.
+type Response struct {
+	Status int `json:"status"`
+	// Body says how the body is covered: "signed" (ContentDigest is in the
+	// signature), or "unsigned: too-large", "unsigned: streamed" (the
+	// digest of the whole streamed body is here, not in the signature),
+	// "unsigned: not-sent", or "incomplete" (the stream ended early).
+	Body          string `json:"body"`
+	ContentDigest string `json:"content_digest,omitempty"` // RFC 9530 value, sha-256
+	Bytes         int64  `json:"bytes"`                    // body bytes seen
+	// SignatureInput and Signature are the fields added to the response.
+	SignatureInput string `json:"signature_input,omitempty"`
+	Signature      string `json:"signature,omitempty"`
+}
 
 // KeyRotation announces the key that signs every record after this one. The
 // rotation record itself is signed by the old key, so a verifier that trusts
@@ -106,6 +127,22 @@ type Request struct {
 	Path      string `json:"path,omitempty"`
 	Operation string `json:"operation,omitempty"`
 	Source    string `json:"source,omitempty"` // source address "ip:port"
+	// MCP lists the JSON-RPC messages of a call to an MCP endpoint, in
+	// order (a batch has several); nil for other requests.
+	MCP []MCPMessage `json:"mcp,omitempty"`
+}
+
+// MCPMessage is one JSON-RPC message of an MCP call: what was asked, never
+// the arguments themselves.
+type MCPMessage struct {
+	Kind      string `json:"kind"`             // request, notification, response
+	Method    string `json:"method,omitempty"` // "" for a response
+	Tool      string `json:"tool,omitempty"`   // tools/call
+	URI       string `json:"uri,omitempty"`    // resources/read, subscribe, unsubscribe
+	Operation string `json:"operation,omitempty"`
+	// ArgumentsSHA256 is the hex SHA-256 of tools/call's arguments, byte
+	// for byte as sent: it proves what was called without keeping it.
+	ArgumentsSHA256 string `json:"arguments_sha256,omitempty"`
 }
 
 // Decision is the outcome.
