@@ -349,6 +349,7 @@ func (p *Processor) signStreamed(ctx context.Context, x *exchange) (*extprocv3.C
 	m, refused := p.signOnly(x, false, respsig.UnsignedStreamed)
 	if refused == nil {
 		x.phase = phaseStreaming
+		p.o.Logger.Info("response signed at its headers; its body streams through and only its digest is logged", "decision_id", x.decision.ID, "status", x.status)
 	}
 	return m, refused
 }
@@ -372,6 +373,11 @@ func (p *Processor) sign(ctx context.Context, x *exchange, withDigest bool, unsi
 	}
 	x.phase = phaseDone
 	p.o.Metrics.outcome(outcomeOf(withDigest, unsigned))
+	if !withDigest {
+		p.o.Logger.Info("response signed without its body", "why", unsigned, "decision_id", x.decision.ID, "status", x.status, "bytes", x.bytes)
+	} else if p.o.Logger.IsDebug() {
+		p.o.Logger.Debug("response signed", "decision_id", x.decision.ID, "status", x.status, "bytes", x.bytes)
+	}
 	return m, nil
 }
 
