@@ -21,8 +21,13 @@ build: ## build bin/agentauthz
 GRPC_ADDR ?= 127.0.0.1:9191
 HTTP_ADDR ?= 127.0.0.1:9192
 
+# make run serves the policies built into the binary; POLICIES=policies
+# serves this working copy instead, reloaded on every edit.
+POLICIES ?=
+
 run: build ## start the decision service with a dev CA and sample agents in $(DATA_DIR), on GRPC_ADDR/HTTP_ADDR (loopback)
-	$(BIN)/agentauthz serve --dev --data-dir $(DATA_DIR) --policies policies --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
+	$(BIN)/agentauthz serve --dev --data-dir $(DATA_DIR) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR) \
+	  $(if $(POLICIES),--policies $(POLICIES))
 
 test: ## run every test (unit, policy, fixtures, CLI scripts, end-to-end)
 	$(GO) test -count=1 -timeout 12m $(PKGS)

@@ -7,7 +7,14 @@ cd "$(dirname "$0")/.."
 fuzztime="${1:-5m}"
 failed=0
 for pkg in $(go list ./...); do
-	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
+	# A package whose tests do not build is a failure, not a package without
+	# fuzz targets: it would otherwise be silently left out.
+	if ! list=$(go test -list '^Fuzz' "$pkg"); then
+		echo "== $pkg: the tests do not build; not fuzzed" >&2
+		failed=1
+		continue
+	fi
+	for target in $(grep '^Fuzz' <<<"$list" || true); do
 		echo "== $pkg $target ($fuzztime)"
 		if ! go test -run='^$' -fuzz="^${target}\$" -fuzztime="$fuzztime" "$pkg"; then
 			failed=1

@@ -369,6 +369,20 @@ func addEvent(tx *sql.Tx, at time.Time, tenant, agentID, serial, event, operator
 	return nil
 }
 
+// RecordEvent appends a control-plane change that is not a certificate
+// lifecycle step (e.g. an operator certificate issued) to the event log.
+func (a *Authority) RecordEvent(tenant, agentID, serial, event, operator, detail string) error {
+	if err := validateOperator(operator); err != nil {
+		return err
+	}
+	if err := validateText("detail", detail, 1024); err != nil {
+		return err
+	}
+	return a.tx(context.Background(), func(tx *sql.Tx) error {
+		return addEvent(tx, a.now(), tenant, agentID, serial, event, operator, detail)
+	})
+}
+
 // bumpRevocation records that the revocation state of tenant changed.
 func bumpRevocation(tx *sql.Tx, tenant string) error {
 	if _, err := tx.Exec(`UPDATE meta SET value = value + 1 WHERE key = 'revocation_generation'`); err != nil {

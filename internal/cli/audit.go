@@ -253,6 +253,12 @@ func (p *recordPrinter) print(r *decisionlog.Record) error {
 		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\t%s\t-\t%s\n", r.Index, r.Time.Format(decisionlog.TimeLayout), cell(r.Kind), cell(r.DecisionID))
 		return nil
 	}
+	if r.Kind == decisionlog.KindResponse && r.Response != nil {
+		fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\tresponse %d\t%s\t%s\n", r.Seq, r.Time.Format(decisionlog.TimeLayout),
+			cell(r.Agent.ID), cell(r.Agent.TrustLevel), cell(r.Request.Method), cell(r.Request.Path), cell(r.Request.Operation),
+			r.Response.Status, cell(r.Response.Body), cell(r.DecisionID))
+		return nil
+	}
 	dec := "deny"
 	if r.Decision.Allowed {
 		dec = "allow"
@@ -465,6 +471,23 @@ func newAuditWhoCmd() *cobra.Command {
 
 func printWho(out io.Writer, r *decisionlog.Record) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	if r.Kind == decisionlog.KindResponse && r.Response != nil {
+		// The signed response a decision let through (docs/responses.md).
+		rs := r.Response
+		for _, row := range [][2]string{
+			{"response to", r.DecisionID},
+			{"time", r.Time.Format(decisionlog.TimeLayout)},
+			{"status", fmt.Sprint(rs.Status)},
+			{"body", fmt.Sprintf("%s, %d bytes", rs.Body, rs.Bytes)},
+			{"content digest", rs.ContentDigest},
+			{"signature input", rs.SignatureInput},
+			{"record", fmt.Sprintf("seq %d of log %s, key %s", r.Seq, r.Log, r.KeyID)},
+		} {
+			fmt.Fprintf(tw, "%s:\t%s\n", row[0], dash(cell(strings.TrimSpace(row[1]))))
+		}
+		tw.Flush()
+		return
+	}
 	dec := "denied"
 	if r.Decision.Allowed {
 		dec = "allowed"

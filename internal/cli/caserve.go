@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/revocation"
 )
 
@@ -39,6 +41,7 @@ func newCAServeCmd() *cobra.Command {
 	var (
 		addr            string
 		poll, heartbeat time.Duration
+		opts            controlOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -57,30 +60,37 @@ unless --addr says otherwise. "agentauthz ca serve" is the same command.`,
 			if err != nil {
 				dataDir = caEnvDataDir()
 			}
-			return runCAServe(cmd.Context(), cmd, dataDir, addr, poll, heartbeat)
+			return runCAServe(cmd.Context(), cmd, dataDir, addr, poll, heartbeat, opts)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "127.0.0.1:9193", "listen address (host:port)")
+	f.BoolVar(&opts.plain, "plain-http", false, "serve plain HTTP: CRLs and the signed watch stream only, no authenticated API")
+	f.StringArrayVar(&opts.hosts, "tls-host", nil, "extra DNS name or IP for the server certificate (repeatable; loopback and the --addr host are always in)")
 	f.DurationVar(&poll, "poll", revocation.DefaultGenerationPoll, "how often the inventory is checked for new revocations")
 	f.DurationVar(&heartbeat, "heartbeat", revocation.DefaultHeartbeat, "interval of keep-alive comments on watch streams")
 	return cmd
 }
 
-func runCAServe(ctx context.Context, cmd *cobra.Command, dataDir, addr string, poll, heartbeat time.Duration) error {
+func runCAServe(ctx context.Context, cmd *cobra.Command, dataDir, addr string, poll, heartbeat time.Duration, opts controlOptions) error {
 	log := hclog.New(&hclog.LoggerOptions{
 		Name:       "agentauthz",
 		Output:     cmd.ErrOrStderr(),
 		JSONFormat: !caServeTTY(cmd.ErrOrStderr()),
 	})
 	reg := prometheus.NewRegistry()
-	rs, err := newRevocationServer(dataDir, addr, log, reg, reg, poll, heartbeat)
+	rs, err := newRevocationServer(dataDir, addr, log, reg, reg, poll, heartbeat, opts)
 	if err != nil {
 		return err
 	}
 	defer rs.Close()
-	if !rs.Loopback() {
-		log.Warn("listening beyond loopback over plain HTTP: every event is signed, but anyone on the path can drop the stream; put TLS in front")
+	if opts.plain {
+		log.Warn("plain HTTP: serving CRLs and the signed watch stream only; the API (restrict, revoke, records) is off")
+		if !rs.Loopback() {
+			log.Warn("listening beyond loopback over plain HTTP: every event is signed, but anyone on the path can read or drop the stream")
+		}
+	} else {
+		log.Info("mTLS: clients present a certificate from the operator CA", "operator_ca", control.OperatorCAPath(dataDir))
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "agentauthz %s: listening on %s\n", cmd.CommandPath()[len(cmd.Root().Name())+1:], rs.URL())
 	if err := rs.Run(ctx); err != nil {
@@ -94,10 +104,20 @@ func runCAServe(ctx context.Context, cmd *cobra.Command, dataDir, addr string, p
 // directory, served over HTTP: the body of `ca serve`, which `serve --dev`
 // also runs in-process for the dev tenant.
 type revocationServer struct {
-	auth *ca.Authority
-	pub  *revocation.Publisher
-	ln   net.Listener
-	srv  *http.Server
+	auth  *ca.Authority
+	pub   *revocation.Publisher
+	ln    net.Listener
+	srv   *http.Server
+	op    *control.OperatorCA // nil with --plain-http
+	plain bool
+}
+
+// controlOptions are the transport settings of the control plane.
+type controlOptions struct {
+	// plain serves HTTP without TLS: CRLs and the signed watch stream only.
+	plain bool
+	// hosts are extra names for the server certificate.
+	hosts []string
 }
 
 // newRevocationServer opens the inventory of dataDir and listens on addr.
@@ -107,7 +127,7 @@ type revocationServer struct {
 // a lateRegisterer for serve's registry and serves no /metrics here. Run
 // serves; Close releases the inventory (and the listener if Run never ran).
 func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.Registerer, metrics prometheus.Gatherer,
-	poll, heartbeat time.Duration) (*revocationServer, error) {
+	poll, heartbeat time.Duration, opts controlOptions) (*revocationServer, error) {
 	auth, err := ca.Open(dataDir, ca.MustExist())
 	if err != nil {
 		return nil, withHint(fmt.Errorf("open ca inventory: %w", err), "create a CA first: agentauthz ca init --data-dir %s", dataDir)
@@ -120,23 +140,62 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		auth.Close()
 		return nil, err
 	}
+	rs := &revocationServer{auth: auth, pub: pub, plain: opts.plain}
+	var authn *control.Authenticator
+	if !opts.plain {
+		if rs.op, err = control.OpenOperatorCA(dataDir, true); err != nil {
+			auth.Close()
+			return nil, fmt.Errorf("operator CA: %w", err)
+		}
+		authn = control.NewAuthenticator(rs.op, nil, nil)
+	}
+	api, err := control.NewAPI(control.Config{Authority: auth, Publisher: pub, Auth: authn, Logger: log, Registerer: reg})
+	if err != nil {
+		auth.Close()
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		auth.Close()
 		return nil, withHint(fmt.Errorf("listen: %w", err), "choose another address with --addr")
 	}
+	if rs.op != nil {
+		hosts := append([]string{"127.0.0.1", "::1", "localhost"}, opts.hosts...)
+		if h, _, err := net.SplitHostPort(ln.Addr().String()); err == nil {
+			hosts = append(hosts, h)
+		}
+		if h, _, err := net.SplitHostPort(addr); err == nil && h != "" {
+			hosts = append(hosts, h)
+		}
+		cert, err := rs.op.ServerCertificate(hosts)
+		if err != nil {
+			ln.Close()
+			auth.Close()
+			return nil, fmt.Errorf("server certificate: %w", err)
+		}
+		// Request, not require, a client certificate: CRLs stay public
+		// (certificates point at them) and an expired or wrong
+		// certificate gets a clear answer from the API, not an alert.
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert,
+			MinVersion: tls.VersionTLS13})
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/", pub.Handler())
+	mux.Handle("/", api.Handler())
 	if metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	return &revocationServer{auth: auth, pub: pub, ln: ln, srv: srv}, nil
+	rs.ln, rs.srv = ln, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10}
+	return rs, nil
 }
 
 // URL is the base URL the server listens on: <URL>/v1/watch is the watch
 // stream, <URL>/v1/crl/<trust-domain> a tenant's CRL.
-func (r *revocationServer) URL() string { return "http://" + r.ln.Addr().String() }
+func (r *revocationServer) URL() string {
+	if r.plain {
+		return "http://" + r.ln.Addr().String()
+	}
+	return "https://" + r.ln.Addr().String()
+}
 
 // Loopback reports whether the listener is on a loopback address.
 func (r *revocationServer) Loopback() bool {

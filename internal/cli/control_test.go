@@ -3,8 +3,11 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -60,6 +63,8 @@ func (p *proc) waitLog(t *testing.T, re *regexp.Regexp, limit time.Duration) str
 // controlFleet is a control plane over a dev CA and two replicas watching it.
 type controlFleet struct {
 	cpDir    string
+	url      string // the control plane's base URL
+	certs    string // operator and replica certificates
 	env      *ca.DevEnv
 	replicas []*replica
 }
@@ -91,19 +96,24 @@ func startControlFleet(t *testing.T, n int) *controlFleet {
 			}
 		}
 	})
-	url := cp.waitLog(t, regexp.MustCompile(`listening on (http://\S+)`), 30*time.Second)
+	f.url = cp.waitLog(t, regexp.MustCompile(`listening on (https://\S+)`), 30*time.Second)
+	f.certs = filepath.Join(root, "certs")
 	for i := range n {
-		dir := filepath.Join(root, fmt.Sprintf("replica-%d", i))
+		name := fmt.Sprintf("replica-%d", i)
+		cli(t, "operator", "issue", name, "--role", "replica", "--data-dir", f.cpDir, "--out-dir", f.certs)
+		dir := filepath.Join(root, name)
 		cfg := fmt.Sprintf(`data_dir: %s
 grpc: {addr: "127.0.0.1:0"}
 http: {addr: "127.0.0.1:0"}
 policy: {dir: %s}
-decision_log: {name: replica-%d}
+decision_log: {name: %s}
+control_plane: {ca_file: %s, cert_file: %s, key_file: %s}
 trust_bundles:
   - trust_domain: %s
     file: %s
     revocation: {watch_url: "%s/v1/watch"}
-`, dir, policies, i, f.env.TrustDomain, f.env.BundlePath, url)
+`, dir, policies, name, filepath.Join(f.cpDir, "operator", "ca.pem"), filepath.Join(f.certs, name+".pem"), filepath.Join(f.certs, name+".key"),
+			f.env.TrustDomain, f.env.BundlePath, f.url)
 		cfgPath := filepath.Join(root, fmt.Sprintf("replica-%d.yaml", i))
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
@@ -247,5 +257,101 @@ func TestRestrictionReachesTwoReplicas(t *testing.T) {
 	out := cli(t, "agent", "show", "payments-agent", "--data-dir", f.cpDir)
 	if !strings.Contains(out, "restrict") || !strings.Contains(out, "lift") || !strings.Contains(out, "INC-1 closed") {
 		t.Errorf("agent show lacks the restriction history:\n%s", out)
+	}
+}
+
+// cliFails runs one agentauthz command that must fail and returns its
+// stderr.
+func cliFails(t *testing.T, args ...string) string {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), args, nil, &out, &errOut); code == ExitOK {
+		t.Fatalf("%s: succeeded\n%s", strings.Join(args, " "), out.String())
+	}
+	return errOut.String()
+}
+
+// TestControlPlaneAPIRoles: restrictions through the control plane's API
+// need an operator certificate of the right role; every refusal is clear
+// and counted, and the change log names the operator.
+func TestControlPlaneAPIRoles(t *testing.T) {
+	f := startControlFleet(t, 1)
+	for _, c := range [][2]string{{"alice", "responder"}, {"audrey", "auditor"}} {
+		cli(t, "operator", "issue", c[0], "--role", c[1], "--data-dir", f.cpDir, "--out-dir", f.certs)
+	}
+	cli(t, "operator", "issue", "old", "--role", "responder", "--ttl", "1ms", "--data-dir", f.cpDir, "--out-dir", f.certs)
+	as := func(name string, args ...string) []string {
+		return append(args, "--server", f.url, "--trust-domain", f.env.TrustDomain, "--data-dir", f.cpDir,
+			"--cert", filepath.Join(f.certs, name+".pem"), "--key", filepath.Join(f.certs, name+".key"))
+	}
+	start := time.Now()
+	cli(t, as("alice", "agent", "restrict", "payments-agent", "--max-trust", "L1", "--reason", "INC-9")...)
+	f.awaitAll(t, "payments-agent", "insufficient_trust_level", start)
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"auditor may not restrict", as("audrey", "agent", "restrict", "payments-agent", "--quarantine", "--reason", "x"), "(wrong_role)"},
+		{"expired certificate", as("old", "agent", "lift", "payments-agent", "--reason", "x"), "(expired)"},
+		{"unknown agent", as("alice", "agent", "restrict", "ghost", "--quarantine", "--reason", "x"), "(unknown_agent)"},
+		{"max trust above the certificate's", as("alice", "agent", "restrict", "payments-agent", "--max-trust", "L4", "--reason", "x"), "(invalid_input)"},
+		{"scope not held", as("alice", "agent", "restrict", "payments-agent", "--remove-scope", "admin:delete", "--reason", "x"), "(invalid_input)"},
+		{"until in the past", as("alice", "agent", "restrict", "payments-agent", "--quarantine", "--until", "2020-01-01T00:00:00Z", "--reason", "x"), "not in the future"},
+		{"until unparsable", as("alice", "agent", "restrict", "payments-agent", "--quarantine", "--until", "soon", "--reason", "x"), "neither a duration"},
+		{"no reason", as("alice", "agent", "restrict", "payments-agent", "--quarantine"), "--reason is required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := cliFails(t, tc.args...); !strings.Contains(got, tc.want) || !strings.Contains(got, "agentauthz: hint:") {
+				t.Errorf("stderr %q lacks %q or a hint", got, tc.want)
+			}
+		})
+	}
+	// Nothing refused changed anything: still max trust L1 only.
+	if got := f.check(t, f.replicas[0], "payments-agent"); got != "insufficient_trust_level" {
+		t.Errorf("after refusals: %s", got)
+	}
+	// Without a client certificate the watch stream and the API are
+	// refused; CRLs stay public.
+	caPEM, err := os.ReadFile(filepath.Join(f.cpDir, "operator", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := anon.Get(f.url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/v1/watch?tenant=" + f.env.TrustDomain); code != http.StatusUnauthorized || !strings.Contains(body, "no_certificate") {
+		t.Errorf("anonymous watch: %d %s", code, body)
+	}
+	if code, _ := get("/v1/crl/" + f.env.TrustDomain); code != http.StatusOK {
+		t.Errorf("anonymous CRL: %d", code)
+	}
+	_, m := get("/metrics")
+	for _, want := range []string{
+		`agentauthz_control_auth_refused_total{reason="wrong_role"} 1`,
+		`agentauthz_control_auth_refused_total{reason="expired"} 1`,
+		`agentauthz_control_auth_refused_total{reason="no_certificate"} 1`,
+		`agentauthz_control_refused_total{reason="unknown_agent"} 1`,
+		`agentauthz_control_refused_total{reason="invalid_input"} 2`,
+		`agentauthz_control_changes_total{kind="restrict"} 1`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("control plane metrics lack %s", want)
+		}
+	}
+	out := cli(t, "agent", "show", "payments-agent", "--data-dir", f.cpDir)
+	if !strings.Contains(out, "alice (responder)") {
+		t.Errorf("change log does not name the operator:\n%s", out)
 	}
 }

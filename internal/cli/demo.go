@@ -3,13 +3,15 @@ package cli
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
-	"github.com/agentauthz/agentauthz/internal/config"
 	"github.com/agentauthz/agentauthz/internal/demo"
+	"github.com/agentauthz/agentauthz/policies"
 )
 
 // newDemoCmd is `agentauthz demo`: a thin wrapper over demo.Run.
@@ -28,13 +30,27 @@ send requests exactly as Envoy would (peer certificate and XFCC) over gRPC,
 revoke the rogue agent and time how fast every replica refuses it, verify the
 decision logs, and answer an auditor's four questions from them.
 
-Needs nothing running and no setup; takes a few seconds. Run it from the
-repository root (or pass --policies). Exit status 0 means every decision and
-answer was the expected one.`,
+Needs nothing running and no setup, from any directory: the shipped policies
+are built in (--policies DIR plays it with others). Takes a few seconds. Exit
+status 0 means every decision and answer was the expected one.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if verbose {
 				opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "demo", Output: cmd.ErrOrStderr(), Level: hclog.Info})
+			}
+			if opts.PoliciesDir == "" {
+				dir, err := os.MkdirTemp("", "agentauthz-policies-")
+				if err != nil {
+					return fmt.Errorf("built-in policies: %w", err)
+				}
+				defer os.RemoveAll(dir)
+				if err := policies.WriteTo(dir); err != nil {
+					return err
+				}
+				opts.PoliciesDir = dir
+				fmt.Fprintf(cmd.ErrOrStderr(), "agentauthz: policies: %s\n", policies.Embedded)
+			} else {
+				fmt.Fprintf(cmd.ErrOrStderr(), "agentauthz: policies: %s\n", opts.PoliciesDir)
 			}
 			text := cmd.OutOrStdout()
 			if asJSON {
@@ -50,7 +66,7 @@ answer was the expected one.`,
 			}
 			switch {
 			case errors.Is(err, demo.ErrNoPolicies):
-				return withHint(err, "run the demo from the repository root, or pass --policies DIR")
+				return withHint(err, "pass --policies a directory of .rego files, or leave it out to play the built-in policies")
 			case errors.Is(err, demo.ErrUnexpected):
 				return err
 			case errors.Is(err, demo.ErrDataDirInUse):
@@ -62,7 +78,7 @@ answer was the expected one.`,
 	f := cmd.Flags()
 	f.StringVar(&opts.DataDir, "data-dir", "", "keep everything (CA, agent certificates, logs) in this empty directory; default a temporary one")
 	f.BoolVar(&opts.Keep, "keep", false, "keep the temporary data directory")
-	f.StringVar(&opts.PoliciesDir, "policies", config.DefaultPoliciesDir, "directory of the shipped policies")
+	f.StringVar(&opts.PoliciesDir, "policies", "", "directory of .rego and data files to play the story with (default: the built-in shipped policies)")
 	f.IntVar(&opts.Replicas, "replicas", demo.DefaultReplicas, "number of decision replicas (1-8)")
 	f.BoolVar(&asJSON, "json", false, "print the outcome as JSON instead of the story")
 	f.BoolVar(&verbose, "verbose", false, "show the services' logs on stderr")

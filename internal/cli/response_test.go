@@ -24,7 +24,7 @@ func signedResponseFixture(t *testing.T) (dir string, jwks []byte, raw string) {
 	t.Helper()
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	kid := decisionlog.KeyID(pub)
-	s := &respsig.Signer{KeyID: kid, Sign: func(b []byte) []byte { return ed25519.Sign(priv, b) }, Now: func() time.Time { return time.Now().Add(-time.Hour) }}
+	s := &respsig.Signer{KeyID: kid, Sign: func(b []byte) ([]byte, error) { return ed25519.Sign(priv, b), nil }, Now: func() time.Time { return time.Now().Add(-time.Hour) }}
 	m := &httpsig.Message{Status: 201, Body: []byte(`{"payment":"p-1"}`),
 		Header:  []httpsig.Field{{Name: "Content-Type", Value: "application/json"}},
 		Request: &httpsig.Message{Method: "POST", Authority: "payments.internal", Path: "/v1/payments"}}
@@ -96,5 +96,42 @@ func TestResponseVerify(t *testing.T) {
 				t.Fatalf("exit %d (want %d)\nstdout: %s\nstderr: %s", code, c.code, out, errs)
 			}
 		})
+	}
+}
+
+// audit who shows a decision and the response it produced.
+func TestAuditWhoShowsResponse(t *testing.T) {
+	d := t.TempDir()
+	l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(d, "log"), KeyDir: filepath.Join(d, "keys"), Name: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := &decisionlog.Record{DecisionID: "dec-1", Agent: decisionlog.Agent{ID: "payments-agent", TrustLevel: "L3"},
+		Request:  decisionlog.Request{Method: "POST", Host: "payments.internal", Path: "/v1/payments", Operation: "payments:initiate"},
+		Decision: decisionlog.Decision{Allowed: true, HTTPStatus: 200, Reasons: []string{"allowed"}}}
+	resp := *dec
+	resp.Kind = decisionlog.KindResponse
+	resp.Response = &decisionlog.Response{Status: 201, Body: "signed", ContentDigest: httpsig.DigestBody([]byte("{}")), Bytes: 2,
+		SignatureInput: `agentauthz=("@status");created=1`, Signature: "agentauthz=:AAAA:"}
+	for _, r := range []*decisionlog.Record{dec, &resp} {
+		if _, err := l.Append(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := Run(context.Background(), []string{"audit", "who", "dec-1", "--log", filepath.Join(d, "log")}, strings.NewReader(""), &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, want := range []string{"agent:", "payments-agent", "outcome:", "response to:", "status:", "201", "body:", "signed, 2 bytes", "content digest:", "sha-256=:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("audit who lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	if code := Run(context.Background(), []string{"audit", "query", "--log", filepath.Join(d, "log")}, strings.NewReader(""), &out, &errb); code != 0 || !strings.Contains(out.String(), "response 201") {
+		t.Fatalf("audit query: exit %d\n%s%s", code, out.String(), errb.String())
 	}
 }

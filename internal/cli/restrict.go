@@ -1,13 +1,17 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/control"
 )
 
 // newAgentRestrictCmd is `agent restrict`: a fleet-wide restriction stored
@@ -17,6 +21,7 @@ func newAgentRestrictCmd(dataDir *string) *cobra.Command {
 		td, maxTrust, until, reason, operator string
 		quarantine                            bool
 		removeScopes                          []string
+		srv                                   serverFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "restrict AGENT_ID --reason TEXT [--quarantine] [--max-trust Ln] [--remove-scope S]... [--until 2h|RFC3339]",
@@ -50,17 +55,31 @@ certificate's level, or a scope the agent does not hold, is refused. Lift it wit
 			if err := ca.ValidateAgentID(args[0]); err != nil {
 				return caError(err, *dataDir)
 			}
-			a, err := caOpenInventory(*dataDir)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
-			if req.TrustDomain, err = caResolveTrustDomain(a, td, args[0]); err != nil {
-				return caError(err, *dataDir)
-			}
-			r, err := a.Restrict(req)
-			if err != nil {
-				return caError(err, *dataDir)
+			var r *ca.Restriction
+			if srv.server != "" {
+				if td == "" {
+					return withHint(errors.New("--server needs --trust-domain"), "name the agent's trust domain, e.g. --trust-domain acme.example")
+				}
+				body := control.RestrictBody{Quarantine: quarantine, MaxTrust: req.MaxTrust, RemoveScopes: removeScopes, Reason: reason}
+				if req.Until != nil {
+					body.Until = req.Until.UTC().Format(time.RFC3339)
+				}
+				r = &ca.Restriction{}
+				if err := srv.call(cmd.Context(), *dataDir, http.MethodPost, agentPath(td, args[0], "restrict"), body, r); err != nil {
+					return err
+				}
+			} else {
+				a, err := caOpenInventory(*dataDir)
+				if err != nil {
+					return err
+				}
+				defer a.Close()
+				if req.TrustDomain, err = caResolveTrustDomain(a, td, args[0]); err != nil {
+					return caError(err, *dataDir)
+				}
+				if r, err = a.Restrict(req); err != nil {
+					return caError(err, *dataDir)
+				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "restricted agent %s: %s\n", ca.SPIFFEID(r.TrustDomain, r.AgentID), describeRestriction(r))
 			return nil
@@ -74,11 +93,22 @@ certificate's level, or a scope the agent does not hold, is refused. Lift it wit
 	f.StringVar(&until, "until", "", "end the restriction after a duration (2h) or at an RFC 3339 time; default: until lifted")
 	f.StringVar(&reason, "reason", "", "why, for the change log (required)")
 	f.StringVar(&operator, "operator", caDefaultOperator(), "who runs this, for the change log (env AGENTAUTHZ_OPERATOR)")
+	srv.add(cmd)
 	return cmd
+}
+
+// agentPath is the API path of an agent, escaped.
+func agentPath(td, id, action string) string {
+	p := "/v1/agents/" + url.PathEscape(td) + "/" + url.PathEscape(id)
+	if action != "" {
+		p += "/" + action
+	}
+	return p
 }
 
 func newAgentLiftCmd(dataDir *string) *cobra.Command {
 	var td, reason, operator string
+	var srv serverFlags
 	cmd := &cobra.Command{
 		Use:   "lift AGENT_ID --reason TEXT",
 		Short: "Remove an agent's restriction on every replica",
@@ -90,16 +120,25 @@ func newAgentLiftCmd(dataDir *string) *cobra.Command {
 			if err := ca.ValidateAgentID(args[0]); err != nil {
 				return caError(err, *dataDir)
 			}
-			a, err := caOpenInventory(*dataDir)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
-			if td, err = caResolveTrustDomain(a, td, args[0]); err != nil {
-				return caError(err, *dataDir)
-			}
-			if err := a.Lift(td, args[0], reason, operator); err != nil {
-				return caError(err, *dataDir)
+			if srv.server != "" {
+				if td == "" {
+					return withHint(errors.New("--server needs --trust-domain"), "name the agent's trust domain, e.g. --trust-domain acme.example")
+				}
+				if err := srv.call(cmd.Context(), *dataDir, http.MethodPost, agentPath(td, args[0], "lift"), control.ReasonBody{Reason: reason}, nil); err != nil {
+					return err
+				}
+			} else {
+				a, err := caOpenInventory(*dataDir)
+				if err != nil {
+					return err
+				}
+				defer a.Close()
+				if td, err = caResolveTrustDomain(a, td, args[0]); err != nil {
+					return caError(err, *dataDir)
+				}
+				if err := a.Lift(td, args[0], reason, operator); err != nil {
+					return caError(err, *dataDir)
+				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "lifted the restriction of agent %s\n", ca.SPIFFEID(td, args[0]))
 			return nil
@@ -109,6 +148,7 @@ func newAgentLiftCmd(dataDir *string) *cobra.Command {
 	f.StringVar(&td, "trust-domain", "", "trust domain (default: the agent's)")
 	f.StringVar(&reason, "reason", "", "why, for the change log (required)")
 	f.StringVar(&operator, "operator", caDefaultOperator(), "who runs this, for the change log (env AGENTAUTHZ_OPERATOR)")
+	srv.add(cmd)
 	return cmd
 }
 

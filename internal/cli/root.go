@@ -95,6 +95,7 @@ func newRoot() *cobra.Command {
 		newCheckCmd(),
 		newCACmd(),
 		newControlCmd(),
+		newOperatorCmd(),
 		newAgentCmd(),
 		newAuditCmd(),
 		newReceiptCmd(),
@@ -102,6 +103,8 @@ func newRoot() *cobra.Command {
 		newDemoCmd(),
 		newBenchCmd(),
 		newPolicyCmd(),
+		newAnomalyCmd(),
+		newAlertsCmd(),
 	)
 	return root
 }

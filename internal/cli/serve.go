@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,8 +23,10 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/config"
+	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/revocation"
 	"github.com/agentauthz/agentauthz/internal/server"
+	"github.com/agentauthz/agentauthz/policies"
 )
 
 type serveFlags struct {
@@ -32,6 +35,7 @@ type serveFlags struct {
 	sources      []string
 	crls         []string
 	watches      []string
+	noRevocation []string
 }
 
 func newServeCmd() *cobra.Command { return newServeCmdWith(runServe) }
@@ -65,19 +69,23 @@ prints check commands to try.`,
 	fl.StringVar(&c.DataDir, "data-dir", "", "state directory: decision log, keys, dev CA")
 	fl.StringVar(&c.GRPC.Addr, "grpc-addr", "", "ext_authz gRPC listen address (default "+config.DefaultGRPCAddr+", with --dev "+config.DefaultDevGRPCAddr+")")
 	fl.StringVar(&c.HTTP.Addr, "http-addr", "", "health, metrics and keys HTTP listen address (default "+config.DefaultHTTPAddr+", with --dev "+config.DefaultDevHTTPAddr+")")
-	fl.StringVar(&c.Policy.Dir, "policies", config.DefaultPoliciesDir, "directory of .rego and data.json/data.yaml files")
+	fl.StringVar(&c.Policy.Dir, "policies", "", "directory of .rego and data.json/data.yaml files (default "+config.DefaultPoliciesDir+"; with --dev the built-in policies)")
 	fl.StringVar(&c.Policy.Path, "policy-path", config.DefaultPolicyPath, "rule to query, as opa-envoy-plugin's path")
 	fl.StringVar(&c.Policy.Bundle, "bundle", "", "OPA bundle file or URL (instead of --policies)")
 	fl.StringVar(&c.Policy.BundleVerificationKey, "bundle-verification-key", "", "PEM public key that bundles must be signed with")
 	fl.StringArrayVar(&f.trustBundles, "trust-bundle", nil, "TRUST_DOMAIN=PEM_FILE, one CA bundle per tenant (repeatable)")
 	fl.StringArrayVar(&f.crls, "crl", nil, "TRUST_DOMAIN=FILE or TRUST_DOMAIN=URL, a CRL of that tenant's CA (repeatable)")
 	fl.StringArrayVar(&f.watches, "revocation-watch", nil, "TRUST_DOMAIN=URL, the revocation push channel of agentauthz ca serve (URL ending in /v1/watch)")
+	fl.StringArrayVar(&f.noRevocation, "no-revocation", nil, "TRUST_DOMAIN: run that tenant WITHOUT revocation checking (its revoked certificates are accepted); every tenant needs a --crl, a --revocation-watch or this (repeatable)")
 	fl.StringArrayVar(&f.sources, "identity-source", nil, "identity sources in order: peer_certificate, xfcc, spiffe_id (repeatable)")
 	fl.BoolVar(&c.Dev, "dev", false, "create and trust a dev CA with sample agents in --data-dir")
 	fl.StringVar(&c.DecisionLog.Mode, "decision-log-mode", "sync", "sync (answer after the record is on disk) or async")
 	fl.StringVar(&c.GRPC.TLS.CertFile, "grpc-tls-cert", "", "serve gRPC over TLS with this certificate")
 	fl.StringVar(&c.GRPC.TLS.KeyFile, "grpc-tls-key", "", "key of --grpc-tls-cert")
 	fl.StringVar(&c.GRPC.TLS.ClientCAFile, "grpc-tls-client-ca", "", "require client certificates from this CA (mTLS)")
+	fl.StringVar(&c.ControlPlane.CAFile, "control-plane-ca", "", "operator CA that verifies an https control plane (its <data>/operator/ca.pem)")
+	fl.StringVar(&c.ControlPlane.CertFile, "control-plane-cert", "", "this replica's certificate for the control plane (operator issue NAME --role replica)")
+	fl.StringVar(&c.ControlPlane.KeyFile, "control-plane-key", "", "key of --control-plane-cert")
 	fl.StringVar(&c.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fl.StringVar(&c.LogFormat, "log-format", "auto", "auto, json or text")
 	return cmd
@@ -101,10 +109,10 @@ func serveConfig(fl *pflag.FlagSet, f serveFlags, flags config.Config) (config.C
 	set("grpc-addr", &cfg.GRPC.Addr, flags.GRPC.Addr)
 	set("http-addr", &cfg.HTTP.Addr, flags.HTTP.Addr)
 	if fl.Changed("bundle") {
-		cfg.Policy.Bundle, cfg.Policy.Dir = flags.Policy.Bundle, ""
+		cfg.Policy.Bundle, cfg.Policy.Dir, cfg.Policy.Builtin = flags.Policy.Bundle, "", false
 	}
-	if cfg.Policy.Bundle == "" {
-		set("policies", &cfg.Policy.Dir, flags.Policy.Dir)
+	if fl.Changed("policies") {
+		cfg.Policy.Dir, cfg.Policy.Bundle, cfg.Policy.Builtin = flags.Policy.Dir, "", false
 	}
 	set("policy-path", &cfg.Policy.Path, flags.Policy.Path)
 	set("bundle-verification-key", &cfg.Policy.BundleVerificationKey, flags.Policy.BundleVerificationKey)
@@ -112,6 +120,9 @@ func serveConfig(fl *pflag.FlagSet, f serveFlags, flags config.Config) (config.C
 	set("grpc-tls-cert", &cfg.GRPC.TLS.CertFile, flags.GRPC.TLS.CertFile)
 	set("grpc-tls-key", &cfg.GRPC.TLS.KeyFile, flags.GRPC.TLS.KeyFile)
 	set("grpc-tls-client-ca", &cfg.GRPC.TLS.ClientCAFile, flags.GRPC.TLS.ClientCAFile)
+	set("control-plane-ca", &cfg.ControlPlane.CAFile, flags.ControlPlane.CAFile)
+	set("control-plane-cert", &cfg.ControlPlane.CertFile, flags.ControlPlane.CertFile)
+	set("control-plane-key", &cfg.ControlPlane.KeyFile, flags.ControlPlane.KeyFile)
 	set("log-level", &cfg.LogLevel, flags.LogLevel)
 	set("log-format", &cfg.LogFormat, flags.LogFormat)
 	if fl.Changed("dev") {
@@ -178,6 +189,13 @@ func addRevocationFlags(cfg *config.Config, f serveFlags) error {
 		}
 		tb.Revocation.WatchURL = src
 	}
+	for _, td := range f.noRevocation {
+		i := slices.IndexFunc(cfg.TrustBundles, func(tb config.TrustBundle) bool { return tb.TrustDomain == td })
+		if i < 0 {
+			return withHint(fmt.Errorf("--no-revocation %s: no tenant %q", td, td), "give its CA first: --trust-bundle %s=CA_PEM_FILE", td)
+		}
+		cfg.TrustBundles[i].Revocation.Disabled = true
+	}
 	return nil
 }
 
@@ -230,6 +248,23 @@ func runServe(ctx context.Context, stderr io.Writer, cfg config.Config) error {
 		}
 		defer dev.Close()
 	}
+	policySource := cfg.Policy.Dir
+	switch {
+	case cfg.Policy.Builtin:
+		dir, err := os.MkdirTemp("", "agentauthz-policies-")
+		if err != nil {
+			return fmt.Errorf("built-in policies: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		if err := policies.WriteTo(dir); err != nil {
+			return err
+		}
+		cfg.Policy.Dir, cfg.Policy.Builtin = dir, false
+		policySource = policies.Embedded
+	case cfg.Policy.Bundle != "":
+		policySource = "bundle " + cfg.Policy.Bundle
+	}
+	logger.Info("policy", "source", policySource, "path", cfg.Policy.Path)
 	components, err := server.Assemble(cfg, logger)
 	if err != nil {
 		return err
@@ -295,9 +330,17 @@ func startDev(cfg *config.Config, logger hclog.Logger) (*devMode, error) {
 	}
 	d.revMetrics = &lateRegisterer{}
 	d.rev, err = newRevocationServer(cfg.DataDir, "127.0.0.1:0", logger.Named("revocation-publisher"), d.revMetrics, nil,
-		revocation.DefaultGenerationPoll, revocation.DefaultHeartbeat)
+		revocation.DefaultGenerationPoll, revocation.DefaultHeartbeat, controlOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("dev revocation publisher: %w", err)
+	}
+	if !cfg.ControlPlane.Enabled() {
+		// This process is a replica of its own control plane, over the
+		// same mTLS as any other: a replica certificate, made afresh.
+		if cfg.ControlPlane, err = devReplicaCert(cfg.DataDir, d.rev.op); err != nil {
+			d.rev.Close()
+			return nil, fmt.Errorf("dev replica certificate: %w", err)
+		}
 	}
 	cfg.TrustBundles = append(cfg.TrustBundles, config.TrustBundle{
 		TrustDomain: env.TrustDomain, File: env.BundlePath,
@@ -450,4 +493,24 @@ the other agents are untouched. Restarting serve --dev issues payments-agent aga
 		exe, addr, certOf("payments-agent"),
 		exe, addr, certOf("sanctions-screener"),
 		exe, dataDir, dev.TrustDomain)
+}
+
+// devReplicaCert issues the dev replica's certificate into
+// <data>/operator/dev-replica.{pem,key}, replacing an earlier one.
+func devReplicaCert(dataDir string, op *control.OperatorCA) (config.ControlPlane, error) {
+	dir := control.OperatorDir(dataDir)
+	for _, ext := range []string{".pem", ".key"} {
+		if err := os.Remove(filepath.Join(dir, "dev-replica"+ext)); err != nil && !os.IsNotExist(err) {
+			return config.ControlPlane{}, err
+		}
+	}
+	is, err := op.Issue("dev-replica", control.RoleReplica, control.DefaultOperatorTTL)
+	if err != nil {
+		return config.ControlPlane{}, err
+	}
+	certPath, keyPath, err := control.WriteIssued(dir, "dev-replica", is)
+	if err != nil {
+		return config.ControlPlane{}, err
+	}
+	return config.ControlPlane{CAFile: control.OperatorCAPath(dataDir), CertFile: certPath, KeyFile: keyPath}, nil
 }

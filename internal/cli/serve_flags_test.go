@@ -72,6 +72,19 @@ func TestServeRevocationFlags(t *testing.T) {
 	}
 }
 
+// --no-revocation is the explicit opt-out a tenant without a source needs
+// (#15.1).
+func TestServeNoRevocationFlag(t *testing.T) {
+	cfg, msg, ok := resolveServe(t, "--data-dir", t.TempDir(), "--trust-bundle", "acme.example=acme-ca.pem",
+		"--no-revocation", "acme.example")
+	if !ok {
+		t.Fatalf("serve refused: %s", msg)
+	}
+	if !cfg.TrustBundles[0].Revocation.Disabled {
+		t.Errorf("revocation = %+v, want disabled", cfg.TrustBundles[0].Revocation)
+	}
+}
+
 // The flags add to the tenants of a config file.
 func TestServeRevocationFlagsOverConfigFile(t *testing.T) {
 	dir := t.TempDir()
@@ -100,6 +113,8 @@ func TestServeRevocationFlagErrors(t *testing.T) {
 		{[]string{"--revocation-watch", "acme.example="}, `is not TRUST_DOMAIN=URL`},
 		{[]string{"--revocation-watch", "acme.example=ftp://x/v1/watch"}, `is not an http(s) URL`},
 		{[]string{"--revocation-watch", "acme.example=http://a/v1/watch", "--revocation-watch", "acme.example=http://b/v1/watch"}, `one push channel per tenant`},
+		{[]string{"--no-revocation", "globex.example"}, `--no-revocation globex.example: no tenant "globex.example"`},
+		{[]string{"--no-revocation", "acme.example", "--crl", "acme.example=a.crl"}, `revocation.disabled: true, but sources are listed`},
 	} {
 		_, msg, ok := resolveServe(t, append(append([]string{}, base...), tc.args...)...)
 		if ok || !strings.Contains(msg, tc.want) {
@@ -135,5 +150,37 @@ func TestServeListenDefaults(t *testing.T) {
 	cfg, msg, ok := resolveServe(t, "--config", file)
 	if !ok || cfg.GRPC.Addr != "127.0.0.1:9191" {
 		t.Errorf("dev: true in a file: listens on %q (%s), want 127.0.0.1:9191", cfg.GRPC.Addr, msg)
+	}
+}
+
+// serve --dev with no policy named serves the built-in policies; naming a
+// directory or a bundle (by flag or file) replaces them, and production
+// serve keeps its policies directory default.
+func TestServePolicyDefaults(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "dev.yaml")
+	if err := os.WriteFile(file, []byte("dev: true\ndata_dir: "+dir+"\npolicy:\n  dir: mine\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args    []string
+		builtin bool
+		dir     string
+		bundle  string
+	}{
+		{[]string{"--dev"}, true, "", ""},
+		{[]string{"--dev", "--policies", "policies"}, false, "policies", ""},
+		{[]string{"--dev", "--bundle", "b.tar.gz"}, false, "", "b.tar.gz"},
+		{[]string{"--trust-bundle", "acme.example=acme-ca.pem"}, false, config.DefaultPoliciesDir, ""},
+		{[]string{"--config", file}, false, "mine", ""},
+		{[]string{"--config", file, "--bundle", "b.tar.gz"}, false, "", "b.tar.gz"},
+	} {
+		cfg, msg, ok := resolveServe(t, append([]string{"--data-dir", dir}, tc.args...)...)
+		if !ok {
+			t.Fatalf("serve %v refused: %s", tc.args, msg)
+		}
+		if p := cfg.Policy; p.Builtin != tc.builtin || p.Dir != tc.dir || p.Bundle != tc.bundle {
+			t.Errorf("serve %v: policy builtin=%v dir=%q bundle=%q, want %v %q %q", tc.args, p.Builtin, p.Dir, p.Bundle, tc.builtin, tc.dir, tc.bundle)
+		}
 	}
 }

@@ -100,7 +100,7 @@ func TestCAServeMetrics(t *testing.T) {
 	a.Close()
 	reg := prometheus.NewRegistry()
 	rs, err := newRevocationServer(dir, "127.0.0.1:0", hclog.NewNullLogger(), reg, reg,
-		revocation.DefaultGenerationPoll, revocation.DefaultHeartbeat)
+		revocation.DefaultGenerationPoll, revocation.DefaultHeartbeat, controlOptions{plain: true})
 	if err != nil {
 		t.Fatal(err)
 	}

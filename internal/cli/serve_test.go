@@ -39,16 +39,14 @@ type devServe struct {
 	cancel  context.CancelFunc
 }
 
+// It names no policies, so it serves the built-in ones, as an installed
+// binary does from any directory.
 func startDevServe(t *testing.T) *devServe {
 	t.Helper()
-	policies, err := filepath.Abs(filepath.Join("..", "..", "policies"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &devServe{dataDir: filepath.Join(t.TempDir(), "data"), done: make(chan int, 1), cancel: cancel}
 	go func() {
-		s.done <- Run(ctx, []string{"serve", "--dev", "--data-dir", s.dataDir, "--policies", policies,
+		s.done <- Run(ctx, []string{"serve", "--dev", "--data-dir", s.dataDir,
 			"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json"},
 			nil, &bytes.Buffer{}, &s.stderr)
 	}()
@@ -88,6 +86,9 @@ func (s *devServe) stop(t *testing.T) {
 func TestDevQuickStart(t *testing.T) {
 	s := startDevServe(t)
 	dataDir, stderr := s.dataDir, &s.stderr
+	s.waitFor(t, "policy source", 30*time.Second, func(log string) bool {
+		return strings.Contains(log, `"source":"built-in`)
+	})
 	lineRE := regexp.MustCompile(`(?m)^\s+(allowed|denied):\s+\S+ (check .*)$`)
 	var lines [][]string
 	s.waitFor(t, "check lines", 30*time.Second, func(log string) bool {

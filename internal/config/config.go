@@ -37,7 +37,46 @@ type Config struct {
 	Identity     Identity      `yaml:"identity"`
 	TrustBundles []TrustBundle `yaml:"trust_bundles"`
 	DecisionLog  DecisionLog   `yaml:"decision_log"`
+	// ResponseSigning is the ext_proc processor that signs upstream
+	// responses (docs/responses.md).
+	ResponseSigning ResponseSigning `yaml:"response_signing"`
+	// ControlPlane is how this replica authenticates to `agentauthz control
+	// serve` for https watch URLs (mTLS with a replica certificate).
+	ControlPlane ControlPlane `yaml:"control_plane"`
 }
+
+// ResponseSigning configures the envoy.service.ext_proc.v3 processor served
+// on the gRPC port beside ext_authz.
+type ResponseSigning struct {
+	// Disabled leaves the processor unregistered (Envoy's ext_proc filter
+	// then fails closed) and says so at startup.
+	Disabled bool `yaml:"disabled"`
+	// MaxBodyBytes is the largest body signed with a Content-Digest; it must
+	// not exceed the buffer limit Envoy is configured with.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxHeaderBytes bounds a response's header block; a larger one is
+	// replaced by a 502.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// DecisionTTL is how long after an allowed decision its response can
+	// still be bound to it.
+	DecisionTTL Duration `yaml:"decision_ttl"`
+	// MaxPending bounds allowed decisions waiting for their response.
+	MaxPending int `yaml:"max_pending"`
+}
+
+// ControlPlane is this replica's client side of the control plane's mTLS.
+type ControlPlane struct {
+	// CAFile verifies the control plane's server certificate: its operator
+	// CA, <control data dir>/operator/ca.pem.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are this replica's client certificate, from
+	// `agentauthz operator issue NAME --role replica`.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled reports whether any control-plane TLS setting is given.
+func (c ControlPlane) Enabled() bool { return c.CAFile != "" || c.CertFile != "" || c.KeyFile != "" }
 
 // GRPC is the ext_authz listener.
 type GRPC struct {
@@ -77,6 +116,9 @@ type Policy struct {
 	Path string `yaml:"path"`
 	// Bundle is an OPA bundle file or http(s) URL; it replaces Dir.
 	Bundle string `yaml:"bundle"`
+	// Builtin serves the shipped policy compiled into the binary instead of
+	// Dir or Bundle; the default in dev mode when neither is set.
+	Builtin bool `yaml:"builtin"`
 	// BundleVerificationKey is the PEM public key bundles must be signed with.
 	BundleVerificationKey string `yaml:"bundle_verification_key"`
 	// BundlePollInterval is how often a bundle URL is polled.
@@ -122,13 +164,19 @@ type TrustBundle struct {
 type Revocation struct {
 	CRLFiles []string `yaml:"crl_files"`
 	CRLURLs  []string `yaml:"crl_urls"`
-	// WatchURL is the push channel of `agentauthz ca serve`.
+	// WatchURL is the push channel of `agentauthz control serve`; https
+	// URLs authenticate with control_plane.
 	WatchURL string `yaml:"watch_url"`
 	// PollInterval is how often CRL URLs are polled (and the fallback when
 	// the push channel is down).
 	PollInterval Duration `yaml:"poll_interval"`
 	// Grace is how long past a CRL's nextUpdate its data is still used.
 	Grace Duration `yaml:"grace"`
+	// Disabled runs the tenant without revocation checking: its revoked
+	// certificates are accepted. A tenant must list a source or say this;
+	// it is logged at start, shown on /readyz and by
+	// agentauthz_revocation_disabled.
+	Disabled bool `yaml:"disabled"`
 }
 
 // DecisionLog configures the signed decision log.
@@ -168,6 +216,10 @@ const (
 	DefaultAsyncBuffer          = 10000
 	DefaultSegmentMaxBytes      = 64 << 20
 	DefaultSegmentMaxAge        = 24 * time.Hour
+	DefaultResponseMaxBody      = 4 << 20
+	DefaultResponseMaxHeader    = 64 << 10
+	DefaultResponseDecisionTTL  = 5 * time.Minute
+	DefaultResponseMaxPending   = 100000
 	DevTrustDomain              = "dev.agentauthz.local"
 )
 
@@ -236,7 +288,10 @@ func (c *Config) applyDefaults() {
 		c.GRPC.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
 	setDur(&c.GRPC.CheckTimeout, DefaultCheckTimeout)
-	if c.Policy.Bundle == "" {
+	if c.Policy.Bundle == "" && c.Policy.Dir == "" && c.Dev {
+		c.Policy.Builtin = true
+	}
+	if c.Policy.Bundle == "" && !c.Policy.Builtin {
 		setStr(&c.Policy.Dir, DefaultPoliciesDir)
 	}
 	setStr(&c.Policy.Path, DefaultPolicyPath)
@@ -274,6 +329,16 @@ func (c *Config) applyDefaults() {
 		c.DecisionLog.SegmentMaxBytes = DefaultSegmentMaxBytes
 	}
 	setDur(&c.DecisionLog.SegmentMaxAge, DefaultSegmentMaxAge)
+	if c.ResponseSigning.MaxBodyBytes == 0 {
+		c.ResponseSigning.MaxBodyBytes = DefaultResponseMaxBody
+	}
+	if c.ResponseSigning.MaxHeaderBytes == 0 {
+		c.ResponseSigning.MaxHeaderBytes = DefaultResponseMaxHeader
+	}
+	setDur(&c.ResponseSigning.DecisionTTL, DefaultResponseDecisionTTL)
+	if c.ResponseSigning.MaxPending == 0 {
+		c.ResponseSigning.MaxPending = DefaultResponseMaxPending
+	}
 }
 
 var (
@@ -310,17 +375,20 @@ func (c *Config) Validate() error {
 	if c.GRPC.TLS.ClientCAFile != "" && !c.GRPC.TLS.Enabled() {
 		add("grpc.tls.client_ca_file: needs cert_file and key_file")
 	}
+	if cp := c.ControlPlane; cp.Enabled() && (cp.CAFile == "" || cp.CertFile == "" || cp.KeyFile == "") {
+		add("control_plane: ca_file, cert_file and key_file are all required")
+	}
 	if c.GRPC.MaxRecvMsgBytes < 4096 || c.GRPC.MaxRecvMsgBytes > 64<<20 {
 		add("grpc.max_recv_msg_bytes: %d is outside 4096..67108864", c.GRPC.MaxRecvMsgBytes)
 	}
 	if c.GRPC.CheckTimeout < 0 {
 		add("grpc.check_timeout: must be positive")
 	}
-	if c.Policy.Dir == "" && c.Policy.Bundle == "" {
-		add("policy: dir or bundle is required")
-	}
-	if c.Policy.Dir != "" && c.Policy.Bundle != "" {
-		add("policy: dir and bundle are exclusive")
+	switch n := btoi(c.Policy.Dir != "") + btoi(c.Policy.Bundle != "") + btoi(c.Policy.Builtin); {
+	case n == 0:
+		add("policy: dir, bundle or builtin is required")
+	case n > 1:
+		add("policy: dir, bundle and builtin are exclusive")
 	}
 	if !policyPathRE.MatchString(c.Policy.Path) {
 		add("policy.path: %q is not a rule path like agentauthz/authz/decision", c.Policy.Path)
@@ -379,6 +447,12 @@ func (c *Config) Validate() error {
 				add("%s.revocation: %q is not an http(s) URL", p, u)
 			}
 		}
+		if r := tb.Revocation; r.Disabled && (len(r.CRLFiles) > 0 || len(r.CRLURLs) > 0 || r.WatchURL != "") {
+			add("%s.revocation.disabled: true, but sources are listed; remove one or the other", p)
+		}
+		if w := tb.Revocation.WatchURL; strings.HasPrefix(w, "https://") && !c.ControlPlane.Enabled() {
+			add("%s.revocation.watch_url: %q needs control_plane.ca_file, cert_file and key_file (a replica certificate: agentauthz operator issue NAME --role replica)", p, w)
+		}
 		if tb.Revocation.PollInterval < Duration(100*time.Millisecond) {
 			add("%s.revocation.poll_interval: at least 100ms", p)
 		}
@@ -394,7 +468,27 @@ func (c *Config) Validate() error {
 	if c.DecisionLog.SegmentMaxBytes < 1<<16 {
 		add("decision_log.segment_max_bytes: at least 65536")
 	}
+	rs := c.ResponseSigning
+	if rs.MaxBodyBytes < 1 || rs.MaxBodyBytes > 1<<30 {
+		add("response_signing.max_body_bytes: %d is outside 1..1073741824", rs.MaxBodyBytes)
+	}
+	if rs.MaxHeaderBytes < 1024 || rs.MaxHeaderBytes > 16<<20 {
+		add("response_signing.max_header_bytes: %d is outside 1024..16777216", rs.MaxHeaderBytes)
+	}
+	if d := rs.DecisionTTL.D(); d < time.Second || d > time.Hour {
+		add("response_signing.decision_ttl: %v is outside 1s..1h", d)
+	}
+	if rs.MaxPending < 1 || rs.MaxPending > 10000000 {
+		add("response_signing.max_pending: %d is outside 1..10000000", rs.MaxPending)
+	}
 	return errors.Join(errs...)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Duration is a time.Duration written as "250ms", "30s", "1h".

@@ -98,6 +98,9 @@ func decode(jws string) (*Record, jwsHeader, error) {
 	if r.Seq == 0 {
 		return nil, h, fmt.Errorf("%w: seq 0", ErrMalformed)
 	}
+	if (r.Kind == KindResponse) != (r.Response != nil) {
+		return nil, h, fmt.Errorf("%w: a response record without its response, or a response on another kind", ErrMalformed)
+	}
 	if r.Kind == KindKeyRotation {
 		if err := checkRotation(&r); err != nil {
 			return nil, h, err

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -274,8 +275,9 @@ func lockDir(dir string) (*os.File, error) {
 // never drops a record it has sequenced because a context ended.
 // Failures wrap ErrUnavailable (deny with decision_log_unavailable).
 //
-// Decisions (Kind "" or KindDecision) and other kinds (KindResponse, with
-// Data) are appended alike; only Rotate writes KindKeyRotation.
+// Decisions (Kind "" or KindDecision), responses (KindResponse, with
+// Response) and other kinds (with Data) are appended alike; only Rotate
+// writes KindKeyRotation.
 func (l *Log) Append(ctx context.Context, rec *Record) (Receipt, error) {
 	_ = ctx // deliberately not consulted, see above
 	if rec != nil && rec.Kind != "" && (rec.Kind == KindKeyRotation || !validKind(rec.Kind)) {
@@ -283,6 +285,10 @@ func (l *Log) Append(ctx context.Context, rec *Record) (Receipt, error) {
 		// not sign with.
 		l.m.appends.WithLabelValues("invalid").Inc()
 		return Receipt{}, fmt.Errorf("decision log: Append cannot write records of kind %q", rec.Kind)
+	}
+	if rec != nil && (rec.Kind == KindResponse) != (rec.Response != nil) {
+		l.m.appends.WithLabelValues("invalid").Inc()
+		return Receipt{}, errors.New("decision log: a response record needs its response, and only it may carry one")
 	}
 	if rec != nil && len(rec.Data) > 0 && (len(rec.Data) > MaxDataBytes || !json.Valid(rec.Data) || rec.Data[0] != '{') {
 		l.m.appends.WithLabelValues("invalid").Inc()
@@ -416,6 +422,25 @@ func (l *Log) KeyID() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.key.kid
+}
+
+// ResponseSigner returns the id of the key that signs new checkpoints and a
+// function that signs an RFC 9421 signature base (a signed response,
+// docs/responses.md) with that key, so responses carry the published key's
+// id. The uses cannot be confused: a checkpoint's note text starts with the
+// log's name (validOrigin: never '"'), a v1 JWS signing input is base64url
+// and '.' only, while a signature base always starts with '"' (a quoted
+// component name); anything else is refused.
+func (l *Log) ResponseSigner() (kid string, sign func(base []byte) ([]byte, error)) {
+	l.mu.Lock()
+	k := l.key
+	l.mu.Unlock()
+	return k.kid, func(base []byte) ([]byte, error) {
+		if len(base) == 0 || base[0] != '"' {
+			return nil, errors.New("decision log: not an HTTP message signature base")
+		}
+		return voi.Sign(voi.PrivateKey(k.priv), base), nil
+	}
 }
 
 // PublicKeys returns every key known to the log (all keys in KeyDir).

@@ -96,6 +96,7 @@ type preparedRecord struct {
 type recordTail struct {
 	DecisionID  string          `json:"decision_id"`
 	KeyRotation *KeyRotation    `json:"key_rotation,omitempty"`
+	Response    *Response       `json:"response,omitempty"`
 	Agent       Agent           `json:"agent"`
 	Request     Request         `json:"request"`
 	Decision    Decision        `json:"decision"`
@@ -106,8 +107,8 @@ type recordTail struct {
 
 func prepareRecord(r *Record) (preparedRecord, error) {
 	tail, err := marshalJSON(recordTail{
-		DecisionID: r.DecisionID, KeyRotation: r.KeyRotation, Agent: r.Agent, Request: r.Request, Decision: r.Decision,
-		Data: r.Data, Truncated: r.Truncated, Time: r.Time.UTC().Format(TimeLayout),
+		DecisionID: r.DecisionID, KeyRotation: r.KeyRotation, Response: r.Response, Agent: r.Agent, Request: r.Request,
+		Decision: r.Decision, Data: r.Data, Truncated: r.Truncated, Time: r.Time.UTC().Format(TimeLayout),
 	})
 	if err != nil {
 		return preparedRecord{}, err
@@ -215,6 +216,9 @@ func decodeRecordLine(line []byte) (*Record, error) {
 	}
 	if r.Index != h.index || r.Log != h.log || r.Kind != h.kind || r.Seq != 0 || r.KeyID != "" || r.Prev != "" {
 		return nil, fmt.Errorf("%w: fields disagree with the line's head", ErrMalformed)
+	}
+	if (r.Kind == KindResponse) != (r.Response != nil) {
+		return nil, fmt.Errorf("%w: a response record without its response, or a response on another kind", ErrMalformed)
 	}
 	if r.Kind == KindKeyRotation {
 		if err := checkRotation(&r); err != nil {

@@ -23,12 +23,15 @@ type Record struct {
 	KeyID      string    `json:"kid,omitempty"`
 	Prev       string    `json:"prev,omitempty"` // v1: lowercase hex SHA-256 of the previous record's JWS signing input
 
-	// Kind is "" (or KindDecision) for a decision and KindKeyRotation for
-	// the record that hands the log over to a new signing key. Other
-	// kinds (KindResponse) are appended with Append like decisions.
+	// Kind is "" (or KindDecision) for a decision, KindKeyRotation for
+	// the record that hands the log over to a new signing key, and
+	// KindResponse for the signed response a decision let through. Other
+	// kinds (a-z and _) carry what they record in Data.
 	Kind string `json:"kind,omitempty"`
 	// KeyRotation is set on KindKeyRotation records only.
 	KeyRotation *KeyRotation `json:"key_rotation,omitempty"`
+	// Response is set on KindResponse records only.
+	Response *Response `json:"response,omitempty"`
 
 	Agent    Agent    `json:"agent"`
 	Request  Request  `json:"request"`
@@ -47,12 +50,28 @@ type Record struct {
 const (
 	KindDecision    = "decision"
 	KindKeyRotation = "key_rotation"
-	// KindResponse links a signed upstream response to its decision.
-	KindResponse = "response"
+	KindResponse    = "response"
 )
 
 // MaxDataBytes bounds Record.Data.
 const MaxDataBytes = 4 << 10
+
+// Response is what the upstream answered to an allowed request, as
+// agentauthz signed it (docs/responses.md). A response record repeats the
+// decision's agent, request and outcome and carries the same decision_id.
+type Response struct {
+	Status int `json:"status"`
+	// Body says how the body is covered: "signed" (ContentDigest is in the
+	// signature), or "unsigned: too-large", "unsigned: streamed" (the
+	// digest of the whole streamed body is here, not in the signature),
+	// "unsigned: not-sent", or "incomplete" (the stream ended early).
+	Body          string `json:"body"`
+	ContentDigest string `json:"content_digest,omitempty"` // RFC 9530 value, sha-256
+	Bytes         int64  `json:"bytes"`                    // body bytes seen
+	// SignatureInput and Signature are the fields added to the response.
+	SignatureInput string `json:"signature_input,omitempty"`
+	Signature      string `json:"signature,omitempty"`
+}
 
 // KeyRotation announces the key that signs from now on. In a v2 log the
 // checkpoint that covers the rotation record is still signed by the old

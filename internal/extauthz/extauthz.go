@@ -47,11 +47,12 @@ type Identifier interface {
 	Identify(attrs *authv3.AttributeContext) (*identity.Agent, *identity.Error)
 }
 
-// RevocationChecker reports whether an agent's certificate or id is revoked,
-// or revocation data is too stale to tell. "" means not revoked. It must be
-// cheap: it runs on every Check, also for cached identities.
+// RevocationChecker reports whether an agent's certificate, a CA
+// certificate of its verified chain (identity.Agent.Chain), or its id is
+// revoked, or revocation data is too stale to tell. "" means not revoked.
+// It must be cheap: it runs on every Check, also for cached identities.
 type RevocationChecker interface {
-	Check(tenant, serial, agentID string) reason.Code
+	Check(tenant string, chain []identity.ChainCert, agentID string) reason.Code
 }
 
 // ErrRequestParse, wrapped in a Policy error, means the request could not
@@ -198,7 +199,7 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outco
 		return
 	}
 	o.agent = agent
-	if code := s.revoked.Check(agent.Tenant, agent.Serial, agent.ID); code != "" {
+	if code := s.revoked.Check(agent.Tenant, agent.Chain, agent.ID); code != "" {
 		o.reason, o.status = code, code.HTTPStatus()
 		return
 	}

@@ -42,7 +42,11 @@ type fakeRevocation struct {
 	stale                   bool
 }
 
-func (f fakeRevocation) Check(tenant, serial, agentID string) reason.Code {
+func (f fakeRevocation) Check(tenant string, chain []identity.ChainCert, agentID string) reason.Code {
+	serial := ""
+	if len(chain) > 0 {
+		serial = chain[0].Serial
+	}
 	switch {
 	case f.tenant == "" || tenant != f.tenant:
 		return ""
@@ -99,6 +103,7 @@ var agent = &identity.Agent{
 	ID: "payments-agent", SPIFFEID: "spiffe://example.test/agent/payments-agent", Tenant: "example.test",
 	TrustLevel: 3, Scopes: []string{"payments:initiate", "payments:read"}, Serial: "3e9", CertSHA256: "ab",
 	Issuer: "CN=test CA", Profile: identity.ProfileNative, Source: identity.SourcePeerCertificate,
+	Chain: []identity.ChainCert{{Serial: "3e9"}},
 }
 
 func request(headers map[string]string) *authv3.CheckRequest {

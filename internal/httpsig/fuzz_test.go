@@ -70,7 +70,7 @@ func FuzzVerify(f *testing.F) {
 	pub, priv := loadRFCKey(f)
 	m := testResponse()
 	s, err := Sign(m, "sig", Params{Components: []Component{{Name: "@status"}, {Name: "@path", Req: true}}, KeyID: "k", Created: 1},
-		func(b []byte) []byte { return ed25519.Sign(priv, b) })
+		func(b []byte) ([]byte, error) { return ed25519.Sign(priv, b), nil })
 	if err != nil {
 		f.Fatal(err)
 	}

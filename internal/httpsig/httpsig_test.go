@@ -86,7 +86,7 @@ func TestRFC9421B26(t *testing.T) {
 	s, err := Sign(m, "sig-b26", Params{
 		Components: []Component{{Name: "date"}, {Name: "@method"}, {Name: "@path"}, {Name: "@authority"}, {Name: "content-type"}, {Name: "content-length"}},
 		Created:    1618884473, KeyID: "test-key-ed25519",
-	}, func(b []byte) []byte { return ed25519.Sign(priv, b) })
+	}, func(b []byte) ([]byte, error) { return ed25519.Sign(priv, b), nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func TestSignVerifyResponse(t *testing.T) {
 			{Name: "@method", Req: true}, {Name: "@authority", Req: true}, {Name: "@path", Req: true}, {Name: "x-agent-id", Req: true}},
 		Created: 1_700_000_000, KeyID: "k1", Alg: AlgEd25519, Tag: "agentauthz-response",
 	}
-	s, err := Sign(m, "agentauthz", p, func(b []byte) []byte { return ed25519.Sign(priv, b) })
+	s, err := Sign(m, "agentauthz", p, func(b []byte) ([]byte, error) { return ed25519.Sign(priv, b), nil })
 	if err != nil {
 		t.Fatal(err)
 	}

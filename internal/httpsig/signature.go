@@ -254,7 +254,7 @@ type Signed struct {
 
 // Sign signs m under label with p. sign computes the Ed25519 signature of
 // the base (ed25519.Sign or an equivalent).
-func Sign(m *Message, label string, p Params, sign func(base []byte) []byte) (Signed, error) {
+func Sign(m *Message, label string, p Params, sign func(base []byte) ([]byte, error)) (Signed, error) {
 	if _, err := (&sfParser{s: label}).key(); err != nil || len(label) == 0 {
 		return Signed{}, fmt.Errorf("httpsig: bad label %q", label)
 	}
@@ -263,7 +263,10 @@ func Sign(m *Message, label string, p Params, sign func(base []byte) []byte) (Si
 	if err != nil {
 		return Signed{}, err
 	}
-	sig := sign(base)
+	sig, err := sign(base)
+	if err != nil {
+		return Signed{}, err
+	}
 	in := append(make([]byte, 0, len(label)+1+len(base)), label...)
 	in = append(in, '=')
 	in, err = AppendInnerList(in, l)

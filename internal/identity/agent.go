@@ -1,6 +1,8 @@
 package identity
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
 	"time"
 
 	"github.com/agentauthz/agentauthz/internal/reason"
@@ -41,6 +43,39 @@ type Agent struct {
 	Profile    Profile
 	Source     Source
 	IssuerID   string // AgentPass issuer id extension (1.3.6.1.4.1.99999.1.3); empty for other profiles
+	// Chain is what revocation checks: every certificate of the verified
+	// chain below the trust anchor, leaf first. Empty for SPIFFE-only.
+	Chain []ChainCert
+}
+
+// ChainCert is one certificate of a verified chain as revocation sees it
+// (RFC 5280 6.3: a CRL entry names a serial of the CRL's issuer, within the
+// CRL's scope).
+type ChainCert struct {
+	Serial string // lowercase hex without leading zeros, as Agent.Serial
+	// Issuer is the CA that signed it in the verified chain: a CRL counts
+	// for this certificate only when Issuer signed it.
+	Issuer    *x509.Certificate
+	IssuerKey CAKey // CAKeyOf(Issuer)
+	// IsCA and CRLDistributionPoints decide which CRLs of Issuer cover it
+	// (an issuingDistributionPoint narrows a CRL's scope).
+	IsCA                  bool
+	CRLDistributionPoints []string
+}
+
+// CAKey identifies a CA certificate by its subject and public key, the
+// pair a CRL's signature is checked against.
+type CAKey [sha256.Size]byte
+
+// CAKeyOf returns the CAKey of c: SHA-256 over its subject and
+// SubjectPublicKeyInfo (both DER, so their concatenation is unambiguous).
+func CAKeyOf(c *x509.Certificate) CAKey {
+	h := sha256.New()
+	h.Write(c.RawSubject)
+	h.Write(c.RawSubjectPublicKeyInfo)
+	var k CAKey
+	h.Sum(k[:0])
+	return k
 }
 
 // TrustLabel is the trust level in its "L<n>" form.

@@ -91,7 +91,11 @@ type trustState struct {
 
 type trustBundle struct {
 	Bundle
-	pool *x509.CertPool // nil when the bundle has no roots
+	pool *x509.CertPool // the anchors; nil when the bundle has no roots
+	// inters are the bundle's certificates issued by another of its
+	// certificates: chains run through them up to the anchor (as openssl
+	// verify builds them), so that their own revocation is checked.
+	inters []*x509.Certificate
 }
 
 // NewVerifier checks cfg and builds a Verifier.
@@ -162,7 +166,11 @@ func (v *Verifier) SetBundles(bundles []Bundle) error {
 		if len(nb.Roots) > 0 {
 			tb.pool = x509.NewCertPool()
 			for _, r := range nb.Roots {
-				tb.pool.AddCert(r)
+				if issuedInBundle(r, nb.Roots) {
+					tb.inters = append(tb.inters, r)
+				} else {
+					tb.pool.AddCert(r)
+				}
 			}
 		}
 		st.bundles = append(st.bundles, tb)
@@ -335,6 +343,7 @@ func (v *Verifier) identifyCert(st *trustState, now time.Time, src Source, certS
 		return fail(reason.InvalidAgentProfile, err)
 	}
 	agent.Source = src
+	agent.Chain = chainBelowAnchor(chain)
 	// The entry lives only while every certificate of the verified chain is
 	// valid.
 	e := cacheEntry{agent: agent, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter}
@@ -382,12 +391,6 @@ func verifyChain(st *trustState, leaf *x509.Certificate, inters []*x509.Certific
 		CurrentTime: vt,
 		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	if len(inters) > 0 {
-		opts.Intermediates = x509.NewCertPool()
-		for _, c := range inters {
-			opts.Intermediates.AddCert(c)
-		}
-	}
 	var profileErr, caErr, lastErr error
 	var caCode reason.Code
 	for _, b := range cands {
@@ -395,6 +398,13 @@ func verifyChain(st *trustState, leaf *x509.Certificate, inters []*x509.Certific
 			continue
 		}
 		opts.Roots = b.pool
+		opts.Intermediates = nil
+		if len(inters)+len(b.inters) > 0 {
+			opts.Intermediates = x509.NewCertPool()
+			for _, c := range slices.Concat(inters, b.inters) {
+				opts.Intermediates.AddCert(c)
+			}
+		}
 		chains, err := leaf.Verify(opts)
 		if err == nil {
 			if timeErr != nil {
@@ -425,6 +435,38 @@ func verifyChain(st *trustState, leaf *x509.Certificate, inters []*x509.Certific
 		lastErr = errors.New("no CA certificates for the certificate's trust domain")
 	}
 	return nil, nil, reason.UntrustedIssuer, lastErr
+}
+
+// issuedInBundle reports whether another certificate of bundle issued c
+// (names chain and its signature verifies): c is then an intermediate, not
+// a trust anchor.
+func issuedInBundle(c *x509.Certificate, bundle []*x509.Certificate) bool {
+	for _, p := range bundle {
+		if p != c && !p.Equal(c) && bytes.Equal(p.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(p) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// chainBelowAnchor returns what revocation checks of a verified chain
+// (leaf first, anchor last): every certificate but the anchor, each with
+// the certificate that issued it.
+func chainBelowAnchor(chain []*x509.Certificate) []ChainCert {
+	if len(chain) < 2 {
+		return nil
+	}
+	out := make([]ChainCert, len(chain)-1)
+	for i, c := range chain[:len(chain)-1] {
+		out[i] = ChainCert{
+			Serial:                c.SerialNumber.Text(16),
+			Issuer:                chain[i+1],
+			IssuerKey:             CAKeyOf(chain[i+1]),
+			IsCA:                  c.IsCA,
+			CRLDistributionPoints: c.CRLDistributionPoints,
+		}
+	}
+	return out
 }
 
 // trustedButUnusable reports whether err says the chain is trusted but the

@@ -159,6 +159,8 @@ func TestIdentifyValidPeerCertificate(t *testing.T) {
 		NotAfter:   leaf.Cert.NotAfter,
 		Profile:    ProfileNative,
 		Source:     SourcePeerCertificate,
+		Chain: []ChainCert{{Serial: leaf.Cert.SerialNumber.Text(16), Issuer: f.ca.Cert, IssuerKey: CAKeyOf(f.ca.Cert),
+			CRLDistributionPoints: leaf.Cert.CRLDistributionPoints}},
 	}
 	if !reflect.DeepEqual(a, want) {
 		t.Fatalf("agent\n got %+v\nwant %+v", a, want)

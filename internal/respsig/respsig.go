@@ -157,7 +157,7 @@ const NoOperation = "-"
 // Signer signs responses with the published key.
 type Signer struct {
 	KeyID string
-	Sign  func(base []byte) []byte
+	Sign  func(base []byte) ([]byte, error)
 	Now   func() time.Time
 }
 

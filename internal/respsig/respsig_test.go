@@ -43,7 +43,7 @@ var decision = Decision{ID: "0190c6c4-7e0a-7d3c-9d6e-1f2a3b4c5d6e", AgentID: "pa
 func TestSignVerify(t *testing.T) {
 	priv := testKey(t)
 	pub := priv.Public().(ed25519.PublicKey)
-	s := &Signer{KeyID: "k1", Sign: func(b []byte) []byte { return ed25519.Sign(priv, b) }, Now: func() time.Time { return time.Unix(1_800_000_000, 0) }}
+	s := &Signer{KeyID: "k1", Sign: func(b []byte) ([]byte, error) { return ed25519.Sign(priv, b), nil }, Now: func() time.Time { return time.Unix(1_800_000_000, 0) }}
 	keys := func(id string) (ed25519.PublicKey, bool) { return pub, id == "k1" }
 
 	m := newResponse()
@@ -133,7 +133,7 @@ func TestVerifyProfile(t *testing.T) {
 	m.Del("signature")
 	m.Del("signature-input")
 	sg, err := httpsig.Sign(m, Label, httpsig.Params{Components: []httpsig.Component{{Name: "@status"}}, KeyID: "k1", Tag: Tag, Created: 1},
-		func(b []byte) []byte { return ed25519.Sign(priv, b) })
+		func(b []byte) ([]byte, error) { return ed25519.Sign(priv, b), nil })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,13 +15,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/testca"
 )
 
 // benchChecker returns a Checker whose tenant holds n revoked serials,
 // installed directly: signing and parsing a million-entry CRL would measure
 // the setup, not Check.
-func benchChecker(tb testing.TB, n int) *Checker {
+func benchChecker(tb testing.TB, n int) (*Checker, *testca.CA) {
 	ca := testca.New(tb)
 	c, err := New(Config{Tenants: map[string]TenantConfig{td: {
 		CAs: []*x509.Certificate{ca.Cert}, CRLFiles: []string{"unused"},
@@ -40,13 +41,13 @@ func benchChecker(tb testing.TB, n int) *Checker {
 	now := time.Now()
 	c.mu.Lock()
 	t := c.tenants[td]
-	t.held[0] = &CRL{Number: big.NewInt(1), ThisUpdate: now, NextUpdate: now.Add(time.Hour), Serials: NewSerialSet(serials...)}
+	t.held[heldKey{ca: identity.CAKeyOf(ca.Cert)}] = &CRL{Number: big.NewInt(1), ThisUpdate: now, NextUpdate: now.Add(time.Hour), Serials: NewSerialSet(serials...)}
 	t.agents = map[string]struct{}{"revoked-bot": {}}
 	t.sources[0].loaded = true
 	t.snap = nil
 	c.publishLocked()
 	c.mu.Unlock()
-	return c
+	return c, ca
 }
 
 // Serials of the size `agentauthz ca` issues (16 bytes), one revoked in
@@ -58,8 +59,9 @@ const (
 
 func BenchmarkCheck(b *testing.B) {
 	for _, n := range []int{0, 10_000, 1_000_000} {
-		c := benchChecker(b, n)
-		good, revoked := "deadbeefcafe", big.NewInt(1).Text(16)
+		c, ca := benchChecker(b, n)
+		good, revoked := issuedBy(ca, "deadbeefcafe"), issuedBy(ca, big.NewInt(1).Text(16))
+		good16, revoked16 := issuedBy(ca, good16), issuedBy(ca, revoked16)
 		b.Run(fmt.Sprintf("serials=%d/good", n), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/reason"
 )
 
@@ -24,9 +26,9 @@ const (
 	DefaultGrace        = time.Hour
 )
 
-// Config configures a Checker. Tenants maps a trust domain to its sources; a
-// trust domain absent from the map (or with no sources) needs no revocation
-// data and is never denied on revocation grounds.
+// Config configures a Checker. Tenants maps a trust domain to its sources.
+// Every tenant must list a source or opt out explicitly (Disabled); a trust
+// domain absent from the map is not checked (it has no trust bundle).
 type Config struct {
 	Tenants map[string]TenantConfig
 	// Logger receives refusals, source errors and push-channel state
@@ -43,6 +45,10 @@ type Config struct {
 	HTTPClient *http.Client
 	// MaxCRLBytes bounds one CRL; DefaultMaxCRLBytes when zero.
 	MaxCRLBytes int64
+	// StateDir keeps each tenant's CRL high-water marks (see hwm.go) so a
+	// restart does not accept an older CRL; usually <data dir>/revocation.
+	// Empty keeps them in memory only.
+	StateDir string
 	// OnRestrictions receives each tenant's restrictions (a JSON object by
 	// agent id) from every verified, applied watch event; nil ignores them.
 	// It is called from the watch goroutine and must not block for long.
@@ -71,6 +77,11 @@ type TenantConfig struct {
 	// Grace is how long past a CRL's nextUpdate its data is still used;
 	// DefaultGrace when zero.
 	Grace time.Duration
+	// Disabled turns revocation checking off for the tenant: its revoked
+	// certificates are accepted. It must be said explicitly, with no
+	// source listed; New logs it, and Status and the
+	// agentauthz_revocation_disabled metric show it.
+	Disabled bool
 }
 
 func (t TenantConfig) hasSources() bool {
@@ -83,6 +94,7 @@ type Checker struct {
 	log      hclog.Logger
 	client   *http.Client
 	maxBytes int64
+	stateDir string
 	metrics  *metrics
 	onRestr  func(string, json.RawMessage)
 	// idleTimeout drops a watch stream that sent nothing (not even a
@@ -92,9 +104,10 @@ type Checker struct {
 	snap    atomic.Pointer[snapshot]
 	running atomic.Bool
 
-	mu      sync.Mutex // guards tenants and serialises snapshot rebuilds
-	tenants map[string]*tenantState
-	order   []string // sorted tenant names, for deterministic loops
+	mu       sync.Mutex // guards tenants and serialises snapshot rebuilds
+	tenants  map[string]*tenantState
+	order    []string // sorted tenant names, for deterministic loops
+	disabled []string // sorted tenants with revocation off (opt-out)
 }
 
 // snapshot is immutable once published.
@@ -103,17 +116,31 @@ type snapshot struct {
 }
 
 type tenantSnap struct {
-	// ready is false until every configured source delivered a verified
-	// CRL once; Check then fails closed.
+	// ready is false until every configured source delivered a CRL once;
+	// Check then fails closed.
 	ready bool
 	// staleAfter is the earliest nextUpdate+grace over the held CRLs. A
 	// time.Time, not Unix nanoseconds: a CA's final CRL has nextUpdate
 	// 9999-12-31, past what int64 nanoseconds can hold (2262).
 	staleAfter time.Time
-	// serials has one set per CA that published a CRL: usually one, two
-	// during a CA rotation, so lookups stay O(1).
-	serials []*SerialSet
+	// issuers holds the CRLs of each CA, keyed by the CA (RFC 5280 scopes
+	// a CRL entry to its issuer): usually one complete CRL per CA, more
+	// when an issuingDistributionPoint partitions them. A lookup is one
+	// map access per certificate of the chain, whatever the number of
+	// CAs and revoked serials.
+	issuers map[identity.CAKey][]*scopedCRL
+	// pending holds the issuer names (DER) of CRLs held unverified (see
+	// sourceState.pending); nil when there are none.
+	pending map[string]struct{}
+	tried   map[identity.CAKey]bool // CAs learn tried already
 	agents  map[string]struct{}
+}
+
+// scopedCRL is one held CRL as Check needs it.
+type scopedCRL struct {
+	serials    *SerialSet
+	scope      Scope
+	staleAfter time.Time // nextUpdate + grace
 }
 
 // New validates cfg and returns a Checker whose configured tenants answer
@@ -127,6 +154,7 @@ func New(cfg Config) (*Checker, error) {
 		log:      cfg.Logger,
 		client:   cfg.HTTPClient,
 		maxBytes: cfg.MaxCRLBytes,
+		stateDir: cfg.StateDir,
 		onRestr:  cfg.OnRestrictions,
 		tenants:  map[string]*tenantState{},
 
@@ -145,7 +173,8 @@ func New(cfg Config) (*Checker, error) {
 		c.maxBytes = DefaultMaxCRLBytes
 	}
 	for name, tc := range cfg.Tenants {
-		if !tc.hasSources() {
+		if tc.Disabled {
+			c.disabled = append(c.disabled, name)
 			continue
 		}
 		if tc.PollInterval <= 0 {
@@ -154,10 +183,19 @@ func New(cfg Config) (*Checker, error) {
 		if tc.Grace <= 0 {
 			tc.Grace = DefaultGrace
 		}
-		c.tenants[name] = newTenantState(name, tc)
+		t := newTenantState(name, tc)
+		if err := c.loadFloors(t); err != nil {
+			return nil, err
+		}
+		c.tenants[name] = t
 		c.order = append(c.order, name)
 	}
 	sort.Strings(c.order)
+	sort.Strings(c.disabled)
+	for _, name := range c.disabled {
+		c.log.Warn("revocation: checking is OFF for this tenant (revocation.disabled); its revoked certificates are accepted",
+			"tenant", name)
+	}
 	c.metrics = newMetrics(c)
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(c.metrics); err != nil {
@@ -173,10 +211,17 @@ func New(cfg Config) (*Checker, error) {
 func (cfg Config) validate() error {
 	var errs []error
 	for name, tc := range cfg.Tenants {
-		if name == "" {
-			errs = append(errs, errors.New("revocation: empty tenant name"))
+		if !identity.ValidTrustDomain(name) {
+			errs = append(errs, fmt.Errorf("revocation: tenant %q is not a valid trust domain", name))
+		}
+		if tc.Disabled {
+			if tc.hasSources() {
+				errs = append(errs, fmt.Errorf("revocation: tenant %q: revocation is disabled but sources are listed; remove one or the other", name))
+			}
+			continue
 		}
 		if !tc.hasSources() {
+			errs = append(errs, fmt.Errorf("revocation: tenant %q has no revocation source: list crl_files, crl_urls or watch_url, or set revocation.disabled to accept its revoked certificates", name))
 			continue
 		}
 		if len(tc.CAs) == 0 {
@@ -223,47 +268,118 @@ func checkHTTPURL(s string) error {
 	return nil
 }
 
-// Check answers whether the certificate with serial (lowercase hex without
-// leading zeros, as identity.Agent.Serial) held by agentID in tenant may be
-// used: "" when it may, or reason.CertificateRevoked, reason.AgentRevoked or
-// reason.RevocationStatusUnknown. A tenant with no configured sources needs no
-// revocation data and always answers "". Check must run on every request,
-// after any identity cache, so that no cached identity outlives its
-// revocation. It does not allocate.
-func (c *Checker) Check(tenant, serial, agentID string) reason.Code {
+// Check answers whether the agent agentID of tenant, whose certificate has
+// the verified chain (identity.Agent.Chain: leaf first, trust anchor
+// excluded), may be used: "" when it may, or reason.CertificateRevoked,
+// reason.AgentRevoked or reason.RevocationStatusUnknown. As `openssl verify
+// -crl_check_all` does, every certificate of the chain is checked against
+// the CRLs of the CA that issued it, and one without a fresh CRL of its
+// issuer covering it is revocation_status_unknown. A tenant with no
+// configured sources needs no revocation data and always answers "". Check
+// must run on every request, after any identity cache, so that no cached
+// identity outlives its revocation. It does not allocate.
+func (c *Checker) Check(tenant string, chain []identity.ChainCert, agentID string) reason.Code {
 	t, ok := c.snap.Load().tenants[tenant]
 	if !ok {
 		return ""
 	}
+	now := c.now()
+	unknown := !t.ready
 	// What is known to be revoked is reported as such even when the rest of
 	// the data is stale.
-	if serial != "" {
-		for _, set := range t.serials {
-			if set.Contains(serial) {
-				return reason.CertificateRevoked
+	for i := range chain {
+		cc := &chain[i]
+		crls, ok := t.issuers[cc.IssuerKey]
+		if !ok && t.pending != nil && cc.Issuer != nil && !t.tried[cc.IssuerKey] {
+			if _, ok := t.pending[string(cc.Issuer.RawSubject)]; ok {
+				crls = c.learn(tenant, cc.Issuer) // once per CA
 			}
 		}
+		covered := false
+		for _, crl := range crls {
+			if !crl.scope.covers(cc) {
+				continue
+			}
+			if crl.serials.Contains(cc.Serial) {
+				return reason.CertificateRevoked
+			}
+			covered = covered || !now.After(crl.staleAfter)
+		}
+		unknown = unknown || !covered
 	}
 	if agentID != "" {
 		if _, revoked := t.agents[agentID]; revoked {
 			return reason.AgentRevoked
 		}
 	}
-	if !t.ready || c.now().After(t.staleAfter) {
+	if unknown || (len(chain) == 0 && now.After(t.staleAfter)) {
 		return reason.RevocationStatusUnknown
 	}
 	return ""
 }
 
-// Ready reports whether every configured source of every tenant has loaded
-// verified data at least once. /readyz should stay false until it does.
+// Ready reports whether the Checker can serve (for /readyz): every source
+// of every tenant has been tried at least once, and at least one tenant
+// holds verified data (or there is no tenant to check). A tenant whose
+// data could not be loaded, a bad CRL say, does not hold the others back:
+// its checks answer revocation_status_unknown, and the log, Status and
+// agentauthz_revocation_sources_ready{tenant} say so.
 func (c *Checker) Ready() bool {
-	for _, t := range c.snap.Load().tenants {
-		if !t.ready {
-			return false
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	anyReady := len(c.order) == 0
+	for _, name := range c.order {
+		t := c.tenants[name]
+		for _, s := range t.sources {
+			if !s.tried {
+				return false
+			}
 		}
+		anyReady = anyReady || t.snapLocked().ready
 	}
-	return true
+	return anyReady
+}
+
+// TenantStatus is one tenant's revocation state.
+type TenantStatus struct {
+	// Ready: every source has delivered verified data once.
+	Ready bool
+	// Disabled: revocation checking is off by explicit opt-out.
+	Disabled bool
+	// Detail says why the tenant is not ready (the last error of each
+	// source that has one), or that it is disabled.
+	Detail string
+}
+
+// Status returns every configured tenant's state, by trust domain.
+func (c *Checker) Status() map[string]TenantStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]TenantStatus, len(c.order)+len(c.disabled))
+	for _, name := range c.disabled {
+		out[name] = TenantStatus{Disabled: true, Detail: "revocation checking disabled (opt-out): revoked certificates are accepted"}
+	}
+	for _, name := range c.order {
+		t := c.tenants[name]
+		st := TenantStatus{Ready: t.snapLocked().ready}
+		if !st.Ready {
+			var why []string
+			for _, s := range t.sources {
+				switch {
+				case s.lastErr != "":
+					why = append(why, fmt.Sprintf("%s %s: %s", s.kind, s.where, s.lastErr))
+				case !s.tried:
+					why = append(why, fmt.Sprintf("%s %s: not loaded yet", s.kind, s.where))
+				}
+			}
+			if len(why) == 0 {
+				why = append(why, "no verified CRL from a CA of the tenant")
+			}
+			st.Detail = strings.Join(why, "; ")
+		}
+		out[name] = st
+	}
+	return out
 }
 
 // publishLocked rebuilds the snapshot from tenant state. Only the outer map

@@ -9,25 +9,53 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/reason"
 	"github.com/agentauthz/agentauthz/internal/testca"
 )
 
 const td = "example.test"
 
-func TestTenantWithoutSourcesNeedsNoData(t *testing.T) {
-	c, err := New(Config{Tenants: map[string]TenantConfig{"quiet.test": {}}})
+// TestTenantWithoutSourceNeedsOptOut: a tenant with no revocation source
+// is refused unless revocation is disabled for it explicitly, which is
+// logged, shown by Status and by a metric (#15.1).
+func TestTenantWithoutSourceNeedsOptOut(t *testing.T) {
+	if _, err := New(Config{Tenants: map[string]TenantConfig{"quiet.test": {}}}); err == nil ||
+		!strings.Contains(err.Error(), `tenant "quiet.test" has no revocation source`) {
+		t.Fatalf("tenant without a source: err = %v", err)
+	}
+	ca := testca.New(t)
+	if _, err := New(Config{Tenants: map[string]TenantConfig{"quiet.test": {Disabled: true, CAs: []*x509.Certificate{ca.Cert},
+		CRLFiles: []string{"x.crl"}}}}); err == nil || !strings.Contains(err.Error(), "disabled but sources are listed") {
+		t.Fatalf("disabled with a source: err = %v", err)
+	}
+	var logs strings.Builder
+	reg := prometheus.NewRegistry()
+	c, err := New(Config{Tenants: map[string]TenantConfig{"quiet.test": {Disabled: true}},
+		Logger: hclog.New(&hclog.LoggerOptions{Output: &logs}), Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.Check("quiet.test", "1f", "bot"); got != "" {
-		t.Errorf("tenant without sources: %q", string(got))
+	if got := c.Check("quiet.test", issuedBy(ca, "1f"), "bot"); got != "" {
+		t.Errorf("disabled tenant: %q", string(got))
 	}
-	if got := c.Check("unconfigured.test", "1f", "bot"); got != "" {
+	if got := c.Check("unconfigured.test", issuedBy(ca, "1f"), "bot"); got != "" {
 		t.Errorf("unconfigured tenant: %q", string(got))
 	}
 	if !c.Ready() {
-		t.Error("not ready without sources")
+		t.Error("not ready with only a disabled tenant")
+	}
+	if st := c.Status()["quiet.test"]; !st.Disabled || !strings.Contains(st.Detail, "disabled") {
+		t.Errorf("status %+v", st)
+	}
+	if !strings.Contains(logs.String(), "checking is OFF") || !strings.Contains(logs.String(), "quiet.test") {
+		t.Errorf("opt-out not logged: %q", logs.String())
+	}
+	if got := metric(t, reg, "agentauthz_revocation_disabled", map[string]string{"tenant": "quiet.test"}); got != 1 {
+		t.Errorf("agentauthz_revocation_disabled = %v", got)
 	}
 }
 
@@ -57,7 +85,7 @@ func TestUnloadedSourceFailsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.Check(td, "1f", "bot"); got != reason.RevocationStatusUnknown {
+	if got := c.Check(td, issuedBy(ca, "1f"), "bot"); got != reason.RevocationStatusUnknown {
 		t.Errorf("before any load: %q", string(got))
 	}
 	if c.Ready() {
@@ -76,16 +104,16 @@ func TestFileSource(t *testing.T) {
 		CAs: []*x509.Certificate{ca.Cert}, CRLFiles: []string{path}, PollInterval: time.Hour,
 	}}})
 	waitFor(t, "ready", c.Ready)
-	if got := c.Check(td, serialOf(a), "bot-a"); got != reason.CertificateRevoked {
+	if got := c.Check(td, issuedBy(ca, serialOf(a)), "bot-a"); got != reason.CertificateRevoked {
 		t.Errorf("revoked serial: %q", string(got))
 	}
-	if got := c.Check(td, serialOf(b), "bot-b"); got != "" {
+	if got := c.Check(td, issuedBy(ca, serialOf(b)), "bot-b"); got != "" {
 		t.Errorf("good serial: %q", string(got))
 	}
 
 	// A new CRL is picked up through fsnotify (the poll interval is an hour).
 	writeFile(t, path, ca.CRL(2, now, now.Add(time.Hour), a.Cert.SerialNumber, b.Cert.SerialNumber))
-	waitCheck(t, c, td, serialOf(b), "bot-b", reason.CertificateRevoked)
+	waitCheck(t, c, td, issuedBy(ca, serialOf(b)), "bot-b", reason.CertificateRevoked)
 	if got := metric(t, reg, "agentauthz_revocation_revoked_entries", map[string]string{"tenant": td}); got != 2 {
 		t.Errorf("revoked_entries = %v", got)
 	}
@@ -95,7 +123,7 @@ func TestFileSource(t *testing.T) {
 	waitFor(t, "refusal counted", func() bool {
 		return metric(t, reg, "agentauthz_revocation_refresh_errors_total", map[string]string{"tenant": td, "source": "file"}) >= 1
 	})
-	if got := c.Check(td, serialOf(b), "bot-b"); got != reason.CertificateRevoked {
+	if got := c.Check(td, issuedBy(ca, serialOf(b)), "bot-b"); got != reason.CertificateRevoked {
 		t.Errorf("after older CRL: %q", string(got))
 	}
 
@@ -106,7 +134,7 @@ func TestFileSource(t *testing.T) {
 	waitFor(t, "refusal counted", func() bool {
 		return metric(t, reg, "agentauthz_revocation_refresh_errors_total", map[string]string{"tenant": td, "source": "file"}) >= 2
 	})
-	if got := c.Check(td, serialOf(b), "bot-b"); got != reason.CertificateRevoked {
+	if got := c.Check(td, issuedBy(ca, serialOf(b)), "bot-b"); got != reason.CertificateRevoked {
 		t.Errorf("after tampered CRL: %q", string(got))
 	}
 }
@@ -127,7 +155,7 @@ func TestTamperedCRLNeverLoads(t *testing.T) {
 	if c.Ready() {
 		t.Error("ready with a tampered CRL")
 	}
-	if got := c.Check(td, "1234", "bot"); got != reason.RevocationStatusUnknown {
+	if got := c.Check(td, issuedBy(ca, "1234"), "bot"); got != reason.RevocationStatusUnknown {
 		t.Errorf("Check = %q", string(got))
 	}
 }
@@ -137,19 +165,23 @@ func TestOtherTenantsCARefused(t *testing.T) {
 	now := time.Now()
 	leaf := mine.Issue("bot")
 	srv := newCRLServer(t, theirs.CRL(1, now, now.Add(time.Hour), leaf.Cert.SerialNumber))
-	c, reg := start(t, Config{Tenants: map[string]TenantConfig{
+	c, _ := start(t, Config{Tenants: map[string]TenantConfig{
 		"mine.test":   {CAs: []*x509.Certificate{mine.Cert}, CRLURLs: []string{srv.URL}, PollInterval: 10 * time.Millisecond},
 		"theirs.test": {CAs: []*x509.Certificate{theirs.Cert}, CRLURLs: []string{srv.URL}, PollInterval: 10 * time.Millisecond},
 	}})
-	waitFor(t, "refusals", func() bool {
-		return metric(t, reg, "agentauthz_revocation_refresh_errors_total", map[string]string{"tenant": "mine.test", "source": "url"}) >= 2
-	})
-	if got := c.Check("mine.test", serialOf(leaf), "bot"); got != reason.RevocationStatusUnknown {
+	// The same CRL is fine for the tenant whose CA signed it.
+	waitCheck(t, c, "theirs.test", issuedBy(theirs, serialOf(leaf)), "bot", reason.CertificateRevoked)
+	waitCheck(t, c, "theirs.test", issuedBy(theirs, "ffff"), "bot", "")
+	before := srv.requests.Load()
+	waitFor(t, "more polls", func() bool { return srv.requests.Load() > before+4 })
+	// mine.test has only a CRL from a CA it does not know: it is never
+	// verified, so mine.test has no revocation data.
+	if got := c.Check("mine.test", issuedBy(mine, serialOf(leaf)), "bot"); got != reason.RevocationStatusUnknown {
 		t.Errorf("mine.test with only a foreign CRL: %q", string(got))
 	}
-	// The same CRL is fine for the tenant whose CA signed it.
-	waitCheck(t, c, "theirs.test", serialOf(leaf), "bot", reason.CertificateRevoked)
-	waitCheck(t, c, "theirs.test", "ffff", "bot", "")
+	if st := c.Status()["mine.test"]; st.Ready {
+		t.Errorf("mine.test ready with only a foreign CRL: %+v", st)
+	}
 }
 
 func TestStaleThenRecovery(t *testing.T) {
@@ -163,7 +195,7 @@ func TestStaleThenRecovery(t *testing.T) {
 		PollInterval: 10 * time.Millisecond, Grace: 10 * time.Minute,
 	}}})
 	waitFor(t, "ready", c.Ready)
-	if got := c.Check(td, serialOf(leaf), "bot"); got != "" {
+	if got := c.Check(td, issuedBy(ca, serialOf(leaf)), "bot"); got != "" {
 		t.Fatalf("fresh: %q", string(got))
 	}
 
@@ -172,15 +204,15 @@ func TestStaleThenRecovery(t *testing.T) {
 	before := srv.requests.Load()
 	waitFor(t, "failed polls", func() bool { return srv.requests.Load() > before+1 })
 	clk.Set(t0.Add(time.Hour + 9*time.Minute))
-	if got := c.Check(td, serialOf(leaf), "bot"); got != "" {
+	if got := c.Check(td, issuedBy(ca, serialOf(leaf)), "bot"); got != "" {
 		t.Errorf("within grace: %q", string(got))
 	}
 	// Past it, every check fails closed, except what is known revoked.
 	clk.Set(t0.Add(time.Hour + 10*time.Minute + time.Second))
-	if got := c.Check(td, serialOf(leaf), "bot"); got != reason.RevocationStatusUnknown {
+	if got := c.Check(td, issuedBy(ca, serialOf(leaf)), "bot"); got != reason.RevocationStatusUnknown {
 		t.Errorf("past nextUpdate+grace: %q", string(got))
 	}
-	if got := c.Check(td, serialOf(revoked), "gone"); got != reason.CertificateRevoked {
+	if got := c.Check(td, issuedBy(ca, serialOf(revoked)), "gone"); got != reason.CertificateRevoked {
 		t.Errorf("revoked while stale: %q", string(got))
 	}
 	if got := metric(t, reg, "agentauthz_revocation_stale", map[string]string{"tenant": td}); got != 1 {
@@ -193,7 +225,7 @@ func TestStaleThenRecovery(t *testing.T) {
 	// The source comes back with a fresh CRL: recovery.
 	now := clk.Now()
 	srv.set(ca.CRL(2, now, now.Add(time.Hour), revoked.Cert.SerialNumber), false)
-	waitCheck(t, c, td, serialOf(leaf), "bot", "")
+	waitCheck(t, c, td, issuedBy(ca, serialOf(leaf)), "bot", "")
 	if got := metric(t, reg, "agentauthz_revocation_stale", map[string]string{"tenant": td}); got != 0 {
 		t.Errorf("stale metric after recovery = %v", got)
 	}
@@ -208,7 +240,7 @@ func TestURLNotModified(t *testing.T) {
 		CAs: []*x509.Certificate{ca.Cert}, CRLURLs: []string{srv.URL}, PollInterval: 10 * time.Millisecond,
 	}}})
 	waitFor(t, "two 304s", func() bool { return srv.notMod.Load() >= 2 })
-	if got := c.Check(td, serialOf(revoked), "gone"); got != reason.CertificateRevoked {
+	if got := c.Check(td, issuedBy(ca, serialOf(revoked)), "gone"); got != reason.CertificateRevoked {
 		t.Errorf("after 304s: %q", string(got))
 	}
 	if srv.condition.Load() < 2 {
@@ -222,7 +254,7 @@ func TestURLNotModified(t *testing.T) {
 	}
 	// A changed CRL is fetched in full and applied.
 	srv.set(ca.CRL(2, now, now.Add(time.Hour)), false)
-	waitCheck(t, c, td, serialOf(revoked), "gone", "")
+	waitCheck(t, c, td, issuedBy(ca, serialOf(revoked)), "gone", "")
 }
 
 // startPublisher serves a Publisher over store; the returned handler switch
@@ -273,25 +305,25 @@ func TestPushAppliesRevocations(t *testing.T) {
 		return metric(t, reg, "agentauthz_revocation_push_connected", map[string]string{"tenant": td}) == 1
 	})
 	for _, l := range []*testca.Leaf{a, b, x} {
-		if got := c.Check(td, serialOf(l), l.Cert.Subject.CommonName); got != "" {
+		if got := c.Check(td, issuedBy(ca, serialOf(l)), l.Cert.Subject.CommonName); got != "" {
 			t.Fatalf("%s before revocation: %q", l.Cert.Subject.CommonName, got)
 		}
 	}
 	// Revoke bot-a (serial and agent); the poll interval is an hour, so
 	// only the push can deliver this.
 	store.revokeAgent("bot-a", a.Cert.SerialNumber)
-	waitCheck(t, c, td, serialOf(a), "bot-a", reason.CertificateRevoked)
+	waitCheck(t, c, td, issuedBy(ca, serialOf(a)), "bot-a", reason.CertificateRevoked)
 	// Agent-level revocation holds for a certificate not on the CRL (a
 	// renewal the CA has not yet published, or any other of its certs).
-	if got := c.Check(td, "abcdef", "bot-a"); got != reason.AgentRevoked {
+	if got := c.Check(td, issuedBy(ca, "abcdef"), "bot-a"); got != reason.AgentRevoked {
 		t.Errorf("other cert of revoked agent: %q", string(got))
 	}
-	if got := c.Check(td, serialOf(b), "bot-b"); got != "" {
+	if got := c.Check(td, issuedBy(ca, serialOf(b)), "bot-b"); got != "" {
 		t.Errorf("bot-b after bot-a's revocation: %q", string(got))
 	}
 	// Agent-only revocation.
 	store.revokeAgent("bot-x")
-	waitCheck(t, c, td, serialOf(x), "bot-x", reason.AgentRevoked)
+	waitCheck(t, c, td, issuedBy(ca, serialOf(x)), "bot-x", reason.AgentRevoked)
 	if got := metric(t, reg, "agentauthz_revocation_revoked_agents", map[string]string{"tenant": td}); got != 2 {
 		t.Errorf("revoked_agents = %v", got)
 	}
@@ -340,8 +372,8 @@ func TestPushLargeCRLFetched(t *testing.T) {
 	waitFor(t, "ready", c.Ready)
 	before := fetches.get()
 	store.revokeAgent("bot-a", a.Cert.SerialNumber)
-	waitCheck(t, c, td, serialOf(a), "", reason.CertificateRevoked)
-	waitCheck(t, c, td, "abcdef", "bot-a", reason.AgentRevoked)
+	waitCheck(t, c, td, issuedBy(ca, serialOf(a)), "", reason.CertificateRevoked)
+	waitCheck(t, c, td, issuedBy(ca, "abcdef"), "bot-a", reason.AgentRevoked)
 	if fetches.get() <= before {
 		t.Error("CRL was not fetched after an ETag-only event")
 	}
@@ -369,7 +401,7 @@ func TestPushLostFallsBackToPolling(t *testing.T) {
 	})
 	// With the channel down, the CRL poll still delivers the revocation.
 	store.revokeAgent("bot-a", a.Cert.SerialNumber)
-	waitCheck(t, c, td, serialOf(a), "bot-a", reason.CertificateRevoked)
+	waitCheck(t, c, td, issuedBy(ca, serialOf(a)), "bot-a", reason.CertificateRevoked)
 
 	setWatchDown(false)
 	waitFor(t, "push reconnected", connected(1))
@@ -378,7 +410,7 @@ func TestPushLostFallsBackToPolling(t *testing.T) {
 	}
 	// The reconnect resynchronised the agent list, which only the push
 	// channel carries.
-	waitCheck(t, c, td, "abcdef", "bot-a", reason.AgentRevoked)
+	waitCheck(t, c, td, issuedBy(ca, "abcdef"), "bot-a", reason.AgentRevoked)
 }
 
 func TestPushIdleStreamIsDropped(t *testing.T) {
@@ -432,21 +464,22 @@ func TestWatchURLs(t *testing.T) {
 }
 
 func TestCheckDoesNotAllocate(t *testing.T) {
-	c := benchChecker(t, 10_000)
-	revoked := big.NewInt(1).Text(16)
+	c, ca := benchChecker(t, 10_000)
+	revoked := issuedBy(ca, big.NewInt(1).Text(16))
 	if c.Check(td, revoked, "bot") == "" {
 		t.Fatal("revoked serial allowed")
 	}
 	// Serials outside the compact table are looked up in the fallback map.
-	negative, oversized := "-"+good16, good16+good16+good16[:10]
+	chains := [][]identity.ChainCert{issuedBy(ca, "deadbeef"), revoked, issuedBy(ca, revoked16), issuedBy(ca, good16),
+		issuedBy(ca, "-"+good16), issuedBy(ca, good16+good16+good16[:10])}
+	// A two-certificate chain: the intermediate's issuer holds no CRL.
+	inter := testca.New(t)
+	chains = append(chains, append(issuedBy(inter, "5"), issuedBy(ca, "6")...))
 	allocs := testing.AllocsPerRun(1000, func() {
-		c.Check(td, "deadbeef", "bot")
-		c.Check(td, revoked, "bot")
-		c.Check(td, "deadbeef", "revoked-bot")
-		c.Check(td, revoked16, "bot")
-		c.Check(td, good16, "bot")
-		c.Check(td, negative, "bot")
-		c.Check(td, oversized, "bot")
+		for _, ch := range chains {
+			c.Check(td, ch, "bot")
+		}
+		c.Check(td, chains[0], "revoked-bot")
 	})
 	if allocs != 0 {
 		t.Errorf("Check allocates %v times per call", allocs)
@@ -462,7 +495,7 @@ func TestSetCAsRotation(t *testing.T) {
 	c, reg := start(t, Config{Tenants: map[string]TenantConfig{td: {
 		CAs: []*x509.Certificate{oldCA.Cert}, CRLFiles: []string{path}, PollInterval: time.Hour,
 	}}})
-	waitCheck(t, c, td, serialOf(a), "bot-a", reason.CertificateRevoked)
+	waitCheck(t, c, td, issuedBy(oldCA, serialOf(a)), "bot-a", reason.CertificateRevoked)
 
 	// The new CA's CRL is refused until the bundle lists it. (testca
 	// numbers serials alike in every CA; skip ahead to avoid a collision.)
@@ -472,7 +505,7 @@ func TestSetCAsRotation(t *testing.T) {
 	waitFor(t, "refusal counted", func() bool {
 		return metric(t, reg, "agentauthz_revocation_refresh_errors_total", map[string]string{"tenant": td, "source": "file"}) >= 1
 	})
-	if got := c.Check(td, serialOf(b), "bot-b"); got != "" {
+	if got := c.Check(td, issuedBy(newCA, serialOf(b)), "bot-b"); got != reason.RevocationStatusUnknown {
 		t.Errorf("unlisted CA's CRL applied: %q", string(got))
 	}
 
@@ -480,12 +513,12 @@ func TestSetCAsRotation(t *testing.T) {
 	if err := c.SetCAs(td, []*x509.Certificate{newCA.Cert, oldCA.Cert}); err != nil {
 		t.Fatal(err)
 	}
-	if got := c.Check(td, serialOf(a), "bot-a"); got != reason.CertificateRevoked {
+	if got := c.Check(td, issuedBy(oldCA, serialOf(a)), "bot-a"); got != reason.CertificateRevoked {
 		t.Errorf("old CA's CRL lost on SetCAs: %q", string(got))
 	}
 	writeFile(t, path, newCA.CRL(2, now, now.Add(time.Hour), b.Cert.SerialNumber))
-	waitCheck(t, c, td, serialOf(b), "bot-b", reason.CertificateRevoked)
-	if got := c.Check(td, serialOf(a), "bot-a"); got != reason.CertificateRevoked {
+	waitCheck(t, c, td, issuedBy(newCA, serialOf(b)), "bot-b", reason.CertificateRevoked)
+	if got := c.Check(td, issuedBy(oldCA, serialOf(a)), "bot-a"); got != reason.CertificateRevoked {
 		t.Errorf("old CA's CRL replaced by the new CA's: %q", string(got))
 	}
 
@@ -493,10 +526,10 @@ func TestSetCAsRotation(t *testing.T) {
 	if err := c.SetCAs(td, []*x509.Certificate{newCA.Cert}); err != nil {
 		t.Fatal(err)
 	}
-	if got := c.Check(td, serialOf(a), "bot-a"); got != "" {
+	if got := c.Check(td, issuedBy(oldCA, serialOf(a)), "bot-a"); got != reason.RevocationStatusUnknown {
 		t.Errorf("removed CA's CRL still applied: %q", string(got))
 	}
-	if got := c.Check(td, serialOf(b), "bot-b"); got != reason.CertificateRevoked {
+	if got := c.Check(td, issuedBy(newCA, serialOf(b)), "bot-b"); got != reason.CertificateRevoked {
 		t.Errorf("new CA's CRL lost: %q", string(got))
 	}
 	if err := c.SetCAs(td, nil); err == nil {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -47,6 +49,17 @@ type CRL struct {
 	Raw []byte
 	// Digest is the SHA-256 of Raw.
 	Digest [sha256.Size]byte
+	// Scope is what the CRL covers: everything its issuer issued, unless
+	// an issuingDistributionPoint narrows it.
+	Scope Scope
+
+	// issuerName is the CRL's issuer (DER); pending is set instead of CA
+	// (which is then -1) when no CA given to parseCRLs has that name: the
+	// signature is checked once a verified chain shows the certificate of
+	// that CA (Checker.learn).
+	issuerName string
+	pending    *x509.RevocationList
+	issuer     *x509.Certificate // the CA that verified it, once verified
 }
 
 // MaxCRLsPerFile bounds the CRLs in one PEM file or response.
@@ -74,6 +87,13 @@ func ParseCRL(data []byte, cas []*x509.Certificate, maxBytes int64) (*CRL, error
 // fault: applying only part of a file would silently drop revocations.
 // maxBytes bounds the input (DefaultMaxCRLBytes when <= 0).
 func ParseCRLs(data []byte, cas []*x509.Certificate, maxBytes int64) ([]*CRL, error) {
+	return parseCRLs(data, cas, maxBytes, false)
+}
+
+// parseCRLs is ParseCRLs; with allowPending, a CRL whose issuer is the
+// subject of none of cas is returned unverified, with CA -1 and pending
+// set, instead of refused.
+func parseCRLs(data []byte, cas []*x509.Certificate, maxBytes int64, allowPending bool) ([]*CRL, error) {
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxCRLBytes
 	}
@@ -86,12 +106,12 @@ func ParseCRLs(data []byte, cas []*x509.Certificate, maxBytes int64) ([]*CRL, er
 	}
 	crls := make([]*CRL, 0, len(ders))
 	for i, der := range ders {
-		crl, err := parseOneCRL(der, cas)
+		crl, err := parseOneCRL(der, cas, allowPending)
 		if err == nil {
 			for j, prev := range crls {
-				if prev.CA == crl.CA {
-					err = fmt.Errorf("%w: CRLs %d and %d are both from CA %s; a file holds one CRL per CA",
-						ErrCRLInvalid, j+1, i+1, caName(cas[crl.CA]))
+				if prev.issuerName == crl.issuerName && prev.Scope.raw == crl.Scope.raw {
+					err = fmt.Errorf("%w: CRLs %d and %d are both from CA %.120q with the same scope; a file holds one CRL per CA and scope",
+						ErrCRLInvalid, j+1, i+1, crl.Issuer())
 				}
 			}
 		}
@@ -138,37 +158,30 @@ func crlBlocks(data []byte) ([][]byte, error) {
 	return out, nil
 }
 
-// caName names a CA certificate in messages.
-func caName(c *x509.Certificate) string {
-	if c.Subject.CommonName != "" {
-		return fmt.Sprintf("%.80q", c.Subject.CommonName)
-	}
-	return fmt.Sprintf("%.120q", c.Subject.String())
-}
-
 // parseOneCRL checks one DER CRL: a complete CRL with a nextUpdate,
 // signed by one of cas. It refuses what crypto/x509 refuses and, unlike
 // x509, bytes RFC 5280 does not allow after the CRL, its signature, its
 // crlExtensions or an entry's extensions; it needs memory for the DER and
 // the SerialSet only, not x509's 1.2 KB per entry (see
 // parseRevocationList).
-func parseOneCRL(der []byte, cas []*x509.Certificate) (*CRL, error) {
+func parseOneCRL(der []byte, cas []*x509.Certificate, allowPending bool) (*CRL, error) {
 	rl, entries, err := parseRevocationList(der)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCRLInvalid, err)
 	}
 	// Signature first: nothing about an unverified CRL is worth reporting.
-	verifiedBy := -1
+	verifiedBy, named := -1, false
 	for i, ca := range cas {
 		if ca == nil || !bytes.Equal(rl.RawIssuer, ca.RawSubject) {
 			continue
 		}
+		named = true
 		if rl.CheckSignatureFrom(ca) == nil {
 			verifiedBy = i
 			break
 		}
 	}
-	if verifiedBy < 0 {
+	if verifiedBy < 0 && (named || !allowPending) {
 		return nil, ErrCRLSignature
 	}
 	if rl.NextUpdate.IsZero() {
@@ -178,12 +191,19 @@ func parseOneCRL(der []byte, cas []*x509.Certificate) (*CRL, error) {
 	if rl.NextUpdate.Before(rl.ThisUpdate) {
 		return nil, fmt.Errorf("%w: nextUpdate before thisUpdate", ErrCRLInvalid)
 	}
-	// A critical extension we do not understand (delta CRL indicator,
-	// issuing distribution point restricting scope, indirect CRL entries)
-	// changes what the CRL means; treating it as a complete CRL would be
-	// wrong, so refuse it.
+	// An issuingDistributionPoint (critical, RFC 5280 5.2.5) narrows the
+	// CRL's scope; parseScope refuses the scopes that cannot be applied.
+	// Any other critical extension (a delta CRL indicator, say) changes
+	// what the CRL means in a way not supported here: treating it as a
+	// complete CRL would be wrong, so refuse it.
+	var scope Scope
 	for _, ext := range rl.Extensions {
-		if ext.Critical {
+		switch {
+		case ext.Id.Equal(oidIssuingDistributionPoint):
+			if scope, err = parseScope(ext.Value); err != nil {
+				return nil, fmt.Errorf("%w: issuing distribution point: %w", ErrCRLInvalid, err)
+			}
+		case ext.Critical:
 			return nil, fmt.Errorf("%w: unsupported critical extension %s", ErrCRLInvalid, ext.Id)
 		}
 	}
@@ -194,7 +214,7 @@ func parseOneCRL(der []byte, cas []*x509.Certificate) (*CRL, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCRLInvalid, err)
 	}
-	return &CRL{
+	crl := &CRL{
 		Number:     rl.Number,
 		ThisUpdate: rl.ThisUpdate,
 		NextUpdate: rl.NextUpdate,
@@ -202,7 +222,24 @@ func parseOneCRL(der []byte, cas []*x509.Certificate) (*CRL, error) {
 		Serials:    serials,
 		Raw:        der,
 		Digest:     sha256.Sum256(der),
-	}, nil
+		Scope:      scope,
+		issuerName: string(rl.RawIssuer),
+	}
+	if verifiedBy < 0 {
+		crl.pending = rl
+	}
+	return crl, nil
+}
+
+// Issuer returns the CRL's issuer name in RFC 2253 form, for messages.
+func (c *CRL) Issuer() string {
+	var rdn pkix.RDNSequence
+	if _, err := asn1.Unmarshal([]byte(c.issuerName), &rdn); err != nil {
+		return fmt.Sprintf("%x", c.issuerName)
+	}
+	var n pkix.Name
+	n.FillFromRDNSequence(&rdn)
+	return n.String()
 }
 
 // newerThan reports whether c may replace held (same CA): the CRL number

@@ -3,29 +3,22 @@ package revocation
 import (
 	"bytes"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"io"
 	"math/big"
 	"slices"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/agentauthz/agentauthz/internal/testca"
 )
 
 // FuzzParseCRL feeds arbitrary bytes to the parse/verify wrapper. The
-// committed seeds (testdata/fuzz/FuzzParseCRL) are CRLs of a CA that no
-// longer exists, so they exercise parsing and refusal; the seeds added here
-// verify, so mutations near a valid signature are explored too.
+// committed seeds (testdata/fuzz/FuzzParseCRL) are signed by the CA committed
+// in testdata/fuzzca, so the valid ones verify and mutations near a good
+// signature are explored (TestFuzzParseCRLSeeds keeps them so and
+// regenerates them).
 func FuzzParseCRL(f *testing.F) {
-	ca := testca.New(f)
-	now := time.Now()
-	good := ca.CRL(3, now, now.Add(time.Hour), big.NewInt(0xabc), big.NewInt(1))
-	f.Add(good)
-	f.Add(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: good}))
-	cas := []*x509.Certificate{ca.Cert}
+	ca, _ := fuzzCA(f)
+	cas := []*x509.Certificate{ca}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		crl, err := ParseCRL(data, cas, 1<<20)
 		if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/reason"
 	"github.com/agentauthz/agentauthz/internal/testca"
 )
@@ -76,11 +77,21 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func waitCheck(t *testing.T, c *Checker, tenant, serial, agent string, want reason.Code) {
+// issuedBy is the verified chain of a certificate with serial issued directly
+// by ca (a trust anchor).
+func issuedBy(ca *testca.CA, serial string) []identity.ChainCert {
+	return []identity.ChainCert{{Serial: serial, Issuer: ca.Cert, IssuerKey: identity.CAKeyOf(ca.Cert)}}
+}
+
+func waitCheck(t *testing.T, c *Checker, tenant string, chain []identity.ChainCert, agent string, want reason.Code) {
 	t.Helper()
 	var got reason.Code
+	serial := ""
+	if len(chain) > 0 {
+		serial = chain[0].Serial
+	}
 	waitFor(t, fmt.Sprintf("Check(%s, %s, %s) = %q (last %q)", tenant, serial, agent, string(want), string(got)), func() bool {
-		got = c.Check(tenant, serial, agent)
+		got = c.Check(tenant, chain, agent)
 		return got == want
 	})
 }

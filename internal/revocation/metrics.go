@@ -9,7 +9,7 @@ import (
 type metrics struct {
 	c *Checker
 
-	age, lastRefresh, entries, agents, push, fallback, stale, ready, errs, refused, pushAge *prometheus.Desc
+	age, lastRefresh, entries, agents, push, fallback, stale, ready, errs, disabled, refused, pushAge *prometheus.Desc
 }
 
 func newMetrics(c *Checker) *metrics {
@@ -32,8 +32,10 @@ func newMetrics(c *Checker) *metrics {
 			"1 when checks answer revocation_status_unknown (never loaded, or past nextUpdate+grace).", t, nil),
 		ready: prometheus.NewDesc("agentauthz_revocation_sources_ready",
 			"1 once every configured source of the tenant has loaded once.", t, nil),
+		disabled: prometheus.NewDesc("agentauthz_revocation_disabled",
+			"1 for a tenant whose revocation checking is off by explicit opt-out (revoked certificates accepted), 0 for one checked.", t, nil),
 		errs: prometheus.NewDesc("agentauthz_revocation_refresh_errors_total",
-			"Failed or refused refreshes by source kind (file, url, watch).", []string{"tenant", "source"}, nil),
+			"Failed or refused refreshes by source kind (file, url, watch), and failed writes of the CRL high-water marks (state).", []string{"tenant", "source"}, nil),
 		refused: prometheus.NewDesc("agentauthz_revocation_push_refused_total",
 			"Watch events refused by reason (unsigned, bad_signature, expired, older_generation, bad_restrictions).", []string{"tenant", "reason"}, nil),
 		pushAge: prometheus.NewDesc("agentauthz_revocation_push_state_age_seconds",
@@ -42,7 +44,7 @@ func newMetrics(c *Checker) *metrics {
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.age, m.lastRefresh, m.entries, m.agents, m.push, m.fallback, m.stale, m.ready, m.errs, m.refused, m.pushAge} {
+	for _, d := range []*prometheus.Desc{m.age, m.lastRefresh, m.entries, m.agents, m.push, m.fallback, m.stale, m.ready, m.errs, m.disabled, m.refused, m.pushAge} {
 		ch <- d
 	}
 }
@@ -52,15 +54,16 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	for _, name := range c.disabled {
+		ch <- prometheus.MustNewConstMetric(m.disabled, prometheus.GaugeValue, 1, name)
+	}
 	for _, name := range c.order {
+		ch <- prometheus.MustNewConstMetric(m.disabled, prometheus.GaugeValue, 0, name)
 		t := c.tenants[name]
 		s := t.snapLocked()
 		var oldest, n float64
 		first := true
 		for _, crl := range t.held {
-			if crl == nil {
-				continue
-			}
 			age := now.Sub(crl.ThisUpdate).Seconds()
 			if first || age > oldest {
 				oldest, first = age, false
@@ -89,7 +92,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.stale, prometheus.GaugeValue,
 			b2f(!s.ready || now.After(s.staleAfter)), name)
 		ch <- prometheus.MustNewConstMetric(m.ready, prometheus.GaugeValue, b2f(s.ready), name)
-		for _, kind := range []string{kindFile, kindURL, kindWatch} {
+		for _, kind := range []string{kindFile, kindURL, kindWatch, kindState} {
 			ch <- prometheus.MustNewConstMetric(m.errs, prometheus.CounterValue, float64(t.errs[kind]), name, kind)
 		}
 	}

@@ -125,7 +125,7 @@ func TestPushForgedEventsIgnored(t *testing.T) {
 	waitFor(t, "refusals", func() bool {
 		return metric(t, reg, "agentauthz_revocation_push_refused_total", map[string]string{"tenant": td, "reason": PushBadSignature}) >= 2
 	})
-	if got := c.Check(td, serialOf(x), "bot-x"); got != "" {
+	if got := c.Check(td, issuedBy(ca, serialOf(x)), "bot-x"); got != "" {
 		t.Errorf("forged agent list applied: %q", got)
 	}
 	if called.Load() {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/reason"
 	"github.com/agentauthz/agentauthz/internal/testca"
 )
@@ -130,19 +131,19 @@ func TestParseCRLEdgeSerials(t *testing.T) {
 	}
 	checkSerialSet(t, crl.Serials, want)
 
-	c := benchChecker(t, 0)
+	c, ca := benchChecker(t, 0)
 	c.mu.Lock()
-	c.tenants[td].held[0].Serials = crl.Serials
+	c.tenants[td].held[heldKey{ca: identity.CAKeyOf(ca.Cert)}].Serials = crl.Serials
 	c.tenants[td].snap = nil
 	c.publishLocked()
 	c.mu.Unlock()
 	for s := range want {
-		if got := c.Check(td, s, "bot"); got != reason.CertificateRevoked {
+		if got := c.Check(td, issuedBy(ca, s), "bot"); got != reason.CertificateRevoked {
 			t.Errorf("Check(%q) = %q", s, got)
 		}
 	}
 	for _, s := range []string{"2", "00ff", "fe", "-2"} {
-		if got := c.Check(td, s, "bot"); got != "" {
+		if got := c.Check(td, issuedBy(ca, s), "bot"); got != "" {
 			t.Errorf("Check(%q) = %q", s, got)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,10 +36,16 @@ const (
 	maxSSELineOverhead = 64 << 10
 )
 
-func defaultHTTPClient() *http.Client {
+func defaultHTTPClient() *http.Client { return NewHTTPClient(nil) }
+
+// NewHTTPClient is the client a Checker uses by default, with tc (may be
+// nil) as its TLS configuration, e.g. a replica certificate for the control
+// plane's mTLS.
+func NewHTTPClient(tc *tls.Config) *http.Client {
 	// No overall Timeout: the watch stream is long-lived. Connects and
 	// response headers are bounded; fetches carry their own deadline.
 	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig:       tc,
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   5 * time.Second,
@@ -227,14 +234,22 @@ func (c *Checker) fetchCRL(ctx context.Context, tenant string, src int, u string
 	if err != nil {
 		return fmt.Errorf("fetch crl: %w", err)
 	}
-	if err := c.apply(tenant, src, data); err != nil && !errors.Is(err, ErrCRLOlder) {
-		// Forget the validators so the next poll fetches the CRL afresh.
+	if err := c.apply(tenant, src, data); err != nil {
+		// Forget the validators so the next poll fetches the CRL afresh,
+		// and an ETag seen again is never taken for one applied.
 		*cond = conditional{}
-		return nil
+		return refusedError{err}
 	}
 	*cond = conditional{etag: resp.Header.Get("ETag"), lastModified: resp.Header.Get("Last-Modified")}
 	return nil
 }
+
+// refusedError is a CRL that was fetched but refused; apply has logged and
+// counted it already.
+type refusedError struct{ err error }
+
+func (e refusedError) Error() string { return e.err.Error() }
+func (e refusedError) Unwrap() error { return e.err }
 
 // runWatch holds the watch stream open, reconnecting with jittered
 // exponential backoff. While it is down, the tenant's CRL on the same server
@@ -422,7 +437,13 @@ func (c *Checker) handleEvent(ctx context.Context, tenant string, src int, data 
 	if len(ev.CRL) == 0 && ev.CRLETag != "" {
 		// Too large to inline: fetch it unless it is the one applied last.
 		if ev.CRLETag != cond.etag {
-			if err := c.fetchCRL(ctx, tenant, src, crlURL, cond); err != nil {
+			err := c.fetchCRL(ctx, tenant, src, crlURL, cond)
+			var refused refusedError
+			if errors.As(err, &refused) {
+				c.refusedAgents(tenant, ev)
+				return nil
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -433,12 +454,23 @@ func (c *Checker) handleEvent(ctx context.Context, tenant string, src int, data 
 	if len(ev.CRL) == 0 {
 		return errors.New("event without crl")
 	}
-	if err := c.apply(tenant, src, ev.CRL); err != nil && !errors.Is(err, ErrCRLOlder) {
+	if err := c.apply(tenant, src, ev.CRL); err != nil {
+		// Older, forged or malformed: the agent list came with it and is
+		// no more trustworthy. Applying it would let whoever controls the
+		// channel clear agent revocations by replaying an old CRL.
+		c.refusedAgents(tenant, ev)
 		return nil
 	}
 	c.setAgents(tenant, ev.RevokedAgents)
 	c.pushApplied(tenant, &ev)
 	return nil
+}
+
+// refusedAgents logs that the agent list of an event whose CRL was refused
+// is not applied.
+func (c *Checker) refusedAgents(tenant string, ev WatchEvent) {
+	c.log.Warn("revocation: revoked_agents of a watch event whose crl was refused not applied; keeping the previous list",
+		"tenant", tenant, "generation", ev.Generation, "agents", len(ev.RevokedAgents))
 }
 
 // readLine reads one line without its terminator (\n or \r\n), at most max

@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"runtime/debug"
 	"slices"
 	"time"
+
+	"github.com/agentauthz/agentauthz/internal/identity"
 )
 
 // Source kinds, also the "source" metric label.
@@ -15,12 +18,28 @@ const (
 	kindFile  = "file"
 	kindURL   = "url"
 	kindWatch = "watch"
+	kindState = "state" // writing the high-water marks
 )
 
 type sourceState struct {
 	kind   string
 	where  string // path or URL, for logs only
 	loaded bool   // delivered a verified CRL at least once
+	tried  bool   // answered at least once, with data or an error
+	// lastErr is the last refusal or failure, "" after a success; for
+	// Status.
+	lastErr string
+	// pending are the CRLs of this source whose issuer is no CA of the
+	// tenant's configuration (an issuing CA under a root-only bundle):
+	// held unverified until a verified chain shows that CA (learn).
+	pending []*CRL
+}
+
+// heldKey is what CRLs are held and ordered by: the CA that signed them
+// and their scope (RFC 5280: CRL numbers increase per issuer and scope).
+type heldKey struct {
+	ca    identity.CAKey
+	scope string // Scope.raw
 }
 
 // tenantState is the mutable per-tenant state behind the snapshot; guarded by
@@ -29,7 +48,13 @@ type tenantState struct {
 	name    string
 	cfg     TenantConfig
 	sources []*sourceState
-	held    []*CRL // newest verified CRL per CA index
+	held    map[heldKey]*CRL // newest verified CRL per CA and scope
+	// learned are CA certificates outside cfg.CAs that verified a pending
+	// CRL, seen in a chain that identity verified up to this tenant's
+	// anchors; tried remembers every CA tried, so each is tried once.
+	learned []*x509.Certificate
+	tried   map[identity.CAKey]bool
+	floors  map[string]floor // high-water marks, also persisted (see hwm.go)
 	agents  map[string]struct{}
 
 	lastRefresh   time.Time
@@ -47,7 +72,8 @@ type tenantState struct {
 }
 
 func newTenantState(name string, tc TenantConfig) *tenantState {
-	t := &tenantState{name: name, cfg: tc, held: make([]*CRL, len(tc.CAs)), errs: map[string]uint64{}, pushRefused: map[string]uint64{}}
+	t := &tenantState{name: name, cfg: tc, held: map[heldKey]*CRL{}, tried: map[identity.CAKey]bool{},
+		floors: map[string]floor{}, errs: map[string]uint64{}, pushRefused: map[string]uint64{}}
 	for _, f := range tc.CRLFiles {
 		t.sources = append(t.sources, &sourceState{kind: kindFile, where: f})
 	}
@@ -60,23 +86,32 @@ func newTenantState(name string, tc TenantConfig) *tenantState {
 	return t
 }
 
+// cas is every CA whose CRLs the tenant verifies: the configured ones,
+// then the learned ones.
+func (t *tenantState) cas() []*x509.Certificate {
+	return slices.Concat(t.cfg.CAs, t.learned)
+}
+
 func (t *tenantState) snapLocked() *tenantSnap {
 	if t.snap != nil {
 		return t.snap
 	}
-	s := &tenantSnap{ready: true, agents: t.agents}
+	s := &tenantSnap{ready: true, agents: t.agents, issuers: map[identity.CAKey][]*scopedCRL{}, tried: maps.Clone(t.tried)}
 	for _, src := range t.sources {
 		if !src.loaded {
 			s.ready = false
 		}
+		for _, crl := range src.pending {
+			if s.pending == nil {
+				s.pending = map[string]struct{}{}
+			}
+			s.pending[crl.issuerName] = struct{}{}
+		}
 	}
 	first := true
-	for _, crl := range t.held {
-		if crl == nil {
-			continue
-		}
-		s.serials = append(s.serials, crl.Serials)
+	for k, crl := range t.held {
 		stale := crl.NextUpdate.Add(t.cfg.Grace)
+		s.issuers[k.ca] = append(s.issuers[k.ca], &scopedCRL{serials: crl.Serials, scope: crl.Scope, staleAfter: stale})
 		if first || stale.Before(s.staleAfter) {
 			s.staleAfter, first = stale, false
 		}
@@ -90,41 +125,52 @@ func (t *tenantState) snapLocked() *tenantSnap {
 
 // apply verifies data as the CRLs of tenant delivered by source src (one,
 // or several in a PEM file: see ParseCRLs) and, when every one is valid and
-// none is older than what is held for its CA, makes them current. A file
-// is applied whole or not at all.
+// none is older than what is held (or was ever seen) for its CA and scope,
+// makes them current. A file is applied whole or not at all. A CRL whose
+// issuer is no CA of the tenant is kept pending (see sourceState.pending).
 func (c *Checker) apply(tenant string, src int, data []byte) error {
 	t := c.tenants[tenant]
 	c.mu.Lock()
-	cas := t.cfg.CAs
+	cas := t.cas()
 	c.mu.Unlock()
 	// Parse and verify outside the lock: a large CRL takes a while, and
 	// metrics scrapes and other sources should not wait for it.
-	crls, err := ParseCRLs(data, cas, c.maxBytes)
+	crls, err := parseCRLs(data, cas, c.maxBytes, true)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := t.sources[src]
+	var verified, pending []*CRL
 	for _, crl := range crls {
 		if err != nil {
 			break
 		}
-		// SetCAs may have run meanwhile: find the verifying CA again.
+		if crl.pending != nil {
+			pending = append(pending, crl)
+			continue
+		}
+		// SetCAs may have run meanwhile: the verifying CA must still be
+		// one of the tenant's.
 		ca := cas[crl.CA]
-		crl.CA = slices.IndexFunc(t.cfg.CAs, func(c *x509.Certificate) bool { return c.Equal(ca) })
-		if crl.CA < 0 {
+		if !slices.ContainsFunc(t.cas(), ca.Equal) {
 			err = ErrCRLSignature
 		}
+		crl.issuer = ca
+		verified = append(verified, crl)
 	}
+	s.tried = true
 	if err != nil {
 		t.errs[s.kind]++
+		s.lastErr = err.Error()
 		c.log.Error("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where, "error", err)
 		return err
 	}
-	for _, crl := range crls {
-		if err := crl.newerThan(t.held[crl.CA]); err != nil {
+	for _, crl := range verified {
+		if err := c.newerLocked(t, crl); err != nil {
 			// The source works and its data verified; it is only behind.
 			t.errs[s.kind]++
+			s.lastErr = err.Error()
 			c.log.Warn("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where,
-				"issuer", caName(t.cfg.CAs[crl.CA]), "error", err)
+				"issuer", crl.Issuer(), "error", err)
 			if !s.loaded {
 				s.loaded = true
 				t.snap = nil
@@ -134,18 +180,21 @@ func (c *Checker) apply(tenant string, src int, data []byte) error {
 		}
 	}
 	t.lastRefresh = c.now()
+	s.lastErr = ""
 	changed, entries := false, 0
-	for _, crl := range crls {
+	for _, crl := range verified {
 		entries += crl.Serials.Len()
-		if held := t.held[crl.CA]; held != nil && held.Digest == crl.Digest {
-			continue
+		if c.holdLocked(t, s, crl) {
+			changed = true
 		}
-		c.log.Info("revocation: crl applied", "tenant", tenant, "source", s.kind, "from", s.where,
-			"issuer", caName(t.cfg.CAs[crl.CA]), "number", crl.Number, "revoked", crl.Serials.Len(),
-			"next_update", crl.NextUpdate.UTC().Format(time.RFC3339))
-		kept := *crl
-		kept.Raw = nil // compared by Digest from now on
-		t.held[crl.CA] = &kept
+	}
+	if !slices.EqualFunc(pending, s.pending, func(a, b *CRL) bool { return a.Digest == b.Digest }) {
+		for _, crl := range pending {
+			c.log.Warn("revocation: crl from a CA outside the trust bundle held unverified until an agent's verified chain shows that CA",
+				"tenant", tenant, "source", s.kind, "from", s.where, "issuer", crl.Issuer())
+			crl.Raw = nil
+		}
+		s.pending = pending
 		changed = true
 	}
 	if !changed && s.loaded {
@@ -164,6 +213,92 @@ func (c *Checker) apply(tenant string, src int, data []byte) error {
 	return nil
 }
 
+// newerLocked reports whether crl may replace what is held for its CA and
+// scope, and is not below the high-water mark seen for them before (which
+// survives restarts).
+func (c *Checker) newerLocked(t *tenantState, crl *CRL) error {
+	k := heldKey{identity.CAKeyOf(crl.issuer), crl.Scope.raw}
+	if err := crl.newerThan(t.held[k]); err != nil {
+		return err
+	}
+	if f, ok := t.floors[k.String()]; ok {
+		return crl.newerThan(&CRL{Number: f.Number, ThisUpdate: f.ThisUpdate})
+	}
+	return nil
+}
+
+// holdLocked makes crl (verified, not older) the one held for its CA and
+// scope, raising and persisting the high-water mark, and reports whether
+// anything changed.
+func (c *Checker) holdLocked(t *tenantState, s *sourceState, crl *CRL) bool {
+	k := heldKey{identity.CAKeyOf(crl.issuer), crl.Scope.raw}
+	if held := t.held[k]; held != nil && held.Digest == crl.Digest {
+		return false
+	}
+	c.log.Info("revocation: crl applied", "tenant", t.name, "source", s.kind, "from", s.where,
+		"issuer", crl.Issuer(), "number", crl.Number, "revoked", crl.Serials.Len(),
+		"next_update", crl.NextUpdate.UTC().Format(time.RFC3339))
+	kept := *crl
+	kept.Raw = nil // compared by Digest from now on
+	t.held[k] = &kept
+	c.raiseFloorLocked(t, k, crl)
+	return true
+}
+
+// learn is the slow path of Check for a certificate whose issuer holds no
+// CRL but has the name of a pending CRL's issuer: issuer is in a chain that
+// identity verified up to this tenant's anchors, so a pending CRL whose
+// signature it verifies is that CA's CRL. Each CA is tried once per trust
+// bundle; it returns the issuer's CRLs in the new snapshot.
+func (c *Checker) learn(tenant string, issuer *x509.Certificate) []*scopedCRL {
+	key := identity.CAKeyOf(issuer)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tenants[tenant]
+	if t.tried[key] || len(t.tried) >= maxLearnedCAs {
+		return t.snapLocked().issuers[key]
+	}
+	t.tried[key] = true
+	found := false
+	for _, s := range t.sources {
+		kept := s.pending[:0]
+		for _, crl := range s.pending {
+			if crl.issuerName != string(issuer.RawSubject) {
+				kept = append(kept, crl)
+				continue
+			}
+			if err := crl.pending.CheckSignatureFrom(issuer); err != nil {
+				t.errs[s.kind]++
+				c.log.Error("revocation: refused crl: not signed by the CA of that name in an agent's verified chain",
+					"tenant", tenant, "source", s.kind, "from", s.where, "issuer", crl.Issuer(), "error", err)
+				kept = append(kept, crl)
+				continue
+			}
+			crl.pending, crl.issuer = nil, issuer
+			if err := c.newerLocked(t, crl); err != nil {
+				t.errs[s.kind]++
+				c.log.Warn("revocation: refused crl", "tenant", tenant, "source", s.kind, "from", s.where,
+					"issuer", crl.Issuer(), "error", err)
+				continue
+			}
+			c.log.Info("revocation: crl of a CA outside the trust bundle verified with an agent's chain",
+				"tenant", tenant, "source", s.kind, "from", s.where, "issuer", crl.Issuer())
+			c.holdLocked(t, s, crl)
+			found = true
+		}
+		s.pending = kept
+	}
+	if found {
+		t.learned = append(t.learned, issuer)
+	}
+	t.snap = nil
+	c.publishLocked()
+	return t.snapLocked().issuers[key]
+}
+
+// maxLearnedCAs bounds the CAs learn tries per tenant and trust bundle.
+const maxLearnedCAs = 256
+
 // bigCRL is the number of entries from which a CRL's parse garbage is
 // returned to the operating system right away.
 const bigCRL = 100_000
@@ -177,14 +312,17 @@ func (c *Checker) touch(tenant string) {
 
 // sourceFailed counts and logs a failed refresh; the previous data stays.
 func (c *Checker) sourceFailed(tenant string, src int, err error) {
-	if errors.Is(err, errCanceled) {
-		return
+	var refused refusedError
+	if errors.Is(err, errCanceled) || errors.As(err, &refused) {
+		return // a refused CRL was logged and counted by apply
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := c.tenants[tenant]
 	s := t.sources[src]
 	t.errs[s.kind]++
+	s.lastErr = err.Error()
+	s.tried = true
 	c.log.Warn("revocation: refresh failed; keeping previous data", "tenant", tenant, "source", s.kind, "from", s.where, "error", err)
 }
 
@@ -237,7 +375,8 @@ func (c *Checker) setPush(tenant string, connected bool) {
 
 // SetCAs replaces the CA certificates that verify tenant's CRLs, for a trust
 // bundle reload. CRLs held from a CA that is still listed stay in force;
-// those of a removed CA are dropped, so if no CRL is left the tenant answers
+// those of a removed CA, and every CA learned from agents' chains, are
+// dropped, so if no CRL is left the tenant answers
 // revocation_status_unknown until a source delivers one from a listed CA
 // (CRL files and URLs within their poll interval; a watch stream on its next
 // event or reconnect). A tenant that had no sources cannot gain any here.
@@ -251,18 +390,19 @@ func (c *Checker) SetCAs(tenant string, cas []*x509.Certificate) error {
 	if !ok {
 		return nil
 	}
-	held := make([]*CRL, len(cas))
-	for i, ca := range cas {
-		for j, old := range t.cfg.CAs {
-			if ca.Equal(old) && t.held[j] != nil {
-				crl := *t.held[j]
-				crl.CA = i
-				held[i] = &crl
-			}
+	keep := map[identity.CAKey]bool{}
+	for _, ca := range cas {
+		if slices.ContainsFunc(t.cfg.CAs, ca.Equal) {
+			keep[identity.CAKeyOf(ca)] = true
+		}
+	}
+	for k := range t.held {
+		if !keep[k.ca] {
+			delete(t.held, k)
 		}
 	}
 	t.cfg.CAs = slices.Clone(cas)
-	t.held = held
+	t.learned, t.tried = nil, map[identity.CAKey]bool{}
 	t.snap = nil
 	c.publishLocked()
 	return nil

@@ -2,11 +2,16 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -17,6 +22,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/config"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/extauthz"
+	"github.com/agentauthz/agentauthz/internal/extproc"
 	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/policy"
 	"github.com/agentauthz/agentauthz/internal/revocation"
@@ -51,7 +57,7 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		return c, fmt.Errorf("policy: %w", err)
 	}
 	c.Loops = append(c.Loops, engine.Run)
-	c.Ready = append(c.Ready, ReadyCheck{"policy", func() error {
+	c.Ready = append(c.Ready, ReadyCheck{Name: "policy", Check: func() error {
 		if !engine.Ready() {
 			return errors.New("no policy compiled yet")
 		}
@@ -81,23 +87,34 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		return c, fmt.Errorf("identity: %w", err)
 	}
 
+	var httpClient *http.Client
+	if cfg.ControlPlane.Enabled() {
+		tc, err := controlPlaneTLS(cfg.ControlPlane)
+		if err != nil {
+			return c, err
+		}
+		httpClient = revocation.NewHTTPClient(tc)
+	}
 	revoked, err := revocation.New(revocation.Config{Tenants: tenants, Logger: logger.Named("revocation"), Registerer: reg,
+		StateDir:   filepath.Join(cfg.DataDir, "revocation"),
+		HTTPClient: httpClient,
 		// Restrictions from the control plane's signed watch events;
 		// a refused overlay is logged and counted by the engine, and the
 		// previous restrictions stay in force.
 		OnRestrictions: func(tenant string, r json.RawMessage) { _ = engine.SetRestrictions(tenant, r) },
 	})
 	if err != nil {
-		return c, fmt.Errorf("revocation: %w", err)
+		return c, err
 	}
 	c.Loops = append(c.Loops, revoked.Run)
-	c.Ready = append(c.Ready, ReadyCheck{"revocation", func() error {
+	c.Ready = append(c.Ready, ReadyCheck{Name: "revocation", Check: func() error {
 		if !revoked.Ready() {
 			return errors.New("a revocation source has not loaded yet")
 		}
 		return nil
 	}})
-	c.Notes = append(c.Notes, func() []string { return pushNotes(revoked.PushStatuses(), time.Now()) })
+	c.Notes = append(c.Notes, func() []string { return revocationNotes(revoked.Status()) },
+		func() []string { return pushNotes(revoked.PushStatuses(), time.Now()) })
 
 	mode, err := decisionlog.ParseMode(cfg.DecisionLog.Mode)
 	if err != nil {
@@ -118,7 +135,7 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		return c, fmt.Errorf("decision log: %w", err)
 	}
 	c.Closers = append(c.Closers, dlog.Close)
-	c.Ready = append(c.Ready, ReadyCheck{"decision_log", dlog.Err})
+	c.Ready = append(c.Ready, ReadyCheck{Name: "decision_log", Check: dlog.Err})
 	jwks := dlog.JWKSHandler()
 	c.Handlers["GET /v1/keys"] = jwks
 	c.Handlers["GET /.well-known/jwks.json"] = jwks
@@ -126,11 +143,32 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	// the tree size and root, never a record.
 	c.Handlers["GET /checkpoint"] = dlog.CheckpointHandler()
 
+	var recorder extauthz.Recorder = dlog
+	if rs := cfg.ResponseSigning; rs.Disabled {
+		logger.Warn("response signing is off (response_signing.disabled): ext_proc is not served, responses are not signed")
+	} else {
+		table := extproc.NewTable(rs.MaxPending, rs.DecisionTTL.D(), dlog.PublicKeys, nil)
+		recorder = extproc.NoteAllowed(dlog, table)
+		proc, err := extproc.New(extproc.Options{
+			Decisions:      table,
+			Signer:         dlog.ResponseSigner,
+			Log:            extproc.DecisionLog{Log: dlog},
+			MaxBodyBytes:   rs.MaxBodyBytes,
+			MaxHeaderBytes: rs.MaxHeaderBytes,
+			Logger:         logger.Named("extproc"),
+			Metrics:        extproc.NewMetrics(reg),
+		})
+		if err != nil {
+			return c, err
+		}
+		c.ExternalProcessor = proc
+	}
+
 	svc, err := extauthz.New(extauthz.Options{
 		Identifier: verifier,
 		Revocation: revoked,
 		Policy:     policyAdapter{engine},
-		Recorder:   dlog,
+		Recorder:   recorder,
 		Logger:     logger.Named("extauthz"),
 		Metrics:    extauthz.NewMetrics(reg),
 		Timeout:    cfg.GRPC.CheckTimeout.D(),
@@ -171,9 +209,24 @@ func loadTrust(cfg config.Config) ([]identity.Bundle, map[string]revocation.Tena
 			WatchURL:     r.WatchURL,
 			PollInterval: r.PollInterval.D(),
 			Grace:        r.Grace.D(),
+			Disabled:     r.Disabled,
 		}
 	}
 	return bundles, tenants, errors.Join(errs...)
+}
+
+// revocationNotes lists, for /readyz, every tenant that is not checked
+// (opt-out) or has no revocation data (its agents are denied
+// revocation_status_unknown), so one tenant's problem is visible without
+// taking the others down.
+func revocationNotes(st map[string]revocation.TenantStatus) []string {
+	var out []string
+	for _, td := range slices.Sorted(maps.Keys(st)) {
+		if s := st[td]; s.Disabled || !s.Ready {
+			out = append(out, "revocation: tenant "+td+": "+s.Detail)
+		}
+	}
+	return out
 }
 
 func decisionCacheSize(c config.DecisionCache) int {
@@ -263,3 +316,31 @@ func pushNotes(st []revocation.PushStatus, now time.Time) []string {
 // PolicyAdapter is the policy step of the decision path over e, for callers
 // that drive extauthz outside a server (policy simulation).
 func PolicyAdapter(e *policy.Engine) extauthz.Policy { return policyAdapter{e} }
+
+// controlPlaneTLS is the replica's client side of the control plane's mTLS.
+// The certificate is read again at every handshake, so a renewed replica
+// certificate is used without a restart.
+func controlPlaneTLS(cp config.ControlPlane) (*tls.Config, error) {
+	caPEM, err := os.ReadFile(cp.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("control_plane.ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("control_plane.ca_file: %s holds no PEM certificate", cp.CAFile)
+	}
+	if _, err := tls.LoadX509KeyPair(cp.CertFile, cp.KeyFile); err != nil {
+		return nil, fmt.Errorf("control_plane: %w", err)
+	}
+	return &tls.Config{
+		RootCAs:    pool,
+		MinVersion: tls.VersionTLS13,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c, err := tls.LoadX509KeyPair(cp.CertFile, cp.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("control_plane: %w", err)
+			}
+			return &c, nil
+		},
+	}, nil
+}

@@ -81,12 +81,12 @@ func (h *harness) config(name string) config.Config {
 	t := h.t
 	cfg := config.Config{DataDir: t.TempDir(), GRPC: config.GRPC{Addr: "127.0.0.1:0"}, HTTP: config.HTTP{Addr: "127.0.0.1:0"}}
 	cfg.Policy.Dir = filepath.Join("..", "..", "policies")
-	cfg.TrustBundles = []config.TrustBundle{{TrustDomain: "example.test", File: h.bundle}}
+	cfg.TrustBundles = []config.TrustBundle{{TrustDomain: "example.test", File: h.bundle, Revocation: config.Revocation{Disabled: true}}}
 	switch name {
 	case "default":
 	case "spiffe":
 		cfg.Identity.Sources = []string{"peer_certificate", "xfcc", "spiffe_id"}
-		cfg.TrustBundles = append(cfg.TrustBundles, config.TrustBundle{TrustDomain: "dev.agentauthz.local", Profile: "spiffe"})
+		cfg.TrustBundles = append(cfg.TrustBundles, config.TrustBundle{TrustDomain: "dev.agentauthz.local", Profile: "spiffe", Revocation: config.Revocation{Disabled: true}})
 	case "envoy_bool", "envoy_object":
 		cfg.Policy.Dir = filepath.Join("testdata", "policies", name)
 		cfg.Policy.Path = "envoy/authz/allow"

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -43,8 +44,11 @@ type ReadyCheck struct {
 // from a configuration; tests may build them by hand.
 type Components struct {
 	Authorization authv3.AuthorizationServer
-	Registry      *prometheus.Registry
-	Ready         []ReadyCheck
+	// ExternalProcessor signs responses (Envoy ext_proc); nil when
+	// response signing is off.
+	ExternalProcessor extprocv3.ExternalProcessorServer
+	Registry          *prometheus.Registry
+	Ready             []ReadyCheck
 	// Handlers are extra HTTP handlers by pattern (e.g. the JWKS).
 	Handlers map[string]http.Handler
 	// Loops run in the background until their context ends, which happens
@@ -100,6 +104,10 @@ func New(cfg config.Config, c Components, logger hclog.Logger) (*Server, error) 
 	gs := grpc.NewServer(opts...)
 	hs := health.NewServer()
 	authv3.RegisterAuthorizationServer(gs, c.Authorization)
+	if c.ExternalProcessor != nil {
+		extprocv3.RegisterExternalProcessorServer(gs, c.ExternalProcessor)
+		hs.SetServingStatus(extprocv3.ExternalProcessor_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	}
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -310,6 +318,9 @@ func (s *Server) watchReady(ctx context.Context) error {
 		}
 		s.health.SetServingStatus("", st)
 		s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, st)
+		if s.c.ExternalProcessor != nil {
+			s.health.SetServingStatus(extprocv3.ExternalProcessor_ServiceDesc.ServiceName, st)
+		}
 	}
 	update()
 	t := time.NewTicker(250 * time.Millisecond)

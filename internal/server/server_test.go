@@ -91,7 +91,7 @@ func TestHTTPEndpointsAndHealth(t *testing.T) {
 	r := start(t, config.Config{DataDir: t.TempDir()}, Components{
 		Authorization: &stubAuthz{},
 		Registry:      reg,
-		Ready: []ReadyCheck{{"policy", func() error {
+		Ready: []ReadyCheck{{Name: "policy", Check: func() error {
 			if !ready.Load() {
 				return errors.New("no policy compiled yet")
 			}

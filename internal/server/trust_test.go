@@ -42,7 +42,7 @@ func TestTrustBundleCorruptedAtRuntime(t *testing.T) {
 	if err := os.WriteFile(bundle, oldCA.PEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := config.Config{DataDir: t.TempDir(), TrustBundles: []config.TrustBundle{{TrustDomain: "example.test", File: bundle}}}
+	cfg := config.Config{DataDir: t.TempDir(), TrustBundles: []config.TrustBundle{{TrustDomain: "example.test", File: bundle, Revocation: config.Revocation{Disabled: true}}}}
 	cfg.Policy.Dir = filepath.Join("..", "..", "policies")
 	cfg.ApplyDefaults()
 	c, err := Assemble(cfg, hclog.NewNullLogger())
@@ -104,7 +104,7 @@ func TestTrustReloaderPollsFiles(t *testing.T) {
 	oldCA, newCA := testca.New(t), testca.New(t)
 	bundle := filepath.Join(t.TempDir(), "bundle.pem")
 	os.WriteFile(bundle, oldCA.PEM(), 0o644)
-	cfg := config.Config{DataDir: t.TempDir(), TrustBundles: []config.TrustBundle{{TrustDomain: "example.test", File: bundle}}}
+	cfg := config.Config{DataDir: t.TempDir(), TrustBundles: []config.TrustBundle{{TrustDomain: "example.test", File: bundle, Revocation: config.Revocation{Disabled: true}}}}
 	cfg.Policy.Dir = filepath.Join("..", "..", "policies")
 	cfg.ApplyDefaults()
 	c, err := Assemble(cfg, hclog.NewNullLogger())

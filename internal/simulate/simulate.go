@@ -221,7 +221,7 @@ func (f *fixedIdentity) Identify(*authv3.AttributeContext) (*identity.Agent, *id
 // so every replayed agent passed revocation when it was decided.
 type notRevoked struct{}
 
-func (notRevoked) Check(string, string, string) reason.Code { return "" }
+func (notRevoked) Check(string, []identity.ChainCert, string) reason.Code { return "" }
 
 type captureRecorder struct{ last *decisionlog.Record }
 

@@ -77,7 +77,7 @@ func (a *agentIdent) Identify(*authv3.AttributeContext) (*identity.Agent, *ident
 
 type revokedIDs map[string]bool
 
-func (r revokedIDs) Check(_, _, id string) reason.Code {
+func (r revokedIDs) Check(_ string, _ []identity.ChainCert, id string) reason.Code {
 	if r[id] {
 		return reason.AgentRevoked
 	}

@@ -69,6 +69,10 @@ func (p *OpenSSLPKI) Try(args ...string) (string, error) {
 // caConfig is an `openssl ca` configuration for the CA in directory name.
 // crlExt, when not empty, is the body of the CRL extension section.
 func caConfig(name, crlExt string) string {
+	crlExtRef := ""
+	if crlExt != "" {
+		crlExtRef = "crl_extensions = crl_ext\n"
+	}
 	s := fmt.Sprintf(`[ca]
 default_ca = this
 [this]
@@ -85,7 +89,7 @@ default_crl_days = 7
 policy = any
 copy_extensions = none
 unique_subject = no
-[any]
+%[2]s[any]
 commonName = supplied
 organizationName = optional
 organizationalUnitName = optional
@@ -97,9 +101,9 @@ basicConstraints = critical,CA:TRUE
 keyUsage = critical,keyCertSign,cRLSign
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
-`, name)
+`, name, crlExtRef)
 	if crlExt != "" {
-		s += "crl_extensions = crl_ext\n[crl_ext]\n" + crlExt + "\n"
+		s += "[crl_ext]\n" + crlExt + "\n"
 	}
 	return s
 }

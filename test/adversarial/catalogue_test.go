@@ -342,7 +342,7 @@ func TestCatalogue(t *testing.T) {
 		"": startService(t, newConfig(t, bundle, nil)),
 		"spiffe": startService(t, newConfig(t, bundle, func(c *config.Config) {
 			c.Identity.Sources = []string{"peer_certificate", "xfcc", "spiffe_id"}
-			c.TrustBundles = append(c.TrustBundles, config.TrustBundle{TrustDomain: "dev.agentauthz.local", Profile: "spiffe"})
+			c.TrustBundles = append(c.TrustBundles, config.TrustBundle{TrustDomain: "dev.agentauthz.local", Profile: "spiffe", Revocation: config.Revocation{Disabled: true}})
 		})),
 	}
 	cases := loadCatalogue(t)

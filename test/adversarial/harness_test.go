@@ -38,12 +38,14 @@ type service struct {
 func shippedPolicies() string { return filepath.Join("..", "..", "policies") }
 
 // newConfig is a valid configuration trusting bundle for example.test with
-// the shipped policy; mutate adjusts it before defaults and validation.
+// the shipped policy, with revocation checking off (an explicit opt-out:
+// these tests are about other things); mutate adjusts it before defaults
+// and validation.
 func newConfig(t testing.TB, bundle string, mutate func(*config.Config)) config.Config {
 	t.Helper()
 	cfg := config.Config{DataDir: t.TempDir(), GRPC: config.GRPC{Addr: "127.0.0.1:0"}, HTTP: config.HTTP{Addr: "127.0.0.1:0"}}
 	cfg.Policy.Dir = shippedPolicies()
-	cfg.TrustBundles = []config.TrustBundle{{TrustDomain: "example.test", File: bundle}}
+	cfg.TrustBundles = []config.TrustBundle{{TrustDomain: "example.test", File: bundle, Revocation: config.Revocation{Disabled: true}}}
 	cfg.DecisionLog.Name = "adversarial"
 	if mutate != nil {
 		mutate(&cfg)

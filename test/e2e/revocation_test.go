@@ -98,8 +98,8 @@ func runPropagation(t testing.TB, rounds int, renew bool) []time.Duration {
 		agents = append(agents, agent{id, pemBytes})
 	}
 
-	caOut := start(t, bin, "ca", "serve", "--data-dir", caDir, "--addr", "127.0.0.1:0")
-	caURL := caOut.waitFor(t, regexp.MustCompile(`listening on (http://\S+)`))
+	caOut := start(t, bin, "control", "serve", "--data-dir", caDir, "--addr", "127.0.0.1:0")
+	caURL := caOut.waitFor(t, regexp.MustCompile(`listening on (https://\S+)`))
 
 	policyDir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(policyDir, "authz.rego"), []byte(allowAll), 0o644); err != nil {
@@ -293,6 +293,9 @@ func (r *replica) check(ctx context.Context, a agent) (codes.Code, string) {
 
 func startReplica(t testing.TB, bin string, i int, caDir, caURL, policyDir string) *replica {
 	dir := t.TempDir()
+	// A replica certificate for the control plane's mTLS.
+	name := fmt.Sprintf("replica-%d", i)
+	run(t, bin, "operator", "issue", name, "--role", "replica", "--data-dir", caDir, "--out-dir", dir)
 	// Generous evaluation budgets: this test is about revocation, and on a
 	// CPU-starved CI box the default 100 ms policy budget can expire and
 	// deny (policy_error) an agent that was never revoked.
@@ -308,6 +311,10 @@ policy:
   eval_timeout: 5s
 decision_log:
   name: replica-%d
+control_plane:
+  ca_file: %q
+  cert_file: %q
+  key_file: %q
 trust_bundles:
   - trust_domain: %s
     file: %q
@@ -315,7 +322,8 @@ trust_bundles:
       watch_url: %s/v1/watch
       poll_interval: 1s
       grace: 1h
-`, dir, policyDir, i, tenant, filepath.Join(caDir, "ca", tenant, "ca.pem"), caURL)
+`, dir, policyDir, i, filepath.Join(caDir, "operator", "ca.pem"), filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key"),
+		tenant, filepath.Join(caDir, "ca", tenant, "ca.pem"), caURL)
 	cfgPath := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -19,26 +19,17 @@ import (
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/httpsig"
 	"github.com/agentauthz/agentauthz/internal/respsig"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // nodeVerifier returns the node binary and the verify script, or skips
 // (fails under CI=true) when they are not installed.
 func nodeVerifier(t *testing.T) (string, string) {
 	t.Helper()
-	missing := func(what string) {
-		msg := "SKIPPING RFC 9421 interoperability test: " + what + " (run: npm ci --prefix test/interop/node)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	node, err := exec.LookPath("node")
-	if err != nil {
-		missing("node is not installed")
-	}
+	node := testenv.LookPath(t, "node", "nodejs")
 	script, _ := filepath.Abs("node/verify.js")
 	if _, err := os.Stat("node/node_modules/http-message-signatures/package.json"); err != nil {
-		missing("the npm package http-message-signatures is not installed")
+		testenv.Missing(t, "the npm package http-message-signatures", "npm ci --prefix test/interop/node")
 	}
 	return node, script
 }
@@ -83,7 +74,7 @@ func TestNodeVerifiesSignedResponse(t *testing.T) {
 	}
 	kid := decisionlog.KeyID(pub)
 	jwk := decisionlog.KeySet{kid: pub}.JWKS().Keys[0]
-	signer := &respsig.Signer{KeyID: kid, Sign: func(b []byte) []byte { return ed25519.Sign(priv, b) }, Now: time.Now}
+	signer := &respsig.Signer{KeyID: kid, Sign: func(b []byte) ([]byte, error) { return ed25519.Sign(priv, b), nil }, Now: time.Now}
 
 	sign := func(status int, body string, ct string) *httpsig.Message {
 		m := &httpsig.Message{Status: status, Body: []byte(body),
