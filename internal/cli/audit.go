@@ -249,14 +249,14 @@ func (p *recordPrinter) print(r *decisionlog.Record) error {
 		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\tkey_rotation\tnew kid %s\t-\n", r.Index, r.Time.Format(decisionlog.TimeLayout), cell(r.KeyRotation.NewKeyID))
 		return nil
 	}
-	if r.Kind != "" && r.Kind != decisionlog.KindDecision {
-		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\t%s\t-\t%s\n", r.Index, r.Time.Format(decisionlog.TimeLayout), cell(r.Kind), cell(r.DecisionID))
-		return nil
-	}
 	if r.Kind == decisionlog.KindResponse && r.Response != nil {
-		fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\tresponse %d\t%s\t%s\n", r.Seq, r.Time.Format(decisionlog.TimeLayout),
+		fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\tresponse %d\t%s\t%s\n", r.Index, r.Time.Format(decisionlog.TimeLayout),
 			cell(r.Agent.ID), cell(r.Agent.TrustLevel), cell(r.Request.Method), cell(r.Request.Path), cell(r.Request.Operation),
 			r.Response.Status, cell(r.Response.Body), cell(r.DecisionID))
+		return nil
+	}
+	if r.Kind != "" && r.Kind != decisionlog.KindDecision {
+		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\t%s\t-\t%s\n", r.Index, r.Time.Format(decisionlog.TimeLayout), cell(r.Kind), cell(r.DecisionID))
 		return nil
 	}
 	dec := "deny"
@@ -481,7 +481,7 @@ func printWho(out io.Writer, r *decisionlog.Record) {
 			{"body", fmt.Sprintf("%s, %d bytes", rs.Body, rs.Bytes)},
 			{"content digest", rs.ContentDigest},
 			{"signature input", rs.SignatureInput},
-			{"record", fmt.Sprintf("seq %d of log %s, key %s", r.Seq, r.Log, r.KeyID)},
+			{"record", recordWhere(r)},
 		} {
 			fmt.Fprintf(tw, "%s:\t%s\n", row[0], dash(cell(strings.TrimSpace(row[1]))))
 		}
