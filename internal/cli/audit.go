@@ -80,7 +80,7 @@ func readArgFile(path string) ([]byte, error) {
 }
 
 func newAuditVerifyCmd() *cobra.Command {
-	var logDir, pubkey string
+	var logDir, pubkey, changeLog string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -95,6 +95,9 @@ written ends in zero padding (preallocated space); that is not damage. A v1 log 
 record by record (signatures and hash chain) and named by seq.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if changeLog != "" {
+				return verifyChangeLog(cmd, changeLog, pubkey, asJSON)
+			}
 			if err := checkLogDir(logDir); err != nil {
 				return err
 			}
@@ -138,6 +141,7 @@ record by record (signatures and hash chain) and named by seq.`,
 		},
 	}
 	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
+	cmd.Flags().StringVar(&changeLog, "changelog", "", "verify the control plane's signed change log in this data directory instead")
 	cmd.Flags().StringVar(&pubkey, "pubkey", "", "trusted public key(s) of the log: PEM or JWKS (default: <log>/../keys, with a warning)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd

@@ -34,6 +34,9 @@ const (
 	limitScope   = 128
 	limitReasons = 16 // entries, of limitReason bytes each
 	limitReason  = 64
+	limitMCP     = 8 // messages of an MCP batch recorded,
+	limitTool    = 128
+	limitURI     = 512
 )
 
 // boundRecord cuts every field of r to its limit (at a UTF-8 boundary) and
@@ -78,6 +81,25 @@ func boundRecord(r *Record) bool {
 	str(&q.Method, limitMethod)
 	str(&q.Host, limitLong)
 	str(&q.Path, limitPath)
+	if len(q.MCP) > limitMCP {
+		q.MCP, cut = q.MCP[:limitMCP:limitMCP], true
+	}
+	copied := false
+	for i := range q.MCP {
+		m := q.MCP[i]
+		for _, f := range []*string{&m.Kind, &m.Method, &m.Operation} {
+			str(f, limitID)
+		}
+		str(&m.Tool, limitTool)
+		str(&m.ArgumentsSHA256, 64)
+		str(&m.URI, limitURI)
+		if m != q.MCP[i] {
+			if !copied {
+				q.MCP, copied = append([]MCPMessage(nil), q.MCP...), true // never write into the caller's slice
+			}
+			q.MCP[i] = m
+		}
+	}
 	list(&r.Decision.Reasons, limitReasons, limitReason)
 	str(&r.Decision.PolicyRevision, limitID)
 	return cut

@@ -144,6 +144,22 @@ type Request struct {
 	Path      string `json:"path,omitempty"`
 	Operation string `json:"operation,omitempty"`
 	Source    string `json:"source,omitempty"` // source address "ip:port"
+	// MCP lists the JSON-RPC messages of a call to an MCP endpoint, in
+	// order (a batch has several); nil for other requests.
+	MCP []MCPMessage `json:"mcp,omitempty"`
+}
+
+// MCPMessage is one JSON-RPC message of an MCP call: what was asked, never
+// the arguments themselves.
+type MCPMessage struct {
+	Kind      string `json:"kind"`             // request, notification, response
+	Method    string `json:"method,omitempty"` // "" for a response
+	Tool      string `json:"tool,omitempty"`   // tools/call
+	URI       string `json:"uri,omitempty"`    // resources/read, subscribe, unsubscribe
+	Operation string `json:"operation,omitempty"`
+	// ArgumentsSHA256 is the hex SHA-256 of tools/call's arguments, byte
+	// for byte as sent: it proves what was called without keeping it.
+	ArgumentsSHA256 string `json:"arguments_sha256,omitempty"`
 }
 
 // Decision is the outcome.

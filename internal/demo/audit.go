@@ -232,7 +232,7 @@ func firstReason(r *decisionlog.Record) string {
 func whoInitiated(all []logged, id string) *WhoAnswer {
 	for _, l := range all {
 		r := l.entry.Record
-		if r.DecisionID == id {
+		if r.DecisionID == id && isDecision(r) {
 			return &WhoAnswer{DecisionID: id, Log: r.Log, Index: r.Index, Time: r.Time, Agent: r.Agent, Request: r.Request, Decision: r.Decision}
 		}
 	}
@@ -255,8 +255,8 @@ func notTampered(all []logged, payment Decision, ks decisionlog.KeySet, vr Verif
 	a.RecordHash = hex.EncodeToString(r.RecordHash[:])
 	for _, l := range all {
 		rec := l.entry.Record
-		if l.replica != payment.Replica || rec.DecisionID != payment.DecisionID {
-			continue
+		if l.replica != payment.Replica || rec.DecisionID != payment.DecisionID || !isDecision(rec) {
+			continue // the response record shares the decision id
 		}
 		a.ReceiptInLog = rec.Index == r.Index && decisionlog.LeafHash([]byte(l.entry.Raw)) == r.RecordHash &&
 			l.checkpoints[string(r.SignedCheckpoint())]

@@ -24,6 +24,7 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/identity"
+	"github.com/agentauthz/agentauthz/internal/mcp"
 	"github.com/agentauthz/agentauthz/internal/reason"
 )
 
@@ -37,10 +38,14 @@ const (
 	HeaderOwner      = "x-agent-owner"
 	HeaderDecisionID = "x-decision-id"
 	HeaderReceipt    = "x-agent-receipt"
+	// HeaderMCPTools, on an allowed MCP tools/list, is the JSON array of the
+	// tools the agent may call; the MCP server (or a filter in front of
+	// it) lists only those (docs/mcp.md).
+	HeaderMCPTools = "x-agent-mcp-tools"
 )
 
 // identityHeaders are the headers only this service may set upstream.
-var identityHeaders = [...]string{HeaderAgentID, HeaderSPIFFEID, HeaderTrustLevel, HeaderScopes, HeaderOwner, HeaderDecisionID, HeaderReceipt}
+var identityHeaders = [...]string{HeaderAgentID, HeaderSPIFFEID, HeaderTrustLevel, HeaderScopes, HeaderOwner, HeaderDecisionID, HeaderReceipt, HeaderMCPTools}
 
 // Identifier verifies who is calling. It returns exactly one of agent or err.
 type Identifier interface {
@@ -59,6 +64,11 @@ type RevocationChecker interface {
 // be turned into policy input: the denial is request_parse_error (400),
 // as opa-envoy-plugin answers, not policy_error.
 var ErrRequestParse = errors.New("request cannot be parsed")
+
+// ErrInvalidJSONRPC, wrapped in a Policy error, means a POST to an MCP
+// endpoint did not carry a JSON-RPC message the service can read: the
+// denial is invalid_jsonrpc (400).
+var ErrInvalidJSONRPC = errors.New("invalid MCP JSON-RPC body")
 
 // Policy evaluates the prepared policy for a verified agent.
 type Policy interface {
@@ -85,6 +95,26 @@ type Verdict struct {
 	DynamicMetadata         *structpb.Struct
 	Operation               string
 	Revision                string
+	// MCP is set for a POST to a declared MCP endpoint.
+	MCP *MCPVerdict
+}
+
+// MCPVerdict is how an MCP call was decided.
+type MCPVerdict struct {
+	Call       *mcp.Call // nil when the body could not be read
+	Operations []string  // each message's operation
+	Decisive   int       // the message that decided: the first denied, else 0
+	// Tools, for an allowed tools/list, names the tools the agent may call
+	// (HeaderMCPTools); nil otherwise.
+	Tools []string
+}
+
+// decisive is the message that decided, or nil.
+func (v *MCPVerdict) decisive() *mcp.Message {
+	if v == nil || v.Call == nil || v.Decisive >= len(v.Call.Messages) {
+		return nil
+	}
+	return &v.Call.Messages[v.Decisive]
 }
 
 // Service implements envoy.service.auth.v3.Authorization.
@@ -206,13 +236,16 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outco
 	v, err := s.policy.Decide(ctx, req, agent)
 	if err != nil {
 		code := reason.PolicyError
-		if errors.Is(err, ErrRequestParse) {
+		switch {
+		case errors.Is(err, ErrInvalidJSONRPC):
+			code = reason.InvalidJSONRPC
+		case errors.Is(err, ErrRequestParse):
 			code = reason.RequestParseError
 		}
 		s.logger.Warn("policy evaluation failed; denying", "decision_id", o.id, "agent_id", agent.ID,
 			"reason", code, "error", truncate(err.Error(), maxLoggedDetail))
 		o.reason, o.status = code, code.HTTPStatus()
-		o.verdict = Verdict{Operation: v.Operation, Revision: v.Revision}
+		o.verdict = Verdict{Operation: v.Operation, Revision: v.Revision, MCP: v.MCP}
 		return
 	}
 	o.verdict = v
@@ -277,6 +310,16 @@ func buildRecord(req *authv3.CheckRequest, o *outcome, at time.Time) *decisionlo
 		Operation: o.verdict.Operation,
 		Source:    sourceAddr(req.GetAttributes().GetSource()),
 	}
+	if v := o.verdict.MCP; v != nil && v.Call != nil {
+		rec.Request.MCP = make([]decisionlog.MCPMessage, len(v.Call.Messages))
+		for i, m := range v.Call.Messages {
+			r := &rec.Request.MCP[i]
+			r.Kind, r.Method, r.Tool, r.URI, r.ArgumentsSHA256 = m.Kind.String(), m.Method, m.Tool, m.URI, m.ArgumentsSHA256
+			if i < len(v.Operations) {
+				r.Operation = v.Operations[i]
+			}
+		}
+	}
 	rec.Decision = decisionlog.Decision{
 		Allowed:        o.allowed,
 		HTTPStatus:     o.status,
@@ -339,6 +382,7 @@ func (s *Service) allow(o *outcome) *authv3.CheckResponse {
 	set(HeaderOwner, a.Owner)
 	set(HeaderDecisionID, o.id)
 	set(HeaderReceipt, o.receipt)
+	set(HeaderMCPTools, mcpToolsValue(v.MCP))
 
 	respHeaders := make([]*corev3.HeaderValueOption, 0, len(v.ResponseHeadersToAdd)+1)
 	respHeaders = append(append(respHeaders, v.ResponseHeadersToAdd...), hb.overwrite(HeaderDecisionID, o.id))
@@ -358,7 +402,9 @@ func (s *Service) allow(o *outcome) *authv3.CheckResponse {
 func (s *Service) deny(o *outcome) *authv3.CheckResponse {
 	v := o.verdict
 	body := v.Body
-	if body == "" {
+	if body == "" && v.MCP != nil {
+		body = mcpErrorBody(o)
+	} else if body == "" {
 		b, _ := json.Marshal(struct {
 			Error      string `json:"error"`
 			Reason     string `json:"reason"`
@@ -414,6 +460,14 @@ func (s *Service) metadata(o *outcome) *structpb.Struct {
 	}
 	if o.verdict.Operation != "" {
 		fields["operation"] = str(o.verdict.Operation)
+	}
+	if m := o.verdict.MCP.decisive(); m != nil {
+		if m.Method != "" {
+			fields["mcp_method"] = str(m.Method)
+		}
+		if m.Tool != "" {
+			fields["mcp_tool"] = str(m.Tool)
+		}
 	}
 	for k, v := range o.verdict.DynamicMetadata.GetFields() {
 		if _, taken := fields[k]; !taken {
@@ -488,3 +542,24 @@ func newDecisionID() string {
 }
 
 var reasonLabelRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+
+// mcpErrorBody is a denied MCP call's answer: a JSON-RPC error the client
+// hands to the model, naming the reason and the decision to quote.
+func mcpErrorBody(o *outcome) string {
+	code := mcp.CodeForbidden
+	if o.reason == reason.InvalidJSONRPC {
+		code = mcp.CodeInvalidRequest
+	}
+	msg := mcp.DenialMessage(string(o.reason), o.verdict.MCP.decisive())
+	return string(mcp.ErrorBody(o.verdict.MCP.Call, code, msg, mcp.ErrorData{Reason: string(o.reason), DecisionID: o.id}))
+}
+
+// mcpToolsValue is HeaderMCPTools for an allowed call: "" (header removed)
+// unless the call lists tools.
+func mcpToolsValue(v *MCPVerdict) string {
+	if v == nil || v.Tools == nil {
+		return ""
+	}
+	b, _ := json.Marshal(v.Tools)
+	return string(b)
+}

@@ -84,6 +84,7 @@ type Config struct {
 type state struct {
 	query    rego.PreparedEvalQuery
 	routes   *routeTable
+	mcp      *mcpTable // nil: no MCP endpoint declared
 	agents   map[string]identity.RegistryEntry
 	revision string
 	plan     cachePlan
@@ -213,7 +214,15 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 		return nil, ErrNotReady
 	}
 	h := req.GetAttributes().GetRequest().GetHttp()
-	op := s.routes.Match(h.GetMethod(), h.GetPath())
+	if h.GetMethod() == "POST" && s.mcp.endpoint(h.GetHost(), h.GetPath()) {
+		return e.evalMCP(ctx, s, req, agent)
+	}
+	return e.evalOp(ctx, s, req, agent, s.routes.Match(h.GetMethod(), h.GetPath()), nil)
+}
+
+// evalOp decides req as operation op; mcpTerm, when not nil, is input.mcp.
+// The Result may be shared through the decision cache: never modify it.
+func (e *Engine) evalOp(ctx context.Context, s *state, req *authv3.CheckRequest, agent *identity.Agent, op string, mcpTerm *ast.Term) (*Result, error) {
 	now := e.now()
 	c := s.cache
 	var key cacheKey
@@ -244,6 +253,9 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 	input, err := buildInput(req, e.agents.term(agent), op)
 	if err != nil {
 		return partial, err
+	}
+	if mcpTerm != nil {
+		input.(ast.Object).Insert(keyMCP, mcpTerm)
 	}
 	if c != nil && len(c.plan.byKey) > 0 {
 		var ok bool
@@ -412,7 +424,7 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	}
 	base := baseDoc{modules: modules, data: data, revision: revision}
 	data, revision, remergeAt := e.withOverlay(data, revision)
-	routes, agents, err := parseAgentauthzData(data)
+	routes, agents, mcpt, err := parseAgentauthzData(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrPolicyRejected, err)
 	}
@@ -429,7 +441,7 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	if err != nil {
 		return nil, fmt.Errorf("%w: prepare: %w", ErrPolicyRejected, err)
 	}
-	s := &state{query: pq, routes: routes, agents: agents, revision: revision, plan: planCache(c.Modules), base: base}
+	s := &state{query: pq, routes: routes, mcp: mcpt, agents: agents, revision: revision, plan: planCache(c.Modules), base: base}
 	if err := e.smoke(ctx, s); err != nil {
 		return nil, fmt.Errorf("%w: smoke evaluation: %w", ErrPolicyRejected, err)
 	}

@@ -33,8 +33,11 @@ type Result struct {
 	// Revision is the policy revision that decided (bundle manifest revision or
 	// directory content hash).
 	Revision string
-	// Operation is input.operation ("" when no route matched).
+	// Operation is input.operation ("" when no route matched). For an
+	// MCP call, the operation of the message that decided.
 	Operation string
+	// MCP is set for a POST to a declared MCP endpoint.
+	MCP *MCPResult
 }
 
 // Header is one header or query parameter name and value.
