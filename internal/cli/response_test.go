@@ -184,7 +184,7 @@ func TestResponseVerifyAgainstLog(t *testing.T) {
 		code := Run(context.Background(), []string{"response", "verify", "--keys", keys, "--log", filepath.Join(d, "log"), file}, strings.NewReader(""), &out, &errb)
 		return code, out.String() + errb.String()
 	}
-	if code, out := run(write("good.http", m, string(body))); code != 0 || !strings.Contains(out, "log:         matches response record 1 of log t") {
+	if code, out := run(write("good.http", m, string(body))); code != 0 || !strings.Contains(out, "log:         matches the response record at index 0 of log t") {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
 	// Body and Content-Digest changed together, the signature stripped:

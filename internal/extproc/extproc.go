@@ -148,7 +148,7 @@ func (p *Processor) handle(ctx context.Context, x *exchange, req *extprocv3.Proc
 	var resp *extprocv3.ProcessingResponse
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		resp = p.requestHeaders(x, r.RequestHeaders)
+		resp = p.requestHeaders(x, r.RequestHeaders, envoyDecision(req))
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		resp = p.responseHeaders(ctx, x, r.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
@@ -178,11 +178,31 @@ func header(hv *corev3.HeaderValue) string {
 	return hv.GetValue()
 }
 
-func (p *Processor) requestHeaders(x *exchange, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+// ExtAuthzNamespace is where Envoy's ext_authz filter keeps agentauthz's
+// dynamic metadata, whatever the filter is named.
+const ExtAuthzNamespace = "envoy.filters.http.ext_authz"
+
+// envoyDecision reads the ext_authz metadata Envoy forwarded, if any.
+func envoyDecision(req *extprocv3.ProcessingRequest) *EnvoyDecision {
+	md, ok := req.GetMetadataContext().GetFilterMetadata()[ExtAuthzNamespace]
+	if !ok {
+		return nil
+	}
+	f := md.GetFields()
+	return &EnvoyDecision{
+		DecisionID: f["decision_id"].GetStringValue(),
+		Reason:     f["reason"].GetStringValue(),
+		AgentID:    f["agent_id"].GetStringValue(),
+		TrustLevel: f["trust_level"].GetStringValue(),
+		Operation:  f["operation"].GetStringValue(),
+	}
+}
+
+func (p *Processor) requestHeaders(x *exchange, h *extprocv3.HttpHeaders, envoy *EnvoyDecision) *extprocv3.ProcessingResponse {
 	if x.phase != phaseRequest {
 		return p.refuse(x, "protocol_error", 500, "request headers out of order")
 	}
-	var id, receipt string
+	var id string
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		switch hv.GetKey() {
 		case ":method":
@@ -199,11 +219,9 @@ func (p *Processor) requestHeaders(x *exchange, h *extprocv3.HttpHeaders) *extpr
 			x.req.Scheme = header(hv)
 		case "x-decision-id":
 			id = header(hv)
-		case "x-agent-receipt":
-			receipt = header(hv)
 		}
 	}
-	d, src, err := p.o.Decisions.Lookup(id, receipt, x.req.Method, x.req.Authority, x.req.Path+x.req.Query)
+	d, src, err := p.o.Decisions.Lookup(id, envoy, x.req.Method, x.req.Authority, x.req.Path+x.req.Query)
 	if err != nil {
 		// ext_authz stops every request it does not allow, so a request
 		// here without an allowed decision bypassed it: it must not reach

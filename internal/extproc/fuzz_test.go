@@ -24,7 +24,7 @@ func FuzzExchange(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { dl.Close() })
-	table := NewTable(1024, time.Hour, dl.PublicKeys, nil)
+	table := NewTable(1024, time.Hour, nil)
 	p, err := New(Options{Decisions: table, Signer: dl.ResponseSigner, Log: DecisionLog{Log: dl}, MaxBodyBytes: 64,
 		MaxHeaderBytes: 1024, Metrics: NewMetrics(prometheus.NewRegistry())})
 	if err != nil {
@@ -93,6 +93,6 @@ func FuzzExchange(f *testing.F) {
 		if x.phase != phaseDone && x.phase != phaseRequest {
 			p.endedEarly(context.Background(), x)
 		}
-		table.Lookup(id, "", "POST", "payments.internal", "/v1/payments") // drop a decision left unused
+		table.Lookup(id, nil, "POST", "payments.internal", "/v1/payments") // drop a decision left unused
 	})
 }
