@@ -113,7 +113,9 @@ func exchangeMessages(id string) []*extprocv3.ProcessingRequest {
 	}
 }
 
-type noopAuthz struct{ authv3.UnimplementedAuthorizationServer }
+type noopAuthz struct {
+	authv3.UnimplementedAuthorizationServer
+}
 
 func (noopAuthz) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	return &authv3.CheckResponse{Status: &status.Status{Code: int32(codes.OK)},
