@@ -23,7 +23,9 @@ const MaxExtProcMessageTimeout = 5 * time.Second
 // response body so the signature can cover it.
 func checkExtProc(at string, filters []*hcmv3.HttpFilter, authzIdx int, clusters map[string]*clusterv3.Cluster) []error {
 	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(at+": "+ExtProcFilterName+": "+format, args...)) }
+	add := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf(at+": "+ExtProcFilterName+": "+format, args...))
+	}
 	for i, f := range filters {
 		if f.GetName() != ExtProcFilterName {
 			continue

@@ -221,7 +221,7 @@ func firstReason(r *decisionlog.Record) string {
 func whoInitiated(all []logged, id string) *WhoAnswer {
 	for _, l := range all {
 		r := l.entry.Record
-		if r.DecisionID == id {
+		if r.DecisionID == id && isDecision(r) {
 			return &WhoAnswer{DecisionID: id, Log: r.Log, Seq: r.Seq, Time: r.Time, Agent: r.Agent, Request: r.Request, Decision: r.Decision}
 		}
 	}
@@ -239,8 +239,8 @@ func notTampered(all []logged, payment Decision, ks decisionlog.KeySet, vr Verif
 		a.Seq = rec.Seq
 	}
 	for i, l := range all {
-		if l.replica != payment.Replica || l.entry.Record.DecisionID != payment.DecisionID {
-			continue
+		if l.replica != payment.Replica || l.entry.Record.DecisionID != payment.DecisionID || !isDecision(l.entry.Record) {
+			continue // the response record shares the decision id
 		}
 		a.ReceiptInLog = l.entry.JWS == payment.Receipt
 		if i+1 < len(all) && all[i+1].replica == l.replica {

@@ -34,6 +34,12 @@ func TestRun(t *testing.T) {
 	if len(out.Unexpected) != 0 || !out.Kept || out.DataDir != dir {
 		t.Errorf("unexpected=%v kept=%v dir=%q", out.Unexpected, out.Kept, out.DataDir)
 	}
+	// A signed response verifies with the replica's published keys, and a
+	// tampered copy does not.
+	if r := out.Response; r == nil || !r.Verified || r.Agent != "payments-agent" || r.TrustLevel != "L3" ||
+		!strings.Contains(r.TamperError, "content-digest") || !strings.Contains(text.String(), "3b. The API's answer, signed") {
+		t.Errorf("signed response: %+v", out.Response)
+	}
 
 	checkDecisions(t, "scenario", out.Decisions, []want{
 		{"sanctions-screener", "POST", "/v1/sanctions/screenings", true, "allowed"},
@@ -89,6 +95,9 @@ func TestRun(t *testing.T) {
 	}
 	for _, f := range rev.Replicas {
 		perReplica[f.Replica] += uint64(f.AllowedBefore) + 1
+	}
+	if out.Response != nil {
+		perReplica[out.Response.Replica]++ // the signed response's record
 	}
 	if len(out.Verify) != DefaultReplicas {
 		t.Fatalf("verify = %+v", out.Verify)
