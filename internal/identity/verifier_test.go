@@ -848,12 +848,21 @@ func TestBundleIntermediateIsNotAnAnchor(t *testing.T) {
 	p.Intermediate("issuing", "root")
 	p.Agent("bot", "issuing", "example.test")
 	p.Cat("bundle.pem", "root.pem", "issuing.pem")
+	// The same bundle as `openssl x509 -text` prints it: text before each
+	// block is accepted.
+	p.Run("x509", "-in", "root.pem", "-text", "-out", "root.txt")
+	p.Run("x509", "-in", "issuing.pem", "-text", "-out", "issuing.txt")
+	p.Cat("bundle.txt", "root.txt", "issuing.txt")
 	root, issuing, bot := p.Cert("root.pem"), p.Cert("issuing.pem"), p.Cert("bot.pem")
 	for _, tc := range []struct {
 		bundle string
 		want   []ChainCert
 	}{
 		{"bundle.pem", []ChainCert{
+			{Serial: bot.SerialNumber.Text(16), Issuer: issuing, IssuerKey: CAKeyOf(issuing)},
+			{Serial: issuing.SerialNumber.Text(16), Issuer: root, IssuerKey: CAKeyOf(root), IsCA: true},
+		}},
+		{"bundle.txt", []ChainCert{
 			{Serial: bot.SerialNumber.Text(16), Issuer: issuing, IssuerKey: CAKeyOf(issuing)},
 			{Serial: issuing.SerialNumber.Text(16), Issuer: root, IssuerKey: CAKeyOf(root), IsCA: true},
 		}},

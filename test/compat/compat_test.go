@@ -9,6 +9,8 @@ package compat
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -400,5 +402,28 @@ func checkAnswer(t *testing.T, want, got answer) {
 	}
 	if got.Metadata["decision_id"] == nil {
 		t.Error("no decision_id in dynamic_metadata")
+	}
+}
+
+// TestShippedPolicyReplacesOperationHeader: the shipped policy's
+// x-agent-operation replaces a value the client sent (header_append_action),
+// where an opa-envoy-plugin style header would be appended beside it.
+func TestShippedPolicyReplacesOperationHeader(t *testing.T) {
+	e := newEnv(t)
+	dir := filepath.Join("..", "..", "policies")
+	rego, err := os.ReadFile(filepath.Join(dir, "authz.rego"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "data.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	comps := e.service(t, string(rego), string(data), "agentauthz/authz/decision")
+	req := e.request(t, "GET", "/v1/payments/p-1", map[string]string{"x-agent-operation": "admin:all"}, "")
+	got := e.check(t, comps, req)
+	want := []header{{"x-agent-operation", "payments:read", "OVERWRITE_IF_EXISTS_OR_ADD"}}
+	if !got.Allowed || !reflect.DeepEqual(got.Headers, want) {
+		t.Fatalf("allowed=%v reason=%s headers %v, want %v", got.Allowed, got.Reason, got.Headers, want)
 	}
 }
