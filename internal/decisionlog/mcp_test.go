@@ -22,10 +22,7 @@ func TestMCPMessagesRecorded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := VerifyRecord(rc.JWS, l.PublicKeys())
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := recordAt(t, o, rc)
 	if len(got.Request.MCP) != 1 || got.Request.MCP[0] != r.Request.MCP[0] || got.Truncated {
 		t.Fatalf("recorded %+v (truncated %v)", got.Request.MCP, got.Truncated)
 	}
@@ -42,14 +39,33 @@ func TestMCPMessagesRecorded(t *testing.T) {
 	if err != nil {
 		t.Fatalf("worst-case MCP batch not recorded: %v", err)
 	}
-	got, err = VerifyRecord(rc.JWS, l.PublicKeys())
-	if err != nil {
-		t.Fatal(err)
-	}
+	got = recordAt(t, o, rc)
 	if !got.Truncated || len(got.Request.MCP) != limitMCP || len(got.Request.MCP[0].Tool) != limitTool || len(got.Request.MCP[0].URI) != limitURI {
 		t.Fatalf("truncated=%v, %d messages, tool %d bytes, uri %d bytes", got.Truncated, len(got.Request.MCP), len(got.Request.MCP[0].Tool), len(got.Request.MCP[0].URI))
 	}
 	if len(batch[0].Tool) != limitPath {
 		t.Fatal("the caller's messages were cut in place")
 	}
+}
+
+// recordAt reads the record a receipt names from the log's files, after
+// checking the receipt.
+func recordAt(t *testing.T, o Options, rc Receipt) *Record {
+	t.Helper()
+	ks, err := LoadKeySet(o.KeyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyReceipt(rc.Header, ks); err != nil {
+		t.Fatal(err)
+	}
+	records, _, _ := logLines(t, o.Dir)
+	if LeafHash(records[rc.Index]) != rc.Hash {
+		t.Fatalf("record %d is not the one the receipt names", rc.Index)
+	}
+	r, err := decodeRecordLine(records[rc.Index])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

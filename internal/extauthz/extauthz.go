@@ -76,7 +76,7 @@ type Policy interface {
 }
 
 // Recorder appends a decision record durably (in sync mode) and returns the
-// signed record, which doubles as the receipt.
+// compact receipt for the upstream (x-agent-receipt).
 type Recorder interface {
 	Append(ctx context.Context, rec *decisionlog.Record) (decisionlog.Receipt, error)
 }
@@ -308,7 +308,7 @@ func (s *Service) record(ctx context.Context, req *authv3.CheckRequest, o *outco
 		o.verdict = Verdict{}
 		return
 	}
-	o.receipt = r.JWS
+	o.receipt = r.Header
 }
 
 // recordAfterPanic records an internal_error denial, unless recording is

@@ -97,7 +97,7 @@ func (f *fakeLog) Append(ctx context.Context, r *decisionlog.Record) (decisionlo
 		return decisionlog.Receipt{}, f.err
 	}
 	f.recs = append(f.recs, r)
-	return decisionlog.Receipt{Seq: uint64(len(f.recs)), JWS: "eyJhbGciOiJFZERTQSJ9.e30.sig"}, nil
+	return decisionlog.Receipt{Index: uint64(len(f.recs) - 1), Header: "AgpyZWNlaXB0"}, nil
 }
 
 var agent = &identity.Agent{

@@ -139,6 +139,9 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	jwks := dlog.JWKSHandler()
 	c.Handlers["GET /v1/keys"] = jwks
 	c.Handlers["GET /.well-known/jwks.json"] = jwks
+	// The latest signed checkpoint, for witnesses and monitors: it names
+	// the tree size and root, never a record.
+	c.Handlers["GET /checkpoint"] = dlog.CheckpointHandler()
 
 	var recorder extauthz.Recorder = dlog
 	if rs := cfg.ResponseSigning; rs.Disabled {
