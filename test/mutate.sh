@@ -30,7 +30,9 @@ for t in "${targets[@]}"; do
 	dir=${t%%:*}
 	only=""
 	[[ $t == *:* ]] && only=${t#*:}
-	excludes=()
+	# gremlins also walks subdirectories (other packages, such as
+	# internal/policy/cmd/coverage): only the package itself is mutated.
+	excludes=(-E '/')
 	if [ -n "$only" ]; then
 		for f in "$dir"/*.go; do
 			name=$(basename "$f")
