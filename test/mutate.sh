@@ -56,4 +56,7 @@ if [ -s "$out/lived" ]; then
 else
 	echo "No surviving mutants."
 fi
+if [ "$failed" -ne 0 ]; then
+	echo "gremlins failed on some targets (above): their mutants were not tested." >&2
+fi
 exit "$failed"
