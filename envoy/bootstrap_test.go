@@ -193,7 +193,7 @@ func TestBootstrapFieldsDocsRelyOn(t *testing.T) {
 			for _, f := range h.GetHttpFilters() {
 				names = append(names, f.GetName())
 			}
-			if want := []string{HeaderMutationFilterName, ExtAuthzFilterName, RouterFilterName}; !slices.Equal(names, want) {
+			if want := []string{HeaderMutationFilterName, ExtAuthzFilterName, ExtProcFilterName, RouterFilterName}; !slices.Equal(names, want) {
 				t.Errorf("http_filters = %v, want %v", names, want)
 			}
 			ea := mustUnpack[*extauthzv3.ExtAuthz](t, h.GetHttpFilters()[1].GetTypedConfig())
@@ -375,8 +375,27 @@ func bootstrapMutations() []mutation {
 		}), "validation context", ""},
 		{"router before ext_authz", hcmT(func(m map[string]any) {
 			fs := m["http_filters"].([]any)
-			fs[1], fs[2] = fs[2], fs[1]
+			fs[1], fs[len(fs)-1] = fs[len(fs)-1], fs[1]
 		}), "last http filter", ""},
+		{"ext_proc before ext_authz", hcmT(func(m map[string]any) {
+			fs := m["http_filters"].([]any)
+			fs[1], fs[2] = fs[2], fs[1]
+		}), "must come after envoy.filters.http.ext_authz", ""},
+		{"ext_proc fails open", typed("envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor", func(m map[string]any) {
+			m["failure_mode_allow"] = true
+		}), "failure_mode_allow must be false", ""},
+		{"ext_proc without the request headers", typed("envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor", func(m map[string]any) {
+			m["processing_mode"].(map[string]any)["request_header_mode"] = "SKIP"
+		}), "request_header_mode must not be SKIP", ""},
+		{"ext_proc not sent the body", typed("envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor", func(m map[string]any) {
+			m["processing_mode"].(map[string]any)["response_body_mode"] = "NONE"
+		}), "want BUFFERED_PARTIAL", ""},
+		{"ext_proc without a message timeout", typed("envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor", func(m map[string]any) {
+			delete(m, "message_timeout")
+		}), "message_timeout must be set", ""},
+		{"ext_proc to a missing cluster", typed("envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor", func(m map[string]any) {
+			m["grpc_service"].(map[string]any)["envoy_grpc"].(map[string]any)["cluster_name"] = "nope"
+		}), `cluster "nope" does not exist`, ""},
 		{"ext_authz filter disabled", named(ExtAuthzFilterName, func(m map[string]any) { m["disabled"] = true }), "neither disabled nor optional", ""},
 		{"receipt header not stripped", typed("envoy.extensions.filters.http.header_mutation.v3.HeaderMutation", func(m map[string]any) {
 			rm := dig(m, "mutations").(map[string]any)

@@ -254,6 +254,7 @@ func checkHCM(at string, hcm *hcmv3.HttpConnectionManager, clusters map[string]*
 		add("%s must be neither disabled nor optional", ExtAuthzFilterName)
 	}
 	errs = append(errs, checkHeaderStrip(at, filters, ai)...)
+	errs = append(errs, checkExtProc(at, filters, ai, clusters)...)
 
 	m, err := unpack(filters[ai].GetTypedConfig())
 	if err != nil {

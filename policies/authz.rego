@@ -29,6 +29,8 @@ decision := {"allowed": false, "reason": "agent_quarantined"} if {
 	"allowed": true,
 	"reason": "allowed",
 	"headers": {"x-agent-operation": input.operation},
+	# Replace, not append beside, a value the client sent.
+	"header_append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
 }
 
 # The operation, if it exists for the agent's tenant.

@@ -62,6 +62,10 @@ type ResponseSigning struct {
 	DecisionTTL Duration `yaml:"decision_ttl"`
 	// MaxPending bounds allowed decisions waiting for their response.
 	MaxPending int `yaml:"max_pending"`
+	// TrustedReceiptKeys are JWKS or PEM files of the other replicas' log
+	// keys: a response whose decision another replica made is bound through
+	// the decision's receipt, which must be signed by a trusted key.
+	TrustedReceiptKeys []string `yaml:"trusted_receipt_keys"`
 }
 
 // ControlPlane is this replica's client side of the control plane's mTLS.
@@ -350,7 +354,11 @@ func (c *Config) applyDefaults() {
 
 var (
 	trustDomainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$`)
-	policyPathRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$`)
+	// policyPathRE accepts what opa-envoy-plugin's path accepts
+	// ("/envoy/authz/allow/", "test/com.foo.envoy.ingress/allow/main"):
+	// segments between slashes, empty ones ignored; no white space or
+	// control characters.
+	policyPathRE = regexp.MustCompile(`^/*[^/\s\x00-\x1f\x7f]+(/+[^/\s\x00-\x1f\x7f]+)*/*$`)
 )
 
 // Validate reports every problem at once, joined.

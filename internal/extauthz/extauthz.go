@@ -76,17 +76,20 @@ type Policy interface {
 }
 
 // Recorder appends a decision record durably (in sync mode) and returns the
-// signed record, which doubles as the receipt.
+// compact receipt for the upstream (x-agent-receipt).
 type Recorder interface {
 	Append(ctx context.Context, rec *decisionlog.Record) (decisionlog.Receipt, error)
 }
 
 // Verdict is what the policy decided, in the opa-envoy-plugin result shape.
 type Verdict struct {
-	Allowed                 bool
-	Reason                  string
-	HTTPStatus              int
+	Allowed    bool
+	Reason     string
+	HTTPStatus int
+	// Body is the denial body the policy chose; HasBody tells an explicit
+	// "" (sent as an empty body) from none (the JSON denial body).
 	Body                    string
+	HasBody                 bool
 	Headers                 []*corev3.HeaderValueOption
 	RequestHeadersToRemove  []string
 	ResponseHeadersToAdd    []*corev3.HeaderValueOption
@@ -175,14 +178,30 @@ type outcome struct {
 	verdict  Verdict
 	receipt  string
 	recorded bool // an append was attempted
+	// invalidUTF8: the request arrived with strings that are not UTF-8
+	// (replaced before it got here); it is refused.
+	invalidUTF8 bool
 }
 
 // Check decides one request. It never returns an error to Envoy for a
 // decision: every failure becomes a denial with a reason, so Envoy's
 // failure_mode_allow setting never comes into play.
-func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
+func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return s.check(ctx, req, false)
+}
+
+// CheckInvalidUTF8 answers a request whose strings were not all valid
+// UTF-8: Envoy forwards header bytes as the client sent them, and protobuf
+// refuses to decode such a string. The gRPC server decodes it with each bad
+// sequence replaced by U+FFFD and calls this instead of Check: the request
+// is denied with request_parse_error (400) and recorded like any decision.
+func (s *Service) CheckInvalidUTF8(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return s.check(ctx, req, true)
+}
+
+func (s *Service) check(ctx context.Context, req *authv3.CheckRequest, invalidUTF8 bool) (resp *authv3.CheckResponse, err error) {
 	start := s.now()
-	o := &outcome{id: newDecisionID()}
+	o := &outcome{id: newDecisionID(), invalidUTF8: invalidUTF8}
 	defer func() {
 		if p := recover(); p != nil {
 			s.logger.Error("panic in Check; denying", "decision_id", o.id, "panic", fmt.Sprint(p))
@@ -223,6 +242,15 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 // decide runs identity, revocation and policy, filling o.
 func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outcome) {
 	agent, ierr := s.ident.Identify(req.GetAttributes())
+	if o.invalidUTF8 {
+		// Refused whoever sent it; the record names the agent when its
+		// certificate still verifies.
+		if ierr == nil {
+			o.agent = agent
+		}
+		o.reason, o.status = reason.RequestParseError, reason.RequestParseError.HTTPStatus()
+		return
+	}
 	if ierr != nil {
 		o.identErr = ierr
 		o.reason, o.status = ierr.Reason, ierr.Reason.HTTPStatus()
@@ -258,8 +286,10 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outco
 	if v.Reason != "" && reason.Code(v.Reason) != reason.Allowed {
 		o.reason = reason.Code(v.Reason)
 	}
+	// The policy's status is passed through, below 400 too (a 302 to a
+	// login page, as opa-envoy-plugin allows); none is 403.
 	o.status = v.HTTPStatus
-	if o.status < 400 || o.status > 599 {
+	if o.status < 100 || o.status > 599 {
 		o.status = reason.PolicyDenied.HTTPStatus()
 	}
 }
@@ -278,7 +308,7 @@ func (s *Service) record(ctx context.Context, req *authv3.CheckRequest, o *outco
 		o.verdict = Verdict{}
 		return
 	}
-	o.receipt = r.JWS
+	o.receipt = r.Header
 }
 
 // recordAfterPanic records an internal_error denial, unless recording is
@@ -309,6 +339,16 @@ func buildRecord(req *authv3.CheckRequest, o *outcome, at time.Time) *decisionlo
 		Path:      pathOnly(h.GetPath()),
 		Operation: o.verdict.Operation,
 		Source:    sourceAddr(req.GetAttributes().GetSource()),
+	}
+	if v := o.verdict.MCP; v != nil && v.Call != nil {
+		rec.Request.MCP = make([]decisionlog.MCPMessage, len(v.Call.Messages))
+		for i, m := range v.Call.Messages {
+			r := &rec.Request.MCP[i]
+			r.Kind, r.Method, r.Tool, r.URI, r.ArgumentsSHA256 = m.Kind.String(), m.Method, m.Tool, m.URI, m.ArgumentsSHA256
+			if i < len(v.Operations) {
+				r.Operation = v.Operations[i]
+			}
+		}
 	}
 	rec.Decision = decisionlog.Decision{
 		Allowed:        o.allowed,
@@ -392,9 +432,9 @@ func (s *Service) allow(o *outcome) *authv3.CheckResponse {
 func (s *Service) deny(o *outcome) *authv3.CheckResponse {
 	v := o.verdict
 	body := v.Body
-	if body == "" && v.MCP != nil {
+	if !v.HasBody && v.MCP != nil {
 		body = mcpErrorBody(o)
-	} else if body == "" {
+	} else if !v.HasBody {
 		b, _ := json.Marshal(struct {
 			Error      string `json:"error"`
 			Reason     string `json:"reason"`
@@ -408,7 +448,7 @@ func (s *Service) deny(o *outcome) *authv3.CheckResponse {
 			headers = append(headers, h)
 		}
 	}
-	if v.Body == "" {
+	if !v.HasBody {
 		headers = append(headers, overwrite("content-type", "application/json"))
 	}
 	headers = append(headers, overwrite(HeaderDecisionID, o.id))

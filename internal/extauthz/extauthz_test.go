@@ -96,7 +96,7 @@ func (f *fakeLog) Append(ctx context.Context, r *decisionlog.Record) (decisionlo
 		return decisionlog.Receipt{}, f.err
 	}
 	f.recs = append(f.recs, r)
-	return decisionlog.Receipt{Seq: uint64(len(f.recs)), JWS: "eyJhbGciOiJFZERTQSJ9.e30.sig"}, nil
+	return decisionlog.Receipt{Index: uint64(len(f.recs) - 1), Header: "AgpyZWNlaXB0"}, nil
 }
 
 var agent = &identity.Agent{
@@ -145,7 +145,9 @@ func TestCheckTable(t *testing.T) {
 		{"policy deny that claims reason allowed", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{Reason: "allowed"}}, nil, reason.PolicyDenied, 403},
 		{"policy deny without reason", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{}}, nil, reason.PolicyDenied, 403},
 		{"policy deny with status", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 429}}, nil, reason.PolicyDenied, 429},
-		{"policy deny with bogus status", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 200}}, nil, reason.PolicyDenied, 403},
+		{"policy deny with status 200 passes it through", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 200}}, nil, reason.PolicyDenied, 200},
+		{"policy deny with a redirect", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 302}}, nil, reason.PolicyDenied, 302},
+		{"policy deny with an out-of-range status", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 999}}, nil, reason.PolicyDenied, 403},
 		{"log unavailable turns allow into deny", fakeIdent{agent: agent}, fakeRevocation{}, allow, errors.New("disk full"), reason.DecisionLogUnavailable, 503},
 		{"panic denies", fakeIdent{panic: true}, fakeRevocation{}, allow, nil, reason.InternalError, 503},
 	}

@@ -2,14 +2,18 @@ package extauthz
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc/codes"
 
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/mcp"
 	"github.com/agentauthz/agentauthz/internal/reason"
 )
@@ -68,6 +72,19 @@ func TestMCPDenialIsAJSONRPCError(t *testing.T) {
 	}
 	if ct := headerValue(d.GetHeaders(), "content-type"); ct != "application/json" {
 		t.Fatalf("content-type %q", ct)
+	}
+	// The record names the tool and the digest of its arguments, never
+	// the arguments.
+	rec := log.recs[0]
+	want := decisionlog.MCPMessage{Kind: "request", Method: "tools/call", Tool: "initiate_payment", Operation: "payments:initiate"}
+	sum := sha256.Sum256([]byte(`{"amount":5}`))
+	want.ArgumentsSHA256 = hex.EncodeToString(sum[:])
+	if len(rec.Request.MCP) != 1 || rec.Request.MCP[0] != want || rec.Request.Operation != "payments:initiate" {
+		t.Fatalf("record %+v", rec.Request)
+	}
+	b, _ := json.Marshal(rec)
+	if strings.Contains(string(b), "amount") {
+		t.Fatalf("arguments recorded: %s", b)
 	}
 }
 

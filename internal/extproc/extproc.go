@@ -233,19 +233,18 @@ func (p *Processor) responseHeaders(ctx context.Context, x *exchange, h *extproc
 	size := 0
 	contentLength := int64(-1)
 	for _, hv := range h.GetHeaders().GetHeaders() {
-		v := header(hv)
-		size += len(hv.GetKey()) + len(v)
+		size += len(hv.GetKey()) + len(hv.GetRawValue()) + len(hv.GetValue())
 		switch hv.GetKey() {
 		case ":status":
-			x.status, _ = strconv.Atoi(v)
+			x.status, _ = strconv.Atoi(header(hv))
 		case "content-type":
-			if x.hasCType {
+			if v := header(hv); x.hasCType {
 				x.ctype += ", " + v
 			} else {
 				x.ctype, x.hasCType = v, true
 			}
 		case "content-length":
-			if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+			if n, err := strconv.ParseInt(header(hv), 10, 64); err == nil && n >= 0 {
 				contentLength = n
 			}
 		case "signature", "signature-input":
@@ -405,18 +404,28 @@ func (p *Processor) signOnly(x *exchange, withDigest bool, unsigned string) (*ex
 		p.o.Metrics.outcome("replaced_upstream_signature")
 		p.o.Logger.Info("upstream response carried its own signature fields; replaced by agentauthz's", "decision_id", x.decision.ID)
 	}
-	mut := &extprocv3.HeaderMutation{RemoveHeaders: del, SetHeaders: make([]*corev3.HeaderValueOption, 0, len(set))}
+	// The options, header values and raw bytes come from one block each:
+	// three allocations instead of three per field.
+	mut := &extprocv3.HeaderMutation{RemoveHeaders: del, SetHeaders: make([]*corev3.HeaderValueOption, len(set))}
+	opts := make([]corev3.HeaderValueOption, len(set))
+	vals := make([]corev3.HeaderValue, len(set))
+	n := 0
 	for _, f := range set {
+		n += len(f.Value)
+	}
+	raw := make([]byte, 0, n)
+	for i, f := range set {
 		switch f.Name {
 		case "signature-input":
 			x.sigInput = f.Value
 		case "signature":
 			x.signature = f.Value
 		}
-		mut.SetHeaders = append(mut.SetHeaders, &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: f.Name, RawValue: []byte(f.Value)},
-			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-		})
+		start := len(raw)
+		raw = append(raw, f.Value...)
+		vals[i] = corev3.HeaderValue{Key: f.Name, RawValue: raw[start:len(raw):len(raw)]}
+		opts[i].Header, opts[i].AppendAction = &vals[i], corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		mut.SetHeaders[i] = &opts[i]
 	}
 	return &extprocv3.CommonResponse{HeaderMutation: mut}, nil
 }

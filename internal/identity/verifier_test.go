@@ -835,3 +835,57 @@ func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
+
+// TestBundleIntermediateIsNotAnAnchor: a bundle holding a root and the
+// issuing CA it signed (`cat root.pem issuing.pem`) builds chains up to the
+// root, as openssl verify does, so that revocation checks the issuing CA
+// too: Agent.Chain lists the leaf (issued by the issuing CA) and the
+// issuing CA (issued by the root). A bundle of the issuing CA alone anchors
+// there (openssl's -partial_chain).
+func TestBundleIntermediateIsNotAnAnchor(t *testing.T) {
+	p := testca.NewOpenSSLPKI(t)
+	p.Root("root")
+	p.Intermediate("issuing", "root")
+	p.Agent("bot", "issuing", "example.test")
+	p.Cat("bundle.pem", "root.pem", "issuing.pem")
+	// The same bundle as `openssl x509 -text` prints it: text before each
+	// block is accepted.
+	p.Run("x509", "-in", "root.pem", "-text", "-out", "root.txt")
+	p.Run("x509", "-in", "issuing.pem", "-text", "-out", "issuing.txt")
+	p.Cat("bundle.txt", "root.txt", "issuing.txt")
+	root, issuing, bot := p.Cert("root.pem"), p.Cert("issuing.pem"), p.Cert("bot.pem")
+	for _, tc := range []struct {
+		bundle string
+		want   []ChainCert
+	}{
+		{"bundle.pem", []ChainCert{
+			{Serial: bot.SerialNumber.Text(16), Issuer: issuing, IssuerKey: CAKeyOf(issuing)},
+			{Serial: issuing.SerialNumber.Text(16), Issuer: root, IssuerKey: CAKeyOf(root), IsCA: true},
+		}},
+		{"bundle.txt", []ChainCert{
+			{Serial: bot.SerialNumber.Text(16), Issuer: issuing, IssuerKey: CAKeyOf(issuing)},
+			{Serial: issuing.SerialNumber.Text(16), Issuer: root, IssuerKey: CAKeyOf(root), IsCA: true},
+		}},
+		{"issuing.pem", []ChainCert{{Serial: bot.SerialNumber.Text(16), Issuer: issuing, IssuerKey: CAKeyOf(issuing)}}},
+	} {
+		b, err := LoadBundle("example.test", p.Path(tc.bundle), ProfileNative)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := NewVerifier(Config{Bundles: []Bundle{b}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := allowed(t, v, peerAttrs(p.URLEncoded("bot.pem")))
+		if len(a.Chain) != len(tc.want) {
+			t.Fatalf("%s: chain of %d, want %d", tc.bundle, len(a.Chain), len(tc.want))
+		}
+		for i, w := range tc.want {
+			g := a.Chain[i]
+			if g.Serial != w.Serial || !g.Issuer.Equal(w.Issuer) || g.IssuerKey != w.IssuerKey || g.IsCA != w.IsCA {
+				t.Errorf("%s: chain[%d] = %s issued by %s (CA %v), want %s issued by %s (CA %v)", tc.bundle, i,
+					g.Serial, g.Issuer.Subject, g.IsCA, w.Serial, w.Issuer.Subject, w.IsCA)
+			}
+		}
+	}
+}

@@ -70,7 +70,7 @@ const (
 	// DefaultMaxBodyBytes is the body limit when the policy data sets none.
 	DefaultMaxBodyBytes = 64 << 10
 	// MaxBatch bounds the messages of one batch.
-	MaxBatch = 64
+	MaxBatch = 32
 	// maxID bounds a request id's JSON text.
 	maxID = 128
 	// maxName bounds a method, tool name or resource URI.

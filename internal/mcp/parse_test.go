@@ -106,7 +106,7 @@ func TestParseRefuses(t *testing.T) {
 		{"batch of scalars", `[1]`, "not an object", nil},
 		{"initialize in a batch", `[{"jsonrpc":"2.0","id":1,"method":"initialize"}]`, "initialize in a batch", nil},
 		{"bad element in a batch", `[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2}]`, "batch element 1", nil},
-		{"batch too long", "[" + strings.Join(batch, ",") + "]", "more than 64", nil},
+		{"batch too long", "[" + strings.Join(batch, ",") + "]", "more than 32", nil},
 		{"batch in 2025-06-18", `[{"jsonrpc":"2.0","id":1,"method":"ping"}]`, "batches ended with 2025-03-26", map[string]string{HeaderProtocolVersion: "2025-06-18"}},
 		{"bad protocol version", `{"jsonrpc":"2.0","id":1,"method":"ping"}`, "not a revision date", map[string]string{HeaderProtocolVersion: "latest"}},
 		{"session id with a space", `{"jsonrpc":"2.0","id":1,"method":"ping"}`, "outside visible ASCII", map[string]string{HeaderSessionID: "a b"}},

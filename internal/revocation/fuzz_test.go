@@ -3,6 +3,7 @@ package revocation
 import (
 	"bytes"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"io"
 	"math/big"
@@ -152,6 +153,41 @@ func FuzzReadSSE(f *testing.F) {
 		}
 		if !slices.Equal(events, again) {
 			t.Fatalf("round trip: %q != %q", events, again)
+		}
+	})
+}
+
+// idpReference is the issuingDistributionPoint decoded by encoding/asn1,
+// independently of parseScope.
+type idpReference struct {
+	DP       asn1.RawValue  `asn1:"optional,explicit,tag:0"`
+	OnlyUser bool           `asn1:"optional,tag:1"`
+	OnlyCA   bool           `asn1:"optional,tag:2"`
+	Reasons  asn1.BitString `asn1:"optional,tag:3"`
+	Indirect bool           `asn1:"optional,tag:4"`
+	OnlyAttr bool           `asn1:"optional,tag:5"`
+}
+
+// FuzzParseScope: parseScope never panics, and what it accepts
+// encoding/asn1 decodes to the same flags, with nothing it refuses set
+// (seeds in testdata/fuzz/FuzzParseScope).
+func FuzzParseScope(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := parseScope(data)
+		if err != nil {
+			return
+		}
+		var ref idpReference
+		rest, err := asn1.Unmarshal(data, &ref)
+		if err != nil || len(rest) != 0 {
+			t.Fatalf("parseScope accepted what encoding/asn1 refuses: %v", err)
+		}
+		if s.OnlyUserCerts != ref.OnlyUser || s.OnlyCACerts != ref.OnlyCA || ref.Indirect || ref.OnlyAttr ||
+			ref.Reasons.BitLength != 0 || (s.OnlyUserCerts && s.OnlyCACerts) {
+			t.Fatalf("scope %+v, reference %+v", s, ref)
+		}
+		if (len(ref.DP.Bytes) > 0) != (len(s.DistributionPoints) > 0) || s.raw != string(data) {
+			t.Fatalf("distribution points %q, reference %x", s.DistributionPoints, ref.DP.Bytes)
 		}
 	})
 }
