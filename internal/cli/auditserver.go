@@ -123,10 +123,10 @@ func (a *auditServer) verify(cmd *cobra.Command, logName string, asJSON bool) er
 			return err
 		}
 	case res.Problem != nil:
-		fmt.Fprintf(out, "FAIL seq %d: %s: %s\n", res.Problem.Seq, res.Problem.Reason, res.Problem.Detail)
+		fmt.Fprintf(out, "FAIL index %d: %s: %s\n", res.Problem.Index, res.Problem.Reason, res.Problem.Detail)
 	default:
-		fmt.Fprintf(out, "ok: log %s at %s: %d records, seq 1..%d, head %s (keys pinned when it first shipped)\n",
-			res.Log, a.server, res.Records, res.LastSeq, res.Head)
+		fmt.Fprintf(out, "ok: log %s at %s: %d records, root %s (keys pinned when it first shipped)\n",
+			res.Log, a.server, res.Records, res.Root)
 	}
 	if res.Problem != nil {
 		return errNo

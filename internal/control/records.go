@@ -24,14 +24,16 @@ const (
 	MaxShipBytes   = 8 << 20
 )
 
-// ShipBody is the body of POST /v1/records: consecutive records of one log.
+// ShipBody is the body of POST /v1/records: consecutive group-commit
+// batches of one log, each with its signed checkpoint.
 type ShipBody struct {
 	Log string `json:"log"`
 	// Keys is the log's JWKS; pinned when the log first ships.
 	Keys decisionlog.JWKS `json:"keys"`
-	// Head is the replica's newest seq, for the lag metric.
-	Head    uint64   `json:"head"`
-	Records []string `json:"records"`
+	// Head is the number of records in the replica's log, for the lag
+	// metric.
+	Head   uint64              `json:"head"`
+	Groups []recordstore.Group `json:"groups"`
 }
 
 type recordMetrics struct {
@@ -45,7 +47,7 @@ func newRecordMetrics() *recordMetrics {
 		stored: prometheus.NewCounter(prometheus.CounterOpts{Name: "agentauthz_control_records_stored_total",
 			Help: "Shipped records verified and stored."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_records_refused_total",
-			Help: "Shipped records refused, by reason (bad_signature, gap, chain, wrong_log, unknown_key, conflict, malformed): each is an alarm."}, []string{"reason"}),
+			Help: "Shipped batches refused, by reason (bad_signature, bad_checkpoint, gap, not_append_only, wrong_log, conflict, malformed, no_keys): each is an alarm."}, []string{"reason"}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "agentauthz_control_records_lag",
 			Help: "Records a replica reported but the store does not hold yet, by log."}, []string{"log"}),
 	}
@@ -67,8 +69,12 @@ func (a *API) shipRecords(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, recordstore.RefusedWrongLog, fmt.Errorf("replica %q may ship only its own log, not %q", op.Name, b.Log))
 		return
 	}
-	if len(b.Records) > MaxShipRecords {
-		a.refuse(w, RefusedBadRequest, http.StatusRequestEntityTooLarge, fmt.Errorf("%d records in one batch; at most %d", len(b.Records), MaxShipRecords))
+	n := 0
+	for _, g := range b.Groups {
+		n += len(g.Records)
+	}
+	if n > MaxShipRecords {
+		a.refuse(w, RefusedBadRequest, http.StatusRequestEntityTooLarge, fmt.Errorf("%d records in one shipment; at most %d", n, MaxShipRecords))
 		return
 	}
 	keys := decisionlog.KeySet{}
@@ -80,7 +86,7 @@ func (a *API) shipRecords(w http.ResponseWriter, r *http.Request) {
 		}
 		keys.Add(pub)
 	}
-	res, err := a.records.Append(r.Context(), recordstore.Batch{Log: b.Log, Keys: keys, Head: b.Head, Records: b.Records})
+	res, err := a.records.Append(r.Context(), recordstore.Shipment{Log: b.Log, Keys: keys, Head: b.Head, Groups: b.Groups})
 	var ref *recordstore.Refusal
 	if errors.As(err, &ref) {
 		res, err = &recordstore.Result{Refused: ref}, nil
@@ -91,11 +97,11 @@ func (a *API) shipRecords(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.rm.stored.Add(float64(res.Stored))
-	a.rm.lag.WithLabelValues(b.Log).Set(float64(max(b.Head, res.Seq) - res.Seq))
+	a.rm.lag.WithLabelValues(b.Log).Set(float64(max(b.Head, res.Size) - res.Size))
 	status := http.StatusOK
 	if res.Refused != nil {
 		a.rm.refused.WithLabelValues(res.Refused.Reason).Inc()
-		a.log.Error("ALARM: shipped record refused; nothing stored was changed", "log", b.Log, "seq", res.Refused.Seq,
+		a.log.Error("ALARM: shipped records refused; nothing stored was changed", "log", b.Log, "index", res.Refused.Index,
 			"reason", res.Refused.Reason, "detail", res.Refused.Detail)
 		status = http.StatusUnprocessableEntity
 	}

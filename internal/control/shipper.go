@@ -144,38 +144,43 @@ func (s *Shipper) Run(ctx context.Context) error {
 }
 
 // session asks the control plane how far the log is stored and ships from
-// there; with drain it returns once the end of the local log is shipped.
+// there, whole group-commit batches (records and the checkpoint that signs
+// them); with drain it returns once the end of the local log is shipped.
 func (s *Shipper) session(ctx context.Context, drain bool) error {
 	var cur recordstore.Cursor
 	if err := s.call(ctx, http.MethodGet, "/v1/records/cursor?log="+url.QueryEscape(s.cfg.Name), nil, &cur); err != nil {
 		return err
 	}
-	s.acked.Store(cur.Seq)
+	s.acked.Store(cur.Size)
 	r := decisionlog.NewReader(s.cfg.LogDir)
 	defer r.Close()
-	var batch []string
-	var bytes int
-	var first time.Time
+	var (
+		groups  []recordstore.Group
+		g       recordstore.Group
+		n, size int
+		gFirst  uint64
+	)
 	flush := func() error {
-		if len(batch) == 0 {
+		if len(groups) == 0 {
 			return nil
 		}
-		keys := s.cfg.Keys().JWKS()
 		var res recordstore.Result
-		err := s.call(ctx, http.MethodPost, "/v1/records", ShipBody{Log: s.cfg.Name, Keys: keys, Head: s.seen.Load(), Records: batch}, &res)
+		err := s.call(ctx, http.MethodPost, "/v1/records", ShipBody{Log: s.cfg.Name, Keys: s.cfg.Keys().JWKS(), Head: s.seen.Load(), Groups: groups}, &res)
 		if err != nil {
 			return err
 		}
 		s.shipped.Add(float64(res.Stored))
-		s.acked.Store(res.Seq)
-		batch, bytes = batch[:0], 0
+		s.acked.Store(res.Size)
+		groups, n, size = groups[:0], 0, 0
 		s.oldestUnacked.Store(0)
 		return nil
 	}
 	for {
-		e, err := r.Next()
+		e, cp, err := r.NextOrCheckpoint()
 		switch {
 		case errors.Is(err, io.EOF):
+			// Records after the last checkpoint wait for it: a batch is
+			// shipped whole, with the signature that covers it.
 			if err := flush(); err != nil {
 				return err
 			}
@@ -193,25 +198,31 @@ func (s *Shipper) session(ctx context.Context, drain bool) error {
 		case err != nil:
 			return fmt.Errorf("read local log: %w", err)
 		}
-		seq := e.Record.Seq
-		s.seen.Store(max(s.seen.Load(), seq))
-		if seq < cur.Seq {
-			continue
-		}
-		if seq == cur.Seq {
-			if decisionlog.ChainHash(e.JWS) != cur.Hash {
-				s.errs.WithLabelValues("refused").Inc()
-				return fmt.Errorf("ALARM: the control plane holds another record %d for log %s than the local log", seq, s.cfg.Name)
+		if cp == nil {
+			if len(g.Records) == 0 {
+				gFirst = e.Record.Index
 			}
+			g.Records = append(g.Records, e.Raw)
+			s.seen.Store(max(s.seen.Load(), e.Record.Index+1))
 			continue
 		}
-		if len(batch) == 0 {
-			first = e.Record.Time
-			s.oldestUnacked.Store(first.UnixMicro())
+		g.Checkpoint = string(cp)
+		if gFirst < cur.Size || len(g.Records) == 0 {
+			g = recordstore.Group{} // stored already (the control plane holds whole batches)
+			continue
 		}
-		batch = append(batch, e.JWS)
-		bytes += len(e.JWS)
-		if len(batch) >= s.cfg.Batch || bytes >= s.cfg.BatchBytes {
+		if n == 0 {
+			if rec, err := decisionlog.DecodeRecordLine([]byte(g.Records[0])); err == nil {
+				s.oldestUnacked.Store(rec.Time.UnixMicro())
+			}
+		}
+		groups = append(groups, g)
+		n += len(g.Records)
+		for _, l := range g.Records {
+			size += len(l)
+		}
+		g = recordstore.Group{}
+		if n >= s.cfg.Batch || size >= s.cfg.BatchBytes {
 			if err := flush(); err != nil {
 				return err
 			}
@@ -248,7 +259,7 @@ func (s *Shipper) call(ctx context.Context, method, path string, body, out any) 
 	if resp.StatusCode == http.StatusUnprocessableEntity {
 		var res recordstore.Result
 		if json.Unmarshal(data, &res) == nil && res.Refused != nil {
-			s.acked.Store(res.Seq)
+			s.acked.Store(res.Size)
 			s.errs.WithLabelValues("refused").Inc()
 			s.refused.Add(1)
 			return fmt.Errorf("control plane refused a record: %w", res.Refused)

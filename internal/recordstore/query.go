@@ -2,7 +2,6 @@ package recordstore
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -12,14 +11,6 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 )
-
-func decodeKey(x string) (ed25519.PublicKey, error) {
-	b, err := base64.RawURLEncoding.DecodeString(x)
-	if err != nil || len(b) != ed25519.PublicKeySize {
-		return nil, errors.New("not an Ed25519 public key")
-	}
-	return ed25519.PublicKey(b), nil
-}
 
 // Query selects stored records; empty fields match everything. Results come
 // oldest first, Limit at a time; Next in the answer continues after the last.
@@ -51,9 +42,10 @@ const (
 
 // Stored is one stored record.
 type Stored struct {
-	Log    string              `json:"log"`
-	Seq    uint64              `json:"seq"`
-	JWS    string              `json:"jws"`
+	Log   string `json:"log"`
+	Index uint64 `json:"index"`
+	// Line is the record exactly as the replica wrote it (its Merkle leaf).
+	Line   string              `json:"line"`
 	Record *decisionlog.Record `json:"record"`
 }
 
@@ -118,14 +110,14 @@ func (s *Store) Find(ctx context.Context, q Query) (*Page, error) {
 		if err != nil {
 			return nil, err
 		}
-		where = append(where, "(time_us > ? OR (time_us = ? AND (log > ? OR (log = ? AND seq > ?))))")
+		where = append(where, "(time_us > ? OR (time_us = ? AND (log > ? OR (log = ? AND idx > ?))))")
 		args = append(args, t, t, log, log, seq)
 	}
-	sqlText := `SELECT log, seq, time_us, jws FROM records`
+	sqlText := `SELECT log, idx, time_us, line FROM records`
 	if len(where) > 0 {
 		sqlText += " WHERE " + strings.Join(where, " AND ")
 	}
-	sqlText += " ORDER BY time_us, log, seq LIMIT ?"
+	sqlText += " ORDER BY time_us, log, idx LIMIT ?"
 	args = append(args, q.Limit+1)
 	rows, err := s.db.QueryContext(ctx, s.q(sqlText), args...)
 	if err != nil {
@@ -136,19 +128,19 @@ func (s *Store) Find(ctx context.Context, q Query) (*Page, error) {
 	var lastT int64
 	for rows.Next() {
 		var st Stored
-		var seq, t int64
-		if err := rows.Scan(&st.Log, &seq, &t, &st.JWS); err != nil {
+		var idx, t int64
+		if err := rows.Scan(&st.Log, &idx, &t, &st.Line); err != nil {
 			return nil, s.wrap(err)
 		}
 		if len(p.Records) == q.Limit {
 			last := p.Records[len(p.Records)-1]
-			p.Next = fmt.Sprintf("%d.%d.%s", lastT, last.Seq, base64.RawURLEncoding.EncodeToString([]byte(last.Log)))
+			p.Next = fmt.Sprintf("%d.%d.%s", lastT, last.Index, base64.RawURLEncoding.EncodeToString([]byte(last.Log)))
 			break
 		}
-		st.Seq = uint64(seq)
+		st.Index = uint64(idx)
 		// Stored records were verified on the way in.
-		if st.Record, err = decisionlog.DecodeRecord(st.JWS); err != nil {
-			return nil, s.wrap(fmt.Errorf("stored record %s/%d: %w", st.Log, st.Seq, err))
+		if st.Record, err = decisionlog.DecodeRecordLine([]byte(st.Line)); err != nil {
+			return nil, s.wrap(fmt.Errorf("stored record %s/%d: %w", st.Log, st.Index, err))
 		}
 		lastT = t
 		p.Records = append(p.Records, st)
@@ -179,14 +171,14 @@ func parseCursor(c string) (t int64, log string, seq int64, err error) {
 type VerifyResult struct {
 	Log     string   `json:"log"`
 	Records uint64   `json:"records"`
-	LastSeq uint64   `json:"last_seq"`
-	Head    string   `json:"head"`
+	Root    string   `json:"root"`
 	Problem *Refusal `json:"problem,omitempty"`
 }
 
-// Verify re-checks every stored record of log from seq 1 with trusted keys
+// Verify re-checks every stored batch of log from index 0 with trusted keys
 // (nil: the keys pinned when the log first shipped), as audit verify does
-// for a log directory.
+// for a log directory: every checkpoint's signature, every batch's records,
+// and that each checkpoint's root is the tree grown by its batch.
 func (s *Store) Verify(ctx context.Context, log string, trusted decisionlog.KeySet) (*VerifyResult, error) {
 	if trusted == nil {
 		var keys string
@@ -198,24 +190,66 @@ func (s *Store) Verify(ctx context.Context, log string, trusted decisionlog.KeyS
 			return nil, s.wrap(err)
 		}
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT jws FROM records WHERE log = ? ORDER BY seq`), log)
+	cps, err := s.db.QueryContext(ctx, s.q(`SELECT size, signed FROM checkpoints WHERE log = ? ORDER BY size`), log)
+	if err != nil {
+		return nil, s.wrap(err)
+	}
+	type cp struct {
+		size   uint64
+		signed string
+	}
+	var all []cp
+	for cps.Next() {
+		var c cp
+		var size int64
+		if err := cps.Scan(&size, &c.signed); err != nil {
+			cps.Close()
+			return nil, s.wrap(err)
+		}
+		c.size = uint64(size)
+		all = append(all, c)
+	}
+	cps.Close()
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT idx, line FROM records WHERE log = ? ORDER BY idx`), log)
 	if err != nil {
 		return nil, s.wrap(err)
 	}
 	defer rows.Close()
-	st := &logState{Cursor: Cursor{Log: log}, Keys: trusted}
+	st := &logState{Cursor: Cursor{Log: log}, tree: decisionlog.NewTree(), keys: decisionlog.KeySet{}}
+	for kid, k := range trusted {
+		st.keys[kid] = k
+	}
 	res := &VerifyResult{Log: log}
+	var g Group
+	next := 0
 	for rows.Next() {
-		var jws string
-		if err := rows.Scan(&jws); err != nil {
+		var idx int64
+		var line string
+		if err := rows.Scan(&idx, &line); err != nil {
 			return nil, s.wrap(err)
 		}
-		if _, ref := verifyNext(st, jws); ref != nil {
-			res.Problem = ref
+		if uint64(idx) != st.Size+uint64(len(g.Records)) {
+			res.Problem = &Refusal{st.Size + uint64(len(g.Records)), RefusedGap, fmt.Sprintf("stored record %d follows %d", idx, st.Size+uint64(len(g.Records))-1)}
 			return res, nil
 		}
-		res.Records++
+		g.Records = append(g.Records, line)
+		if next < len(all) && uint64(idx)+1 == all[next].size {
+			g.Checkpoint = all[next].signed
+			if _, _, ref := verifyGroup(st, g); ref != nil {
+				res.Problem = ref
+				return res, nil
+			}
+			res.Records += uint64(len(g.Records))
+			g, next = Group{}, next+1
+		}
 	}
-	res.LastSeq, res.Head = st.Seq, st.Hash
-	return res, s.wrap(rows.Err())
+	if err := rows.Err(); err != nil {
+		return nil, s.wrap(err)
+	}
+	if len(g.Records) > 0 || next != len(all) {
+		res.Problem = &Refusal{st.Size, RefusedCheckpoint, "stored records and checkpoints do not line up"}
+		return res, nil
+	}
+	res.Root = st.Root
+	return res, nil
 }

@@ -125,16 +125,17 @@ var migrations = []string{
 	`
 CREATE TABLE logs (
 	name       TEXT PRIMARY KEY,
-	last_seq   BIGINT NOT NULL,
-	last_hash  TEXT NOT NULL,
+	size       BIGINT NOT NULL,
+	root       TEXT NOT NULL,
+	tree       TEXT NOT NULL,
 	keys       TEXT NOT NULL,
 	first_keys TEXT NOT NULL,
-	head_seq   BIGINT NOT NULL DEFAULT 0,
+	head       BIGINT NOT NULL DEFAULT 0,
 	updated_us BIGINT NOT NULL
 );
 CREATE TABLE records (
 	log         TEXT NOT NULL,
-	seq         BIGINT NOT NULL,
+	idx         BIGINT NOT NULL,
 	time_us     BIGINT NOT NULL,
 	kind        TEXT NOT NULL,
 	decision_id TEXT NOT NULL,
@@ -145,18 +146,24 @@ CREATE TABLE records (
 	operation   TEXT NOT NULL,
 	allowed     BIGINT NOT NULL,
 	reason      TEXT NOT NULL,
-	chain_hash  TEXT NOT NULL,
-	jws         TEXT NOT NULL,
-	PRIMARY KEY (log, seq)
+	leaf_hash   TEXT NOT NULL,
+	line        TEXT NOT NULL,
+	PRIMARY KEY (log, idx)
 );
 CREATE INDEX records_by_decision ON records (decision_id);
 CREATE INDEX records_by_request ON records (request_id);
 CREATE INDEX records_by_agent ON records (agent_id, time_us);
 CREATE INDEX records_by_time ON records (time_us);
+CREATE TABLE checkpoints (
+	log    TEXT NOT NULL,
+	size   BIGINT NOT NULL,
+	signed TEXT NOT NULL,
+	PRIMARY KEY (log, size)
+);
 CREATE TABLE refusals (
 	at_us  BIGINT NOT NULL,
 	log    TEXT NOT NULL,
-	seq    BIGINT NOT NULL,
+	idx    BIGINT NOT NULL,
 	reason TEXT NOT NULL,
 	detail TEXT NOT NULL
 );

@@ -100,9 +100,10 @@ func eachStore(t *testing.T, f func(t *testing.T, s *Store, dsn string)) {
 	})
 }
 
-// testLog writes n real signed decision records (rotating the key after
-// rotateAfter when > 0) and returns their JWS lines and the first keys.
-func testLog(t *testing.T, name string, n, rotateAfter int) ([]string, decisionlog.KeySet) {
+// testLog writes n real decision records (rotating the key after
+// rotateAfter when > 0) and returns them as the log's group-commit batches,
+// each with its checkpoint, and the first keys.
+func testLog(t *testing.T, name string, n, rotateAfter int) ([]Group, decisionlog.KeySet) {
 	t.Helper()
 	dir := t.TempDir()
 	l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dir, "log"), KeyDir: filepath.Join(dir, "keys"), Name: name,
@@ -136,72 +137,97 @@ func testLog(t *testing.T, name string, n, rotateAfter int) ([]string, decisionl
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r := decisionlog.NewReader(filepath.Join(dir, "log"))
+	return readGroups(t, filepath.Join(dir, "log")), keys
+}
+
+func readGroups(t *testing.T, dir string) []Group {
+	t.Helper()
+	r := decisionlog.NewReader(dir)
 	defer r.Close()
-	var out []string
+	var out []Group
+	var g Group
 	for {
-		e, err := r.Next()
+		e, cp, err := r.NextOrCheckpoint()
 		if errors.Is(err, io.EOF) {
-			break
+			return out
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = append(out, e.JWS)
+		if cp != nil {
+			g.Checkpoint = string(cp)
+			out = append(out, g)
+			g = Group{}
+			continue
+		}
+		g.Records = append(g.Records, e.Raw)
 	}
-	return out, keys
+}
+
+func records(gs []Group) int {
+	n := 0
+	for _, g := range gs {
+		n += len(g.Records)
+	}
+	return n
 }
 
 func TestAppendVerifiesAndIsIdempotent(t *testing.T) {
-	jws, keys := testLog(t, "replica-a", 40, 25)
+	gs, keys := testLog(t, "replica-a", 40, 25)
+	n := records(gs)
 	eachStore(t, func(t *testing.T, s *Store, _ string) {
 		ctx := context.Background()
-		// In two batches with an overlap: the overlap is a duplicate.
-		res, err := s.Append(ctx, Batch{Log: "replica-a", Keys: keys, Head: 41, Records: jws[:30]})
-		if err != nil || res.Refused != nil || res.Stored != 30 {
-			t.Fatalf("first batch: %+v %v", res, err)
+		// In two shipments with an overlap: the overlap is a duplicate.
+		res, err := s.Append(ctx, Shipment{Log: "replica-a", Keys: keys, Head: uint64(n), Groups: gs[:30]})
+		if err != nil || res.Refused != nil || res.Stored != records(gs[:30]) {
+			t.Fatalf("first shipment: %+v %v", res, err)
 		}
-		res, err = s.Append(ctx, Batch{Log: "replica-a", Head: 41, Records: jws[20:]})
-		if err != nil || res.Refused != nil || res.Stored != len(jws)-30 || res.Duplicates != 10 {
-			t.Fatalf("second batch: %+v %v", res, err)
+		res, err = s.Append(ctx, Shipment{Log: "replica-a", Head: uint64(n), Groups: gs[20:]})
+		if err != nil || res.Refused != nil || res.Stored != records(gs[30:]) || res.Duplicates != records(gs[20:30]) {
+			t.Fatalf("second shipment: %+v %+v %v", res, res.Refused, err)
 		}
-		if c, _ := s.LogCursor(ctx, "replica-a"); c.Seq != uint64(len(jws)) || c.Hash != decisionlog.ChainHash(jws[len(jws)-1]) {
+		if c, _ := s.LogCursor(ctx, "replica-a"); c.Size != uint64(n) {
 			t.Errorf("cursor %+v", c)
 		}
 		v, err := s.Verify(ctx, "replica-a", nil)
-		if err != nil || v.Problem != nil || v.Records != uint64(len(jws)) {
-			t.Errorf("verify: %+v %v", v, err)
+		if err != nil || v.Problem != nil || v.Records != uint64(n) {
+			t.Errorf("verify: %+v %+v %v", v, v.Problem, err)
 		}
 	})
 }
 
 func TestAppendRefuses(t *testing.T) {
-	jws, keys := testLog(t, "replica-a", 10, 0)
+	gs, keys := testLog(t, "replica-a", 10, 0)
 	other, otherKeys := testLog(t, "replica-b", 10, 0)
-	forged := []byte(jws[5])
-	// Change one character of the signature to another base64url one.
-	if i := len(forged) - 3; forged[i] == 'A' {
-		forged[i] = 'B'
+	// A record changed after the checkpoint signed it.
+	forged := append([]Group{}, gs[:6]...)
+	forged[5] = Group{Records: []string{strings.Replace(gs[5].Records[0], "scope_missing", "allowed", 1)}, Checkpoint: gs[5].Checkpoint}
+	// A checkpoint whose signature was altered.
+	cp := []byte(gs[2].Checkpoint)
+	i := len(cp) - 6 // inside the base64 signature of the last line
+	if cp[i] == 'A' {
+		cp[i] = 'B'
 	} else {
-		forged[i] = 'A'
+		cp[i] = 'A'
 	}
+	badSig := append(append([]Group{}, gs[:2]...), Group{Records: gs[2].Records, Checkpoint: string(cp)})
 	for _, tc := range []struct {
-		name    string
-		log     string
-		keys    decisionlog.KeySet
-		records []string
-		stored  int
-		reason  string
+		name   string
+		keys   decisionlog.KeySet
+		groups []Group
+		stored int
+		reason string
 	}{
-		{"bad signature", "replica-a", keys, append(append([]string{}, jws[:5]...), string(forged)), 5, RefusedSignature},
-		{"gap", "replica-a", keys, []string{jws[0], jws[1], jws[3]}, 2, RefusedGap},
-		{"another replica's log name", "replica-a", otherKeys, other[:2], 0, RefusedWrongLog},
-		{"unknown key", "replica-a", otherKeys, jws[:2], 0, RefusedUnknownKey},
-		{"garbage", "replica-a", keys, []string{jws[0], "not.a.jws"}, 1, RefusedMalformed},
+		{"record changed", keys, forged, 5, RefusedSignature},
+		{"gap", keys, []Group{gs[0], gs[1], gs[3]}, 2, RefusedGap},
+		{"another replica's log", otherKeys, other[:2], 0, RefusedWrongLog},
+		{"checkpoint signature altered", keys, badSig, 2, RefusedCheckpoint},
+		{"unknown key", otherKeys, gs[:2], 0, RefusedCheckpoint},
+		{"garbage", keys, []Group{gs[0], {Records: []string{"{}"}, Checkpoint: gs[1].Checkpoint}}, 1, RefusedMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			eachStore(t, func(t *testing.T, s *Store, _ string) {
-				res, err := s.Append(context.Background(), Batch{Log: tc.log, Keys: tc.keys, Records: tc.records})
+				res, err := s.Append(context.Background(), Shipment{Log: "replica-a", Keys: tc.keys, Groups: tc.groups})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -215,20 +241,20 @@ func TestAppendRefuses(t *testing.T) {
 			})
 		})
 	}
-	// A different record for a stored seq is a conflict; what is stored
+	// A different batch for stored indices is a conflict; what is stored
 	// stays as it was.
 	eachStore(t, func(t *testing.T, s *Store, _ string) {
 		ctx := context.Background()
-		if _, err := s.Append(ctx, Batch{Log: "replica-a", Keys: keys, Records: jws[:3]}); err != nil {
+		if _, err := s.Append(ctx, Shipment{Log: "replica-a", Keys: keys, Groups: gs[:3]}); err != nil {
 			t.Fatal(err)
 		}
-		fake, fakeKeys := testLog(t, "replica-a", 3, 0)
-		res, err := s.Append(ctx, Batch{Log: "replica-a", Keys: fakeKeys, Records: fake})
+		fake := []Group{gs[0], {Records: []string{strings.Replace(gs[1].Records[0], "scope_missing", "allowed", 1)}, Checkpoint: gs[1].Checkpoint}}
+		res, err := s.Append(ctx, Shipment{Log: "replica-a", Groups: fake})
 		if err != nil || res.Refused == nil || res.Refused.Reason != RefusedConflict {
 			t.Fatalf("conflict: %+v %v", res, err)
 		}
 		p, err := s.Find(ctx, Query{Log: "replica-a"})
-		if err != nil || len(p.Records) != 3 || p.Records[0].JWS != jws[0] {
+		if err != nil || len(p.Records) != 3 || p.Records[0].Line != gs[0].Records[0] {
 			t.Errorf("stored records changed: %v", err)
 		}
 	})
@@ -239,7 +265,7 @@ func TestFind(t *testing.T) {
 	b, kb := testLog(t, "replica-b", 30, 0)
 	eachStore(t, func(t *testing.T, s *Store, _ string) {
 		ctx := context.Background()
-		for _, bt := range []Batch{{Log: "replica-a", Keys: ka, Records: a}, {Log: "replica-b", Keys: kb, Records: b}} {
+		for _, bt := range []Shipment{{Log: "replica-a", Keys: ka, Groups: a}, {Log: "replica-b", Keys: kb, Groups: b}} {
 			if res, err := s.Append(ctx, bt); err != nil || res.Refused != nil {
 				t.Fatalf("%+v %v", res, err)
 			}
@@ -296,7 +322,7 @@ func TestFind(t *testing.T) {
 // balancer would, when a replica's retry reaches the other one): every
 // record is stored once and the chain stays whole.
 func TestTwoInstancesOneDatabase(t *testing.T) {
-	jws, keys := testLog(t, "replica-a", 200, 0)
+	gs, keys := testLog(t, "replica-a", 200, 0)
 	eachStore(t, func(t *testing.T, s1 *Store, dsn string) {
 		ctx := context.Background()
 		s2, err := Open(ctx, dsn)
@@ -310,10 +336,10 @@ func TestTwoInstancesOneDatabase(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for i := 0; i < len(jws); i += 20 {
+				for i := 0; i < len(gs); i += 20 {
 					// Each instance ships everything from the start of
 					// the chunk: overlaps and races are the point.
-					res, err := s.Append(ctx, Batch{Log: "replica-a", Keys: keys, Records: jws[max(0, i-10):min(len(jws), i+20)]})
+					res, err := s.Append(ctx, Shipment{Log: "replica-a", Keys: keys, Groups: gs[max(0, i-10):min(len(gs), i+20)]})
 					if err != nil {
 						errs <- err
 						return
@@ -331,11 +357,11 @@ func TestTwoInstancesOneDatabase(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Whatever raced, a final full shipment completes the log.
-		if _, err := s2.Append(ctx, Batch{Log: "replica-a", Records: jws}); err != nil {
+		if _, err := s2.Append(ctx, Shipment{Log: "replica-a", Groups: gs}); err != nil {
 			t.Fatal(err)
 		}
 		v, err := s1.Verify(ctx, "replica-a", nil)
-		if err != nil || v.Problem != nil || v.Records != uint64(len(jws)) {
+		if err != nil || v.Problem != nil || v.Records != uint64(records(gs)) {
 			t.Fatalf("verify: %+v %v", v, err)
 		}
 	})
