@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -141,6 +142,7 @@ func TestCheckTable(t *testing.T) {
 		{"another serial revoked", fakeIdent{agent: agent}, fakeRevocation{tenant: agent.Tenant, serial: "3ea"}, allow, nil, reason.Allowed, 200},
 		{"the same serial revoked in another tenant", fakeIdent{agent: agent}, fakeRevocation{tenant: "other.test", serial: agent.Serial, agentID: agent.ID, stale: true}, allow, nil, reason.Allowed, 200},
 		{"policy error", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{err: errors.New("undefined decision")}, nil, reason.PolicyError, 403},
+		{"request that cannot be parsed", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{err: fmt.Errorf("%w: query: bad escape", ErrRequestParse)}, nil, reason.RequestParseError, 400},
 		{"policy deny with reason", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{Reason: "scope_missing"}}, nil, reason.ScopeMissing, 403},
 		{"policy deny that claims reason allowed", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{Reason: "allowed"}}, nil, reason.PolicyDenied, 403},
 		{"policy deny without reason", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{}}, nil, reason.PolicyDenied, 403},

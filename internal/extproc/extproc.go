@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/agentauthz/agentauthz/internal/httpsig"
+	"github.com/agentauthz/agentauthz/internal/mcp"
 	"github.com/agentauthz/agentauthz/internal/respsig"
 )
 
@@ -106,6 +107,9 @@ type exchange struct {
 	sigInput  string
 	signature string
 	started   time.Time
+	// mcpTools is what ext_authz allowed an MCP tools/list to show (the
+	// x-agent-mcp-tools request header); nil when the request is not one.
+	mcpTools []string
 }
 
 // Process serves one stream: Envoy opens one per HTTP request.
@@ -201,6 +205,12 @@ func (p *Processor) requestHeaders(x *exchange, h *extprocv3.HttpHeaders) *extpr
 			id = header(hv)
 		case "x-agent-receipt":
 			receipt = header(hv)
+		case mcpToolsHeader:
+			tools, err := mcp.ParseToolsHeader(header(hv))
+			if err != nil {
+				return p.refuse(x, "protocol_error", 500, err.Error())
+			}
+			x.mcpTools = tools
 		}
 	}
 	d, src, err := p.o.Decisions.Lookup(id, receipt, x.req.Method, x.req.Authority, x.req.Path+x.req.Query)
@@ -258,6 +268,12 @@ func (p *Processor) responseHeaders(ctx context.Context, x *exchange, h *extproc
 		return p.refuse(x, "protocol_error", 502, "response without a valid :status")
 	}
 	x.h = sha256.New()
+	buffered := !(x.hasMode && x.bodyMode != filterv3.ProcessingMode_BUFFERED && x.bodyMode != filterv3.ProcessingMode_BUFFERED_PARTIAL) && contentLength <= p.o.MaxBodyBytes
+	if x.mcpTools != nil && !h.GetEndOfStream() && !buffered {
+		// The agent must not see tools it may not call, and only a
+		// buffered answer can be filtered: fail closed.
+		return p.refuse(x, "mcp_unfilterable", 502, "a tools/list answer must be buffered to be filtered (response_body_mode BUFFERED, within max_body_bytes)")
+	}
 	switch {
 	case h.GetEndOfStream():
 		// No body: the digest is that of the empty body.
@@ -290,6 +306,9 @@ func (p *Processor) responseBody(ctx context.Context, x *exchange, b *extprocv3.
 	cont := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
 	switch x.phase {
 	case phaseAwaitBody:
+		if x.mcpTools != nil {
+			return p.filterTools(ctx, x, b)
+		}
 		x.h.Write(body)
 		x.bytes += int64(len(body))
 		var m *extprocv3.CommonResponse
@@ -489,4 +508,34 @@ func (p *Processor) refuse(x *exchange, outcome string, code int, detail string)
 		Body:    body,
 		Details: "agentauthz_" + outcome,
 	}}}
+}
+
+// mcpToolsHeader is extauthz.HeaderMCPTools (not imported: extauthz is the
+// decision path, this the response path).
+const mcpToolsHeader = "x-agent-mcp-tools"
+
+// filterTools answers the body of an allowed MCP tools/list: the tools the
+// agent may not call are removed before the answer is signed, so the
+// signature and the record cover what the agent saw (docs/mcp.md).
+func (p *Processor) filterTools(ctx context.Context, x *exchange, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	if !b.GetEndOfStream() {
+		return p.refuse(x, "mcp_unfilterable", 502, "tools/list answer larger than the buffer: cannot filter it")
+	}
+	body, changed, err := mcp.FilterToolsList(b.GetBody(), x.ctype, x.mcpTools)
+	if err != nil {
+		return p.refuse(x, "mcp_unfilterable", 502, err.Error())
+	}
+	x.h.Write(body)
+	x.bytes += int64(len(body))
+	m, refused := p.sign(ctx, x, true, "")
+	if refused != nil {
+		return refused
+	}
+	if changed {
+		p.o.Metrics.outcome("mcp_tools_filtered")
+		m.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
+		// The length changed; Envoy recomputes it for a buffered body.
+		m.HeaderMutation.RemoveHeaders = append(m.HeaderMutation.RemoveHeaders, "content-length")
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{Response: m}}}
 }

@@ -13,13 +13,13 @@ type Metrics struct {
 }
 
 // Outcomes counted in agentauthz_extproc_responses_total. Every response
-// gets exactly one of the first group; replaced_upstream_signature is
-// counted besides.
+// gets exactly one of the first group; replaced_upstream_signature and
+// mcp_tools_filtered are counted besides.
 var outcomes = []string{
 	"signed", "unsigned_too_large", "unsigned_streamed", "unsigned_not_sent",
 	"no_decision", "headers_too_large", "unsignable", "log_failed", "sign_failed",
-	"protocol_error", "stream_ended_early", "internal_error",
-	"replaced_upstream_signature",
+	"protocol_error", "stream_ended_early", "internal_error", "mcp_unfilterable",
+	"replaced_upstream_signature", "mcp_tools_filtered",
 }
 
 // NewMetrics registers the processor's metrics with reg (nil: unregistered).

@@ -889,3 +889,42 @@ func TestBundleIntermediateIsNotAnAnchor(t *testing.T) {
 		}
 	}
 }
+
+// TestSelfSignedIsAlwaysAnAnchor: a bundle holding a new root and the same
+// key cross-signed by the old root keeps the self-signed new root as a
+// trust anchor; the cross-signed copy is an intermediate.
+func TestSelfSignedIsAlwaysAnAnchor(t *testing.T) {
+	mk := func(cn string, key *ecdsa.PrivateKey, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, serial int64) *x509.Certificate {
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		}
+		if parent == nil {
+			parent, parentKey = tmpl, key
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	oldKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	newKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	oldRoot := mk("old root", oldKey, nil, nil, 1)
+	newRoot := mk("new root", newKey, nil, nil, 2)
+	cross := mk("new root", newKey, oldRoot, oldKey, 3)
+	bundle := []*x509.Certificate{oldRoot, cross, newRoot}
+	for _, tc := range []struct {
+		c      *x509.Certificate
+		issued bool
+	}{{oldRoot, false}, {newRoot, false}, {cross, true}} {
+		if got := issuedInBundle(tc.c, bundle); got != tc.issued {
+			t.Errorf("%s (serial %v): issued in bundle = %v, want %v", tc.c.Subject.CommonName, tc.c.SerialNumber, got, tc.issued)
+		}
+	}
+}

@@ -5,13 +5,14 @@ import (
 	"strconv"
 )
 
-// JSON-RPC error codes of a denial. -32700 and -32600 are JSON-RPC 2.0's
-// own; -32003 is in the range JSON-RPC reserves for servers, chosen to read
-// as HTTP's 403.
+// JSON-RPC error codes of a denial. -32600 is JSON-RPC 2.0's own. A
+// refusal is 403, an application-defined code (outside -32768..-32000),
+// chosen to read as HTTP's 403: the implementation range is crowded (the
+// official Go SDK reads -32003 as "client is closing" and drops the
+// connection).
 const (
-	CodeParseError     = -32700
 	CodeInvalidRequest = -32600
-	CodeForbidden      = -32003
+	CodeForbidden      = 403
 )
 
 // ErrorData is the error's data member: what a client, or the model behind

@@ -138,11 +138,11 @@ func TestErrorBody(t *testing.T) {
 		c    *Call
 		want string
 	}{
-		{"single", single, `{"jsonrpc":"2.0","id":"x","error":{"code":-32003,"message":"m","data":{"reason":"scope_missing","decision_id":"d-1"}}}`},
-		{"batch: one error per request", batch, `[{"jsonrpc":"2.0","id":1,"error":{"code":-32003,"message":"m","data":{"reason":"scope_missing","decision_id":"d-1"}}},` +
-			`{"jsonrpc":"2.0","id":2,"error":{"code":-32003,"message":"m","data":{"reason":"scope_missing","decision_id":"d-1"}}}]`},
-		{"notification", notes, `{"jsonrpc":"2.0","id":null,"error":{"code":-32003,"message":"m","data":{"reason":"scope_missing","decision_id":"d-1"}}}`},
-		{"unreadable", nil, `{"jsonrpc":"2.0","id":null,"error":{"code":-32003,"message":"m","data":{"reason":"scope_missing","decision_id":"d-1"}}}`},
+		{"single", single, `{"jsonrpc":"2.0","id":"x","error":{"code":403,"message":"m","data":{"reason":"scope_missing","decision_id":"d-1"}}}`},
+		{"batch: one error per request", batch, `[{"jsonrpc":"2.0","id":1,"error":{"code":403,"message":"m","data":{"reason":"scope_missing","decision_id":"d-1"}}},` +
+			`{"jsonrpc":"2.0","id":2,"error":{"code":403,"message":"m","data":{"reason":"scope_missing","decision_id":"d-1"}}}]`},
+		{"notification", notes, `{"jsonrpc":"2.0","id":null,"error":{"code":403,"message":"m","data":{"reason":"scope_missing","decision_id":"d-1"}}}`},
+		{"unreadable", nil, `{"jsonrpc":"2.0","id":null,"error":{"code":403,"message":"m","data":{"reason":"scope_missing","decision_id":"d-1"}}}`},
 	} {
 		if got := string(ErrorBody(tc.c, CodeForbidden, "m", data)); got != tc.want {
 			t.Errorf("%s:\n got %s\nwant %s", tc.name, got, tc.want)

@@ -93,9 +93,16 @@ func TestMCPThroughShippedPolicy(t *testing.T) {
 func TestMCPNotReadOutsideEndpoints(t *testing.T) {
 	e := newTestEngine(t, Config{Dir: shippedPolicies})
 	payer := agentWith(3, "payments:initiate", "payments:read")
+	// GET (the server's event stream) and DELETE (end of session) go
+	// through the route table: the shipped one maps them to mcp:session.
+	for _, m := range []string{"GET", "DELETE"} {
+		r, err := e.Eval(context.Background(), sampleRequest(m, "/mcp", "", ""), agentWith(0))
+		if err != nil || r.MCP != nil || !r.Allowed || r.Operation != "mcp:session" {
+			t.Fatalf("%s /mcp: %+v, %v", m, r, err)
+		}
+	}
 	for _, tc := range []struct{ method, path string }{
-		{"GET", "/mcp"},     // the SSE stream: the route table decides
-		{"DELETE", "/mcp"},  // session end: the route table decides
+		{"PUT", "/mcp"},     // no route
 		{"POST", "/mcp/"},   // another path
 		{"POST", "//mcp"},   // not canonical
 		{"POST", "/MCP"},    // paths are case-sensitive

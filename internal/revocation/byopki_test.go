@@ -200,6 +200,29 @@ func TestRevokedIntermediate(t *testing.T) {
 			}
 		})
 	}
+	// A bundle reload keeps the issuing CA's CRL learned from a chain: the
+	// file has not changed, so nothing would bring it back.
+	t.Run("reload keeps learned", func(t *testing.T) {
+		c, _ := start(t, Config{Tenants: map[string]TenantConfig{byoTD: {
+			CAs: identityCAs(t, p, "root.pem"), CRLFiles: []string{p.Path("crls.pem")},
+		}}})
+		waitFor(t, "ready", c.Ready)
+		if got := checkFile(t, c, p, "root.pem", "gone.pem", "issuing.pem"); got != reason.CertificateRevoked {
+			t.Fatalf("before the reload: %q", string(got))
+		}
+		if got := checkFile(t, c, p, "root.pem", "bot.pem", "issuing.pem"); got != "" {
+			t.Fatalf("before the reload: %q", string(got))
+		}
+		if err := c.SetCAs(byoTD, identityCAs(t, p, "root.pem")); err != nil {
+			t.Fatal(err)
+		}
+		if got := checkFile(t, c, p, "root.pem", "gone.pem", "issuing.pem"); got != reason.CertificateRevoked {
+			t.Errorf("after the reload: %q", string(got))
+		}
+		if got := checkFile(t, c, p, "root.pem", "bot.pem", "issuing.pem"); got != "" {
+			t.Errorf("after the reload: %q", string(got))
+		}
+	})
 	p.Revoke("root", "issuing.pem")
 	p.CRL("root", "root.crl")
 	p.Cat("crls.pem", "root.crl", "issuing.crl")
