@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/agentauthz/agentauthz/internal/config"
+	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/extauthz"
 	"github.com/agentauthz/agentauthz/internal/extproc"
@@ -135,6 +136,23 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		return c, fmt.Errorf("decision log: %w", err)
 	}
 	c.Closers = append(c.Closers, dlog.Close)
+	if cp := cfg.ControlPlane; cp.URL != "" {
+		tc, err := controlPlaneTLS(cp)
+		if err != nil {
+			return c, err
+		}
+		shipper, err := control.NewShipper(control.ShipperConfig{
+			LogDir: cfg.DecisionLog.Dir, Name: cfg.DecisionLog.Name, Keys: dlog.PublicKeys,
+			URL: cp.URL, Client: &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: tc}},
+			Logger: logger.Named("shipper"), Registerer: reg, DrainTimeout: cp.ShipDrainTimeout.D(),
+		})
+		if err != nil {
+			return c, err
+		}
+		// A loop: it stops after the gRPC drain, so what it ships last
+		// includes every answered decision.
+		c.Loops = append(c.Loops, shipper.Run)
+	}
 	c.Ready = append(c.Ready, ReadyCheck{Name: "decision_log", Check: dlog.Err})
 	jwks := dlog.JWKSHandler()
 	c.Handlers["GET /v1/keys"] = jwks
@@ -147,11 +165,7 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	if rs := cfg.ResponseSigning; rs.Disabled {
 		logger.Warn("response signing is off (response_signing.disabled): ext_proc is not served, responses are not signed")
 	} else {
-		keys, err := receiptKeys(rs.TrustedReceiptKeys, dlog.PublicKeys)
-		if err != nil {
-			return c, err
-		}
-		table := extproc.NewTable(rs.MaxPending, rs.DecisionTTL.D(), keys, nil)
+		table := extproc.NewTable(rs.MaxPending, rs.DecisionTTL.D(), nil)
 		recorder = extproc.NoteAllowed(dlog, table)
 		proc, err := extproc.New(extproc.Options{
 			Decisions:      table,
@@ -186,32 +200,6 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	c.Loops = append(c.Loops, trust.Run)
 	c.Reload = func() error { return errors.Join(engine.Reload(), trust.Reload()) }
 	return c, nil
-}
-
-// receiptKeys returns the keys receipts may be signed with: the log's own,
-// read at each call (a rotation adds one), and the other replicas' from
-// files, read once.
-func receiptKeys(files []string, own func() decisionlog.KeySet) (func() decisionlog.KeySet, error) {
-	extra := decisionlog.KeySet{}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("response_signing.trusted_receipt_keys: %w", err)
-		}
-		ks, err := decisionlog.ParseKeySet(data)
-		if err != nil {
-			return nil, fmt.Errorf("response_signing.trusted_receipt_keys: %s: %w", f, err)
-		}
-		maps.Copy(extra, ks)
-	}
-	if len(extra) == 0 {
-		return own, nil
-	}
-	return func() decisionlog.KeySet {
-		ks := own()
-		maps.Copy(ks, extra)
-		return ks
-	}, nil
 }
 
 // loadTrust reads every trust bundle and the revocation sources of each tenant.
