@@ -68,7 +68,7 @@ type controlFleet struct {
 	cpDir    string
 	url      string   // the (first) control plane's base URL
 	urls     []string // every control plane's
-	certs    string // operator and replica certificates
+	certs    string   // operator and replica certificates
 	env      *ca.DevEnv
 	replicas []*replica
 }
