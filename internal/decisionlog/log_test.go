@@ -167,7 +167,7 @@ func TestReceiptVerifiesWithGoJoseFromJWKS(t *testing.T) {
 	if err := json.Unmarshal(rr.Body.Bytes(), &set); err != nil {
 		t.Fatal(err)
 	}
-	obj, err := jose.ParseSigned(rc.JWS, []jose.SignatureAlgorithm{jose.EdDSA})
+	obj, err := jose.ParseSignedCompact(rc.JWS, []jose.SignatureAlgorithm{jose.EdDSA})
 	if err != nil {
 		t.Fatal(err)
 	}
