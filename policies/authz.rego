@@ -2,8 +2,10 @@
 # when the agent's trust level is high enough and it holds the operation's
 # scope. Restrictions in data.agentauthz.restrictions can only take away.
 #
-# input.operation is set by agentauthz from data.agentauthz.routes; an
-# unknown route has no operation and is denied. One route table serves every
+# input.operation is set by agentauthz from data.agentauthz.routes, or for a
+# call to an MCP endpoint from data.agentauthz.mcp (by method, tool name or
+# resource URI; input.mcp describes the message); an unknown route or tool
+# has no operation and is denied. One route table serves every
 # tenant (trust domain); an operation with a "tenants" list exists only for
 # agents of those tenants. See docs/policies.md.
 #
@@ -27,6 +29,8 @@ decision := {"allowed": false, "reason": "agent_quarantined"} if {
 	"allowed": true,
 	"reason": "allowed",
 	"headers": {"x-agent-operation": input.operation},
+	# Replace, not append beside, a value the client sent.
+	"header_append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
 }
 
 # The operation, if it exists for the agent's tenant.
@@ -60,6 +64,14 @@ scope_held if {
 	s := operation_rule.scope
 	is_string(s)
 	s in effective_scopes
+}
+
+# A public operation (MCP's initialize, ping, tools/list: see
+# data.agentauthz.mcp) needs no scope, only the trust level and a verified
+# agent. Only the boolean true makes one public.
+scope_held if {
+	operation_rule.public == true
+	is_string(input.agent.spiffe_id)
 }
 
 # restriction is the agent's entry in the overlay while it is in force, keyed

@@ -286,6 +286,111 @@ test_every_route_names_a_known_operation if {
 test_every_operation_has_a_trust_level_and_scope if {
 	every _, o in data.agentauthz.operations {
 		o.min_trust in numbers.range(0, 4)
-		contains(o.scope, ":")
+		scoped_or_public(o)
 	}
+}
+
+scoped_or_public(o) if contains(o.scope, ":")
+
+scoped_or_public(o) if {
+	o.public == true
+	not "scope" in object.keys(o)
+}
+
+test_every_mcp_mapping_names_a_known_operation if {
+	mcp := data.agentauthz.mcp
+	every _, op in mcp.methods {
+		data.agentauthz.operations[op]
+	}
+	every _, op in mcp.tools {
+		data.agentauthz.operations[op]
+	}
+	every r in mcp.resources {
+		data.agentauthz.operations[r.operation]
+	}
+	data.agentauthz.operations[mcp.responses]
+}
+
+# --- MCP: agentauthz resolves each JSON-RPC message to an operation from
+# data.agentauthz.mcp and describes it in input.mcp ---
+
+mcp_tool_op(tool) := data.agentauthz.mcp.tools[tool]
+
+mcp_method_op(method) := data.agentauthz.mcp.methods[method]
+
+mcp_decide(a, op, msg) := d if {
+	d := authz.decision with input as {"agent": a, "operation": op, "mcp": msg}
+}
+
+test_mcp_tools_map_to_their_operations if {
+	mcp_tool_op("initiate_payment") == "payments:initiate"
+	mcp_tool_op("get_payment") == "payments:read"
+	mcp_tool_op("list_payments") == "payments:read"
+}
+
+test_mcp_payer_may_initiate_payment if {
+	d := mcp_decide(payer, mcp_tool_op("initiate_payment"), {"method": "tools/call", "tool": "initiate_payment", "kind": "request"})
+	d.allowed == true
+	d.headers["x-agent-operation"] == "payments:initiate"
+}
+
+test_mcp_reader_may_read_but_not_initiate if {
+	mcp_decide(reader, mcp_tool_op("get_payment"), {"method": "tools/call", "tool": "get_payment"}).allowed == true
+	d := mcp_decide(reader, mcp_tool_op("initiate_payment"), {"method": "tools/call", "tool": "initiate_payment"})
+	d.allowed == false
+	d.reason == "insufficient_trust_level"
+}
+
+test_mcp_l2_payer_refused_initiate_payment if {
+	d := mcp_decide(l2_payer, mcp_tool_op("initiate_payment"), {"method": "tools/call", "tool": "initiate_payment"})
+	d.reason == "insufficient_trust_level"
+}
+
+# An unknown tool resolves to no operation (input.operation absent).
+test_mcp_unknown_tool_denied if {
+	not data.agentauthz.mcp.tools.delete_everything
+	d := authz.decision with input as {"agent": privileged, "mcp": {"method": "tools/call", "tool": "delete_everything"}}
+	d.allowed == false
+	d.reason == "unknown_operation"
+}
+
+# Discovery and session upkeep are open to every verified agent, even one
+# of trust L0 without scopes.
+test_mcp_discovery_and_session_open_to_every_agent if {
+	nobody := agent("new-bot", 0, [])
+	every method in ["initialize", "ping", "tools/list", "resources/list", "prompts/list"] {
+		mcp_decide(nobody, mcp_method_op(method), {"method": method}).allowed == true
+	}
+	mcp_decide(nobody, data.agentauthz.mcp.methods["notifications/*"], {"method": "notifications/initialized", "kind": "notification"}).allowed == true
+	mcp_decide(nobody, data.agentauthz.mcp.responses, {"kind": "response"}).allowed == true
+}
+
+test_mcp_public_operation_needs_an_agent if {
+	d := authz.decision with input as {"operation": mcp_method_op("tools/list")}
+	d.allowed == false
+	d.reason == "scope_missing"
+}
+
+test_mcp_public_operation_keeps_its_trust_level if {
+	ops := {"mcp:discover": {"min_trust": 2, "public": true}}
+	denied_with(reader, "mcp:discover", "insufficient_trust_level") with data.agentauthz.operations as ops
+	allowed(onboarder, "mcp:discover") with data.agentauthz.operations as ops
+}
+
+test_mcp_public_must_be_true if {
+	every bad in ["true", 1, false, null] {
+		denied_with(privileged, "mcp:discover", "scope_missing") with data.agentauthz.operations as {"mcp:discover": {"min_trust": 0, "public": bad}}
+	}
+}
+
+test_mcp_quarantined_agent_cannot_even_list_tools if {
+	r := restricted(payer, {"quarantined": true})
+	denied_with(payer, mcp_method_op("tools/list"), "agent_quarantined") with data.agentauthz.restrictions as r
+}
+
+test_mcp_resource_read_by_uri_pattern if {
+	r := data.agentauthz.mcp.resources[0]
+	r.uri == "payments://payments/*"
+	mcp_decide(reader, r.operation, {"method": "resources/read", "uri": "payments://payments/p-1"}).allowed == true
+	mcp_decide(screener, r.operation, {"method": "resources/read", "uri": "payments://payments/p-1"}).reason == "scope_missing"
 }

@@ -228,7 +228,7 @@ func (a *Authority) storeCA(td, org, crlURL string, maxTTL time.Duration, import
 			td, org, crlURL, int64(maxTTL/time.Second), imp, fmtTime(now)); err != nil {
 			return fmt.Errorf("record trust domain: %w", err)
 		}
-		if err := addEvent(tx, now, td, "", "", event, operator, fmt.Sprintf("org=%q crl_url=%q max_ttl=%s", org, crlURL, maxTTL)); err != nil {
+		if err := a.addEvent(tx, now, td, "", "", event, operator, fmt.Sprintf("org=%q crl_url=%q max_ttl=%s", org, crlURL, maxTTL)); err != nil {
 			return err
 		}
 		// Files last, inside the transaction, so a failed write rolls the row back.

@@ -286,13 +286,13 @@ func (a *Authority) issue(req IssueRequest, mode issueMode) (*Issued, error) {
 			changed := false
 			if ag.Status == "revoked" {
 				changed = true
-				if err := addEvent(tx, now, req.TrustDomain, req.AgentID, "", "agent_revocation_lifted", req.Operator,
+				if err := a.addEvent(tx, now, req.TrustDomain, req.AgentID, "", "agent_revocation_lifted", req.Operator,
 					"was revoked: "+ag.RevocationReason); err != nil {
 					return err
 				}
 			}
 			if mode == modeReissue {
-				n, err := revokeActive(tx, now, req.TrustDomain, req.AgentID, ReasonSuperseded, req.Operator)
+				n, err := a.revokeActive(tx, now, req.TrustDomain, req.AgentID, ReasonSuperseded, req.Operator)
 				if err != nil {
 					return err
 				}
@@ -313,7 +313,7 @@ func (a *Authority) issue(req IssueRequest, mode issueMode) (*Issued, error) {
 		event := map[issueMode]string{modeNew: "issue", modeRenew: "renew", modeReissue: "reissue"}[mode]
 		detail := fmt.Sprintf("trust=%s scopes=%s owner=%s not_after=%s key=%s", rec.Trust, string(scopesJSON), rec.Owner,
 			fmtTime(rec.NotAfter), rec.KeyType)
-		return addEvent(tx, now, rec.TrustDomain, rec.AgentID, rec.Serial, event, rec.Operator, detail)
+		return a.addEvent(tx, now, rec.TrustDomain, rec.AgentID, rec.Serial, event, rec.Operator, detail)
 	})
 	if err != nil {
 		return nil, err

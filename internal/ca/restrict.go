@@ -140,7 +140,7 @@ func (a *Authority) Restrict(req RestrictRequest) (*Restriction, error) {
 			r.TrustDomain, r.AgentID, q, maxTrust, string(sj), until, r.Reason, r.Operator, fmtEvent(now)); err != nil {
 			return fmt.Errorf("store restriction: %w", err)
 		}
-		if err := addEvent(tx, now, r.TrustDomain, r.AgentID, "", "restrict", r.Operator, r.describe()); err != nil {
+		if err := a.addEvent(tx, now, r.TrustDomain, r.AgentID, "", "restrict", r.Operator, r.describe()); err != nil {
 			return err
 		}
 		return bumpRevocation(tx, r.TrustDomain)
@@ -195,7 +195,7 @@ func (a *Authority) Lift(td, agentID, reason, operator string) error {
 			}
 			return fmt.Errorf("%w: agent %q in trust domain %q has no restriction", ErrNotFound, agentID, td)
 		}
-		if err := addEvent(tx, a.now(), td, agentID, "", "lift", operator, "reason="+reason); err != nil {
+		if err := a.addEvent(tx, a.now(), td, agentID, "", "lift", operator, "reason="+reason); err != nil {
 			return err
 		}
 		return bumpRevocation(tx, td)

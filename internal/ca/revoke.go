@@ -46,14 +46,14 @@ func (a *Authority) Revoke(td, agentID string, reason Reason, operator string) (
 		}
 		rows.Close()
 		now := a.now()
-		if _, err := revokeActive(tx, now, td, agentID, reason, operator); err != nil {
+		if _, err := a.revokeActive(tx, now, td, agentID, reason, operator); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(`UPDATE agents SET status = 'revoked', revoked_at = ?, revocation_reason = ?, updated_at = ? WHERE tenant = ? AND agent_id = ?`,
 			fmtTime(now), reason.String(), fmtTime(now), td, agentID); err != nil {
 			return fmt.Errorf("revoke agent: %w", err)
 		}
-		if err := addEvent(tx, now, td, agentID, "", "agent_revoke", operator, "reason="+reason.String()); err != nil {
+		if err := a.addEvent(tx, now, td, agentID, "", "agent_revoke", operator, "reason="+reason.String()); err != nil {
 			return err
 		}
 		return bumpRevocation(tx, td)
@@ -94,7 +94,7 @@ func (a *Authority) RevokeSerial(td, serial string, reason Reason, operator stri
 			fmtTime(now), reason.String(), td, s); err != nil {
 			return fmt.Errorf("revoke certificate: %w", err)
 		}
-		if err := addEvent(tx, now, td, agentID, s, "revoke", operator, "reason="+reason.String()); err != nil {
+		if err := a.addEvent(tx, now, td, agentID, s, "revoke", operator, "reason="+reason.String()); err != nil {
 			return err
 		}
 		return bumpRevocation(tx, td)
@@ -112,7 +112,7 @@ func (a *Authority) FindSerial(serial string) ([]string, error) {
 
 // revokeActive revokes all active certificates of an agent inside tx and
 // records one event per certificate.
-func revokeActive(tx *sql.Tx, now time.Time, td, agentID string, reason Reason, operator string) (int, error) {
+func (a *Authority) revokeActive(tx *sql.Tx, now time.Time, td, agentID string, reason Reason, operator string) (int, error) {
 	rows, err := tx.Query(`SELECT serial FROM certificates WHERE tenant = ? AND agent_id = ? AND status = 'active'`, td, agentID)
 	if err != nil {
 		return 0, err
@@ -132,7 +132,7 @@ func revokeActive(tx *sql.Tx, now time.Time, td, agentID string, reason Reason, 
 			fmtTime(now), reason.String(), td, s); err != nil {
 			return 0, fmt.Errorf("revoke certificate: %w", err)
 		}
-		if err := addEvent(tx, now, td, agentID, s, "revoke", operator, "reason="+reason.String()); err != nil {
+		if err := a.addEvent(tx, now, td, agentID, s, "revoke", operator, "reason="+reason.String()); err != nil {
 			return 0, err
 		}
 	}
@@ -262,7 +262,7 @@ func (a *Authority) crl(td string, validity time.Duration, reuse bool) ([]byte, 
 			number, gen, crl, fmtTime(tmpl.ThisUpdate), fmtTime(tmpl.NextUpdate), td); err != nil {
 			return fmt.Errorf("record CRL: %w", err)
 		}
-		if err := addEvent(tx, now, td, "", "", "crl", "system", fmt.Sprintf("number=%d entries=%d next_update=%s", number, len(entries), fmtTime(tmpl.NextUpdate))); err != nil {
+		if err := a.addEvent(tx, now, td, "", "", "crl", "system", fmt.Sprintf("number=%d entries=%d next_update=%s", number, len(entries), fmtTime(tmpl.NextUpdate))); err != nil {
 			return err
 		}
 		out = crl

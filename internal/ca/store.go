@@ -38,7 +38,7 @@ func (e *StoreError) Unwrap() error { return e.Err }
 
 // schemaVersion is PRAGMA user_version of the current schema. Version 0 is an
 // empty database; migrations[i] moves version i to i+1.
-const schemaVersion = 2
+const schemaVersion = 3
 
 var migrations = []string{
 	// 0 → 1
@@ -126,6 +126,13 @@ CREATE TABLE restrictions (
 	FOREIGN KEY (tenant, agent_id) REFERENCES agents(tenant, agent_id)
 );
 `,
+	// 2 → 3: the signed change log (changelog.go); NULL on older rows.
+	`
+ALTER TABLE events ADD COLUMN prev TEXT;
+ALTER TABLE events ADD COLUMN hash TEXT;
+ALTER TABLE events ADD COLUMN kid TEXT;
+ALTER TABLE events ADD COLUMN sig TEXT;
+`,
 }
 
 // defaultBusyTimeout is how long a connection waits for a lock another
@@ -159,6 +166,7 @@ type Authority struct {
 	rand        io.Reader
 	mustExist   bool
 	busyTimeout time.Duration
+	ck          changeKeyState
 }
 
 // Open opens (creating if needed) the inventory of dataDir.
@@ -360,15 +368,6 @@ func parseTime(s string) time.Time {
 	return t
 }
 
-func addEvent(tx *sql.Tx, at time.Time, tenant, agentID, serial, event, operator, detail string) error {
-	_, err := tx.Exec(`INSERT INTO events (at, tenant, agent_id, serial, event, operator, detail) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		fmtEvent(at), tenant, agentID, serial, event, operator, detail)
-	if err != nil {
-		return fmt.Errorf("record event %s: %w", event, err)
-	}
-	return nil
-}
-
 // RecordEvent appends a control-plane change that is not a certificate
 // lifecycle step (e.g. an operator certificate issued) to the event log.
 func (a *Authority) RecordEvent(tenant, agentID, serial, event, operator, detail string) error {
@@ -379,7 +378,7 @@ func (a *Authority) RecordEvent(tenant, agentID, serial, event, operator, detail
 		return err
 	}
 	return a.tx(context.Background(), func(tx *sql.Tx) error {
-		return addEvent(tx, a.now(), tenant, agentID, serial, event, operator, detail)
+		return a.addEvent(tx, a.now(), tenant, agentID, serial, event, operator, detail)
 	})
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,12 +23,15 @@ import (
 func newAuditCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
-		Short: "Verify, query and follow the signed decision log",
-		Long: `The decision log is a chain of Ed25519-signed records (one compact JWS per line) in
-<data-dir>/log. These commands only read it; they work on a copy as well as on a live log.
-The format and the verification algorithm are in docs/decision-log.md.`,
+		Short: "Verify, query, prove and follow the signed decision log",
+		Long: `The decision log in <data-dir>/log is a Merkle tree (RFC 6962 / RFC 9162) of records, one JSON
+record per line, with a signed checkpoint (a C2SP signed note, Ed25519) after each group-commit
+batch. These commands only read it (except rotate-key and migrate); they work on a copy as well
+as on a live log. v1 logs (one JWS per record, hash-chained) are still verified and read. The
+format and the verification algorithm are in docs/decision-log.md.`,
 	}
 	cmd.AddCommand(newAuditVerifyCmd(), newAuditQueryCmd(), newAuditWhoCmd(), newAuditTailCmd(),
+		newAuditProveCmd(), newAuditConsistencyCmd(), newAuditMigrateCmd(),
 		newAuditPubkeyCmd(), newAuditRotateKeyCmd(), newAuditSampleCmd())
 	return cmd
 }
@@ -76,18 +80,24 @@ func readArgFile(path string) ([]byte, error) {
 }
 
 func newAuditVerifyCmd() *cobra.Command {
-	var logDir, pubkey string
+	var logDir, pubkey, changeLog string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "verify",
-		Short: "Check every signature, the hash chain, sequence and segments; name the first bad seq",
-		Long: `verify checks every record of the log: its Ed25519 signature, that it chains onto the
-previous record, that sequence numbers have no gap, and that each segment is named after its
-first record. It exits 0 when the log is intact, 1 naming the first bad sequence number and the
-kind of damage (modified, missing, inserted, reordered, truncated, segment_name, nul_bytes), 2 on
-error. The segment being written ends in zero padding (preallocated space); that is not damage.`,
+		Short: "Rebuild the Merkle tree, check every checkpoint; name the first bad index",
+		Long: `verify rebuilds the log's Merkle tree from its records and checks every checkpoint: its
+signature (the first by a --pubkey key, later ones by the key in force, following key_rotation
+records), that it ends its batch, that the batch has its batch root and the tree its root (so
+every checkpoint is consistent with the next). It exits 0 when the log is intact, 1 naming the
+first bad index and the kind of damage (modified, missing, inserted, bad_checkpoint,
+inconsistent, uncovered, truncated, segment_name, nul_bytes), 2 on error. The segment being
+written ends in zero padding (preallocated space); that is not damage. A v1 log is verified
+record by record (signatures and hash chain) and named by seq.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if changeLog != "" {
+				return verifyChangeLog(cmd, changeLog, pubkey, asJSON)
+			}
 			if err := checkLogDir(logDir); err != nil {
 				return err
 			}
@@ -107,14 +117,22 @@ error. The segment being written ends in zero padding (preallocated space); that
 					return err
 				}
 			} else if res.Problem != nil {
-				p := res.Problem
-				fmt.Fprintf(out, "FAIL seq %d: %s: %s (%s line %d)\n", p.Seq, p.Kind, p.Detail, p.Segment, p.Line)
-				if res.Records > 0 {
+				fmt.Fprintf(out, "FAIL %s\n", res.Problem.Error())
+				switch {
+				case res.Format == 1 && res.Records > 0:
 					fmt.Fprintf(out, "records %d..%d verified before it\n", res.FirstSeq, res.LastSeq)
+				case res.Format == 2 && res.Checkpoints > 0:
+					fmt.Fprintf(out, "records 0..%d verified before it (%d checkpoints)\n", res.Records-1, res.Checkpoints)
 				}
-			} else {
-				fmt.Fprintf(out, "ok: %d records, seq %d..%d, %d segments, head %s, keys %s\n",
+			} else if res.Format == 1 {
+				fmt.Fprintf(out, "ok: v1 log: %d records, seq %d..%d, %d segments, head %s, keys %s\n",
 					res.Records, res.FirstSeq, res.LastSeq, res.Segments, res.LastHash, strings.Join(res.KeyIDs, ", "))
+			} else {
+				fmt.Fprintf(out, "ok: %d records, %d checkpoints, %d segments, root %s, keys %s\n",
+					res.Records, res.Checkpoints, res.Segments, res.Root, strings.Join(res.KeyIDs, ", "))
+				if res.Checkpoint != "" {
+					fmt.Fprintf(out, "latest checkpoint:\n%s", res.Checkpoint)
+				}
 			}
 			if res.Problem != nil {
 				return errNo
@@ -123,6 +141,7 @@ error. The segment being written ends in zero padding (preallocated space); that
 		},
 	}
 	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
+	cmd.Flags().StringVar(&changeLog, "changelog", "", "verify the control plane's signed change log in this data directory instead")
 	cmd.Flags().StringVar(&pubkey, "pubkey", "", "trusted public key(s) of the log: PEM or JWKS (default: <log>/../keys, with a warning)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
@@ -227,24 +246,28 @@ func (p *recordPrinter) print(r *decisionlog.Record) error {
 		return err
 	}
 	if !p.header {
-		fmt.Fprintln(p.tw, "SEQ\tTIME\tAGENT\tTRUST\tMETHOD\tPATH\tOPERATION\tDECISION\tREASONS\tDECISION ID")
+		fmt.Fprintln(p.tw, "INDEX\tTIME\tAGENT\tTRUST\tMETHOD\tPATH\tOPERATION\tDECISION\tREASONS\tDECISION ID")
 		p.header = true
 	}
 	if r.Kind == decisionlog.KindKeyRotation {
-		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\tkey_rotation\tnew kid %s\t-\n", r.Seq, r.Time.Format(decisionlog.TimeLayout), cell(r.KeyRotation.NewKeyID))
+		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\tkey_rotation\tnew kid %s\t-\n", r.Index, r.Time.Format(decisionlog.TimeLayout), cell(r.KeyRotation.NewKeyID))
 		return nil
 	}
 	if r.Kind == decisionlog.KindResponse && r.Response != nil {
-		fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\tresponse %d\t%s\t%s\n", r.Seq, r.Time.Format(decisionlog.TimeLayout),
+		fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\tresponse %d\t%s\t%s\n", r.Index, r.Time.Format(decisionlog.TimeLayout),
 			cell(r.Agent.ID), cell(r.Agent.TrustLevel), cell(r.Request.Method), cell(r.Request.Path), cell(r.Request.Operation),
 			r.Response.Status, cell(r.Response.Body), cell(r.DecisionID))
+		return nil
+	}
+	if r.Kind != "" && r.Kind != decisionlog.KindDecision {
+		fmt.Fprintf(p.tw, "%d\t%s\t-\t-\t-\t-\t-\t%s\t-\t%s\n", r.Index, r.Time.Format(decisionlog.TimeLayout), cell(r.Kind), cell(r.DecisionID))
 		return nil
 	}
 	dec := "deny"
 	if r.Decision.Allowed {
 		dec = "allow"
 	}
-	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s %d\t%s\t%s\n", r.Seq, r.Time.Format(decisionlog.TimeLayout),
+	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s %d\t%s\t%s\n", r.Index, r.Time.Format(decisionlog.TimeLayout),
 		cell(r.Agent.ID), cell(r.Agent.TrustLevel), cell(r.Request.Method), cell(r.Request.Path), cell(r.Request.Operation),
 		dec, r.Decision.HTTPStatus, cell(strings.Join(r.Decision.Reasons, ",")), cell(r.DecisionID))
 	return nil
@@ -462,7 +485,7 @@ func printWho(out io.Writer, r *decisionlog.Record) {
 			{"body", fmt.Sprintf("%s, %d bytes", rs.Body, rs.Bytes)},
 			{"content digest", rs.ContentDigest},
 			{"signature input", rs.SignatureInput},
-			{"record", fmt.Sprintf("seq %d of log %s, key %s", r.Seq, r.Log, r.KeyID)},
+			{"record", recordWhere(r)},
 		} {
 			fmt.Fprintf(tw, "%s:\t%s\n", row[0], dash(cell(strings.TrimSpace(row[1]))))
 		}
@@ -491,12 +514,24 @@ func printWho(out io.Writer, r *decisionlog.Record) {
 		{"source", r.Request.Source},
 		{"outcome", fmt.Sprintf("%s (HTTP %d) %s", dec, r.Decision.HTTPStatus, strings.Join(r.Decision.Reasons, ","))},
 		{"policy revision", r.Decision.PolicyRevision},
-		{"record", fmt.Sprintf("seq %d of log %s, key %s", r.Seq, r.Log, r.KeyID)},
+		{"record", recordWhere(r)},
 	}
 	for _, row := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", row[0], cell(strings.TrimSpace(row[1])))
 	}
 	tw.Flush()
+}
+
+// recordWhere names a record's place: its index (and, in a v1 log, seq and key).
+func recordWhere(r *decisionlog.Record) string {
+	if r.Seq != 0 {
+		return fmt.Sprintf("seq %d of v1 log %s, key %s", r.Seq, r.Log, r.KeyID)
+	}
+	s := fmt.Sprintf("index %d of log %s", r.Index, r.Log)
+	if r.Truncated {
+		s += " (fields cut to their bounds: truncated)"
+	}
+	return s
 }
 
 func newAuditTailCmd() *cobra.Command {
@@ -580,10 +615,10 @@ func followLog(ctx context.Context, r *decisionlog.Reader, poll time.Duration, s
 }
 
 func newAuditPubkeyCmd() *cobra.Command {
-	var dataDir, format string
+	var dataDir, format, name string
 	cmd := &cobra.Command{
 		Use:   "pubkey",
-		Short: "Print the decision log's public keys (JWKS or PEM) for auditors and receipt checkers",
+		Short: "Print the decision log's public keys (JWKS, PEM or note verifier keys) for auditors, witnesses and receipt checkers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			keyDir := filepath.Join(dataDir, "keys")
@@ -603,12 +638,28 @@ func newAuditPubkeyCmd() *cobra.Command {
 			case "pem":
 				_, err := out.Write(ks.PEM())
 				return err
+			case "note":
+				if name == "" {
+					name, err = logOrigin(filepath.Join(dataDir, "log"))
+					if err != nil {
+						return withHint(err, "pass the log's name (decision_log.name): --name NAME")
+					}
+				}
+				for _, kid := range ks.KIDs() {
+					vk, err := decisionlog.NoteVerifierKey(name, ks[kid])
+					if err != nil {
+						return err
+					}
+					fmt.Fprintln(out, vk)
+				}
+				return nil
 			}
-			return fmt.Errorf("--format %q: want jwks or pem", format)
+			return fmt.Errorf("--format %q: want jwks, pem or note", format)
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "data directory (env AGENTAUTHZ_DATA_DIR)")
-	cmd.Flags().StringVar(&format, "format", "jwks", "jwks (RFC 7517) or pem (PKIX PUBLIC KEY blocks)")
+	cmd.Flags().StringVar(&format, "format", "jwks", "jwks (RFC 7517), pem (PKIX PUBLIC KEY blocks) or note (C2SP signed-note verifier keys, for witnesses)")
+	cmd.Flags().StringVar(&name, "name", "", "with --format note: the log's name (default: the origin of its latest checkpoint)")
 	return cmd
 }
 
@@ -619,7 +670,12 @@ func newAuditRotateKeyCmd() *cobra.Command {
 		Short: "Hand the log over to a new signing key, recorded in the log (stop serve first)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dataDir, "log"), KeyDir: filepath.Join(dataDir, "keys")})
+			logDir := filepath.Join(dataDir, "log")
+			name, err := logOrigin(logDir) // the log keeps its name
+			if err != nil {
+				name = "" // an empty log: the default name
+			}
+			l, err := decisionlog.Open(decisionlog.Options{Dir: logDir, KeyDir: filepath.Join(dataDir, "keys"), Name: name})
 			if err != nil {
 				return withHint(fmt.Errorf("open decision log: %w", err), "stop agentauthz serve on this data dir first")
 			}
@@ -645,6 +701,7 @@ func newAuditSampleCmd() *cobra.Command {
 	var dataDir string
 	var count, rotateAfter int
 	var segBytes int64
+	var receipts string
 	cmd := &cobra.Command{
 		Use:    "sample",
 		Short:  "Append made-up decision records to a log (demos and tests)",
@@ -661,6 +718,7 @@ func newAuditSampleCmd() *cobra.Command {
 				{"payments-bot", "L3", "payments:initiate"}, {"reader-bot", "L1", "reports:read"}, {"ops-bot", "L2", "tickets:write"},
 			}
 			base := time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC)
+			var rcpts []byte
 			for i := 0; i < count; i++ {
 				if rotateAfter > 0 && i == rotateAfter {
 					if _, err := l.Rotate(); err != nil {
@@ -682,16 +740,182 @@ func newAuditSampleCmd() *cobra.Command {
 					Request:  decisionlog.Request{ID: fmt.Sprintf("req-%04d", i+1), Method: "POST", Host: "api.acme.example", Path: "/v1/payments", Operation: "payments:initiate", Source: "10.0.0.7:40000"},
 					Decision: decisionlog.Decision{Allowed: allowed, HTTPStatus: status, Reasons: reasons, PolicyRevision: "rev-7"},
 				}
-				if _, err := l.Append(context.WithoutCancel(cmd.Context()), rec); err != nil {
+				rc, err := l.Append(context.WithoutCancel(cmd.Context()), rec)
+				if err != nil {
 					return err
 				}
+				rcpts = append(rcpts, rc.Header+"\n"...)
 			}
-			return l.Close()
+			if err := l.Close(); err != nil {
+				return err
+			}
+			if receipts != "" {
+				return os.WriteFile(receipts, rcpts, 0o644)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "data directory (env AGENTAUTHZ_DATA_DIR)")
 	cmd.Flags().IntVar(&count, "count", 10, "records to append")
 	cmd.Flags().IntVar(&rotateAfter, "rotate-after", 0, "rotate the signing key after this many records (0: never)")
 	cmd.Flags().Int64Var(&segBytes, "segment-max-bytes", 0, "segment size limit (0: default)")
+	cmd.Flags().StringVar(&receipts, "receipts", "", "write each record's receipt (x-agent-receipt) to this file, one per line")
+	return cmd
+}
+
+func newAuditProveCmd() *cobra.Command {
+	var logDir, pubkey string
+	cmd := &cobra.Command{
+		Use:   "prove DECISION_ID",
+		Short: "Print a record and its inclusion proof in the latest checkpoint (JSON)",
+		Long: `prove verifies the log, finds the record with the decision id, and prints as JSON: the record
+line, its leaf index and hash (SHA-256 of 0x00 and the line), the latest checkpoint (a signed
+note), its tree size and root, and the RFC 9162 inclusion proof from the leaf to that root. Any
+RFC 9162 verifier checks it offline with the log's public key (docs/decision-log.md). Exit 0
+found, 1 no such record, 2 error (including a log that does not verify).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkLogDir(logDir); err != nil {
+				return err
+			}
+			ks, err := loadTrustedKeys(pubkey, logDir, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			p, err := decisionlog.Prove(logDir, ks, args[0])
+			if errors.Is(err, decisionlog.ErrNotFound) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "agentauthz: no record with decision id %q covered by a checkpoint in %s\n", args[0], logDir)
+				return errNo
+			}
+			if err != nil {
+				return withHint(err, "run agentauthz audit verify --log %s", logDir)
+			}
+			return printJSON(cmd.OutOrStdout(), p)
+		},
+	}
+	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
+	cmd.Flags().StringVar(&pubkey, "pubkey", "", "trusted public key(s) of the log: PEM, JWKS or note verifier keys (default: <log>/../keys, with a warning)")
+	return cmd
+}
+
+func newAuditConsistencyCmd() *cobra.Command {
+	var logDir, pubkey string
+	cmd := &cobra.Command{
+		Use:   "consistency OLD_SIZE NEW_SIZE",
+		Short: "Print the consistency proof between two tree sizes (JSON): the log only grew",
+		Long: `consistency verifies the log and prints as JSON the RFC 9162 consistency proof between its trees of
+OLD_SIZE and NEW_SIZE records (NEW_SIZE may be "latest"), both roots, and the signed checkpoints of
+those sizes where the log has them. Keep a checkpoint (from a receipt, GET /checkpoint or an
+earlier audit) and check later that the log's new checkpoint extends it.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkLogDir(logDir); err != nil {
+				return err
+			}
+			old, err := strconv.ParseUint(args[0], 10, 64)
+			if err != nil {
+				return withHint(fmt.Errorf("OLD_SIZE %q: %w", args[0], err), "sizes are tree sizes: the second line of a checkpoint")
+			}
+			ks, err := loadTrustedKeys(pubkey, logDir, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			newSize := uint64(0)
+			if args[1] == "latest" {
+				res, err := decisionlog.Verify(logDir, ks)
+				if err != nil {
+					return err
+				}
+				newSize = res.Records
+			} else if newSize, err = strconv.ParseUint(args[1], 10, 64); err != nil {
+				return withHint(fmt.Errorf("NEW_SIZE %q: %w", args[1], err), "a tree size, or latest")
+			}
+			p, err := decisionlog.Consistency(logDir, ks, old, newSize)
+			if err != nil {
+				return withHint(err, "run agentauthz audit verify --log %s", logDir)
+			}
+			return printJSON(cmd.OutOrStdout(), p)
+		},
+	}
+	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
+	cmd.Flags().StringVar(&pubkey, "pubkey", "", "trusted public key(s) of the log: PEM, JWKS or note verifier keys (default: <log>/../keys, with a warning)")
+	return cmd
+}
+
+// logOrigin is the log's name as its latest checkpoint states it.
+func logOrigin(logDir string) (string, error) {
+	cps, err := decisionlog.Checkpoints(logDir)
+	if err != nil {
+		return "", err
+	}
+	if len(cps) == 0 {
+		return "", fmt.Errorf("no checkpoint in %s to take the log's name from", logDir)
+	}
+	origin, _, _ := strings.Cut(string(cps[len(cps)-1]), "\n")
+	return origin, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+func newAuditMigrateCmd() *cobra.Command {
+	var dataDir, pubkey string
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Keep a v1 log (as <data-dir>/log-v1) and start a v2 log that records its head (stop serve first)",
+		Long: `migrate is one-way: it verifies the v1 log in <data-dir>/log (one JWS per record, hash-chained),
+renames the directory to <data-dir>/log-v1, unchanged, and starts a v2 log in <data-dir>/log whose
+first record (kind "migration") names the v1 log's last seq, head hash and keys, under the same
+signing key. audit verify keeps verifying log-v1; the v2 log's checkpoints sign its head.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logDir := filepath.Join(dataDir, "log")
+			v1Dir := filepath.Join(dataDir, "log-v1")
+			if _, err := os.Stat(v1Dir); err == nil {
+				return withHint(fmt.Errorf("%s exists already", v1Dir), "a log was migrated before; move it away first")
+			}
+			ks, err := loadTrustedKeys(pubkey, logDir, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			res, err := decisionlog.Verify(logDir, ks)
+			if err != nil {
+				return err
+			}
+			if res.Format != 1 {
+				return fmt.Errorf("%s is not a v1 log: nothing to migrate", logDir)
+			}
+			if res.Problem != nil {
+				return withHint(fmt.Errorf("the v1 log does not verify: %v", res.Problem), "nothing was changed; investigate with agentauthz audit verify --log %s", logDir)
+			}
+			lock := filepath.Join(logDir, "LOCK")
+			if err := os.Rename(logDir, v1Dir); err != nil {
+				return err
+			}
+			os.Remove(filepath.Join(v1Dir, filepath.Base(lock)))
+			l, err := decisionlog.Open(decisionlog.Options{Dir: logDir, KeyDir: filepath.Join(dataDir, "keys")})
+			if err != nil {
+				return withHint(fmt.Errorf("open the v2 log: %w", err), "the v1 log is in %s, unchanged", v1Dir)
+			}
+			data, _ := json.Marshal(map[string]any{"v1_log": "log-v1", "v1_records": res.Records, "v1_last_seq": res.LastSeq,
+				"v1_head": res.LastHash, "v1_kids": res.KeyIDs})
+			rc, err := l.Append(context.WithoutCancel(cmd.Context()), &decisionlog.Record{Kind: "migration", Data: data})
+			if cerr := l.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "migrated: v1 log (%d records, head %s) kept in %s; v2 log started in %s, its record %d names the v1 head\n",
+				res.Records, res.LastHash, v1Dir, logDir, rc.Index)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "data directory (env AGENTAUTHZ_DATA_DIR)")
+	cmd.Flags().StringVar(&pubkey, "pubkey", "", "trusted public key(s) of the v1 log (default: <data-dir>/keys, with a warning)")
 	return cmd
 }

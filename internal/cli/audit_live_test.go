@@ -45,7 +45,7 @@ func TestAuditOnLivePaddedLog(t *testing.T) {
 		}
 	}
 	add(1, 5)
-	seg, err := os.ReadFile(filepath.Join(logDir, "00000000000000000001.log"))
+	seg, err := os.ReadFile(filepath.Join(logDir, "00000000000000000000.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,13 +58,13 @@ func TestAuditOnLivePaddedLog(t *testing.T) {
 		code := Run(context.Background(), args, nil, &out, &errOut)
 		return code, out.String(), errOut.String()
 	}
-	if code, out, errOut := run("audit", "verify", "--log", logDir); code != ExitOK || !strings.HasPrefix(out, "ok: 5 records, seq 1..5, 1 segments") {
+	if code, out, errOut := run("audit", "verify", "--log", logDir); code != ExitOK || !strings.HasPrefix(out, "ok: 5 records, 5 checkpoints, 1 segments") {
 		t.Fatalf("verify: exit %d\n%s%s", code, out, errOut)
 	}
 	if code, out, errOut := run("audit", "query", "--log", logDir, "--json"); code != ExitOK || strings.Count(out, "\n") != 5 || errOut != "" {
 		t.Fatalf("query: exit %d\n%s%s", code, out, errOut)
 	}
-	if code, out, errOut := run("audit", "who", "live-5", "--log", logDir); code != ExitOK || !strings.Contains(out, "seq 5 of log live") {
+	if code, out, errOut := run("audit", "who", "live-5", "--log", logDir); code != ExitOK || !strings.Contains(out, "index 4 of log live") {
 		t.Fatalf("who: exit %d\n%s%s", code, out, errOut)
 	}
 	if code, out, errOut := run("audit", "tail", "-n", "2", "--log", logDir, "--json"); code != ExitOK ||
@@ -99,7 +99,7 @@ func TestAuditOnLivePaddedLog(t *testing.T) {
 	if strings.Count(got, "\n") != 4 || !strings.Contains(got, `"live-5"`) || !strings.Contains(got, `"live-6"`) || errOut.String() != "" {
 		t.Fatalf("tail -f printed:\n%s%s", got, errOut.String())
 	}
-	if fi, _ := os.Stat(filepath.Join(logDir, "00000000000000000001.log")); fi.Size() != 1<<20 {
+	if fi, _ := os.Stat(filepath.Join(logDir, "00000000000000000000.log")); fi.Size() != 1<<20 {
 		t.Fatalf("segment size changed to %d while live", fi.Size())
 	}
 }

@@ -350,6 +350,9 @@ func TestControlPlaneAPIRoles(t *testing.T) {
 			t.Errorf("control plane metrics lack %s", want)
 		}
 	}
+	if out := cli(t, "audit", "verify", "--changelog", f.cpDir); !strings.Contains(out, "ok: ") {
+		t.Errorf("change log does not verify:\n%s", out)
+	}
 	out := cli(t, "agent", "show", "payments-agent", "--data-dir", f.cpDir)
 	if !strings.Contains(out, "alice (responder)") {
 		t.Errorf("change log does not name the operator:\n%s", out)

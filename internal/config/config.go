@@ -343,7 +343,11 @@ func (c *Config) applyDefaults() {
 
 var (
 	trustDomainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$`)
-	policyPathRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$`)
+	// policyPathRE accepts what opa-envoy-plugin's path accepts
+	// ("/envoy/authz/allow/", "test/com.foo.envoy.ingress/allow/main"):
+	// segments between slashes, empty ones ignored; no white space or
+	// control characters.
+	policyPathRE = regexp.MustCompile(`^/*[^/\s\x00-\x1f\x7f]+(/+[^/\s\x00-\x1f\x7f]+)*/*$`)
 )
 
 // Validate reports every problem at once, joined.

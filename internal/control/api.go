@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -85,6 +86,7 @@ func (a *API) Handler() http.Handler {
 	pub := a.pub.Handler()
 	mux.Handle("GET "+revocation.CRLPath+"{tenant}", pub)
 	mux.Handle("GET /healthz", pub)
+	mux.HandleFunc("GET /v1/changelog/key", a.changeLogKey)
 	read := []Role{RoleAuditor, RoleResponder}
 	change := []Role{RoleResponder}
 	if a.authn == nil {
@@ -254,4 +256,16 @@ func (a *API) listChanges(w http.ResponseWriter, r *http.Request) {
 func (a *API) whoami(w http.ResponseWriter, r *http.Request) {
 	op, _ := OperatorFrom(r.Context())
 	writeJSON(w, http.StatusOK, map[string]string{"name": op.Name, "role": string(op.Role)})
+}
+
+// changeLogKey serves the public key of the signed change log (public: an
+// auditor should still compare it with a copy obtained out of band).
+func (a *API) changeLogKey(w http.ResponseWriter, _ *http.Request) {
+	b, err := os.ReadFile(ca.ChangeLogKeyPath(a.auth.DataDir()))
+	if err != nil {
+		writeError(w, http.StatusNotFound, "no_change_log", errors.New("no change has been logged yet"))
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Write(b)
 }

@@ -18,10 +18,11 @@ import (
 
 // TestCrashKill9 runs a real writer process under concurrent load, kills it
 // with SIGKILL five times, and checks after each restart that the log
-// verifies and holds every record whose Append had returned. The writer
-// uses preallocated segments, so a kill leaves the last one with zero
-// padding after its records (and maybe a torn record before it, which the
-// restart keeps in a side file).
+// verifies, holds every record whose Append had returned, and that every
+// receipt returned verifies against a checkpoint found in the log. The
+// writer uses preallocated segments, so a kill leaves the last one with
+// zero padding after its records (and maybe a torn line before it, which
+// the restart keeps in a side file).
 func TestCrashKill9(t *testing.T) {
 	if dir := os.Getenv("DECISIONLOG_CRASH_CHILD"); dir != "" {
 		crashChild(dir, os.Getenv("DECISIONLOG_CRASH_KEYS"))
@@ -31,8 +32,9 @@ func TestCrashKill9(t *testing.T) {
 		t.Skip("spawns processes")
 	}
 	o := testOptions(t)
+	o.Name = "crash" // as the child writes it
 	o.SegmentMaxBytes = crashSegmentBytes
-	acked := map[string]bool{}
+	acked := map[string]string{} // decision id → receipt
 	padded, torn := 0, 0
 	for round := 0; round < 5; round++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashKill9$")
@@ -49,11 +51,11 @@ func TestCrashKill9(t *testing.T) {
 		n := 0
 		killed := false
 		for sc.Scan() {
-			id, ok := strings.CutPrefix(sc.Text(), "ack ")
-			if !ok {
+			f := strings.Fields(sc.Text())
+			if len(f) != 3 || f[0] != "ack" {
 				continue
 			}
-			acked[id] = true
+			acked[f[1]] = f[2]
 			if n++; n == 300 && !killed {
 				cmd.Process.Kill() // SIGKILL mid-load; keep reading what was already acknowledged
 				killed = true
@@ -97,6 +99,24 @@ func TestCrashKill9(t *testing.T) {
 			t.Fatalf("round %d: side files %v, want %d", round, got, sideFiles)
 		}
 		mustVerify(t, o)
+		ks, err := LoadKeySet(o.KeyDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, cps, _ := logLines(t, o.Dir)
+		inLogCP := map[string]bool{}
+		for _, cp := range cps {
+			inLogCP[string(cp)] = true
+		}
+		for id, rc := range acked {
+			r, err := VerifyReceipt(rc, ks)
+			if err != nil {
+				t.Fatalf("round %d: receipt of %s: %v", round, id, err)
+			}
+			if !inLogCP[string(r.SignedCheckpoint())] {
+				t.Fatalf("round %d: the checkpoint of %s's receipt (size %d) is not in the log", round, id, r.Checkpoint.Size)
+			}
+		}
 		inLog := map[string]bool{}
 		r := NewReader(o.Dir)
 		for {
@@ -145,15 +165,25 @@ func crashChild(dir, keyDir string) {
 			for i := 0; ; i++ {
 				r := sampleRecord(i)
 				r.DecisionID = fmt.Sprintf("p%d-w%d-%d", pid, w, i)
-				if _, err := l.Append(context.Background(), r); err != nil {
+				rc, err := l.Append(context.Background(), r)
+				if err != nil {
 					fmt.Fprintln(os.Stderr, "child append:", err)
 					os.Exit(4)
 				}
 				mu.Lock()
-				fmt.Fprintf(os.Stdout, "ack %s\n", r.DecisionID) // unbuffered: printed means acknowledged
+				fmt.Fprintf(os.Stdout, "ack %s %s\n", r.DecisionID, rc.Header) // unbuffered: printed means acknowledged
 				mu.Unlock()
 			}
 		}(w)
 	}
 	wg.Wait()
+}
+
+func tornFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, tornFilePrefix+"*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

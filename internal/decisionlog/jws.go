@@ -102,15 +102,30 @@ func decode(jws string) (*Record, jwsHeader, error) {
 		return nil, h, fmt.Errorf("%w: a response record without its response, or a response on another kind", ErrMalformed)
 	}
 	if r.Kind == KindKeyRotation {
-		if r.KeyRotation == nil {
-			return nil, h, fmt.Errorf("%w: key_rotation record without key_rotation", ErrMalformed)
-		}
-		x, err := b64.DecodeString(r.KeyRotation.NewKey)
-		if err != nil || len(x) != ed25519.PublicKeySize || KeyID(x) != r.KeyRotation.NewKeyID {
-			return nil, h, fmt.Errorf("%w: key_rotation new_key does not match new_kid", ErrMalformed)
+		if err := checkRotation(&r); err != nil {
+			return nil, h, err
 		}
 	}
+	r.Index = r.Seq - 1
 	return &r, h, nil
+}
+
+// checkRotation checks that a key_rotation record announces a well-formed
+// key whose kid (and note key, when given) match it.
+func checkRotation(r *Record) error {
+	if r.KeyRotation == nil {
+		return fmt.Errorf("%w: key_rotation record without key_rotation", ErrMalformed)
+	}
+	x, err := b64.DecodeString(r.KeyRotation.NewKey)
+	if err != nil || len(x) != ed25519.PublicKeySize || KeyID(x) != r.KeyRotation.NewKeyID {
+		return fmt.Errorf("%w: key_rotation new_key does not match new_kid", ErrMalformed)
+	}
+	if r.KeyRotation.NoteKey != "" {
+		if nk, err := NoteVerifierKey(r.Log, x); err != nil || nk != r.KeyRotation.NoteKey {
+			return fmt.Errorf("%w: key_rotation new_note_key does not match new_key", ErrMalformed)
+		}
+	}
+	return nil
 }
 
 // VerifyRecord checks a compact JWS against the keys in ks with go-jose and
@@ -177,4 +192,8 @@ func (k *signingKey) finish(input []byte) (line []byte, jws string) {
 func chainHashInput(input []byte) string {
 	h := sha256.Sum256(input)
 	return hex.EncodeToString(h[:])
+}
+
+func isJWSByte(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
 }

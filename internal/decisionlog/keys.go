@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"golang.org/x/mod/sumdb/note"
 )
 
 // maxKeyFileBytes bounds every key file and key set we read.
@@ -121,7 +123,9 @@ func (ks KeySet) PEM() []byte {
 }
 
 // ParseKeySet reads Ed25519 public keys from PEM ("PUBLIC KEY" blocks, or a
-// "CERTIFICATE" with an Ed25519 key), a JWK Set, or a single JWK.
+// "CERTIFICATE" with an Ed25519 key), a JWK Set, a single JWK, or signed-note
+// verifier keys ("<name>+<hash>+<base64>", one per line, as witnesses are
+// configured).
 func ParseKeySet(data []byte) (KeySet, error) {
 	if len(data) > maxKeyFileBytes {
 		return nil, errors.New("key set too large")
@@ -148,6 +152,19 @@ func ParseKeySet(data []byte) (KeySet, error) {
 				return nil, fmt.Errorf("JWK %q: bad Ed25519 x", k.Kid)
 			}
 			ks.Add(ed25519.PublicKey(x))
+		}
+	} else if !strings.Contains(trimmed, "-----BEGIN") && strings.Contains(trimmed, "+") {
+		for _, vk := range strings.Fields(trimmed) {
+			v, err := note.NewVerifier(vk)
+			if err != nil {
+				return nil, fmt.Errorf("note verifier key: %w", err)
+			}
+			parts := strings.SplitN(vk, "+", 3) // a name holds no '+'; the base64 may
+			raw, err := base64.StdEncoding.DecodeString(parts[2])
+			if err != nil || len(raw) != 1+ed25519.PublicKeySize || raw[0] != 1 {
+				return nil, fmt.Errorf("note verifier key %q: not an Ed25519 key", v.Name())
+			}
+			ks.Add(ed25519.PublicKey(raw[1:]))
 		}
 	} else {
 		rest := data

@@ -2,13 +2,15 @@ package decisionlog
 
 import (
 	"context"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -97,19 +99,43 @@ type Options struct {
 	maxWrite int                              // bytes per write+fdatasync cycle (and torn batch bound); default maxWriteBytes
 }
 
-// batch is a group of consecutive records committed by one fsync.
+// batch is a group of consecutive records committed by one write and
+// fdatasync (per maxWrite bytes), with one checkpoint per MaxBatch of them.
 type batch struct {
-	lines    [][]byte
-	firstSeq uint64
-	lastSeq  uint64
-	lastHash string
-	nextKey  *signingKey // the key that signs after lastSeq
-	unsigned int
-	done     chan struct{}
-	err      error
+	lines  [][]byte // record lines, without LF
+	leaves []Hash
+	first  uint64     // index of lines[0]
+	rot    []rotation // key rotations among the records
+	out    [][]byte   // what the writer writes: record and checkpoint lines, each with its LF
+	cps    []sealedCP // one per MaxBatch records, set before signed is closed
+	signed chan struct{}
+	done   chan struct{}
+	err    error
 }
 
-func newBatch() *batch { return &batch{done: make(chan struct{})} }
+// rotation is a key_rotation record at lines[idx] of a batch.
+type rotation struct {
+	idx int
+	key *signingKey
+}
+
+// sealedCP is a checkpoint of a batch, with what receipts need.
+type sealedCP struct {
+	cp  Checkpoint
+	lv  levels
+	sig []byte // key hash ‖ signature
+}
+
+func newBatch() *batch { return &batch{signed: make(chan struct{}), done: make(chan struct{})} }
+
+// receipt builds the receipt of the record at lines[i] (after signed).
+func (b *batch) receipt(i int) Receipt {
+	c := &b.cps[i/MaxBatch]
+	j := i % MaxBatch
+	r := CompactReceipt{Checkpoint: c.cp, Index: b.first + uint64(i), RecordHash: b.leaves[i],
+		Proof: c.lv.proof(j), KeyHash: binary.BigEndian.Uint32(c.sig), Signature: c.sig[4:]}
+	return Receipt{Index: r.Index, Hash: r.RecordHash, Header: r.Encode()}
+}
 
 // Log is an open decision log. It is safe for concurrent use.
 type Log struct {
@@ -123,18 +149,18 @@ type Log struct {
 
 	mu       sync.Mutex
 	cond     *sync.Cond
-	next     uint64
-	prevHash string
+	next     uint64 // the next leaf index
 	key      *signingKey
 	keys     map[string]*signingKey
-	durSeq   uint64
-	durHash  string
+	durNext  uint64
 	durKey   *signingKey
 	open     *batch
 	inflight int
 	failed   error
 	closing  bool
-	payload  []byte // scratch for the record being sequenced
+
+	// The last durable signed checkpoint (GET /checkpoint).
+	latest atomic.Pointer[[]byte]
 
 	// Owned by the writer goroutine (and Close after it ends). Records are
 	// written in place at segSize; a preallocated segment holds zeros from
@@ -147,6 +173,10 @@ type Log struct {
 	segDirty   int64 // end of the furthest write attempted (a failed write may have left bytes up to here)
 	segStart   time.Time
 	wbuf       []byte
+	tree       *Tree       // the tree with every sealed batch
+	wkey       *signingKey // signs the next checkpoint
+	durTree    *Tree       // the tree at the last durable checkpoint
+	durWKey    *signingKey
 }
 
 // Open opens (creating if needed) the log in opts.Dir, recovers from a
@@ -159,6 +189,9 @@ func Open(opts Options) (*Log, error) {
 	}
 	if opts.Name == "" {
 		opts.Name = DefaultName
+	}
+	if !validOrigin(opts.Name) {
+		return nil, fmt.Errorf("decision log name %q: want 1 to %d printable ASCII characters without spaces, '+', '\"' or '\\' (it is the checkpoint origin and the note key name)", opts.Name, maxOriginBytes)
 	}
 	if opts.AsyncBuffer <= 0 {
 		opts.AsyncBuffer = DefaultAsyncBuffer
@@ -210,7 +243,8 @@ func Open(opts Options) (*Log, error) {
 		l.lock.Close()
 		return nil, err
 	}
-	l.durSeq, l.durHash, l.durKey = l.next-1, l.prevHash, l.key
+	l.durNext, l.durKey = l.next, l.key
+	l.durTree, l.durWKey = l.tree.Clone(), l.wkey
 	l.prep = newPreparer(opts, l.logger)
 	l.prep.start()
 	l.m.ready.Set(1)
@@ -232,123 +266,33 @@ func lockDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// recoverOnOpen finds the last complete record, cuts the last segment back
-// to its end (dropping a torn record or a torn batch, kept in a side file,
-// and the zero padding: the segment is sealed), and sets next, prevHash and
-// key. The first batch after Open starts a new segment.
-func (l *Log) recoverOnOpen() error {
-	var err error
-	if l.keys, err = loadSigningKeys(l.opts.KeyDir); err != nil {
-		return err
-	}
-	if err := checkKeyPerms(l.opts.KeyDir); err != nil {
-		return err
-	}
-	segs, err := listSegments(l.opts.Dir)
-	if err != nil {
-		return fmt.Errorf("list segments: %w", err)
-	}
-	for i := len(segs) - 1; i >= 0; i-- {
-		name := segs[i]
-		path := filepath.Join(l.opts.Dir, name)
-		// Only the last segment can have been torn by a crash: a segment
-		// is sealed (cut back to its records and fsynced) before the next
-		// one is created.
-		last, good, err := scanSegment(path, name, i == len(segs)-1, l.opts.maxWrite, l.opts.openFile)
-		var tail *segmentTail
-		if errors.As(err, &tail) {
-			switch {
-			case tail.batch != nil:
-				b := tail.batch
-				l.m.recovered.WithLabelValues("torn_batch").Inc()
-				l.logger.Error("decision log: cut a torn batch off the end of the log (power loss during a write: zeros where pages never reached the disk, then records of the same write); the cut bytes are kept in side_file",
-					"note", "these records were never acknowledged in sync mode (in async mode they were, and are within its loss window) unless the disk itself lost acknowledged data: receipts held by upstreams are the outside check (see docs/decision-log.md)",
-					"segment", name, "offset", good, "bytes", tail.torn, "records", b.records, "first_seq", b.firstSeq, "last_seq", b.lastSeq, "side_file", tail.sideFile)
-			case tail.torn > 0:
-				// An ERROR like the torn batch: bytes were removed from the
-				// log, and an operator should know where they went.
-				l.m.recovered.WithLabelValues("torn_record").Inc()
-				l.logger.Error("decision log: cut a torn record off the end of the log (crash during a write: a partial or undecodable last line); the cut bytes are kept in side_file",
-					"note", "that record was never acknowledged in sync mode (in async mode it was, and is within its loss window)",
-					"segment", name, "offset", good, "bytes", tail.torn, "side_file", tail.sideFile)
-			}
-			if tail.padding > 0 {
-				l.logger.Info("decision log: sealed the last segment (removed its unwritten zero padding)", "segment", name, "bytes", tail.padding, "offset", good)
-			}
-		} else if err != nil {
-			return err
-		}
-		if last == nil {
-			if err := os.Remove(path); err != nil {
-				return fmt.Errorf("remove empty segment: %w", err)
-			}
-			if err := syncDir(l.opts.Dir); err != nil {
-				return fmt.Errorf("sync log dir: %w", err)
-			}
-			l.logger.Warn("removed segment without a complete record", "segment", name)
-			continue
-		}
-		rec, err := DecodeRecord(last.jws)
-		if err != nil {
-			return fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
-		}
-		k, ok := l.keys[rec.KeyID]
-		if !ok {
-			return fmt.Errorf("signing key %s of log %s is not in %s", rec.KeyID, l.opts.Dir, l.opts.KeyDir)
-		}
-		if _, err := VerifyRecord(last.jws, KeySet{k.kid: k.public()}); err != nil {
-			return fmt.Errorf("%w: last record %d: %v", ErrCorrupt, rec.Seq, err)
-		}
-		if pub, ok := rotationKey(rec); ok {
-			if k, ok = l.keys[KeyID(pub)]; !ok {
-				return fmt.Errorf("signing key %s announced by record %d is not in %s", KeyID(pub), rec.Seq, l.opts.KeyDir)
-			}
-		}
-		l.next, l.prevHash, l.key = rec.Seq+1, ChainHash(last.jws), k
-		return nil
-	}
-	// Empty log: use the current key, the only key, or a new one.
-	if b, err := readFileLimited(filepath.Join(l.opts.KeyDir, currentKeyFile), 1<<10); err == nil { // a kid is 43 bytes
-		l.key = l.keys[strings.TrimSpace(string(b))]
-	}
-	if l.key == nil && len(l.keys) == 1 {
-		for _, k := range l.keys {
-			l.key = k
-		}
-	}
-	if l.key == nil {
-		k, err := generateSigningKey(l.opts.KeyDir)
-		if err != nil {
-			return err
-		}
-		l.keys[k.kid] = k
-		l.key = k
-		l.logger.Info("generated decision log signing key", "kid", k.kid)
-	}
-	if err := writeFileDurable(filepath.Join(l.opts.KeyDir, currentKeyFile), []byte(l.key.kid+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write current key id: %w", err)
-	}
-	l.next = 1
-	return nil
-}
-
-// Append signs rec, chains it, and appends it. It assigns rec.Seq, Log,
-// KeyID and Prev (and Time, when zero). In Sync mode it returns after the
-// record is on disk; in Async mode once it is queued. Cancelling ctx does
+// Append appends rec as the next leaf of the log's Merkle tree. It assigns
+// rec.Index and Log (and Time, when zero). In Sync mode it returns after
+// the record and the checkpoint that covers it are on disk; in Async mode
+// once that checkpoint is signed (it may still be lost in a crash). The
+// receipt proves the record against that checkpoint. Cancelling ctx does
 // not abandon the record: callers pass context.WithoutCancel and Append
 // never drops a record it has sequenced because a context ended.
 // Failures wrap ErrUnavailable (deny with decision_log_unavailable).
+//
+// Decisions (Kind "" or KindDecision), responses (KindResponse, with
+// Response) and other kinds (with Data) are appended alike; only Rotate
+// writes KindKeyRotation.
 func (l *Log) Append(ctx context.Context, rec *Record) (Receipt, error) {
 	_ = ctx // deliberately not consulted, see above
-	if rec != nil && rec.Kind != "" && rec.Kind != KindDecision && rec.Kind != KindResponse {
-		// Only Rotate writes other kinds: a forged hand-over would send
-		// verifiers to a key the log does not sign with.
+	if rec != nil && rec.Kind != "" && (rec.Kind == KindKeyRotation || !validKind(rec.Kind)) {
+		// A forged hand-over would send verifiers to a key the log does
+		// not sign with.
 		l.m.appends.WithLabelValues("invalid").Inc()
-		return Receipt{}, fmt.Errorf("decision log: Append takes decision and response records, not %q", rec.Kind)
+		return Receipt{}, fmt.Errorf("decision log: Append cannot write records of kind %q", rec.Kind)
 	}
 	if rec != nil && (rec.Kind == KindResponse) != (rec.Response != nil) {
 		l.m.appends.WithLabelValues("invalid").Inc()
 		return Receipt{}, errors.New("decision log: a response record needs its response, and only it may carry one")
+	}
+	if rec != nil && len(rec.Data) > 0 && (len(rec.Data) > MaxDataBytes || !json.Valid(rec.Data) || rec.Data[0] != '{') {
+		l.m.appends.WithLabelValues("invalid").Inc()
+		return Receipt{}, fmt.Errorf("decision log: record data must be a JSON object of at most %d bytes", MaxDataBytes)
 	}
 	return l.append(rec, nil, l.opts.Mode == Sync)
 }
@@ -364,6 +308,7 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 	}
 	rec.Time = rec.Time.UTC().Truncate(time.Microsecond)
 	rec.Log = l.opts.Name
+	rec.Seq, rec.KeyID, rec.Prev = 0, "", ""
 	if rec.Decision.Reasons == nil {
 		rec.Decision.Reasons = []string{} // "reasons": [] rather than null
 	}
@@ -375,7 +320,6 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 		l.m.appends.WithLabelValues("invalid").Inc()
 		return Receipt{}, fmt.Errorf("decision log: encode record: %w", err)
 	}
-
 	l.mu.Lock()
 	switch {
 	case l.closing:
@@ -392,61 +336,42 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 		l.m.appends.WithLabelValues("buffer_full").Inc()
 		return Receipt{}, ErrBufferFull
 	}
-	key := l.key
-	rec.Seq, rec.KeyID, rec.Prev = l.next, key.kid, l.prevHash
-	// The payload is only needed until it is base64 encoded into the
-	// signing input, so one buffer guarded by mu serves every append.
-	l.payload = prep.appendPayload(l.payload[:0], rec.Seq, rec.Log, key.kid, rec.Prev)
-	if len(key.header)+2+b64.EncodedLen(len(l.payload))+86 > MaxRecordBytes {
+	rec.Index = l.next
+	line := prep.appendLine(make([]byte, 0, len(prep.tail)+len(l.opts.Name)+64), rec.Index, l.opts.Name)
+	if len(line) > MaxRecordBytes {
 		l.mu.Unlock()
 		l.m.appends.WithLabelValues("invalid").Inc()
 		return Receipt{}, fmt.Errorf("decision log: encode record: record longer than %d bytes", MaxRecordBytes)
 	}
-	input := key.signingInput(l.payload)
-	hash := chainHashInput(input)
 	b := l.open
 	idx := len(b.lines)
-	b.lines = append(b.lines, nil)
-	b.unsigned++
 	if idx == 0 {
-		b.firstSeq = rec.Seq
+		b.first = rec.Index
+		l.cond.Broadcast()
 	}
-	b.lastSeq, b.lastHash = rec.Seq, hash
+	b.lines = append(b.lines, line)
 	l.next++
-	l.prevHash = hash
 	if rotateTo != nil {
+		b.rot = append(b.rot, rotation{idx: idx, key: rotateTo})
 		l.key = rotateTo
 		l.keys[rotateTo.kid] = rotateTo
 	}
-	b.nextKey = l.key
 	l.inflight++
-	if idx == 0 {
-		l.cond.Broadcast()
-	}
 	l.mu.Unlock()
 
-	// Signing is the expensive part and runs outside the lock, in parallel
-	// with other appenders; the chain does not include signatures.
-	line, jws := key.finish(input)
-
-	l.mu.Lock()
-	b.lines[idx] = line
-	b.unsigned--
-	if b.unsigned == 0 {
-		l.cond.Broadcast()
+	wake := b.done
+	if !wait {
+		wake = b.signed // async: the checkpoint is signed, not yet durable
 	}
-	l.mu.Unlock()
-
-	if wait {
-		<-b.done
-		if b.err != nil {
-			l.m.appends.WithLabelValues("unavailable").Inc()
-			return Receipt{}, b.err
-		}
+	<-wake
+	if b.err != nil {
+		l.m.appends.WithLabelValues("unavailable").Inc()
+		return Receipt{}, b.err
 	}
+	rc := b.receipt(idx)
 	l.m.appendsOK.Inc()
 	l.m.latency.Observe(time.Since(start).Seconds())
-	return Receipt{Seq: rec.Seq, JWS: jws}, nil
+	return rc, nil
 }
 
 // Rotate generates a new signing key and hands the log over to it with a
@@ -462,13 +387,16 @@ func (l *Log) Rotate() (string, error) {
 		KeyRotation: &KeyRotation{NewKeyID: k.kid, NewKey: b64.EncodeToString(k.public())},
 		Decision:    Decision{Reasons: []string{}},
 	}
+	if rec.KeyRotation.NoteKey, err = NoteVerifierKey(l.opts.Name, k.public()); err != nil {
+		return "", err
+	}
 	if _, err := l.append(rec, k, true); err != nil {
 		return "", fmt.Errorf("append key rotation record: %w", err)
 	}
 	if err := writeFileDurable(filepath.Join(l.opts.KeyDir, currentKeyFile), []byte(k.kid+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write current key id: %w", err)
 	}
-	l.logger.Info("rotated decision log signing key", "kid", k.kid, "seq", rec.Seq)
+	l.logger.Info("rotated decision log signing key", "kid", k.kid, "index", rec.Index)
 	return k.kid, nil
 }
 
@@ -496,11 +424,12 @@ func (l *Log) KeyID() string {
 	return l.key.kid
 }
 
-// ResponseSigner returns the id of the key that signs new records and a
+// ResponseSigner returns the id of the key that signs new checkpoints and a
 // function that signs an RFC 9421 signature base (a signed response,
 // docs/responses.md) with that key, so responses carry the published key's
-// id. The two uses cannot be confused: a JWS signing input is base64url and
-// '.' only, while a signature base always starts with '"' (a quoted
+// id. The uses cannot be confused: a checkpoint's note text starts with the
+// log's name (validOrigin: never '"'), a v1 JWS signing input is base64url
+// and '.' only, while a signature base always starts with '"' (a quoted
 // component name); anything else is refused.
 func (l *Log) ResponseSigner() (kid string, sign func(base []byte) ([]byte, error)) {
 	l.mu.Lock()
@@ -525,6 +454,36 @@ func (l *Log) PublicKeys() KeySet {
 	return ks
 }
 
+// Checkpoint returns the latest durable signed checkpoint (a C2SP signed
+// note), or nil while the log is empty.
+func (l *Log) Checkpoint() []byte {
+	if p := l.latest.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// CheckpointHandler serves Checkpoint at GET /checkpoint, as C2SP
+// tlog-witness witnesses and monitors fetch it: text/plain, the signed
+// note; 404 while the log is empty. It reveals no record.
+func (l *Log) CheckpointHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		cp := l.Checkpoint()
+		if cp == nil {
+			http.Error(w, "no checkpoint yet: the log is empty", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = w.Write(cp)
+	})
+}
+
 // JWKSHandler serves PublicKeys as an RFC 7517 JWK Set.
 func (l *Log) JWKSHandler() http.Handler { return jwksHandler(l.PublicKeys) }
 
@@ -545,7 +504,7 @@ func (l *Log) Close() error {
 	l.prep.close()
 	var err error
 	if l.seg != nil {
-		if err = l.seal(); err != nil {
+		if err = l.sealSegment(); err != nil {
 			l.logger.Error("decision log: could not seal the last segment; the next Open will", "segment", l.segName, "error", err)
 			l.seg.Close()
 			l.seg = nil
@@ -564,9 +523,10 @@ func (l *Log) Close() error {
 	return err
 }
 
-// run is the single writer: it takes the open batch, waits until every
-// record in it is signed, writes it (one write and one fdatasync per
-// maxWrite bytes), and wakes its appenders.
+// run is the single writer: it takes the open batch, seals it (leaf
+// hashes, the tree, one signed checkpoint per MaxBatch records), writes it
+// (one write and one fdatasync per maxWrite bytes), and wakes its
+// appenders.
 func (l *Log) run() {
 	defer close(l.wdone)
 	for {
@@ -580,28 +540,35 @@ func (l *Log) run() {
 		}
 		b := l.open
 		l.open = newBatch()
-		for b.unsigned > 0 {
-			l.cond.Wait()
-		}
 		l.mu.Unlock()
 
-		err := l.write(b)
-		if err != nil && l.opts.Mode == Async {
-			// Async records were acknowledged when queued: keep them and
-			// retry until the disk takes them (or Close gives up).
-			err = l.retryAsync(b, err)
+		err := l.seal(b)
+		if err == nil {
+			close(b.signed)
+			err = l.write(b)
+			if err != nil && l.opts.Mode == Async {
+				// Async records were acknowledged once their checkpoint
+				// was signed: keep them and retry until the disk takes
+				// them (or Close gives up).
+				err = l.retryAsync(b, err)
+			}
 		}
 		l.mu.Lock()
 		if err == nil {
-			l.durSeq, l.durHash, l.durKey = b.lastSeq, b.lastHash, b.nextKey
+			l.durNext, l.durKey = b.first+uint64(len(b.lines)), l.keyAt(b)
 			l.inflight -= len(b.lines)
 			l.mu.Unlock()
+			l.durTree, l.durWKey = l.tree.Clone(), l.wkey
+			last := b.out[len(b.out)-1] // the last line is the last checkpoint
+			if signed, _, err := decodeCheckpointLine(last[:len(last)-1]); err == nil {
+				l.latest.Store(&signed)
+			}
 			l.m.batch.Observe(float64(len(b.lines)))
 			close(b.done)
 			continue
 		}
 		// Fail this batch and everything sequenced after it, and roll
-		// the chain back to the last durable record: none of these was
+		// the tree back to the last durable checkpoint: none of these was
 		// acknowledged in sync mode.
 		l.failed = fmt.Errorf("%w: %v", ErrUnavailable, err)
 		failed := []*batch{b}
@@ -609,20 +576,74 @@ func (l *Log) run() {
 			failed = append(failed, l.open)
 			l.open = newBatch()
 		}
-		l.next, l.prevHash, l.key = l.durSeq+1, l.durHash, l.durKey
+		l.next, l.key = l.durNext, l.durKey
 		l.inflight = 0
 		ferr := l.failed
 		l.mu.Unlock()
+		l.tree, l.wkey = l.durTree.Clone(), l.durWKey
 		l.m.ready.Set(0)
 		n := 0
 		for _, fb := range failed {
 			n += len(fb.lines)
 			fb.err = ferr
+			select {
+			case <-fb.signed:
+			default:
+				close(fb.signed)
+			}
 			close(fb.done)
 		}
-		l.logger.Error("decision log write failed; denying until it recovers", "error", err, "records_failed", n, "last_durable_seq", l.durSeq)
+		l.logger.Error("decision log write failed; denying until it recovers", "error", err, "records_failed", n, "durable_size", l.durNext)
 		l.recoverWriter()
 	}
+}
+
+// keyAt is the appenders' current key as of the end of b: the key of the
+// last rotation in b, or the durable key before it.
+func (l *Log) keyAt(b *batch) *signingKey {
+	if len(b.rot) > 0 {
+		return b.rot[len(b.rot)-1].key
+	}
+	return l.durKey
+}
+
+// seal hashes b's records into the tree and signs one checkpoint per
+// MaxBatch of them, filling b.leaves, b.cps and b.out. A checkpoint is
+// signed by the key in force when its records began: a rotation record
+// hands over from the next checkpoint on.
+func (l *Log) seal(b *batch) error {
+	b.leaves = make([]Hash, len(b.lines))
+	size := 0
+	for i, ln := range b.lines {
+		b.leaves[i] = LeafHash(ln)
+		size += len(ln) + 1
+	}
+	n := (len(b.lines) + MaxBatch - 1) / MaxBatch
+	b.cps = make([]sealedCP, 0, n)
+	b.out = make([][]byte, 0, len(b.lines)+n)
+	rot := 0
+	for start := 0; start < len(b.lines); start += MaxBatch {
+		end := min(start+MaxBatch, len(b.lines))
+		lv := buildLevels(b.leaves[start:end])
+		for _, h := range b.leaves[start:end] {
+			l.tree.Append(h)
+		}
+		cp := Checkpoint{Origin: l.opts.Name, Size: l.tree.Size(), Root: l.tree.Root(),
+			BatchStart: b.first + uint64(start), BatchRoot: lv.root()}
+		signed, sig, err := signCheckpoint(cp, newNoteSigner(l.opts.Name, l.wkey))
+		if err != nil {
+			return fmt.Errorf("sign checkpoint: %w", err)
+		}
+		b.cps = append(b.cps, sealedCP{cp: cp, lv: lv, sig: sig})
+		for _, ln := range b.lines[start:end] {
+			b.out = append(b.out, append(ln, '\n'))
+		}
+		b.out = append(b.out, append(encodeCheckpointLine(signed, l.tree.Hashes()), '\n'))
+		for ; rot < len(b.rot) && b.rot[rot].idx < end; rot++ {
+			l.wkey = b.rot[rot].key
+		}
+	}
+	return nil
 }
 
 // retryAsync marks the log failed (new appends are refused), waits for the
@@ -652,25 +673,25 @@ func (l *Log) retryAsync(b *batch, err error) error {
 // takes back whatever of it reached the segment.
 func (l *Log) write(b *batch) error {
 	size := 0
-	for _, ln := range b.lines {
+	for _, ln := range b.out {
 		size += len(ln)
 	}
 	now := l.opts.Now()
 	if l.seg != nil && l.segDurable > 0 &&
 		(l.segDurable+int64(size) > l.segLimit() || now.Sub(l.segStart) >= l.opts.SegmentMaxAge) {
-		if err := l.seal(); err != nil {
+		if err := l.sealSegment(); err != nil {
 			return fmt.Errorf("seal segment %s: %w", l.segName, err)
 		}
 	}
 	if l.seg == nil {
-		if err := l.startSegment(b.firstSeq, now); err != nil {
+		if err := l.startSegment(b.first, now); err != nil {
 			return err
 		}
 	}
-	for i := 0; i < len(b.lines); {
+	for i := 0; i < len(b.out); {
 		buf := l.wbuf[:0]
-		for ; i < len(b.lines) && (len(buf) == 0 || len(buf)+len(b.lines[i]) <= l.opts.maxWrite); i++ {
-			buf = append(buf, b.lines[i]...)
+		for ; i < len(b.out) && (len(buf) == 0 || len(buf)+len(b.out[i]) <= l.opts.maxWrite); i++ {
+			buf = append(buf, b.out[i]...)
 		}
 		l.wbuf = buf
 		off := l.segSize
@@ -728,11 +749,11 @@ func (l *Log) startSegment(firstSeq uint64, now time.Time) error {
 	return nil
 }
 
-// seal ends the current segment: it cuts the file back to its records
+// sealSegment ends the current segment: it cuts the file back to its records
 // (dropping the zero padding, and any bytes of a failed write), fsyncs it
 // and closes it. Only the segment being written, or the last one after a
 // crash, ever ends in padding.
-func (l *Log) seal() error {
+func (l *Log) sealSegment() error {
 	if max(l.segAlloc, l.segDirty) > l.segDurable {
 		if err := l.seg.Truncate(l.segDurable); err != nil {
 			return err
@@ -767,7 +788,7 @@ func (l *Log) recoverWriter() {
 			l.failed = nil
 			l.mu.Unlock()
 			l.m.ready.Set(1)
-			l.logger.Info("decision log writable again", "next_seq", l.durSeq+1)
+			l.logger.Info("decision log writable again", "next_index", l.durNext)
 			return
 		}
 		l.logger.Debug("decision log still unavailable", "error", err)

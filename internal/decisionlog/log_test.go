@@ -94,7 +94,7 @@ func TestAppendConcurrentVerifies(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				seqs <- rc.Seq
+				seqs <- rc.Index
 			}
 		}(w)
 	}
@@ -111,7 +111,7 @@ func TestAppendConcurrentVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := mustVerify(t, o)
-	if res.Records != workers*each || res.FirstSeq != 1 || res.LastSeq != workers*each {
+	if res.Records != workers*each || res.Format != 2 {
 		t.Fatalf("result %+v", res)
 	}
 	if res.Segments < 3 {
@@ -123,12 +123,10 @@ func TestRecordTimeFormat(t *testing.T) {
 	o := testOptions(t)
 	l := mustOpen(t, o)
 	defer l.Close()
-	rc := appendN(t, l, 0, 1)[0]
-	payload := strings.Split(rc.JWS, ".")[1]
-	raw, err := b64.DecodeString(payload)
-	if err != nil {
-		t.Fatal(err)
-	}
+	appendN(t, l, 0, 1)
+	l.Close()
+	records, _, _ := logLines(t, o.Dir)
+	raw := records[0]
 	var m map[string]any
 	if err := json.Unmarshal(raw, &m); err != nil {
 		t.Fatal(err)
@@ -136,23 +134,23 @@ func TestRecordTimeFormat(t *testing.T) {
 	if got, want := m["time"], "2026-11-25T12:00:00.123456Z"; got != want {
 		t.Fatalf("time = %v, want %v", got, want)
 	}
-	for _, k := range []string{"seq", "decision_id", "log", "kid", "prev", "agent", "request", "decision"} {
+	for _, k := range []string{"index", "decision_id", "log", "kind", "agent", "request", "decision"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("record JSON lacks %q: %s", k, raw)
 		}
 	}
-	rec, err := DecodeRecord(rc.JWS)
+	rec, err := decodeRecordLine(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.Seq != 1 || rec.Prev != "" || rec.Log != "test-1" || !rec.Time.Equal(time.Date(2026, 11, 25, 12, 0, 0, 123456000, time.UTC)) {
+	if rec.Index != 0 || rec.Kind != KindDecision || rec.Log != "test-1" || !rec.Time.Equal(time.Date(2026, 11, 25, 12, 0, 0, 123456000, time.UTC)) {
 		t.Fatalf("decoded %+v", rec)
 	}
 }
 
-// A receipt verifies with go-jose given nothing but the served JWKS, and the
-// kid is the RFC 7638 thumbprint go-jose computes.
-func TestReceiptVerifiesWithGoJoseFromJWKS(t *testing.T) {
+// A receipt verifies given nothing but the served JWKS (or the PEM form),
+// and the kid is the RFC 7638 thumbprint go-jose computes.
+func TestReceiptVerifiesWithServedJWKS(t *testing.T) {
 	o := testOptions(t)
 	l := mustOpen(t, o)
 	defer l.Close()
@@ -167,39 +165,33 @@ func TestReceiptVerifiesWithGoJoseFromJWKS(t *testing.T) {
 	if err := json.Unmarshal(rr.Body.Bytes(), &set); err != nil {
 		t.Fatal(err)
 	}
-	obj, err := jose.ParseSignedCompact(rc.JWS, []jose.SignatureAlgorithm{jose.EdDSA})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kid := obj.Signatures[0].Header.KeyID
-	keys := set.Key(kid)
+	keys := set.Key(l.KeyID())
 	if len(keys) != 1 {
-		t.Fatalf("JWKS has %d keys for kid %q", len(keys), kid)
-	}
-	payload, err := obj.Verify(keys[0].Key)
-	if err != nil {
-		t.Fatalf("go-jose verify: %v", err)
-	}
-	var rec Record
-	if err := json.Unmarshal(payload, &rec); err != nil || rec.DecisionID != "dec-000000" {
-		t.Fatalf("payload %s: %v", payload, err)
+		t.Fatalf("JWKS has %d keys for kid %q", len(keys), l.KeyID())
 	}
 	tp, err := keys[0].Thumbprint(crypto.SHA256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b64.EncodeToString(tp) != kid {
-		t.Fatalf("kid %s is not the RFC 7638 thumbprint %s", kid, b64.EncodeToString(tp))
+	if b64.EncodeToString(tp) != l.KeyID() {
+		t.Fatalf("kid %s is not the RFC 7638 thumbprint %s", l.KeyID(), b64.EncodeToString(tp))
 	}
-	// Our own parser accepts the JWKS and the PEM form too.
 	for _, data := range [][]byte{rr.Body.Bytes(), l.PublicKeys().PEM()} {
 		ks, err := ParseKeySet(data)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := VerifyRecord(rc.JWS, ks); err != nil {
+		if _, err := VerifyReceipt(rc.Header, ks); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// GET /checkpoint serves the signed note of the receipt's checkpoint.
+	rr = httptest.NewRecorder()
+	l.CheckpointHandler().ServeHTTP(rr, httptest.NewRequest("GET", "/checkpoint", nil))
+	r, _ := ParseReceipt(rc.Header)
+	_ = r.Verify(mustVerifiers(t, "test-1", l.PublicKeys()))
+	if rr.Code != 200 || rr.Body.String() != string(r.SignedCheckpoint()) {
+		t.Fatalf("GET /checkpoint: %d %q", rr.Code, rr.Body.String())
 	}
 }
 
@@ -226,8 +218,8 @@ func TestRestartContinuesChain(t *testing.T) {
 	for round := 0; round < 3; round++ {
 		l := mustOpen(t, o)
 		rcs := appendN(t, l, round*10, 10)
-		if want := uint64(round*10 + 1); rcs[0].Seq != want {
-			t.Fatalf("round %d starts at seq %d, want %d", round, rcs[0].Seq, want)
+		if want := uint64(round * 10); rcs[0].Index != want {
+			t.Fatalf("round %d starts at index %d, want %d", round, rcs[0].Index, want)
 		}
 		if err := l.Close(); err != nil {
 			t.Fatal(err)
@@ -289,8 +281,8 @@ func TestTornTailRecovery(t *testing.T) {
 			if got := tornFiles(t, o.Dir); (kept == "") != (len(got) == 0) {
 				t.Fatalf("side files %v", got)
 			}
-			if rc := appendN(t, l, 5, 1)[0]; rc.Seq != 6 {
-				t.Fatalf("seq after recovery %d", rc.Seq)
+			if rc := appendN(t, l, 5, 1)[0]; rc.Index != 5 {
+				t.Fatalf("index after recovery %d", rc.Index)
 			}
 			l.Close()
 			if res := mustVerify(t, o); res.Records != 6 {
@@ -321,10 +313,10 @@ func TestRemovesEmptyLastSegment(t *testing.T) {
 	appendN(t, l, 0, 3)
 	l.Close()
 	// A crash right after creating the next segment leaves it empty.
-	os.WriteFile(filepath.Join(o.Dir, segmentName(4)), nil, 0o640)
+	os.WriteFile(filepath.Join(o.Dir, segmentName(3)), nil, 0o640)
 	l = mustOpen(t, o)
-	if rc := appendN(t, l, 3, 1)[0]; rc.Seq != 4 {
-		t.Fatalf("seq %d", rc.Seq)
+	if rc := appendN(t, l, 3, 1)[0]; rc.Index != 3 {
+		t.Fatalf("index %d", rc.Index)
 	}
 	l.Close()
 	mustVerify(t, o)
@@ -441,8 +433,8 @@ func TestUnavailableThenRecovers(t *testing.T) {
 	}
 	// The failed records were never acknowledged: their seqs are reused
 	// and the torn bytes are gone.
-	if rc.Seq != 4 {
-		t.Fatalf("seq after recovery %d, want 4", rc.Seq)
+	if rc.Index != 3 {
+		t.Fatalf("index after recovery %d, want 3", rc.Index)
 	}
 	l.Close()
 	if res := mustVerify(t, o); res.Records != 4 {
@@ -562,8 +554,8 @@ func TestKeyRotation(t *testing.T) {
 		t.Fatalf("rotate: %s -> %s (current %s)", first, kid, l.KeyID())
 	}
 	rc := appendN(t, l, 3, 2)
-	if rec, _ := DecodeRecord(rc[0].JWS); rec.KeyID != kid {
-		t.Fatalf("record after rotation signed by %s", rec.KeyID)
+	if _, err := VerifyReceipt(rc[0].Header, KeySet{kid: l.PublicKeys()[kid]}); err != nil {
+		t.Fatalf("receipt after rotation: %v", err)
 	}
 	if len(l.PublicKeys()) != 2 {
 		t.Fatalf("JWKS keys %d", len(l.PublicKeys()))
@@ -604,7 +596,7 @@ func TestReaderFollows(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got = append(got, e.Record.Seq)
+			got = append(got, e.Record.Index)
 		}
 	}
 	read()
@@ -614,7 +606,7 @@ func TestReaderFollows(t *testing.T) {
 		t.Fatalf("read %v", got)
 	}
 	for i, s := range got {
-		if s != uint64(i+1) {
+		if s != uint64(i) {
 			t.Fatalf("read %v", got)
 		}
 	}
@@ -641,7 +633,7 @@ func TestAppendIgnoresCancellationAndRejectsForgedKinds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	rc, err := l.Append(ctx, sampleRecord(0))
-	if err != nil || rc.Seq != 1 {
+	if err != nil || rc.Index != 0 {
 		t.Fatalf("Append with a cancelled context: %v %+v", err, rc)
 	}
 	forged := sampleRecord(1)
@@ -653,13 +645,13 @@ func TestAppendIgnoresCancellationAndRejectsForgedKinds(t *testing.T) {
 	r := sampleRecord(2)
 	r.Decision.Reasons = nil
 	rc, err = l.Append(context.Background(), r)
-	if err != nil || rc.Seq != 2 || !strings.Contains(rc.JWS, ".") {
+	if err != nil || rc.Index != 1 {
 		t.Fatalf("%v %+v", err, rc)
 	}
-	if rec, _ := DecodeRecord(rc.JWS); rec.Decision.Reasons == nil {
-		t.Fatal(`reasons encoded as null, want []`)
-	}
 	l.Close()
+	if records, _, _ := logLines(t, o.Dir); !strings.Contains(string(records[1]), `"reasons":[]`) {
+		t.Fatalf(`reasons not encoded as []: %s`, records[1])
+	}
 	if _, err := l.Append(context.Background(), sampleRecord(3)); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Append after Close = %v", err)
 	}
@@ -679,7 +671,7 @@ func TestAsyncKeepsQueuedRecordsAcrossFailure(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		l.mu.Lock()
-		durable := l.durSeq
+		durable := l.durNext
 		l.mu.Unlock()
 		if durable == 2 {
 			break
@@ -721,7 +713,7 @@ func waitSequenced(t *testing.T, l *Log, n uint64) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		l.mu.Lock()
-		done := l.next == n+1
+		done := l.next == n
 		l.mu.Unlock()
 		if done {
 			return

@@ -3,6 +3,7 @@ package decisionlog
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"unicode/utf8"
 )
@@ -33,6 +34,9 @@ const (
 	limitScope   = 128
 	limitReasons = 16 // entries, of limitReason bytes each
 	limitReason  = 64
+	limitMCP     = 8 // messages of an MCP batch recorded,
+	limitTool    = 128
+	limitURI     = 512
 )
 
 // boundRecord cuts every field of r to its limit (at a UTF-8 boundary) and
@@ -77,75 +81,176 @@ func boundRecord(r *Record) bool {
 	str(&q.Method, limitMethod)
 	str(&q.Host, limitLong)
 	str(&q.Path, limitPath)
+	if len(q.MCP) > limitMCP {
+		q.MCP, cut = q.MCP[:limitMCP:limitMCP], true
+	}
+	copied := false
+	for i := range q.MCP {
+		m := q.MCP[i]
+		for _, f := range []*string{&m.Kind, &m.Method, &m.Operation} {
+			str(f, limitID)
+		}
+		str(&m.Tool, limitTool)
+		str(&m.ArgumentsSHA256, 64)
+		str(&m.URI, limitURI)
+		if m != q.MCP[i] {
+			if !copied {
+				q.MCP, copied = append([]MCPMessage(nil), q.MCP...), true // never write into the caller's slice
+			}
+			q.MCP[i] = m
+		}
+	}
 	list(&r.Decision.Reasons, limitReasons, limitReason)
 	str(&r.Decision.PolicyRevision, limitID)
 	return cut
 }
 
-// preparedRecord is a record's JSON with the fields the log assigns (seq,
-// log, kid, prev) left open. Append builds it before taking the log's lock;
-// under the lock only the splice, the base64 and one SHA-256 remain, which
-// is all the hash chain forces to run one record at a time. A shorter
-// critical section also means a lock holder descheduled by a busy machine
-// stalls fewer appenders.
+// preparedRecord is a record's JSON line with the fields the log assigns
+// (index, log) left open. Append builds it before taking the log's lock;
+// under the lock only the splice and the leaf hash remain.
 type preparedRecord struct {
-	id   string // decision_id
-	tail []byte // `,"kind":…,"time":"…"}`: everything after "prev"
+	kind string
+	tail []byte // `,"decision_id":…,"time":"…"}`: everything after "kind"
 }
 
-// recordTail is Record's JSON from "kind" on, in MarshalJSON's field order.
+// recordTail is a record line from "decision_id" on, in Record's field
+// order.
 type recordTail struct {
-	Kind        string       `json:"kind,omitempty"`
-	KeyRotation *KeyRotation `json:"key_rotation,omitempty"`
-	Response    *Response    `json:"response,omitempty"`
-	Agent       Agent        `json:"agent"`
-	Request     Request      `json:"request"`
-	Decision    Decision     `json:"decision"`
-	Truncated   bool         `json:"truncated,omitempty"`
-	Time        string       `json:"time"`
+	DecisionID  string          `json:"decision_id"`
+	KeyRotation *KeyRotation    `json:"key_rotation,omitempty"`
+	Response    *Response       `json:"response,omitempty"`
+	Agent       Agent           `json:"agent"`
+	Request     Request         `json:"request"`
+	Decision    Decision        `json:"decision"`
+	Data        json.RawMessage `json:"data,omitempty"`
+	Truncated   bool            `json:"truncated,omitempty"`
+	Time        string          `json:"time"`
 }
 
 func prepareRecord(r *Record) (preparedRecord, error) {
 	tail, err := marshalJSON(recordTail{
-		Kind: r.Kind, KeyRotation: r.KeyRotation, Response: r.Response, Agent: r.Agent, Request: r.Request, Decision: r.Decision,
-		Truncated: r.Truncated, Time: r.Time.UTC().Format(TimeLayout),
+		DecisionID: r.DecisionID, KeyRotation: r.KeyRotation, Response: r.Response, Agent: r.Agent, Request: r.Request,
+		Decision: r.Decision, Data: r.Data, Truncated: r.Truncated, Time: r.Time.UTC().Format(TimeLayout),
 	})
 	if err != nil {
 		return preparedRecord{}, err
 	}
-	tail[0] = ',' // the object continues after "prev"
-	return preparedRecord{id: r.DecisionID, tail: tail}, nil
+	tail[0] = ',' // the object continues after "kind"
+	kind := r.Kind
+	if kind == "" {
+		kind = KindDecision
+	}
+	return preparedRecord{kind: kind, tail: tail}, nil
 }
 
-// appendPayload appends the record's JSON with the log-assigned fields:
-// byte for byte what Record.MarshalJSON writes for the same record
-// (TestPreparedRecordMatchesMarshalJSON, FuzzPreparedRecord).
-func (p preparedRecord) appendPayload(buf []byte, seq uint64, log, kid, prev string) []byte {
-	buf = append(buf, `{"seq":`...)
-	buf = strconv.AppendUint(buf, seq, 10)
-	buf = append(buf, `,"decision_id":`...)
-	buf = appendJSONString(buf, p.id)
-	buf = append(buf, `,"log":`...)
-	buf = appendJSONString(buf, log)
-	buf = append(buf, `,"kid":`...)
-	buf = appendJSONString(buf, kid)
-	buf = append(buf, `,"prev":`...)
-	buf = appendJSONString(buf, prev)
+// appendLine appends the record line (without its LF):
+// {"index":N,"log":"…","kind":"…","decision_id":…}. The head is written by
+// hand so that readers (verification above all) can take index, log and
+// kind from it without decoding the JSON (parseRecordHead).
+func (p preparedRecord) appendLine(buf []byte, index uint64, log string) []byte {
+	buf = append(buf, recordPrefix...)
+	buf = strconv.AppendUint(buf, index, 10)
+	buf = append(buf, `,"log":"`...)
+	buf = append(buf, log...) // validOrigin: nothing to escape
+	buf = append(buf, `","kind":"`...)
+	buf = append(buf, p.kind...) // validKind: nothing to escape
+	buf = append(buf, '"')
 	return append(buf, p.tail...)
 }
 
-// appendJSONString appends s as marshalJSON writes it. kid and prev are
-// base64url and hex, and log names are plain, so the copy is the common
-// case, as are decision ids (UUIDs); anything that needs escaping goes
-// through encoding/json.
-func appendJSONString(buf []byte, s string) []byte {
+// recordHead is what parseRecordHead reads from the start of a record line.
+type recordHead struct {
+	index     uint64
+	log, kind string
+}
+
+// parseRecordHead reads index, log and kind from the fixed head of a v2
+// record line. It does not check the rest of the line.
+func parseRecordHead(line []byte) (recordHead, error) {
+	var h recordHead
+	rest, ok := bytes.CutPrefix(line, []byte(recordPrefix))
+	if !ok {
+		return h, fmt.Errorf("%w: a record line starts with %s", ErrMalformed, recordPrefix)
+	}
+	i := 0
+	for i < len(rest) && rest[i] >= '0' && rest[i] <= '9' {
+		i++
+	}
+	if i == 0 || i > 20 || (i > 1 && rest[0] == '0') {
+		return h, fmt.Errorf("%w: index", ErrMalformed)
+	}
+	var err error
+	if h.index, err = strconv.ParseUint(string(rest[:i]), 10, 64); err != nil {
+		return h, fmt.Errorf("%w: index: %v", ErrMalformed, err)
+	}
+	rest = rest[i:]
+	str := func(prefix string) (string, bool) {
+		r, ok := bytes.CutPrefix(rest, []byte(prefix))
+		if !ok {
+			return "", false
+		}
+		j := bytes.IndexByte(r, '"')
+		if j < 0 {
+			return "", false
+		}
+		rest = r[j+1:]
+		return string(r[:j]), true
+	}
+	if h.log, ok = str(`,"log":"`); !ok || !validOrigin(h.log) {
+		return h, fmt.Errorf("%w: log", ErrMalformed)
+	}
+	if h.kind, ok = str(`,"kind":"`); !ok || !validKind(h.kind) {
+		return h, fmt.Errorf("%w: kind", ErrMalformed)
+	}
+	if len(rest) == 0 || (rest[0] != ',' && rest[0] != '}') {
+		return h, fmt.Errorf("%w: after kind", ErrMalformed)
+	}
+	return h, nil
+}
+
+// validKind: a record kind is 1 to 32 of [a-z_].
+func validKind(s string) bool {
+	if s == "" || len(s) > 32 {
+		return false
+	}
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' {
-			b, _ := marshalJSON(s) // a string always marshals
-			return append(buf, b...)
+		if c := s[i]; (c < 'a' || c > 'z') && c != '_' {
+			return false
 		}
 	}
-	buf = append(buf, '"')
-	buf = append(buf, s...)
-	return append(buf, '"')
+	return true
 }
+
+// decodeRecordLine decodes a v2 record line strictly: the head, then the
+// whole line as JSON into a Record whose index, log and kind agree with
+// the head.
+func decodeRecordLine(line []byte) (*Record, error) {
+	if len(line) > MaxRecordBytes {
+		return nil, fmt.Errorf("%w: longer than %d bytes", ErrMalformed, MaxRecordBytes)
+	}
+	h, err := parseRecordHead(line)
+	if err != nil {
+		return nil, err
+	}
+	var r Record
+	if err := json.Unmarshal(line, &r); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if r.Index != h.index || r.Log != h.log || r.Kind != h.kind || r.Seq != 0 || r.KeyID != "" || r.Prev != "" {
+		return nil, fmt.Errorf("%w: fields disagree with the line's head", ErrMalformed)
+	}
+	if (r.Kind == KindResponse) != (r.Response != nil) {
+		return nil, fmt.Errorf("%w: a response record without its response, or a response on another kind", ErrMalformed)
+	}
+	if r.Kind == KindKeyRotation {
+		if err := checkRotation(&r); err != nil {
+			return nil, err
+		}
+	}
+	return &r, nil
+}
+
+// DecodeRecordLine decodes a v2 record line (without its LF) strictly,
+// without verifying anything: the line's hash is what receipts and
+// checkpoints cover.
+func DecodeRecordLine(line []byte) (*Record, error) { return decodeRecordLine(line) }

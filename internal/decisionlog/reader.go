@@ -53,7 +53,7 @@ func listSegments(dir string) ([]string, error) {
 // Entry is one record read from a log, with where it was found.
 type Entry struct {
 	Record  *Record
-	JWS     string
+	Raw     string // the line as written, without its LF: JSON (v2) or a JWS (v1)
 	Segment string // segment file name
 	Line    int    // 1-based line number within the segment
 }
@@ -132,25 +132,40 @@ func (r *Reader) Close() error {
 	return nil
 }
 
-// Next returns the next record. A line that does not decode, or that holds
-// a NUL byte outside the last segment's padding, yields an error wrapping
-// ErrMalformed; the Reader has moved past it, so Next may be called again.
+// Next returns the next record (checkpoint lines are skipped). A line that
+// does not decode, or that holds a NUL byte outside the last segment's
+// padding, yields an error wrapping ErrMalformed; the Reader has moved past
+// it, so Next may be called again. It reads v2 logs (JSON lines) and v1
+// logs (one JWS per line).
 func (r *Reader) Next() (Entry, error) {
-	l, err := r.nextLine(false)
-	if err != nil {
-		return Entry{}, err
+	for {
+		l, err := r.nextLine(false)
+		if err != nil {
+			return Entry{}, err
+		}
+		if l.hasNUL {
+			return Entry{Segment: l.seg, Line: l.num}, fmt.Errorf("%s line %d: %w: %s", l.seg, l.num, ErrMalformed, nulDetail(l))
+		}
+		if l.tooLong {
+			return Entry{Segment: l.seg, Line: l.num}, fmt.Errorf("%s line %d: %w: longer than %d bytes", l.seg, l.num, ErrMalformed, MaxRecordBytes)
+		}
+		if strings.HasPrefix(l.text, checkpointPrefix) {
+			continue
+		}
+		rec, err := decodeLine(l.text)
+		if err != nil {
+			return Entry{Segment: l.seg, Line: l.num, Raw: l.text}, fmt.Errorf("%s line %d: %w", l.seg, l.num, err)
+		}
+		return Entry{Record: rec, Raw: l.text, Segment: l.seg, Line: l.num}, nil
 	}
-	if l.hasNUL {
-		return Entry{Segment: l.seg, Line: l.num}, fmt.Errorf("%s line %d: %w: %s", l.seg, l.num, ErrMalformed, nulDetail(l))
+}
+
+// decodeLine decodes a record line of either format without verifying it.
+func decodeLine(text string) (*Record, error) {
+	if strings.HasPrefix(text, "{") {
+		return decodeRecordLine([]byte(text))
 	}
-	if l.tooLong {
-		return Entry{Segment: l.seg, Line: l.num}, fmt.Errorf("%s line %d: %w: longer than %d bytes", l.seg, l.num, ErrMalformed, MaxRecordBytes)
-	}
-	rec, err := DecodeRecord(l.text)
-	if err != nil {
-		return Entry{Segment: l.seg, Line: l.num, JWS: l.text}, fmt.Errorf("%s line %d: %w", l.seg, l.num, err)
-	}
-	return Entry{Record: rec, JWS: l.text, Segment: l.seg, Line: l.num}, nil
+	return DecodeRecord(text)
 }
 
 func nulDetail(l line) string {
@@ -454,5 +469,31 @@ func zerosFrom(r io.ReaderAt, off int64) (bool, int64, error) {
 		if err != nil {
 			return false, 0, err
 		}
+	}
+}
+
+// Checkpoints returns the signed notes of every checkpoint line in the log
+// in dir, in order, without verifying them (Verify does). It reads up to
+// the current end of a live log.
+func Checkpoints(dir string) ([][]byte, error) {
+	r := NewReader(dir)
+	defer r.Close()
+	var out [][]byte
+	for {
+		l, err := r.nextLine(false)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !strings.HasPrefix(l.text, checkpointPrefix) || l.hasNUL || l.tooLong {
+			continue
+		}
+		signed, _, err := decodeCheckpointLine([]byte(l.text))
+		if err != nil {
+			return nil, fmt.Errorf("%s line %d: %w", l.seg, l.num, err)
+		}
+		out = append(out, signed)
 	}
 }

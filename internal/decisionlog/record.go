@@ -6,22 +6,27 @@ import (
 	"time"
 )
 
-// Record is one decision as it is signed into the log. The JSON names are the
-// documented format (docs/decision-log.md); never rename one.
+// Record is one entry of the log: a decision, a key rotation, or another
+// kind (see Kind). The JSON names are the documented format
+// (docs/decision-log.md); never rename one.
 //
 // The caller fills DecisionID, Time, Agent, Request and Decision. The log
-// assigns Seq, Log, KeyID and Prev when it appends the record.
+// assigns Index and Log when it appends the record. Seq, KeyID and Prev
+// belong to v1 logs (one JWS per record, hash-chained) and are only set
+// when one is read.
 type Record struct {
-	Seq        uint64    `json:"seq"`
+	Index      uint64    `json:"index"` // leaf index in the Merkle tree, from 0
+	Seq        uint64    `json:"seq,omitempty"`
 	DecisionID string    `json:"decision_id"`
 	Time       time.Time `json:"-"`
 	Log        string    `json:"log"`
-	KeyID      string    `json:"kid"`
-	Prev       string    `json:"prev"` // lowercase hex SHA-256 of the previous record's JWS signing input; "" for the first
+	KeyID      string    `json:"kid,omitempty"`
+	Prev       string    `json:"prev,omitempty"` // v1: lowercase hex SHA-256 of the previous record's JWS signing input
 
 	// Kind is "" (or KindDecision) for a decision, KindKeyRotation for
 	// the record that hands the log over to a new signing key, and
-	// KindResponse for the signed response a decision let through.
+	// KindResponse for the signed response a decision let through. Other
+	// kinds (a-z and _) carry what they record in Data.
 	Kind string `json:"kind,omitempty"`
 	// KeyRotation is set on KindKeyRotation records only.
 	KeyRotation *KeyRotation `json:"key_rotation,omitempty"`
@@ -31,6 +36,10 @@ type Record struct {
 	Agent    Agent    `json:"agent"`
 	Request  Request  `json:"request"`
 	Decision Decision `json:"decision"`
+	// Data carries what a kind other than a decision records (a JSON
+	// object of at most MaxDataBytes), e.g. a signed response's digest
+	// and the decision it answers.
+	Data json.RawMessage `json:"data,omitempty"`
 	// Truncated says the log cut at least one field to its bound
 	// (fieldLimits) so that the record could be written: a denial is
 	// always recorded, whatever the request carried.
@@ -43,6 +52,9 @@ const (
 	KindKeyRotation = "key_rotation"
 	KindResponse    = "response"
 )
+
+// MaxDataBytes bounds Record.Data.
+const MaxDataBytes = 4 << 10
 
 // Response is what the upstream answered to an allowed request, as
 // agentauthz signed it (docs/responses.md). A response record repeats the
@@ -61,12 +73,17 @@ type Response struct {
 	Signature      string `json:"signature,omitempty"`
 }
 
-// KeyRotation announces the key that signs every record after this one. The
-// rotation record itself is signed by the old key, so a verifier that trusts
-// the first key of a log can follow every rotation.
+// KeyRotation announces the key that signs from now on. In a v2 log the
+// checkpoint that covers the rotation record is still signed by the old
+// key, and every later checkpoint by the new one, so a verifier that
+// trusts the first key of a log can follow every rotation. (In a v1 log,
+// the rotation record is signed by the old key and every later record by
+// the new one.)
 type KeyRotation struct {
 	NewKeyID string `json:"new_kid"`
 	NewKey   string `json:"new_key"` // base64url (no padding) of the 32-byte Ed25519 public key, as JWK "x"
+	// NoteKey is the new key as a signed-note verifier key (v2 logs).
+	NoteKey string `json:"new_note_key,omitempty"`
 }
 
 // TimeLayout is the record time format: UTC, RFC 3339, exactly six
@@ -127,6 +144,22 @@ type Request struct {
 	Path      string `json:"path,omitempty"`
 	Operation string `json:"operation,omitempty"`
 	Source    string `json:"source,omitempty"` // source address "ip:port"
+	// MCP lists the JSON-RPC messages of a call to an MCP endpoint, in
+	// order (a batch has several); nil for other requests.
+	MCP []MCPMessage `json:"mcp,omitempty"`
+}
+
+// MCPMessage is one JSON-RPC message of an MCP call: what was asked, never
+// the arguments themselves.
+type MCPMessage struct {
+	Kind      string `json:"kind"`             // request, notification, response
+	Method    string `json:"method,omitempty"` // "" for a response
+	Tool      string `json:"tool,omitempty"`   // tools/call
+	URI       string `json:"uri,omitempty"`    // resources/read, subscribe, unsubscribe
+	Operation string `json:"operation,omitempty"`
+	// ArgumentsSHA256 is the hex SHA-256 of tools/call's arguments, byte
+	// for byte as sent: it proves what was called without keeping it.
+	ArgumentsSHA256 string `json:"arguments_sha256,omitempty"`
 }
 
 // Decision is the outcome.
@@ -137,9 +170,11 @@ type Decision struct {
 	PolicyRevision string   `json:"policy_revision,omitempty"`
 }
 
-// Receipt is what Append returns: the durably assigned sequence number and the
-// signed record (a compact JWS) that doubles as the receipt for the upstream.
+// Receipt is what Append returns: the record's leaf index and hash, and
+// Header, the compact receipt for the upstream (x-agent-receipt; see
+// EncodeReceipt). In sync mode the receipt's checkpoint is on disk.
 type Receipt struct {
-	Seq uint64
-	JWS string
+	Index  uint64
+	Hash   Hash
+	Header string
 }

@@ -20,7 +20,11 @@ func TestResponseRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := VerifyRecord(rc.JWS, l.PublicKeys())
+	if _, err := VerifyReceipt(rc.Header, l.PublicKeys()); err != nil {
+		t.Fatal(err)
+	}
+	records, _, _ := logLines(t, o.Dir)
+	got, err := decodeRecordLine(records[rc.Index])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,8 +61,11 @@ func TestResponseSigner(t *testing.T) {
 	if err != nil || !ed25519.Verify(l.PublicKeys()[kid], base, sig) {
 		t.Fatalf("signature does not verify: %v", err)
 	}
-	// Never a JWS signing input: those are the records' signatures.
-	if _, err := sign([]byte("eyJhbGciOiJFZERTQSJ9.eyJzZXEiOjF9")); err == nil {
-		t.Fatal("signed a JWS signing input")
+	// Never a checkpoint's note text (it starts with the log's name) nor a
+	// v1 JWS signing input: those are the log's own signatures.
+	for _, msg := range []string{"test-1\n1\nAAAA\n", "eyJhbGciOiJFZERTQSJ9.eyJzZXEiOjF9"} {
+		if _, err := sign([]byte(msg)); err == nil {
+			t.Fatalf("signed %q", msg)
+		}
 	}
 }

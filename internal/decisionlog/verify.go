@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"runtime"
 )
 
@@ -44,7 +45,8 @@ const lookahead = 4096
 // Problem is the first damage Verify found.
 type Problem struct {
 	Kind    string `json:"kind"`
-	Seq     uint64 `json:"seq"` // the first bad sequence number
+	Index   uint64 `json:"index"`         // v2: the first bad leaf index
+	Seq     uint64 `json:"seq,omitempty"` // v1: the first bad sequence number
 	Segment string `json:"segment"`
 	Line    int    `json:"line"`
 	Offset  int64  `json:"offset"` // byte offset in the segment of the line (of the NUL for nul_bytes)
@@ -52,31 +54,52 @@ type Problem struct {
 }
 
 func (p *Problem) Error() string {
-	return fmt.Sprintf("seq %d: %s: %s (%s line %d)", p.Seq, p.Kind, p.Detail, p.Segment, p.Line)
+	if p.Seq != 0 {
+		return fmt.Sprintf("seq %d: %s: %s (%s line %d)", p.Seq, p.Kind, p.Detail, p.Segment, p.Line)
+	}
+	return fmt.Sprintf("index %d: %s: %s (%s line %d)", p.Index, p.Kind, p.Detail, p.Segment, p.Line)
 }
 
 // Result summarises a verification.
 type Result struct {
-	Records  uint64   `json:"records"`
-	FirstSeq uint64   `json:"first_seq"`
-	LastSeq  uint64   `json:"last_seq"`
-	LastHash string   `json:"last_hash"`
-	Segments int      `json:"segments"`
-	KeyIDs   []string `json:"kids"`    // keys that signed records, in order of use
-	Problem  *Problem `json:"problem"` // nil when the log is intact
+	Format      int      `json:"format"`  // 2 (Merkle tree, checkpoints) or 1 (JWS per record, hash chain)
+	Records     uint64   `json:"records"` // records verified (v2: the tree size of the last good checkpoint)
+	Checkpoints int      `json:"checkpoints,omitempty"`
+	Root        string   `json:"root,omitempty"`       // v2: base64 root hash of the last good checkpoint
+	Checkpoint  string   `json:"checkpoint,omitempty"` // v2: the last good signed checkpoint
+	FirstSeq    uint64   `json:"first_seq,omitempty"`  // v1
+	LastSeq     uint64   `json:"last_seq,omitempty"`   // v1
+	LastHash    string   `json:"last_hash,omitempty"`  // v1: chain hash of the last record
+	Segments    int      `json:"segments"`
+	KeyIDs      []string `json:"kids"`    // keys that signed, in order of use
+	Problem     *Problem `json:"problem"` // nil when the log is intact
 }
 
-// Verify checks every record of the log in dir: each signature (with
-// go-jose), the hash chain, sequence continuity and segment names. trusted
-// holds the keys that may sign the first record; later keys are accepted
-// only when a key_rotation record signed by the then-current key announces
-// them. It stops at the first problem. The error is for I/O failures only.
+// Verify checks the log in dir and stops at the first problem; the error
+// is for I/O failures only. trusted holds the keys that may sign first;
+// later keys are accepted only when a key_rotation record announces them
+// (see verifyV2 and verifyV1). It reads both formats.
 func Verify(dir string, trusted KeySet) (*Result, error) {
 	segs, err := listSegments(dir)
 	if err != nil {
 		return nil, fmt.Errorf("list segments: %w", err)
 	}
-	res := &Result{Segments: len(segs)}
+	if len(segs) > 0 {
+		v1, err := isV1Segment(filepath.Join(dir, segs[0]))
+		if err != nil {
+			return nil, err
+		}
+		if v1 {
+			return verifyV1(dir, segs, trusted)
+		}
+	}
+	return verifyV2(dir, segs, trusted)
+}
+
+// verifyV1 checks every record of a v1 log: each signature (with go-jose),
+// the hash chain, sequence continuity and segment names.
+func verifyV1(dir string, segs []string, trusted KeySet) (*Result, error) {
+	res := &Result{Format: 1, Segments: len(segs)}
 	v := &verifier{src: NewReader(dir), known: KeySet{}, cand: KeySet{}, sem: make(chan struct{}, runtime.GOMAXPROCS(0))}
 	defer v.src.Close()
 	defer v.drain()
@@ -99,7 +122,7 @@ func Verify(dir string, trusted KeySet) (*Result, error) {
 			break
 		}
 		problem := func(kind string, seq uint64, format string, args ...any) (*Result, error) {
-			res.Problem = &Problem{Kind: kind, Seq: seq, Segment: l.seg, Line: l.num, Offset: l.off, Detail: fmt.Sprintf(format, args...)}
+			res.Problem = &Problem{Kind: kind, Seq: seq, Index: seq - 1, Segment: l.seg, Line: l.num, Offset: l.off, Detail: fmt.Sprintf(format, args...)}
 			return res, nil
 		}
 		if l.hasNUL {

@@ -10,41 +10,76 @@ import (
 	"testing"
 )
 
-// tamperLog builds a 15-record log in three segments of five records:
+// writeV1Log writes a v1 log (one JWS per line, hash-chained) as the v1
+// writer did: n records, a new segment every segSize records, a key
+// rotation record signed by the old key after rotateAfter records (0:
+// none). The keys are in o.KeyDir. Only v1 logs are read now; these tests
+// keep their verification honest.
+func writeV1Log(t *testing.T, o Options, n, segSize, rotateAfter int) KeySet {
+	t.Helper()
+	if err := os.MkdirAll(o.Dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(o.KeyDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	k, err := generateSigningKey(o.KeyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := KeySet{k.kid: k.public()}
+	prev := ""
+	var seg []byte
+	segFirst := uint64(1)
+	flush := func(next uint64) {
+		if len(seg) > 0 {
+			if err := os.WriteFile(filepath.Join(o.Dir, segmentName(segFirst)), seg, 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seg, segFirst = nil, next
+	}
+	for seq := uint64(1); seq <= uint64(n); seq++ {
+		if segSize > 0 && seq > 1 && (seq-1)%uint64(segSize) == 0 {
+			flush(seq)
+		}
+		r := sampleRecord(int(seq - 1))
+		var next *signingKey
+		if rotateAfter > 0 && seq == uint64(rotateAfter)+1 {
+			if next, err = generateSigningKey(o.KeyDir); err != nil {
+				t.Fatal(err)
+			}
+			ks.Add(next.public())
+			r = &Record{Kind: KindKeyRotation, Time: r.Time, Decision: Decision{Reasons: []string{}},
+				KeyRotation: &KeyRotation{NewKeyID: next.kid, NewKey: b64.EncodeToString(next.public())}}
+		}
+		r.Seq, r.KeyID, r.Prev, r.Log = seq, k.kid, prev, "test-1"
+		p, err := r.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		line, jws := k.finish(k.signingInput(p))
+		prev = ChainHash(jws)
+		seg = append(seg, line...)
+		if next != nil {
+			k = next
+		}
+	}
+	flush(0)
+	return ks
+}
+
+// tamperLog builds a 15-record v1 log in three segments of five records:
 // seqs 1-5, 6-10, 11-15.
 func tamperLog(t *testing.T) (Options, KeySet) {
 	t.Helper()
 	o := testOptions(t)
-	l := mustOpen(t, o)
-	for seg := 0; seg < 3; seg++ {
-		appendN(t, l, seg*5, 5)
-		if seg < 2 {
-			forceRotate(t, l)
-		}
-	}
-	ks := l.PublicKeys()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
+	ks := writeV1Log(t, o, 15, 5, 0)
 	segs, _ := listSegments(o.Dir)
 	if len(segs) != 3 || segs[1] != segmentName(6) || segs[2] != segmentName(11) {
 		t.Fatalf("segments %v", segs)
 	}
 	return o, ks
-}
-
-// forceRotate makes the next batch start a new segment.
-func forceRotate(t *testing.T, l *Log) {
-	t.Helper()
-	// The writer is idle between appends (each Append waited for its
-	// fsync), so its state can be touched under the batch-free lock.
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.seg != nil {
-		if err := l.seal(); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 type segLines struct {
@@ -323,17 +358,12 @@ func TestVerifyChainCatchesWrongPredecessor(t *testing.T) {
 // first record.
 func TestVerifyRefusesRetiredKeyAfterRotation(t *testing.T) {
 	o := testOptions(t)
-	l := mustOpen(t, o)
-	oldKID := l.KeyID()
-	appendN(t, l, 0, 3)
-	if _, err := l.Rotate(); err != nil { // seq 4
+	both := writeV1Log(t, o, 7, 0, 3) // seq 4 hands over to a new key
+	first, err := DecodeRecord(strings.TrimSuffix(readSeg(t, o, 1).lines[0], "\n"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	appendN(t, l, 3, 3) // seqs 5-7
-	both := l.PublicKeys()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
+	oldKID := first.KeyID
 	if len(both) != 2 {
 		t.Fatalf("keys %v", both.KIDs())
 	}

@@ -1,8 +1,7 @@
 package demo
 
 import (
-	"encoding/base64"
-	"encoding/json"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,15 +18,14 @@ import (
 // VerifyResult is `audit verify` on one replica's log, with the keys the
 // replica publishes.
 type VerifyResult struct {
-	Replica  string   `json:"replica"`
-	LogDir   string   `json:"log_dir"`
-	Records  uint64   `json:"records"`
-	FirstSeq uint64   `json:"first_seq"`
-	LastSeq  uint64   `json:"last_seq"`
-	LastHash string   `json:"last_hash"`
-	KeyIDs   []string `json:"kids"`
-	Intact   bool     `json:"intact"`
-	Problem  string   `json:"problem,omitempty"`
+	Replica     string   `json:"replica"`
+	LogDir      string   `json:"log_dir"`
+	Records     uint64   `json:"records"`
+	Checkpoints int      `json:"checkpoints"`
+	Root        string   `json:"root"`
+	KeyIDs      []string `json:"kids"`
+	Intact      bool     `json:"intact"`
+	Problem     string   `json:"problem,omitempty"`
 }
 
 // Answers are the auditor's four questions, answered from the logs and the
@@ -43,30 +41,34 @@ type Answers struct {
 type WhoAnswer struct {
 	DecisionID string               `json:"decision_id"`
 	Log        string               `json:"log"`
-	Seq        uint64               `json:"seq"`
+	Index      uint64               `json:"index"`
 	Time       time.Time            `json:"time"`
 	Agent      decisionlog.Agent    `json:"agent"`
 	Request    decisionlog.Request  `json:"request"`
 	Decision   decisionlog.Decision `json:"decision"`
 }
 
-// TamperAnswer is the receipt check and the chain around it.
+// TamperAnswer is the receipt check and the tree around it.
 type TamperAnswer struct {
-	DecisionID      string `json:"decision_id"`
-	Alg             string `json:"alg"`
-	KeyID           string `json:"kid"`
+	DecisionID string `json:"decision_id"`
+	// ReceiptBytes is the size of the x-agent-receipt header value.
+	ReceiptBytes int `json:"receipt_bytes"`
+	// ReceiptVerified: the receipt's inclusion proof leads from its record
+	// hash to a checkpoint signed by the replica's published key.
 	ReceiptVerified bool   `json:"receipt_verified"`
-	// ReceiptInLog: the receipt the upstream got is byte for byte the
-	// record at Seq in the log.
-	ReceiptInLog bool   `json:"receipt_in_log"`
-	Seq          uint64 `json:"seq"`
-	// NextPrev is the "prev" of the record after it: the chain commits to
-	// this record. Empty when it is the last record.
-	NextPrev    string `json:"next_prev,omitempty"`
-	ChainHash   string `json:"chain_hash"`
-	ChainIntact bool   `json:"chain_intact"`
-	// TamperedRejected: the same receipt with its agent id changed fails
-	// verification, with TamperedError.
+	KeyID           string `json:"kid"`
+	Index           uint64 `json:"index"`
+	RecordHash      string `json:"record_hash"` // hex SHA-256(0x00 ‖ record line)
+	CheckpointSize  uint64 `json:"checkpoint_size"`
+	// ReceiptInLog: the record at Index in the log hashes to the receipt's
+	// record hash, and the receipt's signed checkpoint is in the log.
+	ReceiptInLog bool `json:"receipt_in_log"`
+	// LogIntact: the whole log verifies (section 5), past the receipt's
+	// checkpoint: every later checkpoint is consistent with it.
+	LogIntact bool `json:"log_intact"`
+	// TamperedRejected: the record with its agent id changed no longer
+	// matches the receipt: put in its place, the receipt fails, with
+	// TamperedError.
 	TamperedRejected bool   `json:"tampered_rejected"`
 	TamperedError    string `json:"tampered_error"`
 }
@@ -108,7 +110,7 @@ type RevocationAnswer struct {
 // LoggedDecision points at one record.
 type LoggedDecision struct {
 	Log        string        `json:"log"`
-	Seq        uint64        `json:"seq"`
+	Index      uint64        `json:"index"`
 	DecisionID string        `json:"decision_id"`
 	Time       time.Time     `json:"time"`
 	Reason     string        `json:"reason"`
@@ -125,8 +127,8 @@ func (a Answers) problems() []string {
 	}
 	if t := a.NotTampered; t == nil {
 		out = append(out, "question 2 unanswered")
-	} else if !t.ReceiptVerified || !t.ReceiptInLog || !t.ChainIntact || !t.TamperedRejected {
-		out = append(out, fmt.Sprintf("question 2: receipt verified=%v in log=%v chain intact=%v tampered copy rejected=%v", t.ReceiptVerified, t.ReceiptInLog, t.ChainIntact, t.TamperedRejected))
+	} else if !t.ReceiptVerified || !t.ReceiptInLog || !t.LogIntact || !t.TamperedRejected {
+		out = append(out, fmt.Sprintf("question 2: receipt verified=%v in log=%v log intact=%v tampered copy rejected=%v", t.ReceiptVerified, t.ReceiptInLog, t.LogIntact, t.TamperedRejected))
 	}
 	if l := a.LeastPrivilege; l == nil || l.Denied == 0 || l.Allowed == 0 {
 		out = append(out, "question 3 unanswered")
@@ -141,8 +143,9 @@ func (a Answers) problems() []string {
 
 // logged is one record with the log it came from.
 type logged struct {
-	replica string
-	entry   decisionlog.Entry
+	replica     string
+	entry       decisionlog.Entry
+	checkpoints map[string]bool // the signed checkpoints in the replica's log
 }
 
 // audit verifies every log with the keys its replica published, then
@@ -161,8 +164,8 @@ func audit(out *Outcome, reps []*replica, auth *ca.Authority) error {
 		if err != nil {
 			return fmt.Errorf("%s: verify log: %w", r.Name, err)
 		}
-		vr := VerifyResult{Replica: r.Name, LogDir: r.LogDir, Records: res.Records, FirstSeq: res.FirstSeq,
-			LastSeq: res.LastSeq, LastHash: res.LastHash, KeyIDs: res.KeyIDs, Intact: res.Problem == nil}
+		vr := VerifyResult{Replica: r.Name, LogDir: r.LogDir, Records: res.Records, Checkpoints: res.Checkpoints,
+			Root: res.Root, KeyIDs: res.KeyIDs, Intact: res.Problem == nil}
 		if res.Problem != nil {
 			vr.Problem = res.Problem.Error()
 			out.Unexpected = append(out.Unexpected, fmt.Sprintf("%s: log does not verify: %s", r.Name, vr.Problem))
@@ -173,8 +176,16 @@ func audit(out *Outcome, reps []*replica, auth *ca.Authority) error {
 		if err != nil {
 			return fmt.Errorf("%s: read log: %w", r.Name, err)
 		}
+		cps, err := decisionlog.Checkpoints(r.LogDir)
+		if err != nil {
+			return fmt.Errorf("%s: read checkpoints: %w", r.Name, err)
+		}
+		inLog := map[string]bool{}
+		for _, cp := range cps {
+			inLog[string(cp)] = true
+		}
 		for _, e := range entries {
-			all = append(all, logged{replica: r.Name, entry: e})
+			all = append(all, logged{replica: r.Name, entry: e, checkpoints: inLog})
 		}
 	}
 	payment := out.Decisions[paymentStep]
@@ -221,79 +232,51 @@ func firstReason(r *decisionlog.Record) string {
 func whoInitiated(all []logged, id string) *WhoAnswer {
 	for _, l := range all {
 		r := l.entry.Record
-		if r.DecisionID == id {
-			return &WhoAnswer{DecisionID: id, Log: r.Log, Seq: r.Seq, Time: r.Time, Agent: r.Agent, Request: r.Request, Decision: r.Decision}
+		if r.DecisionID == id && isDecision(r) {
+			return &WhoAnswer{DecisionID: id, Log: r.Log, Index: r.Index, Time: r.Time, Agent: r.Agent, Request: r.Request, Decision: r.Decision}
 		}
 	}
 	return nil
 }
 
 func notTampered(all []logged, payment Decision, ks decisionlog.KeySet, vr VerifyResult) *TamperAnswer {
-	a := &TamperAnswer{DecisionID: payment.DecisionID, ChainHash: decisionlog.ChainHash(payment.Receipt), ChainIntact: vr.Intact}
-	if hdr, err := jwsHeader(payment.Receipt); err == nil {
-		a.Alg, a.KeyID = hdr.Alg, hdr.Kid
+	a := &TamperAnswer{DecisionID: payment.DecisionID, ReceiptBytes: len(payment.Receipt)}
+	r, err := decisionlog.VerifyReceipt(payment.Receipt, ks)
+	a.ReceiptVerified = err == nil
+	if r == nil {
+		return a
 	}
-	rec, err := decisionlog.VerifyRecord(payment.Receipt, ks)
-	a.ReceiptVerified = err == nil && rec.DecisionID == payment.DecisionID
-	if rec != nil {
-		a.Seq = rec.Seq
-	}
-	for i, l := range all {
-		if l.replica != payment.Replica || l.entry.Record.DecisionID != payment.DecisionID {
-			continue
-		}
-		a.ReceiptInLog = l.entry.JWS == payment.Receipt
-		if i+1 < len(all) && all[i+1].replica == l.replica {
-			a.NextPrev = all[i+1].entry.Record.Prev
-			a.ChainIntact = a.ChainIntact && a.NextPrev == a.ChainHash
+	for kid, pub := range ks {
+		if vk, err := decisionlog.NoteVerifierKey(r.Checkpoint.Origin, pub); err == nil && strings.Contains(vk, fmt.Sprintf("+%08x+", r.KeyHash)) {
+			a.KeyID = kid
 		}
 	}
-	a.ChainIntact = a.ChainIntact && vr.LastSeq >= a.Seq
-	forged, err := replaceInPayload(payment.Receipt, `"id":"`+PaymentsAgent+`"`, `"id":"loan-servicer"`)
-	if err == nil {
-		_, verr := decisionlog.VerifyRecord(forged, ks)
+	a.Index, a.CheckpointSize = r.Index, r.Checkpoint.Size
+	a.RecordHash = hex.EncodeToString(r.RecordHash[:])
+	for _, l := range all {
+		rec := l.entry.Record
+		if l.replica != payment.Replica || rec.DecisionID != payment.DecisionID || !isDecision(rec) {
+			continue // the response record shares the decision id
+		}
+		a.ReceiptInLog = rec.Index == r.Index && decisionlog.LeafHash([]byte(l.entry.Raw)) == r.RecordHash &&
+			l.checkpoints[string(r.SignedCheckpoint())]
+		// A forger edits the record (the agent id) and, to match it,
+		// the receipt's record hash: the proof then leads to another
+		// batch root, and the signature no longer verifies.
+		forged := strings.Replace(l.entry.Raw, `"id":"`+PaymentsAgent+`"`, `"id":"loan-servicer"`, 1)
+		if forged == l.entry.Raw {
+			break
+		}
+		f := *r
+		f.RecordHash = decisionlog.LeafHash([]byte(forged))
+		_, verr := decisionlog.VerifyReceipt(f.Encode(), ks)
 		a.TamperedRejected = verr != nil
 		if verr != nil {
 			a.TamperedError = verr.Error()
 		}
 	}
+	a.LogIntact = vr.Intact && vr.Records >= a.CheckpointSize
 	return a
-}
-
-type header struct {
-	Alg string `json:"alg"`
-	Kid string `json:"kid"`
-}
-
-func jwsHeader(jws string) (header, error) {
-	var h header
-	first, _, ok := strings.Cut(jws, ".")
-	if !ok {
-		return h, errors.New("not a compact JWS")
-	}
-	b, err := base64.RawURLEncoding.DecodeString(first)
-	if err != nil {
-		return h, err
-	}
-	return h, json.Unmarshal(b, &h)
-}
-
-// replaceInPayload is what a forger would do: edit the record inside the
-// JWS and keep the signature.
-func replaceInPayload(jws, old, repl string) (string, error) {
-	parts := strings.Split(jws, ".")
-	if len(parts) != 3 {
-		return "", errors.New("not a compact JWS")
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return "", err
-	}
-	if !strings.Contains(string(payload), old) {
-		return "", fmt.Errorf("payload has no %s", old)
-	}
-	parts[1] = base64.RawURLEncoding.EncodeToString([]byte(strings.Replace(string(payload), old, repl, 1)))
-	return strings.Join(parts, "."), nil
 }
 
 func leastPrivilege(all []logged) *LeastPrivilegeAnswer {
@@ -370,7 +353,7 @@ func revocationAnswer(all []logged, auth *ca.Authority, rev *Revocation) (*Revoc
 		a.DeniedAfter++
 		if !first[l.replica] {
 			first[l.replica] = true
-			a.FirstDenied = append(a.FirstDenied, LoggedDecision{Log: r.Log, Seq: r.Seq, DecisionID: r.DecisionID,
+			a.FirstDenied = append(a.FirstDenied, LoggedDecision{Log: r.Log, Index: r.Index, DecisionID: r.DecisionID,
 				Time: r.Time, Reason: why, After: r.Time.Sub(a.RevokedAt)})
 		}
 	}

@@ -68,6 +68,8 @@ type Outcome struct {
 	After       []Decision     `json:"after_revocation"`
 	Verify      []VerifyResult `json:"verify"`
 	Answers     Answers        `json:"answers"`
+	// Response is one allowed request's response, signed and verified.
+	Response *SignedResponse `json:"signed_response"`
 	// Unexpected lists every decision or answer that differed from the
 	// scenario; Run returns ErrUnexpected when it is not empty.
 	Unexpected []string      `json:"unexpected"`
@@ -262,6 +264,12 @@ func Run(ctx context.Context, w io.Writer, opts Options) (out *Outcome, err erro
 		out.Decisions = append(out.Decisions, d)
 	}
 	p.decisions(out.Decisions)
+	sr, err := signDemoResponse(ctx, reps, out.Decisions)
+	if err != nil {
+		return out, err
+	}
+	out.Response = sr
+	p.signedResponse(sr)
 
 	// 4. Revoke the rogue agent.
 	p.section("4. Revoking %s (agent-level revocation in the CA)", RogueAgent)
@@ -301,6 +309,9 @@ func Run(ctx context.Context, w io.Writer, opts Options) (out *Outcome, err erro
 		}
 	}
 	out.Unexpected = append(out.Unexpected, out.Answers.problems()...)
+	if out.Response != nil {
+		out.Unexpected = append(out.Unexpected, out.Response.problems()...)
+	}
 	out.Duration = time.Since(start)
 	p.section("Done in %.1fs", out.Duration.Seconds())
 	if len(out.Unexpected) > 0 {

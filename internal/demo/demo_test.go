@@ -34,6 +34,12 @@ func TestRun(t *testing.T) {
 	if len(out.Unexpected) != 0 || !out.Kept || out.DataDir != dir {
 		t.Errorf("unexpected=%v kept=%v dir=%q", out.Unexpected, out.Kept, out.DataDir)
 	}
+	// A signed response verifies with the replica's published keys, and a
+	// tampered copy does not.
+	if r := out.Response; r == nil || !r.Verified || r.Agent != "payments-agent" || r.TrustLevel != "L3" ||
+		!strings.Contains(r.TamperError, "content-digest") || !strings.Contains(text.String(), "3b. The API's answer, signed") {
+		t.Errorf("signed response: %+v", out.Response)
+	}
 
 	checkDecisions(t, "scenario", out.Decisions, []want{
 		{"sanctions-screener", "POST", "/v1/sanctions/screenings", true, "allowed"},
@@ -89,6 +95,9 @@ func TestRun(t *testing.T) {
 	}
 	for _, f := range rev.Replicas {
 		perReplica[f.Replica] += uint64(f.AllowedBefore) + 1
+	}
+	if out.Response != nil {
+		perReplica[out.Response.Replica]++ // the signed response's record
 	}
 	if len(out.Verify) != DefaultReplicas {
 		t.Fatalf("verify = %+v", out.Verify)
@@ -173,8 +182,8 @@ func checkAnswers(t *testing.T, out *Outcome) {
 	if tm == nil {
 		t.Fatal("question 2 unanswered")
 	}
-	if !tm.ReceiptVerified || !tm.ReceiptInLog || !tm.ChainIntact || !tm.TamperedRejected || tm.Alg != "EdDSA" ||
-		tm.KeyID == "" || tm.NextPrev != tm.ChainHash || tm.Seq != w.Seq {
+	if !tm.ReceiptVerified || !tm.ReceiptInLog || !tm.LogIntact || !tm.TamperedRejected ||
+		tm.KeyID == "" || tm.Index != w.Index || tm.ReceiptBytes > 600 || tm.CheckpointSize <= tm.Index {
 		t.Errorf("question 2 = %+v", tm)
 	}
 	// The receipt really is what the log's published key signed.
@@ -182,7 +191,7 @@ func checkAnswers(t *testing.T, out *Outcome) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := decisionlog.VerifyRecord(payment.Receipt, ks); err != nil {
+	if _, err := decisionlog.VerifyReceipt(payment.Receipt, ks); err != nil {
 		t.Errorf("receipt does not verify: %v", err)
 	}
 

@@ -90,8 +90,8 @@ func (p *printer) verify(vs []VerifyResult) {
 		if !v.Intact {
 			status = "FAILED: " + v.Problem
 		}
-		p.line("%s: %d records, seq %d..%d, key %s, head %s: %s", v.Replica, v.Records, v.FirstSeq, v.LastSeq,
-			strings.Join(v.KeyIDs, ","), short(v.LastHash), status)
+		p.line("%s: %d records, %d checkpoints, key %s, root %s: %s", v.Replica, v.Records, v.Checkpoints,
+			strings.Join(v.KeyIDs, ","), short(v.Root), status)
 	}
 }
 
@@ -101,7 +101,7 @@ func (p *printer) answers(out *Outcome) {
 
 	p.line("Q1. Which agent initiated payment %s?", short(out.Decisions[paymentStep].DecisionID))
 	if w := a.WhoInitiated; w != nil {
-		p.line("    decision    %s  (%s seq %d, %s)", w.DecisionID, w.Log, w.Seq, w.Time.UTC().Format(logTime))
+		p.line("    decision    %s  (%s index %d, %s)", w.DecisionID, w.Log, w.Index, w.Time.UTC().Format(logTime))
 		p.line("    agent       %s  %s", w.Agent.ID, w.Agent.SPIFFEID)
 		p.line("    trust       %s, scopes %s, owner %s", w.Agent.TrustLevel, strings.Join(w.Agent.Scopes, ","), w.Agent.Owner)
 		p.line("    certificate serial %s, sha256 %s, issuer %q, via %s", short(w.Agent.Serial), short(w.Agent.CertSHA256), w.Agent.Issuer, w.Agent.Source)
@@ -115,14 +115,12 @@ func (p *printer) answers(out *Outcome) {
 	p.line("")
 	p.line("Q2. Prove it was not tampered with.")
 	if t := a.NotTampered; t != nil {
-		p.line("    the upstream received x-agent-receipt: a JWS (alg %s, kid %s)", t.Alg, t.KeyID)
-		p.line("    verified with the replica's published key (/.well-known/jwks.json): %s", yes(t.ReceiptVerified))
-		p.line("    byte for byte the record at seq %d of the log: %s", t.Seq, yes(t.ReceiptInLog))
-		if t.NextPrev != "" {
-			p.line("    the next record's prev %s = sha256 of this record's signing input: %s", short(t.NextPrev), yes(t.NextPrev == t.ChainHash))
-		}
-		p.line("    the whole chain verifies (section 5): %s", yes(t.ChainIntact))
-		p.line("    the same receipt with agent id changed to loan-servicer: rejected=%v (%s)", t.TamperedRejected, t.TamperedError)
+		p.line("    the upstream received x-agent-receipt (%d bytes): record %d's hash %s, its inclusion proof", t.ReceiptBytes, t.Index, short(t.RecordHash))
+		p.line("    and the checkpoint of its batch (tree size %d), signed by key %s", t.CheckpointSize, short(t.KeyID))
+		p.line("    verified offline with the replica's published key (/.well-known/jwks.json): %s", yes(t.ReceiptVerified))
+		p.line("    the record at index %d of the log hashes to it, and the checkpoint is in the log: %s", t.Index, yes(t.ReceiptInLog))
+		p.line("    the whole log verifies (section 5), every later checkpoint consistent with it: %s", yes(t.LogIntact))
+		p.line("    the record with agent id changed to loan-servicer: rejected=%v (%s)", t.TamperedRejected, t.TamperedError)
 	}
 
 	p.line("")
@@ -144,7 +142,7 @@ func (p *printer) answers(out *Outcome) {
 		p.line("    inventory: %s revoked at %s by %s, reason %s, serials %s", r.Agent,
 			r.RevokedAt.UTC().Format(logTime), r.Operator, r.Reason, strings.Join(shortAll(r.Serials), ","))
 		for _, f := range r.FirstDenied {
-			p.line("    first refusal in %s: seq %d, decision %s, %s, %s after the revocation", f.Log, f.Seq, short(f.DecisionID), f.Reason, ms(f.After))
+			p.line("    first refusal in %s: index %d, decision %s, %s, %s after the revocation", f.Log, f.Index, short(f.DecisionID), f.Reason, ms(f.After))
 		}
 		p.line("    after the commit: %d of its requests refused; %d probe(s) allowed while the push was in flight", r.DeniedAfter, r.AllowedAfter)
 		var others []string

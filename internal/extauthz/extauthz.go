@@ -24,6 +24,7 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/identity"
+	"github.com/agentauthz/agentauthz/internal/mcp"
 	"github.com/agentauthz/agentauthz/internal/reason"
 )
 
@@ -37,10 +38,14 @@ const (
 	HeaderOwner      = "x-agent-owner"
 	HeaderDecisionID = "x-decision-id"
 	HeaderReceipt    = "x-agent-receipt"
+	// HeaderMCPTools, on an allowed MCP tools/list, is the JSON array of the
+	// tools the agent may call; the MCP server (or a filter in front of
+	// it) lists only those (docs/mcp.md).
+	HeaderMCPTools = "x-agent-mcp-tools"
 )
 
 // identityHeaders are the headers only this service may set upstream.
-var identityHeaders = [...]string{HeaderAgentID, HeaderSPIFFEID, HeaderTrustLevel, HeaderScopes, HeaderOwner, HeaderDecisionID, HeaderReceipt}
+var identityHeaders = [...]string{HeaderAgentID, HeaderSPIFFEID, HeaderTrustLevel, HeaderScopes, HeaderOwner, HeaderDecisionID, HeaderReceipt, HeaderMCPTools}
 
 // Identifier verifies who is calling. It returns exactly one of agent or err.
 type Identifier interface {
@@ -60,23 +65,31 @@ type RevocationChecker interface {
 // as opa-envoy-plugin answers, not policy_error.
 var ErrRequestParse = errors.New("request cannot be parsed")
 
+// ErrInvalidJSONRPC, wrapped in a Policy error, means a POST to an MCP
+// endpoint did not carry a JSON-RPC message the service can read: the
+// denial is invalid_jsonrpc (400).
+var ErrInvalidJSONRPC = errors.New("invalid MCP JSON-RPC body")
+
 // Policy evaluates the prepared policy for a verified agent.
 type Policy interface {
 	Decide(ctx context.Context, req *authv3.CheckRequest, agent *identity.Agent) (Verdict, error)
 }
 
 // Recorder appends a decision record durably (in sync mode) and returns the
-// signed record, which doubles as the receipt.
+// compact receipt for the upstream (x-agent-receipt).
 type Recorder interface {
 	Append(ctx context.Context, rec *decisionlog.Record) (decisionlog.Receipt, error)
 }
 
 // Verdict is what the policy decided, in the opa-envoy-plugin result shape.
 type Verdict struct {
-	Allowed                 bool
-	Reason                  string
-	HTTPStatus              int
+	Allowed    bool
+	Reason     string
+	HTTPStatus int
+	// Body is the denial body the policy chose; HasBody tells an explicit
+	// "" (sent as an empty body) from none (the JSON denial body).
 	Body                    string
+	HasBody                 bool
 	Headers                 []*corev3.HeaderValueOption
 	RequestHeadersToRemove  []string
 	ResponseHeadersToAdd    []*corev3.HeaderValueOption
@@ -85,6 +98,26 @@ type Verdict struct {
 	DynamicMetadata         *structpb.Struct
 	Operation               string
 	Revision                string
+	// MCP is set for a POST to a declared MCP endpoint.
+	MCP *MCPVerdict
+}
+
+// MCPVerdict is how an MCP call was decided.
+type MCPVerdict struct {
+	Call       *mcp.Call // nil when the body could not be read
+	Operations []string  // each message's operation
+	Decisive   int       // the message that decided: the first denied, else 0
+	// Tools, for an allowed tools/list, names the tools the agent may call
+	// (HeaderMCPTools); nil otherwise.
+	Tools []string
+}
+
+// decisive is the message that decided, or nil.
+func (v *MCPVerdict) decisive() *mcp.Message {
+	if v == nil || v.Call == nil || v.Decisive >= len(v.Call.Messages) {
+		return nil
+	}
+	return &v.Call.Messages[v.Decisive]
 }
 
 // Service implements envoy.service.auth.v3.Authorization.
@@ -145,14 +178,30 @@ type outcome struct {
 	verdict  Verdict
 	receipt  string
 	recorded bool // an append was attempted
+	// invalidUTF8: the request arrived with strings that are not UTF-8
+	// (replaced before it got here); it is refused.
+	invalidUTF8 bool
 }
 
 // Check decides one request. It never returns an error to Envoy for a
 // decision: every failure becomes a denial with a reason, so Envoy's
 // failure_mode_allow setting never comes into play.
-func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
+func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return s.check(ctx, req, false)
+}
+
+// CheckInvalidUTF8 answers a request whose strings were not all valid
+// UTF-8: Envoy forwards header bytes as the client sent them, and protobuf
+// refuses to decode such a string. The gRPC server decodes it with each bad
+// sequence replaced by U+FFFD and calls this instead of Check: the request
+// is denied with request_parse_error (400) and recorded like any decision.
+func (s *Service) CheckInvalidUTF8(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return s.check(ctx, req, true)
+}
+
+func (s *Service) check(ctx context.Context, req *authv3.CheckRequest, invalidUTF8 bool) (resp *authv3.CheckResponse, err error) {
 	start := s.now()
-	o := &outcome{id: newDecisionID()}
+	o := &outcome{id: newDecisionID(), invalidUTF8: invalidUTF8}
 	defer func() {
 		if p := recover(); p != nil {
 			s.logger.Error("panic in Check; denying", "decision_id", o.id, "panic", fmt.Sprint(p))
@@ -193,6 +242,15 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 // decide runs identity, revocation and policy, filling o.
 func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outcome) {
 	agent, ierr := s.ident.Identify(req.GetAttributes())
+	if o.invalidUTF8 {
+		// Refused whoever sent it; the record names the agent when its
+		// certificate still verifies.
+		if ierr == nil {
+			o.agent = agent
+		}
+		o.reason, o.status = reason.RequestParseError, reason.RequestParseError.HTTPStatus()
+		return
+	}
 	if ierr != nil {
 		o.identErr = ierr
 		o.reason, o.status = ierr.Reason, ierr.Reason.HTTPStatus()
@@ -206,13 +264,16 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outco
 	v, err := s.policy.Decide(ctx, req, agent)
 	if err != nil {
 		code := reason.PolicyError
-		if errors.Is(err, ErrRequestParse) {
+		switch {
+		case errors.Is(err, ErrInvalidJSONRPC):
+			code = reason.InvalidJSONRPC
+		case errors.Is(err, ErrRequestParse):
 			code = reason.RequestParseError
 		}
 		s.logger.Warn("policy evaluation failed; denying", "decision_id", o.id, "agent_id", agent.ID,
 			"reason", code, "error", truncate(err.Error(), maxLoggedDetail))
 		o.reason, o.status = code, code.HTTPStatus()
-		o.verdict = Verdict{Operation: v.Operation, Revision: v.Revision}
+		o.verdict = Verdict{Operation: v.Operation, Revision: v.Revision, MCP: v.MCP}
 		return
 	}
 	o.verdict = v
@@ -225,8 +286,10 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, o *outco
 	if v.Reason != "" && reason.Code(v.Reason) != reason.Allowed {
 		o.reason = reason.Code(v.Reason)
 	}
+	// The policy's status is passed through, below 400 too (a 302 to a
+	// login page, as opa-envoy-plugin allows); none is 403.
 	o.status = v.HTTPStatus
-	if o.status < 400 || o.status > 599 {
+	if o.status < 100 || o.status > 599 {
 		o.status = reason.PolicyDenied.HTTPStatus()
 	}
 }
@@ -245,7 +308,7 @@ func (s *Service) record(ctx context.Context, req *authv3.CheckRequest, o *outco
 		o.verdict = Verdict{}
 		return
 	}
-	o.receipt = r.JWS
+	o.receipt = r.Header
 }
 
 // recordAfterPanic records an internal_error denial, unless recording is
@@ -276,6 +339,16 @@ func buildRecord(req *authv3.CheckRequest, o *outcome, at time.Time) *decisionlo
 		Path:      pathOnly(h.GetPath()),
 		Operation: o.verdict.Operation,
 		Source:    sourceAddr(req.GetAttributes().GetSource()),
+	}
+	if v := o.verdict.MCP; v != nil && v.Call != nil {
+		rec.Request.MCP = make([]decisionlog.MCPMessage, len(v.Call.Messages))
+		for i, m := range v.Call.Messages {
+			r := &rec.Request.MCP[i]
+			r.Kind, r.Method, r.Tool, r.URI, r.ArgumentsSHA256 = m.Kind.String(), m.Method, m.Tool, m.URI, m.ArgumentsSHA256
+			if i < len(v.Operations) {
+				r.Operation = v.Operations[i]
+			}
+		}
 	}
 	rec.Decision = decisionlog.Decision{
 		Allowed:        o.allowed,
@@ -339,6 +412,7 @@ func (s *Service) allow(o *outcome) *authv3.CheckResponse {
 	set(HeaderOwner, a.Owner)
 	set(HeaderDecisionID, o.id)
 	set(HeaderReceipt, o.receipt)
+	set(HeaderMCPTools, mcpToolsValue(v.MCP))
 
 	respHeaders := make([]*corev3.HeaderValueOption, 0, len(v.ResponseHeadersToAdd)+1)
 	respHeaders = append(append(respHeaders, v.ResponseHeadersToAdd...), hb.overwrite(HeaderDecisionID, o.id))
@@ -358,7 +432,9 @@ func (s *Service) allow(o *outcome) *authv3.CheckResponse {
 func (s *Service) deny(o *outcome) *authv3.CheckResponse {
 	v := o.verdict
 	body := v.Body
-	if body == "" {
+	if !v.HasBody && v.MCP != nil {
+		body = mcpErrorBody(o)
+	} else if !v.HasBody {
 		b, _ := json.Marshal(struct {
 			Error      string `json:"error"`
 			Reason     string `json:"reason"`
@@ -372,7 +448,7 @@ func (s *Service) deny(o *outcome) *authv3.CheckResponse {
 			headers = append(headers, h)
 		}
 	}
-	if v.Body == "" {
+	if !v.HasBody {
 		headers = append(headers, overwrite("content-type", "application/json"))
 	}
 	headers = append(headers, overwrite(HeaderDecisionID, o.id))
@@ -414,6 +490,14 @@ func (s *Service) metadata(o *outcome) *structpb.Struct {
 	}
 	if o.verdict.Operation != "" {
 		fields["operation"] = str(o.verdict.Operation)
+	}
+	if m := o.verdict.MCP.decisive(); m != nil {
+		if m.Method != "" {
+			fields["mcp_method"] = str(m.Method)
+		}
+		if m.Tool != "" {
+			fields["mcp_tool"] = str(m.Tool)
+		}
 	}
 	for k, v := range o.verdict.DynamicMetadata.GetFields() {
 		if _, taken := fields[k]; !taken {
@@ -488,3 +572,24 @@ func newDecisionID() string {
 }
 
 var reasonLabelRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+
+// mcpErrorBody is a denied MCP call's answer: a JSON-RPC error the client
+// hands to the model, naming the reason and the decision to quote.
+func mcpErrorBody(o *outcome) string {
+	code := mcp.CodeForbidden
+	if o.reason == reason.InvalidJSONRPC {
+		code = mcp.CodeInvalidRequest
+	}
+	msg := mcp.DenialMessage(string(o.reason), o.verdict.MCP.decisive())
+	return string(mcp.ErrorBody(o.verdict.MCP.Call, code, msg, mcp.ErrorData{Reason: string(o.reason), DecisionID: o.id}))
+}
+
+// mcpToolsValue is HeaderMCPTools for an allowed call: "" (header removed)
+// unless the call lists tools.
+func mcpToolsValue(v *MCPVerdict) string {
+	if v == nil || v.Tools == nil {
+		return ""
+	}
+	b, _ := json.Marshal(v.Tools)
+	return string(b)
+}

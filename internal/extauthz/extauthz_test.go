@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -96,7 +97,7 @@ func (f *fakeLog) Append(ctx context.Context, r *decisionlog.Record) (decisionlo
 		return decisionlog.Receipt{}, f.err
 	}
 	f.recs = append(f.recs, r)
-	return decisionlog.Receipt{Seq: uint64(len(f.recs)), JWS: "eyJhbGciOiJFZERTQSJ9.e30.sig"}, nil
+	return decisionlog.Receipt{Index: uint64(len(f.recs) - 1), Header: "AgpyZWNlaXB0"}, nil
 }
 
 var agent = &identity.Agent{
@@ -141,11 +142,14 @@ func TestCheckTable(t *testing.T) {
 		{"another serial revoked", fakeIdent{agent: agent}, fakeRevocation{tenant: agent.Tenant, serial: "3ea"}, allow, nil, reason.Allowed, 200},
 		{"the same serial revoked in another tenant", fakeIdent{agent: agent}, fakeRevocation{tenant: "other.test", serial: agent.Serial, agentID: agent.ID, stale: true}, allow, nil, reason.Allowed, 200},
 		{"policy error", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{err: errors.New("undefined decision")}, nil, reason.PolicyError, 403},
+		{"request that cannot be parsed", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{err: fmt.Errorf("%w: query: bad escape", ErrRequestParse)}, nil, reason.RequestParseError, 400},
 		{"policy deny with reason", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{Reason: "scope_missing"}}, nil, reason.ScopeMissing, 403},
 		{"policy deny that claims reason allowed", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{Reason: "allowed"}}, nil, reason.PolicyDenied, 403},
 		{"policy deny without reason", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{}}, nil, reason.PolicyDenied, 403},
 		{"policy deny with status", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 429}}, nil, reason.PolicyDenied, 429},
-		{"policy deny with bogus status", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 200}}, nil, reason.PolicyDenied, 403},
+		{"policy deny with status 200 passes it through", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 200}}, nil, reason.PolicyDenied, 200},
+		{"policy deny with a redirect", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 302}}, nil, reason.PolicyDenied, 302},
+		{"policy deny with an out-of-range status", fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{HTTPStatus: 999}}, nil, reason.PolicyDenied, 403},
 		{"log unavailable turns allow into deny", fakeIdent{agent: agent}, fakeRevocation{}, allow, errors.New("disk full"), reason.DecisionLogUnavailable, 503},
 		{"panic denies", fakeIdent{panic: true}, fakeRevocation{}, allow, nil, reason.InternalError, 503},
 	}

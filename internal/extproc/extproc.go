@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/agentauthz/agentauthz/internal/httpsig"
+	"github.com/agentauthz/agentauthz/internal/mcp"
 	"github.com/agentauthz/agentauthz/internal/respsig"
 )
 
@@ -106,6 +107,9 @@ type exchange struct {
 	sigInput  string
 	signature string
 	started   time.Time
+	// mcpTools is what ext_authz allowed an MCP tools/list to show (the
+	// x-agent-mcp-tools request header); nil when the request is not one.
+	mcpTools []string
 }
 
 // Process serves one stream: Envoy opens one per HTTP request.
@@ -148,7 +152,7 @@ func (p *Processor) handle(ctx context.Context, x *exchange, req *extprocv3.Proc
 	var resp *extprocv3.ProcessingResponse
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		resp = p.requestHeaders(x, r.RequestHeaders)
+		resp = p.requestHeaders(x, r.RequestHeaders, envoyDecision(req))
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		resp = p.responseHeaders(ctx, x, r.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
@@ -178,11 +182,31 @@ func header(hv *corev3.HeaderValue) string {
 	return hv.GetValue()
 }
 
-func (p *Processor) requestHeaders(x *exchange, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+// ExtAuthzNamespace is where Envoy's ext_authz filter keeps agentauthz's
+// dynamic metadata, whatever the filter is named.
+const ExtAuthzNamespace = "envoy.filters.http.ext_authz"
+
+// envoyDecision reads the ext_authz metadata Envoy forwarded, if any.
+func envoyDecision(req *extprocv3.ProcessingRequest) *EnvoyDecision {
+	md, ok := req.GetMetadataContext().GetFilterMetadata()[ExtAuthzNamespace]
+	if !ok {
+		return nil
+	}
+	f := md.GetFields()
+	return &EnvoyDecision{
+		DecisionID: f["decision_id"].GetStringValue(),
+		Reason:     f["reason"].GetStringValue(),
+		AgentID:    f["agent_id"].GetStringValue(),
+		TrustLevel: f["trust_level"].GetStringValue(),
+		Operation:  f["operation"].GetStringValue(),
+	}
+}
+
+func (p *Processor) requestHeaders(x *exchange, h *extprocv3.HttpHeaders, envoy *EnvoyDecision) *extprocv3.ProcessingResponse {
 	if x.phase != phaseRequest {
 		return p.refuse(x, "protocol_error", 500, "request headers out of order")
 	}
-	var id, receipt string
+	var id string
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		switch hv.GetKey() {
 		case ":method":
@@ -199,11 +223,15 @@ func (p *Processor) requestHeaders(x *exchange, h *extprocv3.HttpHeaders) *extpr
 			x.req.Scheme = header(hv)
 		case "x-decision-id":
 			id = header(hv)
-		case "x-agent-receipt":
-			receipt = header(hv)
+		case mcpToolsHeader:
+			tools, err := mcp.ParseToolsHeader(header(hv))
+			if err != nil {
+				return p.refuse(x, "protocol_error", 500, err.Error())
+			}
+			x.mcpTools = tools
 		}
 	}
-	d, src, err := p.o.Decisions.Lookup(id, receipt, x.req.Method, x.req.Authority, x.req.Path+x.req.Query)
+	d, src, err := p.o.Decisions.Lookup(id, envoy, x.req.Method, x.req.Authority, x.req.Path+x.req.Query)
 	if err != nil {
 		// ext_authz stops every request it does not allow, so a request
 		// here without an allowed decision bypassed it: it must not reach
@@ -233,19 +261,18 @@ func (p *Processor) responseHeaders(ctx context.Context, x *exchange, h *extproc
 	size := 0
 	contentLength := int64(-1)
 	for _, hv := range h.GetHeaders().GetHeaders() {
-		v := header(hv)
-		size += len(hv.GetKey()) + len(v)
+		size += len(hv.GetKey()) + len(hv.GetRawValue()) + len(hv.GetValue())
 		switch hv.GetKey() {
 		case ":status":
-			x.status, _ = strconv.Atoi(v)
+			x.status, _ = strconv.Atoi(header(hv))
 		case "content-type":
-			if x.hasCType {
+			if v := header(hv); x.hasCType {
 				x.ctype += ", " + v
 			} else {
 				x.ctype, x.hasCType = v, true
 			}
 		case "content-length":
-			if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+			if n, err := strconv.ParseInt(header(hv), 10, 64); err == nil && n >= 0 {
 				contentLength = n
 			}
 		case "signature", "signature-input":
@@ -259,6 +286,12 @@ func (p *Processor) responseHeaders(ctx context.Context, x *exchange, h *extproc
 		return p.refuse(x, "protocol_error", 502, "response without a valid :status")
 	}
 	x.h = sha256.New()
+	buffered := !(x.hasMode && x.bodyMode != filterv3.ProcessingMode_BUFFERED && x.bodyMode != filterv3.ProcessingMode_BUFFERED_PARTIAL) && contentLength <= p.o.MaxBodyBytes
+	if x.mcpTools != nil && !h.GetEndOfStream() && !buffered {
+		// The agent must not see tools it may not call, and only a
+		// buffered answer can be filtered: fail closed.
+		return p.refuse(x, "mcp_unfilterable", 502, "a tools/list answer must be buffered to be filtered (response_body_mode BUFFERED, within max_body_bytes)")
+	}
 	switch {
 	case h.GetEndOfStream():
 		// No body: the digest is that of the empty body.
@@ -291,6 +324,9 @@ func (p *Processor) responseBody(ctx context.Context, x *exchange, b *extprocv3.
 	cont := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
 	switch x.phase {
 	case phaseAwaitBody:
+		if x.mcpTools != nil {
+			return p.filterTools(ctx, x, b)
+		}
 		x.h.Write(body)
 		x.bytes += int64(len(body))
 		var m *extprocv3.CommonResponse
@@ -350,6 +386,7 @@ func (p *Processor) signStreamed(ctx context.Context, x *exchange) (*extprocv3.C
 	m, refused := p.signOnly(x, false, respsig.UnsignedStreamed)
 	if refused == nil {
 		x.phase = phaseStreaming
+		p.o.Logger.Info("response signed at its headers; its body streams through and only its digest is logged", "decision_id", x.decision.ID, "status", x.status)
 	}
 	return m, refused
 }
@@ -373,6 +410,11 @@ func (p *Processor) sign(ctx context.Context, x *exchange, withDigest bool, unsi
 	}
 	x.phase = phaseDone
 	p.o.Metrics.outcome(outcomeOf(withDigest, unsigned))
+	if !withDigest {
+		p.o.Logger.Info("response signed without its body", "why", unsigned, "decision_id", x.decision.ID, "status", x.status, "bytes", x.bytes)
+	} else if p.o.Logger.IsDebug() {
+		p.o.Logger.Debug("response signed", "decision_id", x.decision.ID, "status", x.status, "bytes", x.bytes)
+	}
 	return m, nil
 }
 
@@ -405,18 +447,28 @@ func (p *Processor) signOnly(x *exchange, withDigest bool, unsigned string) (*ex
 		p.o.Metrics.outcome("replaced_upstream_signature")
 		p.o.Logger.Info("upstream response carried its own signature fields; replaced by agentauthz's", "decision_id", x.decision.ID)
 	}
-	mut := &extprocv3.HeaderMutation{RemoveHeaders: del, SetHeaders: make([]*corev3.HeaderValueOption, 0, len(set))}
+	// The options, header values and raw bytes come from one block each:
+	// three allocations instead of three per field.
+	mut := &extprocv3.HeaderMutation{RemoveHeaders: del, SetHeaders: make([]*corev3.HeaderValueOption, len(set))}
+	opts := make([]corev3.HeaderValueOption, len(set))
+	vals := make([]corev3.HeaderValue, len(set))
+	n := 0
 	for _, f := range set {
+		n += len(f.Value)
+	}
+	raw := make([]byte, 0, n)
+	for i, f := range set {
 		switch f.Name {
 		case "signature-input":
 			x.sigInput = f.Value
 		case "signature":
 			x.signature = f.Value
 		}
-		mut.SetHeaders = append(mut.SetHeaders, &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: f.Name, RawValue: []byte(f.Value)},
-			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-		})
+		start := len(raw)
+		raw = append(raw, f.Value...)
+		vals[i] = corev3.HeaderValue{Key: f.Name, RawValue: raw[start:len(raw):len(raw)]}
+		opts[i].Header, opts[i].AppendAction = &vals[i], corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		mut.SetHeaders[i] = &opts[i]
 	}
 	return &extprocv3.CommonResponse{HeaderMutation: mut}, nil
 }
@@ -480,4 +532,34 @@ func (p *Processor) refuse(x *exchange, outcome string, code int, detail string)
 		Body:    body,
 		Details: "agentauthz_" + outcome,
 	}}}
+}
+
+// mcpToolsHeader is extauthz.HeaderMCPTools (not imported: extauthz is the
+// decision path, this the response path).
+const mcpToolsHeader = "x-agent-mcp-tools"
+
+// filterTools answers the body of an allowed MCP tools/list: the tools the
+// agent may not call are removed before the answer is signed, so the
+// signature and the record cover what the agent saw (docs/mcp.md).
+func (p *Processor) filterTools(ctx context.Context, x *exchange, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	if !b.GetEndOfStream() {
+		return p.refuse(x, "mcp_unfilterable", 502, "tools/list answer larger than the buffer: cannot filter it")
+	}
+	body, changed, err := mcp.FilterToolsList(b.GetBody(), x.ctype, x.mcpTools)
+	if err != nil {
+		return p.refuse(x, "mcp_unfilterable", 502, err.Error())
+	}
+	x.h.Write(body)
+	x.bytes += int64(len(body))
+	m, refused := p.sign(ctx, x, true, "")
+	if refused != nil {
+		return refused
+	}
+	if changed {
+		p.o.Metrics.outcome("mcp_tools_filtered")
+		m.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
+		// The length changed; Envoy recomputes it for a buffered body.
+		m.HeaderMutation.RemoveHeaders = append(m.HeaderMutation.RemoveHeaders, "content-length")
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{Response: m}}}
 }

@@ -13,13 +13,13 @@ type Metrics struct {
 }
 
 // Outcomes counted in agentauthz_extproc_responses_total. Every response
-// gets exactly one of the first group; replaced_upstream_signature is
-// counted besides.
+// gets exactly one of the first group; replaced_upstream_signature and
+// mcp_tools_filtered are counted besides.
 var outcomes = []string{
 	"signed", "unsigned_too_large", "unsigned_streamed", "unsigned_not_sent",
 	"no_decision", "headers_too_large", "unsignable", "log_failed", "sign_failed",
-	"protocol_error", "stream_ended_early", "internal_error",
-	"replaced_upstream_signature",
+	"protocol_error", "stream_ended_early", "internal_error", "mcp_unfilterable",
+	"replaced_upstream_signature", "mcp_tools_filtered",
 }
 
 // NewMetrics registers the processor's metrics with reg (nil: unregistered).
@@ -31,7 +31,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"outcome"}),
 		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "agentauthz_extproc_decision_lookups_total",
-			Help: "Decisions bound to responses, by where they were found: local (this process) or receipt (x-agent-receipt).",
+			Help: "Decisions bound to responses, by where they were found: local (made by this process) or envoy_metadata (ext_authz metadata Envoy forwarded: another replica's decision).",
 		}, []string{"source"}),
 		signSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "agentauthz_extproc_sign_seconds",
@@ -46,7 +46,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, o := range outcomes {
 		m.responses.WithLabelValues(o)
 	}
-	for _, s := range []string{"local", "receipt"} {
+	for _, s := range []string{"local", "envoy_metadata"} {
 		m.lookups.WithLabelValues(s)
 	}
 	if reg != nil {

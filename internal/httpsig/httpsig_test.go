@@ -291,3 +291,26 @@ func TestParseJSON(t *testing.T) {
 		}
 	}
 }
+
+// The signer serializes parameters directly; the verifier re-serializes the
+// parsed list. Both must give the same bytes.
+func TestSerializedParamsMatchInnerList(t *testing.T) {
+	p := Params{Components: []Component{{Name: "@status"}, {Name: "x-a"}, {Name: "@path", Req: true}},
+		Created: 1700000000, Expires: 1700000300, KeyID: `k"1\`, Alg: AlgEd25519, Nonce: "n", Tag: "t"}
+	a, err := p.appendSerialized(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := AppendInnerList(nil, p.InnerList())
+	if err != nil || string(a) != string(b) {
+		t.Fatalf("%s\n%s %v", a, b, err)
+	}
+	l, err := ParseInnerList(string(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := AppendInnerList(nil, l)
+	if string(c) != string(a) {
+		t.Fatalf("%s\n%s", c, a)
+	}
+}

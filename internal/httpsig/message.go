@@ -53,19 +53,32 @@ func (m *Message) Values(name string) []string {
 // trimmed of leading and trailing whitespace, joined by ", "; ok is false
 // when the field is absent.
 func (m *Message) Get(name string) (string, bool) {
-	var b []byte
-	found := false
-	for _, f := range m.Header {
+	first, n := -1, 0
+	for i, f := range m.Header {
+		if strings.EqualFold(f.Name, name) {
+			if n == 0 {
+				first = i
+			}
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		return "", false
+	case 1:
+		return canonicalValue(m.Header[first].Value), true
+	}
+	b := make([]byte, 0, 64)
+	for i, f := range m.Header[first:] {
 		if !strings.EqualFold(f.Name, name) {
 			continue
 		}
-		if found {
+		if i > 0 {
 			b = append(b, ", "...)
 		}
-		found = true
 		b = append(b, canonicalValue(f.Value)...)
 	}
-	return string(b), found
+	return string(b), true
 }
 
 // Set replaces every value of the named field with v (appends when absent).

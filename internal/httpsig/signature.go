@@ -54,8 +54,50 @@ type Params struct {
 	Nonce      string
 }
 
-// InnerList returns the Signature-Input member value for p, parameters in
-// the order created, expires, keyid, alg, nonce, tag.
+// appendSerialized appends the Signature-Input member value for p, the
+// inner list and its parameters in the order created, expires, keyid, alg,
+// nonce, tag: what AppendInnerList makes of the same list, without boxing
+// each value.
+func (p Params) appendSerialized(b []byte) ([]byte, error) {
+	var err error
+	b = append(b, '(')
+	for i, c := range p.Components {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		if b, err = appendComponent(b, c); err != nil {
+			return nil, err
+		}
+	}
+	b = append(b, ')')
+	for _, kv := range [...]struct {
+		k string
+		n int64
+	}{{"created", p.Created}, {"expires", p.Expires}} {
+		if kv.n != 0 {
+			b = append(b, ';')
+			b = append(b, kv.k...)
+			b = append(b, '=')
+			if b, err = appendBareItem(b, kv.n); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, kv := range [...][2]string{{"keyid", p.KeyID}, {"alg", p.Alg}, {"nonce", p.Nonce}, {"tag", p.Tag}} {
+		if kv[1] != "" {
+			b = append(b, ';')
+			b = append(b, kv[0]...)
+			b = append(b, '=')
+			if b, err = appendBareItem(b, kv[1]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return b, nil
+}
+
+// InnerList returns the Signature-Input member value for p as a structured
+// field inner list.
 func (p Params) InnerList() InnerList {
 	l := InnerList{Items: make([]Item, len(p.Components))}
 	for i, c := range p.Components {
@@ -76,6 +118,19 @@ func (p Params) InnerList() InnerList {
 		}
 	}
 	return l
+}
+
+// appendComponent appends a component identifier: the quoted name and, for
+// a request component, ";req" (the only parameter this package accepts).
+func appendComponent(b []byte, c Component) ([]byte, error) {
+	b, err := appendBareItem(b, c.Name)
+	if err != nil {
+		return nil, err
+	}
+	if c.Req {
+		b = append(b, ";req"...)
+	}
+	return b, nil
 }
 
 // Params0Req is the parameter list of a "req" component.
@@ -216,11 +271,10 @@ func componentValue(m *Message, c Component) (string, error) {
 }
 
 // SignatureBase builds the RFC 9421 §2.5 signature base for the covered
-// components and parameters in l.
-func SignatureBase(m *Message, l InnerList, p Params) ([]byte, error) {
-	b := make([]byte, 0, 512)
-	var err error
-	for i, c := range p.Components {
+// components of p; sigParams is the serialized "@signature-params" value.
+func SignatureBase(m *Message, p Params, sigParams []byte) ([]byte, error) {
+	b := make([]byte, 0, 64*len(p.Components)+len(sigParams)+24)
+	for _, c := range p.Components {
 		v, err := componentValue(m, c)
 		if err != nil {
 			return nil, err
@@ -228,10 +282,7 @@ func SignatureBase(m *Message, l InnerList, p Params) ([]byte, error) {
 		if strings.ContainsAny(v, "\r\n") {
 			return nil, fmt.Errorf("%w: %s has a line break", ErrMalformed, c)
 		}
-		if b, err = appendBareItem(b, c.Name); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
-		}
-		if b, err = appendParams(b, l.Items[i].Params); err != nil {
+		if b, err = appendComponent(b, c); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 		}
 		b = append(b, ": "...)
@@ -239,10 +290,7 @@ func SignatureBase(m *Message, l InnerList, p Params) ([]byte, error) {
 		b = append(b, '\n')
 	}
 	b = append(b, `"@signature-params": `...)
-	if b, err = AppendInnerList(b, l); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	return b, nil
+	return append(b, sigParams...), nil
 }
 
 // Signed is what Sign produces: the two field values to add.
@@ -258,18 +306,18 @@ func Sign(m *Message, label string, p Params, sign func(base []byte) ([]byte, er
 	if _, err := (&sfParser{s: label}).key(); err != nil || len(label) == 0 {
 		return Signed{}, fmt.Errorf("httpsig: bad label %q", label)
 	}
-	l := p.InnerList()
-	base, err := SignatureBase(m, l, p)
+	in := make([]byte, 0, len(label)+1+32*len(p.Components)+160)
+	in = append(in, label...)
+	in = append(in, '=')
+	in, err := p.appendSerialized(in)
+	if err != nil {
+		return Signed{}, fmt.Errorf("httpsig: %w", err)
+	}
+	base, err := SignatureBase(m, p, in[len(label)+1:])
 	if err != nil {
 		return Signed{}, err
 	}
 	sig, err := sign(base)
-	if err != nil {
-		return Signed{}, err
-	}
-	in := append(make([]byte, 0, len(label)+1+len(base)), label...)
-	in = append(in, '=')
-	in, err = AppendInnerList(in, l)
 	if err != nil {
 		return Signed{}, err
 	}
@@ -390,7 +438,11 @@ func verifyOne(m *Message, in Member, sigDict Dictionary, o VerifyOptions) (Veri
 			}
 		}
 	}
-	base, err := SignatureBase(m, *in.List, p)
+	sp, err := AppendInnerList(nil, *in.List)
+	if err != nil {
+		return v, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	base, err := SignatureBase(m, p, sp)
 	if err != nil {
 		return v, err
 	}

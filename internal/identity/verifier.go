@@ -439,8 +439,12 @@ func verifyChain(st *trustState, leaf *x509.Certificate, inters []*x509.Certific
 
 // issuedInBundle reports whether another certificate of bundle issued c
 // (names chain and its signature verifies): c is then an intermediate, not
-// a trust anchor.
+// a trust anchor. A self-signed certificate is always an anchor (a bundle
+// may hold a root and the same key cross-signed by an older root).
 func issuedInBundle(c *x509.Certificate, bundle []*x509.Certificate) bool {
+	if bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil {
+		return false
+	}
 	for _, p := range bundle {
 		if p != c && !p.Equal(c) && bytes.Equal(p.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(p) == nil {
 			return true

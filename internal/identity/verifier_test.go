@@ -834,3 +834,96 @@ func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
+
+// TestBundleIntermediateIsNotAnAnchor: a bundle holding a root and the
+// issuing CA it signed (`cat root.pem issuing.pem`) builds chains up to the
+// root, as openssl verify does, so that revocation checks the issuing CA
+// too: Agent.Chain lists the leaf (issued by the issuing CA) and the
+// issuing CA (issued by the root). A bundle of the issuing CA alone anchors
+// there (openssl's -partial_chain).
+func TestBundleIntermediateIsNotAnAnchor(t *testing.T) {
+	p := testca.NewOpenSSLPKI(t)
+	p.Root("root")
+	p.Intermediate("issuing", "root")
+	p.Agent("bot", "issuing", "example.test")
+	p.Cat("bundle.pem", "root.pem", "issuing.pem")
+	// The same bundle as `openssl x509 -text` prints it: text before each
+	// block is accepted.
+	p.Run("x509", "-in", "root.pem", "-text", "-out", "root.txt")
+	p.Run("x509", "-in", "issuing.pem", "-text", "-out", "issuing.txt")
+	p.Cat("bundle.txt", "root.txt", "issuing.txt")
+	root, issuing, bot := p.Cert("root.pem"), p.Cert("issuing.pem"), p.Cert("bot.pem")
+	for _, tc := range []struct {
+		bundle string
+		want   []ChainCert
+	}{
+		{"bundle.pem", []ChainCert{
+			{Serial: bot.SerialNumber.Text(16), Issuer: issuing, IssuerKey: CAKeyOf(issuing)},
+			{Serial: issuing.SerialNumber.Text(16), Issuer: root, IssuerKey: CAKeyOf(root), IsCA: true},
+		}},
+		{"bundle.txt", []ChainCert{
+			{Serial: bot.SerialNumber.Text(16), Issuer: issuing, IssuerKey: CAKeyOf(issuing)},
+			{Serial: issuing.SerialNumber.Text(16), Issuer: root, IssuerKey: CAKeyOf(root), IsCA: true},
+		}},
+		{"issuing.pem", []ChainCert{{Serial: bot.SerialNumber.Text(16), Issuer: issuing, IssuerKey: CAKeyOf(issuing)}}},
+	} {
+		b, err := LoadBundle("example.test", p.Path(tc.bundle), ProfileNative)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := NewVerifier(Config{Bundles: []Bundle{b}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := allowed(t, v, peerAttrs(p.URLEncoded("bot.pem")))
+		if len(a.Chain) != len(tc.want) {
+			t.Fatalf("%s: chain of %d, want %d", tc.bundle, len(a.Chain), len(tc.want))
+		}
+		for i, w := range tc.want {
+			g := a.Chain[i]
+			if g.Serial != w.Serial || !g.Issuer.Equal(w.Issuer) || g.IssuerKey != w.IssuerKey || g.IsCA != w.IsCA {
+				t.Errorf("%s: chain[%d] = %s issued by %s (CA %v), want %s issued by %s (CA %v)", tc.bundle, i,
+					g.Serial, g.Issuer.Subject, g.IsCA, w.Serial, w.Issuer.Subject, w.IsCA)
+			}
+		}
+	}
+}
+
+// TestSelfSignedIsAlwaysAnAnchor: a bundle holding a new root and the same
+// key cross-signed by the old root keeps the self-signed new root as a
+// trust anchor; the cross-signed copy is an intermediate.
+func TestSelfSignedIsAlwaysAnAnchor(t *testing.T) {
+	mk := func(cn string, key *ecdsa.PrivateKey, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, serial int64) *x509.Certificate {
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		}
+		if parent == nil {
+			parent, parentKey = tmpl, key
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	oldKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	newKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	oldRoot := mk("old root", oldKey, nil, nil, 1)
+	newRoot := mk("new root", newKey, nil, nil, 2)
+	cross := mk("new root", newKey, oldRoot, oldKey, 3)
+	bundle := []*x509.Certificate{oldRoot, cross, newRoot}
+	for _, tc := range []struct {
+		c      *x509.Certificate
+		issued bool
+	}{{oldRoot, false}, {newRoot, false}, {cross, true}} {
+		if got := issuedInBundle(tc.c, bundle); got != tc.issued {
+			t.Errorf("%s (serial %v): issued in bundle = %v, want %v", tc.c.Subject.CommonName, tc.c.SerialNumber, got, tc.issued)
+		}
+	}
+}

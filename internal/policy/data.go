@@ -52,12 +52,12 @@ func (e *Engine) LookupAgent(spiffeID string) (identity.RegistryEntry, bool) {
 // optional (an opa-envoy-plugin policy has none), and so is each of its
 // documents; a key it does not know is refused, so that a misspelt document
 // ("restriction") cannot be silently ignored.
-func parseAgentauthzData(data map[string]any) (*routeTable, map[string]identity.RegistryEntry, error) {
-	table, agents, err := parseAgentauthzDocs(data)
+func parseAgentauthzData(data map[string]any) (*routeTable, map[string]identity.RegistryEntry, *mcpTable, error) {
+	table, agents, mcpt, err := parseAgentauthzDocs(data)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: data.agentauthz%w", ErrInvalidData, err)
+		return nil, nil, nil, fmt.Errorf("%w: data.agentauthz%w", ErrInvalidData, err)
 	}
-	return table, agents, nil
+	return table, agents, mcpt, nil
 }
 
 // pathError prefixes an error with the path of the value it is about, so
@@ -80,61 +80,65 @@ func at(path string, err error) error {
 
 func key(k string) string { return "[" + strconv.Quote(k) + "]" }
 
-func parseAgentauthzDocs(data map[string]any) (*routeTable, map[string]identity.RegistryEntry, error) {
+func parseAgentauthzDocs(data map[string]any) (*routeTable, map[string]identity.RegistryEntry, *mcpTable, error) {
 	raw, ok := data["agentauthz"]
 	if !ok {
 		t, err := newRouteTable(nil)
-		return t, map[string]identity.RegistryEntry{}, err
+		return t, map[string]identity.RegistryEntry{}, nil, err
 	}
 	root, ok := raw.(map[string]any)
 	if !ok {
-		return nil, nil, at("", fmt.Errorf("want object, got %s", typeName(raw)))
+		return nil, nil, nil, at("", fmt.Errorf("want object, got %s", typeName(raw)))
 	}
 	for _, k := range sortedKeys(root) {
 		switch k {
-		case "operations", "routes", "agents", "restrictions":
+		case "operations", "routes", "agents", "restrictions", "mcp":
 		default:
-			return nil, nil, at(key(k), errors.New("unknown document (known: agents, operations, restrictions, routes)"))
+			return nil, nil, nil, at(key(k), errors.New("unknown document (known: agents, mcp, operations, restrictions, routes)"))
 		}
 	}
 	var ops map[string]bool
 	if raw, ok := root["operations"]; ok {
 		var err error
 		if ops, err = parseOperations(raw); err != nil {
-			return nil, nil, at(".operations", err)
+			return nil, nil, nil, at(".operations", err)
 		}
 	}
 	routes, err := parseRoutes(root["routes"], ops)
 	if err != nil {
-		return nil, nil, at(".routes", err)
+		return nil, nil, nil, at(".routes", err)
 	}
 	table, err := newRouteTable(routes)
 	if err != nil {
-		return nil, nil, at(".routes", err)
+		return nil, nil, nil, at(".routes", err)
 	}
 	agents := map[string]identity.RegistryEntry{}
 	if raw, ok := root["agents"]; ok {
 		m, ok := raw.(map[string]any)
 		if !ok {
-			return nil, nil, at(".agents", fmt.Errorf("want object, got %s", typeName(raw)))
+			return nil, nil, nil, at(".agents", fmt.Errorf("want object, got %s", typeName(raw)))
 		}
 		if len(m) > maxAgents {
-			return nil, nil, at(".agents", fmt.Errorf("more than %d", maxAgents))
+			return nil, nil, nil, at(".agents", fmt.Errorf("more than %d", maxAgents))
 		}
 		for id, v := range m {
 			rec, err := parseAgentRecord(v)
 			if err != nil {
-				return nil, nil, at(".agents"+key(id), err)
+				return nil, nil, nil, at(".agents"+key(id), err)
 			}
 			agents[id] = rec
 		}
 	}
 	if raw, ok := root["restrictions"]; ok {
 		if err := validateRestrictions(raw); err != nil {
-			return nil, nil, at(".restrictions", err)
+			return nil, nil, nil, at(".restrictions", err)
 		}
 	}
-	return table, agents, nil
+	mcpt, err := parseMCP(root["mcp"], ops, table)
+	if err != nil {
+		return nil, nil, nil, at(".mcp", err)
+	}
+	return table, agents, mcpt, nil
 }
 
 // parseOperations checks data.agentauthz.operations: each operation needs an
@@ -167,10 +171,17 @@ func checkOperation(v any) error {
 	if !ok {
 		return fmt.Errorf("want object, got %s", typeName(v))
 	}
-	for _, k := range []string{"min_trust", "scope"} {
-		if _, ok := o[k]; !ok {
-			return at("."+k, errors.New("missing (an operation without it is denied to everyone)"))
+	if _, ok := o["min_trust"]; !ok {
+		return at(".min_trust", errors.New("missing (an operation without it is denied to everyone)"))
+	}
+	// A public operation (MCP's initialize, ping, tools/list) needs no
+	// scope; every other one needs exactly one, never both.
+	public := o["public"] == true
+	if _, ok := o["scope"]; ok == public {
+		if public {
+			return at(".scope", errors.New("a public operation has no scope (every agent of min_trust may perform it)"))
 		}
+		return at(".scope", errors.New("missing (an operation without it is denied to everyone; \"public\": true for one every agent may perform)"))
 	}
 	for _, k := range sortedKeys(o) {
 		v := o[k]
@@ -191,8 +202,12 @@ func checkOperation(v any) error {
 			}
 		case "tenants":
 			err = checkStrings(v, checkName)
+		case "public":
+			if _, ok := v.(bool); !ok {
+				err = fmt.Errorf("want true or false, got %s", describe(v))
+			}
 		default:
-			err = errors.New("unknown field (known: description, min_trust, scope, tenants)")
+			err = errors.New("unknown field (known: description, min_trust, public, scope, tenants)")
 		}
 		if err != nil {
 			return at("."+k, err)

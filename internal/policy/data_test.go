@@ -87,10 +87,10 @@ func TestMalformedDataRefused(t *testing.T) {
 		{"tenants as a string", `.tenants: want an array of strings, got string "acme.example"`,
 			setOp("payments:initiate", `{"min_trust": 3, "scope": "payments:initiate", "tenants": "acme.example"}`)},
 		{"operation not an object", `operations["payments:initiate"]: want object, got number`, setOp("payments:initiate", `3`)},
-		{"route to an unknown operation", `routes[6].operation: "payments:refund" is not in data.agentauthz.operations`, func(root map[string]any) {
+		{"route to an unknown operation", `routes[8].operation: "payments:refund" is not in data.agentauthz.operations`, func(root map[string]any) {
 			root["routes"] = append(root["routes"].([]any), decodeJSON(t, `{"method": "POST", "path": "/v1/refunds", "operation": "payments:refund"}`))
 		}},
-		{"misspelt route field", `routes[6].operaton: unknown field`, func(root map[string]any) {
+		{"misspelt route field", `routes[8].operaton: unknown field`, func(root map[string]any) {
 			root["routes"] = append(root["routes"].([]any), decodeJSON(t, `{"method": "POST", "path": "/v1/refunds", "operaton": "payments:read"}`))
 		}},
 		{"misspelt document", `data.agentauthz["restriction"]: unknown document`, func(root map[string]any) {

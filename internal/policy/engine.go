@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -84,6 +85,7 @@ type Config struct {
 type state struct {
 	query    rego.PreparedEvalQuery
 	routes   *routeTable
+	mcp      *mcpTable // nil: no MCP endpoint declared
 	agents   map[string]identity.RegistryEntry
 	revision string
 	plan     cachePlan
@@ -162,18 +164,23 @@ func New(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-// queryForPath turns "a/b/c" into the query data.a.b.c.
+// queryForPath turns "a/b/c" into the query data.a.b.c, as opa-envoy-plugin
+// reads its path: split on "/", empty segments skipped (so leading, trailing
+// and doubled slashes do not matter), a segment that is an integer indexes
+// an array, any other is a string key ("com.foo.envoy.ingress" is one key).
 func queryForPath(p string) (ast.Body, error) {
-	p = strings.Trim(p, "/")
-	if p == "" {
-		return nil, errors.New("policy: empty decision path")
-	}
 	ref := ast.Ref{ast.DefaultRootDocument}
 	for _, s := range strings.Split(p, "/") {
-		if s == "" {
-			return nil, fmt.Errorf("policy: invalid decision path %q", p)
+		switch i, err := strconv.Atoi(s); {
+		case s == "":
+		case err == nil:
+			ref = append(ref, ast.IntNumberTerm(i))
+		default:
+			ref = append(ref, ast.StringTerm(s))
 		}
-		ref = append(ref, ast.StringTerm(s))
+	}
+	if len(ref) == 1 {
+		return nil, fmt.Errorf("policy: empty decision path %q", p)
 	}
 	return ast.NewBody(ast.NewExpr(ast.NewTerm(ref))), nil
 }
@@ -213,7 +220,15 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 		return nil, ErrNotReady
 	}
 	h := req.GetAttributes().GetRequest().GetHttp()
-	op := s.routes.Match(h.GetMethod(), h.GetPath())
+	if h.GetMethod() == "POST" && s.mcp.endpoint(h.GetHost(), h.GetPath()) {
+		return e.evalMCP(ctx, s, req, agent)
+	}
+	return e.evalOp(ctx, s, req, agent, s.routes.Match(h.GetMethod(), h.GetPath()), nil)
+}
+
+// evalOp decides req as operation op; mcpTerm, when not nil, is input.mcp.
+// The Result may be shared through the decision cache: never modify it.
+func (e *Engine) evalOp(ctx context.Context, s *state, req *authv3.CheckRequest, agent *identity.Agent, op string, mcpTerm *ast.Term) (*Result, error) {
 	now := e.now()
 	c := s.cache
 	var key cacheKey
@@ -244,6 +259,9 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 	input, err := buildInput(req, e.agents.term(agent), op)
 	if err != nil {
 		return partial, err
+	}
+	if mcpTerm != nil {
+		input.(ast.Object).Insert(keyMCP, mcpTerm)
 	}
 	if c != nil && len(c.plan.byKey) > 0 {
 		var ok bool
@@ -412,7 +430,7 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	}
 	base := baseDoc{modules: modules, data: data, revision: revision}
 	data, revision, remergeAt := e.withOverlay(data, revision)
-	routes, agents, err := parseAgentauthzData(data)
+	routes, agents, mcpt, err := parseAgentauthzData(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrPolicyRejected, err)
 	}
@@ -429,7 +447,7 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	if err != nil {
 		return nil, fmt.Errorf("%w: prepare: %w", ErrPolicyRejected, err)
 	}
-	s := &state{query: pq, routes: routes, agents: agents, revision: revision, plan: planCache(c.Modules), base: base}
+	s := &state{query: pq, routes: routes, mcp: mcpt, agents: agents, revision: revision, plan: planCache(c.Modules), base: base}
 	if err := e.smoke(ctx, s); err != nil {
 		return nil, fmt.Errorf("%w: smoke evaluation: %w", ErrPolicyRejected, err)
 	}

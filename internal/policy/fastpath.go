@@ -2,7 +2,6 @@ package policy
 
 import (
 	"encoding/base64"
-	"strconv"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -12,10 +11,11 @@ import (
 // The hot messages of every CheckRequest (AttributeContext, Peer, Request,
 // HttpRequest, SocketAddress) are converted by direct field access: protobuf
 // reflection costs about half of the input build. Everything else goes
-// through the reflective converter. Field counts are pinned by
-// TestFastPathCoversAllFields, so a go-control-plane upgrade that adds a
-// field fails a test instead of silently dropping it from the input; the
-// protojson equivalence test and FuzzBuildInput check the values.
+// through the reflective converter (protomap.go), whose rules these follow.
+// Field counts are pinned by TestFastPathCoversAllFields, so a
+// go-control-plane upgrade that adds a field fails a test instead of
+// silently dropping it from the input; the equivalence test against
+// NaiveInput and FuzzBuildInput check the values.
 
 // JSON names of the fields handled here, allocated once and never mutated.
 var (
@@ -42,6 +42,8 @@ var (
 	kNetworkNamespaceFilepath = ast.StringTerm("networkNamespaceFilepath")
 
 	kTime      = ast.StringTerm("time")
+	kSeconds   = ast.StringTerm("seconds")
+	kNanos     = ast.StringTerm("nanos")
 	kHTTP      = ast.StringTerm("http")
 	kID        = ast.StringTerm("id")
 	kMethod    = ast.StringTerm("method")
@@ -148,7 +150,7 @@ func addressValue(a *corev3.Address) (ast.Value, error) {
 	s := sa.SocketAddress
 	kv := make([][2]*ast.Term, 0, 7)
 	if s.Protocol != 0 {
-		kv = append(kv, ast.Item(kProtocol, ast.StringTerm(s.Protocol.String())))
+		kv = append(kv, ast.Item(kProtocol, ast.IntNumberTerm(int(s.Protocol))))
 	}
 	if s.Address != "" {
 		kv = append(kv, ast.Item(kAddress, ast.StringTerm(s.Address)))
@@ -173,12 +175,15 @@ func addressValue(a *corev3.Address) (ast.Value, error) {
 
 func requestValue(r *authv3.AttributeContext_Request) (ast.Object, error) {
 	kv := make([][2]*ast.Term, 0, 2)
-	if r.Time != nil {
-		s, err := formatTimestamp(r.Time.Seconds, int64(r.Time.Nanos))
-		if err != nil {
-			return nil, err
+	if t := r.Time; t != nil {
+		tkv := make([][2]*ast.Term, 0, 2)
+		if t.Seconds != 0 {
+			tkv = append(tkv, ast.Item(kSeconds, ast.IntNumberTerm(int(t.Seconds))))
 		}
-		kv = append(kv, ast.Item(kTime, ast.StringTerm(s)))
+		if t.Nanos != 0 {
+			tkv = append(tkv, ast.Item(kNanos, ast.IntNumberTerm(int(t.Nanos))))
+		}
+		kv = append(kv, ast.Item(kTime, ast.NewTerm(ast.NewObject(tkv...))))
 	}
 	if h := r.Http; h != nil {
 		hkv := make([][2]*ast.Term, 0, 13)
@@ -205,7 +210,7 @@ func requestValue(r *authv3.AttributeContext_Request) (ast.Object, error) {
 		str(kQuery, h.Query)
 		str(kFragment, h.Fragment)
 		if h.Size != 0 {
-			hkv = append(hkv, ast.Item(kSize, ast.StringTerm(strconv.FormatInt(h.Size, 10))))
+			hkv = append(hkv, ast.Item(kSize, ast.IntNumberTerm(int(h.Size))))
 		}
 		str(kProtocol, h.Protocol)
 		str(kBody, h.Body)

@@ -2,7 +2,9 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"strings"
 	"time"
@@ -10,28 +12,28 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
-	"github.com/open-policy-agent/opa/v1/util"
-	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/agentauthz/agentauthz/internal/identity"
 )
 
-// NaiveInput builds the input the way opa-envoy-plugin historically did:
-// protojson.Marshal → JSON → map. It is the reference the fast BuildInput is
-// tested against, and the baseline for benchmarks and the load harness.
+// NaiveInput builds the input the way opa-envoy-plugin does
+// (envoyauth/request.go RequestToInput, v3): the CheckRequest through a
+// reflective protobuf → map[string]any conversion (protoMap), Go values
+// that OPA's ast.InterfaceToValue converts when the input is used. It is
+// the reference the direct BuildInput is tested against, and the baseline
+// for benchmarks and the load harness. It refuses what BuildInput
+// deliberately refuses (a NaN or infinite float, nesting deeper than
+// maxProtoDepth), so that the two are comparable everywhere else.
 func NaiveInput(req *authv3.CheckRequest, agent *identity.Agent, operation string) (map[string]any, error) {
-	input := map[string]any{}
-	attrs := map[string]any{}
-	if a := req.GetAttributes(); a != nil {
-		bs, err := protojson.Marshal(a)
-		if err != nil {
-			return nil, fmt.Errorf("%w: attributes: %w", ErrInput, err)
-		}
-		if err := util.UnmarshalJSON(bs, &attrs); err != nil {
-			return nil, fmt.Errorf("%w: attributes: %w", ErrInput, err)
-		}
+	// Depth -1: attributes is at depth 0, as in attributesValue.
+	input, err := protoMap(req.ProtoReflect(), -1)
+	if err != nil {
+		return nil, fmt.Errorf("%w: attributes: %w", ErrInput, err)
 	}
-	input["attributes"] = attrs
+	if p := req.GetAttributes().GetSource().GetPrincipal(); p != "" {
+		input["source_principal"] = p
+	}
 	h := req.GetAttributes().GetRequest().GetHttp()
 	rawPath, rawQuery, _ := strings.Cut(h.GetPath(), "?")
 	decoded, err := url.PathUnescape(rawPath)
@@ -105,6 +107,89 @@ func (e *Engine) NaiveEval(ctx context.Context, req *authv3.CheckRequest, agent 
 		return partial, err
 	}
 	return e.evalState(ctx, s, rego.EvalInput(input), partial)
+}
+
+// protoMap is opa-envoy-plugin's protomap: populated fields under their
+// JSON names, a Struct as AsMap, other messages recursively, scalars as
+// their Go values (int64, uint32, EnumNumber, []byte, …).
+func protoMap(m protoreflect.Message, depth int) (map[string]any, error) {
+	if depth > maxProtoDepth {
+		return nil, errors.New("message nesting too deep")
+	}
+	if s, ok := m.Interface().(interface{ AsMap() map[string]any }); ok {
+		out := s.AsMap()
+		return out, checkFloats(out, depth)
+	}
+	out := make(map[string]any, m.Descriptor().Fields().Len())
+	var err error
+	resolve := func(fd protoreflect.FieldDescriptor, v protoreflect.Value) any {
+		if fd.Kind() == protoreflect.MessageKind {
+			var sub map[string]any
+			sub, err = protoMap(v.Message(), depth+1)
+			return sub
+		}
+		x := v.Interface()
+		if f, ok := x.(float32); ok && badFloat(float64(f)) || isBadFloat64(x) {
+			err = fmt.Errorf("%s: %v is not a number", fd.FullName(), x)
+		}
+		return x
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsMap():
+			mm := map[string]any{}
+			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+				mm[k.String()] = resolve(fd.MapValue(), mv)
+				return err == nil
+			})
+			out[fd.JSONName()] = mm
+		case fd.IsList():
+			l := v.List()
+			arr := make([]any, l.Len())
+			for i := range arr {
+				arr[i] = resolve(fd, l.Get(i))
+			}
+			out[fd.JSONName()] = arr
+		default:
+			out[fd.JSONName()] = resolve(fd, v)
+		}
+		return err == nil
+	})
+	return out, err
+}
+
+func badFloat(f float64) bool { return math.IsNaN(f) || math.IsInf(f, 0) }
+
+func isBadFloat64(x any) bool {
+	f, ok := x.(float64)
+	return ok && badFloat(f)
+}
+
+// checkFloats refuses a NaN or infinite number, or nesting deeper than
+// maxProtoDepth, in an AsMap value.
+func checkFloats(x any, depth int) error {
+	if depth > maxProtoDepth {
+		return errors.New("message nesting too deep")
+	}
+	switch v := x.(type) {
+	case float64:
+		if badFloat(v) {
+			return fmt.Errorf("%v is not a number", v)
+		}
+	case map[string]any:
+		for _, e := range v {
+			if err := checkFloats(e, depth+1); err != nil {
+				return err
+			}
+		}
+	case []any:
+		for _, e := range v {
+			if err := checkFloats(e, depth+1); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func toAnySlice(ss []string) []any {

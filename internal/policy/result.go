@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 )
 
 // Result is the policy's decision in typed form. For a boolean decision only
@@ -22,6 +25,10 @@ type Result struct {
 	ResponseHeadersToAdd    []Header
 	QueryParametersToSet    []Header
 	QueryParametersToRemove []string
+	// HeaderAppendAction is how Envoy adds Headers and ResponseHeadersToAdd
+	// (an envoy.config.core.v3.HeaderValueOption.HeaderAppendAction name);
+	// empty: left unset, as opa-envoy-plugin leaves it.
+	HeaderAppendAction string
 	// HTTPStatus is the status for a denial; 0 when the policy gave none.
 	HTTPStatus int
 	// Body is the denial body the policy chose; HasBody tells "" from unset.
@@ -33,8 +40,11 @@ type Result struct {
 	// Revision is the policy revision that decided (bundle manifest revision or
 	// directory content hash).
 	Revision string
-	// Operation is input.operation ("" when no route matched).
+	// Operation is input.operation ("" when no route matched). For an
+	// MCP call, the operation of the message that decided.
 	Operation string
+	// MCP is set for a POST to a declared MCP endpoint.
+	MCP *MCPResult
 }
 
 // Header is one header or query parameter name and value.
@@ -52,8 +62,12 @@ var (
 	ErrPolicyRejected = errors.New("policy refused")
 )
 
-// maxDecisionHeaders bounds how many headers a policy can ask for.
-const maxDecisionHeaders = 64
+// MaxDecisionEntries bounds each list a decision can carry (headers,
+// response_headers_to_add, query_parameters_to_set, request_headers_to_remove,
+// query_parameters_to_remove): far above real use (opa-envoy-plugin has no
+// bound), low enough that one answer stays small. Past it the decision is
+// invalid: policy_error.
+const MaxDecisionEntries = 1024
 
 // parseDecision converts the query result (as OPA returns it: bool or
 // map[string]any with json.Number numbers) into a Result, checking every type.
@@ -98,13 +112,25 @@ func parseDecisionObject(d map[string]any) (*Result, error) {
 	if r.QueryParametersToRemove, err = stringsField(d, "query_parameters_to_remove"); err != nil {
 		return nil, err
 	}
+	if v, ok := d["header_append_action"]; ok {
+		a, ok := v.(string)
+		if _, known := corev3.HeaderValueOption_HeaderAppendAction_value[a]; !ok || !known {
+			return nil, fmt.Errorf("%w: \"header_append_action\" is %v, want one of APPEND_IF_EXISTS_OR_ADD, ADD_IF_ABSENT, OVERWRITE_IF_EXISTS_OR_ADD, OVERWRITE_IF_EXISTS", ErrInvalidResult, v)
+		}
+		r.HeaderAppendAction = a
+	}
 	if v, ok := d["http_status"]; ok {
 		n, ok := v.(json.Number)
 		if !ok {
 			return nil, fmt.Errorf("%w: \"http_status\" is %s, want number", ErrInvalidResult, typeName(v))
 		}
+		// Exactly the codes opa-envoy-plugin accepts: known to Go and to
+		// Envoy's StatusCode enum.
 		code, err := n.Int64()
 		if err != nil || code < 100 || code > 599 || http.StatusText(int(code)) == "" {
+			return nil, fmt.Errorf("%w: invalid \"http_status\" %s", ErrInvalidResult, n)
+		}
+		if _, ok := typev3.StatusCode_name[int32(code)]; !ok {
 			return nil, fmt.Errorf("%w: invalid \"http_status\" %s", ErrInvalidResult, n)
 		}
 		r.HTTPStatus = int(code)
@@ -157,8 +183,8 @@ func headersField(d map[string]any, name string) ([]Header, error) {
 			default:
 				return fmt.Errorf("%w: %q value for %q is %s, want string or array", ErrInvalidResult, name, k, typeName(hv))
 			}
-			if len(out) > maxDecisionHeaders {
-				return fmt.Errorf("%w: more than %d entries in %q", ErrInvalidResult, maxDecisionHeaders, name)
+			if len(out) > MaxDecisionEntries {
+				return fmt.Errorf("%w: more than %d entries in %q", ErrInvalidResult, MaxDecisionEntries, name)
 			}
 		}
 		return nil
@@ -205,8 +231,8 @@ func stringsField(d map[string]any, name string) ([]string, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %q is %s, want array of strings", ErrInvalidResult, name, typeName(v))
 	}
-	if len(arr) > maxDecisionHeaders {
-		return nil, fmt.Errorf("%w: more than %d entries in %q", ErrInvalidResult, maxDecisionHeaders, name)
+	if len(arr) > MaxDecisionEntries {
+		return nil, fmt.Errorf("%w: more than %d entries in %q", ErrInvalidResult, MaxDecisionEntries, name)
 	}
 	out := make([]string, len(arr))
 	for i, e := range arr {

@@ -18,12 +18,12 @@ import (
 // With the decision cache on and a policy that reads only input.agent and
 // input.operation, the input document is not needed to answer from the
 // cache, but a request whose input cannot be built must still be denied
-// with policy_error, as without the cache. validateInput answers that at a
+// with request_parse_error, as without the cache. validateInput answers that at a
 // fraction of the cost of building.
 //
 // The design keeps it exact: inputBuildable is a sound shortcut ("certainly
 // builds") made of the checks buildInput itself runs (classifyBody,
-// checkTimestamp, url.PathUnescape, url.ParseQuery, messageToValue,
+// url.PathUnescape, url.ParseQuery, messageToValue,
 // ast.NumberChecked) plus allocation-free predicates that imply success of
 // the parsers (validEscapes, simpleQuery, jsonBuildable). Whenever it cannot vouch for a
 // request, validateInput runs buildInput itself, so the verdict and the
@@ -51,8 +51,8 @@ func inputBuildable(req *authv3.CheckRequest) bool {
 	return pathBuildable(h.GetPath()) && bodyBuildable(h.GetHeaders(), h.GetBody(), h.GetRawBody())
 }
 
-// attributesBuildable mirrors attributesValue: only timestamps and the
-// reflectively converted messages can fail there.
+// attributesBuildable mirrors attributesValue: only the reflectively
+// converted messages can fail there.
 func attributesBuildable(a *authv3.AttributeContext) bool {
 	for _, p := range [...]*authv3.AttributeContext_Peer{a.Source, a.Destination} {
 		if p == nil || p.Address == nil || addressInfallible {
@@ -66,9 +66,6 @@ func attributesBuildable(a *authv3.AttributeContext) bool {
 		}
 	}
 	if r := a.Request; r != nil {
-		if r.Time != nil && checkTimestamp(r.Time.Seconds, int64(r.Time.Nanos)) != nil {
-			return false
-		}
 		if h := r.Http; h != nil && h.HeaderMap != nil && !headerMapInfallible {
 			if _, err := messageToValue(h.HeaderMap.ProtoReflect(), 3); err != nil {
 				return false
@@ -96,8 +93,8 @@ func attributesBuildable(a *authv3.AttributeContext) bool {
 // Whether messageToValue can fail on these messages at the depth
 // attributesValue converts them at, from their types alone. Today Address,
 // HeaderMap and TLSSession cannot (strings, integers, enums, bytes), and
-// Metadata can (Struct, Any): a go-control-plane upgrade that changes that
-// flips the flag instead of making validation unsound.
+// Metadata can (a Struct number may be NaN): a go-control-plane upgrade
+// that changes that flips the flag instead of making validation unsound.
 var (
 	addressInfallible    = infallible((&corev3.Address{}).ProtoReflect().Descriptor(), 2)
 	headerMapInfallible  = infallible((&corev3.HeaderMap{}).ProtoReflect().Descriptor(), 3)
@@ -106,12 +103,11 @@ var (
 )
 
 // infallible reports whether messageToValue(m, depth) succeeds for every
-// message m of type md: no google.protobuf message (whose conversion checks
-// values or goes through protojson) is reachable, nothing can be an
-// extension, and nesting stays within maxProtoDepth (a recursive type never
-// qualifies).
+// message m of type md: no float or double field (NaN is refused) and no
+// google.protobuf.Struct is reachable, and nesting stays within
+// maxProtoDepth (a recursive type never qualifies).
 func infallible(md protoreflect.MessageDescriptor, depth int) bool {
-	if depth > maxProtoDepth || md.ParentFile().Package() == "google.protobuf" || md.ExtensionRanges().Len() > 0 {
+	if depth > maxProtoDepth || md.FullName() == "google.protobuf.Struct" {
 		return false
 	}
 	fields := md.Fields()
@@ -121,6 +117,8 @@ func infallible(md protoreflect.MessageDescriptor, depth int) bool {
 			fd = fd.MapValue()
 		}
 		switch fd.Kind() {
+		case protoreflect.FloatKind, protoreflect.DoubleKind:
+			return false
 		case protoreflect.MessageKind, protoreflect.GroupKind:
 			if !infallible(fd.Message(), depth+1) {
 				return false

@@ -299,36 +299,35 @@ func validateCases() []struct {
 		{"form 10000 parameters", formCase(strings.Repeat("a=1&", 9999) + "a=1"), true},
 
 		{"timestamp in range", timeCase(1700000000, 5), true},
-		{"timestamp year 1", timeCase(minTimestampSeconds, 0), true},
-		{"timestamp year 9999", timeCase(maxTimestampSeconds, 999999999), true},
-		{"timestamp before year 1", timeCase(minTimestampSeconds-1, 0), false},
-		{"timestamp after year 9999", timeCase(maxTimestampSeconds+1, 0), false},
-		{"timestamp negative nanos", timeCase(0, -1), false},
-		{"timestamp nanos too large", timeCase(0, 1e9), false},
+		{"timestamp year 1", timeCase(-62135596800, 0), true},
+		{"timestamp before year 1", timeCase(-62135596801, 0), true}, // numbers, not RFC 3339
+		{"timestamp negative nanos", timeCase(0, -1), true},
+		{"timestamp nanos too large", timeCase(0, 1e9), true},
 
 		{"metadata number", num(1.5, shapeStructNumber), true},
 		{"metadata NaN", num(math.NaN(), shapeStructNumber), false},
 		{"metadata infinity", num(math.Inf(-1), shapeStructNumber), false},
-		{"metadata empty Value", withShape(pathCase("/"), shapeStructEmptyValue), false},
+		{"metadata empty Value", withShape(pathCase("/"), shapeStructEmptyValue), true}, // null, as AsMap
 		{"metadata Any timestamp out of range", func() validateCase {
 			c := withShape(pathCase("/"), shapeAnyTimestamp)
-			c.secs = maxTimestampSeconds + 1
+			c.secs = 253402300800
 			return c
-		}(), false},
+		}(), true}, // an Any is its type URL and bytes
 		{"metadata Any timestamp", withShape(pathCase("/"), shapeAnyTimestamp), true},
 		{"metadata Any unknown type", func() validateCase {
 			c := withShape(pathCase("/"), shapeAnyUnknownType)
 			c.contentType = "type.googleapis.com/no.such.Type"
 			return c
-		}(), false},
+		}(), true},
 		{"metadata Any duration out of range", func() validateCase {
 			c := withShape(pathCase("/"), shapeAnyDuration)
 			c.secs = 315576000001
 			return c
-		}(), false},
-		{"metadata Any Struct NaN", num(math.NaN(), shapeAnyStructNumber), false},
+		}(), true},
+		{"metadata Any Struct NaN", num(math.NaN(), shapeAnyStructNumber), true},
 		{"metadata nested 20 deep", nested(20), true},
-		{"metadata nested 40 deep", nested(40), false},
+		{"metadata nested 61 deep", nested(61), true},
+		{"metadata nested 62 deep", nested(62), false},
 		{"route metadata invalid UTF-8 in a Struct", func() validateCase {
 			c := withShape(pathCase("/"), shapeRouteStructStrings)
 			c.body = "\xff"
@@ -338,7 +337,7 @@ func validateCases() []struct {
 			c := withShape(pathCase("/"), shapeRouteAnyString)
 			c.body = "\xff"
 			return c
-		}(), false},
+		}(), true},
 		{"TLS session", withShape(pathCase("/"), shapeTLSSession), true},
 		{"header map", func() validateCase {
 			c := withShape(pathCase("/"), shapeHeaderMap)

@@ -37,6 +37,11 @@ const (
 // UTF-8. opa-envoy-plugin answers the same requests with 400 and this code.
 const RequestParseError Code = "request_parse_error"
 
+// InvalidJSONRPC: a POST to a declared MCP endpoint whose body is not a
+// JSON-RPC 2.0 message or batch the service can read exactly as an MCP
+// server would (HTTP 400, with a JSON-RPC error body).
+const InvalidJSONRPC Code = "invalid_jsonrpc"
+
 // Service failures.
 const (
 	DecisionLogUnavailable Code = "decision_log_unavailable"
@@ -63,7 +68,7 @@ func (c Code) HTTPStatus() int {
 	switch {
 	case c == Allowed:
 		return 200
-	case c == RequestParseError:
+	case c == RequestParseError || c == InvalidJSONRPC:
 		return 400
 	case c.IsIdentity():
 		return 401
@@ -96,6 +101,6 @@ func Known() []Code {
 		CertificateExpired, CertificateNotYetValid, InvalidAgentProfile, CertificateRevoked,
 		AgentRevoked, RevocationStatusUnknown, Allowed, InsufficientTrustLevel, ScopeMissing,
 		UnknownOperation, AgentQuarantined, PolicyDenied, PolicyError, RequestParseError,
-		DecisionLogUnavailable, InternalError,
+		InvalidJSONRPC, DecisionLogUnavailable, InternalError,
 	}
 }

@@ -3,6 +3,9 @@ package revocation
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -197,6 +200,29 @@ func TestRevokedIntermediate(t *testing.T) {
 			}
 		})
 	}
+	// A bundle reload keeps the issuing CA's CRL learned from a chain: the
+	// file has not changed, so nothing would bring it back.
+	t.Run("reload keeps learned", func(t *testing.T) {
+		c, _ := start(t, Config{Tenants: map[string]TenantConfig{byoTD: {
+			CAs: identityCAs(t, p, "root.pem"), CRLFiles: []string{p.Path("crls.pem")},
+		}}})
+		waitFor(t, "ready", c.Ready)
+		if got := checkFile(t, c, p, "root.pem", "gone.pem", "issuing.pem"); got != reason.CertificateRevoked {
+			t.Fatalf("before the reload: %q", string(got))
+		}
+		if got := checkFile(t, c, p, "root.pem", "bot.pem", "issuing.pem"); got != "" {
+			t.Fatalf("before the reload: %q", string(got))
+		}
+		if err := c.SetCAs(byoTD, identityCAs(t, p, "root.pem")); err != nil {
+			t.Fatal(err)
+		}
+		if got := checkFile(t, c, p, "root.pem", "gone.pem", "issuing.pem"); got != reason.CertificateRevoked {
+			t.Errorf("after the reload: %q", string(got))
+		}
+		if got := checkFile(t, c, p, "root.pem", "bot.pem", "issuing.pem"); got != "" {
+			t.Errorf("after the reload: %q", string(got))
+		}
+	})
 	p.Revoke("root", "issuing.pem")
 	p.CRL("root", "root.crl")
 	p.Cat("crls.pem", "root.crl", "issuing.crl")
@@ -359,5 +385,109 @@ func TestIssuingDistributionPointRefused(t *testing.T) {
 				t.Errorf("Check = %q, openssl says %q", string(got), string(want))
 			}
 		})
+	}
+}
+
+// TestKeyTypes: CAs with the key types an organisation's CA tools make
+// (ECDSA P-256 and P-384, RSA 2048, Ed25519) issue agents with the key types
+// the agent profiles allow (ECDSA P-256, Ed25519); the certificates verify
+// and the CRLs, signed with each CA key type, are enforced as openssl
+// enforces them. An agent key of another type is refused, saying so
+// (docs/ca.md, "Bring your own PKI").
+func TestKeyTypes(t *testing.T) {
+	for _, caKey := range []string{"ec", "ec384", "rsa", "ed25519"} {
+		t.Run("ca-"+caKey, func(t *testing.T) {
+			p := testca.NewOpenSSLPKI(t)
+			p.KeyType = caKey
+			p.Root("root")
+			for _, k := range []string{"ec", "ed25519"} {
+				p.KeyType = k
+				p.Agent("bot-"+k, "root", byoTD)
+			}
+			p.Revoke("root", "bot-ed25519.pem")
+			p.CRL("root", "root.crl")
+			c, _ := start(t, Config{Tenants: map[string]TenantConfig{byoTD: {
+				CAs: identityCAs(t, p, "root.pem"), CRLFiles: []string{p.Path("root.crl")},
+			}}})
+			waitFor(t, "ready", c.Ready)
+			for _, cert := range []string{"bot-ec.pem", "bot-ed25519.pem"} {
+				want := opensslSays(t, p, cert, "-CAfile", "root.pem", "-CRLfile", "root.crl", "-crl_check")
+				if got := checkFile(t, c, p, "root.pem", cert); got != want {
+					t.Errorf("%s: Check = %q, openssl says %q", cert, string(got), string(want))
+				}
+			}
+		})
+	}
+	p := testca.NewOpenSSLPKI(t)
+	p.Root("root")
+	b, err := identity.LoadBundle(byoTD, p.Path("root.pem"), identity.ProfileNative)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := identity.NewVerifier(identity.Config{Bundles: []identity.Bundle{b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"rsa", "ec384"} {
+		p.KeyType = k
+		p.Agent("bot-"+k, "root", byoTD)
+		_, ierr := v.Identify(&authv3.AttributeContext{Source: &authv3.AttributeContext_Peer{Certificate: p.URLEncoded("bot-" + k + ".pem")}})
+		if ierr == nil || ierr.Reason != reason.InvalidAgentProfile || !strings.Contains(ierr.Error(), "is not ECDSA P-256 or Ed25519") {
+			t.Errorf("agent key %s: %v, want invalid_agent_profile naming the allowed keys", k, ierr)
+		}
+	}
+}
+
+// TestDeltaCRLRefused: a delta CRL (`openssl ca -gencrl` with a deltaCRL
+// extension) is refused: only complete CRLs are used (docs/ca.md).
+func TestDeltaCRLRefused(t *testing.T) {
+	p := testca.NewOpenSSLPKI(t)
+	p.Root("root")
+	p.SetCRLExtensions("root", "2.5.29.27 = critical, DER:02:01:01") // deltaCRLIndicator, base CRL 1
+	p.CRL("root", "delta.crl")
+	_, err := ParseCRLs(p.Read("delta.crl"), identityCAs(t, p, "root.pem"), 0)
+	if err == nil || !strings.Contains(err.Error(), "unsupported critical extension 2.5.29.27") {
+		t.Fatalf("delta CRL: err = %v", err)
+	}
+}
+
+// TestDocsBYOPKITestsExist: every test the "Bring your own PKI" table of
+// docs/ca.md names exists in the package it names, so the table cannot
+// claim a test that was renamed or removed.
+func TestDocsBYOPKITestsExist(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "ca.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := strings.Index(string(doc), "## Bring your own PKI")
+	end := strings.Index(string(doc)[start+1:], "\n## ")
+	if start < 0 || end < 0 {
+		t.Fatal(`docs/ca.md has no "Bring your own PKI" section`)
+	}
+	section := string(doc)[start : start+1+end]
+	refs := regexp.MustCompile("`(?:internal/([a-z]+) )?(Test[A-Za-z0-9]+)`").FindAllStringSubmatch(section, -1)
+	if len(refs) < 10 {
+		t.Fatalf("only %d test references found", len(refs))
+	}
+	pkg := ""
+	for _, r := range refs {
+		if r[1] != "" {
+			pkg = r[1] // a bare `TestX` belongs to the package named before it
+		}
+		files, _ := filepath.Glob(filepath.Join("..", pkg, "*_test.go"))
+		found := false
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(b), "func "+r[2]+"(") {
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("docs/ca.md names %s in internal/%s, which has no such test", r[2], pkg)
+		}
 	}
 }

@@ -221,7 +221,7 @@ func (cfg Config) validate() error {
 			continue
 		}
 		if !tc.hasSources() {
-			errs = append(errs, fmt.Errorf("revocation: tenant %q has no revocation source: list crl_files, crl_urls or watch_url, or set revocation.disabled to accept its revoked certificates", name))
+			errs = append(errs, &NoSourceError{Tenant: name})
 			continue
 		}
 		if len(tc.CAs) == 0 {
@@ -257,6 +257,14 @@ func (cfg Config) validate() error {
 	return errors.Join(errs...)
 }
 
+// NoSourceError is a tenant configured with no revocation source and no
+// opt-out.
+type NoSourceError struct{ Tenant string }
+
+func (e *NoSourceError) Error() string {
+	return fmt.Sprintf("revocation: tenant %q has no revocation source: list crl_files, crl_urls or watch_url, or set revocation.disabled to accept its revoked certificates", e.Tenant)
+}
+
 func checkHTTPURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
@@ -283,39 +291,66 @@ func (c *Checker) Check(tenant string, chain []identity.ChainCert, agentID strin
 	if !ok {
 		return ""
 	}
-	now := c.now()
-	unknown := !t.ready
 	// What is known to be revoked is reported as such even when the rest of
-	// the data is stale.
+	// the data is stale, and before the clock is read (time.Now is a good
+	// part of a Check's cost). The CRLs found are kept on the stack for the
+	// second pass (chains are short; a longer one looks them up again).
+	var found [4][]*scopedCRL
 	for i := range chain {
-		cc := &chain[i]
-		crls, ok := t.issuers[cc.IssuerKey]
-		if !ok && t.pending != nil && cc.Issuer != nil && !t.tried[cc.IssuerKey] {
-			if _, ok := t.pending[string(cc.Issuer.RawSubject)]; ok {
-				crls = c.learn(tenant, cc.Issuer) // once per CA
-			}
+		crls := c.crlsFor(t, tenant, &chain[i])
+		if i < len(found) {
+			found[i] = crls
 		}
-		covered := false
 		for _, crl := range crls {
-			if !crl.scope.covers(cc) {
-				continue
-			}
-			if crl.serials.Contains(cc.Serial) {
+			if crl.scope.covers(&chain[i]) && crl.serials.Contains(chain[i].Serial) {
 				return reason.CertificateRevoked
 			}
-			covered = covered || !now.After(crl.staleAfter)
 		}
-		unknown = unknown || !covered
 	}
 	if agentID != "" {
 		if _, revoked := t.agents[agentID]; revoked {
 			return reason.AgentRevoked
 		}
 	}
-	if unknown || (len(chain) == 0 && now.After(t.staleAfter)) {
+	if !t.ready {
 		return reason.RevocationStatusUnknown
 	}
+	now := c.now()
+	if len(chain) == 0 && now.After(t.staleAfter) {
+		return reason.RevocationStatusUnknown
+	}
+	for i := range chain {
+		var crls []*scopedCRL
+		if i < len(found) {
+			crls = found[i]
+		} else {
+			crls = c.crlsFor(t, tenant, &chain[i])
+		}
+		covered := false
+		for _, crl := range crls {
+			if crl.scope.covers(&chain[i]) && !now.After(crl.staleAfter) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			return reason.RevocationStatusUnknown
+		}
+	}
 	return ""
+}
+
+// crlsFor returns the CRLs of the CA that issued cc. A CA outside the
+// tenant's configuration whose name a pending CRL carries is tried once
+// (learn, the slow path).
+func (c *Checker) crlsFor(t *tenantSnap, tenant string, cc *identity.ChainCert) []*scopedCRL {
+	crls, ok := t.issuers[cc.IssuerKey]
+	if !ok && t.pending != nil && cc.Issuer != nil && !t.tried[cc.IssuerKey] {
+		if _, ok := t.pending[string(cc.Issuer.RawSubject)]; ok {
+			crls = c.learn(tenant, cc.Issuer)
+		}
+	}
+	return crls
 }
 
 // Ready reports whether the Checker can serve (for /readyz): every source

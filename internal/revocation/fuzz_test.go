@@ -2,13 +2,18 @@ package revocation
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/pem"
 	"errors"
 	"io"
 	"math/big"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzParseCRL feeds arbitrary bytes to the parse/verify wrapper. The
@@ -152,6 +157,101 @@ func FuzzReadSSE(f *testing.F) {
 		}
 		if !slices.Equal(events, again) {
 			t.Fatalf("round trip: %q != %q", events, again)
+		}
+	})
+}
+
+// idpReference is the issuingDistributionPoint decoded by encoding/asn1,
+// independently of parseScope.
+type idpReference struct {
+	DP       asn1.RawValue  `asn1:"optional,explicit,tag:0"`
+	OnlyUser bool           `asn1:"optional,tag:1"`
+	OnlyCA   bool           `asn1:"optional,tag:2"`
+	Reasons  asn1.BitString `asn1:"optional,tag:3"`
+	Indirect bool           `asn1:"optional,tag:4"`
+	OnlyAttr bool           `asn1:"optional,tag:5"`
+}
+
+// FuzzParseScope: parseScope never panics, and what it accepts
+// encoding/asn1 decodes to the same flags, with nothing it refuses set
+// (seeds in testdata/fuzz/FuzzParseScope).
+func FuzzParseScope(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := parseScope(data)
+		if err != nil {
+			return
+		}
+		var ref idpReference
+		rest, err := asn1.Unmarshal(data, &ref)
+		if err != nil || len(rest) != 0 {
+			t.Fatalf("parseScope accepted what encoding/asn1 refuses: %v", err)
+		}
+		if s.OnlyUserCerts != ref.OnlyUser || s.OnlyCACerts != ref.OnlyCA || ref.Indirect || ref.OnlyAttr ||
+			ref.Reasons.BitLength != 0 || (s.OnlyUserCerts && s.OnlyCACerts) {
+			t.Fatalf("scope %+v, reference %+v", s, ref)
+		}
+		if (len(ref.DP.Bytes) > 0) != (len(s.DistributionPoints) > 0) || s.raw != string(data) {
+			t.Fatalf("distribution points %q, reference %x", s.DistributionPoints, ref.DP.Bytes)
+		}
+	})
+}
+
+// FuzzParseCRLs: a file of several CRLs is applied whole or refused whole.
+// Whatever ParseCRLs accepts holds 1 to MaxCRLsPerFile CRLs, each of which
+// verifies again on its own from its DER, none two of one CA and scope;
+// anything it refuses returns no CRL. The seeds (added here, signed by the
+// committed fuzz CA) are two CRLs of one CA partitioned by an
+// issuingDistributionPoint (user / CA certificates), as PEM, with `openssl
+// crl -text`-style text before each block, and near misses.
+func FuzzParseCRLs(f *testing.F) {
+	ca, key := fuzzCA(f)
+	cas := []*x509.Certificate{ca}
+	this := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	crl := func(number int64, idp []byte, serials ...int64) []byte {
+		tmpl := &x509.RevocationList{Number: big.NewInt(number), ThisUpdate: this, NextUpdate: this.Add(100 * 365 * 24 * time.Hour)}
+		if idp != nil {
+			tmpl.ExtraExtensions = []pkix.Extension{{Id: oidIssuingDistributionPoint, Critical: true, Value: idp}}
+		}
+		for _, s := range serials {
+			tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,
+				x509.RevocationListEntry{SerialNumber: big.NewInt(s), RevocationTime: this})
+		}
+		der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca, key)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+	}
+	users := crl(1, []byte{0x30, 0x03, 0x81, 0x01, 0xff}, 5, 7)
+	cas2 := crl(1, []byte{0x30, 0x03, 0x82, 0x01, 0xff}, 9)
+	full := crl(2, nil, 5)
+	f.Add(slices.Concat(users, cas2))
+	f.Add(slices.Concat([]byte("Certificate Revocation List (CRL):\n        Version 2 (0x1)\n"), users, []byte("text\n"), cas2))
+	f.Add(slices.Concat(users, full))
+	f.Add(slices.Concat(full, full))
+	f.Add(slices.Concat(users, cas2[:len(cas2)/2]))
+	f.Add(slices.Concat(users, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		crls, err := ParseCRLs(data, cas, 1<<20)
+		if err != nil {
+			if crls != nil {
+				t.Fatal("CRLs returned with an error")
+			}
+			return
+		}
+		if len(crls) == 0 || len(crls) > MaxCRLsPerFile {
+			t.Fatalf("%d CRLs accepted", len(crls))
+		}
+		seen := map[string]bool{}
+		for _, c := range crls {
+			if seen[c.Scope.raw] {
+				t.Fatal("two CRLs of one CA and scope accepted")
+			}
+			seen[c.Scope.raw] = true
+			again, err := ParseCRL(c.Raw, cas, 1<<20)
+			if err != nil || again.Digest != c.Digest || again.Serials.Len() != c.Serials.Len() {
+				t.Fatalf("a CRL of the file does not verify on its own: %v", err)
+			}
 		}
 	})
 }

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // The high-water mark: per tenant, CA and scope, the highest CRL number (and
@@ -114,39 +116,8 @@ func (c *Checker) writeFloors(t *tenantState) error {
 	if err != nil {
 		return err
 	}
-	return writeDurably(c.hwmPath(t.name), data)
-}
-
-// writeDurably replaces path with data so that after a crash path holds
-// either the old or the new content, and the new content once it returns.
-func writeDurably(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(c.stateDir, 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".hwm-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename, a no-op
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return durable.WriteFile(c.hwmPath(t.name), data, 0o600)
 }

@@ -115,10 +115,10 @@ func parseScope(v []byte) (Scope, error) {
 			return false, nil
 		}
 		var b cryptobyte.String
-		if !seq.ReadASN1(&b, tag) || len(b) != 1 {
-			return false, errIDPMalformed
+		if !seq.ReadASN1(&b, tag) || len(b) != 1 || (b[0] != 0 && b[0] != 0xff) {
+			return false, errIDPMalformed // DER: a BOOLEAN is 0x00 or 0xFF
 		}
-		return b[0] != 0, nil
+		return b[0] == 0xff, nil
 	}
 	var err error
 	if s.OnlyUserCerts, err = flag(1); err != nil {

@@ -374,9 +374,9 @@ func (c *Checker) setPush(tenant string, connected bool) {
 }
 
 // SetCAs replaces the CA certificates that verify tenant's CRLs, for a trust
-// bundle reload. CRLs held from a CA that is still listed stay in force;
-// those of a removed CA, and every CA learned from agents' chains, are
-// dropped, so if no CRL is left the tenant answers
+// bundle reload. CRLs held from a CA that is still listed, or learned from
+// agents' chains, stay in force; those of a removed CA are dropped, so if
+// no CRL is left the tenant answers
 // revocation_status_unknown until a source delivers one from a listed CA
 // (CRL files and URLs within their poll interval; a watch stream on its next
 // event or reconnect). A tenant that had no sources cannot gain any here.
@@ -390,9 +390,13 @@ func (c *Checker) SetCAs(tenant string, cas []*x509.Certificate) error {
 	if !ok {
 		return nil
 	}
+	// CRLs of learned CAs stay: such a CRL only ever counts for a
+	// certificate whose chain, verified against the bundle in force, has
+	// that CA as its issuer; dropping it would leave the CA's agents
+	// without data until its CRL file changes.
 	keep := map[identity.CAKey]bool{}
-	for _, ca := range cas {
-		if slices.ContainsFunc(t.cfg.CAs, ca.Equal) {
+	for _, ca := range slices.Concat(cas, t.learned) {
+		if slices.ContainsFunc(t.cfg.CAs, ca.Equal) || slices.ContainsFunc(t.learned, ca.Equal) {
 			keep[identity.CAKeyOf(ca)] = true
 		}
 	}
@@ -402,7 +406,6 @@ func (c *Checker) SetCAs(tenant string, cas []*x509.Certificate) error {
 		}
 	}
 	t.cfg.CAs = slices.Clone(cas)
-	t.learned, t.tried = nil, map[identity.CAKey]bool{}
 	t.snap = nil
 	c.publishLocked()
 	return nil

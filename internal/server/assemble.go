@@ -139,12 +139,15 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	jwks := dlog.JWKSHandler()
 	c.Handlers["GET /v1/keys"] = jwks
 	c.Handlers["GET /.well-known/jwks.json"] = jwks
+	// The latest signed checkpoint, for witnesses and monitors: it names
+	// the tree size and root, never a record.
+	c.Handlers["GET /checkpoint"] = dlog.CheckpointHandler()
 
 	var recorder extauthz.Recorder = dlog
 	if rs := cfg.ResponseSigning; rs.Disabled {
 		logger.Warn("response signing is off (response_signing.disabled): ext_proc is not served, responses are not signed")
 	} else {
-		table := extproc.NewTable(rs.MaxPending, rs.DecisionTTL.D(), dlog.PublicKeys, nil)
+		table := extproc.NewTable(rs.MaxPending, rs.DecisionTTL.D(), nil)
 		recorder = extproc.NoteAllowed(dlog, table)
 		proc, err := extproc.New(extproc.Options{
 			Decisions:      table,
@@ -243,6 +246,12 @@ func (p policyAdapter) Decide(ctx context.Context, req *authv3.CheckRequest, age
 		r = &policy.Result{}
 	}
 	v := extauthz.Verdict{Operation: r.Operation, Revision: r.Revision}
+	if m := r.MCP; m != nil {
+		v.MCP = &extauthz.MCPVerdict{Call: m.Call, Operations: m.Operations, Decisive: m.Decisive, Tools: m.Tools}
+	}
+	if errors.Is(err, policy.ErrMCPInvalid) {
+		return v, fmt.Errorf("%w: %w", extauthz.ErrInvalidJSONRPC, err)
+	}
 	if errors.Is(err, policy.ErrInput) {
 		return v, fmt.Errorf("%w: %w", extauthz.ErrRequestParse, err)
 	}
@@ -250,11 +259,10 @@ func (p policyAdapter) Decide(ctx context.Context, req *authv3.CheckRequest, age
 		return v, err
 	}
 	v.Allowed, v.Reason, v.HTTPStatus = r.Allowed, r.Reason, r.HTTPStatus
-	if r.HasBody {
-		v.Body = r.Body
-	}
-	v.Headers = headerOptions(r.Headers)
-	v.ResponseHeadersToAdd = headerOptions(r.ResponseHeadersToAdd)
+	v.Body, v.HasBody = r.Body, r.HasBody
+	action := corev3.HeaderValueOption_HeaderAppendAction(corev3.HeaderValueOption_HeaderAppendAction_value[r.HeaderAppendAction])
+	v.Headers = headerOptions(r.Headers, action)
+	v.ResponseHeadersToAdd = headerOptions(r.ResponseHeadersToAdd, action)
 	v.RequestHeadersToRemove = r.RequestHeadersToRemove
 	v.QueryParametersToRemove = r.QueryParametersToRemove
 	for _, q := range r.QueryParametersToSet {
@@ -270,22 +278,21 @@ func (p policyAdapter) Decide(ctx context.Context, req *authv3.CheckRequest, age
 	return v, nil
 }
 
-// headerOptions keeps opa-envoy-plugin's semantics: a policy header replaces
-// what the client sent, several values for one key are all kept.
-func headerOptions(hs []policy.Header) []*corev3.HeaderValueOption {
+// headerOptions sends the policy's headers as opa-envoy-plugin does: one
+// option per value, append and append_action left unset (Envoy's default,
+// APPEND_IF_EXISTS_OR_ADD) unless the decision's header_append_action
+// chose another action.
+func headerOptions(hs []policy.Header, action corev3.HeaderValueOption_HeaderAppendAction) []*corev3.HeaderValueOption {
 	if len(hs) == 0 {
 		return nil
 	}
-	out := make([]*corev3.HeaderValueOption, 0, len(hs))
+	opts := make([]corev3.HeaderValueOption, len(hs))
+	vals := make([]corev3.HeaderValue, len(hs))
+	out := make([]*corev3.HeaderValueOption, len(hs))
 	for i, h := range hs {
-		action := corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-		if i > 0 && hs[i-1].Key == h.Key {
-			action = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
-		}
-		out = append(out, &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: h.Key, Value: h.Value},
-			AppendAction: action,
-		})
+		vals[i] = corev3.HeaderValue{Key: h.Key, Value: h.Value}
+		opts[i].Header, opts[i].AppendAction = &vals[i], action
+		out[i] = &opts[i]
 	}
 	return out
 }

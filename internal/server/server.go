@@ -93,6 +93,12 @@ func New(cfg config.Config, c Components, logger hclog.Logger) (*Server, error) 
 		// Reused stream workers keep their grown stacks: without them stack
 		// growth was 15 % of the server's CPU per Check (docs/performance.md).
 		grpc.NumStreamWorkers(64),
+		// A CheckRequest with non-UTF-8 header bytes is decided (refused and
+		// recorded), not failed by the codec (codec.go).
+		grpc.ForceServerCodecV2(newCheckCodec()),
+		// Receiving the request and deciding it must both fit in twice the
+		// Check budget; a stream without its message is cut off.
+		grpc.InTapHandle(receiveDeadline(2 * cfg.GRPC.CheckTimeout.D())),
 	}
 	if cfg.GRPC.TLS.Enabled() {
 		tc, err := serverTLS(cfg.GRPC.TLS)
@@ -103,7 +109,7 @@ func New(cfg config.Config, c Components, logger hclog.Logger) (*Server, error) 
 	}
 	gs := grpc.NewServer(opts...)
 	hs := health.NewServer()
-	authv3.RegisterAuthorizationServer(gs, c.Authorization)
+	gs.RegisterService(authorizationDesc(), c.Authorization)
 	if c.ExternalProcessor != nil {
 		extprocv3.RegisterExternalProcessorServer(gs, c.ExternalProcessor)
 		hs.SetServingStatus(extprocv3.ExternalProcessor_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)

@@ -22,6 +22,9 @@ type OpenSSLPKI struct {
 	t   testing.TB
 	bin string
 	Dir string
+	// KeyType is the key of the CAs and agents made next: "" or "ec"
+	// (P-256), "ec384", "rsa" (2048 bits) or "ed25519".
+	KeyType string
 }
 
 // NewOpenSSLPKI returns an empty PKI in a temporary directory. It skips the
@@ -83,7 +86,7 @@ serial = $dir/serial
 crlnumber = $dir/crlnumber
 certificate = %[1]s.pem
 private_key = %[1]s.key
-default_md = sha256
+default_md = default
 default_days = 30
 default_crl_days = 7
 policy = any
@@ -108,8 +111,7 @@ authorityKeyIdentifier = keyid:always
 	return s
 }
 
-// KeyType names a key for openssl genpkey: "ec" (P-256), "ec384", "rsa",
-// "ed25519".
+// genKey writes a new key of keyType (see OpenSSLPKI.KeyType) to out.
 func (p *OpenSSLPKI) genKey(keyType, out string) {
 	p.t.Helper()
 	switch keyType {
@@ -131,8 +133,8 @@ func (p *OpenSSLPKI) genKey(keyType, out string) {
 func (p *OpenSSLPKI) Root(name string) {
 	p.t.Helper()
 	p.initCA(name, "")
-	p.genKey("ec", name+".key")
-	p.Run("req", "-config", name+".cnf", "-x509", "-new", "-key", name+".key", "-sha256", "-days", "3650",
+	p.genKey(p.KeyType, name+".key")
+	p.Run("req", "-config", name+".cnf", "-x509", "-new", "-key", name+".key", "-days", "3650",
 		"-subj", "/O=BYO PKI/CN="+name, "-extensions", "ca_ext", "-set_serial", "1", "-out", name+".pem")
 }
 
@@ -140,7 +142,7 @@ func (p *OpenSSLPKI) Root(name string) {
 func (p *OpenSSLPKI) Intermediate(name, parent string) {
 	p.t.Helper()
 	p.initCA(name, "")
-	p.genKey("ec", name+".key")
+	p.genKey(p.KeyType, name+".key")
 	p.Run("req", "-config", name+".cnf", "-new", "-key", name+".key", "-subj", "/O=BYO PKI/CN="+name, "-out", name+".csr")
 	p.Run("ca", "-batch", "-config", parent+".cnf", "-extfile", name+".cnf", "-extensions", "ca_ext",
 		"-days", "1000", "-in", name+".csr", "-out", name+".pem")
@@ -170,7 +172,7 @@ func (p *OpenSSLPKI) initCA(name, crlExt string) {
 // section (e.g. "crlDistributionPoints = URI:http://crl.example/a.crl").
 func (p *OpenSSLPKI) Agent(id, issuer, td string, extra ...string) {
 	p.t.Helper()
-	p.genKey("ec", id+".key")
+	p.genKey(p.KeyType, id+".key")
 	ext := fmt.Sprintf(`[agent]
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature

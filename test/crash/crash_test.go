@@ -17,9 +17,11 @@ import (
 // TestCrashKill9 drives concurrent Check load against a real serve
 // process, kills it with SIGKILL after a random short time, restarts it
 // and checks that the log verifies and holds every decision id a client
-// got an answer for. The load starts once the writer has a preallocated
-// segment ready, so every kill leaves the last segment with zero padding
-// after its records, which the restart must recover. Five cycles by
+// got an answer for, and that every receipt an upstream got verifies
+// against a checkpoint found in the log after the restart. The load starts
+// once the writer has a preallocated segment ready, so every kill leaves
+// the last segment with zero padding after its records, which the restart
+// must recover. Five cycles by
 // default (a few seconds); AGENTAUTHZ_CRASH_LONG=1 runs 25 cycles with
 // longer load.
 func TestCrashKill9(t *testing.T) {
@@ -33,10 +35,13 @@ func TestCrashKill9(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	data := t.TempDir()
 	acked := map[string]bool{}
+	receipts := map[string]string{}
 	for cycle := 0; cycle < cycles; cycle++ {
 		p := process.Start(t, process.Options{Binary: bin, DataDir: data})
-		// The restart recovered the log: it verifies and lost nothing.
+		// The restart recovered the log: it verifies, lost nothing, and
+		// every receipt handed out verifies against a checkpoint in it.
 		records := verifyLog(t, data, acked)
+		verifyReceipts(t, data, receipts)
 		waitPreparedSegment(t, data)
 		var answered atomic.Int64
 		stop := loadUntil(t, p, 8, &answered)
@@ -46,6 +51,9 @@ func TestCrashKill9(t *testing.T) {
 		res := stop()
 		for _, id := range res.Acked {
 			acked[id] = true
+		}
+		for id, rc := range res.Receipts {
+			receipts[id] = rc
 		}
 		if !lastSegmentPadded(t, data) {
 			t.Errorf("cycle %d: the killed writer's last segment has no zero padding", cycle)
@@ -65,8 +73,9 @@ func TestCrashKill9(t *testing.T) {
 		t.Fatalf("clean stop after recovery: %v", err)
 	}
 	n := verifyLog(t, data, acked)
+	verifyReceipts(t, data, receipts)
 	auditVerify(t, bin, data)
-	t.Logf("%d cycles: %d acknowledged decisions, all among %d records", cycles, len(acked), n)
+	t.Logf("%d cycles: %d acknowledged decisions, all among %d records; %d receipts verified against checkpoints in the log", cycles, len(acked), n, len(receipts))
 }
 
 // waitPreparedSegment waits until serve has a zero-filled segment ready

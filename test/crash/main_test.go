@@ -79,6 +79,42 @@ func devRequests(t *testing.T, p *process.Proc) []*authv3.CheckRequest {
 	return out
 }
 
+// verifyReceipts checks that every receipt an upstream got verifies with
+// the log's keys against a checkpoint found in the log.
+func verifyReceipts(t *testing.T, dataDir string, receipts map[string]string) {
+	t.Helper()
+	keys, err := decisionlog.LoadKeySet(filepath.Join(dataDir, "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cps, err := decisionlog.Checkpoints(filepath.Join(dataDir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inLog := map[string]bool{}
+	for _, cp := range cps {
+		inLog[string(cp)] = true
+	}
+	bad := 0
+	for id, rc := range receipts {
+		r, err := decisionlog.VerifyReceipt(rc, keys)
+		switch {
+		case err != nil:
+			t.Errorf("receipt of acknowledged decision %s: %v", id, err)
+		case !inLog[string(r.SignedCheckpoint())]:
+			t.Errorf("the checkpoint of decision %s's receipt (tree size %d) is not in the log", id, r.Checkpoint.Size)
+		default:
+			continue
+		}
+		if bad++; bad >= 5 {
+			t.FailNow()
+		}
+	}
+	if bad > 0 {
+		t.FailNow()
+	}
+}
+
 // verifyLog checks the log under dataDir with decisionlog.Verify and the
 // log's keys, and that every id in acked is in it. It returns the number
 // of records.

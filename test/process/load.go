@@ -27,10 +27,13 @@ type Load struct {
 
 // LoadResult counts what happened.
 type LoadResult struct {
-	Acked   []string // decision ids answered
-	Allowed int
-	Denied  int
-	Errors  int // transport errors (e.g. the process died or stopped)
+	Acked []string // decision ids answered
+	// Receipts holds the x-agent-receipt of every allowed answer, by
+	// decision id.
+	Receipts map[string]string
+	Allowed  int
+	Denied   int
+	Errors   int // transport errors (e.g. the process died or stopped)
 }
 
 // Run drives the load until ctx ends and returns the tally.
@@ -39,7 +42,7 @@ func (l Load) Run(ctx context.Context) LoadResult {
 		l.CallTimeout = 5 * time.Second
 	}
 	var mu sync.Mutex
-	var res LoadResult
+	res := LoadResult{Receipts: map[string]string{}}
 	// Paced by a shared sequence: send n is due at start + n/Rate, so the
 	// offered rate holds however the workers are scheduled.
 	var seq atomic.Int64
@@ -78,8 +81,17 @@ func (l Load) Run(ctx context.Context) LoadResult {
 				if l.OnAnswer != nil {
 					l.OnAnswer(id, allowed)
 				}
+				receipt := ""
+				for _, h := range resp.GetOkResponse().GetHeaders() {
+					if h.GetHeader().GetKey() == "x-agent-receipt" {
+						receipt = h.GetHeader().GetValue()
+					}
+				}
 				mu.Lock()
 				res.Acked = append(res.Acked, id)
+				if receipt != "" {
+					res.Receipts[id] = receipt
+				}
 				if allowed {
 					res.Allowed++
 				} else {

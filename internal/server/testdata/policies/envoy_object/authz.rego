@@ -3,7 +3,7 @@ package envoy.authz
 
 default allow := {
 	"allowed": false,
-	"http_status": 451,
+	"http_status": 429,
 	"body": "refused by policy",
 	"headers": {"x-policy": "denied"},
 }

@@ -1,0 +1,192 @@
+package decisionlog
+
+import (
+	"crypto/sha256"
+	"fmt"
+
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+)
+
+// HashSize is the size of every hash in the tree (SHA-256).
+const HashSize = sha256.Size
+
+// Hash is a node of the RFC 6962 / RFC 9162 Merkle tree.
+type Hash = [HashSize]byte
+
+var hasher = rfc6962.DefaultHasher
+
+// LeafHash is a record's leaf hash: SHA-256(0x00 ‖ record bytes), the
+// record bytes being its line without the LF. It is also the "record hash"
+// a receipt carries.
+func LeafHash(record []byte) Hash {
+	h := sha256.New()
+	h.Write([]byte{0})
+	h.Write(record)
+	var out Hash
+	h.Sum(out[:0])
+	return out
+}
+
+func nodeHash(l, r []byte) Hash {
+	var out Hash
+	copy(out[:], hasher.HashChildren(l, r))
+	return out
+}
+
+var rangeFactory = &compact.RangeFactory{Hash: hasher.HashChildren}
+
+// Tree is the state of a log's Merkle tree: its size and the roots of the
+// perfect subtrees that make up [0, size) (an RFC 6962 compact range), so
+// that appending a leaf costs about one hash and the root a few. A consumer
+// that receives batches (the control plane) keeps one per log and checks
+// each batch's checkpoint against it.
+type Tree struct{ r *compact.Range }
+
+// NewTree returns the empty tree.
+func NewTree() *Tree { return &Tree{r: rangeFactory.NewEmptyRange(0)} }
+
+// NewTreeFromRange rebuilds a tree of the given size from its compact range
+// (what Hashes returns, as a checkpoint line stores it). The caller checks
+// the resulting Root against a signed checkpoint before trusting it.
+func NewTreeFromRange(size uint64, hashes [][]byte) (*Tree, error) {
+	r, err := rangeFactory.NewRange(0, size, hashes)
+	if err != nil {
+		return nil, fmt.Errorf("compact range: %w", err)
+	}
+	return &Tree{r: r}, nil
+}
+
+// Size is the number of leaves.
+func (t *Tree) Size() uint64 { return t.r.End() }
+
+// Append adds a leaf hash.
+func (t *Tree) Append(leaf Hash) {
+	if err := t.r.Append(leaf[:], nil); err != nil {
+		panic(err) // cannot happen: a range from 0 always takes a leaf
+	}
+}
+
+// Root is the RFC 6962 Merkle tree hash of the leaves so far.
+func (t *Tree) Root() Hash {
+	var out Hash
+	if t.r.End() == 0 {
+		copy(out[:], hasher.EmptyRoot())
+		return out
+	}
+	h, err := t.r.GetRootHash(nil)
+	if err != nil {
+		panic(err) // cannot happen for a non-empty range from 0
+	}
+	copy(out[:], h)
+	return out
+}
+
+// Hashes returns the compact range (copies).
+func (t *Tree) Hashes() [][]byte {
+	hs := t.r.Hashes()
+	out := make([][]byte, len(hs))
+	for i, h := range hs {
+		out[i] = append([]byte(nil), h...)
+	}
+	return out
+}
+
+// Clone returns an independent copy.
+func (t *Tree) Clone() *Tree {
+	c, _ := NewTreeFromRange(t.Size(), t.Hashes())
+	return c
+}
+
+// levels holds every level of the RFC 6962 tree over a few leaves (a
+// batch): level 0 is the leaves; a last node without a sibling is carried
+// up unchanged, which is how RFC 6962 splits an unbalanced tree. The top
+// level holds the root. Building it costs one hash per inner node, and
+// every inclusion proof is then read from it without hashing.
+type levels [][]Hash
+
+func buildLevels(leaves []Hash) levels {
+	lv := levels{leaves}
+	for cur := leaves; len(cur) > 1; {
+		next := make([]Hash, (len(cur)+1)/2)
+		for i := 0; i+1 < len(cur); i += 2 {
+			next[i/2] = nodeHash(cur[i][:], cur[i+1][:])
+		}
+		if len(cur)%2 == 1 {
+			next[len(next)-1] = cur[len(cur)-1]
+		}
+		lv = append(lv, next)
+		cur = next
+	}
+	return lv
+}
+
+func (lv levels) root() Hash {
+	if len(lv[0]) == 0 {
+		var out Hash
+		copy(out[:], hasher.EmptyRoot())
+		return out
+	}
+	return lv[len(lv)-1][0]
+}
+
+// proof returns the inclusion proof of leaf i (RFC 9162 §2.1.3.1).
+func (lv levels) proof(i int) []Hash {
+	var out []Hash
+	for _, level := range lv[:len(lv)-1] {
+		if s := i ^ 1; s < len(level) {
+			out = append(out, level[s])
+		}
+		i >>= 1
+	}
+	return out
+}
+
+// subtreeRoot is the RFC 6962 hash of leaves (MTH), for proofs over a
+// whole log.
+func subtreeRoot(leaves []Hash) Hash { return buildLevels(leaves).root() }
+
+// InclusionProof returns the RFC 9162 inclusion proof of leaf index in the
+// tree of the first size leaves.
+func InclusionProof(leaves []Hash, index, size uint64) ([]Hash, error) {
+	if size > uint64(len(leaves)) {
+		return nil, fmt.Errorf("tree size %d beyond the %d leaves", size, len(leaves))
+	}
+	nodes, err := proof.Inclusion(index, size)
+	if err != nil {
+		return nil, err
+	}
+	return rehash(leaves, nodes)
+}
+
+// ConsistencyProof returns the RFC 9162 consistency proof between the trees
+// of the first size1 and size2 leaves.
+func ConsistencyProof(leaves []Hash, size1, size2 uint64) ([]Hash, error) {
+	if size2 > uint64(len(leaves)) {
+		return nil, fmt.Errorf("tree size %d beyond the %d leaves", size2, len(leaves))
+	}
+	nodes, err := proof.Consistency(size1, size2)
+	if err != nil {
+		return nil, err
+	}
+	return rehash(leaves, nodes)
+}
+
+func rehash(leaves []Hash, nodes proof.Nodes) ([]Hash, error) {
+	hs := make([][]byte, len(nodes.IDs))
+	for i, id := range nodes.IDs {
+		begin, end := id.Coverage()
+		h := subtreeRoot(leaves[begin:end])
+		hs[i] = h[:]
+	}
+	hs, err := nodes.Rehash(hs, hasher.HashChildren)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Hash, len(hs))
+	for i, h := range hs {
+		copy(out[i][:], h)
+	}
+	return out, nil
+}
