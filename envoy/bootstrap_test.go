@@ -222,15 +222,28 @@ func TestBootstrapFieldsDocsRelyOn(t *testing.T) {
 				t.Error("validate_mutations is not true")
 			}
 
+			mcpRoutes := 0
 			for _, vh := range h.GetRouteConfig().GetVirtualHosts() {
 				if vh.GetTypedPerFilterConfig() != nil {
 					t.Errorf("virtual host %s has a per-filter override", vh.GetName())
 				}
 				for _, r := range vh.GetRoutes() {
+					if IsMCPRoute(r) {
+						// The one override: the MCP route sends the whole body (docs/mcp.md).
+						if wb := MCPBodySettings(r); len(r.GetTypedPerFilterConfig()) != 1 || r.GetMatch().GetPath() != MCPPath ||
+							wb.GetMaxRequestBytes() != 65536 || wb.GetAllowPartialMessage() || !wb.GetPackAsBytes() {
+							t.Errorf("route %s: want only the ext_authz body override, 64 KiB, whole, as bytes, on %s", r.GetName(), MCPPath)
+						}
+						mcpRoutes++
+						continue
+					}
 					if r.GetTypedPerFilterConfig() != nil {
 						t.Errorf("route %s has a per-filter override: every request on the agent listener is decided", r.GetName())
 					}
 				}
+			}
+			if mcpRoutes != 1 {
+				t.Errorf("%d MCP routes, want 1 (docs/mcp.md)", mcpRoutes)
 			}
 			if len(h.GetAccessLog()) != 1 {
 				t.Error("want one access log")
@@ -351,6 +364,11 @@ func bootstrapMutations() []mutation {
 				"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
 			}}
 		}), "ExtAuthzPerRoute", ""},
+		// Invariants: an MCP route sends the whole JSON-RPC body (docs/mcp.md).
+		{"MCP route with a partial body", mcpBody(func(wb map[string]any) { wb["allow_partial_message"] = true }), "allow_partial_message must be false", ""},
+		{"MCP route body over 64 KiB", mcpBody(func(wb map[string]any) { wb["max_request_bytes"] = 1 << 20 }), "max_request_bytes must be in", ""},
+		{"MCP route body as a string", mcpBody(func(wb map[string]any) { delete(wb, "pack_as_bytes") }), "pack_as_bytes must be true", ""},
+		{"MCP route without body settings", named("mcp", func(m map[string]any) { delete(m, "typed_per_filter_config") }), "no per-route", ""},
 		// Invariants: fail closed and identity.
 		{"failure_mode_allow true", extAuthz(func(m map[string]any) { m["failure_mode_allow"] = true }), "failure_mode_allow", ""},
 		{"include_peer_certificate off", extAuthz(func(m map[string]any) { delete(m, "include_peer_certificate") }), "include_peer_certificate", ""},
@@ -547,4 +565,11 @@ func TestBrokenBootstrapsFail(t *testing.T) {
 			})
 		}
 	}
+}
+
+// mcpBody changes the with_request_body of the MCP route.
+func mcpBody(fn func(wb map[string]any)) func(any) int {
+	return named("mcp", func(m map[string]any) {
+		fn(dig(m, "typed_per_filter_config", ExtAuthzFilterName, "check_settings", "with_request_body").(map[string]any))
+	})
 }

@@ -15,7 +15,7 @@ import (
 func TestStrippedHeadersAreTheServersIdentityHeaders(t *testing.T) {
 	server := []string{
 		extauthz.HeaderAgentID, extauthz.HeaderSPIFFEID, extauthz.HeaderTrustLevel, extauthz.HeaderScopes,
-		extauthz.HeaderOwner, extauthz.HeaderDecisionID, extauthz.HeaderReceipt,
+		extauthz.HeaderOwner, extauthz.HeaderDecisionID, extauthz.HeaderReceipt, extauthz.HeaderMCPTools,
 	}
 	got := IdentityHeaders()
 	slices.Sort(server)

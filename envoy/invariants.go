@@ -37,13 +37,16 @@ const (
 	MaxExtAuthzTimeout = time.Second
 	// MaxCheckBodyBytes bounds with_request_body.max_request_bytes.
 	MaxCheckBodyBytes = 64 << 10
+	// MCPPath is the MCP endpoint the kit routes (policies/data.json,
+	// data.agentauthz.mcp.endpoints).
+	MCPPath = "/mcp"
 )
 
 // identityHeaders are the request headers only agentauthz may set. A client
 // that sends them must not reach the upstream with them.
 var identityHeaders = [...]string{
 	"x-agent-id", "x-agent-spiffe-id", "x-agent-trust-level", "x-agent-scopes",
-	"x-agent-owner", "x-agent-receipt", "x-decision-id",
+	"x-agent-owner", "x-agent-receipt", "x-decision-id", "x-agent-mcp-tools",
 }
 
 // IdentityHeaders returns the request headers only agentauthz may set.
@@ -103,6 +106,9 @@ func AccessLogFields() []string {
 //     match unless every endpoint is loopback;
 //   - inline routes; ext_authz never disabled for a whole virtual host, and
 //     a route that disables it matching one exact path;
+//   - on an MCP route (named "mcp…", or matching MCPPath), ext_authz sent
+//     the whole body: a per-route with_request_body of 1..MaxCheckBodyBytes,
+//     allow_partial_message false, pack_as_bytes true (docs/mcp.md);
 //   - an access log recording agent_id and decision_id from ext_authz metadata.
 //
 // A health listener strips the same headers and routes to an upstream only
@@ -446,6 +452,11 @@ func checkRoutes(at string, hcm *hcmv3.HttpConnectionManager) []error {
 			errs = append(errs, fmt.Errorf("%s: virtual_host %s disables %s for every route", at, vh.GetName(), ExtAuthzFilterName))
 		}
 		for _, r := range vh.GetRoutes() {
+			if IsMCPRoute(r) {
+				if err := checkMCPRoute(r); err != nil {
+					errs = append(errs, fmt.Errorf("%s: route %s: %w", at, r.GetName(), err))
+				}
+			}
 			if !disablesAuthz(r.GetTypedPerFilterConfig()) {
 				continue
 			}
@@ -512,6 +523,81 @@ func UndecidedPaths(b *bootstrapv3.Bootstrap) []string {
 						}
 						if !deciding || disablesAuthz(r.GetTypedPerFilterConfig()) {
 							out = append(out, r.GetMatch().GetPath())
+						}
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+// IsMCPRoute reports whether r routes an MCP endpoint: named "mcp…", or
+// matching MCPPath (exactly, or as a prefix that covers it).
+func IsMCPRoute(r *routev3.Route) bool {
+	m := r.GetMatch()
+	return strings.HasPrefix(r.GetName(), "mcp") || m.GetPath() == MCPPath ||
+		m.GetPrefix() != "" && m.GetPrefix() != "/" && strings.HasPrefix(MCPPath, m.GetPrefix())
+}
+
+// MCPBodySettings returns the per-route with_request_body of r's ext_authz
+// override, or nil.
+func MCPBodySettings(r *routev3.Route) *extauthzv3.BufferSettings {
+	a, ok := r.GetTypedPerFilterConfig()[ExtAuthzFilterName]
+	if !ok {
+		return nil
+	}
+	m, err := unpack(a)
+	if err != nil {
+		return nil
+	}
+	pr, _ := m.(*extauthzv3.ExtAuthzPerRoute)
+	return pr.GetCheckSettings().GetWithRequestBody()
+}
+
+// checkMCPRoute: agentauthz decides an MCP call from its JSON-RPC body, so
+// the route must send all of it (a cut body is refused as invalid_jsonrpc;
+// a larger one is better refused by Envoy with 413), as bytes.
+func checkMCPRoute(r *routev3.Route) error {
+	if disablesAuthz(r.GetTypedPerFilterConfig()) {
+		return errors.New("an MCP route must be decided (ext_authz disabled)")
+	}
+	return CheckMCPBody(MCPBodySettings(r))
+}
+
+// CheckMCPBody checks the ext_authz body settings of an MCP route.
+func CheckMCPBody(wb *extauthzv3.BufferSettings) error {
+	switch {
+	case wb == nil:
+		return fmt.Errorf("no per-route %s check_settings.with_request_body: agentauthz needs the JSON-RPC body to decide each tool call", ExtAuthzFilterName)
+	case wb.GetMaxRequestBytes() < 1 || wb.GetMaxRequestBytes() > MaxCheckBodyBytes:
+		return fmt.Errorf("with_request_body.max_request_bytes must be in 1..%d", MaxCheckBodyBytes)
+	case wb.GetAllowPartialMessage():
+		return errors.New("with_request_body.allow_partial_message must be false: a call is authorized on its whole body or not at all")
+	case !wb.GetPackAsBytes():
+		return errors.New("with_request_body.pack_as_bytes must be true")
+	}
+	return nil
+}
+
+// MCPRoutes lists the MCP routes of b's deciding listeners.
+func MCPRoutes(b *bootstrapv3.Bootstrap) []*routev3.Route {
+	var out []*routev3.Route
+	for _, l := range b.GetStaticResources().GetListeners() {
+		for _, fc := range l.GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				m, err := unpack(f.GetTypedConfig())
+				if err != nil {
+					continue
+				}
+				hcm, ok := m.(*hcmv3.HttpConnectionManager)
+				if !ok || !hasFilter(hcm, ExtAuthzFilterName) {
+					continue
+				}
+				for _, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
+					for _, r := range vh.GetRoutes() {
+						if IsMCPRoute(r) {
+							out = append(out, r)
 						}
 					}
 				}

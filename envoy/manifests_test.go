@@ -13,6 +13,7 @@ import (
 	"time"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"go.yaml.in/yaml/v3"
@@ -237,6 +238,12 @@ func checkManifests(ms []manifest) error {
 	}
 	if ef, ok := one("EnvoyFilter", "agents-gateway-strip-headers"); ok {
 		errs = append(errs, checkStripFilter(ef)...)
+	}
+	if ef, ok := one("EnvoyFilter", "agents-gateway-mcp-body"); ok {
+		vs, _ := one("VirtualService", "agents")
+		errs = append(errs, checkMCPBodyFilter(ef, vs)...)
+	} else if _, istio := one("Gateway", "agents"); istio {
+		errs = append(errs, errors.New("no EnvoyFilter agents-gateway-mcp-body: the gateway's MCP route would send agentauthz a partial body"))
 	}
 	return errors.Join(errs...)
 }
@@ -839,6 +846,16 @@ func manifestMutations() []manifestMutation {
 		{"gateway strip misspelled", "EnvoyFilter", "agents-gateway-strip-headers", func(d map[string]any) {
 			set(d, []any{}, "spec", "configPatches", 0, "patch", "value", "typed_config", "mutation")
 		}, "unknown field"},
+		{"gateway MCP route with a partial body", "EnvoyFilter", "agents-gateway-mcp-body", func(d map[string]any) {
+			set(d, true, "spec", "configPatches", 0, "patch", "value", "typed_per_filter_config", ExtAuthzFilterName, "check_settings", "with_request_body", "allow_partial_message")
+		}, "allow_partial_message must be false"},
+		{"gateway MCP patch on a route that does not exist", "EnvoyFilter", "agents-gateway-mcp-body", func(d map[string]any) {
+			set(d, "mcp-v2", "spec", "configPatches", 0, "match", "routeConfiguration", "vhost", "route", "name")
+		}, "is not a VirtualService route"},
+		{"gateway MCP route renamed", "VirtualService", "agents", func(d map[string]any) { set(d, "tools", "spec", "http", 0, "name") }, "is not a VirtualService route"},
+		{"gateway MCP body patch misspelled", "EnvoyFilter", "agents-gateway-mcp-body", func(d map[string]any) {
+			set(d, map[string]any{}, "spec", "configPatches", 0, "patch", "value", "typed_per_filter_config", ExtAuthzFilterName, "check_setting")
+		}, "unknown field"},
 		{"one replica", "Deployment", "", func(d map[string]any) { set(d, 1, "spec", "replicas") }, "replicas"},
 		{"readiness on /healthz", "Deployment", "", func(d map[string]any) { set(d, "/healthz", at("readinessProbe", "httpGet", "path")...) }, "readinessProbe"},
 		{"liveness on the grpc port", "Deployment", "", func(d map[string]any) { set(d, "grpc", at("livenessProbe", "httpGet", "port")...) }, "livenessProbe"},
@@ -932,4 +949,54 @@ func TestBrokenManifestsFail(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkMCPBodyFilter: the gateway's MCP route has ext_authz send the whole
+// body (envoy.CheckMCPBody, the invariant of the Envoy kit's MCP routes);
+// the patch targets a route of the VirtualService that matches MCPPath
+// exactly. The patch is decoded with Envoy's own types.
+func checkMCPBodyFilter(m, vs manifest) []error {
+	var errs []error
+	add := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: EnvoyFilter %s: %s", m.file, m.name(), fmt.Sprintf(format, args...)))
+	}
+	if dig(m.doc, "spec", "workloadSelector", "labels", "istio") != "ingressgateway" {
+		add("must select the ingress gateway")
+	}
+	patches := asList(dig(m.doc, "spec", "configPatches"))
+	if len(patches) != 1 {
+		add("want one config patch")
+		return errs
+	}
+	p := patches[0]
+	route, _ := dig(p, "match", "routeConfiguration", "vhost", "route", "name").(string)
+	if dig(p, "applyTo") != "HTTP_ROUTE" || dig(p, "match", "context") != "GATEWAY" || route == "" || dig(p, "patch", "operation") != "MERGE" {
+		add("patch must MERGE into the gateway's named MCP route")
+	}
+	found := false
+	for _, r := range asList(dig(vs.doc, "spec", "http")) {
+		if dig(r, "name") != route {
+			continue
+		}
+		for _, mt := range asList(dig(r, "match")) {
+			found = found || dig(mt, "uri", "exact") == MCPPath
+		}
+	}
+	if !found {
+		add("route %q is not a VirtualService route matching exactly %s", route, MCPPath)
+	}
+	js, err := json.Marshal(dig(p, "patch", "value"))
+	if err != nil {
+		add("patch value: %v", err)
+		return errs
+	}
+	var r routev3.Route
+	if err := protojson.Unmarshal(js, &r); err != nil {
+		add("patch value is not an Envoy Route: %v", err)
+		return errs
+	}
+	if err := CheckMCPBody(MCPBodySettings(&r)); err != nil {
+		add("%v", err)
+	}
+	return errs
 }

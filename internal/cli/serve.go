@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -266,6 +267,11 @@ func runServe(ctx context.Context, stderr io.Writer, cfg config.Config) error {
 	}
 	logger.Info("policy", "source", policySource, "path", cfg.Policy.Path)
 	components, err := server.Assemble(cfg, logger)
+	var noSource *revocation.NoSourceError
+	if errors.As(err, &noSource) {
+		td := noSource.Tenant
+		return withHint(err, "give it a source: --crl %s=CRL_FILE_OR_URL or --revocation-watch %s=URL; or, to accept its revoked certificates, --no-revocation %s", td, td, td)
+	}
 	if err != nil {
 		return err
 	}

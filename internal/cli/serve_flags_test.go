@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/agentauthz/agentauthz/internal/config"
+	"github.com/agentauthz/agentauthz/internal/testca"
 )
 
 // resolveServe runs serve's flag and file handling with args and returns the
@@ -182,5 +183,18 @@ func TestServePolicyDefaults(t *testing.T) {
 		if p := cfg.Policy; p.Builtin != tc.builtin || p.Dir != tc.dir || p.Bundle != tc.bundle {
 			t.Errorf("serve %v: policy builtin=%v dir=%q bundle=%q, want %v %q %q", tc.args, p.Builtin, p.Dir, p.Bundle, tc.builtin, tc.dir, tc.bundle)
 		}
+	}
+}
+
+// A tenant without a revocation source does not start, and the hint names
+// the three ways out (#15.1).
+func TestServeTenantWithoutRevocationSource(t *testing.T) {
+	bundle := testca.New(t).WriteBundle()
+	var errOut bytes.Buffer
+	code := Run(context.Background(), []string{"serve", "--data-dir", t.TempDir(), "--trust-bundle", "example.test=" + bundle,
+		"--policies", filepath.Join("..", "..", "policies"), "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-level", "error"}, nil, &bytes.Buffer{}, &errOut)
+	if code != ExitError || !strings.Contains(errOut.String(), `tenant "example.test" has no revocation source`) ||
+		!strings.Contains(errOut.String(), "agentauthz: hint: give it a source: --crl example.test=CRL_FILE_OR_URL or --revocation-watch example.test=URL; or, to accept its revoked certificates, --no-revocation example.test") {
+		t.Fatalf("exit %d, stderr:\n%s", code, errOut.String())
 	}
 }

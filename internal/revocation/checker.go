@@ -221,7 +221,7 @@ func (cfg Config) validate() error {
 			continue
 		}
 		if !tc.hasSources() {
-			errs = append(errs, fmt.Errorf("revocation: tenant %q has no revocation source: list crl_files, crl_urls or watch_url, or set revocation.disabled to accept its revoked certificates", name))
+			errs = append(errs, &NoSourceError{Tenant: name})
 			continue
 		}
 		if len(tc.CAs) == 0 {
@@ -255,6 +255,14 @@ func (cfg Config) validate() error {
 		errs = append(errs, errors.New("revocation: negative max crl bytes"))
 	}
 	return errors.Join(errs...)
+}
+
+// NoSourceError is a tenant configured with no revocation source and no
+// opt-out.
+type NoSourceError struct{ Tenant string }
+
+func (e *NoSourceError) Error() string {
+	return fmt.Sprintf("revocation: tenant %q has no revocation source: list crl_files, crl_urls or watch_url, or set revocation.disabled to accept its revoked certificates", e.Tenant)
 }
 
 func checkHTTPURL(s string) error {
