@@ -38,8 +38,8 @@ type CRL struct {
 	Number     *big.Int // nil when the CRL carries no CRL number
 	ThisUpdate time.Time
 	NextUpdate time.Time
-	// CA is the index into the tenant's CA list of the certificate that
-	// verified the signature; CRLs are ordered per CA.
+	// CA is the index into the CA list given to ParseCRLs of the
+	// certificate that verified the signature.
 	CA int
 	// Serials holds every revoked serial; it is never nil in a CRL returned
 	// by ParseCRL.
