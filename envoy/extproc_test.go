@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"encoding/json"
+	"slices"
 	"testing"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -43,7 +44,8 @@ func checkShippedExtProc(t *testing.T, ep *extprocv3.ExternalProcessor, cluster 
 	if ep.GetFailureModeAllow() || !ep.GetAllowModeOverride() || ep.GetGrpcService().GetEnvoyGrpc().GetClusterName() != cluster ||
 		pm.GetResponseBodyMode() != extprocv3.ProcessingMode_BUFFERED_PARTIAL || pm.GetRequestBodyMode() != extprocv3.ProcessingMode_NONE ||
 		pm.GetResponseTrailerMode() != extprocv3.ProcessingMode_SEND || pm.GetRequestHeaderMode() != extprocv3.ProcessingMode_SEND ||
-		ep.GetMessageTimeout().AsDuration() <= 0 {
+		ep.GetMessageTimeout().AsDuration() <= 0 ||
+		!slices.Equal(ep.GetMetadataOptions().GetForwardingNamespaces().GetUntyped(), []string{ExtAuthzFilterName}) {
 		t.Errorf("ext_proc settings differ from docs/responses.md: %v", ep)
 	}
 }

@@ -29,9 +29,9 @@ func newResponseCmd() *cobra.Command {
 }
 
 type responseVerifyFlags struct {
-	keys, request, format string
-	maxAge                time.Duration
-	asJSON                bool
+	keys, request, format, log string
+	maxAge                     time.Duration
+	asJSON                     bool
 }
 
 func newResponseVerifyCmd() *cobra.Command {
@@ -49,7 +49,11 @@ answers, or JSON: {"request": {"method": "POST", "url": "https://host/path"}, "s
 The signature covers the request's method, authority and path: give the request in FILE or
 with --request "POST https://host/path".
 
-Exit status: 0 valid, 1 invalid (signature, digest or profile), 2 error.`,
+With --log, the response is also compared with the response record agentauthz logged when it
+signed it (status, body digest, signature): a response changed after signing no longer matches
+its record, whatever its fields say. Check the log itself with agentauthz audit verify.
+
+Exit status: 0 valid, 1 invalid (signature, digest, profile, or a mismatch with the log), 2 error.`,
 		Example: `  curl -si https://api.example/v1/payments/p-1 > resp.http
   agentauthz response verify --keys http://127.0.0.1:9192/.well-known/jwks.json --request "GET https://api.example/v1/payments/p-1" resp.http`,
 		Args: cobra.ExactArgs(1),
@@ -63,6 +67,7 @@ Exit status: 0 valid, 1 invalid (signature, digest or profile), 2 error.`,
 	fl.StringVar(&f.format, "format", "auto", "FILE format: auto, raw or json")
 	fl.DurationVar(&f.maxAge, "max-age", 0, "reject signatures created longer ago than this (0: any age)")
 	fl.BoolVar(&f.asJSON, "json", false, "print the result as JSON")
+	fl.StringVar(&f.log, "log", "", "also compare the response with its record in this decision log directory (<data-dir>/log)")
 	return cmd
 }
 
@@ -114,11 +119,24 @@ func runResponseVerify(ctx context.Context, stdin io.Reader, out io.Writer, file
 	if errors.Is(err, httpsig.ErrNeedRequest) {
 		return withHint(err, `put the request head before the response in FILE, or pass --request "METHOD URL"`)
 	}
+	var lc *logComparison
+	if f.log != "" {
+		var lerr error
+		if lc, lerr = compareWithLog(f.log, m); lerr != nil {
+			return lerr
+		}
+		if err == nil && lc.Problem != "" {
+			err = errors.New("log: " + lc.Problem)
+		}
+	}
 	if err != nil {
 		if f.asJSON {
-			_ = json.NewEncoder(out).Encode(map[string]any{"valid": false, "error": err.Error()})
+			_ = json.NewEncoder(out).Encode(map[string]any{"valid": false, "error": err.Error(), "log": lc})
 		} else {
 			fmt.Fprintf(out, "invalid: %s\n", err)
+			if lc != nil {
+				fmt.Fprintf(out, "log:         %s\n", sanitizeLine(lc.String()))
+			}
 		}
 		return errNo
 	}
@@ -127,7 +145,7 @@ func runResponseVerify(ctx context.Context, stdin io.Reader, out io.Writer, file
 			"valid": true, "keyid": res.KeyID, "created": res.Created, "status": res.Status,
 			"decision_id": res.DecisionID, "agent_id": res.AgentID, "trust_level": res.TrustLevel,
 			"operation": res.Operation, "method": res.Method, "authority": res.Authority, "path": res.Path,
-			"body_covered": res.BodyCovered, "body_unsigned": res.BodyUnsigned,
+			"body_covered": res.BodyCovered, "body_unsigned": res.BodyUnsigned, "log": lc,
 		})
 	}
 	fmt.Fprintf(out, "valid: signed by key %s at %s\n", res.KeyID, res.Created.Format(time.RFC3339))
@@ -144,10 +162,76 @@ func runResponseVerify(ctx context.Context, stdin io.Reader, out io.Writer, file
 		{"status", fmt.Sprint(res.Status)},
 		{"body", body},
 	}
+	if lc != nil {
+		rows = append(rows, [2]string{"log", lc.String()})
+	}
 	for _, r := range rows {
 		fmt.Fprintf(out, "%-12s %s\n", r[0]+":", sanitizeLine(r[1]))
 	}
 	return nil
+}
+
+// logComparison is how a response compares with its record in the log.
+type logComparison struct {
+	Log     string `json:"log,omitempty"`
+	Index   uint64 `json:"index"`         // leaf index (v2 log)
+	Seq     uint64 `json:"seq,omitempty"` // v1 log
+	Problem string `json:"problem,omitempty"`
+}
+
+func (c *logComparison) String() string {
+	if c.Problem != "" {
+		return "MISMATCH: " + c.Problem
+	}
+	at := fmt.Sprintf("index %d", c.Index)
+	if c.Seq != 0 {
+		at = fmt.Sprintf("seq %d", c.Seq)
+	}
+	return fmt.Sprintf("matches the response record at %s of log %s (status, body digest, signature)", at, c.Log)
+}
+
+// compareWithLog finds the response record of m's decision in the log in
+// dir and compares status, body digest and signature with m. The log's own
+// integrity is `audit verify`'s business. An error means the log could not
+// be read; a difference is a Problem.
+func compareWithLog(dir string, m *httpsig.Message) (*logComparison, error) {
+	if err := checkLogDir(dir); err != nil {
+		return nil, err
+	}
+	id, _ := m.Get(respsig.HeaderDecisionID)
+	c := &logComparison{}
+	if id == "" {
+		c.Problem = "the response carries no x-decision-id to look up"
+		return c, nil
+	}
+	r := decisionlog.NewReader(dir)
+	defer r.Close()
+	var found *decisionlog.Entry
+	err := scanLog(r, io.Discard, func(e decisionlog.Entry) error {
+		if e.Record.Kind == decisionlog.KindResponse && e.Record.DecisionID == id && e.Record.Response != nil {
+			found = &e
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if found == nil {
+		c.Problem = fmt.Sprintf("no response record for decision %s in %s", id, dir)
+		return c, nil
+	}
+	rec, rs := found.Record, found.Record.Response
+	c.Log, c.Index, c.Seq = rec.Log, rec.Index, rec.Seq
+	sig, _ := m.Get("signature")
+	switch {
+	case rs.Status != m.Status:
+		c.Problem = fmt.Sprintf("status %d, the log says %d", m.Status, rs.Status)
+	case rs.ContentDigest != "" && httpsig.CheckContentDigest(rs.ContentDigest, m.Body) != nil:
+		c.Problem = fmt.Sprintf("the body's digest is not the logged %s", rs.ContentDigest)
+	case rs.Signature != "" && rs.Signature != sig:
+		c.Problem = "the signature differs from the logged one"
+	}
+	return c, nil
 }
 
 // sanitizeLine keeps control bytes a response could carry off the terminal.

@@ -135,3 +135,72 @@ func TestAuditWhoShowsResponse(t *testing.T) {
 		t.Fatalf("audit query: exit %d\n%s%s", code, out.String(), errb.String())
 	}
 }
+
+// response verify --log compares a response with the record agentauthz
+// logged when it signed it.
+func TestResponseVerifyAgainstLog(t *testing.T) {
+	d := t.TempDir()
+	l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(d, "log"), KeyDir: filepath.Join(d, "keys"), Name: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kid, sign := l.ResponseSigner()
+	s := &respsig.Signer{KeyID: kid, Sign: sign, Now: time.Now}
+	body := []byte(`{"payment":"p-1","amount":"12.50"}`)
+	m := &httpsig.Message{Status: 201, Body: body, Header: []httpsig.Field{{Name: "Content-Type", Value: "application/json"}},
+		Request: &httpsig.Message{Method: "POST", Authority: "payments.internal", Path: "/v1/payments"}}
+	set, _, err := s.SignResponse(m, respsig.Decision{ID: "dec-7", AgentID: "payments-agent", TrustLevel: "L3", Operation: "payments:initiate"}, httpsig.DigestBody(body), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := set[len(set)-1].Value
+	rec := &decisionlog.Record{DecisionID: "dec-7", Kind: decisionlog.KindResponse,
+		Decision: decisionlog.Decision{Allowed: true, HTTPStatus: 200, Reasons: []string{"allowed"}},
+		Response: &decisionlog.Response{Status: 201, Body: "signed", ContentDigest: httpsig.DigestBody(body), Bytes: int64(len(body)), Signature: sig}}
+	if _, err := l.Append(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	jwks, _ := json.Marshal(l.PublicKeys().JWKS())
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, m *httpsig.Message, body string) string {
+		var b strings.Builder
+		b.WriteString("POST /v1/payments HTTP/1.1\r\nHost: payments.internal\r\n\r\nHTTP/1.1 201 Created\r\n")
+		for _, f := range m.Header {
+			b.WriteString(f.Name + ": " + f.Value + "\r\n")
+		}
+		b.WriteString("\r\n" + body)
+		p := filepath.Join(d, name)
+		if err := os.WriteFile(p, []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	keys := filepath.Join(d, "keys.jwks")
+	os.WriteFile(keys, jwks, 0o600)
+	run := func(file string) (int, string) {
+		var out, errb bytes.Buffer
+		code := Run(context.Background(), []string{"response", "verify", "--keys", keys, "--log", filepath.Join(d, "log"), file}, strings.NewReader(""), &out, &errb)
+		return code, out.String() + errb.String()
+	}
+	if code, out := run(write("good.http", m, string(body))); code != 0 || !strings.Contains(out, "log:         matches the response record at index 0 of log t") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	// Body and Content-Digest changed together, the signature stripped:
+	// the fields are self-consistent, the log is not fooled.
+	forged := &httpsig.Message{Header: []httpsig.Field{}}
+	for _, f := range m.Header {
+		switch strings.ToLower(f.Name) {
+		case "signature", "signature-input":
+		case "content-digest":
+			forged.Header = append(forged.Header, httpsig.Field{Name: f.Name, Value: httpsig.DigestBody([]byte(`{"payment":"p-1","amount":"9999.00"}`))})
+		default:
+			forged.Header = append(forged.Header, f)
+		}
+	}
+	code, out := run(write("forged.http", forged, `{"payment":"p-1","amount":"9999.00"}`))
+	if code != 1 || !strings.Contains(out, "MISMATCH: the body's digest is not the logged") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+}

@@ -62,10 +62,6 @@ type ResponseSigning struct {
 	DecisionTTL Duration `yaml:"decision_ttl"`
 	// MaxPending bounds allowed decisions waiting for their response.
 	MaxPending int `yaml:"max_pending"`
-	// TrustedReceiptKeys are JWKS or PEM files of the other replicas' log
-	// keys: a response whose decision another replica made is bound through
-	// the decision's receipt, which must be signed by a trusted key.
-	TrustedReceiptKeys []string `yaml:"trusted_receipt_keys"`
 }
 
 // ControlPlane is this replica's client side of the control plane's mTLS.

@@ -69,7 +69,7 @@ func (n nopStream) Context() context.Context { return n.ctx }
 // response.
 func BenchmarkExchange(b *testing.B) {
 	dl := benchLog(b, decisionlog.Async)
-	table := NewTable(1<<20, time.Hour, dl.PublicKeys, nil)
+	table := NewTable(1<<20, time.Hour, nil)
 	p, err := New(Options{Decisions: table, Signer: dl.ResponseSigner, Log: DecisionLog{Log: dl}, Metrics: NewMetrics(nil)})
 	if err != nil {
 		b.Fatal(err)
@@ -113,7 +113,9 @@ func exchangeMessages(id string) []*extprocv3.ProcessingRequest {
 	}
 }
 
-type noopAuthz struct{ authv3.UnimplementedAuthorizationServer }
+type noopAuthz struct {
+	authv3.UnimplementedAuthorizationServer
+}
 
 func (noopAuthz) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	return &authv3.CheckResponse{Status: &status.Status{Code: int32(codes.OK)},
@@ -143,7 +145,7 @@ func BenchmarkOverGRPC(b *testing.B) {
 					m = decisionlog.Sync
 				}
 				dl := benchLog(b, m)
-				table = NewTable(1<<20, time.Hour, dl.PublicKeys, nil)
+				table = NewTable(1<<20, time.Hour, nil)
 				p, err := New(Options{Decisions: table, Signer: dl.ResponseSigner, Log: DecisionLog{Log: dl}, Metrics: NewMetrics(nil)})
 				if err != nil {
 					b.Fatal(err)

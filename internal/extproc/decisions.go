@@ -39,12 +39,12 @@ var (
 )
 
 // Table holds the allowed decisions of this process until their responses
-// come, and falls back to the receipt (x-agent-receipt, the signed record)
-// for decisions another replica made or this one no longer holds.
+// come. A decision another replica made (ext_authz and ext_proc are
+// separate gRPC streams and may reach different replicas) is bound through
+// what Envoy reports ext_authz decided for this very request (EnvoyDecision).
 type Table struct {
-	ttl  time.Duration
-	now  func() time.Time
-	keys func() decisionlog.KeySet
+	ttl time.Duration
+	now func() time.Time
 
 	mu   sync.Mutex
 	m    map[string]Decision
@@ -52,13 +52,12 @@ type Table struct {
 	next int
 }
 
-// NewTable keeps at most size decisions for ttl each. keys returns the
-// public keys receipts must be signed with (nil: no receipt fallback).
-func NewTable(size int, ttl time.Duration, keys func() decisionlog.KeySet, now func() time.Time) *Table {
+// NewTable keeps at most size decisions for ttl each.
+func NewTable(size int, ttl time.Duration, now func() time.Time) *Table {
 	if now == nil {
 		now = time.Now
 	}
-	return &Table{ttl: ttl, now: now, keys: keys, m: make(map[string]Decision, min(size, 4096)), ring: make([]string, size)}
+	return &Table{ttl: ttl, now: now, m: make(map[string]Decision, min(size, 4096)), ring: make([]string, size)}
 }
 
 // Note keeps an allowed decision for its response.
@@ -77,11 +76,25 @@ func (t *Table) Note(r *decisionlog.Record) {
 	t.mu.Unlock()
 }
 
+// EnvoyDecision is what Envoy's ext_authz filter recorded for this request
+// in its dynamic metadata (namespace envoy.filters.http.ext_authz, from
+// agentauthz's own answer), forwarded to the processor by the ext_proc
+// filter (metadata_options.forwarding_namespaces). A client cannot set it:
+// Envoy keeps it beside the request, and only Envoy, authenticated by
+// mutual TLS like every caller of Check, reports it.
+type EnvoyDecision struct {
+	DecisionID string
+	Reason     string
+	AgentID    string
+	TrustLevel string
+	Operation  string
+}
+
 // Lookup finds the allowed decision id for the request (method, host, path
 // as Envoy's ext_proc filter sees them) and removes it: one decision binds
-// one response. receipt is the request's x-agent-receipt, used when the
-// decision is not held here.
-func (t *Table) Lookup(id, receipt, method, host, path string) (Decision, string, error) {
+// one response. When this process does not hold it, envoy (nil when the
+// filter forwards no metadata) binds it.
+func (t *Table) Lookup(id string, envoy *EnvoyDecision, method, host, path string) (Decision, string, error) {
 	if id == "" {
 		return Decision{}, "", ErrNoDecisionID
 	}
@@ -91,13 +104,17 @@ func (t *Table) Lookup(id, receipt, method, host, path string) (Decision, string
 		delete(t.m, id)
 	}
 	t.mu.Unlock()
-	src := "local"
 	if !ok {
-		var err error
-		if d, err = t.fromReceipt(id, receipt); err != nil {
-			return Decision{}, "", err
+		if envoy == nil {
+			return Decision{}, "", fmt.Errorf("%w: not made here, and Envoy forwards no ext_authz metadata", ErrNoDecision)
 		}
-		src = "receipt"
+		if envoy.DecisionID != id || envoy.Reason != "allowed" || envoy.AgentID == "" {
+			return Decision{}, "", fmt.Errorf("%w: Envoy's ext_authz metadata is for decision %q (%s)", ErrNoDecision, envoy.DecisionID, envoy.Reason)
+		}
+		// Envoy reports the decision of this request, now: nothing to age.
+		d := Decision{ID: id, AgentID: envoy.AgentID, TrustLevel: envoy.TrustLevel, Operation: envoy.Operation,
+			Method: method, Host: host, Path: pathOnly(path), At: t.now()}
+		return d, "envoy_metadata", nil
 	}
 	if age := t.now().Sub(d.At); age > t.ttl || age < -time.Minute {
 		return Decision{}, "", fmt.Errorf("%w: decided %v ago, longer than %v", ErrNoDecision, age.Round(time.Millisecond), t.ttl)
@@ -105,26 +122,7 @@ func (t *Table) Lookup(id, receipt, method, host, path string) (Decision, string
 	if !sameRequest(d, method, host, path) {
 		return Decision{}, "", fmt.Errorf("%w: decided %s %s%s, response to %s %s%s", ErrMismatch, d.Method, d.Host, d.Path, method, host, pathOnly(path))
 	}
-	return d, src, nil
-}
-
-func (t *Table) fromReceipt(id, receipt string) (Decision, error) {
-	if receipt == "" || t.keys == nil {
-		return Decision{}, ErrNoDecision
-	}
-	if !strings.HasPrefix(receipt, "ey") {
-		// A compact (v2) receipt names its record by hash only: it proves
-		// that the log holds some record, not which decision this is.
-		return Decision{}, fmt.Errorf("%w: a compact receipt does not carry its record; the decision must be held by this replica", ErrNoDecision)
-	}
-	r, err := decisionlog.VerifyRecord(receipt, t.keys()) // a v1 receipt: the signed record itself
-	if err != nil {
-		return Decision{}, fmt.Errorf("%w: receipt: %v", ErrNoDecision, err)
-	}
-	if r.DecisionID != id || !r.Decision.Allowed || r.Kind != "" && r.Kind != decisionlog.KindDecision {
-		return Decision{}, fmt.Errorf("%w: the receipt is for another or a denied decision", ErrNoDecision)
-	}
-	return decisionOf(r), nil
+	return d, "local", nil
 }
 
 // sameRequest compares what the decision recorded with the request the

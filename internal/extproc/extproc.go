@@ -152,7 +152,7 @@ func (p *Processor) handle(ctx context.Context, x *exchange, req *extprocv3.Proc
 	var resp *extprocv3.ProcessingResponse
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		resp = p.requestHeaders(x, r.RequestHeaders)
+		resp = p.requestHeaders(x, r.RequestHeaders, envoyDecision(req))
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		resp = p.responseHeaders(ctx, x, r.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
@@ -182,11 +182,31 @@ func header(hv *corev3.HeaderValue) string {
 	return hv.GetValue()
 }
 
-func (p *Processor) requestHeaders(x *exchange, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+// ExtAuthzNamespace is where Envoy's ext_authz filter keeps agentauthz's
+// dynamic metadata, whatever the filter is named.
+const ExtAuthzNamespace = "envoy.filters.http.ext_authz"
+
+// envoyDecision reads the ext_authz metadata Envoy forwarded, if any.
+func envoyDecision(req *extprocv3.ProcessingRequest) *EnvoyDecision {
+	md, ok := req.GetMetadataContext().GetFilterMetadata()[ExtAuthzNamespace]
+	if !ok {
+		return nil
+	}
+	f := md.GetFields()
+	return &EnvoyDecision{
+		DecisionID: f["decision_id"].GetStringValue(),
+		Reason:     f["reason"].GetStringValue(),
+		AgentID:    f["agent_id"].GetStringValue(),
+		TrustLevel: f["trust_level"].GetStringValue(),
+		Operation:  f["operation"].GetStringValue(),
+	}
+}
+
+func (p *Processor) requestHeaders(x *exchange, h *extprocv3.HttpHeaders, envoy *EnvoyDecision) *extprocv3.ProcessingResponse {
 	if x.phase != phaseRequest {
 		return p.refuse(x, "protocol_error", 500, "request headers out of order")
 	}
-	var id, receipt string
+	var id string
 	for _, hv := range h.GetHeaders().GetHeaders() {
 		switch hv.GetKey() {
 		case ":method":
@@ -203,8 +223,6 @@ func (p *Processor) requestHeaders(x *exchange, h *extprocv3.HttpHeaders) *extpr
 			x.req.Scheme = header(hv)
 		case "x-decision-id":
 			id = header(hv)
-		case "x-agent-receipt":
-			receipt = header(hv)
 		case mcpToolsHeader:
 			tools, err := mcp.ParseToolsHeader(header(hv))
 			if err != nil {
@@ -213,7 +231,7 @@ func (p *Processor) requestHeaders(x *exchange, h *extprocv3.HttpHeaders) *extpr
 			x.mcpTools = tools
 		}
 	}
-	d, src, err := p.o.Decisions.Lookup(id, receipt, x.req.Method, x.req.Authority, x.req.Path+x.req.Query)
+	d, src, err := p.o.Decisions.Lookup(id, envoy, x.req.Method, x.req.Authority, x.req.Path+x.req.Query)
 	if err != nil {
 		// ext_authz stops every request it does not allow, so a request
 		// here without an allowed decision bypassed it: it must not reach
@@ -368,6 +386,7 @@ func (p *Processor) signStreamed(ctx context.Context, x *exchange) (*extprocv3.C
 	m, refused := p.signOnly(x, false, respsig.UnsignedStreamed)
 	if refused == nil {
 		x.phase = phaseStreaming
+		p.o.Logger.Info("response signed at its headers; its body streams through and only its digest is logged", "decision_id", x.decision.ID, "status", x.status)
 	}
 	return m, refused
 }
@@ -391,6 +410,11 @@ func (p *Processor) sign(ctx context.Context, x *exchange, withDigest bool, unsi
 	}
 	x.phase = phaseDone
 	p.o.Metrics.outcome(outcomeOf(withDigest, unsigned))
+	if !withDigest {
+		p.o.Logger.Info("response signed without its body", "why", unsigned, "decision_id", x.decision.ID, "status", x.status, "bytes", x.bytes)
+	} else if p.o.Logger.IsDebug() {
+		p.o.Logger.Debug("response signed", "decision_id", x.decision.ID, "status", x.status, "bytes", x.bytes)
+	}
 	return m, nil
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/httpsig"
@@ -45,7 +46,7 @@ func newFixture(t *testing.T, maxBody int64) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dl.Close() })
-	table := NewTable(1000, time.Minute, dl.PublicKeys, nil)
+	table := NewTable(1000, time.Minute, nil)
 	m := NewMetrics(prometheus.NewRegistry())
 	p, err := New(Options{Decisions: table, Signer: dl.ResponseSigner, Log: DecisionLog{Log: dl}, MaxBodyBytes: maxBody, Metrics: m})
 	if err != nil {
@@ -378,11 +379,13 @@ func TestRefusals(t *testing.T) {
 			h[":path"] = "/admin"
 			return e.requestHeaders(mapHeaders(h))
 		}, 403, "response_no_decision"},
-		{"forged receipt", func(e *envoyStream) *extprocv3.ProcessingResponse {
-			h := f.decide("dec-forged", "GET", "a", "/x")
-			f.table.Lookup("dec-forged", "", "GET", "a", "/x") // drop the local entry
-			h["x-agent-receipt"] = h["x-agent-receipt"][:len(h["x-agent-receipt"])-4] + "AAAA"
-			return e.requestHeaders(mapHeaders(h))
+		{"another request's Envoy metadata", func(e *envoyStream) *extprocv3.ProcessingResponse {
+			return e.requestHeadersWith(headerMap(":method", "GET", ":authority", "a", ":path", "/", "x-decision-id", "dec-claimed"),
+				envoyMetadata("dec-other", "allowed", "payments-agent"))
+		}, 403, "response_no_decision"},
+		{"Envoy metadata of a denial", func(e *envoyStream) *extprocv3.ProcessingResponse {
+			return e.requestHeadersWith(headerMap(":method", "GET", ":authority", "a", ":path", "/", "x-decision-id", "dec-denied"),
+				envoyMetadata("dec-denied", "scope_missing", "payments-agent"))
 		}, 403, "response_no_decision"},
 		{"response before request", func(e *envoyStream) *extprocv3.ProcessingResponse {
 			return e.responseHeaders(headerMap(":status", "200"), true)
@@ -404,28 +407,44 @@ func TestRefusals(t *testing.T) {
 			e.close()
 		})
 	}
-	if f.count("no_decision") != 5 || f.count("headers_too_large") != 1 || f.count("unsignable") != 1 {
+	if f.count("no_decision") != 6 || f.count("headers_too_large") != 1 || f.count("unsignable") != 1 {
 		t.Fatalf("counts: no_decision %v headers_too_large %v unsignable %v", f.count("no_decision"), f.count("headers_too_large"), f.count("unsignable"))
 	}
 
-	// A decision another replica made is not bound through its receipt: a
-	// compact receipt proves that the log holds a record, not which one.
+	// A decision another replica made is bound through the ext_authz
+	// metadata Envoy forwards with the request headers.
 	other := newFixture(t, 4<<20)
 	h := other.decide("dec-remote", "GET", "a", "/r")
-	f2 := newFixture(t, 4<<20)
-	f2.table.keys = func() decisionlog.KeySet {
-		ks := f2.log.PublicKeys()
-		for k, v := range other.log.PublicKeys() {
-			ks[k] = v
-		}
-		return ks
+	e := f.open(filterv3.ProcessingMode_BUFFERED_PARTIAL)
+	if r := e.requestHeadersWith(mapHeaders(h), envoyMetadata("dec-remote", "allowed", "payments-agent")); r.GetRequestHeaders() == nil {
+		t.Fatalf("Envoy's ext_authz metadata not accepted: %v", r)
 	}
-	e := f2.open(filterv3.ProcessingMode_BUFFERED_PARTIAL)
-	immediate(t, e.requestHeaders(mapHeaders(h)), 403, "response_no_decision")
+	r := e.responseHeaders(headerMap(":status", "204"), true)
+	hm := r.GetResponseHeaders().GetResponse().GetHeaderMutation()
 	e.close()
-	if testutil.ToFloat64(f2.metrics.lookups.WithLabelValues("receipt")) != 0 {
-		t.Fatal("a compact receipt bound a response")
+	m := &httpsig.Message{Status: 204, Request: &httpsig.Message{Method: "GET", Authority: "a", Path: "/r"}}
+	apply(m, hm)
+	if res, err := f.verify(m); err != nil || res.DecisionID != "dec-remote" || res.AgentID != "payments-agent" || res.Operation != "payments:initiate" {
+		t.Fatalf("%+v %v", res, err)
 	}
+	if testutil.ToFloat64(f.metrics.lookups.WithLabelValues("envoy_metadata")) != 1 {
+		t.Fatal("the metadata lookup was not counted")
+	}
+}
+
+// envoyMetadata is the dynamic metadata Envoy's ext_authz filter keeps
+// from agentauthz's answer, as the ext_proc filter forwards it.
+func envoyMetadata(id, reason, agent string) *corev3.Metadata {
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{ExtAuthzNamespace: {Fields: map[string]*structpb.Value{
+		"decision_id": structpb.NewStringValue(id), "reason": structpb.NewStringValue(reason),
+		"agent_id": structpb.NewStringValue(agent), "trust_level": structpb.NewStringValue("L3"),
+		"operation": structpb.NewStringValue("payments:initiate"),
+	}}}}
+}
+
+func (e *envoyStream) requestHeadersWith(h *corev3.HeaderMap, md *corev3.Metadata) *extprocv3.ProcessingResponse {
+	return e.send(&extprocv3.ProcessingRequest{MetadataContext: md,
+		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: h, EndOfStream: true}}})
 }
 
 // A stream that ends before the body came leaves an "incomplete" record.

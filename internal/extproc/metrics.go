@@ -31,7 +31,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"outcome"}),
 		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "agentauthz_extproc_decision_lookups_total",
-			Help: "Decisions bound to responses, by where they were found: local (this process) or receipt (x-agent-receipt).",
+			Help: "Decisions bound to responses, by where they were found: local (made by this process) or envoy_metadata (ext_authz metadata Envoy forwarded: another replica's decision).",
 		}, []string{"source"}),
 		signSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "agentauthz_extproc_sign_seconds",
@@ -46,7 +46,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, o := range outcomes {
 		m.responses.WithLabelValues(o)
 	}
-	for _, s := range []string{"local", "receipt"} {
+	for _, s := range []string{"local", "envoy_metadata"} {
 		m.lookups.WithLabelValues(s)
 	}
 	if reg != nil {

@@ -147,11 +147,7 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	if rs := cfg.ResponseSigning; rs.Disabled {
 		logger.Warn("response signing is off (response_signing.disabled): ext_proc is not served, responses are not signed")
 	} else {
-		keys, err := receiptKeys(rs.TrustedReceiptKeys, dlog.PublicKeys)
-		if err != nil {
-			return c, err
-		}
-		table := extproc.NewTable(rs.MaxPending, rs.DecisionTTL.D(), keys, nil)
+		table := extproc.NewTable(rs.MaxPending, rs.DecisionTTL.D(), nil)
 		recorder = extproc.NoteAllowed(dlog, table)
 		proc, err := extproc.New(extproc.Options{
 			Decisions:      table,
@@ -186,32 +182,6 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	c.Loops = append(c.Loops, trust.Run)
 	c.Reload = func() error { return errors.Join(engine.Reload(), trust.Reload()) }
 	return c, nil
-}
-
-// receiptKeys returns the keys receipts may be signed with: the log's own,
-// read at each call (a rotation adds one), and the other replicas' from
-// files, read once.
-func receiptKeys(files []string, own func() decisionlog.KeySet) (func() decisionlog.KeySet, error) {
-	extra := decisionlog.KeySet{}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("response_signing.trusted_receipt_keys: %w", err)
-		}
-		ks, err := decisionlog.ParseKeySet(data)
-		if err != nil {
-			return nil, fmt.Errorf("response_signing.trusted_receipt_keys: %s: %w", f, err)
-		}
-		maps.Copy(extra, ks)
-	}
-	if len(extra) == 0 {
-		return own, nil
-	}
-	return func() decisionlog.KeySet {
-		ks := own()
-		maps.Copy(ks, extra)
-		return ks
-	}, nil
 }
 
 // loadTrust reads every trust bundle and the revocation sources of each tenant.
