@@ -8,7 +8,7 @@ DATA_DIR  ?= .agentauthz
 FUZZTIME  ?= 5m
 PKGS      := ./...
 
-.PHONY: help build run test race bench policy-test bundle fuzz soak lint fmt tidy-check clean
+.PHONY: help build run test race bench policy-test bundle fuzz mutate soak lint fmt tidy-check clean
 
 help: ## show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,9 @@ bundle: ## build bundles/agentauthz.tar.gz, revision = git commit, signed with S
 
 fuzz: ## run every fuzz target for FUZZTIME each (default 5m); make test replays the committed corpora
 	./test/fuzz.sh $(FUZZTIME)
+
+mutate: ## mutation testing (gremlins, tools/go.mod) of identity, revocation, decisionlog verify, extauthz, policy input; slow, not in CI
+	./test/mutate.sh $(MUTATE)
 
 soak: build ## 10-minute soak at half of max load: RSS, heap, goroutines and files stay flat (not in CI)
 	AGENTAUTHZ_TEST_BINARY=$(CURDIR)/$(BIN)/agentauthz $(GO) test -tags soak -run TestSoak -count=1 -timeout 30m -v ./test/soak

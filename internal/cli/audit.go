@@ -80,8 +80,9 @@ func readArgFile(path string) ([]byte, error) {
 }
 
 func newAuditVerifyCmd() *cobra.Command {
-	var logDir, pubkey, changeLog string
+	var logDir, pubkey, changeLog, logName string
 	var asJSON bool
+	var srv auditServer
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Rebuild the Merkle tree, check every checkpoint; name the first bad index",
@@ -97,6 +98,9 @@ record by record (signatures and hash chain) and named by seq.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if changeLog != "" {
 				return verifyChangeLog(cmd, changeLog, pubkey, asJSON)
+			}
+			if srv.server != "" {
+				return srv.verify(cmd, logName, asJSON)
 			}
 			if err := checkLogDir(logDir); err != nil {
 				return err
@@ -142,6 +146,8 @@ record by record (signatures and hash chain) and named by seq.`,
 	}
 	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
 	cmd.Flags().StringVar(&changeLog, "changelog", "", "verify the control plane's signed change log in this data directory instead")
+	cmd.Flags().StringVar(&logName, "log-name", "", "with --server: the replica log to verify in the central store")
+	srv.add(cmd)
 	cmd.Flags().StringVar(&pubkey, "pubkey", "", "trusted public key(s) of the log: PEM or JWKS (default: <log>/../keys, with a warning)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
@@ -385,6 +391,7 @@ func newAuditQueryCmd() *cobra.Command {
 	var asJSON bool
 	var limit int
 	var f recordFilter
+	var srv auditServer
 	cmd := &cobra.Command{
 		Use:   "query",
 		Short: "List decision records by agent, time, outcome, operation or reason",
@@ -394,6 +401,9 @@ as one JSON record per line. It reads without checking signatures; use audit ver
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.prepare(time.Now()); err != nil {
 				return err
+			}
+			if srv.server != "" {
+				return srv.query(cmd, &f, limit, asJSON)
 			}
 			if err := checkLogDir(logDir); err != nil {
 				return err
@@ -419,18 +429,23 @@ as one JSON record per line. It reads without checking signatures; use audit ver
 	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON record per line")
 	cmd.Flags().IntVar(&limit, "limit", 0, "print at most this many records (0: all)")
 	f.flags(cmd)
+	srv.add(cmd)
 	return cmd
 }
 
 func newAuditWhoCmd() *cobra.Command {
 	var logDir string
 	var asJSON bool
+	var srv auditServer
 	cmd := &cobra.Command{
 		Use:   "who DECISION_OR_REQUEST_ID",
 		Short: "Say which agent made a request, at what trust level, with which scopes, under which policy",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
+			if srv.server != "" {
+				return srv.who(cmd, id, asJSON)
+			}
 			if err := checkLogDir(logDir); err != nil {
 				return err
 			}
@@ -470,6 +485,7 @@ func newAuditWhoCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&logDir, "log", defaultLogDir(), "log directory (<data-dir>/log)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the matching records as JSON lines")
+	srv.add(cmd)
 	return cmd
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/control"
+	"github.com/agentauthz/agentauthz/internal/recordstore"
 	"github.com/agentauthz/agentauthz/internal/revocation"
 )
 
@@ -65,6 +67,7 @@ unless --addr says otherwise. "agentauthz ca serve" is the same command.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "127.0.0.1:9193", "listen address (host:port)")
+	f.StringVar(&opts.store, "store", "", "central decision store: postgres://… (several instances on one database) or a SQLite file (default <data-dir>/records.db)")
 	f.BoolVar(&opts.plain, "plain-http", false, "serve plain HTTP: CRLs and the signed watch stream only, no authenticated API")
 	f.StringArrayVar(&opts.hosts, "tls-host", nil, "extra DNS name or IP for the server certificate (repeatable; loopback and the --addr host are always in)")
 	f.DurationVar(&poll, "poll", revocation.DefaultGenerationPoll, "how often the inventory is checked for new revocations")
@@ -104,12 +107,13 @@ func runCAServe(ctx context.Context, cmd *cobra.Command, dataDir, addr string, p
 // directory, served over HTTP: the body of `ca serve`, which `serve --dev`
 // also runs in-process for the dev tenant.
 type revocationServer struct {
-	auth  *ca.Authority
-	pub   *revocation.Publisher
-	ln    net.Listener
-	srv   *http.Server
-	op    *control.OperatorCA // nil with --plain-http
-	plain bool
+	auth    *ca.Authority
+	pub     *revocation.Publisher
+	ln      net.Listener
+	srv     *http.Server
+	op      *control.OperatorCA // nil with --plain-http
+	plain   bool
+	records *recordstore.Store
 }
 
 // controlOptions are the transport settings of the control plane.
@@ -118,6 +122,8 @@ type controlOptions struct {
 	plain bool
 	// hosts are extra names for the server certificate.
 	hosts []string
+	// store is the record store's DSN; default <data-dir>/records.db.
+	store string
 }
 
 // newRevocationServer opens the inventory of dataDir and listens on addr.
@@ -149,13 +155,23 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		}
 		authn = control.NewAuthenticator(rs.op, nil, nil)
 	}
-	api, err := control.NewAPI(control.Config{Authority: auth, Publisher: pub, Auth: authn, Logger: log, Registerer: reg})
+	dsn := opts.store
+	if dsn == "" {
+		dsn = filepath.Join(dataDir, "records.db")
+	}
+	if rs.records, err = recordstore.Open(context.Background(), dsn); err != nil {
+		auth.Close()
+		return nil, withHint(err, "--store takes postgres://user@host:5432/db or a SQLite file path")
+	}
+	api, err := control.NewAPI(control.Config{Authority: auth, Publisher: pub, Auth: authn, Logger: log, Registerer: reg, Records: rs.records})
 	if err != nil {
+		rs.records.Close()
 		auth.Close()
 		return nil, err
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
+		rs.records.Close()
 		auth.Close()
 		return nil, withHint(fmt.Errorf("listen: %w", err), "choose another address with --addr")
 	}
@@ -170,6 +186,7 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		cert, err := rs.op.ServerCertificate(hosts)
 		if err != nil {
 			ln.Close()
+			rs.records.Close()
 			auth.Close()
 			return nil, fmt.Errorf("server certificate: %w", err)
 		}
@@ -231,7 +248,7 @@ func (r *revocationServer) Close() error {
 	if errors.Is(lerr, net.ErrClosed) {
 		lerr = nil
 	}
-	return errors.Join(lerr, r.auth.Close())
+	return errors.Join(lerr, r.records.Close(), r.auth.Close())
 }
 
 func caServeTTY(w any) bool {

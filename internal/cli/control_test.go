@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/checkreq"
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
 )
 
 // proc is an agentauthz command running in this process.
@@ -70,6 +72,9 @@ type controlFleet struct {
 }
 
 type replica struct {
+	name   string
+	logDir string
+	stop   context.CancelFunc
 	proc   *proc
 	client authv3.AuthorizationClient
 	http   string
@@ -90,8 +95,10 @@ func startControlFleet(t *testing.T, n int) *controlFleet {
 	cp := startProc(ctx, "control", "serve", "--data-dir", f.cpDir, "--addr", "127.0.0.1:0")
 	t.Cleanup(func() {
 		cancel()
-		for _, p := range append([]*proc{cp}, f.procs()...) {
-			if code := <-p.done; code != ExitOK {
+		for _, p := range append(f.procs(), cp) {
+			code := <-p.done
+			p.done <- code
+			if code != ExitOK {
 				t.Errorf("exit %d after shutdown:\n%s", code, p.err.String())
 			}
 		}
@@ -107,19 +114,20 @@ grpc: {addr: "127.0.0.1:0"}
 http: {addr: "127.0.0.1:0"}
 policy: {dir: %s}
 decision_log: {name: %s}
-control_plane: {ca_file: %s, cert_file: %s, key_file: %s}
+control_plane: {url: %q, ca_file: %s, cert_file: %s, key_file: %s}
 trust_bundles:
   - trust_domain: %s
     file: %s
     revocation: {watch_url: "%s/v1/watch"}
-`, dir, policies, name, filepath.Join(f.cpDir, "operator", "ca.pem"), filepath.Join(f.certs, name+".pem"), filepath.Join(f.certs, name+".key"),
+`, dir, policies, name, f.url, filepath.Join(f.cpDir, "operator", "ca.pem"), filepath.Join(f.certs, name+".pem"), filepath.Join(f.certs, name+".key"),
 			f.env.TrustDomain, f.env.BundlePath, f.url)
 		cfgPath := filepath.Join(root, fmt.Sprintf("replica-%d.yaml", i))
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		p := startProc(ctx, "serve", "--config", cfgPath, "--log-format", "json")
-		r := &replica{proc: p}
+		rctx, rcancel := context.WithCancel(ctx)
+		p := startProc(rctx, "serve", "--config", cfgPath, "--log-format", "json")
+		r := &replica{proc: p, stop: rcancel, logDir: filepath.Join(dir, "log"), name: name}
 		f.replicas = append(f.replicas, r)
 		serving := regexp.MustCompile(`"@message":"serving"[^\n]*"grpc":"([^"]+)"`)
 		grpcAddr := p.waitLog(t, serving, 30*time.Second)
@@ -356,5 +364,92 @@ func TestControlPlaneAPIRoles(t *testing.T) {
 	out := cli(t, "agent", "show", "payments-agent", "--data-dir", f.cpDir)
 	if !strings.Contains(out, "alice (responder)") {
 		t.Errorf("change log does not name the operator:\n%s", out)
+	}
+}
+
+// localRecords counts the records of a replica's log directory.
+func localRecords(t *testing.T, dir string) int {
+	t.Helper()
+	r := decisionlog.NewReader(dir)
+	defer r.Close()
+	n := 0
+	for {
+		_, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return n
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+}
+
+// TestRecordsShipToControlPlane: replicas ship their signed records to the
+// control plane, which answers the auditor's questions across both; a
+// replica stopped right after a burst ships the rest before it exits.
+func TestRecordsShipToControlPlane(t *testing.T) {
+	f := startControlFleet(t, 2)
+	cli(t, "operator", "issue", "audrey", "--role", "auditor", "--data-dir", f.cpDir, "--out-dir", f.certs)
+	as := func(name string, args ...string) []string {
+		return append(args, "--server", f.url, "--data-dir", f.cpDir,
+			"--cert", filepath.Join(f.certs, name+".pem"), "--key", filepath.Join(f.certs, name+".key"))
+	}
+	for i := range 20 {
+		f.check(t, f.replicas[i%2], []string{"payments-agent", "sanctions-screener"}[i%2])
+	}
+	count := func() int {
+		var out, errOut bytes.Buffer
+		if code := Run(context.Background(), as("audrey", "audit", "query", "--json"), nil, &out, &errOut); code != ExitOK {
+			t.Fatalf("audit query --server: %d %s", code, errOut.String())
+		}
+		return strings.Count(out.String(), "\n")
+	}
+	want := localRecords(t, f.replicas[0].logDir) + localRecords(t, f.replicas[1].logDir)
+	deadline := time.Now().Add(20 * time.Second)
+	for count() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("control plane holds %d records, replicas have %d", count(), want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The auditor's questions, across the fleet.
+	out := cli(t, as("audrey", "audit", "query", "--denied", "--json")...)
+	if n := strings.Count(out, "\n"); n != 10 || !strings.Contains(out, "sanctions-screener") {
+		t.Errorf("denied across the fleet: %d records\n%s", n, out)
+	}
+	var first struct {
+		DecisionID string `json:"decision_id"`
+	}
+	if err := json.Unmarshal([]byte(out[:strings.IndexByte(out, '\n')]), &first); err != nil {
+		t.Fatal(err)
+	}
+	if who := cli(t, as("audrey", "audit", "who", first.DecisionID)...); !strings.Contains(who, "sanctions-screener") {
+		t.Errorf("audit who --server:\n%s", who)
+	}
+	for _, r := range f.replicas {
+		if v := cli(t, as("audrey", "audit", "verify", "--log-name", r.name)...); !strings.HasPrefix(v, "ok: ") {
+			t.Errorf("audit verify --server %s: %s", r.name, v)
+		}
+	}
+	// A replica certificate may ship, not read.
+	if got := cliFails(t, as("replica-0", "audit", "query")...); !strings.Contains(got, "(wrong_role)") {
+		t.Errorf("replica querying: %s", got)
+	}
+	// Stop replica 1 right after a burst: what it answered is shipped
+	// before it exits.
+	for range 30 {
+		f.check(t, f.replicas[1], "payments-agent")
+	}
+	r := f.replicas[1]
+	r.stop()
+	if code := <-r.proc.done; code != ExitOK {
+		t.Fatalf("replica exit %d:\n%s", code, r.proc.err.String())
+	}
+	r.proc.done <- ExitOK
+	local := localRecords(t, r.logDir)
+	stored := strings.Count(cli(t, as("audrey", "audit", "query", "--json")...), `"log":"replica-1"`)
+	if stored != local {
+		t.Errorf("replica-1 stopped with %d records, the control plane holds %d:\n%s", local, stored, r.proc.err.String())
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -130,7 +131,11 @@ func (s *serverFlags) call(ctx context.Context, dataDir, method, path string, bo
 	if err != nil {
 		return err
 	}
-	u, err := url.JoinPath(s.server, path)
+	p, query, _ := strings.Cut(path, "?")
+	u, err := url.JoinPath(s.server, p)
+	if query != "" {
+		u += "?" + query
+	}
 	if err != nil {
 		return withHint(fmt.Errorf("--server %q: %w", s.server, err), "e.g. --server https://127.0.0.1:9193")
 	}

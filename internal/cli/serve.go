@@ -343,9 +343,22 @@ func startDev(cfg *config.Config, logger hclog.Logger) (*devMode, error) {
 	if !cfg.ControlPlane.Enabled() {
 		// This process is a replica of its own control plane, over the
 		// same mTLS as any other: a replica certificate, made afresh.
-		if cfg.ControlPlane, err = devReplicaCert(cfg.DataDir, d.rev.op); err != nil {
+		name := "dev-replica"
+		if control.ValidateName(cfg.DecisionLog.Name) == nil {
+			name = cfg.DecisionLog.Name // the certificate names the log it may ship
+		}
+		if cfg.ControlPlane, err = devReplicaCert(cfg.DataDir, d.rev.op, name); err != nil {
 			d.rev.Close()
 			return nil, fmt.Errorf("dev replica certificate: %w", err)
+		}
+		if name == cfg.DecisionLog.Name {
+			cfg.ControlPlane.URL = d.rev.URL()
+			// The control plane stops with this process: do not wait
+			// long for it at shutdown (the next start ships the rest).
+			cfg.ControlPlane.ShipDrainTimeout = config.Duration(2 * time.Second)
+		} else {
+			logger.Warn("dev: records are not shipped to the in-process control plane: the log name is not a valid replica name",
+				"log_name", cfg.DecisionLog.Name)
 		}
 	}
 	cfg.TrustBundles = append(cfg.TrustBundles, config.TrustBundle{
@@ -501,20 +514,20 @@ the other agents are untouched. Restarting serve --dev issues payments-agent aga
 		exe, dataDir, dev.TrustDomain)
 }
 
-// devReplicaCert issues the dev replica's certificate into
-// <data>/operator/dev-replica.{pem,key}, replacing an earlier one.
-func devReplicaCert(dataDir string, op *control.OperatorCA) (config.ControlPlane, error) {
-	dir := control.OperatorDir(dataDir)
+// devReplicaCert issues the dev replica's certificate, named after its log,
+// into <data>/operator/dev-replica/, replacing an earlier one.
+func devReplicaCert(dataDir string, op *control.OperatorCA, name string) (config.ControlPlane, error) {
+	dir := filepath.Join(control.OperatorDir(dataDir), "dev-replica")
 	for _, ext := range []string{".pem", ".key"} {
-		if err := os.Remove(filepath.Join(dir, "dev-replica"+ext)); err != nil && !os.IsNotExist(err) {
+		if err := os.Remove(filepath.Join(dir, name+ext)); err != nil && !os.IsNotExist(err) {
 			return config.ControlPlane{}, err
 		}
 	}
-	is, err := op.Issue("dev-replica", control.RoleReplica, control.DefaultOperatorTTL)
+	is, err := op.Issue(name, control.RoleReplica, control.DefaultOperatorTTL)
 	if err != nil {
 		return config.ControlPlane{}, err
 	}
-	certPath, keyPath, err := control.WriteIssued(dir, "dev-replica", is)
+	certPath, keyPath, err := control.WriteIssued(dir, name, is)
 	if err != nil {
 		return config.ControlPlane{}, err
 	}

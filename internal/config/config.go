@@ -66,6 +66,11 @@ type ResponseSigning struct {
 
 // ControlPlane is this replica's client side of the control plane's mTLS.
 type ControlPlane struct {
+	// URL is the control plane's base URL (https://host:9193): when set,
+	// this replica ships its signed records there in the background.
+	URL string `yaml:"url"`
+	// ShipDrainTimeout bounds shipping what is left at shutdown.
+	ShipDrainTimeout Duration `yaml:"ship_drain_timeout"`
 	// CAFile verifies the control plane's server certificate: its operator
 	// CA, <control data dir>/operator/ca.pem.
 	CAFile string `yaml:"ca_file"`
@@ -76,7 +81,9 @@ type ControlPlane struct {
 }
 
 // Enabled reports whether any control-plane TLS setting is given.
-func (c ControlPlane) Enabled() bool { return c.CAFile != "" || c.CertFile != "" || c.KeyFile != "" }
+func (c ControlPlane) Enabled() bool {
+	return c.CAFile != "" || c.CertFile != "" || c.KeyFile != "" || c.URL != ""
+}
 
 // GRPC is the ext_authz listener.
 type GRPC struct {
@@ -381,6 +388,12 @@ func (c *Config) Validate() error {
 	}
 	if cp := c.ControlPlane; cp.Enabled() && (cp.CAFile == "" || cp.CertFile == "" || cp.KeyFile == "") {
 		add("control_plane: ca_file, cert_file and key_file are all required")
+	}
+	if u := c.ControlPlane.URL; u != "" && !strings.HasPrefix(u, "https://") {
+		add("control_plane.url: %q is not an https URL (records are shipped over mTLS only)", u)
+	}
+	if c.ControlPlane.ShipDrainTimeout < 0 {
+		add("control_plane.ship_drain_timeout: must not be negative")
 	}
 	if c.GRPC.MaxRecvMsgBytes < 4096 || c.GRPC.MaxRecvMsgBytes > 64<<20 {
 		add("grpc.max_recv_msg_bytes: %d is outside 4096..67108864", c.GRPC.MaxRecvMsgBytes)

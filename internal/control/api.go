@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/recordstore"
 	"github.com/agentauthz/agentauthz/internal/revocation"
 )
 
@@ -33,6 +34,8 @@ const (
 type Config struct {
 	Authority *ca.Authority
 	Publisher *revocation.Publisher
+	// Records is the central decision store replicas ship to.
+	Records *recordstore.Store
 	// Auth authenticates callers; nil serves the public endpoints only
 	// (CRLs and the signed watch stream) and refuses the rest, for a
 	// control plane run without TLS.
@@ -50,11 +53,13 @@ type API struct {
 	refused *prometheus.CounterVec
 	authRef *prometheus.CounterVec
 	changes *prometheus.CounterVec
+	records *recordstore.Store
+	rm      *recordMetrics
 }
 
 // NewAPI registers the control plane metrics and returns the API.
 func NewAPI(cfg Config) (*API, error) {
-	a := &API{auth: cfg.Authority, pub: cfg.Publisher, authn: cfg.Auth, log: cfg.Logger,
+	a := &API{auth: cfg.Authority, pub: cfg.Publisher, authn: cfg.Auth, log: cfg.Logger, records: cfg.Records, rm: newRecordMetrics(),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_refused_total",
 			Help: "API requests refused for their content, by reason (bad_request, invalid_input, unknown_agent, busy, internal)."}, []string{"reason"}),
 		authRef: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_auth_refused_total",
@@ -66,7 +71,7 @@ func NewAPI(cfg Config) (*API, error) {
 		a.log = hclog.NewNullLogger()
 	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{a.refused, a.authRef, a.changes} {
+		for _, c := range []prometheus.Collector{a.refused, a.authRef, a.changes, a.rm.stored, a.rm.refused, a.rm.lag} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, err
 			}
@@ -107,6 +112,11 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("POST /v1/agents/{td}/{id}/restrict", a.authn.Require(http.HandlerFunc(a.restrict), change...))
 	mux.Handle("POST /v1/agents/{td}/{id}/lift", a.authn.Require(http.HandlerFunc(a.lift), change...))
 	mux.Handle("POST /v1/agents/{td}/{id}/revoke", a.authn.Require(http.HandlerFunc(a.revoke), change...))
+	mux.Handle("POST /v1/records", a.authn.Require(http.HandlerFunc(a.shipRecords), RoleReplica))
+	mux.Handle("GET /v1/records/cursor", a.authn.Require(http.HandlerFunc(a.recordCursor), RoleReplica, RoleAuditor))
+	mux.Handle("GET /v1/records", a.authn.Require(http.HandlerFunc(a.findRecords), RoleAuditor))
+	mux.Handle("GET /v1/records/verify", a.authn.Require(http.HandlerFunc(a.verifyRecords), RoleAuditor))
+	mux.Handle("GET /v1/logs", a.authn.Require(http.HandlerFunc(a.listLogs), RoleAuditor))
 	mux.Handle("GET /v1/whoami", a.authn.Require(http.HandlerFunc(a.whoami), RoleAuditor, RoleResponder, RoleReplica))
 	return mux
 }

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/agentauthz/agentauthz/internal/config"
+	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/extauthz"
 	"github.com/agentauthz/agentauthz/internal/extproc"
@@ -135,6 +136,23 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 		return c, fmt.Errorf("decision log: %w", err)
 	}
 	c.Closers = append(c.Closers, dlog.Close)
+	if cp := cfg.ControlPlane; cp.URL != "" {
+		tc, err := controlPlaneTLS(cp)
+		if err != nil {
+			return c, err
+		}
+		shipper, err := control.NewShipper(control.ShipperConfig{
+			LogDir: cfg.DecisionLog.Dir, Name: cfg.DecisionLog.Name, Keys: dlog.PublicKeys,
+			URL: cp.URL, Client: &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: tc}},
+			Logger: logger.Named("shipper"), Registerer: reg, DrainTimeout: cp.ShipDrainTimeout.D(),
+		})
+		if err != nil {
+			return c, err
+		}
+		// A loop: it stops after the gRPC drain, so what it ships last
+		// includes every answered decision.
+		c.Loops = append(c.Loops, shipper.Run)
+	}
 	c.Ready = append(c.Ready, ReadyCheck{Name: "decision_log", Check: dlog.Err})
 	jwks := dlog.JWKSHandler()
 	c.Handlers["GET /v1/keys"] = jwks
