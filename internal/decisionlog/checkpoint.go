@@ -242,6 +242,21 @@ func encodeCheckpointLine(signed []byte, hashes [][]byte) []byte {
 	return b
 }
 
+// checkpointNote returns the signed note of a checkpoint line without
+// decoding its range (what verification needs).
+func checkpointNote(line []byte) ([]byte, error) {
+	rest, ok := bytes.CutPrefix(line, []byte(checkpointPrefix))
+	i := bytes.Index(rest, []byte(`,"range":[`))
+	if !ok || i < 0 || !bytes.HasSuffix(rest, []byte("]}")) {
+		return nil, fmt.Errorf("%w: line: not {\"checkpoint\":…,\"range\":[…]}", ErrCheckpoint)
+	}
+	var note string
+	if err := json.Unmarshal(rest[:i], &note); err != nil {
+		return nil, fmt.Errorf("%w: line: %v", ErrCheckpoint, err)
+	}
+	return []byte(note), nil
+}
+
 func decodeCheckpointLine(line []byte) (signed []byte, hashes [][]byte, err error) {
 	var l checkpointLine
 	dec := json.NewDecoder(bytes.NewReader(line))
