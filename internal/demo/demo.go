@@ -70,6 +70,8 @@ type Outcome struct {
 	Answers     Answers        `json:"answers"`
 	// Response is one allowed request's response, signed and verified.
 	Response *SignedResponse `json:"signed_response"`
+	// MCP is the MCP act: tool calls decided one by one.
+	MCP *MCPAct `json:"mcp"`
 	// Unexpected lists every decision or answer that differed from the
 	// scenario; Run returns ErrUnexpected when it is not empty.
 	Unexpected []string      `json:"unexpected"`
@@ -88,6 +90,7 @@ type AgentInfo struct {
 	CertPath string   `json:"cert_path"`
 
 	certPEM []byte
+	keyPEM  []byte // in memory only: the MCP act's agents hold their keys
 }
 
 // ReplicaInfo describes one decision instance.
@@ -270,6 +273,10 @@ func Run(ctx context.Context, w io.Writer, opts Options) (out *Outcome, err erro
 	}
 	out.Response = sr
 	p.signedResponse(sr)
+	if out.MCP, err = runMCPAct(ctx, reps[0], byID); err != nil {
+		return out, err
+	}
+	p.mcpAct(out.MCP)
 
 	// 4. Revoke the rogue agent.
 	p.section("4. Revoking %s (agent-level revocation in the CA)", RogueAgent)
@@ -312,6 +319,7 @@ func Run(ctx context.Context, w io.Writer, opts Options) (out *Outcome, err erro
 	if out.Response != nil {
 		out.Unexpected = append(out.Unexpected, out.Response.problems()...)
 	}
+	out.Unexpected = append(out.Unexpected, out.MCP.problems()...)
 	out.Duration = time.Since(start)
 	p.section("Done in %.1fs", out.Duration.Seconds())
 	if len(out.Unexpected) > 0 {
@@ -384,7 +392,7 @@ func issueAgents(auth *ca.Authority, dataDir string) ([]AgentInfo, error) {
 		out = append(out, AgentInfo{
 			ID: s.ID, Role: s.Role, SPIFFEID: iss.Record.SPIFFEID, Trust: iss.Record.Trust,
 			Scopes: iss.Record.Scopes, Owner: iss.Record.Owner, Serial: iss.Record.Serial,
-			CertPath: path, certPEM: iss.CertPEM,
+			CertPath: path, certPEM: iss.CertPEM, keyPEM: iss.KeyPEM,
 		})
 	}
 	return out, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +100,9 @@ func TestRun(t *testing.T) {
 	if out.Response != nil {
 		perReplica[out.Response.Replica]++ // the signed response's record
 	}
+	// The MCP act ran on the first replica: a decision per HTTP request,
+	// and a signed-response record per allowed one.
+	perReplica[out.Replicas[0].Name] += uint64(out.MCP.Decided + out.MCP.Allowed)
 	if len(out.Verify) != DefaultReplicas {
 		t.Fatalf("verify = %+v", out.Verify)
 	}
@@ -119,7 +123,18 @@ func TestRun(t *testing.T) {
 
 	checkAnswers(t, out)
 
-	for _, heading := range []string{"1. A CA", "2. Decision service", "3. Agents at work", "4. Revoking rogue-agent",
+	// The MCP act: the payments agent is shown and calls initiate_payment;
+	// the rogue agent is shown the read tools only and refused the call
+	// with a JSON-RPC error naming the decision.
+	m := out.MCP
+	if m == nil || !slices.Equal(m.PaymentsTools, []string{"get_payment", "initiate_payment", "list_payments"}) ||
+		!slices.Equal(m.RogueTools, []string{"get_payment", "list_payments"}) || m.Initiated != 1 ||
+		m.RogueRefusal == nil || m.RogueRefusal.Code != 403 || m.RogueRefusal.Reason != "insufficient_trust_level" ||
+		m.RogueRefusal.DecisionID == "" || !strings.Contains(m.PaymentsResult, "initiated") || m.Decided <= m.Allowed {
+		t.Errorf("MCP act = %+v (refusal %+v)", m, m.RogueRefusal)
+	}
+
+	for _, heading := range []string{"1. A CA", "2. Decision service", "3. Agents at work", "3c. MCP", "4. Revoking rogue-agent",
 		"5. audit verify", "Q1.", "Q2.", "Q3.", "Q4.", "DECISION ID"} {
 		if !strings.Contains(text.String(), heading) {
 			t.Errorf("output lacks %q", heading)
@@ -204,10 +219,11 @@ func checkAnswers(t *testing.T, out *Outcome) {
 		byReason[rc.Reason] = rc.Count
 	}
 	revoked := byReason["agent_revoked"] + byReason["certificate_revoked"]
-	if byReason["insufficient_trust_level"] != 4 || byReason["scope_missing"] != 2 || revoked != 2+DefaultReplicas {
+	// 4 REST requests and the rogue agent's MCP initiate_payment.
+	if byReason["insufficient_trust_level"] != 5 || byReason["scope_missing"] != 2 || revoked != 2+DefaultReplicas {
 		t.Errorf("question 3 denials = %v", byReason)
 	}
-	if lp.Denied != 6+revoked || lp.Allowed == 0 {
+	if lp.Denied != 7+revoked || lp.Allowed == 0 {
 		t.Errorf("question 3 = %+v", lp)
 	}
 

@@ -203,6 +203,14 @@ type serverConfig struct {
 		Mode string `yaml:"mode"`
 		Name string `yaml:"name"`
 	} `yaml:"decision_log"`
+	ControlPlane *controlPlaneConfig `yaml:"control_plane,omitempty"`
+}
+
+// controlPlaneConfig is the replica's client side of the control plane's mTLS.
+type controlPlaneConfig struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 type trustBundleConfig struct {
@@ -223,6 +231,7 @@ type serverSpec struct {
 	TrustDomain     string
 	LogMode         string // sync unless measuring the trade-off
 	NoDecisionCache bool   // measure every request evaluated
+	ControlPlane    *controlPlaneConfig
 }
 
 // writeServerConfig writes a serve configuration with every feature on.
@@ -237,6 +246,7 @@ func writeServerConfig(dir string, s serverSpec) (string, error) {
 	tb.Revocation.WatchURL = s.WatchURL
 	c.TrustBundles = []trustBundleConfig{tb}
 	c.DecisionLog.Mode, c.DecisionLog.Name = s.LogMode, "bench"
+	c.ControlPlane = s.ControlPlane
 	out, err := yaml.Marshal(c)
 	if err != nil {
 		return "", err

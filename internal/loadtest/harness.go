@@ -660,3 +660,13 @@ func uniqueInts(in []int) []int {
 	}
 	return out
 }
+
+// runCommand runs one agentauthz command to completion; its output is kept
+// for the error.
+func runCommand(ctx context.Context, command func(context.Context, ...string) *exec.Cmd, args ...string) error {
+	out, err := command(ctx, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}

@@ -56,8 +56,17 @@ func (h *harness) propagation(ctx context.Context, rounds int) (*Propagation, er
 	if err := writePolicyDir(policyDir, h.o.PoliciesDir, 0); err != nil {
 		return nil, err
 	}
+	// The replica authenticates to the control plane with its own
+	// certificate, as a deployed one does.
+	certDir := filepath.Join(dir, "replica")
+	if err := runCommand(ctx, h.o.Command, "operator", "issue", "bench-replica", "--role", "replica",
+		"--data-dir", caDir, "--out-dir", certDir); err != nil {
+		return nil, fmt.Errorf("operator issue: %w", err)
+	}
 	cfg, err := writeServerConfig(dir, serverSpec{PolicyDir: policyDir, Bundle: auth.CertPath(propTrustDomain),
-		WatchURL: pubURL + "/v1/watch?tenant=" + propTrustDomain, TrustDomain: propTrustDomain, LogMode: h.o.LogMode})
+		WatchURL: pubURL + "/v1/watch?tenant=" + propTrustDomain, TrustDomain: propTrustDomain, LogMode: h.o.LogMode,
+		ControlPlane: &controlPlaneConfig{CAFile: filepath.Join(caDir, "operator", "ca.pem"),
+			CertFile: filepath.Join(certDir, "bench-replica.pem"), KeyFile: filepath.Join(certDir, "bench-replica.key")}})
 	if err != nil {
 		return nil, err
 	}
