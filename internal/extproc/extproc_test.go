@@ -161,7 +161,7 @@ func (e *envoyStream) close() {
 	if err := e.stream.CloseSend(); err != nil {
 		e.f.t.Fatal(err)
 	}
-	if _, err := e.stream.Recv(); err != io.EOF {
+	if _, err := e.stream.Recv(); !errors.Is(err, io.EOF) {
 		e.f.t.Fatalf("after CloseSend: %v", err)
 	}
 }
