@@ -175,6 +175,7 @@ type Log struct {
 	wbuf       []byte
 	tree       *Tree       // the tree with every sealed batch
 	wkey       *signingKey // signs the next checkpoint
+	signer     *noteSigner // wkey's, kept while wkey stays
 	durTree    *Tree       // the tree at the last durable checkpoint
 	durWKey    *signingKey
 }
@@ -630,7 +631,10 @@ func (l *Log) seal(b *batch) error {
 		}
 		cp := Checkpoint{Origin: l.opts.Name, Size: l.tree.Size(), Root: l.tree.Root(),
 			BatchStart: b.first + uint64(start), BatchRoot: lv.root()}
-		signed, sig, err := signCheckpoint(cp, newNoteSigner(l.opts.Name, l.wkey))
+		if l.signer == nil || l.signer.key != l.wkey {
+			l.signer = newNoteSigner(l.opts.Name, l.wkey)
+		}
+		signed, sig, err := signCheckpoint(cp, l.signer)
 		if err != nil {
 			return fmt.Errorf("sign checkpoint: %w", err)
 		}
@@ -638,7 +642,7 @@ func (l *Log) seal(b *batch) error {
 		for _, ln := range b.lines[start:end] {
 			b.out = append(b.out, append(ln, '\n'))
 		}
-		b.out = append(b.out, append(encodeCheckpointLine(signed, l.tree.Hashes()), '\n'))
+		b.out = append(b.out, append(encodeCheckpointLine(signed, l.tree.r.Hashes()), '\n'))
 		for ; rot < len(b.rot) && b.rot[rot].idx < end; rot++ {
 			l.wkey = b.rot[rot].key
 		}
