@@ -108,6 +108,7 @@ type batch struct {
 	rot    []rotation // key rotations among the records
 	out    [][]byte   // what the writer writes: record and checkpoint lines, each with its LF
 	cps    []sealedCP // one per MaxBatch records, set before signed is closed
+	last   []byte     // the signed note of the last checkpoint
 	signed chan struct{}
 	done   chan struct{}
 	err    error
@@ -560,10 +561,7 @@ func (l *Log) run() {
 			l.inflight -= len(b.lines)
 			l.mu.Unlock()
 			l.durTree, l.durWKey = l.tree.Clone(), l.wkey
-			last := b.out[len(b.out)-1] // the last line is the last checkpoint
-			if signed, _, err := decodeCheckpointLine(last[:len(last)-1]); err == nil {
-				l.latest.Store(&signed)
-			}
+			l.latest.Store(&b.last)
 			l.m.batch.Observe(float64(len(b.lines)))
 			close(b.done)
 			continue
@@ -639,6 +637,7 @@ func (l *Log) seal(b *batch) error {
 			return fmt.Errorf("sign checkpoint: %w", err)
 		}
 		b.cps = append(b.cps, sealedCP{cp: cp, lv: lv, sig: sig})
+		b.last = signed
 		for _, ln := range b.lines[start:end] {
 			b.out = append(b.out, append(ln, '\n'))
 		}

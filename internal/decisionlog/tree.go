@@ -93,9 +93,10 @@ func (t *Tree) Hashes() [][]byte {
 	return out
 }
 
-// Clone returns an independent copy.
+// Clone returns an independent copy. The hashes themselves are never
+// written to once made, so only the list is copied.
 func (t *Tree) Clone() *Tree {
-	c, _ := NewTreeFromRange(t.Size(), t.Hashes())
+	c, _ := NewTreeFromRange(t.Size(), append([][]byte(nil), t.r.Hashes()...))
 	return c
 }
 
