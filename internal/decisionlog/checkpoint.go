@@ -55,11 +55,14 @@ func (c Checkpoint) Text() string {
 	b.WriteByte('\n')
 	b.WriteString(strconv.FormatUint(c.Size, 10))
 	b.WriteByte('\n')
-	b.WriteString(base64.StdEncoding.EncodeToString(c.Root[:]))
+	var enc [44]byte // base64 of a hash
+	base64.StdEncoding.Encode(enc[:], c.Root[:])
+	b.Write(enc[:])
 	b.WriteString("\nbatch ")
 	b.WriteString(strconv.FormatUint(c.BatchStart, 10))
 	b.WriteByte(' ')
-	b.WriteString(base64.StdEncoding.EncodeToString(c.BatchRoot[:]))
+	base64.StdEncoding.Encode(enc[:], c.BatchRoot[:])
+	b.Write(enc[:])
 	b.WriteByte('\n')
 	return b.String()
 }

@@ -177,6 +177,7 @@ type Log struct {
 	tree       *Tree       // the tree with every sealed batch
 	wkey       *signingKey // signs the next checkpoint
 	signer     *noteSigner // wkey's, kept while wkey stays
+	hbuf       []byte      // scratch for record hashes
 	durTree    *Tree       // the tree at the last durable checkpoint
 	durWKey    *signingKey
 }
@@ -614,7 +615,7 @@ func (l *Log) seal(b *batch) error {
 	b.leaves = make([]Hash, len(b.lines))
 	size := 0
 	for i, ln := range b.lines {
-		b.leaves[i] = LeafHash(ln)
+		b.leaves[i] = leafHash(&l.hbuf, ln)
 		size += len(ln) + 1
 	}
 	n := (len(b.lines) + MaxBatch - 1) / MaxBatch
