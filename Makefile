@@ -1,5 +1,6 @@
 # agentauthz — run `make help` for the targets.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 export CGO_ENABLED := 0
 
 GO        ?= go
@@ -7,14 +8,24 @@ BIN       := bin
 DATA_DIR  ?= .agentauthz
 FUZZTIME  ?= 5m
 PKGS      := ./...
+# Developer tools pinned in tools/go.mod, apart from the product's modules.
+TOOL      := $(GO) tool -modfile=tools/go.mod
+# The packages with concurrency, run under the race detector by .ci/run.
+RACE_PKGS := ./internal/decisionlog/... ./internal/revocation/... ./internal/policy/... ./internal/extauthz/... ./internal/server/...
 
-.PHONY: help build run test race bench policy-test bundle fuzz mutate soak lint fmt tidy-check clean
+.PHONY: help build run test race race-ci bench policy-test bundle fuzz mutate soak lint vulncheck fmt tidy-check clean
 
 help: ## show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# agentauthz version reports the commit (Go's VCS stamping, which skips git
+# worktrees; else buildCommit) and the build date (Go records none itself).
+LDFLAGS := -s -w -X github.com/agentauthz/agentauthz/internal/cli.buildDate=$(shell date -u +%Y-%m-%dT%H:%M:%SZ) \
+  -X github.com/agentauthz/agentauthz/internal/cli.buildCommit=$(shell git rev-parse HEAD 2>/dev/null)
+GOBUILD := $(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)'
+
 build: ## build bin/agentauthz
-	$(GO) build -trimpath -o $(BIN)/agentauthz ./cmd/agentauthz
+	$(GOBUILD) -o $(BIN)/agentauthz ./cmd/agentauthz
 
 # make run listens on loopback only (it serves a dev CA's agents); e.g.
 # make run GRPC_ADDR=:9191 to accept other hosts.
@@ -29,8 +40,9 @@ run: build ## start the decision service with a dev CA and sample agents in $(DA
 	$(BIN)/agentauthz serve --dev --data-dir $(DATA_DIR) --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR) \
 	  $(if $(POLICIES),--policies $(POLICIES))
 
-test: ## run every test (unit, policy, fixtures, CLI scripts, end-to-end)
+test: ## run every test (unit, policy, fixtures, CLI scripts, end-to-end, tools/)
 	$(GO) test -count=1 -timeout 12m $(PKGS)
+	$(GO) -C tools test -count=1 ./...
 
 race: ## run the tests with the race detector (needs cgo)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m $(PKGS)
@@ -68,15 +80,32 @@ mutate: ## mutation testing (gremlins, tools/go.mod) of identity, revocation, de
 soak: build ## 10-minute soak at half of max load: RSS, heap, goroutines and files stay flat (not in CI)
 	AGENTAUTHZ_TEST_BINARY=$(CURDIR)/$(BIN)/agentauthz $(GO) test -tags soak -run TestSoak -count=1 -timeout 30m -v ./test/soak
 
-lint: ## gofmt and go vet
-	@out=$$(gofmt -l cmd internal test envoy 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	$(GO) vet ./...
+lint: ## golangci-lint with .golangci.yml (errcheck, staticcheck, gosec, errorlint, revive, gofmt, ...)
+	$(TOOL) golangci-lint run ./...
+
+# govulncheck's database, built from the OSV files in the golang.org/x/vulndb
+# module pinned in tools/go.mod (the public database cannot be reached from
+# the build machines). To refresh it:
+#   cd tools && go get golang.org/x/vulndb@master && go mod tidy && cd .. && make vulncheck
+VULNDB := $(BIN)/vulndb
+
+$(VULNDB)/index/db.json: tools/go.mod tools/go.sum
+	rm -rf $(VULNDB)
+	osv="$$($(GO) mod download -modfile=tools/go.mod -json golang.org/x/vulndb | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p')/data/osv" && \
+	  $(TOOL) indexdb -vulns "$$osv" -out $(VULNDB)
+
+vulncheck: $(VULNDB)/index/db.json ## govulncheck on the pinned database; fails on a called vulnerability not accepted in tools/vulncheck-accepted.txt
+	$(TOOL) govulncheck -db file://$(CURDIR)/$(VULNDB) -format json ./... | $(GO) -C tools run ./vulngate -accepted vulncheck-accepted.txt
+
+race-ci: ## the race detector on the packages with concurrency (RACE_PKGS), as .ci/run runs it
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m $(RACE_PKGS)
 
 fmt: ## format the code
-	gofmt -w cmd internal test envoy
+	gofmt -w cmd internal test envoy policies tools
 
-tidy-check: ## fail if go.mod/go.sum are not tidy
+tidy-check: ## fail if go.mod/go.sum (and tools/go.mod/go.sum) are not tidy
 	$(GO) mod tidy -diff
+	$(GO) -C tools mod tidy -diff
 
 clean: ## remove build output
 	rm -rf $(BIN)

@@ -157,7 +157,7 @@ func (a *Authority) Import(req ImportRequest) (*CAInfo, error) {
 	}
 	var certOut bytes.Buffer
 	for _, c := range certs {
-		pem.Encode(&certOut, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+		_ = pem.Encode(&certOut, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {

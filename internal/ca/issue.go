@@ -22,6 +22,7 @@ import (
 // KeyType is the agent key algorithm.
 type KeyType string
 
+// Key types of agent keys the CA generates.
 const (
 	KeyECDSAP256 KeyType = "ecdsa-p256"
 	KeyEd25519   KeyType = "ed25519"
@@ -237,10 +238,10 @@ func (a *Authority) issue(req IssueRequest, mode issueMode) (*Issued, error) {
 		return nil, fmt.Errorf("parse issued certificate: %w", err)
 	}
 	var certPEM bytes.Buffer
-	pem.Encode(&certPEM, &pem.Block{Type: "CERTIFICATE", Bytes: der})
+	_ = pem.Encode(&certPEM, &pem.Block{Type: "CERTIFICATE", Bytes: der})
 	if !isSelfSigned(s.cert) {
 		for _, c := range s.chain {
-			pem.Encode(&certPEM, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+			_ = pem.Encode(&certPEM, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 		}
 	}
 

@@ -80,7 +80,7 @@ func (o *agentOutput) write(cmd *cobra.Command, a *ca.Authority, iss *ca.Issued,
 	r := iss.Record
 	certPath := filepath.Join(o.outDir, r.AgentID+".pem")
 	keyPath := filepath.Join(o.outDir, r.AgentID+".key")
-	err := os.MkdirAll(o.outDir, 0o755)
+	err := os.MkdirAll(o.outDir, 0o750)
 	if err == nil && iss.KeyPEM != nil {
 		err = caWriteFile(keyPath, iss.KeyPEM, 0o600)
 	}

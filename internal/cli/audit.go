@@ -296,7 +296,7 @@ func cell(s string) string { return dash(escapeControl(s)) }
 // Request ids, paths and hosts come from clients: a raw ESC, CR or BEL could
 // rewrite what the operator sees, a tab would shift the table's columns, and
 // a bidirectional override (U+202E) reorders text. Control and format
-// characters and invalid UTF-8 become Go escapes (, ‮); a backslash
+// characters and invalid UTF-8 become Go escapes (\x1b, \u202e); a backslash
 // is doubled so that the escapes are unambiguous. JSON output needs none of
 // this: encoding/json escapes control characters itself.
 func escapeControl(s string) string {

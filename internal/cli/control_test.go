@@ -26,6 +26,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/checkreq"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // proc is an agentauthz command running in this process.
@@ -65,8 +66,9 @@ func (p *proc) waitLog(t *testing.T, re *regexp.Regexp, limit time.Duration) str
 // controlFleet is a control plane over a dev CA and two replicas watching it.
 type controlFleet struct {
 	cpDir    string
-	url      string // the control plane's base URL
-	certs    string // operator and replica certificates
+	url      string   // the (first) control plane's base URL
+	urls     []string // every control plane's
+	certs    string   // operator and replica certificates
 	env      *ca.DevEnv
 	replicas []*replica
 }
@@ -82,6 +84,14 @@ type replica struct {
 
 func startControlFleet(t *testing.T, n int) *controlFleet {
 	t.Helper()
+	return startFleet(t, n, 1, "")
+}
+
+// startFleet starts cps control planes on one data directory (and store,
+// "" for the default SQLite one) and n replicas, replica i watching and
+// shipping to control plane i % cps.
+func startFleet(t *testing.T, n, cps int, store string) *controlFleet {
+	t.Helper()
 	policies, err := filepath.Abs(filepath.Join("..", "..", "policies"))
 	if err != nil {
 		t.Fatal(err)
@@ -92,10 +102,19 @@ func startControlFleet(t *testing.T, n int) *controlFleet {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cp := startProc(ctx, "control", "serve", "--data-dir", f.cpDir, "--addr", "127.0.0.1:0")
+	var cpProcs []*proc
+	for range cps {
+		args := []string{"control", "serve", "--data-dir", f.cpDir, "--addr", "127.0.0.1:0"}
+		if store != "" {
+			args = append(args, "--store", store)
+		}
+		cp := startProc(ctx, args...)
+		cpProcs = append(cpProcs, cp)
+		f.urls = append(f.urls, cp.waitLog(t, regexp.MustCompile(`listening on (https://\S+)`), 30*time.Second))
+	}
 	t.Cleanup(func() {
 		cancel()
-		for _, p := range append(f.procs(), cp) {
+		for _, p := range append(f.procs(), cpProcs...) {
 			code := <-p.done
 			p.done <- code
 			if code != ExitOK {
@@ -103,7 +122,7 @@ func startControlFleet(t *testing.T, n int) *controlFleet {
 			}
 		}
 	})
-	f.url = cp.waitLog(t, regexp.MustCompile(`listening on (https://\S+)`), 30*time.Second)
+	f.url = f.urls[0]
 	f.certs = filepath.Join(root, "certs")
 	for i := range n {
 		name := fmt.Sprintf("replica-%d", i)
@@ -119,8 +138,8 @@ trust_bundles:
   - trust_domain: %s
     file: %s
     revocation: {watch_url: "%s/v1/watch"}
-`, dir, policies, name, f.url, filepath.Join(f.cpDir, "operator", "ca.pem"), filepath.Join(f.certs, name+".pem"), filepath.Join(f.certs, name+".key"),
-			f.env.TrustDomain, f.env.BundlePath, f.url)
+`, dir, policies, name, f.urls[i%cps], filepath.Join(f.cpDir, "operator", "ca.pem"), filepath.Join(f.certs, name+".pem"), filepath.Join(f.certs, name+".key"),
+			f.env.TrustDomain, f.env.BundlePath, f.urls[i%cps])
 		cfgPath := filepath.Join(root, fmt.Sprintf("replica-%d.yaml", i))
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
@@ -451,5 +470,42 @@ func TestRecordsShipToControlPlane(t *testing.T) {
 	stored := strings.Count(cli(t, as("audrey", "audit", "query", "--json")...), `"log":"replica-1"`)
 	if stored != local {
 		t.Errorf("replica-1 stopped with %d records, the control plane holds %d:\n%s", local, stored, r.proc.err.String())
+	}
+}
+
+// TestTwoControlPlanesOnePostgres: two control planes on one PostgreSQL
+// record store (and one data directory for the CA inventory) serve one
+// fleet: a restriction made through either reaches replicas of both, and
+// either answers the auditor with the records of every replica.
+func TestTwoControlPlanesOnePostgres(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	f := startFleet(t, 2, 2, pg.DSN)
+	cli(t, "operator", "issue", "alice", "--role", "responder", "--data-dir", f.cpDir, "--out-dir", f.certs)
+	cli(t, "operator", "issue", "audrey", "--role", "auditor", "--data-dir", f.cpDir, "--out-dir", f.certs)
+	at := func(url, name string, args ...string) []string {
+		return append(args, "--server", url, "--data-dir", f.cpDir,
+			"--cert", filepath.Join(f.certs, name+".pem"), "--key", filepath.Join(f.certs, name+".key"))
+	}
+	start := time.Now()
+	cli(t, at(f.urls[1], "alice", "agent", "restrict", "payments-agent", "--quarantine", "--reason", "INC-5", "--trust-domain", f.env.TrustDomain)...)
+	f.awaitAll(t, "payments-agent", "agent_quarantined", start)
+	start = time.Now()
+	cli(t, at(f.urls[0], "alice", "agent", "lift", "payments-agent", "--reason", "INC-5 closed", "--trust-domain", f.env.TrustDomain)...)
+	f.awaitAll(t, "payments-agent", "allowed", start)
+
+	want := localRecords(t, f.replicas[0].logDir) + localRecords(t, f.replicas[1].logDir)
+	for _, url := range f.urls {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			out := cli(t, at(url, "audrey", "audit", "query", "--json")...)
+			got := strings.Count(out, "\n")
+			if got == want && strings.Contains(out, `"log":"replica-0"`) && strings.Contains(out, `"log":"replica-1"`) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("control plane %s holds %d records, replicas wrote %d", url, got, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -89,7 +90,12 @@ func newRoot() *cobra.Command {
 		Short:         "Authorization decisions and signed records for AI agents behind Envoy and Istio",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       readVersion().short(),
 	}
+	var version strings.Builder
+	readVersion().print(&version) // --version prints what `version` does
+	root.SetVersionTemplate(version.String())
+	root.SetFlagErrorFunc(flagError)
 	root.AddCommand(
 		newServeCmd(),
 		newCheckCmd(),
@@ -105,6 +111,8 @@ func newRoot() *cobra.Command {
 		newPolicyCmd(),
 		newAnomalyCmd(),
 		newAlertsCmd(),
+		newVersionCmd(),
 	)
+	tidyBoolFlags(root)
 	return root
 }

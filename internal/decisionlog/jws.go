@@ -140,7 +140,7 @@ func VerifyRecord(jws string, ks KeySet) (*Record, error) {
 	if !ok {
 		return r, fmt.Errorf("%w: kid %q", ErrUnknownKey, h.Kid)
 	}
-	obj, err := jose.ParseSigned(jws, []jose.SignatureAlgorithm{jose.EdDSA})
+	obj, err := jose.ParseSignedCompact(jws, []jose.SignatureAlgorithm{jose.EdDSA})
 	if err != nil {
 		return r, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}

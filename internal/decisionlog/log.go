@@ -38,7 +38,7 @@ type Mode int
 const (
 	// Sync (default): Append returns after the record is fsynced.
 	Sync Mode = iota
-	// Async: Append returns once the record is signed and queued; records
+	// Async means Append returns once the record is signed and queued; records
 	// queued but not yet fsynced are lost on a crash or a write failure.
 	Async
 )

@@ -386,7 +386,7 @@ func issueAgents(auth *ca.Authority, dataDir string) ([]AgentInfo, error) {
 			return nil, fmt.Errorf("issue %s: %w", s.ID, err)
 		}
 		path := filepath.Join(dir, s.ID+".pem")
-		if err := os.WriteFile(path, iss.CertPEM, 0o644); err != nil {
+		if err := os.WriteFile(path, iss.CertPEM, 0o600); err != nil {
 			return nil, err
 		}
 		out = append(out, AgentInfo{

@@ -131,11 +131,11 @@ func (r *replica) waitReady(ctx context.Context) error {
 	defer tick.Stop()
 	var last error
 	for {
-		if _, err := r.get(tctx, "/readyz"); err == nil {
+		_, err := r.get(tctx, "/readyz")
+		if err == nil {
 			return nil
-		} else {
-			last = err
 		}
+		last = err
 		select {
 		case <-tctx.Done():
 			if ctx.Err() != nil {

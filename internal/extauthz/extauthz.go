@@ -60,7 +60,7 @@ type RevocationChecker interface {
 	Check(tenant string, chain []identity.ChainCert, agentID string) reason.Code
 }
 
-// ErrRequestParse, wrapped in a Policy error, means the request could not
+// ErrRequestParse means (wrapped in a Policy error) the request could not
 // be turned into policy input: the denial is request_parse_error (400),
 // as opa-envoy-plugin answers, not policy_error.
 var ErrRequestParse = errors.New("request cannot be parsed")

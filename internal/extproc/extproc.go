@@ -129,7 +129,7 @@ func (p *Processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) (e
 	}()
 	for {
 		req, err := stream.Recv()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {

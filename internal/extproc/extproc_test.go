@@ -161,7 +161,7 @@ func (e *envoyStream) close() {
 	if err := e.stream.CloseSend(); err != nil {
 		e.f.t.Fatal(err)
 	}
-	if _, err := e.stream.Recv(); err != io.EOF {
+	if _, err := e.stream.Recv(); !errors.Is(err, io.EOF) {
 		e.f.t.Fatalf("after CloseSend: %v", err)
 	}
 }
@@ -499,3 +499,55 @@ func TestStreamed100MiB(t *testing.T) {
 }
 
 var errNoProc = errors.New("no /proc/self/status")
+
+type failingLog struct{}
+
+func (failingLog) AppendResponse(context.Context, ResponseRecord) error {
+	return decisionlog.ErrUnavailable
+}
+
+// Nothing leaves without its signature and its record: a log that cannot
+// take the record, or a key that cannot sign, turns the response into 502.
+func TestRecordOrSignFailure(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		log     ResponseLog
+		signer  func() (string, func([]byte) ([]byte, error))
+		outcome string
+	}{
+		{"log unavailable", failingLog{}, nil, "log_failed"},
+		{"signer fails", nil, func() (string, func([]byte) ([]byte, error)) {
+			return "k", func([]byte) ([]byte, error) { return nil, errors.New("no key") }
+		}, "sign_failed"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t, 4<<20)
+			table := NewTable(10, time.Minute, nil)
+			o := Options{Decisions: table, Signer: f.log.ResponseSigner, Log: DecisionLog{Log: f.log}, Metrics: NewMetrics(prometheus.NewRegistry())}
+			if c.log != nil {
+				o.Log = c.log
+			}
+			if c.signer != nil {
+				o.Signer = c.signer
+			}
+			p, err := New(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			noteDecision(table, "dec-f")
+			x := &exchange{}
+			msgs := exchangeMessages("dec-f")
+			var last *extprocv3.ProcessingResponse
+			for _, m := range msgs {
+				last = p.handle(context.Background(), x, m)
+				if last.GetImmediateResponse() != nil {
+					break
+				}
+			}
+			immediate(t, last, 502, "response_"+c.outcome)
+			if testutil.ToFloat64(o.Metrics.responses.WithLabelValues(c.outcome)) != 1 {
+				t.Fatalf("%s not counted", c.outcome)
+			}
+		})
+	}
+}

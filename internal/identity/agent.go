@@ -11,6 +11,7 @@ import (
 // Source says where an identity was taken from.
 type Source string
 
+// The identity sources, as named in identity.sources.
 const (
 	SourcePeerCertificate Source = "peer_certificate"
 	SourceXFCC            Source = "xfcc"
@@ -20,6 +21,7 @@ const (
 // Profile names a certificate profile (see docs/identity.md).
 type Profile string
 
+// The certificate profiles, as named in a trust bundle's profile.
 const (
 	ProfileNative    Profile = "native"
 	ProfileAgentPass Profile = "agentpass"

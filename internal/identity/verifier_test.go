@@ -24,7 +24,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/agentauthz/agentauthz/internal/reason"
 	"github.com/agentauthz/agentauthz/internal/testca"
@@ -94,7 +93,7 @@ func (f *fixture) counter(t *testing.T, name string) float64 {
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name {
-			var m *dto.Metric = mf.GetMetric()[0]
+			m := mf.GetMetric()[0]
 			return m.GetCounter().GetValue()
 		}
 	}

@@ -3,6 +3,7 @@
 package loadtest
 
 import (
+	"errors"
 	"runtime"
 	"time"
 
@@ -30,6 +31,8 @@ func sleepUntil(t time.Time) {
 		return
 	}
 	ts := unix.NsecToTimespec(int64(d))
-	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
+	// Interrupted sleeps resume with the time that remains (in ts).
+	for errors.Is(unix.Nanosleep(&ts, &ts), unix.EINTR) {
+		continue
 	}
 }

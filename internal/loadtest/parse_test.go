@@ -126,8 +126,8 @@ func TestParseVmHWM(t *testing.T) {
 		{"VmHWM:\t x kB\n", 0},
 		{"", 0},
 	} {
-		if got := parseVmHWM(tc.status); got != tc.want {
-			t.Errorf("parseVmHWM(%q) = %d, want %d", tc.status, got, tc.want)
+		if got := parseVMHWM(tc.status); got != tc.want {
+			t.Errorf("parseVMHWM(%q) = %d, want %d", tc.status, got, tc.want)
 		}
 	}
 }

@@ -267,11 +267,11 @@ func peakRSS() int64 {
 	if err != nil {
 		return 0
 	}
-	return parseVmHWM(string(b))
+	return parseVMHWM(string(b))
 }
 
-// parseVmHWM returns the "VmHWM:   1234 kB" value in bytes, 0 if absent.
-func parseVmHWM(status string) int64 {
+// parseVMHWM returns the "VmHWM:   1234 kB" value in bytes, 0 if absent.
+func parseVMHWM(status string) int64 {
 	for line := range strings.Lines(status) {
 		rest, ok := strings.CutPrefix(line, "VmHWM:")
 		if !ok {

@@ -3,6 +3,9 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
 	"net/url"
 	"strconv"
 	"strings"
@@ -186,6 +189,7 @@ const (
 	bodyTruncated                 // shorter than content-length: null, truncated_body true
 	bodyForm                      // application/x-www-form-urlencoded
 	bodyJSON                      // application/json
+	bodyMultipart                 // multipart/form-data
 )
 
 // classifyBody is the part of parseBody that looks at the headers and the
@@ -207,6 +211,8 @@ func classifyBody(headers map[string]string, n int) (bodyKind, error) {
 		kind = bodyJSON
 	case strings.Contains(ct, "application/x-www-form-urlencoded"):
 		kind = bodyForm
+	case strings.Contains(ct, "multipart/form-data"):
+		kind = bodyMultipart
 	}
 	if kind == bodyNull || n == 0 {
 		return bodyNull, nil
@@ -235,8 +241,8 @@ func bodyLen(body string, raw []byte) int {
 	return len(raw)
 }
 
-// parseBody mirrors opa-envoy-plugin for JSON and form bodies: parsed only
-// when content-type says so; a body Envoy marked partial
+// parseBody mirrors opa-envoy-plugin (getParsedBody) for JSON, URL-encoded
+// and multipart form bodies: parsed only when content-type says so; a body Envoy marked partial
 // (x-envoy-auth-partial-body: true) or shorter than content-length is
 // truncated and not parsed. Other content types give null.
 func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, bool, error) {
@@ -252,12 +258,15 @@ func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, b
 	if body == "" {
 		body = string(raw)
 	}
-	if kind == bodyForm {
+	switch kind {
+	case bodyForm:
 		vals, err := url.ParseQuery(body)
 		if err != nil {
 			return nil, false, err
 		}
 		return ast.NewTerm(valuesObject(vals)), false, nil
+	case bodyMultipart:
+		return parseMultipart(headers["content-type"], body)
 	}
 	var data any
 	if err := util.UnmarshalJSON([]byte(body), &data); err != nil {
@@ -268,4 +277,60 @@ func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, b
 		return nil, false, err
 	}
 	return ast.NewTerm(v), false, nil
+}
+
+// parseMultipart is opa-envoy-plugin's multipart/form-data parsing: each
+// named part's value appended under its form name, as a string, or as
+// JSON when the part's content-type says so; unnamed parts skipped. A
+// content-type without a boundary gives null.
+func parseMultipart(contentType, body string) (*ast.Term, bool, error) {
+	_, params, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return nil, false, err
+	}
+	boundary, ok := params["boundary"]
+	if !ok {
+		return nullTerm, false, nil
+	}
+	values := map[string][]*ast.Term{}
+	var names []string
+	mr := multipart.NewReader(strings.NewReader(body), boundary)
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		name := p.FormName()
+		if name == "" {
+			continue
+		}
+		value, err := io.ReadAll(p)
+		if err != nil {
+			return nil, false, err
+		}
+		t := ast.StringTerm(string(value))
+		if strings.Contains(p.Header.Get("Content-Type"), "application/json") {
+			var data any
+			if err := util.UnmarshalJSON(value, &data); err != nil {
+				return nil, false, err
+			}
+			v, err := ast.InterfaceToValue(data)
+			if err != nil {
+				return nil, false, err
+			}
+			t = ast.NewTerm(v)
+		}
+		if _, seen := values[name]; !seen {
+			names = append(names, name)
+		}
+		values[name] = append(values[name], t)
+	}
+	kv := make([][2]*ast.Term, len(names))
+	for i, n := range names {
+		kv[i] = ast.Item(ast.StringTerm(n), ast.ArrayTerm(values[n]...))
+	}
+	return ast.NewTerm(ast.NewObject(kv...)), false, nil
 }

@@ -26,7 +26,7 @@ func TestShippedPolicyTests(t *testing.T) {
 	}
 	modules := res.ParsedModules()
 	cov := cover.New()
-	ch, err := tester.NewRunner().SetStore(store).SetCoverageQueryTracer(cov).Run(context.Background(), modules)
+	ch, err := tester.NewRunner().SetStore(store).SetCoverageQueryTracer(cov).SetModules(modules).RunTests(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

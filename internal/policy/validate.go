@@ -185,6 +185,14 @@ func bodyBuildable(headers map[string]string, body string, raw []byte) bool {
 		}
 		_, err := url.ParseQuery(s)
 		return err == nil
+	case bodyMultipart:
+		// Rare: the parser itself.
+		s := body
+		if s == "" {
+			s = string(raw)
+		}
+		_, _, err := parseMultipart(headers["content-type"], s)
+		return err == nil
 	case bodyJSON:
 		b := raw
 		if body != "" {

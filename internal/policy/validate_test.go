@@ -288,6 +288,11 @@ func validateCases() []struct {
 		{"content-length on a text body", withLength(validateCase{method: "POST", path: "/", contentType: "text/plain", body: "x"}, "x"), true},
 
 		{"form body", formCase("name=Acme&tag=a&tag=b&empty=&&=x"), true},
+		{"multipart body", validateCase{method: "POST", path: "/", contentType: "multipart/form-data; boundary=XyZ", body: "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XyZ\r\nContent-Disposition: form-data; name=\"j\"\r\nContent-Type: application/json\r\n\r\n{\"k\": [1, true]}\r\n--XyZ--\r\n"}, true},
+		{"multipart without boundary", validateCase{method: "POST", path: "/", contentType: "multipart/form-data", body: "x"}, true},
+		{"multipart bad media type", validateCase{method: "POST", path: "/", contentType: "multipart/form-data; boundary", body: "x"}, false},
+		{"multipart malformed", validateCase{method: "POST", path: "/", contentType: "multipart/form-data; boundary=XyZ", body: "--XyZ\r\nno end"}, false},
+		{"multipart bad JSON part", validateCase{method: "POST", path: "/", contentType: "multipart/form-data; boundary=XyZ", body: "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XyZ\r\nContent-Disposition: form-data; name=\"j\"\r\nContent-Type: application/json\r\n\r\n{\"k\": [1,}\r\n--XyZ--\r\n"}, false},
 		{"form bad escape", formCase("a=%zz"), false},
 		{"form bad escape in a key", formCase("%g0=1"), false},
 		{"form truncated escape", formCase("a=1&b=%2"), false},

@@ -32,7 +32,7 @@ const (
 	PolicyError            Code = "policy_error"
 )
 
-// The request could not be turned into policy input (HTTP 400): a path or
+// RequestParseError means the request could not be turned into policy input (HTTP 400): a path or
 // query that does not decode, a malformed body, header values that are not
 // UTF-8. opa-envoy-plugin answers the same requests with 400 and this code.
 const RequestParseError Code = "request_parse_error"

@@ -88,7 +88,7 @@ type Result struct {
 	Base         []byte
 }
 
-// ErrProfile: the signature verified but is not an agentauthz response
+// ErrProfile means the signature verified but is not an agentauthz response
 // signature (wrong tag, a required component not covered).
 var ErrProfile = errors.New("not an agentauthz response signature")
 

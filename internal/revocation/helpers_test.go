@@ -265,14 +265,6 @@ func (s *fakeStore) PushRestrictions(td string) ([]byte, error) {
 	return s.restr, nil
 }
 
-// setRestrictions replaces the restrictions and bumps the generation.
-func (s *fakeStore) setRestrictions(js string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.restr = []byte(js)
-	s.gen++
-}
-
 func (s *fakeStore) SignPush(td string, msg []byte) ([]byte, error) {
 	if td != s.ca.TrustDomain {
 		return nil, fmt.Errorf("tenant %q: %w", td, errUnknownTenant)

@@ -150,3 +150,33 @@ func TestRefusedEventKeepsAgentRevocations(t *testing.T) {
 		t.Errorf("bot-a after the replayed event: %q, want agent_revoked", string(got))
 	}
 }
+
+// TestRefusedFetchedCRLKeepsAgentRevocations: the same for an event that
+// announces its CRL by ETag (too large to inline): when the CRL fetched for
+// it is refused as older, the event's agent list is not applied (#15.2).
+func TestRefusedFetchedCRLKeepsAgentRevocations(t *testing.T) {
+	ca := testca.New(t)
+	store := newFakeStore(ca)
+	srv, _, _ := startPublisher(t, store, 1) // every CRL by ETag
+	c, reg := start(t, Config{Tenants: map[string]TenantConfig{td: {
+		CAs: []*x509.Certificate{ca.Cert}, WatchURL: srv.URL + WatchPath, PollInterval: time.Hour,
+	}}})
+	bot := issuedBy(ca, "1f")
+	store.revokeAgent("bot-a") // CRL 2, agents [bot-a]
+	waitCheck(t, c, td, bot, "bot-a", reason.AgentRevoked)
+	refused := func() float64 {
+		return metric(t, reg, "agentauthz_revocation_refresh_errors_total", map[string]string{"tenant": td, "source": "watch"})
+	}
+	before := refused()
+	// The server now publishes an older CRL (number 1) and no agent.
+	now := time.Now()
+	older := ca.CRL(1, now.Add(-time.Hour), now.Add(time.Hour))
+	store.mu.Lock()
+	store.crl, store.agents = older, map[string]bool{}
+	store.gen++
+	store.mu.Unlock()
+	waitFor(t, "the fetched older crl refused", func() bool { return refused() > before })
+	if got := c.Check(td, bot, "bot-a"); got != reason.AgentRevoked {
+		t.Errorf("bot-a after an event whose fetched crl was refused: %q, want agent_revoked", string(got))
+	}
+}

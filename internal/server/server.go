@@ -85,8 +85,9 @@ type Server struct {
 
 // New prepares the gRPC and HTTP servers.
 func New(cfg config.Config, c Components, logger hclog.Logger) (*Server, error) {
+	recvLimit, othersLimit := recvLimits(cfg, c.ExternalProcessor != nil)
 	opts := []grpc.ServerOption{
-		grpc.MaxRecvMsgSize(cfg.GRPC.MaxRecvMsgBytes),
+		grpc.MaxRecvMsgSize(recvLimit),
 		grpc.MaxConcurrentStreams(cfg.GRPC.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
@@ -99,6 +100,9 @@ func New(cfg config.Config, c Components, logger hclog.Logger) (*Server, error) 
 		// Receiving the request and deciding it must both fit in twice the
 		// Check budget; a stream without its message is cut off.
 		grpc.InTapHandle(receiveDeadline(2 * cfg.GRPC.CheckTimeout.D())),
+	}
+	if othersLimit > 0 {
+		opts = append(opts, grpc.ChainUnaryInterceptor(limitUnary(othersLimit)), grpc.ChainStreamInterceptor(limitStreams(othersLimit)))
 	}
 	if cfg.GRPC.TLS.Enabled() {
 		tc, err := serverTLS(cfg.GRPC.TLS)

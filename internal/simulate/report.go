@@ -37,7 +37,7 @@ type Report struct {
 	Losing  []AgentOperation `json:"agents_losing"`
 }
 
-// Uncertain: the policy reads what records do not keep.
+// Uncertain reports whether the policy reads what records do not keep.
 func (r *Report) Uncertain() bool { return len(r.Gaps) > 0 }
 
 // Count sums a list of groups.

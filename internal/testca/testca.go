@@ -110,7 +110,6 @@ type Option func(*x509.Certificate, *issueOpts)
 
 type issueOpts struct {
 	ed25519 bool
-	signer  *CA
 }
 
 // Trust sets the single trust OU (default L2).

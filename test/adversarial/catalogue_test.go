@@ -247,10 +247,10 @@ func generators() map[string]generator {
 			chain := append(append(l.PEM(), pemOf(bc.Raw)...), pemOf(cb.Raw)...)
 			setXFCC(req, element(url.QueryEscape(string(l.PEM())), `;Chain="`+url.QueryEscape(string(chain))+`"`))
 		},
-		"chain_loop_beside_trusted_leaf": func(e *catalogueEnv, req *authv3.CheckRequest, leaf *testca.Leaf) {
+		"chain_loop_beside_trusted_leaf": func(e *catalogueEnv, req *authv3.CheckRequest, _ *testca.Leaf) {
 			// A fresh leaf, so that the chain is what this case exercises
 			// even if a cache keyed on the leaf alone came back.
-			leaf = issueWith(e)
+			leaf := issueWith(e)
 			b, c := testca.New(e.t), testca.New(e.t)
 			chain := append(append(leaf.PEM(), pemOf(crossSign(e.t, b, c).Raw)...), pemOf(crossSign(e.t, c, b).Raw)...)
 			setXFCC(req, element(url.QueryEscape(string(leaf.PEM())), `;Chain="`+url.QueryEscape(string(chain))+`"`))
@@ -264,8 +264,8 @@ func generators() map[string]generator {
 			chain := append(l.PEM(), pemOf(crossSign(e.t, e.trusted, att).Raw)...)
 			setXFCC(req, element(url.QueryEscape(string(l.PEM())), `;Chain="`+url.QueryEscape(string(chain))+`"`))
 		},
-		"chain_too_long": func(e *catalogueEnv, req *authv3.CheckRequest, leaf *testca.Leaf) {
-			leaf = issueWith(e) // fresh: see chain_loop_beside_trusted_leaf
+		"chain_too_long": func(e *catalogueEnv, req *authv3.CheckRequest, _ *testca.Leaf) {
+			leaf := issueWith(e) // fresh: see chain_loop_beside_trusted_leaf
 			chain := slices.Repeat(e.trusted.PEM(), identity.MaxChainCerts+1)
 			setXFCC(req, element(url.QueryEscape(string(leaf.PEM())), `;Chain="`+url.QueryEscape(string(chain))+`"`))
 		},

@@ -132,6 +132,15 @@ func cases() []compatCase {
 		{name: "form body", from: "getParsedBody: application/x-www-form-urlencoded", method: "POST", target: "/p",
 			headers: map[string]string{"content-type": "application/x-www-form-urlencoded"}, body: "a=1&a=2&b=x+y",
 			input: map[string]string{"parsed_body": `{"a":["1","2"],"b":["x y"]}`}},
+		{name: "multipart body", from: "getParsedBody: multipart/form-data", method: "POST", target: "/upload",
+			headers: map[string]string{"content-type": "multipart/form-data; boundary=XyZ"}, body: multipartBody,
+			input: map[string]string{"parsed_body": `{"a":["1","2"],"meta":[{"k":[1,true]}]}`, "truncated_body": `false`}},
+		{name: "multipart without boundary", from: "getParsedBody: no boundary, no parsing", method: "POST", target: "/upload",
+			headers: map[string]string{"content-type": "multipart/form-data"}, body: multipartBody,
+			input: map[string]string{"parsed_body": `null`, "truncated_body": `false`}},
+		{name: "malformed multipart refused", from: "getParsedBody: multipart error → RequestParseErr, 400", method: "POST", target: "/upload",
+			headers: map[string]string{"content-type": "multipart/form-data; boundary=XyZ"}, body: "--XyZ\r\nno end",
+			want: denied(400, "request_parse_error")},
 		{name: "text body not parsed", from: "getParsedBody: other content types", method: "POST", target: "/p",
 			headers: map[string]string{"content-type": "text/plain"}, body: `{"a":1}`,
 			input: map[string]string{"parsed_body": `null`, "truncated_body": `false`}},
@@ -261,6 +270,13 @@ default allow := {"allowed": false, "dynamic_metadata": {"reason": "mine", "agen
 			input: map[string]string{"parsed_path": `["v1","payments","\ufffd\ufffd\ufffd\ufffd"]`}, absent: []string{"operation"}},
 	}
 }
+
+// multipartBody has two values for "a", a JSON part and an unnamed part
+// (skipped).
+const multipartBody = "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n" +
+	"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n2\r\n" +
+	"--XyZ\r\nContent-Disposition: form-data; name=\"meta\"\r\nContent-Type: application/json\r\n\r\n{\"k\": [1, true]}\r\n" +
+	"--XyZ\r\nContent-Disposition: form-data\r\n\r\nunnamed\r\n--XyZ--\r\n"
 
 func manyHeaders(n int, action string) []header {
 	out := make([]header, n)

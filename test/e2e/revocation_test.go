@@ -113,10 +113,7 @@ func runPropagation(t testing.TB, rounds int, renew bool) []time.Duration {
 	var lat []time.Duration
 	for round := range rounds {
 		victim := agents[round]
-		var others []agent
-		for _, a := range agents[round+1:] {
-			others = append(others, a)
-		}
+		others := append([]agent(nil), agents[round+1:]...)
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
 		firstDeny := make([]atomic.Int64, len(replicas))

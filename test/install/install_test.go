@@ -156,3 +156,33 @@ func TestInstalledServeDev(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestInstalledVersion: `agentauthz version` reports the Go toolchain and the
+// OPA module the binary was built with, from its own build information.
+func TestInstalledVersion(t *testing.T) {
+	out, err := exec.Command(binary, "version", "--json").Output()
+	if err != nil {
+		t.Fatalf("agentauthz version --json: %v", err)
+	}
+	var v struct{ Version, Go, OPA string }
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatalf("version --json: %v\n%s", err, out)
+	}
+	root, err := process.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/open-policy-agent/opa")
+	cmd.Dir = root
+	want, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.OPA != strings.TrimSpace(string(want)) || !strings.HasPrefix(v.Go, "go1.") || v.Version == "" {
+		t.Errorf("version = %+v, want OPA %s", v, want)
+	}
+	flag, err := exec.Command(binary, "--version").Output()
+	if err != nil || !strings.Contains(string(flag), "opa:         "+v.OPA) {
+		t.Errorf("agentauthz --version: %v\n%s", err, flag)
+	}
+}
