@@ -258,6 +258,9 @@ func checkpointNote(line []byte) ([]byte, error) {
 }
 
 func decodeCheckpointLine(line []byte) (signed []byte, hashes [][]byte, err error) {
+	if _, err := checkpointNote(line); err != nil {
+		return nil, nil, err // not in the one form the log writes
+	}
 	var l checkpointLine
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()

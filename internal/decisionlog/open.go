@@ -44,7 +44,9 @@ type openScan struct {
 	cpNext   uint64   // the index after the records it covers
 	rotKey   string   // new_kid of the last rotation record before cp, after the checkpoint before it
 	after    [][]byte // complete records after cp (or from the start if none)
+	afterOff []int64  // the offset of each
 	afterRot string   // new_kid of the last rotation record among after
+	lastData int64    // offset after the last non-NUL byte
 	good     int64    // offset after the last complete, well-formed line
 	damage   string   // why scanning stopped before the end of the data ("" at a clean end)
 	cpAfter  bool     // a checkpoint line appears after the damage
@@ -112,7 +114,7 @@ func scanSegmentV2(path string, first uint64) (*openScan, error) {
 			}
 			s.cp, s.cpEnd, s.cpNext = append([]byte(nil), line...), off+n, s.next
 			s.rotKey, pendingRot = pendingRot, ""
-			s.after, s.afterRot = nil, ""
+			s.after, s.afterOff, s.afterRot = nil, nil, ""
 			s.good = off + n
 		default:
 			h, err := parseRecordHead(line)
@@ -134,11 +136,15 @@ func scanSegmentV2(path string, first uint64) (*openScan, error) {
 				s.afterRot = pendingRot
 			}
 			s.after = append(s.after, append([]byte(nil), line...))
+			s.afterOff = append(s.afterOff, off)
 			s.next++
 			s.good = off + n
 		}
+		if lastNonNUL >= 0 {
+			s.lastData = off + lastNonNUL + 1
+		}
 		if s.damage != "" && lastNonNUL >= 0 {
-			s.torn = off + lastNonNUL + 1 - s.good
+			s.torn = s.lastData - s.good
 		}
 		off += n
 		if rerr != nil {
@@ -146,6 +152,27 @@ func scanSegmentV2(path string, first uint64) (*openScan, error) {
 		}
 	}
 	s.size = off
+	// Open signs the records after the last checkpoint: each must be a
+	// whole, valid record, not only a good head. The first that is not
+	// is where the torn tail starts.
+	s.afterRot = ""
+	for i, rec := range s.after {
+		r, err := decodeRecordLine(rec)
+		if err != nil {
+			s.damage = err.Error()
+			s.good, s.after = s.afterOff[i], s.after[:i]
+			s.next = first
+			if s.cp != nil {
+				s.next = s.cpNext
+			}
+			s.next += uint64(i)
+			s.torn = s.lastData - s.good
+			break
+		}
+		if r.Kind == KindKeyRotation {
+			s.afterRot = r.KeyRotation.NewKeyID
+		}
+	}
 	return s, nil
 }
 

@@ -397,3 +397,20 @@ func TestPolicyCannotOverwriteServiceMetadata(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordNamesSourceAddress: the record carries the source Envoy
+// reported as address:port (make mutate found sourceAddr untested).
+func TestRecordNamesSourceAddress(t *testing.T) {
+	log := &fakeLog{}
+	s, _ := newService(t, fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{v: Verdict{Allowed: true}}, log)
+	req := request(nil)
+	req.Attributes.Source = &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+		SocketAddress: &corev3.SocketAddress{Address: "10.1.2.3", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 40123}},
+	}}}
+	if _, err := s.Check(context.Background(), req); err != nil || len(log.recs) != 1 {
+		t.Fatalf("Check = %v, %d records", err, len(log.recs))
+	}
+	if got := log.recs[0].Request.Source; got != "10.1.2.3:40123" {
+		t.Fatalf("record source = %q, want 10.1.2.3:40123", got)
+	}
+}

@@ -168,6 +168,16 @@ CREATE TABLE refusals (
 	detail TEXT NOT NULL
 );
 `,
+	// 1 → 2: the agent and time indexes carry the page order (time, log,
+	// index), so a page of an agent with many records is read in order
+	// instead of sorted.
+	`
+DROP INDEX records_by_agent;
+DROP INDEX records_by_time;
+CREATE INDEX records_by_agent ON records (agent_id, time_us, log, idx);
+CREATE INDEX records_by_spiffe ON records (spiffe_id, time_us, log, idx);
+CREATE INDEX records_by_time ON records (time_us, log, idx);
+`,
 }
 
 // migrate brings the schema to len(migrations), one step per transaction,

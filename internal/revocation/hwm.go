@@ -72,8 +72,12 @@ func (c *Checker) loadFloors(t *tenantState) error {
 		return fmt.Errorf("revocation: tenant %q: crl high-water marks: %w", t.name, err)
 	}
 	var f hwmFile
-	if err := json.Unmarshal(data, &f); err != nil || f.Version != 1 || f.Tenant != t.name {
-		return fmt.Errorf("revocation: tenant %q: crl high-water marks %s are corrupt (%v); move the file away to start without them, which lets an older CRL back in once", t.name, path, err)
+	err = json.Unmarshal(data, &f)
+	if err == nil && (f.Version != 1 || f.Tenant != t.name) {
+		err = fmt.Errorf("version %d, tenant %q", f.Version, f.Tenant)
+	}
+	if err != nil {
+		return fmt.Errorf("revocation: tenant %q: crl high-water marks %s are corrupt (%w); move the file away to start without them, which lets an older CRL back in once", t.name, path, err)
 	}
 	for k, v := range f.Marks {
 		t.floors[k] = v

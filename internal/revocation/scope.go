@@ -109,8 +109,8 @@ func parseScope(v []byte) (Scope, error) {
 		}
 	}
 	// The booleans are DEFAULT FALSE, so DER encodes only TRUE.
-	flag := func(n int) (bool, error) {
-		tag := cbasn1.Tag(n).ContextSpecific()
+	flag := func(n cbasn1.Tag) (bool, error) {
+		tag := n.ContextSpecific()
 		if !seq.PeekASN1Tag(tag) {
 			return false, nil
 		}

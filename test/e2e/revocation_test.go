@@ -247,6 +247,8 @@ func renewAndLoseChannel(t testing.TB, bin, caDir string, caOut *proc, agents []
 }
 
 type replica struct {
+	dir     string // its data directory; the log is dir/log
+	proc    *proc
 	client  authv3.AuthorizationClient
 	metrics string // URL of /metrics
 }
@@ -309,6 +311,7 @@ policy:
 decision_log:
   name: replica-%d
 control_plane:
+  url: %q
   ca_file: %q
   cert_file: %q
   key_file: %q
@@ -319,7 +322,7 @@ trust_bundles:
       watch_url: %s/v1/watch
       poll_interval: 1s
       grace: 1h
-`, dir, policyDir, i, filepath.Join(caDir, "operator", "ca.pem"), filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key"),
+`, dir, policyDir, i, caURL, filepath.Join(caDir, "operator", "ca.pem"), filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key"),
 		tenant, filepath.Join(caDir, "ca", tenant, "ca.pem"), caURL)
 	cfgPath := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
@@ -340,7 +343,7 @@ trust_bundles:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &replica{client: authv3.NewAuthorizationClient(conn), metrics: "http://" + serving.HTTP + "/metrics"}
+	return &replica{dir: dir, proc: out, client: authv3.NewAuthorizationClient(conn), metrics: "http://" + serving.HTTP + "/metrics"}
 }
 
 func waitReady(t testing.TB, url string) {
