@@ -29,7 +29,7 @@ func newBenchCmd() *cobra.Command {
 		Use:   "bench",
 		Short: "Load-test the decision path against a no-op and a naive server and print a Markdown report",
 		Long: `Generate a CA, agents, CRLs and policy data, start the real decision service,
-a no-op Check server and the naive protojson reference path as separate
+a no-op Check server and the naive protobuf → map reference path as separate
 processes, drive gRPC Check calls at each over loopback with one client, and
 print requests/s, latency percentiles, server CPU, allocations and RSS per
 Check, scaling curves (concurrency, route-table size, revoked serials), p99 at

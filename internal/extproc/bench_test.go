@@ -31,7 +31,7 @@ func benchLog(b *testing.B, mode decisionlog.Mode) *decisionlog.Log {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { dl.Close() })
+	b.Cleanup(func() { _ = dl.Close() })
 	return dl
 }
 
@@ -54,13 +54,6 @@ func BenchmarkSignResponse(b *testing.B) {
 		}
 	}
 }
-
-type nopStream struct {
-	extprocv3.ExternalProcessor_ProcessServer
-	ctx context.Context
-}
-
-func (n nopStream) Context() context.Context { return n.ctx }
 
 // BenchmarkExchange is one whole buffered exchange in process, without
 // gRPC: request headers, response headers, a 1 KiB body; the signature and
@@ -152,13 +145,13 @@ func BenchmarkOverGRPC(b *testing.B) {
 				}
 				extprocv3.RegisterExternalProcessorServer(gs, p)
 			}
-			go gs.Serve(lis)
+			go func() { _ = gs.Serve(lis) }()
 			defer gs.Stop()
 			cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer cc.Close()
+			defer func() { _ = cc.Close() }()
 			authc, procc := authv3.NewAuthorizationClient(cc), extprocv3.NewExternalProcessorClient(cc)
 			checkReq := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
 				Http: &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/v1/payments", Host: "payments.internal"}}}}

@@ -299,11 +299,11 @@ func (p *Processor) responseHeaders(ctx context.Context, x *exchange, h *extproc
 	case x.hasMode && x.bodyMode == filterv3.ProcessingMode_NONE:
 		return p.headersResponse(p.sign(ctx, x, false, respsig.UnsignedNotSent))
 	case x.hasMode && (x.bodyMode == filterv3.ProcessingMode_STREAMED || x.bodyMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED):
-		return p.headersResponse(p.signStreamed(ctx, x))
+		return p.headersResponse(p.signStreamed(x))
 	case contentLength > p.o.MaxBodyBytes:
 		// Known to be too large to hold: sign now, and have Envoy stream
 		// the body so its digest still reaches the log.
-		resp := p.headersResponse(p.signStreamed(ctx, x))
+		resp := p.headersResponse(p.signStreamed(x))
 		if _, ok := resp.Response.(*extprocv3.ProcessingResponse_ResponseHeaders); ok {
 			resp.ModeOverride = &filterv3.ProcessingMode{
 				ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
@@ -382,7 +382,7 @@ func (p *Processor) headersResponse(m *extprocv3.CommonResponse, refused *extpro
 
 // signStreamed signs at the headers and keeps digesting the body for the
 // log.
-func (p *Processor) signStreamed(ctx context.Context, x *exchange) (*extprocv3.CommonResponse, *extprocv3.ProcessingResponse) {
+func (p *Processor) signStreamed(x *exchange) (*extprocv3.CommonResponse, *extprocv3.ProcessingResponse) {
 	m, refused := p.signOnly(x, false, respsig.UnsignedStreamed)
 	if refused == nil {
 		x.phase = phaseStreaming
@@ -512,7 +512,7 @@ func (p *Processor) record(ctx context.Context, x *exchange, body, digest string
 
 // refuse replaces the response with an error reply agentauthz makes
 // itself (unsigned: it is not the upstream's), counts and logs why.
-func (p *Processor) refuse(x *exchange, outcome string, code int, detail string) *extprocv3.ProcessingResponse {
+func (p *Processor) refuse(x *exchange, outcome string, code typev3.StatusCode, detail string) *extprocv3.ProcessingResponse {
 	x.phase = phaseDone
 	p.o.Metrics.outcome(outcome)
 	p.o.Logger.Warn("response refused", "outcome", outcome, "decision_id", x.decision.ID, "method", x.req.Method,
@@ -527,7 +527,7 @@ func (p *Processor) refuse(x *exchange, outcome string, code int, detail string)
 		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 	}}}
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: &extprocv3.ImmediateResponse{
-		Status:  &typev3.HttpStatus{Code: typev3.StatusCode(code)},
+		Status:  &typev3.HttpStatus{Code: code},
 		Headers: hm,
 		Body:    body,
 		Details: "agentauthz_" + outcome,

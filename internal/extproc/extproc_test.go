@@ -45,7 +45,7 @@ func newFixture(t *testing.T, maxBody int64) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { dl.Close() })
+	t.Cleanup(func() { _ = dl.Close() })
 	table := NewTable(1000, time.Minute, nil)
 	m := NewMetrics(prometheus.NewRegistry())
 	p, err := New(Options{Decisions: table, Signer: dl.ResponseSigner, Log: DecisionLog{Log: dl}, MaxBodyBytes: maxBody, Metrics: m})
@@ -58,13 +58,13 @@ func newFixture(t *testing.T, maxBody int64) *fixture {
 	}
 	gs := grpc.NewServer()
 	extprocv3.RegisterExternalProcessorServer(gs, p)
-	go gs.Serve(lis)
+	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
 	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cc.Close() })
+	t.Cleanup(func() { _ = cc.Close() })
 	return &fixture{t: t, log: dl, table: table, decider: NoteAllowed(dl, table), metrics: m,
 		client: extprocv3.NewExternalProcessorClient(cc), logDir: filepath.Join(d, "log")}
 }
@@ -185,7 +185,7 @@ func (f *fixture) verify(m *httpsig.Message) (respsig.Result, error) {
 func (f *fixture) responses() []*decisionlog.Record {
 	f.t.Helper()
 	r := decisionlog.NewReader(f.logDir)
-	defer r.Close()
+	defer func() { _ = r.Close() }()
 	var out []*decisionlog.Record
 	for {
 		e, err := r.Next()

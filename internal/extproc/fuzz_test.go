@@ -23,7 +23,7 @@ func FuzzExchange(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Cleanup(func() { dl.Close() })
+	f.Cleanup(func() { _ = dl.Close() })
 	table := NewTable(1024, time.Hour, nil)
 	p, err := New(Options{Decisions: table, Signer: dl.ResponseSigner, Log: DecisionLog{Log: dl}, MaxBodyBytes: 64,
 		MaxHeaderBytes: 1024, Metrics: NewMetrics(prometheus.NewRegistry())})
@@ -93,6 +93,6 @@ func FuzzExchange(f *testing.F) {
 		if x.phase != phaseDone && x.phase != phaseRequest {
 			p.endedEarly(context.Background(), x)
 		}
-		table.Lookup(id, nil, "POST", "payments.internal", "/v1/payments") // drop a decision left unused
+		_, _, _ = table.Lookup(id, nil, "POST", "payments.internal", "/v1/payments") // drop a decision left unused
 	})
 }

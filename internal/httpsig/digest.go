@@ -36,7 +36,7 @@ func DigestBody(body []byte) string {
 func CheckContentDigest(value string, body []byte) error {
 	d, err := ParseDictionary(value)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrDigest, err)
+		return fmt.Errorf("%w: %w", ErrDigest, err)
 	}
 	checked := 0
 	for _, m := range d {

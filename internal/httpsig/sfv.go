@@ -438,7 +438,7 @@ func appendBareItem(b []byte, v any) ([]byte, error) {
 		}
 		return append(b, '"'), nil
 	case Token:
-		if x == "" || !(isAlpha(x[0]) || x[0] == '*') {
+		if x == "" || (!isAlpha(x[0]) && x[0] != '*') {
 			return nil, fmt.Errorf("%w: bad token", errSF)
 		}
 		return append(b, x...), nil

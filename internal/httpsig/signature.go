@@ -283,7 +283,7 @@ func SignatureBase(m *Message, p Params, sigParams []byte) ([]byte, error) {
 			return nil, fmt.Errorf("%w: %s has a line break", ErrMalformed, c)
 		}
 		if b, err = appendComponent(b, c); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+			return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 		}
 		b = append(b, ": "...)
 		b = append(b, v...)
@@ -370,11 +370,11 @@ func Verify(m *Message, o VerifyOptions) ([]Verified, error) {
 	}
 	inDict, err := ParseDictionary(inputs)
 	if err != nil {
-		return nil, fmt.Errorf("%w: Signature-Input: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: Signature-Input: %w", ErrMalformed, err)
 	}
 	sigDict, err := ParseDictionary(sigs)
 	if err != nil {
-		return nil, fmt.Errorf("%w: Signature: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: Signature: %w", ErrMalformed, err)
 	}
 	var out []Verified
 	for _, in := range inDict {
@@ -440,7 +440,7 @@ func verifyOne(m *Message, in Member, sigDict Dictionary, o VerifyOptions) (Veri
 	}
 	sp, err := AppendInnerList(nil, *in.List)
 	if err != nil {
-		return v, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return v, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	base, err := SignatureBase(m, p, sp)
 	if err != nil {

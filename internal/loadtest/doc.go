@@ -1,7 +1,7 @@
 // Package loadtest is the load harness behind `agentauthz bench` and `make
 // bench`. It generates its own CA, agents, CRLs and policy data, starts the
 // decision service in separate processes (the real service, a no-op Check
-// server as the ceiling, and the naive protojson reference path), drives real
+// server as the ceiling, and the naive protobuf → map reference path), drives real
 // gRPC Check calls at them over loopback with one client, and reports
 // throughput, latency percentiles, server CPU, allocations and RSS per Check as
 // Markdown. It also measures how long a revocation takes to reach a replica.

@@ -22,7 +22,7 @@ import (
 
 // naive is the reference path a user would otherwise build: decode and
 // verify the client certificate on every request (no cache), convert the
-// whole CheckRequest through protojson into a map, evaluate the same prepared
+// whole CheckRequest into a map (opa-envoy-plugin's conversion), evaluate the same prepared
 // policy with rego.EvalInput, and answer. No revocation, no record.
 type naive struct {
 	authv3.UnimplementedAuthorizationServer

@@ -276,7 +276,7 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("Request mix: `%s`. Unless stated otherwise: %d routes in the policy data, %d revoked serials in the CRL, decision log in %s mode.\n\n", r.Mix, r.BaseRoutes, r.BaseRevoked, r.LogMode)
 	p("(a) real = the full decision path (identity cache, revocation, prepared Rego with a direct `ast.Value` input, signed record durably appended). ")
 	p("(b) noop = the same gRPC server answering OK without looking. ")
-	p("(c) naive = certificate decoded and chain-verified per request (no cache), protojson → map → `rego.EvalInput`, same policy, no revocation, no log.\n\n")
+	p("(c) naive = certificate decoded and chain-verified per request (no cache), protobuf → map (opa-envoy-plugin's conversion) → `rego.EvalInput`, same policy, no revocation, no log.\n\n")
 
 	p("## Headline (concurrency %d)\n\n", r.Concurrency)
 	runTable(&b, r.Headline, false)

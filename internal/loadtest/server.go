@@ -38,7 +38,7 @@ const (
 	// ceiling of the gRPC stack on this machine.
 	ModeNoop Mode = "noop"
 	// ModeNaive is the naive reference path: per-request certificate
-	// decoding and chain verification without a cache, protojson → map →
+	// decoding and chain verification without a cache, protobuf → map →
 	// rego.EvalInput with the same policy, no revocation, no log.
 	ModeNaive Mode = "naive"
 )

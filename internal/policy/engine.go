@@ -212,8 +212,9 @@ func (s *state) routesOrNil() *routeTable {
 }
 
 // Eval evaluates the decision for req by agent (nil when no identity was
-// established). On error the caller must deny with policy_error; the
-// returned Result is then nil or carries only Revision and Operation.
+// established). On error the caller must deny: request_parse_error when the
+// error is ErrInput, policy_error otherwise; the returned Result is then nil
+// or carries only Revision and Operation.
 func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *identity.Agent) (*Result, error) {
 	s := e.cur.Load()
 	if s == nil {
@@ -245,8 +246,8 @@ func (e *Engine) evalOp(ctx context.Context, s *state, req *authv3.CheckRequest,
 		// The key is agent and operation only: the cache can answer
 		// before the input is built. It is still validated first: a
 		// request whose input cannot be built (unparsable path, malformed
-		// or oversized body, …) is denied with policy_error, exactly as
-		// without the cache.
+		// or oversized body, …) is denied with request_parse_error, exactly
+		// as without the cache.
 		if err := validateInput(req); err != nil {
 			return &Result{Revision: s.revision, Operation: op}, err
 		}

@@ -29,7 +29,7 @@ func TestExtProcTakesBufferedBodiesChecksKeepTheirLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dl.Close()
+	defer func() { _ = dl.Close() }()
 	table := extproc.NewTable(10, time.Minute, nil)
 	proc, err := extproc.New(extproc.Options{Decisions: table, Signer: dl.ResponseSigner, Log: extproc.DecisionLog{Log: dl}, Metrics: extproc.NewMetrics(nil)})
 	if err != nil {
@@ -43,7 +43,7 @@ func TestExtProcTakesBufferedBodiesChecksKeepTheirLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cc.Close()
+	defer func() { _ = cc.Close() }()
 
 	big := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
 		Http: &authv3.AttributeContext_HttpRequest{Body: strings.Repeat("x", cfg.GRPC.MaxRecvMsgBytes)}}}}
