@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/signal"
@@ -98,6 +99,9 @@ func serveConfig(fl *pflag.FlagSet, f serveFlags, flags config.Config) (config.C
 	if f.configFile != "" {
 		var err error
 		if cfg, err = config.Load(f.configFile); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return cfg, fmt.Errorf("--config %s: no such file", f.configFile)
+			}
 			return cfg, withHint(err, "every key is documented in docs/configuration.md")
 		}
 	}

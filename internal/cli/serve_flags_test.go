@@ -198,3 +198,11 @@ func TestServeTenantWithoutRevocationSource(t *testing.T) {
 		t.Fatalf("exit %d, stderr:\n%s", code, errOut.String())
 	}
 }
+
+// A missing --config file says so, without the hint about the keys.
+func TestServeMissingConfigFile(t *testing.T) {
+	_, msg, ok := resolveServe(t, "--config", filepath.Join(t.TempDir(), "nope.yaml"))
+	if ok || !strings.HasSuffix(msg, "nope.yaml: no such file\n") || strings.Contains(msg, "hint") {
+		t.Errorf("serve --config nope.yaml: %q", msg)
+	}
+}

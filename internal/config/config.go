@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"time"
@@ -237,26 +238,43 @@ func Default() Config {
 	return c
 }
 
-// Load reads a YAML file strictly: an unknown key is an error.
+// Load reads a YAML file strictly: every unknown key and every value of the
+// wrong form is an error, all reported at once with their line numbers.
 func Load(path string) (Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return Config{}, err
 	}
 	defer f.Close()
-	c, err := Decode(io.LimitReader(f, 1<<20))
+	c, err := Decode(io.LimitReader(f, maxFileBytes+1))
 	if err != nil {
 		return Config{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
 }
 
-// Decode parses YAML strictly, without applying defaults.
+// maxFileBytes bounds a configuration file.
+const maxFileBytes = 1 << 20
+
+// Decode parses YAML strictly, without applying defaults. The error lists
+// every problem, one a line, in the file's own terms.
 func Decode(r io.Reader) (Config, error) {
 	var c Config
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return c, err
+	}
+	if len(data) > maxFileBytes {
+		return c, fmt.Errorf("larger than %d bytes", maxFileBytes)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return c, fmt.Errorf("not YAML: %w", err)
+	}
+	var problems []string
+	checkNode(&doc, reflect.TypeFor[Config](), "", &problems)
+	if len(problems) > 0 {
+		return c, fmt.Errorf("%d problem(s):\n  %s", len(problems), strings.Join(problems, "\n  "))
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)

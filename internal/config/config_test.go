@@ -102,3 +102,62 @@ decision_log: {mode: async, segment_max_age: 1h}
 		t.Errorf("bad duration: err = %v", err)
 	}
 }
+
+// Every problem of a file is reported in one run, in the file's own terms
+// (line, key path, expected form), with a suggestion for a misspelt key; a
+// bad duration no longer hides the unknown keys after it.
+func TestDecodeReportsEveryProblemAtOnce(t *testing.T) {
+	_, err := Decode(strings.NewReader(`data_dir: /tmp/x
+grpc:
+  check_timeout: 5 seconds
+log_levl: debug
+policy:
+  decision_cache: {max_entries: lots}
+trust_bundles:
+  - trust_domain: a.example
+    fille: a.pem
+    revocation: {grace: 1h, poll_intervall: 1s, crl_files: one.crl}
+dev: maybe
+`))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	want := []string{
+		`line 3: grpc.check_timeout: "5 seconds" is not a duration (want one like 250ms, 30s or 1h)`,
+		`line 4: unknown key "log_levl" (did you mean "log_level"?)`,
+		`line 6: policy.decision_cache.max_entries: "lots" is not a whole number in range`,
+		`line 9: unknown key "fille" in trust_bundles[0] (did you mean "file"?)`,
+		`line 10: unknown key "poll_intervall" in trust_bundles[0].revocation (did you mean "poll_interval"?)`,
+		`line 10: trust_bundles[0].revocation.crl_files: want a list, not "one.crl"`,
+		`line 11: dev: "maybe" is not true or false`,
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q:\n%v", w, err)
+		}
+	}
+	if strings.Contains(err.Error(), "config.Config") || strings.Contains(err.Error(), "!!str") {
+		t.Errorf("error speaks Go, not the file's terms:\n%v", err)
+	}
+	if !strings.HasPrefix(err.Error(), "7 problem(s):") {
+		t.Errorf("error = %v, want 7 problems", err)
+	}
+}
+
+// FuzzDecode: any input is either a Config or an error, never a panic, and a
+// decoded Config validates without panicking.
+func FuzzDecode(f *testing.F) {
+	f.Add("data_dir: x\ngrpc:\n  addr: \":1\"\n")
+	f.Add("trust_bundles:\n  - trust_domain: a\n    revocation: {crl_files: [a], grace: 1h}\n")
+	f.Add("grpc: {check_timeout: 5 seconds}\nlog_levl: x\n")
+	f.Add("a: &x [*x]\n")
+	f.Add("policy: [1, 2]\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := Decode(strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		c.ApplyDefaults()
+		_ = c.Validate()
+	})
+}
