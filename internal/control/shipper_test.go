@@ -114,7 +114,7 @@ func TestShipperUnderLoad(t *testing.T) {
 			defer wg.Done()
 			for i := w; i < n; i += 8 {
 				rec := &decisionlog.Record{DecisionID: fmt.Sprintf("d-%06d", i), Agent: decisionlog.Agent{ID: "bot", Tenant: "acme.test"},
-					Request: decisionlog.Request{Method: "GET", Path: "/v1/payments", Operation: "payments:read"},
+					Request:  decisionlog.Request{Method: "GET", Path: "/v1/payments", Operation: "payments:read"},
 					Decision: decisionlog.Decision{Allowed: true, HTTPStatus: 200, Reasons: []string{"allowed"}}}
 				if _, err := l.Append(context.Background(), rec); err != nil {
 					t.Error(err)
