@@ -32,7 +32,7 @@ format and the verification algorithm are in docs/decision-log.md.`,
 	}
 	cmd.AddCommand(newAuditVerifyCmd(), newAuditQueryCmd(), newAuditWhoCmd(), newAuditTailCmd(),
 		newAuditProveCmd(), newAuditConsistencyCmd(), newAuditMigrateCmd(),
-		newAuditPubkeyCmd(), newAuditRotateKeyCmd(), newAuditSampleCmd())
+		newAuditPubkeyCmd(), newAuditRotateKeyCmd(), newAuditSampleCmd(), newAuditReportCmd(), newAuditReportVerifyCmd())
 	return cmd
 }
 
