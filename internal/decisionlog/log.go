@@ -17,6 +17,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // Sentinel errors callers branch on.
@@ -396,7 +398,7 @@ func (l *Log) Rotate() (string, error) {
 	if _, err := l.append(rec, k, true); err != nil {
 		return "", fmt.Errorf("append key rotation record: %w", err)
 	}
-	if err := writeFileDurable(filepath.Join(l.opts.KeyDir, currentKeyFile), []byte(k.kid+"\n"), 0o600); err != nil {
+	if err := durable.WriteFile(filepath.Join(l.opts.KeyDir, currentKeyFile), []byte(k.kid+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write current key id: %w", err)
 	}
 	l.logger.Info("rotated decision log signing key", "kid", k.kid, "index", rec.Index)
@@ -739,7 +741,7 @@ func (l *Log) startSegment(firstSeq uint64, now time.Time) error {
 		}
 		alloc = 0
 	}
-	if err := syncDir(l.opts.Dir); err != nil {
+	if err := durable.SyncDir(l.opts.Dir); err != nil {
 		f.Close()
 		return fmt.Errorf("sync log dir: %w", err)
 	}
