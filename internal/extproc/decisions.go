@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
@@ -24,11 +25,33 @@ type Decision struct {
 	At         time.Time
 }
 
-func decisionOf(r *decisionlog.Record) Decision {
-	return Decision{
-		ID: r.DecisionID, AgentID: r.Agent.ID, TrustLevel: r.Agent.TrustLevel, Operation: r.Request.Operation,
-		Method: r.Request.Method, Host: r.Request.Host, Path: r.Request.Path, At: r.Time,
+// held is an allowed decision waiting for its response. It keeps a hash of
+// the request line rather than the line itself: a path may be 2 KiB, and
+// max_pending of them would otherwise stay in memory.
+type held struct {
+	agentID, trustLevel, operation string
+	at                             time.Time
+	request                        [sha256.Size]byte
+}
+
+// requestKey is SHA-256 of method, host (lowercase) and path (without the
+// query, cut at 2,048 bytes as the decision record's path is).
+func requestKey(method, host, path string) [sha256.Size]byte {
+	path = pathOnly(path)
+	path = path[:min(len(path), 2048)]
+	var buf [512]byte
+	b := append(buf[:0], method...)
+	b = append(b, 0)
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b = append(b, c)
 	}
+	b = append(b, 0)
+	b = append(b, path...)
+	return sha256.Sum256(b)
 }
 
 // Why a request has no decision to bind its response to.
@@ -47,7 +70,7 @@ type Table struct {
 	now func() time.Time
 
 	mu   sync.Mutex
-	m    map[string]Decision
+	m    map[string]held
 	ring []string // insertion order, for evicting the oldest
 	next int
 }
@@ -57,7 +80,7 @@ func NewTable(size int, ttl time.Duration, now func() time.Time) *Table {
 	if now == nil {
 		now = time.Now
 	}
-	return &Table{ttl: ttl, now: now, m: make(map[string]Decision, min(size, 4096)), ring: make([]string, size)}
+	return &Table{ttl: ttl, now: now, m: make(map[string]held, min(size, 4096)), ring: make([]string, size)}
 }
 
 // Note keeps an allowed decision for its response.
@@ -65,14 +88,15 @@ func (t *Table) Note(r *decisionlog.Record) {
 	if !r.Decision.Allowed || r.Kind != "" && r.Kind != decisionlog.KindDecision {
 		return
 	}
-	d := decisionOf(r)
+	h := held{agentID: r.Agent.ID, trustLevel: r.Agent.TrustLevel, operation: r.Request.Operation, at: r.Time,
+		request: requestKey(r.Request.Method, r.Request.Host, r.Request.Path)}
 	t.mu.Lock()
 	if old := t.ring[t.next]; old != "" {
 		delete(t.m, old)
 	}
-	t.ring[t.next] = d.ID
+	t.ring[t.next] = r.DecisionID
 	t.next = (t.next + 1) % len(t.ring)
-	t.m[d.ID] = d
+	t.m[r.DecisionID] = h
 	t.mu.Unlock()
 }
 
@@ -99,7 +123,7 @@ func (t *Table) Lookup(id string, envoy *EnvoyDecision, method, host, path strin
 		return Decision{}, "", ErrNoDecisionID
 	}
 	t.mu.Lock()
-	d, ok := t.m[id]
+	h, ok := t.m[id]
 	if ok {
 		delete(t.m, id)
 	}
@@ -116,24 +140,14 @@ func (t *Table) Lookup(id string, envoy *EnvoyDecision, method, host, path strin
 			Method: method, Host: host, Path: pathOnly(path), At: t.now()}
 		return d, "envoy_metadata", nil
 	}
-	if age := t.now().Sub(d.At); age > t.ttl || age < -time.Minute {
+	if age := t.now().Sub(h.at); age > t.ttl || age < -time.Minute {
 		return Decision{}, "", fmt.Errorf("%w: decided %v ago, longer than %v", ErrNoDecision, age.Round(time.Millisecond), t.ttl)
 	}
-	if !sameRequest(d, method, host, path) {
-		return Decision{}, "", fmt.Errorf("%w: decided %s %s%s, response to %s %s%s", ErrMismatch, d.Method, d.Host, d.Path, method, host, pathOnly(path))
+	if h.request != requestKey(method, host, path) {
+		return Decision{}, "", fmt.Errorf("%w: the response is to %s %s%s", ErrMismatch, method, host, pathOnly(path))
 	}
-	return d, "local", nil
-}
-
-// sameRequest compares what the decision recorded with the request the
-// response answers. The record's path has no query and is cut at 2,048
-// bytes (extauthz's pathOnly).
-func sameRequest(d Decision, method, host, path string) bool {
-	p := pathOnly(path)
-	if len(d.Path) == 2048 {
-		p = p[:min(len(p), 2048)]
-	}
-	return d.Method == method && strings.EqualFold(d.Host, host) && d.Path == p
+	return Decision{ID: id, AgentID: h.agentID, TrustLevel: h.trustLevel, Operation: h.operation,
+		Method: method, Host: host, Path: pathOnly(path), At: h.at}, "local", nil
 }
 
 func pathOnly(p string) string {

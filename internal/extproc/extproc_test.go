@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"context"
+	"fmt"
 	"crypto/ed25519"
 	"errors"
 	"io"
@@ -549,5 +550,38 @@ func TestRecordOrSignFailure(t *testing.T) {
 				t.Fatalf("%s not counted", c.outcome)
 			}
 		})
+	}
+}
+
+// The table keeps a hash of the request line, not the line: a 2 KiB path
+// costs 32 bytes per pending decision, and still binds exactly.
+func TestTableBindsTheRequestLine(t *testing.T) {
+	table := NewTable(4, time.Minute, nil)
+	long := "/v1/" + strings.Repeat("p", 3000)
+	note := func(id, method, host, path string) {
+		table.Note(&decisionlog.Record{DecisionID: id, Time: time.Now(),
+			Request:  decisionlog.Request{Method: method, Host: host, Path: pathOnly(path)[:min(len(pathOnly(path)), 2048)]},
+			Decision: decisionlog.Decision{Allowed: true}})
+	}
+	note("a", "GET", "API.example", long+"?q=1")
+	if _, _, err := table.Lookup("a", nil, "GET", "api.example", long+"?other"); err != nil {
+		t.Fatalf("same request (host case, query aside): %v", err)
+	}
+	note("b", "GET", "api.example", "/x")
+	for _, c := range [][3]string{{"POST", "api.example", "/x"}, {"GET", "api.example.evil", "/x"}, {"GET", "api.example", "/y"}} {
+		note("b", "GET", "api.example", "/x")
+		if _, _, err := table.Lookup("b", nil, c[0], c[1], c[2]); !errors.Is(err, ErrMismatch) {
+			t.Errorf("%v: err = %v, want ErrMismatch", c, err)
+		}
+	}
+	// Bounded: the oldest decision goes first.
+	for i := range 5 {
+		note(fmt.Sprint("n", i), "GET", "h", "/")
+	}
+	if _, _, err := table.Lookup("n0", nil, "GET", "h", "/"); !errors.Is(err, ErrNoDecision) {
+		t.Fatalf("evicted decision still bound: %v", err)
+	}
+	if _, _, err := table.Lookup("n4", nil, "GET", "h", "/"); err != nil {
+		t.Fatal(err)
 	}
 }

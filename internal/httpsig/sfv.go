@@ -425,18 +425,7 @@ func appendBareItem(b []byte, v any) ([]byte, error) {
 		}
 		return append(b, s...), nil
 	case string:
-		b = append(b, '"')
-		for i := 0; i < len(x); i++ {
-			c := x[i]
-			if c < 0x20 || c > 0x7e {
-				return nil, fmt.Errorf("%w: byte %#x cannot be in a string", errSF, c)
-			}
-			if c == '"' || c == '\\' {
-				b = append(b, '\\')
-			}
-			b = append(b, c)
-		}
-		return append(b, '"'), nil
+		return appendString(b, x)
 	case Token:
 		if x == "" || (!isAlpha(x[0]) && x[0] != '*') {
 			return nil, fmt.Errorf("%w: bad token", errSF)
@@ -453,6 +442,22 @@ func appendBareItem(b []byte, v any) ([]byte, error) {
 		return append(b, "?0"...), nil
 	}
 	return nil, fmt.Errorf("%w: cannot serialize %T", errSF, v)
+}
+
+// appendString serializes an sf-string (without boxing it in an any).
+func appendString(b []byte, x string) ([]byte, error) {
+	b = append(b, '"')
+	for i := 0; i < len(x); i++ {
+		c := x[i]
+		if c < 0x20 || c > 0x7e {
+			return nil, fmt.Errorf("%w: byte %#x cannot be in a string", errSF, c)
+		}
+		if c == '"' || c == '\\' {
+			b = append(b, '\\')
+		}
+		b = append(b, c)
+	}
+	return append(b, '"'), nil
 }
 
 func appendParams(b []byte, ps SFParams) ([]byte, error) {

@@ -88,7 +88,7 @@ func (p Params) appendSerialized(b []byte) ([]byte, error) {
 			b = append(b, ';')
 			b = append(b, kv[0]...)
 			b = append(b, '=')
-			if b, err = appendBareItem(b, kv[1]); err != nil {
+			if b, err = appendString(b, kv[1]); err != nil {
 				return nil, err
 			}
 		}
@@ -123,7 +123,7 @@ func (p Params) InnerList() InnerList {
 // appendComponent appends a component identifier: the quoted name and, for
 // a request component, ";req" (the only parameter this package accepts).
 func appendComponent(b []byte, c Component) ([]byte, error) {
-	b, err := appendBareItem(b, c.Name)
+	b, err := appendString(b, c.Name)
 	if err != nil {
 		return nil, err
 	}

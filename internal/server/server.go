@@ -81,6 +81,7 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 	http   *http.Server
+	certs  *serverCert // nil without grpc.tls
 }
 
 // New prepares the gRPC and HTTP servers.
@@ -104,8 +105,13 @@ func New(cfg config.Config, c Components, logger hclog.Logger) (*Server, error) 
 	if othersLimit > 0 {
 		opts = append(opts, grpc.ChainUnaryInterceptor(limitUnary(othersLimit)), grpc.ChainStreamInterceptor(limitStreams(othersLimit)))
 	}
+	var certs *serverCert
 	if cfg.GRPC.TLS.Enabled() {
-		tc, err := serverTLS(cfg.GRPC.TLS)
+		var err error
+		if certs, err = newServerCert(cfg.GRPC.TLS, logger); err != nil {
+			return nil, err
+		}
+		tc, err := serverTLS(cfg.GRPC.TLS, certs)
 		if err != nil {
 			return nil, err
 		}
@@ -123,7 +129,7 @@ func New(cfg config.Config, c Components, logger hclog.Logger) (*Server, error) 
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
 
-	s := &Server{cfg: cfg, c: c, logger: logger, grpc: gs, health: hs}
+	s := &Server{cfg: cfg, c: c, logger: logger, grpc: gs, health: hs, certs: certs}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -170,12 +176,10 @@ func unauthenticatedCallers(addr net.Addr, t config.TLS) string {
 	return "gRPC listener takes no client certificates on a non-loopback address: anyone who reaches it can obtain signed decisions"
 }
 
-func serverTLS(t config.TLS) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("grpc.tls: %w", err)
-	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+// serverTLS takes the listener's certificate from certs on every handshake,
+// so a rotated certificate needs no restart.
+func serverTLS(t config.TLS, certs *serverCert) (*tls.Config, error) {
+	tc := &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
 	if t.ClientCAFile != "" {
 		pemData, err := os.ReadFile(t.ClientCAFile)
 		if err != nil {
@@ -232,6 +236,9 @@ func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener, hup <
 	for _, loop := range s.c.Loops {
 		loops.Go(func() error { return guard(func() error { return loop(loopCtx) }) })
 	}
+	if s.certs != nil {
+		loops.Go(func() error { return guard(func() error { return s.certs.Run(loopCtx) }) })
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -262,6 +269,11 @@ func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener, hup <
 			case <-gctx.Done():
 				return nil
 			case <-hup:
+				if s.certs != nil {
+					if _, err := s.certs.reload(); err != nil {
+						s.logger.Error("grpc.tls: certificate not reloaded; the last one stays in force", "error", err)
+					}
+				}
 				if s.c.Reload == nil {
 					continue
 				}

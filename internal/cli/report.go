@@ -1,0 +1,264 @@
+package cli
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/agentauthz/agentauthz/internal/anomaly"
+	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/durable"
+	"github.com/agentauthz/agentauthz/internal/evidence"
+)
+
+func newAuditReportCmd() *cobra.Command {
+	var (
+		logs                                            []string
+		dataDir, alerts, out, format, from, to, signKey string
+		sampleN                                         int
+		seed                                            uint64
+	)
+	cmd := &cobra.Command{
+		Use:   "report",
+		Short: "Build the auditor's evidence pack: each SOC 2 control's status, evidence and the commands that reproduce it",
+		Long: `report reads the decision logs (--log, one per replica; each is verified first), the CA inventory and
+signed change log (--data-dir) and the alerts file (--alerts), and writes the evidence pack: for each
+control (CC6.1–CC8.1, A1.1, PI1.3, PI1.5) its status — evidence found, gap, or not applicable — the
+evidence, and the exact command that reproduces every figure; a mapping of the same evidence to ISO/IEC
+27001:2022, PCI DSS v4.0, the EU AI Act and the NIST AI RMF; and a seeded random sample of decisions with
+the steps to re-verify each one. A control with no evidence is a gap, never a pass.
+
+The report (one self-contained HTML file, or JSON) is signed with Ed25519: OUT.sig holds the raw
+signature and OUT.pub.pem the public key; agentauthz audit report-verify OUT (or openssl pkeyutl)
+checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key (made on first use).`,
+		Example: `  agentauthz audit report --log .agentauthz/log --data-dir .agentauthz --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --out report.html
+  agentauthz audit report --log replica-a/log --log replica-b/log --alerts alerts.jsonl --format json --out report.json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return errors.New("--out is required: the report and its signature are files")
+			}
+			if format != "html" && format != "json" {
+				return fmt.Errorf("--format %q: want html or json", format)
+			}
+			if sampleN < 0 || sampleN > 1000 {
+				return fmt.Errorf("--sample %d: want 0 to 1000", sampleN)
+			}
+			now := time.Now()
+			in := evidence.Inputs{Sample: sampleN, Seed: seed, Now: now}
+			var err error
+			if in.From, err = parseWhen(from, now); err != nil {
+				return fmt.Errorf("--from: %w", err)
+			}
+			if in.To, err = parseWhen(to, now); err != nil {
+				return fmt.Errorf("--to: %w", err)
+			}
+			if !in.From.IsZero() && !in.To.IsZero() && in.To.Before(in.From) {
+				return errors.New("--to is before --from")
+			}
+			if len(logs) == 0 {
+				logs = []string{filepath.Join(dataDir, "log")}
+			}
+			for _, l := range logs {
+				if err := checkLogDir(l); err != nil {
+					return err
+				}
+				ks, err := loadTrustedKeys("", l, cmd.ErrOrStderr())
+				if err != nil {
+					return fmt.Errorf("%s: %w", l, err)
+				}
+				in.Logs = append(in.Logs, evidence.Log{Dir: l, Keys: ks})
+			}
+			if st, err := os.Stat(filepath.Join(dataDir, "inventory.db")); err == nil && st.Mode().IsRegular() {
+				a, err := ca.Open(dataDir, ca.MustExist())
+				if err != nil {
+					return fmt.Errorf("CA inventory: %w", err)
+				}
+				defer a.Close()
+				in.CA, in.DataDir = a, dataDir
+			} else {
+				fmt.Fprintf(cmd.ErrOrStderr(), "agentauthz: warning: no CA inventory in %s: the lifecycle controls will be gaps\n", dataDir)
+			}
+			if alerts != "" {
+				if in.Alerts, err = anomaly.OpenStore(alerts).List(); err != nil {
+					return err
+				}
+				in.HasAlert = true
+			}
+			rep, err := evidence.Collect(in)
+			if err != nil {
+				return err
+			}
+			var buf bytes.Buffer
+			if format == "json" {
+				err = rep.WriteJSON(&buf)
+			} else {
+				err = rep.WriteHTML(&buf)
+			}
+			if err != nil {
+				return err
+			}
+			if signKey == "" {
+				signKey = filepath.Join(dataDir, "keys", "report.key")
+			}
+			priv, err := loadOrCreateReportKey(signKey)
+			if err != nil {
+				return err
+			}
+			pubPEM, err := publicPEM(priv.Public().(ed25519.PublicKey))
+			if err != nil {
+				return err
+			}
+			if err := durable.WriteFile(out, buf.Bytes(), 0o644); err != nil {
+				return err
+			}
+			if err := durable.WriteFile(out+".sig", ed25519.Sign(priv, buf.Bytes()), 0o644); err != nil {
+				return err
+			}
+			if err := durable.WriteFile(out+".pub.pem", pubPEM, 0o644); err != nil {
+				return err
+			}
+			c := rep.Counts()
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%d controls: %d evidence found, %d gaps, %d not applicable), %s.sig, %s.pub.pem\n",
+				out, len(rep.Controls), c[evidence.StatusEvidence], c[evidence.StatusGap], c[evidence.StatusNA], out, out)
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringArrayVar(&logs, "log", nil, "a replica's decision log directory (repeatable; default <data-dir>/log)")
+	fl.StringVar(&dataDir, "data-dir", caEnvDataDir(), "the CA inventory and change log (env AGENTAUTHZ_DATA_DIR)")
+	fl.StringVar(&alerts, "alerts", "", "anomaly alerts file (agentauthz anomaly replay --alerts)")
+	fl.StringVar(&out, "out", "", "report file (required); OUT.sig and OUT.pub.pem are written beside it")
+	fl.StringVar(&format, "format", "html", "html (self-contained, printable) or json")
+	fl.StringVar(&from, "from", "", "period start: RFC 3339, or a duration ago like 720h")
+	fl.StringVar(&to, "to", "", "period end: RFC 3339, or a duration ago")
+	fl.IntVar(&sampleN, "sample", 10, "decisions to sample for re-performance")
+	fl.Uint64Var(&seed, "seed", 1, "seed of the sample")
+	fl.StringVar(&signKey, "sign-key", "", "Ed25519 private key (PKCS#8 PEM) that signs the report (default <data-dir>/keys/report.key)")
+	return cmd
+}
+
+func newAuditReportVerifyCmd() *cobra.Command {
+	var sig, pub string
+	cmd := &cobra.Command{
+		Use:   "report-verify REPORT",
+		Short: "Check an evidence pack's signature (exit 0 valid, 1 invalid, 2 error)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if sig == "" {
+				sig = args[0] + ".sig"
+			}
+			if pub == "" {
+				pub = args[0] + ".pub.pem"
+			}
+			data, err := readBoundedFile(args[0], 1<<30)
+			if err != nil {
+				return err
+			}
+			s, err := readBoundedFile(sig, 1024)
+			if err != nil {
+				return err
+			}
+			p, err := readBoundedFile(pub, 64<<10)
+			if err != nil {
+				return err
+			}
+			blk, _ := pem.Decode(p)
+			if blk == nil {
+				return fmt.Errorf("%s: no PEM public key", pub)
+			}
+			k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+			if err != nil {
+				return fmt.Errorf("%s: %w", pub, err)
+			}
+			key, ok := k.(ed25519.PublicKey)
+			if !ok {
+				return fmt.Errorf("%s: not an Ed25519 key", pub)
+			}
+			if len(s) != ed25519.SignatureSize || !ed25519.Verify(key, data, s) {
+				fmt.Fprintf(cmd.OutOrStdout(), "FAILED: %s does not match its signature\n", args[0])
+				return errNo
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ok: %s is signed by the key in %s\n", args[0], pub)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&sig, "sig", "", "signature file (default REPORT.sig)")
+	cmd.Flags().StringVar(&pub, "pubkey", "", "public key PEM (default REPORT.pub.pem); pass your own copy to trust it")
+	return cmd
+}
+
+func readBoundedFile(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
+	}
+	b := make([]byte, st.Size())
+	_, err = f.ReadAt(b, 0)
+	if err != nil && st.Size() > 0 {
+		return nil, err
+	}
+	return b, nil
+}
+
+func loadOrCreateReportKey(path string) (ed25519.PrivateKey, error) {
+	b, err := readBoundedFile(path, 64<<10)
+	if errors.Is(err, os.ErrNotExist) {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(priv)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, err
+		}
+		if err := durable.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+			return nil, err
+		}
+		return priv, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("%s: no PEM private key", path)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	priv, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%s: not an Ed25519 key", path)
+	}
+	return priv, nil
+}
+
+func publicPEM(pub ed25519.PublicKey) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
+}

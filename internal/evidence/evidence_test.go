@@ -1,0 +1,349 @@
+package evidence
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentauthz/agentauthz/internal/anomaly"
+	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/testenv"
+)
+
+const td = "acme.example"
+
+// history is a generated, known history: a CA with three agents, their
+// decisions in a real signed log, an identity attack, a revocation and a
+// restriction. The test keeps its own list of what it wrote, to count
+// independently of the report.
+type history struct {
+	dataDir, logDir string
+	a               *ca.Authority
+	recs            []decisionlog.Record
+	revokedAt       time.Time
+	certOf          map[string]string
+}
+
+func newHistory(t *testing.T) *history {
+	t.Helper()
+	h := &history{dataDir: t.TempDir(), certOf: map[string]string{}}
+	h.logDir = filepath.Join(h.dataDir, "log")
+	now := time.Date(2026, 11, 2, 9, 0, 0, 0, time.UTC)
+	a, err := ca.Open(h.dataDir, ca.WithClock(func() time.Time { return now }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	h.a = a
+	if _, err := a.Init(ca.InitRequest{TrustDomain: td, Operator: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	agents := []struct {
+		id     string
+		trust  int
+		scopes []string
+	}{{"payer", 3, []string{"payments:initiate", "payments:read"}}, {"reader", 1, []string{"payments:read"}}, {"rogue", 2, []string{"payments:read", "refunds:issue"}}}
+	for _, ag := range agents {
+		iss, err := a.Issue(ca.IssueRequest{TrustDomain: td, AgentID: ag.id, Trust: ag.trust, Scopes: ag.scopes, TTL: 72 * time.Hour, Operator: "alice"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.certOf[ag.id] = fmt.Sprintf("%064x", len(ag.id)) + iss.Record.Serial
+	}
+	l, err := decisionlog.Open(decisionlog.Options{Dir: h.logDir, KeyDir: filepath.Join(h.dataDir, "keys"), Name: "replica-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := now.Add(time.Hour)
+	n := 0
+	add := func(agent, op string, allowed bool, code string) {
+		n++
+		at = at.Add(time.Minute)
+		rec := decisionlog.Record{DecisionID: fmt.Sprintf("dec-%03d", n), Time: at,
+			Request:  decisionlog.Request{ID: fmt.Sprintf("req-%03d", n), Method: "POST", Host: "api.acme.example", Path: "/v1/x", Operation: op, Source: "10.0.0.1:4000"},
+			Decision: decisionlog.Decision{Allowed: allowed, HTTPStatus: 200, Reasons: []string{code}}}
+		if !allowed {
+			rec.Decision.HTTPStatus = 403
+		}
+		if agent != "" {
+			rec.Agent = decisionlog.Agent{ID: agent, SPIFFEID: "spiffe://" + td + "/agent/" + agent, Tenant: td, TrustLevel: "L2",
+				CertSHA256: h.certOf[agent], Source: "peer_certificate"}
+		} else {
+			rec.Agent = decisionlog.Agent{CertSHA256: "ff00", Issuer: "CN=elsewhere"}
+			rec.Decision.HTTPStatus = 401
+		}
+		if _, err := l.Append(context.Background(), &rec); err != nil {
+			t.Fatal(err)
+		}
+		h.recs = append(h.recs, rec)
+	}
+	for range 5 {
+		add("payer", "payments:initiate", true, "allowed")
+	}
+	for range 4 {
+		add("reader", "payments:read", true, "allowed")
+	}
+	for range 2 {
+		add("reader", "payments:initiate", false, "scope_missing")
+	}
+	for range 3 {
+		add("rogue", "payments:read", true, "allowed")
+	}
+	for range 3 { // an identity attack: certificates from a foreign CA
+		add("", "", false, "untrusted_issuer")
+	}
+	now = at.Add(30 * time.Second)
+	h.revokedAt = now
+	if _, err := a.Revoke(td, "rogue", ca.ReasonKeyCompromise, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	add("rogue", "payments:read", false, "certificate_revoked")
+	add("payer", "payments:initiate", true, "allowed")
+	add("rogue", "payments:read", false, "certificate_revoked")
+	now = at.Add(10 * time.Second)
+	if _, err := a.Restrict(ca.RestrictRequest{TrustDomain: td, AgentID: "reader", Quarantine: true, Reason: "probing seen", Operator: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	add("reader", "payments:read", false, "agent_quarantined")
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func (h *history) collect(t *testing.T, mod func(*Inputs)) *Report {
+	t.Helper()
+	ks, err := decisionlog.LoadKeySet(filepath.Join(h.dataDir, "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := Inputs{Logs: []Log{{Dir: h.logDir, Keys: ks}}, DataDir: h.dataDir, CA: h.a, Sample: 4, Seed: 9}
+	if mod != nil {
+		mod(&in)
+	}
+	r, err := Collect(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func control(t *testing.T, r *Report, id string) Control {
+	t.Helper()
+	for _, c := range r.Controls {
+		if c.ID == id {
+			return c
+		}
+	}
+	t.Fatalf("no control %s", id)
+	return Control{}
+}
+
+func fact(t *testing.T, c Control, label string) string {
+	t.Helper()
+	for _, f := range c.Evidence {
+		if f.Label == label {
+			return f.Value
+		}
+	}
+	t.Fatalf("%s has no %q: %+v", c.ID, label, c.Evidence)
+	return ""
+}
+
+// TestFiguresMatchAnIndependentCount checks every figure the report states
+// against a count over the records the history wrote.
+func TestFiguresMatchAnIndependentCount(t *testing.T) {
+	h := newHistory(t)
+	r := h.collect(t, nil)
+	var decisions, withID, anonAllowed, allowed, scopeMissing, untrusted int
+	for _, rec := range h.recs {
+		decisions++
+		if rec.Agent.ID != "" {
+			withID++
+		}
+		if rec.Decision.Allowed {
+			allowed++
+			if rec.Agent.ID == "" {
+				anonAllowed++
+			}
+		}
+		switch rec.Decision.Reasons[0] {
+		case "scope_missing":
+			scopeMissing++
+		case "untrusted_issuer":
+			untrusted++
+		}
+	}
+	c := control(t, r, "CC6.1")
+	if fact(t, c, "decisions in the period") != fmt.Sprint(decisions) || fact(t, c, "decisions attributed to one agent identity") != fmt.Sprint(withID) ||
+		fact(t, c, "allowed decisions without an agent identity") != fmt.Sprint(anonAllowed) || c.Status != StatusEvidence {
+		t.Fatalf("CC6.1 %+v; want %d decisions, %d with identity", c, decisions, withID)
+	}
+	if got := fact(t, control(t, r, "CC6.2"), "allowed decisions"); got != fmt.Sprint(allowed) {
+		t.Fatalf("CC6.2 allowed %s, want %d", got, allowed)
+	}
+	if got := fact(t, control(t, r, "CC6.2"), "identity refused: untrusted_issuer"); got != fmt.Sprint(untrusted) {
+		t.Fatalf("CC6.2 untrusted %s, want %d", got, untrusted)
+	}
+	c = control(t, r, "CC6.3")
+	if fact(t, c, "denied scope_missing") != fmt.Sprint(scopeMissing) {
+		t.Fatalf("CC6.3 %+v", c.Evidence)
+	}
+	if m := fact(t, c, "agents × operations exercised (allowed)"); !strings.Contains(m, td+"/payer: payments:initiate 6") || !strings.Contains(m, td+"/rogue: payments:read 3") {
+		t.Fatalf("matrix %q", m)
+	}
+	// payer never read; rogue never issued a refund (and is revoked, so not
+	// listed); reader used its only scope.
+	if u := fact(t, c, "active agents holding scopes they never used in the period"); u != td+"/payer: payments:read" {
+		t.Fatalf("unused scopes %q", u)
+	}
+	if got := fact(t, control(t, r, "CC6.6"), "refused: untrusted_issuer"); got != fmt.Sprint(untrusted) {
+		t.Fatalf("CC6.6 %s", got)
+	}
+	// The revocation: rogue refused from the first request after it.
+	c = control(t, r, "CC6.8")
+	if c.Status != StatusEvidence || len(r.Revocations) != 1 {
+		t.Fatalf("CC6.8 %+v revocations %+v", c, r.Revocations)
+	}
+	rv := r.Revocations[0]
+	if rv.Agent != "rogue" || rv.AllowedAfter != 0 || rv.FirstDenied.IsZero() || !rv.At.Equal(h.revokedAt) || rv.Operator != "bob" {
+		t.Fatalf("revocation %+v", rv)
+	}
+	if !strings.Contains(rv.OthersBefore, "% of") || !strings.Contains(rv.OthersAfter, "% of") {
+		t.Fatalf("others around the revocation: %q / %q", rv.OthersBefore, rv.OthersAfter)
+	}
+	c = control(t, r, "CC7.4")
+	// The revocation is two events (its certificate's serial and the agent
+	// id), then the quarantine.
+	if c.Status != StatusEvidence || len(c.Evidence) != 3 || !strings.HasPrefix(c.Evidence[2].Label, "restrict "+td+"/reader") ||
+		!strings.Contains(c.Evidence[2].Value, "by bob: quarantine reason=probing seen") {
+		t.Fatalf("CC7.4 %+v, want the revocation and the quarantine", c)
+	}
+	if control(t, r, "CC8.1").Status != StatusEvidence || control(t, r, "CC7.2").Status != StatusEvidence {
+		t.Fatalf("CC8.1 %+v CC7.2 %+v", control(t, r, "CC8.1"), control(t, r, "CC7.2"))
+	}
+	if len(r.Sample) != 4 || len(r.Logs) != 1 || r.Logs[0].Checkpoint == "" || !r.Logs[0].Verified {
+		t.Fatalf("sample %d, logs %+v", len(r.Sample), r.Logs)
+	}
+	// The same seed draws the same sample.
+	again := h.collect(t, nil)
+	for i := range r.Sample {
+		if r.Sample[i].Record.DecisionID != again.Sample[i].Record.DecisionID {
+			t.Fatalf("sample %d differs between runs with one seed", i)
+		}
+	}
+}
+
+// TestNoEvidenceIsAGap: without alerts, response records or an inventory, the
+// controls that need them are gaps, never passes.
+func TestNoEvidenceIsAGap(t *testing.T) {
+	h := newHistory(t)
+	r := h.collect(t, func(in *Inputs) { in.CA, in.DataDir = nil, "" })
+	for _, id := range []string{"CC6.7", "CC6.8", "CC7.1", "CC7.4", "CC8.1", "A1.1", "PI1.3", "PI1.5"} {
+		if c := control(t, r, id); c.Status != StatusGap {
+			t.Errorf("%s is %q without its evidence: %s", id, c.Status, c.Summary)
+		}
+	}
+	// With an (empty) alerts file, CC7.1 has evidence: none were raised.
+	r = h.collect(t, func(in *Inputs) { in.HasAlert, in.Alerts = true, []anomaly.StoredAlert{} })
+	if c := control(t, r, "CC7.1"); c.Status != StatusEvidence {
+		t.Errorf("CC7.1 with an alerts file: %+v", c)
+	}
+	// A period with no decisions: CC6.1 is a gap, not a pass.
+	r = h.collect(t, func(in *Inputs) { in.From = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC) })
+	if c := control(t, r, "CC6.1"); c.Status != StatusGap {
+		t.Errorf("CC6.1 on an empty period: %+v", c)
+	}
+}
+
+// TestAllowedAfterRevocationIsAGap: a revoked agent allowed later than the
+// propagation bound fails CC6.8.
+func TestAllowedAfterRevocationIsAGap(t *testing.T) {
+	h := newHistory(t)
+	l, err := decisionlog.Open(decisionlog.Options{Dir: h.logDir, KeyDir: filepath.Join(h.dataDir, "keys"), Name: "replica-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := decisionlog.Record{DecisionID: "late-allow", Time: h.revokedAt.Add(time.Minute),
+		Agent:    decisionlog.Agent{ID: "rogue", SPIFFEID: "spiffe://" + td + "/agent/rogue", Tenant: td, TrustLevel: "L2", CertSHA256: h.certOf["rogue"]},
+		Request:  decisionlog.Request{Method: "GET", Path: "/v1/payments", Operation: "payments:read"},
+		Decision: decisionlog.Decision{Allowed: true, HTTPStatus: 200, Reasons: []string{"allowed"}}}
+	if _, err := l.Append(context.Background(), &rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := h.collect(t, nil)
+	if c := control(t, r, "CC6.8"); c.Status != StatusGap || r.Revocations[0].AllowedAfter != 1 {
+		t.Fatalf("CC6.8 %+v %+v", c, r.Revocations)
+	}
+}
+
+func TestHTMLIsSelfContainedAndEscaped(t *testing.T) {
+	h := newHistory(t)
+	r := h.collect(t, nil)
+	r.Controls[0].Evidence = append(r.Controls[0].Evidence, Fact{Label: "<script>alert(1)</script>", Value: "x"})
+	var b bytes.Buffer
+	if err := r.WriteHTML(&b); err != nil {
+		t.Fatal(err)
+	}
+	s := b.String()
+	for _, bad := range []string{"<script", "src=\"http", "href=\"http", "@import", "url(http"} {
+		if strings.Contains(s, bad) {
+			t.Fatalf("report holds %q: not self-contained or not escaped", bad)
+		}
+	}
+	for _, want := range []string{"&lt;script&gt;alert(1)&lt;/script&gt;", "@media print", "<svg", "CC8.1", "ISO/IEC 27001:2022", "openssl pkeyutl -verify"} {
+		if !strings.Contains(s, want) {
+			t.Fatalf("report lacks %q", want)
+		}
+	}
+}
+
+// TestReportPrintsToPDF renders the report with headless Chromium to PDF, as
+// an auditor would print it, and reads the PDF's text back with pdftotext.
+func TestReportPrintsToPDF(t *testing.T) {
+	chromium := testenv.LookPath(t, "chromium", "chromium")
+	pdftotext := testenv.LookPath(t, "pdftotext", "poppler-utils")
+	h := newHistory(t)
+	r := h.collect(t, nil)
+	dir := t.TempDir()
+	html := filepath.Join(dir, "report.html")
+	var b bytes.Buffer
+	if err := r.WriteHTML(&b); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(html, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pdf := filepath.Join(dir, "report.pdf")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--user-data-dir="+filepath.Join(dir, "profile"),
+		"--no-pdf-header-footer", "--print-to-pdf="+pdf, "file://"+html)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("chromium: %v\n%s", err, out)
+	}
+	out, err := exec.CommandContext(ctx, pdftotext, "-layout", pdf, "-").Output()
+	if err != nil {
+		t.Fatalf("pdftotext: %v", err)
+	}
+	text := string(out)
+	for _, want := range []string{"Evidence pack", "CC6.1", "CC8.1", "PI1.5", "evidence found", "gap", "Mapping to other frameworks", "dec-0"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the printed report lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("pdftotext:\n%s", text)
+	}
+}

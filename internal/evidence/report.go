@@ -1,0 +1,556 @@
+package evidence
+
+import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/reason"
+)
+
+// Statuses of a control.
+const (
+	StatusEvidence = "evidence found"
+	StatusGap      = "gap"
+	StatusNA       = "not applicable"
+)
+
+// Report is the evidence pack.
+type Report struct {
+	Generated   time.Time           `json:"generated"`
+	From        time.Time           `json:"from,omitzero"`
+	To          time.Time           `json:"to,omitzero"`
+	Seed        uint64              `json:"sample_seed"`
+	Logs        []LogSource         `json:"logs"`
+	ChangeLog   *ca.ChangeLogResult `json:"change_log,omitempty"`
+	Controls    []Control           `json:"controls"`
+	Mapping     []Mapping           `json:"mapping"`
+	Sample      []Sample            `json:"sample"`
+	Days        []Day               `json:"decisions_by_day"`
+	Revocations []Revocation        `json:"revocations"`
+}
+
+// Control is one control's status and its evidence.
+type Control struct {
+	ID       string `json:"id"`
+	Title    string `json:"title"`
+	Status   string `json:"status"`
+	Summary  string `json:"summary"`
+	Evidence []Fact `json:"evidence"`
+}
+
+// Fact is one figure or finding, with the command that reproduces it.
+type Fact struct {
+	Label   string `json:"label"`
+	Value   string `json:"value"`
+	Command string `json:"command,omitempty"`
+}
+
+// Mapping relates a control to clauses of other frameworks that the same
+// evidence supports.
+type Mapping struct {
+	Control string   `json:"control"`
+	Clauses []string `json:"clauses"`
+}
+
+// Sample is one decision an auditor can re-perform the checks on.
+type Sample struct {
+	Log    string             `json:"log"`
+	Record decisionlog.Record `json:"record"`
+	Steps  []string           `json:"steps"`
+}
+
+// Day is one day's decisions.
+type Day struct {
+	Day     string `json:"day"`
+	Allowed int    `json:"allowed"`
+	Denied  int    `json:"denied"`
+}
+
+// Revocation is one revocation and its effect in the decision logs.
+type Revocation struct {
+	Tenant   string    `json:"tenant"`
+	Agent    string    `json:"agent_id"`
+	At       time.Time `json:"at"`
+	Operator string    `json:"operator"`
+	Detail   string    `json:"detail"`
+	// FirstDenied is the first decision for the agent after At that was
+	// denied for revocation; zero when the agent made no request after.
+	FirstDenied time.Time `json:"first_denied,omitzero"`
+	// AllowedAfter counts the agent's allowed decisions later than At plus
+	// PropagationBound: each one would be a failure of the revocation.
+	AllowedAfter int `json:"allowed_after"`
+	// Others' allowed share in the hour before and after At.
+	OthersBefore, OthersAfter string
+}
+
+// PropagationBound is how long a revocation may take to reach every
+// replica before an allowed decision for the agent counts against it.
+const PropagationBound = 5 * time.Second
+
+func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
+	q := queryCmd(in)
+	for _, day := range slices.Sorted(maps.Keys(st.byDay)) {
+		r.Days = append(r.Days, Day{day, st.byDay[day][0], st.byDay[day][1]})
+	}
+	if inv != nil {
+		r.ChangeLog = inv.changeLog
+		r.Revocations = revocations(in, st, inv)
+	}
+	r.Sample = sample(in, st, rng)
+	c := func(id, title string) *Control {
+		r.Controls = append(r.Controls, Control{ID: id, Title: title})
+		return &r.Controls[len(r.Controls)-1]
+	}
+	noDecisions := st.decisions == 0
+
+	// CC6.1
+	x := c("CC6.1", "Logical access: every privileged action attributable to one agent")
+	shared := 0
+	for _, agents := range st.certAgents {
+		if len(agents) > 1 {
+			shared++
+		}
+	}
+	x.Evidence = []Fact{
+		{"decisions in the period", itoa(st.decisions), q("", "length")},
+		{"decisions attributed to one agent identity", itoa(st.withIdentity), q("", `map(select(.agent.id != null)) | length`)},
+		{"allowed decisions without an agent identity", itoa(st.anonAllowed), q("--allowed", `map(select(.agent.id == null)) | length`)},
+		{"certificates presented by more than one agent id", itoa(shared), q("", `map(select(.agent.cert_sha256 != null)) | group_by(.agent.cert_sha256) | map(select((map(.agent.id) | unique | length) > 1)) | length`)},
+	}
+	switch {
+	case noDecisions:
+		x.Status, x.Summary = StatusGap, "no decisions in the period: nothing to attribute"
+	case st.anonAllowed > 0 || shared > 0:
+		x.Status, x.Summary = StatusGap, fmt.Sprintf("%d allowed decisions without identity, %d shared certificates", st.anonAllowed, shared)
+	default:
+		x.Status, x.Summary = StatusEvidence, "every allowed decision names one agent, and no certificate served two agent ids"
+	}
+
+	// CC6.2
+	x = c("CC6.2", "Credentials before access: a verified certificate from a configured tenant CA")
+	x.Evidence = []Fact{{"allowed decisions", itoa(st.allowed), q("--allowed", "length")},
+		{"allowed decisions with a verified agent of a configured tenant", itoa(st.allowed - st.allowedWithoutTenant), q("--allowed", `map(select(.agent.tenant != null)) | length`)}}
+	for _, code := range sortedKeys(st.identityFailures) {
+		x.Evidence = append(x.Evidence, Fact{"identity refused: " + code, itoa(st.identityFailures[code]), q("--reason "+code, "length")})
+	}
+	switch {
+	case noDecisions:
+		x.Status, x.Summary = StatusGap, "no decisions in the period"
+	case st.allowedWithoutTenant > 0:
+		x.Status, x.Summary = StatusGap, fmt.Sprintf("%d allowed decisions without a tenant", st.allowedWithoutTenant)
+	default:
+		x.Status, x.Summary = StatusEvidence, fmt.Sprintf("all %d allowed decisions had a verified certificate; %d requests refused at identity", st.allowed, sum(st.identityFailures))
+	}
+
+	// CC6.3
+	x = c("CC6.3", "Least privilege: agents use only what they were granted")
+	for _, code := range []string{string(reason.ScopeMissing), string(reason.InsufficientTrustLevel), "unknown_operation", "agent_quarantined"} {
+		x.Evidence = append(x.Evidence, Fact{"denied " + code, itoa(st.byReason[code]), q("--reason "+code, "length")})
+	}
+	x.Evidence = append(x.Evidence, Fact{"agents × operations exercised (allowed)", matrix(st.matrix), q("--allowed", `group_by(.agent.id) | map({(.[0].agent.id): (group_by(.request.operation) | map({(.[0].request.operation): length}) | add)}) | add`)})
+	if inv != nil {
+		unused := unusedScopes(inv, st)
+		x.Evidence = append(x.Evidence, Fact{"active agents holding scopes they never used in the period", unused,
+			"agentauthz agent list --data-dir " + in.DataDir + "  # compare each agent's scopes with the matrix above"})
+	}
+	if noDecisions {
+		x.Status, x.Summary = StatusGap, "no decisions in the period"
+	} else {
+		x.Status, x.Summary = StatusEvidence, fmt.Sprintf("%d requests denied for missing scope or trust; the matrix shows what each agent actually did", st.byReason[string(reason.ScopeMissing)]+st.byReason[string(reason.InsufficientTrustLevel)])
+	}
+
+	// CC6.6
+	x = c("CC6.6", "Threats refused before any business logic")
+	for _, code := range sortedKeys(st.threats) {
+		x.Evidence = append(x.Evidence, Fact{"refused: " + code, itoa(st.threats[code]), q("--reason "+code, "length")})
+	}
+	x.Evidence = append(x.Evidence, Fact{"where they were refused", "at Envoy's ext_authz check: a denied request is answered by Envoy and never reaches the upstream", ""})
+	if noDecisions {
+		x.Status, x.Summary = StatusGap, "no decisions in the period"
+	} else {
+		x.Status, x.Summary = StatusEvidence, fmt.Sprintf("%d requests refused for untrusted, expired, forged or revoked credentials", sum(st.threats))
+	}
+
+	// CC6.7
+	x = c("CC6.7", "Credential lifecycle")
+	if inv == nil {
+		x.Status, x.Summary = StatusGap, "no CA inventory given (--data-dir): lifecycle cannot be shown"
+	} else {
+		issued, renewed, reissued, expired := 0, 0, 0, 0
+		revokedAgents := map[string]bool{} // a revocation is a serial and an agent-id event
+		for _, e := range inv.events {
+			if !inPeriod(in, e.At) {
+				continue
+			}
+			switch e.Event {
+			case "issue":
+				issued++
+			case "renew":
+				renewed++
+			case "reissue":
+				reissued++
+			case "revoke", "agent_revoke":
+				revokedAgents[agentKey(e.TrustDomain, e.AgentID)] = true
+			}
+		}
+		var lifetimes []time.Duration
+		for _, ct := range inv.certs {
+			lifetimes = append(lifetimes, ct.NotAfter.Sub(ct.NotBefore))
+			if ct.NotAfter.After(in.From) && inPeriod(in, ct.NotAfter) && ct.Status != "revoked" {
+				expired++
+			}
+		}
+		slices.Sort(lifetimes)
+		life := "none"
+		if len(lifetimes) > 0 {
+			life = fmt.Sprintf("min %v, median %v, max %v over %d certificates", lifetimes[0], lifetimes[len(lifetimes)/2], lifetimes[len(lifetimes)-1], len(lifetimes))
+		}
+		inv0 := "agentauthz agent list --json --data-dir " + in.DataDir + "  # and agentauthz agent show ID for each agent's events"
+		x.Evidence = []Fact{{"certificate lifetimes", life, "agentauthz agent list --data-dir " + in.DataDir + " --json"},
+			{"issued in the period", itoa(issued), inv0}, {"renewed", itoa(renewed), inv0}, {"reissued (new scopes or trust)", itoa(reissued), inv0},
+			{"agents revoked", itoa(len(revokedAgents)), inv0}, {"certificates that expired in the period", itoa(expired), "agentauthz agent list --data-dir " + in.DataDir}}
+		x.Status, x.Summary = StatusEvidence, fmt.Sprintf("%d issued, %d renewed, %d reissued, %d agents revoked in the period", issued, renewed, reissued, len(revokedAgents))
+	}
+
+	// CC6.8 and A1.1
+	x = c("CC6.8", "Prevent unauthorised access: a revoked agent is refused everywhere, the others keep working")
+	a1 := Control{ID: "A1.1", Title: "Availability: revoking one agent does not stop the others"}
+	switch {
+	case inv == nil:
+		x.Status, x.Summary = StatusGap, "no CA inventory given (--data-dir): revocations cannot be matched to decisions"
+		a1.Status, a1.Summary = StatusGap, x.Summary
+	case len(r.Revocations) == 0:
+		x.Status, x.Summary = StatusNA, "no revocation in the period"
+		a1.Status, a1.Summary = StatusNA, x.Summary
+	default:
+		failed := 0
+		for _, rv := range r.Revocations {
+			took := "no request after the revocation"
+			if !rv.FirstDenied.IsZero() {
+				took = fmt.Sprintf("first refused %v after", rv.FirstDenied.Sub(rv.At).Round(time.Millisecond))
+			}
+			failed += rv.AllowedAfter
+			x.Evidence = append(x.Evidence, Fact{fmt.Sprintf("%s/%s revoked %s", rv.Tenant, rv.Agent, rv.At.UTC().Format(time.RFC3339)),
+				fmt.Sprintf("%s; allowed more than %v after: %d", took, PropagationBound, rv.AllowedAfter),
+				queryAgentCmd(in, rv.Agent, rv.At)})
+			a1.Evidence = append(a1.Evidence, Fact{"others' allowed share around " + rv.Agent + "'s revocation",
+				fmt.Sprintf("hour before %s, hour after %s", rv.OthersBefore, rv.OthersAfter), ""})
+		}
+		if failed > 0 {
+			x.Status, x.Summary = StatusGap, fmt.Sprintf("%d allowed decisions for revoked agents after %v", failed, PropagationBound)
+		} else {
+			x.Status, x.Summary = StatusEvidence, fmt.Sprintf("%d revoked agents, each refused from then on", len(r.Revocations))
+		}
+		a1.Status, a1.Summary = StatusEvidence, "other agents' allowed share before and after each revocation"
+		a1.Evidence = append(a1.Evidence, Fact{"service availability", "not in the decision logs: take it from the Prometheus metrics (agentauthz_decisions_total, up)", ""})
+	}
+
+	// CC7.1
+	x = c("CC7.1", "Anomalies detected on the signed decision stream")
+	if !in.HasAlert {
+		x.Status, x.Summary = StatusGap, "no alerts file given (agentauthz anomaly replay --alerts FILE, then --alerts FILE here)"
+	} else {
+		byRule := map[string]int{}
+		var acks []time.Duration
+		open := 0
+		for _, a := range in.Alerts {
+			if !inPeriod(in, a.Alert.Time) {
+				continue
+			}
+			byRule[a.Alert.Rule]++
+			if a.Ack != nil {
+				acks = append(acks, a.Ack.At.Sub(a.Alert.Time))
+			} else {
+				open++
+			}
+		}
+		for _, rule := range sortedKeys(byRule) {
+			x.Evidence = append(x.Evidence, Fact{"alerts: " + rule, itoa(byRule[rule]), "agentauthz alerts list --rule " + rule})
+		}
+		slices.Sort(acks)
+		ackMed := "none acknowledged"
+		if len(acks) > 0 {
+			ackMed = acks[len(acks)/2].Round(time.Second).String()
+		}
+		x.Evidence = append(x.Evidence, Fact{"median time to acknowledge", ackMed, "agentauthz alerts list"}, Fact{"open (not acknowledged)", itoa(open), "agentauthz alerts list --open"})
+		x.Status, x.Summary = StatusEvidence, fmt.Sprintf("%d alerts in the period, %d acknowledged", sum(byRule), len(acks))
+	}
+
+	// CC7.2
+	x = c("CC7.2", "Monitoring: every decision logged, complete and unaltered")
+	bad := 0
+	for _, l := range r.Logs {
+		v := "verified: " + itoa(int(l.Records)) + " records"
+		if l.Problem != nil {
+			v, bad = "FAILED: "+l.Problem.Error(), bad+1
+		}
+		if l.Malformed > 0 {
+			v += fmt.Sprintf(", %d malformed lines", l.Malformed)
+			bad++
+		}
+		x.Evidence = append(x.Evidence, Fact{"log " + l.Name + " (" + l.Dir + ")", v, "agentauthz audit verify --log " + l.Dir})
+	}
+	x.Evidence = append(x.Evidence, Fact{"decisions missing identity, trust level, time or outcome fields", itoa(st.missingFields), ""})
+	if bad > 0 || st.missingFields > 0 {
+		x.Status, x.Summary = StatusGap, fmt.Sprintf("%d logs failed verification or hold malformed lines", bad)
+	} else {
+		x.Status, x.Summary = StatusEvidence, "every log verifies (Merkle tree, signed checkpoints, consistency) and every decision carries its fields"
+	}
+
+	// CC7.3
+	x = c("CC7.3", "Evaluation: sample decisions reconstructed and re-verified")
+	x.Evidence = append(x.Evidence, Fact{"sampled decisions", fmt.Sprintf("%d (seed %d)", len(r.Sample), in.Seed), ""})
+	if len(r.Sample) == 0 {
+		x.Status, x.Summary = StatusGap, "nothing to sample"
+	} else {
+		x.Status, x.Summary = StatusEvidence, "each sampled record with the commands that re-perform its verification (below)"
+	}
+
+	// CC7.4
+	x = c("CC7.4", "Response: revocations, restrictions, quarantines and downgrades")
+	if inv == nil {
+		x.Status, x.Summary = StatusGap, "no CA inventory given (--data-dir)"
+	} else {
+		n := 0
+		for _, e := range inv.events {
+			switch e.Event {
+			case "revoke", "agent_revoke", "restrict", "lift":
+			default:
+				continue
+			}
+			if !inPeriod(in, e.At) {
+				continue
+			}
+			n++
+			x.Evidence = append(x.Evidence, Fact{fmt.Sprintf("%s %s/%s", e.Event, e.TrustDomain, e.AgentID),
+				fmt.Sprintf("%s by %s: %s", e.At.UTC().Format(time.RFC3339), e.Operator, e.Detail), "agentauthz agent show " + e.AgentID + " --data-dir " + in.DataDir})
+		}
+		if n == 0 {
+			x.Status, x.Summary = StatusNA, "no response action in the period"
+		} else {
+			x.Status, x.Summary = StatusEvidence, fmt.Sprintf("%d response actions, each with who and why", n)
+		}
+	}
+
+	// CC8.1
+	x = c("CC8.1", "Changes: every change to an agent's scopes or trust level is a new certificate, in a signed change log")
+	switch {
+	case inv == nil:
+		x.Status, x.Summary = StatusGap, "no CA inventory given (--data-dir)"
+	case inv.changeLog == nil:
+		x.Status, x.Summary = StatusGap, "the change log cannot be verified: "+inv.changeLogErr
+	default:
+		cl := inv.changeLog
+		v := fmt.Sprintf("%d events, %d signed, head %s", cl.Events, cl.Signed, short(cl.Head))
+		if cl.Problem != nil {
+			v = fmt.Sprintf("FAILED at seq %d: %s: %s", cl.Problem.Seq, cl.Problem.Kind, cl.Problem.Detail)
+		}
+		x.Evidence = append(x.Evidence, Fact{"signed change log", v, "agentauthz audit verify --changelog " + in.DataDir})
+		reissued := 0
+		for _, e := range inv.events {
+			if e.Event == "reissue" && inPeriod(in, e.At) {
+				reissued++
+			}
+		}
+		x.Evidence = append(x.Evidence, Fact{"scope or trust changes, each a new certificate (reissue)", itoa(reissued), "agentauthz agent show ID --data-dir " + in.DataDir + "  # reissue events"})
+		if cl.Problem != nil {
+			x.Status, x.Summary = StatusGap, "the change log does not verify"
+		} else {
+			x.Status, x.Summary = StatusEvidence, "the change log verifies; scope and trust change only by reissue"
+		}
+	}
+	r.Controls = append(r.Controls, a1)
+
+	// PI1.3 and PI1.5
+	x = c("PI1.3", "Processing integrity: responses travel signed")
+	x.Evidence = []Fact{{"response records", itoa(st.responses), ""}, {"responses signed with their body digest", itoa(st.signedResponses), ""}}
+	if st.responses == 0 {
+		x.Status, x.Summary = StatusGap, "no response records: signed responses (ext_proc) are not deployed, or nothing was allowed"
+	} else {
+		x.Status, x.Summary = StatusEvidence, fmt.Sprintf("%d of %d responses signed", st.signedResponses, st.responses)
+	}
+	x = c("PI1.5", "Outputs linked to agent, trust level, scope and decision")
+	x.Evidence = []Fact{{"responses linked to a decision in these logs", fmt.Sprintf("%d of %d", st.responsesLinked, st.responses), ""}}
+	if st.responses == 0 {
+		x.Status, x.Summary = StatusGap, "no response records"
+	} else {
+		x.Status, x.Summary = StatusEvidence, "each response record carries its decision id, agent and outcome"
+	}
+	r.Mapping = mapping
+}
+
+// revocations matches each revocation in the period with the revoked
+// agent's decisions after it and the other agents' around it.
+func revocations(in Inputs, st *stats, inv *inventory) []Revocation {
+	var out []Revocation
+	done := map[string]bool{}
+	for _, e := range inv.events {
+		if e.Event != "revoke" && e.Event != "agent_revoke" || e.AgentID == "" || !inPeriod(in, e.At) {
+			continue
+		}
+		k := agentKey(e.TrustDomain, e.AgentID)
+		if done[k] {
+			continue // a serial and an agent revocation at once
+		}
+		done[k] = true
+		rv := Revocation{Tenant: e.TrustDomain, Agent: e.AgentID, At: e.At, Operator: e.Operator, Detail: e.Detail}
+		for _, p := range st.byAgent[k] {
+			if p.at.Before(e.At) {
+				continue
+			}
+			if !p.allowed && rv.FirstDenied.IsZero() && (p.reason == string(reason.CertificateRevoked) || p.reason == string(reason.AgentRevoked)) {
+				rv.FirstDenied = p.at
+			}
+			if p.allowed && p.at.After(e.At.Add(PropagationBound)) {
+				rv.AllowedAfter++
+			}
+		}
+		rv.OthersBefore = othersShare(st, k, e.At.Add(-time.Hour), e.At)
+		rv.OthersAfter = othersShare(st, k, e.At, e.At.Add(time.Hour))
+		out = append(out, rv)
+	}
+	return out
+}
+
+func othersShare(st *stats, except string, from, to time.Time) string {
+	allowed, all := 0, 0
+	for k, ps := range st.byAgent {
+		if k == except {
+			continue
+		}
+		for _, p := range ps {
+			if p.at.Before(from) || !p.at.Before(to) {
+				continue
+			}
+			all++
+			if p.allowed {
+				allowed++
+			}
+		}
+	}
+	if all == 0 {
+		return "no requests"
+	}
+	return fmt.Sprintf("%.1f %% of %d allowed", 100*float64(allowed)/float64(all), all)
+}
+
+func sample(in Inputs, st *stats, rng *rand.Rand) []Sample {
+	n := min(in.Sample, len(st.records))
+	idx := rng.Perm(len(st.records))[:n]
+	sort.Ints(idx)
+	out := make([]Sample, 0, n)
+	for _, i := range idx {
+		s := st.records[i]
+		out = append(out, Sample{Log: s.dir, Record: s.rec, Steps: []string{
+			"agentauthz audit who " + s.rec.DecisionID + " --log " + s.dir + "   # the full record",
+			"agentauthz audit prove " + s.rec.DecisionID + " --log " + s.dir + "   # its inclusion proof and the signed checkpoint",
+			"agentauthz audit verify --log " + s.dir + "   # the whole log: tree, checkpoint signatures, consistency",
+			"python3 test/verify_log.py " + s.dir + "   # the same checks, independently (docs/decision-log.md)",
+		}})
+	}
+	return out
+}
+
+func unusedScopes(inv *inventory, st *stats) string {
+	var lines []string
+	seen := map[string]bool{}
+	for _, ct := range inv.certs {
+		k := agentKey(ct.TrustDomain, ct.AgentID)
+		if ct.Status != "active" || seen[k] {
+			continue
+		}
+		seen[k] = true
+		var unused []string
+		for _, sc := range ct.Scopes {
+			// The shipped policy names each operation after its scope.
+			if !st.usedOps[k][sc] {
+				unused = append(unused, sc)
+			}
+		}
+		if len(unused) > 0 {
+			lines = append(lines, fmt.Sprintf("%s: %s", k, strings.Join(unused, ", ")))
+		}
+	}
+	if len(lines) == 0 {
+		return "none"
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "; ")
+}
+
+func matrix(m map[string]map[string]int) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	var rows []string
+	for _, a := range sortedKeys(m) {
+		var cells []string
+		for _, op := range sortedKeys(m[a]) {
+			cells = append(cells, fmt.Sprintf("%s %d", op, m[a][op]))
+		}
+		rows = append(rows, a+": "+strings.Join(cells, ", "))
+	}
+	return strings.Join(rows, "; ")
+}
+
+func queryCmd(in Inputs) func(filter, jq string) string {
+	logs := make([]string, 0, len(in.Logs))
+	for _, l := range in.Logs {
+		logs = append(logs, l.Dir)
+	}
+	span := ""
+	if !in.From.IsZero() {
+		span += " --since " + in.From.UTC().Format(time.RFC3339)
+	}
+	if !in.To.IsZero() {
+		span += " --until " + in.To.UTC().Format(time.RFC3339)
+	}
+	return func(filter, jq string) string {
+		if filter != "" {
+			filter = " " + filter
+		}
+		cmds := make([]string, len(logs))
+		for i, l := range logs {
+			cmds[i] = "agentauthz audit query --log " + l + span + filter + " --json"
+		}
+		src := cmds[0]
+		if len(cmds) > 1 {
+			src = "{ " + strings.Join(cmds, "; ") + "; }"
+		}
+		return src + " | jq -s 'map(select((.kind // \"decision\") == \"decision\")) | " + jq + "'"
+	}
+}
+
+func queryAgentCmd(in Inputs, agent string, at time.Time) string {
+	return fmt.Sprintf("agentauthz audit query --log %s --agent %s --since %s --json", in.Logs[0].Dir, agent, at.UTC().Format(time.RFC3339))
+}
+
+func inPeriod(in Inputs, t time.Time) bool {
+	return (in.From.IsZero() || !t.Before(in.From)) && (in.To.IsZero() || !t.After(in.To))
+}
+
+func itoa(n int) string { return fmt.Sprintf("%d", n) }
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+func short(h string) string {
+	if len(h) > 16 {
+		return h[:16] + "…"
+	}
+	return h
+}
