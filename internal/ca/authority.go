@@ -19,6 +19,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // KeyPermissionError is ErrKeyPermissions with the offending file.
@@ -235,10 +237,10 @@ func (a *Authority) storeCA(td, org, crlURL string, maxTTL time.Duration, import
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
-		if err := writeFileDurable(a.KeyPath(td), keyPEM, 0o600); err != nil {
+		if err := durable.WriteFile(a.KeyPath(td), keyPEM, 0o600); err != nil {
 			return err
 		}
-		if err := writeFileDurable(a.CertPath(td), certPEM, 0o644); err != nil {
+		if err := durable.WriteFile(a.CertPath(td), certPEM, 0o644); err != nil {
 			os.Remove(a.KeyPath(td))
 			return err
 		}

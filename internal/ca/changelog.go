@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // The change log is the inventory's events table, signed: every event (CA
@@ -103,13 +105,13 @@ func loadOrCreateChangeKey(dir string) (*changeSigner, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := writeFileDurable(filepath.Join(dir, changeLogPubFile), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
+		if err := durable.WriteFile(filepath.Join(dir, changeLogPubFile), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
 			return nil, err
 		}
 		// Another process may be creating it too: link, never replace, so
 		// exactly one key signs; the loser loads the winner's.
 		tmp := kp + ".new-" + hex.EncodeToString(pub[:6])
-		if err := writeFileDurable(tmp, []byte(base64.StdEncoding.EncodeToString(priv.Seed())+"\n"), 0o600); err != nil {
+		if err := durable.WriteFile(tmp, []byte(base64.StdEncoding.EncodeToString(priv.Seed())+"\n"), 0o600); err != nil {
 			return nil, err
 		}
 		if err := os.Link(tmp, kp); err != nil && !errors.Is(err, os.ErrExist) {
@@ -117,7 +119,7 @@ func loadOrCreateChangeKey(dir string) (*changeSigner, error) {
 			return nil, fmt.Errorf("change log key: %w", err)
 		}
 		os.Remove(tmp)
-		if err := syncDir(dir); err != nil {
+		if err := durable.SyncDir(dir); err != nil {
 			return nil, err
 		}
 	}
@@ -147,7 +149,7 @@ func loadOrCreateChangeKey(dir string) (*changeSigner, error) {
 	}
 	if err != nil {
 		der, _ := x509.MarshalPKIXPublicKey(pub)
-		if werr := writeFileDurable(filepath.Join(dir, changeLogPubFile), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); werr != nil {
+		if werr := durable.WriteFile(filepath.Join(dir, changeLogPubFile), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); werr != nil {
 			return nil, werr
 		}
 	}

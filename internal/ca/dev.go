@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // DevTrustDomain is the trust domain of the development CA.
@@ -154,10 +156,10 @@ func (a *Authority) issueDev(ag DevAgent) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := writeFileDurable(ag.KeyPath, iss.KeyPEM, 0o600); err != nil {
+	if err := durable.WriteFile(ag.KeyPath, iss.KeyPEM, 0o600); err != nil {
 		return "", err
 	}
-	if err := writeFileDurable(ag.CertPath, iss.CertPEM, 0o644); err != nil {
+	if err := durable.WriteFile(ag.CertPath, iss.CertPEM, 0o644); err != nil {
 		return "", err
 	}
 	return iss.Record.Serial, nil

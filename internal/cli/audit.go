@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 func newAuditCmd() *cobra.Command {
@@ -62,22 +63,8 @@ func loadTrustedKeys(pubkey, logDir string, stderr io.Writer) (decisionlog.KeySe
 	return ks, nil
 }
 
-// readArgFile reads a key or receipt file, bounded to 1 MiB.
-func readArgFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, 1<<20+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > 1<<20 {
-		return nil, fmt.Errorf("%s: larger than 1 MiB", path)
-	}
-	return data, nil
-}
+// readArgFile reads a key, record or receipt file named on the command line.
+func readArgFile(path string) ([]byte, error) { return durable.ReadFile(path, 1<<20) }
 
 func newAuditVerifyCmd() *cobra.Command {
 	var logDir, pubkey, changeLog, logName string

@@ -16,7 +16,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"math/big"
 	"net"
 	"os"
@@ -24,6 +23,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // Role is what an operator certificate allows.
@@ -144,13 +145,13 @@ func OpenOperatorCA(dataDir string, create bool) (*OperatorCA, error) {
 	if err := writeSynced(filepath.Join(tmp, operatorCertFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return nil, err
 	}
-	if err := syncPath(tmp); err != nil {
+	if err := durable.SyncDir(tmp); err != nil {
 		return nil, err
 	}
 	if err := os.Rename(tmp, dir); err != nil && !errors.Is(err, os.ErrExist) && !isNotEmpty(err) {
 		return nil, fmt.Errorf("create operator CA: %w", err)
 	}
-	if err := syncPath(dataDir); err != nil {
+	if err := durable.SyncDir(dataDir); err != nil {
 		return nil, err
 	}
 	return loadOperatorCA(dir)
@@ -170,11 +171,11 @@ func loadOperatorCA(dir string) (*OperatorCA, error) {
 	if st.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("operator CA key %s is readable by group or others (mode %v): chmod 600 it", kp, st.Mode().Perm())
 	}
-	keyPEM, err := readSmall(kp)
+	keyPEM, err := durable.ReadFile(kp, maxOperatorFile)
 	if err != nil {
 		return nil, err
 	}
-	certPEM, err := readSmall(filepath.Join(dir, operatorCertFile))
+	certPEM, err := durable.ReadFile(filepath.Join(dir, operatorCertFile), maxOperatorFile)
 	if err != nil {
 		return nil, err
 	}
@@ -307,31 +308,6 @@ func writeSynced(path string, data []byte, perm os.FileMode) error {
 	return f.Close()
 }
 
-func syncPath(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-func readSmall(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxOperatorFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if len(b) > maxOperatorFile {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxOperatorFile)
-	}
-	return b, nil
-}
-
 // WriteIssued writes an issued certificate and key as NAME.pem and NAME.key
 // (0600) in dir, refusing to overwrite existing files.
 func WriteIssued(dir, name string, is *Issued) (certPath, keyPath string, err error) {
@@ -346,5 +322,5 @@ func WriteIssued(dir, name string, is *Issued) (certPath, keyPath string, err er
 		os.Remove(keyPath)
 		return "", "", err
 	}
-	return certPath, keyPath, syncPath(dir)
+	return certPath, keyPath, durable.SyncDir(dir)
 }

@@ -55,11 +55,14 @@ func (c Checkpoint) Text() string {
 	b.WriteByte('\n')
 	b.WriteString(strconv.FormatUint(c.Size, 10))
 	b.WriteByte('\n')
-	b.WriteString(base64.StdEncoding.EncodeToString(c.Root[:]))
+	var enc [44]byte // base64 of a hash
+	base64.StdEncoding.Encode(enc[:], c.Root[:])
+	b.Write(enc[:])
 	b.WriteString("\nbatch ")
 	b.WriteString(strconv.FormatUint(c.BatchStart, 10))
 	b.WriteByte(' ')
-	b.WriteString(base64.StdEncoding.EncodeToString(c.BatchRoot[:]))
+	base64.StdEncoding.Encode(enc[:], c.BatchRoot[:])
+	b.Write(enc[:])
 	b.WriteByte('\n')
 	return b.String()
 }
@@ -168,10 +171,11 @@ type noteSigner struct {
 	name string
 	hash uint32
 	priv ed25519.PrivateKey
+	key  *signingKey
 }
 
 func newNoteSigner(name string, k *signingKey) *noteSigner {
-	return &noteSigner{name: name, hash: noteKeyHash(name, k.public()), priv: k.priv}
+	return &noteSigner{name: name, hash: noteKeyHash(name, k.public()), priv: k.priv, key: k}
 }
 
 func (s *noteSigner) Name() string    { return s.name }
@@ -233,13 +237,30 @@ const (
 	recordPrefix     = `{"index":`
 )
 
+// encodeCheckpointLine writes the checkpoint line by hand: what
+// marshalJSON writes for checkpointLine (TestCheckpointLineIsJSON), since
+// the note holds nothing JSON escapes but its LFs (validOrigin, decimal,
+// base64, "batch", spaces, U+2014).
 func encodeCheckpointLine(signed []byte, hashes [][]byte) []byte {
-	l := checkpointLine{Checkpoint: string(signed), Range: make([]string, len(hashes))}
-	for i, h := range hashes {
-		l.Range[i] = base64.StdEncoding.EncodeToString(h)
+	buf := make([]byte, 0, len(signed)+16+len(hashes)*47+16)
+	buf = append(buf, checkpointPrefix+`"`...)
+	for _, c := range signed {
+		if c == '\n' {
+			buf = append(buf, '\\', 'n')
+		} else {
+			buf = append(buf, c)
+		}
 	}
-	b, _ := marshalJSON(l) // strings only: always marshals
-	return b
+	buf = append(buf, `","range":[`...)
+	for i, h := range hashes {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, '"')
+		buf = base64.StdEncoding.AppendEncode(buf, h)
+		buf = append(buf, '"')
+	}
+	return append(buf, "]}"...)
 }
 
 // checkpointNote returns the signed note of a checkpoint line without

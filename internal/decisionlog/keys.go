@@ -18,6 +18,8 @@ import (
 	"strings"
 
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // maxKeyFileBytes bounds every key file and key set we read.
@@ -287,7 +289,7 @@ func generateSigningKey(dir string) (*signingKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode signing key: %w", err)
 	}
-	if err := writeFileDurable(filepath.Join(dir, keyFilePrefix+k.kid+keyFileSuffix), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := durable.WriteFile(filepath.Join(dir, keyFilePrefix+k.kid+keyFileSuffix), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		return nil, fmt.Errorf("write signing key: %w", err)
 	}
 	return k, nil
@@ -311,46 +313,6 @@ func readFileLimited(path string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	return buf, nil
-}
-
-// writeFileDurable writes temp → fsync → rename → fsync dir, so a crash
-// leaves either the old file or the whole new one.
-func writeFileDurable(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // JWKSHandler serves the public keys as an RFC 7517 JWK Set.

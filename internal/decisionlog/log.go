@@ -17,6 +17,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // Sentinel errors callers branch on.
@@ -108,6 +110,7 @@ type batch struct {
 	rot    []rotation // key rotations among the records
 	out    [][]byte   // what the writer writes: record and checkpoint lines, each with its LF
 	cps    []sealedCP // one per MaxBatch records, set before signed is closed
+	last   []byte     // the signed note of the last checkpoint
 	signed chan struct{}
 	done   chan struct{}
 	err    error
@@ -175,6 +178,8 @@ type Log struct {
 	wbuf       []byte
 	tree       *Tree       // the tree with every sealed batch
 	wkey       *signingKey // signs the next checkpoint
+	signer     *noteSigner // wkey's, kept while wkey stays
+	hbuf       []byte      // scratch for record hashes
 	durTree    *Tree       // the tree at the last durable checkpoint
 	durWKey    *signingKey
 }
@@ -393,7 +398,7 @@ func (l *Log) Rotate() (string, error) {
 	if _, err := l.append(rec, k, true); err != nil {
 		return "", fmt.Errorf("append key rotation record: %w", err)
 	}
-	if err := writeFileDurable(filepath.Join(l.opts.KeyDir, currentKeyFile), []byte(k.kid+"\n"), 0o600); err != nil {
+	if err := durable.WriteFile(filepath.Join(l.opts.KeyDir, currentKeyFile), []byte(k.kid+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write current key id: %w", err)
 	}
 	l.logger.Info("rotated decision log signing key", "kid", k.kid, "index", rec.Index)
@@ -559,10 +564,7 @@ func (l *Log) run() {
 			l.inflight -= len(b.lines)
 			l.mu.Unlock()
 			l.durTree, l.durWKey = l.tree.Clone(), l.wkey
-			last := b.out[len(b.out)-1] // the last line is the last checkpoint
-			if signed, _, err := decodeCheckpointLine(last[:len(last)-1]); err == nil {
-				l.latest.Store(&signed)
-			}
+			l.latest.Store(&b.last)
 			l.m.batch.Observe(float64(len(b.lines)))
 			close(b.done)
 			continue
@@ -615,7 +617,7 @@ func (l *Log) seal(b *batch) error {
 	b.leaves = make([]Hash, len(b.lines))
 	size := 0
 	for i, ln := range b.lines {
-		b.leaves[i] = LeafHash(ln)
+		b.leaves[i] = leafHash(&l.hbuf, ln)
 		size += len(ln) + 1
 	}
 	n := (len(b.lines) + MaxBatch - 1) / MaxBatch
@@ -630,15 +632,19 @@ func (l *Log) seal(b *batch) error {
 		}
 		cp := Checkpoint{Origin: l.opts.Name, Size: l.tree.Size(), Root: l.tree.Root(),
 			BatchStart: b.first + uint64(start), BatchRoot: lv.root()}
-		signed, sig, err := signCheckpoint(cp, newNoteSigner(l.opts.Name, l.wkey))
+		if l.signer == nil || l.signer.key != l.wkey {
+			l.signer = newNoteSigner(l.opts.Name, l.wkey)
+		}
+		signed, sig, err := signCheckpoint(cp, l.signer)
 		if err != nil {
 			return fmt.Errorf("sign checkpoint: %w", err)
 		}
 		b.cps = append(b.cps, sealedCP{cp: cp, lv: lv, sig: sig})
+		b.last = signed
 		for _, ln := range b.lines[start:end] {
 			b.out = append(b.out, append(ln, '\n'))
 		}
-		b.out = append(b.out, append(encodeCheckpointLine(signed, l.tree.Hashes()), '\n'))
+		b.out = append(b.out, append(encodeCheckpointLine(signed, l.tree.r.Hashes()), '\n'))
 		for ; rot < len(b.rot) && b.rot[rot].idx < end; rot++ {
 			l.wkey = b.rot[rot].key
 		}
@@ -735,7 +741,7 @@ func (l *Log) startSegment(firstSeq uint64, now time.Time) error {
 		}
 		alloc = 0
 	}
-	if err := syncDir(l.opts.Dir); err != nil {
+	if err := durable.SyncDir(l.opts.Dir); err != nil {
 		f.Close()
 		return fmt.Errorf("sync log dir: %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // Recovery on Open.
@@ -246,7 +248,7 @@ func (l *Log) recoverOnOpen() error {
 				if err := os.Remove(path); err != nil {
 					return fmt.Errorf("remove empty segment: %w", err)
 				}
-				if err := syncDir(l.opts.Dir); err != nil {
+				if err := durable.SyncDir(l.opts.Dir); err != nil {
 					return fmt.Errorf("sync log dir: %w", err)
 				}
 				l.logger.Warn("removed segment without a complete record", "segment", name)
@@ -286,7 +288,7 @@ func (l *Log) recoverOnOpen() error {
 		l.key = k
 		l.logger.Info("generated decision log signing key", "kid", k.kid)
 	}
-	if err := writeFileDurable(filepath.Join(l.opts.KeyDir, currentKeyFile), []byte(l.key.kid+"\n"), 0o600); err != nil {
+	if err := durable.WriteFile(filepath.Join(l.opts.KeyDir, currentKeyFile), []byte(l.key.kid+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write current key id: %w", err)
 	}
 	l.next, l.wkey, l.tree = 0, l.key, NewTree()

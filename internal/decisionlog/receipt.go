@@ -48,7 +48,8 @@ type CompactReceipt struct {
 // Encode returns the header value.
 func (r *CompactReceipt) Encode() string {
 	c := r.Checkpoint
-	b := make([]byte, 0, 1+1+len(c.Origin)+3*binary.MaxVarintLen64+2*HashSize+1+len(r.Proof)*HashSize+4+ed25519.SignatureSize)
+	var arr [1 + 1 + maxOriginBytes + 3*binary.MaxVarintLen64 + 2*HashSize + 1 + 8*HashSize + 4 + ed25519.SignatureSize]byte
+	b := arr[:0] // on the stack: the string below is the one allocation
 	b = append(b, receiptVersion)
 	b = binary.AppendUvarint(b, uint64(len(c.Origin)))
 	b = append(b, c.Origin...)

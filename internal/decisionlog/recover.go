@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // Side files. Open never cuts a byte other than padding off the log
@@ -46,7 +48,7 @@ func keepTornBytes(open openFunc, dir, seg string, off int64, b []byte) (string,
 			if same {
 				// Complete (it got its name after its fsync); the
 				// directory entry may not have been synced.
-				return path, syncDir(dir)
+				return path, durable.SyncDir(dir)
 			}
 		}
 	}
@@ -84,7 +86,7 @@ func writeSideFile(open openFunc, path string, b []byte) (err error) {
 	if err = os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 // fileHolds reports whether the file at path holds exactly b. It reads at

@@ -21,21 +21,40 @@ var hasher = rfc6962.DefaultHasher
 // record bytes being its line without the LF. It is also the "record hash"
 // a receipt carries.
 func LeafHash(record []byte) Hash {
-	h := sha256.New()
-	h.Write([]byte{0})
-	h.Write(record)
-	var out Hash
-	h.Sum(out[:0])
-	return out
+	return leafHash(nil, record)
 }
 
+// leafHash is LeafHash with a scratch buffer for 0x00 ‖ record (the
+// writer reuses one: no allocation per record).
+func leafHash(scratch *[]byte, record []byte) Hash {
+	var buf []byte
+	if scratch != nil {
+		buf = (*scratch)[:0]
+	}
+	buf = append(append(buf, 0), record...)
+	if scratch != nil {
+		*scratch = buf
+	}
+	return sha256.Sum256(buf)
+}
+
+// nodeHash is SHA-256(0x01 ‖ l ‖ r), as rfc6962.HashChildren, without
+// allocating.
 func nodeHash(l, r []byte) Hash {
-	var out Hash
-	copy(out[:], hasher.HashChildren(l, r))
-	return out
+	var buf [1 + 2*HashSize]byte
+	buf[0] = 1
+	copy(buf[1:], l)
+	copy(buf[1+HashSize:], r)
+	return sha256.Sum256(buf[:])
 }
 
-var rangeFactory = &compact.RangeFactory{Hash: hasher.HashChildren}
+// hashChildren is nodeHash for the compact range (which keeps the slice).
+func hashChildren(l, r []byte) []byte {
+	h := nodeHash(l, r)
+	return h[:]
+}
+
+var rangeFactory = &compact.RangeFactory{Hash: hashChildren}
 
 // Tree is the state of a log's Merkle tree: its size and the roots of the
 // perfect subtrees that make up [0, size) (an RFC 6962 compact range), so
@@ -93,9 +112,10 @@ func (t *Tree) Hashes() [][]byte {
 	return out
 }
 
-// Clone returns an independent copy.
+// Clone returns an independent copy. The hashes themselves are never
+// written to once made, so only the list is copied.
 func (t *Tree) Clone() *Tree {
-	c, _ := NewTreeFromRange(t.Size(), t.Hashes())
+	c, _ := NewTreeFromRange(t.Size(), append([][]byte(nil), t.r.Hashes()...))
 	return c
 }
 
@@ -133,7 +153,7 @@ func (lv levels) root() Hash {
 
 // proof returns the inclusion proof of leaf i (RFC 9162 §2.1.3.1).
 func (lv levels) proof(i int) []Hash {
-	var out []Hash
+	out := make([]Hash, 0, len(lv)-1)
 	for _, level := range lv[:len(lv)-1] {
 		if s := i ^ 1; s < len(level) {
 			out = append(out, level[s])
@@ -180,7 +200,7 @@ func rehash(leaves []Hash, nodes proof.Nodes) ([]Hash, error) {
 		h := subtreeRoot(leaves[begin:end])
 		hs[i] = h[:]
 	}
-	hs, err := nodes.Rehash(hs, hasher.HashChildren)
+	hs, err := nodes.Rehash(hs, hashChildren)
 	if err != nil {
 		return nil, err
 	}

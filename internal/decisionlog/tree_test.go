@@ -214,6 +214,7 @@ func TestReceiptSizeAtScale(t *testing.T) {
 				r := CompactReceipt{Checkpoint: cp, Index: cp.BatchStart + uint64(i), RecordHash: leaves[i], Proof: lv.proof(i),
 					KeyHash: uint32(sig[0])<<24 | uint32(sig[1])<<16 | uint32(sig[2])<<8 | uint32(sig[3]), Signature: sig[4:]}
 				s := r.Encode()
+				t.Logf("origin of %d bytes, log of %d records, record %d of a batch of %d: %d bytes", len(origin), size, i, MaxBatch, len(s))
 				if len(s) > 600 {
 					t.Errorf("origin of %d bytes, size %d: receipt of %d bytes", len(origin), size, len(s))
 				}
@@ -443,5 +444,36 @@ func TestVerifyV2Tampering(t *testing.T) {
 				t.Fatalf("got %+v, want %s at %d", res.Problem, tc.kind, tc.index)
 			}
 		})
+	}
+}
+
+// TestCheckpointLineIsJSON: the hand-written checkpoint line is what
+// encoding/json writes for it, and decodes back.
+func TestCheckpointLineIsJSON(t *testing.T) {
+	_, priv, _ := ed25519.GenerateKey(nil)
+	k := newSigningKey(priv)
+	tree := NewTree()
+	for i := 0; i < 13; i++ {
+		tree.Append(LeafHash([]byte{byte(i)}))
+	}
+	for _, origin := range []string{"agentauthz", "eu-west/replica-1", strings.Repeat("x", maxOriginBytes)} {
+		cp := Checkpoint{Origin: origin, Size: 13, Root: tree.Root(), BatchStart: 10, BatchRoot: LeafHash([]byte("b"))}
+		signed, _, err := signCheckpoint(cp, newNoteSigner(origin, k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := encodeCheckpointLine(signed, tree.Hashes())
+		l := checkpointLine{Checkpoint: string(signed)}
+		for _, h := range tree.Hashes() {
+			l.Range = append(l.Range, base64.StdEncoding.EncodeToString(h))
+		}
+		want, _ := marshalJSON(l)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("hand-written line differs:\n got %s\nwant %s", got, want)
+		}
+		s2, hs, err := decodeCheckpointLine(got)
+		if err != nil || !bytes.Equal(s2, signed) || len(hs) != len(tree.Hashes()) {
+			t.Fatalf("decode: %v", err)
+		}
 	}
 }

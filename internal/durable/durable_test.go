@@ -2,6 +2,7 @@ package durable
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -39,8 +40,8 @@ func TestReadFileRefusesOversizedFile(t *testing.T) {
 	if err := os.WriteFile(p, bytes.Repeat([]byte("x"), 11), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := ReadFile(p, 10); err == nil {
-		t.Fatalf("an 11-byte file read under a 10-byte limit: got %d bytes and no error", len(b))
+	if b, err := ReadFile(p, 10); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("an 11-byte file read under a 10-byte limit: got %d bytes and %v, want ErrTooLarge", len(b), err)
 	}
 	if b, err := ReadFile(p, 11); err != nil || len(b) != 11 {
 		t.Fatalf("a file exactly at the limit: %d bytes, %v", len(b), err)

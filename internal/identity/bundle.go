@@ -6,9 +6,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
-	"os"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // Input limits for certificates.
@@ -58,17 +58,9 @@ func LoadBundle(trustDomain, pemPath string, profile Profile) (Bundle, error) {
 	if pemPath == "" {
 		return NewBundle(trustDomain, profile, nil)
 	}
-	f, err := os.Open(pemPath)
+	data, err := durable.ReadFile(pemPath, MaxBundleBytes)
 	if err != nil {
 		return Bundle{}, fmt.Errorf("trust bundle for %s: %w", trustDomain, err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxBundleBytes+1))
-	if err != nil {
-		return Bundle{}, fmt.Errorf("trust bundle for %s: read %s: %w", trustDomain, pemPath, err)
-	}
-	if len(data) > MaxBundleBytes {
-		return Bundle{}, fmt.Errorf("trust bundle for %s: %s is larger than %d bytes", trustDomain, pemPath, MaxBundleBytes)
 	}
 	b, err := ParseBundle(trustDomain, data, profile)
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/bundle"
+
+	"github.com/agentauthz/agentauthz/internal/durable"
 )
 
 // HTTPDoer fetches bundle URLs (*http.Client satisfies it).
@@ -125,7 +126,7 @@ func (b *bundleSource) fetch(ctx context.Context) (*bundle.Bundle, bool, error) 
 	if b.isURL() {
 		raw, etag, err = b.download(ctx)
 	} else {
-		raw, err = readBounded(b.loc)
+		raw, err = durable.ReadFile(b.loc, maxBundleBytes)
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("%w: bundle %s: %w", ErrPolicyRejected, b.loc, err)
@@ -186,20 +187,4 @@ func (b *bundleSource) download(ctx context.Context) ([]byte, string, error) {
 		return nil, "", fmt.Errorf("bundle larger than %d bytes", maxBundleBytes)
 	}
 	return raw, resp.Header.Get("ETag"), nil
-}
-
-func readBounded(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	raw, err := io.ReadAll(io.LimitReader(f, maxBundleBytes+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(raw) > maxBundleBytes {
-		return nil, errors.New("bundle too large")
-	}
-	return raw, nil
 }
