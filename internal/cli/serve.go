@@ -219,12 +219,11 @@ func newLogger(cfg config.Config, w io.Writer) hclog.Logger {
 	})
 }
 
-// GC settings of serve. The live heap is a few MiB, so Go's default GOGC=100
-// collects every ~80 Checks; 400 cut server CPU per Check by ~14 % in the load
-// harness for ~10 MiB more heap (docs/performance.md). The soft memory limit
-// keeps a large live heap (a million revoked serials: ~86 MiB) from growing 5×
-// under that setting: 270 MiB RSS with it, 566 MiB without. GOGC and
-// GOMEMLIMIT in the environment still win.
+// Defaults of the GOGC and GOMEMLIMIT settings for serve (docs/configuration.md,
+// "Environment"; why and what they cost: docs/performance.md, "Settings that
+// matter"). The live heap is small, so Go's GOGC=100 collects too often; the
+// soft limit keeps a large live heap (a big CRL) from growing by GOGC. The
+// environment variables, when set, win.
 const (
 	serveGCPercent  = 400
 	serveMemoryGoal = 256 << 20
