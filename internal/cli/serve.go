@@ -404,6 +404,10 @@ func (d *devMode) attach(c *server.Components, w io.Writer, grpcAddr string) err
 			}
 		}
 		printDevHints(w, d.env, d.dataDir, grpcAddr)
+		if d.rev != nil && !d.rev.plain {
+			fmt.Fprintf(w, "Console: open the link that \"%s operator login-link dev --role admin --data-dir %s --server %s\" prints.\n\n",
+				devExe(), d.dataDir, d.rev.URL())
+		}
 		return nil
 	})
 	return nil
@@ -484,13 +488,18 @@ func hasTrustDomain(cfg config.Config, td string) bool {
 	return false
 }
 
+// devExe is how the dev hints name the binary.
+func devExe() string {
+	if exe := os.Args[0]; strings.Contains(exe, string(filepath.Separator)) {
+		return exe
+	}
+	return "agentauthz"
+}
+
 // printDevHints prints one check line that is allowed, one that is denied,
 // and the revoke command that turns the allowed one into a denial.
 func printDevHints(w io.Writer, dev *ca.DevEnv, dataDir, addr string) {
-	exe := os.Args[0]
-	if !strings.Contains(exe, string(filepath.Separator)) {
-		exe = "agentauthz"
-	}
+	exe := devExe()
 	certOf := func(id string) string {
 		for _, a := range dev.Agents {
 			if a.ID == id {
