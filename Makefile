@@ -59,7 +59,7 @@ OPA := $(GO) tool opa
 
 policy-test: ## run the shipped policy tests with the stock opa CLI (pinned in go.mod)
 	$(OPA) test policies -v
-	$(OPA) test policies --coverage --format=json | $(GO) run ./internal/policy/cmd/coverage -min 90
+	$(OPA) test policies --coverage --format=json | $(GO) -C tools run ./policycoverage -min 90
 
 SIGNING_KEY ?= $(DATA_DIR)/bundle-signing.key
 

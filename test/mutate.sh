@@ -30,8 +30,8 @@ for t in "${targets[@]}"; do
 	dir=${t%%:*}
 	only=""
 	[[ $t == *:* ]] && only=${t#*:}
-	# gremlins also walks subdirectories (other packages, such as
-	# internal/policy/cmd/coverage): only the package itself is mutated.
+	# gremlins also walks subdirectories (other packages below the
+	# target): only the package itself is mutated.
 	excludes=(-E '/')
 	if [ -n "$only" ]; then
 		for f in "$dir"/*.go; do

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/control"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -260,6 +262,7 @@ func newAgentRenewCmd(dataDir *string) *cobra.Command {
 
 func newAgentRevokeCmd(dataDir *string) *cobra.Command {
 	var td, serial, reasonName, operator string
+	var srv serverFlags
 	cmd := &cobra.Command{
 		Use:   "revoke AGENT_ID | --serial S [--reason R]",
 		Short: "Revoke every active certificate of an agent (and the agent id), or one certificate by serial",
@@ -279,6 +282,20 @@ func newAgentRevokeCmd(dataDir *string) *cobra.Command {
 				}
 			} else if err := ca.ValidateAgentID(args[0]); err != nil {
 				return caError(err, *dataDir)
+			}
+			if srv.server != "" {
+				if serial != "" || td == "" {
+					return withHint(errors.New("--server revokes an agent by id and needs --trust-domain"),
+						"agentauthz agent revoke payments-bot --trust-domain acme.example --reason keyCompromise --server …")
+				}
+				var res struct {
+					Serials []string `json:"serials"`
+				}
+				if err := srv.call(cmd.Context(), *dataDir, http.MethodPost, agentPath(td, args[0], "revoke"), control.RevokeBody{Reason: reason.String()}, &res); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "revoked agent %s (%s): %d certificate(s)\n", ca.SPIFFEID(td, args[0]), reason, len(res.Serials))
+				return nil
 			}
 			a, err := caOpenInventory(*dataDir)
 			if err != nil {
@@ -326,6 +343,7 @@ func newAgentRevokeCmd(dataDir *string) *cobra.Command {
 	f.StringVar(&serial, "serial", "", "revoke only this certificate (hex serial)")
 	f.StringVar(&reasonName, "reason", "unspecified", "RFC 5280 reason: "+strings.Join(ca.ReasonNames(), ", "))
 	f.StringVar(&operator, "operator", caDefaultOperator(), "who runs this, for the inventory (env AGENTAUTHZ_OPERATOR)")
+	srv.add(cmd)
 	return cmd
 }
 

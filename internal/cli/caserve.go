@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/console"
 	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
 	"github.com/agentauthz/agentauthz/internal/revocation"
@@ -196,8 +197,16 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert,
 			MinVersion: tls.VersionTLS13})
 	}
+	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Auth: authn, DataDir: dataDir, Logger: log.Named("console")})
+	if err != nil {
+		ln.Close()
+		rs.records.Close()
+		auth.Close()
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/", api.Handler())
+	mux.Handle(console.Prefix, con.Handler())
 	if metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	}

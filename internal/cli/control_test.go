@@ -377,6 +377,13 @@ func TestControlPlaneAPIRoles(t *testing.T) {
 			t.Errorf("control plane metrics lack %s", want)
 		}
 	}
+	// A responder revokes through the API too; the change log names her.
+	if out := cli(t, as("alice", "agent", "revoke", "reader", "--reason", "keyCompromise")...); !strings.Contains(out, "revoked agent spiffe://") {
+		t.Errorf("revoke --server: %s", out)
+	}
+	if out := cli(t, "agent", "show", "reader", "--data-dir", f.cpDir); !strings.Contains(out, "agent_revoke") || !strings.Contains(out, "alice (responder)") {
+		t.Errorf("revocation not in the change log:\n%s", out)
+	}
 	if out := cli(t, "audit", "verify", "--changelog", f.cpDir); !strings.Contains(out, "ok: ") {
 		t.Errorf("change log does not verify:\n%s", out)
 	}

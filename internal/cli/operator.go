@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/agentauthz/agentauthz/internal/console"
 	"github.com/agentauthz/agentauthz/internal/control"
 )
 
@@ -31,7 +32,7 @@ carries one role: auditor (reads), responder (restricts and revokes), admin (eve
 replica (watches and ships its records only).`,
 	}
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "control plane data directory (env AGENTAUTHZ_DATA_DIR)")
-	cmd.AddCommand(newOperatorIssueCmd(&dataDir))
+	cmd.AddCommand(newOperatorIssueCmd(&dataDir), newOperatorLoginLinkCmd(&dataDir))
 	return cmd
 }
 
@@ -80,6 +81,63 @@ func newOperatorIssueCmd(dataDir *string) *cobra.Command {
 	f.StringVar(&role, "role", "", "admin, responder, auditor or replica (required)")
 	f.DurationVar(&ttl, "ttl", control.DefaultOperatorTTL, "validity")
 	f.StringVar(&outDir, "out-dir", ".", "directory for NAME.pem and NAME.key")
+	f.StringVar(&operator, "operator", caDefaultOperator(), "who runs this, for the change log (env AGENTAUTHZ_OPERATOR)")
+	return cmd
+}
+
+// newOperatorLoginLinkCmd is `operator login-link`: a one-time link that
+// signs a browser in to the console as NAME with a role.
+func newOperatorLoginLinkCmd(dataDir *string) *cobra.Command {
+	var role, server, operator string
+	var ttl time.Duration
+	cmd := &cobra.Command{
+		Use:   "login-link NAME --role auditor|responder|admin",
+		Short: "Print a one-time link that signs a browser in to the console",
+		Long: `Print a link to the control plane's console (/ui/) that signs one browser in as NAME with
+the role. It works once, within --ttl, and the session lasts 8 hours (or until the control plane
+restarts). Run it on the control plane's host: the link is stored, hashed, under
+<data-dir>/console/signin, where the running control plane claims it. The link is a secret:
+send it only to NAME. Each link and each sign-in is recorded in the change log.`,
+		Args: caExactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := control.ParseRole(role)
+			if err != nil || r == control.RoleReplica {
+				return withHint(fmt.Errorf("--role %q: a person signs in as auditor, responder or admin", role), "--role auditor, responder or admin")
+			}
+			if err := control.ValidateName(args[0]); err != nil {
+				return withHint(err, "a lowercase name such as alice")
+			}
+			u, err := url.Parse(server)
+			if err != nil || u.Scheme != "https" || u.Host == "" {
+				return withHint(fmt.Errorf("--server %q is not an https:// URL", server), "the console needs the control plane's TLS address, e.g. https://127.0.0.1:9193")
+			}
+			a, err := caOpenInventory(*dataDir)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			tok, err := console.CreateLink(*dataDir, args[0], r, ttl, time.Now())
+			if err != nil {
+				return withHint(err, "--ttl is at most %v", console.MaxLinkTTL)
+			}
+			detail := fmt.Sprintf("name=%s role=%s valid=%s", args[0], r, ttl)
+			if err := a.RecordEvent("", "", "", "console_link", operator, detail); err != nil {
+				return caError(err, *dataDir)
+			}
+			u.Path, u.RawQuery = "/ui/login", url.Values{"token": {tok}}.Encode()
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\n", u)
+			fmt.Fprintf(cmd.ErrOrStderr(), "one-time sign-in link for %s (%s), valid %s; open it in a browser\n", args[0], r, ttl)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&role, "role", "", "auditor, responder or admin (required)")
+	f.DurationVar(&ttl, "ttl", console.DefaultLinkTTL, "how long the link stays valid (at most 1h)")
+	defServer := os.Getenv("AGENTAUTHZ_SERVER")
+	if defServer == "" {
+		defServer = "https://127.0.0.1:9193"
+	}
+	f.StringVar(&server, "server", defServer, "the control plane's URL as the browser reaches it (env AGENTAUTHZ_SERVER)")
 	f.StringVar(&operator, "operator", caDefaultOperator(), "who runs this, for the change log (env AGENTAUTHZ_OPERATOR)")
 	return cmd
 }

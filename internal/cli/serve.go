@@ -219,12 +219,11 @@ func newLogger(cfg config.Config, w io.Writer) hclog.Logger {
 	})
 }
 
-// GC settings of serve. The live heap is a few MiB, so Go's default GOGC=100
-// collects every ~80 Checks; 400 cut server CPU per Check by ~14 % in the load
-// harness for ~10 MiB more heap (docs/performance.md). The soft memory limit
-// keeps a large live heap (a million revoked serials: ~86 MiB) from growing 5×
-// under that setting: 270 MiB RSS with it, 566 MiB without. GOGC and
-// GOMEMLIMIT in the environment still win.
+// Defaults of the GOGC and GOMEMLIMIT settings for serve (docs/configuration.md,
+// "Environment"; why and what they cost: docs/performance.md, "Settings that
+// matter"). The live heap is small, so Go's GOGC=100 collects too often; the
+// soft limit keeps a large live heap (a big CRL) from growing by GOGC. The
+// environment variables, when set, win.
 const (
 	serveGCPercent  = 400
 	serveMemoryGoal = 256 << 20
@@ -405,6 +404,10 @@ func (d *devMode) attach(c *server.Components, w io.Writer, grpcAddr string) err
 			}
 		}
 		printDevHints(w, d.env, d.dataDir, grpcAddr)
+		if d.rev != nil && !d.rev.plain {
+			fmt.Fprintf(w, "Console: open the link that \"%s operator login-link dev --role admin --data-dir %s --server %s\" prints.\n\n",
+				devExe(), d.dataDir, d.rev.URL())
+		}
 		return nil
 	})
 	return nil
@@ -485,13 +488,18 @@ func hasTrustDomain(cfg config.Config, td string) bool {
 	return false
 }
 
+// devExe is how the dev hints name the binary.
+func devExe() string {
+	if exe := os.Args[0]; strings.Contains(exe, string(filepath.Separator)) {
+		return exe
+	}
+	return "agentauthz"
+}
+
 // printDevHints prints one check line that is allowed, one that is denied,
 // and the revoke command that turns the allowed one into a denial.
 func printDevHints(w io.Writer, dev *ca.DevEnv, dataDir, addr string) {
-	exe := os.Args[0]
-	if !strings.Contains(exe, string(filepath.Separator)) {
-		exe = "agentauthz"
-	}
+	exe := devExe()
 	certOf := func(id string) string {
 		for _, a := range dev.Agents {
 			if a.ID == id {

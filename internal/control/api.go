@@ -92,8 +92,7 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("GET "+revocation.CRLPath+"{tenant}", pub)
 	mux.Handle("GET /healthz", pub)
 	mux.HandleFunc("GET /v1/changelog/key", a.changeLogKey)
-	read := []Role{RoleAuditor, RoleResponder}
-	change := []Role{RoleResponder}
+	read, change := ReadAgents, ChangeAgents
 	if a.authn == nil {
 		// Without TLS: the watch stream is signed, so it may still be
 		// served; everything else says why it is off.
@@ -114,8 +113,8 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("POST /v1/agents/{td}/{id}/revoke", a.authn.Require(http.HandlerFunc(a.revoke), change...))
 	mux.Handle("POST /v1/records", a.authn.Require(http.HandlerFunc(a.shipRecords), RoleReplica))
 	mux.Handle("GET /v1/records/cursor", a.authn.Require(http.HandlerFunc(a.recordCursor), RoleReplica, RoleAuditor))
-	mux.Handle("GET /v1/records", a.authn.Require(http.HandlerFunc(a.findRecords), RoleAuditor))
-	mux.Handle("GET /v1/records/verify", a.authn.Require(http.HandlerFunc(a.verifyRecords), RoleAuditor))
+	mux.Handle("GET /v1/records", a.authn.Require(http.HandlerFunc(a.findRecords), ReadRecords...))
+	mux.Handle("GET /v1/records/verify", a.authn.Require(http.HandlerFunc(a.verifyRecords), ReadRecords...))
 	mux.Handle("GET /v1/logs", a.authn.Require(http.HandlerFunc(a.listLogs), RoleAuditor))
 	mux.Handle("GET /v1/whoami", a.authn.Require(http.HandlerFunc(a.whoami), RoleAuditor, RoleResponder, RoleReplica))
 	return mux

@@ -111,12 +111,35 @@ func (a *Authenticator) authenticate(r *http.Request) (Operator, int, string, er
 	return Operator{Name: leaf.Subject.CommonName, Role: role}, 0, "", nil
 }
 
+// Who may do what: the API's routes and the console both check these
+// (admin always qualifies).
+var (
+	ReadAgents   = []Role{RoleAuditor, RoleResponder}
+	ChangeAgents = []Role{RoleResponder}
+	ReadRecords  = []Role{RoleAuditor}
+)
+
+// May reports whether o holds one of roles (admin always does).
+func (o Operator) May(roles []Role) bool {
+	return o.Role == RoleAdmin || slices.Contains(roles, o.Role)
+}
+
+// Authenticate returns the operator whose client certificate r carries, for
+// callers (the console) that answer a refusal their own way.
+func (a *Authenticator) Authenticate(r *http.Request) (Operator, error) {
+	op, _, reason, err := a.authenticate(r)
+	if err != nil {
+		a.refused(reason)
+	}
+	return op, err
+}
+
 // Require serves h only to an authenticated caller holding one of roles
 // (admin always qualifies); everyone else gets 401 or 403 with a JSON error.
 func (a *Authenticator) Require(h http.Handler, roles ...Role) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		op, status, reason, err := a.authenticate(r)
-		if err == nil && op.Role != RoleAdmin && !slices.Contains(roles, op.Role) {
+		if err == nil && !op.May(roles) {
 			status, reason = http.StatusForbidden, AuthWrongRole
 			err = fmt.Errorf("role %s may not do this (needs %s)", op.Role, joinRoles(roles))
 		}

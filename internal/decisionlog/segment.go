@@ -56,10 +56,9 @@ func osOpenFile(name string, flag int, perm os.FileMode) (segmentFile, error) {
 // Each of the preparer's flushes queues the writer's next fdatasync behind
 // it, so it writes at the pace the log fills, not in one burst: small pieces
 // kept ahead of the current segment's fill (or age) by prepAhead, so the next
-// segment is ready when the current one is three quarters full. On the
-// reference VM a writer flushing every 0.3 ms saw fdatasync p90 0.20 ms
-// alone, 1.65 ms beside 1 MiB pieces and 0.47 ms beside 128 KiB pieces
-// (docs/decision-log.md).
+// segment is ready when the current one is three quarters full. Small pieces
+// keep the writer's fdatasync tail short (measured in docs/performance.md,
+// "The disk, the VM and the tail").
 const (
 	prepTmpName   = ".next-segment.tmp"
 	prepReadyName = ".next-segment"

@@ -7,6 +7,7 @@ package filewatch
 
 import (
 	"context"
+	"io/fs"
 	"path/filepath"
 	"strings"
 	"time"
@@ -99,4 +100,64 @@ func Run(ctx context.Context, paths []string, opt Options, changed func()) {
 			opt.Logger.Warn("file watch error", "files", paths, "error", err)
 		}
 	}
+}
+
+// Tree calls changed (debounced) on any event under root, a directory tree:
+// new subdirectories are watched as they appear; hidden ones (".git") are
+// not. Unlike Run, a watch that cannot be set up is an error: a tree has no
+// cheap periodic check to fall back on.
+func Tree(ctx context.Context, root string, opt Options, changed func()) error {
+	if opt.Debounce <= 0 {
+		opt.Debounce = DefaultDebounce
+	}
+	if opt.Logger == nil {
+		opt.Logger = hclog.NewNullLogger()
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if err := addTree(w, root); err != nil {
+		return err
+	}
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	defer debounce.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if ev.Has(fsnotify.Create) {
+				_ = addTree(w, ev.Name) // a new subdirectory; errors for files are harmless
+			}
+			debounce.Reset(opt.Debounce)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			opt.Logger.Warn("directory watch error", "dir", root, "error", err)
+		case <-debounce.C:
+			changed()
+		}
+	}
+}
+
+func addTree(w *fsnotify.Watcher, dir string) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p != dir && strings.HasPrefix(d.Name(), ".") {
+				return filepath.SkipDir
+			}
+			return w.Add(p)
+		}
+		return nil
+	})
 }

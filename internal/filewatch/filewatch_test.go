@@ -72,3 +72,47 @@ func TestIntervalCallsWithoutEvents(t *testing.T) {
 	waitCall(t, calls, "an interval")
 	waitCall(t, calls, "a second interval")
 }
+
+func TestTreeSeesNewSubdirectoriesAndSkipsHiddenOnes(t *testing.T) {
+	root := t.TempDir()
+	if err := os.Mkdir(filepath.Join(root, ".git"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	calls := make(chan struct{}, 100)
+	done := make(chan error, 1)
+	go func() { done <- Tree(ctx, root, Options{}, func() { calls <- struct{}{} }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Tree: %v", err)
+		}
+	})
+	time.Sleep(100 * time.Millisecond)
+
+	if err := os.WriteFile(filepath.Join(root, ".git", "index"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-calls:
+		t.Fatal("called for a change inside a hidden directory")
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	sub := filepath.Join(root, "team")
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	waitCall(t, calls, "a new subdirectory")
+	time.Sleep(100 * time.Millisecond) // the new directory's watch is in place
+	if err := os.WriteFile(filepath.Join(sub, "authz.rego"), []byte("package x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitCall(t, calls, "a file written in the new subdirectory")
+}
+
+func TestTreeFailsOnAMissingRoot(t *testing.T) {
+	if err := Tree(context.Background(), filepath.Join(t.TempDir(), "absent"), Options{}, func() {}); err == nil {
+		t.Fatal("a missing root was watched without error")
+	}
+}

@@ -221,9 +221,25 @@ func BenchmarkParse2KB(b *testing.B) {
 	headers := map[string]string{HeaderSessionID: "3f1c2a", HeaderProtocolVersion: "2025-06-18", "content-type": "application/json"}
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
+	cpu := CPUTime()
 	for b.Loop() {
 		if _, err := Parse(body, headers, DefaultMaxBodyBytes); err != nil {
 			b.Fatal(err)
 		}
 	}
+	b.ReportMetric(float64(CPUTime()-cpu)/float64(b.N), "cpu-ns/op")
+}
+
+// FuzzValidJSON: validJSON agrees with json.Valid, except that it refuses
+// nesting deeper than maxDepth.
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range []string{`{}`, `[]`, `{"a":[1,-0.5e+3,"\u00e9\n",true,false,null]}`, `01`, `1.`, `"\x01"`, `{"a" 1}`, `[1,]`, `"\ud800"`, ` 7 `, `-`, `1e`, `{"a":1}}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, want := validJSON(b), json.Valid(b)
+		if got != want && !(want && strings.Count(string(b), "[")+strings.Count(string(b), "{") > maxDepth) {
+			t.Fatalf("validJSON(%q) = %v, json.Valid = %v", b, got, want)
+		}
+	})
 }

@@ -491,19 +491,3 @@ func (e *Engine) smoke(ctx context.Context, s *state) error {
 	}
 	return nil
 }
-
-// watchDir adds dir and its subdirectories to w.
-func watchDir(w interface{ Add(string) error }, dir string) error {
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			if p != dir && strings.HasPrefix(d.Name(), ".") {
-				return filepath.SkipDir
-			}
-			return w.Add(p)
-		}
-		return nil
-	})
-}

@@ -312,6 +312,8 @@ func BenchmarkMCPResolve(b *testing.B) {
 	h := req.Attributes.Request.Http
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
+	cpu := mcp.CPUTime()
+	defer func() { b.ReportMetric(float64(mcp.CPUTime()-cpu)/float64(b.N), "cpu-ns/op") }()
 	for b.Loop() {
 		if !s.mcp.endpoint(h.Host, h.Path) {
 			b.Fatal("not an endpoint")

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
+	"github.com/agentauthz/agentauthz/internal/filewatch"
 )
 
 // Run watches the policy directory (fsnotify) or polls the bundle every
@@ -33,42 +33,16 @@ func (e *Engine) pollBundle(ctx context.Context) error {
 }
 
 func (e *Engine) watchDir(ctx context.Context) error {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("policy: watch %s: %w", e.cfg.Dir, err)
-	}
-	defer w.Close()
 	// WalkDir does not descend into a symlinked root (--policies pointing at a
 	// link): watch what it points to. Swapping the link itself is seen on SIGHUP.
 	root, err := filepath.EvalSymlinks(e.cfg.Dir)
 	if err != nil {
 		return fmt.Errorf("policy: watch %s: %w", e.cfg.Dir, err)
 	}
-	if err := watchDir(w, root); err != nil {
+	err = filewatch.Tree(ctx, root, filewatch.Options{Debounce: reloadDebounce, Logger: e.log.With("source", "policy directory")},
+		func() { _ = e.Reload() }) // logged and counted inside
+	if err != nil {
 		return fmt.Errorf("policy: watch %s: %w", e.cfg.Dir, err)
 	}
-	debounce := time.NewTimer(time.Hour)
-	debounce.Stop()
-	defer debounce.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev, ok := <-w.Events:
-			if !ok {
-				return nil
-			}
-			if ev.Has(fsnotify.Create) {
-				_ = watchDir(w, ev.Name) // a new subdirectory; errors for files are harmless
-			}
-			debounce.Reset(reloadDebounce)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return nil
-			}
-			e.log.Warn("policy directory watch error", "error", err)
-		case <-debounce.C:
-			_ = e.Reload() // logged and counted inside
-		}
-	}
+	return nil
 }

@@ -134,7 +134,7 @@ func (s *Store) Find(ctx context.Context, q Query) (*Page, error) {
 		}
 		if len(p.Records) == q.Limit {
 			last := p.Records[len(p.Records)-1]
-			p.Next = fmt.Sprintf("%d.%d.%s", lastT, last.Index, base64.RawURLEncoding.EncodeToString([]byte(last.Log)))
+			p.Next = fmt.Sprintf("%d.%d.%s", lastT, last.Index, encodeLog(last.Log))
 			break
 		}
 		st.Index = uint64(idx)
@@ -147,6 +147,8 @@ func (s *Store) Find(ctx context.Context, q Query) (*Page, error) {
 	}
 	return p, s.wrap(rows.Err())
 }
+
+func encodeLog(log string) string { return base64.RawURLEncoding.EncodeToString([]byte(log)) }
 
 func parseCursor(c string) (t int64, log string, seq int64, err error) {
 	parts := strings.SplitN(c, ".", 3)

@@ -20,8 +20,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/agentauthz/agentauthz/internal/filewatch"
 )
 
 var errCanceled = context.Canceled
@@ -87,9 +88,9 @@ func (c *Checker) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// runFile re-reads path on every fsnotify event for it (debounced, since a
-// writer produces several) and every interval, which also covers file
-// systems without notifications.
+// runFile re-reads path when it may have changed: on a notification
+// (debounced, since a writer produces several) and every interval, which
+// also covers file systems without notifications.
 func (c *Checker) runFile(ctx context.Context, tenant string, src int, path string, interval time.Duration) {
 	path = filepath.Clean(path)
 	var last [sha256.Size]byte
@@ -111,50 +112,9 @@ func (c *Checker) runFile(ctx context.Context, tenant string, src int, path stri
 		lastOK = c.apply(tenant, src, data) == nil
 	}
 
-	var events <-chan fsnotify.Event
-	var errs <-chan error
-	if w, err := fsnotify.NewWatcher(); err != nil {
-		c.log.Warn("revocation: cannot watch crl file; re-reading periodically only", "file", path, "error", err)
-	} else {
-		defer w.Close()
-		// Watch the directory: writers replace the file by rename, which
-		// a watch on the file itself would lose.
-		if err := w.Add(filepath.Dir(path)); err != nil {
-			c.log.Warn("revocation: cannot watch crl file; re-reading periodically only", "file", path, "error", err)
-		} else {
-			events, errs = w.Events, w.Errors
-		}
-	}
 	load()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	debounce := time.NewTimer(time.Hour)
-	debounce.Stop()
-	defer debounce.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			load()
-		case <-debounce.C:
-			load()
-		case ev, ok := <-events:
-			if !ok {
-				events = nil
-				continue
-			}
-			if filepath.Clean(ev.Name) == path {
-				debounce.Reset(fileDebounce)
-			}
-		case err, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			c.log.Warn("revocation: file watch error", "file", path, "error", err)
-		}
-	}
+	filewatch.Run(ctx, []string{path}, filewatch.Options{Interval: interval, Debounce: fileDebounce,
+		Logger: c.log.With("source", "revocation crl file")}, load)
 }
 
 func readFileLimited(path string, max int64) ([]byte, error) {

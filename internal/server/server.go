@@ -93,7 +93,7 @@ func New(cfg config.Config, c Components, logger hclog.Logger) (*Server, error) 
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		// Reused stream workers keep their grown stacks: without them stack
-		// growth was 15 % of the server's CPU per Check (docs/performance.md).
+		// growth is a large share of a Check's CPU (docs/performance.md).
 		grpc.NumStreamWorkers(64),
 		// A CheckRequest with non-UTF-8 header bytes is decided (refused and
 		// recorded), not failed by the codec (codec.go).

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agentauthz/agentauthz/internal/config"
+	"github.com/agentauthz/agentauthz/internal/filewatch"
 	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/revocation"
 )
@@ -103,17 +104,19 @@ func (r *trustReloader) Reload() error {
 	return nil
 }
 
-// Run polls the files and reloads when their contents change, and keeps
-// retrying (loudly) while they are broken.
+// Run reloads when the files' contents change (a notification, or every
+// interval), and keeps retrying (loudly) while they are broken.
 func (r *trustReloader) Run(ctx context.Context) error {
-	t := time.NewTicker(r.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
+	var files []string
+	for _, tb := range r.cfg.TrustBundles {
+		if tb.File != "" {
+			files = append(files, tb.File)
 		}
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	filewatch.Run(ctx, files, filewatch.Options{Interval: r.interval, Logger: r.logger}, func() {
 		sum, err := r.digest()
 		r.mu.Lock()
 		changed := err != nil || !bytes.Equal(sum[:], r.last[:])
@@ -121,5 +124,6 @@ func (r *trustReloader) Run(ctx context.Context) error {
 		if changed {
 			_ = r.Reload()
 		}
-	}
+	})
+	return nil
 }

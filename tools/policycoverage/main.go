@@ -1,4 +1,4 @@
-// Command coverage checks the line coverage reported by
+// Command policycoverage checks the line coverage reported by
 // `opa test --coverage --format=json` (read from stdin) against a minimum,
 // so `make policy-test` fails when policy tests stop covering the policy.
 package main
