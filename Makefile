@@ -13,7 +13,7 @@ TOOL      := $(GO) tool -modfile=tools/go.mod
 # The packages with concurrency, run under the race detector by .ci/run.
 RACE_PKGS := ./internal/decisionlog/... ./internal/revocation/... ./internal/policy/... ./internal/extauthz/... ./internal/server/...
 
-.PHONY: help build run test race race-ci bench policy-test bundle fuzz mutate soak lint vulncheck fmt tidy-check clean
+.PHONY: help build release run test race race-ci bench policy-test bundle fuzz mutate soak lint vulncheck fmt tidy-check clean
 
 help: ## show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,20 @@ GOBUILD := $(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)'
 
 build: ## build bin/agentauthz
 	$(GOBUILD) -o $(BIN)/agentauthz ./cmd/agentauthz
+
+# make release: static binaries (cgo off) for these platforms in
+# $(BIN)/release, their SHA-256 sums, and a CycloneDX SBOM of the binary's
+# modules from cyclonedx-gomod (pinned in tools/go.mod).
+RELEASE_PLATFORMS := linux/amd64 linux/arm64 darwin/arm64
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+release: ## cross-build static binaries (RELEASE_PLATFORMS) with SHA256SUMS and a CycloneDX SBOM into $(BIN)/release
+	rm -rf $(BIN)/release && mkdir -p $(BIN)/release
+	for p in $(RELEASE_PLATFORMS); do \
+	  GOOS=$${p%/*} GOARCH=$${p#*/} $(GOBUILD) -o $(BIN)/release/agentauthz-$(VERSION)-$${p%/*}-$${p#*/} ./cmd/agentauthz || exit 1; \
+	done
+	$(TOOL) cyclonedx-gomod app -json -main cmd/agentauthz -output $(BIN)/release/agentauthz-$(VERSION).cdx.json .
+	cd $(BIN)/release && sha256sum agentauthz-* > SHA256SUMS && cat SHA256SUMS
 
 # make run listens on loopback only (it serves a dev CA's agents); e.g.
 # make run GRPC_ADDR=:9191 to accept other hosts.

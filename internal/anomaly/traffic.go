@@ -92,7 +92,7 @@ func Generate(c TrafficConfig) *Traffic {
 	if c.PerKind <= 0 {
 		c.PerKind = 4
 	}
-	rng := rand.New(rand.NewPCG(c.Seed, c.Seed^0x9e3779b97f4a7c15))
+	rng := rand.New(rand.NewPCG(c.Seed, c.Seed^0x9e3779b97f4a7c15)) //nolint:gosec // a seeded, repeatable simulation
 	agents := make([]*simAgent, c.Agents)
 	for i := range agents {
 		a := &simAgent{id: fmt.Sprintf("agent-%02d", i), kind: i % 3}

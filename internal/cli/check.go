@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,7 @@ type checkFlags struct {
 	headers                                     []string
 	timeout                                     time.Duration
 	tlsCA, tlsCert, tlsKey                      string
+	asJSON                                      bool
 }
 
 func newCheckCmd() *cobra.Command {
@@ -55,6 +57,7 @@ Exit status: 0 allowed, 1 denied, 2 error.`,
 	fl.StringVar(&f.tlsCA, "tls-ca", "", "verify the server with this CA (enables TLS)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "client certificate for mTLS to the server")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "client key for mTLS to the server")
+	fl.BoolVar(&f.asJSON, "json", false, "print the whole answer as JSON, the full receipt included")
 	return cmd
 }
 
@@ -104,10 +107,50 @@ func runCheck(ctx context.Context, out io.Writer, f checkFlags) error {
 	if err != nil {
 		return withHint(fmt.Errorf("check %s: %w", f.addr, err), "is `agentauthz serve` running? start it with `make run`")
 	}
-	if printCheckResponse(out, resp) {
+	allowed := resp.GetOkResponse() != nil && resp.GetStatus().GetCode() == 0
+	if f.asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(checkAnswerOf(resp)); err != nil {
+			return err
+		}
+	} else {
+		printCheckResponse(out, resp)
+	}
+	if allowed {
 		return nil
 	}
 	return errNo
+}
+
+// checkAnswer is check --json: the whole answer, nothing shortened.
+type checkAnswer struct {
+	Decision        string            `json:"decision"`
+	Status          int32             `json:"status"`
+	Reason          string            `json:"reason"`
+	DecisionID      string            `json:"decision_id"`
+	Receipt         string            `json:"receipt,omitempty"`
+	UpstreamHeaders map[string]string `json:"upstream_headers,omitempty"`
+	HeadersRemoved  []string          `json:"headers_removed,omitempty"`
+	Body            string            `json:"body,omitempty"`
+}
+
+func checkAnswerOf(resp *authv3.CheckResponse) checkAnswer {
+	meta := resp.GetDynamicMetadata().GetFields()
+	a := checkAnswer{Reason: meta["reason"].GetStringValue(), DecisionID: meta["decision_id"].GetStringValue()}
+	if ok := resp.GetOkResponse(); ok != nil && resp.GetStatus().GetCode() == 0 {
+		a.Decision, a.Status = "allow", 200
+		a.UpstreamHeaders = map[string]string{}
+		for _, h := range ok.GetHeaders() {
+			a.UpstreamHeaders[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+		}
+		a.Receipt = a.UpstreamHeaders["x-agent-receipt"]
+		a.HeadersRemoved = ok.GetHeadersToRemove()
+		return a
+	}
+	d := resp.GetDeniedResponse()
+	a.Decision, a.Status, a.Body = "deny", int32(d.GetStatus().GetCode()), d.GetBody()
+	return a
 }
 
 // printCheckResponse prints the decision and reports whether it allowed.

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -107,6 +108,33 @@ func TestDevQuickStart(t *testing.T) {
 		}
 		if l[1] == "denied" && !strings.Contains(out.String(), "insufficient_trust_level") {
 			t.Errorf("denied output lacks the reason:\n%s", out.String())
+		}
+	}
+	// check --json prints the whole answer; its receipt verifies against the
+	// key audit pubkey --format pem exports, as the README shows.
+	for _, l := range lines {
+		if l[1] != "allowed" {
+			continue
+		}
+		var out, errOut bytes.Buffer
+		if code := Run(context.Background(), append(strings.Fields(l[2]), "--json"), nil, &out, &errOut); code != ExitOK {
+			t.Fatalf("%s --json: exit %d\n%s%s", l[2], code, out.String(), errOut.String())
+		}
+		var a checkAnswer
+		if err := json.Unmarshal(out.Bytes(), &a); err != nil || a.Decision != "allow" || a.Receipt == "" || a.Receipt != a.UpstreamHeaders["x-agent-receipt"] {
+			t.Fatalf("check --json: %v\n%s", err, out.String())
+		}
+		out.Reset()
+		if code := Run(context.Background(), []string{"audit", "pubkey", "--format", "pem", "--data-dir", dataDir}, nil, &out, &errOut); code != ExitOK {
+			t.Fatalf("audit pubkey --format pem: exit %d %s", code, errOut.String())
+		}
+		pem := filepath.Join(t.TempDir(), "decision-log.pub.pem")
+		if err := os.WriteFile(pem, out.Bytes(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out.Reset()
+		if code := Run(context.Background(), []string{"receipt", "verify", a.Receipt, "--pubkey", pem}, nil, &out, &errOut); code != ExitOK {
+			t.Errorf("receipt verify of check --json's receipt: exit %d\n%s%s", code, out.String(), errOut.String())
 		}
 	}
 	// The printed revoke denies payments-agent within seconds, through the

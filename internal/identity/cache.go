@@ -9,7 +9,7 @@ import (
 
 // cacheKey identifies a forwarded identity: the source plus the SHA-256 of
 // the certificate string and of the Chain= string exactly as forwarded
-// (URL-encoded PEM), as DESIGN.md asks. Hashing the forwarded bytes rather
+// (URL-encoded PEM), as docs/design.md asks. Hashing the forwarded bytes rather
 // than the DER lets a hit skip URL decoding, PEM decoding and parsing; it
 // costs one SHA-256 pass over the ~1.5 KB string, and the cache holds 64
 // bytes of digest per entry instead of the string. The key keeps the

@@ -33,7 +33,7 @@ const (
 // ErrInvalidProfile is wrapped by every certificate profile violation.
 var ErrInvalidProfile = errors.New("certificate violates its agent profile")
 
-// AgentPass extension OIDs (see DESIGN.md "Agent certificate profiles").
+// AgentPass extension OIDs (see docs/design.md "Agent certificate profiles").
 func oidAgentPassTrust() asn1.ObjectIdentifier {
 	return asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1, 1}
 }

@@ -83,7 +83,7 @@ type agentCert struct {
 	certPEM []byte
 }
 
-// issue makes a native-profile certificate (DESIGN.md) signed by the trusted
+// issue makes a native-profile certificate (docs/design.md) signed by the trusted
 // CA, or by the untrusted one when untrusted is set.
 func (p *pki) issue(id string, trust int, scopes []string, untrusted bool) (*agentCert, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -37,7 +37,7 @@ var ErrInvalidData = errors.New("invalid policy data")
 
 // LookupAgent returns the registry entry for a SPIFFE ID from the policy
 // serving now. An unknown ID gives ok=false: the caller treats it as L0 with
-// no scopes (DESIGN.md).
+// no scopes (docs/design.md).
 func (e *Engine) LookupAgent(spiffeID string) (identity.RegistryEntry, bool) {
 	s := e.cur.Load()
 	if s == nil {

@@ -12,6 +12,7 @@ package simulate
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -93,6 +94,9 @@ func (r *Replayer) Replay(ctx context.Context, rec *decisionlog.Record) (Outcome
 	agent, err := r.agent(&rec.Agent)
 	if err != nil {
 		return Outcome{}, fmt.Errorf("%w: %w", ErrNotReplayable, err)
+	}
+	if rec.Truncated && len(rec.Request.MCP) > 0 {
+		return Outcome{}, fmt.Errorf("%w: an MCP call recorded truncated (a longer batch, or a cut name)", ErrNotReplayable)
 	}
 	req, err := checkRequest(&rec.Request)
 	if err != nil {
@@ -195,6 +199,15 @@ func checkRequest(q *decisionlog.Request) (*authv3.CheckRequest, error) {
 	attrs := &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
 		Id: q.ID, Method: q.Method, Host: q.Host, Path: q.Path, Headers: headers, Scheme: "https", Protocol: "HTTP/1.1",
 	}}}
+	if len(q.MCP) > 0 {
+		body, err := mcpBody(q.MCP)
+		if err != nil {
+			return nil, err
+		}
+		h := attrs.Request.Http
+		h.Body, h.Size = string(body), int64(len(body))
+		headers["content-type"], headers["content-length"] = "application/json", strconv.Itoa(len(body))
+	}
 	if q.Source != "" {
 		host, port, err := net.SplitHostPort(q.Source)
 		if err != nil {
@@ -307,4 +320,37 @@ func Run(ctx context.Context, src Source, rp *Replayer, acc *Accumulator, from, 
 		out, err := rp.Replay(ctx, rec)
 		acc.Add(rec, out, err)
 	}
+}
+
+// mcpBody rebuilds an MCP call from its recorded messages: the methods,
+// tools and URIs the policy decided on. The arguments are never recorded,
+// so a policy reading input.mcp.arguments_sha256 or the arguments in
+// parsed_body sees them absent.
+func mcpBody(msgs []decisionlog.MCPMessage) ([]byte, error) {
+	out := make([]map[string]any, len(msgs))
+	for i, m := range msgs {
+		o := map[string]any{"jsonrpc": "2.0"}
+		switch m.Kind {
+		case "request", "notification":
+			o["method"] = m.Method
+			if m.Kind == "request" {
+				o["id"] = i + 1
+			}
+			switch {
+			case m.Tool != "":
+				o["params"] = map[string]any{"name": m.Tool}
+			case m.URI != "":
+				o["params"] = map[string]any{"uri": m.URI}
+			}
+		case "response":
+			o["id"], o["result"] = i+1, map[string]any{}
+		default:
+			return nil, fmt.Errorf("recorded MCP message of kind %q", m.Kind)
+		}
+		out[i] = o
+	}
+	if len(out) == 1 {
+		return json.Marshal(out[0])
+	}
+	return json.Marshal(out)
 }
