@@ -175,6 +175,7 @@ func runMCPAct(ctx context.Context, r *replica, agents map[string]AgentInfo) (*M
 		slices.Sort(names)
 		return names, nil
 	}
+	//nolint:gosec // G101: an example IBAN, not a credential
 	pay := &mcp.CallToolParams{Name: mcpPaymentTool, Arguments: map[string]any{"amount": "250.00", "currency": "EUR", "creditor": "DE89370400440532013000"}}
 
 	ps, err := session(PaymentsAgent)

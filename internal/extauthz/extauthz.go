@@ -65,7 +65,7 @@ type RevocationChecker interface {
 // as opa-envoy-plugin answers, not policy_error.
 var ErrRequestParse = errors.New("request cannot be parsed")
 
-// ErrInvalidJSONRPC, wrapped in a Policy error, means a POST to an MCP
+// ErrInvalidJSONRPC wrapped in a Policy error means a POST to an MCP
 // endpoint did not carry a JSON-RPC message the service can read: the
 // denial is invalid_jsonrpc (400).
 var ErrInvalidJSONRPC = errors.New("invalid MCP JSON-RPC body")

@@ -19,7 +19,7 @@ func ParseToolsHeader(v string) ([]string, error) {
 	return tools, nil
 }
 
-// ErrUnfilterable: a tools/list answer that cannot be read, so cannot be
+// ErrUnfilterable means a tools/list answer cannot be read, so cannot be
 // filtered; it must not reach the agent.
 var ErrUnfilterable = errors.New("tools/list answer cannot be filtered")
 

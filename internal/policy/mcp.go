@@ -494,7 +494,7 @@ func (e *Engine) allowedTools(ctx context.Context, s *state, req *authv3.CheckRe
 // The bytes of body are shared, not copied: the parser only reads them.
 func requestBody(h *authv3.AttributeContext_HttpRequest) []byte {
 	if b := h.GetBody(); b != "" {
-		return unsafe.Slice(unsafe.StringData(b), len(b))
+		return unsafe.Slice(unsafe.StringData(b), len(b)) //nolint:gosec // G103: read only, the parser never writes to it
 	}
 	return h.GetRawBody()
 }
