@@ -380,8 +380,19 @@ func (c *Console) fleet(w http.ResponseWriter, r *http.Request, v *viewer) {
 	c.render(w, r, http.StatusOK, "fleet", v, map[string]any{
 		"Rows": rows, "Total": total, "Shown": len(rows), "Search": search, "Status": status, "Tenant": tenant, "Tenants": tds,
 		"Statuses": []string{StatusActive, StatusExpiring, StatusExpired, StatusRevoked, StatusRestricted, StatusQuarantined},
-		"Counts":   counts, "Agents": len(newest), "Within": c.cfg.ExpiringWithin.Round(time.Hour).String(),
+		"Counts":   counts, "Agents": len(newest), "Within": days(c.cfg.ExpiringWithin),
 	})
+}
+
+// days says a duration the way people count certificate lifetimes.
+func days(d time.Duration) string {
+	if n := int(d / (24 * time.Hour)); n >= 1 && d%(24*time.Hour) == 0 {
+		if n == 1 {
+			return "1 day"
+		}
+		return fmt.Sprintf("%d days", n)
+	}
+	return d.String()
 }
 
 func (c *Console) agent(w http.ResponseWriter, r *http.Request, v *viewer) {
