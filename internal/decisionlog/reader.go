@@ -161,7 +161,7 @@ func (r *Reader) Next() (Entry, error) {
 }
 
 // decodeLine decodes a record line of either format without verifying it.
-// NextOrCheckpoint is Next that also returns checkpoint lines, in place:
+// NextOrCheckpoint is like Next but also returns checkpoint lines, in place:
 // exactly one of the entry's Record and the returned signed note is set. A
 // log shipper uses it to send each group-commit batch with the checkpoint
 // that signs it (VerifyBatch on the receiving side).

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 
@@ -210,5 +209,3 @@ func sameJSON(t *testing.T, got json.RawMessage, want string) bool {
 	}
 	return norm(got) == norm([]byte(want))
 }
-
-func compact(s string) string { return strings.Join(strings.Fields(s), " ") }
