@@ -5,7 +5,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 )
 
 // cpuSnapshot is the harness process's own CPU time and the machine's CPU
@@ -21,10 +20,7 @@ type cpuSnapshot struct {
 
 func takeCPU() cpuSnapshot {
 	var s cpuSnapshot
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		s.procNanos = ru.Utime.Nano() + ru.Stime.Nano()
-	}
+	s.procNanos = procCPUNanos()
 	s.idle, s.steal, s.total = readProcStat()
 	return s
 }

@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/hashicorp/go-hclog"
@@ -232,10 +231,7 @@ func RunServer(ctx context.Context, o ServerOptions) error {
 // readStats reads the process's CPU, allocation and memory figures.
 func readStats() ServerStats {
 	var st ServerStats
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		st.CPUNanos = ru.Utime.Nano() + ru.Stime.Nano()
-	}
+	st.CPUNanos = procCPUNanos()
 	samples := []metrics.Sample{
 		{Name: "/gc/heap/allocs:objects"},
 		{Name: "/gc/heap/tiny/allocs:objects"},
