@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 )
 
 // readmeCommands returns every `agentauthz …` line of the README's sh blocks,
@@ -20,7 +22,7 @@ func readmeCommands(t *testing.T) [][]string {
 		t.Fatal(err)
 	}
 	var out [][]string
-	for _, block := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(string(data), -1) {
+	for _, block := range regexp.MustCompile("(?s)```sh[^\n]*\n(.*?)```").FindAllStringSubmatch(string(data), -1) {
 		text := strings.ReplaceAll(block[1], "\\\n", " ")
 		for _, line := range strings.Split(text, "\n") {
 			if i := strings.Index(line, "#"); i >= 0 {
@@ -103,5 +105,50 @@ func TestREADMECertificateLifecycle(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "acme.crl")); err != nil {
 		t.Errorf("ca crl --out acme.crl: %v", err)
+	}
+}
+
+// TestREADMEListsEveryCommand: every command a user can run appears in the
+// README as `agentauthz <command path>`, and every documented make target in
+// its table, so a new command or target cannot go unmentioned.
+func TestREADMEListsEveryCommand(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(data)
+	var walk func(c *cobra.Command)
+	n := 0
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if sub.Hidden || sub.Name() == "help" || sub.Name() == "completion" {
+				continue
+			}
+			if sub.Runnable() {
+				n++
+				path := strings.TrimPrefix(sub.CommandPath(), "agentauthz ")
+				if !strings.Contains(readme, "agentauthz "+path) {
+					t.Errorf("README.md does not show agentauthz %s", path)
+				}
+			}
+			walk(sub)
+		}
+	}
+	walk(newRoot())
+	if n < 20 {
+		t.Fatalf("walked only %d commands", n)
+	}
+	mk, err := os.ReadFile(filepath.Join("..", "..", "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets := regexp.MustCompile(`(?m)^([a-z-]+):.*## `).FindAllStringSubmatch(string(mk), -1)
+	if len(targets) < 10 {
+		t.Fatalf("found %d make targets", len(targets))
+	}
+	for _, m := range targets {
+		if !strings.Contains(readme, "`"+m[1]+"`") {
+			t.Errorf("README.md's make targets lack `%s`", m[1])
+		}
 	}
 }
