@@ -18,10 +18,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/mattn/go-isatty"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/config"
@@ -208,7 +208,7 @@ func newLogger(cfg config.Config, w io.Writer) hclog.Logger {
 	jsonFormat := cfg.LogFormat == "json"
 	if cfg.LogFormat == "auto" {
 		f, ok := w.(*os.File)
-		jsonFormat = !ok || !isatty.IsTerminal(f.Fd())
+		jsonFormat = !ok || !term.IsTerminal(int(f.Fd()))
 	}
 	return hclog.New(&hclog.LoggerOptions{
 		Name:       "agentauthz",

@@ -439,7 +439,7 @@ func (s *Service) deny(o *outcome) *authv3.CheckResponse {
 			Error      string `json:"error"`
 			Reason     string `json:"reason"`
 			DecisionID string `json:"decision_id"`
-		}{o.reason.Error(), string(o.reason), o.id})
+		}{o.reason.ErrorName(), string(o.reason), o.id})
 		body = string(b)
 	}
 	headers := make([]*corev3.HeaderValueOption, 0, len(v.Headers)+2)

@@ -19,44 +19,42 @@ import (
 
 // JSON names of the fields handled here, allocated once and never mutated.
 var (
-	kSource               = ast.StringTerm("source")
-	kDestination          = ast.StringTerm("destination")
-	kRequest              = ast.StringTerm("request")
-	kContextExtensions    = ast.StringTerm("contextExtensions")
-	kMetadataContext      = ast.StringTerm("metadataContext")
-	kRouteMetadataContext = ast.StringTerm("routeMetadataContext")
-	kTLSSession           = ast.StringTerm("tlsSession")
+	keyDestination          = ast.StringTerm("destination")
+	keyRequest              = ast.StringTerm("request")
+	keyContextExtensions    = ast.StringTerm("contextExtensions")
+	keyMetadataContext      = ast.StringTerm("metadataContext")
+	keyRouteMetadataContext = ast.StringTerm("routeMetadataContext")
+	keyTLSSession           = ast.StringTerm("tlsSession")
 
-	kAddress     = ast.StringTerm("address")
-	kService     = ast.StringTerm("service")
-	kLabels      = ast.StringTerm("labels")
-	kPrincipal   = ast.StringTerm("principal")
-	kCertificate = ast.StringTerm("certificate")
+	keyAddress     = ast.StringTerm("address")
+	keyService     = ast.StringTerm("service")
+	keyLabels      = ast.StringTerm("labels")
+	keyPrincipal   = ast.StringTerm("principal")
+	keyCertificate = ast.StringTerm("certificate")
 
-	kSocketAddress            = ast.StringTerm("socketAddress")
-	kProtocol                 = ast.StringTerm("protocol")
-	kPortValue                = ast.StringTerm("portValue")
-	kNamedPort                = ast.StringTerm("namedPort")
-	kResolverName             = ast.StringTerm("resolverName")
-	kIpv4Compat               = ast.StringTerm("ipv4Compat")
-	kNetworkNamespaceFilepath = ast.StringTerm("networkNamespaceFilepath")
+	keySocketAddress            = ast.StringTerm("socketAddress")
+	keyProtocol                 = ast.StringTerm("protocol")
+	keyPortValue                = ast.StringTerm("portValue")
+	keyNamedPort                = ast.StringTerm("namedPort")
+	keyResolverName             = ast.StringTerm("resolverName")
+	keyIpv4Compat               = ast.StringTerm("ipv4Compat")
+	keyNetworkNamespaceFilepath = ast.StringTerm("networkNamespaceFilepath")
 
-	kTime      = ast.StringTerm("time")
-	kSeconds   = ast.StringTerm("seconds")
-	kNanos     = ast.StringTerm("nanos")
-	kHTTP      = ast.StringTerm("http")
-	kID        = ast.StringTerm("id")
-	kMethod    = ast.StringTerm("method")
-	kHeaders   = ast.StringTerm("headers")
-	kHeaderMap = ast.StringTerm("headerMap")
-	kPath      = ast.StringTerm("path")
-	kHost      = ast.StringTerm("host")
-	kScheme    = ast.StringTerm("scheme")
-	kQuery     = ast.StringTerm("query")
-	kFragment  = ast.StringTerm("fragment")
-	kSize      = ast.StringTerm("size")
-	kBody      = ast.StringTerm("body")
-	kRawBody   = ast.StringTerm("rawBody")
+	keyTime      = ast.StringTerm("time")
+	keySeconds   = ast.StringTerm("seconds")
+	keyNanos     = ast.StringTerm("nanos")
+	keyHTTP      = ast.StringTerm("http")
+	keyMethod    = ast.StringTerm("method")
+	keyHeaders   = ast.StringTerm("headers")
+	keyHeaderMap = ast.StringTerm("headerMap")
+	keyPath      = ast.StringTerm("path")
+	keyHost      = ast.StringTerm("host")
+	keyScheme    = ast.StringTerm("scheme")
+	keyQuery     = ast.StringTerm("query")
+	keyFragment  = ast.StringTerm("fragment")
+	keySize      = ast.StringTerm("size")
+	keyBody      = ast.StringTerm("body")
+	keyRawBody   = ast.StringTerm("rawBody")
 )
 
 // fastpathFieldCounts is what the hand-written converters below handle.
@@ -75,45 +73,45 @@ func attributesValue(a *authv3.AttributeContext) (ast.Object, error) {
 		if err != nil {
 			return nil, err
 		}
-		kv = append(kv, ast.Item(kSource, ast.NewTerm(v)))
+		kv = append(kv, ast.Item(keySource, ast.NewTerm(v)))
 	}
 	if a.Destination != nil {
 		v, err := peerValue(a.Destination)
 		if err != nil {
 			return nil, err
 		}
-		kv = append(kv, ast.Item(kDestination, ast.NewTerm(v)))
+		kv = append(kv, ast.Item(keyDestination, ast.NewTerm(v)))
 	}
 	if a.Request != nil {
 		v, err := requestValue(a.Request)
 		if err != nil {
 			return nil, err
 		}
-		kv = append(kv, ast.Item(kRequest, ast.NewTerm(v)))
+		kv = append(kv, ast.Item(keyRequest, ast.NewTerm(v)))
 	}
 	if len(a.ContextExtensions) > 0 {
-		kv = append(kv, ast.Item(kContextExtensions, ast.NewTerm(stringMap(a.ContextExtensions))))
+		kv = append(kv, ast.Item(keyContextExtensions, ast.NewTerm(stringMap(a.ContextExtensions))))
 	}
 	if a.MetadataContext != nil {
 		v, err := messageToValue(a.MetadataContext.ProtoReflect(), 1)
 		if err != nil {
 			return nil, err
 		}
-		kv = append(kv, ast.Item(kMetadataContext, ast.NewTerm(v)))
+		kv = append(kv, ast.Item(keyMetadataContext, ast.NewTerm(v)))
 	}
 	if a.RouteMetadataContext != nil {
 		v, err := messageToValue(a.RouteMetadataContext.ProtoReflect(), 1)
 		if err != nil {
 			return nil, err
 		}
-		kv = append(kv, ast.Item(kRouteMetadataContext, ast.NewTerm(v)))
+		kv = append(kv, ast.Item(keyRouteMetadataContext, ast.NewTerm(v)))
 	}
 	if a.TlsSession != nil {
 		v, err := messageToValue(a.TlsSession.ProtoReflect(), 1)
 		if err != nil {
 			return nil, err
 		}
-		kv = append(kv, ast.Item(kTLSSession, ast.NewTerm(v)))
+		kv = append(kv, ast.Item(keyTLSSession, ast.NewTerm(v)))
 	}
 	return ast.NewObject(kv...), nil
 }
@@ -125,19 +123,19 @@ func peerValue(p *authv3.AttributeContext_Peer) (ast.Object, error) {
 		if err != nil {
 			return nil, err
 		}
-		kv = append(kv, ast.Item(kAddress, ast.NewTerm(v)))
+		kv = append(kv, ast.Item(keyAddress, ast.NewTerm(v)))
 	}
 	if p.Service != "" {
-		kv = append(kv, ast.Item(kService, ast.StringTerm(p.Service)))
+		kv = append(kv, ast.Item(keyService, ast.StringTerm(p.Service)))
 	}
 	if len(p.Labels) > 0 {
-		kv = append(kv, ast.Item(kLabels, ast.NewTerm(stringMap(p.Labels))))
+		kv = append(kv, ast.Item(keyLabels, ast.NewTerm(stringMap(p.Labels))))
 	}
 	if p.Principal != "" {
-		kv = append(kv, ast.Item(kPrincipal, ast.StringTerm(p.Principal)))
+		kv = append(kv, ast.Item(keyPrincipal, ast.StringTerm(p.Principal)))
 	}
 	if p.Certificate != "" {
-		kv = append(kv, ast.Item(kCertificate, ast.StringTerm(p.Certificate)))
+		kv = append(kv, ast.Item(keyCertificate, ast.StringTerm(p.Certificate)))
 	}
 	return ast.NewObject(kv...), nil
 }
@@ -150,27 +148,27 @@ func addressValue(a *corev3.Address) (ast.Value, error) {
 	s := sa.SocketAddress
 	kv := make([][2]*ast.Term, 0, 7)
 	if s.Protocol != 0 {
-		kv = append(kv, ast.Item(kProtocol, ast.IntNumberTerm(int(s.Protocol))))
+		kv = append(kv, ast.Item(keyProtocol, ast.IntNumberTerm(int(s.Protocol))))
 	}
 	if s.Address != "" {
-		kv = append(kv, ast.Item(kAddress, ast.StringTerm(s.Address)))
+		kv = append(kv, ast.Item(keyAddress, ast.StringTerm(s.Address)))
 	}
 	switch ps := s.PortSpecifier.(type) {
 	case *corev3.SocketAddress_PortValue:
-		kv = append(kv, ast.Item(kPortValue, ast.UIntNumberTerm(uint64(ps.PortValue))))
+		kv = append(kv, ast.Item(keyPortValue, ast.UIntNumberTerm(uint64(ps.PortValue))))
 	case *corev3.SocketAddress_NamedPort:
-		kv = append(kv, ast.Item(kNamedPort, ast.StringTerm(ps.NamedPort)))
+		kv = append(kv, ast.Item(keyNamedPort, ast.StringTerm(ps.NamedPort)))
 	}
 	if s.ResolverName != "" {
-		kv = append(kv, ast.Item(kResolverName, ast.StringTerm(s.ResolverName)))
+		kv = append(kv, ast.Item(keyResolverName, ast.StringTerm(s.ResolverName)))
 	}
 	if s.Ipv4Compat {
-		kv = append(kv, ast.Item(kIpv4Compat, trueTerm))
+		kv = append(kv, ast.Item(keyIpv4Compat, trueTerm))
 	}
 	if s.NetworkNamespaceFilepath != "" {
-		kv = append(kv, ast.Item(kNetworkNamespaceFilepath, ast.StringTerm(s.NetworkNamespaceFilepath)))
+		kv = append(kv, ast.Item(keyNetworkNamespaceFilepath, ast.StringTerm(s.NetworkNamespaceFilepath)))
 	}
-	return ast.NewObject(ast.Item(kSocketAddress, ast.NewTerm(ast.NewObject(kv...)))), nil
+	return ast.NewObject(ast.Item(keySocketAddress, ast.NewTerm(ast.NewObject(kv...)))), nil
 }
 
 func requestValue(r *authv3.AttributeContext_Request) (ast.Object, error) {
@@ -178,12 +176,12 @@ func requestValue(r *authv3.AttributeContext_Request) (ast.Object, error) {
 	if t := r.Time; t != nil {
 		tkv := make([][2]*ast.Term, 0, 2)
 		if t.Seconds != 0 {
-			tkv = append(tkv, ast.Item(kSeconds, ast.IntNumberTerm(int(t.Seconds))))
+			tkv = append(tkv, ast.Item(keySeconds, ast.IntNumberTerm(int(t.Seconds))))
 		}
 		if t.Nanos != 0 {
-			tkv = append(tkv, ast.Item(kNanos, ast.IntNumberTerm(int(t.Nanos))))
+			tkv = append(tkv, ast.Item(keyNanos, ast.IntNumberTerm(int(t.Nanos))))
 		}
-		kv = append(kv, ast.Item(kTime, ast.NewTerm(ast.NewObject(tkv...))))
+		kv = append(kv, ast.Item(keyTime, ast.NewTerm(ast.NewObject(tkv...))))
 	}
 	if h := r.Http; h != nil {
 		hkv := make([][2]*ast.Term, 0, 13)
@@ -192,32 +190,32 @@ func requestValue(r *authv3.AttributeContext_Request) (ast.Object, error) {
 				hkv = append(hkv, ast.Item(k, ast.StringTerm(v)))
 			}
 		}
-		str(kID, h.Id)
-		str(kMethod, h.Method)
+		str(keyID, h.Id)
+		str(keyMethod, h.Method)
 		if len(h.Headers) > 0 {
-			hkv = append(hkv, ast.Item(kHeaders, ast.NewTerm(stringMap(h.Headers))))
+			hkv = append(hkv, ast.Item(keyHeaders, ast.NewTerm(stringMap(h.Headers))))
 		}
 		if h.HeaderMap != nil {
 			v, err := messageToValue(h.HeaderMap.ProtoReflect(), 3)
 			if err != nil {
 				return nil, err
 			}
-			hkv = append(hkv, ast.Item(kHeaderMap, ast.NewTerm(v)))
+			hkv = append(hkv, ast.Item(keyHeaderMap, ast.NewTerm(v)))
 		}
-		str(kPath, h.Path)
-		str(kHost, h.Host)
-		str(kScheme, h.Scheme)
-		str(kQuery, h.Query)
-		str(kFragment, h.Fragment)
+		str(keyPath, h.Path)
+		str(keyHost, h.Host)
+		str(keyScheme, h.Scheme)
+		str(keyQuery, h.Query)
+		str(keyFragment, h.Fragment)
 		if h.Size != 0 {
-			hkv = append(hkv, ast.Item(kSize, ast.IntNumberTerm(int(h.Size))))
+			hkv = append(hkv, ast.Item(keySize, ast.IntNumberTerm(int(h.Size))))
 		}
-		str(kProtocol, h.Protocol)
-		str(kBody, h.Body)
+		str(keyProtocol, h.Protocol)
+		str(keyBody, h.Body)
 		if len(h.RawBody) > 0 {
-			hkv = append(hkv, ast.Item(kRawBody, ast.StringTerm(base64.StdEncoding.EncodeToString(h.RawBody))))
+			hkv = append(hkv, ast.Item(keyRawBody, ast.StringTerm(base64.StdEncoding.EncodeToString(h.RawBody))))
 		}
-		kv = append(kv, ast.Item(kHTTP, ast.NewTerm(ast.NewObject(hkv...))))
+		kv = append(kv, ast.Item(keyHTTP, ast.NewTerm(ast.NewObject(hkv...))))
 	}
 	return ast.NewObject(kv...), nil
 }

@@ -79,8 +79,9 @@ func (c Code) HTTPStatus() int {
 	}
 }
 
-// Error is a one-word description used in denial bodies.
-func (c Code) Error() string {
+// ErrorName is the one-word description used in denial bodies (the "error"
+// field). Not Error(): a Code is not an error value.
+func (c Code) ErrorName() string {
 	switch c.HTTPStatus() {
 	case 400:
 		return "bad_request"
