@@ -598,3 +598,23 @@ func TestConsoleOffWithoutTLS(t *testing.T) {
 		t.Errorf("%d %s", resp.StatusCode, b)
 	}
 }
+
+// FuzzClaimLink: whatever token a browser posts, claiming it never panics,
+// never escapes the link directory, and signs in only with the token that
+// was issued.
+func FuzzClaimLink(f *testing.F) {
+	dir := f.TempDir()
+	good, err := CreateLink(dir, "alice", control.RoleAuditor, time.Hour, time.Now())
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{"", "../../etc/passwd", strings.Repeat("A", 43), good[:42] + "=", "%00", randomToken()} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, tok string) {
+		op, err := claimLink(dir, tok, time.Now())
+		if err == nil && (tok != good || op.Name != "alice") {
+			t.Fatalf("token %q signed in as %+v", tok, op)
+		}
+	})
+}
