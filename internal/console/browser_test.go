@@ -114,6 +114,24 @@ func TestBrowser(t *testing.T) {
 	if decision := text(`main`); !strings.Contains(decision, htmlPath) || !strings.Contains(decision, "scope_missing") {
 		t.Errorf("decision page:\n%s", decision)
 	}
+	// An auditor, in a new tab, reads the agent but gets no forms.
+	alink, err := CreateLink(e.dir, "audrey", control.RoleAuditor, time.Minute, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx2, cancel2 := chromedp.NewContext(ctx)
+	defer cancel2()
+	ctx = actx2
+	do(chromedp.Navigate(e.srv.URL+"/ui/login?token="+alink),
+		chromedp.WaitVisible(chromedp.CSS(`button[type=submit]`)),
+		chromedp.Click(chromedp.CSS(`button[type=submit]`)),
+		chromedp.WaitVisible(chromedp.CSS(`table`)),
+		chromedp.Click(chromedp.CSS(`a[href="/ui/agents/acme.test/payments-bot"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`h2`)),
+		shot("7-agent-auditor"))
+	if page := text(`body`); !strings.Contains(page, "audrey (auditor)") || strings.Contains(page, "Actions") || !strings.Contains(page, "quarantined") {
+		t.Errorf("agent page for an auditor:\n%s", page)
+	}
 	t.Logf("screenshots in %s", screenshotDir)
 }
 

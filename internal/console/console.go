@@ -153,6 +153,18 @@ func secure(h http.Handler) http.Handler {
 		// The sign-in token is in a URL: never let it leave in a Referer.
 		hd.Set("Referrer-Policy", "no-referrer")
 		hd.Set("Cache-Control", "no-store")
+		// Defence in depth behind the CSRF token: a form posted from
+		// another site is refused before anything reads it. (With
+		// no-referrer, browsers send "Origin: null" for our own forms;
+		// Sec-Fetch-Site still tells.)
+		if r.Method == http.MethodPost {
+			o, site := r.Header.Get("Origin"), r.Header.Get("Sec-Fetch-Site")
+			if (o != "" && o != "null" && o != "https://"+r.Host) || site == "cross-site" || site == "same-site" {
+				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+				http.Error(w, "refused: a form from another origin", http.StatusForbidden)
+				return
+			}
+		}
 		h.ServeHTTP(w, r)
 	})
 }

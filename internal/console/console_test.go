@@ -11,6 +11,7 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -255,6 +256,20 @@ func TestSignInLinkIsSingleUse(t *testing.T) {
 			t.Errorf("token %q: %d", tk, code)
 		}
 	}
+	// Creating a link removes the ones that expired unused.
+	stale, err := CreateLink(e.dir, "stale", control.RoleAuditor, time.Minute, time.Now().Add(-2*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(LinkDir(e.dir), tokenFile(stale))); err != nil {
+		t.Fatalf("expired link file: %v", err)
+	}
+	if _, err := CreateLink(e.dir, "carl", control.RoleAuditor, time.Minute, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(LinkDir(e.dir), tokenFile(stale))); !os.IsNotExist(err) {
+		t.Errorf("expired link not pruned: %v", err)
+	}
 	if _, err := CreateLink(e.dir, "r1", control.RoleReplica, time.Minute, time.Now()); err == nil {
 		t.Error("a replica got a sign-in link")
 	}
@@ -369,8 +384,27 @@ func TestCSRF(t *testing.T) {
 			}
 		})
 	}
+	// A form from another site is refused even with the right token.
+	c := e.signIn("olga", control.RoleResponder)
+	for _, h := range [][2]string{{"Origin", "https://evil.example"}, {"Sec-Fetch-Site", "cross-site"}} {
+		req, _ := http.NewRequest("POST", e.srv.URL+agentPage+"/restrict", strings.NewReader(url.Values{"csrf": {e.csrf(c, agentPage)},
+			"reason": {"x"}, "confirm": {"yes"}, "quarantine": {"yes"}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set(h[0], h[1])
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("form with %s: %s: %d", h[0], h[1], resp.StatusCode)
+		}
+	}
+	if r, _ := e.auth.AgentRestriction("acme.test", "payments-bot"); r != nil {
+		t.Fatalf("a cross-origin form restricted the agent: %+v", r)
+	}
 	// Sign-out needs the token too, and ends the session.
-	c := e.signIn("sam", control.RoleAuditor)
+	c = e.signIn("sam", control.RoleAuditor)
 	if code, _ := e.post(c, "/ui/logout", nil); code != http.StatusForbidden {
 		t.Errorf("logout without token: %d", code)
 	}
@@ -563,4 +597,24 @@ func TestConsoleOffWithoutTLS(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), "plain-http") {
 		t.Errorf("%d %s", resp.StatusCode, b)
 	}
+}
+
+// FuzzClaimLink: whatever token a browser posts, claiming it never panics,
+// never escapes the link directory, and signs in only with the token that
+// was issued.
+func FuzzClaimLink(f *testing.F) {
+	dir := f.TempDir()
+	good, err := CreateLink(dir, "alice", control.RoleAuditor, time.Hour, time.Now())
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{"", "../../etc/passwd", strings.Repeat("A", 43), good[:42] + "=", "%00", randomToken()} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, tok string) {
+		op, err := claimLink(dir, tok, time.Now())
+		if err == nil && (tok != good || op.Name != "alice") {
+			t.Fatalf("token %q signed in as %+v", tok, op)
+		}
+	})
 }

@@ -65,6 +65,7 @@ func CreateLink(dataDir, name string, role control.Role, ttl time.Duration, now 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
+	pruneLinks(dir, now)
 	tok := randomToken()
 	b, _ := json.Marshal(link{Name: name, Role: role, Expires: now.Add(ttl).UTC()})
 	f, err := os.OpenFile(filepath.Join(dir, tokenFile(tok)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -112,6 +113,23 @@ func claimLink(dataDir, tok string, now time.Time) (control.Operator, error) {
 		return control.Operator{}, ErrLink
 	}
 	return op, nil
+}
+
+// pruneLinks removes links that expired unused, so that the directory does
+// not grow with links nobody opened.
+func pruneLinks(dir string, now time.Time) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		b, err := os.ReadFile(p)
+		var l link
+		if err != nil || len(b) > 4096 || json.Unmarshal(b, &l) != nil || !now.Before(l.Expires) {
+			os.Remove(p)
+		}
+	}
 }
 
 func tokenFile(tok string) string {

@@ -127,8 +127,10 @@ func options(opts []*corev3.HeaderValueOption, own map[string]header) []header {
 	var out []header
 	for _, o := range opts {
 		h := header{o.GetHeader().GetKey(), o.GetHeader().GetValue(), o.GetAppendAction().String()}
-		if o.Append != nil {
-			h.Action = "append=" + map[bool]string{true: "true", false: "false"}[o.GetAppend().GetValue()]
+		// opa-envoy-plugin's answers leave the deprecated append field
+		// unset; the harness shows it when it is set.
+		if o.Append != nil { //nolint:staticcheck // checks the deprecated field on purpose
+			h.Action = "append=" + map[bool]string{true: "true", false: "false"}[o.GetAppend().GetValue()] //nolint:staticcheck // as above
 		}
 		if ownHeaders[h.Key] {
 			if own != nil {
