@@ -753,7 +753,7 @@ func newAuditSampleCmd() *cobra.Command {
 				return err
 			}
 			if receipts != "" {
-				return os.WriteFile(receipts, rcpts, 0o644)
+				return os.WriteFile(receipts, rcpts, 0o600)
 			}
 			return nil
 		},

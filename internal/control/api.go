@@ -276,5 +276,5 @@ func (a *API) changeLogKey(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-pem-file")
-	w.Write(b)
+	_, _ = w.Write(b) // the client went away: nothing to do
 }

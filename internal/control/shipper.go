@@ -124,7 +124,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 			break
 		}
 		s.log.Warn("shipper: shipping interrupted; retrying", "error", err, "in", backoff)
-		t := time.NewTimer(backoff/2 + rand.N(backoff/2))
+		t := time.NewTimer(backoff/2 + rand.N(backoff/2)) //nolint:gosec // jitter, not a secret
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -67,26 +67,6 @@ func FuzzDecodeRecord(f *testing.F) {
 	})
 }
 
-// fuzzLines returns n records (seq 1..n) signed by fuzzKey and chained,
-// each with its LF.
-func fuzzLines(n int) []string { return signedLines(fuzzKey(), "fuzz", n) }
-
-// signedLines returns n records (seq 1..n) of log name signed by k and
-// chained, each with its LF.
-func signedLines(k *signingKey, name string, n int) []string {
-	var out []string
-	prev := ""
-	for i := 1; i <= n; i++ {
-		r := sampleRecord(i)
-		r.Seq, r.KeyID, r.Log, r.Prev = uint64(i), k.kid, name, prev
-		p, _ := r.MarshalJSON()
-		_, jws := k.finish(k.signingInput(p))
-		prev = ChainHash(jws)
-		out = append(out, jws+"\n")
-	}
-	return out
-}
-
 // fuzzReceipt is a valid receipt and the key set it verifies under.
 func fuzzReceipt(f *testing.F) (string, KeySet) {
 	k := fuzzKey()

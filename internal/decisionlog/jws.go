@@ -189,11 +189,6 @@ func (k *signingKey) finish(input []byte) (line []byte, jws string) {
 	return append(out, '\n'), jws
 }
 
-func chainHashInput(input []byte) string {
-	h := sha256.Sum256(input)
-	return hex.EncodeToString(h[:])
-}
-
 func isJWSByte(c byte) bool {
 	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
 }

@@ -160,38 +160,36 @@ func (r *Reader) Next() (Entry, error) {
 	}
 }
 
-// decodeLine decodes a record line of either format without verifying it.
 // NextOrCheckpoint is Next that also returns checkpoint lines, in place:
 // exactly one of the entry's Record and the returned signed note is set. A
 // log shipper uses it to send each group-commit batch with the checkpoint
 // that signs it (VerifyBatch on the receiving side).
 func (r *Reader) NextOrCheckpoint() (Entry, []byte, error) {
-	for {
-		l, err := r.nextLine(false)
-		if err != nil {
-			return Entry{}, nil, err
-		}
-		if l.hasNUL {
-			return Entry{Segment: l.seg, Line: l.num}, nil, fmt.Errorf("%s line %d: %w: %s", l.seg, l.num, ErrMalformed, nulDetail(l))
-		}
-		if l.tooLong {
-			return Entry{Segment: l.seg, Line: l.num}, nil, fmt.Errorf("%s line %d: %w: longer than %d bytes", l.seg, l.num, ErrMalformed, MaxRecordBytes)
-		}
-		if strings.HasPrefix(l.text, checkpointPrefix) {
-			signed, _, err := decodeCheckpointLine([]byte(l.text))
-			if err != nil {
-				return Entry{Segment: l.seg, Line: l.num, Raw: l.text}, nil, fmt.Errorf("%s line %d: %w", l.seg, l.num, err)
-			}
-			return Entry{Segment: l.seg, Line: l.num, Raw: l.text}, signed, nil
-		}
-		rec, err := decodeLine(l.text)
+	l, err := r.nextLine(false)
+	if err != nil {
+		return Entry{}, nil, err
+	}
+	if l.hasNUL {
+		return Entry{Segment: l.seg, Line: l.num}, nil, fmt.Errorf("%s line %d: %w: %s", l.seg, l.num, ErrMalformed, nulDetail(l))
+	}
+	if l.tooLong {
+		return Entry{Segment: l.seg, Line: l.num}, nil, fmt.Errorf("%s line %d: %w: longer than %d bytes", l.seg, l.num, ErrMalformed, MaxRecordBytes)
+	}
+	if strings.HasPrefix(l.text, checkpointPrefix) {
+		signed, _, err := decodeCheckpointLine([]byte(l.text))
 		if err != nil {
 			return Entry{Segment: l.seg, Line: l.num, Raw: l.text}, nil, fmt.Errorf("%s line %d: %w", l.seg, l.num, err)
 		}
-		return Entry{Record: rec, Raw: l.text, Segment: l.seg, Line: l.num}, nil, nil
+		return Entry{Segment: l.seg, Line: l.num, Raw: l.text}, signed, nil
 	}
+	rec, err := decodeLine(l.text)
+	if err != nil {
+		return Entry{Segment: l.seg, Line: l.num, Raw: l.text}, nil, fmt.Errorf("%s line %d: %w", l.seg, l.num, err)
+	}
+	return Entry{Record: rec, Raw: l.text, Segment: l.seg, Line: l.num}, nil, nil
 }
 
+// decodeLine decodes a record line of either format without verifying it.
 func decodeLine(text string) (*Record, error) {
 	if strings.HasPrefix(text, "{") {
 		return decodeRecordLine([]byte(text))

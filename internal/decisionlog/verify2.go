@@ -242,7 +242,7 @@ func prepareLines(src *Reader, trusted KeySet) (<-chan *lineChunk, func()) {
 				}
 				pl := preparedLine{line: l}
 				if l.complete && !l.tooLong && !l.hasNUL && !strings.HasPrefix(l.text, checkpointPrefix) {
-					if h, err := parseRecordHead(unsafe.Slice(unsafe.StringData(l.text), len(l.text))); err == nil {
+					if h, err := parseRecordHead(unsafe.Slice(unsafe.StringData(l.text), len(l.text))); err == nil { //nolint:gosec // read-only view of an immutable string, no copy per record
 						if origin == "" {
 							origin = h.log
 						}
@@ -298,7 +298,7 @@ func prepareLine(pl *preparedLine, origin string, keys KeySet, vs note.Verifiers
 	if !l.complete || l.tooLong || l.hasNUL {
 		return
 	}
-	text := unsafe.Slice(unsafe.StringData(l.text), len(l.text)) // read only
+	text := unsafe.Slice(unsafe.StringData(l.text), len(l.text)) //nolint:gosec // read-only view of an immutable string, no copy per record
 	if strings.HasPrefix(l.text, checkpointPrefix) {
 		pl.isCP = true
 		pl.signed, pl.err = checkpointNote(text)

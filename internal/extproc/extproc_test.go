@@ -2,9 +2,9 @@ package extproc
 
 import (
 	"context"
-	"fmt"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"

@@ -297,7 +297,7 @@ func parseMultipart(contentType, body string) (*ast.Term, bool, error) {
 	mr := multipart.NewReader(strings.NewReader(body), boundary)
 	for {
 		p, err := mr.NextPart()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

@@ -37,7 +37,7 @@ const (
 // UTF-8. opa-envoy-plugin answers the same requests with 400 and this code.
 const RequestParseError Code = "request_parse_error"
 
-// InvalidJSONRPC: a POST to a declared MCP endpoint whose body is not a
+// InvalidJSONRPC is for a POST to a declared MCP endpoint whose body is not a
 // JSON-RPC 2.0 message or batch the service can read exactly as an MCP
 // server would (HTTP 400, with a JSON-RPC error body).
 const InvalidJSONRPC Code = "invalid_jsonrpc"

@@ -3,6 +3,7 @@ package revocation
 import (
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -41,8 +42,8 @@ func FuzzVerifyPush(f *testing.F) {
 			}
 			return
 		}
-		pe, ok := err.(*PushError)
-		if !ok {
+		var pe *PushError
+		if !errors.As(err, &pe) {
 			t.Fatalf("error %v is not a PushError", err)
 		}
 		switch pe.Reason {

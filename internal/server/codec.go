@@ -131,7 +131,8 @@ func authorizationDesc() *grpc.ServiceDesc {
 	return &d
 }
 
-func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+// checkHandler has grpc.MethodDesc's handler signature, context second.
+func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) { //nolint:revive // gRPC's signature
 	f := new(checkFrame)
 	if err := dec(f); err != nil {
 		return nil, err
@@ -162,7 +163,7 @@ func receiveDeadline(d time.Duration) tap.ServerInHandle {
 		default:
 			return ctx, nil
 		}
-		ctx, cancel := context.WithTimeout(ctx, d)
+		ctx, cancel := context.WithTimeout(ctx, d) //nolint:gosec // cancelled with the stream, see below
 		// Not called here: the stream's context is the parent, and gRPC
 		// cancels it when the stream ends, which stops this timer too.
 		_ = cancel
