@@ -95,7 +95,7 @@ soak: build ## 10-minute soak at half of max load: RSS, heap, goroutines and fil
 	AGENTAUTHZ_TEST_BINARY=$(CURDIR)/$(BIN)/agentauthz $(GO) test -tags soak -run TestSoak -count=1 -timeout 30m -v ./test/soak
 
 lint: ## golangci-lint with .golangci.yml (errcheck, staticcheck, gosec, errorlint, revive, gofmt, ...)
-	$(TOOL) golangci-lint run ./...
+	$(TOOL) golangci-lint run --allow-serial-runners ./...
 
 # govulncheck's database, built from the OSV files in the golang.org/x/vulndb
 # module pinned in tools/go.mod (the public database cannot be reached from
