@@ -29,7 +29,8 @@ build: ## build bin/agentauthz
 
 # make release: static binaries (cgo off) for these platforms in
 # $(BIN)/release, their SHA-256 sums, and a CycloneDX SBOM of the binary's
-# modules from cyclonedx-gomod (pinned in tools/go.mod).
+# modules from cyclonedx-gomod (pinned in tools/go.mod). Run it from a clone:
+# in a git worktree cyclonedx-gomod cannot read the module's version.
 RELEASE_PLATFORMS := linux/amd64 linux/arm64 darwin/arm64
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
