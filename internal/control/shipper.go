@@ -132,6 +132,11 @@ func (s *Shipper) Run(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, shipBackoffMax)
 	}
+	// A request abandoned when ctx ended can leave a dialled connection
+	// that never carries a request; the control plane's graceful shutdown
+	// would wait seconds on it. Close it, and the drain's, on the way out.
+	s.cfg.Client.CloseIdleConnections()
+	defer s.cfg.Client.CloseIdleConnections()
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.DrainTimeout)
 	defer cancel()
 	if err := s.session(dctx, true); err != nil {
