@@ -160,15 +160,15 @@ func newAuditReportVerifyCmd() *cobra.Command {
 			if pub == "" {
 				pub = args[0] + ".pub.pem"
 			}
-			data, err := readBoundedFile(args[0], 1<<30)
+			data, err := durable.ReadFile(args[0], 1<<30)
 			if err != nil {
 				return err
 			}
-			s, err := readBoundedFile(sig, 1024)
+			s, err := durable.ReadFile(sig, 1024)
 			if err != nil {
 				return err
 			}
-			p, err := readBoundedFile(pub, 64<<10)
+			p, err := durable.ReadFile(pub, 64<<10)
 			if err != nil {
 				return err
 			}
@@ -197,29 +197,8 @@ func newAuditReportVerifyCmd() *cobra.Command {
 	return cmd
 }
 
-func readBoundedFile(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if st.Size() > limit {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
-	}
-	b := make([]byte, st.Size())
-	_, err = f.ReadAt(b, 0)
-	if err != nil && st.Size() > 0 {
-		return nil, err
-	}
-	return b, nil
-}
-
 func loadOrCreateReportKey(path string) (ed25519.PrivateKey, error) {
-	b, err := readBoundedFile(path, 64<<10)
+	b, err := durable.ReadFile(path, 64<<10)
 	if errors.Is(err, os.ErrNotExist) {
 		_, priv, err := ed25519.GenerateKey(rand.Reader)
 		if err != nil {

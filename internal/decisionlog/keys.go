@@ -10,7 +10,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -259,7 +258,7 @@ func checkKeyPerms(dir string) error {
 }
 
 func readSigningKey(path string) (*signingKey, error) {
-	data, err := readFileLimited(path, maxKeyFileBytes)
+	data, err := durable.ReadFile(path, maxKeyFileBytes)
 	if err != nil {
 		return nil, fmt.Errorf("read signing key: %w", err)
 	}
@@ -293,26 +292,6 @@ func generateSigningKey(dir string) (*signingKey, error) {
 		return nil, fmt.Errorf("write signing key: %w", err)
 	}
 	return k, nil
-}
-
-func readFileLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if st.Size() > limit {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
-	}
-	buf := make([]byte, st.Size())
-	if _, err := io.ReadFull(f, buf); err != nil {
-		return nil, err
-	}
-	return buf, nil
 }
 
 // JWKSHandler serves the public keys as an RFC 7517 JWK Set.

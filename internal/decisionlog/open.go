@@ -271,7 +271,7 @@ func (l *Log) recoverOnOpen() error {
 		return fmt.Errorf("%w: records but no checkpoint in %s", ErrCorrupt, l.opts.Dir)
 	}
 	// Empty log: use the current key, the only key, or a new one.
-	if b, err := readFileLimited(filepath.Join(l.opts.KeyDir, currentKeyFile), 1<<10); err == nil { // a kid is 43 bytes
+	if b, err := durable.ReadFile(filepath.Join(l.opts.KeyDir, currentKeyFile), 1<<10); err == nil { // a kid is 43 bytes
 		l.key = l.keys[strings.TrimSpace(string(b))]
 	}
 	if l.key == nil && len(l.keys) == 1 {
