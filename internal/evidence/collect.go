@@ -11,7 +11,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/agentauthz/agentauthz/internal/anomaly"
@@ -54,7 +53,7 @@ type stats struct {
 	responsesLinked            int
 	missingFields              int // decisions without trust level, time or outcome fields
 	records                    []sampled
-	byAgent                    map[string][]point // tenant/id → decisions, in time order
+	revs                       []revTrack // each revocation in the period, followed through the records
 	first, last                time.Time
 	decisionIDs                map[string]bool
 	allowedWithoutTenant       int
@@ -62,10 +61,43 @@ type stats struct {
 	kinds                      map[string]int
 }
 
-type point struct {
-	at      time.Time
-	allowed bool
-	reason  string
+// revTrack follows one revocation through the records as they are read, so
+// that memory does not grow with the decisions: the revoked agent's first
+// refusal and late allows, and the other agents' allowed share in the hour
+// either side.
+type revTrack struct {
+	Revocation
+	key                      string
+	beforeAllowed, beforeAll int
+	afterAllowed, afterAll   int
+}
+
+func (t *revTrack) add(agent string, at time.Time, allowed bool, code string) {
+	if agent == t.key {
+		if at.Before(t.At) {
+			return
+		}
+		if !allowed && (code == string(reason.CertificateRevoked) || code == string(reason.AgentRevoked)) &&
+			(t.FirstDenied.IsZero() || at.Before(t.FirstDenied)) {
+			t.FirstDenied = at // logs of several replicas are not in time order between them
+		}
+		if allowed && at.After(t.At.Add(PropagationBound)) {
+			t.AllowedAfter++
+		}
+		return
+	}
+	inc := func(all, ok *int) {
+		*all++
+		if allowed {
+			*ok++
+		}
+	}
+	switch {
+	case !at.Before(t.At.Add(-time.Hour)) && at.Before(t.At):
+		inc(&t.beforeAll, &t.beforeAllowed)
+	case !at.Before(t.At) && at.Before(t.At.Add(time.Hour)):
+		inc(&t.afterAll, &t.afterAllowed)
+	}
 }
 
 type sampled struct {
@@ -76,7 +108,7 @@ type sampled struct {
 func newStats() *stats {
 	return &stats{byReason: map[string]int{}, identityFailures: map[string]int{}, threats: map[string]int{},
 		certAgents: map[string]map[string]bool{}, matrix: map[string]map[string]int{}, usedOps: map[string]map[string]bool{},
-		byDay: map[string][2]int{}, byAgent: map[string][]point{}, decisionIDs: map[string]bool{}, logNames: map[string]string{},
+		byDay: map[string][2]int{}, decisionIDs: map[string]bool{}, logNames: map[string]string{},
 		kinds: map[string]int{}}
 }
 
@@ -151,7 +183,9 @@ func (s *stats) add(dir string, r *decisionlog.Record, rng *rand.Rand, seen *int
 	if r.Agent.ID != "" {
 		s.withIdentity++
 		a := agentKey(r.Agent.Tenant, r.Agent.ID)
-		s.byAgent[a] = append(s.byAgent[a], point{r.Time, r.Decision.Allowed, code})
+		for i := range s.revs {
+			s.revs[i].add(a, r.Time, r.Decision.Allowed, code)
+		}
 		if h := r.Agent.CertSHA256; h != "" {
 			if s.certAgents[h] == nil {
 				s.certAgents[h] = map[string]bool{}
@@ -203,6 +237,14 @@ func Collect(in Inputs) (*Report, error) {
 	rng := rand.New(rand.NewPCG(in.Seed, in.Seed^0x5851f42d4c957f2d)) //nolint:gosec // reproducible sample, not a secret
 	st := newStats()
 	rep := &Report{From: in.From, To: in.To, Generated: in.Now.UTC(), Seed: in.Seed}
+	var inv *inventory
+	if in.CA != nil {
+		var err error
+		if inv, err = readInventory(in.CA, in.DataDir); err != nil {
+			return nil, err
+		}
+		st.revs = revocationsIn(in, inv)
+	}
 	seen := 0
 	for _, l := range in.Logs {
 		src := LogSource{Dir: l.Dir}
@@ -239,16 +281,6 @@ func Collect(in Inputs) (*Report, error) {
 		src.InRange = st.decisions - before
 		st.logNames[l.Dir] = src.Name
 		rep.Logs = append(rep.Logs, src)
-	}
-	for _, per := range st.byAgent {
-		sort.SliceStable(per, func(i, j int) bool { return per[i].at.Before(per[j].at) })
-	}
-	var inv *inventory
-	if in.CA != nil {
-		var err error
-		if inv, err = readInventory(in.CA, in.DataDir); err != nil {
-			return nil, err
-		}
 	}
 	rep.build(in, st, inv, rng)
 	return rep, nil

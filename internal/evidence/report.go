@@ -101,7 +101,7 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 	}
 	if inv != nil {
 		r.ChangeLog = inv.changeLog
-		r.Revocations = revocations(in, st, inv)
+		r.Revocations = revocations(st)
 	}
 	r.Sample = sample(in, st, rng)
 	c := func(id, title string) *Control {
@@ -386,10 +386,10 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 	r.Mapping = mapping
 }
 
-// revocations matches each revocation in the period with the revoked
-// agent's decisions after it and the other agents' around it.
-func revocations(in Inputs, st *stats, inv *inventory) []Revocation {
-	var out []Revocation
+// revocationsIn lists each agent revoked in the period (once: a revocation is
+// a serial event and an agent-id event), to be followed through the records.
+func revocationsIn(in Inputs, inv *inventory) []revTrack {
+	var out []revTrack
 	done := map[string]bool{}
 	for _, e := range inv.events {
 		if e.Event != "revoke" && e.Event != "agent_revoke" || e.AgentID == "" || !inPeriod(in, e.At) {
@@ -397,44 +397,26 @@ func revocations(in Inputs, st *stats, inv *inventory) []Revocation {
 		}
 		k := agentKey(e.TrustDomain, e.AgentID)
 		if done[k] {
-			continue // a serial and an agent revocation at once
+			continue
 		}
 		done[k] = true
-		rv := Revocation{Tenant: e.TrustDomain, Agent: e.AgentID, At: e.At, Operator: e.Operator, Detail: e.Detail}
-		for _, p := range st.byAgent[k] {
-			if p.at.Before(e.At) {
-				continue
-			}
-			if !p.allowed && rv.FirstDenied.IsZero() && (p.reason == string(reason.CertificateRevoked) || p.reason == string(reason.AgentRevoked)) {
-				rv.FirstDenied = p.at
-			}
-			if p.allowed && p.at.After(e.At.Add(PropagationBound)) {
-				rv.AllowedAfter++
-			}
-		}
-		rv.OthersBefore = othersShare(st, k, e.At.Add(-time.Hour), e.At)
-		rv.OthersAfter = othersShare(st, k, e.At, e.At.Add(time.Hour))
+		out = append(out, revTrack{key: k, Revocation: Revocation{Tenant: e.TrustDomain, Agent: e.AgentID, At: e.At, Operator: e.Operator, Detail: e.Detail}})
+	}
+	return out
+}
+
+// revocations is what following each revocation found.
+func revocations(st *stats) []Revocation {
+	out := make([]Revocation, 0, len(st.revs))
+	for _, t := range st.revs {
+		rv := t.Revocation
+		rv.OthersBefore, rv.OthersAfter = share(t.beforeAllowed, t.beforeAll), share(t.afterAllowed, t.afterAll)
 		out = append(out, rv)
 	}
 	return out
 }
 
-func othersShare(st *stats, except string, from, to time.Time) string {
-	allowed, all := 0, 0
-	for k, ps := range st.byAgent {
-		if k == except {
-			continue
-		}
-		for _, p := range ps {
-			if p.at.Before(from) || !p.at.Before(to) {
-				continue
-			}
-			all++
-			if p.allowed {
-				allowed++
-			}
-		}
-	}
+func share(allowed, all int) string {
 	if all == 0 {
 		return "no requests"
 	}
