@@ -20,6 +20,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/anomaly"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/durable"
+	"github.com/agentauthz/agentauthz/internal/termtext"
 )
 
 func newAnomalyCmd() *cobra.Command {
@@ -176,21 +177,12 @@ func printAlert(w io.Writer, a *anomaly.Alert, asJSON bool) error {
 	}
 	key := ""
 	if a.Key != "" {
-		key = " [" + safeText(a.Key) + "]"
+		key = " [" + termtext.Escape(a.Key) + "]"
 	}
 	_, err := fmt.Fprintf(w, "%s  %s  %s%s  (alert %s)\n    baseline:  %s\n    observed:  %s\n    deviation: %s\n    decisions: %s\n",
-		a.Time.UTC().Format(time.RFC3339), a.Rule, safeText(a.Agent), key, a.ID(), safeText(a.Baseline), safeText(a.Observed),
+		a.Time.UTC().Format(time.RFC3339), a.Rule, termtext.Escape(a.Agent), key, a.ID(), termtext.Escape(a.Baseline), termtext.Escape(a.Observed),
 		a.Deviation, strings.Join(a.DecisionIDs, " "))
 	return err
-}
-
-// safeText escapes control characters from recorded strings for a terminal.
-func safeText(s string) string {
-	if !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }) {
-		return s
-	}
-	q := fmt.Sprintf("%q", s)
-	return q[1 : len(q)-1]
 }
 
 func newAnomalyEvaluateCmd() *cobra.Command {
@@ -257,9 +249,9 @@ func newAlertsCmd() *cobra.Command {
 				}
 				ack := "-"
 				if a.Ack != nil {
-					ack = safeText(a.Ack.By)
+					ack = termtext.Escape(a.Ack.By)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Alert.Time.UTC().Format(time.RFC3339), a.Alert.Rule, safeText(a.Alert.Agent), dash(safeText(a.Alert.Key)), ack)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Alert.Time.UTC().Format(time.RFC3339), a.Alert.Rule, termtext.Escape(a.Alert.Agent), dash(termtext.Escape(a.Alert.Key)), ack)
 			}
 			return tw.Flush()
 		},
@@ -282,7 +274,7 @@ func newAlertsCmd() *cobra.Command {
 						return err
 					}
 					if a.Ack != nil {
-						fmt.Fprintf(cmd.OutOrStdout(), "    acknowledged by %s at %s: %s\n", safeText(a.Ack.By), a.Ack.At.Format(time.RFC3339), safeText(a.Ack.Note))
+						fmt.Fprintf(cmd.OutOrStdout(), "    acknowledged by %s at %s: %s\n", termtext.Escape(a.Ack.By), a.Ack.At.Format(time.RFC3339), termtext.Escape(a.Ack.Note))
 					}
 					return nil
 				}
@@ -309,7 +301,7 @@ func newAlertsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "acknowledged %s (%s, %s) by %s\n", a.ID, a.Alert.Rule, safeText(a.Alert.Agent), safeText(by))
+			fmt.Fprintf(cmd.OutOrStdout(), "acknowledged %s (%s, %s) by %s\n", a.ID, a.Alert.Rule, termtext.Escape(a.Alert.Agent), termtext.Escape(by))
 			return nil
 		},
 	}

@@ -12,13 +12,12 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/durable"
+	"github.com/agentauthz/agentauthz/internal/termtext"
 )
 
 func newAuditCmd() *cobra.Command {
@@ -276,46 +275,8 @@ func dash(s string) string {
 }
 
 // cell is a record's value as human output shows it: "-" when empty, and
-// escaped so that it cannot drive the terminal (see escapeControl).
-func cell(s string) string { return dash(escapeControl(s)) }
-
-// escapeControl makes a value from a record safe to print on a terminal.
-// Request ids, paths and hosts come from clients: a raw ESC, CR or BEL could
-// rewrite what the operator sees, a tab would shift the table's columns, and
-// a bidirectional override (U+202E) reorders text. Control and format
-// characters and invalid UTF-8 become Go escapes (\x1b, \u202e); a backslash
-// is doubled so that the escapes are unambiguous. JSON output needs none of
-// this: encoding/json escapes control characters itself.
-func escapeControl(s string) string {
-	clean := true
-	for _, r := range s {
-		if r == '\\' || r == utf8.RuneError || unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == '\\':
-			b.WriteString(`\\`)
-		case r == utf8.RuneError && size == 1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case r < 0x80 && unicode.IsControl(r):
-			fmt.Fprintf(&b, `\x%02x`, r)
-		case unicode.IsControl(r) || unicode.Is(unicode.Cf, r):
-			fmt.Fprintf(&b, `\u%04x`, r)
-		default:
-			b.WriteString(s[i : i+size])
-		}
-		i += size
-	}
-	return b.String()
-}
+// escaped so that it cannot drive the terminal (see termtext.Escape).
+func cell(s string) string { return dash(termtext.Escape(s)) }
 
 // scanLog calls fn for every record until the current end of the log. A
 // malformed line is reported on stderr and skipped: query is not

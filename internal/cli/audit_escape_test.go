@@ -79,20 +79,3 @@ func TestAuditHumanOutputEscapesControlCharacters(t *testing.T) {
 		t.Fatalf("--json did not keep the bytes: %+v", got.Request)
 	}
 }
-
-func TestEscapeControl(t *testing.T) {
-	for in, want := range map[string]string{
-		"":                   "",
-		"plain /v1/payments": "plain /v1/payments",
-		"ünïcode ✓":          "ünïcode ✓",
-		"a\\b":               `a\\b`,
-		"\x1b[0m":            `\x1b[0m`,
-		"\xff\xfe":           `\xff\xfe`,
-		"\u200b\u2066":       `\u200b\u2066`,
-		"\ufffd":             "\ufffd",
-	} {
-		if got := escapeControl(in); got != want {
-			t.Errorf("escapeControl(%q) = %q, want %q", in, got, want)
-		}
-	}
-}

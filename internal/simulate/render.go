@@ -7,6 +7,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/agentauthz/agentauthz/internal/termtext"
 )
 
 // WriteJSON writes the report as one JSON document.
@@ -133,27 +135,14 @@ func (p *printer) err(err error) {
 	}
 }
 
-// text makes a recorded string safe for a terminal: control characters
-// (a request path may carry them) are escaped, not printed.
+// text is a recorded string as a terminal shows it: "-" when empty,
+// escaped like every other human output (termtext).
 func text(s string) string {
 	if s == "" {
 		return "-"
 	}
-	if !strings.ContainsFunc(s, isControl) {
-		return s
-	}
-	var b strings.Builder
-	for _, c := range s {
-		if isControl(c) {
-			fmt.Fprintf(&b, `\x%02x`, c)
-			continue
-		}
-		b.WriteRune(c)
-	}
-	return b.String()
+	return termtext.Escape(s)
 }
-
-func isControl(c rune) bool { return c < 0x20 || c == 0x7f || (c >= 0x80 && c < 0xa0) }
 
 // md escapes what would break a Markdown table cell or inline code.
 func md(s string) string {
