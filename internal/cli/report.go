@@ -79,7 +79,7 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 				in.Logs = append(in.Logs, evidence.Log{Dir: l, Keys: ks})
 			}
 			if st, err := os.Stat(filepath.Join(dataDir, "inventory.db")); err == nil && st.Mode().IsRegular() {
-				a, err := ca.Open(dataDir, ca.MustExist())
+				a, err := caOpen(dataDir, ca.MustExist())
 				if err != nil {
 					return fmt.Errorf("CA inventory: %w", err)
 				}

@@ -2,7 +2,6 @@ package evidence
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
 )
@@ -36,17 +35,12 @@ func readInventory(a *ca.Authority, dataDir string) (*inventory, error) {
 		}
 		inv.restrictions = append(inv.restrictions, rs...)
 	}
-	pubPEM, err := os.ReadFile(ca.ChangeLogKeyPath(dataDir))
+	keys, err := ca.ChangeLogKeys(dataDir) // the current key and those it rotated from
 	if err != nil {
 		inv.changeLogErr = "no change-log key: " + err.Error()
 		return inv, nil
 	}
-	pub, err := ca.ParseChangeLogKey(pubPEM)
-	if err != nil {
-		inv.changeLogErr = err.Error()
-		return inv, nil
-	}
-	if inv.changeLog, err = a.VerifyChangeLog(pub); err != nil {
+	if inv.changeLog, err = a.VerifyChangeLog(keys...); err != nil {
 		return nil, fmt.Errorf("change log: %w", err)
 	}
 	return inv, nil
