@@ -88,7 +88,7 @@ func (c *Console) decisionChart(ctx context.Context, agent, rangeName, link stri
 		ch.Denials += b.Denials
 	}
 	layout := "15:04"
-	if rg.Step >= time.Hour {
+	if time.Duration(rg.N)*rg.Step >= 24*time.Hour {
 		layout = "01-02 15:04"
 	}
 	ch.From, ch.To = since.UTC().Format(layout), since.Add(time.Duration(rg.N)*rg.Step).UTC().Format(layout)

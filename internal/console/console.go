@@ -20,6 +20,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -38,8 +39,9 @@ var staticFS embed.FS
 // Prefix is where the control plane mounts the console.
 const Prefix = "/ui/"
 
-// CSP allows no script, no inline style and no outside resource.
-const CSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+// CSP allows no inline script or style and no outside resource: the one
+// script (the live tail's) is a file of the console.
+const CSP = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 // DefaultExpiringWithin is when an active certificate counts as expiring.
 const DefaultExpiringWithin = 7 * 24 * time.Hour
@@ -72,6 +74,9 @@ type Console struct {
 	pages    map[string]*template.Template
 	sessions sessions
 	csrfKey  []byte
+	tails    streams
+	stop     chan struct{}
+	stopOnce sync.Once
 }
 
 // New parses the embedded templates.
@@ -85,7 +90,7 @@ func New(cfg Config) (*Console, error) {
 	if cfg.ExpiringWithin <= 0 {
 		cfg.ExpiringWithin = DefaultExpiringWithin
 	}
-	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken())}
+	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken()), stop: make(chan struct{})}
 	funcs := template.FuncMap{
 		"time": func(t time.Time) string {
 			if t.IsZero() {
@@ -105,7 +110,7 @@ func New(cfg Config) (*Console, error) {
 		"label":  ca.TrustLabel,
 		"sub":    func(a, b uint64) uint64 { return a - b },
 	}
-	for _, p := range []string{"fleet", "agent", "decisions", "decision", "login", "message"} {
+	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "login", "message"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/chart.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -138,11 +143,17 @@ func (c *Console) Handler() http.Handler {
 	mux.Handle("POST /ui/agents/{td}/{id}/{action}", c.require(control.ChangeAgents, true, c.change))
 	mux.Handle("GET /ui/decisions", c.require(control.ReadRecords, false, c.decisions))
 	mux.Handle("GET /ui/decisions/{id}", c.require(control.ReadRecords, false, c.decision))
+	mux.Handle("GET /ui/decisions/live", c.require(control.ReadRecords, false, c.live))
+	mux.Handle("GET /ui/decisions/stream", c.require(control.ReadRecords, false, c.stream))
 	mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		c.message(w, r, http.StatusNotFound, "Not found", "No such page: "+r.URL.Path)
 	})
 	return secure(mux)
 }
+
+// Stop ends the live tails (they would otherwise hold a graceful shutdown
+// open): register it with http.Server.RegisterOnShutdown.
+func (c *Console) Stop() { c.stopOnce.Do(func() { close(c.stop) }) }
 
 // secure sets the headers of every console answer.
 func secure(h http.Handler) http.Handler {
