@@ -195,13 +195,15 @@ func TestIssueRefusals(t *testing.T) {
 	tok := e.csrf(c, "/ui/issue")
 	good := url.Values{"csrf": {tok}, "trust_domain": {"acme.test"}, "agent_id": {"new-bot"}, "trust": {"L1"}, "scopes": {"a:b"}, "reason": {"r"}, "confirm": {"yes"}}
 	for name, change := range map[string]func(url.Values){
-		"no csrf":      func(f url.Values) { f.Del("csrf") },
-		"no confirm":   func(f url.Values) { f.Del("confirm") },
-		"no reason":    func(f url.Values) { f.Set("reason", " ") },
-		"bad trust":    func(f url.Values) { f.Set("trust", "L9") },
-		"bad scope":    func(f url.Values) { f.Set("scopes", "<script>") },
-		"bad ttl":      func(f url.Values) { f.Set("ttl", "forever") },
-		"bad csr":      func(f url.Values) { f.Set("csr", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----") },
+		"no csrf":    func(f url.Values) { f.Del("csrf") },
+		"no confirm": func(f url.Values) { f.Del("confirm") },
+		"no reason":  func(f url.Values) { f.Set("reason", " ") },
+		"bad trust":  func(f url.Values) { f.Set("trust", "L9") },
+		"bad scope":  func(f url.Values) { f.Set("scopes", "<script>") },
+		"bad ttl":    func(f url.Values) { f.Set("ttl", "forever") },
+		"bad csr": func(f url.Values) {
+			f.Set("csr", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----")
+		},
 		"existing":     func(f url.Values) { f.Set("agent_id", "payments-bot") },
 		"unknown td":   func(f url.Values) { f.Set("trust_domain", "other.test") },
 		"bad agent id": func(f url.Values) { f.Set("agent_id", "../x") },
