@@ -161,9 +161,31 @@ func NoteVerifiers(origin string, ks KeySet) (note.Verifiers, error) {
 		if err != nil {
 			return nil, err
 		}
+		if x, err := voi.NewExpandedPublicKey(voi.PublicKey(ks[kid])); err == nil {
+			v = &voiVerifier{name: v.Name(), hash: v.KeyHash(), key: x}
+		}
 		vs = append(vs, v)
 	}
 	return note.VerifierList(vs...), nil
+}
+
+// voiVerifier is note.NewVerifier's Ed25519 verifier with the signature
+// checked by curve25519-voi over the key's precomputed tables: the verdicts
+// of crypto/ed25519 (cofactorless, VerifyOptionsStdLib;
+// TestNoteVerifierAgreesWithStdlib) in about half the time, which is most
+// of what audit verify spends per checkpoint.
+type voiVerifier struct {
+	name string
+	hash uint32
+	key  *voi.ExpandedPublicKey
+}
+
+var stdlibVerify = &voi.Options{Verify: voi.VerifyOptionsStdLib}
+
+func (v *voiVerifier) Name() string    { return v.name }
+func (v *voiVerifier) KeyHash() uint32 { return v.hash }
+func (v *voiVerifier) Verify(msg, sig []byte) bool {
+	return len(sig) == ed25519.SignatureSize && voi.VerifyExpandedWithOptions(v.key, msg, sig, stdlibVerify)
 }
 
 // noteSigner signs checkpoints with a log key (note.Signer).

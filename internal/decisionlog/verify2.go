@@ -229,6 +229,11 @@ func prepareLines(src *Reader, trusted KeySet) (<-chan *lineChunk, func()) {
 			cand[k] = p
 		}
 		origin := ""
+		var (
+			keys     KeySet
+			vs       note.Verifiers
+			vsOrigin string
+		)
 		for {
 			c := &lineChunk{done: make(chan struct{})}
 			for len(c.lines) < chunkLines {
@@ -261,19 +266,24 @@ func prepareLines(src *Reader, trusted KeySet) (<-chan *lineChunk, func()) {
 			if len(c.lines) == 0 && c.err == nil {
 				return
 			}
-			keys := KeySet{}
-			for k, p := range cand {
-				keys[k] = p
+			if len(cand) != len(keys) || origin != vsOrigin {
+				// Verifiers (with their precomputed tables) are built
+				// again only when a rotation announced a key.
+				keys = make(KeySet, len(cand))
+				for k, p := range cand {
+					keys[k] = p
+				}
+				vs, _ = NoteVerifiers(origin, keys)
+				vsOrigin = origin
 			}
 			sem <- struct{}{}
 			wg.Add(1)
-			go func(c *lineChunk, origin string) {
+			go func(c *lineChunk, origin string, keys KeySet, vs note.Verifiers) {
 				defer func() { <-sem; wg.Done(); close(c.done) }()
-				vs, _ := NoteVerifiers(origin, keys)
 				for i := range c.lines {
 					prepareLine(&c.lines[i], origin, keys, vs)
 				}
-			}(c, origin)
+			}(c, origin, keys, vs)
 			select {
 			case out <- c:
 			case <-quit:
