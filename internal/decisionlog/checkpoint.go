@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"golang.org/x/mod/sumdb/note"
@@ -293,11 +294,43 @@ func checkpointNote(line []byte) ([]byte, error) {
 	if !ok || i < 0 || !bytes.HasSuffix(rest, []byte("]}")) {
 		return nil, fmt.Errorf("%w: line: not {\"checkpoint\":…,\"range\":[…]}", ErrCheckpoint)
 	}
+	if n, ok := unescapeNote(rest[:i]); ok {
+		return n, nil
+	}
 	var note string
 	if err := json.Unmarshal(rest[:i], &note); err != nil {
 		return nil, fmt.Errorf("%w: line: %v", ErrCheckpoint, err)
 	}
 	return []byte(note), nil
+}
+
+// unescapeNote decodes the JSON string s as json.Unmarshal would when its
+// only escapes are \n, the form encodeCheckpointLine writes (anything
+// else goes to json.Unmarshal): audit verify reads one per checkpoint.
+func unescapeNote(s []byte) ([]byte, bool) {
+	if len(s) < 2 || s[0] != '"' || s[len(s)-1] != '"' {
+		return nil, false
+	}
+	s = s[1 : len(s)-1]
+	if !utf8.Valid(s) { // json.Unmarshal would replace bad bytes
+		return nil, false
+	}
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\':
+			if i+1 == len(s) || s[i+1] != 'n' {
+				return nil, false
+			}
+			out = append(out, '\n')
+			i++
+		case c == '"' || c < 0x20:
+			return nil, false
+		default:
+			out = append(out, c)
+		}
+	}
+	return out, true
 }
 
 func decodeCheckpointLine(line []byte) (signed []byte, hashes [][]byte, err error) {
