@@ -2,9 +2,9 @@ package alerts
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
-	"crypto/ed25519"
 	"io"
 	"os"
 	"path/filepath"
