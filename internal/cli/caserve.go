@@ -194,12 +194,12 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 	api, err := control.NewAPI(control.Config{Authority: auth, Publisher: pub, Auth: authn, Logger: log, Registerer: reg, Records: rs.records,
 		Alerts: rs.alerts})
 	if err != nil {
-		rs.closeStores()
+		_ = rs.closeStores() // the error being returned is the one to report
 		return nil, err
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		rs.closeStores()
+		_ = rs.closeStores() // the error being returned is the one to report
 		return nil, withHint(fmt.Errorf("listen: %w", err), "choose another address with --addr")
 	}
 	if rs.op != nil {
@@ -213,7 +213,7 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		cert, err := rs.op.ServerCertificate(hosts)
 		if err != nil {
 			ln.Close()
-			rs.closeStores()
+			_ = rs.closeStores() // the error being returned is the one to report
 			return nil, fmt.Errorf("server certificate: %w", err)
 		}
 		// Request, not require, a client certificate: CRLs stay public
@@ -225,7 +225,7 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Auth: authn, DataDir: dataDir, Logger: log.Named("console")})
 	if err != nil {
 		ln.Close()
-		rs.closeStores()
+		_ = rs.closeStores() // the error being returned is the one to report
 		return nil, err
 	}
 	mux := http.NewServeMux()
