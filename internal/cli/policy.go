@@ -8,9 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/agentauthz/agentauthz/internal/config"
-	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/policy"
-	"github.com/agentauthz/agentauthz/internal/server"
 	"github.com/agentauthz/agentauthz/internal/simulate"
 )
 
@@ -83,12 +81,12 @@ agentauthz audit verify on the same log for that.`,
 			if !engine.Ready() {
 				return errors.New("proposed policy: the bundle did not load")
 			}
-			rp, err := simulate.NewReplayer(server.PolicyAdapter(engine), &clock)
+			rp, err := simulate.NewReplayer(engine, &clock)
 			if err != nil {
 				return err
 			}
 			acc := simulate.NewAccumulator(engine.Revision(), fromT, toT, simulate.Gaps(engine.InputReads()))
-			r := decisionlog.NewReader(logDir)
+			r := simulate.NewLogSource(logDir)
 			defer r.Close()
 			if err := simulate.Run(cmd.Context(), r, rp, acc, fromT, toT); err != nil {
 				return err
