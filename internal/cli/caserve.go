@@ -211,6 +211,7 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	}
 	rs.ln, rs.srv = ln, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10}
+	rs.srv.RegisterOnShutdown(con.Stop) // the console's live tails end with the server
 	return rs, nil
 }
 

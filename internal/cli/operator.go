@@ -146,6 +146,7 @@ send it only to NAME. Each link and each sign-in is recorded in the change log.`
 // local data directory.
 type serverFlags struct {
 	server, cert, key, serverCA string
+	hc                          *http.Client // made on first call, then reused (one TLS session for many pages)
 }
 
 func (s *serverFlags) add(cmd *cobra.Command) {
@@ -185,10 +186,14 @@ func (s *serverFlags) client(dataDir string) (*http.Client, error) {
 // call sends a JSON request to the control plane and decodes the answer
 // into out; a refusal becomes an error with the server's message.
 func (s *serverFlags) call(ctx context.Context, dataDir, method, path string, body, out any) error {
-	c, err := s.client(dataDir)
-	if err != nil {
-		return err
+	if s.hc == nil {
+		c, err := s.client(dataDir)
+		if err != nil {
+			return err
+		}
+		s.hc = c
 	}
+	c := s.hc
 	p, query, _ := strings.Cut(path, "?")
 	u, err := url.JoinPath(s.server, p)
 	if query != "" {

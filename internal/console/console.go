@@ -20,6 +20,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -38,8 +39,9 @@ var staticFS embed.FS
 // Prefix is where the control plane mounts the console.
 const Prefix = "/ui/"
 
-// CSP allows no script, no inline style and no outside resource.
-const CSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+// CSP allows no inline script or style and no outside resource: the one
+// script (the live tail's) is a file of the console.
+const CSP = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 // DefaultExpiringWithin is when an active certificate counts as expiring.
 const DefaultExpiringWithin = 7 * 24 * time.Hour
@@ -72,6 +74,9 @@ type Console struct {
 	pages    map[string]*template.Template
 	sessions sessions
 	csrfKey  []byte
+	tails    streams
+	stop     chan struct{}
+	stopOnce sync.Once
 }
 
 // New parses the embedded templates.
@@ -85,7 +90,7 @@ func New(cfg Config) (*Console, error) {
 	if cfg.ExpiringWithin <= 0 {
 		cfg.ExpiringWithin = DefaultExpiringWithin
 	}
-	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken())}
+	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken()), stop: make(chan struct{})}
 	funcs := template.FuncMap{
 		"time": func(t time.Time) string {
 			if t.IsZero() {
@@ -103,9 +108,10 @@ func New(cfg Config) (*Console, error) {
 		"path":   url.PathEscape,
 		"trusts": func() []int { return []int{0, 1, 2, 3, 4} },
 		"label":  ca.TrustLabel,
+		"sub":    func(a, b uint64) uint64 { return a - b },
 	}
-	for _, p := range []string{"fleet", "agent", "decisions", "decision", "login", "message"} {
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
+	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "login", "message"} {
+		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/chart.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
 		}
@@ -137,11 +143,17 @@ func (c *Console) Handler() http.Handler {
 	mux.Handle("POST /ui/agents/{td}/{id}/{action}", c.require(control.ChangeAgents, true, c.change))
 	mux.Handle("GET /ui/decisions", c.require(control.ReadRecords, false, c.decisions))
 	mux.Handle("GET /ui/decisions/{id}", c.require(control.ReadRecords, false, c.decision))
+	mux.Handle("GET /ui/decisions/live", c.require(control.ReadRecords, false, c.live))
+	mux.Handle("GET /ui/decisions/stream", c.require(control.ReadRecords, false, c.stream))
 	mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		c.message(w, r, http.StatusNotFound, "Not found", "No such page: "+r.URL.Path)
 	})
 	return secure(mux)
 }
+
+// Stop ends the live tails (they would otherwise hold a graceful shutdown
+// open): register it with http.Server.RegisterOnShutdown.
+func (c *Console) Stop() { c.stopOnce.Do(func() { close(c.stop) }) }
 
 // secure sets the headers of every console answer.
 func secure(h http.Handler) http.Handler {
@@ -389,8 +401,12 @@ func (c *Console) fleet(w http.ResponseWriter, r *http.Request, v *viewer) {
 		tds = append(tds, td)
 	}
 	sort.Strings(tds)
+	var ch *chart
+	if v.CanRecords() && c.cfg.Records != nil {
+		ch = c.decisionChart(r.Context(), "", q.Get("range"), "/ui/fleet?")
+	}
 	c.render(w, r, http.StatusOK, "fleet", v, map[string]any{
-		"Rows": rows, "Total": total, "Shown": len(rows), "Search": search, "Status": status, "Tenant": tenant, "Tenants": tds,
+		"Chart": ch, "Rows": rows, "Total": total, "Shown": len(rows), "Search": search, "Status": status, "Tenant": tenant, "Tenants": tds,
 		"Statuses": []string{StatusActive, StatusExpiring, StatusExpired, StatusRevoked, StatusRestricted, StatusQuarantined},
 		"Counts":   counts, "Agents": len(newest), "Within": days(c.cfg.ExpiringWithin),
 	})
@@ -418,12 +434,16 @@ func (c *Console) agent(w http.ResponseWriter, r *http.Request, v *viewer) {
 	if v.CanRecords() {
 		if c.cfg.Records == nil {
 			data["RecordsOff"] = true
-		} else if p, err := c.cfg.Records.Find(r.Context(), recordstore.Query{Agent: d.Agent.SPIFFEID, Limit: agentRecords}); err != nil {
+		} else if p, err := c.cfg.Records.Find(r.Context(), recordstore.Query{Agent: d.Agent.SPIFFEID, Limit: agentRecords, Newest: true}); err != nil {
 			c.cfg.Logger.Error("console: record store", "error", err)
 			data["RecordsErr"] = true
 		} else {
 			data["Records"] = p.Records
 			data["More"] = p.Next != ""
+			if len(p.Records) > 0 {
+				data["Chart"] = c.decisionChart(r.Context(), d.Agent.SPIFFEID, r.URL.Query().Get("range"),
+					"/ui/agents/"+url.PathEscape(td)+"/"+url.PathEscape(id)+"?")
+			}
 		}
 	}
 	c.render(w, r, http.StatusOK, "agent", v, data)
@@ -503,7 +523,7 @@ func (c *Console) decisions(w http.ResponseWriter, r *http.Request, v *viewer) {
 	}
 	q := recordstore.Query{DecisionID: f.Get("decision_id"), RequestID: f.Get("request_id"), Agent: f.Get("agent"),
 		Tenant: f.Get("tenant"), Operation: f.Get("operation"), Outcome: f.Get("outcome"), Reason: f.Get("reason"),
-		After: f.Get("cursor"), Limit: 100}
+		After: f.Get("cursor"), Limit: 100, Newest: f.Get("order") != "oldest"}
 	for name, dst := range map[string]*time.Time{"since": &q.Since, "until": &q.Until} {
 		if s := strings.TrimSpace(f.Get(name)); s != "" {
 			t, err := time.Parse(time.RFC3339Nano, s)
@@ -555,5 +575,21 @@ func (c *Console) decision(w http.ResponseWriter, r *http.Request, v *viewer) {
 		c.render(w, r, http.StatusNotFound, "message", v, map[string]string{"Title": "Not found", "Text": fmt.Sprintf("No decision %q in the record store.", id)})
 		return
 	}
-	c.render(w, r, http.StatusOK, "decision", v, map[string]any{"ID": id, "Records": p.Records})
+	type proven struct {
+		recordstore.Stored
+		Proof    *recordstore.Proven
+		ProofErr string
+	}
+	var out []proven
+	for _, st := range p.Records {
+		pr := proven{Stored: st}
+		// Verified now, from the stored rows, not taken from when the
+		// record was shipped.
+		if pr.Proof, err = c.cfg.Records.Prove(r.Context(), st.Log, st.Index); err != nil {
+			c.cfg.Logger.Error("console: verify a stored record", "log", st.Log, "index", st.Index, "error", err)
+			pr.ProofErr = err.Error()
+		}
+		out = append(out, pr)
+	}
+	c.render(w, r, http.StatusOK, "decision", v, map[string]any{"ID": id, "Records": out})
 }

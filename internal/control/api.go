@@ -108,6 +108,7 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("GET "+revocation.WatchPath, a.authn.Require(pub, RoleReplica, RoleAuditor, RoleResponder))
 	mux.Handle("GET /v1/agents/{td}/{id}", a.authn.Require(http.HandlerFunc(a.showAgent), read...))
 	mux.Handle("GET /v1/changes", a.authn.Require(http.HandlerFunc(a.listChanges), read...))
+	mux.Handle("GET /v1/changelog/verify", a.authn.Require(http.HandlerFunc(a.verifyChangeLog), read...))
 	mux.Handle("POST /v1/agents/{td}/{id}/restrict", a.authn.Require(http.HandlerFunc(a.restrict), change...))
 	mux.Handle("POST /v1/agents/{td}/{id}/lift", a.authn.Require(http.HandlerFunc(a.lift), change...))
 	mux.Handle("POST /v1/agents/{td}/{id}/revoke", a.authn.Require(http.HandlerFunc(a.revoke), change...))
@@ -260,6 +261,28 @@ func (a *API) listChanges(w http.ResponseWriter, r *http.Request) {
 		ev = []ca.Event{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"changes": ev})
+}
+
+// verifyChangeLog is GET /v1/changelog/verify: the signed change log checked
+// with the control plane's key, as audit verify --changelog does on its
+// data directory (the evidence pack's CC8.1 with --server).
+func (a *API) verifyChangeLog(w http.ResponseWriter, _ *http.Request) {
+	b, err := os.ReadFile(ca.ChangeLogKeyPath(a.auth.DataDir()))
+	if err != nil {
+		writeError(w, http.StatusNotFound, "no_change_log", errors.New("no change has been logged yet"))
+		return
+	}
+	pub, err := ca.ParseChangeLogKey(b)
+	if err != nil {
+		a.storeError(w, err)
+		return
+	}
+	res, err := a.auth.VerifyChangeLog(pub)
+	if err != nil {
+		a.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 func (a *API) whoami(w http.ResponseWriter, r *http.Request) {

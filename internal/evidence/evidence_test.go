@@ -124,11 +124,15 @@ func (h *history) collect(t *testing.T, mod func(*Inputs)) *Report {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := Inputs{Logs: []Log{{Dir: h.logDir, Keys: ks}}, DataDir: h.dataDir, CA: h.a, Sample: 4, Seed: 9}
+	inv, err := ReadInventory(h.a, h.dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := Inputs{Sources: []Source{DirSource{Dir: h.logDir, Keys: ks}}, DataDir: h.dataDir, Inventory: inv, Sample: 4, Seed: 9}
 	if mod != nil {
 		mod(&in)
 	}
-	r, err := Collect(in)
+	r, err := Collect(context.Background(), in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +249,7 @@ func TestFiguresMatchAnIndependentCount(t *testing.T) {
 // controls that need them are gaps, never passes.
 func TestNoEvidenceIsAGap(t *testing.T) {
 	h := newHistory(t)
-	r := h.collect(t, func(in *Inputs) { in.CA, in.DataDir = nil, "" })
+	r := h.collect(t, func(in *Inputs) { in.Inventory, in.DataDir = nil, "" })
 	for _, id := range []string{"CC6.7", "CC6.8", "CC7.1", "CC7.4", "CC8.1", "A1.1", "PI1.3", "PI1.5"} {
 		if c := control(t, r, id); c.Status != StatusGap {
 			t.Errorf("%s is %q without its evidence: %s", id, c.Status, c.Summary)

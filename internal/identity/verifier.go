@@ -153,14 +153,27 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 // SetBundles replaces every trust bundle at once and empties the cache. On
 // error nothing changes: the previous bundles stay in force.
 func (v *Verifier) SetBundles(bundles []Bundle) error {
+	apply, err := v.PrepareBundles(bundles)
+	if err != nil {
+		return err
+	}
+	apply()
+	return nil
+}
+
+// PrepareBundles checks bundles and builds what verifies against them,
+// without applying it: apply swaps them in (emptying the cache) and cannot
+// fail. A trust reload prepares everything that depends on the bundles
+// before it applies any of it, so a refusal leaves all of it unchanged.
+func (v *Verifier) PrepareBundles(bundles []Bundle) (apply func(), err error) {
 	st := &trustState{byTD: make(map[string]*trustBundle, len(bundles)), cache: newIDCache(v.cacheSize)}
 	for _, b := range bundles {
 		nb, err := NewBundle(b.TrustDomain, b.Profile, b.Roots)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if st.byTD[nb.TrustDomain] != nil {
-			return fmt.Errorf("trust domain %s has two trust bundles", nb.TrustDomain)
+			return nil, fmt.Errorf("trust domain %s has two trust bundles", nb.TrustDomain)
 		}
 		tb := &trustBundle{Bundle: nb}
 		if len(nb.Roots) > 0 {
@@ -176,8 +189,7 @@ func (v *Verifier) SetBundles(bundles []Bundle) error {
 		st.bundles = append(st.bundles, tb)
 		st.byTD[nb.TrustDomain] = tb
 	}
-	v.state.Store(st)
-	return nil
+	return func() { v.state.Store(st) }, nil
 }
 
 // TrustDomains lists the trust domains currently trusted, in configuration

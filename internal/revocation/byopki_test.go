@@ -213,7 +213,7 @@ func TestRevokedIntermediate(t *testing.T) {
 		if got := checkFile(t, c, p, "root.pem", "bot.pem", "issuing.pem"); got != "" {
 			t.Fatalf("before the reload: %q", string(got))
 		}
-		if err := c.SetCAs(byoTD, identityCAs(t, p, "root.pem")); err != nil {
+		if err := c.SetCAs(map[string][]*x509.Certificate{byoTD: identityCAs(t, p, "root.pem")}); err != nil {
 			t.Fatal(err)
 		}
 		if got := checkFile(t, c, p, "root.pem", "gone.pem", "issuing.pem"); got != reason.CertificateRevoked {

@@ -510,7 +510,7 @@ func TestSetCAsRotation(t *testing.T) {
 	}
 
 	// Both CAs: the old CA's CRL stays, the new one's is accepted.
-	if err := c.SetCAs(td, []*x509.Certificate{newCA.Cert, oldCA.Cert}); err != nil {
+	if err := c.SetCAs(map[string][]*x509.Certificate{td: {newCA.Cert, oldCA.Cert}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := c.Check(td, issuedBy(oldCA, serialOf(a)), "bot-a"); got != reason.CertificateRevoked {
@@ -523,7 +523,7 @@ func TestSetCAsRotation(t *testing.T) {
 	}
 
 	// Old CA removed: its CRL goes, the new CA's stays.
-	if err := c.SetCAs(td, []*x509.Certificate{newCA.Cert}); err != nil {
+	if err := c.SetCAs(map[string][]*x509.Certificate{td: {newCA.Cert}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := c.Check(td, issuedBy(oldCA, serialOf(a)), "bot-a"); got != reason.RevocationStatusUnknown {
@@ -532,7 +532,15 @@ func TestSetCAsRotation(t *testing.T) {
 	if got := c.Check(td, issuedBy(newCA, serialOf(b)), "bot-b"); got != reason.CertificateRevoked {
 		t.Errorf("new CA's CRL lost: %q", string(got))
 	}
-	if err := c.SetCAs(td, nil); err == nil {
+	// A tenant not checked here is ignored; a checked tenant without CAs
+	// refuses the whole call, and nothing changes.
+	if err := c.SetCAs(map[string][]*x509.Certificate{td: {newCA.Cert}, "unchecked.test": nil}); err != nil {
+		t.Errorf("SetCAs with an unchecked tenant without CAs: %v", err)
+	}
+	if err := c.SetCAs(map[string][]*x509.Certificate{td: nil}); err == nil {
 		t.Error("SetCAs without CAs accepted")
+	}
+	if got := c.Check(td, issuedBy(newCA, serialOf(b)), "bot-b"); got != reason.CertificateRevoked {
+		t.Errorf("refused SetCAs changed the CAs: %q", string(got))
 	}
 }

@@ -373,40 +373,51 @@ func (c *Checker) setPush(tenant string, connected bool) {
 	}
 }
 
-// SetCAs replaces the CA certificates that verify tenant's CRLs, for a trust
-// bundle reload. CRLs held from a CA that is still listed, or learned from
-// agents' chains, stay in force; those of a removed CA are dropped, so if
-// no CRL is left the tenant answers
-// revocation_status_unknown until a source delivers one from a listed CA
-// (CRL files and URLs within their poll interval; a watch stream on its next
-// event or reconnect). A tenant that had no sources cannot gain any here.
-func (c *Checker) SetCAs(tenant string, cas []*x509.Certificate) error {
-	if len(cas) == 0 || slices.Contains(cas, nil) {
-		return fmt.Errorf("revocation: tenant %q: no CA certificate to verify CRLs", tenant)
-	}
+// SetCAs replaces the CA certificates that verify CRLs, for a trust bundle
+// reload: cas maps each tenant to its bundle's CAs. Every tenant is checked
+// before any is changed, so on error nothing has changed. CRLs held from a
+// CA that is still listed, or learned from agents' chains, stay in force;
+// those of a removed CA are dropped, so if no CRL is left the tenant
+// answers revocation_status_unknown until a source delivers one from a
+// listed CA (CRL files and URLs within their poll interval; a watch stream
+// on its next event or reconnect). A tenant that is not checked
+// (revocation disabled, or not configured) is ignored: it cannot gain
+// sources here.
+func (c *Checker) SetCAs(cas map[string][]*x509.Certificate) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t, ok := c.tenants[tenant]
-	if !ok {
-		return nil
-	}
-	// CRLs of learned CAs stay: such a CRL only ever counts for a
-	// certificate whose chain, verified against the bundle in force, has
-	// that CA as its issuer; dropping it would leave the CA's agents
-	// without data until its CRL file changes.
-	keep := map[identity.CAKey]bool{}
-	for _, ca := range slices.Concat(cas, t.learned) {
-		if slices.ContainsFunc(t.cfg.CAs, ca.Equal) || slices.ContainsFunc(t.learned, ca.Equal) {
-			keep[identity.CAKeyOf(ca)] = true
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(cas)) {
+		if _, ok := c.tenants[name]; ok && (len(cas[name]) == 0 || slices.Contains(cas[name], nil)) {
+			errs = append(errs, fmt.Errorf("revocation: tenant %q: no CA certificate to verify CRLs", name))
 		}
 	}
-	for k := range t.held {
-		if !keep[k.ca] {
-			delete(t.held, k)
-		}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
 	}
-	t.cfg.CAs = slices.Clone(cas)
-	t.snap = nil
+	for name, list := range cas {
+		t, ok := c.tenants[name]
+		if !ok {
+			continue
+		}
+		// CRLs of learned CAs stay: such a CRL only ever counts for a
+		// certificate whose chain, verified against the bundle in force,
+		// has that CA as its issuer; dropping it would leave the CA's
+		// agents without data until its CRL file changes.
+		keep := map[identity.CAKey]bool{}
+		for _, ca := range slices.Concat(list, t.learned) {
+			if slices.ContainsFunc(t.cfg.CAs, ca.Equal) || slices.ContainsFunc(t.learned, ca.Equal) {
+				keep[identity.CAKeyOf(ca)] = true
+			}
+		}
+		for k := range t.held {
+			if !keep[k.ca] {
+				delete(t.held, k)
+			}
+		}
+		t.cfg.CAs = slices.Clone(list)
+		t.snap = nil
+	}
 	c.publishLocked()
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"os"
 	"sync"
@@ -73,22 +74,26 @@ func (r *trustReloader) digest() ([32]byte, error) {
 	return sum, errors.Join(errs...)
 }
 
-// Reload loads the bundle files and swaps them in if they all load.
+// Reload loads the bundle files and, if they all load, swaps them into the
+// verifier and the revocation checker's CAs together: both are checked
+// before either changes, so a refusal leaves both on the last valid bundles.
 func (r *trustReloader) Reload() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	sum, _ := r.digest()
 	bundles, _, err := loadTrust(r.cfg)
+	var apply func()
 	if err == nil {
-		err = r.verifier.SetBundles(bundles)
+		apply, err = r.verifier.PrepareBundles(bundles)
 	}
 	if err == nil {
 		// CRLs of a rotated CA must verify against the new roots.
+		cas := make(map[string][]*x509.Certificate, len(bundles))
 		for _, b := range bundles {
-			if serr := r.revoked.SetCAs(b.TrustDomain, b.Roots); serr != nil {
-				err = errors.Join(err, serr)
-			}
+			cas[b.TrustDomain] = b.Roots
 		}
+		// All or nothing; the last step that can fail.
+		err = r.revoked.SetCAs(cas)
 	}
 	if err != nil {
 		r.errors.Inc()
@@ -96,6 +101,7 @@ func (r *trustReloader) Reload() error {
 		r.logger.Error("trust bundles not reloaded; the last valid bundles stay in force", "error", err)
 		return err
 	}
+	apply()
 	r.failing.Set(0)
 	if !bytes.Equal(sum[:], r.last[:]) {
 		r.logger.Info("trust bundles reloaded", "bundles", len(bundles))

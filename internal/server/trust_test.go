@@ -1,9 +1,12 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -150,4 +153,116 @@ func gatherValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("metric %s not found", name)
 	return 0
+}
+
+// lockedBuffer collects log output written from several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestTrustReloadAllOrNothing: a reload that the verifier would accept but
+// revocation refuses (a SPIFFE tenant's bundle file emptied, while its CRLs
+// still need a CA) changes neither. Before, the verifier switched to the
+// new bundles and the log said the last valid bundles stayed in force.
+func TestTrustReloadAllOrNothing(t *testing.T) {
+	oldCA, newCA, spiffeCA := testca.New(t), testca.New(t), testca.NewDomain(t, "spiffe.test")
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	now := time.Now()
+	revoked := oldCA.Issue("revoked-bot", testca.Trust(1), testca.Scopes("payments:read"))
+	bundle := write("bundle.pem", oldCA.PEM())
+	spiffeBundle := write("spiffe.pem", spiffeCA.PEM())
+	cfg := config.Config{DataDir: t.TempDir(), TrustBundles: []config.TrustBundle{
+		{TrustDomain: "example.test", File: bundle, Revocation: config.Revocation{
+			CRLFiles: []string{write("example.crl", oldCA.CRL(1, now, now.Add(time.Hour), revoked.Cert.SerialNumber))}}},
+		{TrustDomain: "spiffe.test", File: spiffeBundle, Profile: "spiffe", Revocation: config.Revocation{
+			CRLFiles: []string{write("spiffe.crl", spiffeCA.CRL(1, now, now.Add(time.Hour)))}}},
+	}}
+	cfg.Identity.Sources = []string{"peer_certificate", "xfcc", "spiffe_id"}
+	cfg.Policy.Dir = filepath.Join("..", "..", "policies")
+	cfg.ApplyDefaults()
+	logs := &lockedBuffer{}
+	c, err := Assemble(cfg, hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Info}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, cl := range c.Closers {
+			cl()
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, loop := range c.Loops {
+		go loop(ctx)
+	}
+	reader := func(ca *testca.CA) *testca.Leaf {
+		return ca.Issue("reader", testca.Trust(1), testca.Scopes("payments:read"))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for checkLeaf(t, c, revoked) != "certificate_revoked" {
+		if time.Now().After(deadline) {
+			t.Fatal("the CRL was never loaded")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// example.test rotates to a new CA while spiffe.test's file is emptied
+	// (valid for the verifier: a SPIFFE bundle may list no CA).
+	write("bundle.pem", newCA.PEM())
+	write("spiffe.pem", nil)
+	if err := c.Reload(); err == nil {
+		t.Fatal("reload accepted a tenant with CRLs and no CA to verify them")
+	}
+	if !strings.Contains(logs.String(), "the last valid bundles stay in force") {
+		t.Fatalf("no refusal logged:\n%s", logs)
+	}
+	// The verifier still trusts the old CA only (a certificate never seen, so
+	// not cached), and revocation still holds the old CA's CRL: had its CAs
+	// switched, the old CRL would be dropped and both answers would be
+	// revocation_status_unknown.
+	if got := checkLeaf(t, c, reader(oldCA)); got != "allowed" {
+		t.Errorf("old CA after the refused reload: %s, want allowed", got)
+	}
+	if got := checkLeaf(t, c, reader(newCA)); got != "untrusted_issuer" {
+		t.Errorf("new CA after the refused reload: %s, want untrusted_issuer", got)
+	}
+	if got := checkLeaf(t, c, revoked); got != "certificate_revoked" {
+		t.Errorf("revoked agent after the refused reload: %s, want certificate_revoked", got)
+	}
+	if got := gatherValue(t, c.Registry, "agentauthz_trust_bundle_stale"); got != 1 {
+		t.Errorf("stale gauge = %v", got)
+	}
+
+	// Fixed: both move together.
+	write("spiffe.pem", spiffeCA.PEM())
+	if err := c.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := checkLeaf(t, c, reader(newCA)); got != "revocation_status_unknown" {
+		t.Errorf("new CA after the reload: %s, want revocation_status_unknown (verified; no CRL from it yet)", got)
+	}
+	if got := checkLeaf(t, c, reader(oldCA)); got != "untrusted_issuer" {
+		t.Errorf("old CA after the reload: %s, want untrusted_issuer", got)
+	}
 }

@@ -1,0 +1,110 @@
+package recordstore
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
+)
+
+// Bucket is one interval of a histogram of decisions.
+type Bucket struct {
+	Start     time.Time `json:"start"`
+	Decisions int64     `json:"decisions"`
+	Denials   int64     `json:"denials"`
+}
+
+// MaxBuckets bounds a histogram.
+const MaxBuckets = 500
+
+// Histogram counts the decisions (and the denials among them) from since
+// for n buckets of width step, of one agent (an id or a SPIFFE ID) or the
+// whole fleet (""), from the time indexes. Every bucket is returned, empty
+// ones too.
+func (s *Store) Histogram(ctx context.Context, agent string, since time.Time, step time.Duration, n int) ([]Bucket, error) {
+	if n <= 0 || n > MaxBuckets || step < time.Second {
+		return nil, fmt.Errorf("%w: %d buckets of %v (want 1..%d of at least 1s)", ErrBadQuery, n, step, MaxBuckets)
+	}
+	from, width := micros(since), step.Microseconds()
+	where := []string{"time_us >= ?", "time_us < ?", "kind = ?"}
+	args := []any{from, width, from, from + width*int64(n), decisionlog.KindDecision}
+	if agent != "" {
+		col := "agent_id"
+		if strings.HasPrefix(agent, "spiffe://") {
+			col = "spiffe_id"
+		}
+		where = append(where, col+" = ?")
+		args = append(args, agent)
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT (time_us - ?) / ? AS b, COUNT(*), CAST(SUM(1 - allowed) AS BIGINT) FROM records WHERE `+
+		strings.Join(where, " AND ")+` GROUP BY b`), args...)
+	if err != nil {
+		return nil, s.wrap(err)
+	}
+	defer rows.Close()
+	out := make([]Bucket, n)
+	for i := range out {
+		out[i].Start = since.Add(time.Duration(i) * step).UTC()
+	}
+	for rows.Next() {
+		var b, count, denied int64
+		if err := rows.Scan(&b, &count, &denied); err != nil {
+			return nil, s.wrap(err)
+		}
+		if b >= 0 && b < int64(n) {
+			out[b].Decisions, out[b].Denials = count, denied
+		}
+	}
+	return out, s.wrap(rows.Err())
+}
+
+// Sizes returns how many records of each log are stored: a tail compares
+// two of them to find what arrived in between.
+func (s *Store) Sizes(ctx context.Context) (map[string]uint64, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, size FROM logs`)
+	if err != nil {
+		return nil, s.wrap(err)
+	}
+	defer rows.Close()
+	out := map[string]uint64{}
+	for rows.Next() {
+		var name string
+		var size int64
+		if err := rows.Scan(&name, &size); err != nil {
+			return nil, s.wrap(err)
+		}
+		out[name] = uint64(size)
+	}
+	return out, s.wrap(rows.Err())
+}
+
+// Range returns the records of log with from <= index < to, newest first,
+// at most limit of them: what a tail shows of a log that grew from from to
+// to records.
+func (s *Store) Range(ctx context.Context, log string, from, to uint64, limit int) ([]Stored, error) {
+	if limit <= 0 || limit > MaxLimit {
+		return nil, fmt.Errorf("%w: limit %d outside 1..%d", ErrBadQuery, limit, MaxLimit)
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT idx, line FROM records WHERE log = ? AND idx >= ? AND idx < ? ORDER BY idx DESC LIMIT ?`),
+		log, int64(from), int64(to), limit)
+	if err != nil {
+		return nil, s.wrap(err)
+	}
+	defer rows.Close()
+	var out []Stored
+	for rows.Next() {
+		st := Stored{Log: log}
+		var idx int64
+		if err := rows.Scan(&idx, &st.Line); err != nil {
+			return nil, s.wrap(err)
+		}
+		st.Index = uint64(idx)
+		if st.Record, err = decisionlog.DecodeRecordLine([]byte(st.Line)); err != nil {
+			return nil, s.wrap(fmt.Errorf("stored record %s/%d: %w", log, st.Index, err))
+		}
+		out = append(out, st)
+	}
+	return out, s.wrap(rows.Err())
+}
