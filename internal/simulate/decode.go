@@ -12,18 +12,11 @@ import (
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 )
 
-// LogSource yields the records of a decision log with only what
-// simulation reads decoded, into one reused Record: a decision line as
-// agentauthz writes it (compact JSON, no escapes, known fields of the
-// documented types) is parsed with fastjson, reusing its buffers, and its
-// few distinct strings (agents, paths, reasons) are interned. Any other
-// line (another kind, a v1 JWS, an escape, an unknown or repeated field, a
-// damaged line) goes to the log's strict decoder, so the records and the
-// malformed lines are exactly those decisionlog.Reader.Next yields
-// (FuzzFastDecode).
+// LogSource yields the records of a decision log, decoded by a
+// LineDecoder.
 type LogSource struct {
 	r   *decisionlog.Reader
-	dec fastDecoder
+	dec LineDecoder
 }
 
 // NewLogSource reads the log in dir.
@@ -36,11 +29,7 @@ func (l *LogSource) Next() (decisionlog.Entry, error) {
 	if err != nil {
 		return e, err
 	}
-	if rec, ok := l.dec.decode(e.Raw); ok {
-		e.Record = rec
-		return e, nil
-	}
-	rec, err := decisionlog.DecodeLine(e.Raw)
+	rec, err := l.dec.Decode(e.Raw)
 	if err != nil {
 		return decisionlog.Entry{Segment: e.Segment, Line: e.Line, Raw: e.Raw}, fmt.Errorf("%s line %d: %w", e.Segment, e.Line, err)
 	}
@@ -52,6 +41,25 @@ func (l *LogSource) Next() (decisionlog.Entry, error) {
 func (l *LogSource) Close() error { return l.r.Close() }
 
 var _ Source = (*LogSource)(nil)
+
+// LineDecoder decodes record lines with only what simulation reads
+// decoded, into one reused Record: a decision line as agentauthz writes it
+// (compact JSON, no escapes, known fields of the documented types) is
+// parsed with fastjson, reusing its buffers, and its few distinct strings
+// (agents, paths, reasons) are interned. Any other line (another kind, a
+// v1 JWS, an escape, an unknown or repeated field, a damaged line) goes to
+// the log's strict decoder (decisionlog.DecodeLine), so the records and the
+// errors are exactly those decisionlog.Reader.Next yields (FuzzFastDecode).
+// The zero value is ready; it is not safe for concurrent use.
+type LineDecoder struct{ fast fastDecoder }
+
+// Decode decodes one line; the record is valid until the next call.
+func (d *LineDecoder) Decode(line string) (*decisionlog.Record, error) {
+	if rec, ok := d.fast.decode(line); ok {
+		return rec, nil
+	}
+	return decisionlog.DecodeLine(line)
+}
 
 // fastDecoder decodes decision lines; the zero value is ready.
 type fastDecoder struct {

@@ -77,6 +77,7 @@ type Replayer struct {
 	// memoised one is tested against.
 	memo          bool
 	keyID, keySrc bool // the policy may read the request id, the source address
+	hits          int  // records answered from the memo
 	key           []byte
 	outcomes      map[string]memoEntry
 	timedOutcomes map[timedKey]Outcome
@@ -180,10 +181,12 @@ func (r *Replayer) Replay(ctx context.Context, rec *decisionlog.Record) (Outcome
 	r.key = r.memoKey(r.key[:0], rec)
 	e, ok := r.outcomes[string(r.key)]
 	if ok && !e.timed {
+		r.hits++
 		return e.out, nil
 	}
 	if ok {
 		if out, ok := r.timedOutcomes[timedKey{string(r.key), at}]; ok {
+			r.hits++
 			return out, nil
 		}
 	}
