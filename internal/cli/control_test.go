@@ -88,9 +88,9 @@ func startControlFleet(t *testing.T, n int) *controlFleet {
 }
 
 // startFleet starts cps control planes on one data directory (and store,
-// "" for the default SQLite one) and n replicas, replica i watching and
-// shipping to control plane i % cps.
-func startFleet(t *testing.T, n, cps int, store string) *controlFleet {
+// "" for the default SQLite one; extra are more control serve flags) and n
+// replicas, replica i watching and shipping to control plane i % cps.
+func startFleet(t *testing.T, n, cps int, store string, extra ...string) *controlFleet {
 	t.Helper()
 	policies, err := filepath.Abs(filepath.Join("..", "..", "policies"))
 	if err != nil {
@@ -108,6 +108,7 @@ func startFleet(t *testing.T, n, cps int, store string) *controlFleet {
 		if store != "" {
 			args = append(args, "--store", store)
 		}
+		args = append(args, extra...)
 		cp := startProc(ctx, args...)
 		cpProcs = append(cpProcs, cp)
 		f.urls = append(f.urls, cp.waitLog(t, regexp.MustCompile(`listening on (https://\S+)`), 30*time.Second))
