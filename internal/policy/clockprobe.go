@@ -41,7 +41,8 @@ func clockProbeFrom(ctx context.Context) *ClockProbe {
 
 var nowNanosRef = ast.NowNanos.Ref()
 
-// Enabled, Config and TraceEvent make the probe a topdown.QueryTracer.
+// Enabled is always true: with Config and TraceEvent it makes the probe a
+// topdown.QueryTracer.
 func (p *ClockProbe) Enabled() bool { return true }
 
 // Config asks for no local variable bindings: only expressions are read.

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,9 +29,39 @@ var historyStart = time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
 // denials, decisions that identity or revocation made, records that cannot
 // be rebuilt, another kind of record, records whose JSON needs escapes and
 // a few damaged lines. Times run over two hours, several records a second.
-func variedHistory(t *testing.T, n int) string {
+//
+// The tests share one history, written once (it takes a while on a loaded
+// machine).
+func variedHistory(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
+	varied.once.Do(func() {
+		dir, err := os.MkdirTemp("", "simulate-varied-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		varied.dir = dir
+		varied.log = writeVariedHistory(t, dir, 3000)
+	})
+	if varied.log == "" {
+		t.Fatal("the shared history could not be written")
+	}
+	return varied.log
+}
+
+var varied struct {
+	once     sync.Once
+	dir, log string
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if varied.dir != "" {
+		os.RemoveAll(varied.dir)
+	}
+	os.Exit(code)
+}
+
+func writeVariedHistory(t *testing.T, dir string, n int) string {
 	l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dir, "log"), KeyDir: filepath.Join(dir, "keys"), Name: "varied", Mode: decisionlog.Async})
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +233,7 @@ func replayWith(t *testing.T, src Source, policyDir string, memo bool, from, to 
 // straightforward one: every record decoded strictly (decisionlog.Reader)
 // and decided through the decision path at its own time.
 func TestMemoisedReplayEqualsPerRecord(t *testing.T) {
-	logDir := variedHistory(t, 4000)
+	logDir := variedHistory(t)
 	hours := writePolicy(t, hoursPolicy, data(3, "payments:initiate"))
 	for _, tc := range []struct {
 		name     string
@@ -251,7 +282,7 @@ func TestMemoisedReplayEqualsPerRecord(t *testing.T) {
 // denials before 09:40 stay denials under the proposed policy, its
 // requests after 09:40 are decided on their merits.
 func TestRestrictionExpiresMidHistory(t *testing.T) {
-	logDir := variedHistory(t, 4000)
+	logDir := variedHistory(t)
 	src := NewLogSource(logDir)
 	defer src.Close()
 	var clock time.Time
@@ -304,7 +335,7 @@ func TestRestrictionExpiresMidHistory(t *testing.T) {
 
 // Every line the fast decoder takes decodes to the same record strictly.
 func TestFastDecoderAgreesOnVariedHistory(t *testing.T) {
-	logDir := variedHistory(t, 2000)
+	logDir := variedHistory(t)
 	r := decisionlog.NewReader(logDir)
 	defer r.Close()
 	var d fastDecoder
@@ -320,7 +351,7 @@ func TestFastDecoderAgreesOnVariedHistory(t *testing.T) {
 			left++
 		}
 	}
-	if taken < 1600 || left == 0 {
+	if taken < 2400 || left == 0 {
 		t.Fatalf("fast decoder took %d lines and left %d to the strict one", taken, left)
 	}
 }
