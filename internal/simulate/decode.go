@@ -25,7 +25,7 @@ func NewLogSource(dir string) *LogSource { return &LogSource{r: decisionlog.NewR
 // Next returns the next record, valid until the following call; errors are
 // Reader.Next's.
 func (l *LogSource) Next() (decisionlog.Entry, error) {
-	e, err := l.r.NextLine()
+	e, err := l.r.NextRaw()
 	if err != nil {
 		return e, err
 	}

@@ -341,7 +341,7 @@ func TestFastDecoderAgreesOnVariedHistory(t *testing.T) {
 	var d fastDecoder
 	taken, left := 0, 0
 	for {
-		e, err := r.NextLine()
+		e, err := r.NextRaw()
 		if err != nil {
 			break
 		}
