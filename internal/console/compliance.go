@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
-	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/evidence"
 	"github.com/agentauthz/agentauthz/internal/reason"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
@@ -284,7 +283,7 @@ func (l storeLog) Verify(ctx context.Context) (evidence.LogSource, error) {
 	return src, nil
 }
 
-func (l storeLog) Scan(ctx context.Context, from, to time.Time, each func(*decisionlog.Record) error) (int, error) {
+func (l storeLog) Scan(ctx context.Context, from, to time.Time, each func(evidence.Scanned) error) (int, error) {
 	q := recordstore.Query{Log: l.name, Since: from, Until: to, Limit: recordstore.MaxLimit}
 	for {
 		p, err := l.s.Find(ctx, q)
@@ -292,7 +291,7 @@ func (l storeLog) Scan(ctx context.Context, from, to time.Time, each func(*decis
 			return 0, err
 		}
 		for _, st := range p.Records {
-			if err := each(st.Record); err != nil {
+			if err := each(evidence.Scanned{Record: st.Record}); err != nil {
 				return 0, err
 			}
 		}
