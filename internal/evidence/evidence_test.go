@@ -351,3 +351,57 @@ func TestReportPrintsToPDF(t *testing.T) {
 		t.Logf("pdftotext:\n%s", text)
 	}
 }
+
+// TestPropagationPerReplica: with two replicas' logs, the revocation's first
+// refusal is found on each, stated in CC6.8 and the JSON, and drawn.
+func TestPropagationPerReplica(t *testing.T) {
+	h := newHistory(t)
+	dirB := filepath.Join(h.dataDir, "log-b")
+	l, err := decisionlog.Open(decisionlog.Options{Dir: dirB, KeyDir: filepath.Join(h.dataDir, "keys"), Name: "replica-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range []struct {
+		agent   string
+		after   time.Duration
+		allowed bool
+		code    string
+	}{{"rogue", -time.Minute, true, "allowed"}, {"payer", time.Second, true, "allowed"}, {"rogue", 2 * time.Second, false, "certificate_revoked"}, {"rogue", 3 * time.Second, false, "certificate_revoked"}} {
+		rec := decisionlog.Record{DecisionID: fmt.Sprintf("b-%d", i), Time: h.revokedAt.Add(c.after),
+			Agent:    decisionlog.Agent{ID: c.agent, Tenant: td, TrustLevel: "L2", CertSHA256: h.certOf[c.agent]},
+			Request:  decisionlog.Request{Operation: "payments:read"},
+			Decision: decisionlog.Decision{Allowed: c.allowed, HTTPStatus: 200, Reasons: []string{c.code}}}
+		if _, err := l.Append(context.Background(), &rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := h.collect(t, func(in *Inputs) {
+		in.Sources = append(in.Sources, DirSource{Dir: dirB, Keys: in.Sources[0].(DirSource).Keys})
+	})
+	rv := r.Revocations[0]
+	// On replica-a the first request after the revocation came 30 s later.
+	if len(rv.Replicas) != 2 || rv.Replicas[0].Log != "replica-a" || rv.Replicas[1].Log != "replica-b" ||
+		rv.Replicas[0].TookMS == nil || *rv.Replicas[0].TookMS != 30000 || rv.Replicas[1].TookMS == nil || *rv.Replicas[1].TookMS != 2000 ||
+		!rv.FirstDenied.Equal(h.revokedAt.Add(2*time.Second)) {
+		t.Fatalf("propagation %+v", rv)
+	}
+	if v := control(t, r, "CC6.8").Evidence[0].Value; !strings.Contains(v, "first refused 2s after (by replica: replica-a 30000 ms, replica-b 2000 ms)") {
+		t.Fatalf("CC6.8 %q", v)
+	}
+	var b bytes.Buffer
+	if err := r.WriteHTML(&b); err != nil {
+		t.Fatal(err)
+	}
+	s := b.String()
+	for _, want := range []string{`aria-label="Revocation propagation`, "acme.example/rogue revoked", ">replica-b</text>", ">2.0 s</text>", ">30.0 s</text>", `class="late"`, `class="ontime"`, "5s bound"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("the chart lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(s[strings.Index(s, "Revocation propagation"):][:3000])
+	}
+}

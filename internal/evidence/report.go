@@ -249,8 +249,16 @@ func (r *Report) build(in Inputs, st *stats) {
 				took = fmt.Sprintf("first refused %v after", rv.FirstDenied.Sub(rv.At).Round(time.Millisecond))
 			}
 			failed += rv.AllowedAfter
+			var by []string
+			for _, p := range rv.Replicas {
+				if p.TookMS == nil {
+					by = append(by, p.Log+" no request after")
+				} else {
+					by = append(by, fmt.Sprintf("%s %d ms", p.Log, *p.TookMS))
+				}
+			}
 			x.Evidence = append(x.Evidence, Fact{fmt.Sprintf("%s/%s revoked %s", rv.Tenant, rv.Agent, rv.At.UTC().Format(time.RFC3339)),
-				fmt.Sprintf("%s; allowed more than %v after: %d", took, PropagationBound, rv.AllowedAfter),
+				fmt.Sprintf("%s (by replica: %s); allowed more than %v after: %d", took, strings.Join(by, ", "), PropagationBound, rv.AllowedAfter),
 				queryAgentCmd(in, r.Logs, rv.Agent, rv.At)})
 			a1.Evidence = append(a1.Evidence, Fact{"others' allowed share around " + rv.Agent + "'s revocation",
 				fmt.Sprintf("hour before %s, hour after %s", rv.OthersBefore, rv.OthersAfter), ""})
