@@ -3,6 +3,8 @@ package evidence
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -403,5 +405,82 @@ func TestPropagationPerReplica(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Log(s[strings.Index(s, "Revocation propagation"):][:3000])
+	}
+}
+
+// TestConfigurationAsEvidence: the serve configuration given is in the
+// report with its hash and, under each control, the settings it depends on;
+// a tenant without revocation checking makes CC6.8 a gap.
+func TestConfigurationAsEvidence(t *testing.T) {
+	h := newHistory(t)
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("a.yaml", `decision_log: {name: replica-a, mode: async, async_buffer: 5000}
+identity: {sources: [xfcc]}
+policy: {bundle: https://bundles.example/p.tar.gz, bundle_verification_key: /etc/agentauthz/bundle.pub}
+trust_bundles:
+  - trust_domain: acme.example
+    file: /etc/agentauthz/acme.pem
+    revocation: {watch_url: "https://cp.example:9193/v1/watch", crl_urls: ["https://cp.example:9193/v1/crl/acme.example"]}
+`)
+	off := write("b.yaml", `decision_log: {name: replica-b}
+grpc: {tls: {cert_file: /s.pem, key_file: /s.key, client_ca_file: /envoy-ca.pem}}
+trust_bundles:
+  - trust_domain: other.example
+    file: /etc/agentauthz/other.pem
+    revocation: {disabled: true}
+`)
+	var cfs []*ConfigFile
+	for _, p := range []string{good, off} {
+		cf, err := ReadConfig(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfs = append(cfs, cf)
+	}
+	b, _ := os.ReadFile(good)
+	if sum := sha256.Sum256(b); cfs[0].SHA256 != hex.EncodeToString(sum[:]) || cfs[0].Log != "replica-a" {
+		t.Fatalf("config %+v", cfs[0])
+	}
+	r := h.collect(t, func(in *Inputs) { in.Configs = cfs })
+	for id, want := range map[string][]string{
+		"CC6.6": {"replica-a: trust in xfcc=trusted as sent by the caller of Check: without gRPC mutual TLS", "replica-a: grpc.tls=plaintext",
+			"replica-b: grpc.tls=mutual TLS: only callers with a certificate from /envoy-ca.pem"},
+		"CC6.8": {"replica-a: revocation of acme.example=push https://cp.example:9193/v1/watch; CRL URLs", "replica-b: revocation of other.example=DISABLED"},
+		"CC7.2": {"replica-a: decision_log.mode=async: answered before the record is on disk; a crash can lose up to 5000 records",
+			"replica-b: decision_log.mode=sync", "serve configuration of log replica-a=" + good + " sha256 " + cfs[0].SHA256},
+		"CC8.1": {"replica-a: policy bundle signature=bundles must be signed by /etc/agentauthz/bundle.pub", fmt.Sprintf("policy revisions that decided in the period=(none recorded): %d decisions", len(h.recs))},
+	} {
+		var got []string
+		for _, f := range control(t, r, id).Evidence {
+			got = append(got, f.Label+"="+f.Value)
+		}
+		all := strings.Join(got, "\n")
+		for _, w := range want {
+			if !strings.Contains(all, w) {
+				t.Errorf("%s lacks %q:\n%s", id, w, all)
+			}
+		}
+	}
+	if c := control(t, r, "CC6.8"); c.Status != StatusGap || !strings.Contains(c.Summary, "disabled for other.example") {
+		t.Errorf("CC6.8 with a tenant's revocation off: %s %s", c.Status, c.Summary)
+	}
+	// Without configuration, each such control says it was not given.
+	r = h.collect(t, nil)
+	if v := fact(t, control(t, r, "CC6.6"), "serve configuration"); !strings.Contains(v, "not given") {
+		t.Errorf("CC6.6 without configuration: %q", v)
+	}
+	if control(t, r, "CC6.8").Status != StatusEvidence {
+		t.Errorf("CC6.8 without configuration: %+v", control(t, r, "CC6.8"))
+	}
+	// A configuration serve would refuse is refused here too.
+	if _, err := ReadConfig(write("bad.yaml", "decision_log: {mdoe: sync}\n")); err == nil || !strings.Contains(err.Error(), "mdoe") {
+		t.Errorf("bad config: %v", err)
 	}
 }
