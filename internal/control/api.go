@@ -272,17 +272,16 @@ func (a *API) listChanges(w http.ResponseWriter, r *http.Request) {
 // with the control plane's key, as audit verify --changelog does on its
 // data directory (the evidence pack's CC8.1 with --server).
 func (a *API) verifyChangeLog(w http.ResponseWriter, _ *http.Request) {
-	b, err := os.ReadFile(ca.ChangeLogKeyPath(a.auth.DataDir()))
-	if err != nil {
+	keys, err := ca.ChangeLogKeys(a.auth.DataDir()) // the current key and the retired ones it follows
+	if errors.Is(err, os.ErrNotExist) {
 		writeError(w, http.StatusNotFound, "no_change_log", errors.New("no change has been logged yet"))
 		return
 	}
-	pub, err := ca.ParseChangeLogKey(b)
 	if err != nil {
 		a.storeError(w, err)
 		return
 	}
-	res, err := a.auth.VerifyChangeLog(pub)
+	res, err := a.auth.VerifyChangeLog(keys...)
 	if err != nil {
 		a.storeError(w, err)
 		return
