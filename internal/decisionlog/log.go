@@ -341,7 +341,7 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 		return Receipt{}, ErrBufferFull
 	}
 	rec.Index = l.next
-	line := prep.appendLine(make([]byte, 0, len(prep.tail)+len(l.opts.Name)+64), rec.Index, l.opts.Name)
+	line := prep.line(rec.Index, l.opts.Name)
 	if len(line) > MaxRecordBytes {
 		l.mu.Unlock()
 		l.m.appends.WithLabelValues("invalid").Inc()
