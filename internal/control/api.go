@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
 	"github.com/agentauthz/agentauthz/internal/revocation"
@@ -36,6 +37,8 @@ type Config struct {
 	Publisher *revocation.Publisher
 	// Records is the central decision store replicas ship to.
 	Records *recordstore.Store
+	// Alerts is the anomaly detector's alerts; nil when it is off.
+	Alerts *alerts.Service
 	// Auth authenticates callers; nil serves the public endpoints only
 	// (CRLs and the signed watch stream) and refuses the rest, for a
 	// control plane run without TLS.
@@ -55,17 +58,18 @@ type API struct {
 	changes *prometheus.CounterVec
 	records *recordstore.Store
 	rm      *recordMetrics
+	alerts  *alerts.Service
 }
 
 // NewAPI registers the control plane metrics and returns the API.
 func NewAPI(cfg Config) (*API, error) {
-	a := &API{auth: cfg.Authority, pub: cfg.Publisher, authn: cfg.Auth, log: cfg.Logger, records: cfg.Records, rm: newRecordMetrics(),
+	a := &API{auth: cfg.Authority, pub: cfg.Publisher, authn: cfg.Auth, log: cfg.Logger, records: cfg.Records, rm: newRecordMetrics(), alerts: cfg.Alerts,
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_refused_total",
 			Help: "API requests refused for their content, by reason (bad_request, invalid_input, unknown_agent, busy, internal)."}, []string{"reason"}),
 		authRef: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_auth_refused_total",
 			Help: "Requests refused by authentication or role, by reason (no_tls, no_certificate, expired, unknown_ca, invalid_certificate, no_role, wrong_role)."}, []string{"reason"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_changes_total",
-			Help: "State changes made through the API, by kind (restrict, lift, revoke)."}, []string{"kind"}),
+			Help: "State changes made through the API, by kind (restrict, lift, revoke, alert_ack, alert_approve, alert_dismiss)."}, []string{"kind"}),
 	}
 	if a.log == nil {
 		a.log = hclog.NewNullLogger()
@@ -117,6 +121,7 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("GET /v1/records", a.authn.Require(http.HandlerFunc(a.findRecords), ReadRecords...))
 	mux.Handle("GET /v1/records/verify", a.authn.Require(http.HandlerFunc(a.verifyRecords), ReadRecords...))
 	mux.Handle("GET /v1/logs", a.authn.Require(http.HandlerFunc(a.listLogs), RoleAuditor))
+	a.alertRoutes(mux)
 	mux.Handle("GET /v1/whoami", a.authn.Require(http.HandlerFunc(a.whoami), RoleAuditor, RoleResponder, RoleReplica))
 	return mux
 }
@@ -267,17 +272,16 @@ func (a *API) listChanges(w http.ResponseWriter, r *http.Request) {
 // with the control plane's key, as audit verify --changelog does on its
 // data directory (the evidence pack's CC8.1 with --server).
 func (a *API) verifyChangeLog(w http.ResponseWriter, _ *http.Request) {
-	b, err := os.ReadFile(ca.ChangeLogKeyPath(a.auth.DataDir()))
-	if err != nil {
+	keys, err := ca.ChangeLogKeys(a.auth.DataDir()) // the current key and the retired ones it follows
+	if errors.Is(err, os.ErrNotExist) {
 		writeError(w, http.StatusNotFound, "no_change_log", errors.New("no change has been logged yet"))
 		return
 	}
-	pub, err := ca.ParseChangeLogKey(b)
 	if err != nil {
 		a.storeError(w, err)
 		return
 	}
-	res, err := a.auth.VerifyChangeLog(pub)
+	res, err := a.auth.VerifyChangeLog(keys...)
 	if err != nil {
 		a.storeError(w, err)
 		return
