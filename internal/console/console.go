@@ -114,7 +114,7 @@ func New(cfg Config) (*Console, error) {
 		"label":  ca.TrustLabel,
 		"sub":    func(a, b uint64) uint64 { return a - b },
 	}
-	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "login", "message", "alerts", "alert"} {
+	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "issue", "login", "message", "alerts", "alert"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/chart.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -145,6 +145,11 @@ func (c *Console) Handler() http.Handler {
 	mux.Handle("GET /ui/fleet", c.require(control.ReadAgents, false, c.fleet))
 	mux.Handle("GET /ui/agents/{td}/{id}", c.require(control.ReadAgents, false, c.agent))
 	mux.Handle("POST /ui/agents/{td}/{id}/{action}", c.require(control.ChangeAgents, true, c.change))
+	mux.Handle("GET /ui/agents/{td}/{id}/certificates/{serial}", c.require(control.ReadAgents, false, c.certificate))
+	mux.Handle("GET /ui/issue", c.require(adminOnly, false, c.issuePage))
+	mux.Handle("POST /ui/issue", c.require(adminOnly, true, c.issue("issue")))
+	mux.Handle("POST /ui/agents/{td}/{id}/renew", c.require(adminOnly, true, c.issue("renew")))
+	mux.Handle("POST /ui/agents/{td}/{id}/reissue", c.require(adminOnly, true, c.issue("reissue")))
 	mux.Handle("GET /ui/decisions", c.require(control.ReadRecords, false, c.decisions))
 	mux.Handle("GET /ui/decisions/{id}", c.require(control.ReadRecords, false, c.decision))
 	mux.Handle("GET /ui/decisions/live", c.require(control.ReadRecords, false, c.live))
@@ -199,6 +204,7 @@ type viewer struct {
 func (v *viewer) CanChange() bool  { return v.Op.May(control.ChangeAgents) }
 func (v *viewer) CanRecords() bool { return v.Op.May(control.ReadRecords) }
 func (v *viewer) CanAgents() bool  { return v.Op.May(control.ReadAgents) }
+func (v *viewer) CanIssue() bool   { return v.Op.May(adminOnly) }
 
 // identify returns the operator of r: a session cookie first, then a client
 // certificate. nil when neither is valid.
@@ -272,6 +278,8 @@ func (c *Console) storeError(w http.ResponseWriter, r *http.Request, v *viewer, 
 		status, text = http.StatusNotFound, err.Error()
 	case errors.Is(err, ca.ErrInvalid):
 		status, text = http.StatusBadRequest, err.Error()
+	case errors.Is(err, ca.ErrExists):
+		status, text = http.StatusConflict, err.Error()+" (renew or reissue it from its page)"
 	case errors.Is(err, ca.ErrStoreBusy):
 		status, text = http.StatusServiceUnavailable, "The inventory is busy; retry."
 	default:
