@@ -42,17 +42,17 @@ func (c *Console) alertsOff(w http.ResponseWriter, r *http.Request, v *viewer) b
 }
 
 func (c *Console) alertError(w http.ResponseWriter, r *http.Request, v *viewer, err error) {
-	status, text := http.StatusInternalServerError, "Internal error; see the control plane's log."
+	var status int
 	switch {
 	case errors.Is(err, alerts.ErrNotFound):
-		status, text = http.StatusNotFound, err.Error()
+		status = http.StatusNotFound
 	case errors.Is(err, alerts.ErrConflict), errors.Is(err, alerts.ErrInvalid), errors.Is(err, alerts.ErrBadFilter):
-		status, text = http.StatusBadRequest, err.Error()
+		status = http.StatusBadRequest
 	default:
 		c.storeError(w, r, v, err)
 		return
 	}
-	c.render(w, r, status, "message", v, map[string]string{"Title": "Not done", "Text": text})
+	c.render(w, r, status, "message", v, map[string]string{"Title": "Not done", "Text": err.Error()})
 }
 
 func (c *Console) alertList(w http.ResponseWriter, r *http.Request, v *viewer) {
