@@ -71,7 +71,7 @@ unless --addr says otherwise. "agentauthz ca serve" is the same command.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "127.0.0.1:9193", "listen address (host:port)")
-	f.StringVar(&opts.store, "store", "", "central decision store: postgres://… (several instances on one database) or a SQLite file (default <data-dir>/records.db)")
+	f.StringVar(&opts.store, "store", os.Getenv("AGENTAUTHZ_STORE"), "postgres://… for the CA inventory, change log and decision records (several instances on one database), or a SQLite file for the records (default <data-dir>/records.db and inventory.db; env AGENTAUTHZ_STORE)")
 	f.BoolVar(&opts.plain, "plain-http", false, "serve plain HTTP: CRLs and the signed watch stream only, no authenticated API")
 	f.StringArrayVar(&opts.hosts, "tls-host", nil, "extra DNS name or IP for the server certificate (repeatable; loopback and the --addr host are always in)")
 	f.BoolVar(&opts.anomaly, "anomaly", true, "run the anomaly detector on the stored records (alerts, responses); --anomaly=false turns it off")
@@ -147,7 +147,11 @@ type controlOptions struct {
 // serves; Close releases the inventory (and the listener if Run never ran).
 func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.Registerer, metrics prometheus.Gatherer,
 	poll, heartbeat time.Duration, opts controlOptions) (*revocationServer, error) {
-	auth, err := ca.Open(dataDir, ca.MustExist())
+	invOpts := []ca.Option{ca.MustExist()}
+	if ca.IsPostgres(opts.store) {
+		invOpts = append(invOpts, ca.WithStore(opts.store)) // the inventory and change log too
+	}
+	auth, err := ca.Open(dataDir, invOpts...)
 	if err != nil {
 		return nil, withHint(fmt.Errorf("open ca inventory: %w", err), "create a CA first: agentauthz ca init --data-dir %s", dataDir)
 	}

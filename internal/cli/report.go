@@ -165,11 +165,11 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 // localInventory reads the CA inventory and change log of dataDir; nil, with
 // a warning, when there is none.
 func localInventory(cmd *cobra.Command, dataDir string) (*evidence.Inventory, error) {
-	if st, err := os.Stat(filepath.Join(dataDir, "inventory.db")); err != nil || !st.Mode().IsRegular() {
+	if st, err := os.Stat(filepath.Join(dataDir, "inventory.db")); !ca.IsPostgres(os.Getenv("AGENTAUTHZ_STORE")) && (err != nil || !st.Mode().IsRegular()) {
 		fmt.Fprintf(cmd.ErrOrStderr(), "agentauthz: warning: no CA inventory in %s: the lifecycle controls will be gaps\n", dataDir)
 		return nil, nil
 	}
-	a, err := ca.Open(dataDir, ca.MustExist())
+	a, err := caOpen(dataDir, ca.MustExist())
 	if err != nil {
 		return nil, fmt.Errorf("CA inventory: %w", err)
 	}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
-	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/evidence"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
 )
@@ -41,7 +40,7 @@ func (s serverLog) Verify(ctx context.Context) (evidence.LogSource, error) {
 }
 
 // Scan pages through the log's records in the period.
-func (s serverLog) Scan(ctx context.Context, from, to time.Time, each func(*decisionlog.Record) error) (int, error) {
+func (s serverLog) Scan(ctx context.Context, from, to time.Time, each func(evidence.Scanned) error) (int, error) {
 	q := url.Values{"log": {s.name}}
 	if !from.IsZero() {
 		q.Set("since", from.UTC().Format(time.RFC3339Nano))
@@ -53,7 +52,7 @@ func (s serverLog) Scan(ctx context.Context, from, to time.Time, each func(*deci
 		if st.Log != s.name || st.Record == nil {
 			return fmt.Errorf("control plane answered a record of log %q to a query for %q", st.Log, s.name)
 		}
-		return each(st.Record)
+		return each(evidence.Scanned{Record: st.Record})
 	})
 }
 

@@ -81,6 +81,7 @@ type Console struct {
 	tails    streams
 	stop     chan struct{}
 	stopOnce sync.Once
+	heavySem chan struct{}
 }
 
 // New parses the embedded templates.
@@ -94,7 +95,7 @@ func New(cfg Config) (*Console, error) {
 	if cfg.ExpiringWithin <= 0 {
 		cfg.ExpiringWithin = DefaultExpiringWithin
 	}
-	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken()), stop: make(chan struct{})}
+	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken()), stop: make(chan struct{}), heavySem: make(chan struct{}, 1)}
 	funcs := template.FuncMap{
 		"time": func(t time.Time) string {
 			if t.IsZero() {
@@ -113,8 +114,9 @@ func New(cfg Config) (*Console, error) {
 		"trusts": func() []int { return []int{0, 1, 2, 3, 4} },
 		"label":  ca.TrustLabel,
 		"sub":    func(a, b uint64) uint64 { return a - b },
+		"sub64":  func(a, b int64) int64 { return a - b },
 	}
-	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "issue", "login", "message", "alerts", "alert"} {
+	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "issue", "compliance", "verified", "login", "message", "alerts", "alert"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/chart.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -146,6 +148,9 @@ func (c *Console) Handler() http.Handler {
 	mux.Handle("GET /ui/agents/{td}/{id}", c.require(control.ReadAgents, false, c.agent))
 	mux.Handle("POST /ui/agents/{td}/{id}/{action}", c.require(control.ChangeAgents, true, c.change))
 	mux.Handle("GET /ui/agents/{td}/{id}/certificates/{serial}", c.require(control.ReadAgents, false, c.certificate))
+	mux.Handle("GET /ui/compliance", c.require(control.ReadRecords, false, c.compliance))
+	mux.Handle("GET /ui/compliance/verify", c.require(control.ReadRecords, false, c.verifyLog))
+	mux.Handle("POST /ui/compliance/evidence", c.require(control.ReadRecords, true, c.evidencePack))
 	mux.Handle("GET /ui/issue", c.require(adminOnly, false, c.issuePage))
 	mux.Handle("POST /ui/issue", c.require(adminOnly, true, c.issue("issue")))
 	mux.Handle("POST /ui/agents/{td}/{id}/renew", c.require(adminOnly, true, c.issue("renew")))
@@ -261,7 +266,7 @@ func (c *Console) require(roles []control.Role, change bool, h handler) http.Han
 func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, page string, v *viewer, data any) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
-	if err := c.pages[page].Execute(w, map[string]any{"V": v, "D": data, "Path": r.URL.Path}); err != nil {
+	if err := c.pages[page].Execute(w, map[string]any{"V": v, "D": data, "Path": r.URL.Path, "Host": r.Host}); err != nil {
 		c.cfg.Logger.Error("console: render", "page", page, "error", err)
 	}
 }

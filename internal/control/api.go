@@ -69,7 +69,7 @@ func NewAPI(cfg Config) (*API, error) {
 		authRef: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_auth_refused_total",
 			Help: "Requests refused by authentication or role, by reason (no_tls, no_certificate, expired, unknown_ca, invalid_certificate, no_role, wrong_role)."}, []string{"reason"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_changes_total",
-			Help: "State changes made through the API, by kind (restrict, lift, revoke, alert_ack, alert_approve, alert_dismiss)."}, []string{"kind"}),
+			Help: "State changes made through the API, by kind (restrict, lift, revoke, alert_ack, alert_approve, alert_dismiss, policy_simulation)."}, []string{"kind"}),
 	}
 	if a.log == nil {
 		a.log = hclog.NewNullLogger()
@@ -121,6 +121,7 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("GET /v1/records", a.authn.Require(http.HandlerFunc(a.findRecords), ReadRecords...))
 	mux.Handle("GET /v1/records/verify", a.authn.Require(http.HandlerFunc(a.verifyRecords), ReadRecords...))
 	mux.Handle("GET /v1/logs", a.authn.Require(http.HandlerFunc(a.listLogs), RoleAuditor))
+	mux.Handle("POST /v1/simulations", a.authn.Require(http.HandlerFunc(a.recordSimulation), RecordSimulations...))
 	a.alertRoutes(mux)
 	mux.Handle("GET /v1/whoami", a.authn.Require(http.HandlerFunc(a.whoami), RoleAuditor, RoleResponder, RoleReplica))
 	return mux
@@ -272,17 +273,16 @@ func (a *API) listChanges(w http.ResponseWriter, r *http.Request) {
 // with the control plane's key, as audit verify --changelog does on its
 // data directory (the evidence pack's CC8.1 with --server).
 func (a *API) verifyChangeLog(w http.ResponseWriter, _ *http.Request) {
-	b, err := os.ReadFile(ca.ChangeLogKeyPath(a.auth.DataDir()))
-	if err != nil {
+	keys, err := ca.ChangeLogKeys(a.auth.DataDir()) // the current key and the retired ones it follows
+	if errors.Is(err, os.ErrNotExist) {
 		writeError(w, http.StatusNotFound, "no_change_log", errors.New("no change has been logged yet"))
 		return
 	}
-	pub, err := ca.ParseChangeLogKey(b)
 	if err != nil {
 		a.storeError(w, err)
 		return
 	}
-	res, err := a.auth.VerifyChangeLog(pub)
+	res, err := a.auth.VerifyChangeLog(keys...)
 	if err != nil {
 		a.storeError(w, err)
 		return

@@ -30,7 +30,15 @@ type Source interface {
 	// Scan calls each for every record whose time is in [from, to] (a zero
 	// bound is open), in the log's order, and returns how many lines it
 	// could not decode.
-	Scan(ctx context.Context, from, to time.Time, each func(*decisionlog.Record) error) (malformed int, err error)
+	Scan(ctx context.Context, from, to time.Time, each func(Scanned) error) (malformed int, err error)
+}
+
+// Scanned is one record as a source hands it over: the fields the report
+// counts, and the line to decode the whole record from when it is sampled
+// ("" when Record is whole).
+type Scanned struct {
+	Record *decisionlog.Record
+	Line   string
 }
 
 // Inputs are the sources of a report. Only Sources is required.
@@ -204,7 +212,8 @@ var (
 		reason.MalformedXFCC, reason.MalformedClientCertificate, reason.InvalidAgentProfile, reason.CertificateRevoked, reason.AgentRevoked}
 )
 
-func (s *stats) add(src int, r *decisionlog.Record, rng *rand.Rand, sampleN int) {
+func (s *stats) add(src int, sc Scanned, rng *rand.Rand, sampleN int) {
+	r := sc.Record
 	s.kinds[bounded(s.kinds, r.Kind, maxKeys)]++
 	if r.Kind == decisionlog.KindResponse {
 		s.responses++
@@ -289,9 +298,23 @@ func (s *stats) add(src int, r *decisionlog.Record, rng *rand.Rand, sampleN int)
 	}
 	// Reservoir sampling keeps a uniform sample of every decision.
 	s.seen++
-	if len(s.sample) < sampleN {
+	if sampleN == 0 {
+		return
+	}
+	j := len(s.sample)
+	if j >= sampleN {
+		if j = rng.IntN(s.seen); j >= sampleN {
+			return
+		}
+	}
+	if sc.Line != "" {
+		if full, err := decisionlog.DecodeLine(sc.Line); err == nil {
+			r = full
+		}
+	}
+	if j == len(s.sample) {
 		s.sample = append(s.sample, sampled{src, *r})
-	} else if j := rng.IntN(s.seen); j < sampleN {
+	} else {
 		s.sample[j] = sampled{src, *r}
 	}
 }
@@ -378,11 +401,11 @@ func Collect(ctx context.Context, in Inputs) (*Report, error) {
 		}()
 		st.links = newIDWindow()
 		before, name := st.decisions, ""
-		malformed, err := s.Scan(ctx, in.From, in.To, func(r *decisionlog.Record) error {
+		malformed, err := s.Scan(ctx, in.From, in.To, func(sc Scanned) error {
 			if name == "" {
-				name = r.Log
+				name = sc.Record.Log
 			}
-			st.add(i, r, rng, in.Sample)
+			st.add(i, sc, rng, in.Sample)
 			return ctx.Err()
 		})
 		v := <-vc

@@ -2,7 +2,6 @@ package evidence
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
 )
@@ -29,17 +28,12 @@ func ReadInventory(a *ca.Authority, dataDir string) (*Inventory, error) {
 	if inv.Events, err = a.Events("", ""); err != nil {
 		return nil, fmt.Errorf("inventory events: %w", err)
 	}
-	pubPEM, err := os.ReadFile(ca.ChangeLogKeyPath(dataDir))
+	keys, err := ca.ChangeLogKeys(dataDir) // the current key and those it rotated from
 	if err != nil {
 		inv.ChangeLogErr = "no change-log key: " + err.Error()
 		return inv, nil
 	}
-	pub, err := ca.ParseChangeLogKey(pubPEM)
-	if err != nil {
-		inv.ChangeLogErr = err.Error()
-		return inv, nil
-	}
-	if inv.ChangeLog, err = a.VerifyChangeLog(pub); err != nil {
+	if inv.ChangeLog, err = a.VerifyChangeLog(keys...); err != nil {
 		return nil, fmt.Errorf("change log: %w", err)
 	}
 	return inv, nil
