@@ -25,6 +25,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
@@ -61,6 +62,9 @@ type Config struct {
 	// Auth checks client certificates; nil turns the console off (the
 	// control plane runs without TLS, and session cookies need HTTPS).
 	Auth *control.Authenticator
+	// Alerts is the anomaly detector's alerts; nil leaves the Alerts page
+	// saying detection is off.
+	Alerts *alerts.Service
 	// DataDir holds the pending sign-in links.
 	DataDir        string
 	ExpiringWithin time.Duration
@@ -77,6 +81,7 @@ type Console struct {
 	tails    streams
 	stop     chan struct{}
 	stopOnce sync.Once
+	heavySem chan struct{}
 }
 
 // New parses the embedded templates.
@@ -90,7 +95,7 @@ func New(cfg Config) (*Console, error) {
 	if cfg.ExpiringWithin <= 0 {
 		cfg.ExpiringWithin = DefaultExpiringWithin
 	}
-	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken()), stop: make(chan struct{})}
+	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken()), stop: make(chan struct{}), heavySem: make(chan struct{}, 1)}
 	funcs := template.FuncMap{
 		"time": func(t time.Time) string {
 			if t.IsZero() {
@@ -109,8 +114,9 @@ func New(cfg Config) (*Console, error) {
 		"trusts": func() []int { return []int{0, 1, 2, 3, 4} },
 		"label":  ca.TrustLabel,
 		"sub":    func(a, b uint64) uint64 { return a - b },
+		"sub64":  func(a, b int64) int64 { return a - b },
 	}
-	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "issue", "login", "message"} {
+	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "issue", "compliance", "verified", "login", "message", "alerts", "alert"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/chart.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -142,6 +148,9 @@ func (c *Console) Handler() http.Handler {
 	mux.Handle("GET /ui/agents/{td}/{id}", c.require(control.ReadAgents, false, c.agent))
 	mux.Handle("POST /ui/agents/{td}/{id}/{action}", c.require(control.ChangeAgents, true, c.change))
 	mux.Handle("GET /ui/agents/{td}/{id}/certificates/{serial}", c.require(control.ReadAgents, false, c.certificate))
+	mux.Handle("GET /ui/compliance", c.require(control.ReadRecords, false, c.compliance))
+	mux.Handle("GET /ui/compliance/verify", c.require(control.ReadRecords, false, c.verifyLog))
+	mux.Handle("POST /ui/compliance/evidence", c.require(control.ReadRecords, true, c.evidencePack))
 	mux.Handle("GET /ui/issue", c.require(adminOnly, false, c.issuePage))
 	mux.Handle("POST /ui/issue", c.require(adminOnly, true, c.issue("issue")))
 	mux.Handle("POST /ui/agents/{td}/{id}/renew", c.require(adminOnly, true, c.issue("renew")))
@@ -150,6 +159,7 @@ func (c *Console) Handler() http.Handler {
 	mux.Handle("GET /ui/decisions/{id}", c.require(control.ReadRecords, false, c.decision))
 	mux.Handle("GET /ui/decisions/live", c.require(control.ReadRecords, false, c.live))
 	mux.Handle("GET /ui/decisions/stream", c.require(control.ReadRecords, false, c.stream))
+	c.alertRoutes(mux)
 	mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		c.message(w, r, http.StatusNotFound, "Not found", "No such page: "+r.URL.Path)
 	})
@@ -256,7 +266,7 @@ func (c *Console) require(roles []control.Role, change bool, h handler) http.Han
 func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, page string, v *viewer, data any) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
-	if err := c.pages[page].Execute(w, map[string]any{"V": v, "D": data, "Path": r.URL.Path}); err != nil {
+	if err := c.pages[page].Execute(w, map[string]any{"V": v, "D": data, "Path": r.URL.Path, "Host": r.Host}); err != nil {
 		c.cfg.Logger.Error("console: render", "page", page, "error", err)
 	}
 }
@@ -438,7 +448,8 @@ func (c *Console) agent(w http.ResponseWriter, r *http.Request, v *viewer) {
 		c.storeError(w, r, v, err)
 		return
 	}
-	data := map[string]any{"A": d, "Done": r.URL.Query().Get("done"), "Reasons": revokeReasons}
+	data := map[string]any{"A": d, "Done": r.URL.Query().Get("done"), "Reasons": revokeReasons,
+		"Alerts": c.agentAlertList(r.Context(), v, d.Agent.SPIFFEID), "AlertsOff": c.cfg.Alerts == nil}
 	if v.CanRecords() {
 		if c.cfg.Records == nil {
 			data["RecordsOff"] = true

@@ -22,12 +22,6 @@ import (
 // replica shipment, with decision ids <log>-<i>.
 func shipMore(t *testing.T, rs *recordstore.Store, log, agent string, n int) {
 	t.Helper()
-	dir := t.TempDir()
-	l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dir, "log"), KeyDir: filepath.Join(dir, "keys"), Name: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys := l.PublicKeys()
 	recs := make([]*decisionlog.Record, n)
 	for i := range n {
 		recs[i] = &decisionlog.Record{DecisionID: fmt.Sprintf("%s-%d", log, i), Time: time.Now(),
@@ -35,6 +29,20 @@ func shipMore(t *testing.T, rs *recordstore.Store, log, agent string, n int) {
 			Request:  decisionlog.Request{ID: fmt.Sprintf("%s-r%d", log, i), Method: "GET", Path: "/v1/reports", Operation: "reports:read"},
 			Decision: decisionlog.Decision{Allowed: true, HTTPStatus: 200, Reasons: []string{"allowed"}}}
 	}
+	shipRecords(t, rs, log, recs)
+}
+
+// shipRecords signs recs in a new log named log and stores them as its
+// replica would ship them.
+func shipRecords(t *testing.T, rs *recordstore.Store, log string, recs []*decisionlog.Record) {
+	t.Helper()
+	n := len(recs)
+	dir := t.TempDir()
+	l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dir, "log"), KeyDir: filepath.Join(dir, "keys"), Name: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := l.PublicKeys()
 	for _, rec := range recs {
 		if _, err := l.Append(context.Background(), rec); err != nil {
 			t.Fatal(err)

@@ -108,3 +108,105 @@ func (s *Store) Range(ctx context.Context, log string, from, to uint64, limit in
 	}
 	return out, s.wrap(rows.Err())
 }
+
+// Count is one group of an aggregate.
+type Count struct {
+	Key     string `json:"key"`
+	N       int64  `json:"n"`
+	Allowed int64  `json:"allowed"`
+}
+
+// DenialsByReason counts the denied decisions since since by their primary
+// reason, most first.
+func (s *Store) DenialsByReason(ctx context.Context, since time.Time) ([]Count, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT reason, COUNT(*) AS n FROM records WHERE time_us >= ? AND kind = ? AND allowed = 0
+		GROUP BY reason ORDER BY n DESC, reason LIMIT 100`), micros(since), decisionlog.KindDecision)
+	if err != nil {
+		return nil, s.wrap(err)
+	}
+	defer rows.Close()
+	var out []Count
+	for rows.Next() {
+		var c Count
+		if err := rows.Scan(&c.Key, &c.N); err != nil {
+			return nil, s.wrap(err)
+		}
+		out = append(out, c)
+	}
+	return out, s.wrap(rows.Err())
+}
+
+// AgentOperation is one cell of the agents × operations matrix.
+type AgentOperation struct {
+	SPIFFEID, Tenant, Agent, Operation string
+	Decisions, Allowed                 int64
+}
+
+// AgentOperations counts the decisions since since per agent and
+// operation, at most limit cells (the busiest agents' first); the bool
+// says whether there were more.
+func (s *Store) AgentOperations(ctx context.Context, since time.Time, limit int) ([]AgentOperation, bool, error) {
+	if limit <= 0 || limit > 100000 {
+		return nil, false, fmt.Errorf("%w: limit %d", ErrBadQuery, limit)
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT spiffe_id, tenant, agent_id, operation, COUNT(*) AS n, CAST(SUM(allowed) AS BIGINT)
+		FROM records WHERE time_us >= ? AND kind = ? GROUP BY spiffe_id, tenant, agent_id, operation
+		ORDER BY n DESC, spiffe_id, operation LIMIT ?`), micros(since), decisionlog.KindDecision, limit+1)
+	if err != nil {
+		return nil, false, s.wrap(err)
+	}
+	defer rows.Close()
+	var out []AgentOperation
+	for rows.Next() {
+		var c AgentOperation
+		if err := rows.Scan(&c.SPIFFEID, &c.Tenant, &c.Agent, &c.Operation, &c.Decisions, &c.Allowed); err != nil {
+			return nil, false, s.wrap(err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, s.wrap(err)
+	}
+	if len(out) > limit {
+		return out[:limit], true, nil
+	}
+	return out, false, nil
+}
+
+// AfterRevocation is what the decisions of one agent say about its
+// revocation at a time: on each log, its first decision denied for one of
+// reasons at or after then, and how many of its decisions were allowed
+// after grace past then.
+func (s *Store) AfterRevocation(ctx context.Context, spiffeID string, at time.Time, grace time.Duration, reasons ...string) (map[string]time.Time, int64, error) {
+	if len(reasons) == 0 || len(reasons) > 8 {
+		return nil, 0, fmt.Errorf("%w: %d reasons", ErrBadQuery, len(reasons))
+	}
+	args := []any{spiffeID, micros(at), decisionlog.KindDecision}
+	for _, r := range reasons {
+		args = append(args, r)
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT log, MIN(time_us) FROM records WHERE spiffe_id = ? AND time_us >= ? AND kind = ? AND allowed = 0
+		AND reason IN (?`+strings.Repeat(", ?", len(reasons)-1)+`) GROUP BY log`), args...)
+	if err != nil {
+		return nil, 0, s.wrap(err)
+	}
+	defer rows.Close()
+	first := map[string]time.Time{}
+	for rows.Next() {
+		var log string
+		var t int64
+		if err := rows.Scan(&log, &t); err != nil {
+			return nil, 0, s.wrap(err)
+		}
+		first[log] = time.UnixMicro(t).UTC()
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, s.wrap(err)
+	}
+	var allowed int64
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM records WHERE spiffe_id = ? AND time_us > ? AND kind = ? AND allowed = 1`),
+		spiffeID, micros(at.Add(grace)), decisionlog.KindDecision).Scan(&allowed); err != nil {
+		return nil, 0, s.wrap(err)
+	}
+	return first, allowed, nil
+}

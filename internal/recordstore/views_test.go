@@ -212,3 +212,39 @@ func TestRangeAndSizes(t *testing.T) {
 		}
 	})
 }
+
+func TestAggregates(t *testing.T) {
+	a, ka := testLog(t, "replica-a", 30, 0)
+	b, kb := testLog(t, "replica-b", 30, 0)
+	eachStore(t, func(t *testing.T, s *Store, _ string) {
+		ctx := context.Background()
+		shipBoth(t, s, a, b, ka, kb)
+		base := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+		d, err := s.DenialsByReason(ctx, base)
+		if err != nil || len(d) != 1 || d[0].Key != "scope_missing" || d[0].N != 30 {
+			t.Errorf("denials by reason: %+v %v", d, err)
+		}
+		if d, err := s.DenialsByReason(ctx, base.Add(time.Hour)); err != nil || len(d) != 0 {
+			t.Errorf("denials after the records: %+v %v", d, err)
+		}
+		cells, more, err := s.AgentOperations(ctx, base, 10)
+		if err != nil || more || len(cells) != 3 {
+			t.Fatalf("matrix: %+v %v %v", cells, more, err)
+		}
+		for _, c := range cells {
+			if c.Operation != "payments:initiate" || c.Decisions != 20 || c.Allowed != 10 || !strings.HasSuffix(c.SPIFFEID, "/"+c.Agent) {
+				t.Errorf("cell %+v", c)
+			}
+		}
+		if cells, more, err := s.AgentOperations(ctx, base, 2); err != nil || !more || len(cells) != 2 {
+			t.Errorf("bounded matrix: %d %v %v", len(cells), more, err)
+		}
+		// bot-1 decides at i = 1, 4, 7, …, 28 in both logs; odd i are
+		// denied (scope_missing), so the first denial from 5 s is i = 7,
+		// and later than 6 s it is allowed at i = 10, 16, 22, 28.
+		first, allowed, err := s.AfterRevocation(ctx, "spiffe://acme.test/agent/bot-1", base.Add(5*time.Second), time.Second, "scope_missing")
+		if err != nil || len(first) != 2 || !first["replica-a"].Equal(base.Add(7*time.Second)) || allowed != 8 {
+			t.Errorf("after revocation: %v %d %v", first, allowed, err)
+		}
+	})
+}
