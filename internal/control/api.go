@@ -69,7 +69,7 @@ func NewAPI(cfg Config) (*API, error) {
 		authRef: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_auth_refused_total",
 			Help: "Requests refused by authentication or role, by reason (no_tls, no_certificate, expired, unknown_ca, invalid_certificate, no_role, wrong_role)."}, []string{"reason"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_changes_total",
-			Help: "State changes made through the API, by kind (restrict, lift, revoke, alert_ack, alert_approve, alert_dismiss)."}, []string{"kind"}),
+			Help: "State changes made through the API, by kind (restrict, lift, revoke, alert_ack, alert_approve, alert_dismiss, policy_simulation)."}, []string{"kind"}),
 	}
 	if a.log == nil {
 		a.log = hclog.NewNullLogger()
@@ -121,6 +121,7 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("GET /v1/records", a.authn.Require(http.HandlerFunc(a.findRecords), ReadRecords...))
 	mux.Handle("GET /v1/records/verify", a.authn.Require(http.HandlerFunc(a.verifyRecords), ReadRecords...))
 	mux.Handle("GET /v1/logs", a.authn.Require(http.HandlerFunc(a.listLogs), RoleAuditor))
+	mux.Handle("POST /v1/simulations", a.authn.Require(http.HandlerFunc(a.recordSimulation), RecordSimulations...))
 	a.alertRoutes(mux)
 	mux.Handle("GET /v1/whoami", a.authn.Require(http.HandlerFunc(a.whoami), RoleAuditor, RoleResponder, RoleReplica))
 	return mux

@@ -223,6 +223,15 @@ func parseRecordHead(line []byte) (recordHead, error) {
 	return h, nil
 }
 
+// ParseRecordHead reads index, log and kind from the fixed head of a v2
+// record line, {"index":N,"log":"…","kind":"…", as DecodeRecordLine checks
+// it; it does not look at the rest of the line (policy simulation decodes
+// the rest itself).
+func ParseRecordHead(line []byte) (index uint64, log, kind string, err error) {
+	h, err := parseRecordHead(line)
+	return h.index, h.log, h.kind, err
+}
+
 // validKind: a record kind is 1 to 32 of [a-z_].
 func validKind(s string) bool {
 	if s == "" || len(s) > 32 {

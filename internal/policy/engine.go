@@ -242,6 +242,9 @@ func (e *Engine) evalOp(ctx context.Context, s *state, req *authv3.CheckRequest,
 			key.op = op
 		}
 	}
+	if c != nil && clockProbeFrom(ctx) != nil {
+		c = nil // the caller asks what this evaluation reads: evaluate it
+	}
 	if c != nil && len(c.plan.byKey) == 0 {
 		// The key is agent and operation only: the cache can answer
 		// before the input is built. It is still validated first: a
@@ -292,7 +295,13 @@ func (e *Engine) evalStateTimeout(ctx context.Context, s *state, input rego.Eval
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	rs, err := s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics))
+	var rs rego.ResultSet
+	var err error
+	if p := clockProbeFrom(ctx); p != nil {
+		rs, err = s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics), rego.EvalQueryTracer(p))
+	} else {
+		rs, err = s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics))
+	}
 	e.metrics.evalDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		if ctx.Err() != nil {
