@@ -67,7 +67,7 @@ type Config struct {
 	// OIDC, when set, adds sign-in through an OpenID Connect provider.
 	OIDC   *OIDCConfig
 	Logger hclog.Logger
-	Now            func() time.Time
+	Now    func() time.Time
 }
 
 // Console is the web console.
