@@ -22,7 +22,7 @@ import (
 
 func newAuditReportCmd() *cobra.Command {
 	var (
-		logs                                            []string
+		logs, configs                                   []string
 		dataDir, alerts, out, format, from, to, signKey string
 		sampleN                                         int
 		seed                                            uint64
@@ -32,7 +32,8 @@ func newAuditReportCmd() *cobra.Command {
 		Use:   "report",
 		Short: "Build the auditor's evidence pack: each SOC 2 control's status, evidence and the commands that reproduce it",
 		Long: `report reads the decision logs (--log, one per replica; each is verified first), the CA inventory and
-signed change log (--data-dir) and the alerts file (--alerts) — or, with --server and an auditor
+signed change log (--data-dir), the alerts file (--alerts) and each replica's serve configuration
+(--config) — or, with --server and an auditor
 certificate, every log the control plane's store holds (each re-verified there), its change log and
 inventory — and writes the evidence pack: for each
 control (CC6.1–CC8.1, A1.1, PI1.3, PI1.5) its status — evidence found, gap, or not applicable — the
@@ -102,6 +103,13 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 					in.DataDir = dataDir
 				}
 			}
+			for _, c := range configs {
+				cf, err := evidence.ReadConfig(c)
+				if err != nil {
+					return withHint(fmt.Errorf("--config: %w", err), "the file each replica's agentauthz serve --config reads")
+				}
+				in.Configs = append(in.Configs, cf)
+			}
 			if alerts != "" {
 				if in.Alerts, err = anomaly.OpenStore(alerts).List(); err != nil {
 					return err
@@ -150,6 +158,7 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 	fl := cmd.Flags()
 	fl.StringArrayVar(&logs, "log", nil, "a replica's decision log directory (repeatable; default <data-dir>/log)")
 	fl.StringVar(&dataDir, "data-dir", caEnvDataDir(), "the CA inventory and change log (env AGENTAUTHZ_DATA_DIR); with --server, where the default --server-ca and --sign-key are")
+	fl.StringArrayVar(&configs, "config", nil, "a replica's serve configuration file (repeatable): its hash and the settings the controls depend on")
 	fl.StringVar(&alerts, "alerts", "", "anomaly alerts file (agentauthz anomaly replay --alerts)")
 	fl.StringVar(&out, "out", "", "report file (required); OUT.sig and OUT.pub.pem are written beside it")
 	fl.StringVar(&format, "format", "html", "html (self-contained, printable) or json")

@@ -118,7 +118,7 @@ func FuzzDecodeLean(f *testing.F) {
 		if lean.Kind != whole.Kind || lean.Log != whole.Log || lean.DecisionID != whole.DecisionID || !lean.Time.Equal(whole.Time) ||
 			lean.Agent.ID != whole.Agent.ID || lean.Agent.Tenant != whole.Agent.Tenant || lean.Agent.TrustLevel != whole.Agent.TrustLevel ||
 			lean.Agent.CertSHA256 != whole.Agent.CertSHA256 || lean.Request.Operation != whole.Request.Operation ||
-			lean.Decision.Allowed != whole.Decision.Allowed || fmt.Sprint(lean.Decision.Reasons) != fmt.Sprint(whole.Decision.Reasons) ||
+			lean.Decision.Allowed != whole.Decision.Allowed || lean.Decision.PolicyRevision != whole.Decision.PolicyRevision || fmt.Sprint(lean.Decision.Reasons) != fmt.Sprint(whole.Decision.Reasons) ||
 			(lean.Response == nil) != (whole.Response == nil) ||
 			lean.Response != nil && (lean.Response.Body != whole.Response.Body || lean.Response.Signature != whole.Response.Signature) {
 			t.Fatalf("lean %+v\nwhole %+v", lean, whole)

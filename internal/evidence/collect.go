@@ -49,6 +49,7 @@ type Inputs struct {
 	Server    string
 	DataDir   string     // where the inventory was read, for commands; "" with Server
 	Inventory *Inventory // nil when not available
+	Configs   []*ConfigFile
 	Alerts    []anomaly.StoredAlert
 	HasAlert  bool // an alerts file was given (an empty one is evidence of no alerts)
 	From, To  time.Time
@@ -111,7 +112,13 @@ type stats struct {
 	first, last                time.Time
 	allowedWithoutTenant       int
 	kinds                      map[string]int
+	revisions                  map[string]*revisionSeen // policy revision → when it decided
 	links                      *idWindow
+}
+
+type revisionSeen struct {
+	n           int
+	first, last time.Time
 }
 
 // idWindow holds the hashes of the latest linkWindow decision ids of one
@@ -193,7 +200,7 @@ type sampled struct {
 func newStats(revs []*revTrack, sources int) *stats {
 	st := &stats{byReason: map[string]int{}, identityFailures: map[string]int{}, threats: map[string]int{},
 		certAgent: map[string]string{}, sharedCerts: map[string]bool{}, matrix: map[string]map[string]int{},
-		byDay: map[string][2]int{}, kinds: map[string]int{}, revs: revs, revsOf: map[string][]*revTrack{}}
+		byDay: map[string][2]int{}, kinds: map[string]int{}, revisions: map[string]*revisionSeen{}, revs: revs, revsOf: map[string][]*revTrack{}}
 	for _, t := range revs {
 		t.firstDenied = make([]time.Time, sources)
 		st.revsOf[t.key] = append(st.revsOf[t.key], t)
@@ -241,6 +248,18 @@ func (s *stats) add(src int, sc Scanned, rng *rand.Rand, sampleN int) {
 	code := ""
 	if len(r.Decision.Reasons) > 0 {
 		code = r.Decision.Reasons[0]
+	}
+	rev := bounded(s.revisions, r.Decision.PolicyRevision, maxKeys)
+	if v := s.revisions[rev]; v == nil {
+		s.revisions[rev] = &revisionSeen{1, r.Time, r.Time}
+	} else {
+		v.n++
+		if r.Time.Before(v.first) {
+			v.first = r.Time
+		}
+		if r.Time.After(v.last) {
+			v.last = r.Time
+		}
 	}
 	day := bounded(s.byDay, r.Time.UTC().Format(time.DateOnly), maxKeys)
 	d := s.byDay[day]

@@ -29,8 +29,9 @@ type leanRecord struct {
 		Operation string `json:"operation"`
 	} `json:"request"`
 	Decision struct {
-		Allowed bool     `json:"allowed"`
-		Reasons []string `json:"reasons"`
+		Allowed        bool     `json:"allowed"`
+		Reasons        []string `json:"reasons"`
+		PolicyRevision string   `json:"policy_revision"`
 	} `json:"decision"`
 	Response *struct {
 		Body      string `json:"body"`
@@ -58,7 +59,7 @@ func decodeLean(line string) (*decisionlog.Record, error) {
 	r := &decisionlog.Record{Kind: l.Kind, Log: l.Log, DecisionID: l.DecisionID, Time: t,
 		Agent:    decisionlog.Agent{ID: l.Agent.ID, Tenant: l.Agent.Tenant, TrustLevel: l.Agent.TrustLevel, CertSHA256: l.Agent.CertSHA256},
 		Request:  decisionlog.Request{Operation: l.Request.Operation},
-		Decision: decisionlog.Decision{Allowed: l.Decision.Allowed, Reasons: l.Decision.Reasons}}
+		Decision: decisionlog.Decision{Allowed: l.Decision.Allowed, Reasons: l.Decision.Reasons, PolicyRevision: l.Decision.PolicyRevision}}
 	if l.Response != nil {
 		r.Response = &decisionlog.Response{Body: l.Response.Body, Signature: l.Response.Signature}
 	}

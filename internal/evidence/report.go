@@ -33,6 +33,8 @@ type Report struct {
 	Sample      []Sample            `json:"sample"`
 	Days        []Day               `json:"decisions_by_day"`
 	Revocations []Revocation        `json:"revocations"`
+	// Config is the serve configuration of each replica, as given.
+	Config []ConfigFile `json:"config"`
 }
 
 // Control is one control's status and its evidence.
@@ -249,8 +251,16 @@ func (r *Report) build(in Inputs, st *stats) {
 				took = fmt.Sprintf("first refused %v after", rv.FirstDenied.Sub(rv.At).Round(time.Millisecond))
 			}
 			failed += rv.AllowedAfter
+			var by []string
+			for _, p := range rv.Replicas {
+				if p.TookMS == nil {
+					by = append(by, p.Log+" no request after")
+				} else {
+					by = append(by, fmt.Sprintf("%s %d ms", p.Log, *p.TookMS))
+				}
+			}
 			x.Evidence = append(x.Evidence, Fact{fmt.Sprintf("%s/%s revoked %s", rv.Tenant, rv.Agent, rv.At.UTC().Format(time.RFC3339)),
-				fmt.Sprintf("%s; allowed more than %v after: %d", took, PropagationBound, rv.AllowedAfter),
+				fmt.Sprintf("%s (by replica: %s); allowed more than %v after: %d", took, strings.Join(by, ", "), PropagationBound, rv.AllowedAfter),
 				queryAgentCmd(in, r.Logs, rv.Agent, rv.At)})
 			a1.Evidence = append(a1.Evidence, Fact{"others' allowed share around " + rv.Agent + "'s revocation",
 				fmt.Sprintf("hour before %s, hour after %s", rv.OthersBefore, rv.OthersAfter), ""})
@@ -353,6 +363,8 @@ func (r *Report) build(in Inputs, st *stats) {
 
 	// CC8.1
 	x = c("CC8.1", "Changes: every change to an agent's scopes or trust level is a new certificate, in a signed change log")
+	x.Evidence = append(x.Evidence, Fact{"policy revisions that decided in the period", revisions(st.revisions),
+		q("", `group_by(.decision.policy_revision) | map({(.[0].decision.policy_revision // "none"): length}) | add`)})
 	switch {
 	case inv == nil:
 		x.Status, x.Summary = StatusGap, "no CA inventory given (--data-dir)"
@@ -395,7 +407,58 @@ func (r *Report) build(in Inputs, st *stats) {
 	} else {
 		x.Status, x.Summary = StatusEvidence, "each response record carries its decision id, agent and outcome"
 	}
+	r.applyConfig(in)
 	r.Mapping = mapping
+}
+
+// applyConfig adds each replica's configuration to the controls its
+// settings bear on. A tenant without revocation checking is a CC6.8 gap.
+func (r *Report) applyConfig(in Inputs) {
+	for _, cf := range in.Configs {
+		r.Config = append(r.Config, *cf)
+	}
+	for i := range r.Controls {
+		x := &r.Controls[i]
+		switch x.ID {
+		case "CC6.2", "CC6.6", "CC6.8", "CC7.2", "CC8.1", "PI1.3":
+		default:
+			continue
+		}
+		if len(in.Configs) == 0 && x.ID != "CC6.2" {
+			x.Evidence = append(x.Evidence, Fact{"serve configuration", "not given (audit report --config FILE, one per replica)", ""})
+			continue
+		}
+		for _, cf := range in.Configs {
+			if x.ID == "CC7.2" {
+				x.Evidence = append(x.Evidence, Fact{"serve configuration of log " + cf.Log, cf.File + " sha256 " + cf.SHA256, "sha256sum " + cf.File})
+			}
+			for _, s := range cf.Settings {
+				if s.Control == x.ID {
+					x.Evidence = append(x.Evidence, Fact{cf.Log + ": " + s.Key, s.Value, ""})
+				}
+			}
+			if x.ID == "CC6.8" && len(cf.RevocationOff) > 0 {
+				x.Status = StatusGap
+				x.Summary = fmt.Sprintf("revocation checking is disabled for %s in %s: revoked certificates are accepted there", strings.Join(cf.RevocationOff, ", "), cf.File)
+			}
+		}
+	}
+}
+
+func revisions(m map[string]*revisionSeen) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	var out []string
+	for _, k := range sortedKeys(m) {
+		v := m[k]
+		name := k
+		if name == "" {
+			name = "(none recorded)"
+		}
+		out = append(out, fmt.Sprintf("%s: %d decisions, %s to %s", name, v.n, v.first.UTC().Format(time.RFC3339), v.last.UTC().Format(time.RFC3339)))
+	}
+	return strings.Join(out, "; ")
 }
 
 // revocationsIn lists each agent revoked in the period (once: a revocation is
