@@ -114,7 +114,7 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 				if in.Alerts, err = anomaly.OpenStore(alerts).List(); err != nil {
 					return err
 				}
-				in.HasAlert = true
+				in.HasAlert, in.AlertsFile = true, alerts
 			}
 			rep, err := evidence.Collect(cmd.Context(), in)
 			if err != nil {
