@@ -215,13 +215,18 @@ func (s *Service) describeResponses() string {
 	return strings.Join(parts, "; ")
 }
 
+// stop saves the state and releases the lease. A failure is logged, not
+// returned: the next start reads the records since the last save again.
 func (s *Service) stop() error {
 	var err error
 	if s.det != nil {
 		err = s.save()
 		s.det = nil
 	}
-	return errors.Join(err, s.db.release(s.holder))
+	if err = errors.Join(err, s.db.release(s.holder)); err != nil {
+		s.log.Error("anomaly detector: stopping", "error", err)
+	}
+	return nil
 }
 
 // step takes (or keeps) the lease, reads what was stored since the cursors,

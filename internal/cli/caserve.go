@@ -226,7 +226,7 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert,
 			MinVersion: tls.VersionTLS13})
 	}
-	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Auth: authn, DataDir: dataDir, Logger: log.Named("console")})
+	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Alerts: rs.alerts, Auth: authn, DataDir: dataDir, Logger: log.Named("console")})
 	if err != nil {
 		ln.Close()
 		_ = rs.closeStores() // the error being returned is the one to report

@@ -25,6 +25,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
@@ -61,6 +62,9 @@ type Config struct {
 	// Auth checks client certificates; nil turns the console off (the
 	// control plane runs without TLS, and session cookies need HTTPS).
 	Auth *control.Authenticator
+	// Alerts is the anomaly detector's alerts; nil leaves the Alerts page
+	// saying detection is off.
+	Alerts *alerts.Service
 	// DataDir holds the pending sign-in links.
 	DataDir        string
 	ExpiringWithin time.Duration
@@ -112,7 +116,7 @@ func New(cfg Config) (*Console, error) {
 		"sub":    func(a, b uint64) uint64 { return a - b },
 		"sub64":  func(a, b int64) int64 { return a - b },
 	}
-	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "issue", "compliance", "verified", "login", "message"} {
+	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "issue", "compliance", "verified", "login", "message", "alerts", "alert"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/chart.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -155,6 +159,7 @@ func (c *Console) Handler() http.Handler {
 	mux.Handle("GET /ui/decisions/{id}", c.require(control.ReadRecords, false, c.decision))
 	mux.Handle("GET /ui/decisions/live", c.require(control.ReadRecords, false, c.live))
 	mux.Handle("GET /ui/decisions/stream", c.require(control.ReadRecords, false, c.stream))
+	c.alertRoutes(mux)
 	mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		c.message(w, r, http.StatusNotFound, "Not found", "No such page: "+r.URL.Path)
 	})
@@ -443,7 +448,8 @@ func (c *Console) agent(w http.ResponseWriter, r *http.Request, v *viewer) {
 		c.storeError(w, r, v, err)
 		return
 	}
-	data := map[string]any{"A": d, "Done": r.URL.Query().Get("done"), "Reasons": revokeReasons}
+	data := map[string]any{"A": d, "Done": r.URL.Query().Get("done"), "Reasons": revokeReasons,
+		"Alerts": c.agentAlertList(r.Context(), v, d.Agent.SPIFFEID), "AlertsOff": c.cfg.Alerts == nil}
 	if v.CanRecords() {
 		if c.cfg.Records == nil {
 			data["RecordsOff"] = true
