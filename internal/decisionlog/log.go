@@ -98,6 +98,7 @@ type Options struct {
 	retryMin time.Duration
 	prepHook func(stop <-chan struct{}) error // before each preparation of a segment
 	maxWrite int                              // bytes per write+fdatasync cycle (and torn batch bound); default maxWriteBytes
+	noPrealloc bool                           // no preparer: every segment appended to, up to SegmentMaxBytes (the benchmarks' baseline)
 }
 
 // batch is a group of consecutive records committed by one write and
@@ -718,7 +719,7 @@ func (l *Log) write(b *batch) error {
 
 // segLimit is the size at which the current segment rotates.
 func (l *Log) segLimit() int64 {
-	if l.segAlloc == 0 {
+	if l.segAlloc == 0 && !l.opts.noPrealloc {
 		return min(l.opts.SegmentMaxBytes, fallbackSegmentBytes)
 	}
 	return l.opts.SegmentMaxBytes
