@@ -94,11 +94,11 @@ type Options struct {
 	Now             func() time.Time // default time.Now
 
 	// Test hooks.
-	openFile openFunc // segments (and the prepared one), the probe and side files
-	retryMin time.Duration
-	prepHook func(stop <-chan struct{}) error // before each preparation of a segment
-	maxWrite int                              // bytes per write+fdatasync cycle (and torn batch bound); default maxWriteBytes
-	noPrealloc bool                           // no preparer: every segment appended to, up to SegmentMaxBytes (the benchmarks' baseline)
+	openFile   openFunc // segments (and the prepared one), the probe and side files
+	retryMin   time.Duration
+	prepHook   func(stop <-chan struct{}) error // before each preparation of a segment
+	maxWrite   int                              // bytes per write+fdatasync cycle (and torn batch bound); default maxWriteBytes
+	noPrealloc bool                             // no preparer: every segment appended to, up to SegmentMaxBytes (the benchmarks' baseline)
 }
 
 // batch is a group of consecutive records committed by one write and

@@ -148,7 +148,7 @@ func buildLevels(leaves []Hash) levels {
 	lv := make(levels, 1, depth)
 	lv[0] = leaves
 	for cur := leaves; len(cur) > 1; {
-		next := block[:(len(cur)+1)/2:(len(cur)+1)/2]
+		next := block[: (len(cur)+1)/2 : (len(cur)+1)/2]
 		block = block[len(next):]
 		for i := 0; i+1 < len(cur); i += 2 {
 			next[i/2] = nodeHash(cur[i][:], cur[i+1][:])
