@@ -64,7 +64,6 @@ func BenchmarkFollow(b *testing.B) {
 		}
 		shipEvents(b, store, filepath.Join(dir, "replica"+strconv.Itoa(r)), "replica-"+strconv.Itoa(r), part)
 	}
-	evs = nil
 	runtime.GC() // the setup's garbage is not the detector's
 	b.ResetTimer()
 	for range b.N {
