@@ -67,7 +67,8 @@ func proposedPolicies(t *testing.T, loosen bool) string {
 // replica's log directory; --record appends the run to the signed change
 // log through the API (with the certificate's name as operator) and on the
 // data directory, and the row names the report's digest. An auditor may
-// not record; a loosening change fails the gate.
+// not record, the policy role may not restrict; a loosening change fails
+// the gate.
 func TestPolicySimulateFromServerAndRecorded(t *testing.T) {
 	f := startControlFleet(t, 1)
 	cli(t, "operator", "issue", "ci", "--role", "policy", "--data-dir", f.cpDir, "--out-dir", f.certs)
@@ -129,6 +130,11 @@ func TestPolicySimulateFromServerAndRecorded(t *testing.T) {
 	code, _, errOut = runCLI(simulateArgs(append(as("audrey"), "--record")...)...)
 	if code != ExitError || !strings.Contains(errOut, "wrong_role") {
 		t.Fatalf("auditor --record: exit %d, %s", code, errOut)
+	}
+
+	// The policy role has no power over agents.
+	if got := cliFails(t, append([]string{"agent", "restrict", "payments-agent", "--quarantine", "--reason", "x", "--trust-domain", f.env.TrustDomain}, as("ci")...)...); !strings.Contains(got, "(wrong_role)") {
+		t.Errorf("policy role restricting: %s", got)
 	}
 
 	// On the data directory, a loosening change: the gate fails (exit 1)

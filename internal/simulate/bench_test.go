@@ -16,6 +16,7 @@ import (
 var (
 	benchRecords = flag.Int("simulate.records", 1_000_000, "records in BenchmarkSimulate's log")
 	benchDir     = flag.String("simulate.dir", "", "keep BenchmarkSimulate's log here and reuse it on the next run (default: a new temporary one)")
+	benchPlain   = flag.Bool("simulate.plain", false, "measure the straightforward way instead: every record decoded by decisionlog.Reader and decided")
 )
 
 // benchLog writes (or finds, under -simulate.dir) a log of n decisions by
@@ -87,7 +88,13 @@ func BenchmarkSimulate(b *testing.B) {
 			b.Fatal(err)
 		}
 		acc := NewAccumulator(engine.Revision(), time.Time{}, time.Time{}, nil)
-		r := NewLogSource(logDir)
+		var r interface {
+			Source
+			Close() error
+		} = NewLogSource(logDir)
+		if *benchPlain {
+			rp.memo, r = false, decisionlog.NewReader(logDir)
+		}
 		start, cpu0 := time.Now(), cpuTime()
 		if err := Run(context.Background(), r, rp, acc, time.Time{}, time.Time{}); err != nil {
 			b.Fatal(err)

@@ -195,6 +195,17 @@ func repoPolicy(t *testing.T) string {
 	return writePolicy(t, string(rego), string(out))
 }
 
+// wholeInputPolicy reads the whole input: nothing says which of it the
+// decision depends on, so no outcome is reused.
+const wholeInputPolicy = `package agentauthz.authz
+
+decision := {"allowed": false, "reason": "too_many_fields"} if {
+	count(input) > 12
+} else := {"allowed": false, "reason": "unknown_operation"} if {
+	not input.operation
+} else := {"allowed": true}
+`
+
 // hoursPolicy reads the clock for every payment (none after 10:00) and the
 // request id (a "req-f…" id is refused): no outcome of a payment holds for
 // another second, and the request id is part of every input.
@@ -221,7 +232,7 @@ func replayWith(t *testing.T, src Source, policyDir string, memo bool, from, to 
 	if err != nil {
 		t.Fatal(err)
 	}
-	rp.memo = memo
+	rp.memo = rp.memo && memo
 	acc := NewAccumulator(engine.Revision(), from, to, Gaps(engine.InputReads()))
 	if err := Run(context.Background(), src, rp, acc, from, to); err != nil {
 		t.Fatal(err)
@@ -235,6 +246,7 @@ func replayWith(t *testing.T, src Source, policyDir string, memo bool, from, to 
 func TestMemoisedReplayEqualsPerRecord(t *testing.T) {
 	logDir := variedHistory(t)
 	hours := writePolicy(t, hoursPolicy, data(3, "payments:initiate"))
+	whole := writePolicy(t, wholeInputPolicy, data(3, "payments:initiate"))
 	for _, tc := range []struct {
 		name     string
 		policy   string
@@ -243,6 +255,7 @@ func TestMemoisedReplayEqualsPerRecord(t *testing.T) {
 		{"restrictions expiring mid-history", repoPolicy(t), time.Time{}, time.Time{}},
 		{"a window across the first expiry", repoPolicy(t), historyStart.Add(25 * time.Minute), historyStart.Add(55 * time.Minute)},
 		{"clock and request id read", hours, time.Time{}, time.Time{}},
+		{"the whole input read", whole, time.Time{}, time.Time{}},
 		{"the recording policy", writePolicy(t, testPolicy, data(3, "payments:initiate")), time.Time{}, time.Time{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -264,6 +277,10 @@ func TestMemoisedReplayEqualsPerRecord(t *testing.T) {
 					Count(want.NewlyAllowed), Count(want.NewlyDenied), Count(want.NotReplayed), want.Malformed)
 			}
 			switch {
+			case tc.policy == whole:
+				if rp.memo || rp.hits != 0 {
+					t.Errorf("a policy reading the whole input: memo %v, %d answers from it", rp.memo, rp.hits)
+				}
 			case tc.policy == hours:
 				// Every request id differs: nothing can be reused.
 				if !rp.keyID || rp.hits != 0 {

@@ -102,7 +102,7 @@ const maxMemo = 1 << 18
 // record's time before deciding.
 func NewReplayer(engine *policy.Engine, clock *time.Time) (*Replayer, error) {
 	r := &Replayer{engine: engine, ident: &fixedIdentity{}, rec: &captureRecorder{}, clock: clock, agents: map[agentKey]*identity.Agent{},
-		memo: true, outcomes: map[string]memoEntry{}, timedOutcomes: map[timedKey]Outcome{}}
+		outcomes: map[string]memoEntry{}, timedOutcomes: map[timedKey]Outcome{}}
 	svc, err := extauthz.New(extauthz.Options{
 		Identifier: r.ident,
 		Revocation: notRevoked{},
@@ -117,9 +117,14 @@ func NewReplayer(engine *policy.Engine, clock *time.Time) (*Replayer, error) {
 		return nil, err
 	}
 	r.svc = svc
+	// Outcomes are reused only for a policy whose decision provably
+	// depends on the input paths it reads and on the clock alone (the
+	// decision cache's analysis): one that reads the whole input or calls
+	// another nondeterministic builtin is decided for every record.
 	paths, unknown := engine.InputReads()
-	r.keyID = unknown != "" || readsAny(paths, requestIDPaths)
-	r.keySrc = unknown != "" || readsAny(paths, sourcePaths)
+	r.memo = unknown == ""
+	r.keyID = readsAny(paths, requestIDPaths)
+	r.keySrc = readsAny(paths, sourcePaths)
 	return r, nil
 }
 
