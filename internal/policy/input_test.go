@@ -281,7 +281,7 @@ func TestFastPathCoversAllFields(t *testing.T) {
 // agent object comes from the per-certificate cache.
 func BenchmarkBuildInputCachedAgent(b *testing.B) {
 	req, agent := sampleRequest("POST", "/v1/payments", "", ""), testAgent()
-	var c agentTermCache
+	c := newAgentTermCache()
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := buildInput(req, c.term(agent), "payments:initiate"); err != nil {
@@ -291,22 +291,21 @@ func BenchmarkBuildInputCachedAgent(b *testing.B) {
 }
 
 func TestAgentTermCache(t *testing.T) {
-	var c agentTermCache
+	c := newAgentTermCache()
 	a := testAgent()
 	if c.term(nil) != nil {
 		t.Fatal("nil agent gave a term")
 	}
 	first := c.term(a)
-	if c.term(a) != first {
-		t.Fatal("same *Agent not served from the cache")
+	if c.term(testAgent()) != first {
+		t.Fatal("an equal agent behind another pointer not served from the cache")
 	}
 	if first.Value.Compare(agentValue(a)) != 0 {
 		t.Fatal("cached agent differs")
 	}
-	for i := 0; i < maxCachedAgents+10; i++ {
-		c.term(testAgent())
-	}
-	if len(c.m) > maxCachedAgents {
-		t.Fatalf("cache holds %d agents, bound %d", len(c.m), maxCachedAgents)
+	other := testAgent()
+	other.Owner = "team-other"
+	if got := c.term(other); got == first || got.Value.Compare(agentValue(other)) != 0 {
+		t.Fatal("another agent got the first one's term")
 	}
 }
