@@ -206,7 +206,10 @@ func runFleetSize(ctx context.Context, o *FleetOptions, p *pki, n int) (FleetPoi
 	}
 
 	reg := prometheus.NewRegistry()
-	engine, err := policy.New(policy.Config{Dir: o.PoliciesDir, DecisionCache: o.DecisionCache, Registerer: reg, Logger: hclog.NewNullLogger()})
+	// A generous evaluation timeout: this measures CPU, and a busy host must
+	// not turn a slow evaluation into a failed run.
+	engine, err := policy.New(policy.Config{Dir: o.PoliciesDir, DecisionCache: o.DecisionCache, Registerer: reg,
+		Logger: hclog.NewNullLogger(), EvalTimeout: time.Minute})
 	if err != nil {
 		return FleetPoint{}, err
 	}
