@@ -434,4 +434,3 @@ func BenchmarkEval(b *testing.B) {
 		}
 	}
 }
-
