@@ -163,7 +163,7 @@ func RunFleet(ctx context.Context, o FleetOptions) ([]FleetPoint, error) {
 }
 
 func runFleetSize(ctx context.Context, o *FleetOptions, p *pki, n int) (FleetPoint, error) {
-	rng := rand.New(rand.NewPCG(o.Seed, uint64(n)))
+	rng := rand.New(rand.NewPCG(o.Seed, uint64(n))) //nolint:gosec // repeatable draws of a benchmark, not a secret
 	zipf := rand.NewZipf(rng, o.Zipf, 1, uint64(n-1))
 	draws := make([]uint32, 2*o.Requests)
 	for i := range draws {

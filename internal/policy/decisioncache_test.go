@@ -508,3 +508,52 @@ func BenchmarkEvalCached(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkHitPath is the part of a decision-cache hit that validate.go
+// exists for: a hit must still refuse a request whose input cannot be
+// built. "validate" is what a hit runs (validateInput); "build" is what it
+// would run without validate.go (building the input it then ignores);
+// "validate-copy" is validateInput with the body copied, as it would be
+// without validate.go's unsafe views of the body.
+func BenchmarkHitPath(b *testing.B) {
+	e, err := New(Config{Dir: shippedPolicies, DecisionCache: 1000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	agent := testAgent()
+	for _, tc := range []struct{ name, ct, body string }{
+		{"no-body", "", ""},
+		{"json", "application/json", `{"amount": 125.5, "currency": "EUR", "reference": "inv-2026-0042"}`},
+	} {
+		req := sampleRequest("POST", "/v1/payments", tc.ct, tc.body)
+		b.Run(tc.name+"/validate", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := validateInput(req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(tc.name+"/build", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := buildInput(req, e.agents.term(agent), "payments:initiate"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		if tc.body == "" {
+			continue
+		}
+		raw := sampleRequest("POST", "/v1/payments", tc.ct, "")
+		b.Run(tc.name+"/validate-copy", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				raw.Attributes.Request.Http.RawBody = []byte(tc.body)
+				if err := validateInput(raw); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -287,10 +287,6 @@ func (e *Engine) evalOp(ctx context.Context, s *state, req *authv3.CheckRequest,
 	return r, err
 }
 
-func (e *Engine) evalState(ctx context.Context, s *state, input rego.EvalOption, partial *Result) (*Result, error) {
-	return e.evalStateTimeout(ctx, s, input, partial, e.cfg.EvalTimeout, e.now())
-}
-
 // evalStateTimeout evaluates with the policy's clock (time.now_ns) at now.
 func (e *Engine) evalStateTimeout(ctx context.Context, s *state, input rego.EvalOption, partial *Result, timeout time.Duration, now time.Time) (*Result, error) {
 	return e.evalStateClock(ctx, s, input, partial, timeout, now, nil)
