@@ -28,20 +28,6 @@ type clock struct{ t time.Time }
 
 func (c *clock) now() time.Time { return c.t }
 
-func newTestAuthority(t *testing.T) (*Authority, *clock) {
-	t.Helper()
-	c := &clock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
-	a, err := Open(t.TempDir(), WithClock(c.now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	if _, err := a.Init(InitRequest{TrustDomain: td, Org: "Acme Corp", CRLURL: "http://crl.acme.example/acme.crl", Operator: "alice"}); err != nil {
-		t.Fatal(err)
-	}
-	return a, c
-}
-
 func issueReq(id string) IssueRequest {
 	return IssueRequest{TrustDomain: td, AgentID: id, Trust: 3, Scopes: []string{"payments:read", "payments:initiate"},
 		Owner: "alice@acme.example", TTL: 24 * time.Hour, Operator: "alice"}
@@ -58,8 +44,10 @@ func caPool(t *testing.T, a *Authority) *x509.CertPool {
 	return p
 }
 
-func TestIssueNativeProfile(t *testing.T) {
-	a, c := newTestAuthority(t)
+func TestIssueNativeProfile(t *testing.T) { eachBackend(t, testIssueNativeProfile) }
+
+func testIssueNativeProfile(t *testing.T, be backend) {
+	a, c := newTestAuthorityOn(t, be)
 	for _, kt := range []KeyType{KeyECDSAP256, KeyEd25519} {
 		req := issueReq("bot-" + string(kt))
 		req.KeyType = kt
@@ -105,8 +93,10 @@ func TestIssueNativeProfile(t *testing.T) {
 	}
 }
 
-func TestIssueRejectsBadInput(t *testing.T) {
-	a, _ := newTestAuthority(t)
+func TestIssueRejectsBadInput(t *testing.T) { eachBackend(t, testIssueRejectsBadInput) }
+
+func testIssueRejectsBadInput(t *testing.T, be backend) {
+	a, _ := newTestAuthorityOn(t, be)
 	tests := []struct {
 		name string
 		mod  func(*IssueRequest)
@@ -161,8 +151,10 @@ func makeCSR(t *testing.T, corrupt bool) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 }
 
-func TestIssueFromCSR(t *testing.T) {
-	a, _ := newTestAuthority(t)
+func TestIssueFromCSR(t *testing.T) { eachBackend(t, testIssueFromCSR) }
+
+func testIssueFromCSR(t *testing.T, be backend) {
+	a, _ := newTestAuthorityOn(t, be)
 	req := issueReq("csr-bot")
 	req.CSR = makeCSR(t, false)
 	iss, err := a.Issue(req)
@@ -183,8 +175,10 @@ func TestIssueFromCSR(t *testing.T) {
 	}
 }
 
-func TestLifecycle(t *testing.T) {
-	a, c := newTestAuthority(t)
+func TestLifecycle(t *testing.T) { eachBackend(t, testLifecycle) }
+
+func testLifecycle(t *testing.T, be backend) {
+	a, c := newTestAuthorityOn(t, be)
 	pay, err := a.Issue(issueReq("payments-bot"))
 	if err != nil {
 		t.Fatal(err)
@@ -325,8 +319,10 @@ func TestLifecycle(t *testing.T) {
 	}
 }
 
-func TestKeyPermissions(t *testing.T) {
-	a, _ := newTestAuthority(t)
+func TestKeyPermissions(t *testing.T) { eachBackend(t, testKeyPermissions) }
+
+func testKeyPermissions(t *testing.T, be backend) {
+	a, _ := newTestAuthorityOn(t, be)
 	if err := os.Chmod(a.KeyPath(td), 0o640); err != nil {
 		t.Fatal(err)
 	}
@@ -340,8 +336,10 @@ func TestKeyPermissions(t *testing.T) {
 	}
 }
 
-func TestInitAndImport(t *testing.T) {
-	a, _ := newTestAuthority(t)
+func TestInitAndImport(t *testing.T) { eachBackend(t, testInitAndImport) }
+
+func testInitAndImport(t *testing.T, be backend) {
+	a, _ := newTestAuthorityOn(t, be)
 	st, err := os.Stat(a.KeyPath(td))
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("key mode %v %v", st.Mode(), err)
@@ -395,9 +393,11 @@ func TestCorruptStore(t *testing.T) {
 	}
 }
 
-func TestStoreSharedBetweenOpens(t *testing.T) {
-	a, _ := newTestAuthority(t)
-	b, err := Open(a.DataDir())
+func TestStoreSharedBetweenOpens(t *testing.T) { eachBackend(t, testStoreSharedBetweenOpens) }
+
+func testStoreSharedBetweenOpens(t *testing.T, be backend) {
+	a, _ := newTestAuthorityOn(t, be)
+	b, err := be.open(a.DataDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -495,8 +495,12 @@ func TestValidators(t *testing.T) {
 }
 
 func TestConcurrentWritersShareTheStore(t *testing.T) {
-	a, c := newTestAuthority(t)
-	b, err := Open(a.DataDir(), WithClock(c.now))
+	eachBackend(t, testConcurrentWritersShareTheStore)
+}
+
+func testConcurrentWritersShareTheStore(t *testing.T, be backend) {
+	a, c := newTestAuthorityOn(t, be)
+	b, err := be.open(a.DataDir(), WithClock(c.now))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -549,8 +553,10 @@ func TestSchemaVersion(t *testing.T) {
 	}
 }
 
-func TestTenantsAreIsolated(t *testing.T) {
-	a, _ := newTestAuthority(t)
+func TestTenantsAreIsolated(t *testing.T) { eachBackend(t, testTenantsAreIsolated) }
+
+func testTenantsAreIsolated(t *testing.T, be backend) {
+	a, _ := newTestAuthorityOn(t, be)
 	if _, err := a.Init(InitRequest{TrustDomain: "globex.example", Operator: "x"}); err != nil {
 		t.Fatal(err)
 	}

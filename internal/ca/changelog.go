@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -66,11 +67,11 @@ type changeSigner struct {
 	kid string
 }
 
-// changeKeyState loads the change-log key once per Authority.
+// changeKeyState caches the change-log key of an Authority; it is loaded
+// again when the log names another key (rotated by another process).
 type changeKeyState struct {
-	once sync.Once
-	s    *changeSigner
-	err  error
+	mu sync.Mutex
+	s  *changeSigner
 }
 
 // ChangeLogKeyPath is the public key that verifies the change log.
@@ -85,10 +86,43 @@ func KeyID(pub ed25519.PublicKey) string {
 	return hex.EncodeToString(s[:8])
 }
 
-// changeKey loads (creating on first use) the change-log key.
-func (a *Authority) changeKey() (*changeSigner, error) {
-	a.ck.once.Do(func() { a.ck.s, a.ck.err = loadOrCreateChangeKey(filepath.Join(a.dir, changeLogDir)) })
-	return a.ck.s, a.ck.err
+// ErrChangeLogKey means this data directory does not hold the private key
+// the change log is signed with now: on a shared PostgreSQL store, another
+// instance created or rotated it and its changelog/ directory must be copied
+// here. Nothing is changed without it.
+var ErrChangeLogKey = errors.New("the change log's current signing key is not in this data directory")
+
+// changeKey returns the key that must sign the next row: the one whose id
+// is want (the log's current key), or, on a log without signed rows (want
+// ""), the data directory's key, created on first use.
+func (a *Authority) changeKey(want string) (*changeSigner, error) {
+	a.ck.mu.Lock()
+	defer a.ck.mu.Unlock()
+	if a.ck.s != nil && (want == "" || a.ck.s.kid == want) {
+		return a.ck.s, nil
+	}
+	dir := filepath.Join(a.dir, changeLogDir)
+	if want != "" {
+		// A rotation committed but not finished on disk (a crash between
+		// the two) is finished now.
+		if err := finishRotation(dir, want); err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(filepath.Join(dir, changeLogKeyFile)); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: the log is signed by key %s and %s does not exist (copy changelog/ from the instance that created it)",
+				ErrChangeLogKey, want, filepath.Join(dir, changeLogKeyFile))
+		}
+	}
+	s, err := loadOrCreateChangeKey(dir)
+	if err != nil {
+		return nil, err
+	}
+	if want != "" && s.kid != want {
+		return nil, fmt.Errorf("%w: the log is signed by key %s, %s holds key %s (copy changelog/ from the instance that rotated it)",
+			ErrChangeLogKey, want, filepath.Join(dir, changeLogKeyFile), s.kid)
+	}
+	a.ck.s = s
+	return s, nil
 }
 
 func loadOrCreateChangeKey(dir string) (*changeSigner, error) {
@@ -183,13 +217,11 @@ func ParseChangeLogKey(b []byte) (ed25519.PublicKey, error) {
 // addEvent appends one signed row to the change log inside tx, which holds
 // the write lock, so rows chain in commit order.
 func (a *Authority) addEvent(tx *sql.Tx, at time.Time, tenant, agentID, serial, event, operator, detail string) error {
-	s, err := a.changeKey()
-	if err != nil {
-		return fmt.Errorf("record event %s: %w", event, err)
-	}
 	var last int64
-	var lastHash sql.NullString
-	err = tx.QueryRow(`SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1`).Scan(&last, &lastHash)
+	var lastHash, lastKid sql.NullString
+	var lastEvent, lastDetail string
+	err := tx.QueryRow(`SELECT seq, hash, kid, event, detail FROM events ORDER BY seq DESC LIMIT 1`).
+		Scan(&last, &lastHash, &lastKid, &lastEvent, &lastDetail)
 	prev := ""
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
@@ -202,6 +234,18 @@ func (a *Authority) addEvent(tx *sql.Tx, at time.Time, tenant, agentID, serial, 
 		if prev, err = legacyHead(tx); err != nil {
 			return fmt.Errorf("record event %s: %w", event, err)
 		}
+	}
+	// The key that signs this row is the one that signed the last, or the
+	// one the last introduced if it was a rotation.
+	want := lastKid.String
+	if lastEvent == EventChangeLogKeyRotated {
+		if k, err := rotatedKey(lastDetail); err == nil {
+			want = KeyID(k)
+		}
+	}
+	s, err := a.changeKey(want)
+	if err != nil {
+		return fmt.Errorf("record event %s: %w", event, err)
 	}
 	r := ChangeRecord{Seq: last + 1, At: fmtEvent(at), Tenant: tenant, AgentID: agentID, Serial: serial, Event: event,
 		Operator: operator, Detail: detail, Prev: prev}
@@ -241,7 +285,7 @@ func legacyHead(tx *sql.Tx) (string, error) {
 // ChangeLogProblem is the first damage VerifyChangeLog found.
 type ChangeLogProblem struct {
 	Seq    int64  `json:"seq"`
-	Kind   string `json:"kind"` // missing, modified, reordered, bad_signature, unsigned, unknown_key
+	Kind   string `json:"kind"` // missing, modified, reordered, bad_signature, unsigned, unknown_key, retired_key, bad_rotation
 	Detail string `json:"detail"`
 }
 
@@ -252,22 +296,33 @@ type ChangeLogResult struct {
 	Unsigned int64             `json:"unsigned_before_signing"`
 	LastSeq  int64             `json:"last_seq"`
 	Head     string            `json:"head"`
+	Keys     []string          `json:"keys"` // ids of the keys that signed, in order (one more per rotation)
 	Problem  *ChangeLogProblem `json:"problem,omitempty"`
 }
 
 // VerifyChangeLog checks every row of the change log: sequence numbers from 1
 // without a gap, each row's hash over its content and the previous row's
-// hash, and each signed row's signature by pub. Unsigned rows are accepted
-// only before the first signed one. Deleting the newest rows cannot be seen
-// from the log alone: compare Head and LastSeq with a copy kept elsewhere.
-func (a *Authority) VerifyChangeLog(pub ed25519.PublicKey) (*ChangeLogResult, error) {
+// hash, and each signed row's signature. The first signed row must be signed
+// by one of the trusted keys; after that every row is signed by the key of
+// the row before it, or, after a rotation row, by the key that row names
+// (the old key may sign nothing more). Unsigned rows are accepted only
+// before the first signed one. Deleting the newest rows cannot be seen from
+// the log alone: compare Head and LastSeq with a copy kept elsewhere.
+func (a *Authority) VerifyChangeLog(trusted ...ed25519.PublicKey) (*ChangeLogResult, error) {
 	rows, err := a.db.Query(`SELECT seq, at, tenant, agent_id, serial, event, operator, detail, prev, hash, kid, sig FROM events ORDER BY seq`)
 	if err != nil {
 		return nil, a.storeErr(err)
 	}
 	defer rows.Close()
-	res := &ChangeLogResult{}
-	kid := KeyID(pub)
+	res := &ChangeLogResult{Keys: []string{}}
+	keys := make(map[string]ed25519.PublicKey, len(trusted))
+	var ids []string
+	for _, k := range trusted {
+		keys[KeyID(k)] = k
+		ids = append(ids, KeyID(k))
+	}
+	current := ""                 // the key that must sign the next row, from the first signed row on
+	retired := map[string]int64{} // key id → seq of the rotation that retired it
 	prev := ""
 	fail := func(seq int64, kind, format string, args ...any) (*ChangeLogResult, error) {
 		res.Problem = &ChangeLogProblem{Seq: seq, Kind: kind, Detail: fmt.Sprintf(format, args...)}
@@ -300,12 +355,38 @@ func (a *Authority) VerifyChangeLog(pub ed25519.PublicKey) (*ChangeLogResult, er
 			if sh.String != h {
 				return fail(r.Seq, "modified", "content does not match its hash")
 			}
-			if sk.String != kid {
-				return fail(r.Seq, "unknown_key", "signed by key %s, not the trusted %s", sk.String, kid)
+			kid := sk.String
+			switch at, wasRetired := retired[kid]; {
+			case current != "" && kid != current && wasRetired:
+				return fail(r.Seq, "retired_key", "signed by key %s, retired by the rotation at seq %d (the current key is %s)", kid, at, current)
+			case current != "" && kid != current:
+				return fail(r.Seq, "unknown_key", "signed by key %s, not the log's current key %s", kid, current)
+			}
+			pub, ok := keys[kid]
+			if !ok {
+				return fail(r.Seq, "unknown_key", "signed by key %s, not a trusted key (%s)", kid, strings.Join(ids, ", "))
 			}
 			sig, err := base64.RawURLEncoding.Strict().DecodeString(ss.String)
 			if err != nil || !ed25519.Verify(pub, r.bytes(), sig) {
 				return fail(r.Seq, "bad_signature", "the signature does not verify")
+			}
+			if current == "" {
+				res.Keys = append(res.Keys, kid)
+			}
+			current = kid
+			if r.Event == EventChangeLogKeyRotated {
+				nk, err := rotatedKey(r.Detail)
+				if err != nil {
+					return fail(r.Seq, "bad_rotation", "key rotation: %v", err)
+				}
+				nid := KeyID(nk)
+				if _, old := retired[nid]; old || nid == kid {
+					return fail(r.Seq, "bad_rotation", "key rotation to key %s, which signed before", nid)
+				}
+				retired[kid] = r.Seq
+				keys[nid] = nk
+				current = nid
+				res.Keys = append(res.Keys, nid)
 			}
 			res.Signed++
 		}

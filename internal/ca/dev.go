@@ -60,18 +60,20 @@ const (
 // <data>/dev.lock held for the whole check-and-create: the first creates, the
 // others find its result valid and return it unchanged. A caller that cannot
 // take the lock within 30 s fails with an error naming the lock file.
-func EnsureDev(dataDir string, now time.Time) (*DevEnv, error) {
-	return ensureDev(dataDir, now, devLockTimeout)
+//
+// opts go to Open (WithStore: the inventory on PostgreSQL).
+func EnsureDev(dataDir string, now time.Time, opts ...Option) (*DevEnv, error) {
+	return ensureDev(dataDir, now, devLockTimeout, opts...)
 }
 
 // ensureDev is EnsureDev waiting at most lockTimeout for the lock.
-func ensureDev(dataDir string, now time.Time, lockTimeout time.Duration) (*DevEnv, error) {
+func ensureDev(dataDir string, now time.Time, lockTimeout time.Duration, opts ...Option) (*DevEnv, error) {
 	unlock, err := lockDev(dataDir, lockTimeout)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	a, err := Open(dataDir, WithClock(func() time.Time { return now }))
+	a, err := Open(dataDir, append(opts, WithClock(func() time.Time { return now }))...)
 	if err != nil {
 		return nil, err
 	}

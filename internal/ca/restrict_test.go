@@ -7,8 +7,10 @@ import (
 	"time"
 )
 
-func TestRestrictValidation(t *testing.T) {
-	a, clk := newTestAuthority(t)
+func TestRestrictValidation(t *testing.T) { eachBackend(t, testRestrictValidation) }
+
+func testRestrictValidation(t *testing.T, be backend) {
+	a, clk := newTestAuthorityOn(t, be)
 	if _, err := a.Issue(issueReq("bot")); err != nil {
 		t.Fatal(err)
 	}

@@ -153,6 +153,13 @@ func WithRand(r io.Reader) Option { return func(a *Authority) { a.rand = r } }
 // inventory, so read-only commands change nothing in a fresh directory.
 func MustExist() Option { return func(a *Authority) { a.mustExist = true } }
 
+// WithStore keeps the inventory and the change log in the database dsn
+// names: a postgres:// or postgresql:// URL (several control-plane instances
+// share one inventory) or "" for <data>/inventory.db (SQLite, the default).
+// The CA keys and the change-log key stay files in the data directory either
+// way (docs/control-plane.md, "High availability").
+func WithStore(dsn string) Option { return func(a *Authority) { a.dsn = dsn } }
+
 // withBusyTimeout overrides defaultBusyTimeout (tests only).
 func withBusyTimeout(d time.Duration) Option { return func(a *Authority) { a.busyTimeout = d } }
 
@@ -167,6 +174,8 @@ type Authority struct {
 	mustExist   bool
 	busyTimeout time.Duration
 	ck          changeKeyState
+	dsn         string // WithStore
+	pg          bool   // the inventory is on PostgreSQL
 }
 
 // Open opens (creating if needed) the inventory of dataDir.
@@ -175,6 +184,19 @@ func Open(dataDir string, opts ...Option) (*Authority, error) {
 		busyTimeout: defaultBusyTimeout}
 	for _, o := range opts {
 		o(a)
+	}
+	if a.dsn != "" {
+		if !IsPostgres(a.dsn) {
+			return nil, &StoreError{Path: redactDSN(a.dsn), Err: errors.New("the inventory store must be a postgres:// URL (or none, for <data>/inventory.db)")}
+		}
+		a.pg, a.dbPath = true, redactDSN(a.dsn)
+		if err := os.MkdirAll(dataDir, 0o700); err != nil { // the keys stay files
+			return nil, fmt.Errorf("create data dir: %w", err)
+		}
+		if err := a.openPostgres(a.dsn); err != nil {
+			return nil, err
+		}
+		return a, nil
 	}
 	if _, err := os.Stat(a.dbPath); errors.Is(err, os.ErrNotExist) {
 		if a.mustExist {
@@ -203,6 +225,14 @@ func Open(dataDir string, opts ...Option) (*Authority, error) {
 
 // Close releases the inventory store.
 func (a *Authority) Close() error { return a.db.Close() }
+
+// StoreKind is "postgres" or "sqlite".
+func (a *Authority) StoreKind() string {
+	if a.pg {
+		return "postgres"
+	}
+	return "sqlite"
+}
 
 // DataDir is the data directory the authority works on.
 func (a *Authority) DataDir() string { return a.dir }
@@ -286,7 +316,7 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 	}
 }
 
-// migrate checks the store and brings its schema to schemaVersion. Several
+// migrate checks the SQLite store and brings its schema to schemaVersion. Several
 // processes may migrate a new store at once: each migration step runs in a
 // BEGIN IMMEDIATE transaction (the DSN's _txlock) that re-reads the version,
 // so they take turns and each step is applied once.
@@ -339,11 +369,18 @@ func (a *Authority) migrate(ctx context.Context) error {
 	}
 }
 
-// tx runs f in one IMMEDIATE write transaction.
+// tx runs f in one write transaction: IMMEDIATE on SQLite, under the
+// writers' advisory lock on PostgreSQL, so writers take turns on both.
 func (a *Authority) tx(ctx context.Context, f func(*sql.Tx) error) error {
 	tx, err := a.db.BeginTx(ctx, nil)
 	if err != nil {
 		return a.storeErr(err)
+	}
+	if a.pg {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, int64(inventoryLock)); err != nil {
+			tx.Rollback()
+			return a.storeErr(err)
+		}
 	}
 	if err := f(tx); err != nil {
 		tx.Rollback()

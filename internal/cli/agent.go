@@ -155,7 +155,7 @@ func (f *attrFlags) request(agentID string) (ca.IssueRequest, error) {
 }
 
 func caOpenInventory(dataDir string) (*ca.Authority, error) {
-	a, err := ca.Open(dataDir, ca.MustExist())
+	a, err := caOpen(dataDir, ca.MustExist())
 	if err != nil {
 		return nil, caError(err, dataDir)
 	}

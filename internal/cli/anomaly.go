@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,7 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/anomaly"
+	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/durable"
 	"github.com/agentauthz/agentauthz/internal/termtext"
@@ -224,65 +229,111 @@ give the same figures; docs/anomaly.md reports them.`,
 }
 
 func newAlertsCmd() *cobra.Command {
-	var path string
+	var path, dataDir string
 	cmd := &cobra.Command{
 		Use:   "alerts",
-		Short: "List, show and acknowledge anomaly alerts",
+		Short: "List, show, acknowledge and decide anomaly alerts (of the control plane with --server, else of an alerts file)",
+		Long: `With --server, the alerts of the control plane's anomaly detector: list and show need the role
+auditor or responder; ack, approve and dismiss need responder, and each is recorded in the signed change
+log with the operator. approve applies a proposed restriction (or keeps an automatic one, closing its
+review); dismiss refuses a proposal (or undoes an automatic restriction).
+
+Without --server, list, show and ack read the alerts file that anomaly replay --alerts writes.`,
 	}
-	cmd.PersistentFlags().StringVar(&path, "file", filepath.Join(caEnvDataDir(), "alerts.jsonl"), "alerts file written by anomaly replay --alerts")
+	cmd.PersistentFlags().StringVar(&path, "file", filepath.Join(caEnvDataDir(), "alerts.jsonl"), "alerts file written by anomaly replay --alerts (without --server)")
+	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "data directory (its operator/ca.pem verifies --server unless --server-ca)")
 	var open bool
 	var rule, agent string
+	var limit int
+	var listSrv serverFlags
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List alerts, newest last",
+		Short: "List alerts (newest first with --server, newest last from a file)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			all, err := anomaly.OpenStore(path).List()
-			if err != nil {
-				return err
+			var all []alerts.Alert
+			if listSrv.server != "" {
+				q := url.Values{}
+				if open {
+					q.Set("open", "true")
+				}
+				for k, v := range map[string]string{"rule": rule, "agent": agent} {
+					if v != "" {
+						q.Set(k, v)
+					}
+				}
+				q.Set("limit", strconv.Itoa(limit))
+				var page struct{ Alerts []alerts.Alert }
+				if err := listSrv.call(cmd.Context(), dataDir, http.MethodGet, "/v1/alerts?"+q.Encode(), nil, &page); err != nil {
+					return err
+				}
+				all = page.Alerts
+			} else {
+				stored, err := anomaly.OpenStore(path).List()
+				if err != nil {
+					return err
+				}
+				for _, a := range stored {
+					if open && a.Ack != nil || rule != "" && a.Alert.Rule != rule || agent != "" && !strings.Contains(a.Alert.Agent, agent) {
+						continue
+					}
+					all = append(all, alerts.Alert{ID: a.ID, Alert: a.Alert, Ack: a.Ack})
+				}
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTIME\tRULE\tAGENT\tKEY\tACK")
+			fmt.Fprintln(tw, "ID\tTIME\tRULE\tAGENT\tKEY\tACK\tRESPONSE")
 			for _, a := range all {
-				if open && a.Ack != nil || rule != "" && a.Alert.Rule != rule || agent != "" && !strings.Contains(a.Alert.Agent, agent) {
-					continue
-				}
 				ack := "-"
 				if a.Ack != nil {
 					ack = termtext.Escape(a.Ack.By)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Alert.Time.UTC().Format(time.RFC3339), a.Alert.Rule, termtext.Escape(a.Alert.Agent), dash(termtext.Escape(a.Alert.Key)), ack)
+				resp := "-"
+				if r := a.Response; r != nil {
+					resp = r.Mode + " " + r.State
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Alert.Time.UTC().Format(time.RFC3339), a.Alert.Rule, termtext.Escape(a.Alert.Agent),
+					dash(termtext.Escape(a.Alert.Key)), ack, resp)
 			}
 			return tw.Flush()
 		},
 	}
-	list.Flags().BoolVar(&open, "open", false, "only alerts nobody acknowledged")
+	list.Flags().BoolVar(&open, "open", false, "only alerts that wait for a responder (not acknowledged, or a response to decide)")
 	list.Flags().StringVar(&rule, "rule", "", "only this rule")
-	list.Flags().StringVar(&agent, "agent", "", "only agents whose id contains this")
+	list.Flags().StringVar(&agent, "agent", "", "only this agent (--server: its SPIFFE ID or agent id; file: ids containing this)")
+	list.Flags().IntVar(&limit, "limit", alerts.DefaultLimit, "with --server, at most this many (≤ 1000)")
+	listSrv.add(list)
+	var showSrv serverFlags
 	show := &cobra.Command{
 		Use:   "show ID",
-		Short: "Show one alert with its explanation and decision ids",
+		Short: "Show one alert with its explanation, decision ids, acknowledgement and response",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			all, err := anomaly.OpenStore(path).List()
-			if err != nil {
-				return err
-			}
-			for _, a := range all {
-				if a.ID == args[0] {
-					if err := printAlert(cmd.OutOrStdout(), &a.Alert, false); err != nil {
-						return err
+			var a *alerts.Alert
+			if showSrv.server != "" {
+				a = &alerts.Alert{}
+				if err := showSrv.call(cmd.Context(), dataDir, http.MethodGet, "/v1/alerts/"+url.PathEscape(args[0]), nil, a); err != nil {
+					return err
+				}
+			} else {
+				stored, err := anomaly.OpenStore(path).List()
+				if err != nil {
+					return err
+				}
+				for _, s := range stored {
+					if s.ID == args[0] {
+						a = &alerts.Alert{ID: s.ID, Alert: s.Alert, Ack: s.Ack}
 					}
-					if a.Ack != nil {
-						fmt.Fprintf(cmd.OutOrStdout(), "    acknowledged by %s at %s: %s\n", termtext.Escape(a.Ack.By), a.Ack.At.Format(time.RFC3339), termtext.Escape(a.Ack.Note))
-					}
-					return nil
+				}
+				if a == nil {
+					return withHint(fmt.Errorf("no alert %q in %s", args[0], path), "agentauthz alerts list shows the ids")
 				}
 			}
-			return withHint(fmt.Errorf("no alert %q in %s", args[0], path), "agentauthz alerts list shows the ids")
+			return printStoredAlert(cmd.OutOrStdout(), a)
 		},
 	}
+	showSrv.add(show)
 	var by, note string
+	var ackSrv serverFlags
 	ack := &cobra.Command{
 		Use:   "ack ID",
 		Short: "Acknowledge an alert, with who and why",
@@ -290,6 +341,14 @@ func newAlertsCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if strings.TrimSpace(note) == "" {
 				return errors.New("--note is required: say what was found")
+			}
+			if ackSrv.server != "" {
+				var a alerts.Alert
+				if err := ackSrv.call(cmd.Context(), dataDir, http.MethodPost, "/v1/alerts/"+url.PathEscape(args[0])+"/ack", control.NoteBody{Reason: note}, &a); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "acknowledged %s (%s, %s) by %s\n", a.ID, a.Alert.Rule, termtext.Escape(a.Alert.Agent), termtext.Escape(a.Ack.By))
+				return nil
 			}
 			if by == "" {
 				by = os.Getenv("AGENTAUTHZ_OPERATOR")
@@ -305,8 +364,70 @@ func newAlertsCmd() *cobra.Command {
 			return nil
 		},
 	}
-	ack.Flags().StringVar(&by, "by", "", "who acknowledges (default $AGENTAUTHZ_OPERATOR)")
+	ack.Flags().StringVar(&by, "by", "", "who acknowledges, without --server (default $AGENTAUTHZ_OPERATOR; with --server, the certificate)")
 	ack.Flags().StringVar(&note, "note", "", "what was found (required)")
-	cmd.AddCommand(list, show, ack)
+	ackSrv.add(ack)
+	cmd.AddCommand(list, show, ack, newAlertDecisionCmd("approve", "Approve an alert's proposed restriction (applied now), or keep an automatic one (review closed)", &dataDir),
+		newAlertDecisionCmd("dismiss", "Refuse an alert's proposed restriction, or undo an automatic one", &dataDir))
 	return cmd
+}
+
+// newAlertDecisionCmd is alerts approve|dismiss: a responder's decision on
+// an alert's response, through the control plane.
+func newAlertDecisionCmd(verb, short string, dataDir *string) *cobra.Command {
+	var srv serverFlags
+	var reason string
+	cmd := &cobra.Command{
+		Use:   verb + " ID --reason TEXT",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if strings.TrimSpace(reason) == "" {
+				return errors.New("--reason is required: the change log records why")
+			}
+			if srv.server == "" {
+				return withHint(errors.New("alerts "+verb+" needs --server"), "responses live in the control plane: --server https://HOST:9193 --cert responder.pem --key responder.key")
+			}
+			var a alerts.Alert
+			if err := srv.call(cmd.Context(), *dataDir, http.MethodPost, "/v1/alerts/"+url.PathEscape(args[0])+"/"+verb, control.NoteBody{Reason: reason}, &a); err != nil {
+				return err
+			}
+			r := a.Response
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %s %s (%s) — %s, until %s\n", a.ID, r.Mode, r.State, r.Action, termtext.Escape(a.Alert.Agent), untilLabel(r.Until))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why (required; recorded in the change log)")
+	srv.add(cmd)
+	return cmd
+}
+
+func untilLabel(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func printStoredAlert(w io.Writer, a *alerts.Alert) error {
+	if err := printAlert(w, &a.Alert, false); err != nil {
+		return err
+	}
+	if a.Ack != nil {
+		fmt.Fprintf(w, "    acknowledged by %s at %s: %s\n", termtext.Escape(a.Ack.By), a.Ack.At.Format(time.RFC3339), termtext.Escape(a.Ack.Note))
+	}
+	if r := a.Response; r != nil {
+		fmt.Fprintf(w, "    response:  %s %s: %s", r.Mode, r.State, r.Action)
+		if r.Until != nil {
+			fmt.Fprintf(w, ", until %s", r.Until.UTC().Format(time.RFC3339))
+		}
+		fmt.Fprintln(w)
+		if r.Error != "" {
+			fmt.Fprintf(w, "    error:     %s\n", termtext.Escape(r.Error))
+		}
+		if r.By != "" {
+			fmt.Fprintf(w, "    decided by %s at %s: %s\n", termtext.Escape(r.By), r.At.UTC().Format(time.RFC3339), termtext.Escape(r.Reason))
+		}
+	}
+	return nil
 }

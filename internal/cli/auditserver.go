@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -29,14 +30,16 @@ func (a *auditServer) add(cmd *cobra.Command) {
 }
 
 // find pages through GET /v1/records, calling each for every record.
-func (a *auditServer) find(cmd *cobra.Command, q url.Values, limit int, each func(recordstore.Stored) error) error {
+func (a *auditServer) find(ctx context.Context, q url.Values, limit int, each func(recordstore.Stored) error) error {
 	n := 0
 	for {
+		page := recordstore.MaxLimit
 		if limit > 0 {
-			q.Set("limit", strconv.Itoa(min(limit-n, recordstore.MaxLimit)))
+			page = min(limit-n, recordstore.MaxLimit)
 		}
+		q.Set("limit", strconv.Itoa(page))
 		var p recordstore.Page
-		if err := a.call(cmd.Context(), a.dataDir, http.MethodGet, "/v1/records?"+q.Encode(), nil, &p); err != nil {
+		if err := a.call(ctx, a.dataDir, http.MethodGet, "/v1/records?"+q.Encode(), nil, &p); err != nil {
 			return err
 		}
 		for _, r := range p.Records {
@@ -56,7 +59,7 @@ func (a *auditServer) who(cmd *cobra.Command, id string, asJSON bool) error {
 	found := 0
 	out := cmd.OutOrStdout()
 	for _, key := range []string{"decision_id", "request_id"} {
-		err := a.find(cmd, url.Values{key: {id}}, 0, func(s recordstore.Stored) error {
+		err := a.find(cmd.Context(), url.Values{key: {id}}, 0, func(s recordstore.Stored) error {
 			found++
 			if asJSON {
 				return newRecordPrinter(out, true).print(s.Record)
@@ -101,7 +104,7 @@ func (a *auditServer) query(cmd *cobra.Command, f *recordFilter, limit int, asJS
 		q.Set("until", f.untilT.UTC().Format(time.RFC3339Nano))
 	}
 	p := newRecordPrinter(cmd.OutOrStdout(), asJSON)
-	err := a.find(cmd, q, limit, func(s recordstore.Stored) error { return p.print(s.Record) })
+	err := a.find(cmd.Context(), q, limit, func(s recordstore.Stored) error { return p.print(s.Record) })
 	if ferr := p.flush(); err == nil {
 		err = ferr
 	}

@@ -28,6 +28,17 @@ func caEnvDataDir() string {
 	return caDefaultDataDir
 }
 
+// caOpen opens the CA inventory of dataDir: in the PostgreSQL database
+// AGENTAUTHZ_STORE names when it is a postgres:// URL (the store of `control
+// serve --store`, for every command that works on the data directory), else
+// in <data>/inventory.db. The CA keys are files in dataDir either way.
+func caOpen(dataDir string, opts ...ca.Option) (*ca.Authority, error) {
+	if dsn := os.Getenv("AGENTAUTHZ_STORE"); ca.IsPostgres(dsn) {
+		opts = append(opts, ca.WithStore(dsn))
+	}
+	return ca.Open(dataDir, opts...)
+}
+
 // defaultOperator names who runs a lifecycle command, for the inventory's
 // event log: AGENTAUTHZ_OPERATOR, else the OS user.
 func caDefaultOperator() string {
@@ -52,6 +63,7 @@ func newCACmd() *cobra.Command {
 		newCAImportCmd(&dataDir),
 		newCAListCmd(&dataDir),
 		newCACRLCmd(&dataDir),
+		newCARotateChangeLogKeyCmd(&dataDir),
 		newCAServeCmd(),
 	)
 	return cmd
@@ -67,7 +79,7 @@ func newCAInitCmd(dataDir *string) *cobra.Command {
 			if req.TrustDomain == "" {
 				return withHint(errors.New("--trust-domain is required"), "e.g. agentauthz ca init --trust-domain acme.example --org \"Acme Corp\"")
 			}
-			a, err := ca.Open(*dataDir)
+			a, err := caOpen(*dataDir)
 			if err != nil {
 				return caError(err, *dataDir)
 			}
@@ -118,7 +130,7 @@ func newCAImportCmd(dataDir *string) *cobra.Command {
 			if req.KeyPEM, err = caReadSmallFile(keyFile); err != nil {
 				return err
 			}
-			a, err := ca.Open(*dataDir)
+			a, err := caOpen(*dataDir)
 			if err != nil {
 				return caError(err, *dataDir)
 			}
@@ -153,7 +165,7 @@ func newCAListCmd(dataDir *string) *cobra.Command {
 		Short: "List the trust domains and their CAs",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			a, err := ca.Open(*dataDir, ca.MustExist())
+			a, err := caOpen(*dataDir, ca.MustExist())
 			if err != nil {
 				return caError(err, *dataDir)
 			}
@@ -182,6 +194,43 @@ func newCAListCmd(dataDir *string) *cobra.Command {
 	return cmd
 }
 
+// newCARotateChangeLogKeyCmd is `ca rotate-changelog-key`: a new change-log
+// key, the rotation signed by the old one as a row of the log.
+func newCARotateChangeLogKeyCmd(dataDir *string) *cobra.Command {
+	var reason, operator string
+	cmd := &cobra.Command{
+		Use:   "rotate-changelog-key --reason TEXT",
+		Short: "Replace the change-log signing key (the rotation is a signed row of the change log)",
+		Long: `Create a new change-log key, append the rotation to the change log signed by the old key (the
+row names the new public key), and install the new key in <data-dir>/changelog/; the old public key is kept in
+changelog/retired/. "agentauthz audit verify --changelog" follows the rotation. With several control-plane
+instances on one PostgreSQL store, copy changelog/ to every other instance afterwards: until then they refuse
+changes rather than sign with the retired key.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if reason == "" {
+				return withHint(errors.New("--reason is required"), `e.g. --reason "yearly rotation"`)
+			}
+			a, err := caOpen(*dataDir, ca.MustExist())
+			if err != nil {
+				return caError(err, *dataDir)
+			}
+			defer a.Close()
+			rot, err := a.RotateChangeLogKey(operator, reason)
+			if err != nil {
+				return caError(err, *dataDir)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "rotated the change-log key at seq %d: %s -> %s\npublic key: %s (old: %s)\n",
+				rot.Seq, rot.OldKID, rot.NewKID, ca.ChangeLogKeyPath(*dataDir),
+				filepath.Join(filepath.Dir(ca.ChangeLogKeyPath(*dataDir)), "retired", rot.OldKID+".pub"))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why the key is rotated, for the change log (required)")
+	cmd.Flags().StringVar(&operator, "operator", caDefaultOperator(), "who runs this, for the change log (env AGENTAUTHZ_OPERATOR)")
+	return cmd
+}
+
 func newCACRLCmd(dataDir *string) *cobra.Command {
 	var td, out string
 	var next time.Duration
@@ -191,7 +240,7 @@ func newCACRLCmd(dataDir *string) *cobra.Command {
 		Short: "Sign a new CRL for a trust domain (next CRL number)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			a, err := ca.Open(*dataDir, ca.MustExist())
+			a, err := caOpen(*dataDir, ca.MustExist())
 			if err != nil {
 				return caError(err, *dataDir)
 			}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/term"
 
+	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/console"
 	"github.com/agentauthz/agentauthz/internal/control"
@@ -63,14 +65,18 @@ unless --addr says otherwise. "agentauthz ca serve" is the same command.`,
 			if err != nil {
 				dataDir = caEnvDataDir()
 			}
+			opts.noAnomaly = !opts.anomaly
 			return runCAServe(cmd.Context(), cmd, dataDir, addr, poll, heartbeat, opts)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "127.0.0.1:9193", "listen address (host:port)")
-	f.StringVar(&opts.store, "store", "", "central decision store: postgres://… (several instances on one database) or a SQLite file (default <data-dir>/records.db)")
+	f.StringVar(&opts.store, "store", os.Getenv("AGENTAUTHZ_STORE"), "postgres://… for the CA inventory, change log and decision records (several instances on one database), or a SQLite file for the records (default <data-dir>/records.db and inventory.db; env AGENTAUTHZ_STORE)")
 	f.BoolVar(&opts.plain, "plain-http", false, "serve plain HTTP: CRLs and the signed watch stream only, no authenticated API")
 	f.StringArrayVar(&opts.hosts, "tls-host", nil, "extra DNS name or IP for the server certificate (repeatable; loopback and the --addr host are always in)")
+	f.BoolVar(&opts.anomaly, "anomaly", true, "run the anomaly detector on the stored records (alerts, responses); --anomaly=false turns it off")
+	f.StringArrayVar(&opts.responses, "respond", nil, "response of a detector rule: RULE=notify|propose|auto[:quarantine|max-trust=Ln|remove-scope=S,…][:DURATION] (repeatable; default notify)")
+	f.StringVar(&opts.webhook, "anomaly-webhook", "", "POST each alert as JSON to this URL")
 	f.DurationVar(&poll, "poll", revocation.DefaultGenerationPoll, "how often the inventory is checked for new revocations")
 	f.DurationVar(&heartbeat, "heartbeat", revocation.DefaultHeartbeat, "interval of keep-alive comments on watch streams")
 	return cmd
@@ -115,6 +121,7 @@ type revocationServer struct {
 	op      *control.OperatorCA // nil with --plain-http
 	plain   bool
 	records *recordstore.Store
+	alerts  *alerts.Service // nil when the anomaly detector is off
 }
 
 // controlOptions are the transport settings of the control plane.
@@ -125,6 +132,11 @@ type controlOptions struct {
 	hosts []string
 	// store is the record store's DSN; default <data-dir>/records.db.
 	store string
+	// noAnomaly turns the anomaly detector off (anomaly is the flag);
+	// responses are its --respond rules, webhook its alert webhook.
+	noAnomaly, anomaly bool
+	responses          []string
+	webhook            string
 }
 
 // newRevocationServer opens the inventory of dataDir and listens on addr.
@@ -135,7 +147,11 @@ type controlOptions struct {
 // serves; Close releases the inventory (and the listener if Run never ran).
 func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.Registerer, metrics prometheus.Gatherer,
 	poll, heartbeat time.Duration, opts controlOptions) (*revocationServer, error) {
-	auth, err := ca.Open(dataDir, ca.MustExist())
+	invOpts := []ca.Option{ca.MustExist()}
+	if ca.IsPostgres(opts.store) {
+		invOpts = append(invOpts, ca.WithStore(opts.store)) // the inventory and change log too
+	}
+	auth, err := ca.Open(dataDir, invOpts...)
 	if err != nil {
 		return nil, withHint(fmt.Errorf("open ca inventory: %w", err), "create a CA first: agentauthz ca init --data-dir %s", dataDir)
 	}
@@ -164,16 +180,30 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		auth.Close()
 		return nil, withHint(err, "--store takes postgres://user@host:5432/db or a SQLite file path")
 	}
-	api, err := control.NewAPI(control.Config{Authority: auth, Publisher: pub, Auth: authn, Logger: log, Registerer: reg, Records: rs.records})
+	if !opts.noAnomaly {
+		responses, err := alerts.ParseResponses(opts.responses)
+		if err == nil && opts.webhook != "" && !strings.HasPrefix(opts.webhook, "http://") && !strings.HasPrefix(opts.webhook, "https://") {
+			err = fmt.Errorf("--anomaly-webhook %q: want an http(s) URL", opts.webhook)
+		}
+		if err == nil {
+			rs.alerts, err = alerts.New(alerts.Config{Authority: auth, Records: rs.records, Responses: responses, Webhook: opts.webhook,
+				Logger: log.Named("anomaly"), Registerer: reg})
+		}
+		if err != nil {
+			rs.records.Close()
+			auth.Close()
+			return nil, withHint(err, "see agentauthz control serve --help for --respond")
+		}
+	}
+	api, err := control.NewAPI(control.Config{Authority: auth, Publisher: pub, Auth: authn, Logger: log, Registerer: reg, Records: rs.records,
+		Alerts: rs.alerts})
 	if err != nil {
-		rs.records.Close()
-		auth.Close()
+		_ = rs.closeStores() // the error being returned is the one to report
 		return nil, err
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		rs.records.Close()
-		auth.Close()
+		_ = rs.closeStores() // the error being returned is the one to report
 		return nil, withHint(fmt.Errorf("listen: %w", err), "choose another address with --addr")
 	}
 	if rs.op != nil {
@@ -187,8 +217,7 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		cert, err := rs.op.ServerCertificate(hosts)
 		if err != nil {
 			ln.Close()
-			rs.records.Close()
-			auth.Close()
+			_ = rs.closeStores() // the error being returned is the one to report
 			return nil, fmt.Errorf("server certificate: %w", err)
 		}
 		// Request, not require, a client certificate: CRLs stay public
@@ -197,11 +226,10 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert,
 			MinVersion: tls.VersionTLS13})
 	}
-	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Auth: authn, DataDir: dataDir, Logger: log.Named("console")})
+	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Alerts: rs.alerts, Auth: authn, DataDir: dataDir, Logger: log.Named("console")})
 	if err != nil {
 		ln.Close()
-		rs.records.Close()
-		auth.Close()
+		_ = rs.closeStores() // the error being returned is the one to report
 		return nil, err
 	}
 	mux := http.NewServeMux()
@@ -211,6 +239,7 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	}
 	rs.ln, rs.srv = ln, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10}
+	rs.srv.RegisterOnShutdown(con.Stop) // the console's live tails end with the server
 	return rs, nil
 }
 
@@ -234,6 +263,9 @@ func (r *revocationServer) Loopback() bool {
 func (r *revocationServer) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.pub.Run(gctx) })
+	if r.alerts != nil {
+		g.Go(func() error { return r.alerts.Run(gctx) })
+	}
 	g.Go(func() error {
 		if err := r.srv.Serve(r.ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -257,7 +289,15 @@ func (r *revocationServer) Close() error {
 	if errors.Is(lerr, net.ErrClosed) {
 		lerr = nil
 	}
-	return errors.Join(lerr, r.records.Close(), r.auth.Close())
+	return errors.Join(lerr, r.closeStores())
+}
+
+func (r *revocationServer) closeStores() error {
+	var aerr error
+	if r.alerts != nil {
+		aerr = r.alerts.Close()
+	}
+	return errors.Join(aerr, r.records.Close(), r.auth.Close())
 }
 
 func caServeTTY(w any) bool {

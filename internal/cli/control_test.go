@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -88,9 +89,9 @@ func startControlFleet(t *testing.T, n int) *controlFleet {
 }
 
 // startFleet starts cps control planes on one data directory (and store,
-// "" for the default SQLite one) and n replicas, replica i watching and
-// shipping to control plane i % cps.
-func startFleet(t *testing.T, n, cps int, store string) *controlFleet {
+// "" for the default SQLite one; extra are more control serve flags) and n
+// replicas, replica i watching and shipping to control plane i % cps.
+func startFleet(t *testing.T, n, cps int, store string, extra ...string) *controlFleet {
 	t.Helper()
 	policies, err := filepath.Abs(filepath.Join("..", "..", "policies"))
 	if err != nil {
@@ -98,16 +99,31 @@ func startFleet(t *testing.T, n, cps int, store string) *controlFleet {
 	}
 	root := t.TempDir()
 	f := &controlFleet{cpDir: filepath.Join(root, "control")}
-	if f.env, err = ca.EnsureDev(f.cpDir, time.Now()); err != nil {
+	var devOpts []ca.Option
+	if ca.IsPostgres(store) {
+		devOpts = append(devOpts, ca.WithStore(store))
+	}
+	if f.env, err = ca.EnsureDev(f.cpDir, time.Now(), devOpts...); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var cpProcs []*proc
-	for range cps {
-		args := []string{"control", "serve", "--data-dir", f.cpDir, "--addr", "127.0.0.1:0"}
+	for i := range cps {
+		dir := f.cpDir
+		if i > 0 && ca.IsPostgres(store) {
+			// Another instance with a data directory of its own: the
+			// inventory is in PostgreSQL, the keys are copies of the
+			// first instance's files (docs/control-plane.md).
+			dir = filepath.Join(root, fmt.Sprintf("control-%d", i))
+			for _, sub := range []string{"ca", "changelog", "operator"} {
+				copyTree(t, filepath.Join(f.cpDir, sub), filepath.Join(dir, sub))
+			}
+		}
+		args := []string{"control", "serve", "--data-dir", dir, "--addr", "127.0.0.1:0"}
 		if store != "" {
 			args = append(args, "--store", store)
 		}
+		args = append(args, extra...)
 		cp := startProc(ctx, args...)
 		cpProcs = append(cpProcs, cp)
 		f.urls = append(f.urls, cp.waitLog(t, regexp.MustCompile(`listening on (https://\S+)`), 30*time.Second))
@@ -160,6 +176,32 @@ trust_bundles:
 		p.waitLog(t, regexp.MustCompile(`("readiness changed"[^\n]*"serving":true)`), 30*time.Second)
 	}
 	return f
+}
+
+// copyTree copies the files under src to dst, modes kept (keys stay 0600).
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), info.Mode().Perm())
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, info.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (f *controlFleet) procs() []*proc {
@@ -387,6 +429,15 @@ func TestControlPlaneAPIRoles(t *testing.T) {
 	if out := cli(t, "audit", "verify", "--changelog", f.cpDir); !strings.Contains(out, "ok: ") {
 		t.Errorf("change log does not verify:\n%s", out)
 	}
+	// A key rotation is a signed row of the log; the running control plane
+	// signs with the new key from then on and the log verifies across it.
+	if out := cli(t, "ca", "rotate-changelog-key", "--reason", "drill", "--data-dir", f.cpDir); !strings.Contains(out, "rotated the change-log key") {
+		t.Errorf("rotate: %s", out)
+	}
+	cli(t, as("alice", "agent", "restrict", "payments-agent", "--max-trust", "L1", "--reason", "after the rotation")...)
+	if out := cli(t, "audit", "verify", "--changelog", f.cpDir); !strings.Contains(out, "ok: ") || !strings.Contains(out, " then ") {
+		t.Errorf("change log does not verify across the rotation:\n%s", out)
+	}
 	out := cli(t, "agent", "show", "payments-agent", "--data-dir", f.cpDir)
 	if !strings.Contains(out, "alice (responder)") {
 		t.Errorf("change log does not name the operator:\n%s", out)
@@ -486,6 +537,9 @@ func TestRecordsShipToControlPlane(t *testing.T) {
 // either answers the auditor with the records of every replica.
 func TestTwoControlPlanesOnePostgres(t *testing.T) {
 	pg := testenv.StartPostgres(t)
+	// Commands on the data directory (operator issue) find the inventory
+	// where the control planes keep it.
+	t.Setenv("AGENTAUTHZ_STORE", pg.DSN)
 	f := startFleet(t, 2, 2, pg.DSN)
 	cli(t, "operator", "issue", "alice", "--role", "responder", "--data-dir", f.cpDir, "--out-dir", f.certs)
 	cli(t, "operator", "issue", "audrey", "--role", "auditor", "--data-dir", f.cpDir, "--out-dir", f.certs)
@@ -499,6 +553,37 @@ func TestTwoControlPlanesOnePostgres(t *testing.T) {
 	start = time.Now()
 	cli(t, at(f.urls[0], "alice", "agent", "lift", "payments-agent", "--reason", "INC-5 closed", "--trust-domain", f.env.TrustDomain)...)
 	f.awaitAll(t, "payments-agent", "allowed", start)
+
+	// Changes through both instances at once make one gap-free change
+	// log that verifies (the inventory's writers take turns in PostgreSQL).
+	errs := make(chan string, 2)
+	for i, url := range f.urls {
+		go func() {
+			agent := []string{"loan-servicer", "merchant-onboarder"}[i]
+			for j := range 8 {
+				args := at(url, "alice", "agent", "restrict", agent, "--max-trust", "L1", "--reason", fmt.Sprintf("drill %d", j), "--trust-domain", f.env.TrustDomain)
+				var out, errOut bytes.Buffer
+				if code := Run(context.Background(), args, nil, &out, &errOut); code != ExitOK {
+					errs <- fmt.Sprintf("restrict through %s: exit %d: %s", url, code, errOut.String())
+					return
+				}
+			}
+			errs <- ""
+		}()
+	}
+	for range f.urls {
+		if e := <-errs; e != "" {
+			t.Fatal(e)
+		}
+	}
+	if out := cli(t, "audit", "verify", "--changelog", f.cpDir); !strings.Contains(out, "ok: ") {
+		t.Fatalf("change log after concurrent changes:\n%s", out)
+	}
+	for _, agent := range []string{"loan-servicer", "merchant-onboarder"} {
+		if out := cli(t, "agent", "show", agent, "--data-dir", f.cpDir); strings.Count(out, "reason=drill ") != 8 {
+			t.Errorf("%s: %d of 8 restrictions in its history:\n%s", agent, strings.Count(out, "reason=drill "), out)
+		}
+	}
 
 	want := localRecords(t, f.replicas[0].logDir) + localRecords(t, f.replicas[1].logDir)
 	for _, url := range f.urls {

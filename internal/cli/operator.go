@@ -28,8 +28,9 @@ func newOperatorCmd() *cobra.Command {
 		Short: "Issue control-plane certificates to operators and replicas",
 		Long: `The control plane ("agentauthz control serve") serves its API only over mutual TLS to
 certificates of its operator CA (<data-dir>/operator/, created on first use). Each certificate
-carries one role: auditor (reads), responder (restricts and revokes), admin (everything), or
-replica (watches and ships its records only).`,
+carries one role: auditor (reads), responder (restricts and revokes), admin (everything),
+replica (watches and ships its records only), or policy (reads the recorded decisions and records
+policy simulation runs, for a CI pipeline).`,
 	}
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "control plane data directory (env AGENTAUTHZ_DATA_DIR)")
 	cmd.AddCommand(newOperatorIssueCmd(&dataDir), newOperatorLoginLinkCmd(&dataDir))
@@ -40,13 +41,13 @@ func newOperatorIssueCmd(dataDir *string) *cobra.Command {
 	var role, outDir, operator string
 	var ttl time.Duration
 	cmd := &cobra.Command{
-		Use:   "issue NAME --role admin|responder|auditor|replica",
+		Use:   "issue NAME --role admin|responder|auditor|replica|policy",
 		Short: "Issue a client certificate for the control plane",
 		Args:  caExactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := control.ParseRole(role)
 			if err != nil {
-				return withHint(err, "--role admin, responder, auditor or replica")
+				return withHint(err, "--role admin, responder, auditor, replica or policy")
 			}
 			if err := control.ValidateName(args[0]); err != nil {
 				return withHint(err, "a lowercase name such as alice or replica-1")
@@ -78,7 +79,7 @@ func newOperatorIssueCmd(dataDir *string) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&role, "role", "", "admin, responder, auditor or replica (required)")
+	f.StringVar(&role, "role", "", "admin, responder, auditor, replica or policy (required)")
 	f.DurationVar(&ttl, "ttl", control.DefaultOperatorTTL, "validity")
 	f.StringVar(&outDir, "out-dir", ".", "directory for NAME.pem and NAME.key")
 	f.StringVar(&operator, "operator", caDefaultOperator(), "who runs this, for the change log (env AGENTAUTHZ_OPERATOR)")
@@ -101,7 +102,7 @@ send it only to NAME. Each link and each sign-in is recorded in the change log.`
 		Args: caExactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := control.ParseRole(role)
-			if err != nil || r == control.RoleReplica {
+			if err != nil || r == control.RoleReplica || r == control.RolePolicy {
 				return withHint(fmt.Errorf("--role %q: a person signs in as auditor, responder or admin", role), "--role auditor, responder or admin")
 			}
 			if err := control.ValidateName(args[0]); err != nil {
@@ -146,6 +147,7 @@ send it only to NAME. Each link and each sign-in is recorded in the change log.`
 // local data directory.
 type serverFlags struct {
 	server, cert, key, serverCA string
+	hc                          *http.Client // made on first call, then reused (one TLS session for many pages)
 }
 
 func (s *serverFlags) add(cmd *cobra.Command) {
@@ -185,10 +187,14 @@ func (s *serverFlags) client(dataDir string) (*http.Client, error) {
 // call sends a JSON request to the control plane and decodes the answer
 // into out; a refusal becomes an error with the server's message.
 func (s *serverFlags) call(ctx context.Context, dataDir, method, path string, body, out any) error {
-	c, err := s.client(dataDir)
-	if err != nil {
-		return err
+	if s.hc == nil {
+		c, err := s.client(dataDir)
+		if err != nil {
+			return err
+		}
+		s.hc = c
 	}
+	c := s.hc
 	p, query, _ := strings.Cut(path, "?")
 	u, err := url.JoinPath(s.server, p)
 	if query != "" {

@@ -1,8 +1,13 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -10,7 +15,8 @@ import (
 	"github.com/agentauthz/agentauthz/internal/config"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/policy"
-	"github.com/agentauthz/agentauthz/internal/server"
+	"github.com/agentauthz/agentauthz/internal/recordstore"
+	"github.com/agentauthz/agentauthz/internal/simrun"
 	"github.com/agentauthz/agentauthz/internal/simulate"
 )
 
@@ -25,8 +31,9 @@ func newPolicyCmd() *cobra.Command {
 
 func newPolicySimulateCmd() *cobra.Command {
 	var (
-		logDir, dir, bundle, bundleKey, path, format, from, to string
-		accept                                                 bool
+		logDir, dir, bundle, bundleKey, path, format, from, to, operator string
+		accept, record                                                   bool
+		srv                                                              auditServer
 	)
 	cmd := &cobra.Command{
 		Use:   "simulate",
@@ -37,15 +44,25 @@ the original decision had, through the same decision path serve uses. It reports
 change — newly allowed, newly denied, otherwise changed — grouped by agent and operation with example
 decision ids, the agents that would gain or lose an operation, and every record it could not replay and why.
 
+The recorded decisions come from a decision log directory (--log) or from the control plane's central
+store (--server, with an operator certificate of role policy or auditor), which holds what every replica
+shipped.
+
 Decisions that identity or revocation refused never reached the policy and are reported as not replayed.
 When the proposed policy reads something records do not keep (a header, the query string, the body), the
 report says so: a change may then be due to what the record lacks.
+
+--record appends the run to the control plane's signed change log (event policy_simulation: the
+policy revision, the window, the counts, the gate and the SHA-256 of the JSON report), through --server
+(role policy, responder or admin) or on the control plane's --data-dir, as evidence that the change
+was reviewed with its impact.
 
 Exit status: 0 when nothing that was denied would be allowed, 1 when something would be (a CI gate; pass
 --accept-newly-allowed to accept it), 2 on error. Records are read without checking signatures; run
 agentauthz audit verify on the same log for that.`,
 		Example: `  agentauthz policy simulate --log .agentauthz/log --policies ./policies --format markdown
-  agentauthz policy simulate --log exported/log --bundle proposed.tar.gz --from 2026-12-01T00:00:00Z --to 24h`,
+  agentauthz policy simulate --log exported/log --bundle proposed.tar.gz --from 2026-12-01T00:00:00Z --to 24h
+  agentauthz policy simulate --server https://cp:9193 --cert ci.pem --key ci.key --from 168h --policies ./policies --record`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (dir == "") == (bundle == "") {
@@ -68,8 +85,19 @@ agentauthz audit verify on the same log for that.`,
 			if !fromT.IsZero() && !toT.IsZero() && toT.Before(fromT) {
 				return fmt.Errorf("--to %s is before --from %s", toT.Format(time.RFC3339), fromT.Format(time.RFC3339))
 			}
-			if err := checkLogDir(logDir); err != nil {
-				return err
+			fromServer := srv.server != "" && !cmd.Flags().Changed("log")
+			source := logDir
+			var src simulate.Source
+			if fromServer {
+				source = srv.server
+				src = newServerRecords(cmd.Context(), &srv, fromT, toT)
+			} else {
+				if err := checkLogDir(logDir); err != nil {
+					return err
+				}
+				l := simulate.NewLogSource(logDir)
+				defer l.Close()
+				src = l
 			}
 			var clock time.Time
 			engine, err := policy.New(policy.Config{
@@ -83,19 +111,21 @@ agentauthz audit verify on the same log for that.`,
 			if !engine.Ready() {
 				return errors.New("proposed policy: the bundle did not load")
 			}
-			rp, err := simulate.NewReplayer(server.PolicyAdapter(engine), &clock)
+			rp, err := simulate.NewReplayer(engine, &clock)
 			if err != nil {
 				return err
 			}
 			acc := simulate.NewAccumulator(engine.Revision(), fromT, toT, simulate.Gaps(engine.InputReads()))
-			r := decisionlog.NewReader(logDir)
-			defer r.Close()
-			if err := simulate.Run(cmd.Context(), r, rp, acc, fromT, toT); err != nil {
+			if err := simulate.Run(cmd.Context(), src, rp, acc, fromT, toT); err != nil {
 				return err
 			}
 			rep := acc.Report()
 			if rep.Read == 0 {
-				return withHint(fmt.Errorf("no decision records in %s for the given time range", logDir), "point --log at <data-dir>/log and check --from/--to")
+				hint := "point --log at <data-dir>/log and check --from/--to"
+				if fromServer {
+					hint = "check --from/--to; replicas ship there when their config has control_plane: {url: …}"
+				}
+				return withHint(fmt.Errorf("no decision records in %s for the given time range", source), "%s", hint)
 			}
 			out := cmd.OutOrStdout()
 			switch format {
@@ -108,6 +138,11 @@ agentauthz audit verify on the same log for that.`,
 			}
 			if err != nil {
 				return err
+			}
+			if record {
+				if err := recordSimulation(cmd, &srv, operator, rep, accept); err != nil {
+					return err
+				}
 			}
 			if n := simulate.Count(rep.NewlyAllowed); n > 0 && !accept {
 				fmt.Fprintf(cmd.ErrOrStderr(), "agentauthz: %d recorded decisions would become allowed (pass --accept-newly-allowed to accept)\n", n)
@@ -126,5 +161,85 @@ agentauthz audit verify on the same log for that.`,
 	fl.StringVar(&to, "to", "", "replay records up to this time: RFC 3339, or a duration ago")
 	fl.StringVar(&format, "format", "text", "output: text, markdown (a pull-request comment) or json")
 	fl.BoolVar(&accept, "accept-newly-allowed", false, "exit 0 even when decisions would become allowed")
+	fl.BoolVar(&record, "record", false, "append the run to the control plane's signed change log (--server, or --data-dir)")
+	fl.StringVar(&operator, "operator", caDefaultOperator(), "with --record on --data-dir: who runs this, for the change log (env AGENTAUTHZ_OPERATOR)")
+	srv.serverFlags.add(cmd)
+	fl.StringVar(&srv.dataDir, "data-dir", caEnvDataDir(), "the control plane's data directory: --record appends there without --server; with --server, where the default --server-ca is")
 	return cmd
+}
+
+// recordSimulation appends the run to the change log, through the control
+// plane with --server, else on the local data directory.
+func recordSimulation(cmd *cobra.Command, srv *auditServer, operator string, rep *simulate.Report, accept bool) error {
+	run, err := rep.Run(accept)
+	if err != nil {
+		return err
+	}
+	where := srv.server
+	if srv.server != "" {
+		var res struct{ Operator string }
+		if err := srv.call(cmd.Context(), srv.dataDir, http.MethodPost, "/v1/simulations", run, &res); err != nil {
+			return fmt.Errorf("record the simulation run: %w", err)
+		}
+		operator = res.Operator
+	} else {
+		a, err := caOpenInventory(srv.dataDir)
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		if err := a.RecordEvent("", "", "", simrun.Event, operator, run.Detail()); err != nil {
+			return caError(err, srv.dataDir)
+		}
+		where = srv.dataDir
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "agentauthz: recorded %s of %s by %s in the change log of %s (report sha256 %s, gate %s)\n",
+		simrun.Event, run.Revision, operator, where, run.ReportSHA256, run.Gate)
+	return nil
+}
+
+// serverRecords reads the control plane's stored records (GET /v1/records)
+// a page at a time, oldest first, in [from, to], as a simulate.Source: each
+// record is decoded from its line, exactly as the replica signed it.
+type serverRecords struct {
+	ctx    context.Context
+	srv    *auditServer
+	q      url.Values
+	page   []recordstore.Stored
+	done   bool
+	decode simulate.LineDecoder
+}
+
+func newServerRecords(ctx context.Context, srv *auditServer, from, to time.Time) *serverRecords {
+	q := url.Values{"limit": {strconv.Itoa(recordstore.MaxLimit)}}
+	if !from.IsZero() {
+		q.Set("since", from.UTC().Format(time.RFC3339Nano))
+	}
+	if !to.IsZero() {
+		q.Set("until", to.UTC().Format(time.RFC3339Nano))
+	}
+	return &serverRecords{ctx: ctx, srv: srv, q: q}
+}
+
+func (s *serverRecords) Next() (decisionlog.Entry, error) {
+	for len(s.page) == 0 {
+		if s.done {
+			return decisionlog.Entry{}, io.EOF
+		}
+		var p recordstore.Page
+		if err := s.srv.call(s.ctx, s.srv.dataDir, http.MethodGet, "/v1/records?"+s.q.Encode(), nil, &p); err != nil {
+			return decisionlog.Entry{}, err
+		}
+		s.page, s.done = p.Records, p.Next == ""
+		s.q.Set("cursor", p.Next)
+	}
+	st := s.page[0]
+	s.page = s.page[1:]
+	e := decisionlog.Entry{Raw: st.Line}
+	rec, err := s.decode.Decode(st.Line)
+	if err != nil {
+		return e, fmt.Errorf("log %s index %d: %w", st.Log, st.Index, err)
+	}
+	e.Record = rec
+	return e, nil
 }

@@ -22,16 +22,20 @@ import (
 
 func newAuditReportCmd() *cobra.Command {
 	var (
-		logs                                            []string
+		logs, configs                                   []string
 		dataDir, alerts, out, format, from, to, signKey string
 		sampleN                                         int
 		seed                                            uint64
+		srv                                             serverFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "report",
 		Short: "Build the auditor's evidence pack: each SOC 2 control's status, evidence and the commands that reproduce it",
 		Long: `report reads the decision logs (--log, one per replica; each is verified first), the CA inventory and
-signed change log (--data-dir) and the alerts file (--alerts), and writes the evidence pack: for each
+signed change log (--data-dir), the alerts file (--alerts) and each replica's serve configuration
+(--config) — or, with --server and an auditor
+certificate, every log the control plane's store holds (each re-verified there), its change log and
+inventory — and writes the evidence pack: for each
 control (CC6.1–CC8.1, A1.1, PI1.3, PI1.5) its status — evidence found, gap, or not applicable — the
 evidence, and the exact command that reproduces every figure; a mapping of the same evidence to ISO/IEC
 27001:2022, PCI DSS v4.0, the EU AI Act and the NIST AI RMF; and a seeded random sample of decisions with
@@ -41,7 +45,8 @@ The report (one self-contained HTML file, or JSON) is signed with Ed25519: OUT.s
 signature and OUT.pub.pem the public key; agentauthz audit report-verify OUT (or openssl pkeyutl)
 checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key (made on first use).`,
 		Example: `  agentauthz audit report --log .agentauthz/log --data-dir .agentauthz --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --out report.html
-  agentauthz audit report --log replica-a/log --log replica-b/log --alerts alerts.jsonl --format json --out report.json`,
+  agentauthz audit report --log replica-a/log --log replica-b/log --alerts alerts.jsonl --format json --out report.json
+  agentauthz audit report --server https://cp.example:9193 --cert audrey.pem --key audrey.key --server-ca ca.pem --from 720h --out report.html`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
@@ -65,7 +70,19 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 			if !in.From.IsZero() && !in.To.IsZero() && in.To.Before(in.From) {
 				return errors.New("--to is before --from")
 			}
-			if len(logs) == 0 {
+			if srv.server != "" {
+				if len(logs) > 0 {
+					return withHint(errors.New("--server and --log are two sources of the same decisions"), "give one: --server reads every log the control plane holds")
+				}
+				as := &auditServer{serverFlags: srv, dataDir: dataDir}
+				if in.Sources, err = serverSources(cmd.Context(), as); err != nil {
+					return err
+				}
+				if in.Inventory, err = serverInventory(cmd.Context(), as); err != nil {
+					return err
+				}
+				in.Server = srv.server
+			} else if len(logs) == 0 {
 				logs = []string{filepath.Join(dataDir, "log")}
 			}
 			for _, l := range logs {
@@ -76,17 +93,22 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 				if err != nil {
 					return fmt.Errorf("%s: %w", l, err)
 				}
-				in.Logs = append(in.Logs, evidence.Log{Dir: l, Keys: ks})
+				in.Sources = append(in.Sources, evidence.DirSource{Dir: l, Keys: ks})
 			}
-			if st, err := os.Stat(filepath.Join(dataDir, "inventory.db")); err == nil && st.Mode().IsRegular() {
-				a, err := ca.Open(dataDir, ca.MustExist())
-				if err != nil {
-					return fmt.Errorf("CA inventory: %w", err)
+			if in.Server == "" {
+				if in.Inventory, err = localInventory(cmd, dataDir); err != nil {
+					return err
 				}
-				defer a.Close()
-				in.CA, in.DataDir = a, dataDir
-			} else {
-				fmt.Fprintf(cmd.ErrOrStderr(), "agentauthz: warning: no CA inventory in %s: the lifecycle controls will be gaps\n", dataDir)
+				if in.Inventory != nil {
+					in.DataDir = dataDir
+				}
+			}
+			for _, c := range configs {
+				cf, err := evidence.ReadConfig(c)
+				if err != nil {
+					return withHint(fmt.Errorf("--config: %w", err), "the file each replica's agentauthz serve --config reads")
+				}
+				in.Configs = append(in.Configs, cf)
 			}
 			if alerts != "" {
 				if in.Alerts, err = anomaly.OpenStore(alerts).List(); err != nil {
@@ -94,7 +116,7 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 				}
 				in.HasAlert = true
 			}
-			rep, err := evidence.Collect(in)
+			rep, err := evidence.Collect(cmd.Context(), in)
 			if err != nil {
 				return err
 			}
@@ -135,7 +157,8 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 	}
 	fl := cmd.Flags()
 	fl.StringArrayVar(&logs, "log", nil, "a replica's decision log directory (repeatable; default <data-dir>/log)")
-	fl.StringVar(&dataDir, "data-dir", caEnvDataDir(), "the CA inventory and change log (env AGENTAUTHZ_DATA_DIR)")
+	fl.StringVar(&dataDir, "data-dir", caEnvDataDir(), "the CA inventory and change log (env AGENTAUTHZ_DATA_DIR); with --server, where the default --server-ca and --sign-key are")
+	fl.StringArrayVar(&configs, "config", nil, "a replica's serve configuration file (repeatable): its hash and the settings the controls depend on")
 	fl.StringVar(&alerts, "alerts", "", "anomaly alerts file (agentauthz anomaly replay --alerts)")
 	fl.StringVar(&out, "out", "", "report file (required); OUT.sig and OUT.pub.pem are written beside it")
 	fl.StringVar(&format, "format", "html", "html (self-contained, printable) or json")
@@ -143,8 +166,24 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 	fl.StringVar(&to, "to", "", "period end: RFC 3339, or a duration ago")
 	fl.IntVar(&sampleN, "sample", 10, "decisions to sample for re-performance")
 	fl.Uint64Var(&seed, "seed", 1, "seed of the sample")
+	srv.add(cmd)
 	fl.StringVar(&signKey, "sign-key", "", "Ed25519 private key (PKCS#8 PEM) that signs the report (default <data-dir>/keys/report.key)")
 	return cmd
+}
+
+// localInventory reads the CA inventory and change log of dataDir; nil, with
+// a warning, when there is none.
+func localInventory(cmd *cobra.Command, dataDir string) (*evidence.Inventory, error) {
+	if st, err := os.Stat(filepath.Join(dataDir, "inventory.db")); !ca.IsPostgres(os.Getenv("AGENTAUTHZ_STORE")) && (err != nil || !st.Mode().IsRegular()) {
+		fmt.Fprintf(cmd.ErrOrStderr(), "agentauthz: warning: no CA inventory in %s: the lifecycle controls will be gaps\n", dataDir)
+		return nil, nil
+	}
+	a, err := caOpen(dataDir, ca.MustExist())
+	if err != nil {
+		return nil, fmt.Errorf("CA inventory: %w", err)
+	}
+	defer a.Close()
+	return evidence.ReadInventory(a, dataDir)
 }
 
 func newAuditReportVerifyCmd() *cobra.Command {

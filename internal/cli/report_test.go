@@ -32,7 +32,11 @@ func TestAuditReport(t *testing.T) {
 		}
 	}
 	rep := filepath.Join(dir, "report.json")
-	out, stderr, code := run("audit", "report", "--data-dir", dir, "--format", "json", "--out", rep, "--sample", "3")
+	cfg := filepath.Join(dir, "serve.yaml")
+	if err := os.WriteFile(cfg, []byte("decision_log: {name: replica-a, mode: sync}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, code := run("audit", "report", "--data-dir", dir, "--format", "json", "--out", rep, "--sample", "3", "--config", cfg)
 	if code != 0 || !strings.Contains(out, "wrote "+rep+" (14 controls") {
 		t.Fatalf("report: exit %d %s %s", code, out, stderr)
 	}
@@ -42,10 +46,14 @@ func TestAuditReport(t *testing.T) {
 			Evidence   []struct{ Label, Value, Command string }
 		}
 		Sample []json.RawMessage
+		Config []struct{ File, SHA256, Log string }
 	}
 	b, err := os.ReadFile(rep)
 	if err != nil || json.Unmarshal(b, &r) != nil || len(r.Controls) != 14 || len(r.Sample) != 3 {
 		t.Fatalf("report JSON: %v, %d controls, %d samples", err, len(r.Controls), len(r.Sample))
+	}
+	if len(r.Config) != 1 || r.Config[0].File != cfg || len(r.Config[0].SHA256) != 64 || r.Config[0].Log != "replica-a" {
+		t.Fatalf("configuration in the report: %+v", r.Config)
 	}
 	if out, _, code := run("audit", "report-verify", rep); code != 0 || !strings.HasPrefix(out, "ok:") {
 		t.Fatalf("report-verify: exit %d %s", code, out)
@@ -81,6 +89,9 @@ func TestAuditReport(t *testing.T) {
 	// Bad input.
 	if _, stderr, code := run("audit", "report", "--data-dir", dir); code != 2 || !strings.Contains(stderr, "--out is required") {
 		t.Fatalf("no --out: %d %s", code, stderr)
+	}
+	if _, stderr, code := run("audit", "report", "--data-dir", dir, "--out", rep, "--config", filepath.Join(dir, "nope.yaml")); code != 2 || !strings.Contains(stderr, "--config") {
+		t.Fatalf("missing config: %d %s", code, stderr)
 	}
 	if _, stderr, code := run("audit", "report", "--data-dir", dir, "--out", rep, "--format", "pdf"); code != 2 || !strings.Contains(stderr, "want html or json") {
 		t.Fatalf("bad format: %d %s", code, stderr)

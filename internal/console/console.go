@@ -20,10 +20,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
@@ -38,8 +40,9 @@ var staticFS embed.FS
 // Prefix is where the control plane mounts the console.
 const Prefix = "/ui/"
 
-// CSP allows no script, no inline style and no outside resource.
-const CSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+// CSP allows no inline script or style and no outside resource: the one
+// script (the live tail's) is a file of the console.
+const CSP = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 // DefaultExpiringWithin is when an active certificate counts as expiring.
 const DefaultExpiringWithin = 7 * 24 * time.Hour
@@ -59,6 +62,9 @@ type Config struct {
 	// Auth checks client certificates; nil turns the console off (the
 	// control plane runs without TLS, and session cookies need HTTPS).
 	Auth *control.Authenticator
+	// Alerts is the anomaly detector's alerts; nil leaves the Alerts page
+	// saying detection is off.
+	Alerts *alerts.Service
 	// DataDir holds the pending sign-in links.
 	DataDir        string
 	ExpiringWithin time.Duration
@@ -72,6 +78,10 @@ type Console struct {
 	pages    map[string]*template.Template
 	sessions sessions
 	csrfKey  []byte
+	tails    streams
+	stop     chan struct{}
+	stopOnce sync.Once
+	heavySem chan struct{}
 }
 
 // New parses the embedded templates.
@@ -85,7 +95,7 @@ func New(cfg Config) (*Console, error) {
 	if cfg.ExpiringWithin <= 0 {
 		cfg.ExpiringWithin = DefaultExpiringWithin
 	}
-	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken())}
+	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken()), stop: make(chan struct{}), heavySem: make(chan struct{}, 1)}
 	funcs := template.FuncMap{
 		"time": func(t time.Time) string {
 			if t.IsZero() {
@@ -103,9 +113,11 @@ func New(cfg Config) (*Console, error) {
 		"path":   url.PathEscape,
 		"trusts": func() []int { return []int{0, 1, 2, 3, 4} },
 		"label":  ca.TrustLabel,
+		"sub":    func(a, b uint64) uint64 { return a - b },
+		"sub64":  func(a, b int64) int64 { return a - b },
 	}
-	for _, p := range []string{"fleet", "agent", "decisions", "decision", "login", "message"} {
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
+	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "issue", "compliance", "verified", "login", "message", "alerts", "alert"} {
+		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/chart.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
 		}
@@ -135,13 +147,28 @@ func (c *Console) Handler() http.Handler {
 	mux.Handle("GET /ui/fleet", c.require(control.ReadAgents, false, c.fleet))
 	mux.Handle("GET /ui/agents/{td}/{id}", c.require(control.ReadAgents, false, c.agent))
 	mux.Handle("POST /ui/agents/{td}/{id}/{action}", c.require(control.ChangeAgents, true, c.change))
+	mux.Handle("GET /ui/agents/{td}/{id}/certificates/{serial}", c.require(control.ReadAgents, false, c.certificate))
+	mux.Handle("GET /ui/compliance", c.require(control.ReadRecords, false, c.compliance))
+	mux.Handle("GET /ui/compliance/verify", c.require(control.ReadRecords, false, c.verifyLog))
+	mux.Handle("POST /ui/compliance/evidence", c.require(control.ReadRecords, true, c.evidencePack))
+	mux.Handle("GET /ui/issue", c.require(adminOnly, false, c.issuePage))
+	mux.Handle("POST /ui/issue", c.require(adminOnly, true, c.issue("issue")))
+	mux.Handle("POST /ui/agents/{td}/{id}/renew", c.require(adminOnly, true, c.issue("renew")))
+	mux.Handle("POST /ui/agents/{td}/{id}/reissue", c.require(adminOnly, true, c.issue("reissue")))
 	mux.Handle("GET /ui/decisions", c.require(control.ReadRecords, false, c.decisions))
 	mux.Handle("GET /ui/decisions/{id}", c.require(control.ReadRecords, false, c.decision))
+	mux.Handle("GET /ui/decisions/live", c.require(control.ReadRecords, false, c.live))
+	mux.Handle("GET /ui/decisions/stream", c.require(control.ReadRecords, false, c.stream))
+	c.alertRoutes(mux)
 	mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		c.message(w, r, http.StatusNotFound, "Not found", "No such page: "+r.URL.Path)
 	})
 	return secure(mux)
 }
+
+// Stop ends the live tails (they would otherwise hold a graceful shutdown
+// open): register it with http.Server.RegisterOnShutdown.
+func (c *Console) Stop() { c.stopOnce.Do(func() { close(c.stop) }) }
 
 // secure sets the headers of every console answer.
 func secure(h http.Handler) http.Handler {
@@ -182,6 +209,7 @@ type viewer struct {
 func (v *viewer) CanChange() bool  { return v.Op.May(control.ChangeAgents) }
 func (v *viewer) CanRecords() bool { return v.Op.May(control.ReadRecords) }
 func (v *viewer) CanAgents() bool  { return v.Op.May(control.ReadAgents) }
+func (v *viewer) CanIssue() bool   { return v.Op.May(adminOnly) }
 
 // identify returns the operator of r: a session cookie first, then a client
 // certificate. nil when neither is valid.
@@ -238,7 +266,7 @@ func (c *Console) require(roles []control.Role, change bool, h handler) http.Han
 func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, page string, v *viewer, data any) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
-	if err := c.pages[page].Execute(w, map[string]any{"V": v, "D": data, "Path": r.URL.Path}); err != nil {
+	if err := c.pages[page].Execute(w, map[string]any{"V": v, "D": data, "Path": r.URL.Path, "Host": r.Host}); err != nil {
 		c.cfg.Logger.Error("console: render", "page", page, "error", err)
 	}
 }
@@ -255,6 +283,8 @@ func (c *Console) storeError(w http.ResponseWriter, r *http.Request, v *viewer, 
 		status, text = http.StatusNotFound, err.Error()
 	case errors.Is(err, ca.ErrInvalid):
 		status, text = http.StatusBadRequest, err.Error()
+	case errors.Is(err, ca.ErrExists):
+		status, text = http.StatusConflict, err.Error()+" (renew or reissue it from its page)"
 	case errors.Is(err, ca.ErrStoreBusy):
 		status, text = http.StatusServiceUnavailable, "The inventory is busy; retry."
 	default:
@@ -389,8 +419,12 @@ func (c *Console) fleet(w http.ResponseWriter, r *http.Request, v *viewer) {
 		tds = append(tds, td)
 	}
 	sort.Strings(tds)
+	var ch *chart
+	if v.CanRecords() && c.cfg.Records != nil {
+		ch = c.decisionChart(r.Context(), "", q.Get("range"), "/ui/fleet?")
+	}
 	c.render(w, r, http.StatusOK, "fleet", v, map[string]any{
-		"Rows": rows, "Total": total, "Shown": len(rows), "Search": search, "Status": status, "Tenant": tenant, "Tenants": tds,
+		"Chart": ch, "Rows": rows, "Total": total, "Shown": len(rows), "Search": search, "Status": status, "Tenant": tenant, "Tenants": tds,
 		"Statuses": []string{StatusActive, StatusExpiring, StatusExpired, StatusRevoked, StatusRestricted, StatusQuarantined},
 		"Counts":   counts, "Agents": len(newest), "Within": days(c.cfg.ExpiringWithin),
 	})
@@ -414,16 +448,21 @@ func (c *Console) agent(w http.ResponseWriter, r *http.Request, v *viewer) {
 		c.storeError(w, r, v, err)
 		return
 	}
-	data := map[string]any{"A": d, "Done": r.URL.Query().Get("done"), "Reasons": revokeReasons}
+	data := map[string]any{"A": d, "Done": r.URL.Query().Get("done"), "Reasons": revokeReasons,
+		"Alerts": c.agentAlertList(r.Context(), v, d.Agent.SPIFFEID), "AlertsOff": c.cfg.Alerts == nil}
 	if v.CanRecords() {
 		if c.cfg.Records == nil {
 			data["RecordsOff"] = true
-		} else if p, err := c.cfg.Records.Find(r.Context(), recordstore.Query{Agent: d.Agent.SPIFFEID, Limit: agentRecords}); err != nil {
+		} else if p, err := c.cfg.Records.Find(r.Context(), recordstore.Query{Agent: d.Agent.SPIFFEID, Limit: agentRecords, Newest: true}); err != nil {
 			c.cfg.Logger.Error("console: record store", "error", err)
 			data["RecordsErr"] = true
 		} else {
 			data["Records"] = p.Records
 			data["More"] = p.Next != ""
+			if len(p.Records) > 0 {
+				data["Chart"] = c.decisionChart(r.Context(), d.Agent.SPIFFEID, r.URL.Query().Get("range"),
+					"/ui/agents/"+url.PathEscape(td)+"/"+url.PathEscape(id)+"?")
+			}
 		}
 	}
 	c.render(w, r, http.StatusOK, "agent", v, data)
@@ -503,7 +542,7 @@ func (c *Console) decisions(w http.ResponseWriter, r *http.Request, v *viewer) {
 	}
 	q := recordstore.Query{DecisionID: f.Get("decision_id"), RequestID: f.Get("request_id"), Agent: f.Get("agent"),
 		Tenant: f.Get("tenant"), Operation: f.Get("operation"), Outcome: f.Get("outcome"), Reason: f.Get("reason"),
-		After: f.Get("cursor"), Limit: 100}
+		After: f.Get("cursor"), Limit: 100, Newest: f.Get("order") != "oldest"}
 	for name, dst := range map[string]*time.Time{"since": &q.Since, "until": &q.Until} {
 		if s := strings.TrimSpace(f.Get(name)); s != "" {
 			t, err := time.Parse(time.RFC3339Nano, s)
@@ -555,5 +594,21 @@ func (c *Console) decision(w http.ResponseWriter, r *http.Request, v *viewer) {
 		c.render(w, r, http.StatusNotFound, "message", v, map[string]string{"Title": "Not found", "Text": fmt.Sprintf("No decision %q in the record store.", id)})
 		return
 	}
-	c.render(w, r, http.StatusOK, "decision", v, map[string]any{"ID": id, "Records": p.Records})
+	type proven struct {
+		recordstore.Stored
+		Proof    *recordstore.Proven
+		ProofErr string
+	}
+	var out []proven
+	for _, st := range p.Records {
+		pr := proven{Stored: st}
+		// Verified now, from the stored rows, not taken from when the
+		// record was shipped.
+		if pr.Proof, err = c.cfg.Records.Prove(r.Context(), st.Log, st.Index); err != nil {
+			c.cfg.Logger.Error("console: verify a stored record", "log", st.Log, "index", st.Index, "error", err)
+			pr.ProofErr = err.Error()
+		}
+		out = append(out, pr)
+	}
+	c.render(w, r, http.StatusOK, "decision", v, map[string]any{"ID": id, "Records": out})
 }

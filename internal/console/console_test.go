@@ -34,6 +34,8 @@ type env struct {
 	op   *control.OperatorCA
 	srv  *httptest.Server
 	pool *x509.CertPool
+	con  *Console
+	rs   *recordstore.Store
 }
 
 // newEnv runs the console as the control plane mounts it, on a real TLS
@@ -82,7 +84,7 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(srv.Close)
 	pool := x509.NewCertPool()
 	pool.AddCert(op.Cert)
-	return &env{t: t, dir: dir, auth: auth, op: op, srv: srv, pool: pool}
+	return &env{t: t, dir: dir, auth: auth, op: op, srv: srv, pool: pool, con: con, rs: rs}
 }
 
 // shipLog writes real signed decision records of payments-bot, one with an

@@ -150,6 +150,9 @@ type session struct {
 	op      control.Operator
 	csrf    string
 	expires time.Time
+	// done is closed when the session ends (sign-out, expiry, eviction):
+	// its live tails stop.
+	done chan struct{}
 }
 
 // sessions holds browser sessions in memory: a restart signs everyone out.
@@ -166,7 +169,7 @@ func (s *sessions) create(op control.Operator, now time.Time) (string, *session)
 	}
 	for id, se := range s.m {
 		if !now.Before(se.expires) {
-			delete(s.m, id)
+			s.drop(id)
 		}
 	}
 	if len(s.m) >= maxSessions {
@@ -177,10 +180,10 @@ func (s *sessions) create(op control.Operator, now time.Time) (string, *session)
 				oldest = id
 			}
 		}
-		delete(s.m, oldest)
+		s.drop(oldest)
 	}
 	id := randomToken()
-	se := &session{op: op, csrf: randomToken(), expires: now.Add(SessionTTL)}
+	se := &session{op: op, csrf: randomToken(), expires: now.Add(SessionTTL), done: make(chan struct{})}
 	s.m[id] = se
 	return id, se
 }
@@ -193,7 +196,7 @@ func (s *sessions) get(id string, now time.Time) *session {
 		return nil
 	}
 	if !now.Before(se.expires) {
-		delete(s.m, id)
+		s.drop(id)
 		return nil
 	}
 	return se
@@ -201,8 +204,16 @@ func (s *sessions) get(id string, now time.Time) *session {
 
 func (s *sessions) remove(id string) {
 	s.mu.Lock()
-	delete(s.m, id)
+	s.drop(id)
 	s.mu.Unlock()
+}
+
+// drop ends session id; s.mu is held.
+func (s *sessions) drop(id string) {
+	if se := s.m[id]; se != nil {
+		close(se.done)
+		delete(s.m, id)
+	}
 }
 
 // certCSRF is the CSRF token of an operator signed in by client

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
 	"github.com/agentauthz/agentauthz/internal/revocation"
@@ -36,6 +37,8 @@ type Config struct {
 	Publisher *revocation.Publisher
 	// Records is the central decision store replicas ship to.
 	Records *recordstore.Store
+	// Alerts is the anomaly detector's alerts; nil when it is off.
+	Alerts *alerts.Service
 	// Auth authenticates callers; nil serves the public endpoints only
 	// (CRLs and the signed watch stream) and refuses the rest, for a
 	// control plane run without TLS.
@@ -55,17 +58,18 @@ type API struct {
 	changes *prometheus.CounterVec
 	records *recordstore.Store
 	rm      *recordMetrics
+	alerts  *alerts.Service
 }
 
 // NewAPI registers the control plane metrics and returns the API.
 func NewAPI(cfg Config) (*API, error) {
-	a := &API{auth: cfg.Authority, pub: cfg.Publisher, authn: cfg.Auth, log: cfg.Logger, records: cfg.Records, rm: newRecordMetrics(),
+	a := &API{auth: cfg.Authority, pub: cfg.Publisher, authn: cfg.Auth, log: cfg.Logger, records: cfg.Records, rm: newRecordMetrics(), alerts: cfg.Alerts,
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_refused_total",
 			Help: "API requests refused for their content, by reason (bad_request, invalid_input, unknown_agent, busy, internal)."}, []string{"reason"}),
 		authRef: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_auth_refused_total",
 			Help: "Requests refused by authentication or role, by reason (no_tls, no_certificate, expired, unknown_ca, invalid_certificate, no_role, wrong_role)."}, []string{"reason"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentauthz_control_changes_total",
-			Help: "State changes made through the API, by kind (restrict, lift, revoke)."}, []string{"kind"}),
+			Help: "State changes made through the API, by kind (restrict, lift, revoke, alert_ack, alert_approve, alert_dismiss, policy_simulation)."}, []string{"kind"}),
 	}
 	if a.log == nil {
 		a.log = hclog.NewNullLogger()
@@ -108,6 +112,7 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("GET "+revocation.WatchPath, a.authn.Require(pub, RoleReplica, RoleAuditor, RoleResponder))
 	mux.Handle("GET /v1/agents/{td}/{id}", a.authn.Require(http.HandlerFunc(a.showAgent), read...))
 	mux.Handle("GET /v1/changes", a.authn.Require(http.HandlerFunc(a.listChanges), read...))
+	mux.Handle("GET /v1/changelog/verify", a.authn.Require(http.HandlerFunc(a.verifyChangeLog), read...))
 	mux.Handle("POST /v1/agents/{td}/{id}/restrict", a.authn.Require(http.HandlerFunc(a.restrict), change...))
 	mux.Handle("POST /v1/agents/{td}/{id}/lift", a.authn.Require(http.HandlerFunc(a.lift), change...))
 	mux.Handle("POST /v1/agents/{td}/{id}/revoke", a.authn.Require(http.HandlerFunc(a.revoke), change...))
@@ -116,6 +121,8 @@ func (a *API) Handler() http.Handler {
 	mux.Handle("GET /v1/records", a.authn.Require(http.HandlerFunc(a.findRecords), ReadRecords...))
 	mux.Handle("GET /v1/records/verify", a.authn.Require(http.HandlerFunc(a.verifyRecords), ReadRecords...))
 	mux.Handle("GET /v1/logs", a.authn.Require(http.HandlerFunc(a.listLogs), RoleAuditor))
+	mux.Handle("POST /v1/simulations", a.authn.Require(http.HandlerFunc(a.recordSimulation), RecordSimulations...))
+	a.alertRoutes(mux)
 	mux.Handle("GET /v1/whoami", a.authn.Require(http.HandlerFunc(a.whoami), RoleAuditor, RoleResponder, RoleReplica))
 	return mux
 }
@@ -260,6 +267,27 @@ func (a *API) listChanges(w http.ResponseWriter, r *http.Request) {
 		ev = []ca.Event{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"changes": ev})
+}
+
+// verifyChangeLog is GET /v1/changelog/verify: the signed change log checked
+// with the control plane's key, as audit verify --changelog does on its
+// data directory (the evidence pack's CC8.1 with --server).
+func (a *API) verifyChangeLog(w http.ResponseWriter, _ *http.Request) {
+	keys, err := ca.ChangeLogKeys(a.auth.DataDir()) // the current key and the retired ones it follows
+	if errors.Is(err, os.ErrNotExist) {
+		writeError(w, http.StatusNotFound, "no_change_log", errors.New("no change has been logged yet"))
+		return
+	}
+	if err != nil {
+		a.storeError(w, err)
+		return
+	}
+	res, err := a.auth.VerifyChangeLog(keys...)
+	if err != nil {
+		a.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 func (a *API) whoami(w http.ResponseWriter, r *http.Request) {

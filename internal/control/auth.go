@@ -116,7 +116,10 @@ func (a *Authenticator) authenticate(r *http.Request) (Operator, int, string, er
 var (
 	ReadAgents   = []Role{RoleAuditor, RoleResponder}
 	ChangeAgents = []Role{RoleResponder}
-	ReadRecords  = []Role{RoleAuditor}
+	ReadRecords  = []Role{RoleAuditor, RolePolicy}
+	// RecordSimulations may append policy simulation runs to the change
+	// log (POST /v1/simulations).
+	RecordSimulations = []Role{RolePolicy, RoleResponder}
 )
 
 // May reports whether o holds one of roles (admin always does).

@@ -31,21 +31,24 @@ import (
 type Role string
 
 // Roles: auditors read, responders restrict and revoke, admins do
-// everything; replicas only watch and ship their records.
+// everything; replicas only watch and ship their records; policy (a CI
+// pipeline reviewing a policy change) reads the recorded decisions and
+// appends simulation runs to the change log, and changes nothing else.
 const (
 	RoleAdmin     Role = "admin"
 	RoleResponder Role = "responder"
 	RoleAuditor   Role = "auditor"
 	RoleReplica   Role = "replica"
+	RolePolicy    Role = "policy"
 )
 
 // ParseRole parses a role name.
 func ParseRole(s string) (Role, error) {
 	switch r := Role(s); r {
-	case RoleAdmin, RoleResponder, RoleAuditor, RoleReplica:
+	case RoleAdmin, RoleResponder, RoleAuditor, RoleReplica, RolePolicy:
 		return r, nil
 	}
-	return "", fmt.Errorf("unknown role %q: want admin, responder, auditor or replica", s)
+	return "", fmt.Errorf("unknown role %q: want admin, responder, auditor, replica or policy", s)
 }
 
 const (

@@ -97,6 +97,9 @@ func (a *API) shipRecords(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.rm.stored.Add(float64(res.Stored))
+	if res.Stored > 0 && a.alerts != nil {
+		a.alerts.Wake()
+	}
 	a.rm.lag.WithLabelValues(b.Log).Set(float64(max(b.Head, res.Size) - res.Size))
 	status := http.StatusOK
 	if res.Refused != nil {

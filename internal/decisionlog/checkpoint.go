@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"golang.org/x/mod/sumdb/note"
@@ -161,9 +162,31 @@ func NoteVerifiers(origin string, ks KeySet) (note.Verifiers, error) {
 		if err != nil {
 			return nil, err
 		}
+		if x, err := voi.NewExpandedPublicKey(voi.PublicKey(ks[kid])); err == nil {
+			v = &voiVerifier{name: v.Name(), hash: v.KeyHash(), key: x}
+		}
 		vs = append(vs, v)
 	}
 	return note.VerifierList(vs...), nil
+}
+
+// voiVerifier is note.NewVerifier's Ed25519 verifier with the signature
+// checked by curve25519-voi over the key's precomputed tables: the verdicts
+// of crypto/ed25519 (cofactorless, VerifyOptionsStdLib;
+// TestNoteVerifierAgreesWithStdlib) in about half the time, which is most
+// of what audit verify spends per checkpoint.
+type voiVerifier struct {
+	name string
+	hash uint32
+	key  *voi.ExpandedPublicKey
+}
+
+var stdlibVerify = &voi.Options{Verify: voi.VerifyOptionsStdLib}
+
+func (v *voiVerifier) Name() string    { return v.name }
+func (v *voiVerifier) KeyHash() uint32 { return v.hash }
+func (v *voiVerifier) Verify(msg, sig []byte) bool {
+	return len(sig) == ed25519.SignatureSize && voi.VerifyExpandedWithOptions(v.key, msg, sig, stdlibVerify)
 }
 
 // noteSigner signs checkpoints with a log key (note.Signer).
@@ -271,11 +294,43 @@ func checkpointNote(line []byte) ([]byte, error) {
 	if !ok || i < 0 || !bytes.HasSuffix(rest, []byte("]}")) {
 		return nil, fmt.Errorf("%w: line: not {\"checkpoint\":…,\"range\":[…]}", ErrCheckpoint)
 	}
+	if n, ok := unescapeNote(rest[:i]); ok {
+		return n, nil
+	}
 	var note string
 	if err := json.Unmarshal(rest[:i], &note); err != nil {
 		return nil, fmt.Errorf("%w: line: %v", ErrCheckpoint, err)
 	}
 	return []byte(note), nil
+}
+
+// unescapeNote decodes the JSON string s as json.Unmarshal would when its
+// only escapes are \n, the form encodeCheckpointLine writes (anything
+// else goes to json.Unmarshal): audit verify reads one per checkpoint.
+func unescapeNote(s []byte) ([]byte, bool) {
+	if len(s) < 2 || s[0] != '"' || s[len(s)-1] != '"' {
+		return nil, false
+	}
+	s = s[1 : len(s)-1]
+	if !utf8.Valid(s) { // json.Unmarshal would replace bad bytes
+		return nil, false
+	}
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\':
+			if i+1 == len(s) || s[i+1] != 'n' {
+				return nil, false
+			}
+			out = append(out, '\n')
+			i++
+		case c == '"' || c < 0x20:
+			return nil, false
+		default:
+			out = append(out, c)
+		}
+	}
+	return out, true
 }
 
 func decodeCheckpointLine(line []byte) (signed []byte, hashes [][]byte, err error) {

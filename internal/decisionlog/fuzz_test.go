@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -131,6 +132,13 @@ func FuzzCheckpointLine(f *testing.F) {
 	f.Add([]byte(`{"checkpoint":"x\n1\n","range":[]}`))
 	f.Add([]byte(`{"checkpoint":"","range":["AAAA"],"x":1}`))
 	f.Fuzz(func(t *testing.T, line []byte) {
+		if i := bytes.Index(line, []byte(`,"range":[`)); i > len(checkpointPrefix) && bytes.HasPrefix(line, []byte(checkpointPrefix)) {
+			s := line[len(checkpointPrefix):i]
+			var want string
+			if fast, ok := unescapeNote(s); ok && (json.Unmarshal(s, &want) != nil || want != string(fast)) {
+				t.Fatalf("unescapeNote(%q) = %q, json.Unmarshal: %q", s, fast, want)
+			}
+		}
 		note, err1 := checkpointNote(line)
 		full, _, err2 := decodeCheckpointLine(line)
 		if err2 == nil && (err1 != nil || !bytes.Equal(note, full)) {

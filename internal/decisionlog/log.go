@@ -134,8 +134,9 @@ func newBatch() *batch { return &batch{signed: make(chan struct{}), done: make(c
 func (b *batch) receipt(i int) Receipt {
 	c := &b.cps[i/MaxBatch]
 	j := i % MaxBatch
+	var proof [7]Hash // MaxBatch = 2^7
 	r := CompactReceipt{Checkpoint: c.cp, Index: b.first + uint64(i), RecordHash: b.leaves[i],
-		Proof: c.lv.proof(j), KeyHash: binary.BigEndian.Uint32(c.sig), Signature: c.sig[4:]}
+		Proof: c.lv.appendProof(proof[:0], j), KeyHash: binary.BigEndian.Uint32(c.sig), Signature: c.sig[4:]}
 	return Receipt{Index: r.Index, Hash: r.RecordHash, Header: r.Encode()}
 }
 
@@ -341,7 +342,7 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 		return Receipt{}, ErrBufferFull
 	}
 	rec.Index = l.next
-	line := prep.appendLine(make([]byte, 0, len(prep.tail)+len(l.opts.Name)+64), rec.Index, l.opts.Name)
+	line := prep.line(rec.Index, l.opts.Name)
 	if len(line) > MaxRecordBytes {
 		l.mu.Unlock()
 		l.m.appends.WithLabelValues("invalid").Inc()

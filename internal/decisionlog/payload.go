@@ -122,9 +122,14 @@ func boundRecord(r *Record) bool {
 
 // preparedRecord is a record's JSON line with the fields the log assigns
 // (index, log) left open. Append builds it before taking the log's lock;
-// under the lock only the splice and the leaf hash remain.
+// under the lock only the head and the leaf hash remain. The tail is
+// written into buf after room bytes, enough for the longest head, so that
+// line writes the head in place: one allocation per record.
 type preparedRecord struct {
 	kind string
+	log  string // the name room was reserved for
+	buf  []byte // room bytes, then tail
+	room int
 	tail []byte // `,"decision_id":…,"time":"…"}`: everything after "kind"
 }
 
@@ -142,20 +147,73 @@ type recordTail struct {
 	Time        string          `json:"time"`
 }
 
+// prepareRecord encodes r (r.Log set): decisions by appendRecordTail, the
+// kinds with a key rotation, a response or data by encoding/json.
 func prepareRecord(r *Record) (preparedRecord, error) {
-	tail, err := marshalJSON(recordTail{
-		DecisionID: r.DecisionID, KeyRotation: r.KeyRotation, Response: r.Response, Agent: r.Agent, Request: r.Request,
-		Decision: r.Decision, Data: r.Data, Truncated: r.Truncated, Time: r.Time.UTC().Format(TimeLayout),
-	})
-	if err != nil {
-		return preparedRecord{}, err
-	}
-	tail[0] = ',' // the object continues after "kind"
 	kind := r.Kind
 	if kind == "" {
 		kind = KindDecision
 	}
-	return preparedRecord{kind: kind, tail: tail}, nil
+	p := preparedRecord{kind: kind, log: r.Log, room: headRoom(r.Log, kind)}
+	if r.KeyRotation == nil && r.Response == nil && len(r.Data) == 0 {
+		p.buf = appendRecordTail(make([]byte, p.room, p.room+tailEstimate(r)), r)
+	} else {
+		tail, err := marshalJSON(recordTail{
+			DecisionID: r.DecisionID, KeyRotation: r.KeyRotation, Response: r.Response, Agent: r.Agent, Request: r.Request,
+			Decision: r.Decision, Data: r.Data, Truncated: r.Truncated, Time: r.Time.UTC().Format(TimeLayout),
+		})
+		if err != nil {
+			return preparedRecord{}, err
+		}
+		tail[0] = ',' // the object continues after "kind"
+		p.buf = append(make([]byte, p.room, p.room+len(tail)+1), tail...)
+	}
+	p.tail = p.buf[p.room:]
+	return p, nil
+}
+
+// headRoom is the longest head a record of this log and kind can have.
+func headRoom(log, kind string) int {
+	return len(recordPrefix) + 20 + len(`,"log":"`) + len(log) + len(`","kind":"`) + len(kind) + 1
+}
+
+// tailEstimate is what the tail needs when nothing is escaped, plus room
+// for the line's LF.
+func tailEstimate(r *Record) int {
+	n := 448 + len(r.DecisionID) // the names, quotes and punctuation of every member: ~400 bytes
+	a, q := &r.Agent, &r.Request
+	n += len(a.ID) + len(a.SPIFFEID) + len(a.Tenant) + len(a.TrustLevel) + len(a.Owner) + len(a.Serial) + len(a.CertSHA256) + len(a.Issuer) + len(a.Source)
+	for _, s := range a.Scopes {
+		n += len(s) + 3
+	}
+	n += len(q.ID) + len(q.Method) + len(q.Host) + len(q.Path) + len(q.Operation) + len(q.Source)
+	for _, m := range q.MCP {
+		n += 100 + len(m.Kind) + len(m.Method) + len(m.Tool) + len(m.URI) + len(m.Operation) + len(m.ArgumentsSHA256)
+	}
+	for _, s := range r.Decision.Reasons {
+		n += len(s) + 3
+	}
+	return n + len(r.Decision.PolicyRevision)
+}
+
+// line returns the record line (without its LF, with room for it) for
+// index in log, written in place before the tail.
+func (p preparedRecord) line(index uint64, log string) []byte {
+	head := len(recordPrefix) + decimalLen(index) + len(`,"log":"`) + len(log) + len(`","kind":"`) + len(p.kind) + 1
+	if log != p.log || head > p.room {
+		return p.appendLine(make([]byte, 0, head+len(p.tail)+1), index, log)
+	}
+	start := p.room - head
+	_ = p.appendHead(p.buf[start:start], index, log) // fills buf[start:room]
+	return p.buf[start:]
+}
+
+func decimalLen(n uint64) int {
+	d := 1
+	for ; n >= 10; n /= 10 {
+		d++
+	}
+	return d
 }
 
 // appendLine appends the record line (without its LF):
@@ -163,14 +221,17 @@ func prepareRecord(r *Record) (preparedRecord, error) {
 // hand so that readers (verification above all) can take index, log and
 // kind from it without decoding the JSON (parseRecordHead).
 func (p preparedRecord) appendLine(buf []byte, index uint64, log string) []byte {
+	return append(p.appendHead(buf, index, log), p.tail...)
+}
+
+func (p preparedRecord) appendHead(buf []byte, index uint64, log string) []byte {
 	buf = append(buf, recordPrefix...)
 	buf = strconv.AppendUint(buf, index, 10)
 	buf = append(buf, `,"log":"`...)
 	buf = append(buf, log...) // validOrigin: nothing to escape
 	buf = append(buf, `","kind":"`...)
 	buf = append(buf, p.kind...) // validKind: nothing to escape
-	buf = append(buf, '"')
-	return append(buf, p.tail...)
+	return append(buf, '"')
 }
 
 // recordHead is what parseRecordHead reads from the start of a record line.
@@ -221,6 +282,15 @@ func parseRecordHead(line []byte) (recordHead, error) {
 		return h, fmt.Errorf("%w: after kind", ErrMalformed)
 	}
 	return h, nil
+}
+
+// ParseRecordHead reads index, log and kind from the fixed head of a v2
+// record line, {"index":N,"log":"…","kind":"…", as DecodeRecordLine checks
+// it; it does not look at the rest of the line (policy simulation decodes
+// the rest itself).
+func ParseRecordHead(line []byte) (index uint64, log, kind string, err error) {
+	h, err := parseRecordHead(line)
+	return h.index, h.log, h.kind, err
 }
 
 // validKind: a record kind is 1 to 32 of [a-z_].

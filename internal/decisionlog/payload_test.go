@@ -161,3 +161,74 @@ func TestHugeFieldsAreRecordedTruncated(t *testing.T) {
 		t.Error("an ordinary record is flagged truncated")
 	}
 }
+
+// tailByEncodingJSON is what the log wrote before appendRecordTail.
+func tailByEncodingJSON(t testing.TB, r *Record) []byte {
+	t.Helper()
+	tail, err := marshalJSON(recordTail{DecisionID: r.DecisionID, Agent: r.Agent, Request: r.Request, Decision: r.Decision,
+		Truncated: r.Truncated, Time: r.Time.UTC().Format(TimeLayout)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail[0] = ','
+	return tail
+}
+
+// FuzzRecordTail: appendRecordTail writes what encoding/json writes, for
+// any strings in any field (escapes, invalid UTF-8, U+2028, HTML
+// characters), empty and absent lists, MCP messages.
+func FuzzRecordTail(f *testing.F) {
+	f.Add("dec-1", "payments-bot", "payments:initiate", "/v1/pay", "api.acme.test", "scope_missing", "", uint8(0), 200)
+	f.Add("a\"b\\c\x00\x1f\x7f", "é\u2028\u2029", "<script>&amp;", "\xff\xfe", "\t\n\r\b\f", "", "tools/call", uint8(7), 403)
+	f.Add("", "", "", "", "", "x", "\xe2\x80", uint8(2), -1)
+	f.Fuzz(func(t *testing.T, id, agent, scope, path, host, reason, tool string, shape uint8, status int) {
+		r := sampleRecord(int(shape))
+		r.DecisionID, r.Agent.ID, r.Request.Path, r.Request.Host, r.Decision.HTTPStatus = id, agent, path, host, status
+		r.Agent.Owner, r.Agent.Issuer, r.Request.Source = scope, reason, tool
+		switch shape % 4 {
+		case 0:
+			r.Agent = Agent{CertSHA256: agent}
+			r.Decision.Reasons = nil
+		case 1:
+			r.Agent.Scopes = []string{scope, reason, ""}
+			r.Decision.Reasons = []string{reason}
+		case 2:
+			r.Agent.Scopes = []string{}
+			r.Request = Request{MCP: []MCPMessage{{Kind: "request", Method: "tools/call", Tool: tool, ArgumentsSHA256: id}, {Kind: reason, URI: path, Operation: scope}}}
+		case 3:
+			r.Request.MCP = []MCPMessage{{Kind: ""}}
+			r.Decision.PolicyRevision = ""
+		}
+		r.Truncated = shape&4 != 0
+		r.Decision.Allowed = shape&8 != 0
+		if got, want := appendRecordTail(nil, r), tailByEncodingJSON(t, r); !bytes.Equal(got, want) {
+			t.Fatalf("appendRecordTail:\n%s\nencoding/json:\n%s", got, want)
+		}
+	})
+}
+
+// TestPreparedLineInPlace: the line prepareRecord leaves room for is the
+// line appendLine writes, for indices of every length, and a decision
+// costs one allocation.
+func TestPreparedLineInPlace(t *testing.T) {
+	r := sampleRecord(1)
+	r.Log = "log-1"
+	for _, idx := range []uint64{0, 9, 10, 12345, 1<<64 - 1} {
+		p, err := prepareRecord(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := p.line(idx, "log-1"), p.appendLine(nil, idx, "log-1"); !bytes.Equal(got, want) || cap(got) == len(got) {
+			t.Fatalf("index %d: %s\nwant %s (cap %d)", idx, got, want, cap(got))
+		}
+		if got, want := p.line(idx, "another-log"), p.appendLine(nil, idx, "another-log"); !bytes.Equal(got, want) {
+			t.Fatalf("another log: %s", got)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		p, _ := prepareRecord(r)
+		_ = p.line(123456789, "log-1")
+	}); n != 1 {
+		t.Errorf("%v allocations per record line, want 1", n)
+	}
+}

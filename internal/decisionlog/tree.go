@@ -152,8 +152,9 @@ func (lv levels) root() Hash {
 }
 
 // proof returns the inclusion proof of leaf i (RFC 9162 §2.1.3.1).
-func (lv levels) proof(i int) []Hash {
-	out := make([]Hash, 0, len(lv)-1)
+func (lv levels) proof(i int) []Hash { return lv.appendProof(make([]Hash, 0, len(lv)-1), i) }
+
+func (lv levels) appendProof(out []Hash, i int) []Hash {
 	for _, level := range lv[:len(lv)-1] {
 		if s := i ^ 1; s < len(level) {
 			out = append(out, level[s])

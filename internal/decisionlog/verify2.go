@@ -3,7 +3,6 @@ package decisionlog
 import (
 	"crypto/ed25519"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/agentauthz/agentauthz/internal/jsonvalid"
 )
 
 // Damage kinds of v2 logs (besides modified, missing, inserted, truncated,
@@ -42,6 +43,7 @@ const (
 func verifyV2(dir string, segs []string, trusted KeySet) (*Result, error) {
 	res := &Result{Format: 2, Segments: len(segs)}
 	src := NewReader(dir)
+	src.blockLines = true
 	defer src.Close()
 	chunks, stop := prepareLines(src, trusted)
 	defer stop()
@@ -229,8 +231,13 @@ func prepareLines(src *Reader, trusted KeySet) (<-chan *lineChunk, func()) {
 			cand[k] = p
 		}
 		origin := ""
+		var (
+			keys     KeySet
+			vs       note.Verifiers
+			vsOrigin string
+		)
 		for {
-			c := &lineChunk{done: make(chan struct{})}
+			c := &lineChunk{lines: make([]preparedLine, 0, chunkLines), done: make(chan struct{})}
 			for len(c.lines) < chunkLines {
 				l, err := src.nextLine(true)
 				if errors.Is(err, io.EOF) {
@@ -261,19 +268,24 @@ func prepareLines(src *Reader, trusted KeySet) (<-chan *lineChunk, func()) {
 			if len(c.lines) == 0 && c.err == nil {
 				return
 			}
-			keys := KeySet{}
-			for k, p := range cand {
-				keys[k] = p
+			if len(cand) != len(keys) || origin != vsOrigin {
+				// Verifiers (with their precomputed tables) are built
+				// again only when a rotation announced a key.
+				keys = make(KeySet, len(cand))
+				for k, p := range cand {
+					keys[k] = p
+				}
+				vs, _ = NoteVerifiers(origin, keys)
+				vsOrigin = origin
 			}
 			sem <- struct{}{}
 			wg.Add(1)
-			go func(c *lineChunk, origin string) {
+			go func(c *lineChunk, origin string, keys KeySet, vs note.Verifiers) {
 				defer func() { <-sem; wg.Done(); close(c.done) }()
-				vs, _ := NoteVerifiers(origin, keys)
 				for i := range c.lines {
 					prepareLine(&c.lines[i], origin, keys, vs)
 				}
-			}(c, origin)
+			}(c, origin, keys, vs)
 			select {
 			case out <- c:
 			case <-quit:
@@ -327,7 +339,7 @@ func prepareLine(pl *preparedLine, origin string, keys KeySet, vs note.Verifiers
 				pl.err = fmt.Errorf("%w: key_rotation record", ErrMalformed)
 			}
 		}
-	} else if !json.Valid(text) {
+	} else if !jsonvalid.Valid(text, jsonvalid.StdMaxDepth) {
 		pl.err = fmt.Errorf("%w: not JSON", ErrMalformed)
 		return
 	}

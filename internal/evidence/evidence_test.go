@@ -3,6 +3,8 @@ package evidence
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -124,11 +126,15 @@ func (h *history) collect(t *testing.T, mod func(*Inputs)) *Report {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := Inputs{Logs: []Log{{Dir: h.logDir, Keys: ks}}, DataDir: h.dataDir, CA: h.a, Sample: 4, Seed: 9}
+	inv, err := ReadInventory(h.a, h.dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := Inputs{Sources: []Source{DirSource{Dir: h.logDir, Keys: ks}}, DataDir: h.dataDir, Inventory: inv, Sample: 4, Seed: 9}
 	if mod != nil {
 		mod(&in)
 	}
-	r, err := Collect(in)
+	r, err := Collect(context.Background(), in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +251,7 @@ func TestFiguresMatchAnIndependentCount(t *testing.T) {
 // controls that need them are gaps, never passes.
 func TestNoEvidenceIsAGap(t *testing.T) {
 	h := newHistory(t)
-	r := h.collect(t, func(in *Inputs) { in.CA, in.DataDir = nil, "" })
+	r := h.collect(t, func(in *Inputs) { in.Inventory, in.DataDir = nil, "" })
 	for _, id := range []string{"CC6.7", "CC6.8", "CC7.1", "CC7.4", "CC8.1", "A1.1", "PI1.3", "PI1.5"} {
 		if c := control(t, r, id); c.Status != StatusGap {
 			t.Errorf("%s is %q without its evidence: %s", id, c.Status, c.Summary)
@@ -345,5 +351,136 @@ func TestReportPrintsToPDF(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("pdftotext:\n%s", text)
+	}
+}
+
+// TestPropagationPerReplica: with two replicas' logs, the revocation's first
+// refusal is found on each, stated in CC6.8 and the JSON, and drawn.
+func TestPropagationPerReplica(t *testing.T) {
+	h := newHistory(t)
+	dirB := filepath.Join(h.dataDir, "log-b")
+	l, err := decisionlog.Open(decisionlog.Options{Dir: dirB, KeyDir: filepath.Join(h.dataDir, "keys"), Name: "replica-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range []struct {
+		agent   string
+		after   time.Duration
+		allowed bool
+		code    string
+	}{{"rogue", -time.Minute, true, "allowed"}, {"payer", time.Second, true, "allowed"}, {"rogue", 2 * time.Second, false, "certificate_revoked"}, {"rogue", 3 * time.Second, false, "certificate_revoked"}} {
+		rec := decisionlog.Record{DecisionID: fmt.Sprintf("b-%d", i), Time: h.revokedAt.Add(c.after),
+			Agent:    decisionlog.Agent{ID: c.agent, Tenant: td, TrustLevel: "L2", CertSHA256: h.certOf[c.agent]},
+			Request:  decisionlog.Request{Operation: "payments:read"},
+			Decision: decisionlog.Decision{Allowed: c.allowed, HTTPStatus: 200, Reasons: []string{c.code}}}
+		if _, err := l.Append(context.Background(), &rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := h.collect(t, func(in *Inputs) {
+		in.Sources = append(in.Sources, DirSource{Dir: dirB, Keys: in.Sources[0].(DirSource).Keys})
+	})
+	rv := r.Revocations[0]
+	// On replica-a the first request after the revocation came 30 s later.
+	if len(rv.Replicas) != 2 || rv.Replicas[0].Log != "replica-a" || rv.Replicas[1].Log != "replica-b" ||
+		rv.Replicas[0].TookMS == nil || *rv.Replicas[0].TookMS != 30000 || rv.Replicas[1].TookMS == nil || *rv.Replicas[1].TookMS != 2000 ||
+		!rv.FirstDenied.Equal(h.revokedAt.Add(2*time.Second)) {
+		t.Fatalf("propagation %+v", rv)
+	}
+	if v := control(t, r, "CC6.8").Evidence[0].Value; !strings.Contains(v, "first refused 2s after (by replica: replica-a 30000 ms, replica-b 2000 ms)") {
+		t.Fatalf("CC6.8 %q", v)
+	}
+	var b bytes.Buffer
+	if err := r.WriteHTML(&b); err != nil {
+		t.Fatal(err)
+	}
+	s := b.String()
+	for _, want := range []string{`aria-label="Revocation propagation`, "acme.example/rogue revoked", ">replica-b</text>", ">2.0 s</text>", ">30.0 s</text>", `class="late"`, `class="ontime"`, "5s bound"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("the chart lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(s[strings.Index(s, "Revocation propagation"):][:3000])
+	}
+}
+
+// TestConfigurationAsEvidence: the serve configuration given is in the
+// report with its hash and, under each control, the settings it depends on;
+// a tenant without revocation checking makes CC6.8 a gap.
+func TestConfigurationAsEvidence(t *testing.T) {
+	h := newHistory(t)
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("a.yaml", `decision_log: {name: replica-a, mode: async, async_buffer: 5000}
+identity: {sources: [xfcc]}
+policy: {bundle: https://bundles.example/p.tar.gz, bundle_verification_key: /etc/agentauthz/bundle.pub}
+trust_bundles:
+  - trust_domain: acme.example
+    file: /etc/agentauthz/acme.pem
+    revocation: {watch_url: "https://cp.example:9193/v1/watch", crl_urls: ["https://cp.example:9193/v1/crl/acme.example"]}
+`)
+	off := write("b.yaml", `decision_log: {name: replica-b}
+grpc: {tls: {cert_file: /s.pem, key_file: /s.key, client_ca_file: /envoy-ca.pem}}
+trust_bundles:
+  - trust_domain: other.example
+    file: /etc/agentauthz/other.pem
+    revocation: {disabled: true}
+`)
+	var cfs []*ConfigFile
+	for _, p := range []string{good, off} {
+		cf, err := ReadConfig(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfs = append(cfs, cf)
+	}
+	b, _ := os.ReadFile(good)
+	if sum := sha256.Sum256(b); cfs[0].SHA256 != hex.EncodeToString(sum[:]) || cfs[0].Log != "replica-a" {
+		t.Fatalf("config %+v", cfs[0])
+	}
+	r := h.collect(t, func(in *Inputs) { in.Configs = cfs })
+	for id, want := range map[string][]string{
+		"CC6.6": {"replica-a: trust in xfcc=trusted as sent by the caller of Check: without gRPC mutual TLS", "replica-a: grpc.tls=plaintext",
+			"replica-b: grpc.tls=mutual TLS: only callers with a certificate from /envoy-ca.pem"},
+		"CC6.8": {"replica-a: revocation of acme.example=push https://cp.example:9193/v1/watch; CRL URLs", "replica-b: revocation of other.example=DISABLED"},
+		"CC7.2": {"replica-a: decision_log.mode=async: answered before the record is on disk; a crash can lose up to 5000 records",
+			"replica-b: decision_log.mode=sync", "serve configuration of log replica-a=" + good + " sha256 " + cfs[0].SHA256},
+		"CC8.1": {"replica-a: policy bundle signature=bundles must be signed by /etc/agentauthz/bundle.pub", fmt.Sprintf("policy revisions that decided in the period=(none recorded): %d decisions", len(h.recs))},
+	} {
+		var got []string
+		for _, f := range control(t, r, id).Evidence {
+			got = append(got, f.Label+"="+f.Value)
+		}
+		all := strings.Join(got, "\n")
+		for _, w := range want {
+			if !strings.Contains(all, w) {
+				t.Errorf("%s lacks %q:\n%s", id, w, all)
+			}
+		}
+	}
+	if c := control(t, r, "CC6.8"); c.Status != StatusGap || !strings.Contains(c.Summary, "disabled for other.example") {
+		t.Errorf("CC6.8 with a tenant's revocation off: %s %s", c.Status, c.Summary)
+	}
+	// Without configuration, each such control says it was not given.
+	r = h.collect(t, nil)
+	if v := fact(t, control(t, r, "CC6.6"), "serve configuration"); !strings.Contains(v, "not given") {
+		t.Errorf("CC6.6 without configuration: %q", v)
+	}
+	if control(t, r, "CC6.8").Status != StatusEvidence {
+		t.Errorf("CC6.8 without configuration: %+v", control(t, r, "CC6.8"))
+	}
+	// A configuration serve would refuse is refused here too.
+	if _, err := ReadConfig(write("bad.yaml", "decision_log: {mdoe: sync}\n")); err == nil || !strings.Contains(err.Error(), "mdoe") {
+		t.Errorf("bad config: %v", err)
 	}
 }

@@ -2,51 +2,38 @@ package evidence
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
 )
 
-// inventory is what the CA inventory and its signed change log hold.
-type inventory struct {
-	certs        []ca.Certificate
-	events       []ca.Event
-	restrictions []ca.Restriction
-	changeLog    *ca.ChangeLogResult // nil when there is no change-log key
-	changeLogErr string
+// Inventory is what the CA inventory and its signed change log hold, read
+// from a data directory (ReadInventory) or from the control plane's API.
+type Inventory struct {
+	Certs  []ca.Certificate
+	Events []ca.Event
+	// ChangeLog is the change log's verification; nil when it could not be
+	// verified, ChangeLogErr saying why.
+	ChangeLog    *ca.ChangeLogResult
+	ChangeLogErr string
 }
 
-func readInventory(a *ca.Authority, dataDir string) (*inventory, error) {
-	inv := &inventory{}
+// ReadInventory reads the inventory of a local data directory and verifies
+// its change log with the key beside it.
+func ReadInventory(a *ca.Authority, dataDir string) (*Inventory, error) {
+	inv := &Inventory{}
 	var err error
-	if inv.certs, err = a.List(ca.ListFilter{}); err != nil {
+	if inv.Certs, err = a.List(ca.ListFilter{}); err != nil {
 		return nil, fmt.Errorf("inventory: %w", err)
 	}
-	if inv.events, err = a.Events("", ""); err != nil {
+	if inv.Events, err = a.Events("", ""); err != nil {
 		return nil, fmt.Errorf("inventory events: %w", err)
 	}
-	tds, err := a.TrustDomains()
+	keys, err := ca.ChangeLogKeys(dataDir) // the current key and those it rotated from
 	if err != nil {
-		return nil, fmt.Errorf("inventory: %w", err)
-	}
-	for _, td := range tds {
-		rs, err := a.ListRestrictions(td)
-		if err != nil {
-			return nil, fmt.Errorf("restrictions: %w", err)
-		}
-		inv.restrictions = append(inv.restrictions, rs...)
-	}
-	pubPEM, err := os.ReadFile(ca.ChangeLogKeyPath(dataDir))
-	if err != nil {
-		inv.changeLogErr = "no change-log key: " + err.Error()
+		inv.ChangeLogErr = "no change-log key: " + err.Error()
 		return inv, nil
 	}
-	pub, err := ca.ParseChangeLogKey(pubPEM)
-	if err != nil {
-		inv.changeLogErr = err.Error()
-		return inv, nil
-	}
-	if inv.changeLog, err = a.VerifyChangeLog(pub); err != nil {
+	if inv.ChangeLog, err = a.VerifyChangeLog(keys...); err != nil {
 		return nil, fmt.Errorf("change log: %w", err)
 	}
 	return inv, nil

@@ -3,7 +3,6 @@ package evidence
 import (
 	"fmt"
 	"maps"
-	"math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
@@ -34,6 +33,8 @@ type Report struct {
 	Sample      []Sample            `json:"sample"`
 	Days        []Day               `json:"decisions_by_day"`
 	Revocations []Revocation        `json:"revocations"`
+	// Config is the serve configuration of each replica, as given.
+	Config []ConfigFile `json:"config"`
 }
 
 // Control is one control's status and its evidence.
@@ -87,23 +88,38 @@ type Revocation struct {
 	// PropagationBound: each one would be a failure of the revocation.
 	AllowedAfter int `json:"allowed_after"`
 	// Others' allowed share in the hour before and after At.
-	OthersBefore, OthersAfter string
+	OthersBefore string `json:"others_allowed_hour_before"`
+	OthersAfter  string `json:"others_allowed_hour_after"`
+	// Replicas is the revocation's propagation: on each log, the first
+	// refusal of the agent after At.
+	Replicas []Propagation `json:"replicas"`
+}
+
+// Propagation is when one replica first refused a revoked agent.
+type Propagation struct {
+	Log         string    `json:"log"`
+	FirstDenied time.Time `json:"first_denied,omitzero"` // zero: no request on this log after the revocation
+	// Took is FirstDenied − At in milliseconds (an upper bound on the
+	// propagation: the agent may have made no request earlier).
+	TookMS *int64 `json:"took_ms,omitempty"`
 }
 
 // PropagationBound is how long a revocation may take to reach every
 // replica before an allowed decision for the agent counts against it.
 const PropagationBound = 5 * time.Second
 
-func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
-	q := queryCmd(in)
+func (r *Report) build(in Inputs, st *stats) {
+	q := queryCmd(in, r.Logs)
+	invCmd := inventoryCmd(in)
+	inv := in.Inventory
 	for _, day := range slices.Sorted(maps.Keys(st.byDay)) {
 		r.Days = append(r.Days, Day{day, st.byDay[day][0], st.byDay[day][1]})
 	}
 	if inv != nil {
-		r.ChangeLog = inv.changeLog
-		r.Revocations = revocations(st)
+		r.ChangeLog = inv.ChangeLog
+		r.Revocations = revocations(st, r.Logs)
 	}
-	r.Sample = sample(in, st, rng)
+	r.Sample = sample(st, r.Logs)
 	c := func(id, title string) *Control {
 		r.Controls = append(r.Controls, Control{ID: id, Title: title})
 		return &r.Controls[len(r.Controls)-1]
@@ -112,12 +128,7 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 
 	// CC6.1
 	x := c("CC6.1", "Logical access: every privileged action attributable to one agent")
-	shared := 0
-	for _, agents := range st.certAgents {
-		if len(agents) > 1 {
-			shared++
-		}
-	}
+	shared := len(st.sharedCerts)
 	x.Evidence = []Fact{
 		{"decisions in the period", itoa(st.decisions), q("", "length")},
 		{"decisions attributed to one agent identity", itoa(st.withIdentity), q("", `map(select(.agent.id != null)) | length`)},
@@ -127,6 +138,8 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 	switch {
 	case noDecisions:
 		x.Status, x.Summary = StatusGap, "no decisions in the period: nothing to attribute"
+	case st.certsTruncated:
+		x.Status, x.Summary = StatusGap, fmt.Sprintf("more than %d distinct certificates: the shared-certificate check stopped there (run it with the command shown)", maxCerts)
 	case st.anonAllowed > 0 || shared > 0:
 		x.Status, x.Summary = StatusGap, fmt.Sprintf("%d allowed decisions without identity, %d shared certificates", st.anonAllowed, shared)
 	default:
@@ -158,7 +171,7 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 	if inv != nil {
 		unused := unusedScopes(inv, st)
 		x.Evidence = append(x.Evidence, Fact{"active agents holding scopes they never used in the period", unused,
-			"agentauthz agent list --data-dir " + in.DataDir + "  # compare each agent's scopes with the matrix above"})
+			invCmd("agent list --json", "") + "  # compare each agent's scopes with the matrix above"})
 	}
 	if noDecisions {
 		x.Status, x.Summary = StatusGap, "no decisions in the period"
@@ -185,7 +198,7 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 	} else {
 		issued, renewed, reissued, expired := 0, 0, 0, 0
 		revokedAgents := map[string]bool{} // a revocation is a serial and an agent-id event
-		for _, e := range inv.events {
+		for _, e := range inv.Events {
 			if !inPeriod(in, e.At) {
 				continue
 			}
@@ -201,7 +214,7 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 			}
 		}
 		var lifetimes []time.Duration
-		for _, ct := range inv.certs {
+		for _, ct := range inv.Certs {
 			lifetimes = append(lifetimes, ct.NotAfter.Sub(ct.NotBefore))
 			if ct.NotAfter.After(in.From) && inPeriod(in, ct.NotAfter) && ct.Status != "revoked" {
 				expired++
@@ -212,10 +225,11 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 		if len(lifetimes) > 0 {
 			life = fmt.Sprintf("min %v, median %v, max %v over %d certificates", lifetimes[0], lifetimes[len(lifetimes)/2], lifetimes[len(lifetimes)-1], len(lifetimes))
 		}
-		inv0 := "agentauthz agent list --json --data-dir " + in.DataDir + "  # and agentauthz agent show ID for each agent's events"
-		x.Evidence = []Fact{{"certificate lifetimes", life, "agentauthz agent list --data-dir " + in.DataDir + " --json"},
-			{"issued in the period", itoa(issued), inv0}, {"renewed", itoa(renewed), inv0}, {"reissued (new scopes or trust)", itoa(reissued), inv0},
-			{"agents revoked", itoa(len(revokedAgents)), inv0}, {"certificates that expired in the period", itoa(expired), "agentauthz agent list --data-dir " + in.DataDir}}
+		ev := invCmd("agent list --json", "/v1/changes") + "  # the events in the period"
+		certs := invCmd("agent list --json", "/v1/agents/TENANT/ID")
+		x.Evidence = []Fact{{"certificate lifetimes", life, certs},
+			{"issued in the period", itoa(issued), ev}, {"renewed", itoa(renewed), ev}, {"reissued (new scopes or trust)", itoa(reissued), ev},
+			{"agents revoked", itoa(len(revokedAgents)), ev}, {"certificates that expired in the period", itoa(expired), certs}}
 		x.Status, x.Summary = StatusEvidence, fmt.Sprintf("%d issued, %d renewed, %d reissued, %d agents revoked in the period", issued, renewed, reissued, len(revokedAgents))
 	}
 
@@ -237,9 +251,17 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 				took = fmt.Sprintf("first refused %v after", rv.FirstDenied.Sub(rv.At).Round(time.Millisecond))
 			}
 			failed += rv.AllowedAfter
+			var by []string
+			for _, p := range rv.Replicas {
+				if p.TookMS == nil {
+					by = append(by, p.Log+" no request after")
+				} else {
+					by = append(by, fmt.Sprintf("%s %d ms", p.Log, *p.TookMS))
+				}
+			}
 			x.Evidence = append(x.Evidence, Fact{fmt.Sprintf("%s/%s revoked %s", rv.Tenant, rv.Agent, rv.At.UTC().Format(time.RFC3339)),
-				fmt.Sprintf("%s; allowed more than %v after: %d", took, PropagationBound, rv.AllowedAfter),
-				queryAgentCmd(in, rv.Agent, rv.At)})
+				fmt.Sprintf("%s (by replica: %s); allowed more than %v after: %d", took, strings.Join(by, ", "), PropagationBound, rv.AllowedAfter),
+				queryAgentCmd(in, r.Logs, rv.Agent, rv.At)})
 			a1.Evidence = append(a1.Evidence, Fact{"others' allowed share around " + rv.Agent + "'s revocation",
 				fmt.Sprintf("hour before %s, hour after %s", rv.OthersBefore, rv.OthersAfter), ""})
 		}
@@ -288,14 +310,14 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 	bad := 0
 	for _, l := range r.Logs {
 		v := "verified: " + itoa(int(l.Records)) + " records"
-		if l.Problem != nil {
-			v, bad = "FAILED: "+l.Problem.Error(), bad+1
+		if !l.Verified {
+			v, bad = "FAILED: "+l.Problem, bad+1
 		}
 		if l.Malformed > 0 {
 			v += fmt.Sprintf(", %d malformed lines", l.Malformed)
 			bad++
 		}
-		x.Evidence = append(x.Evidence, Fact{"log " + l.Name + " (" + l.Dir + ")", v, "agentauthz audit verify --log " + l.Dir})
+		x.Evidence = append(x.Evidence, Fact{"log " + l.Name + " (" + strings.TrimPrefix(strings.TrimPrefix(l.where(), "--server "), "--log ") + ")", v, verifyCmd(l)})
 	}
 	x.Evidence = append(x.Evidence, Fact{"decisions missing identity, trust level, time or outcome fields", itoa(st.missingFields), ""})
 	if bad > 0 || st.missingFields > 0 {
@@ -319,7 +341,7 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 		x.Status, x.Summary = StatusGap, "no CA inventory given (--data-dir)"
 	} else {
 		n := 0
-		for _, e := range inv.events {
+		for _, e := range inv.Events {
 			switch e.Event {
 			case "revoke", "agent_revoke", "restrict", "lift":
 			default:
@@ -330,7 +352,7 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 			}
 			n++
 			x.Evidence = append(x.Evidence, Fact{fmt.Sprintf("%s %s/%s", e.Event, e.TrustDomain, e.AgentID),
-				fmt.Sprintf("%s by %s: %s", e.At.UTC().Format(time.RFC3339), e.Operator, e.Detail), "agentauthz agent show " + e.AgentID + " --data-dir " + in.DataDir})
+				fmt.Sprintf("%s by %s: %s", e.At.UTC().Format(time.RFC3339), e.Operator, e.Detail), invCmd("agent show "+e.AgentID, "/v1/agents/"+e.TrustDomain+"/"+e.AgentID)})
 		}
 		if n == 0 {
 			x.Status, x.Summary = StatusNA, "no response action in the period"
@@ -341,25 +363,27 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 
 	// CC8.1
 	x = c("CC8.1", "Changes: every change to an agent's scopes or trust level is a new certificate, in a signed change log")
+	x.Evidence = append(x.Evidence, Fact{"policy revisions that decided in the period", revisions(st.revisions),
+		q("", `group_by(.decision.policy_revision) | map({(.[0].decision.policy_revision // "none"): length}) | add`)})
 	switch {
 	case inv == nil:
 		x.Status, x.Summary = StatusGap, "no CA inventory given (--data-dir)"
-	case inv.changeLog == nil:
-		x.Status, x.Summary = StatusGap, "the change log cannot be verified: "+inv.changeLogErr
+	case inv.ChangeLog == nil:
+		x.Status, x.Summary = StatusGap, "the change log cannot be verified: "+inv.ChangeLogErr
 	default:
-		cl := inv.changeLog
+		cl := inv.ChangeLog
 		v := fmt.Sprintf("%d events, %d signed, head %s", cl.Events, cl.Signed, short(cl.Head))
 		if cl.Problem != nil {
 			v = fmt.Sprintf("FAILED at seq %d: %s: %s", cl.Problem.Seq, cl.Problem.Kind, cl.Problem.Detail)
 		}
-		x.Evidence = append(x.Evidence, Fact{"signed change log", v, "agentauthz audit verify --changelog " + in.DataDir})
+		x.Evidence = append(x.Evidence, Fact{"signed change log", v, changeLogCmd(in)})
 		reissued := 0
-		for _, e := range inv.events {
+		for _, e := range inv.Events {
 			if e.Event == "reissue" && inPeriod(in, e.At) {
 				reissued++
 			}
 		}
-		x.Evidence = append(x.Evidence, Fact{"scope or trust changes, each a new certificate (reissue)", itoa(reissued), "agentauthz agent show ID --data-dir " + in.DataDir + "  # reissue events"})
+		x.Evidence = append(x.Evidence, Fact{"scope or trust changes, each a new certificate (reissue)", itoa(reissued), invCmd("agent list --json", "/v1/changes") + "  # reissue events"})
 		if cl.Problem != nil {
 			x.Status, x.Summary = StatusGap, "the change log does not verify"
 		} else {
@@ -383,15 +407,66 @@ func (r *Report) build(in Inputs, st *stats, inv *inventory, rng *rand.Rand) {
 	} else {
 		x.Status, x.Summary = StatusEvidence, "each response record carries its decision id, agent and outcome"
 	}
+	r.applyConfig(in)
 	r.Mapping = mapping
+}
+
+// applyConfig adds each replica's configuration to the controls its
+// settings bear on. A tenant without revocation checking is a CC6.8 gap.
+func (r *Report) applyConfig(in Inputs) {
+	for _, cf := range in.Configs {
+		r.Config = append(r.Config, *cf)
+	}
+	for i := range r.Controls {
+		x := &r.Controls[i]
+		switch x.ID {
+		case "CC6.2", "CC6.6", "CC6.8", "CC7.2", "CC8.1", "PI1.3":
+		default:
+			continue
+		}
+		if len(in.Configs) == 0 && x.ID != "CC6.2" {
+			x.Evidence = append(x.Evidence, Fact{"serve configuration", "not given (audit report --config FILE, one per replica)", ""})
+			continue
+		}
+		for _, cf := range in.Configs {
+			if x.ID == "CC7.2" {
+				x.Evidence = append(x.Evidence, Fact{"serve configuration of log " + cf.Log, cf.File + " sha256 " + cf.SHA256, "sha256sum " + cf.File})
+			}
+			for _, s := range cf.Settings {
+				if s.Control == x.ID {
+					x.Evidence = append(x.Evidence, Fact{cf.Log + ": " + s.Key, s.Value, ""})
+				}
+			}
+			if x.ID == "CC6.8" && len(cf.RevocationOff) > 0 {
+				x.Status = StatusGap
+				x.Summary = fmt.Sprintf("revocation checking is disabled for %s in %s: revoked certificates are accepted there", strings.Join(cf.RevocationOff, ", "), cf.File)
+			}
+		}
+	}
+}
+
+func revisions(m map[string]*revisionSeen) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	var out []string
+	for _, k := range sortedKeys(m) {
+		v := m[k]
+		name := k
+		if name == "" {
+			name = "(none recorded)"
+		}
+		out = append(out, fmt.Sprintf("%s: %d decisions, %s to %s", name, v.n, v.first.UTC().Format(time.RFC3339), v.last.UTC().Format(time.RFC3339)))
+	}
+	return strings.Join(out, "; ")
 }
 
 // revocationsIn lists each agent revoked in the period (once: a revocation is
 // a serial event and an agent-id event), to be followed through the records.
-func revocationsIn(in Inputs, inv *inventory) []revTrack {
-	var out []revTrack
+func revocationsIn(in Inputs, inv *Inventory) []*revTrack {
+	var out []*revTrack
 	done := map[string]bool{}
-	for _, e := range inv.events {
+	for _, e := range inv.Events {
 		if e.Event != "revoke" && e.Event != "agent_revoke" || e.AgentID == "" || !inPeriod(in, e.At) {
 			continue
 		}
@@ -400,17 +475,29 @@ func revocationsIn(in Inputs, inv *inventory) []revTrack {
 			continue
 		}
 		done[k] = true
-		out = append(out, revTrack{key: k, Revocation: Revocation{Tenant: e.TrustDomain, Agent: e.AgentID, At: e.At, Operator: e.Operator, Detail: e.Detail}})
+		out = append(out, &revTrack{key: k, Revocation: Revocation{Tenant: e.TrustDomain, Agent: e.AgentID, At: e.At, Operator: e.Operator, Detail: e.Detail}})
 	}
 	return out
 }
 
 // revocations is what following each revocation found.
-func revocations(st *stats) []Revocation {
+func revocations(st *stats, logs []LogSource) []Revocation {
 	out := make([]Revocation, 0, len(st.revs))
 	for _, t := range st.revs {
 		rv := t.Revocation
 		rv.OthersBefore, rv.OthersAfter = share(t.beforeAllowed, t.beforeAll), share(t.afterAllowed, t.afterAll)
+		rv.Replicas = make([]Propagation, len(logs))
+		for i, l := range logs {
+			p := Propagation{Log: l.Name, FirstDenied: t.firstDenied[i]}
+			if f := t.firstDenied[i]; !f.IsZero() {
+				ms := f.Sub(rv.At).Milliseconds()
+				p.TookMS = &ms
+				if rv.FirstDenied.IsZero() || f.Before(rv.FirstDenied) {
+					rv.FirstDenied = f
+				}
+			}
+			rv.Replicas[i] = p
+		}
 		out = append(out, rv)
 	}
 	return out
@@ -423,27 +510,38 @@ func share(allowed, all int) string {
 	return fmt.Sprintf("%.1f %% of %d allowed", 100*float64(allowed)/float64(all), all)
 }
 
-func sample(in Inputs, st *stats, rng *rand.Rand) []Sample {
-	n := min(in.Sample, len(st.records))
-	idx := rng.Perm(len(st.records))[:n]
-	sort.Ints(idx)
-	out := make([]Sample, 0, n)
-	for _, i := range idx {
-		s := st.records[i]
-		out = append(out, Sample{Log: s.dir, Record: s.rec, Steps: []string{
-			"agentauthz audit who " + s.rec.DecisionID + " --log " + s.dir + "   # the full record",
-			"agentauthz audit prove " + s.rec.DecisionID + " --log " + s.dir + "   # its inclusion proof and the signed checkpoint",
-			"agentauthz audit verify --log " + s.dir + "   # the whole log: tree, checkpoint signatures, consistency",
-			"python3 test/verify_log.py " + s.dir + "   # the same checks, independently (docs/decision-log.md)",
-		}})
+func sample(st *stats, logs []LogSource) []Sample {
+	picked := slices.Clone(st.sample)
+	sort.SliceStable(picked, func(i, j int) bool {
+		if picked[i].src != picked[j].src {
+			return picked[i].src < picked[j].src
+		}
+		return picked[i].rec.Time.Before(picked[j].rec.Time)
+	})
+	out := make([]Sample, 0, len(picked))
+	for _, s := range picked {
+		l := logs[s.src]
+		id := s.rec.DecisionID
+		steps := []string{"agentauthz audit who " + id + " " + l.where() + "   # the full record"}
+		if l.Server != "" {
+			steps = append(steps,
+				verifyCmd(l)+"   # the whole stored log: every batch's records and signed checkpoint",
+				"curl --cert $AGENTAUTHZ_CERT --key $AGENTAUTHZ_KEY --cacert $AGENTAUTHZ_SERVER_CA '"+l.Server+"/v1/records?decision_id="+id+"'   # the record exactly as the replica signed it (its Merkle leaf) and its index")
+		} else {
+			steps = append(steps,
+				"agentauthz audit prove "+id+" --log "+l.Dir+"   # its inclusion proof and the signed checkpoint",
+				"agentauthz audit verify --log "+l.Dir+"   # the whole log: tree, checkpoint signatures, consistency",
+				"python3 test/verify_log.py "+l.Dir+"   # the same checks, independently (docs/decision-log.md)")
+		}
+		out = append(out, Sample{Log: l.Name, Record: s.rec, Steps: steps})
 	}
 	return out
 }
 
-func unusedScopes(inv *inventory, st *stats) string {
+func unusedScopes(inv *Inventory, st *stats) string {
 	var lines []string
 	seen := map[string]bool{}
-	for _, ct := range inv.certs {
+	for _, ct := range inv.Certs {
 		k := agentKey(ct.TrustDomain, ct.AgentID)
 		if ct.Status != "active" || seen[k] {
 			continue
@@ -452,7 +550,7 @@ func unusedScopes(inv *inventory, st *stats) string {
 		var unused []string
 		for _, sc := range ct.Scopes {
 			// The shipped policy names each operation after its scope.
-			if !st.usedOps[k][sc] {
+			if st.matrix[k][sc] == 0 {
 				unused = append(unused, sc)
 			}
 		}
@@ -482,11 +580,7 @@ func matrix(m map[string]map[string]int) string {
 	return strings.Join(rows, "; ")
 }
 
-func queryCmd(in Inputs) func(filter, jq string) string {
-	logs := make([]string, 0, len(in.Logs))
-	for _, l := range in.Logs {
-		logs = append(logs, l.Dir)
-	}
+func queryCmd(in Inputs, logs []LogSource) func(filter, jq string) string {
 	span := ""
 	if !in.From.IsZero() {
 		span += " --since " + in.From.UTC().Format(time.RFC3339)
@@ -498,9 +592,14 @@ func queryCmd(in Inputs) func(filter, jq string) string {
 		if filter != "" {
 			filter = " " + filter
 		}
-		cmds := make([]string, len(logs))
-		for i, l := range logs {
-			cmds[i] = "agentauthz audit query --log " + l + span + filter + " --json"
+		var cmds []string
+		if in.Server != "" {
+			// One query covers every log the control plane holds.
+			cmds = []string{"agentauthz audit query --server " + in.Server + span + filter + " --json"}
+		} else {
+			for _, l := range logs {
+				cmds = append(cmds, "agentauthz audit query --log "+l.Dir+span+filter+" --json")
+			}
 		}
 		src := cmds[0]
 		if len(cmds) > 1 {
@@ -510,8 +609,42 @@ func queryCmd(in Inputs) func(filter, jq string) string {
 	}
 }
 
-func queryAgentCmd(in Inputs, agent string, at time.Time) string {
-	return fmt.Sprintf("agentauthz audit query --log %s --agent %s --since %s --json", in.Logs[0].Dir, agent, at.UTC().Format(time.RFC3339))
+func queryAgentCmd(in Inputs, logs []LogSource, agent string, at time.Time) string {
+	where := logs[0].where()
+	if in.Server != "" {
+		where = "--server " + in.Server
+	}
+	return fmt.Sprintf("agentauthz audit query %s --agent %s --since %s --json", where, agent, at.UTC().Format(time.RFC3339))
+}
+
+// curlCmd reads a control-plane API path with the auditor's certificate.
+func curlCmd(server, path string) string {
+	return "curl -s --cert $AGENTAUTHZ_CERT --key $AGENTAUTHZ_KEY --cacert $AGENTAUTHZ_SERVER_CA " + server + path
+}
+
+// inventoryCmd is how the auditor reads the inventory: the agentauthz
+// command on the data directory, or the control plane's API path.
+func inventoryCmd(in Inputs) func(local, api string) string {
+	return func(local, api string) string {
+		if in.Server != "" && api != "" {
+			return curlCmd(in.Server, api)
+		}
+		return "agentauthz " + local + " --data-dir " + in.DataDir
+	}
+}
+
+func changeLogCmd(in Inputs) string {
+	if in.Server != "" {
+		return curlCmd(in.Server, "/v1/changelog/verify")
+	}
+	return "agentauthz audit verify --changelog " + in.DataDir
+}
+
+func verifyCmd(l LogSource) string {
+	if l.Server != "" {
+		return "agentauthz audit verify --server " + l.Server + " --log-name " + l.Name
+	}
+	return "agentauthz audit verify --log " + l.Dir
 }
 
 func inPeriod(in Inputs, t time.Time) bool {

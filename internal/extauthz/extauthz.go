@@ -5,12 +5,14 @@ package extauthz
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -132,6 +134,7 @@ type Service struct {
 	metrics *Metrics
 	now     func() time.Time
 	timeout time.Duration
+	lastID  atomic.Int64 // newDecisionID's last time, ms<<12 | sub-ms
 }
 
 // Options configure a Service. Every dependency is required.
@@ -178,6 +181,13 @@ type outcome struct {
 	verdict  Verdict
 	receipt  string
 	recorded bool // an append was attempted
+
+	// The record and the answer are built in here: one allocation per
+	// Check for all of them. Nothing keeps the record after Append.
+	rec      decisionlog.Record
+	reasons  [1]string
+	ans      answer
+	ansTaken bool
 	// invalidUTF8: the request arrived with strings that are not UTF-8
 	// (replaced before it got here); it is refused.
 	invalidUTF8 bool
@@ -201,7 +211,7 @@ func (s *Service) CheckInvalidUTF8(ctx context.Context, req *authv3.CheckRequest
 
 func (s *Service) check(ctx context.Context, req *authv3.CheckRequest, invalidUTF8 bool) (resp *authv3.CheckResponse, err error) {
 	start := s.now()
-	o := &outcome{id: newDecisionID(), invalidUTF8: invalidUTF8}
+	o := &outcome{id: s.newDecisionID(), invalidUTF8: invalidUTF8}
 	defer func() {
 		if p := recover(); p != nil {
 			s.logger.Error("panic in Check; denying", "decision_id", o.id, "panic", fmt.Sprint(p))
@@ -322,7 +332,8 @@ func (s *Service) recordAfterPanic(ctx context.Context, req *authv3.CheckRequest
 }
 
 func buildRecord(req *authv3.CheckRequest, o *outcome, at time.Time) *decisionlog.Record {
-	rec := &decisionlog.Record{DecisionID: o.id, Time: at.UTC()}
+	rec := &o.rec
+	*rec = decisionlog.Record{DecisionID: o.id, Time: at.UTC()}
 	if a := o.agent; a != nil {
 		rec.Agent = decisionlog.Agent{
 			ID: a.ID, SPIFFEID: a.SPIFFEID, Tenant: a.Tenant, TrustLevel: a.TrustLabel(), Scopes: a.Scopes,
@@ -350,10 +361,11 @@ func buildRecord(req *authv3.CheckRequest, o *outcome, at time.Time) *decisionlo
 			}
 		}
 	}
+	o.reasons[0] = string(o.reason)
 	rec.Decision = decisionlog.Decision{
 		Allowed:        o.allowed,
 		HTTPStatus:     o.status,
-		Reasons:        []string{string(o.reason)},
+		Reasons:        o.reasons[:],
 		PolicyRevision: o.verdict.Revision,
 	}
 	return rec
@@ -376,22 +388,27 @@ func sourceAddr(p *authv3.AttributeContext_Peer) string {
 	if sa == nil {
 		return ""
 	}
-	return sa.GetAddress() + ":" + strconv.FormatUint(uint64(sa.GetPortValue()), 10)
+	var buf [64]byte
+	b := append(append(buf[:0], sa.GetAddress()...), ':')
+	return string(strconv.AppendUint(b, uint64(sa.GetPortValue()), 10))
 }
 
 func (s *Service) allow(o *outcome) *authv3.CheckResponse {
-	a, v := o.agent, o.verdict
-	// The identity headers and the response header come from one block:
-	// two allocations instead of two per header on every allowed Check.
-	hb := newHeaderBlock(len(identityHeaders) + 1)
-	headers := make([]*corev3.HeaderValueOption, 0, len(v.Headers)+len(identityHeaders))
+	a, v, ans := o.agent, o.verdict, o.answer()
+	headers := ans.headers[:0]
+	if n := len(v.Headers) + len(identityHeaders); n > cap(headers) {
+		headers = make([]*corev3.HeaderValueOption, 0, n)
+	}
 	for _, h := range v.Headers {
 		// The policy may add headers, but never ones that speak for identity.
 		if !isIdentityHeader(h.GetHeader().GetKey()) {
 			headers = append(headers, h)
 		}
 	}
-	remove := make([]string, 0, len(v.RequestHeadersToRemove)+2)
+	remove := ans.remove[:0]
+	if n := len(v.RequestHeadersToRemove) + len(identityHeaders); n > cap(remove) {
+		remove = make([]string, 0, n)
+	}
 	for _, h := range v.RequestHeadersToRemove {
 		// Nor may it strip the identity headers this service sets.
 		if !isIdentityHeader(h) {
@@ -403,7 +420,7 @@ func (s *Service) allow(o *outcome) *authv3.CheckResponse {
 			remove = append(remove, k)
 			return
 		}
-		headers = append(headers, hb.overwrite(k, val))
+		headers = append(headers, ans.overwrite(k, val))
 	}
 	set(HeaderAgentID, a.ID)
 	set(HeaderSPIFFEID, a.SPIFFEID)
@@ -414,23 +431,21 @@ func (s *Service) allow(o *outcome) *authv3.CheckResponse {
 	set(HeaderReceipt, o.receipt)
 	set(HeaderMCPTools, mcpToolsValue(v.MCP))
 
-	respHeaders := make([]*corev3.HeaderValueOption, 0, len(v.ResponseHeadersToAdd)+1)
-	respHeaders = append(append(respHeaders, v.ResponseHeadersToAdd...), hb.overwrite(HeaderDecisionID, o.id))
-	return &authv3.CheckResponse{
-		Status: &status.Status{Code: int32(codes.OK)},
-		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-			Headers:                 headers,
-			HeadersToRemove:         remove,
-			ResponseHeadersToAdd:    respHeaders,
-			QueryParametersToSet:    v.QueryParametersToSet,
-			QueryParametersToRemove: v.QueryParametersToRemove,
-		}},
-		DynamicMetadata: s.metadata(o),
+	respHeaders := ans.respHeaders[:0]
+	if n := len(v.ResponseHeadersToAdd) + 1; n > cap(respHeaders) {
+		respHeaders = make([]*corev3.HeaderValueOption, 0, n)
 	}
+	respHeaders = append(append(respHeaders, v.ResponseHeadersToAdd...), ans.overwrite(HeaderDecisionID, o.id))
+	ans.okResp.Headers, ans.okResp.HeadersToRemove, ans.okResp.ResponseHeadersToAdd = headers, remove, respHeaders
+	ans.okResp.QueryParametersToSet, ans.okResp.QueryParametersToRemove = v.QueryParametersToSet, v.QueryParametersToRemove
+	ans.ok.OkResponse = &ans.okResp
+	ans.status.Code = int32(codes.OK)
+	ans.resp.Status, ans.resp.HttpResponse, ans.resp.DynamicMetadata = &ans.status, &ans.ok, s.metadata(o, ans)
+	return &ans.resp
 }
 
 func (s *Service) deny(o *outcome) *authv3.CheckResponse {
-	v := o.verdict
+	v, ans := o.verdict, o.answer()
 	body := v.Body
 	if !v.HasBody && v.MCP != nil {
 		body = mcpErrorBody(o)
@@ -442,43 +457,42 @@ func (s *Service) deny(o *outcome) *authv3.CheckResponse {
 		}{o.reason.ErrorName(), string(o.reason), o.id})
 		body = string(b)
 	}
-	headers := make([]*corev3.HeaderValueOption, 0, len(v.Headers)+2)
+	headers := ans.headers[:0]
+	if n := len(v.Headers) + 2; n > cap(headers) {
+		headers = make([]*corev3.HeaderValueOption, 0, n)
+	}
 	for _, h := range v.Headers {
 		if !isIdentityHeader(h.GetHeader().GetKey()) {
 			headers = append(headers, h)
 		}
 	}
 	if !v.HasBody {
-		headers = append(headers, overwrite("content-type", "application/json"))
+		headers = append(headers, ans.overwrite("content-type", "application/json"))
 	}
-	headers = append(headers, overwrite(HeaderDecisionID, o.id))
+	headers = append(headers, ans.overwrite(HeaderDecisionID, o.id))
 	code := codes.PermissionDenied
 	if o.status == 401 {
 		code = codes.Unauthenticated
 	}
-	return &authv3.CheckResponse{
-		Status: &status.Status{Code: int32(code)},
-		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(o.status)},
-			Headers: headers,
-			Body:    body,
-		}},
-		DynamicMetadata: s.metadata(o),
-	}
+	ans.httpStatus.Code = typev3.StatusCode(o.status)
+	ans.deniedResp.Status, ans.deniedResp.Headers, ans.deniedResp.Body = &ans.httpStatus, headers, body
+	ans.denied.DeniedResponse = &ans.deniedResp
+	ans.status.Code = int32(code)
+	ans.resp.Status, ans.resp.HttpResponse, ans.resp.DynamicMetadata = &ans.status, &ans.denied, s.metadata(o, ans)
+	return &ans.resp
 }
 
 // metadata is Envoy dynamic metadata: agent id and decision id for access
 // logs, plus whatever the policy added.
-func (s *Service) metadata(o *outcome) *structpb.Struct {
-	// Our string values come from one block of each type rather than two
-	// allocations per value.
-	vals := make([]structpb.Value, 0, 5)
-	kinds := make([]structpb.Value_StringValue, 0, 5)
+func (s *Service) metadata(o *outcome, ans *answer) *structpb.Struct {
 	str := func(v string) *structpb.Value {
-		kinds = append(kinds, structpb.Value_StringValue{StringValue: v})
-		vals = append(vals, structpb.Value{})
-		pv := &vals[len(vals)-1]
-		pv.Kind = &kinds[len(kinds)-1]
+		if ans.nmd == len(ans.mdVals) {
+			return structpb.NewStringValue(v)
+		}
+		k, pv := &ans.mdKinds[ans.nmd], &ans.mdVals[ans.nmd]
+		ans.nmd++
+		k.StringValue = v
+		pv.Kind = k
 		return pv
 	}
 	fields := make(map[string]*structpb.Value, 5+len(o.verdict.DynamicMetadata.GetFields()))
@@ -504,31 +518,54 @@ func (s *Service) metadata(o *outcome) *structpb.Struct {
 			fields[k] = v
 		}
 	}
-	return &structpb.Struct{Fields: fields}
+	ans.md.Fields = fields
+	return &ans.md
 }
 
-// headerBlock hands out header options from two preallocated arrays, falling
-// back to overwrite when they are used up.
-type headerBlock struct {
-	opts []corev3.HeaderValueOption
-	vals []corev3.HeaderValue
+// answer holds the messages of one Check's answer, allowed or denied, in
+// the outcome's block: about fifteen allocations fewer per Check. Slices
+// that would outgrow their arrays (a policy adding many headers) are
+// allocated as before.
+type answer struct {
+	resp        authv3.CheckResponse
+	status      status.Status
+	ok          authv3.CheckResponse_OkResponse
+	okResp      authv3.OkHttpResponse
+	denied      authv3.CheckResponse_DeniedResponse
+	deniedResp  authv3.DeniedHttpResponse
+	httpStatus  typev3.HttpStatus
+	opts        [len(identityHeaders) + 2]corev3.HeaderValueOption
+	vals        [len(identityHeaders) + 2]corev3.HeaderValue
+	nopt        int
+	headers     [len(identityHeaders) + 4]*corev3.HeaderValueOption
+	remove      [len(identityHeaders) + 4]string
+	respHeaders [2]*corev3.HeaderValueOption
+	md          structpb.Struct
+	mdVals      [7]structpb.Value
+	mdKinds     [7]structpb.Value_StringValue
+	nmd         int
 }
 
-func newHeaderBlock(n int) *headerBlock {
-	return &headerBlock{opts: make([]corev3.HeaderValueOption, 0, n), vals: make([]corev3.HeaderValue, 0, n)}
+// answer returns the outcome's answer block, or a new one if it was
+// already used (a panic after the answer was begun).
+func (o *outcome) answer() *answer {
+	if o.ansTaken {
+		return new(answer)
+	}
+	o.ansTaken = true
+	return &o.ans
 }
 
-func (b *headerBlock) overwrite(k, v string) *corev3.HeaderValueOption {
-	if len(b.opts) == cap(b.opts) {
+// overwrite is a header option from the block's arrays (see overwrite).
+func (ans *answer) overwrite(k, v string) *corev3.HeaderValueOption {
+	if ans.nopt == len(ans.opts) {
 		return overwrite(k, v)
 	}
-	b.vals = b.vals[:len(b.vals)+1]
-	hv := &b.vals[len(b.vals)-1]
+	hv, opt := &ans.vals[ans.nopt], &ans.opts[ans.nopt]
+	ans.nopt++
 	hv.Key, hv.Value = k, v
-	b.opts = b.opts[:len(b.opts)+1]
-	o := &b.opts[len(b.opts)-1]
-	o.Header, o.AppendAction = hv, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-	return o
+	opt.Header, opt.AppendAction = hv, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	return opt
 }
 
 func overwrite(k, v string) *corev3.HeaderValueOption {
@@ -560,15 +597,33 @@ func truncate(s string, n int) string {
 	return strings.ToValidUTF8(s[:n], "") + "…"
 }
 
-// newDecisionID is a UUIDv7: unique, and ordered by time for log queries.
-func newDecisionID() string {
-	id, err := uuid.NewV7()
-	if err != nil {
-		// crypto/rand does not fail on supported platforms; a random v4 is the
-		// documented fallback of the same library.
+// newDecisionID is a UUIDv7 (RFC 9562): unique, and ordered by time for
+// log queries. It is github.com/google/uuid's NewV7 (48 bits of Unix
+// milliseconds, 12 of sub-millisecond time kept increasing within the
+// process, 62 random bits) with the random bytes read into the stack: one
+// allocation, the string.
+func (s *Service) newDecisionID() string {
+	var u uuid.UUID
+	if _, err := rand.Read(u[:]); err != nil {
+		// crypto/rand does not fail on supported platforms; a random v4 is
+		// the documented fallback of the same library.
 		return uuid.NewString()
 	}
-	return id.String()
+	nano := s.now().UnixNano()
+	v := nano/1e6<<12 + nano%1e6>>8
+	for {
+		last := s.lastID.Load()
+		next := max(v, last+1)
+		if s.lastID.CompareAndSwap(last, next) {
+			v = next
+			break
+		}
+	}
+	ms, seq := v>>12, v&0xfff
+	u[0], u[1], u[2], u[3], u[4], u[5] = byte(ms>>40), byte(ms>>32), byte(ms>>24), byte(ms>>16), byte(ms>>8), byte(ms)
+	u[6], u[7] = 0x70|byte(seq>>8)&0x0f, byte(seq)
+	u[8] = 0x80 | u[8]&0x3f // the RFC 9562 variant
+	return u.String()
 }
 
 var reasonLabelRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -412,5 +414,32 @@ func TestRecordNamesSourceAddress(t *testing.T) {
 	}
 	if got := log.recs[0].Request.Source; got != "10.1.2.3:40123" {
 		t.Fatalf("record source = %q, want 10.1.2.3:40123", got)
+	}
+}
+
+// TestDecisionIDsAreOrderedUUIDv7: decision ids are RFC 9562 version 7
+// UUIDs carrying the decision time, unique and increasing within the
+// process even when many share a millisecond or the clock steps back.
+func TestDecisionIDsAreOrderedUUIDv7(t *testing.T) {
+	s, _ := newService(t, fakeIdent{agent: agent}, fakeRevocation{}, fakePolicy{}, &fakeLog{})
+	at := time.Date(2026, 12, 7, 21, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return at }
+	prev := ""
+	for i := range 5000 {
+		if i == 2500 {
+			at = at.Add(-time.Second) // the clock stepped back
+		}
+		id := s.newDecisionID()
+		u, err := uuid.Parse(id)
+		if err != nil || u.Version() != 7 || u.Variant() != uuid.RFC4122 || u.String() != id {
+			t.Fatalf("%q: %v version %d variant %v", id, err, u.Version(), u.Variant())
+		}
+		if sec, _ := u.Time().UnixTime(); i < 2500 && sec != at.Unix() {
+			t.Fatalf("%s carries %d, want %d", id, sec, at.Unix())
+		}
+		if id <= prev {
+			t.Fatalf("%s after %s", id, prev)
+		}
+		prev = id
 	}
 }

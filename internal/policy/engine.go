@@ -241,6 +241,9 @@ func (e *Engine) evalOp(ctx context.Context, s *state, req *authv3.CheckRequest,
 	if c != nil {
 		bucket, now = c.bucketOf(now)
 	}
+	if c != nil && clockProbeFrom(ctx) != nil {
+		c = nil // the caller asks what this evaluation reads: evaluate it
+	}
 	if c != nil && len(c.plan.byKey) == 0 {
 		// The key is agent and operation only: the cache can answer
 		// before the input is built. It is still validated first: a
@@ -302,9 +305,12 @@ func (e *Engine) evalStateClock(ctx context.Context, s *state, input rego.EvalOp
 		rs  rego.ResultSet
 		err error
 	)
-	if clock != nil {
+	switch p := clockProbeFrom(ctx); {
+	case p != nil:
+		rs, err = s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics), rego.EvalQueryTracer(p))
+	case clock != nil:
 		rs, err = s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics), rego.EvalNDBuiltinCache(clock))
-	} else {
+	default:
 		rs, err = s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics))
 	}
 	e.metrics.evalDuration.Observe(time.Since(start).Seconds())

@@ -2,7 +2,6 @@ package recordstore
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // BenchmarkFind measures the auditor's lookups on a store of
@@ -114,23 +111,5 @@ func bulkLoad(ctx context.Context, s *Store, tmpl string, n int) error {
 
 func benchPostgres(b *testing.B) string {
 	b.Helper()
-	// TestMain's shared cluster, as for the tests.
-	pgOnce.Do(func() {
-		ct := &clusterT{TB: b}
-		pg = testenv.StartPostgres(ct)
-		pgStop = ct.cleanup
-	})
-	if pg == nil {
-		b.Skip("SKIPPED: PostgreSQL is not installed")
-	}
-	db, err := sql.Open("pgx", pg.DSN)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
-	name := fmt.Sprintf("bench%d", time.Now().UnixNano())
-	if _, err := db.Exec("CREATE DATABASE " + name); err != nil {
-		b.Fatal(err)
-	}
-	return strings.Replace(pg.DSN, "/postgres?", "/"+name+"?", 1)
+	return postgresDSN(b) // TestMain's shared cluster, as for the tests
 }

@@ -13,7 +13,8 @@ import (
 )
 
 // Query selects stored records; empty fields match everything. Results come
-// oldest first, Limit at a time; Next in the answer continues after the last.
+// oldest first (newest first with Newest), Limit at a time; Next in the
+// answer continues after the last.
 type Query struct {
 	DecisionID string
 	RequestID  string
@@ -30,8 +31,12 @@ type Query struct {
 	Since, Until time.Time
 	// Limit is at most MaxLimit; 0 means DefaultLimit.
 	Limit int
-	// After is the Next of a previous page.
+	// After is the Next of a previous page (of a query with the same
+	// order).
 	After string
+	// Newest orders the newest record first. The same indexes serve both
+	// orders: SQLite and PostgreSQL read a B-tree backwards.
+	Newest bool
 }
 
 // Page sizes.
@@ -110,14 +115,22 @@ func (s *Store) Find(ctx context.Context, q Query) (*Page, error) {
 		if err != nil {
 			return nil, err
 		}
-		where = append(where, "(time_us > ? OR (time_us = ? AND (log > ? OR (log = ? AND idx > ?))))")
+		cmp := ">"
+		if q.Newest {
+			cmp = "<"
+		}
+		where = append(where, "(time_us "+cmp+" ? OR (time_us = ? AND (log "+cmp+" ? OR (log = ? AND idx "+cmp+" ?))))")
 		args = append(args, t, t, log, log, seq)
 	}
 	sqlText := `SELECT log, idx, time_us, line FROM records`
 	if len(where) > 0 {
 		sqlText += " WHERE " + strings.Join(where, " AND ")
 	}
-	sqlText += " ORDER BY time_us, log, idx LIMIT ?"
+	if q.Newest {
+		sqlText += " ORDER BY time_us DESC, log DESC, idx DESC LIMIT ?"
+	} else {
+		sqlText += " ORDER BY time_us, log, idx LIMIT ?"
+	}
 	args = append(args, q.Limit+1)
 	rows, err := s.db.QueryContext(ctx, s.q(sqlText), args...)
 	if err != nil {

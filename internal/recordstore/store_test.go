@@ -2,7 +2,6 @@ package recordstore
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -19,63 +18,19 @@ import (
 
 // One PostgreSQL cluster serves every test of the package, a new database
 // per test.
-var (
-	pgOnce sync.Once
-	pg     *testenv.Postgres
-	pgDBs  int
-	pgMu   sync.Mutex
-)
+var pgShared testenv.Shared
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if pgStop != nil {
-		pgStop()
-	}
+	pgShared.Stop()
 	os.Exit(code)
 }
 
-var pgStop func()
-
 // postgresDSN returns the DSN of a new, empty database on the shared test
 // cluster (started on first use).
-func postgresDSN(t *testing.T) string {
+func postgresDSN(t testing.TB) string {
 	t.Helper()
-	pgOnce.Do(func() {
-		// The cluster outlives this test: stop it from TestMain.
-		ct := &clusterT{TB: t}
-		pg = testenv.StartPostgres(ct)
-		pgStop = ct.cleanup
-	})
-	if pg == nil {
-		testenv.Missing(t, "PostgreSQL (the shared cluster did not start)", "apt-get install -y postgresql")
-	}
-	pgMu.Lock()
-	pgDBs++
-	name := fmt.Sprintf("t%d", pgDBs)
-	pgMu.Unlock()
-	db, err := sql.Open("pgx", pg.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec("CREATE DATABASE " + name); err != nil {
-		t.Fatal(err)
-	}
-	return strings.Replace(pg.DSN, "/postgres?", "/"+name+"?", 1)
-}
-
-// clusterT keeps the cleanups of the shared cluster for TestMain.
-type clusterT struct {
-	testing.TB
-	mu  sync.Mutex
-	fns []func()
-}
-
-func (c *clusterT) Cleanup(f func()) { c.mu.Lock(); c.fns = append(c.fns, f); c.mu.Unlock() }
-func (c *clusterT) cleanup() {
-	for i := len(c.fns) - 1; i >= 0; i-- {
-		c.fns[i]()
-	}
+	return pgShared.Database(t)
 }
 
 // eachStore runs f against a fresh SQLite store and a fresh PostgreSQL one.

@@ -7,7 +7,6 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/policy"
-	"github.com/agentauthz/agentauthz/internal/server"
 )
 
 // An MCP call is replayed from its recorded messages: each tool resolves
@@ -19,7 +18,7 @@ func TestMCPRecordsReplayPerTool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rp, err := NewReplayer(server.PolicyAdapter(engine), &clock)
+	rp, err := NewReplayer(engine, &clock)
 	if err != nil {
 		t.Fatal(err)
 	}

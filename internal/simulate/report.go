@@ -1,12 +1,16 @@
 package simulate
 
 import (
+	"bytes"
 	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"slices"
 	"time"
 
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/simrun"
 )
 
 // maxExamples bounds the decision ids kept per group.
@@ -18,6 +22,10 @@ type Report struct {
 	Revision string    `json:"policy_revision"` // of the proposed policy
 	From     time.Time `json:"from,omitzero"`
 	To       time.Time `json:"to,omitzero"`
+	// First and Last are the times of the first and last record read
+	// (malformed lines have none).
+	First time.Time `json:"first_record,omitzero"`
+	Last  time.Time `json:"last_record,omitzero"`
 	// Gaps are the input paths the proposed policy reads that records do
 	// not keep: a changed decision may then be due to them (Uncertain).
 	Gaps []string `json:"gaps,omitempty"`
@@ -106,6 +114,12 @@ func (a *Accumulator) Malformed() { a.r.Read++; a.r.Malformed++ }
 // Add counts one record and what the replay made of it (err from Replay).
 func (a *Accumulator) Add(rec *decisionlog.Record, after Outcome, err error) {
 	a.r.Read++
+	if a.r.First.IsZero() || rec.Time.Before(a.r.First) {
+		a.r.First = rec.Time
+	}
+	if rec.Time.After(a.r.Last) {
+		a.r.Last = rec.Time
+	}
 	if err != nil {
 		why := err.Error()
 		if !errors.Is(err, ErrNotReplayable) {
@@ -203,4 +217,42 @@ func (a *Accumulator) Report() *Report {
 		})
 	}
 	return &r
+}
+
+// Digest is the lowercase hex SHA-256 of the report as WriteJSON writes it:
+// what a recorded simulation run (simrun) names, so that the report filed
+// with a pull request can be matched to the change-log row.
+func (r *Report) Digest() (string, error) {
+	var b bytes.Buffer
+	if err := r.WriteJSON(&b); err != nil {
+		return "", err
+	}
+	s := sha256.Sum256(b.Bytes())
+	return hex.EncodeToString(s[:]), nil
+}
+
+// Gate is the run's CI gate: pass when nothing would become allowed, else
+// accepted or fail as the run accepted that or not.
+func (r *Report) Gate(accept bool) string {
+	switch {
+	case Count(r.NewlyAllowed) == 0:
+		return simrun.GatePass
+	case accept:
+		return simrun.GateAccepted
+	}
+	return simrun.GateFail
+}
+
+// Run is the report as the change log records a simulation run.
+func (r *Report) Run(accept bool) (*simrun.Run, error) {
+	d, err := r.Digest()
+	if err != nil {
+		return nil, err
+	}
+	run := &simrun.Run{Revision: r.Revision, From: r.From.UTC(), To: r.To.UTC(), First: r.First.UTC(), Last: r.Last.UTC(),
+		Read: int64(r.Read), Replayed: int64(r.Replayed), Unchanged: int64(r.Unchanged),
+		NewlyAllowed: int64(Count(r.NewlyAllowed)), NewlyDenied: int64(Count(r.NewlyDenied)), Changed: int64(Count(r.Changed)),
+		NotReplayed: int64(Count(r.NotReplayed)), Malformed: int64(r.Malformed), Uncertain: r.Uncertain(),
+		Gate: r.Gate(accept), ReportSHA256: d}
+	return run, run.Validate()
 }

@@ -12,6 +12,7 @@ package simulate
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,7 +32,9 @@ import (
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/extauthz"
 	"github.com/agentauthz/agentauthz/internal/identity"
+	"github.com/agentauthz/agentauthz/internal/policy"
 	"github.com/agentauthz/agentauthz/internal/reason"
+	"github.com/agentauthz/agentauthz/internal/server"
 )
 
 // Outcome is what one decision came to.
@@ -51,23 +54,59 @@ func (o Outcome) String() string {
 
 // Replayer decides recorded requests again. It is not safe for concurrent
 // use: it owns the clock of the policy it drives.
+//
+// Deciding is deterministic given the policy's input and the time the
+// policy sees, so the Replayer remembers outcomes by what a record gives
+// the decision path (memoKey): the agent, method, host, path and MCP
+// messages, plus the request id and the source address only when the policy
+// reads them. An outcome whose evaluation never read the clock
+// (policy.ClockProbe) holds at every time; one that did (an "until" about
+// to expire, a business-hours rule) is remembered only for the time the
+// policy saw. The result is exactly what deciding every record would give
+// (TestMemoisedReplayEqualsPerRecord).
 type Replayer struct {
+	engine *policy.Engine
 	svc    *extauthz.Service
 	ident  *fixedIdentity
 	rec    *captureRecorder
 	clock  *time.Time
 	agents map[agentKey]*identity.Agent
+	probe  policy.ClockProbe
+
+	// memo is off for the straightforward per-record evaluation the
+	// memoised one is tested against.
+	memo          bool
+	keyID, keySrc bool // the policy may read the request id, the source address
+	hits          int  // records answered from the memo
+	key           []byte
+	outcomes      map[string]memoEntry
+	timedOutcomes map[timedKey]Outcome
 }
 
-// NewReplayer returns a Replayer deciding through pol, whose clock (what
+type memoEntry struct {
+	out   Outcome
+	timed bool // the evaluation read the clock: see timedOutcomes
+}
+
+type timedKey struct {
+	key string
+	at  int64 // the time the policy saw, Unix ns
+}
+
+// maxMemo bounds each of the Replayer's outcome tables; a full one starts
+// again empty.
+const maxMemo = 1 << 18
+
+// NewReplayer returns a Replayer deciding through engine, whose clock (what
 // time.now_ns returns in Rego) must read *clock: the Replayer sets it to each
 // record's time before deciding.
-func NewReplayer(pol extauthz.Policy, clock *time.Time) (*Replayer, error) {
-	r := &Replayer{ident: &fixedIdentity{}, rec: &captureRecorder{}, clock: clock, agents: map[agentKey]*identity.Agent{}}
+func NewReplayer(engine *policy.Engine, clock *time.Time) (*Replayer, error) {
+	r := &Replayer{engine: engine, ident: &fixedIdentity{}, rec: &captureRecorder{}, clock: clock, agents: map[agentKey]*identity.Agent{},
+		outcomes: map[string]memoEntry{}, timedOutcomes: map[timedKey]Outcome{}}
 	svc, err := extauthz.New(extauthz.Options{
 		Identifier: r.ident,
 		Revocation: notRevoked{},
-		Policy:     pol,
+		Policy:     server.PolicyAdapter(engine),
 		Recorder:   r.rec,
 		Logger:     hclog.NewNullLogger(),
 		Metrics:    extauthz.NewMetrics(prometheus.NewRegistry()),
@@ -78,7 +117,39 @@ func NewReplayer(pol extauthz.Policy, clock *time.Time) (*Replayer, error) {
 		return nil, err
 	}
 	r.svc = svc
+	// Outcomes are reused only for a policy whose decision provably
+	// depends on the input paths it reads and on the clock alone (the
+	// decision cache's analysis): one that reads the whole input or calls
+	// another nondeterministic builtin is decided for every record.
+	paths, unknown := engine.InputReads()
+	r.memo = unknown == ""
+	r.keyID = readsAny(paths, requestIDPaths)
+	r.keySrc = readsAny(paths, sourcePaths)
 	return r, nil
+}
+
+// The input paths the recorded request id and source address reach.
+var (
+	requestIDPaths = []ast.Ref{ast.MustParseRef("input.attributes.request.http.id"),
+		ast.MustParseRef(`input.attributes.request.http.headers["x-request-id"]`)}
+	sourcePaths = []ast.Ref{ast.MustParseRef("input.attributes.source")}
+)
+
+// readsAny reports whether a read of one of paths sees one of refs: one
+// is a prefix of the other. A path that does not parse counts as a read.
+func readsAny(paths []string, refs []ast.Ref) bool {
+	for _, p := range paths {
+		pr, err := ast.ParseRef(p)
+		if err != nil {
+			return true
+		}
+		for _, r := range refs {
+			if pr.HasPrefix(r) || r.HasPrefix(pr) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ErrNotReplayable marks a record the policy never decided (identity or
@@ -98,20 +169,115 @@ func (r *Replayer) Replay(ctx context.Context, rec *decisionlog.Record) (Outcome
 	if rec.Truncated && len(rec.Request.MCP) > 0 {
 		return Outcome{}, fmt.Errorf("%w: an MCP call recorded truncated (a longer batch, or a cut name)", ErrNotReplayable)
 	}
-	req, err := checkRequest(&rec.Request)
+	q := &rec.Request
+	if q.Method == "" || q.Path == "" {
+		return Outcome{}, fmt.Errorf("%w: the record has no method or path", ErrNotReplayable)
+	}
+	host, port, err := splitSource(q.Source)
 	if err != nil {
 		return Outcome{}, fmt.Errorf("%w: %w", ErrNotReplayable, err)
 	}
 	*r.clock = rec.Time
+	if !r.memo {
+		out, _, err := r.decide(ctx, q, agent, host, port)
+		return out, err
+	}
+	at := r.engine.PolicyTime(rec.Time).UnixNano()
+	r.key = r.memoKey(r.key[:0], rec)
+	e, ok := r.outcomes[string(r.key)]
+	if ok && !e.timed {
+		r.hits++
+		return e.out, nil
+	}
+	if ok {
+		if out, ok := r.timedOutcomes[timedKey{string(r.key), at}]; ok {
+			r.hits++
+			return out, nil
+		}
+	}
+	out, readClock, err := r.decide(ctx, q, agent, host, port)
+	if err != nil || !memoisable(out) {
+		return out, err
+	}
+	k := string(r.key)
+	if len(r.outcomes) >= maxMemo {
+		clear(r.outcomes)
+	}
+	switch {
+	case !readClock:
+		r.outcomes[k] = memoEntry{out: out}
+	default:
+		r.outcomes[k] = memoEntry{timed: true}
+		if len(r.timedOutcomes) >= maxMemo {
+			clear(r.timedOutcomes)
+		}
+		r.timedOutcomes[timedKey{k, at}] = out
+	}
+	return out, nil
+}
+
+// decide runs the decision path once; readClock says whether the policy
+// read its clock.
+func (r *Replayer) decide(ctx context.Context, q *decisionlog.Request, agent *identity.Agent, host string, port uint32) (out Outcome, readClock bool, err error) {
+	req, err := checkRequest(q, host, port)
+	if err != nil {
+		return Outcome{}, false, fmt.Errorf("%w: %w", ErrNotReplayable, err)
+	}
 	r.ident.agent = agent
 	r.rec.last = nil
+	if r.memo {
+		r.probe.Reset()
+		ctx = policy.WithClockProbe(ctx, &r.probe)
+	}
 	if _, err := r.svc.Check(ctx, req); err != nil {
-		return Outcome{}, err
+		return Outcome{}, false, err
 	}
 	if r.rec.last == nil {
-		return Outcome{}, errors.New("the replayed decision left no record")
+		return Outcome{}, false, errors.New("the replayed decision left no record")
 	}
-	return Recorded(r.rec.last), nil
+	return Recorded(r.rec.last), r.probe.Read(), nil
+}
+
+// memoisable: an evaluation error (policy_error, which includes running
+// out of time) or a recovered panic may not happen again; such an outcome
+// is decided again for every record.
+func memoisable(o Outcome) bool {
+	switch reason.Code(o.Reason) {
+	case reason.PolicyError, reason.InternalError:
+		return false
+	}
+	return true
+}
+
+// memoKey appends to b what the decision path is given for rec: every
+// field that reaches the policy input or decides which path it takes
+// (the MCP endpoint, the route), each length-prefixed so that no two
+// records share a key unless they share these values.
+func (r *Replayer) memoKey(b []byte, rec *decisionlog.Record) []byte {
+	a, q := &rec.Agent, &rec.Request
+	for _, s := range [...]string{a.ID, a.SPIFFEID, a.Tenant, a.TrustLevel, a.Owner, a.Serial, a.CertSHA256, a.Issuer, a.Source, q.Method, q.Host, q.Path} {
+		b = appendField(b, s)
+	}
+	b = binary.AppendUvarint(b, uint64(len(a.Scopes)))
+	for _, s := range a.Scopes {
+		b = appendField(b, s)
+	}
+	b = binary.AppendUvarint(b, uint64(len(q.MCP)))
+	for _, m := range q.MCP {
+		// What mcpBody rebuilds the call from.
+		b = appendField(appendField(appendField(appendField(b, m.Kind), m.Method), m.Tool), m.URI)
+	}
+	if r.keyID {
+		b = appendField(append(b, 'i'), q.ID)
+	}
+	if r.keySrc {
+		b = appendField(append(b, 's'), q.Source)
+	}
+	return b
+}
+
+func appendField(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
 }
 
 // Recorded is the outcome a record states.
@@ -184,11 +350,8 @@ func parseTrust(s string) (int, bool) {
 }
 
 // checkRequest rebuilds the CheckRequest Envoy sent, as far as the record
-// keeps it.
-func checkRequest(q *decisionlog.Request) (*authv3.CheckRequest, error) {
-	if q.Method == "" || q.Path == "" {
-		return nil, errors.New("the record has no method or path")
-	}
+// keeps it; host and port are the source address (splitSource).
+func checkRequest(q *decisionlog.Request, host string, port uint32) (*authv3.CheckRequest, error) {
 	headers := map[string]string{":method": q.Method, ":path": q.Path}
 	if q.Host != "" {
 		headers[":authority"] = q.Host
@@ -209,19 +372,27 @@ func checkRequest(q *decisionlog.Request) (*authv3.CheckRequest, error) {
 		headers["content-type"], headers["content-length"] = "application/json", strconv.Itoa(len(body))
 	}
 	if q.Source != "" {
-		host, port, err := net.SplitHostPort(q.Source)
-		if err != nil {
-			return nil, fmt.Errorf("record source address %q: %w", q.Source, err)
-		}
-		p, err := strconv.ParseUint(port, 10, 32)
-		if err != nil {
-			return nil, fmt.Errorf("record source port %q: %w", port, err)
-		}
 		attrs.Source = &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
-			SocketAddress: &corev3.SocketAddress{Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(p)}},
+			SocketAddress: &corev3.SocketAddress{Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}},
 		}}}
 	}
 	return &authv3.CheckRequest{Attributes: attrs}, nil
+}
+
+// splitSource parses a recorded source address; "" is none.
+func splitSource(src string) (string, uint32, error) {
+	if src == "" {
+		return "", 0, nil
+	}
+	host, port, err := net.SplitHostPort(src)
+	if err != nil {
+		return "", 0, fmt.Errorf("record source address %q: %w", src, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 32)
+	if err != nil {
+		return "", 0, fmt.Errorf("record source port %q: %w", port, err)
+	}
+	return host, uint32(p), nil
 }
 
 type fixedIdentity struct{ agent *identity.Agent }

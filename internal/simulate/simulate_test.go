@@ -152,12 +152,12 @@ func simulateDir(t *testing.T, logDir, policyDir string, from, to time.Time) *Re
 	if err != nil {
 		t.Fatal(err)
 	}
-	rp, err := NewReplayer(server.PolicyAdapter(engine), &clock)
+	rp, err := NewReplayer(engine, &clock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	acc := NewAccumulator(engine.Revision(), from, to, Gaps(engine.InputReads()))
-	r := decisionlog.NewReader(logDir)
+	r := NewLogSource(logDir)
 	defer r.Close()
 	if err := Run(context.Background(), r, rp, acc, from, to); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@
 package testenv
 
 import (
+	"database/sql"
 	"fmt"
 	"net"
 	"os"
@@ -11,9 +12,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 )
 
 // Postgres is a PostgreSQL cluster a test started in its own temporary
@@ -150,4 +154,58 @@ func freePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Shared is one PostgreSQL cluster for all the tests of a package, started on
+// first use, each test getting its own database. The package's TestMain calls
+// Stop after m.Run.
+type Shared struct {
+	once sync.Once
+	pg   *Postgres
+	mu   sync.Mutex
+	n    int
+	fns  []func()
+}
+
+// sharedT keeps the cluster's cleanups for Stop: the cluster outlives the
+// test that started it.
+type sharedT struct {
+	testing.TB
+	s *Shared
+}
+
+func (c sharedT) Cleanup(f func()) { c.s.mu.Lock(); c.s.fns = append(c.s.fns, f); c.s.mu.Unlock() }
+
+// Database returns the DSN of a new, empty database on the shared cluster, or
+// ends the test through Missing when PostgreSQL is not installed.
+func (s *Shared) Database(t testing.TB) string {
+	t.Helper()
+	s.once.Do(func() { s.pg = StartPostgres(sharedT{TB: t, s: s}) })
+	if s.pg == nil {
+		Missing(t, "PostgreSQL (the shared cluster did not start)", "apt-get install -y postgresql")
+		return ""
+	}
+	s.mu.Lock()
+	s.n++
+	name := fmt.Sprintf("t%d", s.n)
+	s.mu.Unlock()
+	db, err := sql.Open("pgx", s.pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec("CREATE DATABASE " + name); err != nil {
+		t.Fatalf("create database %s: %v", name, err)
+	}
+	return strings.Replace(s.pg.DSN, "/postgres?", "/"+name+"?", 1)
+}
+
+// Stop stops the shared cluster, if it was started.
+func (s *Shared) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.fns) - 1; i >= 0; i-- {
+		s.fns[i]()
+	}
+	s.fns = nil
 }

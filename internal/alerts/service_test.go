@@ -1,0 +1,447 @@
+package alerts
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentauthz/agentauthz/internal/anomaly"
+	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/recordstore"
+)
+
+const td = "acme.test"
+
+// fixture is a control plane's inventory and record store, and a replica's
+// decision log that ships to it.
+type fixture struct {
+	t     *testing.T
+	dir   string
+	auth  *ca.Authority
+	store *recordstore.Store
+	log   *decisionlog.Log
+	keys  decisionlog.KeySet
+	n     int
+	base  time.Time
+}
+
+func newFixture(t *testing.T, agents ...string) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	auth, err := ca.Open(filepath.Join(dir, "control"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { auth.Close() })
+	if _, err := auth.Init(ca.InitRequest{TrustDomain: td, Operator: "admin"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range agents {
+		if _, err := auth.Issue(ca.IssueRequest{TrustDomain: td, AgentID: a, Trust: 3, Scopes: []string{"payments:read", "payments:initiate"},
+			TTL: 24 * time.Hour, Operator: "admin"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store, err := recordstore.Open(context.Background(), filepath.Join(dir, "control", "records.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dir, "replica", "log"), KeyDir: filepath.Join(dir, "replica", "keys"), Name: "replica-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return &fixture{t: t, dir: dir, auth: auth, store: store, log: l, keys: l.PublicKeys(), base: time.Now().UTC().Truncate(time.Second)}
+}
+
+// decide appends one decision of agent on op to the replica's log.
+func (f *fixture) decide(agent, op string, allowed bool, reason string, at time.Duration) {
+	f.t.Helper()
+	rec := &decisionlog.Record{
+		DecisionID: fmt.Sprintf("d-%04d", f.n),
+		Time:       f.base.Add(at),
+		Agent:      decisionlog.Agent{ID: agent, SPIFFEID: "spiffe://" + td + "/agent/" + agent, Tenant: td, TrustLevel: "L3"},
+		Request:    decisionlog.Request{ID: fmt.Sprintf("r-%04d", f.n), Method: "POST", Path: "/v1/" + op, Operation: op, Source: "10.0.0.7:4000"},
+		Decision:   decisionlog.Decision{Allowed: allowed, HTTPStatus: 200, Reasons: []string{reason}},
+	}
+	if !allowed {
+		rec.Decision.HTTPStatus = 403
+	}
+	f.n++
+	if _, err := f.log.Append(context.Background(), rec); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// probe is a scope-probing burst: three operations denied scope_missing
+// within a minute.
+func (f *fixture) probe(agent string, at time.Duration) {
+	for i, op := range []string{"accounts:close", "limits:raise", "refunds:issue"} {
+		f.decide(agent, op, false, "scope_missing", at+time.Duration(i)*10*time.Second)
+	}
+}
+
+// ship sends everything the log holds that the store does not, as the
+// replica's shipper does (verified by the store).
+func (f *fixture) ship() {
+	f.t.Helper()
+	cur, err := f.store.LogCursor(context.Background(), "replica-1")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	r := decisionlog.NewReader(filepath.Join(f.dir, "replica", "log"))
+	defer r.Close()
+	var groups []recordstore.Group
+	var g recordstore.Group
+	idx := uint64(0)
+	for {
+		e, cp, err := r.NextOrCheckpoint()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		if cp != nil {
+			if idx > cur.Size {
+				g.Checkpoint = string(cp)
+				groups = append(groups, g)
+			}
+			g = recordstore.Group{}
+			continue
+		}
+		idx++
+		g.Records = append(g.Records, e.Raw)
+	}
+	res, err := f.store.Append(context.Background(), recordstore.Shipment{Log: "replica-1", Keys: f.keys, Head: idx, Groups: groups})
+	if err != nil || res.Refused != nil {
+		f.t.Fatalf("ship: %v %+v", err, res)
+	}
+}
+
+func (f *fixture) service(responses Responses) *Service {
+	f.t.Helper()
+	s, err := New(Config{Authority: f.auth, Records: f.store, Responses: responses, SaveEvery: time.Hour})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func step(t *testing.T, s *Service) {
+	t.Helper()
+	for {
+		more, err := s.step(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !more {
+			return
+		}
+	}
+}
+
+func (f *fixture) events(agent, kind string) []ca.Event {
+	f.t.Helper()
+	evs, err := f.auth.Events(td, agent)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var out []ca.Event
+	for _, e := range evs {
+		if e.Event == kind {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func onlyAlert(t *testing.T, s *Service, agent string) Alert {
+	t.Helper()
+	as, err := s.List(context.Background(), Filter{Agent: agent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(as) != 1 {
+		t.Fatalf("alerts of %s: %d, want 1: %+v", agent, len(as), as)
+	}
+	return as[0]
+}
+
+// TestAutoResponseQuarantinesAndSurvivesRestart: a scope-probing burst
+// shipped by a replica raises an explained alert in the control plane, a
+// signed change-log row, and (auto) a quarantine with an expiry and an
+// open review. After a restart without a saved state the same records are
+// read again: no second alert, no second change-log row.
+func TestAutoResponseQuarantinesAndSurvivesRestart(t *testing.T) {
+	f := newFixture(t, "bot-1", "bot-2")
+	f.decide("bot-2", "payments:read", true, "allowed", 0)
+	f.probe("bot-1", time.Second)
+	f.ship()
+	_, rule, err := ParseResponse("scope_probing=auto:quarantine:2h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := f.service(Responses{anomaly.RuleScopeProbing: rule})
+	step(t, s)
+
+	a := onlyAlert(t, s, "spiffe://acme.test/agent/bot-1")
+	if a.Alert.Rule != anomaly.RuleScopeProbing || len(a.Alert.DecisionIDs) != 3 || a.Alert.Baseline == "" || a.Alert.Observed == "" || !a.Logged {
+		t.Errorf("alert %+v", a)
+	}
+	if r := a.Response; r == nil || r.Mode != ModeAuto || r.State != StateApplied || r.Until == nil || !a.Open() {
+		t.Fatalf("response %+v", a.Response)
+	}
+	if d := time.Until(*a.Response.Until); d < 119*time.Minute || d > 121*time.Minute {
+		t.Errorf("until %v from now, want 2h", d)
+	}
+	rs, err := f.auth.AgentRestriction(td, "bot-1")
+	if err != nil || rs == nil || !rs.Quarantined || rs.Operator != Operator || !strings.Contains(rs.Reason, a.ID) {
+		t.Fatalf("restriction %+v %v", rs, err)
+	}
+	if rs, _ := f.auth.AgentRestriction(td, "bot-2"); rs != nil {
+		t.Errorf("bot-2 restricted: %+v", rs)
+	}
+	if ev := f.events("bot-1", EventAlert); len(ev) != 1 || !strings.Contains(ev[0].Detail, `"id":"`+a.ID+`"`) || !strings.Contains(ev[0].Detail, "d-0001") {
+		t.Fatalf("alert rows %+v", ev)
+	}
+	if ev := f.events("bot-1", EventApplied); len(ev) != 1 || !strings.Contains(ev[0].Detail, a.ID) {
+		t.Errorf("applied rows %+v", ev)
+	}
+	if ev := f.events("bot-1", "restrict"); len(ev) != 1 || !strings.Contains(ev[0].Detail, a.ID) {
+		t.Errorf("restrict rows %+v", ev)
+	}
+
+	// A crash before any save: a new instance reads the records again
+	// once the crashed one's lease has run out.
+	s.Close()
+	if _, err := s2lease(f); err != nil {
+		t.Fatal(err)
+	}
+	s2 := f.service(Responses{anomaly.RuleScopeProbing: rule})
+
+	step(t, s2)
+	if s2.det == nil || s2.cursors["replica-1"] != uint64(f.n) {
+		t.Fatalf("the new instance did not read the records again: %v", s2.cursors)
+	}
+	onlyAlert(t, s2, "spiffe://acme.test/agent/bot-1")
+	if ev := f.events("bot-1", EventAlert); len(ev) != 1 {
+		t.Errorf("%d alert rows after the restart, want 1", len(ev))
+	}
+	if ev := f.events("bot-1", "restrict"); len(ev) != 1 {
+		t.Errorf("%d restrict rows after the restart, want 1", len(ev))
+	}
+	// Saved state: the next instance resumes at the cursor.
+	if err := s2.stop(); err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	f.probe("bot-2", 2*time.Minute)
+	f.ship()
+	s3 := f.service(nil)
+	step(t, s3)
+	if got := s3.cursors["replica-1"]; got != uint64(f.n) {
+		t.Errorf("cursor %d, want %d", got, f.n)
+	}
+	b := onlyAlert(t, s3, "spiffe://acme.test/agent/bot-2")
+	if b.Response != nil {
+		t.Errorf("notify rule gave a response: %+v", b.Response)
+	}
+	if rs, _ := f.auth.AgentRestriction(td, "bot-2"); rs != nil {
+		t.Errorf("notify restricted bot-2: %+v", rs)
+	}
+
+	// The review: dismissing undoes the quarantine, recorded with the operator.
+	if _, err := s3.Approve(context.Background(), a.ID, "alice (responder)", ""); !errors.Is(err, ErrInvalid) {
+		t.Errorf("approve without a reason: %v", err)
+	}
+	d, err := s3.Dismiss(context.Background(), a.ID, "alice (responder)", "load test by the payments team")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Response.State != StateDismissed || d.Response.By != "alice (responder)" {
+		t.Errorf("dismissed %+v", d.Response)
+	}
+	if rs, _ := f.auth.AgentRestriction(td, "bot-1"); rs != nil {
+		t.Errorf("still restricted after dismiss: %+v", rs)
+	}
+	if ev := f.events("bot-1", EventDismiss); len(ev) != 1 || ev[0].Operator != "alice (responder)" || !strings.Contains(ev[0].Detail, "load test") {
+		t.Errorf("dismiss rows %+v", ev)
+	}
+	if _, err := s3.Dismiss(context.Background(), a.ID, "bob (responder)", "again"); !errors.Is(err, ErrConflict) {
+		t.Errorf("second dismiss: %v", err)
+	}
+	if _, err := s3.Ack(context.Background(), a.ID, "alice (responder)", "false positive"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s3.Ack(context.Background(), a.ID, "bob (responder)", "again"); !errors.Is(err, ErrConflict) {
+		t.Errorf("second ack: %v", err)
+	}
+	if open, _ := s3.List(context.Background(), Filter{Open: true}); len(open) != 1 || open[0].ID != b.ID {
+		t.Errorf("open alerts %+v, want only %s", open, b.ID)
+	}
+	if res, err := f.auth.VerifyChangeLog(changeLogKey(t, f)); err != nil || res.Problem != nil {
+		t.Errorf("change log: %+v %v", res, err)
+	}
+}
+
+// TestProposeWaitsForApproval: a proposed restriction changes nothing until
+// a responder approves it; it is then merged with the agent's restriction.
+func TestProposeWaitsForApproval(t *testing.T) {
+	f := newFixture(t, "bot-1")
+	two := 2
+	if _, err := f.auth.Restrict(ca.RestrictRequest{TrustDomain: td, AgentID: "bot-1", RemoveScopes: []string{"payments:initiate"},
+		Reason: "INC-1", Operator: "alice (responder)"}); err != nil {
+		t.Fatal(err)
+	}
+	f.probe("bot-1", 0)
+	f.ship()
+	s := f.service(Responses{anomaly.RuleScopeProbing: {Mode: ModePropose, Action: Action{MaxTrust: &two, ForSeconds: 1800}}})
+	step(t, s)
+	a := onlyAlert(t, s, "bot-1")
+	if a.Response == nil || a.Response.State != StatePending {
+		t.Fatalf("response %+v", a.Response)
+	}
+	if rs, _ := f.auth.AgentRestriction(td, "bot-1"); rs == nil || rs.MaxTrust != nil || rs.Reason != "INC-1" {
+		t.Fatalf("a proposal changed the restriction: %+v", rs)
+	}
+	if ev := f.events("bot-1", EventProposed); len(ev) != 1 {
+		t.Errorf("proposed rows %+v", ev)
+	}
+	ap, err := s.Approve(context.Background(), a.ID, "bob (responder)", "confirmed with the owner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, _ := f.auth.AgentRestriction(td, "bot-1")
+	if rs == nil || rs.MaxTrust == nil || *rs.MaxTrust != 2 || len(rs.RemovedScopes) != 1 || rs.Until != nil || rs.Operator != "bob (responder)" {
+		t.Fatalf("approved restriction %+v (want max trust L2 merged with the permanent scope removal)", rs)
+	}
+	if ap.Response.State != StateApproved || ap.Response.Prev == nil || ap.Open() {
+		t.Errorf("approved %+v open=%v", ap.Response, ap.Open())
+	}
+	if ev := f.events("bot-1", EventApprove); len(ev) != 1 || ev[0].Operator != "bob (responder)" {
+		t.Errorf("approve rows %+v", ev)
+	}
+}
+
+// TestLease: a second instance on the same alert store stands by.
+func TestLease(t *testing.T) {
+	f := newFixture(t, "bot-1")
+	f.probe("bot-1", 0)
+	f.ship()
+	s1, s2 := f.service(nil), f.service(nil)
+	step(t, s1)
+	step(t, s2)
+	if s2.det != nil {
+		t.Error("the second instance runs the detector while the first holds the lease")
+	}
+	if err := s1.stop(); err != nil {
+		t.Fatal(err)
+	}
+	step(t, s2)
+	if s2.det == nil || s2.cursors["replica-1"] != uint64(f.n) {
+		t.Errorf("the second instance did not take over at the saved cursor: %v", s2.cursors)
+	}
+	onlyAlert(t, s2, "bot-1")
+}
+
+func TestParseResponse(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want string
+	}{
+		{"scope_probing=auto:quarantine:1h", "auto quarantine for 1h0m0s"},
+		{"scope_probing=auto", "auto quarantine for 1h0m0s"},
+		{"new_source_network=propose:max-trust=L1:4h", "propose max trust L1 for 4h0m0s"},
+		{"rate_burst=propose:remove-scope=payments:initiate,refunds:issue:30m", "propose remove scopes payments:initiate,refunds:issue for 30m0s"},
+		{"rate_burst=propose:remove-scope=payments:initiate", "propose remove scopes payments:initiate for 1h0m0s"},
+		{"off_hours=notify", "notify quarantine for 1h0m0s"},
+	} {
+		_, r, err := ParseResponse(tc.in)
+		if err != nil {
+			t.Errorf("%s: %v", tc.in, err)
+			continue
+		}
+		if r.Mode == ModeNotify {
+			r.Action.Quarantine = true
+		}
+		if got := r.Mode + " " + r.Action.String(); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	for _, bad := range []string{"scope_probing", "nope=auto", "scope_probing=block", "scope_probing=auto:max-trust=L9",
+		"scope_probing=auto:quarantine:200h", "identity_failures=auto", "off_hours=notify:quarantine", "scope_probing=auto:remove-scope=",
+		"scope_probing=auto:nonsense"} {
+		if _, _, err := ParseResponse(bad); err == nil {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+	if _, err := ParseResponses([]string{"off_hours=notify", "off_hours=auto"}); err == nil {
+		t.Error("a rule given twice was accepted")
+	}
+}
+
+func TestAlertDetailFits(t *testing.T) {
+	long := strings.Repeat("é", 2000)
+	a := &Alert{ID: "abc", Alert: anomaly.Alert{Rule: "scope_probing", Agent: long, Key: long, Baseline: long, Observed: long + "\x7f",
+		Deviation: long, DecisionIDs: []string{long, long, long, long, long}}}
+	d := alertDetail(a)
+	if len(d) > maxDetail || strings.ContainsRune(d, 0x7f) || !strings.Contains(d, `"id":"abc"`) {
+		t.Errorf("detail of %d bytes: %.200s", len(d), d)
+	}
+}
+
+func changeLogKey(t *testing.T, f *fixture) ed25519.PublicKey {
+	t.Helper()
+	b, err := os.ReadFile(ca.ChangeLogKeyPath(f.auth.DataDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ca.ParseChangeLogKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// s2lease ends every lease on the fixture's alert store, as its running out
+// after a crash would.
+func s2lease(f *fixture) (int64, error) {
+	d, err := openDB(filepath.Join(f.auth.DataDir(), "alerts.db"))
+	if err != nil {
+		return 0, err
+	}
+	defer d.sql.Close()
+	res, err := d.sql.Exec(`UPDATE lease SET until_us = 0`)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// FuzzParseResponse: any --respond value parses or is refused, never
+// panics; what parses restricts something, for a bounded time.
+func FuzzParseResponse(f *testing.F) {
+	f.Add("scope_probing=auto:quarantine:1h")
+	f.Add("rate_burst=propose:remove-scope=payments:initiate,refunds:issue:30m")
+	f.Fuzz(func(t *testing.T, s string) {
+		_, r, err := ParseResponse(s)
+		if err != nil || r.Mode == ModeNotify {
+			return
+		}
+		a := r.Action
+		if !a.Quarantine && a.MaxTrust == nil && len(a.RemoveScopes) == 0 || a.For() <= 0 || a.For() > maxFor {
+			t.Fatalf("%q parsed to %+v", s, r)
+		}
+	})
+}

@@ -1,0 +1,252 @@
+package ca
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentauthz/agentauthz/internal/testenv"
+)
+
+// One PostgreSQL cluster serves every test of the package, a new database
+// per test.
+var pgShared testenv.Shared
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pgShared.Stop()
+	os.Exit(code)
+}
+
+// backend is where a test's inventory lives: SQLite in the data directory
+// (dsn "") or a PostgreSQL database of its own.
+type backend struct{ name, dsn string }
+
+func (b backend) open(dir string, opts ...Option) (*Authority, error) {
+	if b.dsn != "" {
+		opts = append(opts, WithStore(b.dsn))
+	}
+	return Open(dir, opts...)
+}
+
+// fresh is b with a new, empty database (for a subtest).
+func (b backend) fresh(t *testing.T) backend {
+	if b.dsn != "" {
+		b.dsn = pgShared.Database(t)
+	}
+	return b
+}
+
+// eachBackend runs f on a fresh SQLite inventory and on a fresh PostgreSQL
+// one: the same behaviour is required of both.
+func eachBackend(t *testing.T, f func(t *testing.T, b backend)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, backend{name: "sqlite"}) })
+	t.Run("postgres", func(t *testing.T) { f(t, backend{name: "postgres", dsn: pgShared.Database(t)}) })
+}
+
+// newTestAuthority is an authority on SQLite with the acme.example CA.
+func newTestAuthority(t *testing.T) (*Authority, *clock) {
+	t.Helper()
+	return newTestAuthorityOn(t, backend{name: "sqlite"})
+}
+
+// newTestAuthorityOn is an authority on b with the acme.example CA.
+func newTestAuthorityOn(t *testing.T, b backend) (*Authority, *clock) {
+	t.Helper()
+	c := &clock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
+	a, err := b.open(t.TempDir(), WithClock(c.now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	if _, err := a.Init(InitRequest{TrustDomain: td, Org: "Acme Corp", CRLURL: "http://crl.acme.example/acme.crl", Operator: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	return a, c
+}
+
+// copyTree copies the files under src to dst (keys: modes kept).
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		out := filepath.Join(dst, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(out, info.Mode().Perm())
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(out, b, info.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTwoInstancesOnePostgres: two authorities with their own data
+// directories on one PostgreSQL inventory, as two control-plane instances.
+// Without the keys of the first, the second changes nothing; with copies of
+// them, both change the inventory at once and the change log stays one
+// gap-free chain that verifies.
+func TestTwoInstancesOnePostgres(t *testing.T) {
+	dsn := pgShared.Database(t)
+	c := &clock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a, err := Open(dirA, WithStore(dsn), WithClock(c.now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := a.Init(InitRequest{TrustDomain: td, Operator: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(dirB, WithStore(dsn), WithClock(c.now), MustExist())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if tds, _ := b.TrustDomains(); len(tds) != 1 || tds[0] != td {
+		t.Fatalf("instance B sees trust domains %v", tds)
+	}
+	// No keys here yet: refused, nothing written.
+	if _, err := b.Issue(issueReq("early")); err == nil {
+		t.Fatal("instance B issued without the CA key")
+	}
+	if err := b.RecordEvent(td, "", "", "operator_issue", "bob", "x"); !errors.Is(err, ErrChangeLogKey) {
+		t.Fatalf("instance B signed the change log with a key of its own: %v", err)
+	}
+	copyTree(t, filepath.Join(dirA, "ca"), filepath.Join(dirB, "ca"))
+	copyTree(t, filepath.Join(dirA, changeLogDir), filepath.Join(dirB, changeLogDir))
+
+	const n = 15
+	errs := make(chan error, 2)
+	for i, auth := range []*Authority{a, b} {
+		go func() {
+			for j := range n {
+				id := fmt.Sprintf("bot-%d-%d", i, j)
+				_, err := auth.Issue(issueReq(id))
+				if err == nil {
+					_, err = auth.Restrict(RestrictRequest{TrustDomain: td, AgentID: id, Quarantine: true, Reason: "INC-9", Operator: "carol"})
+				}
+				if err == nil && j%3 == 0 {
+					_, err = auth.Revoke(td, id, ReasonKeyCompromise, "carol")
+				}
+				if err != nil {
+					errs <- fmt.Errorf("instance %d: %w", i, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, err := ChangeLogKeys(dirA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, auth := range []*Authority{a, b} {
+		res, err := auth.VerifyChangeLog(keys...)
+		if err != nil || res.Problem != nil || res.Events != res.LastSeq {
+			t.Fatalf("change log: %+v %v", res, err)
+		}
+		// ca_init, then per agent issue + restrict, and for every third
+		// a revoke of its certificate and the agent revocation.
+		if want := int64(1 + 2*2*n + 2*2*((n+2)/3)); res.Events != want {
+			t.Fatalf("%d events, want %d", res.Events, want)
+		}
+		rs, _ := auth.ListRestrictions(td)
+		ra, _ := auth.RevokedAgents(td)
+		if len(rs) != 2*n || len(ra) != 2*((n+2)/3) {
+			t.Fatalf("%d restrictions, %d revoked agents", len(rs), len(ra))
+		}
+	}
+	// A rotation through A: B refuses to sign with the retired key until
+	// it has A's changelog/ too.
+	if _, err := a.RotateChangeLogKey("alice", "rotation drill"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Restrict(RestrictRequest{TrustDomain: td, AgentID: "bot-1-1", MaxTrust: new(int), Reason: "x", Operator: "carol"}); !errors.Is(err, ErrChangeLogKey) {
+		t.Fatalf("instance B signed with the retired key: %v", err)
+	}
+	copyTree(t, filepath.Join(dirA, changeLogDir), filepath.Join(dirB, changeLogDir))
+	if _, err := b.Restrict(RestrictRequest{TrustDomain: td, AgentID: "bot-1-1", MaxTrust: new(int), Reason: "x", Operator: "carol"}); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := b.VerifyChangeLog(keys[0]); err != nil || res.Problem != nil || len(res.Keys) != 2 {
+		t.Fatalf("after the rotation: %+v %v", res, err)
+	}
+}
+
+// TestPostgresSchema: an empty database is no inventory for MustExist,
+// instances opening at once migrate it once, and a newer schema is refused.
+func TestPostgresSchema(t *testing.T) {
+	dsn := pgShared.Database(t)
+	if _, err := Open(t.TempDir(), WithStore(dsn), MustExist()); !errors.Is(err, ErrNoStore) {
+		t.Fatalf("empty database with MustExist: %v", err)
+	}
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			a, err := Open(t.TempDir(), WithStore(dsn))
+			if err == nil {
+				a.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := Open(t.TempDir(), WithStore(dsn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var v int
+	if err := a.db.QueryRow(`SELECT version FROM ` + pgSchemaTable).Scan(&v); err != nil || v != len(pgMigrations) {
+		t.Fatalf("schema version %d %v", v, err)
+	}
+	if _, err := a.db.Exec(`UPDATE ` + pgSchemaTable + ` SET version = 99`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(t.TempDir(), WithStore(dsn)); err == nil || !strings.Contains(err.Error(), "newer than this binary") {
+		t.Fatalf("newer schema: %v", err)
+	}
+	_, err = Open(t.TempDir(), WithStore("postgres://u:s3cret@127.0.0.1:1/x?sslmode=disable"))
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("unreachable database: %v", err)
+	}
+}
+
+func TestRebind(t *testing.T) {
+	for in, want := range map[string]string{
+		`SELECT a FROM t WHERE x = ? AND y = ?`:     `SELECT a FROM t WHERE x = $1 AND y = $2`,
+		`SELECT '?' , "a?b", ? FROM t`:              `SELECT '?' , "a?b", $1 FROM t`,
+		`DO $$ BEGIN PERFORM '?'; END $$; SELECT ?`: `DO $$ BEGIN PERFORM '?'; END $$; SELECT $1`,
+		`no placeholders`:                           `no placeholders`,
+	} {
+		if got := rebind(in); got != want {
+			t.Errorf("rebind(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

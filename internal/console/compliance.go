@@ -1,0 +1,369 @@
+package console
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/evidence"
+	"github.com/agentauthz/agentauthz/internal/reason"
+	"github.com/agentauthz/agentauthz/internal/recordstore"
+)
+
+// The Compliance page answers the auditor's four questions with links into
+// the console, from the live store and inventory: who initiated a decision,
+// that it was not tampered with, least privilege (denials by reason, the
+// agents × operations matrix), and how one agent is revoked (the last
+// revocations and how long each took to take effect). The evidence pack is
+// internal/evidence's, built from the same store.
+
+// Compliance limits.
+const (
+	matrixCells      = 2000 // agent × operation cells read
+	matrixAgents     = 50   // rows shown
+	matrixOperations = 30   // columns shown
+	lastRevocations  = 10
+)
+
+var complianceDays = []int{1, 7, 30, 90}
+
+// matrixRow is one agent of the matrix.
+type matrixRow struct {
+	Tenant, Agent, SPIFFEID string
+	Cells                   []*recordstore.AgentOperation // per column; nil: no decision
+	// Unused are scopes the agent holds that no allowed decision used in
+	// the period: least-privilege candidates.
+	Unused []string
+}
+
+// revocationRow is one revocation and its effect.
+type revocationRow struct {
+	ca.Event
+	SPIFFEID     string
+	Logs         []logEffect
+	AllowedAfter int64
+}
+
+type logEffect struct {
+	Log  string
+	At   time.Time
+	Took time.Duration
+}
+
+func (c *Console) compliance(w http.ResponseWriter, r *http.Request, v *viewer) {
+	days, _ := strconv.Atoi(r.URL.Query().Get("days"))
+	if days <= 0 {
+		days = 7
+	}
+	if days > 90 {
+		days = 90
+	}
+	now := c.cfg.Now()
+	since := now.Add(-time.Duration(days) * 24 * time.Hour)
+	data := map[string]any{"Days": days, "DayChoices": complianceDays, "Since": since, "Grace": evidence.PropagationBound}
+	if c.cfg.Records == nil {
+		data["RecordsOff"] = true
+		c.render(w, r, http.StatusOK, "compliance", v, data)
+		return
+	}
+	ctx := r.Context()
+	fail := func(err error) {
+		c.cfg.Logger.Error("console: compliance", "error", err)
+		data["Error"] = "The record store or the inventory is unavailable; retry."
+		c.render(w, r, http.StatusServiceUnavailable, "compliance", v, data)
+	}
+	newest, err := c.cfg.Records.Find(ctx, recordstore.Query{Limit: 1, Newest: true})
+	if err != nil {
+		fail(err)
+		return
+	}
+	if len(newest.Records) > 0 {
+		data["Newest"] = newest.Records[0].Record
+	}
+	logs, err := c.cfg.Records.Logs(ctx)
+	if err != nil {
+		fail(err)
+		return
+	}
+	data["Logs"] = logs
+	denials, err := c.cfg.Records.DenialsByReason(ctx, since)
+	if err != nil {
+		fail(err)
+		return
+	}
+	data["Denials"] = denials
+	cells, more, err := c.cfg.Records.AgentOperations(ctx, since, matrixCells)
+	if err != nil {
+		fail(err)
+		return
+	}
+	ops, rows, truncated := c.matrix(cells)
+	data["Operations"], data["Matrix"], data["MatrixTruncated"] = ops, rows, truncated || more
+	revs, err := c.lastRevocations(ctx)
+	if err != nil {
+		fail(err)
+		return
+	}
+	data["Revocations"] = revs
+	c.render(w, r, http.StatusOK, "compliance", v, data)
+}
+
+// matrix lays out the cells: the busiest agents as rows, the most used
+// operations as columns, and each agent's scopes no allowed decision used.
+func (c *Console) matrix(cells []recordstore.AgentOperation) ([]string, []matrixRow, bool) {
+	opN, agentN := map[string]int64{}, map[string]int64{}
+	for _, x := range cells {
+		opN[x.Operation] += x.Decisions
+		agentN[x.SPIFFEID] += x.Decisions
+	}
+	top := func(m map[string]int64, n int) ([]string, bool) {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool {
+			if m[keys[i]] != m[keys[j]] {
+				return m[keys[i]] > m[keys[j]]
+			}
+			return keys[i] < keys[j]
+		})
+		if len(keys) > n {
+			return keys[:n], true
+		}
+		return keys, false
+	}
+	ops, moreOps := top(opN, matrixOperations)
+	agents, moreAgents := top(agentN, matrixAgents)
+	sort.Strings(ops)
+	sort.Strings(agents)
+	col := map[string]int{}
+	for i, o := range ops {
+		col[o] = i
+	}
+	row := map[string]*matrixRow{}
+	used := map[string]map[string]bool{}
+	out := make([]matrixRow, len(agents))
+	for i, a := range agents {
+		out[i].SPIFFEID, out[i].Cells = a, make([]*recordstore.AgentOperation, len(ops))
+		row[a], used[a] = &out[i], map[string]bool{}
+	}
+	for i := range cells {
+		x := &cells[i]
+		mr := row[x.SPIFFEID]
+		if mr == nil {
+			continue
+		}
+		mr.Tenant, mr.Agent = x.Tenant, x.Agent
+		if x.Allowed > 0 {
+			used[x.SPIFFEID][x.Operation] = true
+		}
+		if j, ok := col[x.Operation]; ok {
+			mr.Cells[j] = x
+		}
+	}
+	for i := range out {
+		certs, err := c.cfg.Authority.List(ca.ListFilter{TrustDomain: out[i].Tenant, AgentID: out[i].Agent})
+		if err != nil || len(certs) == 0 {
+			continue
+		}
+		for _, s := range certs[len(certs)-1].Scopes {
+			if !used[out[i].SPIFFEID][s] {
+				out[i].Unused = append(out[i].Unused, s)
+			}
+		}
+	}
+	return ops, out, moreOps || moreAgents
+}
+
+// lastRevocations are the newest agent revocations of the change log with,
+// on each log, the agent's first decision denied for the revocation.
+func (c *Console) lastRevocations(ctx context.Context) ([]revocationRow, error) {
+	events, err := c.cfg.Authority.Events("", "")
+	if err != nil {
+		return nil, err
+	}
+	var out []revocationRow
+	for i := len(events) - 1; i >= 0 && len(out) < lastRevocations; i-- {
+		e := events[i]
+		if (e.Event != "revoke" && e.Event != "agent_revoke") || e.AgentID == "" {
+			continue
+		}
+		rr := revocationRow{Event: e, SPIFFEID: ca.SPIFFEID(e.TrustDomain, e.AgentID)}
+		first, allowed, err := c.cfg.Records.AfterRevocation(ctx, rr.SPIFFEID, e.At, evidence.PropagationBound,
+			string(reason.CertificateRevoked), string(reason.AgentRevoked))
+		if err != nil {
+			return nil, err
+		}
+		for log, at := range first {
+			rr.Logs = append(rr.Logs, logEffect{Log: log, At: at, Took: at.Sub(e.At).Round(time.Millisecond)})
+		}
+		sort.Slice(rr.Logs, func(i, j int) bool { return rr.Logs[i].Log < rr.Logs[j].Log })
+		rr.AllowedAfter = allowed
+		out = append(out, rr)
+	}
+	return out, nil
+}
+
+// heavy lets one whole-log verification or evidence pack run at a
+// time: each reads every stored record.
+var errBusy = errors.New("another verification or evidence pack is running: retry in a moment")
+
+func (c *Console) heavy() (func(), error) {
+	select {
+	case c.heavySem <- struct{}{}:
+		return func() { <-c.heavySem }, nil
+	default:
+		return nil, errBusy
+	}
+}
+
+// verifyLog re-verifies a whole stored log, or the change log, on request.
+func (c *Console) verifyLog(w http.ResponseWriter, r *http.Request, v *viewer) {
+	release, err := c.heavy()
+	if err != nil {
+		c.render(w, r, http.StatusTooManyRequests, "message", v, map[string]string{"Title": "Busy", "Text": err.Error()})
+		return
+	}
+	defer release()
+	data := map[string]any{}
+	if log := r.URL.Query().Get("log"); log != "" {
+		if c.cfg.Records == nil {
+			c.render(w, r, http.StatusServiceUnavailable, "message", v, map[string]string{"Title": "No record store", "Text": "This control plane has no record store."})
+			return
+		}
+		start := time.Now()
+		res, err := c.cfg.Records.Verify(r.Context(), log, nil)
+		if err != nil {
+			c.cfg.Logger.Error("console: verify log", "log", log, "error", err)
+			c.render(w, r, http.StatusNotFound, "message", v, map[string]string{"Title": "Not verified", "Text": fmt.Sprintf("Log %q could not be read: see the control plane's log.", log)})
+			return
+		}
+		data["Log"], data["Took"] = res, time.Since(start).Round(time.Millisecond)
+	} else {
+		pubPEM, err := os.ReadFile(ca.ChangeLogKeyPath(c.cfg.Authority.DataDir()))
+		var res *ca.ChangeLogResult
+		if err == nil {
+			var pub ed25519.PublicKey
+			if pub, err = ca.ParseChangeLogKey(pubPEM); err == nil {
+				res, err = c.cfg.Authority.VerifyChangeLog(pub)
+			}
+		}
+		if err != nil {
+			c.cfg.Logger.Error("console: verify change log", "error", err)
+			data["ChangeLogErr"] = err.Error()
+		}
+		data["ChangeLog"] = res
+	}
+	c.render(w, r, http.StatusOK, "verified", v, data)
+}
+
+// storeLog is one log of the record store as an evidence source.
+type storeLog struct {
+	s            *recordstore.Store
+	name, server string
+}
+
+func (l storeLog) Verify(ctx context.Context) (evidence.LogSource, error) {
+	res, err := l.s.Verify(ctx, l.name, nil)
+	if err != nil {
+		return evidence.LogSource{}, err
+	}
+	src := evidence.LogSource{Server: l.server, Name: l.name, Records: res.Records, Root: res.Root, Verified: res.Problem == nil}
+	if res.Problem != nil {
+		src.Problem = res.Problem.Error()
+	}
+	return src, nil
+}
+
+func (l storeLog) Scan(ctx context.Context, from, to time.Time, each func(evidence.Scanned) error) (int, error) {
+	q := recordstore.Query{Log: l.name, Since: from, Until: to, Limit: recordstore.MaxLimit}
+	for {
+		p, err := l.s.Find(ctx, q)
+		if err != nil {
+			return 0, err
+		}
+		for _, st := range p.Records {
+			if err := each(evidence.Scanned{Record: st.Record}); err != nil {
+				return 0, err
+			}
+		}
+		if p.Next == "" {
+			return 0, nil
+		}
+		q.After = p.Next
+	}
+}
+
+// evidencePack builds the evidence pack (internal/evidence) for the last
+// days from this control plane's store and inventory, and sends it as a
+// download.
+func (c *Console) evidencePack(w http.ResponseWriter, r *http.Request, v *viewer) {
+	if c.cfg.Records == nil {
+		c.render(w, r, http.StatusServiceUnavailable, "message", v, map[string]string{"Title": "No record store", "Text": "This control plane has no record store."})
+		return
+	}
+	days, err := strconv.Atoi(r.PostForm.Get("days"))
+	if err != nil || days < 1 || days > 366 {
+		c.render(w, r, http.StatusBadRequest, "message", v, map[string]string{"Title": "Not done", "Text": "The period is a number of days from 1 to 366."})
+		return
+	}
+	format := r.PostForm.Get("format")
+	if format != "json" {
+		format = "html"
+	}
+	release, err := c.heavy()
+	if err != nil {
+		c.render(w, r, http.StatusTooManyRequests, "message", v, map[string]string{"Title": "Busy", "Text": err.Error()})
+		return
+	}
+	defer release()
+	ctx := r.Context()
+	now := c.cfg.Now()
+	// The pack's reproduce-with commands query this control plane.
+	in := evidence.Inputs{Server: "https://" + r.Host, From: now.Add(-time.Duration(days) * 24 * time.Hour), To: now, Now: now, Sample: 10, Seed: uint64(now.Unix())}
+	logs, err := c.cfg.Records.Logs(ctx)
+	if err == nil && len(logs) == 0 {
+		err = errors.New("the record store holds no decision log yet")
+	}
+	if err == nil {
+		for _, l := range logs {
+			in.Sources = append(in.Sources, storeLog{s: c.cfg.Records, name: l.Log, server: in.Server})
+		}
+		in.Inventory, err = evidence.ReadInventory(c.cfg.Authority, c.cfg.Authority.DataDir())
+	}
+	var rep *evidence.Report
+	if err == nil {
+		rep, err = evidence.Collect(ctx, in)
+	}
+	var buf bytes.Buffer
+	if err == nil {
+		if format == "json" {
+			err = rep.WriteJSON(&buf)
+		} else {
+			err = rep.WriteHTML(&buf)
+		}
+	}
+	if err != nil {
+		c.cfg.Logger.Error("console: evidence pack", "error", err)
+		c.render(w, r, http.StatusServiceUnavailable, "message", v, map[string]string{"Title": "No evidence pack", "Text": "The evidence pack could not be built: " + err.Error()})
+		return
+	}
+	if err := c.cfg.Authority.RecordEvent("", "", "", "console_evidence", v.Op.String(), fmt.Sprintf("evidence pack of the last %d days (%s)", days, format)); err != nil {
+		c.cfg.Logger.Error("console: record evidence pack", "error", err)
+	}
+	ct := "text/html; charset=utf-8"
+	if format == "json" {
+		ct = "application/json"
+	}
+	w.Header().Set("Content-Type", ct)
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", "evidence-"+now.UTC().Format("2006-01-02")+"."+format))
+	_, _ = w.Write(buf.Bytes())
+}
