@@ -73,6 +73,7 @@ unless --addr says otherwise. "agentauthz ca serve" is the same command.`,
 	f.StringVar(&addr, "addr", "127.0.0.1:9193", "listen address (host:port)")
 	f.StringVar(&opts.store, "store", os.Getenv("AGENTAUTHZ_STORE"), "postgres://… for the CA inventory, change log and decision records (several instances on one database), or a SQLite file for the records (default <data-dir>/records.db and inventory.db; env AGENTAUTHZ_STORE)")
 	f.BoolVar(&opts.plain, "plain-http", false, "serve plain HTTP: CRLs and the signed watch stream only, no authenticated API")
+	f.StringVar(&opts.oidc, "oidc-config", "", "console sign-in through an OpenID Connect provider: a YAML file (issuer, client_id, client_secret_file, redirect_url, role mapping; docs/console.md)")
 	f.StringArrayVar(&opts.hosts, "tls-host", nil, "extra DNS name or IP for the server certificate (repeatable; loopback and the --addr host are always in)")
 	f.BoolVar(&opts.anomaly, "anomaly", true, "run the anomaly detector on the stored records (alerts, responses); --anomaly=false turns it off")
 	f.StringArrayVar(&opts.responses, "respond", nil, "response of a detector rule: RULE=notify|propose|auto[:quarantine|max-trust=Ln|remove-scope=S,…][:DURATION] (repeatable; default notify)")
@@ -128,6 +129,8 @@ type revocationServer struct {
 type controlOptions struct {
 	// plain serves HTTP without TLS: CRLs and the signed watch stream only.
 	plain bool
+	// oidc is the console's OIDC configuration file ("": none).
+	oidc string
 	// hosts are extra names for the server certificate.
 	hosts []string
 	// store is the record store's DSN; default <data-dir>/records.db.
@@ -226,7 +229,21 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert,
 			MinVersion: tls.VersionTLS13})
 	}
-	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Alerts: rs.alerts, Auth: authn, DataDir: dataDir, Logger: log.Named("console")})
+	var oidcCfg *console.OIDCConfig
+	if opts.oidc != "" {
+		if opts.plain {
+			err = withHint(errors.New("--oidc-config needs TLS: the console is off with --plain-http"), "drop --plain-http")
+		} else {
+			oidcCfg, err = console.LoadOIDCConfig(opts.oidc)
+		}
+	}
+	if err != nil {
+		ln.Close()
+		rs.records.Close()
+		auth.Close()
+		return nil, err
+	}
+	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Alerts: rs.alerts, Auth: authn, DataDir: dataDir, OIDC: oidcCfg, Logger: log.Named("console")})
 	if err != nil {
 		ln.Close()
 		_ = rs.closeStores() // the error being returned is the one to report

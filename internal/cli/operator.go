@@ -184,6 +184,14 @@ func (s *serverFlags) client(dataDir string) (*http.Client, error) {
 	}}, nil
 }
 
+// closeIdle closes the kept-alive connections to the control plane, so that
+// none outlives the command.
+func (s *serverFlags) closeIdle() {
+	if s.hc != nil {
+		s.hc.CloseIdleConnections()
+	}
+}
+
 // call sends a JSON request to the control plane and decodes the answer
 // into out; a refusal becomes an error with the server's message.
 func (s *serverFlags) call(ctx context.Context, dataDir, method, path string, body, out any) error {

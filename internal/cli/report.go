@@ -75,6 +75,7 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 					return withHint(errors.New("--server and --log are two sources of the same decisions"), "give one: --server reads every log the control plane holds")
 				}
 				as := &auditServer{serverFlags: srv, dataDir: dataDir}
+				defer as.closeIdle()
 				if in.Sources, err = serverSources(cmd.Context(), as); err != nil {
 					return err
 				}
@@ -114,7 +115,7 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 				if in.Alerts, err = anomaly.OpenStore(alerts).List(); err != nil {
 					return err
 				}
-				in.HasAlert = true
+				in.HasAlert, in.AlertsFile = true, alerts
 			}
 			rep, err := evidence.Collect(cmd.Context(), in)
 			if err != nil {

@@ -68,8 +68,10 @@ type Config struct {
 	// DataDir holds the pending sign-in links.
 	DataDir        string
 	ExpiringWithin time.Duration
-	Logger         hclog.Logger
-	Now            func() time.Time
+	// OIDC, when set, adds sign-in through an OpenID Connect provider.
+	OIDC   *OIDCConfig
+	Logger hclog.Logger
+	Now    func() time.Time
 }
 
 // Console is the web console.
@@ -82,6 +84,7 @@ type Console struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	heavySem chan struct{}
+	oidc     *oidcState // nil: no OIDC sign-in
 }
 
 // New parses the embedded templates.
@@ -95,7 +98,15 @@ func New(cfg Config) (*Console, error) {
 	if cfg.ExpiringWithin <= 0 {
 		cfg.ExpiringWithin = DefaultExpiringWithin
 	}
+	if cfg.OIDC != nil && cfg.OIDC.client == nil {
+		if err := cfg.OIDC.check(); err != nil {
+			return nil, fmt.Errorf("oidc: %w", err)
+		}
+	}
 	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken()), stop: make(chan struct{}), heavySem: make(chan struct{}, 1)}
+	if cfg.OIDC != nil {
+		c.oidc = &oidcState{cfg: cfg.OIDC}
+	}
 	funcs := template.FuncMap{
 		"time": func(t time.Time) string {
 			if t.IsZero() {
@@ -116,7 +127,7 @@ func New(cfg Config) (*Console, error) {
 		"sub":    func(a, b uint64) uint64 { return a - b },
 		"sub64":  func(a, b int64) int64 { return a - b },
 	}
-	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "issue", "compliance", "verified", "login", "message", "alerts", "alert"} {
+	for _, p := range []string{"fleet", "agent", "decisions", "decision", "live", "issue", "compliance", "verified", "login", "signedin", "message", "alerts", "alert"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/chart.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -143,6 +154,10 @@ func (c *Console) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /ui/login", c.loginPage)
 	mux.HandleFunc("POST /ui/login", c.login)
+	if c.oidc != nil {
+		mux.HandleFunc("GET /ui/oidc/start", c.oidcStart)
+		mux.HandleFunc("GET /ui/oidc/callback", c.oidcCallback)
+	}
 	mux.Handle("POST /ui/logout", c.require(nil, true, c.logout))
 	mux.Handle("GET /ui/fleet", c.require(control.ReadAgents, false, c.fleet))
 	mux.Handle("GET /ui/agents/{td}/{id}", c.require(control.ReadAgents, false, c.agent))
@@ -237,8 +252,7 @@ func (c *Console) require(roles []control.Role, change bool, h handler) http.Han
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		v := c.identify(r)
 		if v == nil {
-			c.message(w, r, http.StatusUnauthorized, "Sign in",
-				"Sign in with a link from \"agentauthz operator login-link NAME --role ROLE\", or present an operator client certificate.")
+			c.render(w, r, http.StatusUnauthorized, "login", nil, c.loginData(""))
 			return
 		}
 		if roles != nil && !v.Op.May(roles) {
@@ -296,7 +310,30 @@ func (c *Console) storeError(w http.ResponseWriter, r *http.Request, v *viewer, 
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 	// The token is only consumed by the POST, so a link previewer or
 	// scanner that fetches the URL does not use it up.
-	c.render(w, r, http.StatusOK, "login", nil, map[string]string{"Token": r.URL.Query().Get("token")})
+	c.render(w, r, http.StatusOK, "login", nil, c.loginData(r.URL.Query().Get("token")))
+}
+
+func (c *Console) loginData(token string) map[string]any {
+	d := map[string]any{"Token": token}
+	if c.oidc != nil {
+		d["OIDC"] = c.oidc.cfg.Issuer
+	}
+	return d
+}
+
+// startSession signs op in on this browser.
+func (c *Console) startSession(w http.ResponseWriter, op control.Operator) {
+	id, se := c.sessions.create(op, c.cfg.Now())
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/", Expires: se.expires, MaxAge: int(SessionTTL / time.Second),
+		HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
+}
+
+// landing is the first page of op.
+func landing(op control.Operator) string {
+	if !op.May(control.ReadAgents) {
+		return "/ui/decisions"
+	}
+	return "/ui/fleet"
 }
 
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
@@ -310,18 +347,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.message(w, r, http.StatusUnauthorized, "Sign-in refused", err.Error())
 		return
 	}
-	id, se := c.sessions.create(op, c.cfg.Now())
-	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/", Expires: se.expires, MaxAge: int(SessionTTL / time.Second),
-		HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
+	c.startSession(w, op)
 	if err := c.cfg.Authority.RecordEvent("", "", "", "console_signin", op.String(), "signed in to the console with a one-time link"); err != nil {
 		c.cfg.Logger.Error("console: record sign-in", "error", err)
 	}
 	c.cfg.Logger.Info("console sign-in", "operator", op.String())
-	next := "/ui/fleet"
-	if !op.May(control.ReadAgents) {
-		next = "/ui/decisions"
-	}
-	http.Redirect(w, r, next, http.StatusSeeOther)
+	http.Redirect(w, r, landing(op), http.StatusSeeOther)
 }
 
 func (c *Console) logout(w http.ResponseWriter, r *http.Request, v *viewer) {

@@ -46,16 +46,17 @@ type Inputs struct {
 	Sources []Source
 	// Server is the control plane's URL when the records come from its
 	// store: the reproduce-with commands then query it.
-	Server    string
-	DataDir   string     // where the inventory was read, for commands; "" with Server
-	Inventory *Inventory // nil when not available
-	Configs   []*ConfigFile
-	Alerts    []anomaly.StoredAlert
-	HasAlert  bool // an alerts file was given (an empty one is evidence of no alerts)
-	From, To  time.Time
-	Sample    int    // decisions to sample for re-performance (at most MaxSample)
-	Seed      uint64 // of the sample
-	Now       time.Time
+	Server     string
+	DataDir    string     // where the inventory was read, for commands; "" with Server
+	Inventory  *Inventory // nil when not available
+	Configs    []*ConfigFile
+	Alerts     []anomaly.StoredAlert
+	HasAlert   bool   // an alerts file was given (an empty one is evidence of no alerts)
+	AlertsFile string // its path, for commands
+	From, To   time.Time
+	Sample     int    // decisions to sample for re-performance (at most MaxSample)
+	Seed       uint64 // of the sample
+	Now        time.Time
 }
 
 // Memory bounds: what Collect keeps does not grow with the number of

@@ -13,9 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/anomaly"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/simrun"
 	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
@@ -31,6 +33,7 @@ type history struct {
 	recs            []decisionlog.Record
 	revokedAt       time.Time
 	certOf          map[string]string
+	now             *time.Time // the CA's clock
 }
 
 func newHistory(t *testing.T) *history {
@@ -43,7 +46,7 @@ func newHistory(t *testing.T) *history {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	h.a = a
+	h.a, h.now = a, &now
 	if _, err := a.Init(ca.InitRequest{TrustDomain: td, Operator: "alice"}); err != nil {
 		t.Fatal(err)
 	}
@@ -482,5 +485,91 @@ trust_bundles:
 	// A configuration serve would refuse is refused here too.
 	if _, err := ReadConfig(write("bad.yaml", "decision_log: {mdoe: sync}\n")); err == nil || !strings.Contains(err.Error(), "mdoe") {
 		t.Errorf("bad config: %v", err)
+	}
+}
+
+// TestAlertsFromTheChangeLog: CC7.1 reads the detector's signed alert rows
+// and the responses to them from the change log.
+func TestAlertsFromTheChangeLog(t *testing.T) {
+	h := newHistory(t)
+	raised := h.revokedAt.Add(time.Minute)
+	*h.now = raised
+	alert := func(id string) {
+		d := fmt.Sprintf(`{"id":%q,"rule":"probing","agent":"spiffe://%s/agent/rogue","time":%q,"since":%q,"baseline":"0","observed":"3","deviation":"x","decisions":["dec-001"]}`,
+			id, td, raised.Format(time.RFC3339Nano), raised.Format(time.RFC3339Nano))
+		if err := h.a.RecordEvent(td, "rogue", "", alerts.EventAlert, alerts.Operator, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alert("a1")
+	alert("a2")
+	*h.now = raised.Add(90 * time.Second)
+	if err := h.a.RecordEvent(td, "rogue", "", alerts.EventAck, "bob", `{"alert":"a1","rule":"probing","note":"INC-7"}`); err != nil {
+		t.Fatal(err)
+	}
+	r := h.collect(t, nil)
+	c := control(t, r, "CC7.1")
+	if c.Status != StatusEvidence || fact(t, c, "signed change log: alerts probing") != "2" ||
+		fact(t, c, "signed change log: median time from alert to first response (ack, approve or dismiss)") != "1m30s" ||
+		fact(t, c, "signed change log: alerts without a response yet") != "1" || !strings.Contains(c.Summary, "2 alerts in the signed change log in the period, 1 responded to") {
+		t.Fatalf("CC7.1 %+v", c)
+	}
+	// Outside the period, none.
+	r = h.collect(t, func(in *Inputs) { in.To = raised.Add(-time.Second) })
+	if c := control(t, r, "CC7.1"); c.Status != StatusEvidence || !strings.Contains(c.Summary, "0 alerts") {
+		t.Fatalf("CC7.1 before the alerts: %+v", c)
+	}
+}
+
+// TestPolicyChangesReviewedBySimulation: CC8.1 shows the signed policy
+// simulation runs, and each policy revision that decided after the first
+// is reviewed only by a run recorded before its first decision.
+func TestPolicyChangesReviewedBySimulation(t *testing.T) {
+	h := newHistory(t)
+	base := h.revokedAt.Add(time.Hour)
+	record := func(at time.Time, rev string) {
+		*h.now = at
+		run := simrun.Run{Revision: rev, Read: 10, Replayed: 10, Unchanged: 9, NewlyDenied: 1, Gate: simrun.GatePass, ReportSHA256: strings.Repeat("ab", 32)}
+		if err := h.a.RecordEvent("", "", "", simrun.Event, "ci-bot", run.Detail()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(base.Add(30*time.Minute), "rev-2")          // before rev-2's first decision
+	record(base.Add(3*time.Hour+time.Minute), "rev-3") // after rev-3's first decision: too late
+	dirB := filepath.Join(h.dataDir, "log-b")
+	l, err := decisionlog.Open(decisionlog.Options{Dir: dirB, KeyDir: filepath.Join(h.dataDir, "keys"), Name: "replica-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, rev := range []string{"rev-1", "rev-2", "rev-3"} {
+		rec := decisionlog.Record{DecisionID: "p-" + rev, Time: base.Add(time.Duration(i) * time.Hour),
+			Agent:    decisionlog.Agent{ID: "payer", Tenant: td, TrustLevel: "L3", CertSHA256: h.certOf["payer"]},
+			Request:  decisionlog.Request{Operation: "payments:initiate"},
+			Decision: decisionlog.Decision{Allowed: true, HTTPStatus: 200, Reasons: []string{"allowed"}, PolicyRevision: rev}}
+		if _, err := l.Append(context.Background(), &rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := h.collect(t, func(in *Inputs) {
+		in.Sources = append(in.Sources, DirSource{Dir: dirB, Keys: in.Sources[0].(DirSource).Keys})
+	})
+	c := control(t, r, "CC8.1")
+	if c.Status != StatusGap || !strings.Contains(c.Summary, "without a signed simulation run before them: rev-3") {
+		t.Fatalf("CC8.1 %s: %s", c.Status, c.Summary)
+	}
+	if v := fact(t, c, "policy changes in the period reviewed by a simulation run recorded before the revision's first decision"); v != "1 of 2 (reviewed: rev-2; not: rev-3)" {
+		t.Errorf("reviews %q", v)
+	}
+	if v := fact(t, c, "signed policy simulation runs in the period (a policy change reviewed with its impact)"); !strings.Contains(v, "by ci-bot: revision rev-2, 10 decisions replayed, 0 newly allowed, 1 newly denied, gate pass") {
+		t.Errorf("runs %q", v)
+	}
+	// Without runs, the fact says gap; one revision alone is no change.
+	h2 := newHistory(t)
+	c = control(t, h2.collect(t, nil), "CC8.1")
+	if v := fact(t, c, "signed policy simulation runs in the period (a policy change reviewed with its impact)"); !strings.HasPrefix(v, "gap: none") || c.Status != StatusEvidence {
+		t.Errorf("CC8.1 without runs or policy changes: %s %q", c.Status, v)
 	}
 }

@@ -1,6 +1,7 @@
 package evidence
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -8,9 +9,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/reason"
+	"github.com/agentauthz/agentauthz/internal/simrun"
 )
 
 // Statuses of a control.
@@ -276,9 +279,8 @@ func (r *Report) build(in Inputs, st *stats) {
 
 	// CC7.1
 	x = c("CC7.1", "Anomalies detected on the signed decision stream")
-	if !in.HasAlert {
-		x.Status, x.Summary = StatusGap, "no alerts file given (agentauthz anomaly replay --alerts FILE, then --alerts FILE here)"
-	} else {
+	logged := alertsFromChangeLog(in)
+	if in.HasAlert {
 		byRule := map[string]int{}
 		var acks []time.Duration
 		open := 0
@@ -293,16 +295,38 @@ func (r *Report) build(in Inputs, st *stats) {
 				open++
 			}
 		}
+		file := " --file " + in.AlertsFile
 		for _, rule := range sortedKeys(byRule) {
-			x.Evidence = append(x.Evidence, Fact{"alerts: " + rule, itoa(byRule[rule]), "agentauthz alerts list --rule " + rule})
+			x.Evidence = append(x.Evidence, Fact{"alerts file: " + rule, itoa(byRule[rule]), "agentauthz alerts list --rule " + rule + file})
 		}
-		slices.Sort(acks)
-		ackMed := "none acknowledged"
-		if len(acks) > 0 {
-			ackMed = acks[len(acks)/2].Round(time.Second).String()
+		x.Evidence = append(x.Evidence, Fact{"alerts file: median time to acknowledge", median(acks), "agentauthz alerts list" + file},
+			Fact{"alerts file: open (not acknowledged)", itoa(open), "agentauthz alerts list --open" + file})
+	}
+	if logged != nil {
+		cmd := invCmd("agent list --json", "/v1/changes") + "  # alert and alert_* events"
+		for _, rule := range sortedKeys(logged.byRule) {
+			x.Evidence = append(x.Evidence, Fact{"signed change log: alerts " + rule, itoa(logged.byRule[rule]), cmd})
 		}
-		x.Evidence = append(x.Evidence, Fact{"median time to acknowledge", ackMed, "agentauthz alerts list"}, Fact{"open (not acknowledged)", itoa(open), "agentauthz alerts list --open"})
-		x.Status, x.Summary = StatusEvidence, fmt.Sprintf("%d alerts in the period, %d acknowledged", sum(byRule), len(acks))
+		x.Evidence = append(x.Evidence, Fact{"signed change log: median time from alert to first response (ack, approve or dismiss)", median(logged.responses), cmd},
+			Fact{"signed change log: alerts without a response yet", itoa(logged.unanswered), cmd})
+		if logged.unparsed > 0 {
+			x.Evidence = append(x.Evidence, Fact{"signed change log: alert rows that do not parse", itoa(logged.unparsed), cmd})
+		}
+	}
+	switch {
+	case !in.HasAlert && logged == nil:
+		x.Status, x.Summary = StatusGap, "no alerts: no alert in the control plane's signed change log (control serve runs the detector), and no alerts file given (--alerts FILE)"
+	case logged != nil && logged.unparsed > 0:
+		x.Status, x.Summary = StatusGap, fmt.Sprintf("%d alert rows of the change log do not parse", logged.unparsed)
+	default:
+		var parts []string
+		if logged != nil {
+			parts = append(parts, fmt.Sprintf("%d alerts in the signed change log in the period, %d responded to", sum(logged.byRule), len(logged.responses)))
+		}
+		if in.HasAlert {
+			parts = append(parts, "the alerts file's alerts and acknowledgements as listed")
+		}
+		x.Status, x.Summary = StatusEvidence, strings.Join(parts, "; ")
 	}
 
 	// CC7.2
@@ -384,10 +408,14 @@ func (r *Report) build(in Inputs, st *stats) {
 			}
 		}
 		x.Evidence = append(x.Evidence, Fact{"scope or trust changes, each a new certificate (reissue)", itoa(reissued), invCmd("agent list --json", "/v1/changes") + "  # reissue events"})
-		if cl.Problem != nil {
+		unreviewed := policyReviews(in, st, x, invCmd("agent list --json", "/v1/changes")+"  # policy_simulation events")
+		switch {
+		case cl.Problem != nil:
 			x.Status, x.Summary = StatusGap, "the change log does not verify"
-		} else {
-			x.Status, x.Summary = StatusEvidence, "the change log verifies; scope and trust change only by reissue"
+		case len(unreviewed) > 0:
+			x.Status, x.Summary = StatusGap, "policy revisions decided without a signed simulation run before them: "+strings.Join(unreviewed, ", ")
+		default:
+			x.Status, x.Summary = StatusEvidence, "the change log verifies; scope and trust change only by reissue; every policy change in the period was reviewed with its impact"
 		}
 	}
 	r.Controls = append(r.Controls, a1)
@@ -409,6 +437,136 @@ func (r *Report) build(in Inputs, st *stats) {
 	}
 	r.applyConfig(in)
 	r.Mapping = mapping
+}
+
+func median(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "none"
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2].Round(time.Second).String()
+}
+
+// loggedAlerts is what the signed change log says of the anomaly
+// detector's alerts in the period (docs/anomaly.md, "Signed alerts").
+type loggedAlerts struct {
+	byRule     map[string]int
+	responses  []time.Duration // alert row to its first ack, approve or dismiss
+	unanswered int
+	unparsed   int
+}
+
+// alertsFromChangeLog reads the alert rows of the change log; nil when it
+// holds none at all (the detector does not run in the control plane).
+func alertsFromChangeLog(in Inputs) *loggedAlerts {
+	if in.Inventory == nil {
+		return nil
+	}
+	la := &loggedAlerts{byRule: map[string]int{}}
+	raised := map[string]time.Time{} // alert id → its row's time, for those in the period
+	seen := false
+	for _, e := range in.Inventory.Events {
+		switch e.Event {
+		case alerts.EventAlert:
+			seen = true
+			var d struct{ ID, Rule, Time string }
+			if json.Unmarshal([]byte(e.Detail), &d) != nil || d.ID == "" {
+				la.unparsed++
+				continue
+			}
+			at, err := time.Parse(time.RFC3339Nano, d.Time)
+			if err != nil {
+				at = e.At
+			}
+			if !inPeriod(in, at) {
+				continue
+			}
+			la.byRule[d.Rule]++
+			raised[d.ID] = e.At
+		case alerts.EventAck, alerts.EventApprove, alerts.EventDismiss:
+			var d struct{ Alert string }
+			if json.Unmarshal([]byte(e.Detail), &d) != nil {
+				la.unparsed++
+				continue
+			}
+			if at, ok := raised[d.Alert]; ok {
+				la.responses = append(la.responses, e.At.Sub(at))
+				delete(raised, d.Alert)
+			}
+		}
+	}
+	if !seen {
+		return nil
+	}
+	la.unanswered = len(raised)
+	return la
+}
+
+// policyReviews adds to CC8.1 the signed policy simulation runs and, for
+// each policy revision that decided in the period after the first (which
+// was in force when it began), the run that reviewed it before its first
+// decision; it returns the revisions without one.
+func policyReviews(in Inputs, st *stats, x *Control, cmd string) []string {
+	recorded := map[string][]time.Time{} // revision → when runs reviewing it were recorded
+	var lines []string
+	bad := 0
+	for _, e := range in.Inventory.Events {
+		if e.Event != simrun.Event {
+			continue
+		}
+		run, err := simrun.Parse(e.Detail)
+		if err != nil {
+			bad++
+			continue
+		}
+		recorded[run.Revision] = append(recorded[run.Revision], e.At)
+		if inPeriod(in, e.At) {
+			lines = append(lines, fmt.Sprintf("%s by %s: revision %s, %d decisions replayed, %d newly allowed, %d newly denied, gate %s, report sha256 %s",
+				e.At.UTC().Format(time.RFC3339), e.Operator, run.Revision, run.Replayed, run.NewlyAllowed, run.NewlyDenied, run.Gate, short(run.ReportSHA256)))
+		}
+	}
+	v := "gap: none in the change log (agentauthz policy simulate … --record)"
+	if len(lines) > 0 {
+		v = strings.Join(lines, "; ")
+	}
+	x.Evidence = append(x.Evidence, Fact{"signed policy simulation runs in the period (a policy change reviewed with its impact)", v, cmd})
+	if bad > 0 {
+		x.Evidence = append(x.Evidence, Fact{"policy simulation rows that do not parse", itoa(bad), cmd})
+	}
+	type rev struct {
+		name  string
+		first time.Time
+	}
+	var revs []rev
+	for k, v := range st.revisions {
+		if k != "" && k != other {
+			revs = append(revs, rev{k, v.first})
+		}
+	}
+	slices.SortFunc(revs, func(a, b rev) int { return a.first.Compare(b.first) })
+	var unreviewed, reviewed []string
+	for i, r := range revs {
+		if i == 0 {
+			continue // in force when the period began
+		}
+		if slices.ContainsFunc(recorded[r.name], func(at time.Time) bool { return !at.After(r.first) }) {
+			reviewed = append(reviewed, r.name)
+		} else {
+			unreviewed = append(unreviewed, r.name)
+		}
+	}
+	if len(revs) > 1 {
+		x.Evidence = append(x.Evidence, Fact{"policy changes in the period reviewed by a simulation run recorded before the revision's first decision",
+			fmt.Sprintf("%d of %d (reviewed: %s; not: %s)", len(reviewed), len(revs)-1, listOrNone(reviewed), listOrNone(unreviewed)), cmd})
+	}
+	return unreviewed
+}
+
+func listOrNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
 }
 
 // applyConfig adds each replica's configuration to the controls its
