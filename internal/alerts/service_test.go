@@ -445,3 +445,47 @@ func FuzzParseResponse(f *testing.F) {
 		}
 	})
 }
+
+// TestDismissRestoresPrevious: dismissing an automatic restriction that was
+// merged with an operator's restores the operator's, not nothing; a
+// restriction changed since is left alone.
+func TestDismissRestoresPrevious(t *testing.T) {
+	f := newFixture(t, "bot-1", "bot-2")
+	for _, id := range []string{"bot-1", "bot-2"} {
+		if _, err := f.auth.Restrict(ca.RestrictRequest{TrustDomain: td, AgentID: id, RemoveScopes: []string{"payments:initiate"},
+			Reason: "INC-1", Operator: "alice (responder)"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.probe("bot-1", 0)
+	f.probe("bot-2", time.Minute)
+	f.ship()
+	s := f.service(Responses{anomaly.RuleScopeProbing: {Mode: ModeAuto, Action: Action{Quarantine: true, ForSeconds: 600}}})
+	step(t, s)
+	a1, a2 := onlyAlert(t, s, "bot-1"), onlyAlert(t, s, "bot-2")
+	rs, _ := f.auth.AgentRestriction(td, "bot-1")
+	if rs == nil || !rs.Quarantined || len(rs.RemovedScopes) != 1 || rs.Until != nil {
+		t.Fatalf("merged restriction %+v (want quarantine with the scope removal, permanent as the operator's)", rs)
+	}
+	if _, err := s.Dismiss(context.Background(), a1.ID, "bob (responder)", "expected"); err != nil {
+		t.Fatal(err)
+	}
+	rs, _ = f.auth.AgentRestriction(td, "bot-1")
+	if rs == nil || rs.Quarantined || len(rs.RemovedScopes) != 1 || !strings.Contains(rs.Reason, "INC-1") {
+		t.Errorf("after dismiss: %+v, want the operator's restriction back", rs)
+	}
+	// Someone changed bot-2's restriction after the response: kept.
+	if _, err := f.auth.Restrict(ca.RestrictRequest{TrustDomain: td, AgentID: "bot-2", Quarantine: true, Reason: "INC-2", Operator: "carol (responder)"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Dismiss(context.Background(), a2.ID, "bob (responder)", "expected")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs, _ := f.auth.AgentRestriction(td, "bot-2"); rs == nil || rs.Reason != "INC-2" {
+		t.Errorf("a later restriction was undone: %+v", rs)
+	}
+	if ev := f.events("bot-2", EventDismiss); len(ev) != 1 || !strings.Contains(ev[0].Detail, "changed since") || d.Response.State != StateDismissed {
+		t.Errorf("dismiss rows %+v", ev)
+	}
+}

@@ -49,23 +49,19 @@ type Checkpoint struct {
 }
 
 // Text is the note text (ending in LF).
-func (c Checkpoint) Text() string {
-	var b strings.Builder
-	b.Grow(len(c.Origin) + 140)
-	b.WriteString(c.Origin)
-	b.WriteByte('\n')
-	b.WriteString(strconv.FormatUint(c.Size, 10))
-	b.WriteByte('\n')
-	var enc [44]byte // base64 of a hash
-	base64.StdEncoding.Encode(enc[:], c.Root[:])
-	b.Write(enc[:])
-	b.WriteString("\nbatch ")
-	b.WriteString(strconv.FormatUint(c.BatchStart, 10))
-	b.WriteByte(' ')
-	base64.StdEncoding.Encode(enc[:], c.BatchRoot[:])
-	b.Write(enc[:])
-	b.WriteByte('\n')
-	return b.String()
+func (c Checkpoint) Text() string { return string(c.appendText(make([]byte, 0, len(c.Origin)+140))) }
+
+func (c Checkpoint) appendText(b []byte) []byte {
+	b = append(b, c.Origin...)
+	b = append(b, '\n')
+	b = strconv.AppendUint(b, c.Size, 10)
+	b = append(b, '\n')
+	b = base64.StdEncoding.AppendEncode(b, c.Root[:])
+	b = append(b, "\nbatch "...)
+	b = strconv.AppendUint(b, c.BatchStart, 10)
+	b = append(b, ' ')
+	b = base64.StdEncoding.AppendEncode(b, c.BatchRoot[:])
+	return append(b, '\n')
 }
 
 // ParseCheckpoint parses note text strictly (what Text writes).
@@ -211,19 +207,22 @@ func (s *noteSigner) Sign(msg []byte) ([]byte, error) {
 }
 
 // signCheckpoint returns the signed note and the 68 bytes of its signature
-// (key hash ‖ Ed25519 signature).
+// (key hash ‖ Ed25519 signature), in one allocation. It writes what
+// note.Sign writes (TestSignCheckpointIsNoteSign): the text, an empty
+// line, and "— <name> <base64(key hash ‖ signature)>"; the text is ours
+// (appendText: printable ASCII and LFs) and the name a validOrigin.
 func signCheckpoint(c Checkpoint, s *noteSigner) (signed []byte, sig []byte, err error) {
-	signed, err = note.Sign(&note.Note{Text: c.Text()}, s)
-	if err != nil {
-		return nil, nil, err
-	}
-	// The last line is "— <name> <base64(key hash ‖ signature)>".
-	line := signed[bytes.LastIndex(signed[:len(signed)-1], []byte("\n"))+1 : len(signed)-1]
-	sig, err = base64.StdEncoding.DecodeString(string(line[bytes.LastIndexByte(line, ' ')+1:]))
-	if err != nil || len(sig) != 4+ed25519.SignatureSize {
-		return nil, nil, fmt.Errorf("signed note: unexpected signature line %q", line)
-	}
-	return signed, sig, nil
+	const sigLen = 4 + ed25519.SignatureSize
+	buf := make([]byte, sigLen, sigLen+2*len(c.Origin)+260)
+	text := c.appendText(buf[sigLen:])
+	binary.BigEndian.PutUint32(buf, s.hash)
+	copy(buf[4:sigLen], voi.Sign(voi.PrivateKey(s.priv), text))
+	signed = append(text, "\n\u2014 "...)
+	signed = append(signed, s.name...)
+	signed = append(signed, ' ')
+	signed = base64.StdEncoding.AppendEncode(signed, buf[:sigLen])
+	signed = append(signed, '\n')
+	return signed, buf[:sigLen:sigLen], nil
 }
 
 // OpenCheckpoint verifies a signed checkpoint with verifiers and parses it.
@@ -264,7 +263,7 @@ const (
 // marshalJSON writes for checkpointLine (TestCheckpointLineIsJSON), since
 // the note holds nothing JSON escapes but its LFs (validOrigin, decimal,
 // base64, "batch", spaces, U+2014).
-func encodeCheckpointLine(signed []byte, hashes [][]byte) []byte {
+func encodeCheckpointLine(signed []byte, hashes []Hash) []byte {
 	buf := make([]byte, 0, len(signed)+16+len(hashes)*47+16)
 	buf = append(buf, checkpointPrefix+`"`...)
 	for _, c := range signed {
@@ -280,7 +279,7 @@ func encodeCheckpointLine(signed []byte, hashes [][]byte) []byte {
 			buf = append(buf, ',')
 		}
 		buf = append(buf, '"')
-		buf = base64.StdEncoding.AppendEncode(buf, h)
+		buf = base64.StdEncoding.AppendEncode(buf, h[:])
 		buf = append(buf, '"')
 	}
 	return append(buf, "]}"...)

@@ -94,10 +94,11 @@ type Options struct {
 	Now             func() time.Time // default time.Now
 
 	// Test hooks.
-	openFile openFunc // segments (and the prepared one), the probe and side files
-	retryMin time.Duration
-	prepHook func(stop <-chan struct{}) error // before each preparation of a segment
-	maxWrite int                              // bytes per write+fdatasync cycle (and torn batch bound); default maxWriteBytes
+	openFile   openFunc // segments (and the prepared one), the probe and side files
+	retryMin   time.Duration
+	prepHook   func(stop <-chan struct{}) error // before each preparation of a segment
+	maxWrite   int                              // bytes per write+fdatasync cycle (and torn batch bound); default maxWriteBytes
+	noPrealloc bool                             // no preparer: every segment appended to, up to SegmentMaxBytes (the benchmarks' baseline)
 }
 
 // batch is a group of consecutive records committed by one write and
@@ -563,7 +564,8 @@ func (l *Log) run() {
 			l.durNext, l.durKey = b.first+uint64(len(b.lines)), l.keyAt(b)
 			l.inflight -= len(b.lines)
 			l.mu.Unlock()
-			l.durTree, l.durWKey = l.tree.Clone(), l.wkey
+			l.durTree.set(l.tree)
+			l.durWKey = l.wkey
 			l.latest.Store(&b.last)
 			l.m.batch.Observe(float64(len(b.lines)))
 			close(b.done)
@@ -582,7 +584,8 @@ func (l *Log) run() {
 		l.inflight = 0
 		ferr := l.failed
 		l.mu.Unlock()
-		l.tree, l.wkey = l.durTree.Clone(), l.durWKey
+		l.tree.set(l.durTree)
+		l.wkey = l.durWKey
 		l.m.ready.Set(0)
 		n := 0
 		for _, fb := range failed {
@@ -644,7 +647,7 @@ func (l *Log) seal(b *batch) error {
 		for _, ln := range b.lines[start:end] {
 			b.out = append(b.out, append(ln, '\n'))
 		}
-		b.out = append(b.out, append(encodeCheckpointLine(signed, l.tree.r.Hashes()), '\n'))
+		b.out = append(b.out, append(encodeCheckpointLine(signed, l.tree.hashes), '\n'))
 		for ; rot < len(b.rot) && b.rot[rot].idx < end; rot++ {
 			l.wkey = b.rot[rot].key
 		}
@@ -718,7 +721,7 @@ func (l *Log) write(b *batch) error {
 
 // segLimit is the size at which the current segment rotates.
 func (l *Log) segLimit() int64 {
-	if l.segAlloc == 0 {
+	if l.segAlloc == 0 && !l.opts.noPrealloc {
 		return min(l.opts.SegmentMaxBytes, fallbackSegmentBytes)
 	}
 	return l.opts.SegmentMaxBytes

@@ -1,9 +1,12 @@
 package decisionlog
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"math/big"
+	"strings"
 	"testing"
 
 	"golang.org/x/mod/sumdb/note"
@@ -124,4 +127,32 @@ func addL(s []byte) []byte {
 	}
 	l, _ := new(big.Int).SetString("7237005577332262213973186563042994240857116359379907606001950938285454250989", 10)
 	return littleEndian(new(big.Int).Add(new(big.Int).SetBytes(be), l))
+}
+
+// TestSignCheckpointIsNoteSign: the hand-written signed note is what
+// golang.org/x/mod/sumdb/note signs (Ed25519 is deterministic), and its
+// signature bytes are the note's.
+func TestSignCheckpointIsNoteSign(t *testing.T) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	k := newSigningKey(priv)
+	for _, origin := range []string{"agentauthz", "eu-west/replica-1", strings.Repeat("x", maxOriginBytes)} {
+		for _, size := range []uint64{1, 128, 1<<63 + 5} {
+			cp := Checkpoint{Origin: origin, Size: size, Root: LeafHash([]byte("r")), BatchStart: size - 1, BatchRoot: LeafHash([]byte("b"))}
+			s := newNoteSigner(origin, k)
+			got, sig, err := signCheckpoint(cp, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := note.Sign(&note.Note{Text: cp.Text()}, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("signed note\n%s\nnote.Sign\n%s", got, want)
+			}
+			if !bytes.HasSuffix(got, []byte(base64.StdEncoding.EncodeToString(sig)+"\n")) || len(sig) != 68 {
+				t.Fatalf("signature bytes %x do not end the note", sig)
+			}
+		}
+	}
 }

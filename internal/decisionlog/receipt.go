@@ -49,7 +49,7 @@ type CompactReceipt struct {
 func (r *CompactReceipt) Encode() string {
 	c := r.Checkpoint
 	var arr [1 + 1 + maxOriginBytes + 3*binary.MaxVarintLen64 + 2*HashSize + 1 + 8*HashSize + 4 + ed25519.SignatureSize]byte
-	b := arr[:0] // on the stack: the string below is the one allocation
+	b := arr[:0] // on the stack: the string at the end is the one allocation
 	b = append(b, receiptVersion)
 	b = binary.AppendUvarint(b, uint64(len(c.Origin)))
 	b = append(b, c.Origin...)
@@ -64,7 +64,13 @@ func (r *CompactReceipt) Encode() string {
 	}
 	b = binary.BigEndian.AppendUint32(b, r.KeyHash)
 	b = append(b, r.Signature...)
-	return base64.RawURLEncoding.EncodeToString(b)
+	var enc [(len(arr)*8 + 5) / 6]byte // base64url without padding, on the stack too
+	n := base64.RawURLEncoding.EncodedLen(len(b))
+	if n > len(enc) { // a proof or signature longer than a log writes
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	base64.RawURLEncoding.Encode(enc[:n], b)
+	return string(enc[:n])
 }
 
 // ParseReceipt decodes a header value strictly. It does not verify it.

@@ -3,8 +3,8 @@ package decisionlog
 import (
 	"crypto/sha256"
 	"fmt"
+	"math/bits"
 
-	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 )
@@ -48,75 +48,87 @@ func nodeHash(l, r []byte) Hash {
 	return sha256.Sum256(buf[:])
 }
 
-// hashChildren is nodeHash for the compact range (which keeps the slice).
-func hashChildren(l, r []byte) []byte {
-	h := nodeHash(l, r)
-	return h[:]
+// Tree is the state of a log's Merkle tree: its size and the roots of the
+// perfect subtrees that make up [0, size), largest first (an RFC 6962
+// compact range), so that appending a leaf costs about one hash and the
+// root a few, without allocating. A consumer that receives batches (the
+// control plane) keeps one per log and checks each batch's checkpoint
+// against it. (TestTreeMatchesCompactRange holds it to
+// github.com/transparency-dev/merkle's compact range.)
+type Tree struct {
+	size   uint64
+	hashes []Hash // one per set bit of size, the highest first
 }
 
-var rangeFactory = &compact.RangeFactory{Hash: hashChildren}
-
-// Tree is the state of a log's Merkle tree: its size and the roots of the
-// perfect subtrees that make up [0, size) (an RFC 6962 compact range), so
-// that appending a leaf costs about one hash and the root a few. A consumer
-// that receives batches (the control plane) keeps one per log and checks
-// each batch's checkpoint against it.
-type Tree struct{ r *compact.Range }
-
 // NewTree returns the empty tree.
-func NewTree() *Tree { return &Tree{r: rangeFactory.NewEmptyRange(0)} }
+func NewTree() *Tree { return &Tree{} }
 
 // NewTreeFromRange rebuilds a tree of the given size from its compact range
 // (what Hashes returns, as a checkpoint line stores it). The caller checks
 // the resulting Root against a signed checkpoint before trusting it.
 func NewTreeFromRange(size uint64, hashes [][]byte) (*Tree, error) {
-	r, err := rangeFactory.NewRange(0, size, hashes)
-	if err != nil {
-		return nil, fmt.Errorf("compact range: %w", err)
+	if len(hashes) != bits.OnesCount64(size) {
+		return nil, fmt.Errorf("compact range: %d hashes for a tree of %d leaves, want %d", len(hashes), size, bits.OnesCount64(size))
 	}
-	return &Tree{r: r}, nil
+	t := &Tree{size: size, hashes: make([]Hash, len(hashes))}
+	for i, h := range hashes {
+		if len(h) != HashSize {
+			return nil, fmt.Errorf("compact range: a hash of %d bytes", len(h))
+		}
+		copy(t.hashes[i][:], h)
+	}
+	return t, nil
 }
 
 // Size is the number of leaves.
-func (t *Tree) Size() uint64 { return t.r.End() }
+func (t *Tree) Size() uint64 { return t.size }
 
-// Append adds a leaf hash.
+// Append adds a leaf hash: each perfect subtree of the size it completes
+// is merged with it.
 func (t *Tree) Append(leaf Hash) {
-	if err := t.r.Append(leaf[:], nil); err != nil {
-		panic(err) // cannot happen: a range from 0 always takes a leaf
+	h := leaf
+	for s := t.size; s&1 == 1; s >>= 1 {
+		last := &t.hashes[len(t.hashes)-1]
+		h = nodeHash(last[:], h[:])
+		t.hashes = t.hashes[:len(t.hashes)-1]
 	}
+	t.hashes = append(t.hashes, h)
+	t.size++
 }
 
-// Root is the RFC 6962 Merkle tree hash of the leaves so far.
+// Root is the RFC 6962 Merkle tree hash of the leaves so far: the subtree
+// roots folded from the right (the left child is always the largest
+// perfect subtree).
 func (t *Tree) Root() Hash {
-	var out Hash
-	if t.r.End() == 0 {
+	if t.size == 0 {
+		var out Hash
 		copy(out[:], hasher.EmptyRoot())
 		return out
 	}
-	h, err := t.r.GetRootHash(nil)
-	if err != nil {
-		panic(err) // cannot happen for a non-empty range from 0
+	h := t.hashes[len(t.hashes)-1]
+	for i := len(t.hashes) - 2; i >= 0; i-- {
+		h = nodeHash(t.hashes[i][:], h[:])
 	}
-	copy(out[:], h)
-	return out
+	return h
 }
 
 // Hashes returns the compact range (copies).
 func (t *Tree) Hashes() [][]byte {
-	hs := t.r.Hashes()
-	out := make([][]byte, len(hs))
-	for i, h := range hs {
-		out[i] = append([]byte(nil), h...)
+	out := make([][]byte, len(t.hashes))
+	for i := range t.hashes {
+		out[i] = append([]byte(nil), t.hashes[i][:]...)
 	}
 	return out
 }
 
-// Clone returns an independent copy. The hashes themselves are never
-// written to once made, so only the list is copied.
+// Clone returns an independent copy.
 func (t *Tree) Clone() *Tree {
-	c, _ := NewTreeFromRange(t.Size(), append([][]byte(nil), t.r.Hashes()...))
-	return c
+	return &Tree{size: t.size, hashes: append([]Hash(nil), t.hashes...)}
+}
+
+// set makes t a copy of u, reusing t's storage.
+func (t *Tree) set(u *Tree) {
+	t.size, t.hashes = u.size, append(t.hashes[:0], u.hashes...)
 }
 
 // levels holds every level of the RFC 6962 tree over a few leaves (a
@@ -127,9 +139,17 @@ func (t *Tree) Clone() *Tree {
 type levels [][]Hash
 
 func buildLevels(leaves []Hash) levels {
-	lv := levels{leaves}
+	inner, depth := 0, 1 // the levels above the leaves hold fewer than len(leaves) nodes: one block
+	for n := len(leaves); n > 1; n = (n + 1) / 2 {
+		inner += (n + 1) / 2
+		depth++
+	}
+	block := make([]Hash, inner)
+	lv := make(levels, 1, depth)
+	lv[0] = leaves
 	for cur := leaves; len(cur) > 1; {
-		next := make([]Hash, (len(cur)+1)/2)
+		next := block[: (len(cur)+1)/2 : (len(cur)+1)/2]
+		block = block[len(next):]
 		for i := 0; i+1 < len(cur); i += 2 {
 			next[i/2] = nodeHash(cur[i][:], cur[i+1][:])
 		}
@@ -201,7 +221,7 @@ func rehash(leaves []Hash, nodes proof.Nodes) ([]Hash, error) {
 		h := subtreeRoot(leaves[begin:end])
 		hs[i] = h[:]
 	}
-	hs, err := nodes.Rehash(hs, hashChildren)
+	hs, err := nodes.Rehash(hs, func(l, r []byte) []byte { h := nodeHash(l, r); return h[:] })
 	if err != nil {
 		return nil, err
 	}

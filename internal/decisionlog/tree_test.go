@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
@@ -306,7 +307,11 @@ func TestRotationV2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines[len(lines)-1] = string(encodeCheckpointLine(forged, hashes)) + "\n"
+	t2, err := NewTreeFromRange(cp.Size, hashes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines[len(lines)-1] = string(encodeCheckpointLine(forged, t2.hashes)) + "\n"
 	os.WriteFile(path, []byte(strings.Join(lines, "")), 0o640)
 	res, err = Verify(o.Dir, both)
 	if err != nil || res.Problem == nil || res.Problem.Kind != KindBadCheckpoint || res.Problem.Index != 6 {
@@ -462,7 +467,7 @@ func TestCheckpointLineIsJSON(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := encodeCheckpointLine(signed, tree.Hashes())
+		got := encodeCheckpointLine(signed, tree.hashes)
 		l := checkpointLine{Checkpoint: string(signed)}
 		for _, h := range tree.Hashes() {
 			l.Range = append(l.Range, base64.StdEncoding.EncodeToString(h))
@@ -475,5 +480,55 @@ func TestCheckpointLineIsJSON(t *testing.T) {
 		if err != nil || !bytes.Equal(s2, signed) || len(hs) != len(tree.Hashes()) {
 			t.Fatalf("decode: %v", err)
 		}
+	}
+}
+
+// TestTreeMatchesCompactRange: Tree's root and compact range are those of
+// github.com/transparency-dev/merkle's compact range at every size up to
+// 1,100, and a tree rebuilt from its range continues alike.
+func TestTreeMatchesCompactRange(t *testing.T) {
+	rf := &compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+	ref := rf.NewEmptyRange(0)
+	tree := NewTree()
+	for i := range 1100 {
+		leaf := LeafHash([]byte(fmt.Sprint(i)))
+		if err := ref.Append(leaf[:], nil); err != nil {
+			t.Fatal(err)
+		}
+		tree.Append(leaf)
+		want, err := ref.GetRootHash(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := tree.Root(); !bytes.Equal(got[:], want) || tree.Size() != ref.End() {
+			t.Fatalf("size %d: root %x, want %x", i+1, got, want)
+		}
+		hs := tree.Hashes()
+		if len(hs) != len(ref.Hashes()) {
+			t.Fatalf("size %d: %d range hashes, want %d", i+1, len(hs), len(ref.Hashes()))
+		}
+		for j, h := range ref.Hashes() {
+			if !bytes.Equal(hs[j], h) {
+				t.Fatalf("size %d: range hash %d differs", i+1, j)
+			}
+		}
+		if i%97 == 0 {
+			re, err := NewTreeFromRange(tree.Size(), hs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			re.Append(leaf)
+			c := tree.Clone()
+			c.Append(leaf)
+			if re.Root() != c.Root() {
+				t.Fatalf("size %d: rebuilt tree continues differently", i+1)
+			}
+		}
+	}
+	if _, err := NewTreeFromRange(5, [][]byte{make([]byte, 32)}); err == nil {
+		t.Error("a range of 1 hash for 5 leaves accepted")
+	}
+	if _, err := NewTreeFromRange(4, [][]byte{make([]byte, 31)}); err == nil {
+		t.Error("a 31-byte hash accepted")
 	}
 }

@@ -9,10 +9,12 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	gproto "google.golang.org/grpc/encoding/proto"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -32,6 +34,7 @@ import (
 type checkFrame struct {
 	req         authv3.CheckRequest
 	invalidUTF8 bool
+	wire        int // bytes on the wire
 }
 
 // invalidUTF8Checker is the Authorization service's entry for such a
@@ -53,6 +56,7 @@ func (c checkCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	b := buf.ReadOnlyData()
+	f.wire = len(b)
 	err := proto.Unmarshal(b, &f.req)
 	if err == nil {
 		return nil
@@ -124,18 +128,28 @@ func replaceInvalidUTF8(md protoreflect.MessageDescriptor, b []byte, depth int) 
 }
 
 // authorizationDesc is envoy.service.auth.v3.Authorization with a Check
-// handler that decodes through checkFrame.
-func authorizationDesc() *grpc.ServiceDesc {
+// handler that decodes through checkFrame. limit > 0 refuses a request
+// larger than that many bytes on the wire, as the transport would with
+// the smaller limit (limitUnary's job for the other unary calls; it would
+// re-encode the whole request to size it).
+func authorizationDesc(limit int) *grpc.ServiceDesc {
 	d := authv3.Authorization_ServiceDesc
-	d.Methods = []grpc.MethodDesc{{MethodName: "Check", Handler: checkHandler}}
+	handler := func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) { //nolint:revive // gRPC's signature
+		return checkHandler(srv, ctx, dec, interceptor, limit)
+	}
+	d.Methods = []grpc.MethodDesc{{MethodName: "Check", Handler: handler}}
 	return &d
 }
 
-// checkHandler has grpc.MethodDesc's handler signature, context second.
-func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) { //nolint:revive // gRPC's signature
+// checkHandler has grpc.MethodDesc's handler signature, context second,
+// and the size limit.
+func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor, limit int) (any, error) { //nolint:revive // gRPC's signature
 	f := new(checkFrame)
 	if err := dec(f); err != nil {
 		return nil, err
+	}
+	if limit > 0 && f.wire > limit {
+		return nil, status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", f.wire, limit)
 	}
 	s := srv.(authv3.AuthorizationServer)
 	call := s.Check

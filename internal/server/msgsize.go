@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -36,7 +37,10 @@ func recvLimits(cfg config.Config, extProc bool) (transport, others int) {
 // would have with the smaller limit (only after decoding: gRPC has no
 // per-method limit, and ext_proc is a stream, so every unary call keeps it).
 func limitUnary(limit int) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if info.FullMethod == authv3.Authorization_Check_FullMethodName {
+			return handler(ctx, req) // checkHandler refused it by its size on the wire
+		}
 		if m, ok := req.(proto.Message); ok {
 			if n := proto.Size(m); n > limit {
 				return nil, status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", n, limit)

@@ -119,7 +119,7 @@ func New(cfg config.Config, c Components, logger hclog.Logger) (*Server, error) 
 	}
 	gs := grpc.NewServer(opts...)
 	hs := health.NewServer()
-	gs.RegisterService(authorizationDesc(), c.Authorization)
+	gs.RegisterService(authorizationDesc(othersLimit), c.Authorization)
 	if c.ExternalProcessor != nil {
 		extprocv3.RegisterExternalProcessorServer(gs, c.ExternalProcessor)
 		hs.SetServingStatus(extprocv3.ExternalProcessor_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
