@@ -56,7 +56,7 @@ func shot(name string) chromedp.Action[chromedp.Void] {
 }
 
 // signInTab opens a one-time link for name with role in a new tab of ctx.
-func signInTab(t *testing.T, e *env, ctx context.Context, name string, role control.Role) *browserSession {
+func signInTab(ctx context.Context, t *testing.T, e *env, name string, role control.Role) *browserSession {
 	t.Helper()
 	link, err := CreateLink(e.dir, name, role, time.Minute, time.Now())
 	if err != nil {
@@ -84,7 +84,7 @@ func TestBrowserIssueLiveKeyboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := newBrowser(t, chromium)
-	a := signInTab(t, e, ctx, "ada", control.RoleAdmin)
+	a := signInTab(ctx, t, e, "ada", control.RoleAdmin)
 
 	// Keyboard: Tab walks the header's links in order, Enter follows one.
 	var order []string
@@ -152,7 +152,7 @@ func TestBrowserIssueLiveKeyboard(t *testing.T) {
 	}
 
 	// The responder's page: restrict, lift, revoke; no decisions, no issuing.
-	r := signInTab(t, e, ctx, "rosa", control.RoleResponder)
+	r := signInTab(ctx, t, e, "rosa", control.RoleResponder)
 	r.do(chromedp.Click(chromedp.CSS(`a[href="/ui/agents/acme.test/ledger-bot"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`form[action$="/restrict"]`)),
 		shot("12-agent-responder"))
