@@ -68,7 +68,7 @@ func signInTab(ctx context.Context, t *testing.T, e *env, name string, role cont
 	b.do(chromedp.Navigate(e.srv.URL+"/ui/login?token="+link),
 		chromedp.WaitVisible(chromedp.CSS(`button[type=submit]`)),
 		chromedp.Click(chromedp.CSS(`button[type=submit]`)),
-		chromedp.WaitVisible(chromedp.CSS(`main h1`)))
+		chromedp.WaitVisible(chromedp.CSS(`header .who`))) // only a signed-in page has it
 	return b
 }
 
@@ -87,10 +87,11 @@ func TestBrowserIssueLiveKeyboard(t *testing.T) {
 	a := signInTab(ctx, t, e, "ada", control.RoleAdmin)
 
 	// Keyboard: Tab walks the header's links in order, Enter follows one.
+	a.do(chromedp.Navigate(e.srv.URL+"/ui/fleet"), chromedp.WaitVisible(chromedp.CSS(`main table`)))
 	var order []string
 	for range 5 {
 		a.do(chromedp.KeyEvent("\t"))
-		order = append(order, a.eval(`document.activeElement.textContent.trim()`))
+		order = append(order, a.eval(`document.activeElement ? document.activeElement.textContent.trim() : "(nothing)"`))
 	}
 	if got := strings.Join(order, ","); got != "agentauthz console,Fleet,Decisions,Live,Compliance" {
 		t.Errorf("Tab order from the top of the fleet page: %s", got)
