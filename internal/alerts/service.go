@@ -346,7 +346,7 @@ func (s *Service) raise(al anomaly.Alert) error {
 	if rule.Mode != ModeNotify && !canRespond {
 		s.log.Warn("anomaly alert: no agent in the inventory to respond to; notify only", "id", a.ID, "rule", al.Rule)
 	}
-	return s.record(a)
+	return s.record(a, true)
 }
 
 // logPending writes the change-log rows of alerts stored but not yet
@@ -359,19 +359,23 @@ func (s *Service) logPending(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i := range as {
-		if err := s.record(&as[i]); err != nil {
+		if err := s.record(&as[i], false); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// record writes an alert's change-log row unless it is there already, then
-// its response, then marks it logged.
-func (s *Service) record(a *Alert) error {
-	logged, err := s.inChangeLog(a)
-	if err != nil {
-		return err
+// record writes an alert's change-log row unless it is there already (only
+// possible for one stored earlier: fresh is false), then its response, then
+// marks it logged.
+func (s *Service) record(a *Alert, fresh bool) error {
+	logged := false
+	if !fresh {
+		var err error
+		if logged, err = s.inChangeLog(a); err != nil {
+			return err
+		}
 	}
 	if !logged {
 		if err := s.cfg.Authority.RecordEvent(a.Alert.Tenant, a.Alert.AgentID, "", EventAlert, Operator, alertDetail(a)); err != nil {
