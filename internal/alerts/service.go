@@ -257,7 +257,13 @@ func (s *Service) step(ctx context.Context) (more bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	var batch []recordstore.Stored
+	type item struct {
+		log   string
+		index uint64
+		ev    anomaly.Event
+		ok    bool
+	}
+	var batch []item
 	for _, l := range logs {
 		from := s.cursors[l.Log]
 		if l.Stored <= from || len(batch) >= perStep {
@@ -269,20 +275,29 @@ func (s *Service) step(ctx context.Context) (more bool, err error) {
 			return false, err
 		}
 		more = more || from+uint64(len(rs)) < l.Stored
-		batch = append(batch, rs...)
+		for _, r := range rs {
+			ev, ok, err := anomaly.FromLine([]byte(r.Line))
+			if err != nil {
+				// Stored records were verified on the way in.
+				return false, fmt.Errorf("stored record %s/%d: %w", r.Log, r.Index, err)
+			}
+			batch = append(batch, item{r.Log, r.Index, ev, ok})
+		}
 	}
 	// Replicas ship independently: merge their records by record time.
-	sort.SliceStable(batch, func(i, j int) bool { return batch[i].Record.Time.Before(batch[j].Record.Time) })
+	sort.SliceStable(batch, func(i, j int) bool { return batch[i].ev.Time.Before(batch[j].ev.Time) })
 	for i := range batch {
-		r := &batch[i]
-		if ev, ok := anomaly.FromRecord(r.Record); ok {
-			for _, a := range s.det.Observe(ev) {
+		it := &batch[i]
+		if it.ok {
+			for _, a := range s.det.Observe(it.ev) {
 				if err := s.raise(a); err != nil {
 					return false, err
 				}
 			}
 		}
-		s.cursors[r.Log] = r.Index + 1
+		// Within one log, record time and index order differ a little
+		// (concurrent appenders): the cursor is past the highest index.
+		s.cursors[it.log] = max(s.cursors[it.log], it.index+1)
 		s.dirty = true
 	}
 	s.records.Add(float64(len(batch)))
