@@ -72,10 +72,14 @@ type controlFleet struct {
 	certs    string   // operator and replica certificates
 	env      *ca.DevEnv
 	replicas []*replica
+	cpStop   []context.CancelFunc // stop one control plane
+	cpProcs  []*proc
+	ctx      context.Context // the fleet's: cancelled at cleanup
 }
 
 type replica struct {
 	name   string
+	cfg    string // its configuration file
 	logDir string
 	stop   context.CancelFunc
 	proc   *proc
@@ -124,8 +128,10 @@ func startFleet(t *testing.T, n, cps int, store string, extra ...string) *contro
 			args = append(args, "--store", store)
 		}
 		args = append(args, extra...)
-		cp := startProc(ctx, args...)
+		cpCtx, cpCancel := context.WithCancel(ctx)
+		cp := startProc(cpCtx, args...)
 		cpProcs = append(cpProcs, cp)
+		f.cpStop = append(f.cpStop, cpCancel)
 		f.urls = append(f.urls, cp.waitLog(t, regexp.MustCompile(`listening on (https://\S+)`), 30*time.Second))
 	}
 	t.Cleanup(func() {
@@ -160,22 +166,39 @@ trust_bundles:
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		rctx, rcancel := context.WithCancel(ctx)
-		p := startProc(rctx, "serve", "--config", cfgPath, "--log-format", "json")
-		r := &replica{proc: p, stop: rcancel, logDir: filepath.Join(dir, "log"), name: name}
+		r := &replica{cfg: cfgPath, logDir: filepath.Join(dir, "log"), name: name}
 		f.replicas = append(f.replicas, r)
-		serving := regexp.MustCompile(`"@message":"serving"[^\n]*"grpc":"([^"]+)"`)
-		grpcAddr := p.waitLog(t, serving, 30*time.Second)
-		r.http = p.waitLog(t, regexp.MustCompile(`"@message":"serving"[^\n]*"http":"([^"]+)"`), time.Second)
-		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		r.client = authv3.NewAuthorizationClient(conn)
-		p.waitLog(t, regexp.MustCompile(`("readiness changed"[^\n]*"serving":true)`), 30*time.Second)
+		r.start(ctx, t)
 	}
+	f.cpProcs, f.ctx = cpProcs, ctx
 	return f
+}
+
+// start runs the replica (again) and waits until it serves and is ready.
+func (r *replica) start(ctx context.Context, t *testing.T) {
+	t.Helper()
+	rctx, rcancel := context.WithCancel(ctx)
+	p := startProc(rctx, "serve", "--config", r.cfg, "--log-format", "json")
+	r.proc, r.stop = p, rcancel
+	serving := regexp.MustCompile(`"@message":"serving"[^\n]*"grpc":"([^"]+)"`)
+	grpcAddr := p.waitLog(t, serving, 30*time.Second)
+	r.http = p.waitLog(t, regexp.MustCompile(`"@message":"serving"[^\n]*"http":"([^"]+)"`), time.Second)
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	r.client = authv3.NewAuthorizationClient(conn)
+	p.waitLog(t, regexp.MustCompile(`("readiness changed"[^\n]*"serving":true)`), 30*time.Second)
+}
+
+// exit stops p and returns its exit code, leaving it for the fleet's
+// cleanup.
+func (p *proc) exit(stop context.CancelFunc) int {
+	stop()
+	code := <-p.done
+	p.done <- code
+	return code
 }
 
 // copyTree copies the files under src to dst, modes kept (keys stay 0600).
@@ -338,6 +361,36 @@ func cliFails(t *testing.T, args ...string) string {
 		t.Fatalf("%s: succeeded\n%s", strings.Join(args, " "), out.String())
 	}
 	return errOut.String()
+}
+
+// TestReplicaRestartWithoutControlPlane: a replica restarted while the
+// control plane is down keeps the quarantine it last verified (its saved
+// push state), is ready, and says on /readyz where its state comes from.
+func TestReplicaRestartWithoutControlPlane(t *testing.T) {
+	f := startControlFleet(t, 1)
+	start := time.Now()
+	cli(t, "agent", "restrict", "payments-agent", "--quarantine", "--reason", "INC-8", "--data-dir", f.cpDir)
+	f.awaitAll(t, "payments-agent", "agent_quarantined", start)
+	if code := f.cpProcs[0].exit(f.cpStop[0]); code != ExitOK {
+		t.Fatalf("control plane exit %d", code)
+	}
+	r := f.replicas[0]
+	if code := r.proc.exit(r.stop); code != ExitOK {
+		t.Fatalf("replica exit %d", code)
+	}
+	r.start(f.ctx, t) // the control plane is still down
+	if got := f.check(t, r, "payments-agent"); got != "agent_quarantined" {
+		t.Fatalf("quarantined agent after a restart without the control plane: %q", got)
+	}
+	resp, err := http.Get("http://" + r.http + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "saved before the restart") {
+		t.Fatalf("/readyz %d: %s", resp.StatusCode, body)
+	}
 }
 
 // TestControlPlaneAPIRoles: restrictions through the control plane's API

@@ -205,9 +205,18 @@ type serverRecords struct {
 	ctx    context.Context
 	srv    *auditServer
 	q      url.Values
-	page   []recordstore.Stored
+	page   []storedLine
 	done   bool
 	decode simulate.LineDecoder
+}
+
+// storedLine is what simulation takes of a stored record
+// (recordstore.Stored): the line the replica signed, not the control
+// plane's decoding of it.
+type storedLine struct {
+	Log   string `json:"log"`
+	Index uint64 `json:"index"`
+	Line  string `json:"line"`
 }
 
 func newServerRecords(ctx context.Context, srv *auditServer, from, to time.Time) *serverRecords {
@@ -226,7 +235,10 @@ func (s *serverRecords) Next() (decisionlog.Entry, error) {
 		if s.done {
 			return decisionlog.Entry{}, io.EOF
 		}
-		var p recordstore.Page
+		var p struct {
+			Records []storedLine `json:"records"`
+			Next    string       `json:"next"`
+		}
 		if err := s.srv.call(s.ctx, s.srv.dataDir, http.MethodGet, "/v1/records?"+s.q.Encode(), nil, &p); err != nil {
 			return decisionlog.Entry{}, err
 		}

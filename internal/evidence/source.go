@@ -92,9 +92,10 @@ func (d DirSource) Scan(ctx context.Context, from, to time.Time, each func(Scann
 	}()
 	for range workers {
 		go func() {
+			var dec leanDecoder
 			for b := range work {
 				for _, l := range b.lines {
-					rec, err := decodeLean(l)
+					rec, err := dec.decode(l)
 					switch {
 					case err != nil:
 						b.malformed++

@@ -205,6 +205,9 @@ func New(cfg Config) (*Checker, error) {
 	c.mu.Lock()
 	c.publishLocked()
 	c.mu.Unlock()
+	for _, name := range c.order {
+		c.restorePush(name)
+	}
 	return c, nil
 }
 

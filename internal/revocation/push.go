@@ -93,6 +93,18 @@ func SignPush(key crypto.Signer, msg []byte) ([]byte, error) {
 // VerifyPush checks ev's signature against the tenant's CA certificates, and
 // that it has not expired at now.
 func VerifyPush(cas []*x509.Certificate, ev *WatchEvent, now time.Time) error {
+	if err := verifyPushSignature(cas, ev); err != nil {
+		return err
+	}
+	if exp := time.Unix(ev.Expires, 0); !now.Before(exp) {
+		return &PushError{PushExpired, fmt.Errorf("signed state expired at %s", exp.UTC().Format(time.RFC3339))}
+	}
+	return nil
+}
+
+// verifyPushSignature is VerifyPush without the expiry: the signature and
+// the restrictions' shape.
+func verifyPushSignature(cas []*x509.Certificate, ev *WatchEvent) error {
 	if len(ev.Signature) == 0 {
 		return &PushError{PushUnsigned, errors.New("the event carries no signature")}
 	}
@@ -115,9 +127,6 @@ func VerifyPush(cas []*x509.Certificate, ev *WatchEvent, now time.Time) error {
 	}
 	if !ok {
 		return &PushError{PushBadSignature, errors.New("the signature does not verify with any CA of the tenant")}
-	}
-	if exp := time.Unix(ev.Expires, 0); !now.Before(exp) {
-		return &PushError{PushExpired, fmt.Errorf("signed state expired at %s", exp.UTC().Format(time.RFC3339))}
 	}
 	if len(ev.Restrictions) > 0 {
 		var m map[string]json.RawMessage

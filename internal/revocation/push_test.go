@@ -92,7 +92,7 @@ func TestPushOlderGenerationRefused(t *testing.T) {
 	if err := c.checkPush(td, &newer); err != nil {
 		t.Fatal(err)
 	}
-	c.pushApplied(td, &newer)
+	c.pushApplied(td, nil, &newer)
 	if err := c.checkPush(td, &older); err == nil {
 		t.Fatal("older generation accepted")
 	}

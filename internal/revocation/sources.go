@@ -408,7 +408,7 @@ func (c *Checker) handleEvent(ctx context.Context, tenant string, src int, data 
 			}
 		}
 		c.setAgents(tenant, ev.RevokedAgents)
-		c.pushApplied(tenant, &ev)
+		c.pushApplied(tenant, data, &ev)
 		return nil
 	}
 	if len(ev.CRL) == 0 {
@@ -422,7 +422,7 @@ func (c *Checker) handleEvent(ctx context.Context, tenant string, src int, data 
 		return nil
 	}
 	c.setAgents(tenant, ev.RevokedAgents)
-	c.pushApplied(tenant, &ev)
+	c.pushApplied(tenant, data, &ev)
 	return nil
 }
 

@@ -67,6 +67,11 @@ type tenantState struct {
 	pushExpires time.Time
 	pushAt      time.Time
 	pushRefused map[string]uint64
+	// pushRestored: the state in force was saved before a restart
+	// (pushstate.go) and no event has replaced it yet; pushSaved is
+	// what the state file holds.
+	pushRestored bool
+	pushSaved    pushSaveKey
 
 	snap *tenantSnap // cached; nil after a change
 }
@@ -447,11 +452,13 @@ func (c *Checker) checkPush(tenant string, ev *WatchEvent) error {
 	return err
 }
 
-// pushApplied records an applied event and hands its restrictions on.
-func (c *Checker) pushApplied(tenant string, ev *WatchEvent) {
+// pushApplied records an applied event (raw: its data as received), saves
+// it for a restart and hands its restrictions on.
+func (c *Checker) pushApplied(tenant string, raw []byte, ev *WatchEvent) {
 	c.mu.Lock()
 	t := c.tenants[tenant]
-	t.pushGen, t.pushExpires, t.pushAt = ev.Generation, time.Unix(ev.Expires, 0), c.now()
+	t.pushGen, t.pushExpires, t.pushAt, t.pushRestored = ev.Generation, time.Unix(ev.Expires, 0), c.now(), false
+	c.savePushLocked(t, raw, ev)
 	c.mu.Unlock()
 	if c.onRestr != nil {
 		r := ev.Restrictions
@@ -469,6 +476,9 @@ type PushStatus struct {
 	// Applied is when the last signed event was applied (zero: never);
 	// Expires is when its signature stops being fresh.
 	Applied, Expires time.Time
+	// Restored: the state in force was saved before a restart and no
+	// event of the control plane has replaced it yet.
+	Restored bool
 }
 
 // PushStatuses lists the tenants that have a watch source.
@@ -481,7 +491,7 @@ func (c *Checker) PushStatuses() []PushStatus {
 		if t.cfg.WatchURL == "" {
 			continue
 		}
-		out = append(out, PushStatus{Tenant: name, Connected: t.pushConnected, Applied: t.pushAt, Expires: t.pushExpires})
+		out = append(out, PushStatus{Tenant: name, Connected: t.pushConnected, Applied: t.pushAt, Expires: t.pushExpires, Restored: t.pushRestored})
 	}
 	return out
 }

@@ -324,6 +324,9 @@ func pushNotes(st []revocation.PushStatus, now time.Time) []string {
 		switch {
 		case p.Applied.IsZero():
 			out = append(out, fmt.Sprintf("control_plane %s: no signed state received yet", p.Tenant))
+		case !p.Connected && p.Restored:
+			out = append(out, fmt.Sprintf("control_plane %s: disconnected; keeping the restrictions and agent revocations verified %s ago, saved before the restart",
+				p.Tenant, now.Sub(p.Applied).Round(time.Second)))
 		case !p.Connected:
 			out = append(out, fmt.Sprintf("control_plane %s: disconnected; keeping the restrictions and agent revocations verified %s ago",
 				p.Tenant, now.Sub(p.Applied).Round(time.Second)))

@@ -1,9 +1,8 @@
 package simulate
 
 import (
-	"bytes"
 	"fmt"
-	"strconv"
+	"math"
 	"time"
 	"unicode/utf8"
 
@@ -71,6 +70,8 @@ type fastDecoder struct {
 	intern map[string]string
 	ok     bool // cleared by a field the fast path does not take
 	seen   uint32
+	head   [256]byte
+	num    []byte
 }
 
 // maxInterned bounds the interned strings; a full table starts again.
@@ -90,7 +91,10 @@ func (d *fastDecoder) decode(line string) (*decisionlog.Record, bool) {
 	if len(line) > decisionlog.MaxRecordBytes {
 		return nil, false
 	}
-	index, log, kind, err := decisionlog.ParseRecordHead([]byte(line))
+	// The head ({"index":N,"log":"…","kind":"…",) is at most 145 bytes;
+	// copied into a reused array, a longer one fails here and the strict
+	// decoder judges the line.
+	index, log, kind, err := decisionlog.ParseRecordHead(d.head[:copy(d.head[:], line)])
 	if err != nil || kind != decisionlog.KindDecision {
 		return nil, false
 	}
@@ -109,7 +113,7 @@ func (d *fastDecoder) decode(line string) (*decisionlog.Record, bool) {
 		switch string(k) {
 		case "index":
 			d.once(0)
-			if n, ok := uintValue(v); !ok || n != index {
+			if n, ok := d.uintValue(v); !ok || n != index {
 				d.ok = false
 			}
 		case "log":
@@ -323,7 +327,7 @@ func (d *fastDecoder) decision(v *fastjson.Value) {
 			dec.Allowed = d.boolean(v)
 		case "http_status":
 			bit = 1 << 1
-			n, ok := intValue(v)
+			n, ok := d.intValue(v)
 			dec.HTTPStatus, d.ok = n, d.ok && ok
 		case "reasons":
 			bit = 1 << 2
@@ -410,40 +414,45 @@ func (d *fastDecoder) boolean(v *fastjson.Value) bool {
 
 // intValue takes a JSON integer (-?(0|[1-9][0-9]*)) that fits an int;
 // fastjson's numbers are laxer than JSON's.
-func intValue(v *fastjson.Value) (int, bool) {
-	raw, ok := integer(v)
-	if !ok {
+func (d *fastDecoder) intValue(v *fastjson.Value) (int, bool) {
+	neg, n, ok := d.integer(v)
+	if !ok || n > math.MaxInt64 {
 		return 0, false
 	}
-	n, err := strconv.Atoi(string(raw))
-	return n, err == nil
-}
-
-func uintValue(v *fastjson.Value) (uint64, bool) {
-	raw, ok := integer(v)
-	if !ok || raw[0] == '-' {
-		return 0, false
+	if neg {
+		return -int(n), true
 	}
-	n, err := strconv.ParseUint(string(raw), 10, 64)
-	return n, err == nil
+	return int(n), true
 }
 
-func integer(v *fastjson.Value) ([]byte, bool) {
+func (d *fastDecoder) uintValue(v *fastjson.Value) (uint64, bool) {
+	neg, n, ok := d.integer(v)
+	return n, ok && !neg
+}
+
+// integer reads a JSON integer's sign and magnitude.
+func (d *fastDecoder) integer(v *fastjson.Value) (neg bool, n uint64, ok bool) {
 	if v.Type() != fastjson.TypeNumber {
-		return nil, false
+		return false, 0, false
 	}
-	var buf [24]byte
-	raw := v.MarshalTo(buf[:0])
-	digits := bytes.TrimPrefix(raw, []byte("-"))
+	d.num = v.MarshalTo(d.num[:0])
+	digits := d.num
+	if len(digits) > 0 && digits[0] == '-' {
+		neg, digits = true, digits[1:]
+	}
 	if len(digits) == 0 || len(digits) > 20 || digits[0] == '0' && len(digits) > 1 {
-		return nil, false
+		return false, 0, false
 	}
 	for _, c := range digits {
 		if c < '0' || c > '9' {
-			return nil, false
+			return false, 0, false
 		}
+		if n > (math.MaxUint64-uint64(c-'0'))/10 {
+			return false, 0, false // overflows
+		}
+		n = n*10 + uint64(c-'0')
 	}
-	return raw, true
+	return neg, n, true
 }
 
 // parseRecordTime reads decisionlog.TimeLayout (2006-01-02T15:04:05.000000Z)

@@ -83,6 +83,7 @@ type Accumulator struct {
 	r      Report
 	groups map[groupKey]*Group
 	ops    map[opKey]*opCount
+	strs   map[outcomeKey]string
 }
 
 type groupKey struct {
@@ -105,6 +106,7 @@ func NewAccumulator(revision string, from, to time.Time, gaps []string) *Accumul
 		r:      Report{Revision: revision, From: from, To: to, Gaps: gaps},
 		groups: map[groupKey]*Group{},
 		ops:    map[opKey]*opCount{},
+		strs:   map[outcomeKey]string{},
 	}
 }
 
@@ -140,7 +142,7 @@ func (a *Accumulator) Add(rec *decisionlog.Record, after Outcome, err error) {
 		a.opCount(k).after++
 	}
 	op := cmp.Or(after.Operation, before.Operation)
-	gk := groupKey{agent: rec.Agent.ID, tenant: rec.Agent.Tenant, op: op, before: before.String(), after: after.String()}
+	gk := groupKey{agent: rec.Agent.ID, tenant: rec.Agent.Tenant, op: op, before: a.outcomeString(before), after: a.outcomeString(after)}
 	switch {
 	case before == after:
 		a.r.Unchanged++
@@ -157,6 +159,27 @@ func (a *Accumulator) Add(rec *decisionlog.Record, after Outcome, err error) {
 		}
 	}
 	a.add(gk, rec.DecisionID)
+}
+
+// outcomeString is o.String(), kept per status and reason: a report has
+// few of them and every record needs two.
+func (a *Accumulator) outcomeString(o Outcome) string {
+	k := outcomeKey{o.Allowed, o.Status, o.Reason}
+	s, ok := a.strs[k]
+	if !ok {
+		s = o.String()
+		if len(a.strs) >= maxMemo {
+			clear(a.strs)
+		}
+		a.strs[k] = s
+	}
+	return s
+}
+
+type outcomeKey struct {
+	allowed bool
+	status  int
+	reason  string
 }
 
 func (a *Accumulator) opCount(k opKey) *opCount {

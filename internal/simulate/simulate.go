@@ -162,9 +162,8 @@ func (r *Replayer) Replay(ctx context.Context, rec *decisionlog.Record) (Outcome
 	if why := beforePolicy(rec); why != "" {
 		return Outcome{}, fmt.Errorf("%w: %s", ErrNotReplayable, why)
 	}
-	agent, err := r.agent(&rec.Agent)
-	if err != nil {
-		return Outcome{}, fmt.Errorf("%w: %w", ErrNotReplayable, err)
+	if _, ok := parseTrust(rec.Agent.TrustLevel); !ok {
+		return Outcome{}, fmt.Errorf("%w: %w", ErrNotReplayable, errTrust(rec.Agent.TrustLevel))
 	}
 	if rec.Truncated && len(rec.Request.MCP) > 0 {
 		return Outcome{}, fmt.Errorf("%w: an MCP call recorded truncated (a longer batch, or a cut name)", ErrNotReplayable)
@@ -179,7 +178,7 @@ func (r *Replayer) Replay(ctx context.Context, rec *decisionlog.Record) (Outcome
 	}
 	*r.clock = rec.Time
 	if !r.memo {
-		out, _, err := r.decide(ctx, q, agent, host, port)
+		out, _, err := r.decide(ctx, q, &rec.Agent, host, port)
 		return out, err
 	}
 	at := r.engine.PolicyTime(rec.Time).UnixNano()
@@ -195,7 +194,7 @@ func (r *Replayer) Replay(ctx context.Context, rec *decisionlog.Record) (Outcome
 			return out, nil
 		}
 	}
-	out, readClock, err := r.decide(ctx, q, agent, host, port)
+	out, readClock, err := r.decide(ctx, q, &rec.Agent, host, port)
 	if err != nil || !memoisable(out) {
 		return out, err
 	}
@@ -218,7 +217,11 @@ func (r *Replayer) Replay(ctx context.Context, rec *decisionlog.Record) (Outcome
 
 // decide runs the decision path once; readClock says whether the policy
 // read its clock.
-func (r *Replayer) decide(ctx context.Context, q *decisionlog.Request, agent *identity.Agent, host string, port uint32) (out Outcome, readClock bool, err error) {
+func (r *Replayer) decide(ctx context.Context, q *decisionlog.Request, a *decisionlog.Agent, host string, port uint32) (out Outcome, readClock bool, err error) {
+	agent, err := r.agent(a)
+	if err != nil {
+		return Outcome{}, false, fmt.Errorf("%w: %w", ErrNotReplayable, err)
+	}
 	req, err := checkRequest(q, host, port)
 	if err != nil {
 		return Outcome{}, false, fmt.Errorf("%w: %w", ErrNotReplayable, err)
@@ -325,7 +328,7 @@ func (r *Replayer) agent(a *decisionlog.Agent) (*identity.Agent, error) {
 	}
 	level, ok := parseTrust(a.TrustLevel)
 	if !ok {
-		return nil, fmt.Errorf("record trust level %q is not L0..L4", a.TrustLevel)
+		return nil, errTrust(a.TrustLevel)
 	}
 	ag := &identity.Agent{
 		ID: a.ID, SPIFFEID: a.SPIFFEID, Tenant: a.Tenant, TrustLevel: level,
@@ -341,6 +344,8 @@ func (r *Replayer) agent(a *decisionlog.Agent) (*identity.Agent, error) {
 
 // maxAgents bounds the Replayer's agent table.
 const maxAgents = 1 << 16
+
+func errTrust(s string) error { return fmt.Errorf("record trust level %q is not L0..L4", s) }
 
 func parseTrust(s string) (int, bool) {
 	if len(s) != 2 || s[0] != 'L' || s[1] < '0' || s[1] > '4' {
