@@ -17,7 +17,7 @@ import (
 //
 // Under a context carrying a probe (WithClockProbe) the engine evaluates
 // every decision, bypassing its decision cache, and traces the evaluation
-// into the probe. The probe errs on the safe side: an expression that
+// into the probe (unless no rule mentions time.now_ns at all). The probe errs on the safe side: an expression that
 // merely mentions time.now_ns (mocked by `with`, say) counts as a read.
 type ClockProbe struct{ read bool }
 
@@ -63,6 +63,22 @@ func (p *ClockProbe) TraceEvent(ev topdown.Event) {
 		}
 		return p.read
 	})
+}
+
+// mentionsClock reports whether any rule refers to time.now_ns. When none
+// does, no evaluation can read the clock and a probe needs no trace.
+func mentionsClock(modules map[string]*ast.Module) bool {
+	found := false
+	for _, m := range modules {
+		ast.WalkRefs(m, func(r ast.Ref) bool {
+			found = found || r.Equal(nowNanosRef)
+			return found
+		})
+		if found {
+			return true
+		}
+	}
+	return false
 }
 
 // PolicyTime is the time the policy sees (time.now_ns) when the engine's

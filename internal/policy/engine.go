@@ -89,6 +89,7 @@ type state struct {
 	agents   map[string]identity.RegistryEntry
 	revision string
 	plan     cachePlan
+	clock    bool           // a rule mentions time.now_ns (mentionsClock)
 	cache    *decisionCache // nil: every request is evaluated
 	base     baseDoc        // before the restrictions overlay
 }
@@ -297,7 +298,7 @@ func (e *Engine) evalStateTimeout(ctx context.Context, s *state, input rego.Eval
 	start := time.Now()
 	var rs rego.ResultSet
 	var err error
-	if p := clockProbeFrom(ctx); p != nil {
+	if p := clockProbeFrom(ctx); p != nil && s.clock {
 		rs, err = s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics), rego.EvalQueryTracer(p))
 	} else {
 		rs, err = s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics))
@@ -457,7 +458,8 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	if err != nil {
 		return nil, fmt.Errorf("%w: prepare: %w", ErrPolicyRejected, err)
 	}
-	s := &state{query: pq, routes: routes, mcp: mcpt, agents: agents, revision: revision, plan: planCache(c.Modules), base: base}
+	s := &state{query: pq, routes: routes, mcp: mcpt, agents: agents, revision: revision, plan: planCache(c.Modules), base: base,
+		clock: mentionsClock(c.Modules)}
 	if err := e.smoke(ctx, s); err != nil {
 		return nil, fmt.Errorf("%w: smoke evaluation: %w", ErrPolicyRejected, err)
 	}
