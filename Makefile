@@ -13,7 +13,7 @@ TOOL      := $(GO) tool -modfile=tools/go.mod
 # The packages with concurrency, run under the race detector by .ci/run.
 RACE_PKGS := ./internal/decisionlog/... ./internal/revocation/... ./internal/policy/... ./internal/extauthz/... ./internal/server/...
 
-.PHONY: help build release run test race race-ci bench policy-test bundle fuzz mutate soak lint vulncheck fmt tidy-check clean
+.PHONY: help build release run test race race-ci bench bench-fleet policy-test bundle fuzz mutate soak lint vulncheck fmt tidy-check clean
 
 help: ## show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,10 @@ bench: build ## run the go benchmarks, revocation propagation and the load harne
 	$(GO) test -run='^$$' -bench=RevocationPropagation -benchtime=1x ./test/e2e
 	$(BIN)/agentauthz bench --policies policies --duration 10s --warmup 2s --profile-dir $(BIN)/bench \
 	  --out $(BIN)/bench/report.md --json $(BIN)/bench/report.json
+	$(MAKE) bench-fleet
+
+bench-fleet: build ## the caches' curve over fleets of 1k..1M agents with a Zipf skew (docs/performance.md, "Caches")
+	$(BIN)/agentauthz bench --policies policies --agents 1000,10000,100000,1000000 --zipf 1.1 --out $(BIN)/bench/fleet.md
 
 # The stock opa CLI, pinned by the tool directive in go.mod: the same OPA
 # version that serve embeds, built on first use from a fresh clone.

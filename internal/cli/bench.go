@@ -24,6 +24,8 @@ func newBenchCmd() *cobra.Command {
 		concurrencies, routes, revoked string
 		mix, out, jsonOut, modes       string
 		quick                          bool
+		fleet                          loadtest.FleetOptions
+		agents                         string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -34,10 +36,25 @@ processes, drive gRPC Check calls at each over loopback with one client, and
 print requests/s, latency percentiles, server CPU, allocations and RSS per
 Check, scaling curves (concurrency, route-table size, revoked serials), p99 at
 half of the maximum throughput and revocation propagation time. See
-docs/performance.md.`,
+docs/performance.md.
+
+With --agents, measure the fleet curve instead: identity and policy in this
+process, for fleets of each size whose agents make requests with a Zipf skew
+(--zipf), and print the caches' hit rates and CPU per check.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
+			if agents != "" {
+				if fleet.Agents, err = parseInts("agents", agents); err != nil {
+					return err
+				}
+				fleet.PoliciesDir, fleet.Progress = o.PoliciesDir, cmd.ErrOrStderr()
+				pts, err := loadtest.RunFleet(cmd.Context(), fleet)
+				if err != nil {
+					return err
+				}
+				return writeReport(cmd, []byte(loadtest.FleetTable(fleet, pts)), out)
+			}
 			if quick {
 				if !cmd.Flags().Changed("warmup") {
 					o.Warmup = 300 * time.Millisecond
@@ -96,16 +113,8 @@ docs/performance.md.`,
 			if err := rep.Markdown(&md); err != nil {
 				return err
 			}
-			if _, err := cmd.OutOrStdout().Write(md.Bytes()); err != nil {
+			if err := writeReport(cmd, md.Bytes(), out); err != nil {
 				return err
-			}
-			if out != "" {
-				if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-					return err
-				}
-				if err := os.WriteFile(out, md.Bytes(), 0o644); err != nil {
-					return err
-				}
 			}
 			if jsonOut != "" {
 				if err := os.MkdirAll(filepath.Dir(jsonOut), 0o755); err != nil {
@@ -143,8 +152,25 @@ docs/performance.md.`,
 	f.StringVar(&out, "out", "", "also write the Markdown report to this file")
 	f.StringVar(&jsonOut, "json", "", "also write the report as JSON to this file")
 	f.BoolVar(&quick, "quick", false, "short runs (1 s) and fewer points, for a smoke test")
+	f.StringVar(&agents, "agents", "", "measure the fleet curve for these fleet sizes instead, e.g. 1000,10000,100000,1000000")
+	f.Float64Var(&fleet.Zipf, "zipf", loadtest.DefaultFleetZipf, "fleet curve: Zipf skew s > 1 of the agents' requests")
+	f.IntVar(&fleet.Requests, "fleet-requests", loadtest.DefaultFleetRequests, "fleet curve: measured requests per fleet size (as many again warm up)")
 	cmd.AddCommand(newBenchServerCmd())
 	return cmd
+}
+
+// writeReport prints a Markdown report and, when out is set, writes it there.
+func writeReport(cmd *cobra.Command, md []byte, out string) error {
+	if _, err := cmd.OutOrStdout().Write(md); err != nil {
+		return err
+	}
+	if out == "" {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(out, md, 0o644)
 }
 
 // newBenchServerCmd is the hidden server half of the harness, re-executed by

@@ -142,7 +142,8 @@ type Policy struct {
 type DecisionCache struct {
 	// Disabled evaluates every request.
 	Disabled bool `yaml:"disabled"`
-	// MaxEntries bounds the cache; it is emptied when full.
+	// MaxEntries bounds the cache; past it, the entries least likely
+	// to be asked for again are evicted.
 	MaxEntries int `yaml:"max_entries"`
 	// TimeGranularity is the resolution of time.now_ns() in policy while the
 	// cache is on, and how long an entry lives.

@@ -106,9 +106,7 @@ func BenchmarkIdentifyCacheMiss(b *testing.B) {
 	st := v.state.Load()
 	b.ReportAllocs()
 	for b.Loop() {
-		st.cache.mu.Lock()
-		clear(st.cache.m)
-		st.cache.mu.Unlock()
+		st.cache.m.Clear()
 		if _, e := v.Identify(attrs); e != nil {
 			b.Fatal(e)
 		}

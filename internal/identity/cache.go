@@ -2,9 +2,10 @@ package identity
 
 import (
 	"crypto/sha256"
-	"sync"
 	"time"
 	"unsafe"
+
+	"github.com/agentauthz/agentauthz/internal/boundcache"
 )
 
 // cacheKey identifies a forwarded identity: the source plus the SHA-256 of
@@ -21,15 +22,26 @@ import (
 // are stored, so an attacker cannot fill the cache with garbage. The source
 // is part of the key because Agent.Source differs.
 type cacheKey struct {
-	src   Source
+	src   uint8             // sourceCode
 	cert  [sha256.Size]byte // SHA-256 of the forwarded certificate string
 	chain [sha256.Size]byte // SHA-256 of the forwarded Chain=; zero when there is none
+}
+
+// sourceCode numbers the sources for cacheKey, which holds only bytes.
+func sourceCode(src Source) uint8 {
+	switch src {
+	case SourcePeerCertificate:
+		return 1
+	case SourceXFCC:
+		return 2
+	}
+	return 3
 }
 
 // newCacheKey hashes the forwarded strings. It is on the hit path, so it
 // must not copy them: a forwarded certificate is ~1.5 KB.
 func newCacheKey(src Source, cert, chain string) cacheKey {
-	k := cacheKey{src: src, cert: sha256.Sum256(stringBytes(cert))}
+	k := cacheKey{src: sourceCode(src), cert: sha256.Sum256(stringBytes(cert))}
 	if chain != "" {
 		k.chain = sha256.Sum256(stringBytes(chain))
 	}
@@ -47,64 +59,26 @@ type cacheEntry struct {
 	notAfter  time.Time // earliest NotAfter in the verified chain
 }
 
-// idCache is a bounded map of verified identities. Hits take only a read
-// lock and touch no shared state, which keeps them at tens of nanoseconds;
-// eviction is therefore random rather than LRU (see evict).
+// idCache is a bounded cache of verified identities; past its size, the
+// library's eviction policy chooses (docs/performance.md, "Caches").
 type idCache struct {
-	mu  sync.RWMutex
-	m   map[cacheKey]cacheEntry
-	max int
+	m *boundcache.Cache[cacheKey, cacheEntry]
 }
 
 func newIDCache(max int) *idCache {
-	return &idCache{m: make(map[cacheKey]cacheEntry), max: max}
+	return &idCache{m: boundcache.New[cacheKey, cacheEntry](max)}
 }
 
+// get returns the entry for k while now is within its chain's validity; an
+// expired entry stays until evicted, but is never answered.
 func (c *idCache) get(k cacheKey, now time.Time) (cacheEntry, bool) {
-	c.mu.RLock()
-	e, ok := c.m[k]
-	c.mu.RUnlock()
+	e, ok := c.m.Get(k)
 	if !ok || now.Before(e.notBefore) || now.After(e.notAfter) {
 		return cacheEntry{}, false
 	}
 	return e, true
 }
 
-func (c *idCache) put(k cacheKey, e cacheEntry, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.m[k]; !ok && len(c.m) >= c.max {
-		c.evict(now)
-	}
-	c.m[k] = e
-}
+func (c *idCache) put(k cacheKey, e cacheEntry) { c.m.Set(k, e) }
 
-// evict removes one entry. Go's map iteration starts at a random position,
-// so the first entry seen is a random victim at O(1) cost; an expired entry
-// among the first few seen goes first.
-func (c *idCache) evict(now time.Time) {
-	var victim cacheKey
-	found := false
-	n := 0
-	for k, e := range c.m {
-		if now.Before(e.notBefore) || now.After(e.notAfter) {
-			delete(c.m, k)
-			return
-		}
-		if !found {
-			victim, found = k, true
-		}
-		if n++; n == 8 {
-			break
-		}
-	}
-	if found {
-		delete(c.m, victim)
-	}
-}
-
-func (c *idCache) len() int {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return len(c.m)
-}
+func (c *idCache) len() int { return c.m.Len() }

@@ -367,7 +367,7 @@ func (v *Verifier) identifyCert(st *trustState, now time.Time, src Source, certS
 			e.notBefore = c.NotBefore
 		}
 	}
-	st.cache.put(key, e, now)
+	st.cache.put(key, e)
 	if agent.Profile == ProfileSPIFFE {
 		return v.withRegistry(agent)
 	}

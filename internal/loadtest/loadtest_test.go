@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -149,4 +150,30 @@ func checkRun(t *testing.T, name string, r *loadtest.RunResult) {
 	if runtime.GOOS == "linux" && (r.MachineIdle < 0 || r.MachineIdle > 1 || r.MachineSteal < 0 || r.MachineIdle+r.MachineSteal > 1) {
 		t.Errorf("%s: machine idle %v, steal %v, want shares in [0, 1]", name, r.MachineIdle, r.MachineSteal)
 	}
+}
+
+// The fleet curve, short: small fleets, few requests. Equal agents behind
+// fresh pointers (the SPIFFE half of the fleet) must hit the decision
+// cache, and a fleet far larger than the caches must still run.
+func TestFleetCurveShort(t *testing.T) {
+	pts, err := loadtest.RunFleet(context.Background(), loadtest.FleetOptions{
+		PoliciesDir: filepath.Join("..", "..", "policies"), Agents: []int{50, 5000}, Requests: 3000,
+		IdentityCache: 100, DecisionCache: 100,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pts) != 2 {
+		t.Fatalf("%d points", len(pts))
+	}
+	small, large := pts[0], pts[1]
+	// 50 agents, 3 routes each, caches of 100: after the warm-up every
+	// identity and every decision is cached.
+	if small.IdentityHitRate != 1 || small.DecisionHitRate != 1 {
+		t.Errorf("50 agents: identity hits %v, decision hits %v; want all", small.IdentityHitRate, small.DecisionHitRate)
+	}
+	if large.Distinct <= 100 || large.DecisionHitRate >= small.DecisionHitRate || large.DecisionHitRate == 0 {
+		t.Errorf("5000 agents: %+v", large)
+	}
+	t.Log("\n" + loadtest.FleetTable(loadtest.FleetOptions{Agents: []int{50, 5000}, Requests: 3000, IdentityCache: 100, DecisionCache: 100}, pts))
 }

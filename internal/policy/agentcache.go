@@ -1,41 +1,36 @@
 package policy
 
 import (
-	"sync"
-
 	"github.com/open-policy-agent/opa/v1/ast"
 
+	"github.com/agentauthz/agentauthz/internal/boundcache"
 	"github.com/agentauthz/agentauthz/internal/identity"
 )
 
-// maxCachedAgents bounds the input.agent cache; it is emptied when full.
+// maxCachedAgents bounds the input.agent cache.
 const maxCachedAgents = 4096
 
-// agentTermCache keeps input.agent per *identity.Agent. The identity
-// verifier hands out the same immutable *Agent for every request with the
-// same certificate, so the agent object (a quarter of the input's
-// allocations) is built once per certificate instead of once per request.
+// agentTermCache keeps input.agent (a quarter of the input's allocations)
+// per agent, keyed on the digest of every attribute it is built from, so
+// that equal agents share it whatever their pointers (the SPIFFE profile
+// makes a new *identity.Agent per request).
 type agentTermCache struct {
-	mu sync.RWMutex
-	m  map[*identity.Agent]*ast.Term
+	m *boundcache.Cache[digest, *ast.Term]
 }
 
-func (c *agentTermCache) term(a *identity.Agent) *ast.Term {
+func newAgentTermCache() agentTermCache {
+	return agentTermCache{m: boundcache.New[digest, *ast.Term](maxCachedAgents)}
+}
+
+func (c agentTermCache) term(a *identity.Agent) *ast.Term {
 	if a == nil {
 		return nil
 	}
-	c.mu.RLock()
-	t, ok := c.m[a]
-	c.mu.RUnlock()
-	if ok {
+	d := agentDigest(a)
+	if t, ok := c.m.Get(d); ok {
 		return t
 	}
-	t = ast.NewTerm(agentValue(a))
-	c.mu.Lock()
-	if c.m == nil || len(c.m) >= maxCachedAgents {
-		c.m = make(map[*identity.Agent]*ast.Term)
-	}
-	c.m[a] = t
-	c.mu.Unlock()
+	t := ast.NewTerm(agentValue(a))
+	c.m.Set(d, t)
 	return t
 }

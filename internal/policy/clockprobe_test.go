@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/open-policy-agent/opa/v1/ast"
-
 	"github.com/agentauthz/agentauthz/internal/identity"
 )
 
@@ -55,31 +53,5 @@ decision := {"allowed": false, "reason": "agent_quarantined"} if {
 	}
 	if got := newTestEngine(t, Config{Dir: dir}).PolicyTime(now); !got.Equal(now) {
 		t.Fatalf("PolicyTime without a decision cache = %v, want the clock itself", got)
-	}
-}
-
-// A policy that never mentions time.now_ns is not traced: no evaluation
-// of it can read the clock.
-func TestMentionsClock(t *testing.T) {
-	for rego, want := range map[string]bool{
-		`package p
-allow if input.agent.trust > 1`: false,
-		`package p
-late if time.now_ns() > 0`: true,
-		`package p
-f(x) := y if y := x + 1
-allow if f(time.now_ns()) > 0`: true,
-		`package p
-allow if q with time.now_ns as 1
-q if true`: true,
-	} {
-		c := ast.NewCompiler()
-		c.Compile(map[string]*ast.Module{"p.rego": ast.MustParseModule(rego)})
-		if c.Failed() {
-			t.Fatal(c.Errors)
-		}
-		if got := mentionsClock(c.Modules); got != want {
-			t.Errorf("mentionsClock(%q) = %v", rego, got)
-		}
 	}
 }

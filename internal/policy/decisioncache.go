@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 
+	"github.com/agentauthz/agentauthz/internal/boundcache"
 	"github.com/agentauthz/agentauthz/internal/identity"
 )
 
@@ -16,8 +16,8 @@ import (
 const (
 	DefaultTimeGranularity = time.Second
 	// maxCacheKeyBytes bounds the part of a key taken from input values
-	// (e.g. a policy that reads all headers): a larger key is not cached,
-	// so a full cache holds at most max_entries KiB of keys.
+	// (e.g. a policy that reads all headers): a request whose values are
+	// larger is evaluated and not cached.
 	maxCacheKeyBytes = 1024
 )
 
@@ -27,13 +27,14 @@ const (
 // object.get(input, ["agent", "trust"], 0)), nothing replaces input with
 // `with`, and no builtin other than the clock is nondeterministic. The clock
 // is pinned per time bucket (see Engine.Eval), so time-dependent rules are
-// deterministic within a bucket.
+// deterministic within a bucket; a decision whose evaluation did not read
+// the clock holds in every bucket.
 type cachePlan struct {
-	paths  []ast.Ref // input paths read, without the leading input
-	agent  bool      // reads under input.agent: the agent is in the key
-	op     bool      // reads input.operation: the operation is in the key
-	byKey  []ast.Ref // the other paths, whose values are in the key
-	reason string    // why the policy is not cacheable; "" when it is
+	paths  []ast.Ref  // input paths read, without the leading input
+	agent  agentField // what it reads under input.agent: those attributes are in the key
+	op     bool       // reads input.operation: the operation is in the key
+	byKey  []ast.Ref  // the other paths, whose values are in the key
+	reason string     // why the policy is not cacheable; "" when it is
 }
 
 func (p cachePlan) cacheable() bool { return p.reason == "" }
@@ -83,7 +84,7 @@ func planCache(modules map[string]*ast.Module) cachePlan {
 	for _, r := range p.paths {
 		switch {
 		case r[0].Equal(keyAgent):
-			p.agent = true
+			p.agent |= agentFieldsRead(r[1:])
 		case r[0].Equal(keyOperation):
 			p.op = true
 		default:
@@ -244,30 +245,26 @@ func minimalPaths(paths []ast.Ref) []ast.Ref {
 	return out
 }
 
-// cacheKey identifies a decision: the time bucket the policy's clock is
-// pinned to, the agent (input.agent is built from it alone), the operation,
-// and the values of every other input path the policy reads.
-type cacheKey struct {
-	bucket int64
-	agent  *identity.Agent
-	op     string
-	rest   string
-}
-
 // decisionCache memoises results of one compiled policy (a reload starts a
-// new one). Results are shared: callers never modify a *Result.
+// new one), keyed on a digest of the operation, the agent's attributes and
+// the other input values the policy reads. Results are shared: callers
+// never modify a *Result.
 type decisionCache struct {
 	plan        cachePlan
 	granularity time.Duration
-	max         int
+	m           *boundcache.Cache[digest, cachedDecision]
+}
 
-	mu     sync.RWMutex
+// cachedDecision is a result and, when its evaluation read the clock, the
+// time bucket it holds for.
+type cachedDecision struct {
+	r      *Result
+	timed  bool
 	bucket int64
-	m      map[cacheKey]*Result
 }
 
 func newDecisionCache(plan cachePlan, maxEntries int, granularity time.Duration) *decisionCache {
-	return &decisionCache{plan: plan, granularity: granularity, max: maxEntries}
+	return &decisionCache{plan: plan, granularity: granularity, m: boundcache.New[digest, cachedDecision](maxEntries)}
 }
 
 // bucketOf returns the time bucket of now and the time the policy sees in it.
@@ -276,53 +273,49 @@ func (c *decisionCache) bucketOf(now time.Time) (int64, time.Time) {
 	return b, time.Unix(0, b*int64(c.granularity))
 }
 
-// restKey renders the values at the paths not covered by agent and
-// operation. Values are printed as Rego terms, which tells every two
-// different values apart (strings are quoted, so the separators cannot
-// occur unquoted). ok is false when the key would be too long.
-func (c *decisionCache) restKey(input ast.Value) (string, bool) {
-	if len(c.plan.byKey) == 0 {
-		return "", true
+// key digests op, the agent's attributes the policy reads, and the values
+// at the other paths it reads in input (nil when there are none). Values
+// are printed as Rego terms, which tells every two different values apart.
+// ok is false when those values are longer than maxCacheKeyBytes.
+func (c *decisionCache) key(agent *identity.Agent, op string, input ast.Value) (d digest, ok bool) {
+	var k keyBuf
+	k.reset()
+	if c.plan.op {
+		k.str(op)
 	}
-	var b strings.Builder
+	if c.plan.agent != 0 {
+		k.agent(agent, c.plan.agent)
+	}
+	n := len(k.b)
 	for _, r := range c.plan.byKey {
-		v, err := input.Find(r)
-		if err != nil {
-			b.WriteByte(1) // undefined
+		if v, err := input.Find(r); err != nil {
+			k.b = append(k.b, 0) // undefined
 		} else {
-			b.WriteString(v.String())
+			k.b = append(k.b, 1)
+			k.str(v.String())
 		}
-		b.WriteByte(0)
-		if b.Len() > maxCacheKeyBytes {
-			return "", false
+		if len(k.b)-n > maxCacheKeyBytes {
+			return d, false
 		}
 	}
-	return b.String(), true
+	return k.sum(), true
 }
 
-func (c *decisionCache) get(k cacheKey) (*Result, bool) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if k.bucket != c.bucket {
+// get returns the decision for d, unless it read the clock in an earlier
+// bucket than bucket.
+func (c *decisionCache) get(d digest, bucket int64) (*Result, bool) {
+	e, ok := c.m.Get(d)
+	if !ok || e.timed && e.bucket != bucket {
 		return nil, false
 	}
-	r, ok := c.m[k]
-	return r, ok
+	return e.r, true
 }
 
-// put keeps r for k. Entries of an older bucket can never be hit again, so a
-// new bucket starts an empty map; so does a full one.
-func (c *decisionCache) put(k cacheKey, r *Result) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch {
-	case k.bucket < c.bucket:
-		return
-	case k.bucket > c.bucket || c.m == nil || len(c.m) >= c.max:
-		c.bucket = k.bucket
-		c.m = make(map[cacheKey]*Result, min(c.max, 1024))
-	}
-	c.m[k] = r
+// put keeps r for d. timed says its evaluation read the clock: then it
+// holds for bucket only; otherwise it holds until evicted or the policy
+// changes.
+func (c *decisionCache) put(d digest, r *Result, timed bool, bucket int64) {
+	c.m.Set(d, cachedDecision{r: r, timed: timed, bucket: bucket})
 }
 
 // InputReads lists the input paths the serving policy reads (such as

@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -314,21 +315,163 @@ decision := input.agent.trust >= %d`
 	}
 }
 
-func TestDecisionCacheBounded(t *testing.T) {
-	c := newDecisionCache(cachePlan{}, 2, time.Second)
-	r := &Result{}
-	for i, op := range []string{"a", "b", "c"} {
-		c.put(cacheKey{bucket: 1, op: op}, r)
-		if len(c.m) > 2 {
-			t.Fatalf("after %d puts the cache holds %d entries", i+1, len(c.m))
+// The decision cache is keyed on what the policy reads, not on the
+// *identity.Agent: an equal agent behind another pointer (the SPIFFE
+// profile makes one per request) is a hit, and an agent that differs in
+// any attribute the policy reads never gets another agent's decision.
+func TestDecisionCacheKeyedOnAgentAttributes(t *testing.T) {
+	dir := t.TempDir()
+	// Reads the whole of input.agent, and answers with it: a hit for
+	// the wrong agent would show in the header.
+	writeFiles(t, dir, map[string]string{"p.rego": `package agentauthz.authz
+default decision := {"allowed": false, "reason": "no_agent"}
+decision := {"allowed": input.agent.trust >= 2, "headers": {"x-agent": json.marshal(input.agent)}}`})
+	e := cachedEngine(t, dir, nil)
+	plain := newTestEngine(t, Config{Dir: dir})
+	ctx, req := context.Background(), sampleRequest("GET", "/", "", "")
+	check := func(a *identity.Agent, wantHit bool) {
+		t.Helper()
+		hits := cacheCount(t, e, "hit")
+		got, err := e.Eval(ctx, req, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := plain.Eval(ctx, req, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Allowed != want.Allowed || !equalHeaders(got.Headers, want.Headers) {
+			t.Fatalf("cached %+v, evaluated %+v", got, want)
+		}
+		if hit := cacheCount(t, e, "hit") > hits; hit != wantHit {
+			t.Fatalf("hit = %v, want %v for %+v", hit, wantHit, a)
 		}
 	}
-	if _, ok := c.get(cacheKey{bucket: 1, op: "c"}); !ok {
-		t.Fatal("the newest entry is missing")
+	check(testAgent(), false)
+	check(testAgent(), true) // another pointer, same agent
+	check(nil, false)
+	check(nil, true)
+	for name, change := range map[string]func(a *identity.Agent){
+		"id":          func(a *identity.Agent) { a.ID = "other-bot" },
+		"spiffe_id":   func(a *identity.Agent) { a.SPIFFEID += "x" },
+		"tenant":      func(a *identity.Agent) { a.Tenant = "other.test" },
+		"trust":       func(a *identity.Agent) { a.TrustLevel = 1 },
+		"scopes":      func(a *identity.Agent) { a.Scopes = a.Scopes[:1] },
+		"scope text":  func(a *identity.Agent) { a.Scopes = []string{"payments:initiatepayments:read"} },
+		"owner":       func(a *identity.Agent) { a.Owner = "" },
+		"serial":      func(a *identity.Agent) { a.Serial = "1a2c" },
+		"cert_sha256": func(a *identity.Agent) { a.CertSHA256 = "ab13" },
+		"issuer":      func(a *identity.Agent) { a.Issuer = "CN=other CA" },
+		"not_before":  func(a *identity.Agent) { a.NotBefore = a.NotBefore.Add(time.Second) },
+		"not_after":   func(a *identity.Agent) { a.NotAfter = time.Time{} },
+		"profile":     func(a *identity.Agent) { a.Profile = identity.ProfileSPIFFE },
+		"source":      func(a *identity.Agent) { a.Source = identity.SourceXFCC },
+	} {
+		t.Run(name, func(t *testing.T) {
+			a := testAgent()
+			change(a)
+			check(a, false)
+			b := testAgent()
+			change(b)
+			check(b, true)
+		})
 	}
-	c.put(cacheKey{bucket: 0, op: "old"}, r) // an older interval is never stored
-	if _, ok := c.get(cacheKey{bucket: 0, op: "old"}); ok {
-		t.Fatal("entry of an older interval served")
+	// What input.agent does not carry is not in the key: an equal input
+	// is an equal decision.
+	for name, change := range map[string]func(a *identity.Agent){
+		"issuer id":            func(a *identity.Agent) { a.IssuerID = "issuer-2" },
+		"chain":                func(a *identity.Agent) { a.Chain = []identity.ChainCert{{Serial: "9"}} },
+		"sub-second not_after": func(a *identity.Agent) { a.NotAfter = a.NotAfter.Add(time.Millisecond) },
+	} {
+		a := testAgent()
+		change(a)
+		check(a, true)
+		_ = name
+	}
+}
+
+// With the shipped policy, which reads four attributes of the agent, the
+// others are not in the key: a renewed certificate (new serial, digest and
+// validity) keeps its agent's entries.
+func TestDecisionCacheKeysOnlyWhatThePolicyReads(t *testing.T) {
+	e := cachedEngine(t, shippedPolicies, nil)
+	ctx, req := context.Background(), sampleRequest("POST", "/v1/payments", "", "")
+	for i, a := range []*identity.Agent{agentWith(3, "payments:initiate"), agentWith(3, "payments:initiate")} {
+		a.Serial, a.CertSHA256 = fmt.Sprint(i), fmt.Sprint(i)
+		a.NotAfter = a.NotAfter.Add(time.Duration(i) * time.Hour)
+		if r, err := e.Eval(ctx, req, a); err != nil || !r.Allowed {
+			t.Fatalf("%+v, %v", r, err)
+		}
+	}
+	if hits := cacheCount(t, e, "hit"); hits != 1 {
+		t.Fatalf("hits = %v, want 1", hits)
+	}
+	other := agentWith(3, "payments:initiate")
+	other.SPIFFEID = "spiffe://dev.agentauthz.local/agent/other-bot"
+	if _, err := e.Eval(ctx, req, other); err != nil {
+		t.Fatal(err)
+	}
+	if hits := cacheCount(t, e, "hit"); hits != 1 {
+		t.Fatalf("another SPIFFE ID was answered from the cache")
+	}
+}
+
+// A decision whose evaluation did not read the clock holds in later
+// intervals; one that did holds for its interval only.
+func TestDecisionCacheTimelessDecisions(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"p.rego": `package agentauthz.authz
+import rego.v1
+decision := {"allowed": false, "reason": "agent_quarantined"} if {
+	input.agent.trust < 2
+	time.now_ns() < time.parse_rfc3339_ns("2026-02-01T00:00:00Z")
+} else := {"allowed": input.agent.trust >= 1}`})
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	e := cachedEngine(t, dir, func() time.Time { return now })
+	ctx, req := context.Background(), sampleRequest("GET", "/", "", "")
+	for _, step := range []struct {
+		trust   int
+		advance time.Duration
+		hit     bool
+	}{
+		{3, 0, false}, {3, 0, true},
+		{3, 5 * time.Second, true}, // no clock read: still valid
+		{1, 0, false}, {1, 0, true},
+		{1, 5 * time.Second, false}, // read the clock: a new interval evaluates again
+		{1, 0, true},
+	} {
+		now = now.Add(step.advance)
+		hits := cacheCount(t, e, "hit")
+		r, err := e.Eval(ctx, req, agentWith(step.trust))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Allowed != (step.trust >= 2) {
+			t.Fatalf("trust %d: %+v", step.trust, r)
+		}
+		if hit := cacheCount(t, e, "hit") > hits; hit != step.hit {
+			t.Fatalf("trust %d after %v: hit %v, want %v", step.trust, step.advance, hit, step.hit)
+		}
+	}
+}
+
+// agentFields names every key of input.agent, so that none is left out of
+// a key.
+func TestAgentFieldsCoverAgentValue(t *testing.T) {
+	obj := agentValue(testAgent())
+	if obj.Len() != len(agentFields) {
+		t.Fatalf("input.agent has %d keys, agentFields %d", obj.Len(), len(agentFields))
+	}
+	var all agentField
+	for _, k := range obj.Keys() {
+		f, ok := agentFields[string(k.Value.(ast.String))]
+		if !ok {
+			t.Fatalf("input.agent.%v is not in agentFields: add it and encode it in keyBuf.agent", k)
+		}
+		all |= f
+	}
+	if all != allAgentFields {
+		t.Fatalf("fields %b, want %b", all, allAgentFields)
 	}
 }
 
@@ -363,5 +506,54 @@ func BenchmarkEvalCached(b *testing.B) {
 		if err != nil || !r.Allowed {
 			b.Fatal(r, err)
 		}
+	}
+}
+
+// BenchmarkHitPath is the part of a decision-cache hit that validate.go
+// exists for: a hit must still refuse a request whose input cannot be
+// built. "validate" is what a hit runs (validateInput); "build" is what it
+// would run without validate.go (building the input it then ignores);
+// "validate-copy" is validateInput with the body copied, as it would be
+// without validate.go's unsafe views of the body.
+func BenchmarkHitPath(b *testing.B) {
+	e, err := New(Config{Dir: shippedPolicies, DecisionCache: 1000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	agent := testAgent()
+	for _, tc := range []struct{ name, ct, body string }{
+		{"no-body", "", ""},
+		{"json", "application/json", `{"amount": 125.5, "currency": "EUR", "reference": "inv-2026-0042"}`},
+	} {
+		req := sampleRequest("POST", "/v1/payments", tc.ct, tc.body)
+		b.Run(tc.name+"/validate", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := validateInput(req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(tc.name+"/build", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := buildInput(req, e.agents.term(agent), "payments:initiate"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		if tc.body == "" {
+			continue
+		}
+		raw := sampleRequest("POST", "/v1/payments", tc.ct, "")
+		b.Run(tc.name+"/validate-copy", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				raw.Attributes.Request.Http.RawBody = []byte(tc.body)
+				if err := validateInput(raw); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

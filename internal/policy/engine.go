@@ -23,6 +23,7 @@ import (
 	opametrics "github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/topdown/builtins"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agentauthz/agentauthz/internal/identity"
@@ -89,7 +90,6 @@ type state struct {
 	agents   map[string]identity.RegistryEntry
 	revision string
 	plan     cachePlan
-	clock    bool           // a rule mentions time.now_ns (mentionsClock)
 	cache    *decisionCache // nil: every request is evaluated
 	base     baseDoc        // before the restrictions overlay
 }
@@ -148,7 +148,8 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, log: cfg.Logger.Named("policy"), now: cfg.Now, query: query, metrics: m, opaMetrics: opametrics.NoOp()}
+	e := &Engine{cfg: cfg, log: cfg.Logger.Named("policy"), now: cfg.Now, query: query, metrics: m, opaMetrics: opametrics.NoOp(),
+		agents: newAgentTermCache()}
 	if cfg.Bundle != "" {
 		e.bundle, err = newBundleSource(cfg)
 		if err != nil {
@@ -233,15 +234,12 @@ func (e *Engine) Eval(ctx context.Context, req *authv3.CheckRequest, agent *iden
 func (e *Engine) evalOp(ctx context.Context, s *state, req *authv3.CheckRequest, agent *identity.Agent, op string, mcpTerm *ast.Term) (*Result, error) {
 	now := e.now()
 	c := s.cache
-	var key cacheKey
+	var (
+		key    digest
+		bucket int64
+	)
 	if c != nil {
-		key.bucket, now = c.bucketOf(now)
-		if c.plan.agent {
-			key.agent = agent
-		}
-		if c.plan.op {
-			key.op = op
-		}
+		bucket, now = c.bucketOf(now)
 	}
 	if c != nil && clockProbeFrom(ctx) != nil {
 		c = nil // the caller asks what this evaluation reads: evaluate it
@@ -255,7 +253,8 @@ func (e *Engine) evalOp(ctx context.Context, s *state, req *authv3.CheckRequest,
 		if err := validateInput(req); err != nil {
 			return &Result{Revision: s.revision, Operation: op}, err
 		}
-		if r, ok := c.get(key); ok {
+		key, _ = c.key(agent, op, nil)
+		if r, ok := c.get(key, bucket); ok {
 			e.metrics.cacheHits.Inc()
 			return r, nil
 		}
@@ -270,37 +269,52 @@ func (e *Engine) evalOp(ctx context.Context, s *state, req *authv3.CheckRequest,
 	}
 	if c != nil && len(c.plan.byKey) > 0 {
 		var ok bool
-		if key.rest, ok = c.restKey(input); !ok {
+		if key, ok = c.key(agent, op, input); !ok {
 			c = nil
-		} else if r, ok := c.get(key); ok {
+		} else if r, ok := c.get(key, bucket); ok {
 			e.metrics.cacheHits.Inc()
 			return r, nil
 		}
 	}
-	r, err := e.evalStateTimeout(ctx, s, rego.EvalParsedInput(input), partial, e.cfg.EvalTimeout, now)
-	if c != nil {
-		e.metrics.cacheMisses.Inc()
-		if err == nil {
-			c.put(key, r)
-		}
+	if c == nil {
+		return e.evalStateTimeout(ctx, s, rego.EvalParsedInput(input), partial, e.cfg.EvalTimeout, now)
+	}
+	// The clock is the one nondeterministic builtin a cacheable policy may
+	// call; recorded calls tell whether this decision depends on it.
+	clock := builtins.NDBCache{}
+	r, err := e.evalStateClock(ctx, s, rego.EvalParsedInput(input), partial, e.cfg.EvalTimeout, now, clock)
+	e.metrics.cacheMisses.Inc()
+	if err == nil {
+		c.put(key, r, len(clock) > 0, bucket)
 	}
 	return r, err
 }
 
-func (e *Engine) evalState(ctx context.Context, s *state, input rego.EvalOption, partial *Result) (*Result, error) {
-	return e.evalStateTimeout(ctx, s, input, partial, e.cfg.EvalTimeout, e.now())
-}
-
 // evalStateTimeout evaluates with the policy's clock (time.now_ns) at now.
 func (e *Engine) evalStateTimeout(ctx context.Context, s *state, input rego.EvalOption, partial *Result, timeout time.Duration, now time.Time) (*Result, error) {
+	return e.evalStateClock(ctx, s, input, partial, timeout, now, nil)
+}
+
+// evalStateClock is evalStateTimeout that records calls of the clock in
+// clock (when not nil).
+func (e *Engine) evalStateClock(ctx context.Context, s *state, input rego.EvalOption, partial *Result, timeout time.Duration, now time.Time, clock builtins.NDBCache) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	var rs rego.ResultSet
-	var err error
-	if p := clockProbeFrom(ctx); p != nil && s.clock {
-		rs, err = s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics), rego.EvalQueryTracer(p))
-	} else {
+	var (
+		rs  rego.ResultSet
+		err error
+	)
+	switch p := clockProbeFrom(ctx); {
+	case p != nil:
+		// As for the decision cache below: a call of the clock leaves
+		// its answer in the builtin cache.
+		nd := builtins.NDBCache{}
+		rs, err = s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics), rego.EvalNDBuiltinCache(nd))
+		p.read = p.read || len(nd) > 0
+	case clock != nil:
+		rs, err = s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics), rego.EvalNDBuiltinCache(clock))
+	default:
 		rs, err = s.query.Eval(ctx, input, rego.EvalTime(now), rego.EvalMetrics(e.opaMetrics))
 	}
 	e.metrics.evalDuration.Observe(time.Since(start).Seconds())
@@ -458,8 +472,7 @@ func (e *Engine) compile(ctx context.Context, modules map[string]*ast.Module, da
 	if err != nil {
 		return nil, fmt.Errorf("%w: prepare: %w", ErrPolicyRejected, err)
 	}
-	s := &state{query: pq, routes: routes, mcp: mcpt, agents: agents, revision: revision, plan: planCache(c.Modules), base: base,
-		clock: mentionsClock(c.Modules)}
+	s := &state{query: pq, routes: routes, mcp: mcpt, agents: agents, revision: revision, plan: planCache(c.Modules), base: base}
 	if err := e.smoke(ctx, s); err != nil {
 		return nil, fmt.Errorf("%w: smoke evaluation: %w", ErrPolicyRejected, err)
 	}

@@ -15,7 +15,7 @@ import (
 // Field counts are pinned by TestFastPathCoversAllFields, so a
 // go-control-plane upgrade that adds a field fails a test instead of
 // silently dropping it from the input; the equivalence test against
-// NaiveInput and FuzzBuildInput check the values.
+// loadtest.NaiveInput and FuzzBuildInput check the values.
 
 // JSON names of the fields handled here, allocated once and never mutated.
 var (

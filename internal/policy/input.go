@@ -112,7 +112,7 @@ func buildInput(req *authv3.CheckRequest, agentTerm *ast.Term, operation string)
 	}
 	kv = append(kv, ast.Item(keyParsedPath, path), ast.Item(keyParsedQuery, query))
 
-	body, truncated, err := parseBody(httpReq.GetHeaders(), httpReq.GetBody(), httpReq.GetRawBody())
+	body, truncated, err := ParseBody(httpReq.GetHeaders(), httpReq.GetBody(), httpReq.GetRawBody())
 	if err != nil {
 		return nil, fmt.Errorf("%w: body: %w", ErrInput, err)
 	}
@@ -181,7 +181,7 @@ func parsePathAndQuery(raw string) (*ast.Term, *ast.Term, error) {
 	return path, query, nil
 }
 
-// bodyKind is what parseBody does with a request body.
+// bodyKind is what ParseBody does with a request body.
 type bodyKind uint8
 
 const (
@@ -192,9 +192,9 @@ const (
 	bodyMultipart                 // multipart/form-data
 )
 
-// classifyBody is the part of parseBody that looks at the headers and the
+// classifyBody is the part of ParseBody that looks at the headers and the
 // body length only (n is len(body), or len(raw) when body is empty); input
-// validation shares it. Its errors are parseBody's.
+// validation shares it. Its errors are ParseBody's.
 func classifyBody(headers map[string]string, n int) (bodyKind, error) {
 	// Envoy's mark of a body cut at with_request_body.max_request_bytes,
 	// reliable also without content-length (HTTP/2, chunked).
@@ -232,7 +232,7 @@ func classifyBody(headers map[string]string, n int) (bodyKind, error) {
 	return kind, nil
 }
 
-// bodyLen is the length of the body parseBody looks at: body, or raw when
+// bodyLen is the length of the body ParseBody looks at: body, or raw when
 // body is empty.
 func bodyLen(body string, raw []byte) int {
 	if body != "" {
@@ -241,11 +241,11 @@ func bodyLen(body string, raw []byte) int {
 	return len(raw)
 }
 
-// parseBody mirrors opa-envoy-plugin (getParsedBody) for JSON, URL-encoded
+// ParseBody mirrors opa-envoy-plugin (getParsedBody) for JSON, URL-encoded
 // and multipart form bodies: parsed only when content-type says so; a body Envoy marked partial
 // (x-envoy-auth-partial-body: true) or shorter than content-length is
 // truncated and not parsed. Other content types give null.
-func parseBody(headers map[string]string, body string, raw []byte) (*ast.Term, bool, error) {
+func ParseBody(headers map[string]string, body string, raw []byte) (*ast.Term, bool, error) {
 	kind, err := classifyBody(headers, bodyLen(body, raw))
 	switch {
 	case err != nil:

@@ -94,38 +94,6 @@ func testRequests() map[string]*authv3.CheckRequest {
 	}
 }
 
-// naiveValue is the reference: opa-envoy-plugin's map, then
-// ast.InterfaceToValue as opa-envoy-plugin calls it.
-func naiveValue(t testing.TB, req *authv3.CheckRequest, agent *identity.Agent, op string) ast.Value {
-	t.Helper()
-	m, err := NaiveInput(req, agent, op)
-	if err != nil {
-		t.Fatalf("NaiveInput: %v", err)
-	}
-	v, err := ast.InterfaceToValue(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
-
-func TestBuildInputEqualsReference(t *testing.T) {
-	for name, req := range testRequests() {
-		t.Run(name, func(t *testing.T) {
-			for _, agent := range []*identity.Agent{nil, testAgent()} {
-				got, err := BuildInput(req, agent, "payments:read")
-				if err != nil {
-					t.Fatalf("BuildInput: %v", err)
-				}
-				want := naiveValue(t, req, agent, "payments:read")
-				if got.Compare(want) != 0 {
-					t.Fatalf("input differs from the reference (opa-envoy-plugin's conversion)\n got: %v\nwant: %v", got, want)
-				}
-			}
-		})
-	}
-}
-
 func TestBuildInputFields(t *testing.T) {
 	req := sampleRequest("POST", "/v1/payments/?a=1&a=2&b", "application/json", `{"amount":1}`)
 	v, err := BuildInput(req, testAgent(), "payments:initiate")
@@ -177,39 +145,6 @@ func TestBuildInputErrors(t *testing.T) {
 	}
 }
 
-// FuzzBuildInput checks that for any CheckRequest the direct builder agrees
-// with the protojson reference: both fail, or both give the same document.
-func FuzzBuildInput(f *testing.F) {
-	for _, req := range testRequests() {
-		bs, err := proto.Marshal(req)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(bs)
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		var req authv3.CheckRequest
-		if err := proto.Unmarshal(data, &req); err != nil {
-			t.Skip()
-		}
-		got, errA := BuildInput(&req, testAgent(), "op")
-		m, errB := NaiveInput(&req, testAgent(), "op")
-		if (errA == nil) != (errB == nil) {
-			t.Fatalf("BuildInput error %v, reference error %v", errA, errB)
-		}
-		if errA != nil {
-			return
-		}
-		want, err := ast.InterfaceToValue(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got.Compare(want) != 0 {
-			t.Fatalf("input differs\n got: %v\nwant: %v", got, want)
-		}
-	})
-}
-
 // TestWriteFuzzSeeds rewrites testdata/fuzz/FuzzBuildInput from testRequests
 // when run with -update.
 func TestWriteFuzzSeeds(t *testing.T) {
@@ -252,16 +187,6 @@ func BenchmarkBuildInput(b *testing.B) {
 	}
 }
 
-func BenchmarkBuildInputNaive(b *testing.B) {
-	req, agent := sampleRequest("POST", "/v1/payments", "", ""), testAgent()
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := NaiveInput(req, agent, "payments:initiate"); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 // TestFastPathCoversAllFields fails when a go-control-plane upgrade adds a
 // field to a message the hand-written converter handles.
 func TestFastPathCoversAllFields(t *testing.T) {
@@ -281,7 +206,7 @@ func TestFastPathCoversAllFields(t *testing.T) {
 // agent object comes from the per-certificate cache.
 func BenchmarkBuildInputCachedAgent(b *testing.B) {
 	req, agent := sampleRequest("POST", "/v1/payments", "", ""), testAgent()
-	var c agentTermCache
+	c := newAgentTermCache()
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := buildInput(req, c.term(agent), "payments:initiate"); err != nil {
@@ -291,22 +216,21 @@ func BenchmarkBuildInputCachedAgent(b *testing.B) {
 }
 
 func TestAgentTermCache(t *testing.T) {
-	var c agentTermCache
+	c := newAgentTermCache()
 	a := testAgent()
 	if c.term(nil) != nil {
 		t.Fatal("nil agent gave a term")
 	}
 	first := c.term(a)
-	if c.term(a) != first {
-		t.Fatal("same *Agent not served from the cache")
+	if c.term(testAgent()) != first {
+		t.Fatal("an equal agent behind another pointer not served from the cache")
 	}
 	if first.Value.Compare(agentValue(a)) != 0 {
 		t.Fatal("cached agent differs")
 	}
-	for i := 0; i < maxCachedAgents+10; i++ {
-		c.term(testAgent())
-	}
-	if len(c.m) > maxCachedAgents {
-		t.Fatalf("cache holds %d agents, bound %d", len(c.m), maxCachedAgents)
+	other := testAgent()
+	other.Owner = "team-other"
+	if got := c.term(other); got == first || got.Value.Compare(agentValue(other)) != 0 {
+		t.Fatal("another agent got the first one's term")
 	}
 }

@@ -261,3 +261,11 @@ func (e *Engine) scheduleRemergeLocked(t time.Time) {
 		_ = e.recompileLocked("restriction expiry") // logged and counted inside
 	})
 }
+
+func toAnySlice(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}

@@ -27,15 +27,15 @@ import (
 //
 // Two deliberate differences, both refusals (request_parse_error): a float
 // that is NaN or infinite (opa-envoy-plugin makes an invalid number of it)
-// and nesting deeper than maxProtoDepth.
+// and nesting deeper than MaxProtoDepth.
 
-// maxProtoDepth bounds recursion through nested messages (google.protobuf.Struct
+// MaxProtoDepth bounds recursion through nested messages (google.protobuf.Struct
 // can nest arbitrarily deep).
-const maxProtoDepth = 64
+const MaxProtoDepth = 64
 
 // messageToValue converts m as opa-envoy-plugin's protomap does.
 func messageToValue(m protoreflect.Message, depth int) (ast.Value, error) {
-	if depth > maxProtoDepth {
+	if depth > MaxProtoDepth {
 		return nil, errors.New("message nesting too deep")
 	}
 	if s, ok := m.Interface().(*structpb.Struct); ok {
@@ -153,7 +153,7 @@ func structValue(s *structpb.Struct, depth int) (ast.Object, error) {
 // structFieldTerm is Value.AsInterface as OPA converts it: an unset Value is
 // null.
 func structFieldTerm(v *structpb.Value, depth int) (*ast.Term, error) {
-	if depth > maxProtoDepth {
+	if depth > MaxProtoDepth {
 		return nil, errors.New("message nesting too deep")
 	}
 	switch k := v.GetKind().(type) {

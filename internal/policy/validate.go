@@ -105,9 +105,9 @@ var (
 // infallible reports whether messageToValue(m, depth) succeeds for every
 // message m of type md: no float or double field (NaN is refused) and no
 // google.protobuf.Struct is reachable, and nesting stays within
-// maxProtoDepth (a recursive type never qualifies).
+// MaxProtoDepth (a recursive type never qualifies).
 func infallible(md protoreflect.MessageDescriptor, depth int) bool {
-	if depth > maxProtoDepth || md.FullName() == "google.protobuf.Struct" {
+	if depth > MaxProtoDepth || md.FullName() == "google.protobuf.Struct" {
 		return false
 	}
 	fields := md.Fields()
@@ -169,7 +169,7 @@ func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
-// bodyBuildable mirrors parseBody.
+// bodyBuildable mirrors ParseBody.
 func bodyBuildable(headers map[string]string, body string, raw []byte) bool {
 	kind, err := classifyBody(headers, bodyLen(body, raw))
 	if err != nil {

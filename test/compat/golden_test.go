@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/agentauthz/agentauthz/internal/identity"
+	"github.com/agentauthz/agentauthz/internal/loadtest"
 	"github.com/agentauthz/agentauthz/internal/policy"
 )
 
@@ -39,7 +40,7 @@ func goldenAgent() *identity.Agent {
 // golden file is what opa-envoy-plugin's envoyauth.RequestToInput gives
 // for the same request (docs/policies.md says how to check that); the
 // test also holds it against the in-tree transcription of that conversion
-// (policy.NaiveInput). Run with -update to rewrite it after a deliberate
+// (loadtest.NaiveInput). Run with -update to rewrite it after a deliberate
 // change, and review the diff.
 func TestGoldenInput(t *testing.T) {
 	raw, err := os.ReadFile(filepath.Join("testdata", "checkrequest.json"))
@@ -55,7 +56,7 @@ func TestGoldenInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := render(t, v)
-	ref, err := policy.NaiveInput(&req, goldenAgent(), "payments:initiate")
+	ref, err := loadtest.NaiveInput(&req, goldenAgent(), "payments:initiate")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
-package policy
+package loadtest
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -11,25 +10,25 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/open-policy-agent/opa/v1/ast"
-	"github.com/open-policy-agent/opa/v1/rego"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/agentauthz/agentauthz/internal/identity"
+	"github.com/agentauthz/agentauthz/internal/policy"
 )
 
 // NaiveInput builds the input the way opa-envoy-plugin does
 // (envoyauth/request.go RequestToInput, v3): the CheckRequest through a
 // reflective protobuf → map[string]any conversion (protoMap), Go values
 // that OPA's ast.InterfaceToValue converts when the input is used. It is
-// the reference the direct BuildInput is tested against, and the baseline
-// for benchmarks and the load harness. It refuses what BuildInput
+// the reference policy.BuildInput is tested against, and the baseline of
+// the load harness (the naive server). It refuses what BuildInput
 // deliberately refuses (a NaN or infinite float, nesting deeper than
-// maxProtoDepth), so that the two are comparable everywhere else.
+// policy.MaxProtoDepth), so that the two are comparable everywhere else.
 func NaiveInput(req *authv3.CheckRequest, agent *identity.Agent, operation string) (map[string]any, error) {
 	// Depth -1: attributes is at depth 0, as in attributesValue.
 	input, err := protoMap(req.ProtoReflect(), -1)
 	if err != nil {
-		return nil, fmt.Errorf("%w: attributes: %w", ErrInput, err)
+		return nil, fmt.Errorf("%w: attributes: %w", policy.ErrInput, err)
 	}
 	if p := req.GetAttributes().GetSource().GetPrincipal(); p != "" {
 		input["source_principal"] = p
@@ -38,7 +37,7 @@ func NaiveInput(req *authv3.CheckRequest, agent *identity.Agent, operation strin
 	rawPath, rawQuery, _ := strings.Cut(h.GetPath(), "?")
 	decoded, err := url.PathUnescape(rawPath)
 	if err != nil {
-		return nil, fmt.Errorf("%w: path: %w", ErrInput, err)
+		return nil, fmt.Errorf("%w: path: %w", policy.ErrInput, err)
 	}
 	segs := strings.Split(strings.TrimLeft(decoded, "/"), "/")
 	path := make([]any, len(segs))
@@ -48,7 +47,7 @@ func NaiveInput(req *authv3.CheckRequest, agent *identity.Agent, operation strin
 	input["parsed_path"] = path
 	vals, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return nil, fmt.Errorf("%w: query: %w", ErrInput, err)
+		return nil, fmt.Errorf("%w: query: %w", policy.ErrInput, err)
 	}
 	query := map[string]any{}
 	for k, vs := range vals {
@@ -59,9 +58,9 @@ func NaiveInput(req *authv3.CheckRequest, agent *identity.Agent, operation strin
 		query[k] = arr
 	}
 	input["parsed_query"] = query
-	body, truncated, err := parseBody(h.GetHeaders(), h.GetBody(), h.GetRawBody())
+	body, truncated, err := policy.ParseBody(h.GetHeaders(), h.GetBody(), h.GetRawBody())
 	if err != nil {
-		return nil, fmt.Errorf("%w: body: %w", ErrInput, err)
+		return nil, fmt.Errorf("%w: body: %w", policy.ErrInput, err)
 	}
 	// The body parser is shared: it is not what the comparison is about.
 	bodyAny, err := ast.JSON(body.Value)
@@ -92,28 +91,11 @@ func NaiveInput(req *authv3.CheckRequest, agent *identity.Agent, operation strin
 	return input, nil
 }
 
-// NaiveEval is Eval with the input built by NaiveInput and passed as a Go
-// map (rego.EvalInput), for comparison in benchmarks and the load harness.
-func (e *Engine) NaiveEval(ctx context.Context, req *authv3.CheckRequest, agent *identity.Agent) (*Result, error) {
-	s := e.cur.Load()
-	if s == nil {
-		return nil, ErrNotReady
-	}
-	h := req.GetAttributes().GetRequest().GetHttp()
-	op := s.routes.Match(h.GetMethod(), h.GetPath())
-	partial := &Result{Revision: s.revision, Operation: op}
-	input, err := NaiveInput(req, agent, op)
-	if err != nil {
-		return partial, err
-	}
-	return e.evalState(ctx, s, rego.EvalInput(input), partial)
-}
-
 // protoMap is opa-envoy-plugin's protomap: populated fields under their
 // JSON names, a Struct as AsMap, other messages recursively, scalars as
 // their Go values (int64, uint32, EnumNumber, []byte, …).
 func protoMap(m protoreflect.Message, depth int) (map[string]any, error) {
-	if depth > maxProtoDepth {
+	if depth > policy.MaxProtoDepth {
 		return nil, errors.New("message nesting too deep")
 	}
 	if s, ok := m.Interface().(interface{ AsMap() map[string]any }); ok {
@@ -166,9 +148,9 @@ func isBadFloat64(x any) bool {
 }
 
 // checkFloats refuses a NaN or infinite number, or nesting deeper than
-// maxProtoDepth, in an AsMap value.
+// policy.MaxProtoDepth, in an AsMap value.
 func checkFloats(x any, depth int) error {
-	if depth > maxProtoDepth {
+	if depth > policy.MaxProtoDepth {
 		return errors.New("message nesting too deep")
 	}
 	switch v := x.(type) {
