@@ -13,7 +13,7 @@ TOOL      := $(GO) tool -modfile=tools/go.mod
 # The packages with concurrency, run under the race detector by .ci/run.
 RACE_PKGS := ./internal/decisionlog/... ./internal/revocation/... ./internal/policy/... ./internal/extauthz/... ./internal/server/...
 
-.PHONY: help build release run test race race-ci bench bench-fleet policy-test bundle fuzz mutate soak lint vulncheck fmt tidy-check clean
+.PHONY: help build release run test race race-ci bench bench-fleet bench-store policy-test bundle fuzz mutate soak lint vulncheck fmt tidy-check clean
 
 help: ## show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,6 +71,9 @@ bench: build ## run the go benchmarks, revocation propagation and the load harne
 
 bench-fleet: build ## the caches' curve over fleets of 1k..1M agents with a Zipf skew (docs/performance.md, "Caches")
 	$(BIN)/agentauthz bench --policies policies --agents 1000,10000,100000,1000000 --zipf 1.1 --out $(BIN)/bench/fleet.md
+
+bench-store: ## the central decision store's queries over 10 million records on SQLite and PostgreSQL (long; ~20 GB in $TMPDIR)
+	AGENTAUTHZ_BENCH_RECORDS=10000000 $(GO) test -run='^$$' -bench=Find -benchtime=2000x -timeout 3h -v ./internal/recordstore
 
 # The stock opa CLI, pinned by the tool directive in go.mod: the same OPA
 # version that serve embeds, built on first use from a fresh clone.

@@ -40,7 +40,7 @@ var apiVersions = map[string]string{
 	"ServiceAccount":      "v1",
 	"ConfigMap":           "v1",
 	"Service":             "v1",
-	"Deployment":          "apps/v1",
+	"StatefulSet":         "apps/v1",
 	"PodDisruptionBudget": "policy/v1",
 	"IstioOperator":       "install.istio.io/v1alpha1",
 	"PeerAuthentication":  "security.istio.io/v1",
@@ -108,8 +108,8 @@ func checkManifests(ms []manifest) error {
 		add(h, "must be headless (clusterIP: None) so STRICT_DNS sees every replica")
 	}
 
-	if d, ok := one("Deployment", "agentauthz"); ok {
-		errs = append(errs, checkDeployment(d, byKind)...)
+	if d, ok := one("StatefulSet", "agentauthz"); ok {
+		errs = append(errs, checkWorkload(d, byKind)...)
 	}
 	errs = append(errs, checkConfigMaps(byKind["ConfigMap"])...)
 	if np, ok := one("NetworkPolicy", "agentauthz"); ok {
@@ -282,14 +282,17 @@ func checkPolicyHosts(m manifest) []error {
 	return errs
 }
 
-func checkDeployment(d manifest, byKind map[string][]manifest) []error {
+func checkWorkload(d manifest, byKind map[string][]manifest) []error {
 	var errs []error
 	add := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: Deployment %s: %s", d.file, d.name(), fmt.Sprintf(format, args...)))
+		errs = append(errs, fmt.Errorf("%s: StatefulSet %s: %s", d.file, d.name(), fmt.Sprintf(format, args...)))
 	}
 	spec := dig(d.doc, "spec")
 	if dig(spec, "replicas") != 2 {
 		add("replicas must be 2")
+	}
+	if dig(spec, "serviceName") != "agentauthz-headless" {
+		add("serviceName must be the headless Service agentauthz-headless")
 	}
 	pod := dig(spec, "template", "spec")
 	if dig(spec, "template", "metadata", "labels", "app.kubernetes.io/name") != "agentauthz" {
@@ -392,8 +395,16 @@ func checkDeployment(d manifest, byKind map[string][]manifest) []error {
 			dataVolume = n
 		}
 	}
-	if v := volumes[dataVolume]; dig(v, "persistentVolumeClaim") == nil && dig(v, "emptyDir", "sizeLimit") == nil {
-		add("the decision log's volume %q needs emptyDir.sizeLimit or a persistent volume", dataVolume)
+	// The decision log outlives the pod: a deleted pod must not take its
+	// unshipped records with it.
+	persistent := false
+	for _, tmpl := range asList(dig(spec, "volumeClaimTemplates")) {
+		if dataVolume != "" && dig(tmpl, "metadata", "name") == dataVolume && dig(tmpl, "spec", "resources", "requests", "storage") != nil {
+			persistent = true
+		}
+	}
+	if _, shadowed := volumes[dataVolume]; !persistent || shadowed {
+		add("the decision log's volume %q must come from volumeClaimTemplates (a persistent volume per replica), not a pod volume", dataVolume)
 	}
 	tlsVolume := ""
 	for n, v := range volumes {
@@ -441,7 +452,7 @@ func checkConfigMaps(cms []manifest) []error {
 	if k == nil || i == nil {
 		return append(errs, errors.New("want an agentauthz-config ConfigMap in kubernetes/ and one in istio/"))
 	}
-	// Standalone: mutual TLS, files from the Secret the Deployment mounts.
+	// Standalone: mutual TLS, files from the Secret the StatefulSet mounts.
 	for key, want := range map[string]string{
 		"cert_file": grpcTLSMount + "/tls.crt", "key_file": grpcTLSMount + "/tls.key", "client_ca_file": grpcTLSMount + "/ca.crt",
 	} {
@@ -464,7 +475,7 @@ func checkConfigMaps(cms []manifest) []error {
 	return errs
 }
 
-// grpcTLSMount is where the Deployment mounts the Secret agentauthz-grpc-tls.
+// grpcTLSMount is where the StatefulSet mounts the Secret agentauthz-grpc-tls.
 const grpcTLSMount = "/etc/agentauthz/grpc-tls"
 
 // checkConfigMap reads the agentauthz configuration inside the ConfigMap and
@@ -856,14 +867,14 @@ func manifestMutations() []manifestMutation {
 		{"gateway MCP body patch misspelled", "EnvoyFilter", "agents-gateway-mcp-body", func(d map[string]any) {
 			set(d, map[string]any{}, "spec", "configPatches", 0, "patch", "value", "typed_per_filter_config", ExtAuthzFilterName, "check_setting")
 		}, "unknown field"},
-		{"one replica", "Deployment", "", func(d map[string]any) { set(d, 1, "spec", "replicas") }, "replicas"},
-		{"readiness on /healthz", "Deployment", "", func(d map[string]any) { set(d, "/healthz", at("readinessProbe", "httpGet", "path")...) }, "readinessProbe"},
-		{"liveness on the grpc port", "Deployment", "", func(d map[string]any) { set(d, "grpc", at("livenessProbe", "httpGet", "port")...) }, "livenessProbe"},
-		{"no memory limit", "Deployment", "", func(d map[string]any) { del(d, at("resources", "limits", "memory")...) }, "limits.memory"},
-		{"root allowed", "Deployment", "", func(d map[string]any) { set(d, false, "spec", "template", "spec", "securityContext", "runAsNonRoot") }, "runAsNonRoot"},
-		{"writable root filesystem", "Deployment", "", func(d map[string]any) { set(d, false, at("securityContext", "readOnlyRootFilesystem")...) }, "readOnlyRootFilesystem"},
-		{"config path outside the mount", "Deployment", "", func(d map[string]any) { set(d, "/etc/agentauthz.yaml", at("args", 2)...) }, "--config"},
-		{"container grpc port moved", "Deployment", "", func(d map[string]any) { set(d, 8080, at("ports", 0, "containerPort")...) }, "container ports"},
+		{"one replica", "StatefulSet", "", func(d map[string]any) { set(d, 1, "spec", "replicas") }, "replicas"},
+		{"readiness on /healthz", "StatefulSet", "", func(d map[string]any) { set(d, "/healthz", at("readinessProbe", "httpGet", "path")...) }, "readinessProbe"},
+		{"liveness on the grpc port", "StatefulSet", "", func(d map[string]any) { set(d, "grpc", at("livenessProbe", "httpGet", "port")...) }, "livenessProbe"},
+		{"no memory limit", "StatefulSet", "", func(d map[string]any) { del(d, at("resources", "limits", "memory")...) }, "limits.memory"},
+		{"root allowed", "StatefulSet", "", func(d map[string]any) { set(d, false, "spec", "template", "spec", "securityContext", "runAsNonRoot") }, "runAsNonRoot"},
+		{"writable root filesystem", "StatefulSet", "", func(d map[string]any) { set(d, false, at("securityContext", "readOnlyRootFilesystem")...) }, "readOnlyRootFilesystem"},
+		{"config path outside the mount", "StatefulSet", "", func(d map[string]any) { set(d, "/etc/agentauthz.yaml", at("args", 2)...) }, "--config"},
+		{"container grpc port moved", "StatefulSet", "", func(d map[string]any) { set(d, 8080, at("ports", 0, "containerPort")...) }, "container ports"},
 		{"service grpc port moved", "Service", "", func(d map[string]any) { set(d, 9000, "spec", "ports", 0, "port") }, "grpc 9191"},
 		{"headless Service with a cluster IP", "Service", "agentauthz-headless", func(d map[string]any) { del(d, "spec", "clusterIP") }, "headless"},
 		{"config listens elsewhere", "ConfigMap", "", cfgSet(`":9191"`, `":9000"`), "listen addresses"},
@@ -880,20 +891,22 @@ func manifestMutations() []manifestMutation {
 			j := strings.Index(s, "decision_log:")
 			set(d, s[:i]+s[j:], "data", "config.yaml")
 		}, "no revocation source"},
-		{"image :latest", "Deployment", "", func(d map[string]any) { set(d, "ghcr.io/agentauthz/agentauthz:latest", at("image")...) }, "not pinned"},
-		{"image without a tag", "Deployment", "", func(d map[string]any) { set(d, "ghcr.io/agentauthz/agentauthz", at("image")...) }, "not pinned"},
-		{"GOMEMLIMIT equal to the limit", "Deployment", "", func(d map[string]any) {
+		{"image :latest", "StatefulSet", "", func(d map[string]any) { set(d, "ghcr.io/agentauthz/agentauthz:latest", at("image")...) }, "not pinned"},
+		{"image without a tag", "StatefulSet", "", func(d map[string]any) { set(d, "ghcr.io/agentauthz/agentauthz", at("image")...) }, "not pinned"},
+		{"GOMEMLIMIT equal to the limit", "StatefulSet", "", func(d map[string]any) {
 			set(d, map[string]any{"name": "GOMEMLIMIT", "valueFrom": map[string]any{"resourceFieldRef": map[string]any{"resource": "limits.memory"}}}, at("env", 0)...)
 		}, "GOMEMLIMIT"},
-		{"GOMEMLIMIT without headroom", "Deployment", "", func(d map[string]any) { set(d, "500MiB", at("env", 0, "value")...) }, "GOMEMLIMIT"},
-		{"unbounded decision log volume", "Deployment", "", func(d map[string]any) {
-			for _, v := range asList(dig(d, "spec", "template", "spec", "volumes")) {
-				if dig(v, "name") == "data" {
-					v.(map[string]any)["emptyDir"] = map[string]any{}
-				}
-			}
-		}, "sizeLimit"},
-		{"gRPC TLS secret not mounted", "Deployment", "", func(d map[string]any) {
+		{"GOMEMLIMIT without headroom", "StatefulSet", "", func(d map[string]any) { set(d, "500MiB", at("env", 0, "value")...) }, "GOMEMLIMIT"},
+		{"decision log on an emptyDir", "StatefulSet", "", func(d map[string]any) {
+			vols := asList(dig(d, "spec", "template", "spec", "volumes"))
+			set(d, append(slices.Clone(vols), map[string]any{"name": "data", "emptyDir": map[string]any{"sizeLimit": "4Gi"}}), "spec", "template", "spec", "volumes")
+			del(d, "spec", "volumeClaimTemplates")
+		}, "volumeClaimTemplates"},
+		{"decision log volume without a size", "StatefulSet", "", func(d map[string]any) {
+			del(d, "spec", "volumeClaimTemplates", 0, "spec", "resources")
+		}, "volumeClaimTemplates"},
+		{"no headless service name", "StatefulSet", "", func(d map[string]any) { del(d, "spec", "serviceName") }, "serviceName"},
+		{"gRPC TLS secret not mounted", "StatefulSet", "", func(d map[string]any) {
 			mounts := asList(dig(d, at("volumeMounts")...))
 			set(d, slices.DeleteFunc(slices.Clone(mounts), func(m any) bool { return dig(m, "name") == "grpc-tls" }), at("volumeMounts")...)
 		}, "agentauthz-grpc-tls"},

@@ -32,20 +32,7 @@ func TestBrowser(t *testing.T) {
 	if err := os.MkdirAll(screenshotDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// The deadline bounds the whole browser: a hung step fails the test.
-	tctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	actx, cancel := chromedp.NewExecAllocator(tctx, chromedp.ExecPath(chromium), chromedp.Headless,
-		chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		// The control plane's certificate is from its own operator CA,
-		// which this fresh profile does not trust.
-		chromedp.IgnoreCertErrors,
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 1000))
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
+	ctx := newBrowser(t, chromium)
 
 	shot := func(name string) chromedp.Action[chromedp.Void] {
 		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
@@ -133,6 +120,30 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("agent page for an auditor:\n%s", page)
 	}
 	t.Logf("screenshots in %s", screenshotDir)
+}
+
+// newBrowser starts a headless Chromium for t, bounded by a deadline (a
+// hung step fails the test).
+func newBrowser(t *testing.T, chromium string) context.Context {
+	t.Helper()
+	tctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
+	actx, cancel := chromedp.NewExecAllocator(tctx, chromedp.ExecPath(chromium), chromedp.Headless,
+		chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		// The control plane's certificate is from its own operator CA,
+		// which this fresh profile does not trust.
+		chromedp.IgnoreCertErrors,
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 1000))
+	t.Cleanup(cancel)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	// Start the browser now: tabs opened from ctx then share it.
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	return ctx
 }
 
 // checkLabels reads the accessibility tree Chromium builds for the page:

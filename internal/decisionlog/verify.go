@@ -93,7 +93,7 @@ func Verify(dir string, trusted KeySet) (*Result, error) {
 			return verifyV1(dir, segs, trusted)
 		}
 	}
-	return verifyV2(dir, segs, trusted)
+	return verifyV2(dir, segs, trusted, fastChecks())
 }
 
 // verifyV1 checks every record of a v1 log: each signature (with go-jose),

@@ -40,12 +40,12 @@ const (
 // that the tree has its root. Since every root is checked against the tree
 // rebuilt from the same leaves, each checkpoint is consistent with the
 // next (the log only grew). The first bad index is named.
-func verifyV2(dir string, segs []string, trusted KeySet) (*Result, error) {
+func verifyV2(dir string, segs []string, trusted KeySet, checks lineChecks) (*Result, error) {
 	res := &Result{Format: 2, Segments: len(segs)}
 	src := NewReader(dir)
 	src.blockLines = true
 	defer src.Close()
-	chunks, stop := prepareLines(src, trusted)
+	chunks, stop := prepareLines(src, trusted, checks)
 	defer stop()
 	known := KeySet{}
 	for k, p := range trusted {
@@ -107,7 +107,7 @@ func verifyV2(dir string, segs []string, trusted KeySet) (*Result, error) {
 					if cur != nil {
 						ks = KeySet{KeyID(cur): cur}
 					}
-					vs, err := NoteVerifiers(origin, ks)
+					vs, err := checks.verifiers(origin, ks)
 					if err != nil {
 						return nil, err
 					}
@@ -189,6 +189,21 @@ func verifyV2(dir string, segs []string, trusted KeySet) (*Result, error) {
 	return res, nil
 }
 
+// lineChecks are the checks that prepare lines ahead of the walk.
+// fastChecks run on every CPU with the validator and verifier built for
+// speed; TestVerifyMatchesReference runs the walk with a reference
+// (encoding/json, crypto/ed25519, one chunk at a time) and requires the
+// same result on every kind of damage.
+type lineChecks struct {
+	validJSON func([]byte) bool
+	verifiers func(origin string, ks KeySet) (note.Verifiers, error)
+	serial    bool // each chunk prepared by the reading goroutine, in order
+}
+
+func fastChecks() lineChecks {
+	return lineChecks{validJSON: func(b []byte) bool { return jsonvalid.Valid(b, jsonvalid.StdMaxDepth) }, verifiers: NoteVerifiers}
+}
+
 // preparedLine is a line with what can be checked out of order: a record's
 // head, JSON and record hash; a checkpoint's parse and signature under
 // every key known at that point (the walk then requires the key in force).
@@ -219,7 +234,7 @@ const chunkLines = 256
 // collects the keys rotation records announce, so that each chunk's
 // checkpoints are checked under every key known up to its end. stop ends
 // the reading early.
-func prepareLines(src *Reader, trusted KeySet) (<-chan *lineChunk, func()) {
+func prepareLines(src *Reader, trusted KeySet, checks lineChecks) (<-chan *lineChunk, func()) {
 	out := make(chan *lineChunk, 2*runtime.GOMAXPROCS(0))
 	quit := make(chan struct{})
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
@@ -275,17 +290,25 @@ func prepareLines(src *Reader, trusted KeySet) (<-chan *lineChunk, func()) {
 				for k, p := range cand {
 					keys[k] = p
 				}
-				vs, _ = NoteVerifiers(origin, keys)
+				vs, _ = checks.verifiers(origin, keys)
 				vsOrigin = origin
 			}
-			sem <- struct{}{}
-			wg.Add(1)
-			go func(c *lineChunk, origin string, keys KeySet, vs note.Verifiers) {
-				defer func() { <-sem; wg.Done(); close(c.done) }()
+			prep := func(c *lineChunk, origin string, keys KeySet, vs note.Verifiers) {
 				for i := range c.lines {
-					prepareLine(&c.lines[i], origin, keys, vs)
+					prepareLine(&c.lines[i], origin, keys, vs, checks.validJSON)
 				}
-			}(c, origin, keys, vs)
+				close(c.done)
+			}
+			if checks.serial {
+				prep(c, origin, keys, vs)
+			} else {
+				sem <- struct{}{}
+				wg.Add(1)
+				go func(c *lineChunk, origin string, keys KeySet, vs note.Verifiers) {
+					defer func() { <-sem; wg.Done() }()
+					prep(c, origin, keys, vs)
+				}(c, origin, keys, vs)
+			}
 			select {
 			case out <- c:
 			case <-quit:
@@ -305,7 +328,7 @@ func prepareLines(src *Reader, trusted KeySet) (<-chan *lineChunk, func()) {
 	}
 }
 
-func prepareLine(pl *preparedLine, origin string, keys KeySet, vs note.Verifiers) {
+func prepareLine(pl *preparedLine, origin string, keys KeySet, vs note.Verifiers, validJSON func([]byte) bool) {
 	l := pl.line
 	if !l.complete || l.tooLong || l.hasNUL {
 		return
@@ -339,7 +362,7 @@ func prepareLine(pl *preparedLine, origin string, keys KeySet, vs note.Verifiers
 				pl.err = fmt.Errorf("%w: key_rotation record", ErrMalformed)
 			}
 		}
-	} else if !jsonvalid.Valid(text, jsonvalid.StdMaxDepth) {
+	} else if !validJSON(text) {
 		pl.err = fmt.Errorf("%w: not JSON", ErrMalformed)
 		return
 	}

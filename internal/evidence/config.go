@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/agentauthz/agentauthz/internal/config"
@@ -22,6 +23,24 @@ type ConfigFile struct {
 	// RevocationOff lists the tenants whose revocation checking is
 	// disabled: their revoked certificates are accepted (a CC6.8 gap).
 	RevocationOff []string `json:"revocation_disabled,omitempty"`
+	// OpenAssertion lists the identity sources (xfcc, spiffe_id) taken
+	// from any caller of a non-loopback gRPC address without mutual TLS:
+	// a forged XFCC header is then a CC6.6 gap.
+	OpenAssertion []string `json:"open_identity_assertion,omitempty"`
+}
+
+// loopback reports whether a listen address accepts connections from this
+// host only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Setting is one setting that matters to a control.
@@ -67,8 +86,13 @@ func ReadConfig(path string) (*ConfigFile, error) {
 	for _, s := range c.Identity.Sources {
 		if s == "xfcc" || s == "spiffe_id" {
 			trust := "trusted as sent by the caller of Check"
-			if c.GRPC.TLS.ClientCAFile == "" {
-				trust += ": without gRPC mutual TLS, only the network keeps others from forging it"
+			switch {
+			case c.GRPC.TLS.ClientCAFile != "":
+			case loopback(c.GRPC.Addr):
+				trust += ": gRPC listens on " + c.GRPC.Addr + ", reachable from this host only"
+			default:
+				trust += ": without gRPC mutual TLS, anyone who reaches " + c.GRPC.Addr + " can assert another agent's certificate"
+				cf.OpenAssertion = append(cf.OpenAssertion, s)
 			}
 			add("CC6.6", "trust in "+s, trust)
 		}

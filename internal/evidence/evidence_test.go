@@ -474,6 +474,15 @@ trust_bundles:
 	if c := control(t, r, "CC6.8"); c.Status != StatusGap || !strings.Contains(c.Summary, "disabled for other.example") {
 		t.Errorf("CC6.8 with a tenant's revocation off: %s %s", c.Status, c.Summary)
 	}
+	// XFCC from any caller of a public gRPC address is a forgery waiting:
+	// a gap; on loopback it is not.
+	if c := control(t, r, "CC6.6"); c.Status != StatusGap || !strings.Contains(c.Summary, "xfcc trusted from any caller") {
+		t.Errorf("CC6.6 with open XFCC: %s %s", c.Status, c.Summary)
+	}
+	local, err := ReadConfig(write("c.yaml", "grpc: {addr: \"127.0.0.1:9191\"}\nidentity: {sources: [xfcc]}\n"))
+	if err != nil || len(local.OpenAssertion) != 0 {
+		t.Errorf("loopback gRPC: %v %+v", err, local)
+	}
 	// Without configuration, each such control says it was not given.
 	r = h.collect(t, nil)
 	if v := fact(t, control(t, r, "CC6.6"), "serve configuration"); !strings.Contains(v, "not given") {

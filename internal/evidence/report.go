@@ -345,7 +345,7 @@ func (r *Report) build(in Inputs, st *stats) {
 	}
 	x.Evidence = append(x.Evidence, Fact{"decisions missing identity, trust level, time or outcome fields", itoa(st.missingFields), ""})
 	if bad > 0 || st.missingFields > 0 {
-		x.Status, x.Summary = StatusGap, fmt.Sprintf("%d logs failed verification or hold malformed lines", bad)
+		x.Status, x.Summary = StatusGap, fmt.Sprintf("%d logs failed verification or hold malformed lines; %d decisions miss identity, trust level, time or outcome fields", bad, st.missingFields)
 	} else {
 		x.Status, x.Summary = StatusEvidence, "every log verifies (Merkle tree, signed checkpoints, consistency) and every decision carries its fields"
 	}
@@ -594,6 +594,10 @@ func (r *Report) applyConfig(in Inputs) {
 				if s.Control == x.ID {
 					x.Evidence = append(x.Evidence, Fact{cf.Log + ": " + s.Key, s.Value, ""})
 				}
+			}
+			if x.ID == "CC6.6" && len(cf.OpenAssertion) > 0 {
+				x.Status = StatusGap
+				x.Summary = fmt.Sprintf("%s: %s trusted from any caller of a non-loopback gRPC address without mutual TLS: a forged header passes", cf.File, strings.Join(cf.OpenAssertion, ", "))
 			}
 			if x.ID == "CC6.8" && len(cf.RevocationOff) > 0 {
 				x.Status = StatusGap
