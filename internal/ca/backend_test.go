@@ -250,3 +250,47 @@ func TestRebind(t *testing.T) {
 		}
 	}
 }
+
+// TestPostgresRestart: an inventory whose PostgreSQL restarts (fast
+// shutdown, connections cut) works again without reopening; a change
+// refused while it was down left nothing behind, and the change log stays
+// whole.
+func TestPostgresRestart(t *testing.T) {
+	pg := testenv.StartPostgres(t) // its own cluster: the shared one must not restart under other tests
+	a, err := Open(t.TempDir(), WithStore(pg.DSN))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := a.Init(InitRequest{TrustDomain: td, Operator: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Issue(issueReq("before")); err != nil {
+		t.Fatal(err)
+	}
+	pg.Restart(t)
+	var issued bool
+	deadline := time.Now().Add(20 * time.Second)
+	for !issued {
+		// The first call may meet a connection cut by the restart.
+		_, err := a.Issue(issueReq("after"))
+		switch {
+		case err == nil:
+			issued = true
+		case errors.Is(err, ErrExists):
+			t.Fatal("a failed issue was committed after all")
+		case time.Now().After(deadline):
+			t.Fatalf("inventory unusable after the restart: %v", err)
+		default:
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	keys, err := ChangeLogKeys(a.DataDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.VerifyChangeLog(keys...)
+	if err != nil || res.Problem != nil || res.Events != 3 {
+		t.Fatalf("change log after the restart: %+v %v", res, err)
+	}
+}

@@ -156,6 +156,10 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 	}
 	auth, err := ca.Open(dataDir, invOpts...)
 	if err != nil {
+		if ca.IsPostgres(opts.store) {
+			return nil, withHint(fmt.Errorf("open ca inventory: %w", err),
+				"create a CA in that database first: AGENTAUTHZ_STORE=<the --store URL> agentauthz ca init --data-dir %s --trust-domain TD", dataDir)
+		}
 		return nil, withHint(fmt.Errorf("open ca inventory: %w", err), "create a CA first: agentauthz ca init --data-dir %s", dataDir)
 	}
 	pub, err := revocation.NewPublisher(revocation.PublisherConfig{

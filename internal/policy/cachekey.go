@@ -69,85 +69,72 @@ func agentFieldsRead(path ast.Ref) agentField {
 	return allAgentFields
 }
 
-// keyBuf is the encoding that is hashed: every part is tagged and
-// length-prefixed, so that two different inputs never encode alike.
-type keyBuf struct {
-	b       []byte
-	scratch [512]byte
+// The encoding that is hashed: every part is tagged and length-prefixed,
+// so that two different inputs never encode alike. The appends work on a
+// caller's stack buffer (a struct holding both would escape to the heap).
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
 }
 
-func (k *keyBuf) reset() { k.b = k.scratch[:0] }
-
-func (k *keyBuf) str(s string) {
-	k.b = binary.AppendUvarint(k.b, uint64(len(s)))
-	k.b = append(k.b, s...)
-}
-
-func (k *keyBuf) int(v int64) { k.b = binary.AppendVarint(k.b, v) }
-
-// time encodes what agentValue makes of t: nothing when t is zero, else
-// its second in UTC (RFC 3339 has no fraction).
-func (k *keyBuf) time(t time.Time) {
+// appendTime encodes what agentValue makes of t: nothing when t is zero,
+// else its second in UTC (RFC 3339 has no fraction).
+func appendTime(b []byte, t time.Time) []byte {
 	if t.IsZero() {
-		k.b = append(k.b, 0)
-		return
+		return append(b, 0)
 	}
-	k.b = append(k.b, 1)
-	k.int(t.Unix())
+	return binary.AppendVarint(append(b, 1), t.Unix())
 }
 
-// agent encodes the attributes in fields of a (nil: no input.agent).
-func (k *keyBuf) agent(a *identity.Agent, fields agentField) {
+// appendAgent encodes the attributes in fields of a (nil: no input.agent).
+func appendAgent(b []byte, a *identity.Agent, fields agentField) []byte {
 	if a == nil {
-		k.b = append(k.b, 0)
-		return
+		return append(b, 0)
 	}
-	k.b = append(k.b, 1)
+	b = append(b, 1)
 	for f := agentField(1); f <= fieldSource; f <<= 1 {
 		if fields&f == 0 {
 			continue
 		}
 		switch f {
 		case fieldID:
-			k.str(a.ID)
+			b = appendStr(b, a.ID)
 		case fieldSPIFFEID:
-			k.str(a.SPIFFEID)
+			b = appendStr(b, a.SPIFFEID)
 		case fieldTenant:
-			k.str(a.Tenant)
+			b = appendStr(b, a.Tenant)
 		case fieldTrust:
-			k.int(int64(a.TrustLevel))
+			b = binary.AppendVarint(b, int64(a.TrustLevel))
 		case fieldScopes:
-			k.int(int64(len(a.Scopes)))
+			b = binary.AppendUvarint(b, uint64(len(a.Scopes)))
 			for _, s := range a.Scopes {
-				k.str(s)
+				b = appendStr(b, s)
 			}
 		case fieldOwner:
-			k.str(a.Owner)
+			b = appendStr(b, a.Owner)
 		case fieldSerial:
-			k.str(a.Serial)
+			b = appendStr(b, a.Serial)
 		case fieldCertSHA256:
-			k.str(a.CertSHA256)
+			b = appendStr(b, a.CertSHA256)
 		case fieldIssuer:
-			k.str(a.Issuer)
+			b = appendStr(b, a.Issuer)
 		case fieldNotBefore:
-			k.time(a.NotBefore)
+			b = appendTime(b, a.NotBefore)
 		case fieldNotAfter:
-			k.time(a.NotAfter)
+			b = appendTime(b, a.NotAfter)
 		case fieldProfile:
-			k.str(string(a.Profile))
+			b = appendStr(b, string(a.Profile))
 		case fieldSource:
-			k.str(string(a.Source))
+			b = appendStr(b, string(a.Source))
 		}
 	}
+	return b
 }
-
-func (k *keyBuf) sum() digest { return sha256.Sum256(k.b) }
 
 // agentDigest identifies input.agent as agentValue builds it from a: the
 // key of the agent term cache.
 func agentDigest(a *identity.Agent) digest {
-	var k keyBuf
-	k.reset()
-	k.agent(a, allAgentFields)
-	return k.sum()
+	var scratch [512]byte
+	return sha256.Sum256(appendAgent(scratch[:0], a, allAgentFields))
 }

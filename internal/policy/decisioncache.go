@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"sort"
 	"strings"
@@ -278,27 +279,26 @@ func (c *decisionCache) bucketOf(now time.Time) (int64, time.Time) {
 // are printed as Rego terms, which tells every two different values apart.
 // ok is false when those values are longer than maxCacheKeyBytes.
 func (c *decisionCache) key(agent *identity.Agent, op string, input ast.Value) (d digest, ok bool) {
-	var k keyBuf
-	k.reset()
+	var scratch [512]byte
+	b := scratch[:0]
 	if c.plan.op {
-		k.str(op)
+		b = appendStr(b, op)
 	}
 	if c.plan.agent != 0 {
-		k.agent(agent, c.plan.agent)
+		b = appendAgent(b, agent, c.plan.agent)
 	}
-	n := len(k.b)
+	n := len(b)
 	for _, r := range c.plan.byKey {
 		if v, err := input.Find(r); err != nil {
-			k.b = append(k.b, 0) // undefined
+			b = append(b, 0) // undefined
 		} else {
-			k.b = append(k.b, 1)
-			k.str(v.String())
+			b = appendStr(append(b, 1), v.String())
 		}
-		if len(k.b)-n > maxCacheKeyBytes {
+		if len(b)-n > maxCacheKeyBytes {
 			return d, false
 		}
 	}
-	return k.sum(), true
+	return sha256.Sum256(b), true
 }
 
 // get returns the decision for d, unless it read the clock in an earlier

@@ -557,3 +557,23 @@ func BenchmarkHitPath(b *testing.B) {
 		})
 	}
 }
+
+// A hit allocates nothing: the key is encoded on the stack and hashed.
+func TestDecisionCacheHitAllocatesNothing(t *testing.T) {
+	e := cachedEngine(t, shippedPolicies, nil)
+	ctx, req := context.Background(), sampleRequest("POST", "/v1/payments", "", "")
+	if r, err := e.Eval(ctx, req, testAgent()); err != nil || !r.Allowed {
+		t.Fatalf("%+v, %v", r, err)
+	}
+	agent := testAgent() // an equal agent behind another pointer
+	if n := testing.AllocsPerRun(100, func() {
+		if _, err := e.Eval(ctx, req, agent); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("a hit allocates %v times", n)
+	}
+	if hits := cacheCount(t, e, "hit"); hits < 100 {
+		t.Fatalf("hits = %v", hits)
+	}
+}
