@@ -84,7 +84,8 @@ func BenchmarkFollow(b *testing.B) {
 		}
 		cpu, wall := cpuTime()-cpu0, time.Since(t0)
 		if got := s.cursors["replica-0"] + s.cursors["replica-1"]; got != uint64(n) {
-			b.Fatalf("read %d records, want %d", got, n)
+			ls, _ := store.Logs(context.Background())
+			b.Fatalf("read %d records, want %d; the store holds %+v", got, n, ls)
 		}
 		b.ReportMetric(float64(n)/cpu.Seconds(), "records/CPU-s")
 		b.ReportMetric(float64(n)/wall.Seconds(), "records/s")

@@ -257,7 +257,13 @@ func (s *Service) step(ctx context.Context) (more bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	var batch []recordstore.Stored
+	type item struct {
+		log   string
+		index uint64
+		ev    anomaly.Event
+		ok    bool
+	}
+	var batch []item
 	for _, l := range logs {
 		from := s.cursors[l.Log]
 		if l.Stored <= from || len(batch) >= perStep {
@@ -269,20 +275,29 @@ func (s *Service) step(ctx context.Context) (more bool, err error) {
 			return false, err
 		}
 		more = more || from+uint64(len(rs)) < l.Stored
-		batch = append(batch, rs...)
+		for _, r := range rs {
+			ev, ok, err := anomaly.FromLine([]byte(r.Line))
+			if err != nil {
+				// Stored records were verified on the way in.
+				return false, fmt.Errorf("stored record %s/%d: %w", r.Log, r.Index, err)
+			}
+			batch = append(batch, item{r.Log, r.Index, ev, ok})
+		}
 	}
 	// Replicas ship independently: merge their records by record time.
-	sort.SliceStable(batch, func(i, j int) bool { return batch[i].Record.Time.Before(batch[j].Record.Time) })
+	sort.SliceStable(batch, func(i, j int) bool { return batch[i].ev.Time.Before(batch[j].ev.Time) })
 	for i := range batch {
-		r := &batch[i]
-		if ev, ok := anomaly.FromRecord(r.Record); ok {
-			for _, a := range s.det.Observe(ev) {
+		it := &batch[i]
+		if it.ok {
+			for _, a := range s.det.Observe(it.ev) {
 				if err := s.raise(a); err != nil {
 					return false, err
 				}
 			}
 		}
-		s.cursors[r.Log] = r.Index + 1
+		// Within one log, record time and index order differ a little
+		// (concurrent appenders): the cursor is past the highest index.
+		s.cursors[it.log] = max(s.cursors[it.log], it.index+1)
 		s.dirty = true
 	}
 	s.records.Add(float64(len(batch)))
@@ -346,7 +361,7 @@ func (s *Service) raise(al anomaly.Alert) error {
 	if rule.Mode != ModeNotify && !canRespond {
 		s.log.Warn("anomaly alert: no agent in the inventory to respond to; notify only", "id", a.ID, "rule", al.Rule)
 	}
-	return s.record(a)
+	return s.record(a, true)
 }
 
 // logPending writes the change-log rows of alerts stored but not yet
@@ -359,19 +374,23 @@ func (s *Service) logPending(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i := range as {
-		if err := s.record(&as[i]); err != nil {
+		if err := s.record(&as[i], false); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// record writes an alert's change-log row unless it is there already, then
-// its response, then marks it logged.
-func (s *Service) record(a *Alert) error {
-	logged, err := s.inChangeLog(a)
-	if err != nil {
-		return err
+// record writes an alert's change-log row unless it is there already (only
+// possible for one stored earlier: fresh is false), then its response, then
+// marks it logged.
+func (s *Service) record(a *Alert, fresh bool) error {
+	logged := false
+	if !fresh {
+		var err error
+		if logged, err = s.inChangeLog(a); err != nil {
+			return err
+		}
 	}
 	if !logged {
 		if err := s.cfg.Authority.RecordEvent(a.Alert.Tenant, a.Alert.AgentID, "", EventAlert, Operator, alertDetail(a)); err != nil {

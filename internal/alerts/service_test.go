@@ -489,3 +489,22 @@ func TestDismissRestoresPrevious(t *testing.T) {
 		t.Errorf("dismiss rows %+v", ev)
 	}
 }
+
+// TestCursorPastHighestIndex: a log whose record times are not in index
+// order (concurrent appenders) is still read to its end, once.
+func TestCursorPastHighestIndex(t *testing.T) {
+	f := newFixture(t, "bot-1")
+	f.decide("bot-1", "payments:read", true, "allowed", 20*time.Second)
+	f.decide("bot-1", "payments:read", true, "allowed", 10*time.Second)
+	f.decide("bot-1", "payments:read", true, "allowed", 30*time.Second)
+	f.decide("bot-1", "payments:read", true, "allowed", 0)
+	f.ship()
+	s := f.service(nil)
+	step(t, s)
+	if got := s.cursors["replica-1"]; got != uint64(f.n) {
+		t.Errorf("cursor %d, want %d", got, f.n)
+	}
+	if more, err := s.step(context.Background()); more || err != nil {
+		t.Errorf("another step: more=%v %v", more, err)
+	}
+}

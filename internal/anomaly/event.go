@@ -9,6 +9,8 @@
 package anomaly
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strings"
 	"time"
@@ -55,6 +57,63 @@ func FromRecord(r *decisionlog.Record) (Event, bool) {
 		e.Reason = r.Decision.Reasons[0]
 	}
 	return e, true
+}
+
+// lineFields is what the detectors read of a record line: the fields
+// FromRecord uses, with the record's own JSON names.
+type lineFields struct {
+	Kind       string `json:"kind"`
+	DecisionID string `json:"decision_id"`
+	Log        string `json:"log"`
+	Time       string `json:"time"`
+	Agent      struct {
+		ID         string `json:"id"`
+		SPIFFEID   string `json:"spiffe_id"`
+		Tenant     string `json:"tenant"`
+		CertSHA256 string `json:"cert_sha256"`
+		Source     string `json:"source"`
+	} `json:"agent"`
+	Request struct {
+		Method    string `json:"method"`
+		Host      string `json:"host"`
+		Path      string `json:"path"`
+		Operation string `json:"operation"`
+		Source    string `json:"source"`
+	} `json:"request"`
+	Decision struct {
+		Allowed bool     `json:"allowed"`
+		Reasons []string `json:"reasons"`
+	} `json:"decision"`
+}
+
+// FromLine is FromRecord for a record line that was verified already (the
+// control plane's store holds only verified records): it decodes only the
+// fields the detectors read, about twice as fast as the whole record.
+func FromLine(line []byte) (Event, bool, error) {
+	var r lineFields
+	if err := json.Unmarshal(line, &r); err != nil {
+		return Event{}, false, err
+	}
+	if r.Kind != "" && r.Kind != decisionlog.KindDecision {
+		return Event{}, false, nil
+	}
+	t, err := time.Parse(decisionlog.TimeLayout, r.Time)
+	if err != nil {
+		return Event{}, false, fmt.Errorf("record time: %w", err)
+	}
+	e := Event{
+		Time: t, DecisionID: r.DecisionID, Log: r.Log, AgentID: r.Agent.ID, Tenant: r.Agent.Tenant,
+		CertSHA256: r.Agent.CertSHA256, Source: r.Agent.Source, Operation: r.Request.Operation,
+		Route: Route(r.Request.Method, r.Request.Path), Host: r.Request.Host, Network: Network(r.Request.Source),
+		Allowed: r.Decision.Allowed, Agent: r.Agent.SPIFFEID,
+	}
+	if e.Agent == "" {
+		e.Agent = r.Agent.ID
+	}
+	if len(r.Decision.Reasons) > 0 {
+		e.Reason = r.Decision.Reasons[0]
+	}
+	return e, true, nil
 }
 
 // identityFailure: the request was refused before an agent was established.

@@ -3,7 +3,11 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -120,6 +124,25 @@ func TestAnomalyAutoQuarantine(t *testing.T) {
 	var v struct{ Problem any }
 	if err := json.Unmarshal([]byte(cli(t, "audit", "verify", "--changelog", f.cpDir, "--json")), &v); err != nil || v.Problem != nil {
 		t.Errorf("change log: %v %v", v.Problem, err)
+	}
+	// The control plane's metrics count the alert and both steps of its response.
+	caPEM, err := os.ReadFile(filepath.Join(f.cpDir, "operator", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}).Get(f.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`agentauthz_anomaly_alerts_total{rule="scope_probing"} 1`, `agentauthz_anomaly_responses_total{mode="auto",state="applied"} 1`,
+		`agentauthz_anomaly_responses_total{mode="auto",state="reviewed"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
 

@@ -46,7 +46,7 @@ decision ids, the agents that would gain or lose an operation, and every record 
 
 The recorded decisions come from a decision log directory (--log) or from the control plane's central
 store (--server, with an operator certificate of role policy or auditor), which holds what every replica
-shipped.
+shipped. Given both, --log is read and --server only receives --record.
 
 Decisions that identity or revocation refused never reached the policy and are reported as not replayed.
 When the proposed policy reads something records do not keep (a header, the query string, the body), the

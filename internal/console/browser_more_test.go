@@ -45,6 +45,23 @@ func (b *browserSession) eval(js string) string {
 	return s
 }
 
+// waitFor evaluates js until it is true (through navigations), for at most
+// 10 s.
+func (b *browserSession) waitFor(js string) {
+	b.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok, err := chromedp.Run(b.ctx, chromedp.Evaluate[bool](js))
+		if err == nil && ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("still not %s: %v", js, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func shot(name string) chromedp.Action[chromedp.Void] {
 	return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
 		png, err := chromedp.FullScreenshot(100)(ctx, tg)
@@ -103,8 +120,8 @@ func TestBrowserIssueLiveKeyboard(t *testing.T) {
 	// The search form is filled and sent from the keyboard: focus on the
 	// first field, type, Enter submits.
 	a.do(chromedp.Navigate(e.srv.URL+"/ui/decisions"), chromedp.WaitVisible(chromedp.CSS(`input[name=decision_id]`)),
-		chromedp.Focus(chromedp.CSS(`input[name=decision_id]`)), chromedp.KeyEvent("dec-1\r"),
-		chromedp.WaitVisible(chromedp.CSS(`a[href="/ui/decisions/dec-1"]`)))
+		chromedp.Focus(chromedp.CSS(`input[name=decision_id]`)), chromedp.KeyEvent("dec-1\r"))
+	a.waitFor(`location.search.includes("decision_id=dec-1") && document.readyState === "complete"`)
 	if rows := a.eval(`String(document.querySelectorAll("main tbody tr").length)`); rows != "1" {
 		t.Errorf("search for dec-1 typed from the keyboard: %s rows", rows)
 	}
@@ -134,9 +151,7 @@ func TestBrowserIssueLiveKeyboard(t *testing.T) {
 
 	// The live tail shows ledger-bot's first decision when it is shipped.
 	a.do(chromedp.Navigate(e.srv.URL + "/ui/decisions/live"))
-	if _, err := chromedp.Run(a.ctx, chromedp.Poll[bool](`document.getElementById("tail-status").textContent.startsWith("Live")`)); err != nil {
-		t.Fatalf("the live tail did not connect: %v", err)
-	}
+	a.waitFor(`document.readyState === "complete" && document.getElementById("tail-status").textContent.startsWith("Live")`)
 	shipMore(t, e.rs, "replica-ledger", "ledger-bot", 1)
 	a.do(chromedp.WaitVisible(chromedp.CSS(`#tail-rows tr.new a[href="/ui/decisions/replica-ledger-0"]`)),
 		shot("10-live-tail"))

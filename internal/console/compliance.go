@@ -66,54 +66,75 @@ func (c *Console) compliance(w http.ResponseWriter, r *http.Request, v *viewer) 
 	if days > 90 {
 		days = 90
 	}
-	now := c.cfg.Now()
-	since := now.Add(-time.Duration(days) * 24 * time.Hour)
-	data := map[string]any{"Days": days, "DayChoices": complianceDays, "Since": since, "Grace": evidence.PropagationBound}
 	if c.cfg.Records == nil {
-		data["RecordsOff"] = true
-		c.render(w, r, http.StatusOK, "compliance", v, data)
+		c.render(w, r, http.StatusOK, "compliance", v, map[string]any{"Days": days, "DayChoices": complianceDays, "RecordsOff": true})
 		return
 	}
-	ctx := r.Context()
-	fail := func(err error) {
+	data, err := c.complianceData(r.Context(), days)
+	if err != nil {
 		c.cfg.Logger.Error("console: compliance", "error", err)
-		data["Error"] = "The record store or the inventory is unavailable; retry."
-		c.render(w, r, http.StatusServiceUnavailable, "compliance", v, data)
+		c.render(w, r, http.StatusServiceUnavailable, "compliance", v, map[string]any{"Days": days, "DayChoices": complianceDays,
+			"Error": "The record store or the inventory is unavailable; retry."})
+		return
 	}
+	c.render(w, r, http.StatusOK, "compliance", v, data)
+}
+
+// complianceTTL is how long the Compliance page's figures are reused: they
+// aggregate every decision of the period (seconds at millions of records,
+// docs/performance.md), and an auditor's question does not change by the
+// second.
+const complianceTTL = time.Minute
+
+type complianceEntry struct {
+	at   time.Time
+	data map[string]any
+}
+
+// complianceData returns the figures of the last days, computed at most
+// complianceTTL ago.
+func (c *Console) complianceData(ctx context.Context, days int) (map[string]any, error) {
+	now := c.cfg.Now()
+	c.compMu.Lock()
+	defer c.compMu.Unlock() // one computation at a time
+	if e := c.compCache[days]; e != nil && now.Sub(e.at) < complianceTTL && !now.Before(e.at) {
+		return e.data, nil
+	}
+	since := now.Add(-time.Duration(days) * 24 * time.Hour)
+	data := map[string]any{"Days": days, "DayChoices": complianceDays, "Since": since, "Grace": evidence.PropagationBound, "At": now}
 	newest, err := c.cfg.Records.Find(ctx, recordstore.Query{Limit: 1, Newest: true})
 	if err != nil {
-		fail(err)
-		return
+		return nil, err
 	}
 	if len(newest.Records) > 0 {
 		data["Newest"] = newest.Records[0].Record
 	}
 	logs, err := c.cfg.Records.Logs(ctx)
 	if err != nil {
-		fail(err)
-		return
+		return nil, err
 	}
 	data["Logs"] = logs
 	denials, err := c.cfg.Records.DenialsByReason(ctx, since)
 	if err != nil {
-		fail(err)
-		return
+		return nil, err
 	}
 	data["Denials"] = denials
 	cells, more, err := c.cfg.Records.AgentOperations(ctx, since, matrixCells)
 	if err != nil {
-		fail(err)
-		return
+		return nil, err
 	}
 	ops, rows, truncated := c.matrix(cells)
 	data["Operations"], data["Matrix"], data["MatrixTruncated"] = ops, rows, truncated || more
 	revs, err := c.lastRevocations(ctx)
 	if err != nil {
-		fail(err)
-		return
+		return nil, err
 	}
 	data["Revocations"] = revs
-	c.render(w, r, http.StatusOK, "compliance", v, data)
+	if c.compCache == nil {
+		c.compCache = map[int]*complianceEntry{}
+	}
+	c.compCache[days] = &complianceEntry{at: now, data: data}
+	return data, nil
 }
 
 // matrix lays out the cells: the busiest agents as rows, the most used

@@ -17,7 +17,6 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,10 +80,14 @@ type Console struct {
 	sessions sessions
 	csrfKey  []byte
 	tails    streams
-	stop     chan struct{}
-	stopOnce sync.Once
-	heavySem chan struct{}
-	oidc     *oidcState // nil: no OIDC sign-in
+	// fleetSnap is the fleet page's view of the inventory.
+	fleetSnap fleetCache
+	compMu    sync.Mutex
+	compCache map[int]*complianceEntry
+	stop      chan struct{}
+	stopOnce  sync.Once
+	heavySem  chan struct{}
+	oidc      *oidcState // nil: no OIDC sign-in
 }
 
 // New parses the embedded templates.
@@ -400,32 +403,22 @@ func fleetStatus(newest ca.Certificate, r *ca.Restriction, now time.Time, within
 func (c *Console) fleet(w http.ResponseWriter, r *http.Request, v *viewer) {
 	q := r.URL.Query()
 	search, status, tenant := strings.TrimSpace(q.Get("q")), q.Get("status"), q.Get("tenant")
-	certs, err := c.cfg.Authority.List(ca.ListFilter{TrustDomain: tenant})
+	snap, err := c.fleetAgents()
 	if err != nil {
 		c.storeError(w, r, v, err)
 		return
-	}
-	restr := map[string]*ca.Restriction{}
-	rs, err := c.cfg.Authority.ListRestrictions(tenant)
-	if err != nil {
-		c.storeError(w, r, v, err)
-		return
-	}
-	for i := range rs {
-		restr[rs[i].TrustDomain+"\x00"+rs[i].AgentID] = &rs[i]
-	}
-	// List is oldest first: the last certificate of an agent is its newest.
-	newest := map[string]ca.Certificate{}
-	for _, ct := range certs {
-		newest[ct.TrustDomain+"\x00"+ct.AgentID] = ct
 	}
 	now := c.cfg.Now()
 	counts := map[string]int{}
 	var rows []fleetRow
-	tenants := map[string]bool{}
-	for k, ct := range newest {
-		tenants[ct.TrustDomain] = true
-		st := fleetStatus(ct, restr[k], now, c.cfg.ExpiringWithin)
+	agents := 0
+	for _, a := range snap.agents { // in order: by trust domain, then id
+		ct := a.cert
+		if tenant != "" && ct.TrustDomain != tenant {
+			continue
+		}
+		agents++
+		st := fleetStatus(ct, a.restr, now, c.cfg.ExpiringWithin)
 		counts[st]++
 		if status != "" && st != status {
 			continue
@@ -435,21 +428,11 @@ func (c *Console) fleet(w http.ResponseWriter, r *http.Request, v *viewer) {
 		}
 		rows = append(rows, fleetRow{TrustDomain: ct.TrustDomain, ID: ct.AgentID, Trust: ct.Trust, Owner: ct.Owner, Status: st, NotAfter: ct.NotAfter})
 	}
-	sort.Slice(rows, func(i, j int) bool {
-		if rows[i].TrustDomain != rows[j].TrustDomain {
-			return rows[i].TrustDomain < rows[j].TrustDomain
-		}
-		return rows[i].ID < rows[j].ID
-	})
 	total := len(rows)
 	if len(rows) > maxFleetRows {
 		rows = rows[:maxFleetRows]
 	}
-	var tds []string
-	for td := range tenants {
-		tds = append(tds, td)
-	}
-	sort.Strings(tds)
+	tds := snap.tenants
 	var ch *chart
 	if v.CanRecords() && c.cfg.Records != nil {
 		ch = c.decisionChart(r.Context(), "", q.Get("range"), "/ui/fleet?")
@@ -457,7 +440,7 @@ func (c *Console) fleet(w http.ResponseWriter, r *http.Request, v *viewer) {
 	c.render(w, r, http.StatusOK, "fleet", v, map[string]any{
 		"Chart": ch, "Rows": rows, "Total": total, "Shown": len(rows), "Search": search, "Status": status, "Tenant": tenant, "Tenants": tds,
 		"Statuses": []string{StatusActive, StatusExpiring, StatusExpired, StatusRevoked, StatusRestricted, StatusQuarantined},
-		"Counts":   counts, "Agents": len(newest), "Within": days(c.cfg.ExpiringWithin),
+		"Counts":   counts, "Agents": agents, "Within": days(c.cfg.ExpiringWithin), "AsOf": snap.at,
 	})
 }
 
@@ -559,6 +542,7 @@ func (c *Console) change(w http.ResponseWriter, r *http.Request, v *viewer) {
 		c.storeError(w, r, v, err)
 		return
 	}
+	c.fleetSnap.invalidate()
 	c.cfg.Logger.Info("console: agent "+action, "trust_domain", td, "agent_id", id, "operator", op)
 	http.Redirect(w, r, "/ui/agents/"+url.PathEscape(td)+"/"+url.PathEscape(id)+"?done="+action, http.StatusSeeOther) //nolint:gosec // G710: a fixed local path, escaped segments, action one of three
 }

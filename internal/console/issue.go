@@ -121,6 +121,7 @@ func (c *Console) issueAs(action string, w http.ResponseWriter, r *http.Request,
 		c.storeError(w, r, v, err)
 		return
 	}
+	c.fleetSnap.invalidate()
 	// The inventory records the certificate with the operator; the change
 	// log also gets why, as the other console actions have it.
 	if err := c.cfg.Authority.RecordEvent(td, id, is.Record.Serial, "console_"+action, op, "reason: "+reason); err != nil {

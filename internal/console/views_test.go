@@ -7,7 +7,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 )
@@ -90,6 +92,9 @@ func TestNewestFirst(t *testing.T) {
 // as SVG with the numbers beside it, for roles that read records only.
 func TestChart(t *testing.T) {
 	e := newEnv(t)
+	// The test's records are up to 2 s in the future: look from 10 s on,
+	// so that none falls past a range's last bucket.
+	e.con.cfg.Now = func() time.Time { return time.Now().Add(10 * time.Second) }
 	c := e.signIn("ada", control.RoleAdmin)
 	for _, path := range []string{"/ui/fleet", agentPage, "/ui/fleet?range=1h", agentPage + "?range=7d"} {
 		code, body := e.get(c, path)
@@ -105,5 +110,29 @@ func TestChart(t *testing.T) {
 	r := e.signIn("rosa", control.RoleResponder)
 	if _, body := e.get(r, "/ui/fleet"); strings.Contains(body, "<svg") || strings.Contains(body, "decisions,") {
 		t.Errorf("a responder (no record access) sees the decisions chart")
+	}
+}
+
+// TestFleetSnapshot: the fleet page reads a snapshot of the inventory, yet a
+// revocation made elsewhere (the CLI, the API) shows at once, and a new
+// agent issued elsewhere within the snapshot's lifetime.
+func TestFleetSnapshot(t *testing.T) {
+	e := newEnv(t)
+	c := e.signIn("ada", control.RoleAdmin)
+	if _, body := e.get(c, "/ui/fleet?status=revoked"); strings.Contains(body, "reports-bot") {
+		t.Fatal("reports-bot revoked before it was")
+	}
+	if _, err := e.auth.Revoke("acme.test", "reports-bot", 0, "cli (admin)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, body := e.get(c, "/ui/fleet?status=revoked"); !strings.Contains(body, ">reports-bot</a>") {
+		t.Error("a revocation made outside the console is not on the fleet page at once")
+	}
+	if _, err := e.auth.Issue(ca.IssueRequest{TrustDomain: "acme.test", AgentID: "late-bot", Trust: 1, Scopes: []string{"a:b"}, TTL: time.Hour, Operator: "cli"}); err != nil {
+		t.Fatal(err)
+	}
+	e.con.cfg.Now = func() time.Time { return time.Now().Add(fleetTTL + time.Second) }
+	if _, body := e.get(c, "/ui/fleet"); !strings.Contains(body, ">late-bot</a>") || !strings.Contains(body, "3 agents.") {
+		t.Error("an agent issued outside the console is not on the fleet page after the snapshot's lifetime")
 	}
 }

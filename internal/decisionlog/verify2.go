@@ -294,8 +294,9 @@ func prepareLines(src *Reader, trusted KeySet, checks lineChecks) (<-chan *lineC
 				vsOrigin = origin
 			}
 			prep := func(c *lineChunk, origin string, keys KeySet, vs note.Verifiers) {
+				var scratch []byte // 0x00 ‖ line for the record hash, reused
 				for i := range c.lines {
-					prepareLine(&c.lines[i], origin, keys, vs, checks.validJSON)
+					prepareLine(&c.lines[i], origin, keys, vs, checks.validJSON, &scratch)
 				}
 				close(c.done)
 			}
@@ -328,7 +329,7 @@ func prepareLines(src *Reader, trusted KeySet, checks lineChecks) (<-chan *lineC
 	}
 }
 
-func prepareLine(pl *preparedLine, origin string, keys KeySet, vs note.Verifiers, validJSON func([]byte) bool) {
+func prepareLine(pl *preparedLine, origin string, keys KeySet, vs note.Verifiers, validJSON func([]byte) bool, scratch *[]byte) {
 	l := pl.line
 	if !l.complete || l.tooLong || l.hasNUL {
 		return
@@ -366,5 +367,5 @@ func prepareLine(pl *preparedLine, origin string, keys KeySet, vs note.Verifiers
 		pl.err = fmt.Errorf("%w: not JSON", ErrMalformed)
 		return
 	}
-	pl.leaf = LeafHash(text)
+	pl.leaf = leafHash(scratch, text)
 }

@@ -3,22 +3,19 @@ package policy
 import (
 	"context"
 	"time"
-
-	"github.com/open-policy-agent/opa/v1/ast"
-	"github.com/open-policy-agent/opa/v1/topdown"
 )
 
-// ClockProbe tells whether an evaluation read the policy's clock: whether
-// any expression evaluated calls time.now_ns, the one builtin allowed in a
-// memoisable policy that reads the evaluation's time (planCache refuses
-// the other nondeterministic ones). An evaluation that never read it
+// ClockProbe tells whether an evaluation read the policy's clock
+// (time.now_ns, the one nondeterministic builtin a memoisable policy may
+// call: planCache refuses the others). An evaluation that never read it
 // decides the same at every time, so policy simulation reuses its result
 // for every recorded request with the same input.
 //
 // Under a context carrying a probe (WithClockProbe) the engine evaluates
-// every decision, bypassing its decision cache, and traces the evaluation
-// into the probe. The probe errs on the safe side: an expression that
-// merely mentions time.now_ns (mocked by `with`, say) counts as a read.
+// every decision, bypassing its decision cache, and sees a call of the
+// clock as the decision cache does: by the answer OPA leaves in the
+// nondeterministic-builtin cache. Any nondeterministic call counts as a
+// read, which errs on the safe side.
 type ClockProbe struct{ read bool }
 
 // Read reports whether an evaluation under the probe read the clock.
@@ -37,32 +34,6 @@ func WithClockProbe(ctx context.Context, p *ClockProbe) context.Context {
 func clockProbeFrom(ctx context.Context) *ClockProbe {
 	p, _ := ctx.Value(clockProbeKey{}).(*ClockProbe)
 	return p
-}
-
-var nowNanosRef = ast.NowNanos.Ref()
-
-// Enabled is always true: with Config and TraceEvent it makes the probe a
-// topdown.QueryTracer.
-func (p *ClockProbe) Enabled() bool { return true }
-
-// Config asks for no local variable bindings: only expressions are read.
-func (p *ClockProbe) Config() topdown.TraceConfig { return topdown.TraceConfig{} }
-
-// TraceEvent looks at every expression the evaluator is about to evaluate.
-func (p *ClockProbe) TraceEvent(ev topdown.Event) {
-	if p.read || ev.Op != topdown.EvalOp {
-		return
-	}
-	x, ok := ev.Node.(*ast.Expr)
-	if !ok {
-		return
-	}
-	ast.WalkRefs(x, func(r ast.Ref) bool {
-		if r.Equal(nowNanosRef) {
-			p.read = true
-		}
-		return p.read
-	})
 }
 
 // PolicyTime is the time the policy sees (time.now_ns) when the engine's

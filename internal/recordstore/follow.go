@@ -3,13 +3,12 @@ package recordstore
 import (
 	"context"
 	"fmt"
-
-	"github.com/agentauthz/agentauthz/internal/decisionlog"
 )
 
 // Since returns up to limit stored records of log from index from on, in
 // index order: how a reader that keeps its own cursor per log (the anomaly
-// detector) follows the store.
+// detector) follows the store. Only Log, Index and Line are set: the
+// caller decodes what it reads of the (verified) line.
 func (s *Store) Since(ctx context.Context, log string, from uint64, limit int) ([]Stored, error) {
 	if limit <= 0 || limit > MaxLimit {
 		return nil, fmt.Errorf("%w: limit %d outside 1..%d", ErrBadQuery, limit, MaxLimit)
@@ -28,10 +27,6 @@ func (s *Store) Since(ctx context.Context, log string, from uint64, limit int) (
 			return nil, s.wrap(err)
 		}
 		st.Index = uint64(idx)
-		// Stored records were verified on the way in.
-		if st.Record, err = decisionlog.DecodeRecordLine([]byte(st.Line)); err != nil {
-			return nil, s.wrap(fmt.Errorf("stored record %s/%d: %w", log, st.Index, err))
-		}
 		out = append(out, st)
 	}
 	return out, s.wrap(rows.Err())
