@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -200,6 +201,9 @@ func (a *Authority) migratePostgres(ctx context.Context) error {
 // own transaction under the advisory lock lock, so instances starting at
 // once apply each step once; a version newer than len(steps) is an error.
 func MigratePostgres(ctx context.Context, db *sql.DB, versionTable string, lock int64, steps []string) error {
+	if !sqlIdent.MatchString(versionTable) { // it is put into the statements
+		return fmt.Errorf("version table %q: not a plain identifier", versionTable)
+	}
 	for {
 		done, err := migrateStep(ctx, db, versionTable, lock, steps)
 		if err != nil || done {
@@ -207,6 +211,9 @@ func MigratePostgres(ctx context.Context, db *sql.DB, versionTable string, lock 
 		}
 	}
 }
+
+// sqlIdent is a table name MigratePostgres accepts.
+var sqlIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
 
 func migrateStep(ctx context.Context, db *sql.DB, versionTable string, lock int64, steps []string) (done bool, err error) {
 	tx, err := db.BeginTx(ctx, nil)
@@ -223,7 +230,7 @@ func migrateStep(ctx context.Context, db *sql.DB, versionTable string, lock int6
 	var v int
 	err = tx.QueryRowContext(ctx, `SELECT version FROM `+versionTable).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
-		_, err = tx.ExecContext(ctx, `INSERT INTO `+versionTable+` (version) VALUES (0)`)
+		_, err = tx.ExecContext(ctx, `INSERT INTO `+versionTable+` (version) VALUES (0)`) //nolint:gosec // versionTable is checked to be an identifier
 	}
 	if err != nil {
 		return false, err
@@ -237,7 +244,7 @@ func migrateStep(ctx context.Context, db *sql.DB, versionTable string, lock int6
 	if _, err := tx.ExecContext(ctx, steps[v]); err != nil {
 		return false, fmt.Errorf("migrate schema to version %d: %w", v+1, err)
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE `+versionTable+` SET version = ?`, v+1); err != nil {
+	if _, err := tx.ExecContext(ctx, `UPDATE `+versionTable+` SET version = ?`, v+1); err != nil { //nolint:gosec // versionTable is checked to be an identifier
 		return false, err
 	}
 	return false, tx.Commit()
