@@ -128,6 +128,8 @@ CREATE TABLE restrictions (
 	FOREIGN KEY (tenant, agent_id) REFERENCES agents(tenant, agent_id)
 );
 `,
+	// 1 → 2, as SQLite's 3 → 4.
+	consoleSchema,
 }
 
 // openPostgres connects to the inventory on PostgreSQL and migrates it.

@@ -38,7 +38,7 @@ func (e *StoreError) Unwrap() error { return e.Err }
 
 // schemaVersion is PRAGMA user_version of the current schema. Version 0 is an
 // empty database; migrations[i] moves version i to i+1.
-const schemaVersion = 3
+const schemaVersion = 4
 
 var migrations = []string{
 	// 0 → 1
@@ -133,7 +133,31 @@ ALTER TABLE events ADD COLUMN hash TEXT;
 ALTER TABLE events ADD COLUMN kid TEXT;
 ALTER TABLE events ADD COLUMN sig TEXT;
 `,
+	// 3 → 4: the console's sign-in links and sessions (console.go).
+	consoleSchema,
 }
+
+// consoleSchema is the console's tables, the same on SQLite and PostgreSQL.
+const consoleSchema = `
+CREATE TABLE console_links (
+	hash    TEXT PRIMARY KEY,
+	name    TEXT NOT NULL,
+	role    TEXT NOT NULL,
+	expires BIGINT NOT NULL
+);
+CREATE TABLE console_sessions (
+	hash     TEXT PRIMARY KEY,
+	operator TEXT NOT NULL,
+	role     TEXT NOT NULL,
+	csrf     TEXT NOT NULL,
+	expires  BIGINT NOT NULL
+);
+CREATE INDEX console_sessions_by_expiry ON console_sessions(expires);
+CREATE TABLE console_keys (
+	name TEXT PRIMARY KEY,
+	key  TEXT NOT NULL
+);
+`
 
 // defaultBusyTimeout is how long a connection waits for a lock another
 // connection (usually another process) holds on the inventory before giving

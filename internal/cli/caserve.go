@@ -248,7 +248,7 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		auth.Close()
 		return nil, err
 	}
-	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Alerts: rs.alerts, Auth: authn, DataDir: dataDir, OIDC: oidcCfg, Logger: log.Named("console")})
+	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Alerts: rs.alerts, Auth: authn, OIDC: oidcCfg, Logger: log.Named("console")})
 	if err != nil {
 		ln.Close()
 		_ = rs.closeStores() // the error being returned is the one to report

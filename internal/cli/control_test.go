@@ -11,6 +11,8 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -652,5 +654,38 @@ func TestTwoControlPlanesOnePostgres(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+	}
+
+	// Console sign-in is shared too: a link `operator login-link` writes
+	// to the store (AGENTAUTHZ_STORE) is claimed on instance B, and the
+	// browser's session then works on instance A.
+	link := strings.TrimSpace(cli(t, "operator", "login-link", "lena", "--role", "auditor", "--data-dir", f.cpDir, "--server", f.urls[0]))
+	lu, err := url.Parse(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(f.cpDir, "operator", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Jar: jar, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := browser.PostForm(f.urls[1]+"/ui/login", url.Values{"token": {lu.Query().Get("token")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("link claimed on instance B: %d", resp.StatusCode)
+	}
+	if resp, err = browser.Get(f.urls[0] + "/ui/decisions"); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("B's console session on instance A: %d", resp.StatusCode)
 	}
 }

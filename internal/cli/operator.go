@@ -95,9 +95,9 @@ func newOperatorLoginLinkCmd(dataDir *string) *cobra.Command {
 		Use:   "login-link NAME --role auditor|responder|admin",
 		Short: "Print a one-time link that signs a browser in to the console",
 		Long: `Print a link to the control plane's console (/ui/) that signs one browser in as NAME with
-the role. It works once, within --ttl, and the session lasts 8 hours (or until the control plane
-restarts). Run it on the control plane's host: the link is stored, hashed, under
-<data-dir>/console/signin, where the running control plane claims it. The link is a secret:
+the role. It works once, within --ttl, and the session lasts 8 hours. The link is stored, hashed,
+in the control plane's inventory: <data-dir>/inventory.db, or the PostgreSQL database AGENTAUTHZ_STORE
+names (as for the ca commands), where every control-plane instance on that store claims it. The link is a secret:
 send it only to NAME. Each link and each sign-in is recorded in the change log.`,
 		Args: caExactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -117,7 +117,7 @@ send it only to NAME. Each link and each sign-in is recorded in the change log.`
 				return err
 			}
 			defer a.Close()
-			tok, err := console.CreateLink(*dataDir, args[0], r, ttl, time.Now())
+			tok, err := console.CreateLink(a, args[0], r, ttl, time.Now())
 			if err != nil {
 				return withHint(err, "--ttl is at most %v", console.MaxLinkTTL)
 			}

@@ -58,7 +58,7 @@ func (e *env) withAlerts() string {
 			t.Fatal("no scope_probing alert from the detector")
 		}
 	}
-	con, err := New(Config{Authority: e.auth, Records: e.rs, Alerts: svc, Auth: control.NewAuthenticator(e.op, nil, nil), DataDir: e.dir})
+	con, err := New(Config{Authority: e.auth, Records: e.rs, Alerts: svc, Auth: control.NewAuthenticator(e.op, nil, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}

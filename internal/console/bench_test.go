@@ -73,11 +73,14 @@ func newScale(tb testing.TB, agents, records int) *scale {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	con, err := New(Config{Authority: auth, Records: rs, Auth: control.NewAuthenticator(op, nil, nil), DataDir: dir})
+	con, err := New(Config{Authority: auth, Records: rs, Auth: control.NewAuthenticator(op, nil, nil)})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	id, _ := con.sessions.create(control.Operator{Name: "bench", Role: control.RoleAdmin}, time.Now())
+	id, _, err := con.sessions.create(control.Operator{Name: "bench", Role: control.RoleAdmin}, time.Now())
+	if err != nil {
+		tb.Fatal(err)
+	}
 	return &scale{con: con, h: con.Handler(), cookie: &http.Cookie{Name: cookieName, Value: id}, agents: agents, records: records}
 }
 

@@ -75,7 +75,7 @@ func shot(name string) chromedp.Action[chromedp.Void] {
 // signInTab opens a one-time link for name with role in a new tab of ctx.
 func signInTab(ctx context.Context, t *testing.T, e *env, name string, role control.Role) *browserSession {
 	t.Helper()
-	link, err := CreateLink(e.dir, name, role, time.Minute, time.Now())
+	link, err := CreateLink(e.auth, name, role, time.Minute, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ var screenshotDir = filepath.Join("..", "..", "bin", "console")
 func TestBrowser(t *testing.T) {
 	chromium := testenv.LookPath(t, "chromium", "chromium")
 	e := newEnv(t)
-	link, err := CreateLink(e.dir, "ada", control.RoleAdmin, time.Minute, time.Now())
+	link, err := CreateLink(e.auth, "ada", control.RoleAdmin, time.Minute, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("decision page:\n%s", decision)
 	}
 	// An auditor, in a new tab, reads the agent but gets no forms.
-	alink, err := CreateLink(e.dir, "audrey", control.RoleAuditor, time.Minute, time.Now())
+	alink, err := CreateLink(e.auth, "audrey", control.RoleAuditor, time.Minute, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

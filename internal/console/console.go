@@ -63,9 +63,7 @@ type Config struct {
 	Auth *control.Authenticator
 	// Alerts is the anomaly detector's alerts; nil leaves the Alerts page
 	// saying detection is off.
-	Alerts *alerts.Service
-	// DataDir holds the pending sign-in links.
-	DataDir        string
+	Alerts         *alerts.Service
 	ExpiringWithin time.Duration
 	// OIDC, when set, adds sign-in through an OpenID Connect provider.
 	OIDC   *OIDCConfig
@@ -106,7 +104,21 @@ func New(cfg Config) (*Console, error) {
 			return nil, fmt.Errorf("oidc: %w", err)
 		}
 	}
-	c := &Console{cfg: cfg, pages: map[string]*template.Template{}, csrfKey: []byte(randomToken()), stop: make(chan struct{}), heavySem: make(chan struct{}, 1)}
+	// The CSRF key of certificate sign-ins is shared through the store,
+	// so a form one instance rendered is accepted by another, and after
+	// a restart.
+	var csrfKey []byte
+	if cfg.Auth != nil { // else the console is off
+		if cfg.Authority == nil {
+			return nil, errors.New("console: no inventory")
+		}
+		k, err := cfg.Authority.ConsoleKey("csrf")
+		if err != nil {
+			return nil, fmt.Errorf("console key: %w", err)
+		}
+		csrfKey = k
+	}
+	c := &Console{cfg: cfg, sessions: sessions{cfg.Authority}, pages: map[string]*template.Template{}, csrfKey: csrfKey, stop: make(chan struct{}), heavySem: make(chan struct{}, 1)}
 	if cfg.OIDC != nil {
 		c.oidc = &oidcState{cfg: cfg.OIDC}
 	}
@@ -233,7 +245,12 @@ func (v *viewer) CanIssue() bool   { return v.Op.May(adminOnly) }
 // certificate. nil when neither is valid.
 func (c *Console) identify(r *http.Request) *viewer {
 	if ck, err := r.Cookie(cookieName); err == nil {
-		if se := c.sessions.get(ck.Value, c.cfg.Now()); se != nil {
+		se, err := c.sessions.get(ck.Value, c.cfg.Now())
+		if err != nil {
+			// Fail closed: the cookie signs nobody in while the store is down.
+			c.cfg.Logger.Error("console: session store", "error", err)
+		}
+		if se != nil {
 			return &viewer{Op: se.op, CSRF: se.csrf, Session: true, sessionID: ck.Value}
 		}
 	}
@@ -325,10 +342,15 @@ func (c *Console) loginData(token string) map[string]any {
 }
 
 // startSession signs op in on this browser.
-func (c *Console) startSession(w http.ResponseWriter, op control.Operator) {
-	id, se := c.sessions.create(op, c.cfg.Now())
+func (c *Console) startSession(w http.ResponseWriter, op control.Operator) error {
+	id, se, err := c.sessions.create(op, c.cfg.Now())
+	if err != nil {
+		c.cfg.Logger.Error("console: session store", "error", err)
+		return err
+	}
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/", Expires: se.expires, MaxAge: int(SessionTTL / time.Second),
 		HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
+	return nil
 }
 
 // landing is the first page of op.
@@ -345,12 +367,18 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.message(w, r, http.StatusBadRequest, "Bad request", "The form could not be read.")
 		return
 	}
-	op, err := claimLink(c.cfg.DataDir, r.PostForm.Get("token"), c.cfg.Now())
-	if err != nil {
+	op, err := claimLink(c.cfg.Authority, r.PostForm.Get("token"), c.cfg.Now())
+	if errors.Is(err, ErrLink) {
 		c.message(w, r, http.StatusUnauthorized, "Sign-in refused", err.Error())
 		return
 	}
-	c.startSession(w, op)
+	if err != nil || c.startSession(w, op) != nil {
+		if err != nil {
+			c.cfg.Logger.Error("console: sign-in store", "error", err)
+		}
+		c.message(w, r, http.StatusServiceUnavailable, "Sign-in failed", "The sign-in store is unavailable; see the control plane's log, then retry with a new link.")
+		return
+	}
 	if err := c.cfg.Authority.RecordEvent("", "", "", "console_signin", op.String(), "signed in to the console with a one-time link"); err != nil {
 		c.cfg.Logger.Error("console: record sign-in", "error", err)
 	}
@@ -360,7 +388,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 
 func (c *Console) logout(w http.ResponseWriter, r *http.Request, v *viewer) {
 	if v.Session {
-		c.sessions.remove(v.sessionID)
+		if err := c.sessions.remove(v.sessionID); err != nil {
+			// The session would live on, on every instance: say so.
+			c.cfg.Logger.Error("console: session store", "error", err)
+			c.message(w, r, http.StatusServiceUnavailable, "Not signed out", "The session store is unavailable, so the session could not be ended; retry.")
+			return
+		}
 	}
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
 	c.message(w, r, http.StatusOK, "Signed out", "You are signed out.")

@@ -22,6 +22,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // htmlPath is a request path with HTML in it, as a hostile agent would send.
@@ -30,6 +31,7 @@ const htmlPath = `/v1/<script>alert(1)</script><b>x</b>`
 type env struct {
 	t    *testing.T
 	dir  string
+	dsn  string // the inventory's PostgreSQL database; "": SQLite in dir
 	auth *ca.Authority
 	op   *control.OperatorCA
 	srv  *httptest.Server
@@ -43,12 +45,46 @@ type env struct {
 // their decisions.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	dir := t.TempDir()
-	auth, err := ca.Open(dir)
+	return newEnvOn(t, "")
+}
+
+// One PostgreSQL cluster serves the package's tests, a database per test.
+var pgShared testenv.Shared
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pgShared.Stop()
+	os.Exit(code)
+}
+
+// eachStore runs f on a console whose inventory is SQLite in its data
+// directory and on one whose inventory is a PostgreSQL database of its own.
+func eachStore(t *testing.T, f func(t *testing.T, e *env)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, newEnvOn(t, "")) })
+	t.Run("postgres", func(t *testing.T) { f(t, newEnvOn(t, pgShared.Database(t))) })
+}
+
+// openAuthority opens the inventory of dir, in the database dsn if set.
+func openAuthority(t *testing.T, dir, dsn string) *ca.Authority {
+	t.Helper()
+	var opts []ca.Option
+	if dsn != "" {
+		opts = append(opts, ca.WithStore(dsn))
+	}
+	auth, err := ca.Open(dir, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { auth.Close() })
+	return auth
+}
+
+// newEnvOn is newEnv with the inventory in the PostgreSQL database dsn
+// ("": SQLite in the data directory).
+func newEnvOn(t *testing.T, dsn string) *env {
+	t.Helper()
+	dir := t.TempDir()
+	auth := openAuthority(t, dir, dsn)
 	if _, err := auth.Init(ca.InitRequest{TrustDomain: "acme.test", Operator: "test"}); err != nil {
 		t.Fatal(err)
 	}
@@ -68,23 +104,56 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	con, err := New(Config{Authority: auth, Records: rs, Auth: control.NewAuthenticator(op, nil, nil), DataDir: dir})
+	pool := x509.NewCertPool()
+	pool.AddCert(op.Cert)
+	e := &env{t: t, dir: dir, dsn: dsn, auth: auth, op: op, pool: pool, rs: rs}
+	e.serve()
+	return e
+}
+
+// serve starts the console over e.auth on a new TLS listener.
+func (e *env) serve() {
+	t := e.t
+	t.Helper()
+	con, err := New(Config{Authority: e.auth, Records: e.rs, Auth: control.NewAuthenticator(e.op, nil, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle(Prefix, con.Handler())
 	srv := httptest.NewUnstartedServer(mux)
-	cert, err := op.ServerCertificate([]string{"127.0.0.1"})
+	cert, err := e.op.ServerCertificate([]string{"127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS13}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	pool := x509.NewCertPool()
-	pool.AddCert(op.Cert)
-	return &env{t: t, dir: dir, auth: auth, op: op, srv: srv, pool: pool, con: con, rs: rs}
+	t.Cleanup(con.Stop)
+	e.con, e.srv = con, srv
+}
+
+// instance is a second control-plane instance beside e: its own data
+// directory, its own inventory connection to e's store (e.dsn), the same
+// operator CA and record store. A browser's cookie jar sends its cookies to
+// both (cookies ignore the port), as to instances behind one load balancer.
+func (e *env) instance() *env {
+	e.t.Helper()
+	dir := e.t.TempDir()
+	b := &env{t: e.t, dir: dir, dsn: e.dsn, auth: openAuthority(e.t, dir, e.dsn), op: e.op, pool: e.pool, rs: e.rs}
+	b.serve()
+	return b
+}
+
+// restart stops e's console and inventory connection and starts them again
+// on the same data directory and store.
+func (e *env) restart() {
+	e.t.Helper()
+	e.con.Stop()
+	e.srv.Close()
+	e.auth.Close()
+	e.auth = openAuthority(e.t, e.dir, e.dsn)
+	e.serve()
 }
 
 // shipLog writes real signed decision records of payments-bot, one with an
@@ -166,7 +235,7 @@ func (e *env) certFor(name string, role control.Role) *tls.Certificate {
 // signIn follows a one-time link like a browser: GET the page, POST its form.
 func (e *env) signIn(name string, role control.Role) *http.Client {
 	e.t.Helper()
-	tok, err := CreateLink(e.dir, name, role, time.Minute, time.Now())
+	tok, err := CreateLink(e.auth, name, role, time.Minute, time.Now())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -235,9 +304,10 @@ func (e *env) csrf(c *http.Client, page string) string {
 
 const agentPage = "/ui/agents/acme.test/payments-bot"
 
-func TestSignInLinkIsSingleUse(t *testing.T) {
-	e := newEnv(t)
-	tok, err := CreateLink(e.dir, "alice", control.RoleAuditor, time.Minute, time.Now())
+func TestSignInLinkIsSingleUse(t *testing.T) { eachStore(t, testSignInLinkIsSingleUse) }
+
+func testSignInLinkIsSingleUse(t *testing.T, e *env) {
+	tok, err := CreateLink(e.auth, "alice", control.RoleAuditor, time.Minute, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +319,7 @@ func TestSignInLinkIsSingleUse(t *testing.T) {
 		t.Fatalf("second use: %d %s", code, body)
 	}
 	// Expired links and made-up tokens are refused the same way.
-	old, err := CreateLink(e.dir, "bob", control.RoleAuditor, time.Minute, time.Now().Add(-2*time.Minute))
+	old, err := CreateLink(e.auth, "bob", control.RoleAuditor, time.Minute, time.Now().Add(-2*time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,23 +329,21 @@ func TestSignInLinkIsSingleUse(t *testing.T) {
 		}
 	}
 	// Creating a link removes the ones that expired unused.
-	stale, err := CreateLink(e.dir, "stale", control.RoleAuditor, time.Minute, time.Now().Add(-2*time.Minute))
+	stale, err := CreateLink(e.auth, "stale", control.RoleAuditor, time.Minute, time.Now().Add(-2*time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(LinkDir(e.dir), tokenFile(stale))); err != nil {
-		t.Fatalf("expired link file: %v", err)
-	}
-	if _, err := CreateLink(e.dir, "carl", control.RoleAuditor, time.Minute, time.Now()); err != nil {
+	if _, err := CreateLink(e.auth, "carl", control.RoleAuditor, time.Minute, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(LinkDir(e.dir), tokenFile(stale))); !os.IsNotExist(err) {
+	// Claimed as of when it was still valid, it is gone all the same.
+	if _, _, err := e.auth.ClaimConsoleLink(secretHash(stale), time.Now().Add(-2*time.Minute)); !errors.Is(err, ca.ErrNotFound) {
 		t.Errorf("expired link not pruned: %v", err)
 	}
-	if _, err := CreateLink(e.dir, "r1", control.RoleReplica, time.Minute, time.Now()); err == nil {
+	if _, err := CreateLink(e.auth, "r1", control.RoleReplica, time.Minute, time.Now()); err == nil {
 		t.Error("a replica got a sign-in link")
 	}
-	if _, err := CreateLink(e.dir, "Bad Name", control.RoleAdmin, time.Minute, time.Now()); err == nil {
+	if _, err := CreateLink(e.auth, "Bad Name", control.RoleAdmin, time.Minute, time.Now()); err == nil {
 		t.Error("an invalid name got a sign-in link")
 	}
 	// The sign-in is in the change log under the operator's identity.
@@ -601,12 +669,15 @@ func TestConsoleOffWithoutTLS(t *testing.T) {
 	}
 }
 
-// FuzzClaimLink: whatever token a browser posts, claiming it never panics,
-// never escapes the link directory, and signs in only with the token that
-// was issued.
+// FuzzClaimLink: whatever token a browser posts, claiming it never panics
+// and signs in only with the token that was issued.
 func FuzzClaimLink(f *testing.F) {
-	dir := f.TempDir()
-	good, err := CreateLink(dir, "alice", control.RoleAuditor, time.Hour, time.Now())
+	auth, err := ca.Open(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { auth.Close() })
+	good, err := CreateLink(auth, "alice", control.RoleAuditor, time.Hour, time.Now())
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -614,7 +685,7 @@ func FuzzClaimLink(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, tok string) {
-		op, err := claimLink(dir, tok, time.Now())
+		op, err := claimLink(auth, tok, time.Now())
 		if err == nil && (tok != good || op.Name != "alice") {
 			t.Fatalf("token %q signed in as %+v", tok, op)
 		}

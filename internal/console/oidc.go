@@ -308,7 +308,10 @@ func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusServiceUnavailable, "The sign-in could not be recorded in the change log; retry.")
 		return
 	}
-	c.startSession(w, op)
+	if c.startSession(w, op) != nil {
+		refuse(http.StatusServiceUnavailable, "The session could not be stored; retry.")
+		return
+	}
 	c.cfg.Logger.Info("console sign-in", "operator", op.String(), "via", "oidc")
 	// A page, not a redirect: the session cookie is SameSite=Strict, and
 	// a browser does not send it on a redirect that a cross-site

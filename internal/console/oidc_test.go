@@ -180,7 +180,7 @@ roles:
 	if err != nil {
 		t.Fatal(err)
 	}
-	con, err := New(Config{Authority: e.auth, Records: e.rs, Auth: control.NewAuthenticator(e.op, nil, nil), DataDir: e.dir, OIDC: cfg})
+	con, err := New(Config{Authority: e.auth, Records: e.rs, Auth: control.NewAuthenticator(e.op, nil, nil), OIDC: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,14 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sync"
 	"time"
 
+	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/control"
 )
 
@@ -25,31 +22,19 @@ const (
 	MaxLinkTTL = time.Hour
 	// SessionTTL is the lifetime of a browser session; it is not extended.
 	SessionTTL = 8 * time.Hour
-	// maxSessions bounds the sessions held in memory.
+	// maxSessions bounds the sessions kept in the store.
 	maxSessions = 1024
 	cookieName  = "__Host-agentauthz-console"
-	linkDirName = "signin"
 )
 
 // ErrLink is returned for a sign-in link that is unknown, used or expired.
 var ErrLink = errors.New("this sign-in link is unknown, already used or expired: ask for a new one (agentauthz operator login-link)")
 
-// LinkDir is where pending sign-in links are kept: <data-dir>/console/signin.
-func LinkDir(dataDir string) string { return filepath.Join(dataDir, "console", linkDirName) }
-
-// link is a pending sign-in link as stored on disk, under the SHA-256 of its
-// token (the token itself is never stored).
-type link struct {
-	Name    string       `json:"name"`
-	Role    control.Role `json:"role"`
-	Expires time.Time    `json:"expires"`
-}
-
 // CreateLink stores a single-use sign-in token for operator name with role,
-// valid for ttl, and returns the token. The CLI calls it on the control
-// plane's data directory; the running console claims the token from the
-// same directory, so nothing else is shared between the two processes.
-func CreateLink(dataDir, name string, role control.Role, ttl time.Duration, now time.Time) (string, error) {
+// valid for ttl, in the inventory's database (SQLite in the data directory,
+// or the PostgreSQL --store every control-plane instance shares), and
+// returns the token. Only its SHA-256 is stored.
+func CreateLink(a *ca.Authority, name string, role control.Role, ttl time.Duration, now time.Time) (string, error) {
 	if err := control.ValidateName(name); err != nil {
 		return "", err
 	}
@@ -61,78 +46,44 @@ func CreateLink(dataDir, name string, role control.Role, ttl time.Duration, now 
 	if ttl <= 0 || ttl > MaxLinkTTL {
 		return "", fmt.Errorf("link validity %v: want more than 0 and at most %v", ttl, MaxLinkTTL)
 	}
-	dir := LinkDir(dataDir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-	pruneLinks(dir, now)
 	tok := randomToken()
-	b, _ := json.Marshal(link{Name: name, Role: role, Expires: now.Add(ttl).UTC()})
-	f, err := os.OpenFile(filepath.Join(dir, tokenFile(tok)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	if err := a.PutConsoleLink(secretHash(tok), name, string(role), now.Add(ttl), now); err != nil {
 		return "", err
 	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return "", err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return "", err
-	}
-	return tok, f.Close()
+	return tok, nil
 }
 
-// claimLink consumes a token: the rename succeeds for exactly one caller,
-// so a link signs in once even with several control plane instances on one
-// data directory.
-func claimLink(dataDir, tok string, now time.Time) (control.Operator, error) {
-	if len(tok) != 43 {
+// claimLink consumes a token: the store deletes it for exactly one caller,
+// on whichever control-plane instance the browser reached.
+func claimLink(a *ca.Authority, tok string, now time.Time) (control.Operator, error) {
+	if !wellFormed(tok) {
 		return control.Operator{}, ErrLink
 	}
-	if _, err := base64.RawURLEncoding.DecodeString(tok); err != nil {
+	name, role, err := a.ClaimConsoleLink(secretHash(tok), now)
+	if errors.Is(err, ca.ErrNotFound) {
 		return control.Operator{}, ErrLink
 	}
-	dir := LinkDir(dataDir)
-	p := filepath.Join(dir, tokenFile(tok))
-	claimed := p + ".claimed-" + randomToken()[:8]
-	if err := os.Rename(p, claimed); err != nil {
-		return control.Operator{}, ErrLink
+	if err != nil {
+		return control.Operator{}, err
 	}
-	defer os.Remove(claimed)
-	b, err := os.ReadFile(claimed)
-	if err != nil || len(b) > 4096 {
-		return control.Operator{}, ErrLink
-	}
-	var l link
-	if err := json.Unmarshal(b, &l); err != nil || !now.Before(l.Expires) || control.ValidateName(l.Name) != nil {
-		return control.Operator{}, ErrLink
-	}
-	op := control.Operator{Name: l.Name, Role: l.Role}
-	if !op.May(control.ReadAgents) && !op.May(control.ReadRecords) {
+	op := control.Operator{Name: name, Role: control.Role(role)}
+	if control.ValidateName(name) != nil || (!op.May(control.ReadAgents) && !op.May(control.ReadRecords)) {
 		return control.Operator{}, ErrLink
 	}
 	return op, nil
 }
 
-// pruneLinks removes links that expired unused, so that the directory does
-// not grow with links nobody opened.
-func pruneLinks(dir string, now time.Time) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return
+// wellFormed says whether tok looks like a token of randomToken.
+func wellFormed(tok string) bool {
+	if len(tok) != 43 {
+		return false
 	}
-	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
-		b, err := os.ReadFile(p)
-		var l link
-		if err != nil || len(b) > 4096 || json.Unmarshal(b, &l) != nil || !now.Before(l.Expires) {
-			os.Remove(p)
-		}
-	}
+	_, err := base64.RawURLEncoding.DecodeString(tok)
+	return err == nil
 }
 
-func tokenFile(tok string) string {
+// secretHash is what the store keeps of a link token or session id.
+func secretHash(tok string) string {
 	h := sha256.Sum256([]byte(tok))
 	return hex.EncodeToString(h[:])
 }
@@ -150,70 +101,48 @@ type session struct {
 	op      control.Operator
 	csrf    string
 	expires time.Time
-	// done is closed when the session ends (sign-out, expiry, eviction):
-	// its live tails stop.
-	done chan struct{}
 }
 
-// sessions holds browser sessions in memory: a restart signs everyone out.
-type sessions struct {
-	mu sync.Mutex
-	m  map[string]*session
-}
+// sessions keeps browser sessions in the inventory's database, under the
+// SHA-256 of the cookie value: every instance on one store knows them, and
+// they survive a restart.
+type sessions struct{ a *ca.Authority }
 
-func (s *sessions) create(op control.Operator, now time.Time) (string, *session) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		s.m = map[string]*session{}
-	}
-	for id, se := range s.m {
-		if !now.Before(se.expires) {
-			s.drop(id)
-		}
-	}
-	if len(s.m) >= maxSessions {
-		// Drop the session closest to expiry rather than refuse a sign-in.
-		var oldest string
-		for id, se := range s.m {
-			if oldest == "" || se.expires.Before(s.m[oldest].expires) {
-				oldest = id
-			}
-		}
-		s.drop(oldest)
-	}
+func (s sessions) create(op control.Operator, now time.Time) (string, *session, error) {
 	id := randomToken()
-	se := &session{op: op, csrf: randomToken(), expires: now.Add(SessionTTL), done: make(chan struct{})}
-	s.m[id] = se
-	return id, se
+	se := &session{op: op, csrf: randomToken(), expires: now.Add(SessionTTL)}
+	err := s.a.PutConsoleSession(secretHash(id), ca.ConsoleSession{Operator: op.Name, Role: string(op.Role), CSRF: se.csrf, Expires: se.expires}, now, maxSessions)
+	if err != nil {
+		return "", nil, err
+	}
+	return id, se, nil
 }
 
-func (s *sessions) get(id string, now time.Time) *session {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	se := s.m[id]
-	if se == nil {
+// get returns the session of cookie value id, or nil when there is none (or
+// the store cannot say: fail closed).
+func (s sessions) get(id string, now time.Time) (*session, error) {
+	if !wellFormed(id) {
+		return nil, nil
+	}
+	st, err := s.a.ConsoleSession(secretHash(id), now)
+	if errors.Is(err, ca.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	op := control.Operator{Name: st.Operator, Role: control.Role(st.Role)}
+	if control.ValidateName(op.Name) != nil {
+		return nil, nil
+	}
+	return &session{op: op, csrf: st.CSRF, expires: st.Expires}, nil
+}
+
+func (s sessions) remove(id string) error {
+	if !wellFormed(id) {
 		return nil
 	}
-	if !now.Before(se.expires) {
-		s.drop(id)
-		return nil
-	}
-	return se
-}
-
-func (s *sessions) remove(id string) {
-	s.mu.Lock()
-	s.drop(id)
-	s.mu.Unlock()
-}
-
-// drop ends session id; s.mu is held.
-func (s *sessions) drop(id string) {
-	if se := s.m[id]; se != nil {
-		close(se.done)
-		delete(s.m, id)
-	}
+	return s.a.DeleteConsoleSession(secretHash(id))
 }
 
 // certCSRF is the CSRF token of an operator signed in by client

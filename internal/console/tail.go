@@ -131,10 +131,16 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request, v *viewer) {
 	if _, err := fmt.Fprintf(w, "retry: 3000\n\n"); err != nil || rc.Flush() != nil {
 		return
 	}
-	var signedOut <-chan struct{}
 	var sessionEnd <-chan time.Time
-	if se := c.sessions.get(v.sessionID, c.cfg.Now()); se != nil {
-		signedOut = se.done
+	if v.Session {
+		se, err := c.sessions.get(v.sessionID, c.cfg.Now())
+		if se == nil {
+			if err != nil {
+				c.cfg.Logger.Error("console: session store", "error", err)
+			}
+			send("end", "The session ended: sign in again.")
+			return
+		}
 		t := time.NewTimer(se.expires.Sub(c.cfg.Now()))
 		defer t.Stop()
 		sessionEnd = t.C
@@ -151,9 +157,6 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request, v *viewer) {
 		case <-c.stop:
 			send("end", "The control plane is stopping.")
 			return
-		case <-signedOut:
-			send("end", "Signed out.")
-			return
 		case <-sessionEnd:
 			send("end", "The session ended: sign in again.")
 			return
@@ -164,6 +167,19 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request, v *viewer) {
 				return
 			}
 		case <-poll.C:
+			// Sign-out may happen on another instance: the shared store
+			// says, so a stream ends within TailPoll of it.
+			if v.Session {
+				se, err := c.sessions.get(v.sessionID, c.cfg.Now())
+				if err != nil {
+					c.cfg.Logger.Error("console: session store", "error", err)
+					continue // fail closed on new records; the store may come back
+				}
+				if se == nil {
+					send("end", "Signed out.")
+					return
+				}
+			}
 			evs, arrived, next, err := c.newRecords(ctx, sizes)
 			if err != nil {
 				c.cfg.Logger.Error("console: live tail", "error", err)
