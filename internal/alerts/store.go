@@ -16,7 +16,7 @@ import (
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
 	"github.com/agentauthz/agentauthz/internal/anomaly"
-	"github.com/agentauthz/agentauthz/internal/ca"
+	"github.com/agentauthz/agentauthz/internal/pgsql"
 )
 
 // Alert is a detector alert as the control plane keeps it: the explained
@@ -80,7 +80,7 @@ func (r *Response) Open() bool {
 // that lets one control-plane instance at a time run the detector. It is
 // <data>/alerts.db (SQLite), or, when the control plane's store is
 // PostgreSQL, tables of that database, shared by every instance. The queries
-// are written once, for SQLite; ca.OpenPostgres rewrites their placeholders.
+// are written once, for SQLite; pgsql.Open rewrites their placeholders.
 type db struct {
 	sql  *sql.DB
 	path string // for messages: the file, or the database URL without secrets
@@ -130,7 +130,7 @@ var pgMigrations = []string{strings.ReplaceAll(schema, "BLOB", "BYTEA")}
 // openDB opens the alert store: on PostgreSQL when dsn is a postgres://
 // URL, else the SQLite file path.
 func openDB(path, dsn string) (*db, error) {
-	if ca.IsPostgres(dsn) {
+	if pgsql.Is(dsn) {
 		return openPostgres(dsn)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -162,12 +162,12 @@ func openDB(path, dsn string) (*db, error) {
 }
 
 func openPostgres(dsn string) (*db, error) {
-	d := &db{path: ca.RedactDSN(dsn)}
+	d := &db{path: pgsql.Redact(dsn)}
 	var err error
-	if d.sql, err = ca.OpenPostgres(dsn); err != nil {
+	if d.sql, err = pgsql.Open(dsn); err != nil {
 		return nil, d.wrap(err)
 	}
-	if err := ca.MigratePostgres(context.Background(), d.sql, pgSchemaTable, pgLock, pgMigrations); err != nil {
+	if err := pgsql.Migrate(context.Background(), d.sql, pgSchemaTable, pgLock, pgMigrations); err != nil {
 		d.sql.Close()
 		return nil, d.wrap(err)
 	}

@@ -3,29 +3,20 @@ package ca
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
-	"errors"
-	"fmt"
-	"net/url"
-	"regexp"
-	"strings"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/agentauthz/agentauthz/internal/pgsql"
 )
 
 // The inventory on PostgreSQL: the same tables, the same queries (written
-// once, with SQLite's ? placeholders, which pgConn rewrites), so several
-// control-plane instances can share one inventory and one change log. Writers
+// once, with SQLite's ? placeholders, which pgsql's connections rewrite), so
+// several control-plane instances can share one inventory and one change log. Writers
 // take one transaction-scoped advisory lock (inventoryLock) before anything
 // else, which makes them take turns exactly as SQLite's single writer does:
 // every read-modify-write of the inventory (the change log's next seq and
 // prev hash, a CRL number, an agent's status) sees the last committed write.
 
 // IsPostgres reports whether a --store value names a PostgreSQL database.
-func IsPostgres(dsn string) bool {
-	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
-}
+func IsPostgres(dsn string) bool { return pgsql.Is(dsn) }
 
 // inventoryLock is the advisory lock key of inventory writers ("agentauthz"
 // in ASCII, as a number); the record store does not use it.
@@ -134,7 +125,7 @@ CREATE TABLE restrictions (
 
 // openPostgres connects to the inventory on PostgreSQL and migrates it.
 func (a *Authority) openPostgres(dsn string) error {
-	db, err := OpenPostgres(dsn)
+	db, err := pgsql.Open(dsn)
 	if err != nil {
 		return &StoreError{Path: a.dbPath, Err: err}
 	}
@@ -151,33 +142,6 @@ func (a *Authority) openPostgres(dsn string) error {
 	return nil
 }
 
-// OpenPostgres opens the PostgreSQL database dsn names (a postgres:// URL)
-// through a connector that takes queries written for SQLite: ? placeholders
-// become $1, $2, …. The inventory and the alert store write each query once
-// for both backends this way.
-func OpenPostgres(dsn string) (*sql.DB, error) {
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		// The parser's message may quote the DSN, password and all.
-		return nil, errors.New("not a valid postgres:// URL")
-	}
-	return sql.OpenDB(pgConnector{stdlib.GetConnector(*cfg)}), nil
-}
-
-// RedactDSN is a database URL without its password or parameters, for
-// messages.
-func RedactDSN(dsn string) string {
-	u, err := url.Parse(dsn)
-	if err != nil {
-		return "postgres"
-	}
-	if u.User != nil {
-		u.User = url.User(u.User.Username())
-	}
-	u.RawQuery = ""
-	return u.String()
-}
-
 // migratePostgres brings the schema to len(pgMigrations), one step per
 // transaction under the writers' lock, so instances starting at once apply
 // each step once. With MustExist, a database without the inventory is
@@ -192,138 +156,8 @@ func (a *Authority) migratePostgres(ctx context.Context) error {
 			return &StoreError{Path: a.dbPath, Err: ErrNoStore}
 		}
 	}
-	if err := MigratePostgres(ctx, a.db, pgSchemaTable, inventoryLock, pgMigrations); err != nil {
+	if err := pgsql.Migrate(ctx, a.db, pgSchemaTable, inventoryLock, pgMigrations); err != nil {
 		return &StoreError{Path: a.dbPath, Err: err}
 	}
 	return nil
-}
-
-// MigratePostgres brings the schema whose version table is versionTable to
-// len(steps): steps[i] moves it from version i to i+1. Each step runs in its
-// own transaction under the advisory lock lock, so instances starting at
-// once apply each step once; a version newer than len(steps) is an error.
-func MigratePostgres(ctx context.Context, db *sql.DB, versionTable string, lock int64, steps []string) error {
-	if !sqlIdent.MatchString(versionTable) { // it is put into the statements
-		return fmt.Errorf("version table %q: not a plain identifier", versionTable)
-	}
-	for {
-		done, err := migrateStep(ctx, db, versionTable, lock, steps)
-		if err != nil || done {
-			return err
-		}
-	}
-}
-
-// sqlIdent is a table name MigratePostgres accepts.
-var sqlIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
-
-func migrateStep(ctx context.Context, db *sql.DB, versionTable string, lock int64, steps []string) (done bool, err error) {
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return false, err
-	}
-	defer tx.Rollback() // does nothing after Commit
-	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, lock); err != nil {
-		return false, err
-	}
-	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS `+versionTable+` (version BIGINT NOT NULL)`); err != nil {
-		return false, err
-	}
-	var v int
-	err = tx.QueryRowContext(ctx, `SELECT version FROM `+versionTable).Scan(&v)
-	if errors.Is(err, sql.ErrNoRows) {
-		_, err = tx.ExecContext(ctx, `INSERT INTO `+versionTable+` (version) VALUES (0)`) //nolint:gosec // versionTable is checked to be an identifier
-	}
-	if err != nil {
-		return false, err
-	}
-	switch {
-	case v > len(steps):
-		return false, fmt.Errorf("schema version %d is newer than this binary supports (%d)", v, len(steps))
-	case v == len(steps):
-		return true, tx.Commit()
-	}
-	if _, err := tx.ExecContext(ctx, steps[v]); err != nil {
-		return false, fmt.Errorf("migrate schema to version %d: %w", v+1, err)
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE `+versionTable+` SET version = ?`, v+1); err != nil { //nolint:gosec // versionTable is checked to be an identifier
-		return false, err
-	}
-	return false, tx.Commit()
-}
-
-// pgConnector opens pgx connections that rewrite ? placeholders.
-type pgConnector struct{ driver.Connector }
-
-func (c pgConnector) Connect(ctx context.Context) (driver.Conn, error) {
-	conn, err := c.Connector.Connect(ctx)
-	if err != nil {
-		return nil, err
-	}
-	sc, ok := conn.(*stdlib.Conn)
-	if !ok {
-		conn.Close()
-		return nil, fmt.Errorf("unexpected pgx connection type %T", conn)
-	}
-	return &pgConn{sc}, nil
-}
-
-// pgConn is a pgx connection that takes the inventory's queries as written
-// for SQLite: ? placeholders become $1, $2, …. Every other method is pgx's.
-type pgConn struct{ *stdlib.Conn }
-
-func (c *pgConn) Prepare(query string) (driver.Stmt, error) { return c.Conn.Prepare(rebind(query)) }
-
-func (c *pgConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	return c.Conn.PrepareContext(ctx, rebind(query))
-}
-
-func (c *pgConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	return c.Conn.ExecContext(ctx, rebind(query), args)
-}
-
-func (c *pgConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	return c.Conn.QueryContext(ctx, rebind(query), args)
-}
-
-// rebind numbers the ? placeholders of query as PostgreSQL's $1, $2, …,
-// leaving string literals, quoted identifiers and dollar-quoted bodies
-// alone.
-func rebind(query string) string {
-	if !strings.Contains(query, "?") {
-		return query
-	}
-	var b strings.Builder
-	b.Grow(len(query) + 8)
-	n := 0
-	for i := 0; i < len(query); i++ {
-		switch ch := query[i]; ch {
-		case '?':
-			n++
-			fmt.Fprintf(&b, "$%d", n)
-		case '\'', '"':
-			j := strings.IndexByte(query[i+1:], ch)
-			if j < 0 {
-				b.WriteString(query[i:])
-				return b.String()
-			}
-			b.WriteString(query[i : i+j+2])
-			i += j + 1
-		case '$':
-			if strings.HasPrefix(query[i:], "$$") {
-				j := strings.Index(query[i+2:], "$$")
-				if j < 0 {
-					b.WriteString(query[i:])
-					return b.String()
-				}
-				b.WriteString(query[i : i+j+4])
-				i += j + 3
-				continue
-			}
-			b.WriteByte(ch)
-		default:
-			b.WriteByte(ch)
-		}
-	}
-	return b.String()
 }

@@ -15,6 +15,8 @@ import (
 
 	"modernc.org/sqlite" // also registers the pure-Go "sqlite" driver
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/agentauthz/agentauthz/internal/pgsql"
 )
 
 // Sentinel errors callers branch on.
@@ -211,9 +213,9 @@ func Open(dataDir string, opts ...Option) (*Authority, error) {
 	}
 	if a.dsn != "" {
 		if !IsPostgres(a.dsn) {
-			return nil, &StoreError{Path: RedactDSN(a.dsn), Err: errors.New("the inventory store must be a postgres:// URL (or none, for <data>/inventory.db)")}
+			return nil, &StoreError{Path: pgsql.Redact(a.dsn), Err: errors.New("the inventory store must be a postgres:// URL (or none, for <data>/inventory.db)")}
 		}
-		a.pg, a.dbPath = true, RedactDSN(a.dsn)
+		a.pg, a.dbPath = true, pgsql.Redact(a.dsn)
 		if err := os.MkdirAll(dataDir, 0o700); err != nil { // the keys stay files
 			return nil, fmt.Errorf("create data dir: %w", err)
 		}

@@ -165,8 +165,8 @@ func (s *Store) Append(ctx context.Context, sh Shipment) (*Result, error) {
 	}
 	res := &Result{Refused: ref}
 	now := time.Now()
-	insert, err := tx.PrepareContext(ctx, s.q(`INSERT INTO records (log, idx, time_us, kind, decision_id, request_id, tenant, agent_id, spiffe_id,
-		operation, allowed, reason, leaf_hash, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`))
+	insert, err := tx.PrepareContext(ctx, `INSERT INTO records (log, idx, time_us, kind, decision_id, request_id, tenant, agent_id, spiffe_id,
+		operation, allowed, reason, leaf_hash, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return nil, s.wrap(err)
 	}
@@ -207,19 +207,19 @@ func (s *Store) Append(ctx context.Context, sh Shipment) (*Result, error) {
 				return nil, s.wrap(fmt.Errorf("store record %d of %s: %w", rec.Index, sh.Log, err))
 			}
 		}
-		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO checkpoints (log, size, signed) VALUES (?, ?, ?)`), sh.Log, int64(st.Size), g.Checkpoint); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO checkpoints (log, size, signed) VALUES (?, ?, ?)`, sh.Log, int64(st.Size), g.Checkpoint); err != nil {
 			return nil, s.wrap(err)
 		}
 		res.Stored += len(recs)
 	}
 	keys, _ := json.Marshal(st.keys.JWKS())
 	tree, _ := json.Marshal(st.tree.Hashes())
-	if _, err := tx.ExecContext(ctx, s.q(`UPDATE logs SET size = ?, root = ?, tree = ?, keys = ?, head = ?, updated_us = ? WHERE name = ?`),
+	if _, err := tx.ExecContext(ctx, `UPDATE logs SET size = ?, root = ?, tree = ?, keys = ?, head = ?, updated_us = ? WHERE name = ?`,
 		int64(st.Size), st.Root, string(tree), string(keys), int64(max(sh.Head, st.Size)), micros(now), sh.Log); err != nil {
 		return nil, s.wrap(err)
 	}
 	if r := res.Refused; r != nil {
-		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO refusals (at_us, log, idx, reason, detail) VALUES (?, ?, ?, ?, ?)`),
+		if _, err := tx.ExecContext(ctx, `INSERT INTO refusals (at_us, log, idx, reason, detail) VALUES (?, ?, ?, ?, ?)`,
 			micros(now), sh.Log, int64(r.Index), r.Reason, r.Detail); err != nil {
 			return nil, s.wrap(err)
 		}
@@ -243,7 +243,7 @@ func (s *Store) duplicate(ctx context.Context, tx *sql.Tx, st *logState, g Group
 	}
 	for i, line := range g.Records {
 		var h string
-		err := tx.QueryRowContext(ctx, s.q(`SELECT leaf_hash FROM records WHERE log = ? AND idx = ?`), st.Log, int64(first.Index)+int64(i)).Scan(&h)
+		err := tx.QueryRowContext(ctx, `SELECT leaf_hash FROM records WHERE log = ? AND idx = ?`, st.Log, int64(first.Index)+int64(i)).Scan(&h)
 		if errors.Is(err, sql.ErrNoRows) {
 			return false, &Refusal{first.Index, RefusedGap, "a batch that overlaps the end of the stored log"}, nil
 		}
@@ -270,7 +270,7 @@ func (s *Store) lockLog(ctx context.Context, tx *sql.Tx, sh Shipment) (*logState
 		st := &logState{Cursor: Cursor{Log: sh.Log}}
 		var size int64
 		var tree, keys string
-		err := tx.QueryRowContext(ctx, s.q(`SELECT size, root, tree, keys FROM logs WHERE name = ?`+forUpdate), sh.Log).Scan(&size, &st.Root, &tree, &keys)
+		err := tx.QueryRowContext(ctx, `SELECT size, root, tree, keys FROM logs WHERE name = ?`+forUpdate, sh.Log).Scan(&size, &st.Root, &tree, &keys)
 		if err != nil {
 			return nil, err
 		}
@@ -293,8 +293,8 @@ func (s *Store) lockLog(ctx context.Context, tx *sql.Tx, sh Shipment) (*logState
 			return nil, nil, &Refusal{0, RefusedNoKeys, "the first shipment of a log must carry its public keys"}
 		}
 		keys, _ := json.Marshal(sh.Keys.JWKS())
-		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO logs (name, size, root, tree, keys, first_keys, head, updated_us) VALUES (?, 0, '', '[]', ?, ?, 0, ?)
-			ON CONFLICT (name) DO NOTHING`), sh.Log, string(keys), string(keys), micros(time.Now())); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO logs (name, size, root, tree, keys, first_keys, head, updated_us) VALUES (?, 0, '', '[]', ?, ?, 0, ?)
+			ON CONFLICT (name) DO NOTHING`, sh.Log, string(keys), string(keys), micros(time.Now())); err != nil {
 			return nil, nil, s.wrap(err)
 		}
 		st, err = read()
@@ -309,7 +309,7 @@ func (s *Store) lockLog(ctx context.Context, tx *sql.Tx, sh Shipment) (*logState
 func (s *Store) LogCursor(ctx context.Context, log string) (Cursor, error) {
 	c := Cursor{Log: log}
 	var size int64
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT size, root FROM logs WHERE name = ?`), log).Scan(&size, &c.Root)
+	err := s.db.QueryRowContext(ctx, `SELECT size, root FROM logs WHERE name = ?`, log).Scan(&size, &c.Root)
 	if errors.Is(err, sql.ErrNoRows) {
 		return c, nil
 	}

@@ -12,7 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/agentauthz/agentauthz/internal/pgsql"
 )
 
 // BenchmarkFind measures the auditor's lookups on a store of
@@ -173,7 +174,10 @@ func bulkLoad(ctx context.Context, s *Store, tmpl string, n int) error {
 		"operation", "allowed", "reason", "leaf_hash", "line"}
 	if s.postgres {
 		err = conn.Raw(func(dc any) error {
-			pc := dc.(*stdlib.Conn).Conn()
+			pc, ok := pgsql.Pgx(dc)
+			if !ok {
+				return fmt.Errorf("not a pgsql connection: %T", dc)
+			}
 			if _, err := pc.Exec(ctx, "SET synchronous_commit = off"); err != nil {
 				return err
 			}

@@ -13,7 +13,7 @@ func (s *Store) Since(ctx context.Context, log string, from uint64, limit int) (
 	if limit <= 0 || limit > MaxLimit {
 		return nil, fmt.Errorf("%w: limit %d outside 1..%d", ErrBadQuery, limit, MaxLimit)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT idx, line FROM records WHERE log = ? AND idx >= ? ORDER BY idx LIMIT ?`),
+	rows, err := s.db.QueryContext(ctx, `SELECT idx, line FROM records WHERE log = ? AND idx >= ? ORDER BY idx LIMIT ?`,
 		log, int64(from), limit)
 	if err != nil {
 		return nil, s.wrap(err)

@@ -132,7 +132,7 @@ func (s *Store) Find(ctx context.Context, q Query) (*Page, error) {
 		sqlText += " ORDER BY time_us, log, idx LIMIT ?"
 	}
 	args = append(args, q.Limit+1)
-	rows, err := s.db.QueryContext(ctx, s.q(sqlText), args...)
+	rows, err := s.db.QueryContext(ctx, sqlText, args...)
 	if err != nil {
 		return nil, s.wrap(err)
 	}
@@ -197,7 +197,7 @@ type VerifyResult struct {
 func (s *Store) Verify(ctx context.Context, log string, trusted decisionlog.KeySet) (*VerifyResult, error) {
 	if trusted == nil {
 		var keys string
-		if err := s.db.QueryRowContext(ctx, s.q(`SELECT first_keys FROM logs WHERE name = ?`), log).Scan(&keys); err != nil {
+		if err := s.db.QueryRowContext(ctx, `SELECT first_keys FROM logs WHERE name = ?`, log).Scan(&keys); err != nil {
 			return nil, s.wrap(fmt.Errorf("log %q: %w", log, err))
 		}
 		var err error
@@ -205,7 +205,7 @@ func (s *Store) Verify(ctx context.Context, log string, trusted decisionlog.KeyS
 			return nil, s.wrap(err)
 		}
 	}
-	cps, err := s.db.QueryContext(ctx, s.q(`SELECT size, signed FROM checkpoints WHERE log = ? ORDER BY size`), log)
+	cps, err := s.db.QueryContext(ctx, `SELECT size, signed FROM checkpoints WHERE log = ? ORDER BY size`, log)
 	if err != nil {
 		return nil, s.wrap(err)
 	}
@@ -225,7 +225,7 @@ func (s *Store) Verify(ctx context.Context, log string, trusted decisionlog.KeyS
 		all = append(all, c)
 	}
 	cps.Close()
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT idx, line FROM records WHERE log = ? ORDER BY idx`), log)
+	rows, err := s.db.QueryContext(ctx, `SELECT idx, line FROM records WHERE log = ? ORDER BY idx`, log)
 	if err != nil {
 		return nil, s.wrap(err)
 	}

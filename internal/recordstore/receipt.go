@@ -41,7 +41,7 @@ type Proven struct {
 // its rows were changed after they were stored.
 func (s *Store) Prove(ctx context.Context, log string, index uint64) (*Proven, error) {
 	var keysJSON string
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT keys FROM logs WHERE name = ?`), log).Scan(&keysJSON)
+	err := s.db.QueryRowContext(ctx, `SELECT keys FROM logs WHERE name = ?`, log).Scan(&keysJSON)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: log %q", ErrNotStored, log)
 	}
@@ -54,7 +54,7 @@ func (s *Store) Prove(ctx context.Context, log string, index uint64) (*Proven, e
 	}
 	var size int64
 	var signed string
-	err = s.db.QueryRowContext(ctx, s.q(`SELECT size, signed FROM checkpoints WHERE log = ? AND size > ? ORDER BY size LIMIT 1`),
+	err = s.db.QueryRowContext(ctx, `SELECT size, signed FROM checkpoints WHERE log = ? AND size > ? ORDER BY size LIMIT 1`,
 		log, int64(index)).Scan(&size, &signed)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: record %d of log %q", ErrNotStored, index, log)
@@ -73,7 +73,7 @@ func (s *Store) Prove(ctx context.Context, log string, index uint64) (*Proven, e
 	if cp.Origin != log || cp.Size != uint64(size) || cp.BatchStart > index {
 		return nil, fmt.Errorf("the checkpoint of tree size %d (batch from %d) does not cover record %d of log %q", cp.Size, cp.BatchStart, index, log)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT idx, line FROM records WHERE log = ? AND idx >= ? AND idx < ? ORDER BY idx`),
+	rows, err := s.db.QueryContext(ctx, `SELECT idx, line FROM records WHERE log = ? AND idx >= ? AND idx < ? ORDER BY idx`,
 		log, int64(cp.BatchStart), int64(cp.Size))
 	if err != nil {
 		return nil, s.wrap(err)

@@ -17,8 +17,9 @@ import (
 	"strings"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
-	_ "modernc.org/sqlite"             // registers the "sqlite" driver
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/agentauthz/agentauthz/internal/pgsql"
 )
 
 // Store is the central decision store. It is safe for concurrent use, also
@@ -39,10 +40,10 @@ var ErrConflict = errors.New("conflicts with the stored record")
 func Open(ctx context.Context, dsn string) (*Store, error) {
 	s := &Store{}
 	var err error
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+	if pgsql.Is(dsn) {
 		s.postgres = true
-		s.where = redact(dsn)
-		s.db, err = sql.Open("pgx", dsn)
+		s.where = pgsql.Redact(dsn)
+		s.db, err = pgsql.Open(dsn) // queries are written with SQLite's ? placeholders
 	} else {
 		path := strings.TrimPrefix(dsn, "sqlite:")
 		s.where = path
@@ -70,19 +71,6 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	return s, nil
 }
 
-// redact drops the password from a database URL for messages.
-func redact(dsn string) string {
-	u, err := url.Parse(dsn)
-	if err != nil {
-		return "postgres"
-	}
-	if u.User != nil {
-		u.User = url.User(u.User.Username())
-	}
-	u.RawQuery = ""
-	return u.String()
-}
-
 func (s *Store) wrap(err error) error {
 	if err == nil {
 		return nil
@@ -99,24 +87,6 @@ func (s *Store) Kind() string {
 		return "postgres"
 	}
 	return "sqlite"
-}
-
-// q rewrites ? placeholders as $1, $2, … for PostgreSQL.
-func (s *Store) q(query string) string {
-	if !s.postgres {
-		return query
-	}
-	var b strings.Builder
-	n := 0
-	for i := 0; i < len(query); i++ {
-		if query[i] == '?' {
-			n++
-			fmt.Fprintf(&b, "$%d", n)
-			continue
-		}
-		b.WriteByte(query[i])
-	}
-	return b.String()
 }
 
 // migrations[i] moves schema version i to i+1; both databases run the same
@@ -226,7 +196,7 @@ func (s *Store) migrate(ctx context.Context) error {
 				return s.wrap(fmt.Errorf("migrate to version %d: %w", v+1, err))
 			}
 		}
-		if _, err := tx.ExecContext(ctx, s.q(`UPDATE schema_version SET version = ?`), v+1); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = ?`, v+1); err != nil {
 			tx.Rollback()
 			return s.wrap(err)
 		}

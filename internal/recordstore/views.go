@@ -38,8 +38,8 @@ func (s *Store) Histogram(ctx context.Context, agent string, since time.Time, st
 		where = append(where, col+" = ?")
 		args = append(args, agent)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT (time_us - ?) / ? AS b, COUNT(*), CAST(SUM(1 - allowed) AS BIGINT) FROM records WHERE `+
-		strings.Join(where, " AND ")+` GROUP BY b`), args...)
+	rows, err := s.db.QueryContext(ctx, `SELECT (time_us - ?) / ? AS b, COUNT(*), CAST(SUM(1 - allowed) AS BIGINT) FROM records WHERE `+
+		strings.Join(where, " AND ")+` GROUP BY b`, args...)
 	if err != nil {
 		return nil, s.wrap(err)
 	}
@@ -87,7 +87,7 @@ func (s *Store) Range(ctx context.Context, log string, from, to uint64, limit in
 	if limit <= 0 || limit > MaxLimit {
 		return nil, fmt.Errorf("%w: limit %d outside 1..%d", ErrBadQuery, limit, MaxLimit)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT idx, line FROM records WHERE log = ? AND idx >= ? AND idx < ? ORDER BY idx DESC LIMIT ?`),
+	rows, err := s.db.QueryContext(ctx, `SELECT idx, line FROM records WHERE log = ? AND idx >= ? AND idx < ? ORDER BY idx DESC LIMIT ?`,
 		log, int64(from), int64(to), limit)
 	if err != nil {
 		return nil, s.wrap(err)
@@ -119,8 +119,8 @@ type Count struct {
 // DenialsByReason counts the denied decisions since since by their primary
 // reason, most first.
 func (s *Store) DenialsByReason(ctx context.Context, since time.Time) ([]Count, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT reason, COUNT(*) AS n FROM records WHERE time_us >= ? AND kind = ? AND allowed = 0
-		GROUP BY reason ORDER BY n DESC, reason LIMIT 100`), micros(since), decisionlog.KindDecision)
+	rows, err := s.db.QueryContext(ctx, `SELECT reason, COUNT(*) AS n FROM records WHERE time_us >= ? AND kind = ? AND allowed = 0
+		GROUP BY reason ORDER BY n DESC, reason LIMIT 100`, micros(since), decisionlog.KindDecision)
 	if err != nil {
 		return nil, s.wrap(err)
 	}
@@ -149,9 +149,9 @@ func (s *Store) AgentOperations(ctx context.Context, since time.Time, limit int)
 	if limit <= 0 || limit > 100000 {
 		return nil, false, fmt.Errorf("%w: limit %d", ErrBadQuery, limit)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT spiffe_id, tenant, agent_id, operation, COUNT(*) AS n, CAST(SUM(allowed) AS BIGINT)
+	rows, err := s.db.QueryContext(ctx, `SELECT spiffe_id, tenant, agent_id, operation, COUNT(*) AS n, CAST(SUM(allowed) AS BIGINT)
 		FROM records WHERE time_us >= ? AND kind = ? GROUP BY spiffe_id, tenant, agent_id, operation
-		ORDER BY n DESC, spiffe_id, operation LIMIT ?`), micros(since), decisionlog.KindDecision, limit+1)
+		ORDER BY n DESC, spiffe_id, operation LIMIT ?`, micros(since), decisionlog.KindDecision, limit+1)
 	if err != nil {
 		return nil, false, s.wrap(err)
 	}
@@ -185,8 +185,8 @@ func (s *Store) AfterRevocation(ctx context.Context, spiffeID string, at time.Ti
 	for _, r := range reasons {
 		args = append(args, r)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT log, MIN(time_us) FROM records WHERE spiffe_id = ? AND time_us >= ? AND kind = ? AND allowed = 0
-		AND reason IN (?`+strings.Repeat(", ?", len(reasons)-1)+`) GROUP BY log`), args...)
+	rows, err := s.db.QueryContext(ctx, `SELECT log, MIN(time_us) FROM records WHERE spiffe_id = ? AND time_us >= ? AND kind = ? AND allowed = 0
+		AND reason IN (?`+strings.Repeat(", ?", len(reasons)-1)+`) GROUP BY log`, args...)
 	if err != nil {
 		return nil, 0, s.wrap(err)
 	}
@@ -204,7 +204,7 @@ func (s *Store) AfterRevocation(ctx context.Context, spiffeID string, at time.Ti
 		return nil, 0, s.wrap(err)
 	}
 	var allowed int64
-	if err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM records WHERE spiffe_id = ? AND time_us > ? AND kind = ? AND allowed = 1`),
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM records WHERE spiffe_id = ? AND time_us > ? AND kind = ? AND allowed = 1`,
 		spiffeID, micros(at.Add(grace)), decisionlog.KindDecision).Scan(&allowed); err != nil {
 		return nil, 0, s.wrap(err)
 	}

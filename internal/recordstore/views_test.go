@@ -123,7 +123,7 @@ func TestProve(t *testing.T) {
 			}
 			// The receipt names this record's line.
 			var line string
-			if err := s.db.QueryRowContext(ctx, s.q(`SELECT line FROM records WHERE log = ? AND idx = ?`), "replica-a", int64(idx)).Scan(&line); err != nil {
+			if err := s.db.QueryRowContext(ctx, `SELECT line FROM records WHERE log = ? AND idx = ?`, "replica-a", int64(idx)).Scan(&line); err != nil {
 				t.Fatal(err)
 			}
 			if decisionlog.LeafHash([]byte(line)) != r.RecordHash {
@@ -145,7 +145,7 @@ func TestProve(t *testing.T) {
 		}
 		// A stored row changed after it was stored: the batch no longer
 		// matches its signed root, and Prove says so.
-		if _, err := s.db.ExecContext(ctx, s.q(`UPDATE records SET line = REPLACE(line, 'payments:initiate', 'payments:refundxx') WHERE log = ? AND idx = ?`), "replica-b", 3); err != nil {
+		if _, err := s.db.ExecContext(ctx, `UPDATE records SET line = REPLACE(line, 'payments:initiate', 'payments:refundxx') WHERE log = ? AND idx = ?`, "replica-b", 3); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Prove(ctx, "replica-b", 3); err == nil || !strings.Contains(err.Error(), "batch") {
