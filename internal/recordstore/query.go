@@ -124,7 +124,7 @@ func (s *Store) Find(ctx context.Context, q Query) (*Page, error) {
 	}
 	sqlText := `SELECT log, idx, time_us, line FROM records`
 	if len(where) > 0 {
-		sqlText += " WHERE " + strings.Join(where, " AND ")
+		sqlText += " WHERE " + strings.Join(where, " AND ") //nolint:gosec // fixed fragments and ? placeholders; the values are arguments
 	}
 	if q.Newest {
 		sqlText += " ORDER BY time_us DESC, log DESC, idx DESC LIMIT ?"
