@@ -4,9 +4,11 @@
 // of the change log, and applies each rule's response (notify, propose a
 // restriction for a responder to approve, or restrict at once with an expiry
 // and a required review) through the fleet-wide restrictions of the CA
-// inventory. Its own store (<data>/alerts.db) keeps the alerts with their
-// acknowledgements and responses, and the detector's state and per-log
-// cursors, so a restart resumes where it left off.
+// inventory. Its own store (<data>/alerts.db, or tables of the control
+// plane's PostgreSQL database) keeps the alerts with their acknowledgements
+// and responses, and the detector's state and per-log cursors, so a restart
+// resumes where it left off; a lease in it lets one control-plane instance
+// at a time detect.
 package alerts
 
 import (
@@ -58,13 +60,21 @@ type Config struct {
 	Authority *ca.Authority
 	Records   *recordstore.Store
 	// Path is the alert store; default <Authority's data dir>/alerts.db.
-	Path      string
+	Path string
+	// Store, when a postgres:// URL (the control plane's --store), keeps
+	// the alert store in that database instead of Path, shared by every
+	// control-plane instance on it.
+	Store     string
 	Responses Responses
 	Detector  anomaly.Config
 	// Poll is how often the store is read when no shipment wakes the
 	// service (default 1 s); SaveEvery how often the detector state is
 	// saved while records flow (default 10 s).
 	Poll, SaveEvery time.Duration
+	// Lease is how long the detector lease lasts without renewal: how
+	// long a crashed instance blocks the others (default 3×Poll + 10 s; it
+	// is renewed every step).
+	Lease time.Duration
 	// Webhook, when set, receives every alert as JSON.
 	Webhook    string
 	Logger     hclog.Logger
@@ -115,13 +125,19 @@ func New(cfg Config) (*Service, error) {
 	if cfg.SaveEvery <= 0 {
 		cfg.SaveEvery = 10 * time.Second
 	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 3*cfg.Poll + 10*time.Second
+	}
+	if cfg.Lease <= cfg.Poll {
+		return nil, fmt.Errorf("alerts: lease %s must be longer than the poll interval %s", cfg.Lease, cfg.Poll)
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	d, err := openDB(cfg.Path)
+	d, err := openDB(cfg.Path, cfg.Store)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +185,7 @@ func (s *Service) Run(ctx context.Context) error {
 		go s.hook.Run(hctx)
 		defer func() { cancel(); s.hook.Wait() }()
 	}
-	s.log.Info("anomaly detector: following the record store", "alert_store", s.cfg.Path, "responses", s.describeResponses())
+	s.log.Info("anomaly detector: following the record store", "alert_store", s.db.path, "responses", s.describeResponses())
 	t := time.NewTimer(0)
 	defer t.Stop()
 	backoff := s.cfg.Poll
@@ -234,7 +250,7 @@ func (s *Service) stop() error {
 // more is true when a log had more records than one step reads.
 func (s *Service) step(ctx context.Context) (more bool, err error) {
 	now := s.cfg.Now()
-	leader, err := s.db.lease(s.holder, now, now.Add(3*s.cfg.Poll+10*time.Second))
+	leader, err := s.db.lease(s.holder, now, now.Add(s.cfg.Lease))
 	if err != nil {
 		return false, err
 	}
@@ -330,7 +346,7 @@ func (s *Service) save() error {
 	if err := s.det.State().Save(&buf); err != nil {
 		return err
 	}
-	if err := s.db.saveState(buf.Bytes(), s.cursors, s.cfg.Now()); err != nil {
+	if err := s.db.saveState(s.holder, buf.Bytes(), s.cursors, s.cfg.Now()); err != nil {
 		return err
 	}
 	s.dirty, s.lastSave = false, s.cfg.Now()

@@ -1,30 +1,56 @@
 package alerts
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/agentauthz/agentauthz/internal/anomaly"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 const td = "acme.test"
+
+// One PostgreSQL cluster serves every test of the package, a new database
+// per test.
+var pgShared testenv.Shared
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pgShared.Stop()
+	os.Exit(code)
+}
+
+// eachStore runs f on the SQLite stores of a data directory (dsn "") and on
+// a fresh PostgreSQL database holding the inventory, the record store and
+// the alert store, as `control serve --store postgres://…` keeps them: the
+// same behaviour is required of both.
+func eachStore(t *testing.T, f func(t *testing.T, dsn string)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, "") })
+	t.Run("postgres", func(t *testing.T) { f(t, pgShared.Database(t)) })
+}
 
 // fixture is a control plane's inventory and record store, and a replica's
 // decision log that ships to it.
 type fixture struct {
 	t     *testing.T
 	dir   string
+	dsn   string // the PostgreSQL database of every store, or "" for SQLite files
 	auth  *ca.Authority
 	store *recordstore.Store
 	log   *decisionlog.Log
@@ -33,10 +59,14 @@ type fixture struct {
 	base  time.Time
 }
 
-func newFixture(t *testing.T, agents ...string) *fixture {
+func newFixture(t *testing.T, dsn string, agents ...string) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	auth, err := ca.Open(filepath.Join(dir, "control"))
+	var opts []ca.Option
+	if dsn != "" {
+		opts = append(opts, ca.WithStore(dsn))
+	}
+	auth, err := ca.Open(filepath.Join(dir, "control"), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +80,8 @@ func newFixture(t *testing.T, agents ...string) *fixture {
 			t.Fatal(err)
 		}
 	}
-	store, err := recordstore.Open(context.Background(), filepath.Join(dir, "control", "records.db"))
+	storeDSN := cmp.Or(dsn, filepath.Join(dir, "control", "records.db"))
+	store, err := recordstore.Open(context.Background(), storeDSN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +91,7 @@ func newFixture(t *testing.T, agents ...string) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	return &fixture{t: t, dir: dir, auth: auth, store: store, log: l, keys: l.PublicKeys(), base: time.Now().UTC().Truncate(time.Second)}
+	return &fixture{t: t, dir: dir, dsn: dsn, auth: auth, store: store, log: l, keys: l.PublicKeys(), base: time.Now().UTC().Truncate(time.Second)}
 }
 
 // decide appends one decision of agent on op to the replica's log.
@@ -130,7 +161,7 @@ func (f *fixture) ship() {
 
 func (f *fixture) service(responses Responses) *Service {
 	f.t.Helper()
-	s, err := New(Config{Authority: f.auth, Records: f.store, Responses: responses, SaveEvery: time.Hour})
+	s, err := New(Config{Authority: f.auth, Records: f.store, Store: f.dsn, Responses: responses, SaveEvery: time.Hour})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -184,7 +215,11 @@ func onlyAlert(t *testing.T, s *Service, agent string) Alert {
 // open review. After a restart without a saved state the same records are
 // read again: no second alert, no second change-log row.
 func TestAutoResponseQuarantinesAndSurvivesRestart(t *testing.T) {
-	f := newFixture(t, "bot-1", "bot-2")
+	eachStore(t, testAutoResponseQuarantinesAndSurvivesRestart)
+}
+
+func testAutoResponseQuarantinesAndSurvivesRestart(t *testing.T, dsn string) {
+	f := newFixture(t, dsn, "bot-1", "bot-2")
 	f.decide("bot-2", "payments:read", true, "allowed", 0)
 	f.probe("bot-1", time.Second)
 	f.ship()
@@ -297,8 +332,10 @@ func TestAutoResponseQuarantinesAndSurvivesRestart(t *testing.T) {
 
 // TestProposeWaitsForApproval: a proposed restriction changes nothing until
 // a responder approves it; it is then merged with the agent's restriction.
-func TestProposeWaitsForApproval(t *testing.T) {
-	f := newFixture(t, "bot-1")
+func TestProposeWaitsForApproval(t *testing.T) { eachStore(t, testProposeWaitsForApproval) }
+
+func testProposeWaitsForApproval(t *testing.T, dsn string) {
+	f := newFixture(t, dsn, "bot-1")
 	two := 2
 	if _, err := f.auth.Restrict(ca.RestrictRequest{TrustDomain: td, AgentID: "bot-1", RemoveScopes: []string{"payments:initiate"},
 		Reason: "INC-1", Operator: "alice (responder)"}); err != nil {
@@ -335,8 +372,10 @@ func TestProposeWaitsForApproval(t *testing.T) {
 }
 
 // TestLease: a second instance on the same alert store stands by.
-func TestLease(t *testing.T) {
-	f := newFixture(t, "bot-1")
+func TestLease(t *testing.T) { eachStore(t, testLease) }
+
+func testLease(t *testing.T, dsn string) {
+	f := newFixture(t, dsn, "bot-1")
 	f.probe("bot-1", 0)
 	f.ship()
 	s1, s2 := f.service(nil), f.service(nil)
@@ -417,7 +456,7 @@ func changeLogKey(t *testing.T, f *fixture) ed25519.PublicKey {
 // s2lease ends every lease on the fixture's alert store, as its running out
 // after a crash would.
 func s2lease(f *fixture) (int64, error) {
-	d, err := openDB(filepath.Join(f.auth.DataDir(), "alerts.db"))
+	d, err := openDB(filepath.Join(f.auth.DataDir(), "alerts.db"), f.dsn)
 	if err != nil {
 		return 0, err
 	}
@@ -449,8 +488,10 @@ func FuzzParseResponse(f *testing.F) {
 // TestDismissRestoresPrevious: dismissing an automatic restriction that was
 // merged with an operator's restores the operator's, not nothing; a
 // restriction changed since is left alone.
-func TestDismissRestoresPrevious(t *testing.T) {
-	f := newFixture(t, "bot-1", "bot-2")
+func TestDismissRestoresPrevious(t *testing.T) { eachStore(t, testDismissRestoresPrevious) }
+
+func testDismissRestoresPrevious(t *testing.T, dsn string) {
+	f := newFixture(t, dsn, "bot-1", "bot-2")
 	for _, id := range []string{"bot-1", "bot-2"} {
 		if _, err := f.auth.Restrict(ca.RestrictRequest{TrustDomain: td, AgentID: id, RemoveScopes: []string{"payments:initiate"},
 			Reason: "INC-1", Operator: "alice (responder)"}); err != nil {
@@ -492,8 +533,10 @@ func TestDismissRestoresPrevious(t *testing.T) {
 
 // TestCursorPastHighestIndex: a log whose record times are not in index
 // order (concurrent appenders) is still read to its end, once.
-func TestCursorPastHighestIndex(t *testing.T) {
-	f := newFixture(t, "bot-1")
+func TestCursorPastHighestIndex(t *testing.T) { eachStore(t, testCursorPastHighestIndex) }
+
+func testCursorPastHighestIndex(t *testing.T, dsn string) {
+	f := newFixture(t, dsn, "bot-1")
 	f.decide("bot-1", "payments:read", true, "allowed", 20*time.Second)
 	f.decide("bot-1", "payments:read", true, "allowed", 10*time.Second)
 	f.decide("bot-1", "payments:read", true, "allowed", 30*time.Second)
@@ -506,5 +549,147 @@ func TestCursorPastHighestIndex(t *testing.T) {
 	}
 	if more, err := s.step(context.Background()); more || err != nil {
 		t.Errorf("another step: more=%v %v", more, err)
+	}
+}
+
+// TestTwoInstancesOnePostgres: two control-plane instances with separate
+// data directories (keys copied) on one PostgreSQL database, both running
+// the detector service, as docs/control-plane.md's "High availability"
+// deploys them. Only the lease holder detects: one burst gives one alert
+// and one change-log row. When the holder stops (releasing the lease), the
+// other takes over at the saved cursors: the next burst is detected once,
+// by it, and the first is not raised again.
+func TestTwoInstancesOnePostgres(t *testing.T) {
+	dsn := pgShared.Database(t)
+	f := newFixture(t, dsn, "bot-1", "bot-2")
+	dirB := filepath.Join(f.dir, "control-b")
+	copyTree(t, f.auth.DataDir(), dirB)
+	authB, err := ca.Open(dirB, ca.WithStore(dsn), ca.MustExist())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { authB.Close() })
+	storeB, err := recordstore.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { storeB.Close() })
+
+	// start runs an instance's service; the function it returns stops it
+	// (Run saves and releases the lease), once.
+	start := func(auth *ca.Authority, store *recordstore.Store) (*Service, func()) {
+		s, err := New(Config{Authority: auth, Records: store, Store: dsn, Poll: 20 * time.Millisecond, Lease: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		stop := sync.OnceFunc(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+			s.Close()
+		})
+		t.Cleanup(stop)
+		return s, stop
+	}
+	sA, stopA := start(f.auth, f.store)
+	sB, stopB := start(authB, storeB)
+	for _, dir := range []string{f.auth.DataDir(), dirB} {
+		if _, err := os.Stat(filepath.Join(dir, "alerts.db")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s/alerts.db exists (%v): the alert store must be in PostgreSQL", dir, err)
+		}
+	}
+
+	// waitAlerts waits until agent has an alert and both instances have
+	// stepped past it (a duplicate, were there one, would be there too).
+	waitAlerts := func(s *Service, agent string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			as, err := s.List(context.Background(), Filter{Agent: agent})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(as) > 0 && as[0].Logged {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no alert for %s within 20 s", agent)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(200 * time.Millisecond) // ten polls of each instance
+	}
+	read := func(s *Service) float64 { return testutil.ToFloat64(s.records) }
+
+	f.probe("bot-1", 0)
+	f.ship()
+	sA.Wake()
+	sB.Wake()
+	waitAlerts(sA, "bot-1")
+	onlyAlert(t, sA, "bot-1")
+	onlyAlert(t, sB, "bot-1") // the same shared table
+	if ev := f.events("bot-1", EventAlert); len(ev) != 1 {
+		t.Fatalf("%d change-log alert rows for one burst, want 1", len(ev))
+	}
+	holder, standby, stopHolder := sA, sB, stopA
+	if read(sB) > 0 {
+		holder, standby, stopHolder = sB, sA, stopB
+	}
+	if read(holder) != 3 || read(standby) != 0 {
+		t.Fatalf("records read: holder %v, standby %v; want 3 and 0 (only the lease holder detects)", read(holder), read(standby))
+	}
+
+	// The holder stops (saves, releases): the other takes over at once, at
+	// the saved cursor.
+	stopHolder()
+	f.probe("bot-2", time.Minute)
+	f.ship()
+	standby.Wake()
+	waitAlerts(standby, "bot-2")
+	onlyAlert(t, standby, "bot-2")
+	onlyAlert(t, standby, "bot-1")
+	if ev := f.events("bot-2", EventAlert); len(ev) != 1 {
+		t.Errorf("%d change-log alert rows for the second burst, want 1", len(ev))
+	}
+	if ev := f.events("bot-1", EventAlert); len(ev) != 1 {
+		t.Errorf("%d change-log alert rows for the first burst after the takeover, want 1", len(ev))
+	}
+	if got := read(standby); got != 3 {
+		t.Errorf("the instance that took over read %v records, want the 3 past the saved cursor", got)
+	}
+	if res, err := f.auth.VerifyChangeLog(changeLogKey(t, f)); err != nil || res.Problem != nil {
+		t.Errorf("change log: %+v %v", res, err)
+	}
+}
+
+// copyTree copies the directory src to dst (an instance's data directory:
+// the CA and change-log keys, as an operator copies them).
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		out := filepath.Join(dst, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(out, info.Mode().Perm())
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(out, b, info.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,6 +1,7 @@
 package alerts
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
 	"github.com/agentauthz/agentauthz/internal/anomaly"
+	"github.com/agentauthz/agentauthz/internal/ca"
 )
 
 // Alert is a detector alert as the control plane keeps it: the explained
@@ -72,13 +74,16 @@ func (r *Response) Open() bool {
 	return r.State == StatePending || r.State == StateApplied || r.State == StateFailed
 }
 
-// db is the control plane's alert store, <data>/alerts.db: the alerts with
-// their acknowledgements and responses (the signed change log holds the
-// evidence; this is what is queried), the detector's state and cursors, and
-// the lease that lets one control-plane instance at a time run the detector.
+// db is the control plane's alert store: the alerts with their
+// acknowledgements and responses (the signed change log holds the evidence;
+// this is what is queried), the detector's state and cursors, and the lease
+// that lets one control-plane instance at a time run the detector. It is
+// <data>/alerts.db (SQLite), or, when the control plane's store is
+// PostgreSQL, tables of that database, shared by every instance. The queries
+// are written once, for SQLite; ca.OpenPostgres rewrites their placeholders.
 type db struct {
 	sql  *sql.DB
-	path string
+	path string // for messages: the file, or the database URL without secrets
 }
 
 const schema = `
@@ -110,7 +115,24 @@ CREATE TABLE IF NOT EXISTS lease (
 );
 `
 
-func openDB(path string) (*db, error) {
+// pgSchemaTable holds the alert store's schema version on PostgreSQL (the
+// inventory and the record store, in the same database, keep their own).
+const pgSchemaTable = "alerts_schema"
+
+// pgLock is the advisory lock key of the alert store's migrations ("alerts"
+// in ASCII, as a number).
+const pgLock = 0x616c65727473
+
+// pgMigrations[i] moves the alert store on PostgreSQL from version i to
+// i+1; the first step is the SQLite schema with PostgreSQL's types.
+var pgMigrations = []string{strings.ReplaceAll(schema, "BLOB", "BYTEA")}
+
+// openDB opens the alert store: on PostgreSQL when dsn is a postgres://
+// URL, else the SQLite file path.
+func openDB(path, dsn string) (*db, error) {
+	if ca.IsPostgres(dsn) {
+		return openPostgres(dsn)
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
@@ -137,6 +159,19 @@ func openDB(path string) (*db, error) {
 		return nil, err
 	}
 	return &db{sql: s, path: path}, nil
+}
+
+func openPostgres(dsn string) (*db, error) {
+	d := &db{path: ca.RedactDSN(dsn)}
+	var err error
+	if d.sql, err = ca.OpenPostgres(dsn); err != nil {
+		return nil, d.wrap(err)
+	}
+	if err := ca.MigratePostgres(context.Background(), d.sql, pgSchemaTable, pgLock, pgMigrations); err != nil {
+		d.sql.Close()
+		return nil, d.wrap(err)
+	}
+	return d, nil
 }
 
 func (d *db) wrap(err error) error {
@@ -298,14 +333,34 @@ func (d *db) query(ctx context.Context, q string, args ...any) ([]Alert, error) 
 	return out, d.wrap(rows.Err())
 }
 
+// errLeaseLost: another instance took the detector lease over.
+var errLeaseLost = errors.New("the detector lease was taken over by another control-plane instance")
+
 // saveState stores the detector's state and cursors together, so a restart
-// resumes from a consistent point.
-func (d *db) saveState(state []byte, cursors map[string]uint64, at time.Time) error {
+// resumes from a consistent point, if holder still holds the lease: an
+// instance that lost it (paused past its expiry) must not move back the
+// cursors of the one that took over. The lease row stays locked until the
+// commit, so a takeover waits for the save or the save sees it.
+func (d *db) saveState(holder string, state []byte, cursors map[string]uint64, at time.Time) error {
 	c, _ := json.Marshal(cursors) // a map of strings to numbers: cannot fail
-	_, err := d.sql.Exec(`INSERT INTO detector (name, state, cursors, saved_us) VALUES ('central', ?, ?, ?)
+	tx, err := d.sql.Begin()
+	if err != nil {
+		return d.wrap(err)
+	}
+	defer tx.Rollback() // does nothing after Commit
+	res, err := tx.Exec(`UPDATE lease SET until_us = until_us WHERE name = 'detector' AND holder = ?`, holder)
+	if err != nil {
+		return d.wrap(err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return d.wrap(cmp.Or(err, errLeaseLost))
+	}
+	if _, err := tx.Exec(`INSERT INTO detector (name, state, cursors, saved_us) VALUES ('central', ?, ?, ?)
 		ON CONFLICT (name) DO UPDATE SET state = excluded.state, cursors = excluded.cursors, saved_us = excluded.saved_us`,
-		state, string(c), at.UnixMicro())
-	return d.wrap(err)
+		state, string(c), at.UnixMicro()); err != nil {
+		return d.wrap(err)
+	}
+	return d.wrap(tx.Commit())
 }
 
 // loadState returns the saved state (nil when there is none) and cursors.
@@ -327,7 +382,10 @@ func (d *db) loadState() ([]byte, map[string]uint64, error) {
 }
 
 // lease takes or renews the detector lease for holder until until; false
-// when another holder's lease has not run out.
+// when another holder's lease has not run out. One statement: on SQLite the
+// write lock, on PostgreSQL the row lock of ON CONFLICT DO UPDATE (which
+// evaluates the WHERE on the latest committed row) make instances taking it
+// at once take turns, so exactly one holds it.
 func (d *db) lease(holder string, now, until time.Time) (bool, error) {
 	res, err := d.sql.Exec(`INSERT INTO lease (name, holder, until_us) VALUES ('detector', ?, ?)
 		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_us = excluded.until_us

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -135,12 +136,11 @@ CREATE TABLE restrictions (
 
 // openPostgres connects to the inventory on PostgreSQL and migrates it.
 func (a *Authority) openPostgres(dsn string) error {
-	cfg, err := pgx.ParseConfig(dsn)
+	db, err := OpenPostgres(dsn)
 	if err != nil {
-		// The parser's message may quote the DSN, password and all.
-		return &StoreError{Path: a.dbPath, Err: errors.New("not a valid postgres:// URL")}
+		return &StoreError{Path: a.dbPath, Err: err}
 	}
-	a.db = sql.OpenDB(pgConnector{stdlib.GetConnector(*cfg)})
+	a.db = db
 	ctx := context.Background()
 	if err := a.db.PingContext(ctx); err != nil {
 		a.db.Close()
@@ -153,9 +153,22 @@ func (a *Authority) openPostgres(dsn string) error {
 	return nil
 }
 
-// redactDSN is a database URL without its password or parameters, for
+// OpenPostgres opens the PostgreSQL database dsn names (a postgres:// URL)
+// through a connector that takes queries written for SQLite: ? placeholders
+// become $1, $2, …. The inventory and the alert store write each query once
+// for both backends this way.
+func OpenPostgres(dsn string) (*sql.DB, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		// The parser's message may quote the DSN, password and all.
+		return nil, errors.New("not a valid postgres:// URL")
+	}
+	return sql.OpenDB(pgConnector{stdlib.GetConnector(*cfg)}), nil
+}
+
+// RedactDSN is a database URL without its password or parameters, for
 // messages.
-func redactDSN(dsn string) string {
+func RedactDSN(dsn string) string {
 	u, err := url.Parse(dsn)
 	if err != nil {
 		return "postgres"
@@ -181,44 +194,64 @@ func (a *Authority) migratePostgres(ctx context.Context) error {
 			return &StoreError{Path: a.dbPath, Err: ErrNoStore}
 		}
 	}
+	if err := MigratePostgres(ctx, a.db, pgSchemaTable, inventoryLock, pgMigrations); err != nil {
+		return &StoreError{Path: a.dbPath, Err: err}
+	}
+	return nil
+}
+
+// MigratePostgres brings the schema whose version table is versionTable to
+// len(steps): steps[i] moves it from version i to i+1. Each step runs in its
+// own transaction under the advisory lock lock, so instances starting at
+// once apply each step once; a version newer than len(steps) is an error.
+func MigratePostgres(ctx context.Context, db *sql.DB, versionTable string, lock int64, steps []string) error {
+	if !sqlIdent.MatchString(versionTable) { // it is put into the statements
+		return fmt.Errorf("version table %q: not a plain identifier", versionTable)
+	}
 	for {
-		done := false
-		err := a.tx(ctx, func(tx *sql.Tx) error {
-			if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS `+pgSchemaTable+` (version BIGINT NOT NULL)`); err != nil {
-				return err
-			}
-			var v int
-			err := tx.QueryRowContext(ctx, `SELECT version FROM `+pgSchemaTable).Scan(&v)
-			if errors.Is(err, sql.ErrNoRows) {
-				_, err = tx.ExecContext(ctx, `INSERT INTO `+pgSchemaTable+` (version) VALUES (0)`)
-			}
-			if err != nil {
-				return err
-			}
-			switch {
-			case v > len(pgMigrations):
-				return fmt.Errorf("schema version %d is newer than this binary supports (%d)", v, len(pgMigrations))
-			case v == len(pgMigrations):
-				done = true
-				return nil
-			}
-			if _, err := tx.ExecContext(ctx, pgMigrations[v]); err != nil {
-				return fmt.Errorf("migrate schema to version %d: %w", v+1, err)
-			}
-			_, err = tx.ExecContext(ctx, `UPDATE `+pgSchemaTable+` SET version = ?`, v+1)
+		done, err := migrateStep(ctx, db, versionTable, lock, steps)
+		if err != nil || done {
 			return err
-		})
-		if err != nil {
-			var se *StoreError
-			if errors.As(err, &se) {
-				return err
-			}
-			return &StoreError{Path: a.dbPath, Err: err}
-		}
-		if done {
-			return nil
 		}
 	}
+}
+
+// sqlIdent is a table name MigratePostgres accepts.
+var sqlIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
+
+func migrateStep(ctx context.Context, db *sql.DB, versionTable string, lock int64, steps []string) (done bool, err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback() // does nothing after Commit
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, lock); err != nil {
+		return false, err
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS `+versionTable+` (version BIGINT NOT NULL)`); err != nil {
+		return false, err
+	}
+	var v int
+	err = tx.QueryRowContext(ctx, `SELECT version FROM `+versionTable).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		_, err = tx.ExecContext(ctx, `INSERT INTO `+versionTable+` (version) VALUES (0)`) //nolint:gosec // versionTable is checked to be an identifier
+	}
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case v > len(steps):
+		return false, fmt.Errorf("schema version %d is newer than this binary supports (%d)", v, len(steps))
+	case v == len(steps):
+		return true, tx.Commit()
+	}
+	if _, err := tx.ExecContext(ctx, steps[v]); err != nil {
+		return false, fmt.Errorf("migrate schema to version %d: %w", v+1, err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE `+versionTable+` SET version = ?`, v+1); err != nil { //nolint:gosec // versionTable is checked to be an identifier
+		return false, err
+	}
+	return false, tx.Commit()
 }
 
 // pgConnector opens pgx connections that rewrite ? placeholders.

@@ -224,9 +224,9 @@ func Open(dataDir string, opts ...Option) (*Authority, error) {
 	}
 	if a.dsn != "" {
 		if !IsPostgres(a.dsn) {
-			return nil, &StoreError{Path: redactDSN(a.dsn), Err: errors.New("the inventory store must be a postgres:// URL (or none, for <data>/inventory.db)")}
+			return nil, &StoreError{Path: RedactDSN(a.dsn), Err: errors.New("the inventory store must be a postgres:// URL (or none, for <data>/inventory.db)")}
 		}
-		a.pg, a.dbPath = true, redactDSN(a.dsn)
+		a.pg, a.dbPath = true, RedactDSN(a.dsn)
 		if err := os.MkdirAll(dataDir, 0o700); err != nil { // the keys stay files
 			return nil, fmt.Errorf("create data dir: %w", err)
 		}

@@ -194,7 +194,7 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 			err = fmt.Errorf("--anomaly-webhook %q: want an http(s) URL", opts.webhook)
 		}
 		if err == nil {
-			rs.alerts, err = alerts.New(alerts.Config{Authority: auth, Records: rs.records, Responses: responses, Webhook: opts.webhook,
+			rs.alerts, err = alerts.New(alerts.Config{Authority: auth, Records: rs.records, Store: opts.store, Responses: responses, Webhook: opts.webhook,
 				Logger: log.Named("anomaly"), Registerer: reg})
 		}
 		if err != nil {

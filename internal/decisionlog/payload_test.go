@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 func samplePayloadRecords() []Record {
@@ -225,6 +227,7 @@ func TestPreparedLineInPlace(t *testing.T) {
 			t.Fatalf("another log: %s", got)
 		}
 	}
+	testenv.SkipAllocsUnderRace(t)
 	if n := testing.AllocsPerRun(100, func() {
 		p, _ := prepareRecord(r)
 		_ = p.line(123456789, "log-1")

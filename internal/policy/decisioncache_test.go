@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/agentauthz/agentauthz/internal/identity"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 func compiledPlan(t *testing.T, rego string) cachePlan {
@@ -560,6 +561,7 @@ func BenchmarkHitPath(b *testing.B) {
 
 // A hit allocates nothing: the key is encoded on the stack and hashed.
 func TestDecisionCacheHitAllocatesNothing(t *testing.T) {
+	testenv.SkipAllocsUnderRace(t)
 	e := cachedEngine(t, shippedPolicies, nil)
 	ctx, req := context.Background(), sampleRequest("POST", "/v1/payments", "", "")
 	if r, err := e.Eval(ctx, req, testAgent()); err != nil || !r.Allowed {

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // validateCase is one fuzz input of FuzzValidateInput; the fields are the
@@ -384,6 +386,7 @@ func TestValidateInput(t *testing.T) {
 // The shortcut vouches for the usual requests without running a parser
 // that allocates: no body, a small JSON body, a GET with a query.
 func TestValidateInputAllocations(t *testing.T) {
+	testenv.SkipAllocsUnderRace(t)
 	for name, req := range map[string]*authv3.CheckRequest{
 		"no body":         sampleRequest("POST", "/v1/payments", "", ""),
 		"get with query":  sampleRequest("GET", "/v1/payments/p-1?expand=true&x=%2F", "", ""),

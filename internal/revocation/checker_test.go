@@ -15,6 +15,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/reason"
 	"github.com/agentauthz/agentauthz/internal/testca"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 const td = "example.test"
@@ -464,6 +465,7 @@ func TestWatchURLs(t *testing.T) {
 }
 
 func TestCheckDoesNotAllocate(t *testing.T) {
+	testenv.SkipAllocsUnderRace(t)
 	c, ca := benchChecker(t, 10_000)
 	revoked := issuedBy(ca, big.NewInt(1).Text(16))
 	if c.Check(td, revoked, "bot") == "" {
