@@ -65,7 +65,7 @@ func (a *Authority) ClaimConsoleLink(hash string, now time.Time) (name, role str
 func (a *Authority) PutConsoleSession(hash string, s ConsoleSession, now time.Time, max int) error {
 	ctx := context.Background()
 	return a.tx(ctx, func(tx *sql.Tx) error {
-		if err := bound(ctx, tx, "console_sessions", now, max); err != nil {
+		if err := bound(ctx, tx, sessionsBound, now, max); err != nil {
 			return a.storeErr(err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO console_sessions (hash, operator, role, csrf, expires) VALUES (?, ?, ?, ?, ?)`,
@@ -89,7 +89,7 @@ type ConsoleOIDC struct {
 func (a *Authority) PutConsoleOIDC(hash string, p ConsoleOIDC, now time.Time, max int) error {
 	ctx := context.Background()
 	return a.tx(ctx, func(tx *sql.Tx) error {
-		if err := bound(ctx, tx, "console_oidc", now, max); err != nil {
+		if err := bound(ctx, tx, oidcBound, now, max); err != nil {
 			return a.storeErr(err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO console_oidc (hash, nonce, verifier, expires) VALUES (?, ?, ?, ?)`,
@@ -120,19 +120,35 @@ func (a *Authority) ClaimConsoleOIDC(hash string, now time.Time) (ConsoleOIDC, e
 	return p, nil
 }
 
-// bound deletes the expired rows of table and, when max are left, those
-// closest to expiry, leaving room for one more. table is a constant.
-func bound(ctx context.Context, tx *sql.Tx, table string, now time.Time, max int) error {
-	if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE expires <= ?`, now.UnixMilli()); err != nil {
+// boundQueries bound one console table: purge the expired rows, count the
+// rest, end those closest to expiry.
+type boundQueries struct{ purge, count, trim string }
+
+var (
+	sessionsBound = boundQueries{
+		purge: `DELETE FROM console_sessions WHERE expires <= ?`,
+		count: `SELECT COUNT(*) FROM console_sessions`,
+		trim:  `DELETE FROM console_sessions WHERE hash IN (SELECT hash FROM console_sessions ORDER BY expires, hash LIMIT ?)`,
+	}
+	oidcBound = boundQueries{
+		purge: `DELETE FROM console_oidc WHERE expires <= ?`,
+		count: `SELECT COUNT(*) FROM console_oidc`,
+		trim:  `DELETE FROM console_oidc WHERE hash IN (SELECT hash FROM console_oidc ORDER BY expires, hash LIMIT ?)`,
+	}
+)
+
+// bound deletes the expired rows of q's table and, when max are left,
+// those closest to expiry, leaving room for one more.
+func bound(ctx context.Context, tx *sql.Tx, q boundQueries, now time.Time, max int) error {
+	if _, err := tx.ExecContext(ctx, q.purge, now.UnixMilli()); err != nil {
 		return err
 	}
 	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+table).Scan(&n); err != nil {
+	if err := tx.QueryRowContext(ctx, q.count).Scan(&n); err != nil {
 		return err
 	}
 	if n >= max {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE hash IN
-			(SELECT hash FROM `+table+` ORDER BY expires, hash LIMIT ?)`, n-max+1); err != nil {
+		if _, err := tx.ExecContext(ctx, q.trim, n-max+1); err != nil {
 			return err
 		}
 	}
