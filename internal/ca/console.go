@@ -65,18 +65,8 @@ func (a *Authority) ClaimConsoleLink(hash string, now time.Time) (name, role str
 func (a *Authority) PutConsoleSession(hash string, s ConsoleSession, now time.Time, max int) error {
 	ctx := context.Background()
 	return a.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM console_sessions WHERE expires <= ?`, now.UnixMilli()); err != nil {
+		if err := bound(ctx, tx, sessionsBound, now, max); err != nil {
 			return a.storeErr(err)
-		}
-		var n int
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM console_sessions`).Scan(&n); err != nil {
-			return a.storeErr(err)
-		}
-		if n >= max {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM console_sessions WHERE hash IN
-				(SELECT hash FROM console_sessions ORDER BY expires, hash LIMIT ?)`, n-max+1); err != nil {
-				return a.storeErr(err)
-			}
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO console_sessions (hash, operator, role, csrf, expires) VALUES (?, ?, ?, ?, ?)`,
 			hash, s.Operator, s.Role, s.CSRF, s.Expires.UnixMilli()); err != nil {
@@ -84,6 +74,85 @@ func (a *Authority) PutConsoleSession(hash string, s ConsoleSession, now time.Ti
 		}
 		return nil
 	})
+}
+
+// ConsoleOIDC is an OIDC sign-in on its way through the provider: the
+// nonce and PKCE verifier of its authorization request.
+type ConsoleOIDC struct {
+	Nonce, Verifier string
+	Expires         time.Time
+}
+
+// PutConsoleOIDC stores a pending OIDC sign-in under the hash of its state,
+// purging expired ones and, at max, those closest to expiry, so a flood of
+// sign-in starts cannot grow the table.
+func (a *Authority) PutConsoleOIDC(hash string, p ConsoleOIDC, now time.Time, max int) error {
+	ctx := context.Background()
+	return a.tx(ctx, func(tx *sql.Tx) error {
+		if err := bound(ctx, tx, oidcBound, now, max); err != nil {
+			return a.storeErr(err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO console_oidc (hash, nonce, verifier, expires) VALUES (?, ?, ?, ?)`,
+			hash, p.Nonce, p.Verifier, p.Expires.UnixMilli()); err != nil {
+			return a.storeErr(err)
+		}
+		return nil
+	})
+}
+
+// ClaimConsoleOIDC consumes the pending OIDC sign-in under hash, once, on
+// any instance (DELETE … RETURNING); unknown, used or expired is ErrNotFound.
+func (a *Authority) ClaimConsoleOIDC(hash string, now time.Time) (ConsoleOIDC, error) {
+	var p ConsoleOIDC
+	var exp int64
+	err := a.db.QueryRowContext(context.Background(),
+		`DELETE FROM console_oidc WHERE hash = ? RETURNING nonce, verifier, expires`, hash).Scan(&p.Nonce, &p.Verifier, &exp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ConsoleOIDC{}, ErrNotFound
+	}
+	if err != nil {
+		return ConsoleOIDC{}, a.storeErr(err)
+	}
+	if now.UnixMilli() >= exp {
+		return ConsoleOIDC{}, ErrNotFound
+	}
+	p.Expires = time.UnixMilli(exp).UTC()
+	return p, nil
+}
+
+// boundQueries bound one console table: purge the expired rows, count the
+// rest, end those closest to expiry.
+type boundQueries struct{ purge, count, trim string }
+
+var (
+	sessionsBound = boundQueries{
+		purge: `DELETE FROM console_sessions WHERE expires <= ?`,
+		count: `SELECT COUNT(*) FROM console_sessions`,
+		trim:  `DELETE FROM console_sessions WHERE hash IN (SELECT hash FROM console_sessions ORDER BY expires, hash LIMIT ?)`,
+	}
+	oidcBound = boundQueries{
+		purge: `DELETE FROM console_oidc WHERE expires <= ?`,
+		count: `SELECT COUNT(*) FROM console_oidc`,
+		trim:  `DELETE FROM console_oidc WHERE hash IN (SELECT hash FROM console_oidc ORDER BY expires, hash LIMIT ?)`,
+	}
+)
+
+// bound deletes the expired rows of q's table and, when max are left,
+// those closest to expiry, leaving room for one more.
+func bound(ctx context.Context, tx *sql.Tx, q boundQueries, now time.Time, max int) error {
+	if _, err := tx.ExecContext(ctx, q.purge, now.UnixMilli()); err != nil {
+		return err
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, q.count).Scan(&n); err != nil {
+		return err
+	}
+	if n >= max {
+		if _, err := tx.ExecContext(ctx, q.trim, n-max+1); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ConsoleSession returns the unexpired session stored under hash, or

@@ -121,6 +121,8 @@ CREATE TABLE restrictions (
 `,
 	// 1 → 2, as SQLite's 3 → 4.
 	consoleSchema,
+	// 2 → 3, as SQLite's 4 → 5.
+	consoleOIDCSchema,
 }
 
 // openPostgres connects to the inventory on PostgreSQL and migrates it.

@@ -40,7 +40,7 @@ func (e *StoreError) Unwrap() error { return e.Err }
 
 // schemaVersion is PRAGMA user_version of the current schema. Version 0 is an
 // empty database; migrations[i] moves version i to i+1.
-const schemaVersion = 4
+const schemaVersion = 5
 
 var migrations = []string{
 	// 0 → 1
@@ -137,6 +137,8 @@ ALTER TABLE events ADD COLUMN sig TEXT;
 `,
 	// 3 → 4: the console's sign-in links and sessions (console.go).
 	consoleSchema,
+	// 4 → 5: the console's OIDC sign-ins under way (console.go).
+	consoleOIDCSchema,
 }
 
 // consoleSchema is the console's tables, the same on SQLite and PostgreSQL.
@@ -158,6 +160,17 @@ CREATE INDEX console_sessions_by_expiry ON console_sessions(expires);
 CREATE TABLE console_keys (
 	name TEXT PRIMARY KEY,
 	key  TEXT NOT NULL
+);
+`
+
+// consoleOIDCSchema is the console's OIDC sign-ins under way, the same on
+// SQLite and PostgreSQL.
+const consoleOIDCSchema = `
+CREATE TABLE console_oidc (
+	hash     TEXT PRIMARY KEY,
+	nonce    TEXT NOT NULL,
+	verifier TEXT NOT NULL,
+	expires  BIGINT NOT NULL
 );
 `
 

@@ -19,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/oauth2"
 
+	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/control"
 )
 
@@ -157,20 +158,14 @@ func (o *OIDCConfig) check() error {
 	return nil
 }
 
-// oidcPending is a sign-in on its way through the provider.
-type oidcPending struct {
-	nonce, verifier string
-	expires         time.Time
-}
-
-// oidcState holds the provider (discovered on first use, so that the
-// control plane starts while the provider is down) and the pending
-// sign-ins.
+// oidcState holds the provider, discovered on first use so that the
+// control plane starts while the provider is down. Sign-ins under way are
+// in the inventory's store, under the SHA-256 of their state, so the
+// provider may send the browser back to any instance.
 type oidcState struct {
 	cfg      *OIDCConfig
 	mu       sync.Mutex
 	provider *oidc.Provider
-	pending  map[string]oidcPending
 }
 
 func (s *oidcState) ctx(ctx context.Context) context.Context {
@@ -194,35 +189,6 @@ func (s *oidcState) oauth(ctx context.Context) (*oauth2.Config, *oidc.Provider, 
 		Endpoint: p.Endpoint(), Scopes: append([]string{oidc.ScopeOpenID}, s.cfg.Scopes...)}, p, nil
 }
 
-func (s *oidcState) put(state string, p oidcPending, now time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pending == nil {
-		s.pending = map[string]oidcPending{}
-	}
-	for k, v := range s.pending {
-		if !now.Before(v.expires) {
-			delete(s.pending, k)
-		}
-	}
-	if len(s.pending) >= maxOIDCPending {
-		for k := range s.pending { // drop any one: a flood cannot grow the map
-			delete(s.pending, k)
-			break
-		}
-	}
-	s.pending[state] = p
-}
-
-// take removes and returns the pending sign-in of state: each works once.
-func (s *oidcState) take(state string, now time.Time) (oidcPending, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p, ok := s.pending[state]
-	delete(s.pending, state)
-	return p, ok && now.Before(p.expires)
-}
-
 // oidcStart sends the browser to the provider.
 func (c *Console) oidcStart(w http.ResponseWriter, r *http.Request) {
 	oc, _, err := c.oidc.oauth(r.Context())
@@ -232,7 +198,12 @@ func (c *Console) oidcStart(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	state, nonce, verifier := randomToken(), randomToken(), oauth2.GenerateVerifier()
-	c.oidc.put(state, oidcPending{nonce: nonce, verifier: verifier, expires: c.cfg.Now().Add(oidcPendingTTL)}, c.cfg.Now())
+	now := c.cfg.Now()
+	if err := c.cfg.Authority.PutConsoleOIDC(secretHash(state), ca.ConsoleOIDC{Nonce: nonce, Verifier: verifier, Expires: now.Add(oidcPendingTTL)}, now, maxOIDCPending); err != nil {
+		c.cfg.Logger.Error("console: sign-in store", "error", err)
+		c.message(w, r, http.StatusServiceUnavailable, "Sign-in unavailable", "The sign-in store is unavailable; see the control plane's log, then retry.")
+		return
+	}
 	// The state also goes into a cookie of this browser: a callback in
 	// another browser (a link someone was sent) is refused. Lax, as the
 	// provider's redirect back is a cross-site navigation.
@@ -260,9 +231,14 @@ func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusBadRequest, "This sign-in did not start in this browser, or was already used: sign in again.")
 		return
 	}
-	pend, ok := c.oidc.take(state, c.cfg.Now())
-	if !ok {
+	pend, err := c.cfg.Authority.ClaimConsoleOIDC(secretHash(state), c.cfg.Now())
+	if errors.Is(err, ca.ErrNotFound) {
 		refuse(http.StatusBadRequest, "This sign-in expired or was already used: sign in again.")
+		return
+	}
+	if err != nil {
+		c.cfg.Logger.Error("console: sign-in store", "error", err)
+		refuse(http.StatusServiceUnavailable, "The sign-in store is unavailable; sign in again.")
 		return
 	}
 	oc, p, err := c.oidc.oauth(r.Context())
@@ -272,7 +248,7 @@ func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := c.oidc.ctx(r.Context())
-	tok, err := oc.Exchange(ctx, q.Get("code"), oauth2.VerifierOption(pend.verifier))
+	tok, err := oc.Exchange(ctx, q.Get("code"), oauth2.VerifierOption(pend.Verifier))
 	if err != nil {
 		c.cfg.Logger.Warn("console: OIDC code exchange", "error", err)
 		refuse(http.StatusUnauthorized, "The identity provider did not accept the sign-in code.")
@@ -289,7 +265,7 @@ func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusUnauthorized, "The ID token did not verify.")
 		return
 	}
-	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(pend.nonce)) != 1 {
+	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(pend.Nonce)) != 1 {
 		refuse(http.StatusUnauthorized, "The ID token is not the one this sign-in asked for (nonce).")
 		return
 	}

@@ -203,6 +203,13 @@ func (e *env) browser(p *idp) *http.Client {
 // and the console's answer to it.
 func oidcSignIn(t *testing.T, e *env, b *http.Client) (string, int, string) {
 	t.Helper()
+	return oidcSignInVia(t, e, b, nil)
+}
+
+// oidcSignInVia is oidcSignIn calling between (if set) when the provider
+// has answered and before the browser returns to the console.
+func oidcSignInVia(t *testing.T, e *env, b *http.Client, between func()) (string, int, string) {
+	t.Helper()
 	_, body := e.get(b, "/ui/login")
 	if !strings.Contains(body, `href="/ui/oidc/start"`) {
 		t.Fatalf("login page has no OIDC sign-in:\n%s", body)
@@ -225,6 +232,9 @@ func oidcSignIn(t *testing.T, e *env, b *http.Client) (string, int, string) {
 		t.Fatalf("authorize: %d %s", resp.StatusCode, msg)
 	}
 	cb := resp.Header.Get("Location")
+	if between != nil {
+		between()
+	}
 	resp, err = b.Get(cb)
 	if err != nil {
 		t.Fatal(err)
@@ -261,6 +271,31 @@ func TestOIDCSignIn(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("replayed callback: %d", resp.StatusCode)
+	}
+}
+
+// TestOIDCCallbackOnAnotherInstance: the sign-in under way is in the store,
+// not in the memory of the console that started it, so the provider may
+// send the browser back to another instance (or a restarted one).
+func TestOIDCCallbackOnAnotherInstance(t *testing.T) {
+	e, p := oidcEnv(t)
+	p.set(map[string]any{"sub": "u-2", "email": "gil@example.com", "groups": []string{"audit"}}, nil, nil)
+	b := e.browser(p)
+	_, code, body := oidcSignInVia(t, e, b, func() {
+		cfg := e.con.cfg
+		cfg.Authority = openAuthority(t, e.dir, "")
+		con, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.srv.Config.Handler = con.Handler()
+		e.con = con
+	})
+	if code != 200 || !strings.Contains(body, "gil@example.com (auditor)") {
+		t.Fatalf("callback on the other console: %d\n%s", code, body)
+	}
+	if code, _ := e.get(b, "/ui/decisions"); code != 200 {
+		t.Errorf("session after the callback: %d", code)
 	}
 }
 

@@ -151,6 +151,20 @@ func TestSessionStore(t *testing.T) {
 		if _, err := e.auth.ConsoleSession(third, now); err != nil {
 			t.Errorf("newest session: %v", err)
 		}
+		// An OIDC sign-in under way is claimed once, and not after it expired.
+		for _, exp := range []time.Time{now.Add(time.Minute), now} {
+			h := secretHash(randomToken())
+			if err := e.auth.PutConsoleOIDC(h, ca.ConsoleOIDC{Nonce: "n", Verifier: "v", Expires: exp}, now, maxOIDCPending); err != nil {
+				t.Fatal(err)
+			}
+			p, err := e.auth.ClaimConsoleOIDC(h, now)
+			if exp.After(now) != (err == nil) || (err == nil && (p.Nonce != "n" || p.Verifier != "v")) {
+				t.Errorf("OIDC sign-in expiring %v: %+v %v", exp, p, err)
+			}
+			if _, err := e.auth.ClaimConsoleOIDC(h, now); !errors.Is(err, ca.ErrNotFound) {
+				t.Errorf("OIDC sign-in claimed twice: %v", err)
+			}
+		}
 		// Sign-out removes it from the store.
 		if err := s.remove(id); err != nil {
 			t.Fatal(err)
