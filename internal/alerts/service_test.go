@@ -693,3 +693,67 @@ func copyTree(t *testing.T, src, dst string) {
 		t.Fatal(err)
 	}
 }
+
+// TestLeaseOneHolder: instances taking the lease at the same moment, each
+// through its own connection pool as separate processes would, get exactly
+// one holder; another gets it only after the holder's lease ran out or was
+// released.
+func TestLeaseOneHolder(t *testing.T) {
+	eachStore(t, func(t *testing.T, dsn string) {
+		path := filepath.Join(t.TempDir(), "alerts.db")
+		const n = 8
+		dbs := make([]*db, n)
+		for i := range dbs {
+			d, err := openDB(path, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { d.sql.Close() })
+			dbs[i] = d
+		}
+		now := time.Now()
+		won := make([]bool, n)
+		var wg sync.WaitGroup
+		for i := range dbs {
+			wg.Go(func() {
+				ok, err := dbs[i].lease(fmt.Sprint("holder-", i), now, now.Add(time.Minute))
+				if err != nil {
+					t.Error(err)
+				}
+				won[i] = ok
+			})
+		}
+		wg.Wait()
+		holder := -1
+		for i, ok := range won {
+			if ok {
+				if holder >= 0 {
+					t.Fatalf("holders %d and %d at once", holder, i)
+				}
+				holder = i
+			}
+		}
+		if holder < 0 {
+			t.Fatal("nobody took the free lease")
+		}
+		other := (holder + 1) % n
+		if ok, err := dbs[other].lease(fmt.Sprint("holder-", other), now.Add(30*time.Second), now.Add(90*time.Second)); ok || err != nil {
+			t.Errorf("took a lease that had not run out: %v %v", ok, err)
+		}
+		if ok, err := dbs[holder].lease(fmt.Sprint("holder-", holder), now.Add(30*time.Second), now.Add(90*time.Second)); !ok || err != nil {
+			t.Errorf("the holder could not renew: %v %v", ok, err)
+		}
+		if ok, err := dbs[other].lease(fmt.Sprint("holder-", other), now.Add(91*time.Second), now.Add(2*time.Minute)); !ok || err != nil {
+			t.Errorf("could not take a lease that ran out: %v %v", ok, err)
+		}
+		if err := dbs[other].saveState(fmt.Sprint("holder-", holder), []byte("x"), nil, now); !errors.Is(err, errLeaseLost) {
+			t.Errorf("the former holder saved its state over the new holder's: %v", err)
+		}
+		if err := dbs[other].release(fmt.Sprint("holder-", other)); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := dbs[holder].lease(fmt.Sprint("holder-", holder), now.Add(92*time.Second), now.Add(3*time.Minute)); !ok || err != nil {
+			t.Errorf("could not take a released lease: %v %v", ok, err)
+		}
+	})
+}
