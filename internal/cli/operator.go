@@ -152,7 +152,7 @@ type serverFlags struct {
 
 func (s *serverFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&s.server, "server", os.Getenv("AGENTAUTHZ_SERVER"), "control plane URL (https://host:9193; env AGENTAUTHZ_SERVER); without it the local --data-dir is changed")
+	f.StringVar(&s.server, "server", os.Getenv("AGENTAUTHZ_SERVER"), "control plane URL (https://host:9193; env AGENTAUTHZ_SERVER); without it the command works on local files (--data-dir, --log)")
 	f.StringVar(&s.cert, "cert", os.Getenv("AGENTAUTHZ_CERT"), "operator certificate for --server (env AGENTAUTHZ_CERT)")
 	f.StringVar(&s.key, "key", os.Getenv("AGENTAUTHZ_KEY"), "key of --cert (env AGENTAUTHZ_KEY)")
 	f.StringVar(&s.serverCA, "server-ca", os.Getenv("AGENTAUTHZ_SERVER_CA"), "operator CA that verifies --server (default <data-dir>/operator/ca.pem)")
