@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -563,7 +562,7 @@ func TestTwoInstancesOnePostgres(t *testing.T) {
 	dsn := pgShared.Database(t)
 	f := newFixture(t, dsn, "bot-1", "bot-2")
 	dirB := filepath.Join(f.dir, "control-b")
-	copyTree(t, f.auth.DataDir(), dirB)
+	testenv.CopyTree(t, f.auth.DataDir(), dirB)
 	authB, err := ca.Open(dirB, ca.WithStore(dsn), ca.MustExist())
 	if err != nil {
 		t.Fatal(err)
@@ -663,34 +662,6 @@ func TestTwoInstancesOnePostgres(t *testing.T) {
 	}
 	if res, err := f.auth.VerifyChangeLog(changeLogKey(t, f)); err != nil || res.Problem != nil {
 		t.Errorf("change log: %+v %v", res, err)
-	}
-}
-
-// copyTree copies the directory src to dst (an instance's data directory:
-// the CA and change-log keys, as an operator copies them).
-func copyTree(t *testing.T, src, dst string) {
-	t.Helper()
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		out := filepath.Join(dst, rel)
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			return os.MkdirAll(out, info.Mode().Perm())
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(out, b, info.Mode().Perm())
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -3,7 +3,6 @@ package ca
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,33 +69,6 @@ func newTestAuthorityOn(t *testing.T, b backend) (*Authority, *clock) {
 	return a, c
 }
 
-// copyTree copies the files under src to dst (keys: modes kept).
-func copyTree(t *testing.T, src, dst string) {
-	t.Helper()
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		out := filepath.Join(dst, rel)
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			return os.MkdirAll(out, info.Mode().Perm())
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(out, b, info.Mode().Perm())
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestTwoInstancesOnePostgres: two authorities with their own data
 // directories on one PostgreSQL inventory, as two control-plane instances.
 // Without the keys of the first, the second changes nothing; with copies of
@@ -129,8 +101,8 @@ func TestTwoInstancesOnePostgres(t *testing.T) {
 	if err := b.RecordEvent(td, "", "", "operator_issue", "bob", "x"); !errors.Is(err, ErrChangeLogKey) {
 		t.Fatalf("instance B signed the change log with a key of its own: %v", err)
 	}
-	copyTree(t, filepath.Join(dirA, "ca"), filepath.Join(dirB, "ca"))
-	copyTree(t, filepath.Join(dirA, changeLogDir), filepath.Join(dirB, changeLogDir))
+	testenv.CopyTree(t, filepath.Join(dirA, "ca"), filepath.Join(dirB, "ca"))
+	testenv.CopyTree(t, filepath.Join(dirA, changeLogDir), filepath.Join(dirB, changeLogDir))
 
 	const n = 15
 	errs := make(chan error, 2)
@@ -186,7 +158,7 @@ func TestTwoInstancesOnePostgres(t *testing.T) {
 	if _, err := b.Restrict(RestrictRequest{TrustDomain: td, AgentID: "bot-1-1", MaxTrust: new(int), Reason: "x", Operator: "carol"}); !errors.Is(err, ErrChangeLogKey) {
 		t.Fatalf("instance B signed with the retired key: %v", err)
 	}
-	copyTree(t, filepath.Join(dirA, changeLogDir), filepath.Join(dirB, changeLogDir))
+	testenv.CopyTree(t, filepath.Join(dirA, changeLogDir), filepath.Join(dirB, changeLogDir))
 	if _, err := b.Restrict(RestrictRequest{TrustDomain: td, AgentID: "bot-1-1", MaxTrust: new(int), Reason: "x", Operator: "carol"}); err != nil {
 		t.Fatal(err)
 	}

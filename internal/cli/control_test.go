@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -122,7 +121,7 @@ func startFleet(t *testing.T, n, cps int, store string, extra ...string) *contro
 			// first instance's files (docs/control-plane.md).
 			dir = filepath.Join(root, fmt.Sprintf("control-%d", i))
 			for _, sub := range []string{"ca", "changelog", "operator"} {
-				copyTree(t, filepath.Join(f.cpDir, sub), filepath.Join(dir, sub))
+				testenv.CopyTree(t, filepath.Join(f.cpDir, sub), filepath.Join(dir, sub))
 			}
 		}
 		args := []string{"control", "serve", "--data-dir", dir, "--addr", "127.0.0.1:0"}
@@ -201,32 +200,6 @@ func (p *proc) exit(stop context.CancelFunc) int {
 	code := <-p.done
 	p.done <- code
 	return code
-}
-
-// copyTree copies the files under src to dst, modes kept (keys stay 0600).
-func copyTree(t *testing.T, src, dst string) {
-	t.Helper()
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			return os.MkdirAll(filepath.Join(dst, rel), info.Mode().Perm())
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dst, rel), b, info.Mode().Perm())
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 func (f *controlFleet) procs() []*proc {
