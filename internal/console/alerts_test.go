@@ -3,9 +3,7 @@ package console
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -98,25 +96,7 @@ func shipProbes(t *testing.T, rs *recordstore.Store) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r := decisionlog.NewReader(filepath.Join(dir, "log"))
-	defer r.Close()
-	var gs []recordstore.Group
-	var g recordstore.Group
-	for {
-		e, cp, err := r.NextOrCheckpoint()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if cp != nil {
-			g.Checkpoint = string(cp)
-			gs, g = append(gs, g), recordstore.Group{}
-			continue
-		}
-		g.Records = append(g.Records, e.Raw)
-	}
+	gs := logGroups(t, filepath.Join(dir, "log"))
 	if res, err := rs.Append(context.Background(), recordstore.Shipment{Log: "replica-2", Keys: keys, Head: 3, Groups: gs}); err != nil || res.Refused != nil {
 		t.Fatalf("ship: %+v %v", res, err)
 	}

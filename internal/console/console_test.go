@@ -182,25 +182,7 @@ func shipLog(t *testing.T, rs *recordstore.Store) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r := decisionlog.NewReader(filepath.Join(dir, "log"))
-	defer r.Close()
-	var gs []recordstore.Group
-	var g recordstore.Group
-	for {
-		e, cp, err := r.NextOrCheckpoint()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if cp != nil {
-			g.Checkpoint = string(cp)
-			gs, g = append(gs, g), recordstore.Group{}
-			continue
-		}
-		g.Records = append(g.Records, e.Raw)
-	}
+	gs := logGroups(t, filepath.Join(dir, "log"))
 	res, err := rs.Append(context.Background(), recordstore.Shipment{Log: "replica-1", Keys: keys, Head: 3, Groups: gs})
 	if err != nil || res.Refused != nil || res.Stored != 3 {
 		t.Fatalf("ship: %+v %v", res, err)
@@ -690,4 +672,29 @@ func FuzzClaimLink(f *testing.F) {
 			t.Fatalf("token %q signed in as %+v", tok, op)
 		}
 	})
+}
+
+// logGroups reads a decision log as the group-commit batches a replica ships:
+// each batch's records and the checkpoint that signs them.
+func logGroups(t *testing.T, dir string) []recordstore.Group {
+	t.Helper()
+	r := decisionlog.NewReader(dir)
+	defer r.Close()
+	var gs []recordstore.Group
+	var g recordstore.Group
+	for {
+		e, cp, err := r.NextOrCheckpoint()
+		if errors.Is(err, io.EOF) {
+			return gs
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cp != nil {
+			g.Checkpoint = string(cp)
+			gs, g = append(gs, g), recordstore.Group{}
+			continue
+		}
+		g.Records = append(g.Records, e.Raw)
+	}
 }

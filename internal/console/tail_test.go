@@ -3,7 +3,6 @@ package console
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -51,25 +50,7 @@ func shipRecords(t *testing.T, rs *recordstore.Store, log string, recs []*decisi
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r := decisionlog.NewReader(filepath.Join(dir, "log"))
-	defer r.Close()
-	var gs []recordstore.Group
-	var g recordstore.Group
-	for {
-		e, cp, err := r.NextOrCheckpoint()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if cp != nil {
-			g.Checkpoint = string(cp)
-			gs, g = append(gs, g), recordstore.Group{}
-			continue
-		}
-		g.Records = append(g.Records, e.Raw)
-	}
+	gs := logGroups(t, filepath.Join(dir, "log"))
 	if res, err := rs.Append(context.Background(), recordstore.Shipment{Log: log, Keys: keys, Head: uint64(n), Groups: gs}); err != nil || res.Refused != nil || res.Stored != n {
 		t.Fatalf("ship: %+v %v", res, err)
 	}
