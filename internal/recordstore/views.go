@@ -29,7 +29,7 @@ func (s *Store) Histogram(ctx context.Context, agent string, since time.Time, st
 		return nil, fmt.Errorf("%w: %d buckets of %v from %v (want 1..%d of whole minutes, from a minute)", ErrBadQuery, n, step, since, MaxBuckets)
 	}
 	from, width := micros(since), step.Microseconds()
-	table, where := "rollup_fleet_minute", ""
+	table, col, where := "rollup_fleet_minute", "minute_us", ""
 	args := []any{from, width, from, from + width*int64(n)}
 	switch {
 	case strings.HasPrefix(agent, "spiffe://"):
@@ -37,10 +37,12 @@ func (s *Store) Histogram(ctx context.Context, agent string, since time.Time, st
 		args = append(args, agent)
 	case agent != "":
 		return nil, fmt.Errorf("%w: an agent's histogram takes its SPIFFE ID, not %q", ErrBadQuery, agent)
+	case step%time.Hour == 0 && from%time.Hour.Microseconds() == 0:
+		table, col = "rollup_fleet_hour", "hour_us" // 60 times fewer rows
 	}
 	//nolint:gosec // built from fixed fragments and ? placeholders; the values are arguments
-	rows, err := s.db.QueryContext(ctx, `SELECT (minute_us - ?) / ? AS b, CAST(SUM(n) AS BIGINT), CAST(SUM(n - allowed) AS BIGINT) FROM `+table+
-		` WHERE minute_us >= ? AND minute_us < ?`+where+` GROUP BY b`, args...)
+	rows, err := s.db.QueryContext(ctx, `SELECT (`+col+` - ?) / ? AS b, CAST(SUM(n) AS BIGINT), CAST(SUM(n - allowed) AS BIGINT) FROM `+table+
+		` WHERE `+col+` >= ? AND `+col+` < ?`+where+` GROUP BY b`, args...)
 	if err != nil {
 		return nil, s.wrap(err)
 	}
