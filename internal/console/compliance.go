@@ -324,11 +324,15 @@ func (l storeLog) Scan(ctx context.Context, from, to time.Time, each func(eviden
 }
 
 // evidencePack builds the evidence pack (internal/evidence) for the last
-// days from this control plane's store and inventory, and sends it as a
-// download.
+// days from this control plane's store and inventory, signs it, and sends
+// it as a download.
 func (c *Console) evidencePack(w http.ResponseWriter, r *http.Request, v *viewer) {
 	if c.cfg.Records == nil {
 		c.render(w, r, http.StatusServiceUnavailable, "message", v, map[string]string{"Title": "No record store", "Text": "This control plane has no record store."})
+		return
+	}
+	if c.cfg.PackKey == nil { // an unsigned pack proves nothing
+		c.render(w, r, http.StatusServiceUnavailable, "message", v, map[string]string{"Title": "No evidence pack", "Text": "This control plane has no key to sign evidence packs: use agentauthz audit report --server."})
 		return
 	}
 	days, err := strconv.Atoi(r.PostForm.Get("days"))
@@ -372,6 +376,17 @@ func (c *Console) evidencePack(w http.ResponseWriter, r *http.Request, v *viewer
 			err = rep.WriteHTML(&buf)
 		}
 	}
+	// Signed as `audit report` signs (evidence.Sign), sent as a zip of the
+	// pack, NAME.sig and NAME.pub.pem: `audit report-verify NAME` checks it.
+	name := "evidence-" + now.UTC().Format("2006-01-02T150405Z")
+	var signed *evidence.Signed
+	if err == nil {
+		signed, err = evidence.Sign(c.cfg.PackKey, buf.Bytes())
+	}
+	var zipped bytes.Buffer
+	if err == nil {
+		err = signed.WriteZip(&zipped, name+"."+format, now)
+	}
 	if err != nil {
 		c.cfg.Logger.Error("console: evidence pack", "error", err)
 		c.render(w, r, http.StatusServiceUnavailable, "message", v, map[string]string{"Title": "No evidence pack", "Text": "The evidence pack could not be built: " + err.Error()})
@@ -380,11 +395,7 @@ func (c *Console) evidencePack(w http.ResponseWriter, r *http.Request, v *viewer
 	if err := c.cfg.Authority.RecordEvent("", "", "", "console_evidence", v.Op.String(), fmt.Sprintf("evidence pack of the last %d days (%s)", days, format)); err != nil {
 		c.cfg.Logger.Error("console: record evidence pack", "error", err)
 	}
-	ct := "text/html; charset=utf-8"
-	if format == "json" {
-		ct = "application/json"
-	}
-	w.Header().Set("Content-Type", ct)
-	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", "evidence-"+now.UTC().Format("2006-01-02")+"."+format))
-	_, _ = w.Write(buf.Bytes())
+	w.Header().Set("Content-Type", "application/zip")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", name+".zip"))
+	_, _ = w.Write(zipped.Bytes())
 }
