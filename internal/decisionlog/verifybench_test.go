@@ -60,13 +60,13 @@ func writeBatchedLog(t testing.TB, dir, name string, n, perCP int) (KeySet, ed25
 }
 
 // BenchmarkVerifyLog is audit verify over a 20,000-record log with 1, 4,
-// 15 and 79 records per checkpoint: a log written one record at a time (a
-// lightly loaded log in sync mode), a little more load, the load harness's
-// concurrency of 16, and 256 concurrent appenders. records/cpu-s (the
+// 7, 15 and 79 records per checkpoint: a log written one record at a time
+// (a lightly loaded log in sync mode), a little more load, the log the load
+// harness leaves at concurrency 16, 32 and 256 concurrent appenders. records/cpu-s (the
 // process's user+sys time) is steadier than records/s on a shared machine.
 func BenchmarkVerifyLog(b *testing.B) {
 	const n = 20000
-	for _, perCP := range []int{1, 4, 15, 79} {
+	for _, perCP := range []int{1, 4, 7, 15, 79} {
 		b.Run(fmt.Sprintf("per-checkpoint=%d", perCP), func(b *testing.B) {
 			dir := filepath.Join(b.TempDir(), "log")
 			ks, _ := writeBatchedLog(b, dir, "test-1", n, perCP)
