@@ -13,7 +13,7 @@ TOOL      := $(GO) tool -modfile=tools/go.mod
 # The packages with concurrency, run under the race detector by .ci/run.
 RACE_PKGS := ./internal/decisionlog/... ./internal/revocation/... ./internal/policy/... ./internal/extauthz/... ./internal/server/...
 
-.PHONY: help build release run test race race-ci bench bench-fleet bench-store bench-report policy-test bundle fuzz mutate soak lint vulncheck fmt tidy-check clean
+.PHONY: help build release run test race race-ci bench bench-fleet bench-store bench-console bench-report policy-test bundle fuzz mutate soak lint vulncheck fmt tidy-check clean
 
 help: ## show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -74,6 +74,9 @@ bench-fleet: build ## the caches' curve over fleets of 1k..1M agents with a Zipf
 
 bench-store: ## the central decision store's queries over 10 million records on SQLite and PostgreSQL (long; ~20 GB in $TMPDIR)
 	AGENTAUTHZ_BENCH_RECORDS=10000000 $(GO) test -run='^$$' -bench=Find -benchtime=2000x -timeout 3h -v ./internal/recordstore
+
+bench-console: ## every console page over 10,000 agents and 10 million records on SQLite and PostgreSQL (long; ~20 GB in $TMPDIR)
+	AGENTAUTHZ_BENCH_AGENTS=10000 AGENTAUTHZ_BENCH_RECORDS=10000000 $(GO) test -run='^$$' -bench=Render -benchtime=20x -timeout 3h -v ./internal/console
 
 bench-report: ## the evidence pack (audit report) over 10 million records (long; a 6.7 GB log written once in $TMPDIR/agentauthz-report-bench)
 	AGENTAUTHZ_REPORT_RECORDS=10000000 AGENTAUTHZ_REPORT_LOG_DIR=$${TMPDIR:-/tmp}/agentauthz-report-bench $(GO) test -run='^$$' -bench=BenchmarkReport -benchtime=1x -timeout 2h ./internal/evidence

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/console"
 	"github.com/agentauthz/agentauthz/internal/control"
+	"github.com/agentauthz/agentauthz/internal/evidence"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
 	"github.com/agentauthz/agentauthz/internal/revocation"
 )
@@ -242,13 +244,22 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 			oidcCfg, err = console.LoadOIDCConfig(opts.oidc)
 		}
 	}
+	// The key that signs the console's evidence packs: the one `audit
+	// report --data-dir` (same directory) signs with.
+	var packKey ed25519.PrivateKey
+	if err == nil && !opts.plain {
+		if packKey, err = evidence.LoadSigningKey(evidence.SigningKeyPath(dataDir)); err != nil {
+			err = withHint(fmt.Errorf("evidence pack signing key: %w", err), "the key is made on first use; move a damaged one away to make a new one")
+		}
+	}
 	if err != nil {
 		ln.Close()
 		rs.records.Close()
 		auth.Close()
 		return nil, err
 	}
-	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Alerts: rs.alerts, Auth: authn, OIDC: oidcCfg, Logger: log.Named("console")})
+	con, err := console.New(console.Config{Authority: auth, Records: rs.records, Alerts: rs.alerts, Auth: authn, OIDC: oidcCfg,
+		PackKey: packKey, Logger: log.Named("console")})
 	if err != nil {
 		ln.Close()
 		_ = rs.closeStores() // the error being returned is the one to report

@@ -1,6 +1,9 @@
 package cli
 
 import (
+	"archive/zip"
+	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
@@ -98,4 +101,74 @@ func TestConsoleEndToEnd(t *testing.T) {
 			t.Errorf("agent page lacks %q", want)
 		}
 	}
+
+	// The evidence pack from the Compliance page is signed with the key
+	// `audit report --data-dir` signs with, and `audit report-verify`, the
+	// auditor's command, checks it.
+	resp, err := c.PostForm(f.url+"/ui/compliance/evidence", url.Values{"csrf": {m[1]}, "days": {"1"}, "format": {"html"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	zipped, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/zip" {
+		t.Fatalf("evidence pack: %d %s", resp.StatusCode, zipped)
+	}
+	dir := t.TempDir()
+	pack := unzipTo(t, zipped, dir)
+	cli(t, "audit", "report", "--log", f.replicas[0].logDir, "--data-dir", f.cpDir, "--out", filepath.Join(dir, "cli.html"))
+	pinned := filepath.Join(dir, "cli.html.pub.pem")
+	if out := cli(t, "audit", "report-verify", pack, "--pubkey", pinned); !strings.HasPrefix(out, "ok: ") {
+		t.Errorf("report-verify of the console's pack: %s", out)
+	}
+	b, err := os.ReadFile(pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "<html") {
+		t.Errorf("the console's pack is not the HTML report: %.200s", b)
+	}
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(pack, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := Run(context.Background(), []string{"audit", "report-verify", pack, "--pubkey", pinned}, nil, &out, &errb); code != 1 || !strings.Contains(out.String(), "FAILED") {
+		t.Errorf("report-verify of a changed pack: exit %d %s%s", code, out.String(), errb.String())
+	}
+}
+
+// unzipTo writes the files of a zip into dir and returns the path of the
+// one that is neither a .sig nor a .pub.pem (the pack).
+func unzipTo(t *testing.T, b []byte, dir string) string {
+	t.Helper()
+	z, err := zip.NewReader(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack := ""
+	for _, f := range z.File {
+		if f.Name != filepath.Base(f.Name) {
+			t.Fatalf("a path in the zip: %q", f.Name)
+		}
+		r, err := f.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(r)
+		r.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f.Name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasSuffix(f.Name, ".sig") && !strings.HasSuffix(f.Name, ".pub.pem") {
+			pack = filepath.Join(dir, f.Name)
+		}
+	}
+	if len(z.File) != 3 || pack == "" {
+		t.Fatalf("the zip holds %d files", len(z.File))
+	}
+	return pack
 }

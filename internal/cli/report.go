@@ -2,10 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -131,23 +127,17 @@ checks it. The signing key is --sign-key, by default <data-dir>/keys/report.key 
 				return err
 			}
 			if signKey == "" {
-				signKey = filepath.Join(dataDir, "keys", "report.key")
+				signKey = evidence.SigningKeyPath(dataDir)
 			}
-			priv, err := loadOrCreateReportKey(signKey)
+			priv, err := evidence.LoadSigningKey(signKey)
 			if err != nil {
 				return err
 			}
-			pubPEM, err := publicPEM(priv.Public().(ed25519.PublicKey))
+			signed, err := evidence.Sign(priv, buf.Bytes())
 			if err != nil {
 				return err
 			}
-			if err := durable.WriteFile(out, buf.Bytes(), 0o644); err != nil {
-				return err
-			}
-			if err := durable.WriteFile(out+".sig", ed25519.Sign(priv, buf.Bytes()), 0o644); err != nil {
-				return err
-			}
-			if err := durable.WriteFile(out+".pub.pem", pubPEM, 0o644); err != nil {
+			if err := signed.WriteFiles(out); err != nil {
 				return err
 			}
 			c := rep.Counts()
@@ -212,21 +202,11 @@ func newAuditReportVerifyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			blk, _ := pem.Decode(p)
-			if blk == nil {
-				return fmt.Errorf("%s: no PEM public key", pub)
-			}
-			k, err := x509.ParsePKIXPublicKey(blk.Bytes)
-			if err != nil {
-				return fmt.Errorf("%s: %w", pub, err)
-			}
-			key, ok := k.(ed25519.PublicKey)
-			if !ok {
-				return fmt.Errorf("%s: not an Ed25519 key", pub)
-			}
-			if len(s) != ed25519.SignatureSize || !ed25519.Verify(key, data, s) {
+			if err := evidence.Verify(data, s, p); errors.Is(err, evidence.ErrSignature) {
 				fmt.Fprintf(cmd.OutOrStdout(), "FAILED: %s does not match its signature\n", args[0])
 				return errNo
+			} else if err != nil {
+				return fmt.Errorf("%s: %w", pub, err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "ok: %s is signed by the key in %s\n", args[0], pub)
 			return nil
@@ -235,49 +215,4 @@ func newAuditReportVerifyCmd() *cobra.Command {
 	cmd.Flags().StringVar(&sig, "sig", "", "signature file (default REPORT.sig)")
 	cmd.Flags().StringVar(&pub, "pubkey", "", "public key PEM (default REPORT.pub.pem); pass your own copy to trust it")
 	return cmd
-}
-
-func loadOrCreateReportKey(path string) (ed25519.PrivateKey, error) {
-	b, err := durable.ReadFile(path, 64<<10)
-	if errors.Is(err, os.ErrNotExist) {
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		der, err := x509.MarshalPKCS8PrivateKey(priv)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, err
-		}
-		if err := durable.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-			return nil, err
-		}
-		return priv, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return nil, fmt.Errorf("%s: no PEM private key", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	priv, ok := k.(ed25519.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("%s: not an Ed25519 key", path)
-	}
-	return priv, nil
-}
-
-func publicPEM(pub ed25519.PublicKey) ([]byte, error) {
-	der, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
 }

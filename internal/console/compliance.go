@@ -27,9 +27,8 @@ import (
 
 // Compliance limits.
 const (
-	matrixCells      = 2000 // agent × operation cells read
-	matrixAgents     = 50   // rows shown
-	matrixOperations = 30   // columns shown
+	matrixAgents     = 50 // rows shown
+	matrixOperations = 30 // columns shown
 	lastRevocations  = 10
 )
 
@@ -100,7 +99,8 @@ func (c *Console) complianceData(ctx context.Context, days int) (map[string]any,
 	if e := c.compCache[days]; e != nil && now.Sub(e.at) < complianceTTL && !now.Before(e.at) {
 		return e.data, nil
 	}
-	since := now.Add(-time.Duration(days) * 24 * time.Hour)
+	// The last days UTC days, today's included: the rollups count days.
+	since := now.UTC().Truncate(24 * time.Hour).Add(-time.Duration(days-1) * 24 * time.Hour)
 	data := map[string]any{"Days": days, "DayChoices": complianceDays, "Since": since, "Grace": evidence.PropagationBound, "At": now}
 	newest, err := c.cfg.Records.Find(ctx, recordstore.Query{Limit: 1, Newest: true})
 	if err != nil {
@@ -119,12 +119,11 @@ func (c *Console) complianceData(ctx context.Context, days int) (map[string]any,
 		return nil, err
 	}
 	data["Denials"] = denials
-	cells, more, err := c.cfg.Records.AgentOperations(ctx, since, matrixCells)
+	ops, rows, truncated, err := c.matrix(ctx, since)
 	if err != nil {
 		return nil, err
 	}
-	ops, rows, truncated := c.matrix(cells)
-	data["Operations"], data["Matrix"], data["MatrixTruncated"] = ops, rows, truncated || more
+	data["Operations"], data["Matrix"], data["MatrixTruncated"] = ops, rows, truncated
 	revs, err := c.lastRevocations(ctx)
 	if err != nil {
 		return nil, err
@@ -137,32 +136,30 @@ func (c *Console) complianceData(ctx context.Context, days int) (map[string]any,
 	return data, nil
 }
 
-// matrix lays out the cells: the busiest agents as rows, the most used
-// operations as columns, and each agent's scopes no allowed decision used.
-func (c *Console) matrix(cells []recordstore.AgentOperation) ([]string, []matrixRow, bool) {
-	opN, agentN := map[string]int64{}, map[string]int64{}
-	for _, x := range cells {
-		opN[x.Operation] += x.Decisions
-		agentN[x.SPIFFEID] += x.Decisions
+// matrix lays out the agents × operations matrix since since: the busiest
+// agents as rows, the most used operations as columns, and each agent's
+// scopes no allowed decision used.
+func (c *Console) matrix(ctx context.Context, since time.Time) ([]string, []matrixRow, bool, error) {
+	opCounts, err := c.cfg.Records.Operations(ctx, since, matrixOperations+1)
+	if err != nil {
+		return nil, nil, false, err
 	}
-	top := func(m map[string]int64, n int) ([]string, bool) {
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
-		}
-		sort.Slice(keys, func(i, j int) bool {
-			if m[keys[i]] != m[keys[j]] {
-				return m[keys[i]] > m[keys[j]]
-			}
-			return keys[i] < keys[j]
-		})
-		if len(keys) > n {
-			return keys[:n], true
-		}
-		return keys, false
+	top, err := c.cfg.Records.TopAgents(ctx, since, matrixAgents+1)
+	if err != nil {
+		return nil, nil, false, err
 	}
-	ops, moreOps := top(opN, matrixOperations)
-	agents, moreAgents := top(agentN, matrixAgents)
+	truncated := len(opCounts) > matrixOperations || len(top) > matrixAgents
+	var ops, agents []string
+	for i := range min(len(opCounts), matrixOperations) {
+		ops = append(ops, opCounts[i].Key)
+	}
+	for i := range min(len(top), matrixAgents) {
+		agents = append(agents, top[i].Key)
+	}
+	cells, err := c.cfg.Records.AgentOperations(ctx, since, agents)
+	if err != nil {
+		return nil, nil, false, err
+	}
 	sort.Strings(ops)
 	sort.Strings(agents)
 	col := map[string]int{}
@@ -201,7 +198,7 @@ func (c *Console) matrix(cells []recordstore.AgentOperation) ([]string, []matrix
 			}
 		}
 	}
-	return ops, out, moreOps || moreAgents
+	return ops, out, truncated, nil
 }
 
 // lastRevocations are the newest agent revocations of the change log with,
@@ -324,11 +321,15 @@ func (l storeLog) Scan(ctx context.Context, from, to time.Time, each func(eviden
 }
 
 // evidencePack builds the evidence pack (internal/evidence) for the last
-// days from this control plane's store and inventory, and sends it as a
-// download.
+// days from this control plane's store and inventory, signs it, and sends
+// it as a download.
 func (c *Console) evidencePack(w http.ResponseWriter, r *http.Request, v *viewer) {
 	if c.cfg.Records == nil {
 		c.render(w, r, http.StatusServiceUnavailable, "message", v, map[string]string{"Title": "No record store", "Text": "This control plane has no record store."})
+		return
+	}
+	if c.cfg.PackKey == nil { // an unsigned pack proves nothing
+		c.render(w, r, http.StatusServiceUnavailable, "message", v, map[string]string{"Title": "No evidence pack", "Text": "This control plane has no key to sign evidence packs: use agentauthz audit report --server."})
 		return
 	}
 	days, err := strconv.Atoi(r.PostForm.Get("days"))
@@ -372,6 +373,17 @@ func (c *Console) evidencePack(w http.ResponseWriter, r *http.Request, v *viewer
 			err = rep.WriteHTML(&buf)
 		}
 	}
+	// Signed as `audit report` signs (evidence.Sign), sent as a zip of the
+	// pack, NAME.sig and NAME.pub.pem: `audit report-verify NAME` checks it.
+	name := "evidence-" + now.UTC().Format("2006-01-02T150405Z")
+	var signed *evidence.Signed
+	if err == nil {
+		signed, err = evidence.Sign(c.cfg.PackKey, buf.Bytes())
+	}
+	var zipped bytes.Buffer
+	if err == nil {
+		err = signed.WriteZip(&zipped, name+"."+format, now)
+	}
 	if err != nil {
 		c.cfg.Logger.Error("console: evidence pack", "error", err)
 		c.render(w, r, http.StatusServiceUnavailable, "message", v, map[string]string{"Title": "No evidence pack", "Text": "The evidence pack could not be built: " + err.Error()})
@@ -380,11 +392,7 @@ func (c *Console) evidencePack(w http.ResponseWriter, r *http.Request, v *viewer
 	if err := c.cfg.Authority.RecordEvent("", "", "", "console_evidence", v.Op.String(), fmt.Sprintf("evidence pack of the last %d days (%s)", days, format)); err != nil {
 		c.cfg.Logger.Error("console: record evidence pack", "error", err)
 	}
-	ct := "text/html; charset=utf-8"
-	if format == "json" {
-		ct = "application/json"
-	}
-	w.Header().Set("Content-Type", ct)
-	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", "evidence-"+now.UTC().Format("2006-01-02")+"."+format))
-	_, _ = w.Write(buf.Bytes())
+	w.Header().Set("Content-Type", "application/zip")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", name+".zip"))
+	_, _ = w.Write(zipped.Bytes())
 }

@@ -1,7 +1,9 @@
 package console
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -87,9 +89,32 @@ func TestCompliance(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	var rep evidence.Report
-	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Disposition"), "attachment") || json.Unmarshal(b, &rep) != nil {
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/zip" ||
+		!regexp.MustCompile(`^attachment; filename="evidence-[0-9TZ-]+\.zip"$`).MatchString(resp.Header.Get("Content-Disposition")) {
 		t.Fatalf("evidence pack: %d %v %.300s", resp.StatusCode, resp.Header, b)
+	}
+	pack, sig, pub := unzipPack(t, b)
+	// Signed with the control plane's key, checked as report-verify checks.
+	if err := evidence.Verify(pack, sig, pub); err != nil {
+		t.Fatalf("the downloaded pack does not verify: %v", err)
+	}
+	key, err := evidence.LoadSigningKey(evidence.SigningKeyPath(e.dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := evidence.Sign(key, nil); !bytes.Equal(pub, want.PubPEM) {
+		t.Errorf("the pack's key is not the control plane's:\n%s", pub)
+	}
+	for _, i := range []int{0, len(pack) / 2, len(pack) - 1} {
+		bad := bytes.Clone(pack)
+		bad[i] ^= 1
+		if err := evidence.Verify(bad, sig, pub); !errors.Is(err, evidence.ErrSignature) {
+			t.Errorf("the pack with byte %d changed: %v", i, err)
+		}
+	}
+	var rep evidence.Report
+	if err := json.Unmarshal(pack, &rep); err != nil {
+		t.Fatalf("evidence pack: %v %.300s", err, pack)
 	}
 	if len(rep.Controls) == 0 || len(rep.Logs) != 2 || !rep.Logs[0].Verified || len(rep.Revocations) != 1 || !strings.Contains(rep.Logs[0].Server, "127.0.0.1") {
 		t.Errorf("evidence pack: %d controls, logs %+v, %d revocations", len(rep.Controls), rep.Logs, len(rep.Revocations))

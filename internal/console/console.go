@@ -9,6 +9,7 @@
 package console
 
 import (
+	"crypto/ed25519"
 	"crypto/subtle"
 	"embed"
 	"errors"
@@ -66,9 +67,12 @@ type Config struct {
 	Alerts         *alerts.Service
 	ExpiringWithin time.Duration
 	// OIDC, when set, adds sign-in through an OpenID Connect provider.
-	OIDC   *OIDCConfig
-	Logger hclog.Logger
-	Now    func() time.Time
+	OIDC *OIDCConfig
+	// PackKey signs the evidence packs the Compliance page sends
+	// (evidence.Sign, as `audit report` signs); nil refuses the download.
+	PackKey ed25519.PrivateKey
+	Logger  hclog.Logger
+	Now     func() time.Time
 }
 
 // Console is the web console.

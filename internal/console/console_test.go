@@ -21,6 +21,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/evidence"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
 	"github.com/agentauthz/agentauthz/internal/testenv"
 )
@@ -38,6 +39,8 @@ type env struct {
 	pool *x509.CertPool
 	con  *Console
 	rs   *recordstore.Store
+	// noPackKey serves the console with no evidence pack signing key.
+	noPackKey bool
 }
 
 // newEnv runs the console as the control plane mounts it, on a real TLS
@@ -115,7 +118,15 @@ func newEnvOn(t *testing.T, dsn string) *env {
 func (e *env) serve() {
 	t := e.t
 	t.Helper()
-	con, err := New(Config{Authority: e.auth, Records: e.rs, Auth: control.NewAuthenticator(e.op, nil, nil)})
+	// The evidence pack's key, where control serve keeps it.
+	key, err := evidence.LoadSigningKey(evidence.SigningKeyPath(e.dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.noPackKey {
+		key = nil
+	}
+	con, err := New(Config{Authority: e.auth, Records: e.rs, Auth: control.NewAuthenticator(e.op, nil, nil), PackKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}

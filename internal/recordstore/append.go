@@ -151,7 +151,8 @@ func decodeKey(x string) (ed25519.PublicKey, error) {
 // the first that fails, in one transaction that holds the log's lock. A
 // batch already stored is skipped if its records are identical (shipping is
 // at least once) and refused as a conflict otherwise. Nothing stored is ever
-// changed. A refusal is recorded in the refusals table and returned in
+// changed. The rollups (rollup.go) count the stored records in the same
+// transaction. A refusal is recorded in the refusals table and returned in
 // Result.Refused, with the batches before it stored.
 func (s *Store) Append(ctx context.Context, sh Shipment) (*Result, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
@@ -171,6 +172,7 @@ func (s *Store) Append(ctx context.Context, sh Shipment) (*Result, error) {
 		return nil, s.wrap(err)
 	}
 	defer insert.Close()
+	add := newCounts()
 	for _, g := range sh.Groups {
 		if res.Refused != nil {
 			break
@@ -201,16 +203,23 @@ func (s *Store) Append(ctx context.Context, sh Shipment) (*Result, error) {
 			if kind == "" {
 				kind = decisionlog.KindDecision
 			}
-			if _, err := insert.ExecContext(ctx, sh.Log, int64(rec.Index), micros(rec.Time), kind, rec.DecisionID, rec.Request.ID,
+			at := micros(rec.Time)
+			if _, err := insert.ExecContext(ctx, sh.Log, int64(rec.Index), at, kind, rec.DecisionID, rec.Request.ID,
 				rec.Agent.Tenant, rec.Agent.ID, rec.Agent.SPIFFEID, rec.Request.Operation, allowed, reason,
 				hex.EncodeToString(leaves[i][:]), g.Records[i]); err != nil {
 				return nil, s.wrap(fmt.Errorf("store record %d of %s: %w", rec.Index, sh.Log, err))
+			}
+			if kind == decisionlog.KindDecision {
+				add.add(at, rec.Agent.SPIFFEID, rec.Agent.Tenant, rec.Agent.ID, rec.Request.Operation, reason, allowed)
 			}
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO checkpoints (log, size, signed) VALUES (?, ?, ?)`, sh.Log, int64(st.Size), g.Checkpoint); err != nil {
 			return nil, s.wrap(err)
 		}
 		res.Stored += len(recs)
+	}
+	if err := s.writeCounts(ctx, tx, add); err != nil {
+		return nil, err
 	}
 	keys, _ := json.Marshal(st.keys.JWKS())
 	tree, _ := json.Marshal(st.tree.Hashes())

@@ -148,6 +148,8 @@ CREATE INDEX records_by_agent ON records (agent_id, time_us, log, idx);
 CREATE INDEX records_by_spiffe ON records (spiffe_id, time_us, log, idx);
 CREATE INDEX records_by_time ON records (time_us, log, idx);
 `,
+	// 2 → 3: the rollup tables (rollup.go), filled from the stored records.
+	rollupTables(),
 }
 
 // migrate brings the schema to len(migrations), one step per transaction,
@@ -194,6 +196,12 @@ func (s *Store) migrate(ctx context.Context) error {
 			if _, err := tx.ExecContext(ctx, stmt); err != nil {
 				tx.Rollback()
 				return s.wrap(fmt.Errorf("migrate to version %d: %w", v+1, err))
+			}
+		}
+		if v+1 == rollupsVersion {
+			if err := s.fillRollups(ctx, tx); err != nil {
+				tx.Rollback()
+				return fmt.Errorf("migrate to version %d: %w", v+1, err)
 			}
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = ?`, v+1); err != nil {

@@ -20,27 +20,26 @@ type Bucket struct {
 const MaxBuckets = 500
 
 // Histogram counts the decisions (and the denials among them) from since
-// for n buckets of width step, of one agent (an id or a SPIFFE ID) or the
-// whole fleet (""), from the time indexes. Every bucket is returned, empty
-// ones too.
+// for n buckets of width step, of one agent (its SPIFFE ID) or the whole
+// fleet (""), from the minute rollups: since is on a minute and step a
+// whole number of minutes. Every bucket is returned, empty ones too.
 func (s *Store) Histogram(ctx context.Context, agent string, since time.Time, step time.Duration, n int) ([]Bucket, error) {
-	if n <= 0 || n > MaxBuckets || step < time.Second {
-		return nil, fmt.Errorf("%w: %d buckets of %v (want 1..%d of at least 1s)", ErrBadQuery, n, step, MaxBuckets)
+	if n <= 0 || n > MaxBuckets || step < time.Minute || step%time.Minute != 0 || micros(since)%60e6 != 0 {
+		return nil, fmt.Errorf("%w: %d buckets of %v from %v (want 1..%d of whole minutes, from a minute)", ErrBadQuery, n, step, since, MaxBuckets)
 	}
 	from, width := micros(since), step.Microseconds()
-	where := []string{"time_us >= ?", "time_us < ?", "kind = ?"}
-	args := []any{from, width, from, from + width*int64(n), decisionlog.KindDecision}
-	if agent != "" {
-		col := "agent_id"
-		if strings.HasPrefix(agent, "spiffe://") {
-			col = "spiffe_id"
-		}
-		where = append(where, col+" = ?")
+	table, where := "rollup_fleet_minute", ""
+	args := []any{from, width, from, from + width*int64(n)}
+	switch {
+	case strings.HasPrefix(agent, "spiffe://"):
+		table, where = "rollup_agent_minute", " AND spiffe_id = ?"
 		args = append(args, agent)
+	case agent != "":
+		return nil, fmt.Errorf("%w: an agent's histogram takes its SPIFFE ID, not %q", ErrBadQuery, agent)
 	}
 	//nolint:gosec // built from fixed fragments and ? placeholders; the values are arguments
-	rows, err := s.db.QueryContext(ctx, `SELECT (time_us - ?) / ? AS b, COUNT(*), CAST(SUM(1 - allowed) AS BIGINT) FROM records WHERE `+
-		strings.Join(where, " AND ")+` GROUP BY b`, args...)
+	rows, err := s.db.QueryContext(ctx, `SELECT (minute_us - ?) / ? AS b, CAST(SUM(n) AS BIGINT), CAST(SUM(n - allowed) AS BIGINT) FROM `+table+
+		` WHERE minute_us >= ? AND minute_us < ?`+where+` GROUP BY b`, args...)
 	if err != nil {
 		return nil, s.wrap(err)
 	}
@@ -117,11 +116,38 @@ type Count struct {
 	Allowed int64  `json:"allowed"`
 }
 
-// DenialsByReason counts the denied decisions since since by their primary
-// reason, most first.
+// DenialsByReason counts the denied decisions since since (on an hour) by
+// their primary reason, most first, from the hourly rollup.
 func (s *Store) DenialsByReason(ctx context.Context, since time.Time) ([]Count, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT reason, COUNT(*) AS n FROM records WHERE time_us >= ? AND kind = ? AND allowed = 0
-		GROUP BY reason ORDER BY n DESC, reason LIMIT 100`, micros(since), decisionlog.KindDecision)
+	return s.counts(ctx, `SELECT reason, CAST(SUM(n - allowed) AS BIGINT) AS d, CAST(SUM(allowed) AS BIGINT) FROM rollup_fleet_hour
+		WHERE hour_us >= ? GROUP BY reason HAVING SUM(n - allowed) > 0 ORDER BY d DESC, reason LIMIT ?`, since, time.Hour, 100)
+}
+
+// Operations counts the decisions since since (on an hour) by operation,
+// most first, at most limit of them (Allowed: how many were allowed).
+func (s *Store) Operations(ctx context.Context, since time.Time, limit int) ([]Count, error) {
+	return s.counts(ctx, `SELECT operation, CAST(SUM(n) AS BIGINT) AS d, CAST(SUM(allowed) AS BIGINT) FROM rollup_fleet_hour
+		WHERE hour_us >= ? GROUP BY operation ORDER BY d DESC, operation LIMIT ?`, since, time.Hour, limit)
+}
+
+// TopAgents counts the decisions since since (on a UTC day) by agent
+// (SPIFFE ID), most first, at most limit of them (Allowed: how many were
+// allowed), from the daily rollup.
+func (s *Store) TopAgents(ctx context.Context, since time.Time, limit int) ([]Count, error) {
+	return s.counts(ctx, `SELECT spiffe_id, CAST(SUM(n) AS BIGINT) AS d, CAST(SUM(allowed) AS BIGINT) FROM rollup_agent_day
+		WHERE day_us >= ? GROUP BY spiffe_id ORDER BY d DESC, spiffe_id LIMIT ?`, since, 24*time.Hour, limit)
+}
+
+// counts runs an aggregate over a rollup (q: from ?, LIMIT ?) from since,
+// which must be on a multiple of grain.
+func (s *Store) counts(ctx context.Context, q string, since time.Time, grain time.Duration, limit int) ([]Count, error) {
+	if micros(since)%grain.Microseconds() != 0 {
+		return nil, fmt.Errorf("%w: from %v, not on a multiple of %v", ErrBadQuery, since, grain)
+	}
+	if limit <= 0 || limit > 100000 {
+		return nil, fmt.Errorf("%w: limit %d", ErrBadQuery, limit)
+	}
+	rows, err := s.db.QueryContext(ctx, q, micros(since), limit)
 	if err != nil {
 		return nil, s.wrap(err)
 	}
@@ -129,7 +155,7 @@ func (s *Store) DenialsByReason(ctx context.Context, since time.Time) ([]Count, 
 	var out []Count
 	for rows.Next() {
 		var c Count
-		if err := rows.Scan(&c.Key, &c.N); err != nil {
+		if err := rows.Scan(&c.Key, &c.N, &c.Allowed); err != nil {
 			return nil, s.wrap(err)
 		}
 		out = append(out, c)
@@ -143,35 +169,42 @@ type AgentOperation struct {
 	Decisions, Allowed                 int64
 }
 
-// AgentOperations counts the decisions since since per agent and
-// operation, at most limit cells (the busiest agents' first); the bool
-// says whether there were more.
-func (s *Store) AgentOperations(ctx context.Context, since time.Time, limit int) ([]AgentOperation, bool, error) {
-	if limit <= 0 || limit > 100000 {
-		return nil, false, fmt.Errorf("%w: limit %d", ErrBadQuery, limit)
+// MaxMatrixAgents bounds the agents of one AgentOperations call.
+const MaxMatrixAgents = 500
+
+// AgentOperations counts the decisions since since (on a UTC day) of each
+// of agents (SPIFFE IDs) per operation, from the daily rollup.
+func (s *Store) AgentOperations(ctx context.Context, since time.Time, agents []string) ([]AgentOperation, error) {
+	if micros(since)%(24*time.Hour).Microseconds() != 0 {
+		return nil, fmt.Errorf("%w: from %v, not on a UTC day", ErrBadQuery, since)
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT spiffe_id, tenant, agent_id, operation, COUNT(*) AS n, CAST(SUM(allowed) AS BIGINT)
-		FROM records WHERE time_us >= ? AND kind = ? GROUP BY spiffe_id, tenant, agent_id, operation
-		ORDER BY n DESC, spiffe_id, operation LIMIT ?`, micros(since), decisionlog.KindDecision, limit+1)
+	if len(agents) > MaxMatrixAgents {
+		return nil, fmt.Errorf("%w: %d agents (at most %d)", ErrBadQuery, len(agents), MaxMatrixAgents)
+	}
+	if len(agents) == 0 {
+		return nil, nil
+	}
+	args := []any{micros(since)}
+	for _, a := range agents {
+		args = append(args, a)
+	}
+	//nolint:gosec // built from fixed fragments and ? placeholders; the values are arguments
+	rows, err := s.db.QueryContext(ctx, `SELECT spiffe_id, tenant, agent_id, operation, CAST(SUM(n) AS BIGINT), CAST(SUM(allowed) AS BIGINT)
+		FROM rollup_agent_day WHERE day_us >= ? AND spiffe_id IN (?`+strings.Repeat(", ?", len(agents)-1)+`)
+		GROUP BY spiffe_id, tenant, agent_id, operation ORDER BY spiffe_id, operation`, args...)
 	if err != nil {
-		return nil, false, s.wrap(err)
+		return nil, s.wrap(err)
 	}
 	defer rows.Close()
 	var out []AgentOperation
 	for rows.Next() {
 		var c AgentOperation
 		if err := rows.Scan(&c.SPIFFEID, &c.Tenant, &c.Agent, &c.Operation, &c.Decisions, &c.Allowed); err != nil {
-			return nil, false, s.wrap(err)
+			return nil, s.wrap(err)
 		}
 		out = append(out, c)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, false, s.wrap(err)
-	}
-	if len(out) > limit {
-		return out[:limit], true, nil
-	}
-	return out, false, nil
+	return out, s.wrap(rows.Err())
 }
 
 // AfterRevocation is what the decisions of one agent say about its

@@ -161,24 +161,33 @@ func TestHistogram(t *testing.T) {
 		ctx := context.Background()
 		shipBoth(t, s, a, b, ka, kb)
 		base := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-		h, err := s.Histogram(ctx, "", base, 10*time.Second, 4)
+		h, err := s.Histogram(ctx, "", base.Add(-time.Minute), time.Minute, 3)
 		if err != nil {
 			t.Fatal(err)
 		}
 		// Records i = 0..29 at base+i s in both logs; odd i are denials.
-		want := []Bucket{{base, 20, 10}, {base.Add(10 * time.Second), 20, 10}, {base.Add(20 * time.Second), 20, 10}, {base.Add(30 * time.Second), 0, 0}}
+		want := []Bucket{{base.Add(-time.Minute), 0, 0}, {base, 60, 30}, {base.Add(time.Minute), 0, 0}}
 		for i := range want {
 			if !h[i].Start.Equal(want[i].Start) || h[i].Decisions != want[i].Decisions || h[i].Denials != want[i].Denials {
 				t.Errorf("bucket %d: %+v, want %+v", i, h[i], want[i])
 			}
 		}
 		// bot-0 decides at i = 0, 3, 6, …: allowed when i is even.
-		h, err = s.Histogram(ctx, "spiffe://acme.test/agent/bot-0", base, time.Minute, 1)
+		h, err = s.Histogram(ctx, "spiffe://acme.test/agent/bot-0", base, 2*time.Minute, 1)
 		if err != nil || h[0].Decisions != 20 || h[0].Denials != 10 {
 			t.Errorf("one agent: %+v %v", h, err)
 		}
-		if h, err := s.Histogram(ctx, "bot-0", base.Add(-time.Hour), time.Minute, 5); err != nil || h[4].Decisions != 0 {
+		if h, err := s.Histogram(ctx, "spiffe://acme.test/agent/bot-0", base.Add(-time.Hour), time.Minute, 5); err != nil || h[4].Decisions != 0 {
 			t.Errorf("before any record: %+v %v", h, err)
+		}
+		for _, bad := range []struct {
+			agent string
+			since time.Time
+			step  time.Duration
+		}{{"bot-0", base, time.Minute}, {"", base.Add(time.Second), time.Minute}, {"", base, 90 * time.Second}, {"", base, time.Second}} {
+			if _, err := s.Histogram(ctx, bad.agent, bad.since, bad.step, 1); !errors.Is(err, ErrBadQuery) {
+				t.Errorf("%+v: %v", bad, err)
+			}
 		}
 		for _, n := range []int{0, MaxBuckets + 1} {
 			if _, err := s.Histogram(ctx, "", base, time.Minute, n); !errors.Is(err, ErrBadQuery) {
@@ -227,17 +236,27 @@ func TestAggregates(t *testing.T) {
 		if d, err := s.DenialsByReason(ctx, base.Add(time.Hour)); err != nil || len(d) != 0 {
 			t.Errorf("denials after the records: %+v %v", d, err)
 		}
-		cells, more, err := s.AgentOperations(ctx, base, 10)
-		if err != nil || more || len(cells) != 3 {
-			t.Fatalf("matrix: %+v %v %v", cells, more, err)
+		if ops, err := s.Operations(ctx, base, 10); err != nil || len(ops) != 1 || ops[0] != (Count{"payments:initiate", 60, 30}) {
+			t.Errorf("operations: %+v %v", ops, err)
+		}
+		top, err := s.TopAgents(ctx, base, 2)
+		if err != nil || len(top) != 2 || top[0] != (Count{"spiffe://acme.test/agent/bot-0", 20, 10}) || top[1].Key != "spiffe://acme.test/agent/bot-1" {
+			t.Fatalf("top agents: %+v %v", top, err)
+		}
+		cells, err := s.AgentOperations(ctx, base, []string{top[0].Key, top[1].Key, "spiffe://acme.test/agent/nobody"})
+		if err != nil || len(cells) != 2 {
+			t.Fatalf("matrix: %+v %v", cells, err)
 		}
 		for _, c := range cells {
 			if c.Operation != "payments:initiate" || c.Decisions != 20 || c.Allowed != 10 || !strings.HasSuffix(c.SPIFFEID, "/"+c.Agent) {
 				t.Errorf("cell %+v", c)
 			}
 		}
-		if cells, more, err := s.AgentOperations(ctx, base, 2); err != nil || !more || len(cells) != 2 {
-			t.Errorf("bounded matrix: %d %v %v", len(cells), more, err)
+		if _, err := s.AgentOperations(ctx, base.Add(time.Hour), []string{top[0].Key}); !errors.Is(err, ErrBadQuery) {
+			t.Errorf("matrix from an hour: %v", err)
+		}
+		if _, err := s.DenialsByReason(ctx, base.Add(time.Minute)); !errors.Is(err, ErrBadQuery) {
+			t.Errorf("denials from a minute: %v", err)
 		}
 		// bot-1 decides at i = 1, 4, 7, …, 28 in both logs; odd i are
 		// denied (scope_missing), so the first denial from 5 s is i = 7,

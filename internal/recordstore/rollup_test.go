@@ -1,0 +1,171 @@
+package recordstore
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentauthz/agentauthz/internal/decisionlog"
+)
+
+// randomLog writes n decision records of random agents, operations,
+// outcomes and times (over three days, not in order), rotating the key
+// once (a record the rollups do not count), and returns its batches.
+func randomLog(t *testing.T, name string, n int, rng *rand.Rand) ([]Group, decisionlog.KeySet) {
+	t.Helper()
+	dir := t.TempDir()
+	l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dir, "log"), KeyDir: filepath.Join(dir, "keys"), Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := l.PublicKeys()
+	base := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	for i := range n {
+		if i == n/2 {
+			if _, err := l.Rotate(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		agent, td := fmt.Sprintf("bot-%d", rng.IntN(5)), []string{"acme.test", "beta.test"}[rng.IntN(2)]
+		d := decisionlog.Decision{Allowed: true, HTTPStatus: 200, Reasons: []string{"allowed"}}
+		if rng.IntN(3) == 0 {
+			d = decisionlog.Decision{HTTPStatus: 403, Reasons: []string{[]string{"scope_missing", "agent_revoked", "trust_too_low"}[rng.IntN(3)]}}
+		}
+		if _, err := l.Append(context.Background(), &decisionlog.Record{
+			DecisionID: fmt.Sprintf("%s-d%04d", name, i),
+			Time:       base.Add(time.Duration(rng.Int64N(int64(72 * time.Hour)))),
+			Agent:      decisionlog.Agent{ID: agent, SPIFFEID: "spiffe://" + td + "/agent/" + agent, Tenant: td, TrustLevel: "L2"},
+			Request: decisionlog.Request{ID: fmt.Sprintf("%s-r%04d", name, i), Method: "POST", Path: "/v1/x",
+				Operation: []string{"payments:initiate", "payments:refund", "reports:read"}[rng.IntN(3)]},
+			Decision: d,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return readGroups(t, filepath.Join(dir, "log")), keys
+}
+
+// rollupRows reads one rollup table, or the same counts grouped from the
+// records table, as sorted text rows.
+func rollupRows(t *testing.T, s *Store, r rollup, fromRecords bool) []string {
+	t.Helper()
+	cols := append([]string{r.bucket}, r.keys...)
+	q := fmt.Sprintf(`SELECT %s, n, allowed FROM %s`, strings.Join(cols, ", "), r.table)
+	if fromRecords {
+		group := append([]string{fmt.Sprintf("time_us - time_us %% %d", r.width)}, r.keys...)
+		q = fmt.Sprintf(`SELECT %s, COUNT(*), CAST(SUM(allowed) AS BIGINT) FROM records WHERE kind = 'decision' GROUP BY %s`,
+			strings.Join(group, ", "), strings.Join(group, ", "))
+	}
+	rows, err := s.db.QueryContext(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var bucket, n, allowed int64
+		keys := make([]string, len(r.keys))
+		dst := []any{&bucket}
+		for i := range keys {
+			dst = append(dst, &keys[i])
+		}
+		if err := rows.Scan(append(dst, &n, &allowed)...); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fmt.Sprintf("%d %q %d %d", bucket, keys, n, allowed))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// checkRollups fails unless every rollup equals the GROUP BY over the
+// records it counts.
+func checkRollups(t *testing.T, s *Store, what string) {
+	t.Helper()
+	for _, r := range rollups {
+		got, want := rollupRows(t, s, r, false), rollupRows(t, s, r, true)
+		if len(want) == 0 || !slices.Equal(got, want) {
+			t.Fatalf("%s: %s has %d rows, the records give %d:\n%v\nwant\n%v", what, r.table, len(got), len(want), got, want)
+		}
+	}
+}
+
+// TestRollupsMatchRecords ships two random logs in random shipments, some
+// of them again (whole or overlapping what is stored), and checks after
+// each that the rollups equal a GROUP BY over the stored records; then
+// that a rebuild and the migration from a store without rollups give the
+// same.
+func TestRollupsMatchRecords(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	a, ka := randomLog(t, "replica-a", 300, rng)
+	b, kb := randomLog(t, "replica-b", 200, rng)
+	eachStore(t, func(t *testing.T, s *Store, dsn string) {
+		ctx := context.Background()
+		rng := rand.New(rand.NewPCG(3, 4))
+		type log struct {
+			name   string
+			keys   decisionlog.KeySet
+			groups []Group
+			next   int
+		}
+		logs := []*log{{"replica-a", ka, a, 0}, {"replica-b", kb, b, 0}}
+		shipped, again := 0, 0
+		for logs[0].next < len(logs[0].groups) || logs[1].next < len(logs[1].groups) {
+			l := logs[rng.IntN(2)]
+			from := l.next
+			if from > 0 && rng.IntN(4) == 0 {
+				from = rng.IntN(from) // ship again what is stored, maybe with new batches after it
+				again++
+			}
+			to := min(len(l.groups), from+1+rng.IntN(8))
+			if from == to {
+				continue
+			}
+			res, err := s.Append(ctx, Shipment{Log: l.name, Keys: l.keys, Groups: l.groups[from:to]})
+			if err != nil || res.Refused != nil {
+				t.Fatalf("%s [%d, %d): %+v %v", l.name, from, to, res, err)
+			}
+			l.next = max(l.next, to)
+			shipped++
+			checkRollups(t, s, fmt.Sprintf("after shipment %d", shipped))
+		}
+		if again == 0 {
+			t.Fatal("no batch was shipped twice")
+		}
+		var n int
+		if err := s.db.QueryRowContext(ctx, `SELECT CAST(SUM(n) AS BIGINT) FROM rollup_fleet_minute`).Scan(&n); err != nil || n != 500 {
+			t.Fatalf("%d decisions counted, want 500 (%v)", n, err)
+		}
+		if err := s.RebuildRollups(ctx); err != nil {
+			t.Fatal(err)
+		}
+		checkRollups(t, s, "after a rebuild")
+		// An upgraded store: drop the rollups and go back to the version
+		// before them; opening it again runs the migration that fills them.
+		for _, r := range rollups {
+			if _, err := s.db.ExecContext(ctx, "DROP TABLE "+r.table); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.db.ExecContext(ctx, `UPDATE schema_version SET version = ?`, rollupsVersion-1); err != nil {
+			t.Fatal(err)
+		}
+		s2, err := Open(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s2.Close()
+		checkRollups(t, s2, "after the migration")
+	})
+}
