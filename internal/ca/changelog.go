@@ -8,17 +8,19 @@ import (
 	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/agentauthz/agentauthz/internal/durable"
+	"github.com/agentauthz/agentauthz/internal/jsonstring"
 )
 
 // The change log is the inventory's events table, signed: every event (CA
@@ -39,7 +41,7 @@ const (
 )
 
 // ChangeRecord is the signed content of one change-log row. Its JSON
-// encoding, fields in this order, is what is hashed and signed.
+// encoding (bytes), fields in this order, is what is hashed and signed.
 type ChangeRecord struct {
 	Seq      int64  `json:"seq"`
 	At       string `json:"at"`
@@ -52,9 +54,24 @@ type ChangeRecord struct {
 	Prev     string `json:"prev"`
 }
 
+// bytes is the row's JSON object as encoding/json wrote it up to go1.26,
+// by a rule that does not move with the toolchain (internal/jsonstring,
+// with HTML escaping): a row is encoded again each time it is verified, and
+// go1.27's encoding/json would write the invalid UTF-8 of an old SQLite row
+// differently (a raw U+FFFD, not \ufffd) and fail its hash. New rows carry
+// no invalid UTF-8 (addEvent).
 func (r *ChangeRecord) bytes() []byte {
-	b, _ := json.Marshal(r) // strings and an int: cannot fail
-	return b
+	b := make([]byte, 0, 128+len(r.At)+len(r.Tenant)+len(r.AgentID)+len(r.Serial)+len(r.Event)+len(r.Operator)+len(r.Detail)+len(r.Prev))
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendInt(b, r.Seq, 10)
+	for _, m := range [...]struct{ key, val string }{
+		{`,"at":`, r.At}, {`,"tenant":`, r.Tenant}, {`,"agent_id":`, r.AgentID}, {`,"serial":`, r.Serial},
+		{`,"event":`, r.Event}, {`,"operator":`, r.Operator}, {`,"detail":`, r.Detail}, {`,"prev":`, r.Prev},
+	} {
+		b = append(b, m.key...)
+		b = jsonstring.AppendHTML(b, m.val)
+	}
+	return append(b, '}')
 }
 
 func (r *ChangeRecord) hash() string {
@@ -217,6 +234,15 @@ func ParseChangeLogKey(b []byte) (ed25519.PublicKey, error) {
 // addEvent appends one signed row to the change log inside tx, which holds
 // the write lock, so rows chain in commit order.
 func (a *Authority) addEvent(tx *sql.Tx, at time.Time, tenant, agentID, serial, event, operator, detail string) error {
+	// Invalid UTF-8 would be signed as \ufffd, which stands for any bad
+	// byte: the row would not bind what it stores. Refused, whoever calls.
+	for _, f := range [...]struct{ name, val string }{
+		{"tenant", tenant}, {"agent_id", agentID}, {"serial", serial}, {"event", event}, {"operator", operator}, {"detail", detail},
+	} {
+		if !utf8.ValidString(f.val) {
+			return fieldf(f.name, "record event %s: the %s is not valid UTF-8", event, f.name)
+		}
+	}
 	var last int64
 	var lastHash, lastKid sql.NullString
 	var lastEvent, lastDetail string

@@ -1,16 +1,22 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"database/sql"
 	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 func changeLogKey(t *testing.T, a *Authority) ed25519.PublicKey {
@@ -231,6 +237,117 @@ func testChangeLogKeyRotation(t *testing.T, be backend) {
 		}
 		if keys, _ := ChangeLogKeys(b.DataDir()); len(keys) != 2 || KeyID(keys[0]) != nid {
 			t.Fatal("the pending key was not installed")
+		}
+	})
+}
+
+// A row as a go1.26 agentauthz signed it on SQLite, from a --reason with
+// invalid UTF-8 (then accepted): the stored detail holds the raw bytes, the
+// signed object holds \ufffd for each. Key: the Ed25519 seed of 32 bytes
+// 0x26 (kid a82ecbc264095147). These bytes are history: never regenerate
+// them.
+const (
+	legacyInvalidDetail = "reason=INC-1 \xff<caf\xe9> & \xe2\x80"
+	legacyInvalidObject = `{"seq":1,"at":"2026-11-01T12:00:00.000000Z","tenant":"acme.example","agent_id":"bot","serial":"","event":"lift","operator":"carol (responder)","detail":"reason=INC-1 \ufffd\u003ccaf\ufffd\u003e \u0026 \ufffd\ufffd","prev":""}`
+	legacyInvalidHash   = "0240637e2b1b740feaa24d477ac568d837e9da1f8eed44a417a3c784bceaa80a"
+	legacyInvalidSig    = "NwtBq9ZmG9CidLYze5z9kt8_46abBAVhvM-PvLUoCwD9FzE4M7EYeslSadCwDaEZl-FyOy5ForAa88Q_VnmiBw"
+)
+
+// TestChangeLogRowBytesPinned: a change-log row is encoded again when it
+// is verified, so its bytes must not move with the toolchain (go1.27's
+// encoding/json writes invalid UTF-8 as a raw U+FFFD). A row signed by a
+// go1.26 build over invalid UTF-8 still verifies, later rows chain onto
+// it, and a new row with invalid UTF-8 is refused.
+func TestChangeLogRowBytesPinned(t *testing.T) {
+	r := ChangeRecord{Seq: 1, At: "2026-11-01T12:00:00.000000Z", Tenant: td, AgentID: "bot", Event: "lift",
+		Operator: "carol (responder)", Detail: legacyInvalidDetail}
+	if got := r.bytes(); string(got) != legacyInvalidObject {
+		t.Fatalf("row bytes\n got %s\nwant %s", got, legacyInvalidObject)
+	}
+	if r.hash() != legacyInvalidHash {
+		t.Fatalf("hash %s, want %s", r.hash(), legacyInvalidHash)
+	}
+
+	// The legacy row in a SQLite inventory, signed by the fixed key.
+	c := &clock{t: time.Date(2026, 11, 2, 12, 0, 0, 0, time.UTC)}
+	a, err := Open(t.TempDir(), WithClock(c.now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{0x26}, ed25519.SeedSize))
+	dir := filepath.Join(a.DataDir(), changeLogDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, changeLogKeyFile), []byte(base64.StdEncoding.EncodeToString(key.Seed())+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pub := key.Public().(ed25519.PublicKey)
+	if _, err := a.db.Exec(`INSERT INTO events (seq, at, tenant, agent_id, serial, event, operator, detail, prev, hash, kid, sig)
+		VALUES (1, ?, ?, 'bot', '', 'lift', 'carol (responder)', ?, '', ?, ?, ?)`,
+		r.At, td, legacyInvalidDetail, legacyInvalidHash, KeyID(pub), legacyInvalidSig); err != nil {
+		t.Fatal(err)
+	}
+	var stored string
+	if err := a.db.QueryRow(`SELECT detail FROM events WHERE seq = 1`).Scan(&stored); err != nil || stored != legacyInvalidDetail {
+		t.Fatalf("SQLite gave back %q (%v), want the raw bytes", stored, err)
+	}
+	if _, err := a.Init(InitRequest{TrustDomain: td, Operator: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.VerifyChangeLog(pub)
+	if err != nil || res.Problem != nil || res.Signed != 2 || res.Unsigned != 0 {
+		t.Fatalf("the go1.26 row and the next: %+v %v", res, err)
+	}
+
+	// New rows: invalid UTF-8 is refused at the boundary, and by addEvent
+	// for any caller; nothing is written.
+	if _, err := a.Issue(issueReq("bot")); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := a.VerifyChangeLog(pub)
+	for name, f := range map[string]func() error{
+		"restrict reason": func() error {
+			_, err := a.Restrict(RestrictRequest{TrustDomain: td, AgentID: "bot", Quarantine: true, Reason: "INC-\xff", Operator: "carol"})
+			return err
+		},
+		"lift reason": func() error { return a.Lift(td, "bot", "done \xe2\x80", "carol") },
+		"operator":    func() error { return a.RecordEvent(td, "bot", "", "note", "b\xffb", "x") },
+		"detail":      func() error { return a.RecordEvent(td, "bot", "", "note", "bob", "x\xff") },
+		"addEvent": func() error {
+			return a.tx(context.Background(), func(tx *sql.Tx) error {
+				return a.addEvent(tx, c.now(), td, "b\xffot", "", "note", "bob", "x")
+			})
+		},
+	} {
+		if err := f(); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "UTF-8") {
+			t.Errorf("%s with invalid UTF-8: %v, want ErrInvalid naming UTF-8", name, err)
+		}
+	}
+	after, err := a.VerifyChangeLog(pub)
+	if err != nil || after.Problem != nil || after.LastSeq != before.LastSeq {
+		t.Fatalf("after the refusals: %+v %v (before: seq %d)", after, err, before.LastSeq)
+	}
+}
+
+// FuzzChangeRecordBytes: a row's bytes are encoding/json's (go1.26: HTML
+// escaped, invalid UTF-8 as \ufffd) for any strings, on any toolchain (the
+// reference stands in for invalid bytes, testenv.JSONRef).
+func FuzzChangeRecordBytes(f *testing.F) {
+	f.Add(int64(1), "2026-11-01T12:00:00.000000Z", td, "bot", "1f", "lift", "carol (responder)", "reason=INC-1", "")
+	f.Add(int64(-9), "\xff", "<&>", "\u2028\u2029", "\x00\x1f\x7f", "\"\\", "é\ufffd", legacyInvalidDetail, "\xe2\x80")
+	f.Fuzz(func(t *testing.T, seq int64, at, tenant, agent, serial, event, operator, detail, prev string) {
+		ref := testenv.NewJSONRef(at, tenant, agent, serial, event, operator, detail, prev)
+		in := ref.In
+		want, err := json.Marshal(ChangeRecord{Seq: seq, At: in(at), Tenant: in(tenant), AgentID: in(agent), Serial: in(serial),
+			Event: in(event), Operator: in(operator), Detail: in(detail), Prev: in(prev)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := ChangeRecord{Seq: seq, At: at, Tenant: tenant, AgentID: agent, Serial: serial, Event: event, Operator: operator, Detail: detail, Prev: prev}
+		if got := r.bytes(); !bytes.Equal(got, ref.Out(want)) {
+			t.Fatalf("row bytes\n got %s\nwant %s", got, ref.Out(want))
 		}
 	})
 }

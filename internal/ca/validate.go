@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Input limits. They keep subjects small and make every field safe to use in
@@ -160,6 +161,9 @@ func ValidateOwner(o string) error {
 func validateText(what, s string, max int) error {
 	if len(s) > max {
 		return fieldf(what, "%s is longer than %d characters", what, max)
+	}
+	if !utf8.ValidString(s) {
+		return fieldf(what, "%s is not valid UTF-8", what)
 	}
 	for _, r := range s {
 		if r < 0x20 || r == 0x7f {

@@ -1,18 +1,43 @@
 package decisionlog
 
 import (
+	"bytes"
+	"encoding/json"
 	"strconv"
-	"unicode/utf8"
+
+	"github.com/agentauthz/agentauthz/internal/jsonstring"
 )
 
-// appendRecordTail appends a decision record's line from "decision_id" on,
-// starting with ',': byte for byte what encoding/json writes for
-// recordTail without HTML escaping (FuzzRecordTail), without reflection or
-// allocation. Records with a key rotation, a response or data take
-// encoding/json's path (prepareRecord).
+// appendRecordTail appends a record's line from "decision_id" on, starting
+// with ',', without reflection or allocation: the members of recordTail in
+// its order, without HTML escaping, strings by internal/jsonstring's rule
+// (invalid UTF-8 as \ufffd) and data compacted, as it is (FuzzRecordTail).
+// Where the strings are valid UTF-8 and the data compact, that is what
+// encoding/json writes for recordTail (and, for every record, what it wrote
+// before go1.27). data must be valid JSON (Append checks).
 func appendRecordTail(b []byte, r *Record) []byte {
 	b = append(b, `,"decision_id":`...)
 	b = appendJSONString(b, r.DecisionID)
+	if k := r.KeyRotation; k != nil {
+		b = append(b, `,"key_rotation":{"new_kid":`...)
+		b = appendJSONString(b, k.NewKeyID)
+		b = append(b, `,"new_key":`...)
+		b = appendJSONString(b, k.NewKey)
+		b = optString(b, 0, `"new_note_key":`, k.NoteKey)
+		b = append(b, '}')
+	}
+	if p := r.Response; p != nil {
+		b = append(b, `,"response":{"status":`...)
+		b = strconv.AppendInt(b, int64(p.Status), 10)
+		b = append(b, `,"body":`...)
+		b = appendJSONString(b, p.Body)
+		b = optString(b, 0, `"content_digest":`, p.ContentDigest)
+		b = append(b, `,"bytes":`...)
+		b = strconv.AppendInt(b, p.Bytes, 10)
+		b = optString(b, 0, `"signature_input":`, p.SignatureInput)
+		b = optString(b, 0, `"signature":`, p.Signature)
+		b = append(b, '}')
+	}
 	a := &r.Agent
 	b = append(b, `,"agent":{`...)
 	n := len(b)
@@ -71,6 +96,12 @@ func appendRecordTail(b []byte, r *Record) []byte {
 	}
 	b = optString(b, 0, `"policy_revision":`, d.PolicyRevision)
 	b = append(b, '}')
+	if len(r.Data) > 0 {
+		b = append(b, `,"data":`...)
+		buf := bytes.NewBuffer(b)
+		_ = json.Compact(buf, r.Data) // valid (Append checks); Compact only drops whitespace
+		b = buf.Bytes()
+	}
 	if r.Truncated {
 		b = append(b, `,"truncated":true`...)
 	}
@@ -109,57 +140,5 @@ func appendStrings(b []byte, l []string) []byte {
 	return append(b, ']')
 }
 
-// appendJSONString is encoding/json's string encoding without HTML
-// escaping: '"', '\\' and control characters escaped (\b \f \n \r \t by
-// name, the rest as \u00xx), invalid UTF-8 as \ufffd, U+2028 and U+2029
-// escaped.
-func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-		case r == '\u2028' || r == '\u2029':
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xF])
-		default:
-			i += size
-			continue
-		}
-		i += size
-		start = i
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
-}
+// appendJSONString: the decision log's strings, without HTML escaping.
+func appendJSONString(b []byte, s string) []byte { return jsonstring.Append(b, s) }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
@@ -296,9 +297,9 @@ func (l *Log) Append(ctx context.Context, rec *Record) (Receipt, error) {
 		l.m.appends.WithLabelValues("invalid").Inc()
 		return Receipt{}, errors.New("decision log: a response record needs its response, and only it may carry one")
 	}
-	if rec != nil && len(rec.Data) > 0 && (len(rec.Data) > MaxDataBytes || !json.Valid(rec.Data) || rec.Data[0] != '{') {
+	if rec != nil && len(rec.Data) > 0 && (len(rec.Data) > MaxDataBytes || !json.Valid(rec.Data) || rec.Data[0] != '{' || !utf8.Valid(rec.Data)) {
 		l.m.appends.WithLabelValues("invalid").Inc()
-		return Receipt{}, fmt.Errorf("decision log: record data must be a JSON object of at most %d bytes", MaxDataBytes)
+		return Receipt{}, fmt.Errorf("decision log: record data must be a JSON object in UTF-8 of at most %d bytes", MaxDataBytes)
 	}
 	return l.append(rec, nil, l.opts.Mode == Sync)
 }

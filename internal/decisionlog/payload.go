@@ -3,6 +3,7 @@ package decisionlog
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -133,41 +134,17 @@ type preparedRecord struct {
 	tail []byte // `,"decision_id":…,"time":"…"}`: everything after "kind"
 }
 
-// recordTail is a record line from "decision_id" on, in Record's field
-// order.
-type recordTail struct {
-	DecisionID  string          `json:"decision_id"`
-	KeyRotation *KeyRotation    `json:"key_rotation,omitempty"`
-	Response    *Response       `json:"response,omitempty"`
-	Agent       Agent           `json:"agent"`
-	Request     Request         `json:"request"`
-	Decision    Decision        `json:"decision"`
-	Data        json.RawMessage `json:"data,omitempty"`
-	Truncated   bool            `json:"truncated,omitempty"`
-	Time        string          `json:"time"`
-}
-
-// prepareRecord encodes r (r.Log set): decisions by appendRecordTail, the
-// kinds with a key rotation, a response or data by encoding/json.
+// prepareRecord encodes r (r.Log set) by appendRecordTail.
 func prepareRecord(r *Record) (preparedRecord, error) {
 	kind := r.Kind
 	if kind == "" {
 		kind = KindDecision
 	}
-	p := preparedRecord{kind: kind, log: r.Log, room: headRoom(r.Log, kind)}
-	if r.KeyRotation == nil && r.Response == nil && len(r.Data) == 0 {
-		p.buf = appendRecordTail(make([]byte, p.room, p.room+tailEstimate(r)), r)
-	} else {
-		tail, err := marshalJSON(recordTail{
-			DecisionID: r.DecisionID, KeyRotation: r.KeyRotation, Response: r.Response, Agent: r.Agent, Request: r.Request,
-			Decision: r.Decision, Data: r.Data, Truncated: r.Truncated, Time: r.Time.UTC().Format(TimeLayout),
-		})
-		if err != nil {
-			return preparedRecord{}, err
-		}
-		tail[0] = ',' // the object continues after "kind"
-		p.buf = append(make([]byte, p.room, p.room+len(tail)+1), tail...)
+	if len(r.Data) > 0 && (!json.Valid(r.Data) || !utf8.Valid(r.Data)) {
+		return preparedRecord{}, errors.New("decision log: record data is not valid JSON in UTF-8")
 	}
+	p := preparedRecord{kind: kind, log: r.Log, room: headRoom(r.Log, kind)}
+	p.buf = appendRecordTail(make([]byte, p.room, p.room+tailEstimate(r)), r)
 	p.tail = p.buf[p.room:]
 	return p, nil
 }
@@ -193,7 +170,13 @@ func tailEstimate(r *Record) int {
 	for _, s := range r.Decision.Reasons {
 		n += len(s) + 3
 	}
-	return n + len(r.Decision.PolicyRevision)
+	if k := r.KeyRotation; k != nil {
+		n += 64 + len(k.NewKeyID) + len(k.NewKey) + len(k.NoteKey)
+	}
+	if p := r.Response; p != nil {
+		n += 128 + len(p.Body) + len(p.ContentDigest) + len(p.SignatureInput) + len(p.Signature)
+	}
+	return n + len(r.Decision.PolicyRevision) + len(r.Data)
 }
 
 // line returns the record line (without its LF, with room for it) for
@@ -242,7 +225,11 @@ type recordHead struct {
 
 // parseRecordHead reads index, log and kind from the fixed head of a v2
 // record line. It does not check the rest of the line.
-func parseRecordHead(line []byte) (recordHead, error) {
+func parseRecordHead(line []byte) (recordHead, error) { return parseRecordHeadIn(line, "") }
+
+// parseRecordHeadIn is parseRecordHead for a line of the log named origin
+// (audit verify's): the usual log name and kinds are not copied.
+func parseRecordHeadIn(line []byte, origin string) (recordHead, error) {
 	var h recordHead
 	rest, ok := bytes.CutPrefix(line, []byte(recordPrefix))
 	if !ok {
@@ -270,7 +257,16 @@ func parseRecordHead(line []byte) (recordHead, error) {
 			return "", false
 		}
 		rest = r[j+1:]
-		return string(r[:j]), true
+		switch v := r[:j]; string(v) {
+		case origin:
+			return origin, true
+		case KindDecision:
+			return KindDecision, true
+		case KindResponse:
+			return KindResponse, true
+		default:
+			return string(v), true
+		}
 	}
 	if h.log, ok = str(`,"log":"`); !ok || !validOrigin(h.log) {
 		return h, fmt.Errorf("%w: log", ErrMalformed)

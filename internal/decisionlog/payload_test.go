@@ -3,11 +3,15 @@ package decisionlog
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
+	"github.com/agentauthz/agentauthz/internal/jsonstring"
+	"github.com/agentauthz/agentauthz/internal/jsonvalid"
 	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
@@ -164,11 +168,27 @@ func TestHugeFieldsAreRecordedTruncated(t *testing.T) {
 	}
 }
 
-// tailByEncodingJSON is what the log wrote before appendRecordTail.
+// recordTail is a record line from "decision_id" on, in Record's field
+// order: what the log encoded with encoding/json before appendRecordTail.
+type recordTail struct {
+	DecisionID  string          `json:"decision_id"`
+	KeyRotation *KeyRotation    `json:"key_rotation,omitempty"`
+	Response    *Response       `json:"response,omitempty"`
+	Agent       Agent           `json:"agent"`
+	Request     Request         `json:"request"`
+	Decision    Decision        `json:"decision"`
+	Data        json.RawMessage `json:"data,omitempty"`
+	Truncated   bool            `json:"truncated,omitempty"`
+	Time        string          `json:"time"`
+}
+
+// tailByEncodingJSON is what encoding/json writes for r's tail, as the
+// log wrote it before appendRecordTail.
 func tailByEncodingJSON(t testing.TB, r *Record) []byte {
 	t.Helper()
-	tail, err := marshalJSON(recordTail{DecisionID: r.DecisionID, Agent: r.Agent, Request: r.Request, Decision: r.Decision,
-		Truncated: r.Truncated, Time: r.Time.UTC().Format(TimeLayout)})
+	tail, err := marshalJSON(recordTail{DecisionID: r.DecisionID, KeyRotation: r.KeyRotation, Response: r.Response,
+		Agent: r.Agent, Request: r.Request, Decision: r.Decision, Data: r.Data, Truncated: r.Truncated,
+		Time: r.Time.UTC().Format(TimeLayout)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,37 +196,89 @@ func tailByEncodingJSON(t testing.TB, r *Record) []byte {
 	return tail
 }
 
-// FuzzRecordTail: appendRecordTail writes what encoding/json writes, for
-// any strings in any field (escapes, invalid UTF-8, U+2028, HTML
-// characters), empty and absent lists, MCP messages.
+// FuzzRecordTail: appendRecordTail writes every kind of record by the
+// documented rule (internal/jsonstring: encoding/json of go1.26 without
+// HTML escaping) for any strings in any field (escapes, invalid UTF-8,
+// U+2028, HTML characters), empty and absent lists, MCP messages, key
+// rotations, responses and data. The reference is encoding/json with
+// invalid bytes stood in for (testenv.JSONRef), so it holds on every
+// toolchain: go1.27 writes invalid UTF-8 as a raw U+FFFD.
 func FuzzRecordTail(f *testing.F) {
 	f.Add("dec-1", "payments-bot", "payments:initiate", "/v1/pay", "api.acme.test", "scope_missing", "", uint8(0), 200)
 	f.Add("a\"b\\c\x00\x1f\x7f", "é\u2028\u2029", "<script>&amp;", "\xff\xfe", "\t\n\r\b\f", "", "tools/call", uint8(7), 403)
 	f.Add("", "", "", "", "", "x", "\xe2\x80", uint8(2), -1)
+	f.Add("rot\xff", "AAAA", "<&>", "/p", "h", "signed\u2028\xff", "\ufffd", uint8(0x71), 201)
 	f.Fuzz(func(t *testing.T, id, agent, scope, path, host, reason, tool string, shape uint8, status int) {
-		r := sampleRecord(int(shape))
-		r.DecisionID, r.Agent.ID, r.Request.Path, r.Request.Host, r.Decision.HTTPStatus = id, agent, path, host, status
-		r.Agent.Owner, r.Agent.Issuer, r.Request.Source = scope, reason, tool
-		switch shape % 4 {
-		case 0:
-			r.Agent = Agent{CertSHA256: agent}
-			r.Decision.Reasons = nil
-		case 1:
-			r.Agent.Scopes = []string{scope, reason, ""}
-			r.Decision.Reasons = []string{reason}
-		case 2:
-			r.Agent.Scopes = []string{}
-			r.Request = Request{MCP: []MCPMessage{{Kind: "request", Method: "tools/call", Tool: tool, ArgumentsSHA256: id}, {Kind: reason, URI: path, Operation: scope}}}
-		case 3:
-			r.Request.MCP = []MCPMessage{{Kind: ""}}
-			r.Decision.PolicyRevision = ""
+		build := func(in func(string) string) *Record {
+			id, agent, scope, path, host, reason, tool := in(id), in(agent), in(scope), in(path), in(host), in(reason), in(tool)
+			r := sampleRecord(int(shape))
+			r.DecisionID, r.Agent.ID, r.Request.Path, r.Request.Host, r.Decision.HTTPStatus = id, agent, path, host, status
+			r.Agent.Owner, r.Agent.Issuer, r.Request.Source = scope, reason, tool
+			switch shape % 4 {
+			case 0:
+				r.Agent = Agent{CertSHA256: agent}
+				r.Decision.Reasons = nil
+			case 1:
+				r.Agent.Scopes = []string{scope, reason, ""}
+				r.Decision.Reasons = []string{reason}
+			case 2:
+				r.Agent.Scopes = []string{}
+				r.Request = Request{MCP: []MCPMessage{{Kind: "request", Method: "tools/call", Tool: tool, ArgumentsSHA256: id}, {Kind: reason, URI: path, Operation: scope}}}
+			case 3:
+				r.Request.MCP = []MCPMessage{{Kind: ""}}
+				r.Decision.PolicyRevision = ""
+			}
+			r.Truncated = shape&4 != 0
+			r.Decision.Allowed = shape&8 != 0
+			if shape&16 != 0 {
+				r.Response = &Response{Status: status, Body: reason, ContentDigest: scope, Bytes: int64(status) * 3, SignatureInput: tool, Signature: id}
+			}
+			if shape&32 != 0 {
+				r.KeyRotation = &KeyRotation{NewKeyID: id, NewKey: agent, NoteKey: tool}
+			}
+			if shape&64 != 0 {
+				// Data as a caller writes it: valid UTF-8, spaces to drop
+				// (and no raw U+2028: go1.27's encoding/json escapes those
+				// in a json.RawMessage, TestRecordDataAsGiven).
+				r.Data = fmt.Appendf(nil, `{ "k" : %s , "n" : [1, 2.50] }`, jsonstring.Append(nil, reason))
+			}
+			return r
 		}
-		r.Truncated = shape&4 != 0
-		r.Decision.Allowed = shape&8 != 0
-		if got, want := appendRecordTail(nil, r), tailByEncodingJSON(t, r); !bytes.Equal(got, want) {
-			t.Fatalf("appendRecordTail:\n%s\nencoding/json:\n%s", got, want)
+		ref := testenv.NewJSONRef(id, agent, scope, path, host, reason, tool)
+		got := appendRecordTail(nil, build(func(s string) string { return s }))
+		if want := ref.Out(tailByEncodingJSON(t, build(ref.In))); !bytes.Equal(got, want) {
+			t.Fatalf("appendRecordTail:\n%s\nthe rule (encoding/json, invalid bytes as \\ufffd):\n%s", got, want)
+		}
+		if !utf8.Valid(got) || !jsonvalid.Valid(append([]byte(`{"x":0`), got...), jsonvalid.StdMaxDepth) {
+			t.Fatalf("not valid JSON in UTF-8: %s", got)
 		}
 	})
+}
+
+// TestRecordDataAsGiven: a record's data is written as the caller gave it,
+// compacted, whatever encoding/json would escape in a json.RawMessage
+// (go1.26 and go1.27 differ on U+2028); data that is not UTF-8 is refused.
+func TestRecordDataAsGiven(t *testing.T) {
+	r := sampleRecord(1)
+	r.Kind, r.Data = "migration", []byte("{ \"a\" : \"x\u2028<&>\\u00e9\" ,\n \"b\":[1, 2.50, 1e3] }")
+	want := []byte(",\"data\":{\"a\":\"x\u2028<&>\\u00e9\",\"b\":[1,2.50,1e3]},\"time\":")
+	if got := appendRecordTail(nil, r); !bytes.Contains(got, want) {
+		t.Fatalf("got %s\nwant it to hold %s", got, want)
+	}
+	o := testOptions(t)
+	l, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	bad := sampleRecord(2)
+	bad.Kind, bad.Data = "migration", []byte("{\"a\":\"\xff\"}")
+	if _, err := l.Append(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "UTF-8") {
+		t.Fatalf("data with invalid UTF-8: %v, want a refusal", err)
+	}
+	if _, err := prepareRecord(bad); err == nil {
+		t.Fatal("prepareRecord took data with invalid UTF-8")
+	}
 }
 
 // TestPreparedLineInPlace: the line prepareRecord leaves room for is the

@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/agentauthz/agentauthz/internal/jsonstring"
 )
 
 // Signed push events. Everything a watch event carries besides the CRL (which
@@ -55,9 +57,21 @@ func (e *PushError) Unwrap() error { return e.Err }
 
 // PushMessage is the byte string a watch event's signature covers: the
 // tenant, generation, expiry and the SHA-256 of the CRL (or its ETag), of the
-// agent list as JSON and of the restrictions exactly as sent.
+// agent list as JSON and of the restrictions exactly as sent. Both ends
+// encode the list, so by a rule that does not move with the toolchain
+// (internal/jsonstring, HTML escaped: json.Marshal's bytes up to go1.26).
 func PushMessage(ev *WatchEvent) []byte {
-	agents, _ := json.Marshal(ev.RevokedAgents) // []string: cannot fail
+	agents := []byte("null")
+	if ev.RevokedAgents != nil {
+		agents = []byte{'['}
+		for i, id := range ev.RevokedAgents {
+			if i > 0 {
+				agents = append(agents, ',')
+			}
+			agents = jsonstring.AppendHTML(agents, id)
+		}
+		agents = append(agents, ']')
+	}
 	crl := "crl:" + hexSum(ev.CRL)
 	if len(ev.CRL) == 0 {
 		crl = "etag:" + ev.CRLETag

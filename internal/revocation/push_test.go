@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -130,5 +131,25 @@ func TestPushForgedEventsIgnored(t *testing.T) {
 	}
 	if called.Load() {
 		t.Error("forged restrictions handed on")
+	}
+}
+
+// TestPushMessagePinned: the revoked-agent list is hashed as the JSON
+// array json.Marshal wrote up to go1.26, on any toolchain, so a control
+// plane and a replica built with different ones agree on the message.
+func TestPushMessagePinned(t *testing.T) {
+	for _, c := range []struct {
+		agents []string
+		json   string
+	}{
+		{nil, `null`},
+		{[]string{}, `[]`},
+		{[]string{"bot-a", "bot.b_c"}, `["bot-a","bot.b_c"]`},
+		{[]string{"<&>", "a\xffb", "\u2028"}, `["\u003c\u0026\u003e","a\ufffdb","\u2028"]`},
+	} {
+		msg := string(PushMessage(&WatchEvent{Tenant: td, Generation: 1, Expires: 2, RevokedAgents: c.agents}))
+		if want := "agents:" + hexSum([]byte(c.json)) + "\n"; !strings.Contains(msg, want) {
+			t.Errorf("%q: message\n%s\nwant the line %s (sha256 of %s)", c.agents, msg, want, c.json)
+		}
 	}
 }
