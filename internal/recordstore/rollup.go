@@ -225,9 +225,6 @@ const (
 	maxMoveDays = 3
 )
 
-// windowsVersion is the schema version that adds the windows.
-const windowsVersion = 4
-
 const windowTables = `
 CREATE TABLE rollup_windows (
 	id           BIGINT PRIMARY KEY,
