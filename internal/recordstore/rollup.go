@@ -171,14 +171,6 @@ func (s *Store) writeCounts(ctx context.Context, tx *sql.Tx, c counts) error {
 		if len(c[i]) == 0 {
 			continue
 		}
-		cols := append([]string{r.bucket}, r.keys...)
-		//nolint:gosec // built from the fixed rollup definitions; the values are arguments
-		st, err := tx.PrepareContext(ctx, fmt.Sprintf(`INSERT INTO %s (%s, n, allowed) VALUES (?%s, ?, ?)
-			ON CONFLICT (%s) DO UPDATE SET n = %s.n + excluded.n, allowed = %s.allowed + excluded.allowed`,
-			r.table, strings.Join(cols, ", "), strings.Repeat(", ?", len(r.keys)), strings.Join(r.pk, ", "), r.table, r.table))
-		if err != nil {
-			return s.wrap(err)
-		}
 		// In one order (bucket, then keys), so that two Appends that share
 		// rows (PostgreSQL: a row lock each) wait for each other rather
 		// than deadlock.
@@ -192,20 +184,44 @@ func (s *Store) writeCounts(ctx context.Context, tx *sql.Tx, c counts) error {
 			}
 			return slices.Compare(a.keys[:], b.keys[:])
 		})
-		args := make([]any, len(cols)+2)
-		for _, k := range ks {
-			x := c[i][k]
-			args[0] = k.bucket
-			for j := range r.keys {
-				args[1+j] = k.keys[j]
+		rows := make([][]any, len(ks))
+		for j, k := range ks {
+			row := make([]any, 0, len(r.keys)+3)
+			row = append(row, k.bucket)
+			for x := range r.keys {
+				row = append(row, k.keys[x])
 			}
-			args[len(cols)], args[len(cols)+1] = x.n, x.allowed
-			if _, err := st.ExecContext(ctx, args...); err != nil {
-				st.Close()
-				return s.wrap(fmt.Errorf("rollup %s: %w", r.table, err))
-			}
+			rows[j] = append(row, c[i][k].n, c[i][k].allowed)
 		}
-		st.Close()
+		if err := s.upsert(ctx, tx, r.table, append(append([]string{r.bucket}, r.keys...), "n", "allowed"), r.pk, rows); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// upsertRows is how many rows one upsert statement carries: a round trip
+// each on PostgreSQL (the parameters stay far below both databases'
+// limits).
+const upsertRows = 250
+
+// upsert adds rows (cols; the last two n and allowed) to table, whose
+// primary key is pk, in statements of upsertRows rows: a row already there
+// gets the counts added. The rows' keys are distinct.
+func (s *Store) upsert(ctx context.Context, tx *sql.Tx, table string, cols, pk []string, rows [][]any) error {
+	one := "(?" + strings.Repeat(", ?", len(cols)-1) + ")"
+	for lo := 0; lo < len(rows); lo += upsertRows {
+		chunk := rows[lo:min(len(rows), lo+upsertRows)]
+		args := make([]any, 0, len(chunk)*len(cols))
+		for _, r := range chunk {
+			args = append(args, r...)
+		}
+		//nolint:gosec // built from the fixed table definitions; the values are arguments
+		q := fmt.Sprintf(`INSERT INTO %s (%s) VALUES %s%s ON CONFLICT (%s) DO UPDATE SET n = %s.n + excluded.n, allowed = %s.allowed + excluded.allowed`,
+			table, strings.Join(cols, ", "), one, strings.Repeat(", "+one, len(chunk)-1), strings.Join(pk, ", "), table, table)
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return s.wrap(fmt.Errorf("rollup %s: %w", table, err))
+		}
 	}
 	return nil
 }
@@ -344,12 +360,6 @@ func (s *Store) addToWindows(ctx context.Context, tx *sql.Tx, day map[rollupKey]
 	if len(ws) == 0 {
 		return nil
 	}
-	st, err := tx.PrepareContext(ctx, `INSERT INTO rollup_window_counts (window_id, spiffe_id, tenant, agent_id, operation, n, allowed)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`+windowUpsert)
-	if err != nil {
-		return s.wrap(err)
-	}
-	defer st.Close()
 	for _, w := range ws {
 		sum := map[[4]string]*rollupCount{}
 		for k, x := range day {
@@ -369,12 +379,15 @@ func (s *Store) addToWindows(ctx context.Context, tx *sql.Tx, day map[rollupKey]
 			keys = append(keys, k)
 		}
 		slices.SortFunc(keys, func(a, b [4]string) int { return slices.Compare(a[:], b[:]) }) // one lock order
-		for _, k := range keys {
+		rows := make([][]any, len(keys))
+		for i, k := range keys {
 			// k is spiffe_id, tenant, agent_id, operation: the daily
 			// rollup's keys.
-			if _, err := st.ExecContext(ctx, w.id, k[0], k[1], k[2], k[3], sum[k].n, sum[k].allowed); err != nil {
-				return s.wrap(fmt.Errorf("rollup window: %w", err))
-			}
+			rows[i] = []any{w.id, k[0], k[1], k[2], k[3], sum[k].n, sum[k].allowed}
+		}
+		if err := s.upsert(ctx, tx, "rollup_window_counts", []string{"window_id", "spiffe_id", "tenant", "agent_id", "operation", "n", "allowed"},
+			[]string{"window_id", "spiffe_id", "operation", "tenant", "agent_id"}, rows); err != nil {
+			return err
 		}
 	}
 	return nil
