@@ -234,12 +234,21 @@ func (s *Store) upsert(ctx context.Context, tx *sql.Tx, table string, cols, pk [
 // start there (once; the next day's reader moves it on by subtracting the
 // day that left it) and Append adds its records to every window they fall
 // in, in the same transaction. At most maxWindows exist; the oldest made
-// goes first. A window moves on by at most maxMoveDays: the 7-day window
-// must not become the 1-day one.
+// goes first, and one not read for maxIdleDays goes when another is made
+// (each costs every Append a little). A window moves on by at most
+// maxMoveDays: the 7-day window must not become the 1-day one.
 const (
 	maxWindows  = 8
 	maxMoveDays = 3
+	maxIdleDays = 3
 )
+
+// windowsReadDay is the migration that records the day each window was
+// last read.
+const windowsReadDay = `ALTER TABLE rollup_windows ADD COLUMN read_day_us BIGINT NOT NULL DEFAULT 0`
+
+// today is the current UTC day, µs.
+func today() int64 { return micros(time.Now().UTC().Truncate(24 * time.Hour)) }
 
 const windowTables = `
 CREATE TABLE rollup_windows (
@@ -296,10 +305,17 @@ func (s *Store) makeWindow(ctx context.Context, start int64) error {
 			SELECT ?, spiffe_id, operation, tenant, agent_id, -SUM(n), -SUM(allowed) FROM rollup_agent_day WHERE day_us >= ? AND day_us < ?
 			GROUP BY spiffe_id, operation, tenant, agent_id` + windowUpsert,
 			`DELETE FROM rollup_window_counts WHERE window_id = ? AND n = 0`,
-			`UPDATE rollup_windows SET start_day_us = ? WHERE id = ?`,
+			`UPDATE rollup_windows SET start_day_us = ?, read_day_us = ? WHERE id = ?`,
 		}
-		args = [][]any{{id, from, start}, {id}, {start, id}}
+		args = [][]any{{id, from, start}, {id}, {start, today(), id}}
 	case errors.Is(err, sql.ErrNoRows):
+		idle := today() - maxIdleDays*(24*time.Hour).Microseconds()
+		for _, q := range []string{`DELETE FROM rollup_window_counts WHERE window_id IN (SELECT id FROM rollup_windows WHERE read_day_us < ?)`,
+			`DELETE FROM rollup_windows WHERE read_day_us < ?`} {
+			if _, err := tx.ExecContext(ctx, q, idle); err != nil {
+				return s.wrap(err)
+			}
+		}
 		var count, maxID int64
 		var minID sql.NullInt64
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(MAX(id), 0), MIN(id) FROM rollup_windows`).Scan(&count, &maxID, &minID); err != nil {
@@ -310,11 +326,11 @@ func (s *Store) makeWindow(ctx context.Context, start int64) error {
 			args = append(args, []any{minID.Int64}, []any{minID.Int64})
 		}
 		id = maxID + 1
-		stmts = append(stmts, `INSERT INTO rollup_windows (id, start_day_us) VALUES (?, ?)`,
+		stmts = append(stmts, `INSERT INTO rollup_windows (id, start_day_us, read_day_us) VALUES (?, ?, ?)`,
 			`INSERT INTO rollup_window_counts (window_id, spiffe_id, operation, tenant, agent_id, n, allowed)
 			SELECT ?, spiffe_id, operation, tenant, agent_id, SUM(n), SUM(allowed) FROM rollup_agent_day WHERE day_us >= ?
 			GROUP BY spiffe_id, operation, tenant, agent_id`)
-		args = append(args, []any{id, start}, []any{id, start})
+		args = append(args, []any{id, start, today()}, []any{id, start})
 	default:
 		return s.wrap(err)
 	}
@@ -403,8 +419,8 @@ func (s *Store) windowQuery(ctx context.Context, since time.Time, q string, args
 		return fmt.Errorf("%w: from %v, not on a UTC day", ErrBadQuery, since)
 	}
 	for range 3 {
-		var id int64
-		err := s.db.QueryRowContext(ctx, `SELECT id FROM rollup_windows WHERE start_day_us = ?`, start).Scan(&id)
+		var id, read int64
+		err := s.db.QueryRowContext(ctx, `SELECT id, read_day_us FROM rollup_windows WHERE start_day_us = ?`, start).Scan(&id, &read)
 		if errors.Is(err, sql.ErrNoRows) {
 			if err := s.makeWindow(ctx, start); err != nil {
 				return err
@@ -413,6 +429,11 @@ func (s *Store) windowQuery(ctx context.Context, since time.Time, q string, args
 		}
 		if err != nil {
 			return s.wrap(err)
+		}
+		if t := today(); read < t { // once a day
+			if _, err := s.db.ExecContext(ctx, `UPDATE rollup_windows SET read_day_us = ? WHERE id = ?`, t, id); err != nil {
+				return s.wrap(err)
+			}
 		}
 		rows, err := s.db.QueryContext(ctx, q, append([]any{start}, args...)...)
 		if err != nil {

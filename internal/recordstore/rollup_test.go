@@ -232,6 +232,17 @@ func TestRollupsMatchRecords(t *testing.T) {
 		if got := checkRollups(t, s, "after evictions"); len(got) != maxWindows || got[0] != micros(day(-100)) {
 			t.Fatalf("windows %v", got)
 		}
+		// Windows not read for maxIdleDays go when another is made.
+		if _, err := s.db.ExecContext(ctx, `UPDATE rollup_windows SET read_day_us = ? WHERE start_day_us <> ?`,
+			today()-(maxIdleDays+1)*(24*time.Hour).Microseconds(), micros(day(-100))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.TopAgents(ctx, day(50), 1); err != nil {
+			t.Fatal(err)
+		}
+		if got := checkRollups(t, s, "after idle windows went"); !slices.Equal(got, []int64{micros(day(-100)), micros(day(50))}) {
+			t.Fatalf("windows %v", got)
+		}
 		if again == 0 {
 			t.Fatal("no batch was shipped twice")
 		}
