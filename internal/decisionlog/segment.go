@@ -1,6 +1,7 @@
 package decisionlog
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -109,6 +110,10 @@ type preparer struct {
 	mu    sync.Mutex
 	ready segmentFile // the open prepReadyName file, nil when none is ready
 
+	paced  bool  // EXPERIMENT
+	piece  int64 // EXPERIMENT
+	noRest bool  // EXPERIMENT
+
 	kick chan struct{}
 	stop chan struct{}
 	done chan struct{}
@@ -118,6 +123,7 @@ func newPreparer(o Options, logger hclog.Logger) *preparer {
 	return &preparer{
 		dir: o.Dir, size: o.SegmentMaxBytes, open: o.openFile, logger: logger,
 		hook: o.prepHook, retryMin: o.retryMin, now: o.Now, maxAge: o.SegmentMaxAge,
+		paced: o.prepPaced, piece: cmp.Or(o.prepPiece, prepPiece), noRest: o.prepNoRest,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 }
@@ -265,10 +271,66 @@ func (p *preparer) target(off int64) (int64, bool) {
 	return t, t-off > prepBehind
 }
 
-// prepare writes p.size zero bytes to prepTmpName piece by piece at the
-// pace target sets, resting between pieces, fsyncs it and renames it to
-// prepReadyName.
+// prepare writes p.size zero bytes to prepTmpName piece by piece, each
+// flushed, resting after each piece as long as it took, and renames the
+// file to prepReadyName.
 func (p *preparer) prepare() (err error) {
+	if p.paced {
+		return p.preparePaced()
+	}
+	if p.hook != nil {
+		if err := p.hook(p.stop); err != nil {
+			return err
+		}
+	}
+	if p.adopt() {
+		return nil // a ready file whose take failed (rename refused)
+	}
+	ready := filepath.Join(p.dir, prepReadyName)
+	tmp := filepath.Join(p.dir, prepTmpName)
+	f, err := p.open(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	zeros := make([]byte, min(p.size, p.piece))
+	for off := int64(0); off < p.size; {
+		n := min(int64(len(zeros)), p.size-off)
+		t0 := time.Now()
+		if _, err := f.WriteAt(zeros[:n], off); err != nil {
+			return fmt.Errorf("write %s: %w", prepTmpName, err)
+		}
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("fsync %s: %w", prepTmpName, err)
+		}
+		off += n
+		rest := max(time.Since(t0), prepPauseMin)
+		if p.noRest {
+			rest = 0
+		}
+		t := time.NewTimer(rest)
+		select {
+		case <-p.stop:
+			t.Stop()
+			return errStopped
+		case <-t.C:
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := os.Rename(tmp, ready); err != nil {
+		return fmt.Errorf("rename %s: %w", prepTmpName, err)
+	}
+	p.ready = f
+	return nil
+}
+
+func (p *preparer) preparePaced() (err error) {
 	if p.hook != nil {
 		if err := p.hook(p.stop); err != nil {
 			return err
