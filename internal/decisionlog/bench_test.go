@@ -94,28 +94,6 @@ func BenchmarkAppendSyncUnprepared(b *testing.B) {
 // figures), against the same without preallocation: every segment appended
 // to. Run the two alternately to compare them in one run (see
 // docs/decision-log.md, "Why the log is built this way").
-func BenchmarkZZPrep(b *testing.B) {
-	for _, v := range []string{"paced", "simple", "simple-1MiB", "simple-norest", "appended"} {
-		b.Run(v, func(b *testing.B) {
-			o := testOptions(b)
-			o.SegmentMaxBytes = 16 << 20
-			reg := prometheus.NewRegistry()
-			o.Registerer = reg
-			switch v {
-			case "paced":
-				o.prepPaced = true
-			case "simple-1MiB":
-				o.prepPiece = 1 << 20
-			case "simple-norest":
-				o.prepNoRest = true
-			}
-			benchAppendOpts(b, o, 8, v != "appended")
-			b.ReportMetric(counterValue(b, reg, "agentauthz_decisionlog_segments_total", "preallocated"), "prepared-segments")
-			b.ReportMetric(counterValue(b, reg, "agentauthz_decisionlog_segments_total", "appended"), "appended-segments")
-		})
-	}
-}
-
 func BenchmarkAppendRotating(b *testing.B) {
 	for _, prepared := range []bool{true, false} {
 		name := "prepared"
