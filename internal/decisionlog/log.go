@@ -100,9 +100,6 @@ type Options struct {
 	prepHook   func(stop <-chan struct{}) error // before each preparation of a segment
 	maxWrite   int                              // bytes per write+fdatasync cycle (and torn batch bound); default maxWriteBytes
 	noPrealloc bool                             // no preparer: every segment appended to, up to SegmentMaxBytes (the benchmarks' baseline)
-	prepPaced  bool                             // EXPERIMENT
-	prepPiece  int64                            // EXPERIMENT
-	prepNoRest bool                             // EXPERIMENT
 }
 
 // batch is a group of consecutive records committed by one write and
