@@ -351,3 +351,34 @@ func FuzzChangeRecordBytes(f *testing.F) {
 		}
 	})
 }
+
+// TestFinishRotationRace: a CLI rotating the key on the data directory of a
+// running control plane, which makes a change at the same moment: both
+// finish installing the new key, and neither may fail because the other
+// moved the pending file first (seen as "rotation committed at seq N; …
+// no such file" under load).
+func TestFinishRotationRace(t *testing.T) {
+	for i := range 100 {
+		dir := t.TempDir()
+		old := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{byte(i)}, ed25519.SeedSize))
+		next := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{byte(i + 1)}, ed25519.SeedSize))
+		want := KeyID(next.Public().(ed25519.PublicKey))
+		for name, k := range map[string]ed25519.PrivateKey{changeLogKeyFile: old, changeLogNextPrefix + want: next} {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(base64.StdEncoding.EncodeToString(k.Seed())+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		errs := make(chan error, 4)
+		for range cap(errs) {
+			go func() { errs <- finishRotation(dir, want) }()
+		}
+		for range cap(errs) {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+		}
+		if cur, err := readSeedFile(filepath.Join(dir, changeLogKeyFile)); err != nil || !cur.Equal(next) {
+			t.Fatalf("round %d: the key is not the new one (%v)", i, err)
+		}
+	}
+}

@@ -118,7 +118,10 @@ func finishRotation(dir, want string) error {
 	if cur, err := readSeedFile(kp); err == nil {
 		oldPub := cur.Public().(ed25519.PublicKey)
 		if KeyID(oldPub) == want {
-			return os.Remove(next)
+			if err := os.Remove(next); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			return nil
 		}
 		if err := os.MkdirAll(filepath.Join(dir, changeLogRetiredDir), 0o700); err != nil {
 			return err
@@ -130,13 +133,20 @@ func finishRotation(dir, want string) error {
 		return fmt.Errorf("change log key: %w", err)
 	}
 	nk, err := readSeedFile(next)
+	if err == nil {
+		if KeyID(nk.Public().(ed25519.PublicKey)) != want {
+			return fmt.Errorf("change log key %s does not hold key %s", next, want)
+		}
+		err = os.Rename(next, kp)
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		// Another process on this data directory (a running control
+		// plane making its next change) finished it first.
+		if cur, cerr := readSeedFile(kp); cerr == nil && KeyID(cur.Public().(ed25519.PublicKey)) == want {
+			return nil
+		}
+	}
 	if err != nil {
-		return fmt.Errorf("change log key: %w", err)
-	}
-	if KeyID(nk.Public().(ed25519.PublicKey)) != want {
-		return fmt.Errorf("change log key %s does not hold key %s", next, want)
-	}
-	if err := os.Rename(next, kp); err != nil {
 		return fmt.Errorf("change log key: %w", err)
 	}
 	if err := writePub(filepath.Join(dir, changeLogPubFile), nk.Public().(ed25519.PublicKey)); err != nil {
