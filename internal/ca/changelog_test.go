@@ -352,33 +352,37 @@ func FuzzChangeRecordBytes(f *testing.F) {
 	})
 }
 
-// TestFinishRotationRace: a CLI rotating the key on the data directory of a
-// running control plane, which makes a change at the same moment: both
-// finish installing the new key, and neither may fail because the other
-// moved the pending file first (seen as "rotation committed at seq N; …
-// no such file" under load).
+// TestFinishRotationRace: the control plane and the CLI that rotated may both
+// finish installing the same key at once (they share the data directory);
+// every one of them succeeds and the new key ends up installed exactly.
 func TestFinishRotationRace(t *testing.T) {
-	for i := range 100 {
+	for round := 0; round < 20; round++ {
 		dir := t.TempDir()
-		old := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{byte(i)}, ed25519.SeedSize))
-		next := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{byte(i + 1)}, ed25519.SeedSize))
-		want := KeyID(next.Public().(ed25519.PublicKey))
-		for name, k := range map[string]ed25519.PrivateKey{changeLogKeyFile: old, changeLogNextPrefix + want: next} {
-			if err := os.WriteFile(filepath.Join(dir, name), []byte(base64.StdEncoding.EncodeToString(k.Seed())+"\n"), 0o600); err != nil {
-				t.Fatal(err)
-			}
+		_, oldKey, _ := ed25519.GenerateKey(nil)
+		newPub, newKey, _ := ed25519.GenerateKey(nil)
+		seed := func(k ed25519.PrivateKey) []byte { return []byte(base64.StdEncoding.EncodeToString(k.Seed()) + "\n") }
+		want := KeyID(newPub)
+		if err := os.WriteFile(filepath.Join(dir, changeLogKeyFile), seed(oldKey), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, changeLogNextPrefix+want), seed(newKey), 0o600); err != nil {
+			t.Fatal(err)
 		}
 		errs := make(chan error, 4)
-		for range cap(errs) {
+		for range 4 {
 			go func() { errs <- finishRotation(dir, want) }()
 		}
-		for range cap(errs) {
+		for range 4 {
 			if err := <-errs; err != nil {
-				t.Fatalf("round %d: %v", i, err)
+				t.Fatalf("round %d: %v", round, err)
 			}
 		}
-		if cur, err := readSeedFile(filepath.Join(dir, changeLogKeyFile)); err != nil || !cur.Equal(next) {
-			t.Fatalf("round %d: the key is not the new one (%v)", i, err)
+		cur, err := readSeedFile(filepath.Join(dir, changeLogKeyFile))
+		if err != nil || KeyID(cur.Public().(ed25519.PublicKey)) != want {
+			t.Fatalf("round %d: installed key %v", round, err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, changeLogRetiredDir, KeyID(oldKey.Public().(ed25519.PublicKey))+".pub")); err != nil {
+			t.Fatalf("round %d: retired public key: %v", round, err)
 		}
 	}
 }

@@ -77,6 +77,9 @@ process, for fleets of each size whose agents make requests with a Zipf skew
 				if !cmd.Flags().Changed("paired-rounds") {
 					o.PairedRounds = 1
 				}
+				if !cmd.Flags().Changed("paced-rounds") {
+					o.PacedRounds = 1
+				}
 			}
 			if o.Concurrencies, err = parseInts("concurrencies", concurrencies); err != nil {
 				return err
@@ -145,6 +148,8 @@ process, for fleets of each size whose agents make requests with a Zipf skew
 	f.IntVar(&o.PropagationRounds, "propagation-rounds", 20, "revocations timed through ca serve and a replica (0 skips)")
 	f.IntVar(&o.Connections, "connections", 1, "gRPC connections the client spreads its workers over (Envoy opens one per worker thread)")
 	f.IntVar(&o.PairedRounds, "paired-rounds", 3, "rounds of (b) and (a) measured back to back at --concurrency, whose median ratio the (a)/(b) target reads (0 skips)")
+	f.IntVar(&o.PacedRounds, "paced-rounds", 3, "rounds of (a) and (b) paced alike at half of (a)'s maximum, back to back, whose median p99 ratio the half-load target reads (0 skips)")
+	f.Float64Var(&o.PacedRate, "paced-rate", 0, "run only the paced rounds (at least one), at this many req/s: a short trial for comparing builds")
 	f.BoolVar(&o.SkipRateLimited, "skip-rate-limited", false, "skip the run at half of the maximum throughput")
 	f.BoolVar(&o.SkipNoCache, "skip-no-cache", false, "skip the run of the real server with the policy decision cache off")
 	f.StringVar(&o.ProfileDir, "profile-dir", "", "write a CPU profile of each server mode here")

@@ -68,6 +68,15 @@ type Options struct {
 	// minutes, and the curves measure (b) and (a) minutes apart: the
 	// median of these pairs is the (a)/(b) figure to trust.
 	PairedRounds int
+	// PacedRounds is how many times (a) and (b) are measured back to back
+	// paced at half of (a)'s maximum (open loop, 64 workers), both servers
+	// running and the order alternating; 0 skips. The p99 at half load is a
+	// tail that one stall of the host moves: the #24 target reads the
+	// median of these rounds' p99 ratios.
+	PacedRounds int
+	// PacedRate, when > 0, runs only the paced rounds, at this rate instead
+	// of half of a measured maximum: a short trial for comparing builds.
+	PacedRate float64
 	// ProfileDir, when set, receives a CPU profile of each mode at the
 	// headline concurrency (from a separate, unreported run).
 	ProfileDir string
@@ -172,6 +181,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		Concurrency: o.Concurrency, LogMode: o.LogMode, Profiles: map[Mode]string{}}
 	baseRoutes, baseRevoked := o.RouteTables[0], o.RevokedSerials[0]
 	rep.BaseRoutes, rep.BaseRevoked = baseRoutes, baseRevoked+len(h.serial)
+	if o.PacedRate > 0 {
+		if rep.Paced, err = h.pacedRounds(ctx, o.PacedRate, max(o.PacedRounds, 1), baseRoutes, baseRevoked); err != nil {
+			return nil, fmt.Errorf("paced runs: %w", err)
+		}
+		rep.finish()
+		return rep, nil
+	}
 
 	concs := uniqueInts(append(append([]int{}, o.Concurrencies...), o.Concurrency))
 	for _, mode := range o.Modes {
@@ -229,6 +245,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.PairedRounds > 0 && rep.Result(ModeNoop) != nil && rep.Result(ModeReal) != nil {
 		if rep.Paired, err = h.paired(ctx, baseRoutes, baseRevoked); err != nil {
 			return nil, fmt.Errorf("paired runs: %w", err)
+		}
+	}
+	if rl := rep.RateLimited; rl != nil && rep.Result(ModeNoop) != nil && o.PacedRounds > 0 {
+		if rep.Paced, err = h.pacedRounds(ctx, rl.Rate, o.PacedRounds, baseRoutes, baseRevoked); err != nil {
+			return nil, fmt.Errorf("paced runs: %w", err)
 		}
 	}
 	if rl := rep.RateLimited; rl != nil && rep.Result(ModeNoop) != nil {
@@ -323,6 +344,49 @@ func (h *harness) paired(ctx context.Context, routes, revoked int) ([]PairedRoun
 				if pr.Noop.RPS > 0 {
 					pr.Ratio = pr.Real.RPS / pr.Noop.RPS
 				}
+				out = append(out, pr)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// pacedRounds measures (a) and (b) open-loop at rate, back to back, rounds
+// times, alternating which goes first; each round's p99 ratio is what the
+// half-load target reads.
+func (h *harness) pacedRounds(ctx context.Context, rate float64, rounds, routes, revoked int) ([]PairedRound, error) {
+	noopCfg, err := h.variant("paced-noop", routes, revoked, false)
+	if err != nil {
+		return nil, err
+	}
+	realCfg, err := h.variant("paced-real", routes, revoked, false)
+	if err != nil {
+		return nil, err
+	}
+	var out []PairedRound
+	spec := loadSpec{Concurrency: 64, Warmup: h.o.Warmup, Duration: h.o.Duration, Rate: rate}
+	err = h.withServer(ctx, ModeNoop, noopCfg, func(noop *serverProc) error {
+		return h.withServer(ctx, ModeReal, realCfg, func(real *serverProc) error {
+			for i := range rounds {
+				pr := PairedRound{Round: i + 1, RealFirst: i%2 == 1}
+				var err error
+				if pr.RealFirst {
+					if pr.Real, err = h.measure(ctx, real, ModeReal, spec); err == nil {
+						pr.Noop, err = h.measure(ctx, noop, ModeNoop, spec)
+					}
+				} else {
+					if pr.Noop, err = h.measure(ctx, noop, ModeNoop, spec); err == nil {
+						pr.Real, err = h.measure(ctx, real, ModeReal, spec)
+					}
+				}
+				if err != nil {
+					return err
+				}
+				if pr.Noop.P99 > 0 {
+					pr.Ratio = float64(pr.Real.P99) / float64(pr.Noop.P99)
+				}
+				h.o.progress("paced round %d: p99 (a) %s, (b) %s: %.2f×", pr.Round, fmtDur(pr.Real.P99), fmtDur(pr.Noop.P99), pr.Ratio)
 				out = append(out, pr)
 			}
 			return nil

@@ -58,6 +58,7 @@ func TestHarnessShort(t *testing.T) {
 		Mix:               mix,
 		PropagationRounds: 2,
 		PairedRounds:      2,
+		PacedRounds:       2,
 		Connections:       2, // one per worker at concurrency 2
 		Progress:          &progress,
 	})
@@ -83,6 +84,7 @@ func TestHarnessShort(t *testing.T) {
 		checkRun(t, "paired noop", &pr.Noop)
 		checkRun(t, "paired real", &pr.Real)
 	}
+	checkPaced(t, rep, 2)
 	if len(rep.Curve) != 3 || len(rep.Routes) != 2 || len(rep.Revoked) != 1 {
 		t.Errorf("curve/routes/revoked runs = %d/%d/%d, want 3/2/1", len(rep.Curve), len(rep.Routes), len(rep.Revoked))
 	}
@@ -122,11 +124,66 @@ func TestHarnessShort(t *testing.T) {
 	}
 	out := md.String()
 	for _, want := range []string{"## Headline", "| (a) real | 2 |", "| (b) noop | 2 |", "| (c) naive | 2 |",
-		"## Targets", "the median of 2 back-to-back pairs", "## (a) and (b) back to back", "## Concurrency", "## Half of maximum throughput", "## Route-table size",
+		"## Targets", "the median of 2 back-to-back pairs", "## (a) and (b) back to back", "## (a) and (b) paced alike", "p99 of (a) ≤ 2 × p99 of (b)", "## Concurrency", "## Half of maximum throughput", "## Route-table size",
 		"## Revoked serials", "## Revocation propagation", "nproc"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// With PacedRate the harness runs only the paced rounds, at that rate.
+func TestHarnessPacedOnly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two server processes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := loadtest.Run(ctx, loadtest.Options{
+		Command:     command,
+		PoliciesDir: "../../policies",
+		WorkDir:     t.TempDir(),
+		Warmup:      150 * time.Millisecond,
+		Duration:    500 * time.Millisecond,
+		PacedRate:   300,
+		PacedRounds: 3,
+		Modes:       []loadtest.Mode{loadtest.ModeNoop, loadtest.ModeReal},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPaced(t, rep, 3)
+	if len(rep.Headline) != 0 || len(rep.Curve) != 0 || rep.RateLimited != nil || len(rep.Paired) != 0 {
+		t.Errorf("a paced-only run measured more: %d headline, %d curve, rate-limited %v, %d paired", len(rep.Headline), len(rep.Curve), rep.RateLimited != nil, len(rep.Paired))
+	}
+	for _, pr := range rep.Paced {
+		if pr.Real.Rate != 300 || pr.Noop.Rate != 300 {
+			t.Errorf("paced at %v and %v, want 300", pr.Real.Rate, pr.Noop.Rate)
+		}
+	}
+}
+
+// checkPaced checks the paced rounds: alternating order, both runs
+// complete, and the median p99 ratio among the rounds' ratios.
+func checkPaced(t *testing.T, rep *loadtest.Report, rounds int) {
+	t.Helper()
+	if len(rep.Paced) != rounds {
+		t.Fatalf("%d paced rounds, want %d", len(rep.Paced), rounds)
+	}
+	lo, hi := rep.Paced[0].Ratio, rep.Paced[0].Ratio
+	for i, pr := range rep.Paced {
+		checkRun(t, "paced noop", &pr.Noop)
+		checkRun(t, "paced real", &pr.Real)
+		if pr.RealFirst != (i%2 == 1) {
+			t.Errorf("paced round %d: real first = %v", i+1, pr.RealFirst)
+		}
+		if want := float64(pr.Real.P99) / float64(pr.Noop.P99); pr.Ratio != want {
+			t.Errorf("paced round %d: ratio %v, want p99 (a)/(b) = %v", i+1, pr.Ratio, want)
+		}
+		lo, hi = min(lo, pr.Ratio), max(hi, pr.Ratio)
+	}
+	if rep.RatioP99Paced < lo || rep.RatioP99Paced > hi || rep.RatioP99Paced <= 0 {
+		t.Errorf("median p99 ratio %v outside the rounds' %v..%v", rep.RatioP99Paced, lo, hi)
 	}
 }
 

@@ -17,6 +17,7 @@ const (
 	TargetRPSRatio   = 0.5  // (a) ≥ 0.5 × (b) req/s at concurrency 16
 	TargetCPURatio   = 0.75 // (a) ≤ 0.75 × (c) server CPU per Check
 	TargetP99AtHalf  = 2 * time.Millisecond
+	TargetP99Ratio   = 2.0 // #24: p99 of (a) at half load ≤ 2 × (b)'s paced alike
 	TargetRSSBytes   = 150 << 20
 	targetHeadlineCC = 16
 )
@@ -196,15 +197,21 @@ type Report struct {
 	// Paired are (a) and (b) measured back to back at the headline
 	// concurrency; the (a)/(b) target is read from their median.
 	Paired []PairedRound `json:"paired,omitempty"`
+	// Paced are (a) and (b) measured back to back, paced at half of (a)'s
+	// maximum; their Ratio is p99 (a) / p99 (b).
+	Paced []PairedRound `json:"paced,omitempty"`
 
 	// Ratios at the headline concurrency: from the headline runs, and the
 	// median of the paired rounds (0 without them).
 	RatioRPS       float64 `json:"ratio_rps_a_over_b"`
 	RatioRPSPaired float64 `json:"ratio_rps_a_over_b_paired_median"`
 	RatioCPU       float64 `json:"ratio_cpu_a_over_c"`
+	// RatioP99Paced is the median of the paced rounds' p99 (a) / p99 (b).
+	RatioP99Paced float64 `json:"ratio_p99_a_over_b_paced_median"`
 }
 
-// PairedRound is one back-to-back measurement of (b) and (a).
+// PairedRound is one back-to-back measurement of (b) and (a); Ratio is
+// their req/s ratio in Paired and their p99 ratio in Paced.
 type PairedRound struct {
 	Round     int       `json:"round"`
 	RealFirst bool      `json:"real_first"`
@@ -231,22 +238,30 @@ func (r *Report) finish() {
 	if a != nil && c != nil && c.CPUPerCheck > 0 {
 		r.RatioCPU = a.CPUPerCheck / c.CPUPerCheck
 	}
-	if n := len(r.Paired); n > 0 {
-		ratios := make([]float64, n)
-		for i, p := range r.Paired {
-			ratios[i] = p.Ratio
-		}
-		slices.Sort(ratios)
-		r.RatioRPSPaired = ratios[n/2]
-		if n%2 == 0 {
-			r.RatioRPSPaired = (ratios[n/2-1] + ratios[n/2]) / 2
-		}
-	}
+	r.RatioRPSPaired = medianRatio(r.Paired)
+	r.RatioP99Paced = medianRatio(r.Paced)
 }
 
-// pairedRange is the lowest and highest ratio of the paired rounds.
-func (r *Report) pairedRange() (lo, hi float64) {
-	for i, p := range r.Paired {
+// medianRatio is the median of the rounds' ratios (0 without rounds).
+func medianRatio(rounds []PairedRound) float64 {
+	n := len(rounds)
+	if n == 0 {
+		return 0
+	}
+	ratios := make([]float64, n)
+	for i, p := range rounds {
+		ratios[i] = p.Ratio
+	}
+	slices.Sort(ratios)
+	if n%2 == 0 {
+		return (ratios[n/2-1] + ratios[n/2]) / 2
+	}
+	return ratios[n/2]
+}
+
+// ratioRange is the lowest and highest ratio of rounds.
+func ratioRange(rounds []PairedRound) (lo, hi float64) {
+	for i, p := range rounds {
 		if i == 0 || p.Ratio < lo {
 			lo = p.Ratio
 		}
@@ -285,7 +300,7 @@ func (r *Report) Markdown(w io.Writer) error {
 	a := r.Result(ModeReal)
 	switch {
 	case r.RatioRPSPaired > 0:
-		lo, hi := r.pairedRange()
+		lo, hi := ratioRange(r.Paired)
 		p("| (a) ≥ %.2f × (b) req/s at concurrency %d | %.2f, the median of %d back-to-back pairs (%.2f–%.2f); %.2f from the headline runs above | %s |\n",
 			TargetRPSRatio, r.Concurrency, r.RatioRPSPaired, len(r.Paired), lo, hi, r.RatioRPS, yesNo(r.RatioRPSPaired >= TargetRPSRatio))
 	case r.RatioRPS > 0:
@@ -297,6 +312,11 @@ func (r *Report) Markdown(w io.Writer) error {
 	}
 	if rl := r.RateLimited; rl != nil {
 		p("| p99 of (a) ≤ %s at half of max throughput (%.0f of %.0f req/s) | %s | %s |\n", fmtDur(TargetP99AtHalf), rl.Rate, r.MaxRPS, fmtDur(rl.P99), yesNo(rl.P99 <= TargetP99AtHalf))
+	}
+	if n := len(r.Paced); n > 0 {
+		lo, hi := ratioRange(r.Paced)
+		p("| p99 of (a) ≤ %.0f × p99 of (b), paced alike at %.0f req/s | %.2f×, the median of %d back-to-back pairs (%.2f–%.2f) | %s |\n",
+			TargetP99Ratio, r.Paced[0].Real.Rate, r.RatioP99Paced, n, lo, hi, yesNo(r.RatioP99Paced <= TargetP99Ratio))
 	}
 	if maxRSS := r.maxRealRSS(); maxRSS > 0 {
 		p("| steady RSS of (a) under load ≤ %s (base configuration, all concurrencies) | %s | %s |\n", fmtMiB(TargetRSSBytes), fmtMiB(maxRSS), yesNo(maxRSS <= TargetRSSBytes))
@@ -322,6 +342,20 @@ func (r *Report) Markdown(w io.Writer) error {
 		p("\n")
 	}
 
+	if len(r.Paced) > 0 {
+		p("## (a) and (b) paced alike, back to back (%.0f req/s, 64 workers, open loop)\n\n", r.Paced[0].Real.Rate)
+		p("Both servers running; each round measures one after the other, the order alternating. Latency counts from each request's scheduled start.\n\n")
+		p("| round | first | (b) p50 | (b) p99 | (a) p50 | (a) p99 | p99 (a)/(b) | (b) idle / steal | (a) idle / steal |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, pr := range r.Paced {
+			first := "(b)"
+			if pr.RealFirst {
+				first = "(a)"
+			}
+			p("| %d | %s | %s | %s | %s | %s | %.2f | %s | %s |\n", pr.Round, first, fmtDur(pr.Noop.P50), fmtDur(pr.Noop.P99),
+				fmtDur(pr.Real.P50), fmtDur(pr.Real.P99), pr.Ratio, pr.Noop.idleSteal(), pr.Real.idleSteal())
+		}
+		p("\n")
+	}
 	p("## Concurrency\n\n")
 	runTable(&b, r.Curve, false)
 	p("\n")
