@@ -2,8 +2,13 @@
 
 package decisionlog
 
-import "os"
+import (
+	"os"
+	"time"
+)
 
 // datasync is a full Sync where fdatasync is not available (or, as on
 // macOS, where only F_FULLFSYNC reaches stable storage).
 func datasync(f *os.File) error { return f.Sync() }
+
+func sleepPrecise(d time.Duration) { time.Sleep(d) }
