@@ -5,7 +5,6 @@ package decisionlog
 import (
 	"errors"
 	"os"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,12 +34,4 @@ func datasync(f *os.File) error {
 		return &os.PathError{Op: "fdatasync", Path: f.Name(), Err: serr}
 	}
 	return nil
-}
-
-// sleepPrecise sleeps d in nanosleep(2): the runtime's timers wake an idle
-// process through epoll_wait, whose timeout has millisecond resolution.
-func sleepPrecise(d time.Duration) {
-	ts := unix.NsecToTimespec(int64(d))
-	for errors.Is(unix.Nanosleep(&ts, &ts), unix.EINTR) {
-	}
 }

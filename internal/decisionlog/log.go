@@ -96,14 +96,11 @@ type Options struct {
 	Now             func() time.Time // default time.Now
 
 	// Test hooks.
-	openFile     openFunc // segments (and the prepared one), the probe and side files
-	retryMin     time.Duration
-	prepHook     func(stop <-chan struct{}) error // before each preparation of a segment
-	maxWrite     int                              // bytes per write+fdatasync cycle (and torn batch bound); default maxWriteBytes
-	noPrealloc   bool                             // no preparer: every segment appended to, up to SegmentMaxBytes (the benchmarks' baseline)
-	commitWindow time.Duration                    // EXPERIMENT: a flush starts at least this long after the previous one started
-	leader       bool                             // EXPERIMENT: sync mode commits in the first appender of each batch
-	yield        bool                             // EXPERIMENT: the writer lets the woken appenders run before its next batch
+	openFile   openFunc // segments (and the prepared one), the probe and side files
+	retryMin   time.Duration
+	prepHook   func(stop <-chan struct{}) error // before each preparation of a segment
+	maxWrite   int                              // bytes per write+fdatasync cycle (and torn batch bound); default maxWriteBytes
+	noPrealloc bool                             // no preparer: every segment appended to, up to SegmentMaxBytes (the benchmarks' baseline)
 }
 
 // batch is a group of consecutive records committed by one write and
@@ -118,7 +115,6 @@ type batch struct {
 	last   []byte     // the signed note of the last checkpoint
 	signed chan struct{}
 	done   chan struct{}
-	turn   chan struct{} // leaders: closed when this batch's first appender may commit it
 	err    error
 }
 
@@ -135,9 +131,7 @@ type sealedCP struct {
 	sig []byte // key hash ‖ signature
 }
 
-func newBatch() *batch {
-	return &batch{signed: make(chan struct{}), done: make(chan struct{}), turn: make(chan struct{})}
-}
+func newBatch() *batch { return &batch{signed: make(chan struct{}), done: make(chan struct{})} }
 
 // receipt builds the receipt of the record at lines[i] (after signed).
 func (b *batch) receipt(i int) Receipt {
@@ -170,10 +164,6 @@ type Log struct {
 	inflight int
 	failed   error
 	closing  bool
-	// Leaders (sync mode): the first appender of a batch commits it
-	// itself, after the commit in progress; there is no writer goroutine.
-	leaders    bool
-	committing bool // a leader is committing (or recovering)
 
 	// The last durable signed checkpoint (GET /checkpoint).
 	latest atomic.Pointer[[]byte]
@@ -232,7 +222,6 @@ func Open(opts Options) (*Log, error) {
 	if opts.retryMin <= 0 {
 		opts.retryMin = 100 * time.Millisecond
 	}
-	applyExperiment(&opts)
 	if opts.maxWrite <= 0 {
 		opts.maxWrite = maxWriteBytes
 	}
@@ -255,7 +244,6 @@ func Open(opts Options) (*Log, error) {
 		open:    newBatch(),
 	}
 	l.cond = sync.NewCond(&l.mu)
-	l.leaders = opts.leader && opts.Mode == Sync
 	if l.lock, err = lockDir(opts.Dir); err != nil {
 		return nil, err
 	}
@@ -365,14 +353,9 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 	}
 	b := l.open
 	idx := len(b.lines)
-	lead, first := false, idx == 0
-	if first {
+	if idx == 0 {
 		b.first = rec.Index
-		if !l.leaders {
-			l.cond.Broadcast()
-		} else if !l.committing {
-			l.committing, lead = true, true
-		}
+		l.cond.Broadcast()
 	}
 	b.lines = append(b.lines, line)
 	l.next++
@@ -384,18 +367,6 @@ func (l *Log) append(rec *Record, rotateTo *signingKey, wait bool) (Receipt, err
 	l.inflight++
 	l.mu.Unlock()
 
-	if first && l.leaders {
-		if !lead {
-			select {
-			case <-b.turn:
-				lead = true
-			case <-b.done: // failed before its turn
-			}
-		}
-		if lead {
-			l.lead(b)
-		}
-	}
 	wake := b.done
 	if !wait {
 		wake = b.signed // async: the checkpoint is signed, not yet durable
@@ -563,30 +534,13 @@ func (l *Log) Close() error {
 // run is the single writer: it takes the open batch, seals it (leaf
 // hashes, the tree, one signed checkpoint per MaxBatch records), writes it
 // (one write and one fdatasync per maxWrite bytes), and wakes its
-// appenders. With leaders it only waits for the last one to finish on Close.
+// appenders.
 func (l *Log) run() {
 	defer close(l.wdone)
-	if l.leaders {
-		l.mu.Lock()
-		for !l.closing || l.committing {
-			l.cond.Wait()
-		}
-		l.mu.Unlock()
-		return
-	}
-	var lastStart time.Time
 	for {
 		l.mu.Lock()
 		for len(l.open.lines) == 0 && !l.closing {
 			l.cond.Wait()
-		}
-		if w := l.opts.commitWindow; w > 0 && !l.closing {
-			if d := time.Until(lastStart.Add(w)); d > 0 {
-				l.mu.Unlock()
-				sleepPrecise(d)
-				l.mu.Lock()
-			}
-			lastStart = time.Now()
 		}
 		if len(l.open.lines) == 0 {
 			l.mu.Unlock()
@@ -595,100 +549,64 @@ func (l *Log) run() {
 		b := l.open
 		l.open = newBatch()
 		l.mu.Unlock()
-		if !l.commit(b) {
-			l.recoverWriter()
+
+		err := l.seal(b)
+		if err == nil {
+			close(b.signed)
+			err = l.write(b)
+			if err != nil && l.opts.Mode == Async {
+				// Async records were acknowledged once their checkpoint
+				// was signed: keep them and retry until the disk takes
+				// them (or Close gives up).
+				err = l.retryAsync(b, err)
+			}
 		}
-		if l.opts.yield {
+		l.mu.Lock()
+		if err == nil {
+			l.durNext, l.durKey = b.first+uint64(len(b.lines)), l.keyAt(b)
+			l.inflight -= len(b.lines)
+			l.mu.Unlock()
+			l.durTree.set(l.tree)
+			l.durWKey = l.wkey
+			l.latest.Store(&b.last)
+			l.m.batch.Observe(float64(len(b.lines)))
+			close(b.done)
+			// Let the appenders just woken run before taking the next
+			// batch: what they append next joins it, so one flush carries
+			// more records (docs/decision-log.md, "Group commit").
 			runtime.Gosched()
+			continue
 		}
-	}
-}
-
-// lead commits b, the open batch, from the goroutine of its first appender,
-// then hands the commit over to the first appender of the batch that
-// queued meanwhile (or marks no commit in progress).
-func (l *Log) lead(b *batch) {
-	l.mu.Lock()
-	l.open = newBatch() // later records queue for the next leader
-	l.mu.Unlock()
-	if !l.commit(b) {
-		// The appenders have their error; recover off their path.
-		go func() {
-			l.recoverWriter()
-			l.handOff()
-		}()
-		return
-	}
-	l.handOff()
-}
-
-func (l *Log) handOff() {
-	l.mu.Lock()
-	if len(l.open.lines) > 0 {
-		close(l.open.turn)
-	} else {
-		l.committing = false
-		l.cond.Broadcast()
-	}
-	l.mu.Unlock()
-}
-
-// commit seals b, writes it and wakes its appenders. On a failure it fails
-// b and everything sequenced after it, rolls the tree back to the last
-// durable checkpoint and returns false: the caller then recovers the writer.
-func (l *Log) commit(b *batch) bool {
-	err := l.seal(b)
-	if err == nil {
-		close(b.signed)
-		err = l.write(b)
-		if err != nil && l.opts.Mode == Async {
-			// Async records were acknowledged once their checkpoint
-			// was signed: keep them and retry until the disk takes
-			// them (or Close gives up).
-			err = l.retryAsync(b, err)
+		// Fail this batch and everything sequenced after it, and roll
+		// the tree back to the last durable checkpoint: none of these was
+		// acknowledged in sync mode.
+		l.failed = fmt.Errorf("%w: %v", ErrUnavailable, err)
+		failed := []*batch{b}
+		if len(l.open.lines) > 0 {
+			failed = append(failed, l.open)
+			l.open = newBatch()
 		}
-	}
-	l.mu.Lock()
-	if err == nil {
-		l.durNext, l.durKey = b.first+uint64(len(b.lines)), l.keyAt(b)
-		l.inflight -= len(b.lines)
+		l.next, l.key = l.durNext, l.durKey
+		l.inflight = 0
+		ferr := l.failed
 		l.mu.Unlock()
-		l.durTree.set(l.tree)
-		l.durWKey = l.wkey
-		l.latest.Store(&b.last)
-		l.m.batch.Observe(float64(len(b.lines)))
-		close(b.done)
-		return true
-	}
-	// Fail this batch and everything sequenced after it, and roll
-	// the tree back to the last durable checkpoint: none of these was
-	// acknowledged in sync mode.
-	l.failed = fmt.Errorf("%w: %v", ErrUnavailable, err)
-	failed := []*batch{b}
-	if len(l.open.lines) > 0 {
-		failed = append(failed, l.open)
-		l.open = newBatch()
-	}
-	l.next, l.key = l.durNext, l.durKey
-	l.inflight = 0
-	ferr := l.failed
-	l.mu.Unlock()
-	l.tree.set(l.durTree)
-	l.wkey = l.durWKey
-	l.m.ready.Set(0)
-	n := 0
-	for _, fb := range failed {
-		n += len(fb.lines)
-		fb.err = ferr
-		select {
-		case <-fb.signed:
-		default:
-			close(fb.signed)
+		l.tree.set(l.durTree)
+		l.wkey = l.durWKey
+		l.m.ready.Set(0)
+		n := 0
+		for _, fb := range failed {
+			n += len(fb.lines)
+			fb.err = ferr
+			select {
+			case <-fb.signed:
+			default:
+				close(fb.signed)
+			}
+			close(fb.done)
 		}
-		close(fb.done)
+		l.logger.Error("decision log write failed; denying until it recovers", "error", err, "records_failed", n, "durable_size", l.durNext)
+		l.recoverWriter()
 	}
-	l.logger.Error("decision log write failed; denying until it recovers", "error", err, "records_failed", n, "durable_size", l.durNext)
-	return false
 }
 
 // keyAt is the appenders' current key as of the end of b: the key of the
