@@ -7,7 +7,7 @@
 # container runtime exists on the machines this project is developed on, so
 # this file has not been built there; `make release` builds the same binary.
 
-FROM golang:1.26.8-bookworm AS build
+FROM golang:1.27.3-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download

@@ -2,6 +2,10 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 export CGO_ENABLED := 0
+# Every target builds with the toolchain go.mod names (its toolchain line),
+# which the go command fetches from the module proxy on first use: also on
+# machines whose go.env says GOTOOLCHAIN=local, and for tools/ too.
+export GOTOOLCHAIN := $(shell sed -n 's/^toolchain //p' go.mod)
 
 GO        ?= go
 BIN       := bin

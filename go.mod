@@ -2,6 +2,8 @@ module github.com/agentauthz/agentauthz
 
 go 1.26.8
 
+toolchain go1.27.3
+
 require (
 	github.com/agnivade/levenshtein v1.2.2
 	github.com/chromedp/cdproto v0.160.1

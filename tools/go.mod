@@ -6,6 +6,8 @@ module github.com/agentauthz/agentauthz/tools
 
 go 1.26.8
 
+toolchain go1.27.3
+
 tool (
 	github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod
 	github.com/go-gremlins/gremlins/cmd/gremlins

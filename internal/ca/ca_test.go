@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -89,6 +90,13 @@ func testIssueNativeProfile(t *testing.T, be backend) {
 		if err != nil || len(recs) != 1 || recs[0].Serial != cert.SerialNumber.Text(16) || recs[0].Status != "active" ||
 			recs[0].Operator != "alice" || recs[0].KeyType != string(kt) {
 			t.Fatalf("inventory %+v %v", recs, err)
+		}
+		if recs[0].PEM == "" {
+			t.Fatal("no PEM listed")
+		}
+		bare, err := a.List(ListFilter{TrustDomain: td, AgentID: req.AgentID, NoPEM: true})
+		if recs[0].PEM = ""; err != nil || len(bare) != 1 || !reflect.DeepEqual(bare[0], recs[0]) {
+			t.Fatalf("without the PEM: %+v, want %+v (%v)", bare, recs[0], err)
 		}
 	}
 }
@@ -244,6 +252,27 @@ func testLifecycle(t *testing.T, be backend) {
 	}
 	if err := a.RevokeSerial(td, other.Record.Serial, ReasonCessationOfOperation, "dave"); err != nil {
 		t.Fatal(err)
+	}
+	// The newest revocations, filtered by the database, are those of the
+	// whole event list.
+	all, err := a.Events("", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wantRev []Event
+	for i := len(all) - 1; i >= 0; i-- {
+		if all[i].Event == "revoke" || all[i].Event == "agent_revoke" {
+			wantRev = append(wantRev, all[i])
+		}
+	}
+	if last, err := a.LastEvents(10, "revoke", "agent_revoke"); err != nil || len(wantRev) < 2 || !reflect.DeepEqual(last, wantRev) {
+		t.Fatalf("last revocations %+v, wantRev %+v (%v)", last, wantRev, err)
+	}
+	if last, err := a.LastEvents(1, "revoke", "agent_revoke"); err != nil || len(last) != 1 || last[0] != wantRev[0] {
+		t.Fatalf("the last revocation %+v %v", last, err)
+	}
+	if _, err := a.LastEvents(0, "revoke"); err == nil {
+		t.Fatal("no events asked for: no error")
 	}
 
 	// CRL: signed, numbered, with reasons.

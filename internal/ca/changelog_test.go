@@ -351,3 +351,38 @@ func FuzzChangeRecordBytes(f *testing.F) {
 		}
 	})
 }
+
+// TestFinishRotationRace: the control plane and the CLI that rotated may both
+// finish installing the same key at once (they share the data directory);
+// every one of them succeeds and the new key ends up installed exactly.
+func TestFinishRotationRace(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		dir := t.TempDir()
+		_, oldKey, _ := ed25519.GenerateKey(nil)
+		newPub, newKey, _ := ed25519.GenerateKey(nil)
+		seed := func(k ed25519.PrivateKey) []byte { return []byte(base64.StdEncoding.EncodeToString(k.Seed()) + "\n") }
+		want := KeyID(newPub)
+		if err := os.WriteFile(filepath.Join(dir, changeLogKeyFile), seed(oldKey), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, changeLogNextPrefix+want), seed(newKey), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		errs := make(chan error, 4)
+		for range 4 {
+			go func() { errs <- finishRotation(dir, want) }()
+		}
+		for range 4 {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		cur, err := readSeedFile(filepath.Join(dir, changeLogKeyFile))
+		if err != nil || KeyID(cur.Public().(ed25519.PublicKey)) != want {
+			t.Fatalf("round %d: installed key %v", round, err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, changeLogRetiredDir, KeyID(oldKey.Public().(ed25519.PublicKey))+".pub")); err != nil {
+			t.Fatalf("round %d: retired public key: %v", round, err)
+		}
+	}
+}

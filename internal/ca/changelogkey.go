@@ -108,17 +108,32 @@ func rotatedKey(detail string) (ed25519.PublicKey, error) {
 // finishRotation makes the pending key want the data directory's key, if it
 // is pending here: the current key's public half goes to retired/, the new
 // key and its public key take the usual names. Nothing to do when
-// ed25519.key is already want or no such pending key exists.
+// ed25519.key is already want or no such pending key exists. Another process
+// on the same data directory (the running control plane and the CLI that
+// rotated) may finish the same rotation at the same moment: a pending file
+// that vanishes midway is fine when ed25519.key then holds want.
 func finishRotation(dir, want string) error {
 	next := filepath.Join(dir, changeLogNextPrefix+want)
+	kp := filepath.Join(dir, changeLogKeyFile)
+	installed := func(err error) error {
+		if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if cur, cerr := readSeedFile(kp); cerr == nil && KeyID(cur.Public().(ed25519.PublicKey)) == want {
+			return nil
+		}
+		return err
+	}
 	if _, err := os.Stat(next); err != nil {
 		return nil
 	}
-	kp := filepath.Join(dir, changeLogKeyFile)
 	if cur, err := readSeedFile(kp); err == nil {
 		oldPub := cur.Public().(ed25519.PublicKey)
 		if KeyID(oldPub) == want {
-			return os.Remove(next)
+			if err := os.Remove(next); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			return nil
 		}
 		if err := os.MkdirAll(filepath.Join(dir, changeLogRetiredDir), 0o700); err != nil {
 			return err
@@ -131,13 +146,13 @@ func finishRotation(dir, want string) error {
 	}
 	nk, err := readSeedFile(next)
 	if err != nil {
-		return fmt.Errorf("change log key: %w", err)
+		return installed(fmt.Errorf("change log key: %w", err))
 	}
 	if KeyID(nk.Public().(ed25519.PublicKey)) != want {
 		return fmt.Errorf("change log key %s does not hold key %s", next, want)
 	}
 	if err := os.Rename(next, kp); err != nil {
-		return fmt.Errorf("change log key: %w", err)
+		return installed(fmt.Errorf("change log key: %w", err))
 	}
 	if err := writePub(filepath.Join(dir, changeLogPubFile), nk.Public().(ed25519.PublicKey)); err != nil {
 		return err

@@ -86,6 +86,9 @@ type ListFilter struct {
 	TrustDomain string
 	AgentID     string
 	Serial      string // normalised hex, see ParseSerial
+	// NoPEM leaves Certificate.PEM empty: a list of the whole inventory
+	// reads (and sorts) a fraction of the bytes (the console's fleet).
+	NoPEM bool
 }
 
 // List returns certificates from the inventory, oldest first. A stored
@@ -99,8 +102,12 @@ func (a *Authority) List(f ListFilter) ([]Certificate, error) {
 			args = append(args, v)
 		}
 	}
+	pem := "pem"
+	if f.NoPEM {
+		pem = "''"
+	}
 	q := `SELECT tenant, serial, agent_id, trust, scopes, owner, key_type, not_before, not_after, status, revoked_at,
-		revocation_reason, operator, issued_at, pem FROM certificates`
+		revocation_reason, operator, issued_at, ` + pem + ` FROM certificates`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -169,8 +176,28 @@ func (a *Authority) Show(td, id string) (*AgentDetail, error) {
 // Events returns lifecycle events in order; an empty agentID means every
 // event of the trust domain (including CA events), an empty td every event.
 func (a *Authority) Events(td, agentID string) ([]Event, error) {
-	q := `SELECT seq, at, tenant, agent_id, serial, event, operator, detail FROM events WHERE (? = '' OR tenant = ?) AND (? = '' OR agent_id = ?) ORDER BY seq`
-	rows, err := a.db.Query(q, td, td, agentID, agentID)
+	return a.events(`SELECT seq, at, tenant, agent_id, serial, event, operator, detail FROM events WHERE (? = '' OR tenant = ?) AND (? = '' OR agent_id = ?) ORDER BY seq`,
+		td, td, agentID, agentID)
+}
+
+// LastEvents returns the newest n events of the given kinds ("revoke",
+// "agent_revoke", …), newest first: the database filters them, so a long
+// change log is not read into memory.
+func (a *Authority) LastEvents(n int, kinds ...string) ([]Event, error) {
+	if n <= 0 || len(kinds) == 0 || len(kinds) > 16 {
+		return nil, fmt.Errorf("last events: %d of %d kinds", n, len(kinds))
+	}
+	args := make([]any, 0, len(kinds)+1)
+	for _, k := range kinds {
+		args = append(args, k)
+	}
+	//nolint:gosec // built from fixed fragments and ? placeholders; the values are arguments
+	return a.events(`SELECT seq, at, tenant, agent_id, serial, event, operator, detail FROM events WHERE event IN (?`+
+		strings.Repeat(", ?", len(kinds)-1)+`) ORDER BY seq DESC LIMIT ?`, append(args, n)...)
+}
+
+func (a *Authority) events(q string, args ...any) ([]Event, error) {
+	rows, err := a.db.Query(q, args...)
 	if err != nil {
 		return nil, &StoreError{Path: a.dbPath, Err: err}
 	}

@@ -95,6 +95,7 @@ record by record (signatures and hash chain) and named by seq.`,
 			if err != nil {
 				return err
 			}
+			tuneGC() // a small live heap and garbage per line, as serve's (docs/decision-log.md, Performance)
 			res, err := decisionlog.Verify(logDir, ks)
 			if err != nil {
 				return fmt.Errorf("verify: %w", err)

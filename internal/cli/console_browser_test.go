@@ -27,9 +27,10 @@ import (
 // through the form (from a CSR: the key stays here), downloads its
 // certificate from its page, and sees its first decision arrive in the live
 // tail; quarantines it through the form and sees its next Check denied with
-// agent_quarantined, and that denial arrive in the tail; revokes it and
-// sees the next Check denied with certificate_revoked; then searches for
-// that decision id and opens it, verified. Screenshots go to bin/console/
+// agent_quarantined, and that denial arrive in the tail; lifts it and sees
+// the next Check allowed; revokes it and sees the next Check denied with
+// certificate_revoked; then searches for that decision id and opens it,
+// verified. Screenshots go to bin/console/
 // (replica-*.png).
 func TestConsoleBrowserReplica(t *testing.T) {
 	b := browser.Start(t, 3*time.Minute)
@@ -118,6 +119,21 @@ func TestConsoleBrowserReplica(t *testing.T) {
 	inTail(quarantined, "agent_quarantined")
 	live.Do(shot("7-live-quarantined"))
 
+	// Lift it through the form; the next Check is allowed again.
+	const lift = `form[action$="/lift"] `
+	b.Do(chromedp.Navigate(agentPage), chromedp.WaitVisible(chromedp.CSS(lift+`input[name=reason]`)),
+		chromedp.SendKeys(chromedp.CSS(lift+`input[name=reason]`), "INC-77 closed: reads were the nightly report"),
+		chromedp.Click(chromedp.CSS(lift+`input[name=confirm]`)))
+	start = time.Now()
+	b.Do(chromedp.Click(chromedp.CSS(lift+`button[type=submit]`)), chromedp.WaitVisible(chromedp.CSS(`.done`)))
+	// No restriction in force: the page has no lift form any more.
+	if page := b.Text(`main`); !strings.Contains(page, "Done: lift.") || b.Eval(`String(document.querySelector('`+lift+`') !== null)`) != "false" {
+		t.Errorf("after lift:\n%s", page)
+	}
+	lifted := awaitCheck(t, check, "agent_quarantined", "allowed", start)
+	t.Logf("the lift made in Chromium allowed the replica's Check again after %v", time.Since(start))
+	inTail(lifted, "allowed")
+
 	// Revoke through the form; the next Check is denied as revoked.
 	const revoke = `form[action$="/revoke"] `
 	b.Do(chromedp.Navigate(agentPage), chromedp.WaitVisible(chromedp.CSS(revoke+`select[name=reason]`)),
@@ -129,7 +145,7 @@ func TestConsoleBrowserReplica(t *testing.T) {
 	if page := b.Text(`main`); !strings.Contains(page, "Done: revoke.") || !strings.Contains(page, "revoked") || !strings.Contains(page, op) {
 		t.Errorf("after revoke:\n%s", page)
 	}
-	revoked := awaitCheck(t, check, "agent_quarantined", "certificate_revoked", start)
+	revoked := awaitCheck(t, check, "allowed", "certificate_revoked", start)
 	t.Logf("the revocation made in Chromium denied the replica's Check after %v", time.Since(start))
 	inTail(revoked, "certificate_revoked")
 	live.Do(shot("10-live-revoked"))
@@ -157,7 +173,7 @@ func TestConsoleBrowserReplica(t *testing.T) {
 	// The agent's page has the history with the operator of each change.
 	b.Do(chromedp.Navigate(agentPage), chromedp.WaitVisible(chromedp.CSS(`h1`)), shot("13-agent-history"))
 	page := b.Text(`main`)
-	for _, want := range []string{"INC-77 odd payment reads", "keyCompromise", "CHG-42 new ledger agent", op} {
+	for _, want := range []string{"INC-77 odd payment reads", "INC-77 closed", "keyCompromise", "CHG-42 new ledger agent", op} {
 		if !strings.Contains(page, want) {
 			t.Errorf("agent page lacks %q", want)
 		}

@@ -204,14 +204,13 @@ func (c *Console) matrix(ctx context.Context, since time.Time) ([]string, []matr
 // lastRevocations are the newest agent revocations of the change log with,
 // on each log, the agent's first decision denied for the revocation.
 func (c *Console) lastRevocations(ctx context.Context) ([]revocationRow, error) {
-	events, err := c.cfg.Authority.Events("", "")
+	events, err := c.cfg.Authority.LastEvents(lastRevocations, "revoke", "agent_revoke")
 	if err != nil {
 		return nil, err
 	}
 	var out []revocationRow
-	for i := len(events) - 1; i >= 0 && len(out) < lastRevocations; i-- {
-		e := events[i]
-		if (e.Event != "revoke" && e.Event != "agent_revoke") || e.AgentID == "" {
+	for _, e := range events {
+		if e.AgentID == "" {
 			continue
 		}
 		rr := revocationRow{Event: e, SPIFFEID: ca.SPIFFEID(e.TrustDomain, e.AgentID)}

@@ -82,6 +82,7 @@ type Console struct {
 	sessions sessions
 	csrfKey  []byte
 	tails    streams
+	hub      tailHub
 	// fleetSnap is the fleet page's view of the inventory.
 	fleetSnap fleetCache
 	compMu    sync.Mutex
@@ -123,6 +124,7 @@ func New(cfg Config) (*Console, error) {
 		csrfKey = k
 	}
 	c := &Console{cfg: cfg, sessions: sessions{cfg.Authority}, pages: map[string]*template.Template{}, csrfKey: csrfKey, stop: make(chan struct{}), heavySem: make(chan struct{}, 1)}
+	c.hub = tailHub{c: c, interval: TailPoll}
 	if cfg.OIDC != nil {
 		c.oidc = &oidcState{cfg: cfg.OIDC}
 	}

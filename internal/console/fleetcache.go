@@ -54,7 +54,7 @@ func (c *Console) fleetAgents() (*fleetSnapshot, error) {
 	if s := c.fleetSnap.snap; s != nil && s.gen == gen && now.Sub(s.at) < fleetTTL && !now.Before(s.at) {
 		return s, nil
 	}
-	certs, err := c.cfg.Authority.List(ca.ListFilter{})
+	certs, err := c.cfg.Authority.List(ca.ListFilter{NoPEM: true})
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +69,6 @@ func (c *Console) fleetAgents() (*fleetSnapshot, error) {
 	// List is oldest first: the last certificate of an agent is its newest.
 	newest := map[string]int{}
 	for i := range certs {
-		certs[i].PEM = "" // not kept
 		newest[certs[i].TrustDomain+"\x00"+certs[i].AgentID] = i
 	}
 	s := &fleetSnapshot{gen: gen, at: now, agents: make([]fleetAgent, 0, len(newest))}

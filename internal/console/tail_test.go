@@ -8,7 +8,10 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -176,5 +179,235 @@ func TestLiveTailRolesAndStop(t *testing.T) {
 	e.con.Stop()
 	if ev, data := s.next(t); ev != "end" || !strings.Contains(data, "stopping") {
 		t.Errorf("after Stop: %q %q", ev, data)
+	}
+}
+
+// consumer takes what the hub gives one subscriber as a fast stream would.
+type consumer struct {
+	mu      sync.Mutex
+	ids     []string
+	sampled int // takes where fewer decisions were sent than arrived
+}
+
+func consume(t *testing.T, s *tailSub) *consumer {
+	c := &consumer{}
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-s.wake:
+				evs, arrived, _ := s.take()
+				c.mu.Lock()
+				for _, ev := range evs {
+					c.ids = append(c.ids, ev.ID)
+				}
+				if arrived > len(evs) {
+					c.sampled++
+				}
+				c.mu.Unlock()
+			}
+		}
+	}()
+	return c
+}
+
+// wait returns the consumer's ids once it has n, failing after 10 s.
+func (c *consumer) wait(t *testing.T, n int) []string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		ids := slices.Clone(c.ids)
+		c.mu.Unlock()
+		if len(ids) >= n {
+			return ids
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a subscriber has %d decisions after 10 s, want %d", len(ids), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// fastHub makes e's hub poll every 10 ms, before any stream starts it.
+func fastHub(e *env) *tailHub {
+	e.con.hub.interval = 10 * time.Millisecond
+	return &e.con.hub
+}
+
+// TestTailHubFanOut: one poller hands every subscriber the same decisions,
+// in the same order, each exactly once, and a subscriber sees only what
+// was stored after it subscribed.
+func TestTailHubFanOut(t *testing.T) {
+	e := newEnv(t)
+	h := fastHub(e)
+	var cs []*consumer
+	for range 3 {
+		s, err := h.subscribe(context.Background(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.unsubscribe(s)
+		cs = append(cs, consume(t, s))
+	}
+	var want []string
+	for b := range 4 {
+		log := fmt.Sprintf("fan-%d", b)
+		shipMore(t, e.rs, log, "reports-bot", 30)
+		for i := range 30 {
+			want = append(want, fmt.Sprintf("%s-%d", log, i))
+		}
+		for _, c := range cs {
+			c.wait(t, len(want))
+		}
+	}
+	slices.Sort(want)
+	for i, c := range cs {
+		got := c.wait(t, len(want))
+		if i > 0 && !slices.Equal(got, cs[0].wait(t, len(want))) {
+			t.Errorf("subscriber %d got another order than subscriber 0", i)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) || c.sampled != 0 {
+			t.Errorf("subscriber %d: %d decisions, %d sampled; want the %d shipped, none sampled", i, len(got), c.sampled, len(want))
+		}
+	}
+
+	// A subscriber that joins now is sent what is stored after it joined,
+	// not the batch the poller has not read yet.
+	shipMore(t, e.rs, "before", "reports-bot", 1)
+	late, err := h.subscribe(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.unsubscribe(late)
+	lc := consume(t, late)
+	shipMore(t, e.rs, "after", "reports-bot", 1)
+	if got := cs[0].wait(t, len(want)+2); !slices.Contains(got, "before-0") || !slices.Contains(got, "after-0") {
+		t.Errorf("an earlier subscriber's last two: %v", got[len(want):])
+	}
+	if got := lc.wait(t, 1); len(got) != 1 || got[0] != "after-0" {
+		t.Errorf("the late subscriber got %v, want only after-0", got)
+	}
+	time.Sleep(50 * time.Millisecond) // five more polls: nothing else arrives
+	if got := lc.wait(t, 1); len(got) != 1 {
+		t.Errorf("the late subscriber got %v, want only after-0", got)
+	}
+}
+
+// TestTailHubSlowSubscriber: a subscriber that does not keep up (its
+// stream blocked writing to a slow client) holds only the newest
+// tailPerPoll decisions and is told how many arrived, while the poller and
+// the other subscribers go on without waiting for it.
+func TestTailHubSlowSubscriber(t *testing.T) {
+	e := newEnv(t)
+	h := fastHub(e)
+	slow, err := h.subscribe(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.unsubscribe(slow)
+	var fast []*consumer
+	for range 2 {
+		s, err := h.subscribe(context.Background(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.unsubscribe(s)
+		fast = append(fast, consume(t, s))
+	}
+	var shipped []string
+	for b := range 5 {
+		log := fmt.Sprintf("burst-%d", b)
+		shipMore(t, e.rs, log, "reports-bot", 30)
+		for i := range 30 {
+			shipped = append(shipped, fmt.Sprintf("%s-%d", log, i))
+		}
+		// The fast ones have each batch while the slow one has read
+		// nothing.
+		for _, c := range fast {
+			c.wait(t, len(shipped))
+		}
+	}
+	for i, c := range fast {
+		if got := c.wait(t, len(shipped)); len(got) != len(shipped) || c.sampled != 0 {
+			t.Errorf("fast subscriber %d: %d decisions, %d sampled, want %d, none sampled", i, len(got), c.sampled, len(shipped))
+		}
+	}
+	evs, arrived, end := slow.take()
+	var got []string
+	for _, ev := range evs {
+		got = append(got, ev.ID)
+	}
+	newest := slices.Clone(shipped[len(shipped)-tailPerPoll:])
+	slices.Sort(got)
+	slices.Sort(newest)
+	if arrived != len(shipped) || !slices.Equal(got, newest) || end != "" {
+		t.Errorf("the slow subscriber: %d arrived, %d held (%v), end %q; want %d arrived and the newest %d", arrived, len(evs), got, end, len(shipped), tailPerPoll)
+	}
+	// Caught up, it is sent the next batch whole.
+	sc := consume(t, slow)
+	shipMore(t, e.rs, "calm", "reports-bot", 3)
+	if got := sc.wait(t, 3); len(got) != 3 || sc.sampled != 0 {
+		t.Errorf("after catching up: %v, %d sampled", got, sc.sampled)
+	}
+}
+
+// TestTailStreamsShareOnePoller: over HTTP, five open streams are served by
+// one poller goroutine; when they close it stops, and no goroutine is left
+// behind.
+func TestTailStreamsShareOnePoller(t *testing.T) {
+	e := newEnv(t)
+	h := fastHub(e)
+	var clients []*http.Client
+	for i := range 3 {
+		clients = append(clients, e.signIn(fmt.Sprintf("audrey%d", i), control.RoleAuditor))
+	}
+	for _, c := range clients {
+		c.CloseIdleConnections()
+	}
+	time.Sleep(100 * time.Millisecond) // let closed connections' goroutines end
+	before := runtime.NumGoroutine()
+	var streams []*sse
+	for i := range 5 {
+		streams = append(streams, e.openStream(clients[i%3]))
+	}
+	h.mu.Lock()
+	run, n := h.run, len(h.subs)
+	h.mu.Unlock()
+	if run == nil || n != 5 {
+		t.Fatalf("%d subscribers, poller %v", n, run != nil)
+	}
+	shipMore(t, e.rs, "shared", "reports-bot", 2)
+	for i, s := range streams {
+		for range 2 {
+			if ev, data := s.next(t); ev != "decision" || !strings.Contains(data, `"id":"shared-`) {
+				t.Fatalf("stream %d: %q %s", i, ev, data)
+			}
+		}
+	}
+	for _, s := range streams {
+		s.resp.Body.Close()
+	}
+	select {
+	case <-run.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the poller still runs 10 s after every stream closed")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before the streams opened:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.run != nil || len(h.subs) != 0 {
+		t.Errorf("after the streams closed: %d subscribers, poller %v", len(h.subs), h.run != nil)
 	}
 }

@@ -67,9 +67,12 @@ func (c Checkpoint) appendText(b []byte) []byte {
 // ParseCheckpoint parses note text strictly (what Text writes).
 func ParseCheckpoint(text string) (Checkpoint, error) {
 	var c Checkpoint
-	lines := strings.Split(text, "\n")
-	if len(lines) != 5 || lines[4] != "" {
+	if strings.Count(text, "\n") != 4 || !strings.HasSuffix(text, "\n") {
 		return c, fmt.Errorf("%w: want 4 lines ending in LF", ErrCheckpoint)
+	}
+	var lines [4]string // without allocating: audit verify parses one per checkpoint
+	for i := range lines {
+		lines[i], text, _ = strings.Cut(text, "\n")
 	}
 	if !validOrigin(lines[0]) {
 		return c, fmt.Errorf("%w: origin %q", ErrCheckpoint, lines[0])
@@ -82,8 +85,12 @@ func ParseCheckpoint(text string) (Checkpoint, error) {
 	if c.Root, err = parseB64Hash(lines[2]); err != nil {
 		return c, fmt.Errorf("%w: root: %v", ErrCheckpoint, err)
 	}
-	f := strings.Split(lines[3], " ")
-	if len(f) != 3 || f[0] != "batch" {
+	var f [3]string
+	rest := lines[3]
+	for i := range f {
+		f[i], rest, _ = strings.Cut(rest, " ")
+	}
+	if strings.Count(lines[3], " ") != 2 || f[0] != "batch" {
 		return c, fmt.Errorf("%w: want \"batch <start> <root>\" as the 4th line", ErrCheckpoint)
 	}
 	if c.BatchStart, err = parseDecimal(f[1]); err != nil {
@@ -107,13 +114,23 @@ func parseDecimal(s string) (uint64, error) {
 
 func parseB64Hash(s string) (Hash, error) {
 	var h Hash
-	b, err := base64.StdEncoding.Strict().DecodeString(s)
-	if err != nil || len(b) != HashSize || base64.StdEncoding.EncodeToString(b) != s {
+	var b [HashSize + 3]byte
+	var back [44]byte // base64.StdEncoding.EncodedLen(HashSize)
+	if len(s) != len(back) {
 		return h, fmt.Errorf("not the base64 of %d bytes", HashSize)
 	}
-	copy(h[:], b)
+	n, err := strictB64.Decode(b[:], []byte(s))
+	if err == nil && n == HashSize {
+		base64.StdEncoding.Encode(back[:], b[:HashSize])
+	}
+	if err != nil || n != HashSize || string(back[:]) != s {
+		return h, fmt.Errorf("not the base64 of %d bytes", HashSize)
+	}
+	copy(h[:], b[:HashSize])
 	return h, nil
 }
+
+var strictB64 = base64.StdEncoding.Strict()
 
 // validOrigin: a note key name (no whitespace, no '+'), printable ASCII
 // without '"' and '\\' (so that it needs no JSON escape), bounded.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -116,9 +117,12 @@ func mustVerifiersF(t *testing.T, origin string, ks KeySet) note.Verifiers {
 
 // FuzzCheckpointLine: a checkpoint line's note and a note text parse only
 // in their canonical form (Text gives the same bytes back), the fast note
-// reader agrees with the full line decoder, and nothing panics.
+// reader agrees with the full line decoder, audit verify's reader of the
+// canonical signed note (checked in batches) agrees with note.Open, and
+// nothing panics.
 func FuzzCheckpointLine(f *testing.F) {
 	k := fuzzKey()
+	ck := newCPKeys("fuzz", KeySet{k.kid: k.public()}, fastChecks())
 	cp := Checkpoint{Origin: "fuzz", Size: 3, Root: LeafHash([]byte("r")), BatchStart: 1, BatchRoot: LeafHash([]byte("b"))}
 	signed, _, err := signCheckpoint(cp, newNoteSigner("fuzz", k))
 	if err != nil {
@@ -143,6 +147,13 @@ func FuzzCheckpointLine(f *testing.F) {
 		full, _, err2 := decodeCheckpointLine(line)
 		if err2 == nil && (err1 != nil || !bytes.Equal(note, full)) {
 			t.Fatalf("the fast reader disagrees: %v, %q vs %q", err1, note, full)
+		}
+		if cp, bk, text, sig, ok := ck.canonical(note); ok {
+			want, _, err := OpenCheckpoint(note, ck.vs)
+			valid := voi.VerifyExpandedWithOptions(bk.x, text, sig, cofactored)
+			if (err == nil) != valid || err == nil && want != cp {
+				t.Fatalf("canonical note %q: %+v, signature %v; note.Open: %+v, %v", note, cp, valid, want, err)
+			}
 		}
 		text, _, _ := strings.Cut(string(note), "\n\n")
 		c, err := ParseCheckpoint(text + "\n")

@@ -721,7 +721,6 @@ func (l *Log) write(b *batch) error {
 		}
 	}
 	l.segDurable = l.segSize
-	l.prep.progress(l.segDurable)
 	return nil
 }
 
@@ -740,7 +739,7 @@ func (l *Log) segLimit() int64 {
 func (l *Log) startSegment(firstSeq uint64, now time.Time) error {
 	name := segmentName(firstSeq)
 	path := filepath.Join(l.opts.Dir, name)
-	f, alloc, err := l.prep.take(path, now)
+	f, alloc, err := l.prep.take(path)
 	if err != nil {
 		l.logger.Warn("decision log: could not use the prepared segment; appending without preallocation", "segment", name, "error", err)
 	}

@@ -225,7 +225,11 @@ type recordHead struct {
 
 // parseRecordHead reads index, log and kind from the fixed head of a v2
 // record line. It does not check the rest of the line.
-func parseRecordHead(line []byte) (recordHead, error) {
+func parseRecordHead(line []byte) (recordHead, error) { return parseRecordHeadIn(line, "") }
+
+// parseRecordHeadIn is parseRecordHead for a line of the log named origin
+// (audit verify's): the usual log name and kinds are not copied.
+func parseRecordHeadIn(line []byte, origin string) (recordHead, error) {
 	var h recordHead
 	rest, ok := bytes.CutPrefix(line, []byte(recordPrefix))
 	if !ok {
@@ -253,7 +257,16 @@ func parseRecordHead(line []byte) (recordHead, error) {
 			return "", false
 		}
 		rest = r[j+1:]
-		return string(r[:j]), true
+		switch v := r[:j]; string(v) {
+		case origin:
+			return origin, true
+		case KindDecision:
+			return KindDecision, true
+		case KindResponse:
+			return KindResponse, true
+		default:
+			return string(v), true
+		}
 	}
 	if h.log, ok = str(`,"log":"`); !ok || !validOrigin(h.log) {
 		return h, fmt.Errorf("%w: log", ErrMalformed)

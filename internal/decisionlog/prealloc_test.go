@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -507,78 +506,5 @@ func TestFailedWriteInPaddingIsZeroedBack(t *testing.T) {
 	}
 	if res := mustVerify(t, o); res.Records != 4 {
 		t.Fatalf("records %d", res.Records)
-	}
-}
-
-func TestPreparationTarget(t *testing.T) {
-	const size = 64 << 20
-	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-	p := newPreparer(Options{SegmentMaxBytes: size, SegmentMaxAge: time.Hour, Now: func() time.Time { return now }}, hclog.NewNullLogger())
-	check := func(name string, off, wantTarget int64, wantCatchUp bool) {
-		t.Helper()
-		if got, catchUp := p.target(off); got != wantTarget || catchUp != wantCatchUp {
-			t.Errorf("%s: target(%d) = %d, %v; want %d, %v", name, off, got, catchUp, wantTarget, wantCatchUp)
-		}
-	}
-	check("no segment yet", 0, size, true)
-	p.limit.Store(fallbackSegmentBytes)
-	check("unpreallocated segment", size/2, size, true)
-
-	p.limit.Store(size)
-	p.began.Store(now.UnixNano())
-	check("empty segment", 0, prepLead, false)
-	p.progress(size / 2)
-	check("half full", size*2/3, size*2/3+prepLead, false)
-	check("half full, far behind", 0, size*2/3+prepLead, true)
-	p.progress(size * 3 / 4)
-	check("three quarters full", size-1, size, false)
-
-	p.progress(0)
-	p.began.Store(now.Add(-30 * time.Minute).UnixNano())
-	check("half its age", size*2/3, size*2/3+prepLead, false)
-}
-
-// TestPreparationKeepsPace checks that the next segment is written only as
-// far as the current one's fill calls for, and finished once it is three
-// quarters full.
-func TestPreparationKeepsPace(t *testing.T) {
-	const size = 16 << 20
-	dir := t.TempDir()
-	now := time.Now()
-	p := newPreparer(Options{Dir: dir, SegmentMaxBytes: size, SegmentMaxAge: time.Hour, Now: func() time.Time { return now }, openFile: osOpenFile, retryMin: time.Millisecond}, hclog.NewNullLogger())
-	p.limit.Store(size) // a preallocated segment was just started
-	p.began.Store(now.UnixNano())
-	p.start()
-	defer p.close()
-
-	tmp := filepath.Join(dir, prepTmpName)
-	prepared := func() int64 {
-		fi, err := os.Stat(tmp)
-		if err != nil {
-			return 0
-		}
-		return fi.Size()
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for prepared() < prepLead {
-		if time.Now().After(deadline) {
-			t.Fatalf("preparation did not reach its lead: %d bytes", prepared())
-		}
-		time.Sleep(time.Millisecond)
-	}
-	// Ahead of its target it waits (polling every prepPoll), whatever the
-	// time it is given.
-	for range 20 {
-		time.Sleep(prepPoll)
-		if got := prepared(); got != prepLead || p.isReady() {
-			t.Fatalf("current segment empty: prepared %d bytes (ready %v), want exactly %d", got, p.isReady(), prepLead)
-		}
-	}
-	p.progress(size * 3 / 4)
-	for !p.isReady() {
-		if time.Now().After(deadline) {
-			t.Fatalf("three quarters full, the next segment is not ready: %d bytes", prepared())
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

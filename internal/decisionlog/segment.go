@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -42,52 +41,20 @@ func osOpenFile(name string, flag int, perm os.FileMode) (segmentFile, error) {
 	return osSegment{f}, nil
 }
 
-// Preallocation. The writer overwrites zeros that are already on disk, so
-// the per-batch fdatasync flushes data only: no size change, no block
-// allocation, no unwritten-extent conversion, hence no file-system journal
-// commit on the answer path. (fallocate(2) is not enough: it leaves
-// unwritten extents whose conversion on first write is journalled again.)
-//
-// A background preparer writes the NEXT segment's zeros under a name that
-// readers ignore (prepTmpName while it is written, prepReadyName once it is
-// complete and fsynced); rotation renames the ready file to the new
-// segment's name. The file left ready at Close is taken by the next Open.
-//
-// Each of the preparer's flushes queues the writer's next fdatasync behind
-// it, so it writes at the pace the log fills, not in one burst: small pieces
-// kept ahead of the current segment's fill (or age) by prepAhead, so the next
-// segment is ready when the current one is three quarters full. Small pieces
-// keep the writer's fdatasync tail short (measured in docs/performance.md,
-// "The disk, the VM and the tail").
+// Preallocation: the writer overwrites zeros already on disk. A background
+// preparer writes the next segment's zeros under a name readers ignore
+// (prepTmpName, then prepReadyName once complete and fsynced), in flushed
+// pieces with a rest after each; rotation renames it to the new segment's
+// name, and a file left ready at Close is taken by the next Open. Why, and
+// why nothing more: docs/decision-log.md, "Why the log is built this way".
 const (
 	prepTmpName   = ".next-segment.tmp"
 	prepReadyName = ".next-segment"
-	// prepPiece is what the preparer writes (and flushes) at a time while
-	// it keeps pace; prepChunk when it catches up: no current segment yet,
-	// an unpreallocated one that rotates after fallbackSegmentBytes, or
-	// more than prepBehind short of its target.
-	prepPiece  = 128 << 10
-	prepChunk  = 1 << 20
-	prepBehind = 8 << 20
-	// prepAhead and prepLead set the target: prepAhead × the current
-	// segment's fill fraction of the next segment, plus prepLead.
-	prepAhead = 4.0 / 3
-	prepLead  = 2 << 20
-	// A preparer that is ahead looks again after prepPoll, then ever less
-	// often while it stays ahead, up to prepPollMax: an idle log does not
-	// wake it 200 times a second, and a burst that follows is met well
-	// before the current segment fills (and by catch-up pieces if not).
-	prepPoll    = 5 * time.Millisecond
-	prepPollMax = 500 * time.Millisecond
-	// prepPauseMin is the least the preparer rests after each piece; it
-	// rests as long as the piece took, so it holds the disk at most about
-	// half of the time.
-	prepPauseMin = 2 * time.Millisecond
-	// fallbackSegmentBytes caps a segment that had to be started without
-	// preallocation (none ready: the very first segment of a log, or
-	// rotation faster than preparation). It is plainly appended to, with
-	// the slower flushes that needs, so it is kept short: the next rotation
-	// then takes a prepared file.
+	prepPiece     = 128 << 10
+	prepPauseMin  = 2 * time.Millisecond
+	// fallbackSegmentBytes caps a segment started without preallocation
+	// (none ready: the first segment of a log, or rotation faster than
+	// preparation), so that the next rotation soon takes a prepared file.
 	fallbackSegmentBytes = 1 << 20
 )
 
@@ -99,12 +66,6 @@ type preparer struct {
 	logger   hclog.Logger
 	hook     func(stop <-chan struct{}) error // test hook, before each preparation
 	retryMin time.Duration
-	now      func() time.Time
-	maxAge   time.Duration
-
-	// The current segment's progress, reported by the writer: durable
-	// bytes, the size it rotates at (0: none yet) and its start (Unix ns).
-	fill, limit, began atomic.Int64
 
 	mu    sync.Mutex
 	ready segmentFile // the open prepReadyName file, nil when none is ready
@@ -117,7 +78,7 @@ type preparer struct {
 func newPreparer(o Options, logger hclog.Logger) *preparer {
 	return &preparer{
 		dir: o.Dir, size: o.SegmentMaxBytes, open: o.openFile, logger: logger,
-		hook: o.prepHook, retryMin: o.retryMin, now: o.Now, maxAge: o.SegmentMaxAge,
+		hook: o.prepHook, retryMin: o.retryMin,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 }
@@ -166,10 +127,9 @@ func (p *preparer) isReady() bool {
 }
 
 // take renames the ready file to path and returns it open, with its size;
-// it returns nil when none is ready. The caller syncs the directory. The
-// segment started at now with what take returns is the one the next
-// preparation keeps pace with.
-func (p *preparer) take(path string, now time.Time) (segmentFile, int64, error) {
+// it returns nil when none is ready, and starts preparing the next. The
+// caller syncs the directory.
+func (p *preparer) take(path string) (segmentFile, int64, error) {
 	p.mu.Lock()
 	f := p.ready
 	p.ready = nil
@@ -178,13 +138,6 @@ func (p *preparer) take(path string, now time.Time) (segmentFile, int64, error) 
 		err = os.Rename(filepath.Join(p.dir, prepReadyName), path)
 	}
 	p.mu.Unlock()
-	limit := p.size
-	if f == nil || err != nil {
-		limit = min(p.size, fallbackSegmentBytes)
-	}
-	p.fill.Store(0)
-	p.began.Store(now.UnixNano())
-	p.limit.Store(limit)
 	p.poke()
 	if f == nil {
 		return nil, 0, nil
@@ -247,27 +200,9 @@ func (p *preparer) run() {
 	}
 }
 
-// progress records that the current segment holds fill durable bytes.
-func (p *preparer) progress(fill int64) { p.fill.Store(fill) }
-
-// target is how many bytes of the next segment should be written by now,
-// and whether to catch up with large pieces.
-func (p *preparer) target(off int64) (int64, bool) {
-	limit := p.limit.Load()
-	if limit < p.size {
-		return p.size, true
-	}
-	frac := float64(p.fill.Load()) / float64(limit)
-	if p.maxAge > 0 {
-		frac = max(frac, float64(p.now().UnixNano()-p.began.Load())/float64(p.maxAge))
-	}
-	t := min(p.size, int64(frac*prepAhead*float64(p.size))+prepLead)
-	return t, t-off > prepBehind
-}
-
-// prepare writes p.size zero bytes to prepTmpName piece by piece at the
-// pace target sets, resting between pieces, fsyncs it and renames it to
-// prepReadyName.
+// prepare writes p.size zero bytes to prepTmpName piece by piece, each
+// flushed, resting after each piece as long as it took, and renames the
+// file to prepReadyName.
 func (p *preparer) prepare() (err error) {
 	if p.hook != nil {
 		if err := p.hook(p.stop); err != nil {
@@ -289,29 +224,18 @@ func (p *preparer) prepare() (err error) {
 			os.Remove(tmp)
 		}
 	}()
-	zeros := make([]byte, min(p.size, prepChunk))
-	poll := prepPoll
+	zeros := make([]byte, min(p.size, prepPiece))
 	for off := int64(0); off < p.size; {
-		rest := poll
-		poll = min(2*poll, prepPollMax)
-		if target, catchUp := p.target(off); off < target {
-			n := min(int64(prepPiece), int64(len(zeros)), p.size-off)
-			if catchUp {
-				n = min(int64(len(zeros)), p.size-off)
-			}
-			t0 := time.Now()
-			if _, err := f.WriteAt(zeros[:n], off); err != nil {
-				return fmt.Errorf("write %s: %w", prepTmpName, err)
-			}
-			// Flushed piece by piece: the disk sees a steady trickle, not
-			// one long burst when the whole file is synced.
-			if err := f.Sync(); err != nil {
-				return fmt.Errorf("fsync %s: %w", prepTmpName, err)
-			}
-			off += n
-			rest, poll = max(time.Since(t0), prepPauseMin), prepPoll
+		n := min(int64(len(zeros)), p.size-off)
+		t0 := time.Now()
+		if _, err := f.WriteAt(zeros[:n], off); err != nil {
+			return fmt.Errorf("write %s: %w", prepTmpName, err)
 		}
-		t := time.NewTimer(rest)
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("fsync %s: %w", prepTmpName, err)
+		}
+		off += n
+		t := time.NewTimer(max(time.Since(t0), prepPauseMin))
 		select {
 		case <-p.stop:
 			t.Stop()
@@ -330,7 +254,7 @@ func (p *preparer) prepare() (err error) {
 
 // zeroFill writes zeros over [from, to) of f.
 func zeroFill(f segmentFile, from, to int64) error {
-	zeros := make([]byte, min(to-from, prepChunk))
+	zeros := make([]byte, min(to-from, prepPiece))
 	for off := from; off < to; {
 		n := min(int64(len(zeros)), to-off)
 		if _, err := f.WriteAt(zeros[:n], off); err != nil {

@@ -1,8 +1,10 @@
 package decisionlog
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +13,8 @@ import (
 	"sync"
 	"unsafe"
 
+	"github.com/oasisprotocol/curve25519-voi/curve"
+	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/agentauthz/agentauthz/internal/jsonvalid"
@@ -53,16 +57,26 @@ func verifyV2(dir string, segs []string, trusted KeySet, checks lineChecks) (*Re
 	}
 	var (
 		tree     = NewTree()
+		bt       Tree
 		batch    []Hash
 		pending  string // new_kid of the last rotation in the batch
 		cur      ed25519.PublicKey
 		origin   string
 		lastSeg  string
 		problemL line
+		lastCP   []byte // the last good checkpoint's signed note
+		lastRoot Hash
 	)
+	result := func() *Result {
+		if lastCP != nil {
+			res.Root = base64.StdEncoding.EncodeToString(lastRoot[:])
+			res.Checkpoint = string(lastCP)
+		}
+		return res
+	}
 	problem := func(kind string, index uint64, format string, args ...any) (*Result, error) {
 		res.Problem = &Problem{Kind: kind, Index: index, Segment: problemL.seg, Line: problemL.num, Offset: problemL.off, Detail: fmt.Sprintf(format, args...)}
-		return res, nil
+		return result(), nil
 	}
 	for c := range chunks {
 		<-c.done
@@ -76,7 +90,7 @@ func verifyV2(dir string, segs []string, trusted KeySet, checks lineChecks) (*Re
 			switch {
 			case l.hasNUL:
 				res.Problem = &Problem{Kind: KindNULBytes, Index: tree.Size(), Segment: l.seg, Line: l.num, Offset: l.nulAt, Detail: nulDetail(l)}
-				return res, nil
+				return result(), nil
 			case l.tooLong:
 				return problem(KindModified, tree.Size(), "line longer than %d bytes", MaxRecordBytes)
 			case !l.complete:
@@ -128,7 +142,11 @@ func verifyV2(dir string, segs []string, trusted KeySet, checks lineChecks) (*Re
 				if cp.BatchStart != start || cp.Size != next {
 					return problem(KindBadCheckpoint, start, "checkpoint of records %d..%d after records %d..%d", cp.BatchStart, cp.Size-1, start, next-1)
 				}
-				if subtreeRoot(batch) != cp.BatchRoot {
+				bt.size, bt.hashes = 0, bt.hashes[:0] // the batch's own tree, without allocating
+				for _, h := range batch {
+					bt.Append(h)
+				}
+				if bt.Root() != cp.BatchRoot {
 					return problem(KindModified, start, "records %d..%d do not match their checkpoint (one of them was changed, added or removed)", start, next-1)
 				}
 				for _, h := range batch {
@@ -148,8 +166,7 @@ func verifyV2(dir string, segs []string, trusted KeySet, checks lineChecks) (*Re
 				batch, pending = batch[:0], ""
 				res.Checkpoints++
 				res.Records = cp.Size
-				res.Root = base64.StdEncoding.EncodeToString(cp.Root[:])
-				res.Checkpoint = string(pl.signed)
+				lastRoot, lastCP = cp.Root, pl.signed
 				continue
 			}
 			h := pl.head
@@ -182,11 +199,12 @@ func verifyV2(dir string, segs []string, trusted KeySet, checks lineChecks) (*Re
 		if c.err != nil {
 			return nil, c.err
 		}
+		chunkPool.Put(c.lines[:0]) //nolint:staticcheck // a slice header per 256 lines
 	}
 	if len(batch) > 0 {
 		return problem(KindUncovered, tree.Size(), "records %d..%d at the end are covered by no checkpoint (a crash before the log was opened again, or records added by hand)", tree.Size(), tree.Size()+uint64(len(batch))-1)
 	}
-	return res, nil
+	return result(), nil
 }
 
 // lineChecks are the checks that prepare lines ahead of the walk.
@@ -198,10 +216,11 @@ type lineChecks struct {
 	validJSON func([]byte) bool
 	verifiers func(origin string, ks KeySet) (note.Verifiers, error)
 	serial    bool // each chunk prepared by the reading goroutine, in order
+	batch     bool // the canonical checkpoints' signatures checked in batches
 }
 
 func fastChecks() lineChecks {
-	return lineChecks{validJSON: func(b []byte) bool { return jsonvalid.Valid(b, jsonvalid.StdMaxDepth) }, verifiers: NoteVerifiers}
+	return lineChecks{validJSON: func(b []byte) bool { return jsonvalid.Valid(b, jsonvalid.StdMaxDepth) }, verifiers: NoteVerifiers, batch: true}
 }
 
 // preparedLine is a line with what can be checked out of order: a record's
@@ -218,6 +237,8 @@ type preparedLine struct {
 	signed      []byte
 	cp          Checkpoint
 	signer      ed25519.PublicKey // the key the signature verified under, nil if none
+	batchKey    *batchKey         // the key a batch check is to verify sig (over text) under
+	text, sig   []byte
 }
 
 type lineChunk struct {
@@ -228,6 +249,9 @@ type lineChunk struct {
 
 // chunkLines is how many lines one worker prepares at a time.
 const chunkLines = 256
+
+// chunkPool recycles the chunks' lines (~100 KiB each) once walked.
+var chunkPool = sync.Pool{New: func() any { return make([]preparedLine, 0, chunkLines) }}
 
 // prepareLines reads the log and prepares its lines in chunks on every CPU,
 // handing the chunks out in order. Reading itself is sequential: it also
@@ -248,11 +272,11 @@ func prepareLines(src *Reader, trusted KeySet, checks lineChecks) (<-chan *lineC
 		origin := ""
 		var (
 			keys     KeySet
-			vs       note.Verifiers
+			ck       *cpKeys
 			vsOrigin string
 		)
 		for {
-			c := &lineChunk{lines: make([]preparedLine, 0, chunkLines), done: make(chan struct{})}
+			c := &lineChunk{lines: chunkPool.Get().([]preparedLine), done: make(chan struct{})}
 			for len(c.lines) < chunkLines {
 				l, err := src.nextLine(true)
 				if errors.Is(err, io.EOF) {
@@ -264,7 +288,7 @@ func prepareLines(src *Reader, trusted KeySet, checks lineChecks) (<-chan *lineC
 				}
 				pl := preparedLine{line: l}
 				if l.complete && !l.tooLong && !l.hasNUL && !strings.HasPrefix(l.text, checkpointPrefix) {
-					if h, err := parseRecordHead(unsafe.Slice(unsafe.StringData(l.text), len(l.text))); err == nil { //nolint:gosec // read-only view of an immutable string, no copy per record
+					if h, err := parseRecordHeadIn(unsafe.Slice(unsafe.StringData(l.text), len(l.text)), origin); err == nil { //nolint:gosec // read-only view of an immutable string, no copy per record
 						if origin == "" {
 							origin = h.log
 						}
@@ -290,25 +314,26 @@ func prepareLines(src *Reader, trusted KeySet, checks lineChecks) (<-chan *lineC
 				for k, p := range cand {
 					keys[k] = p
 				}
-				vs, _ = checks.verifiers(origin, keys)
+				ck = newCPKeys(origin, keys, checks)
 				vsOrigin = origin
 			}
-			prep := func(c *lineChunk, origin string, keys KeySet, vs note.Verifiers) {
+			prep := func(c *lineChunk, ck *cpKeys) {
 				var scratch []byte // 0x00 ‖ line for the record hash, reused
 				for i := range c.lines {
-					prepareLine(&c.lines[i], origin, keys, vs, checks.validJSON, &scratch)
+					prepareLine(&c.lines[i], ck, checks.validJSON, &scratch)
 				}
+				ck.verifyBatch(c.lines)
 				close(c.done)
 			}
 			if checks.serial {
-				prep(c, origin, keys, vs)
+				prep(c, ck)
 			} else {
 				sem <- struct{}{}
 				wg.Add(1)
-				go func(c *lineChunk, origin string, keys KeySet, vs note.Verifiers) {
+				go func(c *lineChunk, ck *cpKeys) {
 					defer func() { <-sem; wg.Done() }()
-					prep(c, origin, keys, vs)
-				}(c, origin, keys, vs)
+					prep(c, ck)
+				}(c, ck)
 			}
 			select {
 			case out <- c:
@@ -329,7 +354,7 @@ func prepareLines(src *Reader, trusted KeySet, checks lineChecks) (<-chan *lineC
 	}
 }
 
-func prepareLine(pl *preparedLine, origin string, keys KeySet, vs note.Verifiers, validJSON func([]byte) bool, scratch *[]byte) {
+func prepareLine(pl *preparedLine, ck *cpKeys, validJSON func([]byte) bool, scratch *[]byte) {
 	l := pl.line
 	if !l.complete || l.tooLong || l.hasNUL {
 		return
@@ -338,22 +363,28 @@ func prepareLine(pl *preparedLine, origin string, keys KeySet, vs note.Verifiers
 	if strings.HasPrefix(l.text, checkpointPrefix) {
 		pl.isCP = true
 		pl.signed, pl.err = checkpointNote(text)
-		if pl.err != nil || vs == nil {
+		if pl.err != nil || ck.vs == nil {
 			return
 		}
-		cp, v, err := OpenCheckpoint(pl.signed, vs)
+		if ck.batch != nil {
+			if cp, k, text, sig, ok := ck.canonical(pl.signed); ok {
+				pl.cp, pl.batchKey, pl.text, pl.sig = cp, k, text, sig
+				return // verifyBatch checks the signature
+			}
+		}
+		cp, v, err := OpenCheckpoint(pl.signed, ck.vs)
 		if err != nil {
 			return // the walk checks it again under the key in force, for the message
 		}
 		pl.cp = cp
-		for _, pub := range keys {
-			if noteKeyHash(origin, pub) == v.KeyHash() {
+		for _, pub := range ck.keys {
+			if noteKeyHash(ck.origin, pub) == v.KeyHash() {
 				pl.signer = pub
 			}
 		}
 		return
 	}
-	if pl.head, pl.err = parseRecordHead(text); pl.err != nil {
+	if pl.head, pl.err = parseRecordHeadIn(text, ck.origin); pl.err != nil {
 		return
 	}
 	if pl.head.kind == KindKeyRotation {
@@ -368,4 +399,134 @@ func prepareLine(pl *preparedLine, origin string, keys KeySet, vs note.Verifiers
 		return
 	}
 	pl.leaf = leafHash(scratch, text)
+}
+
+// cpKeys are the keys a chunk's checkpoints are checked under: note
+// verifiers for any form of note, and for the one form the writer writes
+// (canonical), the keys a batch check may use.
+type cpKeys struct {
+	origin string
+	keys   KeySet
+	vs     note.Verifiers
+	batch  map[uint32]*batchKey // by note key hash; nil: no batch checks (the reference)
+}
+
+// batchKey is a key whose signatures are checked in batches.
+type batchKey struct {
+	pub ed25519.PublicKey
+	x   *voi.ExpandedPublicKey
+}
+
+func newCPKeys(origin string, keys KeySet, checks lineChecks) *cpKeys {
+	ck := &cpKeys{origin: origin, keys: keys}
+	ck.vs, _ = checks.verifiers(origin, keys)
+	if !checks.batch {
+		return ck
+	}
+	ck.batch = map[uint32]*batchKey{}
+	seen := map[uint32]int{}
+	for _, pub := range keys {
+		h := noteKeyHash(origin, pub)
+		if seen[h]++; seen[h] > 1 {
+			delete(ck.batch, h) // ambiguous: note.Open refuses it, one by one
+			continue
+		}
+		if x, ok := batchableKey(pub); ok {
+			ck.batch[h] = &batchKey{pub: pub, x: x}
+		}
+	}
+	return ck
+}
+
+// batchableKey expands pub if batch verification gives crypto/ed25519's
+// verdict on every signature it did not craft with a small-order
+// component: pub is a canonical encoding of a point of the prime-order
+// subgroup (every key ed25519.GenerateKey makes). Other keys are checked
+// one by one.
+func batchableKey(pub ed25519.PublicKey) (*voi.ExpandedPublicKey, bool) {
+	var c curve.CompressedEdwardsY
+	var p curve.EdwardsPoint
+	if len(pub) != ed25519.PublicKeySize {
+		return nil, false
+	}
+	if _, err := c.SetBytes(pub); err != nil {
+		return nil, false
+	}
+	if _, err := p.SetCompressedY(&c); err != nil || !p.IsTorsionFree() {
+		return nil, false
+	}
+	var back curve.CompressedEdwardsY
+	back.SetEdwardsPoint(&p)
+	if back != c {
+		return nil, false
+	}
+	x, err := voi.NewExpandedPublicKey(voi.PublicKey(pub))
+	return x, err == nil
+}
+
+// canonical parses a signed note written exactly as the writer writes it
+// (signCheckpoint): the checkpoint text, an empty line and one signature
+// line by the origin, with 4 + 64 signature bytes, by a key of ck.batch.
+// On such a note note.Open's verdict is the signature check alone;
+// anything else goes through note.Open.
+func (ck *cpKeys) canonical(signed []byte) (Checkpoint, *batchKey, []byte, []byte, bool) {
+	n := len(signed)
+	if n < 2 || signed[n-1] != '\n' {
+		return Checkpoint{}, nil, nil, nil, false
+	}
+	j := bytes.LastIndexByte(signed[:n-1], '\n')
+	if j < 1 || signed[j-1] != '\n' {
+		return Checkpoint{}, nil, nil, nil, false
+	}
+	rest, isSig := strings.CutPrefix(string(signed[j+1:n-1]), "\u2014 ")
+	name, b64, cut := strings.Cut(rest, " ")
+	if !isSig || !cut || name != ck.origin {
+		return Checkpoint{}, nil, nil, nil, false
+	}
+	sig, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil || len(sig) != 4+ed25519.SignatureSize {
+		return Checkpoint{}, nil, nil, nil, false
+	}
+	k := ck.batch[binary.BigEndian.Uint32(sig)]
+	if k == nil {
+		return Checkpoint{}, nil, nil, nil, false
+	}
+	cp, err := ParseCheckpoint(string(signed[:j]))
+	if err != nil || cp.Origin != ck.origin {
+		return Checkpoint{}, nil, nil, nil, false
+	}
+	return cp, k, signed[:j], sig[4:], true
+}
+
+// cofactored is RFC 8032's verification equation ([8][S]B = [8]R +
+// [8][k]A, as FIPS 186-5), the one batch verification checks.
+var cofactored = &voi.Options{Verify: voi.VerifyOptionsFIPS_186_5}
+
+// verifyBatch checks the signatures canonical left to a batch check, all
+// at once; if the batch fails, voi checks each of them alone (with the
+// same equation), so every line gets its own verdict.
+func (ck *cpKeys) verifyBatch(lines []preparedLine) {
+	var at []int
+	for i := range lines {
+		if lines[i].batchKey != nil {
+			at = append(at, i)
+		}
+	}
+	if len(at) == 0 {
+		return
+	}
+	bv := voi.NewBatchVerifierWithCapacity(len(at))
+	for _, i := range at {
+		bv.AddExpandedWithOptions(lines[i].batchKey.x, lines[i].text, lines[i].sig, cofactored)
+	}
+	_, valid := bv.Verify(nil)
+	for j, i := range at {
+		pl := &lines[i]
+		if valid[j] {
+			pl.signer = pl.batchKey.pub
+		} else {
+			pl.cp = Checkpoint{}
+		}
+		pl.batchKey = nil
+	}
 }

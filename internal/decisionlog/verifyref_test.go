@@ -2,14 +2,23 @@ package decisionlog
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/sha512"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math/big"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
+	"github.com/oasisprotocol/curve25519-voi/curve"
+	"github.com/oasisprotocol/curve25519-voi/curve/scalar"
+	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -74,7 +83,7 @@ func TestVerifyMatchesReference(t *testing.T) {
 		orig[s], _ = os.ReadFile(filepath.Join(o.Dir, s))
 	}
 	kinds := map[string]int{}
-	compare := func(t *testing.T, what string) {
+	compare := func(t *testing.T, what string) *Result {
 		t.Helper()
 		got, err := Verify(o.Dir, first)
 		if err != nil {
@@ -92,6 +101,7 @@ func TestVerifyMatchesReference(t *testing.T) {
 		if got.Problem != nil {
 			kinds[got.Problem.Kind]++
 		}
+		return got
 	}
 	compare(t, "intact")
 	if r, _ := Verify(o.Dir, first); r.Problem != nil || len(r.KeyIDs) != 2 {
@@ -142,6 +152,10 @@ func TestVerifyMatchesReference(t *testing.T) {
 			ls[i] = b
 			return ls
 		}},
+		// A signature that still parses but does not verify: the batch
+		// check fails and each signature of the chunk is checked alone.
+		{"checkpoint signature changed", func(ls [][]byte) [][]byte { return badSignatures(rng, ls, 1) }},
+		{"two checkpoint signatures changed", func(ls [][]byte) [][]byte { return badSignatures(rng, ls, 2) }},
 		{"cut", func(ls [][]byte) [][]byte {
 			i := rng.IntN(len(ls) - 1)
 			ls[i] = ls[i][:rng.IntN(len(ls[i]))]
@@ -156,7 +170,10 @@ func TestVerifyMatchesReference(t *testing.T) {
 			if err := os.WriteFile(path, bytes.Join(ls, nil), 0o640); err != nil {
 				t.Fatal(err)
 			}
-			compare(t, fmt.Sprintf("round %d: %s in %s", round, d.name, seg))
+			got := compare(t, fmt.Sprintf("round %d: %s in %s", round, d.name, seg))
+			if strings.Contains(d.name, "signature") && (got.Problem == nil || got.Problem.Kind != KindBadCheckpoint || !strings.Contains(got.Problem.Detail, "signature")) {
+				t.Fatalf("round %d: %s in %s: %+v", round, d.name, seg, got.Problem)
+			}
 			if err := os.WriteFile(path, orig[seg], 0o640); err != nil {
 				t.Fatal(err)
 			}
@@ -183,4 +200,116 @@ func TestVerifyMatchesReference(t *testing.T) {
 		t.Errorf("the damages found only %v", kinds)
 	}
 	t.Logf("damage found: %v", kinds)
+}
+
+// badSignatures changes one base64 character of the Ed25519 signature of
+// n random checkpoint lines (the line still parses).
+func badSignatures(rng *rand.Rand, ls [][]byte, n int) [][]byte {
+	var cps []int
+	for i, l := range ls {
+		if bytes.HasPrefix(l, []byte(checkpointPrefix)) {
+			cps = append(cps, i)
+		}
+	}
+	for range n {
+		i := cps[rng.IntN(len(cps))]
+		b := append([]byte(nil), ls[i]...)
+		at := bytes.Index(b, []byte("\u2014 ")) + len("\u2014 ")
+		at += bytes.IndexByte(b[at:], ' ') + 1 + 8 + rng.IntN(70) // past the name and the key hash
+		if b[at] == 'A' {
+			b[at] = 'B'
+		} else {
+			b[at] = 'A'
+		}
+		ls[i] = b
+	}
+	return ls
+}
+
+// TestVerifyCofactored pins the one way audit verify's verdict differs
+// from crypto/ed25519's: it checks checkpoint signatures with RFC 8032's
+// cofactored equation (in batches), so it accepts a signature whose R has
+// a small-order component, which crypto/ed25519 (cofactorless) refuses.
+// Only the key's holder can make one: it proves the holder signed the
+// checkpoint as much as any other signature does.
+func TestVerifyCofactored(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "log")
+	ks, priv := writeBatchedLog(t, dir, "test-1", 3, 3)
+	path := filepath.Join(dir, segmentName(0))
+	seg, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := bytes.SplitAfter(seg, []byte("\n"))
+	cpLine := ls[3]
+	signed, err := checkpointNote(bytes.TrimSuffix(cpLine, []byte("\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, _, _ := bytes.Cut(signed, []byte("\n\n"))
+	text = append(text, '\n')
+
+	// sig = (R', S) with R' = rB + T (T of order 2) and S = r + H(R' ‖ A ‖ M)·a.
+	h := sha512.Sum512(priv.Seed())
+	h[0] &= 248
+	h[31] &= 127
+	h[31] |= 64
+	var a, r, k, s scalar.Scalar
+	if _, err := a.SetBytesModOrder(h[:32]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SetRandom(nil); err != nil {
+		t.Fatal(err)
+	}
+	var R, T curve.EdwardsPoint
+	R.MulBasepoint(curve.ED25519_BASEPOINT_TABLE, &r)
+	var tc curve.CompressedEdwardsY
+	minusOne := littleEndian(new(big.Int).Sub(p25519(), big.NewInt(1))) // (0, -1)
+	if _, err := tc.SetBytes(minusOne); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := T.SetCompressedY(&tc); err != nil {
+		t.Fatal(err)
+	}
+	R.Add(&R, &T)
+	var rc curve.CompressedEdwardsY
+	rc.SetEdwardsPoint(&R)
+	pub := priv.Public().(ed25519.PublicKey)
+	kh := sha512.New()
+	kh.Write(rc[:])
+	kh.Write(pub)
+	kh.Write(text)
+	if _, err := k.SetBytesModOrderWide(kh.Sum(nil)); err != nil {
+		t.Fatal(err)
+	}
+	s.Mul(&k, &a)
+	s.Add(&s, &r)
+	sig := append([]byte(nil), rc[:]...)
+	sig = append(sig, make([]byte, 32)...)
+	if err := s.ToBytes(sig[32:]); err != nil {
+		t.Fatal(err)
+	}
+	if ed25519.Verify(pub, text, sig) || !voi.VerifyWithOptions(voi.PublicKey(pub), text, sig, cofactored) {
+		t.Fatal("the crafted signature is not the case this test is about")
+	}
+	var kb [4]byte
+	binary.BigEndian.PutUint32(kb[:], noteKeyHash("test-1", pub))
+	old := base64.StdEncoding.EncodeToString(append(kb[:], ed25519.Sign(priv, text)...))
+	crafted := base64.StdEncoding.EncodeToString(append(kb[:], sig...))
+	if !bytes.Contains(cpLine, []byte(old)) {
+		t.Fatal("signature not found in the checkpoint line")
+	}
+	ls[3] = bytes.Replace(cpLine, []byte(old), []byte(crafted), 1)
+	if err := os.WriteFile(path, bytes.Join(ls, nil), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Verify(dir, ks)
+	if err != nil || got.Problem != nil {
+		t.Fatalf("Verify: %v %+v", err, got.Problem)
+	}
+	segs, _ := listSegments(dir)
+	want, err := verifyV2(dir, segs, ks, referenceChecks())
+	if err != nil || want.Problem == nil || want.Problem.Kind != KindBadCheckpoint {
+		t.Fatalf("reference (crypto/ed25519): %v %+v", err, want.Problem)
+	}
 }

@@ -221,6 +221,9 @@ func (s *Store) Append(ctx context.Context, sh Shipment) (*Result, error) {
 	if err := s.writeCounts(ctx, tx, add); err != nil {
 		return nil, err
 	}
+	if err := s.addToWindows(ctx, tx, add[agentDay]); err != nil {
+		return nil, err
+	}
 	keys, _ := json.Marshal(st.keys.JWKS())
 	tree, _ := json.Marshal(st.tree.Hashes())
 	if _, err := tx.ExecContext(ctx, `UPDATE logs SET size = ?, root = ?, tree = ?, keys = ?, head = ?, updated_us = ? WHERE name = ?`,

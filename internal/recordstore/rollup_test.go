@@ -89,9 +89,40 @@ func rollupRows(t *testing.T, s *Store, r rollup, fromRecords bool) []string {
 	return out
 }
 
-// checkRollups fails unless every rollup equals the GROUP BY over the
-// records it counts.
-func checkRollups(t *testing.T, s *Store, what string) {
+// textRows reads q's rows as sorted text.
+func textRows(t *testing.T, s *Store, q string, args ...any) []string {
+	t.Helper()
+	rows, err := s.db.QueryContext(context.Background(), q, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	var out []string
+	for rows.Next() {
+		v := make([]any, len(cols))
+		for i := range v {
+			v[i] = new(any)
+		}
+		if err := rows.Scan(v...); err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		for _, x := range v {
+			fmt.Fprintf(&b, "%v ", *x.(*any))
+		}
+		out = append(out, b.String())
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// checkRollups fails unless every rollup, and every window, equals the
+// GROUP BY over the records it counts; it returns the windows' starts.
+func checkRollups(t *testing.T, s *Store, what string) []int64 {
 	t.Helper()
 	for _, r := range rollups {
 		got, want := rollupRows(t, s, r, false), rollupRows(t, s, r, true)
@@ -99,13 +130,30 @@ func checkRollups(t *testing.T, s *Store, what string) {
 			t.Fatalf("%s: %s has %d rows, the records give %d:\n%v\nwant\n%v", what, r.table, len(got), len(want), got, want)
 		}
 	}
+	var starts []int64
+	for _, w := range textRows(t, s, `SELECT id, start_day_us FROM rollup_windows`) {
+		var id, start int64
+		if _, err := fmt.Sscan(w, &id, &start); err != nil {
+			t.Fatal(err)
+		}
+		got := textRows(t, s, `SELECT spiffe_id, operation, tenant, agent_id, n, allowed FROM rollup_window_counts WHERE window_id = ?`, id)
+		want := textRows(t, s, `SELECT spiffe_id, operation, tenant, agent_id, COUNT(*), CAST(SUM(allowed) AS BIGINT) FROM records
+			WHERE kind = 'decision' AND time_us >= ? GROUP BY spiffe_id, operation, tenant, agent_id`, start)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: the window from %v has %d rows, the records give %d:\n%v\nwant\n%v", what, time.UnixMicro(start).UTC(), len(got), len(want), got, want)
+		}
+		starts = append(starts, start)
+	}
+	slices.Sort(starts)
+	return starts
 }
 
 // TestRollupsMatchRecords ships two random logs in random shipments, some
 // of them again (whole or overlapping what is stored), and checks after
-// each that the rollups equal a GROUP BY over the stored records; then
-// that a rebuild and the migration from a store without rollups give the
-// same.
+// each that the rollups and windows equal a GROUP BY over the stored
+// records (windows made part way through, then moved on, made before
+// others, evicted); then that a rebuild and the migration from a store
+// without rollups give the same.
 func TestRollupsMatchRecords(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	a, ka := randomLog(t, "replica-a", 300, rng)
@@ -113,6 +161,7 @@ func TestRollupsMatchRecords(t *testing.T) {
 	eachStore(t, func(t *testing.T, s *Store, dsn string) {
 		ctx := context.Background()
 		rng := rand.New(rand.NewPCG(3, 4))
+		day := func(d int) time.Time { return time.Date(2026, 12, 1+d, 0, 0, 0, 0, time.UTC) }
 		type log struct {
 			name   string
 			keys   decisionlog.KeySet
@@ -139,6 +188,48 @@ func TestRollupsMatchRecords(t *testing.T) {
 			l.next = max(l.next, to)
 			shipped++
 			checkRollups(t, s, fmt.Sprintf("after shipment %d", shipped))
+			if shipped == 5 {
+				// Windows from five days before the records and from
+				// their second day, while records still arrive.
+				for _, d := range []int{-5, 1} {
+					if _, err := s.TopAgents(ctx, day(d), 10); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
+		if got := checkRollups(t, s, "after the shipments"); !slices.Equal(got, []int64{micros(day(-5)), micros(day(1))}) {
+			t.Fatalf("windows %v", got)
+		}
+		// The third day's window is the second day's moved on; the first
+		// day's is made (the window five days before is too far to move);
+		// the counts read are the records'.
+		if _, err := s.TopAgents(ctx, day(2), 100); err != nil {
+			t.Fatal(err)
+		}
+		top, err := s.TopAgents(ctx, day(0), 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := checkRollups(t, s, "after a window moved on"); !slices.Equal(got, []int64{micros(day(-5)), micros(day(0)), micros(day(2))}) {
+			t.Fatalf("windows %v", got)
+		}
+		want := textRows(t, s, `SELECT spiffe_id, COUNT(*), CAST(SUM(allowed) AS BIGINT) FROM records WHERE kind = 'decision' AND time_us >= ?
+			GROUP BY spiffe_id`, micros(day(0)))
+		var got []string
+		for _, c := range top {
+			got = append(got, fmt.Sprintf("%s %d %d ", c.Key, c.N, c.Allowed))
+		}
+		if slices.Sort(got); !slices.Equal(got, want) {
+			t.Fatalf("top agents from the first day:\n%v\nwant\n%v", got, want)
+		}
+		for d := -100; d < -100+4*maxWindows; d += 4 {
+			if _, err := s.AgentOperations(ctx, day(d), []string{"spiffe://acme.test/agent/bot-1"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := checkRollups(t, s, "after evictions"); len(got) != maxWindows || got[0] != micros(day(-100)) {
+			t.Fatalf("windows %v", got)
 		}
 		if again == 0 {
 			t.Fatal("no batch was shipped twice")
@@ -150,11 +241,13 @@ func TestRollupsMatchRecords(t *testing.T) {
 		if err := s.RebuildRollups(ctx); err != nil {
 			t.Fatal(err)
 		}
-		checkRollups(t, s, "after a rebuild")
+		if got := checkRollups(t, s, "after a rebuild"); len(got) != 0 {
+			t.Fatalf("windows after a rebuild: %v", got)
+		}
 		// An upgraded store: drop the rollups and go back to the version
 		// before them; opening it again runs the migration that fills them.
-		for _, r := range rollups {
-			if _, err := s.db.ExecContext(ctx, "DROP TABLE "+r.table); err != nil {
+		for _, table := range []string{"rollup_fleet_minute", "rollup_agent_minute", "rollup_fleet_hour", "rollup_agent_day", "rollup_windows", "rollup_window_counts"} {
+			if _, err := s.db.ExecContext(ctx, "DROP TABLE "+table); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -150,6 +150,8 @@ CREATE INDEX records_by_time ON records (time_us, log, idx);
 `,
 	// 2 → 3: the rollup tables (rollup.go), filled from the stored records.
 	rollupTables(),
+	// 3 → 4: the windows over the daily rollup (rollup.go), made when read.
+	windowTables,
 }
 
 // migrate brings the schema to len(migrations), one step per transaction,

@@ -172,6 +172,10 @@ func TestHistogram(t *testing.T) {
 				t.Errorf("bucket %d: %+v, want %+v", i, h[i], want[i])
 			}
 		}
+		// Whole hours: from the hourly rollup.
+		if h, err := s.Histogram(ctx, "", base.Add(-time.Hour), time.Hour, 2); err != nil || h[0].Decisions != 0 || h[1].Decisions != 60 || h[1].Denials != 30 {
+			t.Errorf("hours: %+v %v", h, err)
+		}
 		// bot-0 decides at i = 0, 3, 6, …: allowed when i is even.
 		h, err = s.Histogram(ctx, "spiffe://acme.test/agent/bot-0", base, 2*time.Minute, 1)
 		if err != nil || h[0].Decisions != 20 || h[0].Denials != 10 {

@@ -48,7 +48,7 @@
   es.addEventListener("sampled", function (ev) {
     var s = JSON.parse(ev.data);
     sampled.hidden = false;
-    sampled.textContent = "Sampling: " + s.arrived + " decisions arrived within one second; the newest " + s.shown +
+    sampled.textContent = "Sampling: " + s.arrived + " decisions arrived since the last update; the newest " + s.shown +
       " are shown. Search the decisions for all of them.";
   });
   es.addEventListener("end", function (ev) {
