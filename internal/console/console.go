@@ -423,7 +423,7 @@ type fleetRow struct {
 
 // fleetStatus is an agent's status from its newest certificate and its
 // restriction: a restriction shows only while the agent can still act.
-func fleetStatus(newest ca.Certificate, r *ca.Restriction, now time.Time, within time.Duration) string {
+func fleetStatus(newest ca.AgentSummary, r *ca.Restriction, now time.Time, within time.Duration) string {
 	switch {
 	case newest.Status == "revoked":
 		return StatusRevoked

@@ -559,19 +559,19 @@ func TestRestrictThroughForm(t *testing.T) {
 func TestFleetStatus(t *testing.T) {
 	now := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
 	within := 7 * 24 * time.Hour
-	active := ca.Certificate{Status: "active", NotAfter: now.Add(30 * 24 * time.Hour)}
-	soon := ca.Certificate{Status: "active", NotAfter: now.Add(24 * time.Hour)}
-	past := ca.Certificate{Status: "active", NotAfter: now.Add(-time.Second)}
+	active := ca.AgentSummary{Status: "active", NotAfter: now.Add(30 * 24 * time.Hour)}
+	soon := ca.AgentSummary{Status: "active", NotAfter: now.Add(24 * time.Hour)}
+	past := ca.AgentSummary{Status: "active", NotAfter: now.Add(-time.Second)}
 	for _, tc := range []struct {
-		c    ca.Certificate
+		c    ca.AgentSummary
 		r    *ca.Restriction
 		want string
 	}{
 		{active, nil, StatusActive},
 		{soon, nil, StatusExpiring},
 		{past, nil, StatusExpired},
-		{ca.Certificate{Status: "expired", NotAfter: now.Add(-time.Hour)}, nil, StatusExpired},
-		{ca.Certificate{Status: "revoked", NotAfter: now.Add(time.Hour)}, &ca.Restriction{Quarantined: true}, StatusRevoked},
+		{ca.AgentSummary{Status: "expired", NotAfter: now.Add(-time.Hour)}, nil, StatusExpired},
+		{ca.AgentSummary{Status: "revoked", NotAfter: now.Add(time.Hour)}, &ca.Restriction{Quarantined: true}, StatusRevoked},
 		{active, &ca.Restriction{Quarantined: true}, StatusQuarantined},
 		{soon, &ca.Restriction{}, StatusRestricted},
 	} {

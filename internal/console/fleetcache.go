@@ -1,7 +1,6 @@
 package console
 
 import (
-	"sort"
 	"sync"
 	"time"
 
@@ -20,7 +19,7 @@ const fleetTTL = 10 * time.Second
 
 // fleetAgent is one agent of the snapshot.
 type fleetAgent struct {
-	cert  ca.Certificate // the newest, without its PEM
+	cert  ca.AgentSummary // from its newest certificate
 	restr *ca.Restriction
 }
 
@@ -54,7 +53,7 @@ func (c *Console) fleetAgents() (*fleetSnapshot, error) {
 	if s := c.fleetSnap.snap; s != nil && s.gen == gen && now.Sub(s.at) < fleetTTL && !now.Before(s.at) {
 		return s, nil
 	}
-	certs, err := c.cfg.Authority.List(ca.ListFilter{NoPEM: true})
+	agents, err := c.cfg.Authority.Fleet() // by trust domain, then agent id
 	if err != nil {
 		return nil, err
 	}
@@ -62,32 +61,17 @@ func (c *Console) fleetAgents() (*fleetSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	restr := make(map[string]*ca.Restriction, len(rs))
+	restr := make(map[[2]string]*ca.Restriction, len(rs))
 	for i := range rs {
-		restr[rs[i].TrustDomain+"\x00"+rs[i].AgentID] = &rs[i]
+		restr[[2]string{rs[i].TrustDomain, rs[i].AgentID}] = &rs[i]
 	}
-	// List is oldest first: the last certificate of an agent is its newest.
-	newest := map[string]int{}
-	for i := range certs {
-		newest[certs[i].TrustDomain+"\x00"+certs[i].AgentID] = i
-	}
-	s := &fleetSnapshot{gen: gen, at: now, agents: make([]fleetAgent, 0, len(newest))}
-	tenants := map[string]bool{}
-	for k, i := range newest {
-		s.agents = append(s.agents, fleetAgent{cert: certs[i], restr: restr[k]})
-		tenants[certs[i].TrustDomain] = true
-	}
-	sort.Slice(s.agents, func(i, j int) bool {
-		a, b := s.agents[i].cert, s.agents[j].cert
-		if a.TrustDomain != b.TrustDomain {
-			return a.TrustDomain < b.TrustDomain
+	s := &fleetSnapshot{gen: gen, at: now, agents: make([]fleetAgent, len(agents))}
+	for i, a := range agents {
+		s.agents[i] = fleetAgent{cert: a, restr: restr[[2]string{a.TrustDomain, a.AgentID}]}
+		if n := len(s.tenants); n == 0 || s.tenants[n-1] != a.TrustDomain {
+			s.tenants = append(s.tenants, a.TrustDomain)
 		}
-		return a.AgentID < b.AgentID
-	})
-	for td := range tenants {
-		s.tenants = append(s.tenants, td)
 	}
-	sort.Strings(s.tenants)
 	c.fleetSnap.snap = s
 	return s, nil
 }

@@ -171,14 +171,6 @@ func (s *Store) writeCounts(ctx context.Context, tx *sql.Tx, c counts) error {
 		if len(c[i]) == 0 {
 			continue
 		}
-		cols := append([]string{r.bucket}, r.keys...)
-		//nolint:gosec // built from the fixed rollup definitions; the values are arguments
-		st, err := tx.PrepareContext(ctx, fmt.Sprintf(`INSERT INTO %s (%s, n, allowed) VALUES (?%s, ?, ?)
-			ON CONFLICT (%s) DO UPDATE SET n = %s.n + excluded.n, allowed = %s.allowed + excluded.allowed`,
-			r.table, strings.Join(cols, ", "), strings.Repeat(", ?", len(r.keys)), strings.Join(r.pk, ", "), r.table, r.table))
-		if err != nil {
-			return s.wrap(err)
-		}
 		// In one order (bucket, then keys), so that two Appends that share
 		// rows (PostgreSQL: a row lock each) wait for each other rather
 		// than deadlock.
@@ -192,20 +184,44 @@ func (s *Store) writeCounts(ctx context.Context, tx *sql.Tx, c counts) error {
 			}
 			return slices.Compare(a.keys[:], b.keys[:])
 		})
-		args := make([]any, len(cols)+2)
-		for _, k := range ks {
-			x := c[i][k]
-			args[0] = k.bucket
-			for j := range r.keys {
-				args[1+j] = k.keys[j]
+		rows := make([][]any, len(ks))
+		for j, k := range ks {
+			row := make([]any, 0, len(r.keys)+3)
+			row = append(row, k.bucket)
+			for x := range r.keys {
+				row = append(row, k.keys[x])
 			}
-			args[len(cols)], args[len(cols)+1] = x.n, x.allowed
-			if _, err := st.ExecContext(ctx, args...); err != nil {
-				st.Close()
-				return s.wrap(fmt.Errorf("rollup %s: %w", r.table, err))
-			}
+			rows[j] = append(row, c[i][k].n, c[i][k].allowed)
 		}
-		st.Close()
+		if err := s.upsert(ctx, tx, r.table, append(append([]string{r.bucket}, r.keys...), "n", "allowed"), r.pk, rows); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// upsertRows is how many rows one upsert statement carries: a round trip
+// each on PostgreSQL (the parameters stay far below both databases'
+// limits).
+const upsertRows = 250
+
+// upsert adds rows (cols; the last two n and allowed) to table, whose
+// primary key is pk, in statements of upsertRows rows: a row already there
+// gets the counts added. The rows' keys are distinct.
+func (s *Store) upsert(ctx context.Context, tx *sql.Tx, table string, cols, pk []string, rows [][]any) error {
+	one := "(?" + strings.Repeat(", ?", len(cols)-1) + ")"
+	for lo := 0; lo < len(rows); lo += upsertRows {
+		chunk := rows[lo:min(len(rows), lo+upsertRows)]
+		args := make([]any, 0, len(chunk)*len(cols))
+		for _, r := range chunk {
+			args = append(args, r...)
+		}
+		//nolint:gosec // built from the fixed table definitions; the values are arguments
+		q := fmt.Sprintf(`INSERT INTO %s (%s) VALUES %s%s ON CONFLICT (%s) DO UPDATE SET n = %s.n + excluded.n, allowed = %s.allowed + excluded.allowed`,
+			table, strings.Join(cols, ", "), one, strings.Repeat(", "+one, len(chunk)-1), strings.Join(pk, ", "), table, table)
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return s.wrap(fmt.Errorf("rollup %s: %w", table, err))
+		}
 	}
 	return nil
 }
@@ -218,12 +234,21 @@ func (s *Store) writeCounts(ctx context.Context, tx *sql.Tx, c counts) error {
 // start there (once; the next day's reader moves it on by subtracting the
 // day that left it) and Append adds its records to every window they fall
 // in, in the same transaction. At most maxWindows exist; the oldest made
-// goes first. A window moves on by at most maxMoveDays: the 7-day window
-// must not become the 1-day one.
+// goes first, and one not read for maxIdleDays goes when another is made
+// (each costs every Append a little). A window moves on by at most
+// maxMoveDays: the 7-day window must not become the 1-day one.
 const (
 	maxWindows  = 8
 	maxMoveDays = 3
+	maxIdleDays = 3
 )
+
+// windowsReadDay is the migration that records the day each window was
+// last read.
+const windowsReadDay = `ALTER TABLE rollup_windows ADD COLUMN read_day_us BIGINT NOT NULL DEFAULT 0`
+
+// today is the current UTC day, µs.
+func today() int64 { return micros(time.Now().UTC().Truncate(24 * time.Hour)) }
 
 const windowTables = `
 CREATE TABLE rollup_windows (
@@ -280,10 +305,17 @@ func (s *Store) makeWindow(ctx context.Context, start int64) error {
 			SELECT ?, spiffe_id, operation, tenant, agent_id, -SUM(n), -SUM(allowed) FROM rollup_agent_day WHERE day_us >= ? AND day_us < ?
 			GROUP BY spiffe_id, operation, tenant, agent_id` + windowUpsert,
 			`DELETE FROM rollup_window_counts WHERE window_id = ? AND n = 0`,
-			`UPDATE rollup_windows SET start_day_us = ? WHERE id = ?`,
+			`UPDATE rollup_windows SET start_day_us = ?, read_day_us = ? WHERE id = ?`,
 		}
-		args = [][]any{{id, from, start}, {id}, {start, id}}
+		args = [][]any{{id, from, start}, {id}, {start, today(), id}}
 	case errors.Is(err, sql.ErrNoRows):
+		idle := today() - maxIdleDays*(24*time.Hour).Microseconds()
+		for _, q := range []string{`DELETE FROM rollup_window_counts WHERE window_id IN (SELECT id FROM rollup_windows WHERE read_day_us < ?)`,
+			`DELETE FROM rollup_windows WHERE read_day_us < ?`} {
+			if _, err := tx.ExecContext(ctx, q, idle); err != nil {
+				return s.wrap(err)
+			}
+		}
 		var count, maxID int64
 		var minID sql.NullInt64
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(MAX(id), 0), MIN(id) FROM rollup_windows`).Scan(&count, &maxID, &minID); err != nil {
@@ -294,11 +326,11 @@ func (s *Store) makeWindow(ctx context.Context, start int64) error {
 			args = append(args, []any{minID.Int64}, []any{minID.Int64})
 		}
 		id = maxID + 1
-		stmts = append(stmts, `INSERT INTO rollup_windows (id, start_day_us) VALUES (?, ?)`,
+		stmts = append(stmts, `INSERT INTO rollup_windows (id, start_day_us, read_day_us) VALUES (?, ?, ?)`,
 			`INSERT INTO rollup_window_counts (window_id, spiffe_id, operation, tenant, agent_id, n, allowed)
 			SELECT ?, spiffe_id, operation, tenant, agent_id, SUM(n), SUM(allowed) FROM rollup_agent_day WHERE day_us >= ?
 			GROUP BY spiffe_id, operation, tenant, agent_id`)
-		args = append(args, []any{id, start}, []any{id, start})
+		args = append(args, []any{id, start, today()}, []any{id, start})
 	default:
 		return s.wrap(err)
 	}
@@ -344,12 +376,6 @@ func (s *Store) addToWindows(ctx context.Context, tx *sql.Tx, day map[rollupKey]
 	if len(ws) == 0 {
 		return nil
 	}
-	st, err := tx.PrepareContext(ctx, `INSERT INTO rollup_window_counts (window_id, spiffe_id, tenant, agent_id, operation, n, allowed)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`+windowUpsert)
-	if err != nil {
-		return s.wrap(err)
-	}
-	defer st.Close()
 	for _, w := range ws {
 		sum := map[[4]string]*rollupCount{}
 		for k, x := range day {
@@ -369,12 +395,15 @@ func (s *Store) addToWindows(ctx context.Context, tx *sql.Tx, day map[rollupKey]
 			keys = append(keys, k)
 		}
 		slices.SortFunc(keys, func(a, b [4]string) int { return slices.Compare(a[:], b[:]) }) // one lock order
-		for _, k := range keys {
+		rows := make([][]any, len(keys))
+		for i, k := range keys {
 			// k is spiffe_id, tenant, agent_id, operation: the daily
 			// rollup's keys.
-			if _, err := st.ExecContext(ctx, w.id, k[0], k[1], k[2], k[3], sum[k].n, sum[k].allowed); err != nil {
-				return s.wrap(fmt.Errorf("rollup window: %w", err))
-			}
+			rows[i] = []any{w.id, k[0], k[1], k[2], k[3], sum[k].n, sum[k].allowed}
+		}
+		if err := s.upsert(ctx, tx, "rollup_window_counts", []string{"window_id", "spiffe_id", "tenant", "agent_id", "operation", "n", "allowed"},
+			[]string{"window_id", "spiffe_id", "operation", "tenant", "agent_id"}, rows); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -390,8 +419,8 @@ func (s *Store) windowQuery(ctx context.Context, since time.Time, q string, args
 		return fmt.Errorf("%w: from %v, not on a UTC day", ErrBadQuery, since)
 	}
 	for range 3 {
-		var id int64
-		err := s.db.QueryRowContext(ctx, `SELECT id FROM rollup_windows WHERE start_day_us = ?`, start).Scan(&id)
+		var id, read int64
+		err := s.db.QueryRowContext(ctx, `SELECT id, read_day_us FROM rollup_windows WHERE start_day_us = ?`, start).Scan(&id, &read)
 		if errors.Is(err, sql.ErrNoRows) {
 			if err := s.makeWindow(ctx, start); err != nil {
 				return err
@@ -400,6 +429,11 @@ func (s *Store) windowQuery(ctx context.Context, since time.Time, q string, args
 		}
 		if err != nil {
 			return s.wrap(err)
+		}
+		if t := today(); read < t { // once a day
+			if _, err := s.db.ExecContext(ctx, `UPDATE rollup_windows SET read_day_us = ? WHERE id = ?`, t, id); err != nil {
+				return s.wrap(err)
+			}
 		}
 		rows, err := s.db.QueryContext(ctx, q, append([]any{start}, args...)...)
 		if err != nil {

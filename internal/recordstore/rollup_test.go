@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -231,6 +232,17 @@ func TestRollupsMatchRecords(t *testing.T) {
 		if got := checkRollups(t, s, "after evictions"); len(got) != maxWindows || got[0] != micros(day(-100)) {
 			t.Fatalf("windows %v", got)
 		}
+		// Windows not read for maxIdleDays go when another is made.
+		if _, err := s.db.ExecContext(ctx, `UPDATE rollup_windows SET read_day_us = ? WHERE start_day_us <> ?`,
+			today()-(maxIdleDays+1)*(24*time.Hour).Microseconds(), micros(day(-100))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.TopAgents(ctx, day(50), 1); err != nil {
+			t.Fatal(err)
+		}
+		if got := checkRollups(t, s, "after idle windows went"); !slices.Equal(got, []int64{micros(day(-100)), micros(day(50))}) {
+			t.Fatalf("windows %v", got)
+		}
 		if again == 0 {
 			t.Fatal("no batch was shipped twice")
 		}
@@ -260,5 +272,56 @@ func TestRollupsMatchRecords(t *testing.T) {
 		}
 		defer s2.Close()
 		checkRollups(t, s2, "after the migration")
+	})
+}
+
+// TestRollupsConcurrent ships two logs at once through two instances on one
+// database while a third reads windows that move on by a day: on
+// PostgreSQL the shipments touch the same rollup rows (a row lock each) and
+// the windows' lock, and must neither deadlock nor miscount.
+func TestRollupsConcurrent(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	a, ka := randomLog(t, "replica-a", 300, rng)
+	b, kb := randomLog(t, "replica-b", 300, rng)
+	eachStore(t, func(t *testing.T, s1 *Store, dsn string) {
+		ctx := context.Background()
+		s2, err := Open(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s2.Close()
+		errs := make(chan error, 3)
+		var wg sync.WaitGroup
+		ship := func(s *Store, name string, keys decisionlog.KeySet, gs []Group) {
+			defer wg.Done()
+			for i := 0; i < len(gs); i += 10 {
+				res, err := s.Append(ctx, Shipment{Log: name, Keys: keys, Groups: gs[i:min(len(gs), i+10)]})
+				if err == nil && res.Refused != nil {
+					err = res.Refused
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}
+		wg.Add(3)
+		go ship(s1, "replica-a", ka, a)
+		go ship(s2, "replica-b", kb, b)
+		go func() {
+			defer wg.Done()
+			for d := range 3 {
+				if _, err := s1.TopAgents(ctx, time.Date(2026, 12, 1+d, 0, 0, 0, 0, time.UTC), 10); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		checkRollups(t, s1, "after concurrent shipments")
 	})
 }

@@ -152,6 +152,8 @@ CREATE INDEX records_by_time ON records (time_us, log, idx);
 	rollupTables(),
 	// 3 → 4: the windows over the daily rollup (rollup.go), made when read.
 	windowTables,
+	// 4 → 5: the day each window was last read, to drop idle ones.
+	windowsReadDay,
 }
 
 // migrate brings the schema to len(migrations), one step per transaction,
