@@ -94,6 +94,9 @@ func TestAppendConcurrentVerifies(t *testing.T) {
 					t.Error(err)
 					return
 				}
+				if _, err := VerifyReceipt(rc.Header, l.PublicKeys()); err != nil {
+					t.Errorf("receipt of %d: %v", rc.Index, err)
+				}
 				seqs <- rc.Index
 			}
 		}(w)
@@ -508,6 +511,104 @@ func TestGroupCommit(t *testing.T) {
 	}
 	l.Close()
 	mustVerify(t, o)
+}
+
+// A flush that fails fails its batch and every record queued behind it: no
+// waiter is acknowledged, each gets ErrUnavailable, and the log is writable
+// again once the disk recovers, continuing at the last durable index.
+func TestCommitFlushErrorFailsEveryWaiter(t *testing.T) {
+	o := testOptions(t)
+	fs := &faultyFS{gate: make(chan struct{}), entered: make(chan struct{})}
+	o.openFile = fs.open
+	l := mustOpen(t, o)
+	defer l.Close()
+	const n = 50
+	errs := make(chan error, n)
+	go func() {
+		_, err := l.Append(context.Background(), sampleRecord(0))
+		errs <- err
+	}()
+	<-fs.entered // the first batch's flush is held
+	for i := 1; i < n; i++ {
+		go func() {
+			_, err := l.Append(context.Background(), sampleRecord(i))
+			errs <- err
+		}()
+	}
+	waitSequenced(t, l, n)
+	fs.broken.Store(true)
+	close(fs.gate)
+	for range n {
+		if err := <-errs; !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Append during a failed flush = %v, want ErrUnavailable", err)
+		}
+	}
+	if l.Ready() {
+		t.Fatal("ready after a failed flush")
+	}
+	fs.broken.Store(false)
+	waitReady(t, l)
+	rc, err := l.Append(context.Background(), sampleRecord(n))
+	if err != nil || rc.Index != 0 {
+		t.Fatalf("after recovery: index %d, %v; want 0 (nothing was durable)", rc.Index, err)
+	}
+	l.Close()
+	if res := mustVerify(t, o); res.Records != 1 {
+		t.Fatalf("records %d, want 1", res.Records)
+	}
+}
+
+// Close while records wait behind a flush in progress: every record
+// sequenced before Close is committed and acknowledged, later appends get
+// ErrClosed, and the log verifies with exactly the acknowledged records.
+func TestCommitCloseDrains(t *testing.T) {
+	o := testOptions(t)
+	fs := &faultyFS{gate: make(chan struct{}), entered: make(chan struct{})}
+	o.openFile = fs.open
+	l := mustOpen(t, o)
+	const n = 50
+	errs := make(chan error, n)
+	go func() {
+		_, err := l.Append(context.Background(), sampleRecord(0))
+		errs <- err
+	}()
+	<-fs.entered
+	for i := 1; i < n; i++ {
+		go func() {
+			_, err := l.Append(context.Background(), sampleRecord(i))
+			errs <- err
+		}()
+	}
+	waitSequenced(t, l, n)
+	closed := make(chan error, 1)
+	go func() { closed <- l.Close() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for l.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("Close did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := l.Append(context.Background(), sampleRecord(n)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Append after Close = %v, want ErrClosed", err)
+	}
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while a flush was held", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(fs.gate)
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("Append queued before Close = %v", err)
+		}
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if res := mustVerify(t, o); res.Records != n {
+		t.Fatalf("records %d, want %d", res.Records, n)
+	}
 }
 
 func TestAsyncMode(t *testing.T) {
