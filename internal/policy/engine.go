@@ -427,7 +427,9 @@ func loadDir(dir string) (map[string]*ast.Module, map[string]any, string, error)
 		h.Write(rf.Raw)
 		modules[rel] = rf.Parsed
 	}
-	dataJSON, err := json.Marshal(res.Documents) // map keys sorted: stable
+	// Map keys sorted, and every string decoded from JSON or YAML, so valid
+	// UTF-8: no Go toolchain writes these bytes differently.
+	dataJSON, err := json.Marshal(res.Documents)
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("%w: data: %w", ErrPolicyRejected, err)
 	}

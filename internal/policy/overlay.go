@@ -128,7 +128,7 @@ func (e *Engine) withOverlay(data map[string]any, revision string) (map[string]a
 	}
 	root["restrictions"] = merged
 	out["agentauthz"] = root
-	js, _ := json.Marshal(pushed) // map keys sorted: stable
+	js, _ := json.Marshal(pushed) // map keys sorted, strings decoded from JSON (valid UTF-8): stable on any toolchain
 	sum := sha256.Sum256(js)
 	return out, revision + "+restrictions:" + hex.EncodeToString(sum[:6]), remerge
 }
