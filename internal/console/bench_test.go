@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -39,6 +40,7 @@ type scale struct {
 	cookie  *http.Cookie
 	agents  int
 	records int
+	pgPort  int // the PostgreSQL cluster's, or 0
 }
 
 // newScale builds the console; on PostgreSQL (kind "postgres") both the
@@ -90,7 +92,11 @@ func newScale(tb testing.TB, kind string, agents, records int) *scale {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &scale{con: con, h: con.Handler(), cookie: &http.Cookie{Name: cookieName, Value: id}, agents: agents, records: records}
+	sc := &scale{con: con, h: con.Handler(), cookie: &http.Cookie{Name: cookieName, Value: id}, agents: agents, records: records}
+	if u, err := url.Parse(recordsDSN); err == nil && kind == "postgres" {
+		sc.pgPort, _ = strconv.Atoi(u.Port())
+	}
+	return sc
 }
 
 // loadRecords loads n decision records of agents bot-0..bot-(agents-1), one
@@ -192,9 +198,19 @@ func TestRenderAtScale(t *testing.T) {
 	}
 }
 
-// BenchmarkRender reports, per page, the wall time (ms/page) and this
-// process's CPU time (cpu-ms/page: the console, and on SQLite the database
-// engine too; PostgreSQL's server processes are not in it).
+// report reports, per page, the wall time (ms/page), this process's CPU
+// time (cpu-ms/page: the console, and on SQLite the database engine too)
+// and on Linux the PostgreSQL cluster's (pg-cpu-ms/page), from the CPU
+// times at the start.
+func (s *scale) report(b *testing.B, c0, pg0 time.Duration) {
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/page")
+	b.ReportMetric(float64((processCPU()-c0).Microseconds())/float64(b.N)/1000, "cpu-ms/page")
+	if s.pgPort != 0 {
+		b.ReportMetric(float64((postgresCPU(s.pgPort)-pg0).Microseconds())/float64(b.N)/1000, "pg-cpu-ms/page")
+	}
+}
+
+// BenchmarkRender renders every page; see report for what it reports.
 func BenchmarkRender(b *testing.B) {
 	agents, records := 1000, 100000
 	if v, err := strconv.Atoi(os.Getenv("AGENTAUTHZ_BENCH_AGENTS")); err == nil && v > 0 {
@@ -212,7 +228,7 @@ func BenchmarkRender(b *testing.B) {
 			s := newScale(b, kind, agents, records)
 			pages := renderPages(s)
 			measure := func(b *testing.B, p struct{ path, want string }, cold bool) {
-				c0 := processCPU()
+				c0, pg0 := processCPU(), postgresCPU(s.pgPort)
 				for b.Loop() {
 					if cold {
 						s.con.fleetSnap.invalidate()
@@ -224,8 +240,7 @@ func BenchmarkRender(b *testing.B) {
 						b.Fatalf("%s: %d", p.path, code)
 					}
 				}
-				b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/page")
-				b.ReportMetric(float64((processCPU()-c0).Microseconds())/float64(b.N)/1000, "cpu-ms/page")
+				s.report(b, c0, pg0)
 			}
 			// The first Compliance render of a period makes its window
 			// (recordstore/rollup.go): once.
@@ -255,7 +270,7 @@ func BenchmarkRender(b *testing.B) {
 			b.Run("compliance_7days_next_day", func(b *testing.B) {
 				now := time.Now()
 				defer func() { s.con.cfg.Now = time.Now }()
-				c0 := processCPU()
+				c0, pg0 := processCPU(), postgresCPU(s.pgPort)
 				for b.Loop() {
 					now = now.Add(24 * time.Hour)
 					s.con.cfg.Now = func() time.Time { return now }
@@ -263,8 +278,7 @@ func BenchmarkRender(b *testing.B) {
 						b.Fatalf("%d", code)
 					}
 				}
-				b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/page")
-				b.ReportMetric(float64((processCPU()-c0).Microseconds())/float64(b.N)/1000, "cpu-ms/page")
+				s.report(b, c0, pg0)
 			})
 		})
 	}
