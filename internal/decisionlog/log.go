@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -571,10 +570,6 @@ func (l *Log) run() {
 			l.latest.Store(&b.last)
 			l.m.batch.Observe(float64(len(b.lines)))
 			close(b.done)
-			// Let the appenders just woken run before taking the next
-			// batch: what they append next joins it, so one flush carries
-			// more records (docs/decision-log.md, "Group commit").
-			runtime.Gosched()
 			continue
 		}
 		// Fail this batch and everything sequenced after it, and roll

@@ -16,7 +16,7 @@ import (
 // workers, as the load harness's half-load run calls the log, and reports
 // the latency from each record's scheduled start (b.N records:
 // -benchtime 20000x is about 3 s) and the flushes per second: the log's own
-// share of the half-load p99 (docs/decision-log.md, "Group commit").
+// share of the half-load p99 (docs/decision-log.md, "Group commit, measured").
 func BenchmarkAppendPaced(b *testing.B) {
 	const rate, workers = 7200, 64
 	o := testOptions(b)

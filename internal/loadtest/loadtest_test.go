@@ -177,6 +177,9 @@ func checkPaced(t *testing.T, rep *loadtest.Report, rounds int) {
 		if pr.RealFirst != (i%2 == 1) {
 			t.Errorf("paced round %d: real first = %v", i+1, pr.RealFirst)
 		}
+		if pr.Real.LogFlushes <= 0 || pr.Real.LogFlushes > pr.Real.ServerChecks || pr.Noop.LogFlushes != 0 {
+			t.Errorf("paced round %d: log flushes (a) %d for %d Checks, (b) %d; want 1..Checks and 0", i+1, pr.Real.LogFlushes, pr.Real.ServerChecks, pr.Noop.LogFlushes)
+		}
 		if want := float64(pr.Real.P99) / float64(pr.Noop.P99); pr.Ratio != want {
 			t.Errorf("paced round %d: ratio %v, want p99 (a)/(b) = %v", i+1, pr.Ratio, want)
 		}

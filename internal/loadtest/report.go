@@ -61,6 +61,9 @@ type RunResult struct {
 	// Decision-log segments the real server started during the window.
 	SegmentsPreallocated int64 `json:"segments_preallocated"`
 	SegmentsAppended     int64 `json:"segments_appended"`
+	// LogFlushes the real server's decision log made during the window
+	// (its group commits).
+	LogFlushes int64 `json:"log_flushes"`
 
 	// The client (this process) and the whole machine over the same window.
 	ClientCPUPerCheck float64 `json:"client_cpu_ns_per_check"` // per answered request
@@ -101,6 +104,16 @@ func (r *RunResult) fill(res *loadResult, before, after ServerStats) {
 	r.HeapBytes = after.HeapBytes
 	r.SegmentsPreallocated = after.SegmentsPreallocated - before.SegmentsPreallocated
 	r.SegmentsAppended = after.SegmentsAppended - before.SegmentsAppended
+	r.LogFlushes = after.LogFlushes - before.LogFlushes
+}
+
+// recordsPerFlush is the decision log's mean group-commit size over the
+// window (one record per Check), or 0 without flushes.
+func (r *RunResult) recordsPerFlush() float64 {
+	if r.LogFlushes == 0 {
+		return 0
+	}
+	return float64(r.ServerChecks) / float64(r.LogFlushes)
 }
 
 func (r *RunResult) summary() string {
@@ -111,6 +124,9 @@ func (r *RunResult) summary() string {
 	segs := ""
 	if r.SegmentsPreallocated+r.SegmentsAppended > 0 {
 		segs = fmt.Sprintf("  segments %d preallocated, %d appended", r.SegmentsPreallocated, r.SegmentsAppended)
+	}
+	if r.LogFlushes > 0 {
+		segs += fmt.Sprintf("  records/flush %.1f", r.recordsPerFlush())
 	}
 	return fmt.Sprintf("%8.0f req/s  p50 %s  p99 %s  cpu/check %s  allocs/check %.0f  rss %s  errors %d  mismatches %d",
 		r.RPS, fmtDur(r.P50), fmtDur(r.P99), fmtNanos(r.CPUPerCheck), r.AllocsPerCheck, fmtMiB(r.RSSBytes), r.Errors, r.Mismatches) + segs + first
@@ -345,14 +361,14 @@ func (r *Report) Markdown(w io.Writer) error {
 	if len(r.Paced) > 0 {
 		p("## (a) and (b) paced alike, back to back (%.0f req/s, 64 workers, open loop)\n\n", r.Paced[0].Real.Rate)
 		p("Both servers running; each round measures one after the other, the order alternating. Latency counts from each request's scheduled start.\n\n")
-		p("| round | first | (b) p50 | (b) p99 | (a) p50 | (a) p99 | p99 (a)/(b) | (b) idle / steal | (a) idle / steal |\n|---|---|---|---|---|---|---|---|---|\n")
+		p("| round | first | (b) p50 | (b) p99 | (a) p50 | (a) p99 | p99 (a)/(b) | (a) server CPU/Check | (a) records per flush | (b) idle / steal | (a) idle / steal |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, pr := range r.Paced {
 			first := "(b)"
 			if pr.RealFirst {
 				first = "(a)"
 			}
-			p("| %d | %s | %s | %s | %s | %s | %.2f | %s | %s |\n", pr.Round, first, fmtDur(pr.Noop.P50), fmtDur(pr.Noop.P99),
-				fmtDur(pr.Real.P50), fmtDur(pr.Real.P99), pr.Ratio, pr.Noop.idleSteal(), pr.Real.idleSteal())
+			p("| %d | %s | %s | %s | %s | %s | %.2f | %s | %.1f | %s | %s |\n", pr.Round, first, fmtDur(pr.Noop.P50), fmtDur(pr.Noop.P99),
+				fmtDur(pr.Real.P50), fmtDur(pr.Real.P99), pr.Ratio, fmtNanos(pr.Real.CPUPerCheck), pr.Real.recordsPerFlush(), pr.Noop.idleSteal(), pr.Real.idleSteal())
 		}
 		p("\n")
 	}

@@ -33,4 +33,7 @@ func TestReadSegments(t *testing.T) {
 	if st.SegmentsAppended != 1 || st.SegmentsPreallocated != 0 {
 		t.Fatalf("segments: %d appended, %d preallocated; want 1, 0", st.SegmentsAppended, st.SegmentsPreallocated)
 	}
+	if st.LogFlushes != 1 {
+		t.Fatalf("log flushes %d after one sync append, want 1", st.LogFlushes)
+	}
 }

@@ -74,15 +74,23 @@ type ServerStats struct {
 	// flushes are the slower ones of a growing file.
 	SegmentsPreallocated int64 `json:"segments_preallocated"`
 	SegmentsAppended     int64 `json:"segments_appended"`
+	// LogFlushes counts the decision log's group commits so far (real
+	// mode only): records per flush is what a flush's cost is shared by.
+	LogFlushes int64 `json:"log_flushes"`
 }
 
-// readSegments reads agentauthz_decisionlog_segments_total{kind} from reg.
+// readSegments reads agentauthz_decisionlog_segments_total{kind} and the
+// number of group commits (agentauthz_decisionlog_fsync_batch_records'
+// count) from reg.
 func readSegments(reg prometheus.Gatherer, st *ServerStats) {
 	mfs, err := reg.Gather()
 	if err != nil {
 		return
 	}
 	for _, mf := range mfs {
+		if mf.GetName() == "agentauthz_decisionlog_fsync_batch_records" && len(mf.GetMetric()) == 1 {
+			st.LogFlushes = int64(mf.GetMetric()[0].GetHistogram().GetSampleCount())
+		}
 		if mf.GetName() != "agentauthz_decisionlog_segments_total" {
 			continue
 		}
