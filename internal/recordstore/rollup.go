@@ -301,13 +301,16 @@ func (s *Store) makeWindow(ctx context.Context, start int64) error {
 	switch {
 	case err == nil:
 		stmts = []string{
-			`INSERT INTO rollup_window_counts (window_id, spiffe_id, operation, tenant, agent_id, n, allowed)
-			SELECT ?, spiffe_id, operation, tenant, agent_id, -SUM(n), -SUM(allowed) FROM rollup_agent_day WHERE day_us >= ? AND day_us < ?
-			GROUP BY spiffe_id, operation, tenant, agent_id` + windowUpsert,
+			// Every row of those days is in the window (it counts them).
+			`UPDATE rollup_window_counts SET n = rollup_window_counts.n - d.n, allowed = rollup_window_counts.allowed - d.allowed
+			FROM (SELECT spiffe_id, operation, tenant, agent_id, SUM(n) AS n, SUM(allowed) AS allowed FROM rollup_agent_day
+				WHERE day_us >= ? AND day_us < ? GROUP BY spiffe_id, operation, tenant, agent_id) AS d
+			WHERE rollup_window_counts.window_id = ? AND rollup_window_counts.spiffe_id = d.spiffe_id AND rollup_window_counts.operation = d.operation
+				AND rollup_window_counts.tenant = d.tenant AND rollup_window_counts.agent_id = d.agent_id`,
 			`DELETE FROM rollup_window_counts WHERE window_id = ? AND n = 0`,
 			`UPDATE rollup_windows SET start_day_us = ?, read_day_us = ? WHERE id = ?`,
 		}
-		args = [][]any{{id, from, start}, {id}, {start, today(), id}}
+		args = [][]any{{from, start, id}, {id}, {start, today(), id}}
 	case errors.Is(err, sql.ErrNoRows):
 		idle := today() - maxIdleDays*(24*time.Hour).Microseconds()
 		for _, q := range []string{`DELETE FROM rollup_window_counts WHERE window_id IN (SELECT id FROM rollup_windows WHERE read_day_us < ?)`,

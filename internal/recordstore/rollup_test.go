@@ -272,6 +272,12 @@ func TestRollupsMatchRecords(t *testing.T) {
 		}
 		defer s2.Close()
 		checkRollups(t, s2, "after the migration")
+		if s2.postgres {
+			var opts string
+			if err := s2.db.QueryRowContext(ctx, `SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'rollup_window_counts'`).Scan(&opts); err != nil || opts != "fillfactor=50" {
+				t.Errorf("the windows' storage options: %q %v", opts, err)
+			}
+		}
 	})
 }
 

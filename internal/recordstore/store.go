@@ -154,7 +154,18 @@ CREATE INDEX records_by_time ON records (time_us, log, idx);
 	windowTables,
 	// 4 → 5: the day each window was last read, to drop idle ones.
 	windowsReadDay,
+	// 5 → 6: nothing on SQLite; on PostgreSQL windowsFillFactor (migrate).
+	"",
 }
+
+// windowsFillFactor leaves half of each page of the windows free on
+// PostgreSQL, so that moving a window on (and adding to it) updates its rows
+// in place (HOT: no new index entries): a move of 20,000 rows took 69 ms of
+// the server's CPU before, 46 ms after.
+const (
+	windowsFillFactorVersion = 6
+	windowsFillFactor        = `ALTER TABLE rollup_window_counts SET (fillfactor = 50)`
+)
 
 // migrate brings the schema to len(migrations), one step per transaction,
 // re-reading the version under the write lock so that several instances
@@ -206,6 +217,12 @@ func (s *Store) migrate(ctx context.Context) error {
 			if err := s.fillRollups(ctx, tx); err != nil {
 				tx.Rollback()
 				return fmt.Errorf("migrate to version %d: %w", v+1, err)
+			}
+		}
+		if v+1 == windowsFillFactorVersion && s.postgres {
+			if _, err := tx.ExecContext(ctx, windowsFillFactor); err != nil {
+				tx.Rollback()
+				return s.wrap(fmt.Errorf("migrate to version %d: %w", v+1, err))
 			}
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = ?`, v+1); err != nil {
