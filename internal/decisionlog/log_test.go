@@ -20,6 +20,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 func testOptions(t testing.TB) Options {
@@ -424,7 +425,7 @@ func TestUnavailableThenRecovers(t *testing.T) {
 	if _, err := l.Append(context.Background(), sampleRecord(4)); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("second Append = %v", err)
 	}
-	if got := gaugeValue(t, reg, "agentauthz_decisionlog_ready"); got != 0 {
+	if got := metric(t, reg, "agentauthz_decisionlog_ready").GetGauge().GetValue(); got != 0 {
 		t.Fatalf("ready gauge %v while failing", got)
 	}
 
@@ -713,7 +714,8 @@ func TestReaderFollows(t *testing.T) {
 	}
 }
 
-func gaugeValue(t *testing.T, g prometheus.Gatherer, name string) float64 {
+// metric is the first series of the metric name in g.
+func metric(t testing.TB, g prometheus.Gatherer, name string) *dto.Metric {
 	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
@@ -721,11 +723,11 @@ func gaugeValue(t *testing.T, g prometheus.Gatherer, name string) float64 {
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetGauge().GetValue()
+			return mf.GetMetric()[0]
 		}
 	}
 	t.Fatalf("metric %s not found", name)
-	return 0
+	return nil
 }
 
 func TestAppendIgnoresCancellationAndRejectsForgedKinds(t *testing.T) {

@@ -46,7 +46,7 @@ func BenchmarkAppendPaced(b *testing.B) {
 			}
 		})
 	}
-	flushes0 := histCount(b, reg, "agentauthz_decisionlog_fsync_batch_records")
+	flushes0 := metric(b, reg, "agentauthz_decisionlog_fsync_batch_records").GetHistogram().GetSampleCount()
 	b.ResetTimer()
 	cpu0 := cpuTime()
 	start := time.Now()
@@ -72,7 +72,7 @@ func BenchmarkAppendPaced(b *testing.B) {
 	el := time.Since(start)
 	cpu := cpuTime() - cpu0
 	b.StopTimer()
-	flushes := histCount(b, reg, "agentauthz_decisionlog_fsync_batch_records") - flushes0
+	flushes := metric(b, reg, "agentauthz_decisionlog_fsync_batch_records").GetHistogram().GetSampleCount() - flushes0
 	all := slices.Concat(lat...)
 	slices.Sort(all)
 	q := func(p float64) float64 { return float64(all[int(p*float64(len(all)-1))].Microseconds()) }
@@ -83,20 +83,4 @@ func BenchmarkAppendPaced(b *testing.B) {
 	b.ReportMetric(q(1), "max-µs")
 	b.ReportMetric(float64(flushes)/el.Seconds(), "flushes/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(len(all)), "cpu-µs/record")
-}
-
-// histCount is the number of observations of a histogram.
-func histCount(t testing.TB, g prometheus.Gatherer, name string) uint64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
-		}
-	}
-	t.Fatalf("metric %s not found", name)
-	return 0
 }

@@ -311,82 +311,61 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 }
 
 // paired measures (b) and (a) at the headline concurrency back to back,
-// PairedRounds times, alternating which goes first so that a drift of the
-// host's speed does not favour either.
+// PairedRounds times; each round's ratio is (a)'s req/s over (b)'s.
 func (h *harness) paired(ctx context.Context, routes, revoked int) ([]PairedRound, error) {
-	noopCfg, err := h.variant("paired-noop", routes, revoked, false)
-	if err != nil {
-		return nil, err
-	}
-	realCfg, err := h.variant("paired-real", routes, revoked, false)
-	if err != nil {
-		return nil, err
-	}
-	var out []PairedRound
 	spec := loadSpec{Concurrency: h.o.Concurrency, Warmup: h.o.Warmup, Duration: h.o.Duration}
-	err = h.withServer(ctx, ModeNoop, noopCfg, func(noop *serverProc) error {
-		return h.withServer(ctx, ModeReal, realCfg, func(real *serverProc) error {
-			for i := range h.o.PairedRounds {
-				pr := PairedRound{Round: i + 1, RealFirst: i%2 == 1}
-				var err error
-				if pr.RealFirst {
-					if pr.Real, err = h.measure(ctx, real, ModeReal, spec); err == nil {
-						pr.Noop, err = h.measure(ctx, noop, ModeNoop, spec)
-					}
-				} else {
-					if pr.Noop, err = h.measure(ctx, noop, ModeNoop, spec); err == nil {
-						pr.Real, err = h.measure(ctx, real, ModeReal, spec)
-					}
-				}
-				if err != nil {
-					return err
-				}
-				if pr.Noop.RPS > 0 {
-					pr.Ratio = pr.Real.RPS / pr.Noop.RPS
-				}
-				out = append(out, pr)
-			}
-			return nil
-		})
+	return h.alternating(ctx, "paired", spec, h.o.PairedRounds, routes, revoked, func(pr *PairedRound) {
+		if pr.Noop.RPS > 0 {
+			pr.Ratio = pr.Real.RPS / pr.Noop.RPS
+		}
 	})
-	return out, err
 }
 
 // pacedRounds measures (a) and (b) open-loop at rate, back to back, rounds
-// times, alternating which goes first; each round's p99 ratio is what the
-// half-load target reads.
+// times; each round's p99 ratio is what the half-load target reads.
 func (h *harness) pacedRounds(ctx context.Context, rate float64, rounds, routes, revoked int) ([]PairedRound, error) {
-	noopCfg, err := h.variant("paced-noop", routes, revoked, false)
+	spec := loadSpec{Concurrency: 64, Warmup: h.o.Warmup, Duration: h.o.Duration, Rate: rate}
+	return h.alternating(ctx, "paced", spec, rounds, routes, revoked, func(pr *PairedRound) {
+		if pr.Noop.P99 > 0 {
+			pr.Ratio = float64(pr.Real.P99) / float64(pr.Noop.P99)
+		}
+		h.o.progress("paced round %d: p99 (a) %s, (b) %s: %.2f×", pr.Round, fmtDur(pr.Real.P99), fmtDur(pr.Noop.P99), pr.Ratio)
+	})
+}
+
+// alternating measures (b) and (a) with spec back to back, rounds times,
+// alternating which goes first so that a drift of the host's speed favours
+// neither; ratio fills in each round's ratio.
+func (h *harness) alternating(ctx context.Context, name string, spec loadSpec, rounds, routes, revoked int, ratio func(*PairedRound)) ([]PairedRound, error) {
+	noopCfg, err := h.variant(name+"-noop", routes, revoked, false)
 	if err != nil {
 		return nil, err
 	}
-	realCfg, err := h.variant("paced-real", routes, revoked, false)
+	realCfg, err := h.variant(name+"-real", routes, revoked, false)
 	if err != nil {
 		return nil, err
 	}
 	var out []PairedRound
-	spec := loadSpec{Concurrency: 64, Warmup: h.o.Warmup, Duration: h.o.Duration, Rate: rate}
 	err = h.withServer(ctx, ModeNoop, noopCfg, func(noop *serverProc) error {
 		return h.withServer(ctx, ModeReal, realCfg, func(real *serverProc) error {
 			for i := range rounds {
 				pr := PairedRound{Round: i + 1, RealFirst: i%2 == 1}
-				var err error
+				type run struct {
+					sp   *serverProc
+					mode Mode
+					res  *RunResult
+				}
+				order := [2]run{{noop, ModeNoop, &pr.Noop}, {real, ModeReal, &pr.Real}}
 				if pr.RealFirst {
-					if pr.Real, err = h.measure(ctx, real, ModeReal, spec); err == nil {
-						pr.Noop, err = h.measure(ctx, noop, ModeNoop, spec)
+					order[0], order[1] = order[1], order[0]
+				}
+				for _, r := range order {
+					var err error
+					if *r.res, err = h.measure(ctx, r.sp, r.mode, spec); err != nil {
+						return err
 					}
-				} else {
-					if pr.Noop, err = h.measure(ctx, noop, ModeNoop, spec); err == nil {
-						pr.Real, err = h.measure(ctx, real, ModeReal, spec)
-					}
 				}
-				if err != nil {
-					return err
-				}
-				if pr.Noop.P99 > 0 {
-					pr.Ratio = float64(pr.Real.P99) / float64(pr.Noop.P99)
-				}
-				h.o.progress("paced round %d: p99 (a) %s, (b) %s: %.2f×", pr.Round, fmtDur(pr.Real.P99), fmtDur(pr.Noop.P99), pr.Ratio)
+				ratio(&pr)
 				out = append(out, pr)
 			}
 			return nil
