@@ -267,10 +267,6 @@ CREATE TABLE rollup_window_counts (
 );
 `
 
-// windowUpsert adds to a window's row.
-const windowUpsert = ` ON CONFLICT (window_id, spiffe_id, operation, tenant, agent_id)
-	DO UPDATE SET n = rollup_window_counts.n + excluded.n, allowed = rollup_window_counts.allowed + excluded.allowed`
-
 // makeWindow makes sure a window starts at start (µs, a UTC day), in its
 // own transaction: moved on from the latest window that starts at most
 // maxMoveDays before it, else counted from the daily rollup.
