@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,15 +19,8 @@ import (
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkFollow: the control plane's detector reading a record store
 // that holds AGENTAUTHZ_BENCH_RECORDS (default 20,000) real signed records
@@ -72,7 +64,7 @@ func BenchmarkFollow(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		cpu0, t0 := cpuTime(), time.Now()
+		cpu0, t0 := testenv.CPUTime(), time.Now()
 		for {
 			more, err := s.step(context.Background())
 			if err != nil {
@@ -82,7 +74,7 @@ func BenchmarkFollow(b *testing.B) {
 				break
 			}
 		}
-		cpu, wall := cpuTime()-cpu0, time.Since(t0)
+		cpu, wall := testenv.CPUTime()-cpu0, time.Since(t0)
 		if got := s.cursors["replica-0"] + s.cursors["replica-1"]; got != uint64(n) {
 			ls, _ := store.Logs(context.Background())
 			b.Fatalf("read %d records, want %d; the store holds %+v", got, n, ls)

@@ -18,6 +18,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // The render benchmark: every page of the console over an inventory of many
@@ -204,7 +205,7 @@ func TestRenderAtScale(t *testing.T) {
 // times at the start.
 func (s *scale) report(b *testing.B, c0, pg0 time.Duration) {
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/page")
-	b.ReportMetric(float64((processCPU()-c0).Microseconds())/float64(b.N)/1000, "cpu-ms/page")
+	b.ReportMetric(float64((testenv.CPUTime()-c0).Microseconds())/float64(b.N)/1000, "cpu-ms/page")
 	if s.pgPort != 0 {
 		b.ReportMetric(float64((postgresCPU(s.pgPort)-pg0).Microseconds())/float64(b.N)/1000, "pg-cpu-ms/page")
 	}
@@ -228,7 +229,7 @@ func BenchmarkRender(b *testing.B) {
 			s := newScale(b, kind, agents, records)
 			pages := renderPages(s)
 			measure := func(b *testing.B, p struct{ path, want string }, cold bool) {
-				c0, pg0 := processCPU(), postgresCPU(s.pgPort)
+				c0, pg0 := testenv.CPUTime(), postgresCPU(s.pgPort)
 				for b.Loop() {
 					if cold {
 						s.con.fleetSnap.invalidate()
@@ -270,7 +271,7 @@ func BenchmarkRender(b *testing.B) {
 			b.Run("compliance_7days_next_day", func(b *testing.B) {
 				now := time.Now()
 				defer func() { s.con.cfg.Now = time.Now }()
-				c0, pg0 := processCPU(), postgresCPU(s.pgPort)
+				c0, pg0 := testenv.CPUTime(), postgresCPU(s.pgPort)
 				for b.Loop() {
 					now = now.Add(24 * time.Hour)
 					s.con.cfg.Now = func() time.Time { return now }

@@ -7,11 +7,12 @@ import (
 	"fmt"
 	"sort"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // BenchmarkRecordPrepare is the per-record cost outside the writer's
@@ -130,7 +131,7 @@ func benchAppendOpts(b *testing.B, o Options, parallelism int, prepared bool) {
 	var lat []time.Duration
 	b.SetParallelism(parallelism)
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := testenv.CPUTime()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
 		var mine []time.Duration
@@ -149,7 +150,7 @@ func benchAppendOpts(b *testing.B, o Options, parallelism int, prepared bool) {
 		mu.Unlock()
 	})
 	el := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu := testenv.CPUTime() - cpu0
 	b.StopTimer()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	if n := len(lat); n > 0 {
@@ -162,12 +163,4 @@ func benchAppendOpts(b *testing.B, o Options, parallelism int, prepared bool) {
 		// loaded machine this says what two dedicated cores would do.
 		b.ReportMetric(float64(cpu.Microseconds())/float64(n), "cpu-µs/record")
 	}
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

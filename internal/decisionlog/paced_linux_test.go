@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
+
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // BenchmarkAppendPaced appends open loop at 7,200 records/s from 64
@@ -48,7 +50,7 @@ func BenchmarkAppendPaced(b *testing.B) {
 	}
 	flushes0 := metric(b, reg, "agentauthz_decisionlog_fsync_batch_records").GetHistogram().GetSampleCount()
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := testenv.CPUTime()
 	start := time.Now()
 	// The pacer sleeps in nanosleep(2) with 1 µs timer slack: the runtime's
 	// timers wake an idle process with millisecond resolution.
@@ -70,7 +72,7 @@ func BenchmarkAppendPaced(b *testing.B) {
 	close(tokens)
 	wg.Wait()
 	el := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu := testenv.CPUTime() - cpu0
 	b.StopTimer()
 	flushes := metric(b, reg, "agentauthz_decisionlog_fsync_batch_records").GetHistogram().GetSampleCount() - flushes0
 	all := slices.Concat(lat...)

@@ -9,6 +9,8 @@ import (
 	"runtime/debug"
 	"testing"
 	"time"
+
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // writeBatchedLog writes a log of n records with exactly perCP records per
@@ -73,14 +75,14 @@ func BenchmarkVerifyLog(b *testing.B) {
 			ks, _ := writeBatchedLog(b, dir, "test-1", n, perCP)
 			defer debug.SetGCPercent(debug.SetGCPercent(400)) // as audit verify runs
 			b.ResetTimer()
-			cpu0 := cpuTime()
+			cpu0 := testenv.CPUTime()
 			for b.Loop() {
 				res, err := Verify(dir, ks)
 				if err != nil || res.Problem != nil || res.Records != n {
 					b.Fatalf("%v %+v", err, res)
 				}
 			}
-			cpu := cpuTime() - cpu0
+			cpu := testenv.CPUTime() - cpu0
 			recs := float64(n) * float64(b.N)
 			b.ReportMetric(recs/b.Elapsed().Seconds(), "records/s")
 			b.ReportMetric(recs/cpu.Seconds(), "records/cpu-s")

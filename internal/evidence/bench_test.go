@@ -8,12 +8,12 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // benchRecords is the size of the benchmark's history:
@@ -127,14 +127,6 @@ func writeBenchLog(b *testing.B, dir string, n int) decisionlog.KeySet {
 	return ks
 }
 
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // BenchmarkReport builds the evidence pack over a generated history: from
 // memory (generated: Collect's own cost) and from a real signed log
 // (log: verification beside the counting pass, as audit report runs). It
@@ -163,7 +155,7 @@ func BenchmarkReport(b *testing.B) {
 		})
 		runtime.GC()
 		b.ResetTimer()
-		cpu0 := cpuTime()
+		cpu0 := testenv.CPUTime()
 		for b.Loop() {
 			r, err := Collect(context.Background(), in)
 			if err != nil {
@@ -173,7 +165,7 @@ func BenchmarkReport(b *testing.B) {
 				b.Fatalf("report over %d records: %+v %+v", n, r.Logs, r.Revocations)
 			}
 		}
-		cpu := cpuTime() - cpu0
+		cpu := testenv.CPUTime() - cpu0
 		close(stop)
 		wg.Wait()
 		total := float64(n) * float64(b.N)
@@ -187,9 +179,9 @@ func BenchmarkReport(b *testing.B) {
 		if dir == "" {
 			dir = b.TempDir()
 		}
-		t0, cpu0 := time.Now(), cpuTime()
+		t0, cpu0 := time.Now(), testenv.CPUTime()
 		ks := writeBenchLog(b, dir, n)
-		b.Logf("log of %d records ready in %v (%v CPU)", n, time.Since(t0).Round(time.Millisecond), (cpuTime() - cpu0).Round(time.Millisecond))
+		b.Logf("log of %d records ready in %v (%v CPU)", n, time.Since(t0).Round(time.Millisecond), (testenv.CPUTime() - cpu0).Round(time.Millisecond))
 		run(b, DirSource{Dir: filepath.Join(dir, "log"), Keys: ks})
 	})
 }

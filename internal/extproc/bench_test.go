@@ -6,7 +6,6 @@ import (
 	"net"
 	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/httpsig"
 	"github.com/agentauthz/agentauthz/internal/respsig"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 func benchLog(b *testing.B, mode decisionlog.Mode) *decisionlog.Log {
@@ -44,7 +44,7 @@ func BenchmarkSignResponse(b *testing.B) {
 	req := &httpsig.Message{Method: "POST", Authority: "payments.internal", Path: "/v1/payments"}
 	d := respsig.Decision{ID: "0190c6c4-7e0a-7d3c-9d6e-1f2a3b4c5d6e", AgentID: "payments-agent", TrustLevel: "L3", Operation: "payments:initiate"}
 	b.ReportAllocs()
-	defer reportCPU(b, cpuTime())
+	defer reportCPU(b, testenv.CPUTime())
 	for b.Loop() {
 		kid, sign := dl.ResponseSigner()
 		s := respsig.Signer{KeyID: kid, Sign: sign, Now: time.Now}
@@ -76,7 +76,7 @@ func BenchmarkExchange(b *testing.B) {
 			msgs := exchangeMessages("bench")
 			ctx := context.Background()
 			b.ReportAllocs()
-			defer reportCPU(b, cpuTime())
+			defer reportCPU(b, testenv.CPUTime())
 			i := 0
 			for b.Loop() {
 				id := fmt.Sprintf("dec-%d", i)
@@ -172,7 +172,7 @@ func BenchmarkOverGRPC(b *testing.B) {
 			b.ReportAllocs()
 			b.SetParallelism(8)
 			b.ResetTimer()
-			cpu0 := cpuTime()
+			cpu0 := testenv.CPUTime()
 			b.RunParallel(func(pb *testing.PB) {
 				ctx := context.Background()
 				for pb.Next() {
@@ -218,16 +218,9 @@ func BenchmarkOverGRPC(b *testing.B) {
 
 var _ = corev3.HeaderValue{}
 
-// cpuTime is the process's user+system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // reportCPU adds the process's CPU per op (client and server together where
 // both run here): on a shared VM, wall time per op also counts time spent
 // descheduled.
 func reportCPU(b *testing.B, start time.Duration) {
-	b.ReportMetric(float64((cpuTime()-start).Microseconds())/float64(b.N), "cpu-µs/op")
+	b.ReportMetric(float64((testenv.CPUTime()-start).Microseconds())/float64(b.N), "cpu-µs/op")
 }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 func sum(s string) string {
@@ -220,13 +222,13 @@ func BenchmarkParse2KB(b *testing.B) {
 	headers := map[string]string{HeaderSessionID: "3f1c2a", HeaderProtocolVersion: "2025-06-18", "content-type": "application/json"}
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
-	cpu := CPUTime()
+	cpu := testenv.CPUTime()
 	for b.Loop() {
 		if _, err := Parse(body, headers, DefaultMaxBodyBytes); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric(float64(CPUTime()-cpu)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(testenv.CPUTime()-cpu)/float64(b.N), "cpu-ns/op")
 }
 
 // FuzzValidJSON: validJSON agrees with json.Valid, except that it refuses

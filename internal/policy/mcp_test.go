@@ -14,6 +14,7 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/identity"
 	"github.com/agentauthz/agentauthz/internal/mcp"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // mcpRequest is a POST to /mcp as Envoy sends it with with_request_body.
@@ -312,8 +313,8 @@ func BenchmarkMCPResolve(b *testing.B) {
 	h := req.Attributes.Request.Http
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
-	cpu := mcp.CPUTime()
-	defer func() { b.ReportMetric(float64(mcp.CPUTime()-cpu)/float64(b.N), "cpu-ns/op") }()
+	cpu := testenv.CPUTime()
+	defer func() { b.ReportMetric(float64(testenv.CPUTime()-cpu)/float64(b.N), "cpu-ns/op") }()
 	for b.Loop() {
 		if !s.mcp.endpoint(h.Host, h.Path) {
 			b.Fatal("not an endpoint")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // BenchmarkAppend ships a log of 20,000 decisions of 1,000 agents over an
@@ -79,13 +80,13 @@ func BenchmarkAppend(b *testing.B) {
 					}
 				}
 				b.StartTimer()
-				c0 := processCPU()
+				c0 := testenv.CPUTime()
 				for _, sh := range shipments {
 					if res, err := s.Append(ctx, Shipment{Log: "replica-a", Keys: keys, Groups: sh}); err != nil || res.Refused != nil {
 						b.Fatalf("%+v %v", res, err)
 					}
 				}
-				cpu += processCPU() - c0
+				cpu += testenv.CPUTime() - c0
 				b.StopTimer()
 				s.Close()
 				b.StartTimer()

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // BenchmarkFind measures the auditor's lookups on a store of
@@ -51,11 +53,11 @@ func BenchmarkFind(b *testing.B) {
 			}
 			b.Logf("%s: loaded %d records in %v (rows, then the indexes)", kind, n, time.Since(start).Round(time.Second))
 			cpu := func(b *testing.B, f func(i int)) {
-				c0 := processCPU()
+				c0 := testenv.CPUTime()
 				for i := 0; b.Loop(); i++ {
 					f(i)
 				}
-				b.ReportMetric(float64((processCPU()-c0).Microseconds())/float64(b.N), "cpu-µs/op")
+				b.ReportMetric(float64((testenv.CPUTime()-c0).Microseconds())/float64(b.N), "cpu-µs/op")
 			}
 			b.Run("by_decision_id", func(b *testing.B) {
 				cpu(b, func(i int) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/policy"
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 var (
@@ -95,11 +96,11 @@ func BenchmarkSimulate(b *testing.B) {
 		if *benchPlain {
 			rp.memo, r = false, decisionlog.NewReader(logDir)
 		}
-		start, cpu0 := time.Now(), cpuTime()
+		start, cpu0 := time.Now(), testenv.CPUTime()
 		if err := Run(context.Background(), r, rp, acc, time.Time{}, time.Time{}); err != nil {
 			b.Fatal(err)
 		}
-		wall, cpu := time.Since(start), cpuTime()-cpu0
+		wall, cpu := time.Since(start), testenv.CPUTime()-cpu0
 		r.Close()
 		rep := acc.Report()
 		if rep.Read != *benchRecords {
