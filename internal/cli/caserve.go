@@ -125,6 +125,7 @@ type revocationServer struct {
 	plain   bool
 	records *recordstore.Store
 	alerts  *alerts.Service // nil when the anomaly detector is off
+	con     *console.Console
 	log     hclog.Logger
 }
 
@@ -273,6 +274,7 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 	}
 	rs.ln, rs.srv = ln, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10}
 	rs.srv.RegisterOnShutdown(con.Stop) // the console's live tails end with the server
+	rs.con = con
 	return rs, nil
 }
 
@@ -298,6 +300,9 @@ func (r *revocationServer) Run(ctx context.Context) error {
 	g.Go(func() error { return r.pub.Run(gctx) })
 	if r.alerts != nil {
 		g.Go(func() error { return r.alerts.Run(gctx) })
+	}
+	if r.con != nil {
+		g.Go(func() error { r.con.PrepareCompliance(gctx); return nil })
 	}
 	g.Go(func() error {
 		if err := r.srv.Serve(r.ln); !errors.Is(err, http.ErrServerClosed) {

@@ -79,6 +79,45 @@ func (c *Console) compliance(w http.ResponseWriter, r *http.Request, v *viewer) 
 	c.render(w, r, http.StatusOK, "compliance", v, data)
 }
 
+// PrepareCompliance keeps the record store's windows for the Compliance
+// page's periods made, at start and a minute after each UTC midnight, so
+// that no reader waits for one to be made (a window over millions of
+// records takes a fraction of a second; docs/performance.md). It returns
+// when ctx ends.
+func (c *Console) PrepareCompliance(ctx context.Context) {
+	if c.cfg.Records == nil {
+		return
+	}
+	for {
+		now := c.prepareCompliance(ctx)
+		t := time.NewTimer(now.Truncate(24 * time.Hour).Add(24*time.Hour + time.Minute).Sub(now))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// prepareCompliance makes the windows of today's periods; it returns the
+// time it took as now (UTC).
+func (c *Console) prepareCompliance(ctx context.Context) time.Time {
+	now := c.cfg.Now().UTC()
+	for _, days := range complianceDays {
+		if _, err := c.cfg.Records.PrepareWindow(ctx, complianceSince(now, days)); err != nil && ctx.Err() == nil {
+			c.cfg.Logger.Warn("console: compliance window not prepared; its first reader makes it", "days", days, "error", err)
+		}
+	}
+	return now
+}
+
+// complianceSince is the start of the last days UTC days, today's
+// included: the rollups count days.
+func complianceSince(now time.Time, days int) time.Time {
+	return now.UTC().Truncate(24 * time.Hour).Add(-time.Duration(days-1) * 24 * time.Hour)
+}
+
 // complianceTTL is how long the Compliance page's figures are reused: they
 // aggregate every decision of the period (seconds at millions of records,
 // docs/performance.md), and an auditor's question does not change by the
@@ -99,8 +138,7 @@ func (c *Console) complianceData(ctx context.Context, days int) (map[string]any,
 	if e := c.compCache[days]; e != nil && now.Sub(e.at) < complianceTTL && !now.Before(e.at) {
 		return e.data, nil
 	}
-	// The last days UTC days, today's included: the rollups count days.
-	since := now.UTC().Truncate(24 * time.Hour).Add(-time.Duration(days-1) * 24 * time.Hour)
+	since := complianceSince(now, days)
 	data := map[string]any{"Days": days, "DayChoices": complianceDays, "Since": since, "Grace": evidence.PropagationBound, "At": now}
 	newest, err := c.cfg.Records.Find(ctx, recordstore.Query{Limit: 1, Newest: true})
 	if err != nil {

@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -128,6 +129,23 @@ func TestCompliance(t *testing.T) {
 	for _, path := range []string{"/ui/compliance", "/ui/compliance/verify?log=replica-1"} {
 		if code, _ := e.get(r, path); code != http.StatusForbidden {
 			t.Errorf("responder: %s %d", path, code)
+		}
+	}
+}
+
+// TestPrepareCompliance: one pass makes the window of each of the page's
+// periods, so the page's first reader finds it made; a second pass makes
+// none.
+func TestPrepareCompliance(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for pass := range 2 {
+		now := e.con.prepareCompliance(ctx)
+		for _, days := range complianceDays {
+			made, err := e.con.cfg.Records.PrepareWindow(ctx, complianceSince(now, days))
+			if err != nil || made {
+				t.Fatalf("pass %d: the %d-day window was not there yet (%v)", pass+1, days, err)
+			}
 		}
 	}
 }

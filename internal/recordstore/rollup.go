@@ -408,6 +408,22 @@ func (s *Store) addToWindows(ctx context.Context, tx *sql.Tx, day map[rollupKey]
 	return nil
 }
 
+// PrepareWindow makes the window that starts at since (a UTC day) unless it
+// exists, so that the first reader of that period does not wait for it; it
+// reports whether it made one.
+func (s *Store) PrepareWindow(ctx context.Context, since time.Time) (bool, error) {
+	start := micros(since)
+	if start%(24*time.Hour).Microseconds() != 0 {
+		return false, fmt.Errorf("%w: from %v, not on a UTC day", ErrBadQuery, since)
+	}
+	var id int64
+	err := s.db.QueryRowContext(ctx, `SELECT id FROM rollup_windows WHERE start_day_us = ?`, start).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return true, s.makeWindow(ctx, start)
+	}
+	return false, s.wrap(err)
+}
+
 // windowQuery runs q (its first argument: the window's start day) on the
 // window that starts at since (a UTC day), made if needed. A window can be
 // moved on between its making and the query (a reader of the next day's

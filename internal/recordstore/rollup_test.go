@@ -2,6 +2,7 @@ package recordstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -329,5 +330,31 @@ func TestRollupsConcurrent(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkRollups(t, s1, "after concurrent shipments")
+	})
+}
+
+// TestPrepareWindow: a prepared window is there before its first reader and
+// counts what the records give; preparing it again changes nothing; a start
+// off a UTC day is refused.
+func TestPrepareWindow(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	groups, keys := randomLog(t, "replica-a", 100, rng)
+	eachStore(t, func(t *testing.T, s *Store, dsn string) {
+		ctx := context.Background()
+		if res, err := s.Append(ctx, Shipment{Log: "replica-a", Keys: keys, Groups: groups}); err != nil || res.Refused != nil {
+			t.Fatalf("%+v %v", res, err)
+		}
+		day := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+		for i := range 2 {
+			if made, err := s.PrepareWindow(ctx, day); err != nil || made != (i == 0) {
+				t.Fatalf("preparing %d: made %v, %v", i+1, made, err)
+			}
+			if got := checkRollups(t, s, "prepared"); !slices.Equal(got, []int64{micros(day)}) {
+				t.Fatalf("windows %v", got)
+			}
+		}
+		if _, err := s.PrepareWindow(ctx, day.Add(time.Hour)); !errors.Is(err, ErrBadQuery) {
+			t.Fatalf("a window from 01:00: %v", err)
+		}
 	})
 }
