@@ -1,21 +1,17 @@
 package cli
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/agentauthz/agentauthz/internal/checkreq"
 	"github.com/agentauthz/agentauthz/internal/testenv/browser"
 )
 
@@ -92,7 +88,7 @@ func TestConsoleBrowserReplica(t *testing.T) {
 
 	check := func() (string, string) {
 		t.Helper()
-		return envoyCheck(t, rep, []byte(certPEM))
+		return envoyCheck(t, rep, "GET", []byte(certPEM))
 	}
 	// The first Check: allowed, and in the live tail.
 	got, first := check()
@@ -178,40 +174,6 @@ func TestConsoleBrowserReplica(t *testing.T) {
 			t.Errorf("agent page lacks %q", want)
 		}
 	}
-}
-
-// envoyCheck sends the replica the Check Envoy sends for GET /v1/payments
-// by the agent whose certificate certPEM is (the peer certificate of the
-// mTLS connection), and returns the decision's reason ("allowed") and id.
-func envoyCheck(t *testing.T, r *replica, certPEM []byte) (string, string) {
-	t.Helper()
-	req, err := checkreq.Build(checkreq.Request{Method: "GET", Path: "/v1/payments", CertPEM: certPEM, Via: checkreq.ViaPeer,
-		RequestID: "req-" + strconv.FormatInt(time.Now().UnixNano(), 36)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	resp, err := r.client.Check(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.GetStatus().GetCode() == 0 {
-		for _, h := range resp.GetOkResponse().GetResponseHeadersToAdd() {
-			if h.GetHeader().GetKey() == "x-decision-id" {
-				return "allowed", h.GetHeader().GetValue()
-			}
-		}
-		t.Fatal("an allowed Check without x-decision-id")
-	}
-	var body struct {
-		Reason     string `json:"reason"`
-		DecisionID string `json:"decision_id"`
-	}
-	if err := json.Unmarshal([]byte(resp.GetDeniedResponse().GetBody()), &body); err != nil || body.DecisionID == "" {
-		t.Fatalf("denied body %q: %v", resp.GetDeniedResponse().GetBody(), err)
-	}
-	return body.Reason, body.DecisionID
 }
 
 // awaitCheck repeats check until it answers want, and returns that

@@ -224,7 +224,17 @@ func (f *controlFleet) check(t *testing.T, r *replica, agent string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, err := checkreq.Build(checkreq.Request{Method: "POST", Path: "/v1/payments", CertPEM: pemData, Via: checkreq.ViaPeer})
+	reason, _ := envoyCheck(t, r, "POST", pemData)
+	return reason
+}
+
+// envoyCheck sends the replica the Check Envoy sends for method /v1/payments
+// by the agent whose certificate certPEM is (the peer certificate of the
+// mTLS connection), and returns the decision's reason ("allowed") and id.
+func envoyCheck(t *testing.T, r *replica, method string, certPEM []byte) (string, string) {
+	t.Helper()
+	req, err := checkreq.Build(checkreq.Request{Method: method, Path: "/v1/payments", CertPEM: certPEM, Via: checkreq.ViaPeer,
+		RequestID: "req-" + strconv.FormatInt(time.Now().UnixNano(), 36)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,15 +245,21 @@ func (f *controlFleet) check(t *testing.T, r *replica, agent string) string {
 		t.Fatal(err)
 	}
 	if resp.GetStatus().GetCode() == 0 {
-		return "allowed"
+		for _, h := range resp.GetOkResponse().GetResponseHeadersToAdd() {
+			if h.GetHeader().GetKey() == "x-decision-id" {
+				return "allowed", h.GetHeader().GetValue()
+			}
+		}
+		t.Fatal("an allowed Check without x-decision-id")
 	}
 	var body struct {
-		Reason string `json:"reason"`
+		Reason     string `json:"reason"`
+		DecisionID string `json:"decision_id"`
 	}
-	if err := json.Unmarshal([]byte(resp.GetDeniedResponse().GetBody()), &body); err != nil {
+	if err := json.Unmarshal([]byte(resp.GetDeniedResponse().GetBody()), &body); err != nil || body.DecisionID == "" {
 		t.Fatalf("denied body %q: %v", resp.GetDeniedResponse().GetBody(), err)
 	}
-	return body.Reason
+	return body.Reason, body.DecisionID
 }
 
 // cli runs one agentauthz command and fails the test unless it exits 0.

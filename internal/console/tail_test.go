@@ -232,6 +232,17 @@ func (c *consumer) wait(t *testing.T, n int) []string {
 	}
 }
 
+// subscribe subscribes to h until the test ends.
+func subscribe(t *testing.T, h *tailHub) *tailSub {
+	t.Helper()
+	s, err := h.subscribe(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.unsubscribe(s) })
+	return s
+}
+
 // fastHub makes e's hub poll every 10 ms, before any stream starts it.
 func fastHub(e *env) *tailHub {
 	e.con.hub.interval = 10 * time.Millisecond
@@ -246,11 +257,7 @@ func TestTailHubFanOut(t *testing.T) {
 	h := fastHub(e)
 	var cs []*consumer
 	for range 3 {
-		s, err := h.subscribe(context.Background(), "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer h.unsubscribe(s)
+		s := subscribe(t, h)
 		cs = append(cs, consume(t, s))
 	}
 	var want []string
@@ -279,11 +286,7 @@ func TestTailHubFanOut(t *testing.T) {
 	// A subscriber that joins now is sent what is stored after it joined,
 	// not the batch the poller has not read yet.
 	shipMore(t, e.rs, "before", "reports-bot", 1)
-	late, err := h.subscribe(context.Background(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.unsubscribe(late)
+	late := subscribe(t, h)
 	lc := consume(t, late)
 	shipMore(t, e.rs, "after", "reports-bot", 1)
 	if got := cs[0].wait(t, len(want)+2); !slices.Contains(got, "before-0") || !slices.Contains(got, "after-0") {
@@ -305,18 +308,10 @@ func TestTailHubFanOut(t *testing.T) {
 func TestTailHubSlowSubscriber(t *testing.T) {
 	e := newEnv(t)
 	h := fastHub(e)
-	slow, err := h.subscribe(context.Background(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.unsubscribe(slow)
+	slow := subscribe(t, h)
 	var fast []*consumer
 	for range 2 {
-		s, err := h.subscribe(context.Background(), "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer h.unsubscribe(s)
+		s := subscribe(t, h)
 		fast = append(fast, consume(t, s))
 	}
 	var shipped []string
