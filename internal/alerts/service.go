@@ -79,7 +79,9 @@ type Config struct {
 	Webhook    string
 	Logger     hclog.Logger
 	Registerer prometheus.Registerer
-	// Now is the wall clock (expiries, leases); default time.Now.
+	// Now is the wall clock (expiries; the lease on SQLite, whose instances
+	// share a host; on PostgreSQL the lease runs on the database's clock);
+	// default time.Now.
 	Now func() time.Time
 }
 
@@ -250,7 +252,7 @@ func (s *Service) stop() error {
 // more is true when a log had more records than one step reads.
 func (s *Service) step(ctx context.Context) (more bool, err error) {
 	now := s.cfg.Now()
-	leader, err := s.db.lease(s.holder, now, now.Add(s.cfg.Lease))
+	leader, err := s.db.lease(s.holder, now, s.cfg.Lease)
 	if err != nil {
 		return false, err
 	}

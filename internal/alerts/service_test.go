@@ -682,12 +682,11 @@ func TestLeaseOneHolder(t *testing.T) {
 			t.Cleanup(func() { d.sql.Close() })
 			dbs[i] = d
 		}
-		now := time.Now()
 		won := make([]bool, n)
 		var wg sync.WaitGroup
 		for i := range dbs {
 			wg.Go(func() {
-				ok, err := dbs[i].lease(fmt.Sprint("holder-", i), now, now.Add(time.Minute))
+				ok, err := dbs[i].lease(fmt.Sprint("holder-", i), time.Now(), time.Minute)
 				if err != nil {
 					t.Error(err)
 				}
@@ -708,23 +707,71 @@ func TestLeaseOneHolder(t *testing.T) {
 			t.Fatal("nobody took the free lease")
 		}
 		other := (holder + 1) % n
-		if ok, err := dbs[other].lease(fmt.Sprint("holder-", other), now.Add(30*time.Second), now.Add(90*time.Second)); ok || err != nil {
+		if ok, err := dbs[other].lease(fmt.Sprint("holder-", other), time.Now(), time.Minute); ok || err != nil {
 			t.Errorf("took a lease that had not run out: %v %v", ok, err)
 		}
-		if ok, err := dbs[holder].lease(fmt.Sprint("holder-", holder), now.Add(30*time.Second), now.Add(90*time.Second)); !ok || err != nil {
+		// The holder renews for a moment only; once it has run out, the
+		// other takes it.
+		const short = 300 * time.Millisecond
+		if ok, err := dbs[holder].lease(fmt.Sprint("holder-", holder), time.Now(), short); !ok || err != nil {
 			t.Errorf("the holder could not renew: %v %v", ok, err)
 		}
-		if ok, err := dbs[other].lease(fmt.Sprint("holder-", other), now.Add(91*time.Second), now.Add(2*time.Minute)); !ok || err != nil {
+		time.Sleep(short + 50*time.Millisecond)
+		if ok, err := dbs[other].lease(fmt.Sprint("holder-", other), time.Now(), time.Minute); !ok || err != nil {
 			t.Errorf("could not take a lease that ran out: %v %v", ok, err)
 		}
-		if err := dbs[other].saveState(fmt.Sprint("holder-", holder), []byte("x"), nil, now); !errors.Is(err, errLeaseLost) {
+		if err := dbs[other].saveState(fmt.Sprint("holder-", holder), []byte("x"), nil, time.Now()); !errors.Is(err, errLeaseLost) {
 			t.Errorf("the former holder saved its state over the new holder's: %v", err)
 		}
 		if err := dbs[other].release(fmt.Sprint("holder-", other)); err != nil {
 			t.Fatal(err)
 		}
-		if ok, err := dbs[holder].lease(fmt.Sprint("holder-", holder), now.Add(92*time.Second), now.Add(3*time.Minute)); !ok || err != nil {
+		if ok, err := dbs[holder].lease(fmt.Sprint("holder-", holder), time.Now(), time.Minute); !ok || err != nil {
 			t.Errorf("could not take a released lease: %v %v", ok, err)
 		}
 	})
+}
+
+// TestLeaseDatabaseClock: on PostgreSQL the lease runs on the database's
+// clock, so instances whose clocks are an hour off either way cannot take
+// a lease another instance still holds (on their own clocks it ran out, or
+// the holder's ran out at once).
+func TestLeaseDatabaseClock(t *testing.T) {
+	f := newFixture(t, pgShared.Database(t), "bot-1")
+	instance := func(skew time.Duration) *Service {
+		s, err := New(Config{Authority: f.auth, Records: f.store, Store: f.dsn, SaveEvery: time.Hour, Poll: 50 * time.Millisecond,
+			Lease: 500 * time.Millisecond, Now: func() time.Time { return time.Now().Add(skew) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	holds := func(s *Service) bool {
+		t.Helper()
+		step(t, s)
+		return s.det != nil
+	}
+	ahead, behind, right := instance(time.Hour), instance(-time.Hour), instance(0)
+	if !holds(right) {
+		t.Fatal("the first instance did not take the free lease")
+	}
+	if holds(ahead) {
+		t.Error("an instance with its clock an hour ahead took the lease another holds")
+	}
+	if err := right.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !holds(behind) {
+		t.Fatal("the instance with its clock an hour behind did not take the released lease")
+	}
+	if holds(right) || holds(ahead) {
+		t.Error("an instance took the lease of a holder whose clock is an hour behind")
+	}
+	// The holder stops renewing (as after kill -9): once the lease runs out
+	// on the database's clock, another takes over.
+	time.Sleep(600 * time.Millisecond)
+	if !holds(ahead) {
+		t.Error("the lease did not run out on the database's clock")
+	}
 }
