@@ -742,9 +742,9 @@ func TestLeaseOneHolder(t *testing.T) {
 // the holder's ran out at once).
 func TestLeaseDatabaseClock(t *testing.T) {
 	f := newFixture(t, pgShared.Database(t), "bot-1")
-	instance := func(skew time.Duration) *Service {
+	instance := func(skew, lease time.Duration) *Service {
 		s, err := New(Config{Authority: f.auth, Records: f.store, Store: f.dsn, SaveEvery: time.Hour, Poll: 50 * time.Millisecond,
-			Lease: 500 * time.Millisecond, Now: func() time.Time { return time.Now().Add(skew) }})
+			Lease: lease, Now: func() time.Time { return time.Now().Add(skew) }})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -756,7 +756,7 @@ func TestLeaseDatabaseClock(t *testing.T) {
 		step(t, s)
 		return s.det != nil
 	}
-	ahead, behind, right := instance(time.Hour), instance(-time.Hour), instance(0)
+	ahead, behind, right := instance(time.Hour, time.Minute), instance(-time.Hour, time.Minute), instance(0, time.Minute)
 	if !holds(right) {
 		t.Fatal("the first instance did not take the free lease")
 	}
@@ -772,9 +772,16 @@ func TestLeaseDatabaseClock(t *testing.T) {
 	if holds(right) || holds(ahead) {
 		t.Error("an instance took the lease of a holder whose clock is an hour behind")
 	}
-	// The holder stops renewing (as after kill -9): once the lease runs out
-	// on the database's clock, another takes over.
-	time.Sleep(600 * time.Millisecond)
+	// A holder that stops renewing (as after kill -9) blocks the others
+	// until its lease runs out on the database's clock.
+	if err := behind.stop(); err != nil {
+		t.Fatal(err)
+	}
+	const brief = 300 * time.Millisecond
+	if !holds(instance(-time.Hour, brief)) {
+		t.Fatal("an instance did not take the released lease")
+	}
+	time.Sleep(brief + 100*time.Millisecond)
 	if !holds(ahead) {
 		t.Error("the lease did not run out on the database's clock")
 	}
