@@ -367,3 +367,48 @@ func TestRuleCap(t *testing.T) {
 		t.Errorf("the hour's marker: %+v", last)
 	}
 }
+
+// stateSeed is a saved state with agents, identity-failure windows, a
+// spray in progress and a rule's cap reached.
+func stateSeed() []byte {
+	d := New(Config{MaxAlertsPerRule: 1}, nil)
+	feed(d, steady("bot", 4))
+	for i := range 3 {
+		for j, op := range []string{"refunds:issue", "accounts:close", "limits:raise"} {
+			d.Observe(ev(fmt.Sprint("probe-", i), t0.Add(time.Duration(i)*time.Minute+time.Duration(j)*time.Second), op, "10.0.1.7:4000", false, "scope_missing"))
+		}
+	}
+	for i := range 8 {
+		d.Observe(failure(t0.AddDate(0, 0, 4).Add(time.Duration(i)*time.Second), fmt.Sprintf("%064x", i), "203.0.113.9:4000"))
+	}
+	var buf bytes.Buffer
+	if err := d.State().Save(&buf); err != nil {
+		panic(err)
+	}
+	return buf.Bytes()
+}
+
+// FuzzLoad: any state file loads or is refused, and a detector over one
+// that loads takes records without panicking.
+func FuzzLoad(f *testing.F) {
+	f.Add(stateSeed())
+	f.Add([]byte(`{"version":1,"agents":{},"certs":{},"identity_failures":{},"cooldowns":{}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, err := Load(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		d := New(Config{MaxAlertsPerRule: 2}, st)
+		at := st.Clock
+		seq = 1 << 30 // decision ids the state has not seen
+		for i := range 3 {
+			at = at.Add(time.Duration(i) * 40 * time.Minute)
+			d.Observe(ev("bot", at, "payments:read", "10.0.1.7:4000", true, "allowed"))
+			d.Observe(ev("probe-1", at.Add(time.Second), "refunds:issue", "10.0.9.7:4000", false, "scope_missing"))
+			d.Observe(failure(at.Add(2*time.Second), fmt.Sprintf("%064x", i), "203.0.113.9:4000"))
+			d.Observe(Event{Time: at.Add(3 * time.Second), DecisionID: fmt.Sprint("fz-", i), Agent: "spiffe://acme.example/agent/bot",
+				CertSHA256: fmt.Sprintf("%064x", i), Network: "10.9.9.0/24", Operation: "refunds:issue", Reason: "scope_missing"})
+			d.Observe(ev("bot", at.AddDate(0, 0, 1), "payments:read", "10.0.1.7:4000", true, "allowed"))
+		}
+	})
+}

@@ -22,7 +22,7 @@ type State struct {
 	Certs     map[string]*certUse    `json:"certs"`
 	Failures  map[string]*window     `json:"identity_failures"`
 	Quiet     map[string]time.Time   `json:"cooldowns"`
-	Sprays    map[string]*spray      `json:"identity_sprays,omitempty"`
+	Sprays    map[string]*spray      `json:"identity_sprays,omitempty"` // by log
 	Caps      map[string]*ruleCap    `json:"rule_caps,omitempty"`
 	SeenIDs   []string               `json:"seen_decision_ids"` // ring of recent decision ids (duplicates)
 	SeenNext  int                    `json:"seen_next"`
@@ -103,9 +103,13 @@ func Load(r io.Reader) (*State, error) {
 		s.seenSet[id] = struct{}{}
 	}
 	for k, a := range s.Agents {
-		if a == nil || a.Ops.Values == nil || a.Routes.Values == nil || a.Networks.Values == nil || a.OpStates == nil || a.Daily == nil {
+		if a == nil || a.Ops.Values == nil || a.Routes.Values == nil || a.Networks.Values == nil || a.OpStates == nil || a.Daily == nil ||
+			slices.Contains(slices.Collect(maps.Values(a.OpStates)), nil) || slices.Contains(slices.Collect(maps.Values(a.Daily)), nil) {
 			return nil, fmt.Errorf("anomaly state: agent %q is incomplete", k)
 		}
+	}
+	if slices.Contains(slices.Collect(maps.Values(s.Certs)), nil) || slices.Contains(slices.Collect(maps.Values(s.Failures)), nil) {
+		return nil, errors.New("anomaly state: an empty certificate or identity-failure entry")
 	}
 	return s, nil
 }

@@ -91,10 +91,10 @@ func (d *Detector) failureWindow(key string, known bool) *window {
 
 // sprayOf returns e's replica's spray, ending one that is over first.
 func (d *Detector) sprayOf(e *Event) *spray {
-	name := "replica:" + cmp.Or(e.Log, "-")
+	name := cmp.Or(e.Log, "-")
 	sp := d.st.Sprays[name]
 	if sp == nil && len(d.st.Sprays) >= maxSprays {
-		name = "replica:*"
+		name = "*"
 		sp = d.st.Sprays[name]
 	}
 	if sp != nil && sp.over(e.Time) {
@@ -102,7 +102,7 @@ func (d *Detector) sprayOf(e *Event) *spray {
 		sp = nil
 	}
 	if sp == nil {
-		sp = &spray{Agent: name, Start: e.Time, Reasons: map[string]int{}}
+		sp = &spray{Agent: "replica:" + name, Start: e.Time, Reasons: map[string]int{}}
 		d.st.Sprays[name] = sp
 	}
 	return sp
