@@ -12,11 +12,17 @@ import (
 // tryLockFile takes an exclusive flock(2) on f without blocking; false means
 // someone else holds it. flock locks belong to the open file description, so
 // they are released when f is closed, including when the process dies.
-func tryLockFile(f *os.File) (bool, error) {
+func tryLockFile(f *os.File) (bool, error) { return tryFlock(f, unix.LOCK_EX) }
+
+// tryLockFileShared takes a shared flock(2) on f without blocking: shared
+// holders exclude only tryLockFile.
+func tryLockFileShared(f *os.File) (bool, error) { return tryFlock(f, unix.LOCK_SH) }
+
+func tryFlock(f *os.File, how int) (bool, error) {
 	var ferr error
 	err := flockCtl(f, func(fd int) {
 		for {
-			ferr = unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+			ferr = unix.Flock(fd, how|unix.LOCK_NB)
 			if !errors.Is(ferr, unix.EINTR) {
 				return
 			}

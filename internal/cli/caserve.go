@@ -38,7 +38,7 @@ func newControlCmd() *cobra.Command {
 		Short: "Run the control plane: revocations and restrictions for every replica",
 	}
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", caEnvDataDir(), "data directory (env AGENTAUTHZ_DATA_DIR)")
-	cmd.AddCommand(newCAServeCmd())
+	cmd.AddCommand(newCAServeCmd(), newMigrateStoreCmd())
 	return cmd
 }
 
@@ -127,6 +127,7 @@ type revocationServer struct {
 	alerts  *alerts.Service // nil when the anomaly detector is off
 	con     *console.Console
 	log     hclog.Logger
+	unlock  func() // the data directory's shared lock (ca.LockDataDir)
 }
 
 // controlOptions are the transport settings of the control plane.
@@ -153,7 +154,7 @@ type controlOptions struct {
 // a lateRegisterer for serve's registry and serves no /metrics here. Run
 // serves; Close releases the inventory (and the listener if Run never ran).
 func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.Registerer, metrics prometheus.Gatherer,
-	poll, heartbeat time.Duration, opts controlOptions) (*revocationServer, error) {
+	poll, heartbeat time.Duration, opts controlOptions) (srv *revocationServer, err error) {
 	invOpts := []ca.Option{ca.MustExist()}
 	if ca.IsPostgres(opts.store) {
 		invOpts = append(invOpts, ca.WithStore(opts.store)) // the inventory and change log too
@@ -166,6 +167,18 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		}
 		return nil, withHint(fmt.Errorf("open ca inventory: %w", err), "create a CA first: agentauthz ca init --data-dir %s", dataDir)
 	}
+	// Held shared while the control plane runs: control migrate-store
+	// refuses to copy stores that may still change.
+	unlock, err := ca.LockDataDir(dataDir, false)
+	if err != nil {
+		auth.Close()
+		return nil, withHint(err, "wait for agentauthz control migrate-store on %s to finish", dataDir)
+	}
+	defer func() {
+		if srv == nil {
+			unlock()
+		}
+	}()
 	pub, err := revocation.NewPublisher(revocation.PublisherConfig{
 		Store: auth, Logger: log, Registerer: reg,
 		GenerationPoll: poll, Heartbeat: heartbeat, NotFound: ca.ErrNotFound,
@@ -174,7 +187,7 @@ func newRevocationServer(dataDir, addr string, log hclog.Logger, reg prometheus.
 		auth.Close()
 		return nil, err
 	}
-	rs := &revocationServer{auth: auth, pub: pub, plain: opts.plain, log: log}
+	rs := &revocationServer{auth: auth, pub: pub, plain: opts.plain, log: log, unlock: unlock}
 	var authn *control.Authenticator
 	if !opts.plain {
 		if rs.op, err = control.OpenOperatorCA(dataDir, true); err != nil {
@@ -334,7 +347,9 @@ func (r *revocationServer) Close() error {
 	if errors.Is(lerr, net.ErrClosed) {
 		lerr = nil
 	}
-	return errors.Join(lerr, r.closeStores())
+	err := errors.Join(lerr, r.closeStores())
+	r.unlock()
+	return err
 }
 
 func (r *revocationServer) closeStores() error {
