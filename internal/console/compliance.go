@@ -247,11 +247,23 @@ func (c *Console) lastRevocations(ctx context.Context) ([]revocationRow, error) 
 		return nil, err
 	}
 	var out []revocationRow
+	// Revoking an agent writes an event per certificate and one for the
+	// agent, at one time: the records are read once for them.
+	type key struct {
+		spiffeID string
+		at       time.Time
+	}
+	seen := map[key]revocationRow{}
 	for _, e := range events {
 		if e.AgentID == "" {
 			continue
 		}
 		rr := revocationRow{Event: e, SPIFFEID: ca.SPIFFEID(e.TrustDomain, e.AgentID)}
+		if same, ok := seen[key{rr.SPIFFEID, e.At}]; ok {
+			rr.Logs, rr.AllowedAfter = same.Logs, same.AllowedAfter
+			out = append(out, rr)
+			continue
+		}
 		first, allowed, err := c.cfg.Records.AfterRevocation(ctx, rr.SPIFFEID, e.At, evidence.PropagationBound,
 			string(reason.CertificateRevoked), string(reason.AgentRevoked))
 		if err != nil {
@@ -263,6 +275,7 @@ func (c *Console) lastRevocations(ctx context.Context) ([]revocationRow, error) 
 		sort.Slice(rr.Logs, func(i, j int) bool { return rr.Logs[i].Log < rr.Logs[j].Log })
 		rr.AllowedAfter = allowed
 		out = append(out, rr)
+		seen[key{rr.SPIFFEID, e.At}] = rr
 	}
 	return out, nil
 }
