@@ -299,7 +299,14 @@ func (s *scale) checkRevocations(t *testing.T) {
 		t.Fatalf("last revocations: %d rows, %v", len(rows), err)
 	}
 	var silent, calling, leaky int
+	shown := map[string]bool{}
 	for _, row := range rows {
+		// One row per revocation, though it wrote an event per certificate
+		// and one for the agent.
+		if shown[row.AgentID] || row.Event.Event != "agent_revoke" {
+			t.Errorf("revocation of %s shown again, or not as the agent's event (%s)", row.AgentID, row.Event.Event)
+		}
+		shown[row.AgentID] = true
 		w := s.revoked[row.AgentID]
 		if w == nil {
 			t.Fatalf("revocation of %s: not one of the benchmark's", row.AgentID)
