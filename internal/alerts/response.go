@@ -104,6 +104,9 @@ func ParseResponse(s string) (string, Rule, error) {
 	if rule == anomaly.RuleIdentityFailures && spec != ModeNotify {
 		return "", Rule{}, fmt.Errorf("response %q: identity failures have no agent to restrict; only notify", s)
 	}
+	if rule == anomaly.RuleSuppressed && spec != ModeNotify {
+		return "", Rule{}, fmt.Errorf("response %q: a count of alerts held back has no agent to restrict; only notify", s)
+	}
 	mode, rest, _ := strings.Cut(spec, ":")
 	r := Rule{Mode: mode, Action: Action{ForSeconds: int64(DefaultFor / time.Second)}}
 	switch mode {

@@ -79,7 +79,9 @@ type Config struct {
 	Webhook    string
 	Logger     hclog.Logger
 	Registerer prometheus.Registerer
-	// Now is the wall clock (expiries, leases); default time.Now.
+	// Now is the wall clock (expiries; the lease on SQLite, whose instances
+	// share a host; on PostgreSQL the lease runs on the database's clock);
+	// default time.Now.
 	Now func() time.Time
 }
 
@@ -136,6 +138,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Detector.KnownCertificate == nil {
+		cfg.Detector.KnownCertificate = newIssued(cfg.Authority, cfg.Now, cfg.Logger).has
 	}
 	d, err := openDB(cfg.Path, cfg.Store)
 	if err != nil {
@@ -250,7 +255,7 @@ func (s *Service) stop() error {
 // more is true when a log had more records than one step reads.
 func (s *Service) step(ctx context.Context) (more bool, err error) {
 	now := s.cfg.Now()
-	leader, err := s.db.lease(s.holder, now, now.Add(s.cfg.Lease))
+	leader, err := s.db.lease(s.holder, now, s.cfg.Lease)
 	if err != nil {
 		return false, err
 	}
@@ -490,15 +495,23 @@ func alertDetail(a *Alert) string {
 		Observed  string   `json:"observed"`
 		Deviation string   `json:"deviation"`
 		Decisions []string `json:"decisions"`
+		Count     int      `json:"count,omitempty"`
+		Sample    []string `json:"sample,omitempty"`
 	}
 	al := &a.Alert
 	r := row{ID: a.ID, Rule: al.Rule, Agent: al.Agent, Key: al.Key, Time: al.Time.UTC().Format(time.RFC3339Nano),
 		Since: al.Since.UTC().Format(time.RFC3339Nano), Baseline: al.Baseline, Observed: al.Observed, Deviation: al.Deviation,
-		Decisions: al.DecisionIDs}
+		Decisions: slices.Clone(al.DecisionIDs), Count: al.Count, Sample: slices.Clone(al.Sample)}
 	for limit := 400; ; limit /= 2 {
 		b, _ := json.Marshal(r) // strings: cannot fail
 		if len(b) <= maxDetail {
 			return clean(string(b))
+		}
+		if len(r.Sample) > 2 { // the count stays; the store keeps the whole sample
+			r.Sample = r.Sample[:2]
+		}
+		for i := range r.Sample {
+			r.Sample[i] = fit(r.Sample[i], limit/2)
 		}
 		r.Agent, r.Key = fit(r.Agent, limit), fit(r.Key, limit)
 		r.Baseline, r.Observed, r.Deviation = fit(r.Baseline, limit), fit(r.Observed, limit), fit(r.Deviation, limit)

@@ -4,6 +4,9 @@ import (
 	"cmp"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/agentauthz/agentauthz/internal/anomaly"
@@ -682,12 +686,11 @@ func TestLeaseOneHolder(t *testing.T) {
 			t.Cleanup(func() { d.sql.Close() })
 			dbs[i] = d
 		}
-		now := time.Now()
 		won := make([]bool, n)
 		var wg sync.WaitGroup
 		for i := range dbs {
 			wg.Go(func() {
-				ok, err := dbs[i].lease(fmt.Sprint("holder-", i), now, now.Add(time.Minute))
+				ok, err := dbs[i].lease(fmt.Sprint("holder-", i), time.Now(), time.Minute)
 				if err != nil {
 					t.Error(err)
 				}
@@ -708,23 +711,216 @@ func TestLeaseOneHolder(t *testing.T) {
 			t.Fatal("nobody took the free lease")
 		}
 		other := (holder + 1) % n
-		if ok, err := dbs[other].lease(fmt.Sprint("holder-", other), now.Add(30*time.Second), now.Add(90*time.Second)); ok || err != nil {
+		if ok, err := dbs[other].lease(fmt.Sprint("holder-", other), time.Now(), time.Minute); ok || err != nil {
 			t.Errorf("took a lease that had not run out: %v %v", ok, err)
 		}
-		if ok, err := dbs[holder].lease(fmt.Sprint("holder-", holder), now.Add(30*time.Second), now.Add(90*time.Second)); !ok || err != nil {
+		// The holder renews for a moment only; once it has run out, the
+		// other takes it.
+		const short = 300 * time.Millisecond
+		if ok, err := dbs[holder].lease(fmt.Sprint("holder-", holder), time.Now(), short); !ok || err != nil {
 			t.Errorf("the holder could not renew: %v %v", ok, err)
 		}
-		if ok, err := dbs[other].lease(fmt.Sprint("holder-", other), now.Add(91*time.Second), now.Add(2*time.Minute)); !ok || err != nil {
+		time.Sleep(short + 50*time.Millisecond)
+		if ok, err := dbs[other].lease(fmt.Sprint("holder-", other), time.Now(), time.Minute); !ok || err != nil {
 			t.Errorf("could not take a lease that ran out: %v %v", ok, err)
 		}
-		if err := dbs[other].saveState(fmt.Sprint("holder-", holder), []byte("x"), nil, now); !errors.Is(err, errLeaseLost) {
+		if err := dbs[other].saveState(fmt.Sprint("holder-", holder), []byte("x"), nil, time.Now()); !errors.Is(err, errLeaseLost) {
 			t.Errorf("the former holder saved its state over the new holder's: %v", err)
 		}
 		if err := dbs[other].release(fmt.Sprint("holder-", other)); err != nil {
 			t.Fatal(err)
 		}
-		if ok, err := dbs[holder].lease(fmt.Sprint("holder-", holder), now.Add(92*time.Second), now.Add(3*time.Minute)); !ok || err != nil {
+		if ok, err := dbs[holder].lease(fmt.Sprint("holder-", holder), time.Now(), time.Minute); !ok || err != nil {
 			t.Errorf("could not take a released lease: %v %v", ok, err)
+		}
+	})
+}
+
+// TestLeaseDatabaseClock: on PostgreSQL the lease runs on the database's
+// clock, so instances whose clocks are an hour off either way cannot take
+// a lease another instance still holds (on their own clocks it ran out, or
+// the holder's ran out at once).
+func TestLeaseDatabaseClock(t *testing.T) {
+	f := newFixture(t, pgShared.Database(t), "bot-1")
+	instance := func(skew, lease time.Duration) *Service {
+		s, err := New(Config{Authority: f.auth, Records: f.store, Store: f.dsn, SaveEvery: time.Hour, Poll: 50 * time.Millisecond,
+			Lease: lease, Now: func() time.Time { return time.Now().Add(skew) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	holds := func(s *Service) bool {
+		t.Helper()
+		step(t, s)
+		return s.det != nil
+	}
+	ahead, behind, right := instance(time.Hour, time.Minute), instance(-time.Hour, time.Minute), instance(0, time.Minute)
+	if !holds(right) {
+		t.Fatal("the first instance did not take the free lease")
+	}
+	if holds(ahead) {
+		t.Error("an instance with its clock an hour ahead took the lease another holds")
+	}
+	if err := right.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !holds(behind) {
+		t.Fatal("the instance with its clock an hour behind did not take the released lease")
+	}
+	if holds(right) || holds(ahead) {
+		t.Error("an instance took the lease of a holder whose clock is an hour behind")
+	}
+	// A holder that stops renewing (as after kill -9) blocks the others
+	// until its lease runs out on the database's clock.
+	if err := behind.stop(); err != nil {
+		t.Fatal(err)
+	}
+	const brief = 300 * time.Millisecond
+	if !holds(instance(-time.Hour, brief)) {
+		t.Fatal("an instance did not take the released lease")
+	}
+	time.Sleep(brief + 100*time.Millisecond)
+	if !holds(ahead) {
+		t.Error("the lease did not run out on the database's clock")
+	}
+}
+
+// TestForgedCertificateSpray: 10,000 forged certificates, each presented
+// five times, shipped by a replica (one identity_failures alert and one
+// change-log row per certificate before), give a handful of alerts and
+// rows, the last of which counts every failure. A certificate the
+// inventory issued that fails meanwhile (expired) keeps its own alert.
+func TestForgedCertificateSpray(t *testing.T) {
+	f := newFixture(t, "", "bot-1")
+	cs, err := f.auth.List(ca.ListFilter{TrustDomain: td, AgentID: "bot-1"})
+	if err != nil || len(cs) != 1 {
+		t.Fatal(cs, err)
+	}
+	genuine := certHash(t, cs[0].PEM)
+	fail := func(id int, cert, reason string, at time.Duration) {
+		rec := &decisionlog.Record{DecisionID: fmt.Sprintf("f-%06d", id), Time: f.base.Add(at),
+			Agent:    decisionlog.Agent{CertSHA256: cert, Issuer: "CN=Acme Agents CA,O=Acme"},
+			Request:  decisionlog.Request{Method: "POST", Path: "/v1/payments", Source: fmt.Sprintf("203.0.%d.9:4000", id%200)},
+			Decision: decisionlog.Decision{HTTPStatus: 403, Reasons: []string{reason}}}
+		if _, err := f.log.Append(context.Background(), rec); err != nil {
+			t.Error(err)
+		}
+	}
+	const certs, tries, writers = 10_000, 5, 16
+	var wg sync.WaitGroup
+	for w := range writers { // concurrent appends share a write and fdatasync
+		wg.Go(func() {
+			for i := w; i < certs; i += writers {
+				at := time.Duration(i) * 50 * time.Millisecond
+				forged := sha256.Sum256(fmt.Append(nil, "forged ", i))
+				for j := range tries {
+					fail(i*tries+j, hex.EncodeToString(forged[:]), "untrusted_issuer", at)
+				}
+				if i == certs/2 {
+					for j := range tries {
+						fail(certs*tries+j, genuine, "certificate_expired", at)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	f.n += (certs + 1) * tries
+	f.decide("bot-1", "payments:read", true, "allowed", 20*time.Minute) // record time moves on: the spray has ended
+	f.ship()
+	s := f.service(nil)
+	step(t, s)
+
+	as, err := s.List(context.Background(), Filter{Limit: MaxLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var own, spray, perCert int
+	var total *Alert
+	for i, a := range as {
+		switch {
+		case a.Alert.Agent == genuine:
+			own++
+		case a.Alert.Key == "spray":
+			spray++
+		case a.Alert.Key == "spray total":
+			total = &as[i]
+		default:
+			perCert++
+		}
+	}
+	if own != 1 || spray != 1 || total == nil || perCert > 4 {
+		t.Fatalf("%d alerts: %d of the genuine certificate, %d spray, totals %v, %d of single forged certificates; want 1, 1, yes, at most 4",
+			len(as), own, spray, total != nil, perCert)
+	}
+	if a := total.Alert; a.Count != certs*tries || len(a.Sample) == 0 ||
+		!strings.HasPrefix(a.Observed, fmt.Sprintf("%d identity failures of %d different certificates", certs*tries, certs)) {
+		t.Errorf("the spray's totals: count %d, sample %v, %q", a.Count, a.Sample, a.Observed)
+	}
+	evs, err := f.auth.Events("", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := 0
+	for _, e := range evs {
+		if e.Event == EventAlert {
+			rows++
+			if strings.Contains(e.Detail, `"spray total"`) && !strings.Contains(e.Detail, fmt.Sprintf(`"count":%d`, certs*tries)) {
+				t.Errorf("the totals' change-log row does not say how many: %s", e.Detail)
+			}
+		}
+	}
+	if rows != len(as) {
+		t.Errorf("%d change-log alert rows for %d alerts", rows, len(as))
+	}
+}
+
+func certHash(t *testing.T, certPEM string) string {
+	t.Helper()
+	b, _ := pem.Decode([]byte(certPEM))
+	if b == nil {
+		t.Fatalf("not a PEM certificate: %.40q", certPEM)
+	}
+	sum := sha256.Sum256(b.Bytes)
+	return hex.EncodeToString(sum[:])
+}
+
+// TestIssuedFollowsTheInventory: the detector knows the certificates the
+// inventory issued, including ones issued (or renewed) after it first
+// looked, and no others.
+func TestIssuedFollowsTheInventory(t *testing.T) {
+	eachStore(t, func(t *testing.T, dsn string) {
+		f := newFixture(t, dsn, "bot-1")
+		now := time.Now()
+		k := newIssued(f.auth, func() time.Time { return now }, hclog.NewNullLogger())
+		hashOf := func(agent string) []string {
+			cs, err := f.auth.List(ca.ListFilter{TrustDomain: td, AgentID: agent})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []string
+			for _, c := range cs {
+				out = append(out, certHash(t, c.PEM))
+			}
+			return out
+		}
+		if !k.has(hashOf("bot-1")[0]) || k.has(strings.Repeat("ab", 32)) {
+			t.Fatal("the inventory's certificate is not known, or a forged one is")
+		}
+		if _, err := f.auth.Issue(ca.IssueRequest{TrustDomain: td, AgentID: "bot-2", Trust: 1, Scopes: []string{"payments:read"},
+			TTL: time.Hour, Operator: "admin"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.auth.Renew(ca.RenewRequest{TrustDomain: td, AgentID: "bot-1", Operator: "admin"}); err != nil {
+			t.Fatal(err)
+		}
+		now = now.Add(time.Second)
+		for _, h := range append(hashOf("bot-1"), hashOf("bot-2")...) {
+			if !k.has(h) {
+				t.Errorf("certificate %.12s… issued after the first look is not known", h)
+			}
 		}
 	})
 }

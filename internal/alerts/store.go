@@ -84,6 +84,7 @@ func (r *Response) Open() bool {
 type db struct {
 	sql  *sql.DB
 	path string // for messages: the file, or the database URL without secrets
+	pg   bool
 }
 
 const schema = `
@@ -162,7 +163,7 @@ func openDB(path, dsn string) (*db, error) {
 }
 
 func openPostgres(dsn string) (*db, error) {
-	d := &db{path: pgsql.Redact(dsn)}
+	d := &db{path: pgsql.Redact(dsn), pg: true}
 	var err error
 	if d.sql, err = pgsql.Open(dsn); err != nil {
 		return nil, d.wrap(err)
@@ -381,21 +382,38 @@ func (d *db) loadState() ([]byte, map[string]uint64, error) {
 	return state, cursors, nil
 }
 
-// lease takes or renews the detector lease for holder until until; false
-// when another holder's lease has not run out. One statement: on SQLite the
+// lease takes or renews the detector lease for holder for d; false when
+// another holder's lease has not run out. One statement: on SQLite the
 // write lock, on PostgreSQL the row lock of ON CONFLICT DO UPDATE (which
 // evaluates the WHERE on the latest committed row) make instances taking it
 // at once take turns, so exactly one holds it.
-func (d *db) lease(holder string, now, until time.Time) (bool, error) {
-	res, err := d.sql.Exec(`INSERT INTO lease (name, holder, until_us) VALUES ('detector', ?, ?)
+//
+// Whose clock: on PostgreSQL, instances on several hosts share the lease,
+// so its times are the database's (clock_timestamp() in the statement) and
+// now is not used: an instance whose clock is off cannot take a lease still
+// held, nor hold one longer. On SQLite the instances share one data
+// directory and so one host and one clock: now is that clock.
+func (d *db) lease(holder string, now time.Time, dur time.Duration) (bool, error) {
+	q := `INSERT INTO lease (name, holder, until_us) VALUES ('detector', ?, ?)
 		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_us = excluded.until_us
-		WHERE lease.holder = excluded.holder OR lease.until_us < ?`, holder, until.UnixMicro(), now.UnixMicro())
+		WHERE lease.holder = excluded.holder OR lease.until_us < ?`
+	args := []any{holder, now.Add(dur).UnixMicro(), now.UnixMicro()}
+	if d.pg {
+		q = `INSERT INTO lease (name, holder, until_us) VALUES ('detector', ?, ` + pgNowMicros + ` + ?::bigint)
+		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_us = excluded.until_us
+		WHERE lease.holder = excluded.holder OR lease.until_us < ` + pgNowMicros
+		args = []any{holder, dur.Microseconds()}
+	}
+	res, err := d.sql.Exec(q, args...)
 	if err != nil {
 		return false, d.wrap(err)
 	}
 	n, err := res.RowsAffected()
 	return n == 1, d.wrap(err)
 }
+
+// pgNowMicros is the database's clock in microseconds since the epoch.
+const pgNowMicros = `(extract(epoch from clock_timestamp()) * 1000000)::bigint`
 
 func (d *db) release(holder string) error {
 	_, err := d.sql.Exec(`DELETE FROM lease WHERE name = 'detector' AND holder = ?`, holder)

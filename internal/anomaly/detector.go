@@ -3,7 +3,6 @@ package anomaly
 import (
 	"fmt"
 	"math"
-	"slices"
 	"sort"
 	"time"
 )
@@ -24,7 +23,7 @@ const (
 
 // Rules lists every rule.
 var Rules = []string{RuleRateBurst, RuleRateDrop, RuleNewOperation, RuleNewRoute, RuleNewNetwork, RuleScopeProbing,
-	RuleOffHours, RuleTwoPlaces, RuleIdentityFailures, RuleDrift}
+	RuleOffHours, RuleTwoPlaces, RuleIdentityFailures, RuleDrift, RuleSuppressed}
 
 // Alert is one detection, explained: which baseline, what was observed, how
 // far off, and the records that triggered it.
@@ -41,6 +40,11 @@ type Alert struct {
 	Deviation   string    `json:"deviation"`
 	Score       float64   `json:"score"` // how far off: a ratio or a count over the threshold
 	DecisionIDs []string  `json:"decision_ids"`
+	// Count and Sample, on alerts that stand for many records or alerts
+	// (an identity-failure spray, alerts held back by a rule's cap): how
+	// many, and a few of the certificates, networks or agents involved.
+	Count  int      `json:"count,omitempty"`
+	Sample []string `json:"sample,omitempty"`
 }
 
 // Config tunes the detectors. The zero value takes the defaults below, which
@@ -59,6 +63,16 @@ type Config struct {
 	// MaxValues bounds each agent's learned set of operations, routes and
 	// networks; a full set stops learning (first-use alerts then stop for it).
 	MaxValues int
+	// KnownCertificate reports whether the organisation's CA issued the
+	// certificate with this SHA-256 (the control plane asks its
+	// inventory). Identity failures of such certificates are judged per
+	// certificate only; those of others (and of requests without one) are
+	// also counted per replica, where several different ones make one
+	// spray alert instead of one per certificate. nil: none is known.
+	KnownCertificate func(certSHA256 string) bool
+	// MaxAlertsPerRule bounds each rule's alerts per hour of record time;
+	// the ones over it are counted into alerts_suppressed markers.
+	MaxAlertsPerRule int
 }
 
 func (c *Config) defaults() {
@@ -76,6 +90,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxValues <= 0 {
 		c.MaxValues = 128
+	}
+	if c.MaxAlertsPerRule <= 0 {
+		c.MaxAlertsPerRule = 100
 	}
 }
 
@@ -124,6 +141,9 @@ func (d *Detector) Observe(e Event) []Alert {
 	}
 	if e.Time.After(st.Clock) {
 		d.sweep(e.Time)
+		if e.Time.Truncate(time.Minute).After(st.Clock.Truncate(time.Minute)) {
+			d.minute(e.Time)
+		}
 		st.Clock = e.Time
 	}
 	if e.identityFailure() || e.Agent == "" {
@@ -155,11 +175,7 @@ func (d *Detector) raise(al Alert) {
 		return
 	}
 	d.st.Quiet[k] = al.Time.Add(d.cfg.Cooldown)
-	if len(al.DecisionIDs) > maxIDs {
-		al.DecisionIDs = al.DecisionIDs[len(al.DecisionIDs)-maxIDs:]
-	}
-	al.DecisionIDs = slices.Clone(al.DecisionIDs)
-	d.alerts = append(d.alerts, al)
+	d.emit(al)
 }
 
 func (d *Detector) agent(e Event) *agentState {
@@ -320,20 +336,21 @@ func (d *Detector) twoPlaces(a *agentState, e Event, baselined bool) {
 }
 
 // identity: repeated identity failures per certificate (or, without one, per
-// source network).
+// source network). Those of certificates the CA did not issue are also
+// counted per replica: once several different ones fail there, the spray
+// takes them over (storm.go).
 func (d *Detector) identity(e Event) {
 	key := e.CertSHA256
 	who := "certificate " + key
 	if key == "" {
 		key, who = "net:"+e.Network, "source network "+e.Network
 	}
-	w := d.st.Failures[key]
-	if w == nil {
-		w = &window{}
-		d.st.Failures[key] = w
+	known := d.known(&e)
+	w := d.failureWindow(key, known)
+	if w != nil {
+		w.add(e.Time, e.DecisionID, identityWindow)
 	}
-	w.add(e.Time, e.DecisionID, identityWindow)
-	if w.Count < identityCount {
+	if !known && d.countSpray(d.sprayOf(&e), &e, key, w) || w == nil || w.Count < identityCount {
 		return
 	}
 	d.raise(Alert{Rule: RuleIdentityFailures, Time: e.Time, Since: w.Start, Agent: key, Key: e.Reason,
@@ -391,11 +408,7 @@ func (d *Detector) sweep(now time.Time) {
 			delete(st.Certs, k)
 		}
 	}
-	for k, w := range st.Failures {
-		if now.Sub(w.Last) > identityWindow {
-			delete(st.Failures, k)
-		}
-	}
+	d.flushCaps(now)
 }
 
 // drop: a baselined agent went silent for the last full hour, where that

@@ -3,7 +3,9 @@ package anomaly
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -252,4 +254,161 @@ func TestRateDrop(t *testing.T) {
 	if want := t0.AddDate(0, 0, 4).Add(3 * time.Hour); !drop[0].Time.Equal(want) {
 		t.Fatalf("drop raised at %v, want %v (after a silent hour)", drop[0].Time, want)
 	}
+}
+
+// failure is an identity failure of certificate cert on a replica.
+func failure(at time.Time, cert, src string) Event {
+	seq++
+	return Event{Time: at, DecisionID: fmt.Sprintf("d%d", seq), Log: "replica-1", CertSHA256: cert, Issuer: "CN=Forged CA",
+		Network: Network(src), Reason: "untrusted_issuer", Route: "POST /v1/payments"}
+}
+
+// TestSprayIsOneAlert: 10,000 forged certificates, each tried five times
+// (one identity_failures alert per certificate before), give a handful of
+// alerts: a few per certificate until the spray is recognised, one for the
+// spray and one with its totals when it ends. A certificate the CA issued
+// that fails meanwhile still has its own alert.
+func TestSprayIsOneAlert(t *testing.T) {
+	genuine := fmt.Sprintf("%064x", 1)
+	d := New(Config{KnownCertificate: func(h string) bool { return h == genuine }}, nil)
+	var as []Alert
+	const certs, tries = 10_000, identityCount
+	for i := range certs {
+		at := t0.Add(time.Duration(i) * 50 * time.Millisecond) // 10,000 certificates in 8 min 20 s
+		cert := fmt.Sprintf("%064x", 1_000_000+i)
+		for j := range tries {
+			as = append(as, d.Observe(failure(at.Add(time.Duration(j)*time.Millisecond), cert, fmt.Sprintf("203.0.%d.9:4000", i%200)))...)
+		}
+		if i == 5000 { // a genuine agent's expired certificate, five times
+			for j := range identityCount {
+				e := failure(at.Add(time.Duration(j)*time.Millisecond), genuine, "10.0.1.7:4000")
+				e.Reason = "certificate_expired"
+				as = append(as, d.Observe(e)...)
+			}
+		}
+	}
+	// Record time moves on (another agent's request): the spray has ended.
+	as = append(as, d.Observe(ev("other", t0.Add(20*time.Minute), "payments:read", "10.0.1.7:4000", true, "allowed"))...)
+
+	var perCert, spray, total, own int
+	for _, a := range as {
+		switch {
+		case a.Rule != RuleIdentityFailures:
+			t.Errorf("unexpected %s alert: %+v", a.Rule, a)
+		case a.Agent == genuine:
+			own++
+		case a.Key == "spray":
+			spray++
+		case a.Key == "spray total":
+			total++
+			want := fmt.Sprintf("%d identity failures of %d different certificates", certs*tries, certs)
+			if a.Count != certs*tries || !strings.HasPrefix(a.Observed, want) || len(a.Sample) != maxSample || a.Agent != "replica:replica-1" {
+				t.Errorf("the spray's totals: count %d, sample %d, agent %s, observed %q; want %q…", a.Count, len(a.Sample), a.Agent, a.Observed, want)
+			}
+		default:
+			perCert++
+		}
+	}
+	if spray != 1 || total != 1 || own != 1 || perCert >= sprayDistinct {
+		t.Fatalf("%d alerts: %d per forged certificate, %d spray, %d totals, %d genuine; want < %d, 1, 1, 1", len(as), perCert, spray, total, own, sprayDistinct)
+	}
+	if n := len(d.State().Failures); n > maxFailureKeys {
+		t.Errorf("%d identity-failure windows kept", n)
+	}
+}
+
+// TestSprayBeyondTheWindows: more certificates at once than the
+// per-certificate windows hold are still counted, as not told apart.
+func TestSprayBeyondTheWindows(t *testing.T) {
+	d := New(Config{}, nil)
+	var as []Alert
+	const certs = 2 * maxFailureKeys
+	for i := range certs {
+		as = append(as, d.Observe(failure(t0.Add(time.Duration(i)*time.Millisecond), fmt.Sprintf("%064x", i), "[2001:db8::1]:443"))...)
+	}
+	as = append(as, d.Observe(ev("other", t0.Add(time.Hour), "payments:read", "10.0.1.7:4000", true, "allowed"))...)
+	if len(as) != 2 || as[0].Key != "spray" || as[1].Key != "spray total" {
+		t.Fatalf("%d alerts, want the spray and its totals: %+v", len(as), as)
+	}
+	if a := as[1]; a.Count != certs || !strings.Contains(a.Observed, fmt.Sprintf("%d or more (%d failures not told apart)", maxFailureKeys, maxFailureKeys)) {
+		t.Errorf("totals: count %d, %q", a.Count, a.Observed)
+	}
+	if n := len(d.State().Failures); n > maxFailureKeys {
+		t.Errorf("%d identity-failure windows kept", n)
+	}
+}
+
+// TestRuleCap: over MaxAlertsPerRule alerts of one rule in an hour, the
+// rest are held back and counted: one marker when the cap is reached, one
+// with the count when the hour ends. Other rules are not held back.
+func TestRuleCap(t *testing.T) {
+	d := New(Config{MaxAlertsPerRule: 3}, nil)
+	var as []Alert
+	for i := range 10 {
+		for j, op := range []string{"refunds:issue", "accounts:close", "limits:raise"} {
+			as = append(as, d.Observe(ev(fmt.Sprint("bot-", i), t0.Add(time.Duration(i)*time.Minute+time.Duration(j)*time.Second), op, "10.0.1.7:4000", false, "scope_missing"))...)
+		}
+	}
+	for i := range identityCount {
+		as = append(as, d.Observe(failure(t0.Add(20*time.Minute+time.Duration(i)*time.Second), "bad", "198.51.100.1:4000"))...)
+	}
+	as = append(as, d.Observe(ev("bot-0", t0.Add(90*time.Minute), "payments:read", "10.0.1.7:4000", true, "allowed"))...)
+	count := map[string]int{}
+	for _, a := range as {
+		count[a.Rule+" "+a.Key]++
+	}
+	want := map[string]int{RuleScopeProbing + " ": 3, RuleSuppressed + " " + RuleScopeProbing: 1,
+		RuleSuppressed + " " + RuleScopeProbing + " total": 1, RuleIdentityFailures + " untrusted_issuer": 1}
+	if !maps.Equal(count, want) {
+		t.Fatalf("alerts %v, want %v", count, want)
+	}
+	last := as[len(as)-1]
+	if last.Count != 7 || !strings.HasPrefix(last.Observed, "7 scope_probing alerts held back") || len(last.Sample) != 7 {
+		t.Errorf("the hour's marker: %+v", last)
+	}
+}
+
+// stateSeed is a saved state with agents, identity-failure windows, a
+// spray in progress and a rule's cap reached.
+func stateSeed() []byte {
+	d := New(Config{MaxAlertsPerRule: 1}, nil)
+	feed(d, steady("bot", 4))
+	for i := range 3 {
+		for j, op := range []string{"refunds:issue", "accounts:close", "limits:raise"} {
+			d.Observe(ev(fmt.Sprint("probe-", i), t0.Add(time.Duration(i)*time.Minute+time.Duration(j)*time.Second), op, "10.0.1.7:4000", false, "scope_missing"))
+		}
+	}
+	for i := range 8 {
+		d.Observe(failure(t0.AddDate(0, 0, 4).Add(time.Duration(i)*time.Second), fmt.Sprintf("%064x", i), "203.0.113.9:4000"))
+	}
+	var buf bytes.Buffer
+	if err := d.State().Save(&buf); err != nil {
+		panic(err)
+	}
+	return buf.Bytes()
+}
+
+// FuzzLoad: any state file loads or is refused, and a detector over one
+// that loads takes records without panicking.
+func FuzzLoad(f *testing.F) {
+	f.Add(stateSeed())
+	f.Add([]byte(`{"version":1,"agents":{},"certs":{},"identity_failures":{},"cooldowns":{}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, err := Load(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		d := New(Config{MaxAlertsPerRule: 2}, st)
+		at := st.Clock
+		seq = 1 << 30 // decision ids the state has not seen
+		for i := range 3 {
+			at = at.Add(time.Duration(i) * 40 * time.Minute)
+			d.Observe(ev("bot", at, "payments:read", "10.0.1.7:4000", true, "allowed"))
+			d.Observe(ev("probe-1", at.Add(time.Second), "refunds:issue", "10.0.9.7:4000", false, "scope_missing"))
+			d.Observe(failure(at.Add(2*time.Second), fmt.Sprintf("%064x", i), "203.0.113.9:4000"))
+			d.Observe(Event{Time: at.Add(3 * time.Second), DecisionID: fmt.Sprint("fz-", i), Agent: "spiffe://acme.example/agent/bot",
+				CertSHA256: fmt.Sprintf("%064x", i), Network: "10.9.9.0/24", Operation: "refunds:issue", Reason: "scope_missing"})
+			d.Observe(ev("bot", at.AddDate(0, 0, 1), "payments:read", "10.0.1.7:4000", true, "allowed"))
+		}
+	})
 }

@@ -28,6 +28,7 @@ type Event struct {
 	AgentID    string
 	Tenant     string
 	CertSHA256 string
+	Issuer     string // the certificate's issuer as it claims (set on identity failures too)
 	Source     string // identity source: peer_certificate, xfcc, spiffe_id
 	Operation  string
 	Route      string // method and path with identifiers folded: "GET /v1/payments/*"
@@ -45,7 +46,7 @@ func FromRecord(r *decisionlog.Record) (Event, bool) {
 	}
 	e := Event{
 		Time: r.Time, DecisionID: r.DecisionID, Log: r.Log, AgentID: r.Agent.ID, Tenant: r.Agent.Tenant,
-		CertSHA256: r.Agent.CertSHA256, Source: r.Agent.Source, Operation: r.Request.Operation,
+		CertSHA256: r.Agent.CertSHA256, Issuer: r.Agent.Issuer, Source: r.Agent.Source, Operation: r.Request.Operation,
 		Route: Route(r.Request.Method, r.Request.Path), Host: r.Request.Host, Network: Network(r.Request.Source),
 		Allowed: r.Decision.Allowed,
 	}
@@ -71,6 +72,7 @@ type lineFields struct {
 		SPIFFEID   string `json:"spiffe_id"`
 		Tenant     string `json:"tenant"`
 		CertSHA256 string `json:"cert_sha256"`
+		Issuer     string `json:"issuer"`
 		Source     string `json:"source"`
 	} `json:"agent"`
 	Request struct {
@@ -103,7 +105,7 @@ func FromLine(line []byte) (Event, bool, error) {
 	}
 	e := Event{
 		Time: t, DecisionID: r.DecisionID, Log: r.Log, AgentID: r.Agent.ID, Tenant: r.Agent.Tenant,
-		CertSHA256: r.Agent.CertSHA256, Source: r.Agent.Source, Operation: r.Request.Operation,
+		CertSHA256: r.Agent.CertSHA256, Issuer: r.Agent.Issuer, Source: r.Agent.Source, Operation: r.Request.Operation,
 		Route: Route(r.Request.Method, r.Request.Path), Host: r.Request.Host, Network: Network(r.Request.Source),
 		Allowed: r.Decision.Allowed, Agent: r.Agent.SPIFFEID,
 	}

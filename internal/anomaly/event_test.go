@@ -15,7 +15,7 @@ func lineSeeds() [][]byte {
 			CertSHA256: "ab12", Source: "peer_certificate", Scopes: []string{"payments:read"}},
 			Request:  decisionlog.Request{Method: "GET", Host: "api", Path: "/v1/payments/12345", Operation: "payments:read", Source: "10.1.2.3:4000"},
 			Decision: decisionlog.Decision{Allowed: true, HTTPStatus: 200, Reasons: []string{"allowed"}}},
-		{DecisionID: "d2", Time: at, Log: "replica-1", Agent: decisionlog.Agent{CertSHA256: "cd34"},
+		{DecisionID: "d2", Time: at, Log: "replica-1", Agent: decisionlog.Agent{CertSHA256: "cd34", Issuer: "CN=Forged CA"},
 			Request:  decisionlog.Request{Method: "POST", Path: "/v1/payments", Source: "[2001:db8::1]:443"},
 			Decision: decisionlog.Decision{HTTPStatus: 403, Reasons: []string{"untrusted_issuer"}}},
 		{DecisionID: "d3", Time: at, Log: "replica-1", Kind: decisionlog.KindKeyRotation,

@@ -22,6 +22,8 @@ type State struct {
 	Certs     map[string]*certUse    `json:"certs"`
 	Failures  map[string]*window     `json:"identity_failures"`
 	Quiet     map[string]time.Time   `json:"cooldowns"`
+	Sprays    map[string]*spray      `json:"identity_sprays,omitempty"` // by log
+	Caps      map[string]*ruleCap    `json:"rule_caps,omitempty"`
 	SeenIDs   []string               `json:"seen_decision_ids"` // ring of recent decision ids (duplicates)
 	SeenNext  int                    `json:"seen_next"`
 
@@ -37,7 +39,8 @@ const (
 
 func newState() *State {
 	return &State{Version: stateVersion, Agents: map[string]*agentState{}, Certs: map[string]*certUse{},
-		Failures: map[string]*window{}, Quiet: map[string]time.Time{}, seenSet: map[string]struct{}{}}
+		Failures: map[string]*window{}, Quiet: map[string]time.Time{}, Sprays: map[string]*spray{}, Caps: map[string]*ruleCap{},
+		seenSet: map[string]struct{}{}}
 }
 
 // seen reports whether id was seen among the last maxSeen ids, and records it.
@@ -77,6 +80,22 @@ func Load(r io.Reader) (*State, error) {
 	if s.Agents == nil || s.Certs == nil || s.Failures == nil || s.Quiet == nil {
 		return nil, errors.New("anomaly state: missing sections")
 	}
+	if s.Sprays == nil { // a state saved before sprays and caps were counted
+		s.Sprays = map[string]*spray{}
+	}
+	if s.Caps == nil {
+		s.Caps = map[string]*ruleCap{}
+	}
+	for k, sp := range s.Sprays {
+		if sp == nil || sp.Reasons == nil {
+			return nil, fmt.Errorf("anomaly state: spray %q is incomplete", k)
+		}
+	}
+	for k, c := range s.Caps {
+		if c == nil {
+			return nil, fmt.Errorf("anomaly state: cap %q is incomplete", k)
+		}
+	}
 	if len(s.SeenIDs) > maxSeen || s.SeenNext < 0 || s.SeenNext >= max(len(s.SeenIDs), 1) {
 		return nil, errors.New("anomaly state: bad decision id ring")
 	}
@@ -84,9 +103,13 @@ func Load(r io.Reader) (*State, error) {
 		s.seenSet[id] = struct{}{}
 	}
 	for k, a := range s.Agents {
-		if a == nil || a.Ops.Values == nil || a.Routes.Values == nil || a.Networks.Values == nil || a.OpStates == nil || a.Daily == nil {
+		if a == nil || a.Ops.Values == nil || a.Routes.Values == nil || a.Networks.Values == nil || a.OpStates == nil || a.Daily == nil ||
+			slices.Contains(slices.Collect(maps.Values(a.OpStates)), nil) || slices.Contains(slices.Collect(maps.Values(a.Daily)), nil) {
 			return nil, fmt.Errorf("anomaly state: agent %q is incomplete", k)
 		}
+	}
+	if slices.Contains(slices.Collect(maps.Values(s.Certs)), nil) || slices.Contains(slices.Collect(maps.Values(s.Failures)), nil) {
+		return nil, errors.New("anomaly state: an empty certificate or identity-failure entry")
 	}
 	return s, nil
 }
@@ -153,6 +176,7 @@ type window struct {
 	Last  time.Time `json:"last"`
 	Count int       `json:"count"`
 	IDs   []string  `json:"ids"`
+	Spray time.Time `json:"spray,omitzero"` // the replica's spray it was last counted in (its start)
 }
 
 func (w *window) add(t time.Time, id string, span time.Duration) {

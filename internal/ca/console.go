@@ -13,14 +13,14 @@ import (
 // The console's sign-in state lives in the inventory's database, so that
 // every control-plane instance on one --store shares it and a restart signs
 // nobody out: pending one-time sign-in links and browser sessions, each
-// under the SHA-256 of its secret (the secret itself is never stored).
+// under the SHA-256 of its secret (the secret itself is never stored, nor
+// anything that would let a reader of the store act as the browser).
 // Times are Unix milliseconds.
 
 // ConsoleSession is a signed-in browser as stored.
 type ConsoleSession struct {
 	Operator string
 	Role     string
-	CSRF     string
 	Expires  time.Time
 }
 
@@ -68,8 +68,8 @@ func (a *Authority) PutConsoleSession(hash string, s ConsoleSession, now time.Ti
 		if err := bound(ctx, tx, sessionsBound, now, max); err != nil {
 			return a.storeErr(err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO console_sessions (hash, operator, role, csrf, expires) VALUES (?, ?, ?, ?, ?)`,
-			hash, s.Operator, s.Role, s.CSRF, s.Expires.UnixMilli()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO console_sessions (hash, operator, role, expires) VALUES (?, ?, ?, ?)`,
+			hash, s.Operator, s.Role, s.Expires.UnixMilli()); err != nil {
 			return a.storeErr(err)
 		}
 		return nil
@@ -77,10 +77,11 @@ func (a *Authority) PutConsoleSession(hash string, s ConsoleSession, now time.Ti
 }
 
 // ConsoleOIDC is an OIDC sign-in on its way through the provider: the
-// nonce and PKCE verifier of its authorization request.
+// nonce and PKCE verifier of its authorization request, sealed by the
+// console under a key only the browser's state gives.
 type ConsoleOIDC struct {
-	Nonce, Verifier string
-	Expires         time.Time
+	Sealed  string
+	Expires time.Time
 }
 
 // PutConsoleOIDC stores a pending OIDC sign-in under the hash of its state,
@@ -92,8 +93,8 @@ func (a *Authority) PutConsoleOIDC(hash string, p ConsoleOIDC, now time.Time, ma
 		if err := bound(ctx, tx, oidcBound, now, max); err != nil {
 			return a.storeErr(err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO console_oidc (hash, nonce, verifier, expires) VALUES (?, ?, ?, ?)`,
-			hash, p.Nonce, p.Verifier, p.Expires.UnixMilli()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO console_oidc (hash, sealed, expires) VALUES (?, ?, ?)`,
+			hash, p.Sealed, p.Expires.UnixMilli()); err != nil {
 			return a.storeErr(err)
 		}
 		return nil
@@ -106,7 +107,7 @@ func (a *Authority) ClaimConsoleOIDC(hash string, now time.Time) (ConsoleOIDC, e
 	var p ConsoleOIDC
 	var exp int64
 	err := a.db.QueryRowContext(context.Background(),
-		`DELETE FROM console_oidc WHERE hash = ? RETURNING nonce, verifier, expires`, hash).Scan(&p.Nonce, &p.Verifier, &exp)
+		`DELETE FROM console_oidc WHERE hash = ? RETURNING sealed, expires`, hash).Scan(&p.Sealed, &exp)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ConsoleOIDC{}, ErrNotFound
 	}
@@ -161,8 +162,8 @@ func (a *Authority) ConsoleSession(hash string, now time.Time) (ConsoleSession, 
 	var s ConsoleSession
 	var exp int64
 	err := a.db.QueryRowContext(context.Background(),
-		`SELECT operator, role, csrf, expires FROM console_sessions WHERE hash = ? AND expires > ?`, hash, now.UnixMilli()).
-		Scan(&s.Operator, &s.Role, &s.CSRF, &exp)
+		`SELECT operator, role, expires FROM console_sessions WHERE hash = ? AND expires > ?`, hash, now.UnixMilli()).
+		Scan(&s.Operator, &s.Role, &exp)
 	if errors.Is(err, sql.ErrNoRows) {
 		return s, ErrNotFound
 	}

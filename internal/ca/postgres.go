@@ -123,6 +123,8 @@ CREATE TABLE restrictions (
 	consoleSchema,
 	// 2 → 3, as SQLite's 4 → 5.
 	consoleOIDCSchema,
+	// 3 → 4, as SQLite's 5 → 6.
+	consoleSealedSchema,
 }
 
 // openPostgres connects to the inventory on PostgreSQL and migrates it.

@@ -40,7 +40,7 @@ func (e *StoreError) Unwrap() error { return e.Err }
 
 // schemaVersion is PRAGMA user_version of the current schema. Version 0 is an
 // empty database; migrations[i] moves version i to i+1.
-const schemaVersion = 5
+const schemaVersion = 6
 
 var migrations = []string{
 	// 0 → 1
@@ -139,6 +139,8 @@ ALTER TABLE events ADD COLUMN sig TEXT;
 	consoleSchema,
 	// 4 → 5: the console's OIDC sign-ins under way (console.go).
 	consoleOIDCSchema,
+	// 5 → 6: nothing secret in the console's tables (console.go).
+	consoleSealedSchema,
 }
 
 // consoleSchema is the console's tables, the same on SQLite and PostgreSQL.
@@ -161,6 +163,19 @@ CREATE TABLE console_keys (
 	name TEXT PRIMARY KEY,
 	key  TEXT NOT NULL
 );
+`
+
+// consoleSealedSchema stops keeping the console's secrets in the clear: a
+// session's CSRF token is derived from its cookie value, and a pending OIDC
+// sign-in's nonce and PKCE verifier are sealed under its state, which only
+// the browser holds. Sessions and sign-ins under way end once, on upgrade.
+const consoleSealedSchema = `
+DELETE FROM console_sessions;
+ALTER TABLE console_sessions DROP COLUMN csrf;
+DELETE FROM console_oidc;
+ALTER TABLE console_oidc DROP COLUMN nonce;
+ALTER TABLE console_oidc DROP COLUMN verifier;
+ALTER TABLE console_oidc ADD COLUMN sealed TEXT NOT NULL DEFAULT '';
 `
 
 // consoleOIDCSchema is the console's OIDC sign-ins under way, the same on

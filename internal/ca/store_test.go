@@ -322,3 +322,52 @@ func TestInitBusyKeepsOtherFiles(t *testing.T) {
 		return
 	}
 }
+
+// TestConsoleSecretsMigration: a version-5 store, whose console tables held
+// a session's CSRF token and a pending OIDC sign-in's nonce and verifier in
+// the clear, opens at the current version with those rows and columns gone.
+func TestConsoleSecretsMigration(t *testing.T) {
+	dir := t.TempDir()
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "inventory.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for v, m := range migrations[:5] {
+		if _, err := db.Exec(m); err != nil {
+			t.Fatalf("migration %d: %v", v, err)
+		}
+	}
+	for _, q := range []string{
+		`PRAGMA user_version = 5`,
+		`INSERT INTO console_sessions (hash, operator, role, csrf, expires) VALUES ('h', 'erin', 'responder', 'csrf-in-clear', 9999999999999)`,
+		`INSERT INTO console_oidc (hash, nonce, verifier, expires) VALUES ('h', 'nonce-in-clear', 'verifier-in-clear', 9999999999999)`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+
+	a, err := Open(dir, MustExist())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var n int
+	if err := a.db.QueryRow(`SELECT (SELECT COUNT(*) FROM console_sessions) + (SELECT COUNT(*) FROM console_oidc)`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("console rows kept across the upgrade: %d %v", n, err)
+	}
+	for _, col := range []string{"csrf", "nonce", "verifier"} {
+		if err := a.db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('console_sessions') WHERE name = ?1`+
+			` UNION ALL SELECT COUNT(*) FROM pragma_table_info('console_oidc') WHERE name = ?1`, col).Scan(&n); err != nil || n != 0 {
+			t.Errorf("column %s still there: %d %v", col, n, err)
+		}
+	}
+	now := time.Now()
+	if err := a.PutConsoleOIDC("h2", ConsoleOIDC{Sealed: "s", Expires: now.Add(time.Minute)}, now, 10); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := a.ClaimConsoleOIDC("h2", now); err != nil || p.Sealed != "s" {
+		t.Errorf("pending sign-in after the upgrade: %+v %v", p, err)
+	}
+}

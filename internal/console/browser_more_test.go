@@ -80,16 +80,30 @@ func TestBrowserIssueLiveKeyboard(t *testing.T) {
 		t.Fatalf("ledger-bot in the inventory: %+v %v", d, err)
 	}
 
-	// The live tail shows ledger-bot's first decision when it is shipped.
+	// A decision stored after the live page was rendered and before its
+	// stream connected is its stream's first row, once.
+	held, release := e.holdStreams()
 	a.Do(chromedp.Navigate(e.srv.URL + "/ui/decisions/live"))
-	a.WaitFor(`document.readyState === "complete" && document.getElementById("tail-status").textContent.startsWith("Live")`, 10*time.Second)
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the live page opened no stream")
+	}
+	shipMore(t, e.rs, "replica-gap", "payments-bot", 1)
+	release()
+	a.Do(chromedp.WaitVisible(chromedp.CSS(`#tail-rows tr.new a[href="/ui/decisions/replica-gap-0"]`)))
+	a.WaitFor(`document.getElementById("tail-status").textContent.startsWith("Live")`, 10*time.Second)
+	// The live tail shows ledger-bot's first decision when it is shipped.
 	shipMore(t, e.rs, "replica-ledger", "ledger-bot", 1)
 	a.Do(chromedp.WaitVisible(chromedp.CSS(`#tail-rows tr.new a[href="/ui/decisions/replica-ledger-0"]`)),
 		shot("10-live-tail"))
 	if first := a.Text(`#tail-rows tr:first-child`); !strings.Contains(first, "ledger-bot") || !strings.Contains(first, "GET /v1/reports") {
 		t.Errorf("the live tail's first row: %q", first)
 	}
-	if status := a.Text(`#tail-status`); !strings.Contains(status, "1 new") {
+	if n := a.Eval(`String(document.querySelectorAll('#tail-rows tr[data-id="replica-gap-0"]').length)`); n != "1" {
+		t.Errorf("the decision stored while the stream connected is on the page %s times", n)
+	}
+	if status := a.Text(`#tail-status`); !strings.Contains(status, "2 new") {
 		t.Errorf("live status: %q", status)
 	}
 	a.Do(chromedp.Click(chromedp.CSS(`a[href="/ui/decisions/replica-ledger-0"]`)),

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,6 +42,8 @@ type env struct {
 	rs   *recordstore.Store
 	// noPackKey serves the console with no evidence pack signing key.
 	noPackKey bool
+	// hold, when set, is called before a live-tail stream is served.
+	hold atomic.Pointer[func(*http.Request)]
 }
 
 // newEnv runs the console as the control plane mounts it, on a real TLS
@@ -131,7 +134,13 @@ func (e *env) serve() {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(Prefix, con.Handler())
+	h := con.Handler()
+	mux.Handle(Prefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hold := e.hold.Load(); hold != nil && r.URL.Path == "/ui/decisions/stream" {
+			(*hold)(r)
+		}
+		h.ServeHTTP(w, r)
+	}))
 	srv := httptest.NewUnstartedServer(mux)
 	cert, err := e.op.ServerCertificate([]string{"127.0.0.1"})
 	if err != nil {

@@ -58,3 +58,21 @@ func FuzzOIDCConfig(f *testing.F) {
 		}
 	})
 }
+
+// FuzzTailPosition: a live-tail position's entries decode only from the
+// one canonical form, bounded, never a panic.
+func FuzzTailPosition(f *testing.F) {
+	for _, s := range []string{"", "~aaaaaaaaaaaa.0", "~aaaaaaaaaaaa.1~bbbbbbbbbbbb.20", "~aaaaaaaaaaaa.01", "~bbbbbbbbbbbb.1~aaaaaaaaaaaa.1",
+		"~aaaaaaaaaaaa.9223372036854775807", "~aaaaaaaaaaaa.9223372036854775808", "~aaaaaaaaaaa.1", "~aaaaaaaaaaaa.", "~", "x", "~aaaaaaaaaaaa.1~"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := decodePos(s)
+		if err != nil {
+			return
+		}
+		if got := encodePos(p); got != s {
+			t.Fatalf("%q decodes to %v, which encodes as %q", s, p, got)
+		}
+	})
+}

@@ -3,9 +3,15 @@ package console
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -199,7 +205,11 @@ func (c *Console) oidcStart(w http.ResponseWriter, r *http.Request) {
 	}
 	state, nonce, verifier := randomToken(), randomToken(), oauth2.GenerateVerifier()
 	now := c.cfg.Now()
-	if err := c.cfg.Authority.PutConsoleOIDC(secretHash(state), ca.ConsoleOIDC{Nonce: nonce, Verifier: verifier, Expires: now.Add(oidcPendingTTL)}, now, maxOIDCPending); err != nil {
+	sealed, err := sealOIDC(state, nonce, verifier)
+	if err == nil {
+		err = c.cfg.Authority.PutConsoleOIDC(secretHash(state), ca.ConsoleOIDC{Sealed: sealed, Expires: now.Add(oidcPendingTTL)}, now, maxOIDCPending)
+	}
+	if err != nil {
 		c.cfg.Logger.Error("console: sign-in store", "error", err)
 		c.message(w, r, http.StatusServiceUnavailable, "Sign-in unavailable", "The sign-in store is unavailable; see the control plane's log, then retry.")
 		return
@@ -241,6 +251,12 @@ func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusServiceUnavailable, "The sign-in store is unavailable; sign in again.")
 		return
 	}
+	nonce, verifier, err := openOIDC(state, pend.Sealed)
+	if err != nil {
+		c.cfg.Logger.Error("console: a pending OIDC sign-in does not open with its state", "error", err)
+		refuse(http.StatusBadRequest, "This sign-in cannot be finished: sign in again.")
+		return
+	}
 	oc, p, err := c.oidc.oauth(r.Context())
 	if err != nil {
 		c.cfg.Logger.Error("console: OIDC discovery", "error", err)
@@ -248,7 +264,7 @@ func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := c.oidc.ctx(r.Context())
-	tok, err := oc.Exchange(ctx, q.Get("code"), oauth2.VerifierOption(pend.Verifier))
+	tok, err := oc.Exchange(ctx, q.Get("code"), oauth2.VerifierOption(verifier))
 	if err != nil {
 		c.cfg.Logger.Warn("console: OIDC code exchange", "error", err)
 		refuse(http.StatusUnauthorized, "The identity provider did not accept the sign-in code.")
@@ -265,7 +281,7 @@ func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusUnauthorized, "The ID token did not verify.")
 		return
 	}
-	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(pend.Nonce)) != 1 {
+	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(nonce)) != 1 {
 		refuse(http.StatusUnauthorized, "The ID token is not the one this sign-in asked for (nonce).")
 		return
 	}
@@ -331,4 +347,54 @@ func trunc(s string, n int) string {
 		return strings.ToValidUTF8(s[:n], "")
 	}
 	return s
+}
+
+// sealOIDC seals a pending sign-in's nonce and PKCE verifier with
+// AES-256-GCM under a key derived from its state. The store keeps only the
+// state's hash, so a reader of the store can neither redeem a code it
+// intercepts (the verifier) nor replay an ID token (the nonce).
+func sealOIDC(state, nonce, verifier string) (string, error) {
+	aead, err := oidcAEAD(state)
+	if err != nil {
+		return "", err
+	}
+	iv := make([]byte, aead.NonceSize(), aead.NonceSize()+len(nonce)+1+len(verifier)+aead.Overhead())
+	if _, err := rand.Read(iv); err != nil {
+		return "", err
+	}
+	out := aead.Seal(iv, iv, []byte(nonce+"\n"+verifier), []byte(oidcSealLabel))
+	return base64.RawURLEncoding.EncodeToString(out), nil
+}
+
+// openOIDC is sealOIDC's inverse.
+func openOIDC(state, sealed string) (nonce, verifier string, err error) {
+	aead, err := oidcAEAD(state)
+	if err != nil {
+		return "", "", err
+	}
+	b, err := base64.RawURLEncoding.DecodeString(sealed)
+	if err != nil || len(b) < aead.NonceSize() {
+		return "", "", errors.New("sealed sign-in is malformed")
+	}
+	pt, err := aead.Open(nil, b[:aead.NonceSize()], b[aead.NonceSize():], []byte(oidcSealLabel))
+	if err != nil {
+		return "", "", err
+	}
+	nonce, verifier, ok := strings.Cut(string(pt), "\n")
+	if !ok || nonce == "" || verifier == "" {
+		return "", "", errors.New("sealed sign-in is malformed")
+	}
+	return nonce, verifier, nil
+}
+
+const oidcSealLabel = "agentauthz console oidc pending"
+
+func oidcAEAD(state string) (cipher.AEAD, error) {
+	m := hmac.New(sha256.New, []byte(state))
+	m.Write([]byte(oidcSealLabel))
+	block, err := aes.NewCipher(m.Sum(nil))
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
 }

@@ -1,6 +1,8 @@
 package console
 
 import (
+	"bytes"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"net/url"
@@ -97,8 +99,9 @@ func TestSessionSurvivesRestart(t *testing.T) {
 }
 
 // TestSessionStore checks what the store keeps of a session: only the
-// SHA-256 of the cookie value, the expiry enforced, expired rows purged and
-// the count bounded.
+// SHA-256 of the cookie value (the CSRF token is derived from the value,
+// not stored), the expiry enforced, expired rows purged and the count
+// bounded.
 func TestSessionStore(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *env) {
 		now := time.Now()
@@ -111,8 +114,14 @@ func TestSessionStore(t *testing.T) {
 			t.Errorf("the session is stored under its cookie value: %v", err)
 		}
 		st, err := e.auth.ConsoleSession(secretHash(id), now)
-		if err != nil || st.Operator != "erin" || st.Role != "responder" || st.CSRF != se.csrf || st.CSRF == "" {
+		if err != nil || st.Operator != "erin" || st.Role != "responder" {
 			t.Fatalf("stored session %+v %v", st, err)
+		}
+		if se.csrf == "" || se.csrf != sessionCSRF(id) || se.csrf == sessionCSRF(randomToken()) {
+			t.Errorf("session CSRF token %q is not the one derived from its cookie value", se.csrf)
+		}
+		if got, err := s.get(id, now); err != nil || got == nil || got.csrf != se.csrf {
+			t.Errorf("session read back: %+v %v, want CSRF %q", got, err, se.csrf)
 		}
 		if got, err := s.get(id, se.expires); got != nil || err != nil {
 			t.Errorf("session at its expiry: %+v %v", got, err)
@@ -135,7 +144,7 @@ func TestSessionStore(t *testing.T) {
 		// At the bound, the sessions closest to expiry make room.
 		put := func(name string, exp time.Time) string {
 			h := secretHash(randomToken())
-			if err := e.auth.PutConsoleSession(h, ca.ConsoleSession{Operator: name, Role: "auditor", CSRF: "x", Expires: exp}, now, 3); err != nil {
+			if err := e.auth.PutConsoleSession(h, ca.ConsoleSession{Operator: name, Role: "auditor", Expires: exp}, now, 3); err != nil {
 				t.Fatal(err)
 			}
 			return h
@@ -153,12 +162,17 @@ func TestSessionStore(t *testing.T) {
 		}
 		// An OIDC sign-in under way is claimed once, and not after it expired.
 		for _, exp := range []time.Time{now.Add(time.Minute), now} {
-			h := secretHash(randomToken())
-			if err := e.auth.PutConsoleOIDC(h, ca.ConsoleOIDC{Nonce: "n", Verifier: "v", Expires: exp}, now, maxOIDCPending); err != nil {
+			state := randomToken()
+			h := secretHash(state)
+			sealed, err := sealOIDC(state, "n0nce", "v3rifier")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := e.auth.PutConsoleOIDC(h, ca.ConsoleOIDC{Sealed: sealed, Expires: exp}, now, maxOIDCPending); err != nil {
 				t.Fatal(err)
 			}
 			p, err := e.auth.ClaimConsoleOIDC(h, now)
-			if exp.After(now) != (err == nil) || (err == nil && (p.Nonce != "n" || p.Verifier != "v")) {
+			if exp.After(now) != (err == nil) || (err == nil && p.Sealed != sealed) {
 				t.Errorf("OIDC sign-in expiring %v: %+v %v", exp, p, err)
 			}
 			if _, err := e.auth.ClaimConsoleOIDC(h, now); !errors.Is(err, ca.ErrNotFound) {
@@ -209,4 +223,43 @@ func TestLinkClaimedOnce(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestOIDCSealed: a pending OIDC sign-in's nonce and verifier are stored
+// sealed under its state: they open with the state only, and a changed
+// byte is refused.
+func TestOIDCSealed(t *testing.T) {
+	state, nonce, verifier := randomToken(), randomToken(), randomToken()
+	sealed, err := sealOIDC(state, nonce, verifier)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{nonce, verifier} {
+		if strings.Contains(sealed, secret) || bytes.Contains(raw, []byte(secret)) {
+			t.Fatalf("sealed sign-in shows a secret in the clear: %q", sealed)
+		}
+	}
+	if again, _ := sealOIDC(state, nonce, verifier); again == sealed {
+		t.Error("two sealings of one sign-in are equal: the IV is not fresh")
+	}
+	n, v, err := openOIDC(state, sealed)
+	if err != nil || n != nonce || v != verifier {
+		t.Fatalf("open = %q, %q, %v", n, v, err)
+	}
+	if _, _, err := openOIDC(randomToken(), sealed); err == nil {
+		t.Error("opened with another state")
+	}
+	raw[len(raw)-1] ^= 1
+	if _, _, err := openOIDC(state, base64.RawURLEncoding.EncodeToString(raw)); err == nil {
+		t.Error("opened after a changed byte")
+	}
+	for _, bad := range []string{"", "!!", "AAAA"} {
+		if _, _, err := openOIDC(state, bad); err == nil {
+			t.Errorf("opened malformed %q", bad)
+		}
+	}
 }

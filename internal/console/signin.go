@@ -110,8 +110,8 @@ type sessions struct{ a *ca.Authority }
 
 func (s sessions) create(op control.Operator, now time.Time) (string, *session, error) {
 	id := randomToken()
-	se := &session{op: op, csrf: randomToken(), expires: now.Add(SessionTTL)}
-	err := s.a.PutConsoleSession(secretHash(id), ca.ConsoleSession{Operator: op.Name, Role: string(op.Role), CSRF: se.csrf, Expires: se.expires}, now, maxSessions)
+	se := &session{op: op, csrf: sessionCSRF(id), expires: now.Add(SessionTTL)}
+	err := s.a.PutConsoleSession(secretHash(id), ca.ConsoleSession{Operator: op.Name, Role: string(op.Role), Expires: se.expires}, now, maxSessions)
 	if err != nil {
 		return "", nil, err
 	}
@@ -135,7 +135,7 @@ func (s sessions) get(id string, now time.Time) (*session, error) {
 	if control.ValidateName(op.Name) != nil {
 		return nil, nil
 	}
-	return &session{op: op, csrf: st.CSRF, expires: st.Expires}, nil
+	return &session{op: op, csrf: sessionCSRF(id), expires: st.Expires}, nil
 }
 
 func (s sessions) remove(id string) error {
@@ -143,6 +143,16 @@ func (s sessions) remove(id string) error {
 		return nil
 	}
 	return s.a.DeleteConsoleSession(secretHash(id))
+}
+
+// sessionCSRF is the CSRF token of the session whose cookie value is id:
+// derived, not stored, so the store holds nothing a form can be forged
+// with, and every instance derives the same one. The cookie value cannot be
+// recovered from the token the pages carry.
+func sessionCSRF(id string) string {
+	m := hmac.New(sha256.New, []byte(id))
+	m.Write([]byte("agentauthz console session csrf"))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
 // certCSRF is the CSRF token of an operator signed in by client

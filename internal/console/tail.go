@@ -1,12 +1,20 @@
 package console
 
 import (
+	"cmp"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
+	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +32,13 @@ import (
 // when more arrive before it sends them (a burst, or a slow client) it keeps
 // the newest and tells its page how many it skipped; the poller never waits
 // for a stream.
+//
+// The page and its stream meet exactly: the page carries the position it
+// was rendered at (each log's size, tailPos), and the stream it opens first
+// sends what was stored between that position and its own opening (the
+// backfill), then what the poller finds after. Each batch a stream sends
+// ends with its new position as the event id, so a browser that reconnects
+// (Last-Event-ID) resumes where it was.
 
 // Tail limits.
 const (
@@ -42,6 +57,10 @@ const (
 	tailMax       = 32
 	// tailFirst is how many decisions the page shows before any arrive.
 	tailFirst = 20
+	// tailMaxPos bounds a position token. The browser sends it twice when
+	// it reconnects (the URL and Last-Event-ID), within the server's 16 KiB
+	// of request headers; about 300 logs fit.
+	tailMaxPos = 6 << 10
 )
 
 // tailEvent is one decision as the tail page shows it.
@@ -88,13 +107,132 @@ func (c *Console) live(w http.ResponseWriter, r *http.Request, v *viewer) {
 	data := map[string]any{}
 	if c.cfg.Records == nil {
 		data["RecordsOff"] = true
-	} else if p, err := c.cfg.Records.Find(r.Context(), recordstore.Query{Limit: tailFirst, Newest: true}); err != nil {
+	} else if recs, sizes, err := c.firstRows(r.Context()); err != nil {
 		c.cfg.Logger.Error("console: record store", "error", err)
 		data["RecordsErr"] = true
 	} else {
-		data["Records"] = p.Records
+		data["Records"] = recs
+		data["After"] = c.positionToken(v, sizes)
 	}
 	c.render(w, r, http.StatusOK, "live", v, data)
+}
+
+// firstRows returns the live page's rows and the position (each log's
+// size) they are the newest of.
+func (c *Console) firstRows(ctx context.Context) ([]recordstore.Stored, map[string]uint64, error) {
+	sizes, err := c.cfg.Records.Sizes(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	recs, err := c.rowsBelow(ctx, sizes)
+	return recs, sizes, err
+}
+
+// rowsBelow is the newest (at most tailFirst) records below sizes. The
+// sizes are read first, and a record stored after them (while the rows are
+// read) is left to the stream's backfill: the page and its stream never
+// show one decision twice.
+func (c *Console) rowsBelow(ctx context.Context, sizes map[string]uint64) ([]recordstore.Stored, error) {
+	p, err := c.cfg.Records.Find(ctx, recordstore.Query{Limit: tailFirst, Newest: true})
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(p.Records, func(st recordstore.Stored) bool { return st.Index >= sizes[st.Log] }), nil
+}
+
+// tailPos is a position in the record store: each log's size, by logKey.
+type tailPos map[string]uint64
+
+// logKey names a log in a position: 12 characters (72 bits of SHA-256)
+// whatever the log's name, so a position stays short.
+func logKey(name string) string {
+	h := sha256.Sum256([]byte(name))
+	return base64.RawURLEncoding.EncodeToString(h[:9])
+}
+
+// tailMACLen is the length of a position token's MAC (16 bytes, base64url).
+const tailMACLen = 22
+
+// positionToken is sizes as a token for v: a MAC (the console's key, bound
+// to v's CSRF token, so a position works only for the viewer it was made
+// for, on any instance), then each log's key and size. "" when it would be
+// longer than tailMaxPos.
+func (c *Console) positionToken(v *viewer, sizes map[string]uint64) string {
+	p := make(tailPos, len(sizes))
+	for log, n := range sizes {
+		p[logKey(log)] = n
+	}
+	entries := encodePos(p)
+	if tailMACLen+len(entries) > tailMaxPos {
+		return ""
+	}
+	return c.positionMAC(v, entries) + entries
+}
+
+func (c *Console) positionMAC(v *viewer, entries string) string {
+	m := hmac.New(sha256.New, c.csrfKey)
+	m.Write([]byte("agentauthz console tail position\x00"))
+	m.Write([]byte(v.CSRF))
+	m.Write([]byte{0})
+	m.Write([]byte(entries))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:16])
+}
+
+// errBadPosition refuses a stream's position.
+var errBadPosition = errors.New("the live page's position is not valid here: reload the page")
+
+// parsePosition checks a token from the page or Last-Event-ID: bounded,
+// made by this console for v, and well formed.
+func (c *Console) parsePosition(v *viewer, tok string) (tailPos, error) {
+	if len(tok) < tailMACLen || len(tok) > tailMaxPos {
+		return nil, errBadPosition
+	}
+	mac, entries := tok[:tailMACLen], tok[tailMACLen:]
+	if !hmac.Equal([]byte(mac), []byte(c.positionMAC(v, entries))) {
+		return nil, errBadPosition
+	}
+	return decodePos(entries)
+}
+
+// encodePos writes "~KEY.SIZE" per log, in key order.
+func encodePos(p tailPos) string {
+	keys := slices.Sorted(maps.Keys(p))
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteByte('~')
+		b.WriteString(k)
+		b.WriteByte('.')
+		b.WriteString(strconv.FormatUint(p[k], 10))
+	}
+	return b.String()
+}
+
+// decodePos reads what encodePos wrote, and only that: keys in strictly
+// increasing order, sizes in canonical decimal up to 2^63-1.
+func decodePos(s string) (tailPos, error) {
+	p := tailPos{}
+	if s == "" {
+		return p, nil
+	}
+	if len(s) > tailMaxPos || s[0] != '~' {
+		return nil, errBadPosition
+	}
+	last := ""
+	for _, e := range strings.Split(s[1:], "~") {
+		k, n, ok := strings.Cut(e, ".")
+		if !ok || len(k) != 12 || k <= last || len(n) == 0 || len(n) > 19 || (n[0] == '0' && len(n) > 1) {
+			return nil, errBadPosition
+		}
+		if b, err := base64.RawURLEncoding.DecodeString(k); err != nil || len(b) != 9 {
+			return nil, errBadPosition
+		}
+		size, err := strconv.ParseUint(n, 10, 63)
+		if err != nil {
+			return nil, errBadPosition
+		}
+		p[k], last = size, k
+	}
+	return p, nil
 }
 
 // stream serves the live tail's events until the client goes, the
@@ -131,7 +269,17 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request, v *viewer) {
 		defer t.Stop()
 		sessionEnd = t.C
 	}
-	sub, err := c.hub.subscribe(ctx, v.sessionID)
+	// The browser's Last-Event-ID (a reconnection) is newer than the
+	// page's position.
+	var after tailPos
+	if tok := cmp.Or(r.Header.Get("Last-Event-ID"), r.URL.Query().Get("after")); tok != "" {
+		var err error
+		if after, err = c.parsePosition(v, tok); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+	}
+	sub, err := c.hub.subscribe(ctx, v.sessionID, after)
 	if err != nil {
 		c.cfg.Logger.Error("console: record store", "error", err)
 		http.Error(w, "the record store is unavailable", http.StatusServiceUnavailable)
@@ -144,8 +292,11 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request, v *viewer) {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	send := func(event, data string) bool {
-		//nolint:gosec // G705: text/event-stream, not HTML; the event names are constants and data is JSON or fixed text
+	send := func(event, id, data string) bool {
+		if id != "" {
+			event += "\nid: " + id
+		}
+		//nolint:gosec // G705: text/event-stream, not HTML; the event names are constants, the id is base64url, '~' and '.', and data is JSON or fixed text
 		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, data); err != nil {
 			return false
 		}
@@ -163,10 +314,10 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request, v *viewer) {
 		case <-ctx.Done():
 			return
 		case <-c.stop:
-			send("end", "The control plane is stopping.")
+			send("end", "", "The control plane is stopping.")
 			return
 		case <-sessionEnd:
-			send("end", "The session ended: sign in again.")
+			send("end", "", "The session ended: sign in again.")
 			return
 		case <-maxAge.C:
 			return // the browser reconnects
@@ -175,21 +326,26 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request, v *viewer) {
 				return
 			}
 		case <-sub.wake:
-			evs, arrived, end := sub.take()
+			evs, arrived, pos, end := sub.take()
 			if end != "" {
-				send("end", end)
+				send("end", "", end)
 				return
 			}
 			if arrived > len(evs) {
-				if !send("sampled", fmt.Sprintf(`{"arrived":%d,"shown":%d}`, arrived, len(evs))) {
+				if !send("sampled", "", fmt.Sprintf(`{"arrived":%d,"shown":%d}`, arrived, len(evs))) {
 					return
 				}
 			}
 			// Oldest first, so the page, which adds each at the top,
-			// ends with the newest at the top.
-			for _, ev := range evs {
+			// ends with the newest at the top. The last carries the
+			// position the batch reaches.
+			for i, ev := range evs {
 				b, _ := json.Marshal(ev)
-				if !send("decision", string(b)) {
+				id := ""
+				if i == len(evs)-1 {
+					id = c.positionToken(v, pos)
+				}
+				if !send("decision", id, string(b)) {
 					return
 				}
 			}
@@ -210,21 +366,25 @@ type tailSub struct {
 	floor   map[string]uint64
 	pending []tailEvent // oldest first, at most tailPerPoll
 	arrived int         // decisions arrived since the last take, sent or not
-	held    bool        // the session could not be checked: send nothing
-	end     string      // the stream must end, saying this
+	// pos is each log's size up to which every record is pending, sent,
+	// or counted in arrived.
+	pos  map[string]uint64
+	held bool   // the session could not be checked: send nothing
+	end  string // the stream must end, saying this
 }
 
 // take returns what the stream has to send (oldest first), how many
-// decisions arrived since the last take, and why to end, if it must.
-func (s *tailSub) take() ([]tailEvent, int, string) {
+// decisions arrived since the last take, the position that reaches, and
+// why to end, if it must.
+func (s *tailSub) take() ([]tailEvent, int, map[string]uint64, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.end != "" || s.held {
-		return nil, 0, s.end
+		return nil, 0, nil, s.end
 	}
 	evs, arrived := s.pending, s.arrived
 	s.pending, s.arrived = nil, 0
-	return evs, arrived, ""
+	return evs, arrived, maps.Clone(s.pos), ""
 }
 
 // tailRec is one record of a poll.
@@ -261,8 +421,9 @@ func (s *tailSub) put(b *tailBatch) {
 			s.pending = append(s.pending, *r.ev)
 		}
 	}
-	if n := len(s.pending) - tailPerPoll; n > 0 {
-		s.pending = append(s.pending[:0], s.pending[n:]...)
+	s.trim()
+	for log, to := range b.to {
+		s.pos[log] = max(s.pos[log], to)
 	}
 	// The next batch starts where this one ends: once that is above
 	// every log's floor, the floor has done its work.
@@ -274,6 +435,41 @@ func (s *tailSub) put(b *tailBatch) {
 		if above {
 			s.floor = nil
 		}
+	}
+}
+
+// backfill adds b, what was stored between the page's position and the
+// stream's floor: older than anything the poller puts.
+func (s *tailSub) backfill(b *tailBatch) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var evs []tailEvent
+	for log, from := range b.from {
+		s.arrived += int(b.to[log] - from)
+	}
+	for _, r := range b.recs {
+		if r.ev == nil {
+			s.arrived-- // counted above, not a decision
+			continue
+		}
+		evs = append(evs, *r.ev)
+	}
+	s.pending = append(evs, s.pending...)
+	s.trim()
+}
+
+// trim keeps the newest tailPerPoll pending decisions.
+func (s *tailSub) trim() {
+	if n := len(s.pending) - tailPerPoll; n > 0 {
+		s.pending = append(s.pending[:0], s.pending[n:]...)
+	}
+}
+
+// wakeUp tells the stream there is something to take.
+func (s *tailSub) wakeUp() {
+	select {
+	case s.wake <- struct{}{}:
+	default: // a wake is already waiting
 	}
 }
 
@@ -294,18 +490,43 @@ type tailRun struct {
 }
 
 // subscribe registers a stream, starting the poller if it is the first.
-// The stream is sent what is stored after the store's sizes it reads here;
-// reading them under h.mu, which the poller takes after each read, makes
-// that exact: a poll that read before them delivers to this stream (what
-// is above them), one that read after them is the next.
-func (h *tailHub) subscribe(ctx context.Context, session string) (*tailSub, error) {
+// The stream is sent what is stored after the store's sizes it reads here
+// (its floor); reading them under h.mu, which the poller takes after each
+// read, makes that exact: a poll that read before them delivers to this
+// stream (what is above them), one that read after them is the next. With
+// after (the page's position), the stream is first sent what was stored
+// between after and its floor: the newest tailPerPoll of that, and how
+// many there were.
+func (h *tailHub) subscribe(ctx context.Context, session string, after tailPos) (*tailSub, error) {
+	s, sizes, err := h.register(ctx, session)
+	if err != nil || after == nil {
+		return s, err
+	}
+	from := map[string]uint64{}
+	for log, n := range sizes {
+		from[log] = min(after[logKey(log)], n) // a log not in after is new since
+	}
+	b, err := h.read(ctx, from, sizes)
+	if err != nil {
+		h.unsubscribe(s)
+		return nil, err
+	}
+	s.backfill(b)
+	if len(b.from) > 0 {
+		s.wakeUp()
+	}
+	return s, nil
+}
+
+// register is subscribe's part under h.mu: the floor and the poller.
+func (h *tailHub) register(ctx context.Context, session string) (*tailSub, map[string]uint64, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	sizes, err := h.c.cfg.Records.Sizes(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	s := &tailSub{session: session, wake: make(chan struct{}, 1), floor: sizes}
+	s := &tailSub{session: session, wake: make(chan struct{}, 1), floor: sizes, pos: maps.Clone(sizes)}
 	if h.subs == nil {
 		h.subs = map[*tailSub]struct{}{}
 	}
@@ -315,7 +536,7 @@ func (h *tailHub) subscribe(ctx context.Context, session string) (*tailSub, erro
 		//nolint:gosec // G118: the poller serves every stream and outlives the request that started it; quit and c.stop end it
 		go h.poll(h.run, maps.Clone(sizes))
 	}
-	return s, nil
+	return s, sizes, nil
 }
 
 // unsubscribe removes a stream, stopping the poller after the last.
@@ -351,7 +572,11 @@ func (h *tailHub) poll(run *tailRun, sizes map[string]uint64) {
 			return
 		case <-t.C:
 		}
-		b, err := h.read(ctx, sizes)
+		var b *tailBatch
+		now, err := h.c.cfg.Records.Sizes(ctx)
+		if err == nil {
+			b, err = h.read(ctx, sizes, now)
+		}
 		if err != nil && ctx.Err() == nil {
 			h.c.cfg.Logger.Error("console: live tail", "error", err)
 			// The store may come back; the streams get nothing new
@@ -375,10 +600,7 @@ func (h *tailHub) poll(run *tailRun, sizes map[string]uint64) {
 			ready := s.end != "" || !s.held && (len(s.pending) > 0 || s.arrived > 0)
 			s.mu.Unlock()
 			if ready {
-				select {
-				case s.wake <- struct{}{}:
-				default: // a wake is already waiting
-				}
+				s.wakeUp()
 			}
 		}
 	}
@@ -415,14 +637,10 @@ func (h *tailHub) checkSessions(subs []*tailSub) {
 	}
 }
 
-// read returns what the store holds beyond sizes: each log's new range and
-// the newest (at most tailPerPoll) of those records.
-func (h *tailHub) read(ctx context.Context, sizes map[string]uint64) (*tailBatch, error) {
+// read returns what the store holds between sizes and now: each log's new
+// range and the newest (at most tailPerPoll) of those records.
+func (h *tailHub) read(ctx context.Context, sizes, now map[string]uint64) (*tailBatch, error) {
 	rs := h.c.cfg.Records
-	now, err := rs.Sizes(ctx)
-	if err != nil {
-		return nil, err
-	}
 	b := &tailBatch{from: map[string]uint64{}, to: now}
 	var got []recordstore.Stored
 	for log, n := range now {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -63,11 +64,19 @@ func shipRecords(t *testing.T, rs *recordstore.Store, log string, recs []*decisi
 type sse struct {
 	resp *http.Response
 	r    *bufio.Reader
+	id   string // the last event id, as a browser keeps it
 }
 
 func (e *env) openStream(c *http.Client) *sse {
 	e.t.Helper()
-	resp, err := c.Get(e.srv.URL + "/ui/decisions/stream")
+	return e.openStreamAt(c, "", "")
+}
+
+// openStreamAt opens a stream from the page's position after, or from the
+// last event id lastID as a reconnecting browser does ("": none).
+func (e *env) openStreamAt(c *http.Client, after, lastID string) *sse {
+	e.t.Helper()
+	resp, err := e.streamGet(c, after, lastID)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -79,6 +88,21 @@ func (e *env) openStream(c *http.Client) *sse {
 	s := &sse{resp: resp, r: bufio.NewReader(resp.Body)}
 	e.t.Cleanup(func() { resp.Body.Close() })
 	return s
+}
+
+func (e *env) streamGet(c *http.Client, after, lastID string) (*http.Response, error) {
+	u := e.srv.URL + "/ui/decisions/stream"
+	if after != "" {
+		u += "?after=" + url.QueryEscape(after)
+	}
+	req, err := http.NewRequest(http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	return c.Do(req)
 }
 
 // next returns the next event (name and data), skipping comments; "" at
@@ -108,6 +132,8 @@ func (s *sse) next(t *testing.T) (string, string) {
 			ev = line[len("event: "):]
 		case strings.HasPrefix(line, "data: "):
 			data = line[len("data: "):]
+		case strings.HasPrefix(line, "id: "):
+			s.id = line[len("id: "):]
 		}
 	}
 }
@@ -199,7 +225,7 @@ func consume(t *testing.T, s *tailSub) *consumer {
 			case <-done:
 				return
 			case <-s.wake:
-				evs, arrived, _ := s.take()
+				evs, arrived, _, _ := s.take()
 				c.mu.Lock()
 				for _, ev := range evs {
 					c.ids = append(c.ids, ev.ID)
@@ -235,7 +261,7 @@ func (c *consumer) wait(t *testing.T, n int) []string {
 // subscribe subscribes to h until the test ends.
 func subscribe(t *testing.T, h *tailHub) *tailSub {
 	t.Helper()
-	s, err := h.subscribe(context.Background(), "")
+	s, err := h.subscribe(context.Background(), "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +358,7 @@ func TestTailHubSlowSubscriber(t *testing.T) {
 			t.Errorf("fast subscriber %d: %d decisions, %d sampled, want %d, none sampled", i, len(got), c.sampled, len(shipped))
 		}
 	}
-	evs, arrived, end := slow.take()
+	evs, arrived, _, end := slow.take()
 	var got []string
 	for _, ev := range evs {
 		got = append(got, ev.ID)
@@ -405,4 +431,172 @@ func TestTailStreamsShareOnePoller(t *testing.T) {
 	if h.run != nil || len(h.subs) != 0 {
 		t.Errorf("after the streams closed: %d subscribers, poller %v", len(h.subs), h.run != nil)
 	}
+}
+
+// livePage returns the live page's body and the position it carries.
+func (e *env) livePage(c *http.Client) (string, string) {
+	e.t.Helper()
+	code, body := e.get(c, "/ui/decisions/live")
+	m := regexp.MustCompile(`<tbody id="tail-rows" data-after="([A-Za-z0-9_.~-]+)">`).FindStringSubmatch(body)
+	if code != 200 || m == nil {
+		e.t.Fatalf("live page: %d, no position\n%s", code, body)
+	}
+	return body, m[1]
+}
+
+// nextDecision fails unless the stream's next event is the decision id.
+func (s *sse) nextDecision(t *testing.T, id string) {
+	t.Helper()
+	if ev, data := s.next(t); ev != "decision" || !strings.Contains(data, `"id":"`+id+`"`) {
+		t.Fatalf("want decision %s, got %q %s", id, ev, data)
+	}
+}
+
+// TestLiveTailFromPage: a decision stored after the live page was rendered
+// and before its stream opened is the stream's first event, and is sent
+// once; a reconnection with the last event id carries on from there; a gap
+// larger than a stream holds is sampled and says so; a position that is
+// altered, another viewer's, malformed or too long is refused.
+func TestLiveTailFromPage(t *testing.T) {
+	e := newEnv(t)
+	fastHub(e)
+	c := e.signIn("audrey", control.RoleAuditor)
+	body, after := e.livePage(c)
+	if !strings.Contains(body, `<tr data-id="dec-2">`) {
+		t.Fatalf("the page's rows:\n%s", body)
+	}
+	shipMore(t, e.rs, "gap", "reports-bot", 1) // between the page and its stream
+	s := e.openStreamAt(c, after, "")
+	s.nextDecision(t, "gap-0")
+	if s.id == "" || s.id == after {
+		t.Fatalf("the backfill's event id: %q", s.id)
+	}
+	shipMore(t, e.rs, "next", "reports-bot", 1)
+	s.nextDecision(t, "next-0") // not gap-0 again
+	// A page rendered now shows both, and its position is past them.
+	body, after2 := e.livePage(c)
+	if !strings.Contains(body, `data-id="gap-0"`) || !strings.Contains(body, `data-id="next-0"`) {
+		t.Errorf("the page after the gap lacks its decisions")
+	}
+
+	// The browser reconnects with the page's URL and the last event id:
+	// what was stored while it was away, and nothing it had.
+	s.resp.Body.Close()
+	shipMore(t, e.rs, "away", "reports-bot", 1)
+	s2 := e.openStreamAt(c, after, s.id)
+	s2.nextDecision(t, "away-0")
+	shipMore(t, e.rs, "back", "reports-bot", 1)
+	s2.nextDecision(t, "back-0")
+	s2.resp.Body.Close()
+
+	// A gap larger than a stream holds: the newest 50, and how many there
+	// were.
+	b := e.signIn("bruno", control.RoleAdmin)
+	_, bAfter := e.livePage(b)
+	shipMore(t, e.rs, "burst", "reports-bot", 120)
+	s3 := e.openStreamAt(b, bAfter, "")
+	if ev, data := s3.next(t); ev != "sampled" || data != `{"arrived":120,"shown":50}` {
+		t.Fatalf("a large gap: %q %s", ev, data)
+	}
+	for i := 70; i < 120; i++ {
+		s3.nextDecision(t, fmt.Sprintf("burst-%d", i))
+	}
+	s3.resp.Body.Close()
+
+	// Refused positions, from the URL and from Last-Event-ID.
+	csrf := e.csrf(b, "/ui/decisions")
+	forB := func(entries string) string { return e.con.positionMAC(&viewer{CSRF: csrf}, entries) + entries }
+	altered := []byte(bAfter)
+	altered[len(altered)-1] ^= 1 // a size changed
+	for name, tok := range map[string]string{
+		"another viewer's": after2,
+		"altered":          string(altered),
+		"malformed":        forB("~x"),
+		"unordered":        forB("~bbbbbbbbbbbb.1~aaaaaaaaaaaa.1"),
+		"too large":        forB("~aaaaaaaaaaaa.9223372036854775808"),
+		"too long":         strings.Repeat("a", tailMaxPos+1),
+		"short":            "abc",
+	} {
+		for _, hdr := range []bool{false, true} {
+			var resp *http.Response
+			var err error
+			if hdr {
+				resp, err = e.streamGet(b, "", tok)
+			} else {
+				resp, err = e.streamGet(b, tok, "")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(msg), "reload the page") {
+				t.Errorf("%s position (Last-Event-ID %v): %d %s", name, hdr, resp.StatusCode, msg)
+			}
+		}
+	}
+	// A well-formed one of b's own is accepted.
+	e.openStreamAt(b, forB("~aaaaaaaaaaaa.1"), "")
+}
+
+// TestTailPageAndBackfillMeet: a record stored after the page read the
+// store's sizes and before it read its rows is not on the page; the stream
+// opened from the page's position sends it first, once, then what comes
+// after.
+func TestTailPageAndBackfillMeet(t *testing.T) {
+	e := newEnv(t)
+	h := fastHub(e)
+	ctx := context.Background()
+	sizes, err := e.rs.Sizes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipMore(t, e.rs, "between", "reports-bot", 1) // while the page reads its rows
+	recs, err := e.con.rowsBelow(ctx, sizes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, st := range recs {
+		ids = append(ids, st.Record.DecisionID)
+	}
+	if slices.Contains(ids, "between-0") || !slices.Contains(ids, "dec-2") {
+		t.Fatalf("the page's rows: %v", ids)
+	}
+	pos := tailPos{}
+	for log, n := range sizes {
+		pos[logKey(log)] = n
+	}
+	s, err := h.subscribe(ctx, "", pos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.unsubscribe(s) })
+	sc := consume(t, s)
+	if got := sc.wait(t, 1); !slices.Equal(got, []string{"between-0"}) {
+		t.Fatalf("the stream's backfill: %v", got)
+	}
+	shipMore(t, e.rs, "later", "reports-bot", 1)
+	sc.wait(t, 2)
+	time.Sleep(50 * time.Millisecond) // five more polls: nothing else arrives
+	if got := sc.wait(t, 2); !slices.Equal(got, []string{"between-0", "later-0"}) || sc.sampled != 0 {
+		t.Errorf("the stream: %v, %d sampled", got, sc.sampled)
+	}
+}
+
+// holdStreams holds the next live-tail stream request until release is
+// called: held is closed when one is waiting, as when a browser takes a
+// moment to connect after rendering the page.
+func (e *env) holdStreams() (held <-chan struct{}, release func()) {
+	h, r := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	f := func(req *http.Request) {
+		once.Do(func() { close(h) })
+		select {
+		case <-r:
+		case <-req.Context().Done():
+		}
+	}
+	e.hold.Store(&f)
+	return h, func() { e.hold.Store(nil); close(r) }
 }

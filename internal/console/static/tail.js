@@ -21,14 +21,29 @@
     tr.appendChild(td);
     return td;
   }
-  var es = new EventSource("/ui/decisions/stream");
+  // Whether a decision is on the page: the stream sends what was stored
+  // after the page's position, but a batch cut off by a dropped connection
+  // is sent again after the reconnection.
+  function shown(id) {
+    for (var i = 0; i < rows.rows.length; i++) {
+      if (rows.rows[i].getAttribute("data-id") === id) return true;
+    }
+    return false;
+  }
+  // The stream starts where the page's rows end (data-after), so nothing
+  // stored in between is lost; on a reconnection the browser sends the last
+  // event's id, which carries on from there.
+  var after = rows.getAttribute("data-after");
+  var es = new EventSource("/ui/decisions/stream" + (after ? "?after=" + encodeURIComponent(after) : ""));
   es.addEventListener("open", function () {
     status.textContent = "Live: new decisions appear at the top as the replicas ship them.";
   });
   es.addEventListener("decision", function (ev) {
     var d = JSON.parse(ev.data);
+    if (shown(d.id)) return;
     var tr = document.createElement("tr");
     tr.className = "new";
+    tr.setAttribute("data-id", d.id);
     cell(tr, d.time);
     var td = document.createElement("td");
     var a = document.createElement("a");
@@ -57,7 +72,7 @@
   });
   es.onerror = function () {
     status.textContent = es.readyState === EventSource.CLOSED ?
-      "The live tail stopped (signed out, or too many tails open): reload the page to resume." :
+      "The live tail stopped (signed out, too many tails open, or the page is too old): reload the page to resume." :
       "Reconnecting…";
   };
 })();
