@@ -228,3 +228,24 @@ func TestTableAllocations(t *testing.T) {
 		t.Fatalf("%v allocations per note and take", n)
 	}
 }
+
+// FuzzParseDecisionID: an id from a request header is held only in the one
+// spelling agentauthz writes, and reads back as itself.
+func FuzzParseDecisionID(f *testing.F) {
+	f.Add("0190c6c4-7e0a-7d3c-9d6e-1f2a3b4c5d6e")
+	f.Add("0190C6C4-7E0A-7D3C-9D6E-1F2A3B4C5D6E")
+	f.Add("00000000-0000-0000-0000-000000000000")
+	f.Add("urn:uuid:0190c6c4-7e0a-7d3c-9d6e-1f2a3b4c5d6e")
+	f.Add("0190c6c4+7e0a-7d3c-9d6e-1f2a3b4c5d6e")
+	f.Fuzz(func(t *testing.T, s string) {
+		k, ok := parseDecisionID(s)
+		u, err := uuid.Parse(s)
+		want := err == nil && u.String() == s && u != uuid.Nil
+		if ok != want {
+			t.Fatalf("%q: held %v, want %v", s, ok, want)
+		}
+		if ok && uuid.UUID(k) != u {
+			t.Fatalf("%q read as %x", s, k)
+		}
+	})
+}
