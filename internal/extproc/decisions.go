@@ -68,8 +68,9 @@ var (
 // fixed-size values without pointers (the id's 16 bytes, a hash of the
 // request line, an integer time, an index into the few distinct agent,
 // trust level and operation names in flight), in a ring kept in insertion
-// order (the oldest goes first when it is full) and found through an
-// open-addressing index. Nothing is allocated per decision.
+// order (a decision still waiting when size later ones were noted is
+// dropped) and found through an open-addressing index. Nothing is
+// allocated per decision.
 type Table struct {
 	ttl  int64 // nanoseconds
 	now  func() time.Time
