@@ -61,7 +61,10 @@ type ResponseSigning struct {
 	// DecisionTTL is how long after an allowed decision its response can
 	// still be bound to it.
 	DecisionTTL Duration `yaml:"decision_ttl"`
-	// MaxPending bounds allowed decisions waiting for their response.
+	// MaxPending bounds allowed decisions waiting for their response: one
+	// is dropped once this many later ones were made (72 bytes each).
+	// Envoy's ext_proc filter asks for one milliseconds after ext_authz
+	// made it; the default is 1.4 s of decisions at 35,000 Checks/s.
 	MaxPending int `yaml:"max_pending"`
 }
 
@@ -228,7 +231,7 @@ const (
 	DefaultResponseMaxBody      = 4 << 20
 	DefaultResponseMaxHeader    = 64 << 10
 	DefaultResponseDecisionTTL  = 5 * time.Minute
-	DefaultResponseMaxPending   = 100000
+	DefaultResponseMaxPending   = 50000
 	DevTrustDomain              = "dev.agentauthz.local"
 )
 
@@ -514,8 +517,8 @@ func (c *Config) Validate() error {
 	if d := rs.DecisionTTL.D(); d < time.Second || d > time.Hour {
 		add("response_signing.decision_ttl: %v is outside 1s..1h", d)
 	}
-	if rs.MaxPending < 1 || rs.MaxPending > 10000000 {
-		add("response_signing.max_pending: %d is outside 1..10000000", rs.MaxPending)
+	if rs.MaxPending < 1 || rs.MaxPending > 1000000 {
+		add("response_signing.max_pending: %d is outside 1..1000000", rs.MaxPending)
 	}
 	return errors.Join(errs...)
 }

@@ -3,20 +3,24 @@ package console
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/control"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/evidence"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
 	"github.com/agentauthz/agentauthz/internal/testenv"
 )
@@ -30,9 +34,13 @@ import (
 //	  go test -run '^$' -bench Render -benchtime 20x -timeout 3h ./internal/console
 //
 // Agents are issued through ca.Authority (Ed25519 keys); records are loaded
-// by recordstore.BulkLoad (rows, then the indexes and the rollups) from two
-// real signed record lines used as templates, spread over 64 logs and the
-// last 30 days.
+// by recordstore.BulkLoad (rows, then the indexes and the rollups) from
+// three real signed record lines used as templates, spread over 64 logs and
+// the last 30 days. Ten agents are revoked, one a day over the last ten
+// days (scaleRevocations): every other one falls silent, the others keep
+// calling and are denied (a quarter of the records after their
+// revocations are theirs), except that one of them stays allowed on every
+// third log, as if those replicas never heard.
 
 // scale is a console over a large inventory and store.
 type scale struct {
@@ -42,6 +50,16 @@ type scale struct {
 	agents  int
 	records int
 	pgPort  int // the PostgreSQL cluster's, or 0
+	// revoked is what the loaded records say of each revoked agent.
+	revoked map[string]*revocationWant
+}
+
+// revocationWant is a revoked agent's records as loaded: its first denial
+// for the revocation on each log, and how many were allowed later than
+// evidence.PropagationBound after it.
+type revocationWant struct {
+	first   map[string]time.Time
+	allowed int64
 }
 
 // newScale builds the console; on PostgreSQL (kind "postgres") both the
@@ -55,6 +73,14 @@ func newScale(tb testing.TB, kind string, agents, records int) *scale {
 		opts = append(opts, ca.WithStore(pgShared.Database(tb)))
 		recordsDSN = pgShared.Database(tb)
 	}
+	// The revocations are dated among the records, in the past.
+	var clock atomic.Pointer[time.Time]
+	opts = append(opts, ca.WithClock(func() time.Time {
+		if t := clock.Load(); t != nil {
+			return *t
+		}
+		return time.Now()
+	}))
 	auth, err := ca.Open(dir, opts...)
 	if err != nil {
 		tb.Fatal(err)
@@ -63,6 +89,7 @@ func newScale(tb testing.TB, kind string, agents, records int) *scale {
 	if _, err := auth.Init(ca.InitRequest{TrustDomain: "acme.test", Operator: "bench"}); err != nil {
 		tb.Fatal(err)
 	}
+	now := time.Now().Truncate(time.Second)
 	start := time.Now()
 	for i := range agents {
 		if _, err := auth.Issue(ca.IssueRequest{TrustDomain: "acme.test", AgentID: fmt.Sprintf("bot-%d", i), Trust: i % 5,
@@ -72,13 +99,22 @@ func newScale(tb testing.TB, kind string, agents, records int) *scale {
 		}
 	}
 	tb.Logf("%s: issued %d agents in %v", kind, agents, time.Since(start).Round(time.Millisecond))
+	revs := scaleRevocations(agents, now)
+	for _, a := range slices.Sorted(maps.Keys(revs)) {
+		at := revs[a].at
+		clock.Store(&at)
+		if _, err := auth.Revoke("acme.test", fmt.Sprintf("bot-%d", a), ca.ReasonKeyCompromise, "bench"); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	clock.Store(nil)
 	rs, err := recordstore.Open(context.Background(), recordsDSN)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { rs.Close() })
 	start = time.Now()
-	loadRecords(tb, rs, agents, records)
+	revoked := loadRecords(tb, rs, agents, records, now, revs)
 	tb.Logf("%s: loaded %d records in %v", kind, records, time.Since(start).Round(time.Millisecond))
 	op, err := control.OpenOperatorCA(dir, true)
 	if err != nil {
@@ -93,16 +129,35 @@ func newScale(tb testing.TB, kind string, agents, records int) *scale {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	sc := &scale{con: con, h: con.Handler(), cookie: &http.Cookie{Name: cookieName, Value: id}, agents: agents, records: records}
+	sc := &scale{con: con, h: con.Handler(), cookie: &http.Cookie{Name: cookieName, Value: id}, agents: agents, records: records, revoked: revoked}
 	if u, err := url.Parse(recordsDSN); err == nil && kind == "postgres" {
 		sc.pgPort, _ = strconv.Atoi(u.Port())
 	}
 	return sc
 }
 
+// scaleRevocation is one revoked agent of the benchmark.
+type scaleRevocation struct {
+	at time.Time
+	// calling: it keeps calling after at, and is denied; leaky: except on
+	// every third log (log-01, log-04, …), whose replicas never heard.
+	calling, leaky bool
+}
+
+// scaleRevocations revokes bot-1, bot-(agents/10+1), …: ten agents, the
+// k-th revoked 10-k days before now. Odd k keep calling; the newest (k = 9)
+// is leaky. bot-(agents/2), the pages' agent, is none of them.
+func scaleRevocations(agents int, now time.Time) map[int]scaleRevocation {
+	revs := map[int]scaleRevocation{}
+	for k := range 10 {
+		revs[k*(agents/10)+1] = scaleRevocation{at: now.Add(-time.Duration(10-k) * 24 * time.Hour), calling: k%2 == 1, leaky: k == 9}
+	}
+	return revs
+}
+
 // loadRecords loads n decision records of agents bot-0..bot-(agents-1), one
-// in three denied, the newest now.
-func loadRecords(tb testing.TB, rs *recordstore.Store, agents, n int) {
+// in three denied, the newest at now, and the revoked agents' as revs says.
+func loadRecords(tb testing.TB, rs *recordstore.Store, agents, n int, now time.Time, revs map[int]scaleRevocation) map[string]*revocationWant {
 	tb.Helper()
 	dir := tb.TempDir()
 	l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dir, "log"), KeyDir: filepath.Join(dir, "keys"), Name: "tmpl"})
@@ -110,7 +165,7 @@ func loadRecords(tb testing.TB, rs *recordstore.Store, agents, n int) {
 		tb.Fatal(err)
 	}
 	for _, d := range []decisionlog.Decision{{Allowed: true, HTTPStatus: 200, Reasons: []string{"allowed"}},
-		{Allowed: false, HTTPStatus: 403, Reasons: []string{"scope_missing"}}} {
+		{Allowed: false, HTTPStatus: 403, Reasons: []string{"scope_missing"}}, {Allowed: false, HTTPStatus: 403, Reasons: []string{"certificate_revoked"}}} {
 		op := "payments:initiate"
 		if !d.Allowed {
 			op = "payments:refund"
@@ -124,7 +179,7 @@ func loadRecords(tb testing.TB, rs *recordstore.Store, agents, n int) {
 	}
 	l.Close()
 	r := decisionlog.NewReader(filepath.Join(dir, "log"))
-	var tmpls [2]string // allowed, denied
+	var tmpls [3]string // allowed, denied, revoked
 	for i := range tmpls {
 		e, err := r.Next()
 		if err != nil {
@@ -133,23 +188,58 @@ func loadRecords(tb testing.TB, rs *recordstore.Store, agents, n int) {
 		tmpls[i] = e.Raw
 	}
 	r.Close()
-	now := time.Now()
 	span := 30 * 24 * time.Hour
+	var calling []int // the agents that keep calling
+	for a, r := range revs {
+		if r.calling {
+			calling = append(calling, a)
+		}
+	}
+	slices.Sort(calling)
+	want := map[string]*revocationWant{}
+	for a := range revs {
+		want[fmt.Sprintf("bot-%d", a)] = &revocationWant{first: map[string]time.Time{}}
+	}
 	if err := rs.BulkLoad(context.Background(), n, func(i int) recordstore.BulkRecord {
-		did, rid, agent := fmt.Sprintf("DID-%09d", i), fmt.Sprintf("RID-%09d", i), fmt.Sprintf("bot-%d", (i*7919)%agents)
-		rec := recordstore.BulkRecord{Log: fmt.Sprintf("log-%02d", i%64), Index: uint64(i / 64),
-			Time:       now.Add(-span + time.Duration(int64(span)/int64(n)*int64(i))),
+		t := now.Add(-span + time.Duration(int64(span)/int64(n)*int64(i)))
+		a := (i * 7919) % agents
+		if i%4 == 3 && len(calling) > 0 {
+			if c := calling[(i/4)%len(calling)]; !t.Before(revs[c].at) {
+				a = c
+			}
+		}
+		r, revoked := revs[a]
+		if revoked && !r.calling && !t.Before(r.at) {
+			a, revoked = a+1, false // it fell silent: another agent calls instead
+		}
+		did, rid, agent, log := fmt.Sprintf("DID-%09d", i), fmt.Sprintf("RID-%09d", i), fmt.Sprintf("bot-%d", a), fmt.Sprintf("log-%02d", i%64)
+		rec := recordstore.BulkRecord{Log: log, Index: uint64(i / 64), Time: t,
 			DecisionID: did, RequestID: rid, Tenant: "acme.test", AgentID: agent, SPIFFEID: "spiffe://acme.test/agent/" + agent,
 			Operation: "payments:initiate", Allowed: true, Reason: "allowed", LeafHash: fmt.Sprintf("%064x", i)}
 		tmpl := tmpls[0]
-		if i%3 == 0 {
+		switch {
+		case revoked && !t.Before(r.at) && !(r.leaky && i%64%3 == 1):
+			rec.Allowed, rec.Reason, tmpl = false, "certificate_revoked", tmpls[2]
+		case i%3 == 0:
 			rec.Operation, rec.Allowed, rec.Reason, tmpl = "payments:refund", false, "scope_missing", tmpls[1]
 		}
 		rec.Line = strings.NewReplacer("DID-000000000", did, "RID-000000000", rid, `"AGENT"`, `"`+agent+`"`, "/AGENT", "/"+agent).Replace(tmpl)
+		if w := want[agent]; w != nil {
+			stored := t.Truncate(time.Microsecond)
+			switch {
+			case rec.Reason == "certificate_revoked":
+				if f, ok := w.first[log]; !ok || stored.Before(f) {
+					w.first[log] = stored
+				}
+			case rec.Allowed && stored.After(r.at.Add(evidence.PropagationBound)):
+				w.allowed++
+			}
+		}
 		return rec
 	}); err != nil {
 		tb.Fatal(err)
 	}
+	return want
 }
 
 // get renders path as the signed-in admin.
@@ -195,7 +285,56 @@ func TestRenderAtScale(t *testing.T) {
 					t.Errorf("%s (%s): %d, no %q in\n%.2000s", name, p.path, code, p.want, body)
 				}
 			}
+			s.checkRevocations(t)
 		})
+	}
+}
+
+// checkRevocations: Compliance's last revocations say what the loaded
+// records say, for agents that fell silent, that keep calling, and one
+// still allowed on some logs.
+func (s *scale) checkRevocations(t *testing.T) {
+	rows, err := s.con.lastRevocations(context.Background())
+	if err != nil || len(rows) != lastRevocations {
+		t.Fatalf("last revocations: %d rows, %v", len(rows), err)
+	}
+	var silent, calling, leaky int
+	shown := map[string]bool{}
+	for _, row := range rows {
+		// One row per revocation, though it wrote an event per certificate
+		// and one for the agent.
+		if shown[row.AgentID] || row.Event.Event != "agent_revoke" {
+			t.Errorf("revocation of %s shown again, or not as the agent's event (%s)", row.AgentID, row.Event.Event)
+		}
+		shown[row.AgentID] = true
+		w := s.revoked[row.AgentID]
+		if w == nil {
+			t.Fatalf("revocation of %s: not one of the benchmark's", row.AgentID)
+		}
+		got := map[string]time.Time{}
+		for _, l := range row.Logs {
+			got[l.Log] = l.At
+			if l.Took != l.At.Sub(row.At).Round(time.Millisecond) || l.Took < 0 {
+				t.Errorf("%s on %s: took %v", row.AgentID, l.Log, l.Took)
+			}
+		}
+		if !maps.EqualFunc(got, w.first, time.Time.Equal) || row.AllowedAfter != w.allowed {
+			t.Errorf("%s: first denials %v, %d allowed after; the records say %v, %d", row.AgentID, got, row.AllowedAfter, w.first, w.allowed)
+		}
+		switch {
+		case len(w.first) == 0:
+			silent++
+		case w.allowed > 0:
+			leaky++
+			if _, body := s.get(t, "/ui/compliance?days=7"); !strings.Contains(body, fmt.Sprintf(`<strong class="den">%d</strong>`, w.allowed)) {
+				t.Errorf("the page does not show %s allowed %d times after its revocation", row.AgentID, w.allowed)
+			}
+		default:
+			calling++
+		}
+	}
+	if silent == 0 || calling == 0 || leaky == 0 {
+		t.Errorf("the revocations shown: %d silent, %d calling, %d leaky; want some of each", silent, calling, leaky)
 	}
 }
 

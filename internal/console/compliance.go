@@ -30,6 +30,10 @@ const (
 	matrixAgents     = 50 // rows shown
 	matrixOperations = 30 // columns shown
 	lastRevocations  = 10
+	// revocationEvents bounds the change-log events read per revocation
+	// shown: an agent's revocation is one event per certificate and one
+	// for the agent.
+	revocationEvents = 8
 )
 
 var complianceDays = []int{1, 7, 30, 90}
@@ -241,28 +245,49 @@ func (c *Console) matrix(ctx context.Context, since time.Time) ([]string, []matr
 
 // lastRevocations are the newest agent revocations of the change log with,
 // on each log, the agent's first decision denied for the revocation.
+// Revoking an agent writes an event per certificate and one for the agent,
+// at one time: they are one revocation, one row (the agent's event when
+// there is one), and the records are read once for it.
 func (c *Console) lastRevocations(ctx context.Context) ([]revocationRow, error) {
-	events, err := c.cfg.Authority.LastEvents(lastRevocations, "revoke", "agent_revoke")
+	events, err := c.cfg.Authority.LastEvents(lastRevocations*revocationEvents, "revoke", "agent_revoke")
 	if err != nil {
 		return nil, err
 	}
+	type key struct {
+		spiffeID string
+		at       time.Time
+	}
 	var out []revocationRow
+	at := map[key]int{}
 	for _, e := range events {
 		if e.AgentID == "" {
 			continue
 		}
-		rr := revocationRow{Event: e, SPIFFEID: ca.SPIFFEID(e.TrustDomain, e.AgentID)}
-		first, allowed, err := c.cfg.Records.AfterRevocation(ctx, rr.SPIFFEID, e.At, evidence.PropagationBound,
+		k := key{ca.SPIFFEID(e.TrustDomain, e.AgentID), e.At}
+		if i, ok := at[k]; ok {
+			if e.Event == "agent_revoke" {
+				out[i].Event = e
+			}
+			continue
+		}
+		if len(out) == lastRevocations {
+			continue
+		}
+		at[k] = len(out)
+		out = append(out, revocationRow{Event: e, SPIFFEID: k.spiffeID})
+	}
+	for i := range out {
+		rr := &out[i]
+		first, allowed, err := c.cfg.Records.AfterRevocation(ctx, rr.SPIFFEID, rr.At, evidence.PropagationBound,
 			string(reason.CertificateRevoked), string(reason.AgentRevoked))
 		if err != nil {
 			return nil, err
 		}
-		for log, at := range first {
-			rr.Logs = append(rr.Logs, logEffect{Log: log, At: at, Took: at.Sub(e.At).Round(time.Millisecond)})
+		for log, t := range first {
+			rr.Logs = append(rr.Logs, logEffect{Log: log, At: t, Took: t.Sub(rr.At).Round(time.Millisecond)})
 		}
 		sort.Slice(rr.Logs, func(i, j int) bool { return rr.Logs[i].Log < rr.Logs[j].Log })
 		rr.AllowedAfter = allowed
-		out = append(out, rr)
 	}
 	return out, nil
 }

@@ -2,10 +2,8 @@ package extproc
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +11,7 @@ import (
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/google/uuid"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -64,7 +63,7 @@ func BenchmarkExchange(b *testing.B) {
 	for _, logMode := range []string{"discard", "async"} {
 		b.Run("log="+logMode, func(b *testing.B) {
 			dl := benchLog(b, decisionlog.Async)
-			table := NewTable(1<<20, time.Hour, nil)
+			table := NewTable(TableOptions{Size: 1 << 20, TTL: time.Hour})
 			var rl ResponseLog = DecisionLog{Log: dl}
 			if logMode == "discard" {
 				rl = discardLog{}
@@ -79,7 +78,7 @@ func BenchmarkExchange(b *testing.B) {
 			defer reportCPU(b, testenv.CPUTime())
 			i := 0
 			for b.Loop() {
-				id := fmt.Sprintf("dec-%d", i)
+				id := uuid.Must(uuid.NewV7()).String()
 				i++
 				noteDecision(table, id)
 				msgs[0].GetRequestHeaders().GetHeaders().Headers[3].RawValue = []byte(id)
@@ -151,7 +150,7 @@ func BenchmarkOverGRPC(b *testing.B) {
 					m = decisionlog.Sync
 				}
 				dl := benchLog(b, m)
-				table = NewTable(1<<20, time.Hour, nil)
+				table = NewTable(TableOptions{Size: 1 << 20, TTL: time.Hour})
 				p, err := New(Options{Decisions: table, Signer: dl.ResponseSigner, Log: DecisionLog{Log: dl}, Metrics: NewMetrics(nil)})
 				if err != nil {
 					b.Fatal(err)
@@ -168,7 +167,6 @@ func BenchmarkOverGRPC(b *testing.B) {
 			authc, procc := authv3.NewAuthorizationClient(cc), extprocv3.NewExternalProcessorClient(cc)
 			checkReq := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
 				Http: &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/v1/payments", Host: "payments.internal"}}}}
-			var seq atomic.Int64
 			b.ReportAllocs()
 			b.SetParallelism(8)
 			b.ResetTimer()
@@ -183,7 +181,7 @@ func BenchmarkOverGRPC(b *testing.B) {
 						}
 						continue
 					}
-					id := fmt.Sprintf("dec-%d", seq.Add(1))
+					id := uuid.Must(uuid.NewV7()).String()
 					noteDecision(table, id)
 					msgs := exchangeMessages(id)
 					msgs[0].ProtocolConfig = &extprocv3.ProtocolConfiguration{ResponseBodyMode: filterv3.ProcessingMode_BUFFERED_PARTIAL}

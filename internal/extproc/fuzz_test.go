@@ -24,7 +24,7 @@ func FuzzExchange(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = dl.Close() })
-	table := NewTable(1024, time.Hour, nil)
+	table := NewTable(TableOptions{Size: 1024, TTL: time.Hour})
 	p, err := New(Options{Decisions: table, Signer: dl.ResponseSigner, Log: DecisionLog{Log: dl}, MaxBodyBytes: 64,
 		MaxHeaderBytes: 1024, Metrics: NewMetrics(prometheus.NewRegistry())})
 	if err != nil {
@@ -39,7 +39,7 @@ func FuzzExchange(f *testing.F) {
 		if len(seq) > 32 {
 			seq = seq[:32]
 		}
-		id := "dec-fuzz"
+		id := testID("dec-fuzz")
 		noteDecision(table, id)
 		x := &exchange{}
 		for i, op := range seq {

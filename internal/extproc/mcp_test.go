@@ -23,7 +23,7 @@ func TestMCPToolsListFiltered(t *testing.T) {
 		if ctype == "text/event-stream" {
 			body = []byte("event: message\nid: 1\ndata: " + toolsAnswer + "\n\n")
 		}
-		id := "dec-" + ctype
+		id := testID("dec-" + ctype)
 		e := f.open(filterv3.ProcessingMode_BUFFERED)
 		h := f.decide(id, "POST", "tools.internal", "/mcp")
 		h["x-agent-mcp-tools"] = `["get_payment","list_payments"]`
@@ -54,7 +54,7 @@ func TestMCPToolsListFiltered(t *testing.T) {
 
 	// An answer that cannot be filtered never reaches the agent.
 	e := f.open(filterv3.ProcessingMode_BUFFERED)
-	h := f.decide("dec-bad", "POST", "tools.internal", "/mcp")
+	h := f.decide(testID("dec-bad"), "POST", "tools.internal", "/mcp")
 	h["x-agent-mcp-tools"] = `["get_payment"]`
 	e.requestHeaders(mapHeaders(h))
 	e.responseHeaders(headerMap(":status", "200", "content-type", "application/json"), false)
@@ -62,14 +62,14 @@ func TestMCPToolsListFiltered(t *testing.T) {
 
 	// Nor one streamed past the processor.
 	e = f.open(filterv3.ProcessingMode_STREAMED)
-	h = f.decide("dec-streamed", "POST", "tools.internal", "/mcp")
+	h = f.decide(testID("dec-streamed"), "POST", "tools.internal", "/mcp")
 	h["x-agent-mcp-tools"] = `["get_payment"]`
 	e.requestHeaders(mapHeaders(h))
 	immediate(t, e.responseHeaders(headerMap(":status", "200", "content-type", "application/json"), false), 502, "mcp_unfilterable")
 
 	// A malformed list is refused at the request.
 	e = f.open(filterv3.ProcessingMode_BUFFERED)
-	h = f.decide("dec-malformed", "POST", "tools.internal", "/mcp")
+	h = f.decide(testID("dec-malformed"), "POST", "tools.internal", "/mcp")
 	h["x-agent-mcp-tools"] = `get_payment`
 	immediate(t, e.requestHeaders(mapHeaders(h)), 500, "protocol_error")
 }

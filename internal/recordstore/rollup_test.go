@@ -264,6 +264,9 @@ func TestRollupsMatchRecords(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		if _, err := s.db.ExecContext(ctx, "DROP INDEX records_by_spiffe_outcome"); err != nil { // schema 7's
+			t.Fatal(err)
+		}
 		if _, err := s.db.ExecContext(ctx, `UPDATE schema_version SET version = ?`, rollupsVersion-1); err != nil {
 			t.Fatal(err)
 		}

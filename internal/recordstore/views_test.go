@@ -3,6 +3,9 @@ package recordstore
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -268,6 +271,97 @@ func TestAggregates(t *testing.T) {
 		first, allowed, err := s.AfterRevocation(ctx, "spiffe://acme.test/agent/bot-1", base.Add(5*time.Second), time.Second, "scope_missing")
 		if err != nil || len(first) != 2 || !first["replica-a"].Equal(base.Add(7*time.Second)) || allowed != 8 {
 			t.Errorf("after revocation: %v %d %v", first, allowed, err)
+		}
+	})
+}
+
+// shipRecords signs recs as the log name and stores them.
+func shipRecords(t *testing.T, s *Store, name string, recs []*decisionlog.Record) {
+	t.Helper()
+	dir := t.TempDir()
+	l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dir, "log"), KeyDir: filepath.Join(dir, "keys"), Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := l.PublicKeys()
+	for _, rec := range recs {
+		if _, err := l.Append(context.Background(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	gs := readGroups(t, filepath.Join(dir, "log"))
+	if res, err := s.Append(context.Background(), Shipment{Log: name, Keys: keys, Head: uint64(len(recs)), Groups: gs}); err != nil || res.Refused != nil {
+		t.Fatalf("ship %s: %+v %v", name, res, err)
+	}
+}
+
+// TestAfterRevocation: on each log, the agent's first denial for one of the
+// reasons at or after the revocation (not one before it, not a denial for
+// another reason, not another agent's), and its decisions allowed later
+// than the grace; a log it did not call since has no entry. SQLite reads
+// the outcome index, with no sort.
+func TestAfterRevocation(t *testing.T) {
+	at := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	n := 0
+	rec := func(agent string, after time.Duration, allowed bool, reason string) *decisionlog.Record {
+		n++
+		return &decisionlog.Record{DecisionID: fmt.Sprintf("d%d", n), Time: at.Add(after),
+			Agent:    decisionlog.Agent{ID: agent, SPIFFEID: "spiffe://acme.test/agent/" + agent, Tenant: "acme.test", TrustLevel: "L2"},
+			Request:  decisionlog.Request{ID: fmt.Sprintf("r%d", n), Method: "GET", Path: "/v1/x", Operation: "x:read"},
+			Decision: decisionlog.Decision{Allowed: allowed, HTTPStatus: map[bool]int{true: 200, false: 403}[allowed], Reasons: []string{reason}}}
+	}
+	a := []*decisionlog.Record{
+		rec("bot-1", -10*time.Second, false, "certificate_revoked"), // an earlier revocation
+		rec("bot-1", -time.Second, true, "allowed"),
+		rec("bot-1", time.Second, true, "allowed"), // within the grace
+		rec("bot-1", 2*time.Second, false, "scope_missing"),
+		rec("bot-1", 3*time.Second, false, "certificate_revoked"), // the first
+		rec("bot-1", 4*time.Second, false, "agent_revoked"),
+		rec("bot-1", 6*time.Second, true, "allowed"), // 1
+		rec("bot-2", 2*time.Second, false, "certificate_revoked"),
+	}
+	b := []*decisionlog.Record{
+		rec("bot-1", 7*time.Second, true, "allowed"), // 2
+		rec("bot-1", 9*time.Second, true, "allowed"), // 3
+		rec("bot-1", 20*time.Second, false, "agent_revoked"),
+		rec("bot-1", 19*time.Second, false, "agent_revoked"), // the first: by time, not index
+	}
+	c := []*decisionlog.Record{rec("bot-2", time.Second, true, "allowed"), rec("bot-1", -time.Minute, true, "allowed")}
+	eachStore(t, func(t *testing.T, s *Store, _ string) {
+		shipRecords(t, s, "replica-a", a)
+		shipRecords(t, s, "replica-b", b)
+		shipRecords(t, s, "replica-c", c)
+		first, allowed, err := s.AfterRevocation(context.Background(), "spiffe://acme.test/agent/bot-1", at, 5*time.Second, "certificate_revoked", "agent_revoked")
+		want := map[string]time.Time{"replica-a": at.Add(3 * time.Second), "replica-b": at.Add(19 * time.Second)}
+		if err != nil || !maps.EqualFunc(first, want, time.Time.Equal) || allowed != 3 {
+			t.Errorf("after the revocation: %v, %d allowed, %v; want %v, 3", first, allowed, err, want)
+		}
+		if _, _, err := s.AfterRevocation(context.Background(), "x", at, 0); !errors.Is(err, ErrBadQuery) {
+			t.Errorf("no reason: %v", err)
+		}
+		if s.postgres {
+			return
+		}
+		rows, err := s.db.Query("EXPLAIN QUERY PLAN "+afterRevocationSQL(2), "s", 0, "r1", "r2", "s", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var plan []string
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, detail)
+		}
+		p := strings.Join(plan, "; ")
+		if strings.Contains(p, "TEMP B-TREE") || strings.Count(p, "USING COVERING INDEX records_by_spiffe_outcome")+strings.Count(p, "USING INDEX records_by_spiffe_outcome") != 2 {
+			t.Errorf("plan: %s", p)
 		}
 	})
 }

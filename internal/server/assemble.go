@@ -165,7 +165,8 @@ func Assemble(cfg config.Config, logger hclog.Logger) (c Components, err error) 
 	if rs := cfg.ResponseSigning; rs.Disabled {
 		logger.Warn("response signing is off (response_signing.disabled): ext_proc is not served, responses are not signed")
 	} else {
-		table := extproc.NewTable(rs.MaxPending, rs.DecisionTTL.D(), nil)
+		table := extproc.NewTable(extproc.TableOptions{Size: rs.MaxPending, TTL: rs.DecisionTTL.D(),
+			Logger: logger.Named("extproc"), Registerer: reg})
 		recorder = extproc.NoteAllowed(dlog, table)
 		proc, err := extproc.New(extproc.Options{
 			Decisions:      table,

@@ -30,7 +30,7 @@ func TestExtProcTakesBufferedBodiesChecksKeepTheirLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = dl.Close() }()
-	table := extproc.NewTable(10, time.Minute, nil)
+	table := extproc.NewTable(extproc.TableOptions{Size: 10, TTL: time.Minute})
 	proc, err := extproc.New(extproc.Options{Decisions: table, Signer: dl.ResponseSigner, Log: extproc.DecisionLog{Log: dl}, Metrics: extproc.NewMetrics(nil)})
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +55,7 @@ func TestExtProcTakesBufferedBodiesChecksKeepTheirLimit(t *testing.T) {
 		t.Fatalf("Check under the limit: %v", err)
 	}
 
-	if _, err := extproc.NoteAllowed(dl, table).Append(context.Background(), &decisionlog.Record{DecisionID: "dec-big", Time: time.Now(),
+	if _, err := extproc.NoteAllowed(dl, table).Append(context.Background(), &decisionlog.Record{DecisionID: "0190c6c4-7e0a-7d3c-9d6e-1f2a3b4c5d6e", Time: time.Now(),
 		Agent:    decisionlog.Agent{ID: "payments-agent", TrustLevel: "L3"},
 		Request:  decisionlog.Request{Method: "GET", Host: "files.internal", Path: "/big"},
 		Decision: decisionlog.Decision{Allowed: true, HTTPStatus: 200, Reasons: []string{"allowed"}}}); err != nil {
@@ -76,7 +76,7 @@ func TestExtProcTakesBufferedBodiesChecksKeepTheirLimit(t *testing.T) {
 	var last *extprocv3.ProcessingResponse
 	for _, m := range []*extprocv3.ProcessingRequest{
 		{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
-			Headers: hm(":method", "GET", ":authority", "files.internal", ":path", "/big", "x-decision-id", "dec-big"), EndOfStream: true}}},
+			Headers: hm(":method", "GET", ":authority", "files.internal", ":path", "/big", "x-decision-id", "0190c6c4-7e0a-7d3c-9d6e-1f2a3b4c5d6e"), EndOfStream: true}}},
 		{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: hm(":status", "200")}}},
 		{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}},
 	} {
