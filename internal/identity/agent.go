@@ -3,6 +3,7 @@ package identity
 import (
 	"crypto/sha256"
 	"crypto/x509"
+	"strconv"
 	"time"
 
 	"github.com/agentauthz/agentauthz/internal/reason"
@@ -80,8 +81,23 @@ func CAKeyOf(c *x509.Certificate) CAKey {
 	return k
 }
 
-// TrustLabel is the trust level in its "L<n>" form.
-func (a *Agent) TrustLabel() string { return "L" + string(rune('0'+a.TrustLevel)) }
+// TrustLabel is the trust level in its "L<n>" form, without an allocation
+// for the levels there are (it is in every answer).
+func (a *Agent) TrustLabel() string {
+	switch a.TrustLevel {
+	case 0:
+		return "L0"
+	case 1:
+		return "L1"
+	case 2:
+		return "L2"
+	case 3:
+		return "L3"
+	case 4:
+		return "L4"
+	}
+	return "L" + strconv.Itoa(a.TrustLevel)
+}
 
 // Error is an identity failure. It carries a stable reason code and whatever
 // is known about the presented certificate, so that a denied request still

@@ -935,3 +935,15 @@ func TestSelfSignedIsAlwaysAnAnchor(t *testing.T) {
 		}
 	}
 }
+
+func TestTrustLabel(t *testing.T) {
+	for level, want := range map[int]string{0: "L0", 1: "L1", 2: "L2", 3: "L3", 4: "L4", 12: "L12", -1: "L-1"} {
+		if got := (&Agent{TrustLevel: level}).TrustLabel(); got != want {
+			t.Errorf("TrustLabel(%d) = %q, want %q", level, got, want)
+		}
+	}
+	a, labels := &Agent{TrustLevel: 3}, make([]string, 1)
+	if n := testing.AllocsPerRun(100, func() { labels[0] = a.TrustLabel() }); n != 0 {
+		t.Errorf("TrustLabel allocates %v times", n)
+	}
+}
