@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/pgsql"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
@@ -17,15 +18,16 @@ import (
 // stores of a data directory copied into an empty PostgreSQL database, for
 // a control plane that moves to high availability (docs/control-plane.md,
 // "Moving from SQLite to PostgreSQL"). The copying is the stores' own
-// (ca.CopyInventory, recordstore.CopyTo).
+// (ca.CopyInventory, recordstore.CopyTo, alerts.CopyTo).
 func newMigrateStoreCmd() *cobra.Command {
 	var to string
 	cmd := &cobra.Command{
 		Use:   "migrate-store",
-		Short: "Copy the SQLite inventory, change log and decision records of a data directory into an empty PostgreSQL database",
+		Short: "Copy the SQLite inventory, change log, decision records and alerts of a data directory into an empty PostgreSQL database",
 		Long: `Copy <data-dir>/inventory.db (trust domains, agents, certificates,
 restrictions and the signed change log, byte for byte) and <data-dir>/records.db
-(every decision log's records, checkpoints and refusals) into the empty
+(every decision log's records, checkpoints and refusals) and <data-dir>/alerts.db
+(the anomaly detector's alerts, responses, state and cursors) into the empty
 PostgreSQL database --to names, then check the copy: the change log must
 verify to the same head with the data directory's keys, and every decision log
 must have the same records and tree root. The SQLite files are only read.
@@ -94,8 +96,23 @@ func runMigrateStore(cmd *cobra.Command, dataDir, to string) error {
 			fmt.Fprintf(out, "  %-24s %d records, root %s (same as the source)\n", l.Log, l.Records, l.Root)
 		}
 	}
-	fmt.Fprintf(out, "alerts: not copied: the anomaly detector starts a fresh alert store on PostgreSQL (%s stays as it is)\n",
-		filepath.Join(dataDir, "alerts.db"))
+	alertsPath := filepath.Join(dataDir, "alerts.db")
+	if _, err := os.Stat(alertsPath); errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(out, "alerts: none (%s does not exist)\n", alertsPath)
+	} else {
+		n, err := alerts.CopyTo(ctx, alertsPath, to)
+		if err != nil {
+			if errors.Is(err, alerts.ErrNotEmpty) {
+				return withHint(fmt.Errorf("%w; the inventory and records were copied, the alerts were not", err), "%s", emptyHint)
+			}
+			return withHint(fmt.Errorf("copy the alert store: %w", err), "%s", emptyHint)
+		}
+		state := "with the detector's saved state and cursors: it goes on where it stopped"
+		if n["detector"] == 0 {
+			state = "no saved detector state: the detector reads the stored records from the start"
+		}
+		fmt.Fprintf(out, "alerts: %d alerts copied, %s\n", n["alerts"], state)
+	}
 	fmt.Fprintf(out, "done: start the control plane with --store %s (the keys stay files in %s)\n", pgsql.Redact(to), dataDir)
 	return nil
 }

@@ -3,8 +3,10 @@ package cli
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/hashicorp/go-hclog"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
@@ -21,7 +24,9 @@ import (
 
 // shipTestLog writes n real decision records to a replica's log named name
 // and ships them, as the control plane stores them, into the record store st.
-func shipTestLog(t *testing.T, st *recordstore.Store, name string, n int) {
+// With probe, the records are one agent's scope-probing burst (operations
+// denied scope_missing, seconds apart), which the anomaly detector alerts on.
+func shipTestLog(t *testing.T, st *recordstore.Store, name string, n int, probe bool) {
 	t.Helper()
 	dir := t.TempDir()
 	l, err := decisionlog.Open(decisionlog.Options{Dir: filepath.Join(dir, "log"), KeyDir: filepath.Join(dir, "keys"), Name: name})
@@ -41,6 +46,11 @@ func shipTestLog(t *testing.T, st *recordstore.Store, name string, n int) {
 		}
 		if i%2 == 1 {
 			rec.Decision.HTTPStatus, rec.Decision.Reasons = 403, []string{"scope_missing"}
+		}
+		if probe {
+			rec.Agent = decisionlog.Agent{ID: "prober", SPIFFEID: "spiffe://acme.test/agent/prober", Tenant: "acme.test", TrustLevel: "L2"}
+			rec.Request.Operation = []string{"accounts:close", "limits:raise", "refunds:issue"}[i%3]
+			rec.Decision = decisionlog.Decision{Allowed: false, HTTPStatus: 403, Reasons: []string{"scope_missing"}}
 		}
 		if _, err := l.Append(context.Background(), rec); err != nil {
 			t.Fatal(err)
@@ -77,11 +87,11 @@ func shipTestLog(t *testing.T, st *recordstore.Store, name string, n int) {
 
 // TestMigrateStore: a control plane's SQLite data directory, populated as
 // users do (a CA, agents issued, revoked and restricted, a rotated change-log
-// key, records shipped from two replica logs), moves to PostgreSQL with
+// key, records shipped from two replica logs, an alert), moves to PostgreSQL with
 // control migrate-store, and the PostgreSQL stores, opened as control serve
 // --store opens them, hold the same: a change log that verifies to the same
 // head, the same agents and restrictions, the same records and roots per
-// log, the same rollups. A second run into the now filled database, a bad
+// log, the same rollups, the same alerts. A second run into the now filled database, a bad
 // URL and a running control plane are refused; the SQLite files are not
 // changed.
 func TestMigrateStore(t *testing.T) {
@@ -100,8 +110,19 @@ func TestMigrateStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	shipTestLog(t, src, "replica-0", 450) // more than one copy batch
-	shipTestLog(t, src, "replica-1", 7)
+	shipTestLog(t, src, "replica-0", 450, false) // more than one copy batch
+	shipTestLog(t, src, "replica-1", 7, true)
+	// The control plane's anomaly detector reads them: an alert, and its
+	// state and cursors saved when it stops.
+	auth, err := ca.Open(dir, ca.MustExist())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantAlerts := runDetector(t, auth, src, "")
+	if len(wantAlerts) == 0 {
+		t.Fatal("the scope-probing burst raised no alert")
+	}
+	auth.Close()
 	src.Close()
 
 	// What the SQLite stores hold, read the way the commands read them.
@@ -132,7 +153,9 @@ func TestMigrateStore(t *testing.T) {
 	}
 
 	out := cli(t, "control", "migrate-store", "--data-dir", dir, "--to", pg.DSN)
-	for _, want := range []string{"events ", "change log verified on the destination", "records: 457 records of 2 logs copied", "replica-0 ", "450 records", "alerts: not copied"} {
+	t.Logf("summary:\n%s", out)
+	for _, want := range []string{"events ", "change log verified on the destination", "records: 457 records of 2 logs copied", "replica-0 ", "450 records",
+		fmt.Sprintf("alerts: %d alerts copied, with the detector's saved state and cursors", len(wantAlerts))} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
 		}
@@ -159,6 +182,21 @@ func TestMigrateStore(t *testing.T) {
 	if !reflect.DeepEqual(gotRollups, wantRollups) {
 		t.Errorf("rollups on PostgreSQL:\n%v\nwant\n%v", gotRollups, wantRollups)
 	}
+	// The alerts are there, and the detector goes on from its cursors: the
+	// copied records raise no alert again.
+	pgAuth, err := ca.Open(dir, ca.MustExist(), ca.WithStore(pg.DSN))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgRecords, err := recordstore.Open(ctx, pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := runDetector(t, pgAuth, pgRecords, pg.DSN); !reflect.DeepEqual(got, wantAlerts) {
+		t.Errorf("alerts on PostgreSQL:\n%v\nwant\n%v", got, wantAlerts)
+	}
+	pgRecords.Close()
+	pgAuth.Close()
 	// A new change on PostgreSQL chains onto the copied log.
 	cli(t, "agent", "lift", "merchant-onboarder", "--reason", "INC-8 closed", "--data-dir", dir)
 	if got := cli(t, "audit", "verify", "--changelog", dir); !strings.HasPrefix(got, "ok: ") {
@@ -224,7 +262,7 @@ func recordState(t *testing.T, dsn string) (records map[string]string, rollups [
 func storeHashes(t *testing.T, dir string) map[string][sha256.Size]byte {
 	t.Helper()
 	out := map[string][sha256.Size]byte{}
-	for _, name := range []string{"inventory.db", "inventory.db-wal", "records.db", "records.db-wal"} {
+	for _, name := range []string{"inventory.db", "inventory.db-wal", "records.db", "records.db-wal", "alerts.db", "alerts.db-wal"} {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if errors.Is(err, os.ErrNotExist) || err == nil && len(b) == 0 { // an empty WAL is none (a reader may create one)
 			continue
@@ -233,6 +271,49 @@ func storeHashes(t *testing.T, dir string) map[string][sha256.Size]byte {
 			t.Fatal(err)
 		}
 		out[name] = sha256.Sum256(b)
+	}
+	return out
+}
+
+// runDetector runs the control plane's anomaly detector on the stores until
+// it holds an alert and has run a while longer, stops it (which saves its
+// state) and returns the alerts it holds, as JSON. The detector must log no
+// error (a saved state it cannot load would be one).
+func runDetector(t *testing.T, auth *ca.Authority, st *recordstore.Store, store string) []string {
+	t.Helper()
+	ctx := context.Background()
+	var logged syncBuffer
+	s, err := alerts.New(alerts.Config{Authority: auth, Records: st, Store: store, Poll: 10 * time.Millisecond,
+		Logger: hclog.New(&hclog.LoggerOptions{Output: &logged})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(rctx) }()
+	var out []string
+	for deadline := time.Now().Add(20 * time.Second); len(out) == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		as, err := s.List(ctx, alerts.Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = out[:0]
+		for _, a := range as {
+			b, err := json.Marshal(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, string(b))
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // more steps: the records after the alert
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logged.String(), "[ERROR]") {
+		t.Errorf("the detector logged an error:\n%s", logged.String())
 	}
 	return out
 }
