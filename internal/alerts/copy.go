@@ -64,15 +64,8 @@ func CopyTo(ctx context.Context, path, dsn string) (map[string]int64, error) {
 	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, int64(pgLock)); err != nil {
 		return nil, dst.wrap(err)
 	}
-	for _, t := range copiedTables {
-		var one int
-		err := tx.QueryRowContext(ctx, `SELECT 1 FROM `+t.name+` LIMIT 1`).Scan(&one) //nolint:gosec // a constant table name
-		switch {
-		case err == nil:
-			return nil, dst.wrap(fmt.Errorf("%w (table %s has rows)", ErrNotEmpty, t.name))
-		case !errors.Is(err, sql.ErrNoRows):
-			return nil, dst.wrap(err)
-		}
+	if err := checkEmpty(ctx, tx); err != nil {
+		return nil, dst.wrap(err)
 	}
 	out := map[string]int64{}
 	for _, t := range copiedTables {
@@ -90,4 +83,36 @@ func CopyTo(ctx context.Context, path, dsn string) (map[string]int64, error) {
 		out[t.name] = n
 	}
 	return out, dst.wrap(tx.Commit())
+}
+
+// CheckEmpty fails with ErrNotEmpty if the PostgreSQL database dsn names
+// holds rows CopyTo would copy (creating the tables if they are missing), so
+// that a migration can refuse before it copies anything.
+func CheckEmpty(ctx context.Context, dsn string) error {
+	if !pgsql.Is(dsn) {
+		return errors.New("the destination must be a postgres:// URL")
+	}
+	dst, err := openPostgres(dsn)
+	if err != nil {
+		return err
+	}
+	defer dst.sql.Close()
+	return dst.wrap(checkEmpty(ctx, dst.sql))
+}
+
+// checkEmpty fails with ErrNotEmpty if any copied table has a row.
+func checkEmpty(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) error {
+	for _, t := range copiedTables {
+		var one int
+		err := q.QueryRowContext(ctx, `SELECT 1 FROM `+t.name+` LIMIT 1`).Scan(&one) //nolint:gosec // a constant table name
+		switch {
+		case err == nil:
+			return fmt.Errorf("%w (table %s has rows)", ErrNotEmpty, t.name)
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+	}
+	return nil
 }

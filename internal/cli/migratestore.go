@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -65,6 +66,20 @@ func runMigrateStore(cmd *cobra.Command, dataDir, to string) error {
 	ctx := cmd.Context()
 	out := cmd.OutOrStdout()
 	emptyHint := "the destination must be an empty database: create a new one (createdb) or drop the one you tried (dropdb), then run again; the SQLite files were not changed"
+	// The records' and alerts' tables are checked before anything is copied:
+	// a refusal then leaves the destination as it was.
+	recPath, alertsPath := filepath.Join(dataDir, "records.db"), filepath.Join(dataDir, "alerts.db")
+	for _, c := range []struct {
+		path  string
+		check func(context.Context, string) error
+	}{{recPath, recordstore.CheckEmpty}, {alertsPath, alerts.CheckEmpty}} {
+		if _, err := os.Stat(c.path); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err := c.check(ctx, to); err != nil {
+			return withHint(fmt.Errorf("%w; nothing was copied", err), "%s", emptyHint)
+		}
+	}
 	inv, err := ca.CopyInventory(ctx, dataDir, to)
 	if err != nil {
 		if errors.Is(err, ca.ErrDestinationNotEmpty) {
@@ -79,7 +94,6 @@ func runMigrateStore(cmd *cobra.Command, dataDir, to string) error {
 	cl := inv.ChangeLog
 	fmt.Fprintf(out, "  change log verified on the destination: %d changes, seq 1..%d, head %s\n", cl.Events, cl.LastSeq, cl.Head)
 	fmt.Fprintln(out, "  console sign-in links and sessions were not copied: users sign in again")
-	recPath := filepath.Join(dataDir, "records.db")
 	if _, err := os.Stat(recPath); errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(out, "records: none (%s does not exist)\n", recPath)
 	} else {
@@ -96,7 +110,6 @@ func runMigrateStore(cmd *cobra.Command, dataDir, to string) error {
 			fmt.Fprintf(out, "  %-24s %d records, root %s (same as the source)\n", l.Log, l.Records, l.Root)
 		}
 	}
-	alertsPath := filepath.Join(dataDir, "alerts.db")
 	if _, err := os.Stat(alertsPath); errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(out, "alerts: none (%s does not exist)\n", alertsPath)
 	} else {

@@ -18,6 +18,7 @@ import (
 	"github.com/agentauthz/agentauthz/internal/alerts"
 	"github.com/agentauthz/agentauthz/internal/ca"
 	"github.com/agentauthz/agentauthz/internal/decisionlog"
+	"github.com/agentauthz/agentauthz/internal/pgsql"
 	"github.com/agentauthz/agentauthz/internal/recordstore"
 	"github.com/agentauthz/agentauthz/internal/testenv"
 )
@@ -138,7 +139,7 @@ func TestMigrateStore(t *testing.T) {
 		t.Errorf("a bad URL: exit %d\n%s", code, stderr)
 	}
 	code, _, stderr = run(t, "control", "migrate-store", "--data-dir", dir, "--to", "postgres://postgres@127.0.0.1:1/none?sslmode=disable")
-	if code == ExitOK || !strings.Contains(stderr, "agentauthz: error: copy the inventory") || !strings.Contains(stderr, "agentauthz: hint: ") {
+	if code == ExitOK || !strings.Contains(stderr, "agentauthz: error: ") || !strings.Contains(stderr, "connect") || !strings.Contains(stderr, "agentauthz: hint: ") {
 		t.Errorf("an unreachable database: exit %d\n%s", code, stderr)
 	}
 	// A control plane on the data directory holds it.
@@ -151,6 +152,30 @@ func TestMigrateStore(t *testing.T) {
 	if code == ExitOK || !strings.Contains(stderr, "a control plane is running on this data directory") || !strings.Contains(stderr, "hint: stop agentauthz control serve") {
 		t.Errorf("while a control plane runs: exit %d\n%s", code, stderr)
 	}
+
+	// A destination that holds records already is refused before anything
+	// is copied.
+	other, err := recordstore.Open(ctx, pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipTestLog(t, other, "elsewhere", 1, false)
+	code, _, stderr = run(t, "control", "migrate-store", "--data-dir", dir, "--to", pg.DSN)
+	if code == ExitOK || !strings.Contains(stderr, "already holds decision records") || !strings.Contains(stderr, "nothing was copied") {
+		t.Errorf("into a database with records: exit %d\n%s", code, stderr)
+	}
+	if _, err := ca.Open(dir, ca.MustExist(), ca.WithStore(pg.DSN)); !errors.Is(err, ca.ErrNoStore) {
+		t.Errorf("the inventory after a refused run: %v, want none", err)
+	}
+	other.Close()
+	db, err := pgsql.Open(pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, "DELETE FROM records; DELETE FROM checkpoints; DELETE FROM logs"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
 
 	out := cli(t, "control", "migrate-store", "--data-dir", dir, "--to", pg.DSN)
 	t.Logf("summary:\n%s", out)
@@ -205,7 +230,8 @@ func TestMigrateStore(t *testing.T) {
 
 	t.Setenv("AGENTAUTHZ_STORE", "")
 	code, _, stderr = run(t, "control", "migrate-store", "--data-dir", dir, "--to", pg.DSN)
-	if code == ExitOK || !strings.Contains(stderr, "already holds an inventory") || !strings.Contains(stderr, "hint: the destination must be an empty database") {
+	if code == ExitOK || !strings.Contains(stderr, "the destination already holds") || !strings.Contains(stderr, "nothing was copied") ||
+		!strings.Contains(stderr, "hint: the destination must be an empty database") {
 		t.Errorf("a second run into the filled database: exit %d\n%s", code, stderr)
 	}
 }

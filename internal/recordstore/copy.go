@@ -92,15 +92,8 @@ func CopyTo(ctx context.Context, path, dsn string) (*Copy, error) {
 	if _, err := tx.ExecContext(ctx, `LOCK TABLE logs IN EXCLUSIVE MODE`); err != nil {
 		return nil, dst.wrap(err)
 	}
-	for _, t := range copiedTables {
-		var one int
-		err := tx.QueryRowContext(ctx, `SELECT 1 FROM `+t.name+` LIMIT 1`).Scan(&one) //nolint:gosec // a constant table name
-		switch {
-		case err == nil:
-			return nil, dst.wrap(fmt.Errorf("%w (table %s has rows)", ErrNotEmpty, t.name))
-		case !errors.Is(err, sql.ErrNoRows):
-			return nil, dst.wrap(err)
-		}
+	if err := checkEmpty(ctx, tx); err != nil {
+		return nil, dst.wrap(err)
 	}
 	out := &Copy{Tables: map[string]int64{}}
 	for _, t := range copiedTables {
@@ -164,4 +157,36 @@ func logSummary(ctx context.Context, q interface {
 		out = append(out, l)
 	}
 	return out, rows.Err()
+}
+
+// CheckEmpty fails with ErrNotEmpty if the PostgreSQL database dsn names
+// holds rows CopyTo would copy (creating the tables if they are missing), so
+// that a migration can refuse before it copies anything.
+func CheckEmpty(ctx context.Context, dsn string) error {
+	if !pgsql.Is(dsn) {
+		return errors.New("the destination must be a postgres:// URL")
+	}
+	dst, err := Open(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	return dst.wrap(checkEmpty(ctx, dst.db))
+}
+
+// checkEmpty fails with ErrNotEmpty if any copied table has a row.
+func checkEmpty(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) error {
+	for _, t := range copiedTables {
+		var one int
+		err := q.QueryRowContext(ctx, `SELECT 1 FROM `+t.name+` LIMIT 1`).Scan(&one) //nolint:gosec // a constant table name
+		switch {
+		case err == nil:
+			return fmt.Errorf("%w (table %s has rows)", ErrNotEmpty, t.name)
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+	}
+	return nil
 }
