@@ -52,9 +52,11 @@ func runMigrateStore(cmd *cobra.Command, dataDir, to string) error {
 	if !pgsql.Is(to) {
 		return withHint(errors.New("--to must be a postgres:// URL"), "agentauthz control migrate-store --data-dir %s --to postgres://user@host:5432/db", dataDir)
 	}
-	if _, err := pgsql.Open(to); err != nil { // parse it before anything else
+	db, err := pgsql.Open(to) // parses it, connects to nothing
+	if err != nil {
 		return withHint(fmt.Errorf("--to: %w", err), "--to takes postgres://user[:password]@host:5432/db[?sslmode=…]")
 	}
+	db.Close()
 	if st, err := os.Stat(filepath.Join(dataDir, "inventory.db")); err != nil || !st.Mode().IsRegular() {
 		return withHint(fmt.Errorf("no SQLite inventory in %s", dataDir), "pass the data directory of the control plane: --data-dir DIR (or AGENTAUTHZ_DATA_DIR)")
 	}
