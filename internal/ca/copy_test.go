@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"testing"
+
+	"github.com/agentauthz/agentauthz/internal/testenv"
 )
 
 // TestCopyInventoryRefusesDamagedSource: a source whose change log does not
@@ -69,4 +71,21 @@ func TestCopyInventoryRefusesDamagedSource(t *testing.T) {
 	if _, err := CopyInventory(ctx, a.DataDir(), dsn); !errors.Is(err, ErrDestinationNotEmpty) {
 		t.Errorf("a second copy: %v, want ErrDestinationNotEmpty", err)
 	}
+}
+
+// TestCopyNamesEveryColumn: CopyInventory's table list names every column
+// of the inventory's tables, and every table it leaves out says why.
+func TestCopyNamesEveryColumn(t *testing.T) {
+	a, _ := newTestAuthority(t)
+	copied := map[string][]string{}
+	for _, tb := range inventoryTables {
+		copied[tb.name] = tb.cols
+	}
+	testenv.CheckCopied(t, a.db, copied, map[string]string{
+		"meta":             "its one row, the revocation generation, is copied by itself",
+		"console_links":    "sign-in state: users sign in again",
+		"console_sessions": "sign-in state: users sign in again",
+		"console_oidc":     "sign-in state: users sign in again",
+		"console_keys":     "made again by the first instance that needs one",
+	})
 }
