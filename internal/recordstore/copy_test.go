@@ -23,7 +23,7 @@ func TestCopyNamesEveryColumn(t *testing.T) {
 	}
 	rebuilt := "a rollup, rebuilt from the copied records"
 	testenv.CheckCopied(t, s.db, copied, map[string]string{
-		"schema_version": "the destination's own",
+		"schema_version":      "the destination's own",
 		"rollup_fleet_minute": rebuilt, "rollup_fleet_hour": rebuilt, "rollup_agent_minute": rebuilt,
 		"rollup_agent_day": rebuilt, "rollup_windows": rebuilt, "rollup_window_counts": rebuilt,
 	})
