@@ -18,12 +18,9 @@ var ErrNotEmpty = errors.New("the destination already holds an alert store")
 // copiedTables are the tables CopyTo copies, with their columns (the same on
 // SQLite and PostgreSQL). The lease is not copied: the first instance on
 // the destination takes a new one.
-var copiedTables = []struct {
-	name, order string
-	cols        []string
-}{
-	{"alerts", "id", []string{"id", "time_us", "rule", "agent", "tenant", "agent_id", "body", "logged", "ack", "response", "open"}},
-	{"detector", "name", []string{"name", "state", "cursors", "saved_us"}},
+var copiedTables = []pgsql.Table{
+	{Name: "alerts", Order: "id", Cols: []string{"id", "time_us", "rule", "agent", "tenant", "agent_id", "body", "logged", "ack", "response", "open"}},
+	{Name: "detector", Order: "name", Cols: []string{"name", "state", "cursors", "saved_us"}},
 }
 
 // CopyTo copies the SQLite alert store at path (opened read-only, read in
@@ -69,18 +66,18 @@ func CopyTo(ctx context.Context, path, dsn string) (map[string]int64, error) {
 	}
 	out := map[string]int64{}
 	for _, t := range copiedTables {
-		n, err := pgsql.CopyRows(ctx, stx, tx, t.name, t.order, t.cols)
+		n, err := pgsql.CopyRows(ctx, stx, tx, t)
 		if err != nil {
 			return nil, dst.wrap(err)
 		}
 		var want int64
-		if err := stx.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+t.name).Scan(&want); err != nil { //nolint:gosec // a constant table name
+		if err := stx.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+t.Name).Scan(&want); err != nil { //nolint:gosec // a constant table name
 			return nil, fmt.Errorf("alert store %s: %w", path, err)
 		}
 		if n != want {
-			return nil, dst.wrap(fmt.Errorf("copied %d rows of %s, the source has %d", n, t.name, want))
+			return nil, dst.wrap(fmt.Errorf("copied %d rows of %s, the source has %d", n, t.Name, want))
 		}
-		out[t.name] = n
+		out[t.Name] = n
 	}
 	return out, dst.wrap(tx.Commit())
 }
@@ -104,15 +101,9 @@ func CheckEmpty(ctx context.Context, dsn string) error {
 func checkEmpty(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
 }) error {
-	for _, t := range copiedTables {
-		var one int
-		err := q.QueryRowContext(ctx, `SELECT 1 FROM `+t.name+` LIMIT 1`).Scan(&one) //nolint:gosec // a constant table name
-		switch {
-		case err == nil:
-			return fmt.Errorf("%w (table %s has rows)", ErrNotEmpty, t.name)
-		case !errors.Is(err, sql.ErrNoRows):
-			return err
-		}
+	table, err := pgsql.Occupied(ctx, q, copiedTables)
+	if err == nil && table != "" {
+		err = fmt.Errorf("%w (table %s has rows)", ErrNotEmpty, table)
 	}
-	return nil
+	return err
 }

@@ -18,7 +18,7 @@ func TestCopyNamesEveryColumn(t *testing.T) {
 	defer d.sql.Close()
 	copied := map[string][]string{}
 	for _, tb := range copiedTables {
-		copied[tb.name] = tb.cols
+		copied[tb.Name] = tb.Cols
 	}
 	testenv.CheckCopied(t, d.sql, copied, map[string]string{
 		"lease": "the first instance on the destination takes a new one",

@@ -20,19 +20,16 @@ var ErrDestinationNotEmpty = errors.New("the destination already holds an invent
 // their columns (the same on SQLite and PostgreSQL). The console's sign-in
 // links, sessions, OIDC sign-ins under way and keys are not copied: they are
 // short-lived, and users sign in again.
-var inventoryTables = []struct {
-	name, order string
-	cols        []string
-}{
-	{"trust_domains", "name", []string{"name", "org", "crl_url", "max_ttl_seconds", "imported", "created_at", "revocation_generation",
+var inventoryTables = []pgsql.Table{
+	{Name: "trust_domains", Order: "name", Cols: []string{"name", "org", "crl_url", "max_ttl_seconds", "imported", "created_at", "revocation_generation",
 		"crl_number", "crl_generation", "crl_this_update", "crl_next_update", "crl_der"}},
-	{"agents", "tenant, agent_id", []string{"tenant", "agent_id", "trust", "scopes", "owner", "ttl_seconds", "key_type", "status",
+	{Name: "agents", Order: "tenant, agent_id", Cols: []string{"tenant", "agent_id", "trust", "scopes", "owner", "ttl_seconds", "key_type", "status",
 		"revoked_at", "revocation_reason", "created_at", "updated_at"}},
-	{"certificates", "tenant, serial", []string{"tenant", "serial", "agent_id", "trust", "scopes", "owner", "key_type", "not_before",
+	{Name: "certificates", Order: "tenant, serial", Cols: []string{"tenant", "serial", "agent_id", "trust", "scopes", "owner", "key_type", "not_before",
 		"not_after", "status", "revoked_at", "revocation_reason", "operator", "issued_at", "pem"}},
-	{"restrictions", "tenant, agent_id", []string{"tenant", "agent_id", "quarantined", "max_trust", "removed_scopes", "until", "reason",
+	{Name: "restrictions", Order: "tenant, agent_id", Cols: []string{"tenant", "agent_id", "quarantined", "max_trust", "removed_scopes", "until", "reason",
 		"operator", "set_at"}},
-	{"events", "seq", []string{"seq", "at", "tenant", "agent_id", "serial", "event", "operator", "detail", "prev", "hash", "kid", "sig"}},
+	{Name: "events", Order: "seq", Cols: []string{"seq", "at", "tenant", "agent_id", "serial", "event", "operator", "detail", "prev", "hash", "kid", "sig"}},
 }
 
 // TableCount is how many rows of a table were copied.
@@ -92,11 +89,11 @@ func CopyInventory(ctx context.Context, dataDir, dsn string) (*InventoryCopy, er
 			return err
 		}
 		for _, t := range inventoryTables {
-			n, err := pgsql.CopyRows(ctx, stx, tx, t.name, t.order, t.cols)
+			n, err := pgsql.CopyRows(ctx, stx, tx, t)
 			if err != nil {
 				return err
 			}
-			out.Tables = append(out.Tables, TableCount{Table: t.name, Rows: n})
+			out.Tables = append(out.Tables, TableCount{Table: t.Name, Rows: n})
 		}
 		var gen int64
 		if err := stx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'revocation_generation'`).Scan(&gen); err != nil {
@@ -161,15 +158,12 @@ func openReadOnly(dataDir string) (*Authority, error) {
 func (a *Authority) checkEmpty(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
 }) error {
-	for _, t := range inventoryTables {
-		var one int
-		err := q.QueryRowContext(ctx, `SELECT 1 FROM `+t.name+` LIMIT 1`).Scan(&one) //nolint:gosec // a constant table name
-		switch {
-		case err == nil:
-			return &StoreError{Path: a.dbPath, Err: fmt.Errorf("%w (table %s has rows)", ErrDestinationNotEmpty, t.name)}
-		case !errors.Is(err, sql.ErrNoRows):
-			return a.storeErr(err)
-		}
+	table, err := pgsql.Occupied(ctx, q, inventoryTables)
+	if err != nil {
+		return a.storeErr(err)
+	}
+	if table != "" {
+		return &StoreError{Path: a.dbPath, Err: fmt.Errorf("%w (table %s has rows)", ErrDestinationNotEmpty, table)}
 	}
 	return nil
 }

@@ -79,7 +79,7 @@ func TestCopyNamesEveryColumn(t *testing.T) {
 	a, _ := newTestAuthority(t)
 	copied := map[string][]string{}
 	for _, tb := range inventoryTables {
-		copied[tb.name] = tb.cols
+		copied[tb.Name] = tb.Cols
 	}
 	testenv.CheckCopied(t, a.db, copied, map[string]string{
 		"meta":             "its one row, the revocation generation, is copied by itself",

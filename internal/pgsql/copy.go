@@ -3,6 +3,7 @@ package pgsql
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -10,12 +11,20 @@ import (
 // copyBatch is how many rows one INSERT of CopyRows carries.
 const copyBatch = 200
 
-// CopyRows streams the rows of table, in order, from src (a SQLite store's
+// Table is a table a store's copy copies (the same on SQLite and
+// PostgreSQL): its name, the ORDER BY that reads its rows, its columns. All
+// three are the caller's constants, put into statements as they are.
+type Table struct {
+	Name, Order string
+	Cols        []string
+}
+
+// CopyRows streams the rows of t, in order, from src (a SQLite store's
 // snapshot) into the same columns of dst (a PostgreSQL transaction),
 // copyBatch rows per INSERT, never more in memory, and returns how many it
-// copied. table, order and cols are the caller's constants, put into the
-// statements as they are.
-func CopyRows(ctx context.Context, src, dst *sql.Tx, table, order string, cols []string) (int64, error) {
+// copied.
+func CopyRows(ctx context.Context, src, dst *sql.Tx, t Table) (int64, error) {
+	table, order, cols := t.Name, t.Order, t.Cols
 	list := strings.Join(cols, ", ")
 	rows, err := src.QueryContext(ctx, `SELECT `+list+` FROM `+table+` ORDER BY `+order) //nolint:gosec // constant names
 	if err != nil {
@@ -63,4 +72,22 @@ func CopyRows(ctx context.Context, src, dst *sql.Tx, table, order string, cols [
 		return n, fmt.Errorf("read %s: %w", table, err)
 	}
 	return n, flush()
+}
+
+// Occupied is the first of tables that holds a row, or "" when none does:
+// a copy goes only into empty tables.
+func Occupied(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, tables []Table) (string, error) {
+	for _, t := range tables {
+		var one int
+		err := q.QueryRowContext(ctx, `SELECT 1 FROM `+t.Name+` LIMIT 1`).Scan(&one) //nolint:gosec // a constant table name
+		switch {
+		case err == nil:
+			return t.Name, nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return "", err
+		}
+	}
+	return "", nil
 }

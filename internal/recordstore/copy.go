@@ -17,14 +17,11 @@ var ErrNotEmpty = errors.New("the destination already holds decision records")
 
 // copiedTables are the tables CopyTo copies, with their columns (the same on
 // SQLite and PostgreSQL). The rollups are rebuilt from the records instead.
-var copiedTables = []struct {
-	name, order string
-	cols        []string
-}{
-	{"logs", "name", []string{"name", "size", "root", "tree", "keys", "first_keys", "head", "updated_us"}},
-	{"checkpoints", "log, size", []string{"log", "size", "signed"}},
-	{"refusals", "at_us, log, idx", []string{"at_us", "log", "idx", "reason", "detail"}},
-	{"records", "log, idx", []string{"log", "idx", "time_us", "kind", "decision_id", "request_id", "tenant", "agent_id", "spiffe_id",
+var copiedTables = []pgsql.Table{
+	{Name: "logs", Order: "name", Cols: []string{"name", "size", "root", "tree", "keys", "first_keys", "head", "updated_us"}},
+	{Name: "checkpoints", Order: "log, size", Cols: []string{"log", "size", "signed"}},
+	{Name: "refusals", Order: "at_us, log, idx", Cols: []string{"at_us", "log", "idx", "reason", "detail"}},
+	{Name: "records", Order: "log, idx", Cols: []string{"log", "idx", "time_us", "kind", "decision_id", "request_id", "tenant", "agent_id", "spiffe_id",
 		"operation", "allowed", "reason", "leaf_hash", "line"}},
 }
 
@@ -97,11 +94,11 @@ func CopyTo(ctx context.Context, path, dsn string) (*Copy, error) {
 	}
 	out := &Copy{Tables: map[string]int64{}}
 	for _, t := range copiedTables {
-		n, err := pgsql.CopyRows(ctx, stx, tx, t.name, t.order, t.cols)
+		n, err := pgsql.CopyRows(ctx, stx, tx, t)
 		if err != nil {
 			return nil, dst.wrap(err)
 		}
-		out.Tables[t.name] = n
+		out.Tables[t.Name] = n
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, dst.wrap(fmt.Errorf("commit: %w", err))
@@ -178,15 +175,9 @@ func CheckEmpty(ctx context.Context, dsn string) error {
 func checkEmpty(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
 }) error {
-	for _, t := range copiedTables {
-		var one int
-		err := q.QueryRowContext(ctx, `SELECT 1 FROM `+t.name+` LIMIT 1`).Scan(&one) //nolint:gosec // a constant table name
-		switch {
-		case err == nil:
-			return fmt.Errorf("%w (table %s has rows)", ErrNotEmpty, t.name)
-		case !errors.Is(err, sql.ErrNoRows):
-			return err
-		}
+	table, err := pgsql.Occupied(ctx, q, copiedTables)
+	if err == nil && table != "" {
+		err = fmt.Errorf("%w (table %s has rows)", ErrNotEmpty, table)
 	}
-	return nil
+	return err
 }

@@ -19,7 +19,7 @@ func TestCopyNamesEveryColumn(t *testing.T) {
 	defer s.Close()
 	copied := map[string][]string{}
 	for _, tb := range copiedTables {
-		copied[tb.name] = tb.cols
+		copied[tb.Name] = tb.Cols
 	}
 	rebuilt := "a rollup, rebuilt from the copied records"
 	testenv.CheckCopied(t, s.db, copied, map[string]string{
